@@ -1,0 +1,76 @@
+//! `ferryd`'s configuration file (TOML).
+//!
+//! ```toml
+//! server = "https://updates.example.com"   # required: the ferry server's base URL
+//! branch = "stable"                         # required: the branch this device follows
+//! state_dir = "/var/lib/ferry"              # default: /var/lib/ferry
+//! current_link = "/opt/example/current"     # required: the symlink switched on update
+//! trusted_keys = ["/etc/ferry/ci.pub"]      # required, at least one: commit signing keys
+//! hardware = "board-rev-b"                  # optional: this device's hardware revision
+//! poll_interval = 3600                      # seconds between checks; default 3600
+//! ```
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default). Every trusted
+//! key file is loaded and checked (weak keys refused) when the configuration is read.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ferry_store::PublicKey;
+use serde::{Deserialize, Serialize};
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ferry")
+}
+
+fn default_poll_interval() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: String,
+    pub branch: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub current_link: PathBuf,
+    pub trusted_keys: Vec<PathBuf>,
+    #[serde(default)]
+    pub hardware: Option<String>,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: u64,
+}
+
+impl Config {
+    /// Reads and checks a configuration file; the error names the file and the problem.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text)?;
+        if !(c.server.starts_with("http://") || c.server.starts_with("https://")) {
+            bail!("server {:?} must be an http:// or https:// URL", c.server);
+        }
+        ferry_store::repo::check_branch_name(&c.branch)?;
+        if c.trusted_keys.is_empty() {
+            bail!("trusted_keys is empty: a device must trust at least one signing key");
+        }
+        if c.poll_interval == 0 {
+            bail!("poll_interval must be at least 1 second");
+        }
+        for p in [&c.state_dir, &c.current_link] {
+            if !p.is_absolute() {
+                bail!("{} must be an absolute path", p.display());
+            }
+        }
+        Ok(c)
+    }
+
+    /// Loads every trusted key.
+    pub fn keys(&self) -> Result<Vec<PublicKey>> {
+        self.trusted_keys.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect()
+    }
+}

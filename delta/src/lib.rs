@@ -1,0 +1,13 @@
+//! ferry-delta: cutting files into content-defined chunks, and planning what an update costs.
+//!
+//! What it is for: FastCDC (v2020) chunking with a repository's frozen parameters
+//! ([`chunker`]), and comparing two commits: which paths changed and which chunks the newer
+//! one needs that the older lacks ([`plan`]). Later it also owns the chunk-pack stream format,
+//! offline bundles and the device's index of local chunks. What it is not for: HTTP, async
+//! runtimes, bootloaders, or reading and writing file system trees.
+
+pub mod chunker;
+pub mod plan;
+
+pub use chunker::Chunker;
+pub use plan::{diff_commits, transfer_cost, Change, ChangeKind, TransferCost};

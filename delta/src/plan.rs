@@ -1,0 +1,155 @@
+//! Comparing two commits: the paths that changed, and the chunks a device holding the older
+//! commit must fetch to build the newer one.
+//!
+//! Unchanged subtrees keep their id, so both walks skip them without reading them: the cost
+//! of a comparison grows with what changed, not with the size of the tree.
+
+use std::collections::{HashMap, HashSet};
+
+use ferry_store::{Commit, Entry, EntryKind, Id, Repository, Result, Tree};
+
+/// What happened to one path between two commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    /// Content, kind, target, mode, ownership or xattrs differ.
+    Changed,
+}
+
+/// One changed path (relative to the root, `/`-separated, lossily shown as UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// What going from one commit to another costs a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct TransferCost {
+    /// Distinct chunks of the target that the source commit lacks.
+    pub chunks: u64,
+    /// Their stored (zstd) size: the bytes a device downloads.
+    pub compressed_bytes: u64,
+    /// Their uncompressed size.
+    pub raw_bytes: u64,
+}
+
+fn join(prefix: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if prefix.is_empty() {
+        name.into_owned()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// Every path under a tree (directories included), for whole-subtree additions and removals.
+fn all_paths(repo: &Repository, tree: &Id, prefix: &str, kind: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+    for e in repo.read_tree(tree)?.entries {
+        let path = join(prefix, &e.name);
+        out.push(Change { path: path.clone(), kind });
+        if let EntryKind::Dir { tree } = e.kind {
+            all_paths(repo, &tree, &path, kind, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec<Change>) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let a = repo.read_tree(from)?;
+    let b = repo.read_tree(to)?;
+    if a.meta != b.meta && !prefix.is_empty() {
+        out.push(Change { path: prefix.to_string(), kind: ChangeKind::Changed });
+    }
+    let old: HashMap<&[u8], &Entry> = a.entries.iter().map(|e| (e.name.as_slice(), e)).collect();
+    let new: HashMap<&[u8], &Entry> = b.entries.iter().map(|e| (e.name.as_slice(), e)).collect();
+    for e in &a.entries {
+        if !new.contains_key(e.name.as_slice()) {
+            let path = join(prefix, &e.name);
+            out.push(Change { path: path.clone(), kind: ChangeKind::Removed });
+            if let EntryKind::Dir { tree } = &e.kind {
+                all_paths(repo, tree, &path, ChangeKind::Removed, out)?;
+            }
+        }
+    }
+    for e in &b.entries {
+        let path = join(prefix, &e.name);
+        match (old.get(e.name.as_slice()).map(|o| &o.kind), &e.kind) {
+            (None, kind) => {
+                out.push(Change { path: path.clone(), kind: ChangeKind::Added });
+                if let EntryKind::Dir { tree } = kind {
+                    all_paths(repo, tree, &path, ChangeKind::Added, out)?;
+                }
+            }
+            (Some(EntryKind::Dir { tree: t1 }), EntryKind::Dir { tree: t2 }) => {
+                diff_trees(repo, t1, t2, &path, out)?;
+            }
+            (Some(EntryKind::Dir { tree }), _) => {
+                out.push(Change { path: path.clone(), kind: ChangeKind::Changed });
+                all_paths(repo, tree, &path, ChangeKind::Removed, out)?;
+            }
+            (Some(_), EntryKind::Dir { tree }) => {
+                out.push(Change { path: path.clone(), kind: ChangeKind::Changed });
+                all_paths(repo, tree, &path, ChangeKind::Added, out)?;
+            }
+            (Some(k1), k2) => {
+                if k1 != k2 {
+                    out.push(Change { path, kind: ChangeKind::Changed });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The paths that differ between two commits, sorted by path.
+pub fn diff_commits(repo: &Repository, from: &Commit, to: &Commit) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    diff_trees(repo, &from.root, &to.root, "", &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Collects the distinct chunk ids under a tree, visiting each distinct subtree once.
+pub fn collect_chunks(repo: &Repository, root: &Id, trees: &mut HashSet<Id>, chunks: &mut HashSet<Id>) -> Result<()> {
+    if !trees.insert(*root) {
+        return Ok(());
+    }
+    let tree: Tree = repo.read_tree(root)?;
+    for e in tree.entries {
+        match e.kind {
+            EntryKind::File { chunks: list, .. } => chunks.extend(list.iter().map(|c| c.id)),
+            EntryKind::Dir { tree } => collect_chunks(repo, &tree, trees, chunks)?,
+            EntryKind::Symlink { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The chunks of `to` that a holder of `from` lacks (every chunk of `to` when `from` is
+/// `None`), and their sizes as stored.
+pub fn transfer_cost(repo: &Repository, from: Option<&Commit>, to: &Commit) -> Result<TransferCost> {
+    let mut have_trees = HashSet::new();
+    let mut have = HashSet::new();
+    if let Some(from) = from {
+        collect_chunks(repo, &from.root, &mut have_trees, &mut have)?;
+    }
+    let mut want_trees = HashSet::new();
+    let mut want = HashSet::new();
+    // Subtrees the source already has hold only chunks the source has: skip them.
+    want_trees.extend(have_trees.iter().copied());
+    collect_chunks(repo, &to.root, &mut want_trees, &mut want)?;
+    let mut cost = TransferCost::default();
+    for id in want.difference(&have) {
+        let info = repo.chunk_info(id)?.ok_or(ferry_store::StoreError::ChunkMissing { id: *id })?;
+        cost.chunks += 1;
+        cost.compressed_bytes += u64::from(info.stored_len);
+        cost.raw_bytes += u64::from(info.len);
+    }
+    Ok(cost)
+}

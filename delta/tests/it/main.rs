@@ -1,0 +1,3 @@
+//! ferry-delta's integration tests.
+
+mod chunking;

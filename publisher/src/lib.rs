@@ -1,0 +1,11 @@
+//! ferry-publisher: what the `ferry` command does, as a library.
+//!
+//! What it is for: committing directory trees into a repository ([`import`]), checking
+//! commits out ([`checkout`]), verifying a repository ([`fsck`]) and presenting objects to
+//! people and scripts ([`show`]). Later it also holds the HTTP server. What it is not for:
+//! device file systems, deployments or bootloaders (that is the device agent's job).
+
+pub mod checkout;
+pub mod fsck;
+pub mod import;
+pub mod show;

@@ -1,0 +1,471 @@
+//! `ferry`: the CI and operator command. Parses arguments, sets up logging, calls the
+//! library, prints results and the error chain.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Parser, Subcommand};
+use ferry_publisher::import::{CommitRequest, NoProgress, Progress};
+use ferry_publisher::{checkout, fsck, import, show};
+use ferry_store::{ChunkParams, EntryKind, PublicKey, RepoConfig, Repository, SecretKey, StoreError, Version};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: signed, content-addressed releases for fleets of embedded Linux devices",
+    long_about = "Ferry stores each release as a signed commit of content-defined chunks. \
+                  `ferry` is the command for CI and operators: create a repository, commit \
+                  build outputs, inspect, compare, check out and verify them."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct RepoArg {
+    /// Repository path.
+    #[arg(long, env = "FERRY_REPO", value_name = "PATH")]
+    repo: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates a repository, recording its chunking parameters and compression level.
+    ///
+    /// Running it again on an existing repository with the same parameters does nothing;
+    /// with other parameters it fails, naming both.
+    Init {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Smallest chunk, in bytes (FastCDC v2020: 64..=1048576, even).
+        #[arg(long, default_value_t = ChunkParams::default().min_size)]
+        chunk_min: u32,
+        /// Average chunk, in bytes (256..=4194304, even).
+        #[arg(long, default_value_t = ChunkParams::default().avg_size)]
+        chunk_avg: u32,
+        /// Largest chunk, in bytes (1024..=16777216, even).
+        #[arg(long, default_value_t = ChunkParams::default().max_size)]
+        chunk_max: u32,
+        /// zstd level for stored chunks.
+        #[arg(long, default_value_t = ferry_store::config::DEFAULT_COMPRESSION_LEVEL, allow_negative_numbers = true)]
+        compression_level: i32,
+    },
+    /// Writes a new ed25519 signing key to FILE (mode 0600) and its public key to FILE.pub.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Commits a directory tree to a branch, signed; prints the commit id as the last line.
+    ///
+    /// The commit id depends only on the tree's content and the given metadata (no mtimes,
+    /// no clock): committing the same tree with the same metadata again returns the branch's
+    /// current commit and writes nothing.
+    Commit {
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long)]
+        branch: String,
+        /// Directory to commit.
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        /// Release version: a number (42) or a semantic version (1.4.0-rc.1).
+        #[arg(long)]
+        version: String,
+        /// Secret key file from `ferry keygen`.
+        #[arg(long, value_name = "FILE")]
+        sign_key: PathBuf,
+        #[arg(long, default_value = "")]
+        subject: String,
+        #[arg(long, default_value = "")]
+        body: String,
+        /// Metadata, e.g. --meta git=3f2a9c1 (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        /// Hardware revision this release supports (repeatable).
+        #[arg(long = "hardware", value_name = "REV")]
+        hardware: Vec<String>,
+        /// Commit time, Unix seconds; defaults to $SOURCE_DATE_EPOCH, else none is recorded.
+        #[arg(long, allow_negative_numbers = true)]
+        timestamp: Option<i64>,
+        /// Print the summary as JSON on stdout instead of text on stderr.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists a branch's commits, newest first.
+    Log {
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long)]
+        branch: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one commit. REV: a full id, a branch, or a unique prefix of 8+ hex digits.
+    Show {
+        #[command(flatten)]
+        repo: RepoArg,
+        rev: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists a directory (or shows one entry) of a commit.
+    Ls {
+        #[command(flatten)]
+        repo: RepoArg,
+        rev: String,
+        /// Path inside the commit, `/`-separated; the root when omitted.
+        path: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows what changed from one commit to another and what a device on FROM downloads.
+    Diff {
+        #[command(flatten)]
+        repo: RepoArg,
+        from: String,
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreates a commit's tree in DIR (which must not exist or be empty).
+    Checkout {
+        #[command(flatten)]
+        repo: RepoArg,
+        rev: String,
+        dir: PathBuf,
+    },
+    /// Verifies every chunk, object, branch and signature; exits 1 naming what is broken.
+    Fsck {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Public key file; when given, every reachable commit must be signed by one of them.
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(what: &str) -> Bar {
+        let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn open_ro(repo: &RepoArg) -> Result<Repository> {
+    Ok(Repository::open_read_only(&repo.repo)?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init { repo, chunk_min, chunk_avg, chunk_max, compression_level } => {
+            let params = ChunkParams { min_size: chunk_min, avg_size: chunk_avg, max_size: chunk_max };
+            let config = RepoConfig::new(params, compression_level);
+            config.validate().map_err(|e| anyhow!("{e}"))?;
+            match Repository::read_config(&repo.repo) {
+                Ok(existing) => {
+                    if existing.chunking.params != params {
+                        return Err(StoreError::ChunkParamsMismatch {
+                            path: repo.repo.clone(),
+                            existing: existing.chunking.params.to_string(),
+                            requested: params.to_string(),
+                        }
+                        .into());
+                    }
+                    if existing.compression.level != compression_level {
+                        bail!(
+                            "{} was created with zstd level {}, not {compression_level}",
+                            repo.repo.display(),
+                            existing.compression.level
+                        );
+                    }
+                    eprintln!("{} is already a ferry repository with these parameters", repo.repo.display());
+                }
+                Err(StoreError::NotARepository { .. }) => {
+                    Repository::init(&repo.repo, &config)?;
+                    eprintln!(
+                        "created repository {} (chunking {params}, zstd level {compression_level})",
+                        repo.repo.display()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Keygen { out } => {
+            let key = SecretKey::generate()?;
+            key.save(&out)?;
+            eprintln!(
+                "wrote secret key {} and public key {}",
+                out.display(),
+                ferry_store::sign::public_path(&out).display()
+            );
+            println!("{}", key.public().to_hex());
+        }
+        Command::Commit { repo, branch, tree, version, sign_key, subject, body, meta, hardware, timestamp, json } => {
+            let version: Version = version.parse().map_err(|_| {
+                anyhow!("--version {version:?} is neither a number (42) nor a semantic version (1.4.0)")
+            })?;
+            let mut metadata = BTreeMap::new();
+            for m in meta {
+                let (k, v) = m.split_once('=').ok_or_else(|| anyhow!("--meta {m:?} is not KEY=VALUE"))?;
+                if k.is_empty() {
+                    bail!("--meta {m:?} has an empty key");
+                }
+                metadata.insert(k.to_string(), v.to_string());
+            }
+            let mut hardware = hardware;
+            hardware.sort();
+            hardware.dedup();
+            let timestamp = match timestamp {
+                Some(t) => Some(t),
+                None => match std::env::var("SOURCE_DATE_EPOCH") {
+                    Ok(s) => Some(
+                        s.trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"))?,
+                    ),
+                    Err(_) => None,
+                },
+            };
+            let key = SecretKey::load(&sign_key)?;
+            let repository = Repository::open(&repo.repo)?;
+            let req = CommitRequest { tree, branch, version, subject, body, metadata, hardware, timestamp, key: &key };
+            let summary = {
+                let bar = Bar::new("committing");
+                import::commit_tree(&repository, &req, &bar)?
+            };
+            if json {
+                print_json(&summary)?;
+            } else {
+                eprintln!(
+                    "{} {} files, {} dirs, {} symlinks, {} in {} chunks; new: {} chunks, {} -> {} compressed; {:.1} s, {:.1} MB/s",
+                    if summary.unchanged { "unchanged:" } else { "committed" },
+                    summary.files,
+                    summary.directories,
+                    summary.symlinks,
+                    human(summary.bytes),
+                    summary.chunks,
+                    summary.new_chunks,
+                    human(summary.new_bytes),
+                    human(summary.new_compressed_bytes),
+                    summary.seconds,
+                    summary.mb_per_s
+                );
+                println!("{}", summary.commit);
+            }
+        }
+        Command::Log { repo, branch, json } => {
+            let r = open_ro(&repo)?;
+            let head = r.branch(&branch)?.ok_or_else(|| anyhow!("no branch {branch:?} in {}", repo.repo.display()))?;
+            let mut next = Some(head);
+            let mut all = Vec::new();
+            while let Some(id) = next {
+                let c = r.read_commit(&id)?;
+                let sigs = show::signature_status(&r, &id)?;
+                if json {
+                    all.push(show::commit_json(&id, &c, &sigs));
+                } else {
+                    println!("{}", show::commit_text(&id, &c, &sigs));
+                }
+                next = c.parent;
+            }
+            if json {
+                print_json(&all)?;
+            }
+        }
+        Command::Show { repo, rev, json } => {
+            let r = open_ro(&repo)?;
+            let id = r.resolve(&rev)?;
+            let c = r.read_commit(&id)?;
+            let sigs = show::signature_status(&r, &id)?;
+            if json {
+                print_json(&show::commit_json(&id, &c, &sigs))?;
+            } else {
+                print!("{}", show::commit_text(&id, &c, &sigs));
+            }
+        }
+        Command::Ls { repo, rev, path, json } => {
+            let r = open_ro(&repo)?;
+            let id = r.resolve(&rev)?;
+            let c = r.read_commit(&id)?;
+            let mut tree_id = c.root;
+            let mut single = None;
+            let path = path.unwrap_or_default();
+            let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+            for (i, part) in parts.iter().enumerate() {
+                let tree = r.read_tree(&tree_id)?;
+                let e = tree
+                    .entries
+                    .into_iter()
+                    .find(|e| e.name == part.as_bytes())
+                    .ok_or_else(|| anyhow!("{path:?}: no such file or directory in commit {}", id.short()))?;
+                match &e.kind {
+                    EntryKind::Dir { tree } => tree_id = *tree,
+                    _ if i + 1 == parts.len() => single = Some(e),
+                    _ => bail!("{path:?}: {part} is not a directory in commit {}", id.short()),
+                }
+            }
+            let entries = match single {
+                Some(e) => vec![e],
+                None => r.read_tree(&tree_id)?.entries,
+            };
+            if json {
+                let v: Vec<_> = entries.iter().map(|e| show::entry_json(&r, e)).collect::<Result<_, _>>()?;
+                print_json(&v)?;
+            } else {
+                for e in &entries {
+                    println!("{}", show::entry_text(&r, e)?);
+                }
+            }
+        }
+        Command::Diff { repo, from, to, json } => {
+            let r = open_ro(&repo)?;
+            let (fid, tid) = (r.resolve(&from)?, r.resolve(&to)?);
+            let (fc, tc) = (r.read_commit(&fid)?, r.read_commit(&tid)?);
+            let changes = ferry_delta::diff_commits(&r, &fc, &tc)?;
+            let cost = ferry_delta::transfer_cost(&r, Some(&fc), &tc)?;
+            let list = |k: ferry_delta::ChangeKind| -> Vec<&str> {
+                changes.iter().filter(|c| c.kind == k).map(|c| c.path.as_str()).collect()
+            };
+            if json {
+                print_json(&serde_json::json!({
+                    "from": fid.to_hex(),
+                    "to": tid.to_hex(),
+                    "added": list(ferry_delta::ChangeKind::Added),
+                    "removed": list(ferry_delta::ChangeKind::Removed),
+                    "changed": list(ferry_delta::ChangeKind::Changed),
+                    "transfer_chunks": cost.chunks,
+                    "transfer_compressed_bytes": cost.compressed_bytes,
+                    "transfer_raw_bytes": cost.raw_bytes,
+                }))?;
+            } else {
+                for c in &changes {
+                    let mark = match c.kind {
+                        ferry_delta::ChangeKind::Added => 'A',
+                        ferry_delta::ChangeKind::Removed => 'D',
+                        ferry_delta::ChangeKind::Changed => 'M',
+                    };
+                    println!("{mark} {}", c.path);
+                }
+                println!(
+                    "transfer {} -> {}: {} chunks, {} compressed ({} uncompressed) that {} lacks",
+                    fid.short(),
+                    tid.short(),
+                    cost.chunks,
+                    human(cost.compressed_bytes),
+                    human(cost.raw_bytes),
+                    fid.short()
+                );
+            }
+        }
+        Command::Checkout { repo, rev, dir } => {
+            let r = open_ro(&repo)?;
+            let id = r.resolve(&rev)?;
+            let summary = {
+                let bar = Bar::new("checking out");
+                checkout::checkout(&r, &id, &dir, &bar)?
+            };
+            eprintln!(
+                "checked out {} into {}: {} files, {} dirs, {} symlinks, {}",
+                id.short(),
+                dir.display(),
+                summary.files,
+                summary.directories,
+                summary.symlinks,
+                human(summary.bytes)
+            );
+        }
+        Command::Fsck { repo, trusted_keys, json } => {
+            let trusted = trusted_keys.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+            let r = open_ro(&repo)?;
+            let report = fsck::fsck(&r, &trusted, &NoProgress)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for p in &report.problems {
+                    println!("{}: {}", p.object, p.message);
+                }
+                eprintln!(
+                    "checked {} chunks, {} objects, {} commits on {} branches: {}",
+                    report.chunks,
+                    report.objects,
+                    report.commits,
+                    report.branches,
+                    if report.problems.is_empty() {
+                        "ok".to_string()
+                    } else {
+                        format!("{} problems", report.problems.len())
+                    }
+                );
+            }
+            if !report.problems.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FERRY_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The `ferry` command as a user runs it: exit codes, output shapes, and one-line errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env_remove("FERRY_REPO")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ferry(args);
+    assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its stderr, which must be one `error:` line.
+fn fails(args: &[&str]) -> String {
+    let out = ferry(args);
+    assert!(!out.status.success(), "ferry {args:?} succeeded");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1, "{stderr}");
+    stderr
+}
+
+struct Setup {
+    t: tempfile::TempDir,
+    repo: String,
+    key: String,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo").to_str().unwrap().to_string();
+        let key = t.path().join("ci.key").to_str().unwrap().to_string();
+        ok(&["init", "--repo", &repo]);
+        let public = ok(&["keygen", "--out", &key]);
+        assert_eq!(public.trim().len(), 64);
+        Setup { t, repo, key }
+    }
+
+    fn tree(&self, version: u32) -> String {
+        let out = self.t.path().join(format!("v{version}"));
+        if !out.exists() {
+            ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 5, size: 2 << 20, version }, &out).unwrap();
+        }
+        out.to_str().unwrap().to_string()
+    }
+
+    fn commit(&self, version: u32) -> String {
+        let tree = self.tree(version);
+        let v = version.to_string();
+        let out = ok(&[
+            "commit",
+            "--repo",
+            &self.repo,
+            "--branch",
+            "main",
+            "--tree",
+            &tree,
+            "--version",
+            &v,
+            "--sign-key",
+            &self.key,
+            "--meta",
+            "git=abc123",
+            "--hardware",
+            "rev-b",
+            "--hardware",
+            "rev-a",
+        ]);
+        let last = out.lines().last().unwrap().to_string();
+        assert!(last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit()), "{out}");
+        last
+    }
+}
+
+#[test]
+fn commit_log_show_ls_diff_checkout_fsck() {
+    let s = Setup::new();
+    let v1 = s.commit(1);
+    let v2 = s.commit(2);
+
+    let log = ok(&["log", "--repo", &s.repo, "--branch", "main"]);
+    assert!(log.find(&v2).unwrap() < log.find(&v1).unwrap(), "newest first: {log}");
+
+    let show: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, &v2[..10], "--json"])).unwrap();
+    assert_eq!(show["id"], v2.as_str());
+    assert_eq!(show["parent"], v1.as_str());
+    assert_eq!(show["version"], "2");
+    assert_eq!(show["metadata"]["git"], "abc123");
+    assert_eq!(show["hardware"], serde_json::json!(["rev-a", "rev-b"]));
+    assert_eq!(show["signatures"][0]["valid"], true);
+    assert!(ok(&["show", "--repo", &s.repo, "main"]).contains("signature: "));
+
+    let ls = ok(&["ls", "--repo", &s.repo, "main", "lib"]);
+    assert!(ls.contains("libmod0.so -> libmod0.so.1") && ls.contains("libmod0.so.1"), "{ls}");
+    let one: serde_json::Value =
+        serde_json::from_str(&ok(&["ls", "--repo", &s.repo, "main", "etc/version", "--json"])).unwrap();
+    assert_eq!(one[0]["size"], 2);
+    assert!(fails(&["ls", "--repo", &s.repo, "main", "etc/nope"]).contains("etc/nope"));
+
+    let diff: serde_json::Value = serde_json::from_str(&ok(&["diff", "--repo", &s.repo, &v1, &v2, "--json"])).unwrap();
+    assert!(diff["added"].as_array().unwrap().iter().any(|p| p == "share/doc/added/round2.txt"), "{diff}");
+    assert!(diff["changed"].as_array().unwrap().iter().any(|p| p == "etc/version"), "{diff}");
+    assert!(!diff["removed"].as_array().unwrap().is_empty());
+    let chunks = diff["transfer_chunks"].as_u64().unwrap();
+    let bytes = diff["transfer_compressed_bytes"].as_u64().unwrap();
+    assert!(chunks > 0 && bytes > 0);
+    // A device already on v2 needs nothing; one with nothing needs more than the delta.
+    let same: serde_json::Value =
+        serde_json::from_str(&ok(&["diff", "--repo", &s.repo, &v2, "main", "--json"])).unwrap();
+    assert_eq!(same["transfer_chunks"], 0);
+    assert!(ok(&["diff", "--repo", &s.repo, &v1, &v2]).contains("transfer"));
+
+    let out = s.t.path().join("checkout");
+    ok(&["checkout", "--repo", &s.repo, &v1, out.to_str().unwrap()]);
+    assert_eq!(crate::snapshot(&out), crate::snapshot(Path::new(&s.tree(1))));
+    let err = fails(&["checkout", "--repo", &s.repo, &v2, out.to_str().unwrap()]);
+    assert!(err.contains("not empty"), "{err}");
+
+    let public = format!("{}.pub", s.key);
+    ok(&["fsck", "--repo", &s.repo, "--trusted-key", &public]);
+    let report: serde_json::Value = serde_json::from_str(&ok(&["fsck", "--repo", &s.repo, "--json"])).unwrap();
+    assert_eq!(report["commits"], 2);
+    assert_eq!(report["problems"], serde_json::json!([]));
+}
+
+#[test]
+fn commit_json_summary_and_idempotent_rerun() {
+    let s = Setup::new();
+    let tree = s.tree(1);
+    let args = [
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "main",
+        "--tree",
+        &tree,
+        "--version",
+        "1.0.0",
+        "--sign-key",
+        &s.key,
+        "--json",
+    ];
+    let first: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    for field in ["files", "bytes", "chunks", "new_chunks", "new_compressed_bytes", "mb_per_s"] {
+        assert!(first[field].is_number(), "{field} missing: {first}");
+    }
+    assert_eq!(first["unchanged"], false);
+    let again: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(again["commit"], first["commit"]);
+    assert_eq!(again["new_chunks"], 0);
+}
+
+#[test]
+fn keys_that_are_missing_wrong_or_untrusted() {
+    let s = Setup::new();
+    let tree = s.tree(1);
+    let missing = s.t.path().join("missing.key");
+    let err = fails(&[
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "main",
+        "--tree",
+        &tree,
+        "--version",
+        "1",
+        "--sign-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(err.contains("missing.key"), "{err}");
+    let public = format!("{}.pub", s.key);
+    let err = fails(&[
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "main",
+        "--tree",
+        &tree,
+        "--version",
+        "1",
+        "--sign-key",
+        &public,
+    ]);
+    assert!(err.contains("ci.key.pub") && err.contains("secret key"), "{err}");
+    assert!(fails(&["log", "--repo", &s.repo, "--branch", "main"]).contains("no branch"));
+
+    s.commit(1);
+    let other = s.t.path().join("other.key");
+    ok(&["keygen", "--out", other.to_str().unwrap()]);
+    let out = ferry(&["fsck", "--repo", &s.repo, "--trusted-key", &format!("{}.pub", other.display())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no valid signature by a trusted key"));
+    assert!(fails(&["keygen", "--out", other.to_str().unwrap()]).contains("already exists"));
+}
+
+#[test]
+fn bad_arguments_get_clear_errors_and_change_nothing() {
+    let s = Setup::new();
+    let tree = s.tree(1);
+    let err = fails(&[
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "main",
+        "--tree",
+        &tree,
+        "--version",
+        "v1",
+        "--sign-key",
+        &s.key,
+    ]);
+    assert!(err.contains("--version"), "{err}");
+    let err = fails(&[
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "a//b",
+        "--tree",
+        &tree,
+        "--version",
+        "1",
+        "--sign-key",
+        &s.key,
+    ]);
+    assert!(err.contains("a//b"), "{err}");
+    let err = fails(&[
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "main",
+        "--tree",
+        &tree,
+        "--version",
+        "1",
+        "--sign-key",
+        &s.key,
+        "--meta",
+        "novalue",
+    ]);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    let err = fails(&["show", "--repo", &s.repo, "deadbeefdeadbeef"]);
+    assert!(err.contains("deadbeefdeadbeef"), "{err}");
+    let err = fails(&["init", "--repo", &s.repo, "--chunk-avg", "32768"]);
+    assert!(err.contains("created with chunking") && err.contains("32768"), "{err}");
+    ok(&["init", "--repo", &s.repo]);
+    let err = fails(&[
+        "init",
+        "--repo",
+        s.t.path().join("x").to_str().unwrap(),
+        "--chunk-min",
+        "100000",
+        "--chunk-avg",
+        "65536",
+    ]);
+    assert!(err.contains("min <= avg <= max"), "{err}");
+    assert!(!s.t.path().join("x").exists());
+    let err = fails(&["log", "--repo", s.t.path().to_str().unwrap(), "--branch", "main"]);
+    assert!(err.contains("not a ferry repository"), "{err}");
+    // Nothing above created a branch.
+    assert!(fails(&["log", "--repo", &s.repo, "--branch", "main"]).contains("no branch"));
+}
+
+#[test]
+fn source_date_epoch_sets_the_timestamp() {
+    let s = Setup::new();
+    let tree = s.tree(1);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "commit",
+            "--repo",
+            &s.repo,
+            "--branch",
+            "main",
+            "--tree",
+            &tree,
+            "--version",
+            "1",
+            "--sign-key",
+            &s.key,
+        ])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let show: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, "main", "--json"])).unwrap();
+    assert_eq!(show["timestamp"], 1_700_000_000);
+    assert!(ok(&["show", "--repo", &s.repo, "main"]).contains("2023-11-14 22:13:20 UTC"));
+}

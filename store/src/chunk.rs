@@ -1,0 +1,24 @@
+//! Chunk frames as stored and sent: a zstd frame of the chunk's bytes, decoded with its output
+//! capped and its hash checked. Used by the repository and, later, by the device when chunks
+//! arrive over the network.
+
+use crate::error::{Result, StoreError};
+use crate::id::Id;
+
+/// Decompresses a stored chunk frame and checks it against its id and length. The output is
+/// capped at `len` bytes, so a corrupt frame cannot decompress into an endless stream.
+pub fn decode_chunk(id: &Id, stored: &[u8], len: u32) -> Result<Vec<u8>> {
+    let bytes = zstd::bulk::decompress(stored, len as usize)
+        .map_err(|e| StoreError::ChunkUnreadable { id: *id, message: format!("zstd: {e}") })?;
+    if bytes.len() != len as usize {
+        return Err(StoreError::ChunkUnreadable {
+            id: *id,
+            message: format!("decompressed to {} bytes, index says {len}", bytes.len()),
+        });
+    }
+    let actual = Id::of(&bytes);
+    if actual != *id {
+        return Err(StoreError::ChunkCorrupt { id: *id, actual });
+    }
+    Ok(bytes)
+}
