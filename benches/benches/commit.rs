@@ -54,6 +54,7 @@ fn commit(c: &mut Criterion) {
     let config = RepoConfig::new(ChunkParams::default(), 3);
     let mut g = c.benchmark_group("commit");
     g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(20));
     g.throughput(Throughput::Bytes(bytes));
     g.bench_function(format!("{} MiB tree, empty repository", bytes >> 20), |b| {
         b.iter_batched(

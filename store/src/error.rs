@@ -47,6 +47,8 @@ pub enum StoreError {
     UnknownRev { rev: String },
     #[error("{rev:?} is ambiguous: it matches commits {}", candidates.iter().map(|c| c.short()).collect::<Vec<_>>().join(", "))]
     AmbiguousRev { rev: String, candidates: Vec<Id> },
+    #[error("{path} is open for writing by another process (RocksDB admits one writer); retry when it is done")]
+    Locked { path: PathBuf },
     #[error("the repository was opened read-only")]
     ReadOnly,
 }

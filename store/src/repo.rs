@@ -243,7 +243,13 @@ impl Repository {
         let db = if read_only {
             DB::open_cf_descriptors_read_only(&db_options(false), &db_path, cf_descriptors(), false).map_err(dberr)?
         } else {
-            DB::open_cf_descriptors(&db_options(false), &db_path, cf_descriptors()).map_err(dberr)?
+            DB::open_cf_descriptors(&db_options(false), &db_path, cf_descriptors()).map_err(|e| {
+                if e.to_string().contains("LOCK") {
+                    StoreError::Locked { path: path.to_path_buf() }
+                } else {
+                    dberr(e)
+                }
+            })?
         };
         Ok(Repository { path: path.to_path_buf(), config, db, read_only, ref_lock: Mutex::new(()) })
     }

@@ -301,3 +301,27 @@ fn source_date_epoch_sets_the_timestamp() {
     assert_eq!(show["timestamp"], 1_700_000_000);
     assert!(ok(&["show", "--repo", &s.repo, "main"]).contains("2023-11-14 22:13:20 UTC"));
 }
+
+#[test]
+fn a_second_writer_gets_a_clear_error() {
+    let s = Setup::new();
+    let tree = s.tree(1);
+    // This process holds the repository open for writing, as a long `ferry commit` would.
+    let _held = ferry_store::Repository::open(Path::new(&s.repo)).unwrap();
+    let err = fails(&[
+        "commit",
+        "--repo",
+        &s.repo,
+        "--branch",
+        "main",
+        "--tree",
+        &tree,
+        "--version",
+        "1",
+        "--sign-key",
+        &s.key,
+    ]);
+    assert!(err.contains("open for writing by another process"), "{err}");
+    // Readers are not blocked by the writer.
+    assert!(fails(&["log", "--repo", &s.repo, "--branch", "main"]).contains("no branch"));
+}
