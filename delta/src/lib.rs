@@ -2,11 +2,12 @@
 //!
 //! What it is for: FastCDC (v2020) chunking with a repository's frozen parameters
 //! ([`chunker`]), and comparing two commits: which paths changed and which chunks the newer
-//! one needs that the older lacks ([`plan`]). Later it also owns the chunk-pack stream format,
-//! offline bundles and the device's index of local chunks. What it is not for: HTTP, async
+//! one needs that the older lacks ([`plan`]), and the pack stream that carries batches of
+//! chunks and objects over any transport ([`pack`]). Later it also owns offline bundles. What it is not for: HTTP, async
 //! runtimes, bootloaders, or reading and writing file system trees.
 
 pub mod chunker;
+pub mod pack;
 pub mod plan;
 
 pub use chunker::Chunker;

@@ -2,10 +2,11 @@
 //!
 //! What it is for: committing directory trees into a repository ([`import`]), checking
 //! commits out ([`checkout`]), verifying a repository ([`fsck`]) and presenting objects to
-//! people and scripts ([`show`]). Later it also holds the HTTP server. What it is not for:
+//! people and scripts ([`show`]), and serving the repository over HTTP ([`serve`]). What it is not for:
 //! device file systems, deployments or bootloaders (that is the device agent's job).
 
 pub mod checkout;
 pub mod fsck;
 pub mod import;
+pub mod serve;
 pub mod show;

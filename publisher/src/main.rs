@@ -140,6 +140,20 @@ enum Command {
         rev: String,
         dir: PathBuf,
     },
+    /// Serves the repository over HTTP (API v1, see docs/api.md) until SIGTERM or Ctrl-C.
+    ///
+    /// Prints `listening on http://ADDR` once bound. `ferry commit` may keep writing to the
+    /// repository meanwhile; new branch heads are served as soon as they are committed.
+    Serve {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Directory for the server's own RocksDB follower files (default: a temporary one).
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
+    },
     /// Verifies every chunk, object, branch and signature; exits 1 naming what is broken.
     Fsck {
         #[command(flatten)]
@@ -424,6 +438,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 human(summary.bytes)
             );
         }
+        Command::Serve { repo, listen, scratch } => {
+            let scratch = match scratch {
+                Some(dir) => dir,
+                None => std::env::temp_dir().join(format!("ferry-serve-{}", std::process::id())),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(ferry_publisher::serve::serve(
+                repo.repo.clone(),
+                scratch.clone(),
+                listen,
+                |addr| {
+                    println!("listening on http://{addr}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                },
+                shutdown_signal(),
+            ));
+            let _ = std::fs::remove_dir_all(&scratch);
+            result?;
+        }
         Command::Fsck { repo, trusted_keys, json } => {
             let trusted = trusted_keys.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?;
             let r = open_ro(&repo)?;
@@ -455,9 +489,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FERRY_LOG"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -68,6 +68,8 @@ pub struct Repository {
     config: RepoConfig,
     db: DB,
     read_only: bool,
+    /// Opened as a RocksDB secondary instance that follows a writer in another process.
+    follower: bool,
     ref_lock: Mutex<()>,
 }
 
@@ -251,7 +253,37 @@ impl Repository {
                 }
             })?
         };
-        Ok(Repository { path: path.to_path_buf(), config, db, read_only, ref_lock: Mutex::new(()) })
+        Ok(Repository { path: path.to_path_buf(), config, db, read_only, follower: false, ref_lock: Mutex::new(()) })
+    }
+
+    /// Opens a repository for reading while another process may be writing to it (a RocksDB
+    /// secondary instance): [`Repository::refresh`] makes the writer's new commits visible.
+    /// `scratch` is a directory of the caller's for the follower's own log files.
+    pub fn open_follower(path: &Path, scratch: &Path) -> Result<Repository> {
+        let config = Repository::read_config(path)?;
+        Repository::check_features(path, &config, false)?;
+        let db_path = path.join(DB_DIR);
+        let mut opts = db_options(false);
+        // A secondary instance must keep every file open to follow the primary's changes.
+        opts.set_max_open_files(-1);
+        let db = DB::open_cf_descriptors_as_secondary(&opts, &db_path, &scratch.to_path_buf(), cf_descriptors())
+            .map_err(|e| StoreError::Db { path: db_path.clone(), message: e.to_string() })?;
+        Ok(Repository {
+            path: path.to_path_buf(),
+            config,
+            db,
+            read_only: true,
+            follower: true,
+            ref_lock: Mutex::new(()),
+        })
+    }
+
+    /// Catches up with the writing process (followers only; a no-op otherwise).
+    pub fn refresh(&self) -> Result<()> {
+        if self.follower {
+            self.db.try_catch_up_with_primary().map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

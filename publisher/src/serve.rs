@@ -1,0 +1,265 @@
+//! `ferry serve`: the repository over HTTP (API version 1, documented in `docs/api.md`).
+//!
+//! The server is a RocksDB *follower* of the repository: `ferry commit` can keep writing in
+//! another process, and new branch heads become visible on the next branch request. It serves
+//! only what the store holds and verifies: every object and chunk is checked against its id
+//! before it is sent. Immutable, content-addressed responses carry long-lived cache headers,
+//! so a CDN or caching proxy can sit in front; branch heads carry an ETag and answer 304 when
+//! unchanged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_delta::pack;
+use ferry_store::{chunk::decode_chunk, Id, Repository, StoreError};
+use serde_json::json;
+
+/// Cache-Control for content-addressed responses.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// How often branch requests may trigger a catch-up with the writer.
+const REFRESH_EVERY: Duration = Duration::from_millis(200);
+
+struct AppState {
+    repo: Repository,
+    last_refresh: Mutex<Instant>,
+}
+
+type Shared = Arc<AppState>;
+
+/// An error response: a status and a JSON body `{"error": "..."}` naming the object.
+struct ApiError(StatusCode, String, Option<Vec<String>>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.1 });
+        if let Some(missing) = self.2 {
+            body["missing"] = json!(missing);
+        }
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match &e {
+            StoreError::ChunkMissing { .. } | StoreError::ObjectMissing { .. } | StoreError::UnknownRev { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            StoreError::BadBranchName { .. } => StatusCode::BAD_REQUEST,
+            _ => {
+                tracing::error!(error = %e, "store error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string(), None)
+    }
+}
+
+fn parse_id(s: &str) -> Result<Id, ApiError> {
+    s.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{s:?} is not an object id (64 hex digits)"), None))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}"), None))?
+}
+
+async fn branch(State(s): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let state = s.clone();
+    let head = blocking(move || {
+        {
+            let mut last = state.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= REFRESH_EVERY {
+                state.repo.refresh()?;
+                *last = Instant::now();
+            }
+        }
+        Ok(state.repo.branch(&name)?.map(|id| (name, id)))
+    })
+    .await?;
+    let Some((name, id)) = head else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such branch".into(), None));
+    };
+    let etag = format!("\"{}\"", id.to_hex());
+    let mut resp = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(json!({ "branch": name, "commit": id.to_hex() })).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?,
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+fn immutable(bytes: Vec<u8>) -> Response {
+    let mut resp = bytes.into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp
+}
+
+async fn object(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let bytes = blocking(move || Ok(s.repo.read_object_bytes(&id)?)).await?;
+    Ok(immutable(bytes))
+}
+
+async fn chunk(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let stored = blocking(move || {
+        let info = s.repo.chunk_info(&id)?.ok_or(StoreError::ChunkMissing { id })?;
+        let stored = s.repo.read_chunk_stored(&id)?;
+        decode_chunk(&id, &stored, info.len)?;
+        Ok(stored)
+    })
+    .await?;
+    Ok(immutable(stored))
+}
+
+async fn signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let sigs = blocking(move || {
+        s.repo.read_commit(&id)?;
+        Ok(s.repo.signatures(&id)?)
+    })
+    .await?;
+    let list: Vec<_> =
+        sigs.iter().map(|s| json!({ "key": hex::encode(s.key), "signature": hex::encode(s.signature) })).collect();
+    Ok(Json(json!({ "commit": id.to_hex(), "signatures": list })).into_response())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chunks,
+    Objects,
+}
+
+/// Streams the frames for `ids`, reading and verifying each in a blocking task.
+fn stream_frames(s: Shared, ids: Vec<Id>, kind: Kind) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        for id in ids {
+            let bytes = match kind {
+                Kind::Chunks => s.repo.chunk_info(&id).and_then(|info| {
+                    let info = info.ok_or(StoreError::ChunkMissing { id })?;
+                    let stored = s.repo.read_chunk_stored(&id)?;
+                    decode_chunk(&id, &stored, info.len)?;
+                    Ok(stored)
+                }),
+                Kind::Objects => s.repo.read_object_bytes(&id),
+            };
+            let item = match bytes {
+                Ok(b) => {
+                    let mut frame = Vec::with_capacity(b.len() + pack::FRAME_HEADER);
+                    pack::write_frame(&mut frame, &id, &b);
+                    Ok(Bytes::from(frame))
+                }
+                Err(e) => {
+                    // Cut the response: the client sees a truncated stream and retries what
+                    // it still lacks; it never receives bytes that do not match their id.
+                    tracing::error!(%id, error = %e, "aborting pack response");
+                    Err(std::io::Error::other(e.to_string()))
+                }
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Body::from_stream(stream)
+}
+
+async fn batch(s: Shared, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
+    let ids = pack::decode_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let state = s.clone();
+    let check = ids.clone();
+    let missing = blocking(move || {
+        let mut missing = Vec::new();
+        for id in &check {
+            let present = match kind {
+                Kind::Chunks => state.repo.has_chunk(id)?,
+                Kind::Objects => state.repo.has_object(id)?,
+            };
+            if !present {
+                missing.push(id.to_hex());
+            }
+        }
+        Ok(missing)
+    })
+    .await?;
+    if !missing.is_empty() {
+        let what = match kind {
+            Kind::Chunks => "chunks",
+            Kind::Objects => "objects",
+        };
+        let msg = format!("{} requested {what} are not in the repository, e.g. {}", missing.len(), missing[0]);
+        return Err(ApiError(StatusCode::NOT_FOUND, msg, Some(missing)));
+    }
+    tracing::debug!(count = ids.len(), "pack request");
+    let mut resp = stream_frames(s, ids, kind).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
+    Ok(resp)
+}
+
+async fn chunks_batch(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    batch(s, body, Kind::Chunks).await
+}
+
+async fn objects_batch(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    batch(s, body, Kind::Objects).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint (the API is under /v1; see docs/api.md)".into(), None)
+}
+
+/// The API's routes over an open repository.
+pub fn router(repo: Repository) -> Router {
+    let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now() - REFRESH_EVERY) });
+    Router::new()
+        .route("/v1/branches/{*name}", get(branch))
+        .route("/v1/objects/{id}", get(object))
+        .route("/v1/commits/{id}/signatures", get(signatures))
+        .route("/v1/chunks/{id}", get(chunk))
+        .route("/v1/chunks", post(chunks_batch))
+        .route("/v1/objects", post(objects_batch))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(pack::MAX_IDS_PER_REQUEST * 32))
+        .with_state(state)
+}
+
+/// Opens `repo` as a follower (its scratch files under `scratch`) and serves it on `listen`
+/// until `shutdown` resolves. `on_bound` receives the bound address (useful with port 0).
+pub async fn serve(
+    repo: PathBuf,
+    scratch: PathBuf,
+    listen: SocketAddr,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let repository = Repository::open_follower(&repo, &scratch)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    on_bound(addr);
+    tracing::info!(%addr, repo = %repo.display(), "serving");
+    axum::serve(listener, router(repository)).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    tracing::info!("shut down");
+    Ok(())
+}
