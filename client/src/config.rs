@@ -7,8 +7,15 @@
 //! current_link = "/opt/example/current"     # required: the symlink switched on update
 //! trusted_keys = ["/etc/ferry/ci.pub"]      # required, at least one: commit signing keys
 //! hardware = "board-rev-b"                  # optional: this device's hardware revision
-//! poll_interval = 3600                      # seconds between checks; default 3600
+//! poll_interval = 3600                      # seconds between checks (±10% jitter); default 3600
+//! read_timeout = 30                         # seconds without a byte before a transfer is cut; default 30
+//! retries = 5                               # attempts per update before giving up; default 5
+//! concurrency = 2                           # chunk requests in flight; default 2
+//! batch_bytes = 67108864                    # chunk bytes (uncompressed) per request; default 64 MiB
 //! ```
+//!
+//! This build speaks plain HTTP only; TLS arrives with the fleet server. Until then, put the
+//! server behind a VPN or a TLS-terminating proxy on the device's side.
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default). Every trusted
 //! key file is loaded and checked (weak keys refused) when the configuration is read.
@@ -27,6 +34,22 @@ fn default_poll_interval() -> u64 {
     3600
 }
 
+fn default_read_timeout() -> u64 {
+    30
+}
+
+fn default_retries() -> u32 {
+    5
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+
+fn default_batch_bytes() -> u64 {
+    64 << 20
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -40,6 +63,14 @@ pub struct Config {
     pub hardware: Option<String>,
     #[serde(default = "default_poll_interval")]
     pub poll_interval: u64,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: u64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: u64,
 }
 
 impl Config {
@@ -51,8 +82,11 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config> {
         let c: Config = toml::from_str(text)?;
-        if !(c.server.starts_with("http://") || c.server.starts_with("https://")) {
-            bail!("server {:?} must be an http:// or https:// URL", c.server);
+        if c.server.starts_with("https://") {
+            bail!("server {:?}: this build of ferryd speaks plain http:// only (TLS is not built in yet)", c.server);
+        }
+        if !c.server.starts_with("http://") {
+            bail!("server {:?} must be an http:// URL", c.server);
         }
         ferry_store::repo::check_branch_name(&c.branch)?;
         if c.trusted_keys.is_empty() {
@@ -60,6 +94,9 @@ impl Config {
         }
         if c.poll_interval == 0 {
             bail!("poll_interval must be at least 1 second");
+        }
+        if c.read_timeout == 0 || c.retries == 0 || c.concurrency == 0 || c.batch_bytes == 0 {
+            bail!("read_timeout, retries, concurrency and batch_bytes must be at least 1");
         }
         for p in [&c.state_dir, &c.current_link] {
             if !p.is_absolute() {

@@ -2,11 +2,18 @@
 //!
 //! What it is for: everything a device does about updates, as its own service beside the
 //! application: configuration, checking in, downloading missing chunks, assembling
-//! deployments, switching, health checks and rollback. So far it holds the configuration
-//! ([`config`]) and reports the device's state ([`status`]); the update path arrives with the
-//! server. What it is not for: serving HTTP to others (no axum here) or writing repositories.
+//! deployments, switching, health checks and rollback: [`config`], the device's own store
+//! ([`local`]), the HTTP client ([`http`]), one update ([`update`]), the device's fsck
+//! ([`fsck`]) and its status ([`status`]). What it is not for: serving HTTP to others (no
+//! axum here) or writing repositories.
 
 pub mod config;
+pub mod crash;
+pub mod fsck;
+pub mod http;
+pub mod local;
+pub mod state;
 pub mod status;
+pub mod update;
 
 pub use config::Config;

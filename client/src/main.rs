@@ -1,15 +1,18 @@
-//! `ferryd`: the device agent. Parses arguments, calls the library, prints the result.
+//! `ferryd`: the device agent. Parses arguments, sets up logging and the runtime, calls the
+//! library, prints the result.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ferry_client::Config;
 
 #[derive(Parser)]
-#[command(name = "ferryd", version, about = "Ferry's device agent")]
+#[command(name = "ferryd", version, about = "Ferry's device agent: fetches, deploys and switches releases")]
 struct Cli {
-    /// Configuration file (TOML); see the ferry-client crate docs for every key.
+    /// Configuration file (TOML); every key and its default is documented in
+    /// client/src/config.rs and the README.
     #[arg(long, env = "FERRYD_CONFIG", default_value = "/etc/ferry/ferryd.toml")]
     config: PathBuf,
     #[command(subcommand)]
@@ -18,21 +21,131 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Checks the branch once and, if it moved, updates to its head and switches.
+    Update {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon: updates every poll_interval (with jitter), backing off on errors.
+    Run,
+    /// Shows the current and previous deployments and the last update's result.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verifies every deployment on the device against its commit; exits 1 on problems.
+    Fsck {
+        #[arg(long)]
+        json: bool,
+    },
     /// Checks the configuration and the trusted keys; prints the effective configuration.
     CheckConfig {
         #[arg(long)]
         json: bool,
     },
-    /// Shows what this device runs now.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn human(bytes: u64) -> String {
+    if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / 1024.0 / 1024.0)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     match cli.command {
+        Command::Update { json } => {
+            let s = runtime()?.block_on(ferry_client::update::update(&config))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if s.up_to_date {
+                println!("up to date at {} ({})", s.version, &s.to[..12]);
+            } else {
+                println!(
+                    "updated {} -> {} ({}): downloaded {} in {} requests ({} chunks new, {} reused; {} of {} files reused) in {:.1} s",
+                    s.from.as_deref().map_or("nothing", |f| &f[..12]),
+                    &s.to[..12],
+                    s.version,
+                    human(s.bytes_downloaded),
+                    s.requests,
+                    s.chunks_downloaded,
+                    s.chunks_reused,
+                    s.files_reused,
+                    s.files,
+                    s.seconds
+                );
+            }
+        }
+        Command::Run => {
+            let rt = runtime()?;
+            let mut backoff = Duration::from_secs(5);
+            loop {
+                let wait = match rt.block_on(ferry_client::update::update(&config)) {
+                    Ok(s) => {
+                        if !s.up_to_date {
+                            tracing::info!(to = %s.to, version = %s.version, bytes = s.bytes_downloaded, "updated");
+                        }
+                        backoff = Duration::from_secs(5);
+                        let base = config.poll_interval as f64;
+                        // ±10% jitter so a fleet does not check in in lockstep.
+                        let jitter =
+                            (std::process::id() as f64 * 0.618 + ferry_client::state::now() as f64).fract() * 0.2 - 0.1;
+                        Duration::from_secs_f64(base * (1.0 + jitter))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "update failed");
+                        let w = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval));
+                        w
+                    }
+                };
+                std::thread::sleep(wait);
+            }
+        }
+        Command::Status { json } => {
+            let s = ferry_client::status::status(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let show = |d: &Option<ferry_client::status::Deployment>| {
+                    d.as_ref().map_or("none".to_string(), |d| {
+                        format!("{} ({})", d.version.as_deref().unwrap_or("?"), &d.commit[..12.min(d.commit.len())])
+                    })
+                };
+                println!("current:  {}", show(&s.current));
+                println!("previous: {}", show(&s.previous));
+                println!("branch:   {} on {}", s.branch, s.server);
+                if let Some(r) = &s.last_result {
+                    println!("last:     {r}{}", s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());
+                }
+            }
+        }
+        Command::Fsck { json } => {
+            let local = ferry_client::local::Local::open(&config.state_dir)?;
+            let r = ferry_client::fsck::fsck(&local)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for p in &r.problems {
+                    println!("{p}");
+                }
+                eprintln!(
+                    "checked {} deployments, {} files: {}",
+                    r.deployments,
+                    r.files,
+                    if r.problems.is_empty() { "ok".to_string() } else { format!("{} problems", r.problems.len()) }
+                );
+            }
+            if !r.problems.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Command::CheckConfig { json } => {
             let keys = config.keys()?;
             if json {
@@ -42,25 +155,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("configuration ok; {} trusted key(s)", keys.len());
             }
         }
-        Command::Status { json } => {
-            let s = ferry_client::status::status(&config)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                match &s.deployment {
-                    Some(d) => println!("running {} (via {})", d.display(), s.current_link.display()),
-                    None => println!("no deployment yet ({} does not exist)", s.current_link.display()),
-                }
-                println!("following branch {} on {}", s.branch, s.server);
-            }
-        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -1,28 +1,61 @@
-//! What the device runs now, read from the switch symlink.
+//! What the device runs, what ran before, and how the last update went.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::local::Local;
+use crate::state::State;
 use crate::Config;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub commit: String,
+    pub version: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub current_link: PathBuf,
     /// Where the link points, or `None` before the first deployment.
-    pub deployment: Option<PathBuf>,
+    pub target: Option<PathBuf>,
+    pub current: Option<Deployment>,
+    pub previous: Option<Deployment>,
     pub branch: String,
     pub server: String,
     pub hardware: Option<String>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    pub last_attempt: Option<i64>,
 }
 
 pub fn status(config: &Config) -> Result<Status> {
+    let target = ferry_boot::current_target(&config.current_link)?;
+    let state = State::load(&config.state_dir)?;
+    let local = Local::open_read_only(&config.state_dir)?;
+    let describe = |hex: &str| -> Deployment {
+        let version = local
+            .as_ref()
+            .and_then(|l| hex.parse().ok().and_then(|id| l.commit(&id).ok().flatten()))
+            .map(|c| c.version.to_string());
+        Deployment { commit: hex.to_string(), version }
+    };
+    let current = target
+        .as_ref()
+        .filter(|t| t.parent() == Some(config.state_dir.join("deploy").as_path()))
+        .and_then(|t| t.file_name())
+        .map(|n| describe(&n.to_string_lossy()));
     Ok(Status {
         current_link: config.current_link.clone(),
-        deployment: ferry_boot::current_target(&config.current_link)?,
+        target,
+        current,
+        previous: state.previous.as_deref().map(describe),
         branch: config.branch.clone(),
         server: config.server.clone(),
         hardware: config.hardware.clone(),
+        last_result: state.last_result,
+        last_error: state.last_error,
+        last_attempt: state.last_attempt,
     })
 }

@@ -1,0 +1,37 @@
+//! Crash points for the power-cut tests.
+//!
+//! `FERRYD_CRASH_AT=<step>:<n>` makes the agent abort (like a SIGKILL: no cleanup, no
+//! flushing of anything not yet written) the n-th time it reaches the durable step `<step>`.
+//! Without the variable this is one environment lookup per step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Every durable step, in the order an update reaches them.
+pub const STEPS: &[&str] = &[
+    "commit-stored",
+    "tree-stored",
+    "chunk-staged",
+    "object-written",
+    "deployment-complete",
+    "switched",
+    "state-saved",
+    "gc",
+];
+
+static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+pub fn point(step: &str) {
+    let target = TARGET.get_or_init(|| {
+        let v = std::env::var("FERRYD_CRASH_AT").ok()?;
+        let (name, n) = v.split_once(':')?;
+        Some((name.to_string(), n.parse().ok()?))
+    });
+    if let Some((name, n)) = target {
+        if name == step && COUNT.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+            eprintln!("ferryd: crash point {step}:{n} reached, aborting");
+            std::process::abort();
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The agent's side of the HTTP API (v1): every response is read with a size cap taken from
+//! what the agent expects, and every read is bounded in time, so a server that stalls or
+//! never stops sending is cut off instead of waited on.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_delta::pack::{self, Frame, FrameDecoder};
+use ferry_store::Id;
+
+/// Counts what crossed the network during one update.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Traffic {
+    pub requests: u64,
+    /// HTTP body bytes received.
+    pub bytes: u64,
+}
+
+/// The answer to a branch check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    Unchanged,
+    At(Id),
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    base: String,
+    client: reqwest::Client,
+}
+
+/// Largest JSON answer (branch head, signature list) the agent reads.
+const MAX_JSON: usize = 1 << 20;
+
+impl Server {
+    pub fn new(base: &str, read_timeout: Duration) -> Result<Server> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(read_timeout)
+            .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Server { base: base.trim_end_matches('/').to_string(), client })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.base)
+    }
+
+    /// Reads a whole body, refusing more than `max` bytes.
+    async fn read_capped(resp: reqwest::Response, max: usize, what: &str, t: &mut Traffic) -> Result<Vec<u8>> {
+        let mut resp = resp;
+        let mut out = Vec::new();
+        while let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? {
+            t.bytes += piece.len() as u64;
+            if out.len() + piece.len() > max {
+                bail!("{what} is larger than the {max} bytes allowed; refusing it");
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+
+    async fn check(resp: reqwest::Response, what: &str, t: &mut Traffic) -> Result<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        let body = Server::read_capped(resp, 64 * 1024, what, t).await.unwrap_or_default();
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("{what}: server answered {status}: {detail}")
+    }
+
+    /// The commit a branch points at; `Unchanged` if it is still `known`.
+    pub async fn branch(&self, name: &str, known: Option<Id>, t: &mut Traffic) -> Result<Head> {
+        let what = format!("branch {name}");
+        let mut req = self.client.get(self.url(&format!("branches/{name}")));
+        if let Some(id) = known {
+            req = req.header(reqwest::header::IF_NONE_MATCH, format!("\"{}\"", id.to_hex()));
+        }
+        t.requests += 1;
+        let resp = Server::check(req.send().await.with_context(|| format!("asking for {what}"))?, &what, t).await?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(Head::Unchanged);
+        }
+        let body = Server::read_capped(resp, MAX_JSON, &what, t).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
+        let id = v
+            .get("commit")
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| anyhow!("{what}: answer has no commit"))?
+            .parse()
+            .with_context(|| format!("{what}: bad commit id"))?;
+        Ok(Head::At(id))
+    }
+
+    /// One object's bytes, at most `max` of them, verified against its id.
+    pub async fn object(&self, id: &Id, max: usize, t: &mut Traffic) -> Result<Vec<u8>> {
+        let what = format!("object {id}");
+        t.requests += 1;
+        let resp = self
+            .client
+            .get(self.url(&format!("objects/{id}")))
+            .send()
+            .await
+            .with_context(|| format!("fetching {what}"))?;
+        let resp = Server::check(resp, &what, t).await?;
+        let bytes = Server::read_capped(resp, max, &what, t).await?;
+        let actual = Id::of(&bytes);
+        if actual != *id {
+            bail!("{what} is corrupt: the server sent bytes that hash to {actual}");
+        }
+        Ok(bytes)
+    }
+
+    /// The signatures the server holds for a commit: (public key, signature) pairs.
+    pub async fn signatures(&self, id: &Id, t: &mut Traffic) -> Result<Vec<([u8; 32], [u8; 64])>> {
+        let what = format!("signatures of commit {id}");
+        t.requests += 1;
+        let resp = self
+            .client
+            .get(self.url(&format!("commits/{id}/signatures")))
+            .send()
+            .await
+            .with_context(|| format!("fetching {what}"))?;
+        let resp = Server::check(resp, &what, t).await?;
+        let body = Server::read_capped(resp, MAX_JSON, &what, t).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
+        let mut out = Vec::new();
+        for s in v.get("signatures").and_then(|s| s.as_array()).into_iter().flatten() {
+            let key = s.get("key").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
+            let sig = s.get("signature").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
+            if let (Some(key), Some(sig)) = (key, sig) {
+                if let (Ok(key), Ok(sig)) = (<[u8; 32]>::try_from(key), <[u8; 64]>::try_from(sig)) {
+                    out.push((key, sig));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Asks for many chunks or objects in one request and hands each frame to `on_frame` as
+    /// it arrives. `expected` gives each id's largest acceptable length. Returns when every
+    /// frame arrived; a broken or stalled stream is an error after the frames that did arrive
+    /// were handed over.
+    pub async fn pack(
+        &self,
+        path: &str,
+        expected: &[(Id, u32)],
+        t: &mut Traffic,
+        mut on_frame: impl FnMut(Frame) -> Result<()>,
+    ) -> Result<()> {
+        let ids: Vec<Id> = expected.iter().map(|(id, _)| *id).collect();
+        let what = format!("{} {path}", ids.len());
+        t.requests += 1;
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(pack::encode_request(&ids))
+            .send()
+            .await
+            .with_context(|| format!("requesting {what}"))?;
+        let mut resp = Server::check(resp, &what, t).await?;
+        let mut decoder = FrameDecoder::new(expected.iter().copied());
+        while decoder.remaining() > 0 {
+            let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? else {
+                break;
+            };
+            t.bytes += piece.len() as u64;
+            for frame in decoder.feed(&piece).with_context(|| format!("receiving {what}"))? {
+                on_frame(frame)?;
+            }
+        }
+        decoder.finish().with_context(|| format!("receiving {what}"))?;
+        if decoder.remaining() > 0 {
+            bail!("receiving {what}: the response ended with {} still missing", decoder.remaining());
+        }
+        // Anything after the last expected frame is not read: the connection is dropped.
+        Ok(())
+    }
+}

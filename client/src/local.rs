@@ -1,0 +1,320 @@
+//! The device's own store.
+//!
+//! ```text
+//! <state_dir>/db/          RocksDB: chunk_index (chunk id → file object id ‖ u64 offset ‖ u32 len),
+//!                          objects (tree and commit id → canonical bytes, verified when stored)
+//! <state_dir>/objects/     file objects, one per distinct (content, mode, owner, xattrs);
+//!                          deployments hardlink to them
+//! <state_dir>/staging/     downloaded chunks (zstd frames, verified) not yet built into objects
+//! <state_dir>/deploy/<id>/ complete deployments; `<id>.tmp-*` are incomplete and are removed
+//! <state_dir>/state.json   previous deployment, last result and error
+//! ```
+//!
+//! RocksDB stays behind this type: nothing outside this module sees it. The index is a cache
+//! of what the object files hold: a chunk read through it is verified against its id, and a
+//! chunk whose object is gone or changed is simply fetched again.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ferry_store::object::{object_kind, ObjectKind};
+use ferry_store::{Commit, Id, Meta, Tree};
+use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, DB};
+
+const CF_INDEX: &str = "chunk_index";
+const CF_OBJECTS: &str = "objects";
+
+/// Where a chunk's bytes are on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub object: Id,
+    pub offset: u64,
+    pub len: u32,
+}
+
+pub struct Local {
+    pub root: PathBuf,
+    db: DB,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").field("root", &self.root).finish()
+    }
+}
+
+/// The id of a file object: what a deployment's file is, content and metadata together.
+pub fn file_object_id(meta: &Meta, chunks: &[ferry_store::ChunkRef]) -> Id {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry file object v1\0");
+    h.update(&meta.mode.to_le_bytes());
+    h.update(&meta.uid.to_le_bytes());
+    h.update(&meta.gid.to_le_bytes());
+    h.update(&(meta.xattrs.len() as u32).to_le_bytes());
+    for x in &meta.xattrs {
+        h.update(&(x.name.len() as u32).to_le_bytes());
+        h.update(&x.name);
+        h.update(&(x.value.len() as u32).to_le_bytes());
+        h.update(&x.value);
+    }
+    h.update(&(chunks.len() as u64).to_le_bytes());
+    for c in chunks {
+        h.update(c.id.as_bytes());
+        h.update(&c.len.to_le_bytes());
+    }
+    Id(*h.finalize().as_bytes())
+}
+
+impl Local {
+    /// Opens (creating if needed) the state directory, and removes what an interrupted run
+    /// left half-done: incomplete deployments and temporary files. Staging is kept.
+    pub fn open(root: &Path) -> Result<Local> {
+        for dir in ["objects", "staging", "deploy"] {
+            fs::create_dir_all(root.join(dir)).with_context(|| format!("creating {}", root.join(dir).display()))?;
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(DBCompressionType::None);
+        // A device is small: keep RocksDB's memory modest.
+        opts.set_write_buffer_size(4 << 20);
+        opts.set_max_open_files(64);
+        let cfs = [CF_INDEX, CF_OBJECTS].map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(DBCompressionType::None);
+            o.set_write_buffer_size(4 << 20);
+            ColumnFamilyDescriptor::new(name, o)
+        });
+        let db_path = root.join("db");
+        let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| {
+            if e.to_string().contains("LOCK") {
+                anyhow::anyhow!("{} is in use by another ferryd", db_path.display())
+            } else {
+                anyhow::anyhow!("opening {}: {e}", db_path.display())
+            }
+        })?;
+        let local = Local { root: root.to_path_buf(), db };
+        local.recover()?;
+        Ok(local)
+    }
+
+    /// Opens the state directory for reading only (no lock, no recovery), e.g. for `status`
+    /// while the daemon runs. `None` if no update has run yet.
+    pub fn open_read_only(root: &Path) -> Result<Option<Local>> {
+        let db_path = root.join("db");
+        if !db_path.exists() {
+            return Ok(None);
+        }
+        let db = DB::open_cf_for_read_only(&Options::default(), &db_path, [CF_INDEX, CF_OBJECTS], false)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", db_path.display()))?;
+        Ok(Some(Local { root: root.to_path_buf(), db }))
+    }
+
+    fn recover(&self) -> Result<()> {
+        for (dir, is_tmp) in [
+            ("deploy", &(|n: &str| n.contains(".tmp-")) as &dyn Fn(&str) -> bool),
+            ("objects", &|n: &str| n.ends_with(".tmp")),
+            ("staging", &|n: &str| n.ends_with(".tmp")),
+        ] {
+            for e in fs::read_dir(self.root.join(dir))? {
+                let e = e?;
+                if is_tmp(&e.file_name().to_string_lossy()) {
+                    let p = e.path();
+                    tracing::info!(path = %p.display(), "removing what an interrupted update left");
+                    if e.file_type()?.is_dir() {
+                        make_writable(&p);
+                        fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                    } else {
+                        fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(name).expect("column family opened with the database")
+    }
+
+    pub fn object_path(&self, id: &Id) -> PathBuf {
+        self.root.join("objects").join(id.to_hex())
+    }
+
+    pub fn staging_path(&self, id: &Id) -> PathBuf {
+        self.root.join("staging").join(id.to_hex())
+    }
+
+    pub fn deploy_dir(&self) -> PathBuf {
+        self.root.join("deploy")
+    }
+
+    // ---- trees and commits ----------------------------------------------------------
+
+    /// Stores a tree or commit whose bytes the caller has verified against `id`.
+    pub fn put_object(&self, id: &Id, bytes: &[u8]) -> Result<()> {
+        if Id::of(bytes) != *id {
+            bail!("object {id}: bytes do not match the id");
+        }
+        self.db.put_cf(self.cf(CF_OBJECTS), id.as_bytes(), bytes).context("storing an object")
+    }
+
+    fn object_bytes(&self, id: &Id) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_OBJECTS), id.as_bytes()).context("reading an object")? else {
+            return Ok(None);
+        };
+        if Id::of(&bytes) != *id {
+            // Damaged on the device: forget it so it is fetched again.
+            self.db.delete_cf(self.cf(CF_OBJECTS), id.as_bytes())?;
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    pub fn has_object(&self, id: &Id) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_OBJECTS), id.as_bytes())?.is_some())
+    }
+
+    pub fn tree(&self, id: &Id) -> Result<Option<Tree>> {
+        match self.object_bytes(id)? {
+            Some(b) if object_kind(&b) == Some(ObjectKind::Tree) => {
+                Ok(Some(Tree::decode(&b).with_context(|| format!("tree {id} stored on the device"))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub fn commit(&self, id: &Id) -> Result<Option<Commit>> {
+        match self.object_bytes(id)? {
+            Some(b) if object_kind(&b) == Some(ObjectKind::Commit) => {
+                Ok(Some(Commit::decode(&b).with_context(|| format!("commit {id} stored on the device"))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Drops stored trees and commits not in `keep`.
+    pub fn retain_objects(&self, keep: &std::collections::HashSet<Id>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for item in self.db.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
+            let (k, _) = item?;
+            if Id::from_slice(&k).is_none_or(|id| !keep.contains(&id)) {
+                batch.delete_cf(self.cf(CF_OBJECTS), k);
+            }
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    // ---- chunks -----------------------------------------------------------------------
+
+    pub fn location(&self, chunk: &Id) -> Result<Option<Location>> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_INDEX), chunk.as_bytes())? else {
+            return Ok(None);
+        };
+        let parse = || -> Option<Location> {
+            Some(Location {
+                object: Id::from_slice(v.get(..32)?)?,
+                offset: u64::from_le_bytes(v.get(32..40)?.try_into().ok()?),
+                len: u32::from_le_bytes(v.get(40..44)?.try_into().ok()?),
+            })
+        };
+        Ok(parse())
+    }
+
+    /// Records where the chunks of a newly written file object are.
+    pub fn index_object(&self, object: &Id, chunks: &[ferry_store::ChunkRef]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut offset = 0u64;
+        for c in chunks {
+            let mut v = Vec::with_capacity(44);
+            v.extend_from_slice(object.as_bytes());
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(&c.len.to_le_bytes());
+            batch.put_cf(self.cf(CF_INDEX), c.id.as_bytes(), v);
+            offset += u64::from(c.len);
+        }
+        self.db.write(batch).context("updating the chunk index")
+    }
+
+    pub fn forget_chunk(&self, chunk: &Id) -> Result<()> {
+        self.db.delete_cf(self.cf(CF_INDEX), chunk.as_bytes()).context("updating the chunk index")
+    }
+
+    /// True if the device holds `chunk`'s bytes (in an object or in staging). Cheap: it does
+    /// not read or verify them; [`Local::read_chunk`] does.
+    pub fn has_chunk(&self, chunk: &Id) -> Result<bool> {
+        if self.staging_path(chunk).exists() {
+            return Ok(true);
+        }
+        Ok(match self.location(chunk)? {
+            Some(loc) => self.object_path(&loc.object).exists(),
+            None => false,
+        })
+    }
+
+    /// A chunk's bytes from the device, verified; `None` if it is not there or not intact
+    /// (a damaged copy is forgotten, so the caller fetches it again).
+    pub fn read_chunk(&self, chunk: &Id, len: u32) -> Result<Option<Vec<u8>>> {
+        let staged = self.staging_path(chunk);
+        if let Ok(frame) = fs::read(&staged) {
+            match ferry_store::chunk::decode_chunk(chunk, &frame, len) {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(e) => {
+                    tracing::warn!(%chunk, error = %e, "discarding a damaged staged chunk");
+                    let _ = fs::remove_file(&staged);
+                }
+            }
+        }
+        let Some(loc) = self.location(chunk)? else { return Ok(None) };
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = fs::File::open(self.object_path(&loc.object))?;
+            f.seek(SeekFrom::Start(loc.offset))?;
+            let mut buf = vec![0u8; loc.len as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        match read() {
+            Ok(bytes) if loc.len == len && Id::of(&bytes) == *chunk => Ok(Some(bytes)),
+            _ => {
+                self.forget_chunk(chunk)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes index entries whose object file is gone.
+    pub fn prune_index(&self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for item in self.db.iterator_cf(self.cf(CF_INDEX), IteratorMode::Start) {
+            let (k, v) = item?;
+            let gone = v.get(..32).and_then(Id::from_slice).is_none_or(|o| !self.object_path(&o).exists());
+            if gone {
+                batch.delete_cf(self.cf(CF_INDEX), k);
+            }
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (RocksDB's WAL).
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).context("syncing the device database")
+    }
+}
+
+/// Restores owner write permission on a directory tree so it can be removed.
+pub fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}

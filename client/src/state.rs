@@ -1,0 +1,41 @@
+//! `state.json`: what the agent remembers between runs, written atomically.
+//!
+//! The current deployment is not stored here: the `current_link` symlink is the truth, and
+//! this file records only what cannot be read from the file system.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The deployment that ran before the current one (kept for rollback).
+    pub previous: Option<String>,
+    /// `"ok"`, `"up-to-date"` or `"error"`, for the last `ferryd update`.
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    /// Unix seconds of the last update attempt.
+    pub last_attempt: Option<i64>,
+}
+
+impl State {
+    pub fn load(state_dir: &Path) -> Result<State> {
+        let path = state_dir.join("state.json");
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) -> Result<()> {
+        let path = state_dir.join("state.json");
+        ferry_store::durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,513 @@
+//! One check-and-update: from whatever the device runs (or nothing) to the branch's head.
+//!
+//! Order of work, and what a crash at each step leaves (see `crash::STEPS`):
+//! 1. branch head (ETag: an unchanged head costs a 304 and nothing else);
+//! 2. the commit and its signatures; the signature is verified with a trusted key **before**
+//!    the commit is decoded or anything it names is fetched (`commit-stored`);
+//! 3. the trees the device lacks, one batched request per tree depth (`tree-stored`);
+//! 4. the plan: chunks of files whose object the device lacks, minus chunks it holds;
+//! 5. those chunks, in batched requests with bounded concurrency, each verified and staged
+//!    as it arrives, so a broken connection costs at most the chunk in flight (`chunk-staged`);
+//! 6. the deployment, built beside the current one: an unchanged file is a hardlink to its
+//!    existing object, a changed one is built from verified chunks (`object-written`), synced,
+//!    then renamed from `deploy/<id>.tmp-*` to `deploy/<id>` (`deployment-complete`);
+//! 7. the atomic switch of `current_link` (`switched`), state (`state-saved`), and garbage
+//!    collection of older deployments, unreferenced objects and staging (`gc`).
+//!
+//! A crash before 7 leaves the old deployment current and everything fetched so far reusable;
+//! recovery at the next start removes only temporary files. Steps 2–6 are retried on network
+//! errors, each retry asking only for what is still missing.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_delta::pack::{self, MAX_IDS_PER_REQUEST};
+use ferry_store::{ChunkRef, Commit, EntryKind, Id, Meta, PublicKey, Xattr};
+use futures_util::StreamExt;
+
+use crate::config::Config;
+use crate::crash;
+use crate::http::{Head, Server, Traffic};
+use crate::local::{file_object_id, make_writable, Local};
+use crate::state::{now, State};
+
+/// Largest commit and tree the agent accepts (the format's own limits are higher).
+const MAX_COMMIT: usize = 2 << 20;
+const MAX_TREE: u32 = 64 << 20;
+
+/// What one `ferryd update` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpdateSummary {
+    pub from: Option<String>,
+    pub to: String,
+    pub version: String,
+    pub up_to_date: bool,
+    /// HTTP body bytes received, everything included.
+    pub bytes_downloaded: u64,
+    /// Of those, the bytes of chunk frames (36-byte header + zstd frame each).
+    pub chunk_bytes_downloaded: u64,
+    pub chunks_downloaded: u64,
+    /// Distinct chunks of the new commit the device already held.
+    pub chunks_reused: u64,
+    pub requests: u64,
+    pub files: u64,
+    /// Files of the new deployment that are hardlinks to objects that existed before.
+    pub files_reused: u64,
+    pub attempts: u32,
+    pub seconds: f64,
+}
+
+/// An error no retry can fix: untrusted or wrong content.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// The commit `current_link` points at, if it is one of our deployments.
+pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
+    let Some(target) = ferry_boot::current_target(&config.current_link)? else { return Ok(None) };
+    if target.parent() != Some(local.deploy_dir().as_path()) || !target.is_dir() {
+        return Ok(None);
+    }
+    Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
+}
+
+struct FilePlan {
+    path: PathBuf,
+    meta: Meta,
+    chunks: Vec<ChunkRef>,
+    object: Id,
+}
+
+struct SymlinkPlan {
+    path: PathBuf,
+    uid: u32,
+    gid: u32,
+    xattrs: Vec<Xattr>,
+    target: Vec<u8>,
+}
+
+struct Plan {
+    dirs: Vec<(PathBuf, Meta)>,
+    symlinks: Vec<SymlinkPlan>,
+    files: Vec<FilePlan>,
+}
+
+fn os(b: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(b)
+}
+
+fn plan(local: &Local, commit: &Commit) -> Result<Plan> {
+    let mut p = Plan { dirs: Vec::new(), symlinks: Vec::new(), files: Vec::new() };
+    fn walk(local: &Local, id: &Id, rel: &Path, p: &mut Plan) -> Result<()> {
+        let tree = local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))?;
+        p.dirs.push((rel.to_path_buf(), tree.meta.clone()));
+        for e in tree.entries {
+            let path = rel.join(os(&e.name));
+            match e.kind {
+                EntryKind::Dir { tree } => walk(local, &tree, &path, p)?,
+                EntryKind::File { meta, chunks, .. } => {
+                    let object = file_object_id(&meta, &chunks);
+                    p.files.push(FilePlan { path, meta, chunks, object });
+                }
+                EntryKind::Symlink { uid, gid, xattrs, target } => {
+                    p.symlinks.push(SymlinkPlan { path, uid, gid, xattrs, target })
+                }
+            }
+        }
+        Ok(())
+    }
+    walk(local, &commit.root, Path::new(""), &mut p)?;
+    Ok(p)
+}
+
+async fn fetch_commit(server: &Server, local: &Local, id: &Id, keys: &[PublicKey], t: &mut Traffic) -> Result<Commit> {
+    if let Some(c) = local.commit(id)? {
+        return Ok(c);
+    }
+    let bytes = server.object(id, MAX_COMMIT, t).await?;
+    let sigs = server.signatures(id, t).await?;
+    let trusted = sigs.iter().any(|(key, sig)| keys.iter().any(|k| k.to_bytes() == *key && k.verify_commit(id, sig)));
+    if !trusted {
+        return Err(Refused(format!("commit {id} is not signed by a trusted key; refusing it")).into());
+    }
+    // Only now, with the signature checked, are the bytes decoded.
+    let commit = Commit::decode(&bytes).map_err(|e| Refused(format!("commit {id} does not decode: {e}")))?;
+    local.put_object(id, &bytes)?;
+    crash::point("commit-stored");
+    Ok(commit)
+}
+
+async fn fetch_trees(server: &Server, local: &Local, root: &Id, t: &mut Traffic) -> Result<()> {
+    let mut level = vec![*root];
+    while !level.is_empty() {
+        let mut missing = Vec::new();
+        for id in &level {
+            if !local.has_object(id)? {
+                missing.push((*id, MAX_TREE));
+            }
+        }
+        for batch in missing.chunks(MAX_IDS_PER_REQUEST) {
+            server
+                .pack("objects", batch, t, |frame| {
+                    if Id::of(&frame.bytes) != frame.id {
+                        bail!(
+                            "tree {} is corrupt: the server sent bytes that hash to {}",
+                            frame.id,
+                            Id::of(&frame.bytes)
+                        );
+                    }
+                    ferry_store::Tree::decode(&frame.bytes)
+                        .with_context(|| format!("tree {} does not decode", frame.id))?;
+                    local.put_object(&frame.id, &frame.bytes)?;
+                    crash::point("tree-stored");
+                    Ok(())
+                })
+                .await?;
+        }
+        let mut next = Vec::new();
+        for id in &level {
+            let tree = local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))?;
+            next.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                EntryKind::Dir { tree } => Some(tree),
+                _ => None,
+            }));
+        }
+        next.sort();
+        next.dedup();
+        level = next;
+    }
+    Ok(())
+}
+
+fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Result<()> {
+    ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
+    let path = local.staging_path(id);
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, frame).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crash::point("chunk-staged");
+    Ok(())
+}
+
+/// Downloads `missing` (id → length) into staging; returns the number of chunk frames and
+/// their bytes received, even when some batches failed (the error comes last).
+async fn fetch_chunks(
+    server: &Server,
+    local: &Local,
+    missing: &[(Id, u32)],
+    config: &Config,
+    t: &mut Traffic,
+) -> (u64, u64, Result<()>) {
+    let mut batches: Vec<Vec<(Id, u32)>> = Vec::new();
+    let mut current: Vec<(Id, u32)> = Vec::new();
+    let mut bytes = 0u64;
+    for &(id, len) in missing {
+        if current.len() == MAX_IDS_PER_REQUEST || (bytes + u64::from(len) > config.batch_bytes && !current.is_empty())
+        {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += u64::from(len);
+        current.push((id, len));
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    let results: Vec<(Traffic, u64, u64, Result<()>)> = futures_util::stream::iter(batches)
+        .map(|batch| async move {
+            let lens: HashMap<Id, u32> = batch.iter().copied().collect();
+            let expected: Vec<(Id, u32)> = batch.iter().map(|(id, len)| (*id, pack::max_stored_len(*len))).collect();
+            let mut t = Traffic::default();
+            let (mut n, mut b) = (0u64, 0u64);
+            let r = server
+                .pack("chunks", &expected, &mut t, |frame| {
+                    let len = lens.get(&frame.id).copied().unwrap_or(0);
+                    stage_chunk(local, &frame.id, &frame.bytes, len)?;
+                    n += 1;
+                    b += (frame.bytes.len() + pack::FRAME_HEADER) as u64;
+                    Ok(())
+                })
+                .await;
+            // Make what arrived durable, whether or not the batch completed.
+            if let Ok(dir) = fs::File::open(local.root.join("staging")) {
+                let _ = nix::unistd::syncfs(&dir);
+            }
+            (t, n, b, r)
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
+    let (mut n, mut b, mut first_err) = (0, 0, None);
+    for (bt, bn, bb, r) in results {
+        t.requests += bt.requests;
+        t.bytes += bt.bytes;
+        n += bn;
+        b += bb;
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    (n, b, first_err.map_or(Ok(()), Err))
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn apply_meta(path: &Path, file: &fs::File, meta: &Meta) -> Result<()> {
+    if is_root() {
+        std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))
+            .with_context(|| format!("setting owner of {}", path.display()))?;
+    }
+    for x in &meta.xattrs {
+        xattr::set(path, os(&x.name), &x.value).with_context(|| format!("setting xattrs on {}", path.display()))?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(meta.mode))
+        .with_context(|| format!("setting mode of {}", path.display()))
+}
+
+/// Builds a file object from local chunks. A chunk missing or damaged on the device is
+/// forgotten and reported, so the next attempt downloads it.
+fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
+    let path = local.object_path(&f.object);
+    let tmp = path.with_extension("tmp");
+    let mut out = fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    for c in &f.chunks {
+        let Some(bytes) = local.read_chunk(&c.id, c.len)? else {
+            drop(out);
+            let _ = fs::remove_file(&tmp);
+            bail!(
+                "chunk {} of {} is missing or damaged on the device; it will be downloaded again",
+                c.id,
+                f.path.display()
+            );
+        };
+        out.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    apply_meta(&tmp, &out, &f.meta)?;
+    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    local.index_object(&f.object, &f.chunks)?;
+    crash::point("object-written");
+    Ok(())
+}
+
+/// Builds `deploy/<id>` (if not already complete). Returns (files, files reused).
+fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
+    let final_dir = local.deploy_dir().join(id.to_hex());
+    if final_dir.is_dir() {
+        return Ok((p.files.len() as u64, p.files.len() as u64));
+    }
+    let tmp = local.deploy_dir().join(format!("{}.tmp-{}", id.to_hex(), std::process::id()));
+    if tmp.exists() {
+        make_writable(&tmp);
+        fs::remove_dir_all(&tmp)?;
+    }
+    let mut reused = 0;
+    for (rel, _) in &p.dirs {
+        let d = tmp.join(rel);
+        fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    for l in &p.symlinks {
+        let path = tmp.join(&l.path);
+        symlink(os(&l.target), &path).with_context(|| format!("creating {}", path.display()))?;
+        if is_root() {
+            std::os::unix::fs::lchown(&path, Some(l.uid), Some(l.gid))?;
+        }
+        for x in &l.xattrs {
+            xattr::set(&path, os(&x.name), &x.value)?;
+        }
+    }
+    for f in &p.files {
+        let object = local.object_path(&f.object);
+        if object.exists() {
+            reused += 1;
+        } else {
+            build_object(local, f)?;
+        }
+        let dest = tmp.join(&f.path);
+        fs::hard_link(&object, &dest).with_context(|| format!("linking {} to {}", dest.display(), object.display()))?;
+    }
+    for (rel, meta) in p.dirs.iter().rev() {
+        let d = tmp.join(rel);
+        let handle = fs::File::open(&d).with_context(|| format!("opening {}", d.display()))?;
+        apply_meta(&d, &handle, meta)?;
+    }
+    let deploy = fs::File::open(local.deploy_dir())?;
+    nix::unistd::syncfs(&deploy).context("syncing the new deployment")?;
+    fs::rename(&tmp, &final_dir).with_context(|| format!("completing {}", final_dir.display()))?;
+    deploy.sync_all().context("syncing the deployment directory")?;
+    crash::point("deployment-complete");
+    Ok((p.files.len() as u64, reused))
+}
+
+/// Removes deployments other than `keep`, objects no deployment links to, staged chunks,
+/// index entries of removed objects, and trees and commits of removed deployments.
+pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
+    let keep_names: HashSet<String> = keep.iter().map(|k| k.to_hex()).collect();
+    for e in fs::read_dir(local.deploy_dir())? {
+        let e = e?;
+        if !keep_names.contains(&*e.file_name().to_string_lossy()) {
+            make_writable(&e.path());
+            fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    for e in fs::read_dir(local.root.join("objects"))? {
+        let e = e?;
+        if e.metadata()?.nlink() <= 1 {
+            fs::remove_file(e.path())?;
+        }
+    }
+    for e in fs::read_dir(local.root.join("staging"))? {
+        fs::remove_file(e?.path())?;
+    }
+    local.prune_index()?;
+    let mut objects = HashSet::new();
+    for id in keep {
+        if let Some(c) = local.commit(id)? {
+            objects.insert(*id);
+            let mut stack = vec![c.root];
+            while let Some(t) = stack.pop() {
+                if objects.insert(t) {
+                    if let Some(tree) = local.tree(&t)? {
+                        stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                            EntryKind::Dir { tree } => Some(tree),
+                            _ => None,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    local.retain_objects(&objects)?;
+    local.sync()?;
+    crash::point("gc");
+    Ok(())
+}
+
+/// Runs one check-and-update.
+pub async fn update(config: &Config) -> Result<UpdateSummary> {
+    let started = Instant::now();
+    let keys = config.keys()?;
+    let local = Local::open(&config.state_dir)?;
+    let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
+    let mut state = State::load(&config.state_dir)?;
+    let current = current_commit(config, &local)?;
+    let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), ..Default::default() };
+    let mut t = Traffic::default();
+
+    let result = async {
+        let mut attempt = 0;
+        let (head, commit, files, reused) = loop {
+            attempt += 1;
+            s.attempts = attempt;
+            let r: Result<Option<(Id, Commit, u64, u64)>> = async {
+                let head = match server.branch(&config.branch, current, &mut t).await? {
+                    Head::Unchanged => return Ok(None),
+                    Head::At(id) if Some(id) == current => return Ok(None),
+                    Head::At(id) => id,
+                };
+                let commit = fetch_commit(&server, &local, &head, &keys, &mut t).await?;
+                if let Some(hw) = &config.hardware {
+                    if !commit.hardware.is_empty() && !commit.hardware.contains(hw) {
+                        return Err(Refused(format!(
+                            "commit {head} is built for {} only, not for this device's {hw}; refusing it",
+                            commit.hardware.join(", ")
+                        ))
+                        .into());
+                    }
+                }
+                fetch_trees(&server, &local, &commit.root, &mut t).await?;
+                let p = plan(&local, &commit)?;
+                let mut needed: HashMap<Id, u32> = HashMap::new();
+                let mut all: HashSet<Id> = HashSet::new();
+                for f in &p.files {
+                    all.extend(f.chunks.iter().map(|c| c.id));
+                    if !local.object_path(&f.object).exists() {
+                        for c in &f.chunks {
+                            if !local.has_chunk(&c.id)? {
+                                needed.insert(c.id, c.len);
+                            }
+                        }
+                    }
+                }
+                let mut missing: Vec<(Id, u32)> = needed.into_iter().collect();
+                missing.sort();
+                let (n, b, r) = fetch_chunks(&server, &local, &missing, config, &mut t).await;
+                s.chunks_downloaded += n;
+                s.chunk_bytes_downloaded += b;
+                r?;
+                s.chunks_reused = (all.len() as u64).saturating_sub(s.chunks_downloaded);
+                let (files, reused) = assemble(&local, &head, &p)?;
+                Ok(Some((head, commit, files, reused)))
+            }
+            .await;
+            match r {
+                Ok(Some(done)) => break done,
+                Ok(None) => return Ok(None),
+                Err(e) if e.is::<Refused>() || attempt >= config.retries => return Err(e),
+                Err(e) => {
+                    let wait = Duration::from_millis(250 << attempt.min(6));
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "update attempt failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
+        crash::point("switched");
+        state.previous = current.map(|c| c.to_hex());
+        state.last_result = Some("ok".into());
+        state.last_error = None;
+        state.last_attempt = Some(now());
+        state.save(&config.state_dir)?;
+        crash::point("state-saved");
+        let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
+        collect_garbage(&local, &keep)?;
+        Ok(Some((head, commit, files, reused)))
+    }
+    .await;
+
+    s.requests = t.requests;
+    s.bytes_downloaded = t.bytes;
+    s.seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(Some((head, commit, files, reused))) => {
+            s.to = head.to_hex();
+            s.version = commit.version.to_string();
+            s.files = files;
+            s.files_reused = reused;
+            Ok(s)
+        }
+        Ok(None) => {
+            let c = current.ok_or_else(|| anyhow!("the server reports no change but the device has no deployment"))?;
+            s.up_to_date = true;
+            s.to = c.to_hex();
+            s.version = local.commit(&c)?.map(|c| c.version.to_string()).unwrap_or_default();
+            state.last_result = Some("up-to-date".into());
+            state.last_error = None;
+            state.last_attempt = Some(now());
+            state.save(&config.state_dir)?;
+            Ok(s)
+        }
+        Err(e) => {
+            state.last_result = Some("error".into());
+            state.last_error = Some(format!("{e:#}"));
+            state.last_attempt = Some(now());
+            let _ = state.save(&config.state_dir);
+            Err(e)
+        }
+    }
+}

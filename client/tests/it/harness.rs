@@ -1,0 +1,125 @@
+//! A repository with a served branch and a simulated device (a state directory and a
+//! `current_link` in a temporary directory).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
+use ferry_store::{ChunkParams, Id, RepoConfig, Repository};
+
+pub struct Env {
+    pub t: tempfile::TempDir,
+    pub repo: Repository,
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Size of the generated release trees.
+pub const SIZE: u64 = 3 << 20;
+
+impl Env {
+    pub fn new() -> Env {
+        let t = tempfile::tempdir().unwrap();
+        let repo_path = t.path().join("repo");
+        let repo = Repository::init(&repo_path, &RepoConfig::new(ChunkParams::default(), 3)).unwrap();
+        ferry_fixtures::test_key(1).save(&t.path().join("ci.key")).unwrap();
+        ferry_fixtures::test_key(2).save(&t.path().join("other.key")).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (atx, arx) = std::sync::mpsc::channel();
+        let scratch = t.path().join("serve-scratch");
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(ferry_publisher::serve::serve(
+                repo_path,
+                scratch,
+                "127.0.0.1:0".parse().unwrap(),
+                move |addr| atx.send(addr).unwrap(),
+                async move {
+                    let _ = rx.await;
+                },
+            ))
+            .unwrap();
+        });
+        let addr = arx.recv().unwrap();
+        Env { t, repo, addr, shutdown: Some(tx), server: Some(server) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.t.path()
+    }
+
+    /// Generates version `v` of the fixture series (once) and returns its directory.
+    pub fn tree(&self, v: u32) -> PathBuf {
+        let out = self.path().join(format!("tree-v{v}"));
+        if !out.exists() {
+            ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 21, size: SIZE, version: v }, &out).unwrap();
+        }
+        out
+    }
+
+    /// Commits fixture version `v` as release `version` on main.
+    pub fn commit(&self, v: u32, version: &str) -> Id {
+        let key = ferry_fixtures::test_key(1);
+        let req = CommitRequest {
+            tree: self.tree(v),
+            branch: "main".into(),
+            version: version.parse().unwrap(),
+            subject: String::new(),
+            body: String::new(),
+            metadata: Default::default(),
+            hardware: vec!["rev-a".into()],
+            timestamp: None,
+            key: &key,
+        };
+        commit_tree(&self.repo, &req, &NoProgress).unwrap().commit.parse().unwrap()
+    }
+
+    /// Writes a device configuration (state under `device/`) and returns its path.
+    pub fn device(&self, extra: &str) -> PathBuf {
+        self.device_via(self.addr, extra)
+    }
+
+    pub fn device_via(&self, addr: SocketAddr, extra: &str) -> PathBuf {
+        let dev = self.path().join("device");
+        std::fs::create_dir_all(&dev).unwrap();
+        let config = dev.join("ferryd.toml");
+        let text = format!(
+            "server = \"http://{addr}\"\nbranch = \"main\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\nhardware = \"rev-a\"\n{extra}",
+            dev.join("state").display(),
+            dev.join("current").display(),
+            self.path().join("ci.key.pub").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    pub fn current(&self) -> PathBuf {
+        self.path().join("device/current")
+    }
+}
+
+/// Runs `ferryd --config C ARGS`; returns (success, stdout, stderr).
+pub fn ferryd(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferryd")).arg("--config").arg(config).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// `ferryd update --json`, which must succeed.
+pub fn update(config: &Path) -> serde_json::Value {
+    let (ok, out, err) = ferryd(config, &["update", "--json"]);
+    assert!(ok, "ferryd update failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}

@@ -1,0 +1,197 @@
+//! End-to-end updates: fresh install, upgrades, skips, going back and forth, trust.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ferry_publisher::checkout::checkout;
+use ferry_publisher::import::NoProgress;
+use ferry_store::Id;
+
+use crate::harness::{ferryd, update, Env};
+
+/// Every path under `root` with its kind, mode and content (or target).
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    fn go(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, (u32, Vec<u8>)>) {
+        let p = root.join(rel);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let content = if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                go(root, &rel.join(e.unwrap().file_name()), out);
+            }
+            b"<dir>".to_vec()
+        } else if m.file_type().is_symlink() {
+            std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+        } else {
+            std::fs::read(&p).unwrap()
+        };
+        out.insert(rel.to_path_buf(), (m.mode(), content));
+    }
+    let mut out = BTreeMap::new();
+    go(root, Path::new(""), &mut out);
+    out
+}
+
+fn deployed(env: &Env) -> PathBuf {
+    std::fs::read_link(env.current()).unwrap()
+}
+
+/// The bytes a device on `from` must download for `to`: chunk frames, exactly.
+fn chunk_cost(env: &Env, from: Option<Id>, to: Id) -> (u64, u64) {
+    let to = env.repo.read_commit(&to).unwrap();
+    let from = from.map(|f| env.repo.read_commit(&f).unwrap());
+    let c = ferry_delta::transfer_cost(&env.repo, from.as_ref(), &to).unwrap();
+    (c.chunks, c.compressed_bytes + c.chunks * ferry_delta::pack::FRAME_HEADER as u64)
+}
+
+/// Encoded size of every tree of a commit plus the commit itself.
+fn metadata_bytes(env: &Env, id: Id) -> u64 {
+    let c = env.repo.read_commit(&id).unwrap();
+    let mut total = env.repo.read_object_bytes(&id).unwrap().len() as u64;
+    let mut stack = vec![c.root];
+    while let Some(t) = stack.pop() {
+        total += env.repo.read_object_bytes(&t).unwrap().len() as u64 + 36;
+        for e in env.repo.read_tree(&t).unwrap().entries {
+            if let ferry_store::EntryKind::Dir { tree } = e.kind {
+                stack.push(tree);
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn fresh_install_upgrade_and_skip() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device("");
+
+    // Nothing → v1: everything is downloaded, and the deployment equals `ferry checkout`.
+    let s = update(&config);
+    assert_eq!(s["from"], serde_json::Value::Null);
+    assert_eq!(s["to"], v1.to_hex());
+    let (n, bytes) = chunk_cost(&env, None, v1);
+    assert_eq!((s["chunks_downloaded"].as_u64().unwrap(), s["chunk_bytes_downloaded"].as_u64().unwrap()), (n, bytes));
+    let out = env.path().join("checkout-v1");
+    checkout(&env.repo, &v1, &out, &NoProgress).unwrap();
+    assert_eq!(snapshot(&deployed(&env)), snapshot(&out));
+    assert!(s["requests"].as_u64().unwrap() <= 12, "{s}");
+
+    // v1 → v2: only the chunks v1 lacks, and unchanged files share their inode.
+    let v2 = env.commit(2, "2");
+    let s = update(&config);
+    let (n, bytes) = chunk_cost(&env, Some(v1), v2);
+    assert_eq!(
+        (s["chunks_downloaded"].as_u64().unwrap(), s["chunk_bytes_downloaded"].as_u64().unwrap()),
+        (n, bytes),
+        "{s}"
+    );
+    assert!(s["files_reused"].as_u64().unwrap() > s["files"].as_u64().unwrap() / 2, "{s}");
+    let old = env.path().join(format!("device/state/deploy/{}", v1.to_hex()));
+    let new = deployed(&env);
+    let same = Path::new("etc/app/conf0.conf");
+    let unchanged = std::fs::read_dir(new.join("lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            !p.is_symlink()
+                && std::fs::read(p).unwrap()
+                    == std::fs::read(old.join("lib").join(p.file_name().unwrap())).unwrap_or_default()
+        })
+        .expect("some library is unchanged between v1 and v2");
+    let rel = unchanged.strip_prefix(&new).unwrap();
+    assert_eq!(std::fs::metadata(new.join(rel)).unwrap().ino(), std::fs::metadata(old.join(rel)).unwrap().ino());
+    let _ = same;
+
+    // v2 → v4, skipping v3: at most the chunks v2 lacks plus the framing and the trees.
+    env.commit(3, "3");
+    let v4 = env.commit(4, "4");
+    let s = update(&config);
+    let (_, bytes) = chunk_cost(&env, Some(v2), v4);
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), bytes);
+    let total = s["bytes_downloaded"].as_u64().unwrap();
+    assert!(total <= bytes + metadata_bytes(&env, v4) + 16 * 1024, "{total} > {bytes} + metadata: {s}");
+    let out = env.path().join("checkout-v4");
+    checkout(&env.repo, &v4, &out, &NoProgress).unwrap();
+    assert_eq!(snapshot(&deployed(&env)), snapshot(&out));
+
+    // Nothing new: one request, answered 304.
+    let s = update(&config);
+    assert_eq!(s["up_to_date"], true);
+    assert_eq!(s["requests"], 1);
+    assert_eq!(s["bytes_downloaded"], 0);
+
+    // Only the current and the previous deployment are kept; the device's fsck passes.
+    let kept: Vec<String> = std::fs::read_dir(env.path().join("device/state/deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let (ok, _, err) = ferryd(&config, &["fsck"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = ferryd(&config, &["status", "--json"]);
+    assert!(ok);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["current"]["version"], "4");
+    assert_eq!(st["previous"]["commit"], v2.to_hex());
+    assert_eq!(st["last_result"], "up-to-date");
+}
+
+#[test]
+fn going_back_and_forth_downloads_nothing() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("");
+    update(&config);
+    env.commit(2, "2");
+    update(&config);
+    // Releases 3 and 4 carry the trees of 1 and 2 again.
+    env.commit(1, "3");
+    let s = update(&config);
+    assert_eq!((s["chunks_downloaded"].as_u64(), s["files_reused"] == s["files"]), (Some(0), true), "{s}");
+    env.commit(2, "4");
+    let s = update(&config);
+    assert_eq!(s["chunks_downloaded"], 0, "{s}");
+}
+
+#[test]
+fn untrusted_commits_and_other_hardware_are_refused_and_change_nothing() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device("");
+    update(&config);
+    let before = deployed(&env);
+    assert!(before.ends_with(v1.to_hex()));
+
+    // A device that trusts only another key refuses v2 and keeps running v1.
+    env.commit(2, "2");
+    let text = std::fs::read_to_string(&config).unwrap().replace("ci.key.pub", "other.key.pub");
+    std::fs::write(&config, text).unwrap();
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("not signed by a trusted key"), "{err}");
+    assert_eq!(deployed(&env), before);
+
+    // A device of another hardware revision refuses it too.
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("other.key.pub", "ci.key.pub").replace("rev-a", "rev-z");
+    std::fs::write(&config, text).unwrap();
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("rev-z"), "{err}");
+    assert_eq!(deployed(&env), before);
+    let (_, out, _) = ferryd(&config, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["last_result"], "error");
+    assert!(st["last_error"].as_str().unwrap().contains("rev-z"));
+}
+
+#[test]
+fn device_fsck_names_a_file_changed_behind_the_agents_back() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("");
+    update(&config);
+    let victim = deployed(&env).join("etc/version");
+    std::fs::write(&victim, "tampered\n").unwrap();
+    let (ok, out, _) = ferryd(&config, &["fsck"]);
+    assert!(!ok && out.contains("etc/version"), "{out}");
+}
