@@ -12,19 +12,27 @@ pub struct Env {
     pub t: tempfile::TempDir,
     pub repo: Repository,
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
+    server: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.server.take() {
-            let _ = h.join();
-        }
+        self.kill_server();
     }
+}
+
+/// Starts `ferry serve`'s server on `addr` in a runtime of its own; returns the runtime and
+/// the bound address.
+fn start_server(repo: PathBuf, scratch: PathBuf, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (atx, arx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        ferry_publisher::serve::serve(repo, scratch, addr, move |a| atx.send(a).unwrap(), std::future::pending())
+            .await
+            .unwrap();
+    });
+    let bound = arx.recv().unwrap();
+    (rt, bound)
 }
 
 /// Size of the generated release trees.
@@ -37,24 +45,23 @@ impl Env {
         let repo = Repository::init(&repo_path, &RepoConfig::new(ChunkParams::default(), 3)).unwrap();
         ferry_fixtures::test_key(1).save(&t.path().join("ci.key")).unwrap();
         ferry_fixtures::test_key(2).save(&t.path().join("other.key")).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (atx, arx) = std::sync::mpsc::channel();
-        let scratch = t.path().join("serve-scratch");
-        let server = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(ferry_publisher::serve::serve(
-                repo_path,
-                scratch,
-                "127.0.0.1:0".parse().unwrap(),
-                move |addr| atx.send(addr).unwrap(),
-                async move {
-                    let _ = rx.await;
-                },
-            ))
-            .unwrap();
-        });
-        let addr = arx.recv().unwrap();
-        Env { t, repo, addr, shutdown: Some(tx), server: Some(server) }
+        let (rt, addr) = start_server(repo_path, t.path().join("serve-scratch"), "127.0.0.1:0".parse().unwrap());
+        Env { t, repo, addr, server: Some(rt) }
+    }
+
+    /// Kills the server at once: every connection is dropped mid-flight.
+    pub fn kill_server(&mut self) {
+        if let Some(rt) = self.server.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Starts the server again on the same address.
+    pub fn restart_server(&mut self) {
+        self.kill_server();
+        let scratch = self.path().join(format!("serve-scratch-{}", crate::harness::now_nanos()));
+        let (rt, _) = start_server(self.repo.path().to_path_buf(), scratch, self.addr);
+        self.server = Some(rt);
     }
 
     pub fn path(&self) -> &Path {
@@ -122,4 +129,8 @@ pub fn update(config: &Path) -> serde_json::Value {
     let (ok, out, err) = ferryd(config, &["update", "--json"]);
     assert!(ok, "ferryd update failed: {err}");
     serde_json::from_str(&out).unwrap()
+}
+
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }

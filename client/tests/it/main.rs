@@ -2,5 +2,6 @@
 //! (axum on 127.0.0.1:0) over a real repository.
 
 mod config;
+mod faults;
 mod harness;
 mod update;

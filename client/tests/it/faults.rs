@@ -1,0 +1,92 @@
+//! Network faults between the agent and the server, injected by a TCP proxy on loopback.
+
+use std::time::{Duration, Instant};
+
+use ferry_fixtures::proxy::{Fault, Proxy};
+
+use crate::harness::{ferryd, update, Env};
+
+/// Installs v1, commits v2, and returns (env, proxy, device config through the proxy, the
+/// number of chunks v1 → v2 needs).
+fn setup(extra: &str) -> (Env, Proxy, std::path::PathBuf, u64) {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    update(&env.device(""));
+    let v2 = env.commit(2, "2");
+    let proxy = Proxy::start(env.addr).unwrap();
+    let config = env.device_via(proxy.addr, extra);
+    let (a, b) = (env.repo.read_commit(&v1).unwrap(), env.repo.read_commit(&v2).unwrap());
+    let cost = ferry_delta::transfer_cost(&env.repo, Some(&a), &b).unwrap();
+    (env, proxy, config, cost.chunks)
+}
+
+#[test]
+fn a_connection_dropped_mid_batch_resumes_without_receiving_any_chunk_twice() {
+    let (env, proxy, config, chunks) = setup("batch_bytes = 1048576\n");
+    // Well into the chunk responses (the metadata before them is a few KiB).
+    proxy.arm(Fault::Cut(200_000));
+    let s = update(&config);
+    assert!(proxy.fired(), "the fault never fired: {s}");
+    assert!(s["attempts"].as_u64().unwrap() >= 2, "{s}");
+    // Every chunk frame was received completely exactly once.
+    assert_eq!(s["chunks_downloaded"].as_u64().unwrap(), chunks, "{s}");
+    assert!(std::fs::read_link(env.current()).unwrap().ends_with(s["to"].as_str().unwrap()));
+    assert!(ferryd(&config, &["fsck"]).0);
+}
+
+#[test]
+fn a_stalled_server_is_cut_by_the_read_timeout_and_the_update_completes() {
+    let (env, proxy, config, chunks) = setup("read_timeout = 2\n");
+    proxy.arm(Fault::Stall(150_000));
+    let started = Instant::now();
+    let s = update(&config);
+    assert!(proxy.fired());
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(s["attempts"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(s["chunks_downloaded"].as_u64().unwrap(), chunks);
+    assert!(std::fs::read_link(env.current()).unwrap().ends_with(s["to"].as_str().unwrap()));
+}
+
+#[test]
+fn bytes_corrupted_on_the_wire_are_refused_naming_the_object() {
+    let (env, proxy, config, _) = setup("");
+    let before = std::fs::read_link(env.current()).unwrap();
+    proxy.arm(Fault::Flip(120_000));
+    let (ok, out, err) = ferryd(&config, &["update", "--json"]);
+    assert!(proxy.fired());
+    // The damaged frame was refused with its id named, then fetched again.
+    assert!(err.contains("is corrupt") || err.contains("does not decode") || err.contains("zstd"), "{err}");
+    assert!(ok, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(s["attempts"].as_u64().unwrap() >= 2);
+    assert_ne!(std::fs::read_link(env.current()).unwrap(), before);
+    assert!(ferryd(&config, &["fsck"]).0);
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_update() {
+    let (mut env, proxy, config, chunks) = setup("batch_bytes = 262144\nretries = 8\n");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["update", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = proxy.bytes();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.bytes() < start + 100_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    env.kill_server();
+    std::thread::sleep(Duration::from_millis(300));
+    env.restart_server();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["attempts"].as_u64().unwrap() >= 2, "the kill did not interrupt the update: {s}");
+    assert_eq!(s["chunks_downloaded"].as_u64().unwrap(), chunks, "{s}");
+    assert!(std::fs::read_link(env.current()).unwrap().ends_with(s["to"].as_str().unwrap()));
+}
