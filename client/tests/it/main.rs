@@ -4,4 +4,5 @@
 mod config;
 mod faults;
 mod harness;
+mod powercut;
 mod update;
