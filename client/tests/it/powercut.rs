@@ -17,7 +17,8 @@ use ferry_store::Id;
 use crate::harness::{ferryd, update, Env};
 
 struct Bench {
-    env: Env,
+    /// Keeps the repository and its server alive.
+    _env: Env,
     config: PathBuf,
     device: PathBuf,
     snapshot: PathBuf,
@@ -48,7 +49,7 @@ impl Bench {
         ferry_delta::plan::collect_chunks(&env.repo, &a.root, &mut ta, &mut ca).unwrap();
         ferry_delta::plan::collect_chunks(&env.repo, &b.root, &mut tb, &mut cb).unwrap();
         let needed = cb.difference(&ca).copied().collect();
-        Bench { env, config, device, snapshot, v1, v2, needed }
+        Bench { _env: env, config, device, snapshot, v1, v2, needed }
     }
 
     fn reset(&self) {
@@ -66,7 +67,7 @@ impl Bench {
     /// the crash left the device: 0 nothing staged, 1 partly staged, 2 switched already.
     fn check_after_crash(&self, what: &str) -> usize {
         let target =
-            std::fs::read_link(&self.device.join("current")).unwrap_or_else(|e| panic!("{what}: no current link: {e}"));
+            std::fs::read_link(self.device.join("current")).unwrap_or_else(|e| panic!("{what}: no current link: {e}"));
         let name = target.file_name().unwrap().to_str().unwrap().to_string();
         assert!(name == self.v1.to_hex() || name == self.v2.to_hex(), "{what}: current -> {}", target.display());
         assert!(target.is_dir(), "{what}: current points to a missing deployment");
