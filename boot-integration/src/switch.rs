@@ -34,13 +34,14 @@ pub fn current_target(link: &Path) -> Result<Option<PathBuf>, SwitchError> {
 /// A regular file or directory at `link` is never replaced. `target` must be a directory.
 pub fn switch_symlink(link: &Path, target: &Path) -> Result<(), SwitchError> {
     current_target(link)?;
-    if !fs::metadata(target).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(SwitchError::BadTarget { path: target.to_path_buf() });
-    }
     let dir = match link.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // A relative target resolves from the link's directory, so check it from there.
+    if !fs::metadata(dir.join(target)).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(SwitchError::BadTarget { path: target.to_path_buf() });
+    }
     let name = link.file_name().ok_or_else(|| SwitchError::NotASymlink { path: link.to_path_buf() })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);

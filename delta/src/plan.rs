@@ -63,8 +63,9 @@ fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec
     }
     let a = repo.read_tree(from)?;
     let b = repo.read_tree(to)?;
-    if a.meta != b.meta && !prefix.is_empty() {
-        out.push(Change { path: prefix.to_string(), kind: ChangeKind::Changed });
+    if a.meta != b.meta {
+        let path = if prefix.is_empty() { "." } else { prefix };
+        out.push(Change { path: path.to_string(), kind: ChangeKind::Changed });
     }
     let old: HashMap<&[u8], &Entry> = a.entries.iter().map(|e| (e.name.as_slice(), e)).collect();
     let new: HashMap<&[u8], &Entry> = b.entries.iter().map(|e| (e.name.as_slice(), e)).collect();

@@ -7,9 +7,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let len = u32::from(u16::from_le_bytes([data[0], data[1]]));
-    let id = ferry_store::Id::of(&data[2..]);
-    if let Ok(bytes) = ferry_store::chunk::decode_chunk(&id, &data[2..], len) {
-        assert_eq!(bytes.len(), len as usize);
-        assert_eq!(ferry_store::Id::of(&bytes), id);
+    let frame = &data[2..];
+    // Against an arbitrary id: must fail cleanly (or, by chance, succeed consistently).
+    let arbitrary = ferry_store::Id::of(frame);
+    if let Ok(bytes) = ferry_store::chunk::decode_chunk(&arbitrary, frame, len) {
+        assert_eq!(ferry_store::Id::of(&bytes), arbitrary);
+    }
+    // Against the id of what the frame really holds: must succeed with exactly those bytes.
+    if let Ok(raw) = zstd::bulk::decompress(frame, len as usize) {
+        if raw.len() == len as usize && len > 0 {
+            let id = ferry_store::Id::of(&raw);
+            assert_eq!(ferry_store::chunk::decode_chunk(&id, frame, len).expect("a valid frame decodes"), raw);
+        }
     }
 });

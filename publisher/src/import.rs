@@ -220,7 +220,8 @@ fn chunk_file(job: &FileJob, chunker: &Chunker, sink: &Sink<'_>, progress: &dyn 
     let path = &job.path;
     let file = File::options()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        // O_NONBLOCK: a file swapped for a fifo after the walk must not hang the open.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     if Stamp::of(&file.metadata().with_context(|| format!("reading {}", path.display()))?) != job.stamp {

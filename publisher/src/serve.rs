@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
@@ -25,8 +25,6 @@ use serde_json::json;
 
 /// Cache-Control for content-addressed responses.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-/// How often branch requests may trigger a catch-up with the writer.
-const REFRESH_EVERY: Duration = Duration::from_millis(200);
 
 struct AppState {
     repo: Repository,
@@ -76,12 +74,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 
 async fn branch(State(s): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let state = s.clone();
+    let arrived = Instant::now();
     let head = blocking(move || {
         {
+            // Catch up with the writer unless a catch-up started after this request arrived:
+            // a branch request sees every commit published before it, and concurrent
+            // requests share one catch-up.
             let mut last = state.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() >= REFRESH_EVERY {
+            if *last < arrived {
+                let started = Instant::now();
                 state.repo.refresh()?;
-                *last = Instant::now();
+                *last = started;
             }
         }
         Ok(state.repo.branch(&name)?.map(|id| (name, id)))
@@ -231,7 +234,7 @@ async fn not_found() -> ApiError {
 
 /// The API's routes over an open repository.
 pub fn router(repo: Repository) -> Router {
-    let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now() - REFRESH_EVERY) });
+    let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()) });
     Router::new()
         .route("/v1/branches/{*name}", get(branch))
         .route("/v1/objects/{id}", get(object))

@@ -8,6 +8,12 @@ use crate::id::Id;
 /// Decompresses a stored chunk frame and checks it against its id and length. The output is
 /// capped at `len` bytes, so a corrupt frame cannot decompress into an endless stream.
 pub fn decode_chunk(id: &Id, stored: &[u8], len: u32) -> Result<Vec<u8>> {
+    if len == 0 || len > crate::object::MAX_CHUNK_LEN {
+        return Err(StoreError::ChunkUnreadable {
+            id: *id,
+            message: format!("declared length {len} is outside 1..={}", crate::object::MAX_CHUNK_LEN),
+        });
+    }
     let bytes = zstd::bulk::decompress(stored, len as usize)
         .map_err(|e| StoreError::ChunkUnreadable { id: *id, message: format!("zstd: {e}") })?;
     if bytes.len() != len as usize {

@@ -41,6 +41,8 @@ pub enum StoreError {
     WrongKind { id: Id, expected: &'static str, found: &'static str },
     #[error("branch {branch} moved: expected it at {expected}, found {found}; commit again onto the new head")]
     RefConflict { branch: String, expected: String, found: String },
+    #[error("branch {branch} is corrupt: its value is {len} bytes, not a 32-byte commit id")]
+    CorruptRef { branch: String, len: usize },
     #[error("invalid branch name {name:?}: {why}")]
     BadBranchName { name: String, why: &'static str },
     #[error("{rev:?} names no branch and no commit")]

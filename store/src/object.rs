@@ -286,7 +286,13 @@ fn check_strings(items: &[String], field: &'static str) -> Result<(), DecodeErro
         return Err(DecodeError::TooLong { field, len: items.len(), max: MAX_LIST });
     }
     for s in items {
-        if s.is_empty() || s.len() > MAX_KEY {
+        if s.is_empty() {
+            return Err(DecodeError::BadName {
+                name: String::new(),
+                why: "metadata keys and hardware revisions may not be empty",
+            });
+        }
+        if s.len() > MAX_KEY {
             return Err(DecodeError::TooLong { field, len: s.len(), max: MAX_KEY });
         }
     }
@@ -382,8 +388,8 @@ impl Tree {
         if count > MAX_ENTRIES {
             return Err(DecodeError::TooLong { field: "entry count", len: count, max: MAX_ENTRIES });
         }
-        // Every entry takes at least 4 bytes: never reserve more than the input could hold.
-        let mut entries = Vec::with_capacity(count.min(bytes.len() / 4));
+        // Every entry takes at least 36 bytes: never reserve more than the input could hold.
+        let mut entries = Vec::with_capacity(count.min(bytes.len() / 36));
         for _ in 0..count {
             let name = r.bytes16(MAX_NAME, "entry name")?.to_vec();
             check_name(&name)?;

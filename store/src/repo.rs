@@ -334,11 +334,17 @@ impl Repository {
     /// index, never the chunk's bytes.
     pub fn chunk_info(&self, id: &Id) -> Result<Option<ChunkInfo>> {
         let v = self.db.get_pinned_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes()).map_err(|e| self.db_err(e))?;
-        Ok(v.and_then(|v| {
-            let len = u32::from_le_bytes(v.get(0..4)?.try_into().ok()?);
-            let stored_len = u32::from_le_bytes(v.get(4..8)?.try_into().ok()?);
+        let Some(v) = v else { return Ok(None) };
+        let parse = || -> Option<ChunkInfo> {
+            let v: &[u8; 8] = v.as_ref().try_into().ok()?;
+            let len = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+            let stored_len = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
             Some(ChunkInfo { len, stored_len })
-        }))
+        };
+        match parse() {
+            Some(info) if info.len >= 1 && info.len <= crate::object::MAX_CHUNK_LEN => Ok(Some(info)),
+            _ => Err(StoreError::ChunkUnreadable { id: *id, message: "its index entry is malformed".into() }),
+        }
     }
 
     pub fn has_chunk(&self, id: &Id) -> Result<bool> {
@@ -475,7 +481,8 @@ impl Repository {
     pub fn branch(&self, name: &str) -> Result<Option<Id>> {
         check_branch_name(name)?;
         let v = self.db.get_cf(self.cf(CF_REFS), ref_key(name)).map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| Id::from_slice(&v).unwrap_or(Id([0; ID_LEN]))))
+        v.map(|v| Id::from_slice(&v).ok_or_else(|| StoreError::CorruptRef { branch: name.to_string(), len: v.len() }))
+            .transpose()
     }
 
     /// Every branch and the commit it points at, sorted by name.
@@ -484,7 +491,10 @@ impl Repository {
         for item in self.db.iterator_cf(self.cf(CF_REFS), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             if let Some(name) = k.strip_prefix(b"heads/") {
-                out.push((String::from_utf8_lossy(name).into_owned(), Id::from_slice(&v).unwrap_or(Id([0; ID_LEN]))));
+                let branch = String::from_utf8_lossy(name).into_owned();
+                let id = Id::from_slice(&v)
+                    .ok_or_else(|| StoreError::CorruptRef { branch: branch.clone(), len: v.len() })?;
+                out.push((branch, id));
             }
         }
         Ok(out)
