@@ -195,3 +195,34 @@ fn device_fsck_names_a_file_changed_behind_the_agents_back() {
     let (ok, out, _) = ferryd(&config, &["fsck"]);
     assert!(!ok && out.contains("etc/version"), "{out}");
 }
+
+#[test]
+fn the_daemon_follows_the_branch() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("poll_interval = 1\n");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |version: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, out, _) = ferryd(&config, &["status", "--json"]);
+            let st: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if st["current"]["version"] == version {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the daemon never reached {version}: {out}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("1");
+    env.commit(2, "2");
+    wait_for("2");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}

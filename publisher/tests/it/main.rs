@@ -5,6 +5,7 @@ mod cli;
 mod corruption;
 mod determinism;
 mod roundtrip;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,124 @@
+//! `ferry serve`'s HTTP API, spoken to with a real HTTP client on 127.0.0.1.
+
+use std::path::Path;
+
+use ferry_store::{Id, Repository};
+
+use crate::{commit, init};
+
+/// A repository with one commit on main, served on 127.0.0.1:0.
+fn served() -> (tempfile::TempDir, tokio::runtime::Runtime, String, Id) {
+    let t = tempfile::tempdir().unwrap();
+    let repo = init(t.path(), ferry_store::ChunkParams::default());
+    let tree = t.path().join("tree");
+    ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 2, size: 1 << 20, version: 1 }, &tree).unwrap();
+    let id: Id = commit(&repo, &tree, "release/stable", "1").unwrap().commit.parse().unwrap();
+    drop(repo);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (path, scratch) = (t.path().join("repo"), t.path().join("scratch"));
+    rt.spawn(async move {
+        ferry_publisher::serve::serve(
+            path,
+            scratch,
+            "127.0.0.1:0".parse().unwrap(),
+            move |a| tx.send(a).unwrap(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap()
+    });
+    let addr = rx.recv().unwrap();
+    (t, rt, format!("http://{addr}/v1"), id)
+}
+
+/// Up to `n` chunk ids of a commit, with their lengths.
+fn some_chunks(repo: &Path, id: &Id, n: usize) -> Vec<(Id, u32)> {
+    let r = Repository::open_read_only(repo).unwrap();
+    let c = r.read_commit(id).unwrap();
+    let (mut trees, mut chunks) = (Default::default(), std::collections::HashSet::new());
+    ferry_delta::plan::collect_chunks(&r, &c.root, &mut trees, &mut chunks).unwrap();
+    let mut v: Vec<Id> = chunks.into_iter().collect();
+    v.sort();
+    v.truncate(n);
+    v.into_iter().map(|c| (c, r.chunk_info(&c).unwrap().unwrap().len)).collect()
+}
+
+#[test]
+fn branch_heads_objects_and_signatures() {
+    let (_t, rt, base, id) = served();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let r = c.get(format!("{base}/branches/release/stable")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        assert_eq!(etag, format!("\"{id}\""));
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["commit"], id.to_hex());
+        let r = c.get(format!("{base}/branches/release/stable")).header("if-none-match", &etag).send().await.unwrap();
+        assert_eq!(r.status(), 304);
+        assert_eq!(c.get(format!("{base}/branches/nope")).send().await.unwrap().status(), 404);
+
+        let r = c.get(format!("{base}/objects/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+        assert_eq!(Id::of(&r.bytes().await.unwrap()), id);
+        let sigs: serde_json::Value = serde_json::from_slice(
+            &c.get(format!("{base}/commits/{id}/signatures")).send().await.unwrap().bytes().await.unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sigs["signatures"][0]["key"], crate::key().public().to_hex());
+
+        let r = c.get(format!("{base}/objects/xyz")).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("xyz"));
+        let missing = Id::of(b"missing");
+        let r = c.get(format!("{base}/objects/{missing}")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(r.text().await.unwrap().contains(&missing.to_hex()));
+        assert_eq!(c.get(format!("{base}/../nothing")).send().await.unwrap().status(), 404);
+    });
+}
+
+#[test]
+fn batched_chunks_stream_verified_frames_and_refuse_bad_requests() {
+    let (t, rt, base, id) = served();
+    let chunks = some_chunks(&t.path().join("repo"), &id, 20);
+    let ids: Vec<Id> = chunks.iter().map(|(c, _)| *c).collect();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let body = ferry_delta::pack::encode_request(&ids);
+        let r = c.post(format!("{base}/chunks")).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let bytes = r.bytes().await.unwrap();
+        let mut d = ferry_delta::pack::FrameDecoder::new(ids.iter().map(|i| (*i, 1 << 20)));
+        let frames = d.feed(&bytes).unwrap();
+        d.finish().unwrap();
+        assert_eq!(frames.iter().map(|f| f.id).collect::<Vec<_>>(), ids, "frames in request order");
+        for (f, (_, len)) in frames.iter().zip(&chunks) {
+            ferry_store::chunk::decode_chunk(&f.id, &f.bytes, *len).unwrap();
+        }
+
+        // Unknown ids: 404 naming them, before any frame.
+        let unknown = Id::of(b"no such chunk");
+        let mut with_unknown = ids.clone();
+        with_unknown.push(unknown);
+        let r = c
+            .post(format!("{base}/chunks"))
+            .body(ferry_delta::pack::encode_request(&with_unknown))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["missing"], serde_json::json!([unknown.to_hex()]));
+
+        // Malformed bodies and too many ids.
+        let r = c.post(format!("{base}/chunks")).body(vec![0u8; 33]).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let r = c.post(format!("{base}/chunks")).body(vec![0u8; 64]).send().await.unwrap();
+        assert_eq!(r.status(), 400, "a repeated id");
+        let r = c.post(format!("{base}/chunks")).body(vec![1u8; 32 * 4097]).send().await.unwrap();
+        assert_eq!(r.status(), 413);
+    });
+}
