@@ -330,13 +330,23 @@ fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
             xattr::set(&path, os(&x.name), &x.value)?;
         }
     }
+    // Objects the device lacks, each built once (two files may share one), in parallel:
+    // building is reading, verifying, writing and fsyncing, and the fsyncs overlap.
+    let mut missing: HashMap<Id, &FilePlan> = HashMap::new();
     for f in &p.files {
-        let object = local.object_path(&f.object);
-        if object.exists() {
+        if local.object_path(&f.object).exists() {
             reused += 1;
         } else {
-            build_object(local, f)?;
+            missing.entry(f.object).or_insert(f);
         }
+    }
+    {
+        use rayon::prelude::*;
+        let todo: Vec<&FilePlan> = missing.into_values().collect();
+        todo.par_iter().try_for_each(|f| build_object(local, f))?;
+    }
+    for f in &p.files {
+        let object = local.object_path(&f.object);
         let dest = tmp.join(&f.path);
         fs::hard_link(&object, &dest).with_context(|| format!("linking {} to {}", dest.display(), object.display()))?;
     }
