@@ -121,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("current:  {}", show(&s.current));
                 println!("previous: {}", show(&s.previous));
                 println!("branch:   {} on {}", s.branch, s.server);
+                if s.staged_chunks > 0 {
+                    println!("pending:  {} chunks downloaded for an unfinished update", s.staged_chunks);
+                }
                 if let Some(r) = &s.last_result {
                     println!("last:     {r}{}", s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());
                 }

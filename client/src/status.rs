@@ -28,6 +28,8 @@ pub struct Status {
     pub last_result: Option<String>,
     pub last_error: Option<String>,
     pub last_attempt: Option<i64>,
+    /// Pending work of an interrupted update: chunks downloaded and kept for the next try.
+    pub staged_chunks: u64,
 }
 
 pub fn status(config: &Config) -> Result<Status> {
@@ -57,5 +59,8 @@ pub fn status(config: &Config) -> Result<Status> {
         last_result: state.last_result,
         last_error: state.last_error,
         last_attempt: state.last_attempt,
+        staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
+            .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
+            .unwrap_or(0),
     })
 }

@@ -73,6 +73,13 @@ impl Bench {
         assert!(target.is_dir(), "{what}: current points to a missing deployment");
         let (ok, out, err) = ferryd(&self.config, &["fsck"]);
         assert!(ok, "{what}: fsck failed after the crash: {out} {err}");
+        let (_, st, _) = ferryd(&self.config, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+        assert_eq!(
+            st["staged_chunks"].as_u64().unwrap() as usize,
+            self.staged().len(),
+            "{what}: status shows pending work"
+        );
         let staged: HashSet<Id> = self.staged().intersection(&self.needed).copied().collect();
         let phase = if name == self.v2.to_hex() { 2 } else { usize::from(!staged.is_empty()) };
         let s = update(&self.config);
