@@ -12,6 +12,7 @@
 //! retries = 5                               # attempts per update before giving up; default 5
 //! concurrency = 2                           # chunk requests in flight; default 2
 //! batch_bytes = 67108864                    # chunk bytes (uncompressed) per request; default 64 MiB
+//! min_free_bytes = 16777216                 # space an update must leave free; default 16 MiB
 //! ```
 //!
 //! This build speaks plain HTTP only; TLS arrives with the fleet server. Until then, put the
@@ -50,6 +51,10 @@ fn default_batch_bytes() -> u64 {
     64 << 20
 }
 
+fn default_min_free_bytes() -> u64 {
+    16 << 20
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -71,6 +76,8 @@ pub struct Config {
     pub concurrency: usize,
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: u64,
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 impl Config {

@@ -304,6 +304,37 @@ fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
     Ok(())
 }
 
+/// Refuses the update before anything is downloaded if the state directory's file system
+/// cannot hold it: the chunks still to download (their uncompressed size bounds the staged
+/// frames), the new file objects, and `min_free_bytes` of headroom.
+fn check_space(config: &Config, local: &Local, p: &Plan, missing: &[(Id, u32)]) -> Result<()> {
+    let mut seen = HashSet::new();
+    let objects: u64 = p
+        .files
+        .iter()
+        .filter(|f| seen.insert(f.object) && !local.object_path(&f.object).exists())
+        .map(|f| f.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>())
+        .sum();
+    let staging: u64 = missing.iter().map(|(_, len)| u64::from(*len)).sum();
+    let need = objects + staging + config.min_free_bytes;
+    let st = nix::sys::statvfs::statvfs(&local.root)
+        .with_context(|| format!("checking free space on {}", local.root.display()))?;
+    let free = st.blocks_available().saturating_mul(st.fragment_size());
+    if need > free {
+        return Err(Refused(format!(
+            "not enough space on {}: the update needs {} MiB ({} MiB of new files, {} MiB to download, {} MiB kept free) and {} MiB are available; nothing was changed",
+            local.root.display(),
+            need >> 20,
+            objects >> 20,
+            staging >> 20,
+            config.min_free_bytes >> 20,
+            free >> 20
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Builds `deploy/<id>` (if not already complete). Returns (files, files reused).
 fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
     let final_dir = local.deploy_dir().join(id.to_hex());
@@ -456,6 +487,7 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 }
                 let mut missing: Vec<(Id, u32)> = needed.into_iter().collect();
                 missing.sort();
+                check_space(config, &local, &p, &missing)?;
                 let (n, b, r) = fetch_chunks(&server, &local, &missing, config, &mut t).await;
                 s.chunks_downloaded += n;
                 s.chunk_bytes_downloaded += b;

@@ -226,3 +226,15 @@ fn the_daemon_follows_the_branch() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+#[test]
+fn an_update_the_disk_cannot_hold_is_refused_before_downloading() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("min_free_bytes = 1125899906842624\n");
+    let (ok, _, err) = ferryd(&config, &["update", "--json"]);
+    assert!(!ok && err.contains("not enough space") && err.contains("nothing was changed"), "{err}");
+    assert!(!env.current().exists());
+    let staged = std::fs::read_dir(env.path().join("device/state/staging")).unwrap().count();
+    assert_eq!(staged, 0, "chunks were downloaded before the space check");
+}
