@@ -3,10 +3,13 @@
 //! What it is for: the one step that changes which deployment a device runs. In symlink mode
 //! that is the `current` link (e.g. `/opt/example/current → /var/lib/ferry/deploy/<id>`),
 //! replaced by `symlink(tmp)` + `rename(tmp, current)` + fsync of the directory, so a power
-//! cut at any instant leaves the old target or the new one, never neither. Bootloader
-//! backends (U-Boot and GRUB environments), boot counting and trial state join it later.
+//! cut at any instant leaves the old target or the new one, never neither; and the durable
+//! record of a deployment on trial ([`trial`]). Bootloader backends (U-Boot and GRUB
+//! environments) join them later.
 //! What it is not for: repositories, chunks, HTTP.
 
 pub mod switch;
+pub mod trial;
 
 pub use switch::{current_target, switch_symlink, SwitchError};
+pub use trial::{Trial, TrialError};

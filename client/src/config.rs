@@ -13,6 +13,17 @@
 //! concurrency = 2                           # chunk requests in flight; default 2
 //! batch_bytes = 67108864                    # chunk bytes (uncompressed) per request; default 64 MiB
 //! min_free_bytes = 16777216                 # space an update must leave free; default 16 MiB
+//! restart_command = "systemctl restart example.service"  # run after a switch and a rollback; default none
+//!
+//! [health]                                  # optional: without it a switch is final at once
+//! commands = ["/usr/bin/example-selftest"]  # run with `sh -c`; exit 0 is healthy
+//! units = ["example.service"]               # systemd units that must be active
+//! urls = ["http://127.0.0.1:8080/healthz"]  # must answer 2xx
+//! check_timeout = 10                        # seconds per check; default 10
+//! interval = 2                              # seconds between rounds of checks; default 2
+//! deadline = 300                            # seconds for the trial to become good; default 300
+//! require_mark_good = false                 # also wait for `ferryd mark-good`; default false
+//! bootlimit = 3                             # boots on trial before rolling back; default 3
 //! ```
 //!
 //! This build speaks plain HTTP only; TLS arrives with the fleet server. Until then, put the
@@ -55,6 +66,41 @@ fn default_min_free_bytes() -> u64 {
     16 << 20
 }
 
+/// How a deployment proves itself after a switch (the `[health]` table).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub units: Vec<String>,
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default = "default_check_timeout")]
+    pub check_timeout: u64,
+    #[serde(default = "default_interval")]
+    pub interval: u64,
+    #[serde(default = "default_deadline")]
+    pub deadline: u64,
+    #[serde(default)]
+    pub require_mark_good: bool,
+    #[serde(default = "default_bootlimit")]
+    pub bootlimit: u32,
+}
+
+fn default_check_timeout() -> u64 {
+    10
+}
+fn default_interval() -> u64 {
+    2
+}
+fn default_deadline() -> u64 {
+    300
+}
+fn default_bootlimit() -> u32 {
+    3
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -78,6 +124,10 @@ pub struct Config {
     pub batch_bytes: u64,
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    #[serde(default)]
+    pub restart_command: Option<String>,
+    #[serde(default)]
+    pub health: Option<Health>,
 }
 
 impl Config {
@@ -104,6 +154,17 @@ impl Config {
         }
         if c.read_timeout == 0 || c.retries == 0 || c.concurrency == 0 || c.batch_bytes == 0 {
             bail!("read_timeout, retries, concurrency and batch_bytes must be at least 1");
+        }
+        if let Some(h) = &c.health {
+            if h.check_timeout == 0 || h.deadline == 0 || h.bootlimit == 0 {
+                bail!("[health] check_timeout, deadline and bootlimit must be at least 1");
+            }
+            if h.commands.is_empty() && h.units.is_empty() && h.urls.is_empty() && !h.require_mark_good {
+                bail!("[health] names no check: give commands, units or urls, or require_mark_good = true");
+            }
+            if let Some(u) = h.urls.iter().find(|u| !u.starts_with("http://")) {
+                bail!("[health] url {u:?} must be an http:// URL");
+            }
         }
         for p in [&c.state_dir, &c.current_link] {
             if !p.is_absolute() {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod local;
 pub mod state;
 pub mod status;
+pub mod trial;
 pub mod update;
 
 pub use config::Config;

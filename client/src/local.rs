@@ -104,7 +104,8 @@ impl Local {
     /// while the daemon runs. `None` if no update has run yet.
     pub fn open_read_only(root: &Path) -> Result<Option<Local>> {
         let db_path = root.join("db");
-        if !db_path.exists() {
+        // CURRENT is written last when RocksDB creates a database.
+        if !db_path.join("CURRENT").exists() {
             return Ok(None);
         }
         let db = DB::open_cf_for_read_only(&Options::default(), &db_path, [CF_INDEX, CF_OBJECTS], false)

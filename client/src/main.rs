@@ -38,6 +38,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Marks the deployment on trial good (for the application, after its own self-test).
+    MarkGood,
+    /// Switches back to the previous deployment now, and never reinstalls the current commit.
+    Rollback {
+        /// Why, recorded for `status`.
+        #[arg(long, default_value = "manual rollback")]
+        reason: String,
+    },
+    /// Early at every boot, before the application: counts a trial's boots, rolls back at
+    /// the boot limit, and cleans what an interrupted update left.
+    BootCheck,
     /// Checks the configuration and the trusted keys; prints the effective configuration.
     CheckConfig {
         #[arg(long)]
@@ -85,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let rt = runtime()?;
             let mut backoff = Duration::from_secs(5);
+            // An update's own trial runs inside it; one left by a reboot runs first of all.
             loop {
                 let wait = match rt.block_on(ferry_client::update::update(&config)) {
                     Ok(s) => {
@@ -121,6 +133,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("current:  {}", show(&s.current));
                 println!("previous: {}", show(&s.previous));
                 println!("branch:   {} on {}", s.branch, s.server);
+                if let Some(t) = &s.trial {
+                    println!(
+                        "trial:    {} ({} boots, deadline {}, marked good: {})",
+                        &t.commit[..12.min(t.commit.len())],
+                        t.boots,
+                        t.deadline,
+                        t.marked_good
+                    );
+                }
+                if let Some(r) = &s.last_rollback {
+                    println!(
+                        "rollback: {} -> {}: {}",
+                        &r.commit[..12.min(r.commit.len())],
+                        &r.to[..12.min(r.to.len())],
+                        r.reason
+                    );
+                }
                 if s.staged_chunks > 0 {
                     println!("pending:  {} chunks downloaded for an unfinished update", s.staged_chunks);
                 }
@@ -149,6 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::MarkGood => println!("{}", ferry_client::trial::mark_good(&config)?),
+        Command::Rollback { reason } => println!("{}", ferry_client::trial::rollback(&config, &reason)?),
+        Command::BootCheck => println!("{}", ferry_client::trial::boot_check(&config)?),
         Command::CheckConfig { json } => {
             let keys = config.keys()?;
             if json {

@@ -17,6 +17,20 @@ pub struct State {
     pub last_error: Option<String>,
     /// Unix seconds of the last update attempt.
     pub last_attempt: Option<i64>,
+    /// Commits that failed their trial: never installed again (a newer commit is).
+    #[serde(default)]
+    pub bad_commits: Vec<String>,
+    #[serde(default)]
+    pub last_rollback: Option<Rollback>,
+}
+
+/// The most recent rollback, for `ferryd status` (and later the server).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollback {
+    pub commit: String,
+    pub to: String,
+    pub reason: String,
+    pub at: i64,
 }
 
 impl State {

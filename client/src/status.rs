@@ -30,12 +30,21 @@ pub struct Status {
     pub last_attempt: Option<i64>,
     /// Pending work of an interrupted update: chunks downloaded and kept for the next try.
     pub staged_chunks: u64,
+    /// The deployment on trial, if any.
+    pub trial: Option<ferry_boot::Trial>,
+    pub last_rollback: Option<crate::state::Rollback>,
+    pub bad_commits: Vec<String>,
 }
 
 pub fn status(config: &Config) -> Result<Status> {
     let target = ferry_boot::current_target(&config.current_link)?;
     let state = State::load(&config.state_dir)?;
-    let local = Local::open_read_only(&config.state_dir)?;
+    // Versions come from the device database; status still answers (without them) if it
+    // cannot be read, e.g. while the very first update is creating it.
+    let local = Local::open_read_only(&config.state_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "reading the device database");
+        None
+    });
     let describe = |hex: &str| -> Deployment {
         let version = local
             .as_ref()
@@ -56,9 +65,12 @@ pub fn status(config: &Config) -> Result<Status> {
         branch: config.branch.clone(),
         server: config.server.clone(),
         hardware: config.hardware.clone(),
-        last_result: state.last_result,
-        last_error: state.last_error,
+        last_result: state.last_result.clone(),
+        last_error: state.last_error.clone(),
         last_attempt: state.last_attempt,
+        trial: ferry_boot::Trial::load(&config.state_dir)?,
+        last_rollback: state.last_rollback.clone(),
+        bad_commits: state.bad_commits.clone(),
         staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
             .unwrap_or(0),

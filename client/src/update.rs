@@ -60,7 +60,14 @@ pub struct UpdateSummary {
     pub files_reused: u64,
     pub attempts: u32,
     pub seconds: f64,
+    /// The branch points at a commit that failed its trial here before: not installed again.
+    pub skipped_bad_commit: Option<String>,
 }
+
+/// The new release was installed, failed its trial and was rolled back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TrialFailed(pub String);
 
 /// An error no retry can fix: untrusted or wrong content.
 #[derive(Debug, thiserror::Error)]
@@ -445,7 +452,13 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
     let keys = config.keys()?;
     let local = Local::open(&config.state_dir)?;
     let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
+    // A trial interrupted by a crash or a reboot is finished before anything else.
+    if let Some(outcome) = crate::trial::run(config).await? {
+        tracing::info!(?outcome, "finished a pending trial");
+    }
     let mut state = State::load(&config.state_dir)?;
+    let bad = state.bad_commits.clone();
+    let mut skipped: Option<Id> = None;
     let current = current_commit(config, &local)?;
     let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), ..Default::default() };
     let mut t = Traffic::default();
@@ -459,6 +472,10 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 let head = match server.branch(&config.branch, current, &mut t).await? {
                     Head::Unchanged => return Ok(None),
                     Head::At(id) if Some(id) == current => return Ok(None),
+                    Head::At(id) if bad.contains(&id.to_hex()) => {
+                        skipped = Some(id);
+                        return Ok(None);
+                    }
                     Head::At(id) => id,
                 };
                 let commit = fetch_commit(&server, &local, &head, &keys, &mut t).await?;
@@ -508,6 +525,8 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 }
             }
         };
+        // The trial is durable before the switch, so a crash after it is finished at restart.
+        crate::trial::begin(config, &head.to_hex(), current.map(|c| c.to_hex()))?;
         ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
         crash::point("switched");
         state.previous = current.map(|c| c.to_hex());
@@ -516,6 +535,19 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
         state.last_attempt = Some(now());
         state.save(&config.state_dir)?;
         crash::point("state-saved");
+        if let Err(e) = crate::trial::restart(config) {
+            // The health checks decide: a deployment that cannot start fails them.
+            tracing::warn!(error = %format!("{e:#}"), "restart after the switch failed");
+        }
+        if let Some(crate::trial::Outcome::RolledBack(reason)) = crate::trial::run(config).await? {
+            collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;
+            return Err(TrialFailed(format!(
+                "release {} ({head}) failed its trial and was rolled back to {}: {reason}",
+                commit.version,
+                current.map_or("nothing".to_string(), |c| c.to_hex())
+            ))
+            .into());
+        }
         let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
         collect_garbage(&local, &keep)?;
         Ok(Some((head, commit, files, reused)))
@@ -525,6 +557,9 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
     s.requests = t.requests;
     s.bytes_downloaded = t.bytes;
     s.seconds = started.elapsed().as_secs_f64();
+    s.skipped_bad_commit = skipped.map(|id| id.to_hex());
+    // The trial may have written the state meanwhile: start from what is on disk.
+    let mut state = State::load(&config.state_dir).unwrap_or(state);
     match result {
         Ok(Some((head, commit, files, reused))) => {
             s.to = head.to_hex();
@@ -544,6 +579,7 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
             state.save(&config.state_dir)?;
             Ok(s)
         }
+        Err(e) if e.is::<TrialFailed>() => Err(e),
         Err(e) => {
             state.last_result = Some("error".into());
             state.last_error = Some(format!("{e:#}"));

@@ -5,4 +5,5 @@ mod config;
 mod faults;
 mod harness;
 mod powercut;
+mod trial;
 mod update;

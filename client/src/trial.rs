@@ -1,0 +1,220 @@
+//! After a switch: the trial, health checks, mark-good and rollback.
+//!
+//! ```text
+//!  update ──▶ save trial ──▶ switch ──▶ restart ──▶ checks pass (and mark-good, if required)
+//!                                                     │ within the deadline ──▶ clear trial: good
+//!                                                     └ otherwise / bootlimit boots ──▶ rollback
+//!  rollback: switch to previous ──▶ restart ──▶ record the commit as bad ──▶ clear trial
+//! ```
+//!
+//! Every step is durable before the next, so a crash anywhere resumes from `trial.json` at
+//! the next start: `boot-check` counts the boot and rolls back at the limit, and `update`
+//! and `run` finish a pending trial before anything else. A bad commit is never installed
+//! again; a newer commit on the branch is.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_boot::Trial;
+
+use crate::config::{Config, Health};
+use crate::state::{now, Rollback, State};
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Good,
+    RolledBack(String),
+}
+
+/// Runs `sh -c command` with a timeout; Ok(()) if it exits 0.
+fn run_command(command: &str, timeout: Duration, cwd: Option<&Path>) -> Result<()> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting `{command}`"))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if status.success() {
+                return Ok(());
+            }
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            let err = err.trim();
+            bail!("`{command}` failed ({status}){}", if err.is_empty() { String::new() } else { format!(": {err}") });
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{command}` did not finish within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the configured restart command, if any.
+pub fn restart(config: &Config) -> Result<()> {
+    match &config.restart_command {
+        Some(c) => run_command(c, Duration::from_secs(120), None).context("restarting after the switch"),
+        None => Ok(()),
+    }
+}
+
+/// One round of health checks: Ok if every check passes, else the first failure.
+async fn check_round(h: &Health, deployment: &Path) -> Result<()> {
+    let timeout = Duration::from_secs(h.check_timeout);
+    for c in &h.commands {
+        run_command(c, timeout, Some(deployment)).with_context(|| "health check".to_string())?;
+    }
+    for u in &h.units {
+        run_command(&format!("systemctl is-active --quiet {u}"), timeout, None)
+            .with_context(|| format!("health check: unit {u} is not active"))?;
+    }
+    if !h.urls.is_empty() {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        for u in &h.urls {
+            let r = client.get(u).send().await.with_context(|| format!("health check: {u}"))?;
+            if !r.status().is_success() {
+                bail!("health check: {u} answered {}", r.status());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a trial of `commit` (to be written before the switch).
+pub fn begin(config: &Config, commit: &str, previous: Option<String>) -> Result<()> {
+    let Some(h) = &config.health else { return Ok(()) };
+    let started = now();
+    let trial = Trial {
+        commit: commit.to_string(),
+        previous,
+        started,
+        deadline: started + h.deadline as i64,
+        boots: 0,
+        marked_good: false,
+    };
+    trial.save(&config.state_dir)?;
+    Ok(())
+}
+
+/// Runs the pending trial, if any, to its end.
+pub async fn run(config: &Config) -> Result<Option<Outcome>> {
+    let Some(mut trial) = Trial::load(&config.state_dir)? else { return Ok(None) };
+    let Some(h) = config.health.clone() else {
+        // Health checks were removed from the configuration: nothing left to prove.
+        Trial::clear(&config.state_dir)?;
+        return Ok(Some(Outcome::Good));
+    };
+    let deployment = config.state_dir.join("deploy").join(&trial.commit);
+    loop {
+        // `ferryd mark-good` may have ended or updated the trial meanwhile.
+        match Trial::load(&config.state_dir)? {
+            None => return Ok(Some(Outcome::Good)),
+            Some(t) => trial = t,
+        }
+        let last_failure = match check_round(&h, &deployment).await {
+            Ok(()) if !h.require_mark_good || trial.marked_good => {
+                commit_good(config)?;
+                return Ok(Some(Outcome::Good));
+            }
+            Ok(()) => "the application has not called `ferryd mark-good`".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if now() >= trial.deadline {
+            let reason = format!("not healthy within {} s: {last_failure}", h.deadline);
+            rollback(config, &reason)?;
+            return Ok(Some(Outcome::RolledBack(reason)));
+        }
+        tokio::time::sleep(Duration::from_secs(h.interval.max(1))).await;
+    }
+}
+
+/// Ends the trial as good.
+fn commit_good(config: &Config) -> Result<()> {
+    Trial::clear(&config.state_dir)?;
+    tracing::info!("trial passed: deployment marked good");
+    Ok(())
+}
+
+/// `ferryd mark-good`: the application vouches for the deployment on trial.
+pub fn mark_good(config: &Config) -> Result<String> {
+    let Some(mut trial) = Trial::load(&config.state_dir)? else {
+        return Ok("no deployment is on trial; nothing to do".into());
+    };
+    let running = ferry_boot::current_target(&config.current_link)?;
+    if running.as_deref().and_then(|t| t.file_name()).and_then(|n| n.to_str()) != Some(trial.commit.as_str()) {
+        bail!("the deployment on trial ({}) is not the one running; refusing to mark it good", trial.commit);
+    }
+    if config.health.as_ref().is_some_and(|h| h.commands.is_empty() && h.units.is_empty() && h.urls.is_empty()) {
+        // mark-good is the only check: it ends the trial.
+        commit_good(config)?;
+    } else {
+        trial.marked_good = true;
+        trial.save(&config.state_dir)?;
+    }
+    Ok(format!("marked {} good", trial.commit))
+}
+
+/// Switches back to the previous deployment and records why. Used by a failed trial, by
+/// `boot-check` at the boot limit, and by `ferryd rollback`.
+pub fn rollback(config: &Config, reason: &str) -> Result<String> {
+    let trial = Trial::load(&config.state_dir)?;
+    let mut state = State::load(&config.state_dir)?;
+    let running = ferry_boot::current_target(&config.current_link)?
+        .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string));
+    let (bad, previous) = match &trial {
+        Some(t) => (t.commit.clone(), t.previous.clone()),
+        None => (running.clone().ok_or_else(|| anyhow!("no deployment is running"))?, state.previous.clone()),
+    };
+    let previous = previous.ok_or_else(|| anyhow!("there is no previous deployment to roll back to"))?;
+    let target = config.state_dir.join("deploy").join(&previous);
+    if !target.is_dir() {
+        bail!("the previous deployment {} is gone; cannot roll back", target.display());
+    }
+    if running.as_deref() != Some(previous.as_str()) {
+        ferry_boot::switch_symlink(&config.current_link, &target)?;
+        crate::crash::point("rolled-back");
+    }
+    if let Err(e) = restart(config) {
+        tracing::warn!(error = %format!("{e:#}"), "restart after rollback failed");
+    }
+    if !state.bad_commits.contains(&bad) {
+        state.bad_commits.push(bad.clone());
+    }
+    state.previous = None;
+    state.last_rollback =
+        Some(Rollback { commit: bad.clone(), to: previous.clone(), reason: reason.to_string(), at: now() });
+    state.last_result = Some("rolled-back".into());
+    state.last_error = Some(format!("{bad} rolled back: {reason}"));
+    state.save(&config.state_dir)?;
+    Trial::clear(&config.state_dir)?;
+    tracing::warn!(%bad, to = %previous, reason, "rolled back");
+    Ok(format!("rolled back from {bad} to {previous}: {reason}"))
+}
+
+/// `ferryd boot-check`, early at every boot: counts the boot of a deployment on trial and
+/// rolls back once it has booted more than `bootlimit` times without becoming good.
+pub fn boot_check(config: &Config) -> Result<String> {
+    // Opening the store removes what an interrupted update left half-done.
+    drop(crate::local::Local::open(&config.state_dir)?);
+    let Some(mut trial) = Trial::load(&config.state_dir)? else {
+        return Ok("no deployment on trial".into());
+    };
+    let limit = config.health.as_ref().map_or(1, |h| h.bootlimit);
+    trial.boots += 1;
+    if trial.boots > limit {
+        let reason = format!("booted {} times without being marked good (bootlimit {limit})", trial.boots - 1);
+        return rollback(config, &reason);
+    }
+    trial.save(&config.state_dir)?;
+    Ok(format!("{} on trial: boot {} of {limit}", trial.commit, trial.boots))
+}

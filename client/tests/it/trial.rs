@@ -1,0 +1,172 @@
+//! Trials after a switch: health checks, mark-good, automatic and manual rollback, boot
+//! counting, and bad commits never retried.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{ferryd, update, Env};
+
+/// `[health]` that fails for release 2 of the fixture series (its etc/version is "2").
+fn health(env: &Env, extra: &str) -> String {
+    format!(
+        "restart_command = \"echo restarted >> {}\"\n[health]\ncommands = [\"! grep -qx 2 etc/version\"]\ndeadline = 3\ninterval = 1\n{extra}",
+        env.path().join("restarts").display()
+    )
+}
+
+fn status(config: &std::path::Path) -> serde_json::Value {
+    let (ok, out, err) = ferryd(config, &["status", "--json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn running(env: &Env) -> String {
+    std::fs::read_link(env.current()).unwrap().file_name().unwrap().to_str().unwrap().to_string()
+}
+
+fn restarts(env: &Env) -> usize {
+    std::fs::read_to_string(env.path().join("restarts")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn a_bad_release_is_rolled_back_within_its_deadline_and_never_retried() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device(&health(&env, ""));
+    update(&config);
+    assert_eq!(running(&env), v1.to_hex());
+    assert_eq!(restarts(&env), 1);
+
+    let v2 = env.commit(2, "2");
+    let started = Instant::now();
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("failed its trial and was rolled back"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert_eq!(running(&env), v1.to_hex(), "still on the bad release");
+    assert_eq!(restarts(&env), 3, "restarted after the switch and after the rollback");
+    let st = status(&config);
+    assert_eq!(st["last_result"], "rolled-back");
+    assert_eq!(st["last_rollback"]["commit"], v2.to_hex());
+    assert!(st["last_rollback"]["reason"].as_str().unwrap().contains("grep"), "{st}");
+    assert_eq!(st["trial"], serde_json::Value::Null);
+    assert_eq!(st["bad_commits"], serde_json::json!([v2.to_hex()]));
+    assert!(
+        !env.path().join(format!("device/state/deploy/{}", v2.to_hex())).exists(),
+        "the bad deployment is collected"
+    );
+
+    // The branch still points at the bad commit: nothing is downloaded, nothing changes.
+    let s = update(&config);
+    assert_eq!(s["skipped_bad_commit"], v2.to_hex());
+    assert_eq!((s["requests"].as_u64(), s["chunks_downloaded"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(running(&env), v1.to_hex());
+
+    // A newer, good release is accepted.
+    let v3 = env.commit(3, "3");
+    let s = update(&config);
+    assert_eq!(s["to"], v3.to_hex());
+    assert_eq!(running(&env), v3.to_hex());
+    assert_eq!(status(&config)["trial"], serde_json::Value::Null);
+}
+
+#[test]
+fn the_application_marks_the_trial_good() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device(&health(&env, "require_mark_good = true\n").replace("deadline = 3", "deadline = 20"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["update", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The update waits for the application; status shows the trial meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&config)["trial"].is_null() {
+        assert!(Instant::now() < deadline, "no trial appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out, err) = ferryd(&config, &["mark-good"]);
+    assert!(ok && out.contains("marked"), "{out} {err}");
+    let status_code = child.wait().unwrap();
+    assert!(status_code.success());
+    let st = status(&config);
+    assert_eq!(st["trial"], serde_json::Value::Null);
+    assert_eq!(st["current"]["version"], "1");
+    let (ok, out, _) = ferryd(&config, &["mark-good"]);
+    assert!(ok && out.contains("nothing to do"));
+}
+
+#[test]
+fn boot_check_rolls_back_after_bootlimit_boots() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device(&health(&env, "bootlimit = 2\n"));
+    update(&config);
+    // v3 passes its checks, but the agent dies right after the switch, before the trial
+    // could end, as if power was cut; the device then reboots over and over.
+    let v3 = env.commit(3, "3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("update")
+        .env("FERRYD_CRASH_AT", "state-saved:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(running(&env), v3.to_hex());
+    assert_eq!(status(&config)["trial"]["commit"], v3.to_hex());
+    for boot in 1..=2 {
+        let (ok, out, err) = ferryd(&config, &["boot-check"]);
+        assert!(ok && out.contains(&format!("boot {boot} of 2")), "{out} {err}");
+    }
+    let (ok, out, err) = ferryd(&config, &["boot-check"]);
+    assert!(ok && out.contains("rolled back"), "{out} {err}");
+    assert_eq!(running(&env), v1.to_hex());
+    let st = status(&config);
+    assert!(st["last_rollback"]["reason"].as_str().unwrap().contains("bootlimit 2"), "{st}");
+    let (ok, out, _) = ferryd(&config, &["boot-check"]);
+    assert!(ok && out.contains("no deployment on trial"));
+}
+
+#[test]
+fn a_pending_trial_is_finished_by_the_next_update() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device(&health(&env, ""));
+    update(&config);
+    let v3 = env.commit(3, "3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("update")
+        .env("FERRYD_CRASH_AT", "switched:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(status(&config)["trial"]["commit"], v3.to_hex());
+    let s = update(&config);
+    assert_eq!(s["up_to_date"], true);
+    assert_eq!(status(&config)["trial"], serde_json::Value::Null, "the resumed trial passed");
+    assert_eq!(running(&env), v3.to_hex());
+}
+
+#[test]
+fn a_manual_rollback_returns_to_the_previous_release_for_good() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device("");
+    update(&config);
+    let v3 = env.commit(3, "3");
+    update(&config);
+    assert_eq!(running(&env), v3.to_hex());
+    let (ok, out, err) = ferryd(&config, &["rollback", "--reason", "operator says so"]);
+    assert!(ok && out.contains("rolled back"), "{out} {err}");
+    assert_eq!(running(&env), v1.to_hex());
+    let s = update(&config);
+    assert_eq!(s["skipped_bad_commit"], v3.to_hex());
+    assert_eq!(running(&env), v1.to_hex());
+    let (ok, _, err) = ferryd(&config, &["rollback"]);
+    assert!(!ok && err.contains("no previous deployment"), "{err}");
+}
