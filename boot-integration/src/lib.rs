@@ -4,10 +4,12 @@
 //! that is the `current` link (e.g. `/opt/example/current → /var/lib/ferry/deploy/<id>`),
 //! replaced by `symlink(tmp)` + `rename(tmp, current)` + fsync of the directory, so a power
 //! cut at any instant leaves the old target or the new one, never neither; and the durable
-//! record of a deployment on trial ([`trial`]). Bootloader backends (U-Boot and GRUB
-//! environments) join them later.
+//! record of a deployment on trial ([`trial`]); and the bootloader environments (U-Boot's and
+//! GRUB's, through their real tools) with the trial handshake the shipped boot scripts
+//! follow ([`bootenv`]).
 //! What it is not for: repositories, chunks, HTTP.
 
+pub mod bootenv;
 pub mod switch;
 pub mod trial;
 

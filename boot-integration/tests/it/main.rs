@@ -1,0 +1,150 @@
+//! ferry-boot's integration tests: the trial handshake through the real `fw_setenv` /
+//! `fw_printenv` (on a file-backed U-Boot environment) and `grub-editenv`, and simulated
+//! boots following the shipped scripts' rules.
+
+use std::collections::BTreeMap;
+
+use ferry_boot::bootenv::{self, model_boot, BootEnv, EnvError, GrubEnv, UBootEnv};
+
+fn uboot(dir: &std::path::Path) -> UBootEnv {
+    std::fs::write(dir.join("env.bin"), vec![0u8; 16 * 1024]).unwrap();
+    std::fs::write(dir.join("fw_env.config"), format!("{} 0x0 0x4000\n", dir.join("env.bin").display())).unwrap();
+    // The factory default: a fresh device's environment has never been saved.
+    std::fs::write(dir.join("defenv"), "bootdelay=2\n").unwrap();
+    UBootEnv { config: dir.join("fw_env.config"), defenv: Some(dir.join("defenv")) }
+}
+
+fn grub(dir: &std::path::Path) -> GrubEnv {
+    GrubEnv { file: dir.join("grubenv") }
+}
+
+/// Both real backends, each in a directory of its own.
+fn backends() -> Vec<(tempfile::TempDir, Box<dyn BootEnv>)> {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let u: Box<dyn BootEnv> = Box::new(uboot(a.path()));
+    let g: Box<dyn BootEnv> = Box::new(grub(b.path()));
+    vec![(a, u), (b, g)]
+}
+
+/// One boot of a simulated device: the bootloader reads its environment, applies the
+/// script's rules and saves what changed, through the real tool.
+fn boot(env: &dyn BootEnv) -> String {
+    let before = env.read().unwrap();
+    let mut after = before.clone();
+    let booted = model_boot(&mut after).expect("a deployment to boot");
+    let changed: Vec<(&str, Option<&str>)> =
+        after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, v)| (k.as_str(), Some(v.as_str()))).collect();
+    if !changed.is_empty() {
+        env.write(&changed).unwrap();
+    }
+    booted
+}
+
+#[test]
+fn the_handshake_round_trips_through_the_real_tools() {
+    for (_dir, env) in backends() {
+        bootenv::start_trial(env.as_ref(), "new", Some("old"), 3).unwrap();
+        let v = env.read().unwrap();
+        assert_eq!(v.get("ferry_deploy").map(String::as_str), Some("new"), "{}", env.name());
+        assert_eq!(v.get("ferry_prev").map(String::as_str), Some("old"));
+        assert_eq!(v.get("upgrade_available").map(String::as_str), Some("1"));
+        bootenv::mark_good(env.as_ref()).unwrap();
+        assert_eq!(env.read().unwrap().get("upgrade_available").map(String::as_str), Some("0"));
+        bootenv::rollback(env.as_ref(), "old").unwrap();
+        assert_eq!(env.read().unwrap().get("ferry_deploy").map(String::as_str), Some("old"));
+        assert!(matches!(env.write(&[("bad name", Some("x"))]), Err(EnvError::BadVariable(_))));
+        assert!(matches!(env.write(&[("a", Some("two\nlines"))]), Err(EnvError::BadVariable(_))));
+    }
+}
+
+#[test]
+fn a_release_never_marked_good_is_abandoned_after_bootlimit_boots() {
+    for (_dir, env) in backends() {
+        bootenv::start_trial(env.as_ref(), "new", Some("old"), 2).unwrap();
+        assert_eq!(boot(env.as_ref()), "new", "{}", env.name());
+        assert_eq!(boot(env.as_ref()), "new");
+        assert_eq!(boot(env.as_ref()), "old", "{}: the third boot falls back", env.name());
+        assert_eq!(env.read().unwrap().get("upgrade_available").map(String::as_str), Some("0"));
+        assert_eq!(boot(env.as_ref()), "old", "and stays there");
+    }
+}
+
+#[test]
+fn a_release_marked_good_keeps_booting() {
+    for (_dir, env) in backends() {
+        bootenv::start_trial(env.as_ref(), "new", Some("old"), 1).unwrap();
+        assert_eq!(boot(env.as_ref()), "new");
+        bootenv::mark_good(env.as_ref()).unwrap();
+        for _ in 0..5 {
+            assert_eq!(boot(env.as_ref()), "new", "{}", env.name());
+        }
+    }
+}
+
+#[test]
+fn a_power_cut_between_any_two_writes_boots_a_known_deployment() {
+    // Each environment write is atomic (both tools write the whole block at once), so a power
+    // cut leaves the environment as after some prefix of the writes. From every such prefix
+    // the device boots one of the two complete deployments, and booting on from there (the
+    // agent marking good once it runs "new") ends on a good one with the trial closed.
+    let steps: Vec<Box<dyn Fn(&dyn BootEnv)>> = vec![
+        Box::new(|e| bootenv::start_trial(e, "new", Some("old"), 2).unwrap()),
+        Box::new(|e| {
+            boot(e);
+        }),
+        Box::new(|e| bootenv::mark_good(e).unwrap()),
+    ];
+    for cut in 0..=steps.len() {
+        for (_dir, env) in backends() {
+            env.write(&[("ferry_deploy", Some("old"))]).unwrap();
+            for s in &steps[..cut] {
+                s(env.as_ref());
+            }
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let b = boot(env.as_ref());
+                assert!(b == "old" || b == "new", "{} cut {cut}: booted {b}", env.name());
+                if b == "new" && env.read().unwrap().get("upgrade_available").map(String::as_str) == Some("1") {
+                    bootenv::mark_good(env.as_ref()).unwrap();
+                }
+                seen.push(b);
+            }
+            let end = env.read().unwrap();
+            assert_ne!(
+                end.get("upgrade_available").map(String::as_str),
+                Some("1"),
+                "{} cut {cut}: {seen:?}",
+                env.name()
+            );
+        }
+    }
+}
+
+/// An environment that accepts writes and forgets them, like one never saved at the factory
+/// whose tool writes to the wrong place.
+#[derive(Debug)]
+struct Forgetful;
+
+impl BootEnv for Forgetful {
+    fn name(&self) -> &'static str {
+        "forgetful"
+    }
+    fn read(&self) -> Result<BTreeMap<String, String>, EnvError> {
+        Ok(BTreeMap::new())
+    }
+    fn write(&self, _: &[(&str, Option<&str>)]) -> Result<(), EnvError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_environment_that_does_not_keep_writes_is_caught() {
+    let err = bootenv::start_trial(&Forgetful, "new", Some("old"), 3).unwrap_err();
+    assert!(matches!(err, EnvError::NotPersisted { .. }), "{err}");
+    // And a U-Boot environment whose storage is not writable fails loudly.
+    let t = tempfile::tempdir().unwrap();
+    let env = uboot(t.path());
+    std::fs::write(t.path().join("fw_env.config"), "/nonexistent/dir/env.bin 0x0 0x4000\n").unwrap();
+    assert!(matches!(bootenv::start_trial(&env, "new", None, 3), Err(EnvError::Tool { .. })));
+}
