@@ -88,7 +88,8 @@ fn a_power_cut_between_any_two_writes_boots_a_known_deployment() {
     // cut leaves the environment as after some prefix of the writes. From every such prefix
     // the device boots one of the two complete deployments, and booting on from there (the
     // agent marking good once it runs "new") ends on a good one with the trial closed.
-    let steps: Vec<Box<dyn Fn(&dyn BootEnv)>> = vec![
+    type Step = Box<dyn Fn(&dyn BootEnv)>;
+    let steps: Vec<Step> = vec![
         Box::new(|e| bootenv::start_trial(e, "new", Some("old"), 2).unwrap()),
         Box::new(|e| {
             boot(e);
