@@ -24,6 +24,12 @@
 //! deadline = 300                            # seconds for the trial to become good; default 300
 //! require_mark_good = false                 # also wait for `ferryd mark-good`; default false
 //! bootlimit = 3                             # boots on trial before rolling back; default 3
+//!
+//! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
+//! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
+//! fw_config = "/etc/fw_env.config"          # uboot: libubootenv's configuration
+//! defenv = "/etc/u-boot-initial-env"        # uboot: default environment, optional
+//! grubenv = "/boot/grub/grubenv"            # grub: the environment block
 //! ```
 //!
 //! This build speaks plain HTTP only; TLS arrives with the fleet server. Until then, put the
@@ -88,6 +94,31 @@ pub struct Health {
     pub bootlimit: u32,
 }
 
+/// Which bootloader learns of switches, trials and rollbacks (the `[bootloader]` table).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Bootloader {
+    Uboot {
+        fw_config: PathBuf,
+        #[serde(default)]
+        defenv: Option<PathBuf>,
+    },
+    Grub {
+        grubenv: PathBuf,
+    },
+}
+
+impl Bootloader {
+    pub fn env(&self) -> Box<dyn ferry_boot::bootenv::BootEnv> {
+        match self {
+            Bootloader::Uboot { fw_config, defenv } => {
+                Box::new(ferry_boot::bootenv::UBootEnv { config: fw_config.clone(), defenv: defenv.clone() })
+            }
+            Bootloader::Grub { grubenv } => Box::new(ferry_boot::bootenv::GrubEnv { file: grubenv.clone() }),
+        }
+    }
+}
+
 fn default_check_timeout() -> u64 {
     10
 }
@@ -128,6 +159,8 @@ pub struct Config {
     pub restart_command: Option<String>,
     #[serde(default)]
     pub health: Option<Health>,
+    #[serde(default)]
+    pub bootloader: Option<Bootloader>,
 }
 
 impl Config {

@@ -49,6 +49,9 @@ enum Command {
     /// Early at every boot, before the application: counts a trial's boots, rolls back at
     /// the boot limit, and cleans what an interrupted update left.
     BootCheck,
+    /// Checks that updates can work here: keys, state directory, free space, current link,
+    /// and that the bootloader environment keeps what is written. Exits 1 on a failure.
+    Doctor,
     /// Checks the configuration and the trusted keys; prints the effective configuration.
     CheckConfig {
         #[arg(long)]
@@ -181,6 +184,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MarkGood => println!("{}", ferry_client::trial::mark_good(&config)?),
         Command::Rollback { reason } => println!("{}", ferry_client::trial::rollback(&config, &reason)?),
         Command::BootCheck => println!("{}", ferry_client::trial::boot_check(&config)?),
+        Command::Doctor => {
+            let (lines, ok) = ferry_client::trial::doctor(&config);
+            for l in lines {
+                println!("{l}");
+            }
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Command::CheckConfig { json } => {
             let keys = config.keys()?;
             if json {

@@ -90,19 +90,25 @@ async fn check_round(h: &Health, deployment: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts a trial of `commit` (to be written before the switch).
+/// Starts a trial of `commit` (to be written before the switch): the agent's record, then
+/// the bootloader's handshake, so the bootloader falls back by itself if the new deployment
+/// never comes up far enough for the agent to run.
 pub fn begin(config: &Config, commit: &str, previous: Option<String>) -> Result<()> {
     let Some(h) = &config.health else { return Ok(()) };
     let started = now();
     let trial = Trial {
         commit: commit.to_string(),
-        previous,
+        previous: previous.clone(),
         started,
         deadline: started + h.deadline as i64,
         boots: 0,
         marked_good: false,
     };
     trial.save(&config.state_dir)?;
+    if let Some(b) = &config.bootloader {
+        ferry_boot::bootenv::start_trial(b.env().as_ref(), commit, previous.as_deref(), h.bootlimit)
+            .context("telling the bootloader about the trial")?;
+    }
     Ok(())
 }
 
@@ -138,8 +144,11 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
     }
 }
 
-/// Ends the trial as good.
+/// Ends the trial as good: the bootloader first (so it stops counting), then the record.
 fn commit_good(config: &Config) -> Result<()> {
+    if let Some(b) = &config.bootloader {
+        ferry_boot::bootenv::mark_good(b.env().as_ref()).context("telling the bootloader the trial passed")?;
+    }
     Trial::clear(&config.state_dir)?;
     tracing::info!("trial passed: deployment marked good");
     Ok(())
@@ -180,6 +189,10 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     if !target.is_dir() {
         bail!("the previous deployment {} is gone; cannot roll back", target.display());
     }
+    if let Some(b) = &config.bootloader {
+        ferry_boot::bootenv::rollback(b.env().as_ref(), &previous)
+            .context("telling the bootloader to boot the previous deployment")?;
+    }
     if running.as_deref() != Some(previous.as_str()) {
         ferry_boot::switch_symlink(&config.current_link, &target)?;
         crate::crash::point("rolled-back");
@@ -201,6 +214,64 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     Ok(format!("rolled back from {bad} to {previous}: {reason}"))
 }
 
+/// `ferryd doctor`: what must work for updates to work, checked on the device itself.
+/// Returns one line per check and whether all passed.
+pub fn doctor(config: &Config) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    let mut ok = true;
+    let mut check = |what: &str, r: Result<String>| match r {
+        Ok(detail) => lines.push(format!("ok    {what}: {detail}")),
+        Err(e) => {
+            ok = false;
+            lines.push(format!("FAIL  {what}: {e:#}"));
+        }
+    };
+    check("trusted keys", config.keys().map(|k| format!("{} loaded", k.len())));
+    check(
+        "state directory",
+        (|| {
+            std::fs::create_dir_all(&config.state_dir)?;
+            let probe = config.state_dir.join(".doctor");
+            ferry_store::durable::write_atomic(&probe, b"ok")?;
+            std::fs::remove_file(&probe)?;
+            Ok(format!("{} is writable", config.state_dir.display()))
+        })(),
+    );
+    check(
+        "free space",
+        (|| {
+            let st = nix::sys::statvfs::statvfs(&config.state_dir)?;
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if free < config.min_free_bytes {
+                bail!("{} MiB free, less than min_free_bytes ({} MiB)", free >> 20, config.min_free_bytes >> 20);
+            }
+            Ok(format!("{} MiB free", free >> 20))
+        })(),
+    );
+    check(
+        "current link",
+        (|| {
+            Ok(match ferry_boot::current_target(&config.current_link)? {
+                Some(t) => format!("{} -> {}", config.current_link.display(), t.display()),
+                None => format!("{} does not exist yet (no deployment)", config.current_link.display()),
+            })
+        })(),
+    );
+    if let Some(b) = &config.bootloader {
+        check(
+            "bootloader environment",
+            (|| {
+                let env = b.env();
+                let stamp = now().to_string();
+                ferry_boot::bootenv::write_verified(env.as_ref(), "doctor", &[("ferry_doctor", Some(&stamp))])?;
+                ferry_boot::bootenv::write_verified(env.as_ref(), "doctor", &[("ferry_doctor", None)])?;
+                Ok(format!("the {} environment is writable and keeps what is written", env.name()))
+            })(),
+        );
+    }
+    (lines, ok)
+}
+
 /// `ferryd boot-check`, early at every boot: counts the boot of a deployment on trial and
 /// rolls back once it has booted more than `bootlimit` times without becoming good.
 pub fn boot_check(config: &Config) -> Result<String> {
@@ -210,6 +281,15 @@ pub fn boot_check(config: &Config) -> Result<String> {
         return Ok("no deployment on trial".into());
     };
     let limit = config.health.as_ref().map_or(1, |h| h.bootlimit);
+    // The bootloader may already have fallen back on its own (it counts boots itself).
+    if let Some(b) = &config.bootloader {
+        let env = b.env().read().context("reading the bootloader environment")?;
+        let booting = env.get("ferry_deploy").map(String::as_str);
+        if booting != Some(trial.commit.as_str()) && env.get("upgrade_available").map(String::as_str) != Some("1") {
+            let reason = format!("the bootloader fell back to {} after bootlimit boots", booting.unwrap_or("?"));
+            return rollback(config, &reason);
+        }
+    }
     trial.boots += 1;
     if trial.boots > limit {
         let reason = format!("booted {} times without being marked good (bootlimit {limit})", trial.boots - 1);

@@ -1,6 +1,7 @@
 //! ferry-client's integration tests: the real `ferryd` binary against a real `ferry serve`
 //! (axum on 127.0.0.1:0) over a real repository.
 
+mod bootloader;
 mod config;
 mod faults;
 mod harness;
