@@ -14,6 +14,7 @@
 //! batch_bytes = 67108864                    # chunk bytes (uncompressed) per request; default 64 MiB
 //! min_free_bytes = 16777216                 # space an update must leave free; default 16 MiB
 //! restart_command = "systemctl restart example.service"  # run after a switch and a rollback; default none
+//! reboot_command = "systemctl reboot"       # run instead when a release's metadata says reboot=required
 //!
 //! [health]                                  # optional: without it a switch is final at once
 //! commands = ["/usr/bin/example-selftest"]  # run with `sh -c`; exit 0 is healthy
@@ -24,6 +25,11 @@
 //! deadline = 300                            # seconds for the trial to become good; default 300
 //! require_mark_good = false                 # also wait for `ferryd mark-good`; default false
 //! bootlimit = 3                             # boots on trial before rolling back; default 3
+//!
+//! [hooks]                                   # optional; run inside the new deployment's directory
+//! pre_switch = "./usr/share/example/migrate pre"   # failure: the update stops, nothing switched
+//! post_switch = "./usr/share/example/migrate post" # failure: rolled back
+//! timeout = 60                              # seconds per hook; default 60
 //!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
@@ -68,6 +74,10 @@ fn default_batch_bytes() -> u64 {
     64 << 20
 }
 
+fn default_reboot_command() -> String {
+    "systemctl reboot".into()
+}
+
 fn default_min_free_bytes() -> u64 {
     16 << 20
 }
@@ -92,6 +102,22 @@ pub struct Health {
     pub require_mark_good: bool,
     #[serde(default = "default_bootlimit")]
     pub bootlimit: u32,
+}
+
+/// Commands around a switch (the `[hooks]` table).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default)]
+    pub pre_switch: Option<String>,
+    #[serde(default)]
+    pub post_switch: Option<String>,
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    60
 }
 
 /// Which bootloader learns of switches, trials and rollbacks (the `[bootloader]` table).
@@ -157,8 +183,12 @@ pub struct Config {
     pub min_free_bytes: u64,
     #[serde(default)]
     pub restart_command: Option<String>,
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: String,
     #[serde(default)]
     pub health: Option<Health>,
+    #[serde(default)]
+    pub hooks: Option<Hooks>,
     #[serde(default)]
     pub bootloader: Option<Bootloader>,
 }

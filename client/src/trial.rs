@@ -31,10 +31,17 @@ pub enum Outcome {
 
 /// Runs `sh -c command` with a timeout; Ok(()) if it exits 0.
 fn run_command(command: &str, timeout: Duration, cwd: Option<&Path>) -> Result<()> {
+    run_command_env(command, timeout, cwd, &[])
+}
+
+fn run_command_env(command: &str, timeout: Duration, cwd: Option<&Path>, env: &[(&str, String)]) -> Result<()> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some(d) = cwd {
         cmd.current_dir(d);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd.spawn().with_context(|| format!("starting `{command}`"))?;
     let started = Instant::now();
@@ -58,6 +65,41 @@ fn run_command(command: &str, timeout: Duration, cwd: Option<&Path>) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Which hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    PreSwitch,
+    PostSwitch,
+}
+
+/// Runs a configured hook in the new deployment's directory (so a migration script shipped in
+/// the release is found by a relative path), with FERRY_COMMIT, FERRY_VERSION,
+/// FERRY_NEW_DEPLOYMENT and FERRY_OLD_DEPLOYMENT set.
+pub fn hook(config: &Config, which: Hook, commit: &str, version: &str, old: Option<&str>) -> Result<()> {
+    let Some(h) = &config.hooks else { return Ok(()) };
+    let (name, command) = match which {
+        Hook::PreSwitch => ("pre_switch", &h.pre_switch),
+        Hook::PostSwitch => ("post_switch", &h.post_switch),
+    };
+    let Some(command) = command else { return Ok(()) };
+    let deploy = config.state_dir.join("deploy");
+    let new = deploy.join(commit);
+    let env = [
+        ("FERRY_COMMIT", commit.to_string()),
+        ("FERRY_VERSION", version.to_string()),
+        ("FERRY_NEW_DEPLOYMENT", new.display().to_string()),
+        ("FERRY_OLD_DEPLOYMENT", old.map(|o| deploy.join(o).display().to_string()).unwrap_or_default()),
+    ];
+    run_command_env(command, Duration::from_secs(h.timeout), Some(&new), &env).with_context(|| format!("{name} hook"))
+}
+
+/// Runs the reboot command (for releases whose metadata says `reboot=required`). The trial
+/// then continues after the reboot: `boot-check` counts the boot and the daemon's next
+/// update finishes it.
+pub fn reboot(config: &Config) -> Result<()> {
+    run_command(&config.reboot_command, Duration::from_secs(120), None).context("rebooting after the switch")
 }
 
 /// Runs the configured restart command, if any.

@@ -62,6 +62,9 @@ pub struct UpdateSummary {
     pub seconds: f64,
     /// The branch points at a commit that failed its trial here before: not installed again.
     pub skipped_bad_commit: Option<String>,
+    /// The release asked for a reboot (`reboot=required` in its metadata); its trial goes on
+    /// after the reboot.
+    pub rebooting: bool,
 }
 
 /// The new release was installed, failed its trial and was rolled back.
@@ -525,8 +528,24 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 }
             }
         };
+        let (new_hex, old_hex) = (head.to_hex(), current.map(|c| c.to_hex()));
+        let version = commit.version.to_string();
+        if let Err(e) =
+            crate::trial::hook(config, crate::trial::Hook::PreSwitch, &new_hex, &version, old_hex.as_deref())
+        {
+            // Nothing was switched; the release is not tried again.
+            let mut st = State::load(&config.state_dir)?;
+            if !st.bad_commits.contains(&new_hex) {
+                st.bad_commits.push(new_hex.clone());
+            }
+            st.last_result = Some("aborted".into());
+            st.last_error = Some(format!("release {version} ({new_hex}) not installed: {e:#}"));
+            st.save(&config.state_dir)?;
+            collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;
+            return Err(TrialFailed(format!("release {version} ({new_hex}) not installed: {e:#}")).into());
+        }
         // The trial is durable before the switch, so a crash after it is finished at restart.
-        crate::trial::begin(config, &head.to_hex(), current.map(|c| c.to_hex()))?;
+        crate::trial::begin(config, &new_hex, old_hex.clone())?;
         ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
         crash::point("switched");
         state.previous = current.map(|c| c.to_hex());
@@ -535,9 +554,29 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
         state.last_attempt = Some(now());
         state.save(&config.state_dir)?;
         crash::point("state-saved");
+        if commit.metadata.get("reboot").map(String::as_str) == Some("required") {
+            // Firmware or kernel changed: the trial continues after the reboot.
+            let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
+            collect_garbage(&local, &keep)?;
+            crate::trial::reboot(config)?;
+            s.rebooting = true;
+            return Ok(Some((head, commit, files, reused)));
+        }
         if let Err(e) = crate::trial::restart(config) {
             // The health checks decide: a deployment that cannot start fails them.
             tracing::warn!(error = %format!("{e:#}"), "restart after the switch failed");
+        }
+        if let Err(e) =
+            crate::trial::hook(config, crate::trial::Hook::PostSwitch, &new_hex, &version, old_hex.as_deref())
+        {
+            let reason = format!("{e:#}");
+            crate::trial::rollback(config, &reason)?;
+            collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;
+            return Err(TrialFailed(format!(
+                "release {version} ({head}) was rolled back to {}: {reason}",
+                old_hex.as_deref().unwrap_or("nothing")
+            ))
+            .into());
         }
         if let Some(crate::trial::Outcome::RolledBack(reason)) = crate::trial::run(config).await? {
             collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;

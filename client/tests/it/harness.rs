@@ -79,6 +79,11 @@ impl Env {
 
     /// Commits fixture version `v` as release `version` on main.
     pub fn commit(&self, v: u32, version: &str) -> Id {
+        self.commit_meta(v, version, &[])
+    }
+
+    /// The same, with commit metadata.
+    pub fn commit_meta(&self, v: u32, version: &str, meta: &[(&str, &str)]) -> Id {
         let key = ferry_fixtures::test_key(1);
         let req = CommitRequest {
             tree: self.tree(v),
@@ -86,7 +91,7 @@ impl Env {
             version: version.parse().unwrap(),
             subject: String::new(),
             body: String::new(),
-            metadata: Default::default(),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             hardware: vec!["rev-a".into()],
             timestamp: None,
             key: &key,

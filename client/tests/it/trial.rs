@@ -170,3 +170,58 @@ fn a_manual_rollback_returns_to_the_previous_release_for_good() {
     let (ok, _, err) = ferryd(&config, &["rollback"]);
     assert!(!ok && err.contains("no previous deployment"), "{err}");
 }
+
+#[test]
+fn a_failing_pre_switch_hook_installs_nothing_and_a_failing_post_switch_hook_rolls_back() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let log = env.path().join("hook.log");
+    let hooks = format!(
+        "[hooks]\npre_switch = \"echo pre $FERRY_VERSION $(cat etc/version) >> {0} && ! grep -qx 2 etc/version\"\npost_switch = \"echo post $FERRY_VERSION >> {0} && ! grep -qx 3 etc/version\"\ntimeout = 5\n",
+        log.display()
+    );
+    let config = env.device(&hooks);
+    update(&config);
+    assert_eq!(running(&env), v1.to_hex());
+
+    // Release 2: the pre_switch hook (run inside the new deployment) refuses it.
+    let v2 = env.commit(2, "2");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("pre_switch hook") && err.contains("not installed"), "{err}");
+    assert_eq!(running(&env), v1.to_hex());
+    let st = status(&config);
+    assert_eq!(st["last_result"], "aborted");
+    assert_eq!(st["bad_commits"], serde_json::json!([v2.to_hex()]));
+
+    // Release 3: switched, then the post_switch hook fails: back to 1.
+    let v3 = env.commit(3, "3");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("post_switch hook"), "{err}");
+    assert_eq!(running(&env), v1.to_hex());
+    let st = status(&config);
+    assert_eq!(st["last_rollback"]["commit"], v3.to_hex());
+    assert!(st["last_rollback"]["reason"].as_str().unwrap().contains("post_switch"), "{st}");
+
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["pre 1 1", "post 1", "pre 2 2", "pre 3 3", "post 3"], "{log}");
+}
+
+#[test]
+fn a_release_that_needs_a_reboot_reboots_and_its_trial_ends_after_it() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let log = env.path().join("reboots");
+    let config = env.device(&format!("reboot_command = \"echo reboot >> {}\"\n{}", log.display(), health(&env, "")));
+    update(&config);
+    let v3 = env.commit_meta(3, "3", &[("reboot", "required")]);
+    let s = update(&config);
+    assert_eq!(s["rebooting"], true, "{s}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "reboot\n");
+    assert_eq!(status(&config)["trial"]["commit"], v3.to_hex(), "the trial goes on after the reboot");
+    // After the reboot: the boot check counts the boot, the daemon's first update ends the trial.
+    let (ok, out, _) = ferryd(&config, &["boot-check"]);
+    assert!(ok && out.contains("boot 1 of 3"), "{out}");
+    update(&config);
+    assert_eq!(status(&config)["trial"], serde_json::Value::Null);
+    assert_eq!(running(&env), v3.to_hex());
+}
