@@ -78,6 +78,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = runtime()?.block_on(ferry_client::update::update(&config))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if let Some(bad) = &s.skipped_bad_commit {
+                println!(
+                    "staying at {} ({}): the branch points at {}, which failed its trial here before",
+                    s.version,
+                    &s.to[..12],
+                    &bad[..12]
+                );
             } else if s.up_to_date {
                 println!("up to date at {} ({})", s.version, &s.to[..12]);
             } else {
