@@ -25,6 +25,10 @@ pub struct Trial {
     pub boots: u32,
     /// Set by `ferryd mark-good` (the application's own self-test).
     pub marked_good: bool,
+    /// Set once the switch to `commit` has happened. A trial found without it belongs to an
+    /// update interrupted before its switch, which is abandoned, not rolled back.
+    #[serde(default)]
+    pub switched: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,7 @@ mod tests {
             deadline: 2,
             boots: 0,
             marked_good: false,
+            switched: true,
         };
         trial.save(t.path()).unwrap();
         assert_eq!(Trial::load(t.path()).unwrap(), Some(trial));

@@ -19,6 +19,18 @@ pub const STEPS: &[&str] = &[
     "gc",
 ];
 
+/// The durable steps of a trial: starting it, marking good, rolling back.
+pub const TRIAL_STEPS: &[&str] = &[
+    "trial-saved",
+    "bootloader-trial",
+    "switched",
+    "state-saved",
+    "bootloader-good",
+    "bootloader-rollback",
+    "rolled-back",
+    "rollback-recorded",
+];
+
 static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static COUNT: AtomicU64 = AtomicU64::new(0);
 

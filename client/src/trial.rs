@@ -145,18 +145,65 @@ pub fn begin(config: &Config, commit: &str, previous: Option<String>) -> Result<
         deadline: started + h.deadline as i64,
         boots: 0,
         marked_good: false,
+        switched: false,
     };
     trial.save(&config.state_dir)?;
+    crate::crash::point("trial-saved");
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::start_trial(b.env().as_ref(), commit, previous.as_deref(), h.bootlimit)
             .context("telling the bootloader about the trial")?;
+        crate::crash::point("bootloader-trial");
     }
     Ok(())
+}
+
+/// Records that the switch to the trial's deployment happened.
+pub fn mark_switched(config: &Config) -> Result<()> {
+    if let Some(mut trial) = Trial::load(&config.state_dir)? {
+        trial.switched = true;
+        trial.save(&config.state_dir)?;
+    }
+    Ok(())
+}
+
+fn running_commit(config: &Config) -> Result<Option<String>> {
+    Ok(ferry_boot::current_target(&config.current_link)?
+        .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string)))
+}
+
+/// A trial whose deployment is not the one running: either its update died before the
+/// switch (abandon it: undo the bootloader handshake, forget the trial, the release is not
+/// bad) or its rollback died after switching back (finish the rollback). Returns true if the
+/// trial was settled this way.
+fn settle_unrunning(config: &Config, trial: &Trial) -> Result<bool> {
+    if running_commit(config)?.as_deref() == Some(trial.commit.as_str()) {
+        return Ok(false);
+    }
+    if trial.switched {
+        rollback(config, "rolled back (finishing a rollback interrupted by a restart)")?;
+        return Ok(true);
+    }
+    if let Some(b) = &config.bootloader {
+        let env = b.env();
+        let vars = env.read().context("reading the bootloader environment")?;
+        if vars.get("ferry_deploy").map(String::as_str) == Some(trial.commit.as_str()) {
+            if let Some(running) = running_commit(config)? {
+                ferry_boot::bootenv::rollback(env.as_ref(), &running)
+                    .context("undoing an unfinished bootloader handshake")?;
+            }
+        }
+    }
+    Trial::clear(&config.state_dir)?;
+    tracing::info!(commit = %trial.commit, "abandoned an update interrupted before its switch");
+    Ok(true)
 }
 
 /// Runs the pending trial, if any, to its end.
 pub async fn run(config: &Config) -> Result<Option<Outcome>> {
     let Some(mut trial) = Trial::load(&config.state_dir)? else { return Ok(None) };
+    if settle_unrunning(config, &trial)? {
+        return Ok(None);
+    }
     let Some(h) = config.health.clone() else {
         // Health checks were removed from the configuration: nothing left to prove.
         Trial::clear(&config.state_dir)?;
@@ -190,6 +237,7 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
 fn commit_good(config: &Config) -> Result<()> {
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::mark_good(b.env().as_ref()).context("telling the bootloader the trial passed")?;
+        crate::crash::point("bootloader-good");
     }
     Trial::clear(&config.state_dir)?;
     tracing::info!("trial passed: deployment marked good");
@@ -234,6 +282,7 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::rollback(b.env().as_ref(), &previous)
             .context("telling the bootloader to boot the previous deployment")?;
+        crate::crash::point("bootloader-rollback");
     }
     if running.as_deref() != Some(previous.as_str()) {
         ferry_boot::switch_symlink(&config.current_link, &target)?;
@@ -251,6 +300,7 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     state.last_result = Some("rolled-back".into());
     state.last_error = Some(format!("{bad} rolled back: {reason}"));
     state.save(&config.state_dir)?;
+    crate::crash::point("rollback-recorded");
     Trial::clear(&config.state_dir)?;
     tracing::warn!(%bad, to = %previous, reason, "rolled back");
     Ok(format!("rolled back from {bad} to {previous}: {reason}"))
@@ -322,6 +372,9 @@ pub fn boot_check(config: &Config) -> Result<String> {
     let Some(mut trial) = Trial::load(&config.state_dir)? else {
         return Ok("no deployment on trial".into());
     };
+    if settle_unrunning(config, &trial)? {
+        return Ok(format!("settled an interrupted update of {}", trial.commit));
+    }
     let limit = config.health.as_ref().map_or(1, |h| h.bootlimit);
     // The bootloader may already have fallen back on its own (it counts boots itself).
     if let Some(b) = &config.bootloader {

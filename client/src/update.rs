@@ -548,6 +548,7 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
         crate::trial::begin(config, &new_hex, old_hex.clone())?;
         ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
         crash::point("switched");
+        crate::trial::mark_switched(config)?;
         state.previous = current.map(|c| c.to_hex());
         state.last_result = Some("ok".into());
         state.last_error = None;

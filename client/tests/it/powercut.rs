@@ -159,3 +159,76 @@ fn sigkill_at_random_instants_is_recovered() {
     // The kills must land across the update, not only before or after it.
     assert!(phases[1] > 0 && phases[0] + phases[2] > 0, "{phases:?}");
 }
+
+/// One boot of the simulated bootloader (GRUB's rules, through the real grub-editenv).
+fn bootloader_boots(grubenv: &Path) {
+    use ferry_boot::bootenv::{model_boot, BootEnv, GrubEnv};
+    let env = GrubEnv { file: grubenv.to_path_buf() };
+    let before = env.read().unwrap();
+    if before.is_empty() {
+        return;
+    }
+    let mut after = before.clone();
+    model_boot(&mut after);
+    let changed: Vec<(&str, Option<&str>)> =
+        after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, v)| (k.as_str(), Some(v.as_str()))).collect();
+    if !changed.is_empty() {
+        env.write(&changed).unwrap();
+    }
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_trial_ends_on_a_good_deployment() {
+    use ferry_boot::bootenv::{BootEnv, GrubEnv};
+    use ferry_client::crash::TRIAL_STEPS;
+    // Release 3 passes its health check, release 2 fails it.
+    for (version, healthy) in [(3u32, true), (2, false)] {
+        let env = Env::new();
+        let v1 = env.commit(1, "1");
+        let device = env.path().join("device");
+        let grubenv = device.join("grubenv");
+        let config = env.device(&format!(
+            "[health]\ncommands = [\"! grep -qx 2 etc/version\"]\ndeadline = 2\ninterval = 1\nbootlimit = 2\n[bootloader]\nkind = \"grub\"\ngrubenv = \"{}\"\n",
+            grubenv.display()
+        ));
+        update(&config);
+        let snapshot = env.path().join("device-v1");
+        copy_tree(&device, &snapshot);
+        let target = env.commit(version, &version.to_string());
+        for step in TRIAL_STEPS {
+            copy_tree(&snapshot, &device);
+            let what = format!("release {version}, crash at {step}");
+            let _ = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+                .arg("--config")
+                .arg(&config)
+                .arg("update")
+                .env("FERRYD_CRASH_AT", format!("{step}:1"))
+                .output()
+                .unwrap();
+            // The device reboots: the bootloader runs, then boot-check, then the daemon.
+            bootloader_boots(&grubenv);
+            let (ok, out, err) = ferryd(&config, &["boot-check"]);
+            assert!(ok, "{what}: boot-check: {out} {err}");
+            for _ in 0..2 {
+                let (ok, _, err) = ferryd(&config, &["update"]);
+                assert!(ok || err.contains("rolled back"), "{what}: {err}");
+            }
+            let running = std::fs::read_link(device.join("current")).unwrap();
+            assert!(running.is_dir(), "{what}: current points to a missing deployment");
+            let name = running.file_name().unwrap().to_str().unwrap().to_string();
+            let expected = if healthy { target } else { v1 };
+            assert_eq!(name, expected.to_hex(), "{what}");
+            let (ok, out, err) = ferryd(&config, &["fsck"]);
+            assert!(ok, "{what}: fsck: {out} {err}");
+            let (_, st, _) = ferryd(&config, &["status", "--json"]);
+            let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+            assert_eq!(st["trial"], serde_json::Value::Null, "{what}: {st}");
+            if !healthy {
+                assert_eq!(st["bad_commits"], serde_json::json!([target.to_hex()]), "{what}");
+            }
+            let boot = GrubEnv { file: grubenv.clone() }.read().unwrap();
+            assert_eq!(boot.get("ferry_deploy"), Some(&expected.to_hex()), "{what}: the bootloader boots {boot:?}");
+            assert_ne!(boot.get("upgrade_available").map(String::as_str), Some("1"), "{what}: {boot:?}");
+        }
+    }
+}
