@@ -149,3 +149,20 @@ fn an_environment_that_does_not_keep_writes_is_caught() {
     std::fs::write(t.path().join("fw_env.config"), "/nonexistent/dir/env.bin 0x0 0x4000\n").unwrap();
     assert!(matches!(bootenv::start_trial(&env, "new", None, 3), Err(EnvError::Tool { .. })));
 }
+
+/// The model and the shipped scripts side by side: every variable of the handshake appears
+/// in both scripts, and each script names the model as its twin (a change to one must show
+/// in the other).
+#[test]
+fn the_shipped_scripts_follow_the_model() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for script in ["uboot/boot.cmd", "grub/ferry.cfg"] {
+        let text = std::fs::read_to_string(root.join(script)).unwrap();
+        for var in ["ferry_deploy", "ferry_prev", "upgrade_available", "bootcount", "bootlimit"] {
+            assert!(text.contains(var), "{script} does not use {var}");
+        }
+        assert!(text.contains("model_boot"), "{script} does not point at its model");
+    }
+    let model = std::fs::read_to_string(root.join("src/bootenv/mod.rs")).unwrap();
+    assert!(model.contains("uboot/boot.cmd") && model.contains("grub/ferry.cfg"));
+}

@@ -17,8 +17,13 @@
 //! [`model_boot`] applies the scripts' rules in Rust, so tests can boot a simulated device.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod grub;
+mod uboot;
+
+pub use grub::GrubEnv;
+pub use uboot::UBootEnv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
@@ -40,7 +45,7 @@ pub trait BootEnv: std::fmt::Debug + Send + Sync {
     fn write(&self, vars: &[(&str, Option<&str>)]) -> Result<(), EnvError>;
 }
 
-fn run(tool: &str, cmd: &mut Command) -> Result<String, EnvError> {
+pub(crate) fn run(tool: &str, cmd: &mut Command) -> Result<String, EnvError> {
     let out = cmd.output().map_err(|source| EnvError::Spawn { tool: tool.to_string(), source })?;
     if !out.status.success() {
         return Err(EnvError::Tool {
@@ -52,7 +57,7 @@ fn run(tool: &str, cmd: &mut Command) -> Result<String, EnvError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn check(vars: &[(&str, Option<&str>)]) -> Result<(), EnvError> {
+pub(crate) fn check(vars: &[(&str, Option<&str>)]) -> Result<(), EnvError> {
     for (k, v) in vars {
         let bad_key = k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if bad_key || v.is_some_and(|v| v.contains('\n') || v.contains('\0')) {
@@ -62,95 +67,8 @@ fn check(vars: &[(&str, Option<&str>)]) -> Result<(), EnvError> {
     Ok(())
 }
 
-fn parse(text: &str) -> BTreeMap<String, String> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-/// U-Boot's environment through libubootenv's `fw_printenv` / `fw_setenv`.
-#[derive(Debug, Clone)]
-pub struct UBootEnv {
-    /// `fw_env.config` (device or file, offset, size, ...).
-    pub config: PathBuf,
-    /// Default environment used when the stored one is missing or corrupt.
-    pub defenv: Option<PathBuf>,
-}
-
-impl UBootEnv {
-    fn args(&self, cmd: &mut Command) {
-        cmd.arg("-c").arg(&self.config);
-        if let Some(d) = &self.defenv {
-            cmd.arg("-f").arg(d);
-        }
-    }
-}
-
-impl BootEnv for UBootEnv {
-    fn name(&self) -> &'static str {
-        "uboot"
-    }
-
-    fn read(&self) -> Result<BTreeMap<String, String>, EnvError> {
-        let mut cmd = Command::new("fw_printenv");
-        self.args(&mut cmd);
-        Ok(parse(&run("fw_printenv", &mut cmd)?))
-    }
-
-    fn write(&self, vars: &[(&str, Option<&str>)]) -> Result<(), EnvError> {
-        check(vars)?;
-        // A script sets every variable in one write of the environment. libubootenv's
-        // script lines are `name=value`; an empty value removes the variable.
-        let mut script = String::new();
-        for (k, v) in vars {
-            script.push_str(k);
-            script.push('=');
-            script.push_str(v.unwrap_or(""));
-            script.push('\n');
-        }
-        let dir = self.config.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".ferry-fw-script-{}", std::process::id()));
-        std::fs::write(&tmp, script).map_err(|source| EnvError::Spawn { tool: "fw_setenv".into(), source })?;
-        let mut cmd = Command::new("fw_setenv");
-        self.args(&mut cmd);
-        cmd.arg("-s").arg(&tmp);
-        let r = run("fw_setenv", &mut cmd);
-        let _ = std::fs::remove_file(&tmp);
-        r.map(|_| ())
-    }
-}
-
-/// GRUB's environment block through `grub-editenv`.
-#[derive(Debug, Clone)]
-pub struct GrubEnv {
-    pub file: PathBuf,
-}
-
-impl BootEnv for GrubEnv {
-    fn name(&self) -> &'static str {
-        "grub"
-    }
-
-    fn read(&self) -> Result<BTreeMap<String, String>, EnvError> {
-        if !self.file.exists() {
-            return Ok(BTreeMap::new());
-        }
-        Ok(parse(&run("grub-editenv", Command::new("grub-editenv").arg(&self.file).arg("list"))?))
-    }
-
-    fn write(&self, vars: &[(&str, Option<&str>)]) -> Result<(), EnvError> {
-        check(vars)?;
-        if !self.file.exists() {
-            run("grub-editenv", Command::new("grub-editenv").arg(&self.file).arg("create"))?;
-        }
-        let set: Vec<String> = vars.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={v}"))).collect();
-        if !set.is_empty() {
-            run("grub-editenv", Command::new("grub-editenv").arg(&self.file).arg("set").args(&set))?;
-        }
-        let unset: Vec<&str> = vars.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
-        if !unset.is_empty() {
-            run("grub-editenv", Command::new("grub-editenv").arg(&self.file).arg("unset").args(&unset))?;
-        }
-        Ok(())
-    }
 }
 
 /// Writes `vars` and reads them back: an environment that does not keep what is written
