@@ -225,3 +225,22 @@ fn a_release_that_needs_a_reboot_reboots_and_its_trial_ends_after_it() {
     assert_eq!(status(&config)["trial"], serde_json::Value::Null);
     assert_eq!(running(&env), v3.to_hex());
 }
+
+#[test]
+fn url_health_checks_pass_on_2xx_and_fail_otherwise() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let ok_url = format!("http://{}/v1/branches/main", env.addr);
+    let config = env.device(&format!("[health]\nurls = [\"{ok_url}\"]\ndeadline = 2\ninterval = 1\n"));
+    let s = update(&config);
+    assert_eq!(s["version"], "1");
+    assert_eq!(status(&config)["trial"], serde_json::Value::Null);
+    // The same device, now checking a URL that answers 404: release 3 is rolled back.
+    let bad_url = format!("http://{}/v1/branches/no-such-branch", env.addr);
+    let text = std::fs::read_to_string(&config).unwrap().replace(&ok_url, &bad_url);
+    std::fs::write(&config, text).unwrap();
+    env.commit(3, "3");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    assert_eq!(status(&config)["current"]["version"], "1");
+}
