@@ -51,6 +51,8 @@ pub enum StoreError {
     AmbiguousRev { rev: String, candidates: Vec<Id> },
     #[error("{path} is open for writing by another process (RocksDB admits one writer); retry when it is done")]
     Locked { path: PathBuf },
+    #[error("signature by key {key} does not verify for commit {commit}")]
+    BadSignature { commit: Id, key: String },
     #[error("the repository was opened read-only")]
     ReadOnly,
 }

@@ -475,6 +475,21 @@ impl Repository {
         Ok(out)
     }
 
+    /// Adds a signature to a stored commit (e.g. by a new signing key after a rotation). The
+    /// signature must verify; it is written synced.
+    pub fn add_signature(&self, commit: &Id, key: &PublicKey, signature: &[u8; 64]) -> Result<()> {
+        self.writable()?;
+        self.read_commit(commit)?;
+        if !key.verify_commit(commit, signature) {
+            return Err(StoreError::BadSignature { commit: *commit, key: key.to_hex() });
+        }
+        let mut k = commit.as_bytes().to_vec();
+        k.extend_from_slice(&key.to_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_SIGNATURES), k, signature, &wo).map_err(|e| self.db_err(e))
+    }
+
     // ---- refs -------------------------------------------------------------------------
 
     /// The commit a branch points at, if the branch exists.

@@ -56,3 +56,26 @@ fn a_new_version_writes_only_new_chunks_and_links_to_its_parent() {
     let head = repo.read_commit(&v2.commit.parse().unwrap()).unwrap();
     assert_eq!(head.parent.unwrap().to_hex(), v1.commit);
 }
+
+#[test]
+fn recommitting_with_a_new_key_adds_its_signature() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = init(t.path(), SMALL);
+    let tree = fixture(t.path(), 1);
+    let first = commit(&repo, &tree, "main", "1").unwrap();
+    let new_key = ferry_fixtures::test_key(7);
+    let again = ferry_publisher::import::commit_tree(
+        &repo,
+        &crate::request(&tree, "main", "1", &new_key),
+        &ferry_publisher::import::NoProgress,
+    )
+    .unwrap();
+    assert!(again.unchanged);
+    assert_eq!(again.commit, first.commit);
+    let id = first.commit.parse().unwrap();
+    let keys: Vec<[u8; 32]> = repo.signatures(&id).unwrap().iter().map(|s| s.key).collect();
+    assert!(
+        keys.contains(&new_key.public().to_bytes()) && keys.contains(&crate::key().public().to_bytes()),
+        "{keys:?}"
+    );
+}
