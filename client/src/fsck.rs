@@ -18,7 +18,10 @@ pub struct DeviceFsck {
     pub problems: Vec<String>,
 }
 
-fn check_tree(local: &Local, tree: &Id, dir: &Path, r: &mut DeviceFsck) -> Result<()> {
+fn check_tree(local: &Local, tree: &Id, dir: &Path, r: &mut DeviceFsck, depth: usize) -> Result<()> {
+    if depth > ferry_store::object::MAX_DEPTH {
+        anyhow::bail!("tree {tree} is nested deeper than {} directories", ferry_store::object::MAX_DEPTH);
+    }
     let tree =
         local.tree(tree)?.ok_or_else(|| anyhow!("tree {tree} for {} is missing on the device", dir.display()))?;
     match fs::symlink_metadata(dir) {
@@ -37,7 +40,7 @@ fn check_tree(local: &Local, tree: &Id, dir: &Path, r: &mut DeviceFsck) -> Resul
         let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
         names.push(e.name.clone());
         match &e.kind {
-            EntryKind::Dir { tree } => check_tree(local, tree, &path, r)?,
+            EntryKind::Dir { tree } => check_tree(local, tree, &path, r, depth + 1)?,
             EntryKind::Symlink { target, .. } => match fs::read_link(&path) {
                 Ok(t) if t.as_os_str().as_bytes() == target.as_slice() => {}
                 Ok(t) => r.problems.push(format!(
@@ -103,7 +106,7 @@ pub fn fsck(local: &Local) -> Result<DeviceFsck> {
         };
         r.deployments += 1;
         match local.commit(&id)? {
-            Some(c) => check_tree(local, &c.root, &e.path(), &mut r)?,
+            Some(c) => check_tree(local, &c.root, &e.path(), &mut r, 0)?,
             None => r.problems.push(format!("{}: commit {id} is missing on the device", e.path().display())),
         }
     }

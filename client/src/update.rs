@@ -115,6 +115,9 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
 fn plan(local: &Local, commit: &Commit) -> Result<Plan> {
     let mut p = Plan { dirs: Vec::new(), symlinks: Vec::new(), files: Vec::new() };
     fn walk(local: &Local, id: &Id, rel: &Path, p: &mut Plan) -> Result<()> {
+        if rel.components().count() > ferry_store::object::MAX_DEPTH {
+            bail!("tree {id} is nested deeper than {} directories", ferry_store::object::MAX_DEPTH);
+        }
         let tree = local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))?;
         p.dirs.push((rel.to_path_buf(), tree.meta.clone()));
         for e in tree.entries {

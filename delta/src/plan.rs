@@ -46,7 +46,15 @@ fn join(prefix: &str, name: &[u8]) -> String {
 }
 
 /// Every path under a tree (directories included), for whole-subtree additions and removals.
+fn depth_ok(tree: &Id, prefix: &str) -> Result<()> {
+    if prefix.split('/').count() > ferry_store::object::MAX_DEPTH {
+        return Err(ferry_store::StoreError::TooDeep { tree: *tree });
+    }
+    Ok(())
+}
+
 fn all_paths(repo: &Repository, tree: &Id, prefix: &str, kind: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+    depth_ok(tree, prefix)?;
     for e in repo.read_tree(tree)?.entries {
         let path = join(prefix, &e.name);
         out.push(Change { path: path.clone(), kind });
@@ -61,6 +69,7 @@ fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec
     if from == to {
         return Ok(());
     }
+    depth_ok(to, prefix)?;
     let a = repo.read_tree(from)?;
     let b = repo.read_tree(to)?;
     if a.meta != b.meta {
@@ -116,17 +125,21 @@ pub fn diff_commits(repo: &Repository, from: &Commit, to: &Commit) -> Result<Vec
     Ok(out)
 }
 
-/// Collects the distinct chunk ids under a tree, visiting each distinct subtree once.
+/// Collects the distinct chunk ids under a tree, visiting each distinct subtree once (with
+/// an explicit stack: no recursion, whatever the nesting).
 pub fn collect_chunks(repo: &Repository, root: &Id, trees: &mut HashSet<Id>, chunks: &mut HashSet<Id>) -> Result<()> {
-    if !trees.insert(*root) {
-        return Ok(());
-    }
-    let tree: Tree = repo.read_tree(root)?;
-    for e in tree.entries {
-        match e.kind {
-            EntryKind::File { chunks: list, .. } => chunks.extend(list.iter().map(|c| c.id)),
-            EntryKind::Dir { tree } => collect_chunks(repo, &tree, trees, chunks)?,
-            EntryKind::Symlink { .. } => {}
+    let mut stack = vec![*root];
+    while let Some(id) = stack.pop() {
+        if !trees.insert(id) {
+            continue;
+        }
+        let tree: Tree = repo.read_tree(&id)?;
+        for e in tree.entries {
+            match e.kind {
+                EntryKind::File { chunks: list, .. } => chunks.extend(list.iter().map(|c| c.id)),
+                EntryKind::Dir { tree } => stack.push(tree),
+                EntryKind::Symlink { .. } => {}
+            }
         }
     }
     Ok(())

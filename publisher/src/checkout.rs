@@ -57,7 +57,17 @@ fn is_root() -> bool {
 }
 
 /// Creates directories and symlinks and lists the files to write.
-fn lay_out(repo: &Repository, tree_id: &Id, dir: &Path, meta: Option<Meta>, plan: &mut Plan) -> Result<()> {
+fn lay_out(
+    repo: &Repository,
+    tree_id: &Id,
+    dir: &Path,
+    meta: Option<Meta>,
+    plan: &mut Plan,
+    depth: usize,
+) -> Result<()> {
+    if depth > ferry_store::object::MAX_DEPTH {
+        return Err(ferry_store::StoreError::TooDeep { tree: *tree_id }.into());
+    }
     let tree = repo.read_tree(tree_id).with_context(|| format!("reading tree for {}", dir.display()))?;
     plan.dirs.push((dir.to_path_buf(), meta.unwrap_or_else(|| tree.meta.clone())));
     for e in tree.entries {
@@ -65,7 +75,7 @@ fn lay_out(repo: &Repository, tree_id: &Id, dir: &Path, meta: Option<Meta>, plan
         match e.kind {
             EntryKind::Dir { tree } => {
                 fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-                lay_out(repo, &tree, &path, None, plan)?;
+                lay_out(repo, &tree, &path, None, plan, depth + 1)?;
             }
             EntryKind::File { meta, size, chunks } => {
                 plan.bytes += size;
@@ -136,7 +146,7 @@ pub fn checkout(repo: &Repository, commit_id: &Id, dest: &Path, progress: &dyn P
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = (|| {
         let mut plan = Plan { dirs: Vec::new(), files: Vec::new(), symlinks: 0, bytes: 0 };
-        lay_out(repo, &commit.root, &tmp, None, &mut plan)?;
+        lay_out(repo, &commit.root, &tmp, None, &mut plan, 0)?;
         progress.set_total(plan.bytes);
         plan.files.par_iter().try_for_each(|f| write_file(repo, f, progress))?;
         // Directory metadata last, deepest first, so read-only directories can be filled.

@@ -134,6 +134,7 @@ pub fn fsck(repo: &Repository, trusted: &[PublicKey], progress: &dyn crate::impo
                 &good_chunks,
                 &mut seen_trees,
                 &mut report,
+                0,
             );
             from = format!("commit {}", id.short());
             next = commit.parent;
@@ -173,8 +174,16 @@ fn check_tree(
     chunks: &HashMap<Id, u32>,
     seen: &mut HashSet<Id>,
     report: &mut FsckReport,
+    depth: usize,
 ) {
     if !seen.insert(*id) {
+        return;
+    }
+    if depth > ferry_store::object::MAX_DEPTH {
+        report.problem(
+            format!("tree {id}"),
+            format!("nested deeper than {} directories", ferry_store::object::MAX_DEPTH),
+        );
         return;
     }
     let Some(tree) = trees.get(id) else {
@@ -184,7 +193,7 @@ fn check_tree(
     for e in &tree.entries {
         match &e.kind {
             EntryKind::Dir { tree: sub } => {
-                check_tree(sub, &format!("tree {}", id.short()), trees, chunks, seen, report)
+                check_tree(sub, &format!("tree {}", id.short()), trees, chunks, seen, report, depth + 1)
             }
             EntryKind::File { chunks: list, .. } => {
                 for c in list {

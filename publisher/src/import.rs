@@ -137,7 +137,10 @@ fn meta_of(path: &Path, m: &fs::Metadata) -> Result<Meta> {
     Ok(Meta { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), xattrs: read_xattrs(path)? })
 }
 
-fn walk(path: &Path, m: &fs::Metadata, w: &mut Walk) -> Result<Node> {
+fn walk(path: &Path, m: &fs::Metadata, w: &mut Walk, depth: usize) -> Result<Node> {
+    if depth > ferry_store::object::MAX_DEPTH {
+        bail!("{} is nested deeper than {} directories", path.display(), ferry_store::object::MAX_DEPTH);
+    }
     let ft = m.file_type();
     w.stamps.push((path.to_path_buf(), Stamp::of(m)));
     if ft.is_dir() {
@@ -148,7 +151,7 @@ fn walk(path: &Path, m: &fs::Metadata, w: &mut Walk) -> Result<Node> {
             let item = item.with_context(|| format!("reading directory {}", path.display()))?;
             let child = item.path();
             let cm = fs::symlink_metadata(&child).with_context(|| format!("reading {}", child.display()))?;
-            children.push((item.file_name().into_encoded_bytes(), walk(&child, &cm, w)?));
+            children.push((item.file_name().into_encoded_bytes(), walk(&child, &cm, w, depth + 1)?));
         }
         children.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Node::Dir { meta: meta_of(path, m)?, children })
@@ -306,7 +309,7 @@ pub fn commit_tree(repo: &Repository, req: &CommitRequest<'_>, progress: &dyn Pr
         bail!("{} is not a directory", root.display());
     }
     let mut w = Walk { files: Vec::new(), stamps: Vec::new(), directories: 0, symlinks: 0, bytes: 0 };
-    let node = walk(root, &rm, &mut w)?;
+    let node = walk(root, &rm, &mut w, 0)?;
     progress.set_total(w.bytes);
 
     let sink = Sink {

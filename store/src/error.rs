@@ -53,6 +53,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("signature by key {key} does not verify for commit {commit}")]
     BadSignature { commit: Id, key: String },
+    #[error("tree {tree} is nested deeper than {} directories", crate::object::MAX_DEPTH)]
+    TooDeep { tree: Id },
     #[error("the repository was opened read-only")]
     ReadOnly,
 }

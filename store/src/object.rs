@@ -28,6 +28,9 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const MAX_NAME: usize = 255;
 /// Longest symlink target, in bytes (Linux PATH_MAX - 1).
 pub const MAX_SYMLINK_TARGET: usize = 4095;
+/// Deepest nesting of directories any walker follows (Linux cannot address deeper paths:
+/// PATH_MAX is 4096 bytes). Walkers refuse deeper trees instead of exhausting their stack.
+pub const MAX_DEPTH: usize = 1024;
 /// Most entries in one directory.
 pub const MAX_ENTRIES: usize = 1 << 20;
 /// Most chunks in one file (16 Mi chunks; at the smallest chunk size that is 1 TiB).

@@ -131,3 +131,41 @@ fn broken_and_untrusted_signatures_are_named() {
         report.problems
     );
 }
+
+#[test]
+fn trees_nested_deeper_than_any_path_are_refused_not_a_stack_overflow() {
+    use ferry_store::{Commit, Entry, Meta, Tree};
+    let t = tempfile::tempdir().unwrap();
+    let repo = init(t.path(), SMALL);
+    let dir_meta = Meta { mode: 0o755, ..Meta::default() };
+    let mut id = repo.put_tree(&Tree { meta: dir_meta.clone(), entries: vec![] }).unwrap();
+    for _ in 0..(ferry_store::object::MAX_DEPTH + 10) {
+        let tree = Tree {
+            meta: dir_meta.clone(),
+            entries: vec![Entry { name: b"d".to_vec(), kind: EntryKind::Dir { tree: id } }],
+        };
+        id = repo.put_tree(&tree).unwrap();
+    }
+    let commit = Commit {
+        root: id,
+        parent: None,
+        version: "1".parse().unwrap(),
+        timestamp: None,
+        subject: String::new(),
+        body: String::new(),
+        metadata: Default::default(),
+        hardware: vec![],
+    };
+    let key = crate::key();
+    let cid = commit.id().unwrap();
+    repo.publish_commit(&commit, &[(key.public(), key.sign_commit(&cid))], "deep", None).unwrap();
+    let empty = Commit { root: repo.put_tree(&Tree { meta: dir_meta, entries: vec![] }).unwrap(), ..commit.clone() };
+    let err = ferry_delta::diff_commits(&repo, &empty, &commit).unwrap_err();
+    assert!(matches!(err, ferry_store::StoreError::TooDeep { .. }), "{err}");
+    let err = checkout(&repo, &cid, &t.path().join("out"), &NoProgress).unwrap_err();
+    assert!(format!("{err:#}").contains("nested deeper"), "{err:#}");
+    let report = fsck(&repo, &[], &NoProgress).unwrap();
+    assert!(report.problems.iter().any(|p| p.message.contains("nested deeper")), "{:?}", report.problems);
+    // Counting chunks walks without recursion and simply works.
+    assert_eq!(ferry_delta::transfer_cost(&repo, None, &commit).unwrap().chunks, 0);
+}
