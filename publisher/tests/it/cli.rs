@@ -21,7 +21,7 @@ fn ok(args: &[&str]) -> String {
 /// Runs a command that must fail; returns its stderr, which must be one `error:` line.
 fn fails(args: &[&str]) -> String {
     let out = ferry(args);
-    assert!(!out.status.success(), "ferry {args:?} succeeded");
+    assert_eq!(out.status.code(), Some(2), "ferry {args:?} should fail with exit code 2");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1, "{stderr}");
     stderr
@@ -121,8 +121,10 @@ fn commit_log_show_ls_diff_checkout_fsck() {
     let out = s.t.path().join("checkout");
     ok(&["checkout", "--repo", &s.repo, &v1, out.to_str().unwrap()]);
     assert_eq!(crate::snapshot(&out), crate::snapshot(Path::new(&s.tree(1))));
+    let before = crate::snapshot(&out);
     let err = fails(&["checkout", "--repo", &s.repo, &v2, out.to_str().unwrap()]);
     assert!(err.contains("not empty"), "{err}");
+    assert_eq!(crate::snapshot(&out), before, "a refused checkout changed the directory");
 
     let public = format!("{}.pub", s.key);
     ok(&["fsck", "--repo", &s.repo, "--trusted-key", &public]);
