@@ -1,0 +1,305 @@
+//! Ferry side by side with the tools people would otherwise pick, on the same release
+//! series, in one run (issue 5). Prints a Markdown table and writes a CSV.
+//!
+//! Tools so far: Ferry (`ferryd update` against `ferry serve` on 127.0.0.1, bytes counted by
+//! a TCP proxy in front of the server), rsync (`--no-whole-file --compress --stats`, bytes
+//! sent and received), xdelta3 and `zstd -19 --long=31 --patch-from` (per-pair patches of the
+//! new tree's tar against the old one's: the near-optimal reference), and the full image
+//! (`zstd -19` of the new tar). OSTree and casync join next.
+//!
+//! Run: `scripts/bench-deps && cargo build --bins && cargo bench -p ferry-benches --profile dev --bench peers`.
+//! The series is the synthetic one (`FERRY_BENCH_SIZE` MiB, default 256, 4 versions) unless
+//! `FERRY_SERIES_DIR` names a directory holding `v1`, `v2`, ... (e.g. from
+//! `scripts/real-series`). Results go to `$FERRY_BENCH_CACHE/peers-<series>.csv`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
+use ferry_store::{ChunkParams, RepoConfig, Repository};
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --bins` first", p.display());
+    p
+}
+
+/// Runs a command under `/usr/bin/time`; returns (stdout, seconds, peak RSS in KiB).
+fn timed(cmd: &mut Command) -> (String, f64, u64) {
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut wrapped = Command::new("/usr/bin/time");
+    wrapped.arg("-f").arg("FERRY_TIME %e %M").arg(&program).args(&args);
+    if let Some(d) = cmd.get_current_dir() {
+        wrapped.current_dir(d);
+    }
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    let out = wrapped.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} failed: {stderr}", program);
+    let line = stderr.lines().rev().find(|l| l.starts_with("FERRY_TIME ")).expect("time output");
+    let mut parts = line.split_whitespace().skip(1);
+    let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let rss = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), secs, rss)
+}
+
+fn tar(tree: &Path, out: &Path) {
+    if out.exists() {
+        return;
+    }
+    let ok = Command::new("tar")
+        .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf"])
+        .arg(out)
+        .arg("-C")
+        .arg(tree)
+        .arg(".")
+        .status()
+        .expect("tar")
+        .success();
+    assert!(ok, "tar of {}", tree.display());
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp").success());
+}
+
+struct Row {
+    hop: String,
+    tool: &'static str,
+    bytes: u64,
+    requests: Option<u64>,
+    seconds: f64,
+    rss_kib: u64,
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let cache = std::env::var_os("FERRY_BENCH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ferry-bench"));
+    let (series, name): (PathBuf, String) = match std::env::var_os("FERRY_SERIES_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "series".into());
+            (d, name)
+        }
+        None => {
+            let mib: u64 = std::env::var("FERRY_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+            let dir = cache.join(format!("series-{mib}M-seed1"));
+            for v in 1..=4 {
+                let out = dir.join(format!("v{v}"));
+                if !out.join("etc/version").exists() {
+                    let _ = std::fs::remove_dir_all(&out);
+                    std::fs::create_dir_all(&dir).expect("cache");
+                    ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 1, size: mib << 20, version: v }, &out)
+                        .expect("tree");
+                }
+            }
+            (dir, format!("synthetic-{mib}M"))
+        }
+    };
+    let versions: Vec<PathBuf> = (1..).map(|v| series.join(format!("v{v}"))).take_while(|p| p.is_dir()).collect();
+    assert!(versions.len() >= 2, "{} needs v1, v2, ...", series.display());
+    let last = versions.len() - 1;
+    let mut hops: Vec<(usize, usize)> = (0..last).map(|i| (i, i + 1)).collect();
+    if last > 1 {
+        hops.push((0, last));
+    }
+    let work = tempfile::tempdir_in(&cache).expect("work dir");
+    let mut rows: Vec<Row> = Vec::new();
+    let label = |a: usize, b: usize| format!("v{} → v{}", a + 1, b + 1);
+
+    // Ferry: every version committed on its own branch, served, updated through a proxy.
+    let repo_path = work.path().join("repo");
+    let repo = Repository::init(&repo_path, &RepoConfig::new(ChunkParams::default(), 3)).expect("init");
+    let key = ferry_fixtures::test_key(1);
+    key.save(&work.path().join("ci.key")).expect("key");
+    for (i, v) in versions.iter().enumerate() {
+        let req = CommitRequest {
+            tree: v.clone(),
+            branch: format!("b{}", i + 1),
+            version: (i + 1).to_string().parse().expect("version"),
+            subject: String::new(),
+            body: String::new(),
+            metadata: Default::default(),
+            hardware: vec![],
+            timestamp: None,
+            key: &key,
+        };
+        commit_tree(&repo, &req, &NoProgress).expect("commit");
+    }
+    drop(repo);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (rp, scratch) = (repo_path.clone(), work.path().join("scratch"));
+    rt.spawn(async move {
+        ferry_publisher::serve::serve(
+            rp,
+            scratch,
+            "127.0.0.1:0".parse().expect("addr"),
+            move |a| tx.send(a).expect("addr"),
+            std::future::pending(),
+        )
+        .await
+        .expect("serve");
+    });
+    let proxy = ferry_fixtures::proxy::Proxy::start(rx.recv().expect("bound")).expect("proxy");
+    let device = work.path().join("device");
+    let config = work.path().join("ferryd.toml");
+    let ferryd = bin("ferryd");
+    let ferry_to = |target: usize, rows: &mut Vec<Row>, hop: String| {
+        std::fs::write(
+            &config,
+            format!(
+                "server = \"http://{}\"\nbranch = \"b{}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+                proxy.addr,
+                target + 1,
+                device.join("state").display(),
+                device.join("current").display(),
+                work.path().join("ci.key.pub").display()
+            ),
+        )
+        .expect("config");
+        let before = proxy.bytes();
+        let (out, seconds, rss_kib) =
+            timed(Command::new(&ferryd).arg("--config").arg(&config).args(["update", "--json"]));
+        let s: serde_json::Value = serde_json::from_str(&out).expect("json");
+        rows.push(Row {
+            hop,
+            tool: "ferry",
+            bytes: proxy.bytes() - before,
+            requests: s["requests"].as_u64(),
+            seconds,
+            rss_kib,
+        });
+    };
+    ferry_to(0, &mut Vec::new(), String::new());
+    let snapshot = work.path().join("device-v1");
+    copy_tree(&device, &snapshot);
+    for &(a, b) in &hops {
+        if b != a + 1 {
+            copy_tree(&snapshot, &device);
+        }
+        ferry_to(b, &mut rows, label(a, b));
+    }
+
+    // rsync, xdelta3, zstd --patch-from, full image.
+    let tars: Vec<PathBuf> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let t = work.path().join(format!("v{}.tar", i + 1));
+            tar(v, &t);
+            t
+        })
+        .collect();
+    for &(a, b) in &hops {
+        let hop = label(a, b);
+        let dest = work.path().join("rsync-dest");
+        copy_tree(&versions[a], &dest);
+        let (out, seconds, rss_kib) = timed(
+            Command::new("rsync")
+                .args(["-a", "--delete", "--no-whole-file", "--compress", "--stats"])
+                .arg(format!("{}/", versions[b].display()))
+                .arg(format!("{}/", dest.display())),
+        );
+        let stat = |key: &str| -> u64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .map(|v| v.replace(',', ""))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let bytes = stat("Total bytes sent: ") + stat("Total bytes received: ");
+        rows.push(Row { hop: hop.clone(), tool: "rsync", bytes, requests: None, seconds, rss_kib });
+
+        let patch = work.path().join("patch.xd3");
+        let _ = std::fs::remove_file(&patch);
+        let (_, seconds, rss_kib) =
+            timed(Command::new("xdelta3").args(["-e", "-9", "-f", "-s"]).arg(&tars[a]).arg(&tars[b]).arg(&patch));
+        rows.push(Row { hop: hop.clone(), tool: "xdelta3", bytes: size(&patch), requests: None, seconds, rss_kib });
+
+        let patch = work.path().join("patch.zst");
+        let (_, seconds, rss_kib) = timed(
+            Command::new("zstd")
+                .args(["-q", "-f", "-19", "--long=31", "-T0"])
+                .arg(format!("--patch-from={}", tars[a].display()))
+                .arg(&tars[b])
+                .arg("-o")
+                .arg(&patch),
+        );
+        rows.push(Row {
+            hop: hop.clone(),
+            tool: "zstd --patch-from",
+            bytes: size(&patch),
+            requests: None,
+            seconds,
+            rss_kib,
+        });
+
+        let image = work.path().join("image.zst");
+        let (_, seconds, rss_kib) =
+            timed(Command::new("zstd").args(["-q", "-f", "-19", "-T0"]).arg(&tars[b]).arg("-o").arg(&image));
+        rows.push(Row {
+            hop: hop.clone(),
+            tool: "full image (zstd -19)",
+            bytes: size(&image),
+            requests: None,
+            seconds,
+            rss_kib,
+        });
+    }
+    rt.shutdown_background();
+
+    println!("\n### {name}: bytes on the wire per update ({} versions)\n", versions.len());
+    println!("| hop | tool | bytes | requests | seconds | peak RSS (MiB) | × best per-pair diff |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut csv = String::from("series,hop,tool,bytes,requests,seconds,peak_rss_kib,ratio_to_best_diff\n");
+    for r in &rows {
+        let best = rows
+            .iter()
+            .filter(|o| o.hop == r.hop && (o.tool == "xdelta3" || o.tool == "zstd --patch-from"))
+            .map(|o| o.bytes)
+            .min()
+            .unwrap_or(0)
+            .max(1);
+        let ratio = r.bytes as f64 / best as f64;
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} |",
+            r.hop,
+            r.tool,
+            r.bytes,
+            r.requests.map_or("-".to_string(), |n| n.to_string()),
+            r.seconds,
+            r.rss_kib as f64 / 1024.0,
+            ratio
+        );
+        csv += &format!(
+            "{name},{},{},{},{},{:.3},{},{:.3}\n",
+            r.hop,
+            r.tool,
+            r.bytes,
+            r.requests.unwrap_or(0),
+            r.seconds,
+            r.rss_kib,
+            ratio
+        );
+    }
+    let csv_path = cache.join(format!("peers-{name}.csv"));
+    std::fs::write(&csv_path, csv).expect("csv");
+    println!("\nCSV: {}", csv_path.display());
+}
