@@ -7,7 +7,8 @@
 //! new tree's tar against the old one's: the near-optimal reference), and the full image
 //! (`zstd -19` of the new tar), OSTree (`ostree pull` over HTTP from an archive repository
 //! served by Python's http.server behind the same counting proxy; and the size of a static
-//! delta generated for the pair: the pull did not use it here yet). casync joins next. Also commit throughput: `ferry commit`
+//! delta generated for the pair: the pull did not use it here yet), and casync (`casync
+//! extract` over HTTP with the old tree as seed, from a store built by `casync make`). Also commit throughput: `ferry commit`
 //! against `ostree commit` of the same trees.
 //!
 //! Run: `scripts/bench-deps && cargo build --bins && cargo bench -p ferry-benches --profile dev --bench peers`.
@@ -137,7 +138,7 @@ fn main() {
     }
     let work = tempfile::tempdir_in(&cache).expect("work dir");
     let mut rows: Vec<Row> = Vec::new();
-    let mut commit_secs: Vec<(usize, f64, f64)> = Vec::new();
+    let mut commit_secs: Vec<(usize, f64, f64, f64)> = Vec::new();
     let label = |a: usize, b: usize| format!("v{} → v{}", a + 1, b + 1);
 
     // Ferry: every version committed on its own branch, served, updated through a proxy.
@@ -159,7 +160,7 @@ fn main() {
             key: &key,
         };
         commit_tree(&repo, &req, &NoProgress).expect("commit");
-        commit_secs.push((i, started.elapsed().as_secs_f64(), 0.0));
+        commit_secs.push((i, started.elapsed().as_secs_f64(), 0.0, 0.0));
     }
     drop(repo);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -374,6 +375,63 @@ fn main() {
     }
     let _ = http.kill();
     let _ = http.wait();
+
+    // casync: a chunk store and one index per version, served over HTTP behind a proxy; the
+    // device extracts the new index with its old tree as the seed.
+    let cas = work.path().join("casync-srv");
+    std::fs::create_dir_all(&cas).expect("casync dir");
+    for (i, v) in versions.iter().enumerate() {
+        let started = std::time::Instant::now();
+        run_ok(
+            Command::new("casync")
+                .arg("make")
+                .arg(format!("--store={}", cas.join("default.castr").display()))
+                .arg(cas.join(format!("v{}.caidx", i + 1)))
+                .arg(v),
+        );
+        commit_secs[i].3 = started.elapsed().as_secs_f64();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let clog = work.path().join("casync-http.log");
+    let mut chttp = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(&cas)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&clog).expect("log"))
+        .spawn()
+        .expect("http.server");
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(upstream).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cproxy = ferry_fixtures::proxy::Proxy::start(upstream).expect("proxy");
+    let cgets = || std::fs::read_to_string(&clog).map(|s| s.matches("\"GET ").count() as u64).unwrap_or(0);
+    for &(a, b) in &hops {
+        let out = work.path().join("casync-out");
+        let _ = std::fs::remove_dir_all(&out);
+        let (bytes0, gets0) = (cproxy.bytes(), cgets());
+        let (_, seconds, rss_kib) = timed(
+            Command::new("casync")
+                .arg("extract")
+                .arg(format!("--store=http://{}/default.castr", cproxy.addr))
+                .arg(format!("--seed={}", versions[a].display()))
+                .arg(format!("http://{}/v{}.caidx", cproxy.addr, b + 1))
+                .arg(&out),
+        );
+        rows.push(Row {
+            hop: label(a, b),
+            tool: "casync (seeded)",
+            bytes: cproxy.bytes() - bytes0,
+            requests: Some(cgets() - gets0),
+            seconds,
+            rss_kib,
+        });
+    }
+    let _ = chttp.kill();
+    let _ = chttp.wait();
     rt.shutdown_background();
 
     println!("\n### {name}: bytes on the wire per update ({} versions)\n", versions.len());
@@ -411,12 +469,14 @@ fn main() {
         );
     }
     println!("\n### {name}: commit time per version (seconds)\n");
-    println!("| version | ferry commit | ostree commit | ostree ÷ ferry |");
-    println!("|---|---|---|---|");
-    for (i, f, o) in &commit_secs {
-        println!("| v{} | {f:.2} | {o:.2} | {:.2} |", i + 1, o / f.max(1e-9));
-        csv +=
-            &format!("{name},v{},commit:ferry,0,0,{f:.3},0,0\n{name},v{},commit:ostree,0,0,{o:.3},0,0\n", i + 1, i + 1);
+    println!("| version | ferry commit | ostree commit | casync make | ostree ÷ ferry | casync ÷ ferry |");
+    println!("|---|---|---|---|---|---|");
+    for (i, f, o, c) in &commit_secs {
+        println!("| v{} | {f:.2} | {o:.2} | {c:.2} | {:.2} | {:.2} |", i + 1, o / f.max(1e-9), c / f.max(1e-9));
+        csv += &format!(
+            "{name},v{0},commit:ferry,0,0,{f:.3},0,0\n{name},v{0},commit:ostree,0,0,{o:.3},0,0\n{name},v{0},commit:casync,0,0,{c:.3},0,0\n",
+            i + 1
+        );
     }
     let csv_path = cache.join(format!("peers-{name}.csv"));
     std::fs::write(&csv_path, csv).expect("csv");
