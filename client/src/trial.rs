@@ -249,6 +249,11 @@ pub fn mark_good(config: &Config) -> Result<String> {
     let Some(mut trial) = Trial::load(&config.state_dir)? else {
         return Ok("no deployment is on trial; nothing to do".into());
     };
+    // Until the updater has recorded the switch it may still write trial.json; marking good
+    // before then could be lost. An application only runs the new release after the switch.
+    if !trial.switched {
+        bail!("the deployment on trial ({}) is not running yet; mark it good once it runs", trial.commit);
+    }
     let running = ferry_boot::current_target(&config.current_link)?;
     if running.as_deref().and_then(|t| t.file_name()).and_then(|n| n.to_str()) != Some(trial.commit.as_str()) {
         bail!("the deployment on trial ({}) is not the one running; refusing to mark it good", trial.commit);

@@ -83,8 +83,8 @@ fn the_application_marks_the_trial_good() {
         .unwrap();
     // The update waits for the application; status shows the trial meanwhile.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while status(&config)["trial"].is_null() {
-        assert!(Instant::now() < deadline, "no trial appeared");
+    while status(&config)["trial"]["switched"] != true {
+        assert!(Instant::now() < deadline, "no switched trial appeared");
         std::thread::sleep(Duration::from_millis(50));
     }
     let (ok, out, err) = ferryd(&config, &["mark-good"]);
@@ -107,13 +107,7 @@ fn boot_check_rolls_back_after_bootlimit_boots() {
     // v3 passes its checks, but the agent dies right after the switch, before the trial
     // could end, as if power was cut; the device then reboots over and over.
     let v3 = env.commit(3, "3");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("update")
-        .env("FERRYD_CRASH_AT", "state-saved:1")
-        .output()
-        .unwrap();
+    let out = crate::harness::crashed_update(&config, "state-saved:1");
     assert!(!out.status.success());
     assert_eq!(running(&env), v3.to_hex());
     assert_eq!(status(&config)["trial"]["commit"], v3.to_hex());
@@ -137,13 +131,7 @@ fn a_pending_trial_is_finished_by_the_next_update() {
     let config = env.device(&health(&env, ""));
     update(&config);
     let v3 = env.commit(3, "3");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("update")
-        .env("FERRYD_CRASH_AT", "switched:1")
-        .output()
-        .unwrap();
+    let out = crate::harness::crashed_update(&config, "switched:1");
     assert!(!out.status.success());
     assert_eq!(status(&config)["trial"]["commit"], v3.to_hex());
     let s = update(&config);
