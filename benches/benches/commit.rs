@@ -12,9 +12,7 @@ use ferry_store::{ChunkParams, RepoConfig, Repository};
 
 fn tree() -> (PathBuf, u64) {
     let mib: u64 = std::env::var("FERRY_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
-    let cache = std::env::var_os("FERRY_BENCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ferry-bench"));
+    let cache = ferry_benches::cache_dir();
     let dir = cache.join(format!("tree-{mib}M-seed1-v1"));
     if !dir.join("etc/version").exists() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -22,13 +22,6 @@ use std::process::Command;
 use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
 use ferry_store::{ChunkParams, RepoConfig, Repository};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe.parent().and_then(Path::parent).expect("target dir").join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --bins` first", p.display());
-    p
-}
-
 /// Runs a command under `/usr/bin/time`; returns (stdout, seconds, peak RSS in KiB).
 fn timed(cmd: &mut Command) -> (String, f64, u64) {
     let program = cmd.get_program().to_owned();
@@ -105,9 +98,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let cache = std::env::var_os("FERRY_BENCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ferry-bench"));
+    let cache = ferry_benches::cache_dir();
     let (series, name): (PathBuf, String) = match std::env::var_os("FERRY_SERIES_DIR") {
         Some(d) => {
             let d = PathBuf::from(d);
@@ -180,7 +171,7 @@ fn main() {
     let proxy = ferry_fixtures::proxy::Proxy::start(rx.recv().expect("bound")).expect("proxy");
     let device = work.path().join("device");
     let config = work.path().join("ferryd.toml");
-    let ferryd = bin("ferryd");
+    let ferryd = ferry_benches::bin("ferryd");
     let ferry_to = |target: usize, rows: &mut Vec<Row>, hop: String| {
         std::fs::write(
             &config,
@@ -299,24 +290,9 @@ fn main() {
         );
         commit_secs[i].2 = started.elapsed().as_secs_f64();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let log = work.path().join("http.log");
-    let mut http = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-        .arg(&srv)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("http.server");
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(upstream).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let oproxy = ferry_fixtures::proxy::Proxy::start(upstream).expect("proxy");
-    let gets = || std::fs::read_to_string(&log).map(|s| s.matches("\"GET ").count() as u64).unwrap_or(0);
+    let ostree_http = ferry_benches::Served::start(&srv, &work.path().join("http.log"));
+    let oproxy = &ostree_http.proxy;
+    let gets = || ostree_http.requests();
     let ostree_pull = |a: usize, b: usize, tool: &'static str, rows: &mut Vec<Row>| {
         let cli = work.path().join("ostree-cli");
         let _ = std::fs::remove_dir_all(&cli);
@@ -373,8 +349,7 @@ fn main() {
         let _ = std::fs::remove_file(srv.join("summary"));
         let _ = std::fs::remove_file(srv.join("summary.sig"));
     }
-    let _ = http.kill();
-    let _ = http.wait();
+    drop(ostree_http);
 
     // casync: a chunk store and one index per version, served over HTTP behind a proxy; the
     // device extracts the new index with its old tree as the seed.
@@ -391,24 +366,9 @@ fn main() {
         );
         commit_secs[i].3 = started.elapsed().as_secs_f64();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let clog = work.path().join("casync-http.log");
-    let mut chttp = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-        .arg(&cas)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&clog).expect("log"))
-        .spawn()
-        .expect("http.server");
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(upstream).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let cproxy = ferry_fixtures::proxy::Proxy::start(upstream).expect("proxy");
-    let cgets = || std::fs::read_to_string(&clog).map(|s| s.matches("\"GET ").count() as u64).unwrap_or(0);
+    let casync_http = ferry_benches::Served::start(&cas, &work.path().join("casync-http.log"));
+    let cproxy = &casync_http.proxy;
+    let cgets = || casync_http.requests();
     for &(a, b) in &hops {
         let out = work.path().join("casync-out");
         let _ = std::fs::remove_dir_all(&out);
@@ -430,8 +390,7 @@ fn main() {
             rss_kib,
         });
     }
-    let _ = chttp.kill();
-    let _ = chttp.wait();
+    drop(casync_http);
     rt.shutdown_background();
 
     println!("\n### {name}: bytes on the wire per update ({} versions)\n", versions.len());

@@ -7,29 +7,18 @@
 //! `FERRY_BENCH_UPDATE_SIZE` (MiB, default 1024) sets the tree size; the series is cached in
 //! `$FERRY_BENCH_CACHE` (default ~/.cache/ferry-bench).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
 use ferry_store::{ChunkParams, Id, RepoConfig, Repository};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --bins` first", p.display());
-    p
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let mib: u64 = std::env::var("FERRY_BENCH_UPDATE_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
-    let cache = std::env::var_os("FERRY_BENCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ferry-bench"));
+    let cache = ferry_benches::cache_dir();
     let series = cache.join(format!("series-{mib}M-seed1"));
     for v in 1..=4 {
         let out = series.join(format!("v{v}"));
@@ -95,7 +84,7 @@ fn main() {
         )
         .expect("config");
     };
-    let ferryd = bin("ferryd");
+    let ferryd = ferry_benches::bin("ferryd");
     let run = |label: &str, branch: &str, rows: &mut Vec<String>| {
         write_config(branch);
         let out = Command::new("/usr/bin/time")
@@ -139,7 +128,7 @@ fn main() {
     run("v1 → v4 (skip)", "b4", &mut rows);
 
     let started = Instant::now();
-    let out = Command::new(bin("ferry"))
+    let out = Command::new(ferry_benches::bin("ferry"))
         .args(["checkout", "--repo"])
         .arg(&repo_path)
         .arg(ids[0].to_hex())

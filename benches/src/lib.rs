@@ -1,2 +1,64 @@
-//! ferry-benches: criterion benchmarks (see `benches/`). The library is empty on purpose:
-//! the benchmarks are the crate.
+//! ferry-benches: criterion benchmarks and the side-by-side comparisons (see `benches/`).
+//! This library holds what the benchmark programs share: where the cache is, where the
+//! workspace's binaries are, and serving a directory over HTTP behind a counting proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// `$FERRY_BENCH_CACHE`, or `~/.cache/ferry-bench`: generated series and results live here.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("FERRY_BENCH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/ferry-bench"))
+}
+
+/// A binary of this workspace, built by `cargo build --bins` in the same profile.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --bins` first", p.display());
+    p
+}
+
+/// A directory served by Python's http.server on 127.0.0.1, behind a byte-counting proxy;
+/// requests are counted from the server's log. Stops when dropped.
+#[derive(Debug)]
+pub struct Served {
+    pub proxy: ferry_fixtures::proxy::Proxy,
+    server: Child,
+    log: PathBuf,
+}
+
+impl Served {
+    pub fn start(dir: &Path, log: &Path) -> Served {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let server = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("python3 -m http.server");
+        let upstream: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(upstream).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let proxy = ferry_fixtures::proxy::Proxy::start(upstream).expect("proxy");
+        Served { proxy, server, log: log.to_path_buf() }
+    }
+
+    /// GET requests served so far.
+    pub fn requests(&self) -> u64 {
+        std::fs::read_to_string(&self.log).map(|s| s.matches("\"GET ").count() as u64).unwrap_or(0)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}

@@ -66,13 +66,7 @@ fn a_bootloader_fallback_is_finished_by_boot_check() {
         // v3 is switched to, then the device dies before the trial ends and keeps failing to
         // come up: the bootloader counts the boots and falls back by itself.
         let v3 = env.commit(3, "3");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("update")
-            .env("FERRYD_CRASH_AT", "state-saved:1")
-            .output()
-            .unwrap();
+        let out = crate::harness::crashed_update(&config, "state-saved:1");
         assert!(!out.status.success());
         assert_eq!(var(boot.as_ref(), "ferry_deploy"), Some(v3.to_hex()), "{kind}");
         for _ in 0..3 {

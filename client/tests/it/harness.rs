@@ -139,3 +139,14 @@ pub fn update(config: &Path) -> serde_json::Value {
 pub fn now_nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
+
+/// `ferryd update` made to abort at the n-th time it reaches a durable step (`step:n`).
+pub fn crashed_update(config: &Path, at: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(config)
+        .arg("update")
+        .env("FERRYD_CRASH_AT", at)
+        .output()
+        .unwrap()
+}

@@ -106,13 +106,7 @@ fn a_crash_at_every_durable_step_is_recovered() {
     for step in STEPS {
         for n in [1, 3] {
             b.reset();
-            let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
-                .arg("--config")
-                .arg(&b.config)
-                .arg("update")
-                .env("FERRYD_CRASH_AT", format!("{step}:{n}"))
-                .output()
-                .unwrap();
+            let out = crate::harness::crashed_update(&b.config, &format!("{step}:{n}"));
             let stderr = String::from_utf8_lossy(&out.stderr);
             if n == 1 {
                 assert!(
@@ -198,13 +192,7 @@ fn a_crash_at_every_step_of_a_trial_ends_on_a_good_deployment() {
         for step in TRIAL_STEPS {
             copy_tree(&snapshot, &device);
             let what = format!("release {version}, crash at {step}");
-            let _ = Command::new(env!("CARGO_BIN_EXE_ferryd"))
-                .arg("--config")
-                .arg(&config)
-                .arg("update")
-                .env("FERRYD_CRASH_AT", format!("{step}:1"))
-                .output()
-                .unwrap();
+            let _ = crate::harness::crashed_update(&config, &format!("{step}:1"));
             // The device reboots: the bootloader runs, then boot-check, then the daemon.
             bootloader_boots(&grubenv);
             let (ok, out, err) = ferryd(&config, &["boot-check"]);
