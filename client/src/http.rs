@@ -8,6 +8,22 @@ use anyhow::{anyhow, bail, Context, Result};
 use ferry_delta::pack::{self, Frame, FrameDecoder};
 use ferry_store::Id;
 
+/// The well-formed `(key, signature)` pairs of a `{"signatures": [...]}` answer; malformed
+/// entries are skipped (they could not verify anyway).
+fn parse_signatures(v: &serde_json::Value) -> Vec<([u8; 32], [u8; 64])> {
+    let mut out = Vec::new();
+    for s in v.get("signatures").and_then(|s| s.as_array()).into_iter().flatten() {
+        let key = s.get("key").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
+        let sig = s.get("signature").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
+        if let (Some(key), Some(sig)) = (key, sig) {
+            if let (Ok(key), Ok(sig)) = (<[u8; 32]>::try_from(key), <[u8; 64]>::try_from(sig)) {
+                out.push((key, sig));
+            }
+        }
+    }
+    out
+}
+
 /// Counts what crossed the network during one update.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Traffic {
@@ -116,6 +132,32 @@ impl Server {
         Ok(bytes)
     }
 
+    /// A commit's bytes (at most `max`, checked against its id) and the signatures the server
+    /// holds for it, in one request.
+    pub async fn commit(&self, id: &Id, max: usize, t: &mut Traffic) -> Result<(Vec<u8>, Vec<([u8; 32], [u8; 64])>)> {
+        let what = format!("commit {id}");
+        t.requests += 1;
+        let resp = self
+            .client
+            .get(self.url(&format!("commits/{id}")))
+            .send()
+            .await
+            .with_context(|| format!("fetching {what}"))?;
+        let resp = Server::check(resp, &what, t).await?;
+        let body = Server::read_capped(resp, 2 * max + MAX_JSON, &what, t).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
+        let bytes = v
+            .get("bytes")
+            .and_then(|b| b.as_str())
+            .and_then(|b| hex::decode(b).ok())
+            .ok_or_else(|| anyhow!("{what}: the answer has no commit bytes"))?;
+        let actual = Id::of(&bytes);
+        if actual != *id {
+            bail!("{what} is corrupt: the server sent bytes that hash to {actual}");
+        }
+        Ok((bytes, parse_signatures(&v)))
+    }
+
     /// The signatures the server holds for a commit: (public key, signature) pairs.
     pub async fn signatures(&self, id: &Id, t: &mut Traffic) -> Result<Vec<([u8; 32], [u8; 64])>> {
         let what = format!("signatures of commit {id}");
@@ -129,17 +171,7 @@ impl Server {
         let resp = Server::check(resp, &what, t).await?;
         let body = Server::read_capped(resp, MAX_JSON, &what, t).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
-        let mut out = Vec::new();
-        for s in v.get("signatures").and_then(|s| s.as_array()).into_iter().flatten() {
-            let key = s.get("key").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
-            let sig = s.get("signature").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
-            if let (Some(key), Some(sig)) = (key, sig) {
-                if let (Ok(key), Ok(sig)) = (<[u8; 32]>::try_from(key), <[u8; 64]>::try_from(sig)) {
-                    out.push((key, sig));
-                }
-            }
-        }
-        Ok(out)
+        Ok(parse_signatures(&v))
     }
 
     /// Asks for many chunks or objects in one request and hands each frame to `on_frame` as

@@ -143,8 +143,7 @@ async fn fetch_commit(server: &Server, local: &Local, id: &Id, keys: &[PublicKey
     if let Some(c) = local.commit(id)? {
         return Ok(c);
     }
-    let bytes = server.object(id, MAX_COMMIT, t).await?;
-    let sigs = server.signatures(id, t).await?;
+    let (bytes, sigs) = server.commit(id, MAX_COMMIT, t).await?;
     let trusted = sigs.iter().any(|(key, sig)| keys.iter().any(|k| k.to_bytes() == *key && k.verify_commit(id, sig)));
     if !trusted {
         return Err(Refused(format!("commit {id} is not signed by a trusted key; refusing it")).into());

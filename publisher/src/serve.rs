@@ -145,6 +145,19 @@ async fn signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<R
     Ok(Json(json!({ "commit": id.to_hex(), "signatures": list })).into_response())
 }
 
+/// A commit and its signatures in one answer: what a device needs before anything else.
+async fn commit_with_signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let (bytes, sigs) = blocking(move || {
+        s.repo.read_commit(&id)?;
+        Ok((s.repo.read_object_bytes(&id)?, s.repo.signatures(&id)?))
+    })
+    .await?;
+    let list: Vec<_> =
+        sigs.iter().map(|s| json!({ "key": hex::encode(s.key), "signature": hex::encode(s.signature) })).collect();
+    Ok(Json(json!({ "commit": id.to_hex(), "bytes": hex::encode(bytes), "signatures": list })).into_response())
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     Chunks,
@@ -238,6 +251,7 @@ pub fn router(repo: Repository) -> Router {
     Router::new()
         .route("/v1/branches/{*name}", get(branch))
         .route("/v1/objects/{id}", get(object))
+        .route("/v1/commits/{id}", get(commit_with_signatures))
         .route("/v1/commits/{id}/signatures", get(signatures))
         .route("/v1/chunks/{id}", get(chunk))
         .route("/v1/chunks", post(chunks_batch))

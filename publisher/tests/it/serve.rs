@@ -63,6 +63,11 @@ fn branch_heads_objects_and_signatures() {
         assert_eq!(r.status(), 200);
         assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
         assert_eq!(Id::of(&r.bytes().await.unwrap()), id);
+        let both: serde_json::Value =
+            serde_json::from_slice(&c.get(format!("{base}/commits/{id}")).send().await.unwrap().bytes().await.unwrap())
+                .unwrap();
+        assert_eq!(Id::of(&hex::decode(both["bytes"].as_str().unwrap()).unwrap()), id);
+        assert_eq!(both["signatures"][0]["key"], crate::key().public().to_hex());
         let sigs: serde_json::Value = serde_json::from_slice(
             &c.get(format!("{base}/commits/{id}/signatures")).send().await.unwrap().bytes().await.unwrap(),
         )
