@@ -38,17 +38,7 @@ fn walk_size(p: &std::path::Path) -> u64 {
 fn commit(c: &mut Criterion) {
     let (dir, bytes) = tree();
     let key = ferry_fixtures::test_key(1);
-    let request = |branch: &str| CommitRequest {
-        tree: dir.clone(),
-        branch: branch.to_string(),
-        version: "1".parse().expect("version"),
-        subject: String::new(),
-        body: String::new(),
-        metadata: Default::default(),
-        hardware: vec![],
-        timestamp: None,
-        key: &key,
-    };
+    let request = |branch: &str| CommitRequest::new(&dir, branch, "1".parse().expect("version"), &key);
     let config = RepoConfig::new(ChunkParams::default(), 3);
     let mut g = c.benchmark_group("commit");
     g.sample_size(10);

@@ -139,36 +139,13 @@ fn main() {
     key.save(&work.path().join("ci.key")).expect("key");
     for (i, v) in versions.iter().enumerate() {
         let started = std::time::Instant::now();
-        let req = CommitRequest {
-            tree: v.clone(),
-            branch: format!("b{}", i + 1),
-            version: (i + 1).to_string().parse().expect("version"),
-            subject: String::new(),
-            body: String::new(),
-            metadata: Default::default(),
-            hardware: vec![],
-            timestamp: None,
-            key: &key,
-        };
+        let req = CommitRequest::new(v, &format!("b{}", i + 1), (i + 1).to_string().parse().expect("version"), &key);
         commit_tree(&repo, &req, &NoProgress).expect("commit");
         commit_secs.push((i, started.elapsed().as_secs_f64(), 0.0, 0.0));
     }
     drop(repo);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (rp, scratch) = (repo_path.clone(), work.path().join("scratch"));
-    rt.spawn(async move {
-        ferry_publisher::serve::serve(
-            rp,
-            scratch,
-            "127.0.0.1:0".parse().expect("addr"),
-            move |a| tx.send(a).expect("addr"),
-            std::future::pending(),
-        )
-        .await
-        .expect("serve");
-    });
-    let proxy = ferry_fixtures::proxy::Proxy::start(rx.recv().expect("bound")).expect("proxy");
+    let (rt, server) = ferry_benches::serve_in_background(&repo_path, &work.path().join("scratch"));
+    let proxy = ferry_fixtures::proxy::Proxy::start(server).expect("proxy");
     let device = work.path().join("device");
     let config = work.path().join("ferryd.toml");
     let ferryd = ferry_benches::bin("ferryd");

@@ -37,38 +37,18 @@ fn main() {
     key.save(&work.path().join("ci.key")).expect("key");
     let mut ids: Vec<Id> = Vec::new();
     for v in 1..=4u32 {
-        let req = CommitRequest {
-            tree: series.join(format!("v{v}")),
-            branch: format!("b{v}"),
-            version: v.to_string().parse().expect("version"),
-            subject: String::new(),
-            body: String::new(),
-            metadata: Default::default(),
-            hardware: vec![],
-            timestamp: None,
-            key: &key,
-        };
+        let req = CommitRequest::new(
+            series.join(format!("v{v}")),
+            &format!("b{v}"),
+            v.to_string().parse().expect("version"),
+            &key,
+        );
         ids.push(commit_tree(&repo, &req, &NoProgress).expect("commit").commit.parse().expect("id"));
     }
     drop(repo);
 
     // The server, in this process.
-    let (atx, arx) = std::sync::mpsc::channel();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let scratch = work.path().join("scratch");
-    let rp = repo_path.clone();
-    rt.spawn(async move {
-        ferry_publisher::serve::serve(
-            rp,
-            scratch,
-            "127.0.0.1:0".parse().expect("addr"),
-            move |a| atx.send(a).expect("addr"),
-            std::future::pending(),
-        )
-        .await
-        .expect("serve");
-    });
-    let addr = arx.recv().expect("bound");
+    let (rt, addr) = ferry_benches::serve_in_background(&repo_path, &work.path().join("scratch"));
 
     let device = work.path().join("device");
     let config = work.path().join("ferryd.toml");

@@ -20,6 +20,27 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs `ferry serve` on 127.0.0.1 (a free port) in a runtime of its own; returns the
+/// runtime (drop or shut it down to stop the server) and the bound address.
+pub fn serve_in_background(repo: &Path, scratch: &Path) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (repo, scratch) = (repo.to_path_buf(), scratch.to_path_buf());
+    rt.spawn(async move {
+        ferry_publisher::serve::serve(
+            repo,
+            scratch,
+            "127.0.0.1:0".parse().expect("addr"),
+            move |a| tx.send(a).expect("addr"),
+            std::future::pending(),
+        )
+        .await
+        .expect("serve");
+    });
+    let addr = rx.recv().expect("the server reports its address");
+    (rt, addr)
+}
+
 /// A directory served by Python's http.server on 127.0.0.1, behind a byte-counting proxy;
 /// requests are counted from the server's log. Stops when dropped.
 #[derive(Debug)]

@@ -113,25 +113,6 @@ impl Server {
         Ok(Head::At(id))
     }
 
-    /// One object's bytes, at most `max` of them, verified against its id.
-    pub async fn object(&self, id: &Id, max: usize, t: &mut Traffic) -> Result<Vec<u8>> {
-        let what = format!("object {id}");
-        t.requests += 1;
-        let resp = self
-            .client
-            .get(self.url(&format!("objects/{id}")))
-            .send()
-            .await
-            .with_context(|| format!("fetching {what}"))?;
-        let resp = Server::check(resp, &what, t).await?;
-        let bytes = Server::read_capped(resp, max, &what, t).await?;
-        let actual = Id::of(&bytes);
-        if actual != *id {
-            bail!("{what} is corrupt: the server sent bytes that hash to {actual}");
-        }
-        Ok(bytes)
-    }
-
     /// A commit's bytes (at most `max`, checked against its id) and the signatures the server
     /// holds for it, in one request.
     pub async fn commit(&self, id: &Id, max: usize, t: &mut Traffic) -> Result<(Vec<u8>, Vec<([u8; 32], [u8; 64])>)> {
@@ -156,22 +137,6 @@ impl Server {
             bail!("{what} is corrupt: the server sent bytes that hash to {actual}");
         }
         Ok((bytes, parse_signatures(&v)))
-    }
-
-    /// The signatures the server holds for a commit: (public key, signature) pairs.
-    pub async fn signatures(&self, id: &Id, t: &mut Traffic) -> Result<Vec<([u8; 32], [u8; 64])>> {
-        let what = format!("signatures of commit {id}");
-        t.requests += 1;
-        let resp = self
-            .client
-            .get(self.url(&format!("commits/{id}/signatures")))
-            .send()
-            .await
-            .with_context(|| format!("fetching {what}"))?;
-        let resp = Server::check(resp, &what, t).await?;
-        let body = Server::read_capped(resp, MAX_JSON, &what, t).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
-        Ok(parse_signatures(&v))
     }
 
     /// Asks for many chunks or objects in one request and hands each frame to `on_frame` as

@@ -36,6 +36,23 @@ pub struct CommitRequest<'a> {
     pub key: &'a SecretKey,
 }
 
+impl<'a> CommitRequest<'a> {
+    /// A request with no subject, body, metadata, hardware list or timestamp.
+    pub fn new(tree: impl Into<PathBuf>, branch: &str, version: Version, key: &'a SecretKey) -> CommitRequest<'a> {
+        CommitRequest {
+            tree: tree.into(),
+            branch: branch.to_string(),
+            version,
+            subject: String::new(),
+            body: String::new(),
+            metadata: BTreeMap::new(),
+            hardware: Vec::new(),
+            timestamp: None,
+            key,
+        }
+    }
+}
+
 /// Figures about one commit, printed by `ferry commit`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CommitSummary {

@@ -66,14 +66,7 @@ fn bytes_corrupted_on_the_wire_are_refused_naming_the_object() {
 #[test]
 fn a_server_killed_and_restarted_mid_update() {
     let (mut env, proxy, config, chunks) = setup("batch_bytes = 262144\nretries = 8\n");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-        .arg("--config")
-        .arg(&config)
-        .args(["update", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = crate::harness::spawn_update(&config);
     let start = proxy.bytes();
     let deadline = Instant::now() + Duration::from_secs(20);
     while proxy.bytes() < start + 100_000 && Instant::now() < deadline {

@@ -86,15 +86,9 @@ impl Env {
     pub fn commit_meta(&self, v: u32, version: &str, meta: &[(&str, &str)]) -> Id {
         let key = ferry_fixtures::test_key(1);
         let req = CommitRequest {
-            tree: self.tree(v),
-            branch: "main".into(),
-            version: version.parse().unwrap(),
-            subject: String::new(),
-            body: String::new(),
             metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             hardware: vec!["rev-a".into()],
-            timestamp: None,
-            key: &key,
+            ..CommitRequest::new(self.tree(v), "main", version.parse().unwrap(), &key)
         };
         commit_tree(&self.repo, &req, &NoProgress).unwrap().commit.parse().unwrap()
     }
@@ -148,5 +142,17 @@ pub fn crashed_update(config: &Path, at: &str) -> std::process::Output {
         .arg("update")
         .env("FERRYD_CRASH_AT", at)
         .output()
+        .unwrap()
+}
+
+/// `ferryd update --json` started in the background, its output piped.
+pub fn spawn_update(config: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(config)
+        .args(["update", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap()
 }

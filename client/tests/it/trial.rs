@@ -73,14 +73,7 @@ fn the_application_marks_the_trial_good() {
     let env = Env::new();
     env.commit(1, "1");
     let config = env.device(&health(&env, "require_mark_good = true\n").replace("deadline = 3", "deadline = 20"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-        .arg("--config")
-        .arg(&config)
-        .args(["update", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::harness::spawn_update(&config);
     // The update waits for the application; status shows the trial meanwhile.
     let deadline = Instant::now() + Duration::from_secs(15);
     while status(&config)["trial"]["switched"] != true {

@@ -27,6 +27,21 @@ fn fails(args: &[&str]) -> String {
     stderr
 }
 
+/// `ferry commit` arguments: repository, branch, tree, version, signing key, then `extra`.
+fn commit_args<'a>(
+    repo: &'a str,
+    branch: &'a str,
+    tree: &'a str,
+    version: &'a str,
+    key: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args =
+        vec!["commit", "--repo", repo, "--branch", branch, "--tree", tree, "--version", version, "--sign-key", key];
+    args.extend_from_slice(extra);
+    args
+}
+
 struct Setup {
     t: tempfile::TempDir,
     repo: String,
@@ -55,25 +70,14 @@ impl Setup {
     fn commit(&self, version: u32) -> String {
         let tree = self.tree(version);
         let v = version.to_string();
-        let out = ok(&[
-            "commit",
-            "--repo",
+        let out = ok(&commit_args(
             &self.repo,
-            "--branch",
             "main",
-            "--tree",
             &tree,
-            "--version",
             &v,
-            "--sign-key",
             &self.key,
-            "--meta",
-            "git=abc123",
-            "--hardware",
-            "rev-b",
-            "--hardware",
-            "rev-a",
-        ]);
+            &["--meta", "git=abc123", "--hardware", "rev-b", "--hardware", "rev-a"],
+        ));
         let last = out.lines().last().unwrap().to_string();
         assert!(last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit()), "{out}");
         last
@@ -137,20 +141,7 @@ fn commit_log_show_ls_diff_checkout_fsck() {
 fn commit_json_summary_and_idempotent_rerun() {
     let s = Setup::new();
     let tree = s.tree(1);
-    let args = [
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "main",
-        "--tree",
-        &tree,
-        "--version",
-        "1.0.0",
-        "--sign-key",
-        &s.key,
-        "--json",
-    ];
+    let args = commit_args(&s.repo, "main", &tree, "1.0.0", &s.key, &["--json"]);
     let first: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
     for field in ["files", "bytes", "chunks", "new_chunks", "new_compressed_bytes", "mb_per_s"] {
         assert!(first[field].is_number(), "{field} missing: {first}");
@@ -167,34 +158,10 @@ fn keys_that_are_missing_wrong_or_untrusted() {
     let s = Setup::new();
     let tree = s.tree(1);
     let missing = s.t.path().join("missing.key");
-    let err = fails(&[
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "main",
-        "--tree",
-        &tree,
-        "--version",
-        "1",
-        "--sign-key",
-        missing.to_str().unwrap(),
-    ]);
+    let err = fails(&commit_args(&s.repo, "main", &tree, "1", missing.to_str().unwrap(), &[]));
     assert!(err.contains("missing.key"), "{err}");
     let public = format!("{}.pub", s.key);
-    let err = fails(&[
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "main",
-        "--tree",
-        &tree,
-        "--version",
-        "1",
-        "--sign-key",
-        &public,
-    ]);
+    let err = fails(&commit_args(&s.repo, "main", &tree, "1", &public, &[]));
     assert!(err.contains("ci.key.pub") && err.contains("secret key"), "{err}");
     assert!(fails(&["log", "--repo", &s.repo, "--branch", "main"]).contains("no branch"));
 
@@ -211,49 +178,11 @@ fn keys_that_are_missing_wrong_or_untrusted() {
 fn bad_arguments_get_clear_errors_and_change_nothing() {
     let s = Setup::new();
     let tree = s.tree(1);
-    let err = fails(&[
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "main",
-        "--tree",
-        &tree,
-        "--version",
-        "v1",
-        "--sign-key",
-        &s.key,
-    ]);
+    let err = fails(&commit_args(&s.repo, "main", &tree, "v1", &s.key, &[]));
     assert!(err.contains("--version"), "{err}");
-    let err = fails(&[
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "a//b",
-        "--tree",
-        &tree,
-        "--version",
-        "1",
-        "--sign-key",
-        &s.key,
-    ]);
+    let err = fails(&commit_args(&s.repo, "a//b", &tree, "1", &s.key, &[]));
     assert!(err.contains("a//b"), "{err}");
-    let err = fails(&[
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "main",
-        "--tree",
-        &tree,
-        "--version",
-        "1",
-        "--sign-key",
-        &s.key,
-        "--meta",
-        "novalue",
-    ]);
+    let err = fails(&commit_args(&s.repo, "main", &tree, "1", &s.key, &["--meta", "novalue"]));
     assert!(err.contains("KEY=VALUE"), "{err}");
     let err = fails(&["show", "--repo", &s.repo, "deadbeefdeadbeef"]);
     assert!(err.contains("deadbeefdeadbeef"), "{err}");
@@ -282,19 +211,7 @@ fn source_date_epoch_sets_the_timestamp() {
     let s = Setup::new();
     let tree = s.tree(1);
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "commit",
-            "--repo",
-            &s.repo,
-            "--branch",
-            "main",
-            "--tree",
-            &tree,
-            "--version",
-            "1",
-            "--sign-key",
-            &s.key,
-        ])
+        .args(commit_args(&s.repo, "main", &tree, "1", &s.key, &[]))
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();
@@ -310,19 +227,7 @@ fn a_second_writer_gets_a_clear_error() {
     let tree = s.tree(1);
     // This process holds the repository open for writing, as a long `ferry commit` would.
     let _held = ferry_store::Repository::open(Path::new(&s.repo)).unwrap();
-    let err = fails(&[
-        "commit",
-        "--repo",
-        &s.repo,
-        "--branch",
-        "main",
-        "--tree",
-        &tree,
-        "--version",
-        "1",
-        "--sign-key",
-        &s.key,
-    ]);
+    let err = fails(&commit_args(&s.repo, "main", &tree, "1", &s.key, &[]));
     assert!(err.contains("open for writing by another process"), "{err}");
     // Readers are not blocked by the writer.
     assert!(fails(&["log", "--repo", &s.repo, "--branch", "main"]).contains("no branch"));

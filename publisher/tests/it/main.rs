@@ -27,15 +27,9 @@ pub fn key() -> SecretKey {
 
 pub fn request<'a>(tree: &Path, branch: &str, version: &str, key: &'a SecretKey) -> CommitRequest<'a> {
     CommitRequest {
-        tree: tree.to_path_buf(),
-        branch: branch.into(),
-        version: version.parse().unwrap(),
         subject: format!("version {version}"),
-        body: String::new(),
-        metadata: BTreeMap::new(),
-        hardware: vec![],
         timestamp: Some(1_750_000_000),
-        key,
+        ..CommitRequest::new(tree, branch, version.parse().unwrap(), key)
     }
 }
 
