@@ -6,8 +6,8 @@
 //! sent and received), xdelta3 and `zstd -19 --long=31 --patch-from` (per-pair patches of the
 //! new tree's tar against the old one's: the near-optimal reference), and the full image
 //! (`zstd -19` of the new tar), OSTree (`ostree pull` over HTTP from an archive repository
-//! served by Python's http.server behind the same counting proxy; and the size of a static
-//! delta generated for the pair: the pull did not use it here yet), and casync (`casync
+//! served by Python's http.server behind the same counting proxy; and the pull of a static
+//! delta generated in advance for the pair, with the time generating it took), and casync (`casync
 //! extract` over HTTP with the old tree as seed, from a store built by `casync make`). Also commit throughput: `ferry commit`
 //! against `ostree commit` of the same trees.
 //!
@@ -62,13 +62,16 @@ fn tar(tree: &Path, out: &Path) {
     assert!(ok, "tar of {}", tree.display());
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
-    if m.is_dir() {
-        std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
-    } else {
-        m.len()
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
     }
+    out
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -270,11 +273,16 @@ fn main() {
     let ostree_http = ferry_benches::Served::start(&srv, &work.path().join("http.log"));
     let oproxy = &ostree_http.proxy;
     let gets = || ostree_http.requests();
+    // One client repository per pull, holding the old version. For a delta pull the local ref
+    // of the new branch is first pointed at the old commit: `ostree pull` looks for a delta
+    // from the ref's current value, and `--require-static-deltas` fails rather than falling
+    // back to objects, so the row is a real delta pull.
     let ostree_pull = |a: usize, b: usize, tool: &'static str, rows: &mut Vec<Row>| {
         let cli = work.path().join("ostree-cli");
         let _ = std::fs::remove_dir_all(&cli);
         let repo_arg = format!("--repo={}", cli.display());
-        run_ok(Command::new("ostree").arg("init").arg(&repo_arg).arg("--mode=bare-user"));
+        // `bare` (we run as root): with `bare-user` the pull fetched whole objects beside the delta.
+        run_ok(Command::new("ostree").arg("init").arg(&repo_arg).arg("--mode=bare"));
         run_ok(
             Command::new("ostree")
                 .args(["remote", "add", "--no-gpg-verify"])
@@ -283,9 +291,23 @@ fn main() {
                 .arg(format!("http://{}/", oproxy.addr)),
         );
         run_ok(Command::new("ostree").arg("pull").arg(&repo_arg).arg("origin").arg(format!("b{}", a + 1)));
+        let mut pull = Command::new("ostree");
+        pull.arg("pull").arg(&repo_arg);
+        if tool == "ostree static delta" {
+            let old = Command::new("ostree")
+                .arg("rev-parse")
+                .arg(&repo_arg)
+                .arg(format!("origin:b{}", a + 1))
+                .output()
+                .expect("rev-parse");
+            let old = String::from_utf8_lossy(&old.stdout).trim().to_string();
+            run_ok(
+                Command::new("ostree").arg("refs").arg(&repo_arg).arg(format!("--create=origin:b{}", b + 1)).arg(old),
+            );
+            pull.arg("--require-static-deltas");
+        }
         let (bytes0, gets0) = (oproxy.bytes(), gets());
-        let (_, seconds, rss_kib) =
-            timed(Command::new("ostree").arg("pull").arg(&repo_arg).arg("origin").arg(format!("b{}", b + 1)));
+        let (_, seconds, rss_kib) = timed(pull.arg("origin").arg(format!("b{}", b + 1)));
         rows.push(Row {
             hop: label(a, b),
             tool,
@@ -298,33 +320,33 @@ fn main() {
     for &(a, b) in &hops {
         ostree_pull(a, b, "ostree pull", &mut rows);
     }
+    // Static deltas are prepared on the server for each pair in advance; the time it takes is
+    // reported as its own row (no bytes), then clients find the deltas through the summary.
+    let srv_arg = format!("--repo={}", srv.display());
     for &(a, b) in &hops {
-        let srv_arg = format!("--repo={}", srv.display());
-        run_ok(
+        let (_, seconds, rss_kib) = timed(
             Command::new("ostree")
                 .args(["static-delta", "generate"])
                 .arg(&srv_arg)
+                // By default objects over 4 MB travel whole beside the delta ("fallback"),
+                // which made the delta pull larger than an object pull here; with this the
+                // delta covers every changed file, OSTree's best case.
+                .arg("--min-fallback-size=1024")
                 .arg(format!("--from=b{}", a + 1))
                 .arg(format!("--to=b{}", b + 1)),
         );
-        // Clients find deltas through the summary file.
-        run_ok(Command::new("ostree").arg("summary").arg(&srv_arg).arg("-u"));
-        let started = std::time::Instant::now();
-        let delta_bytes = dir_size(&srv.join("deltas"));
-        // The delta's size, not a pull: `ostree pull` (2022.7) did not pick the delta up in
-        // this setup (its bytes on the wire equalled an object pull), so the row reports what a
-        // pull using it would at least transfer. Getting the pull to use it is open work.
         rows.push(Row {
             hop: label(a, b),
-            tool: "ostree static delta (size)",
-            bytes: delta_bytes,
+            tool: "ostree static-delta generate (server, per pair)",
+            bytes: 0,
             requests: None,
-            seconds: started.elapsed().as_secs_f64(),
-            rss_kib: 0,
+            seconds,
+            rss_kib,
         });
-        let _ = std::fs::remove_dir_all(srv.join("deltas"));
-        let _ = std::fs::remove_file(srv.join("summary"));
-        let _ = std::fs::remove_file(srv.join("summary.sig"));
+    }
+    run_ok(Command::new("ostree").arg("summary").arg(&srv_arg).arg("-u"));
+    for &(a, b) in &hops {
+        ostree_pull(a, b, "ostree static delta", &mut rows);
     }
     drop(ostree_http);
 
@@ -370,28 +392,30 @@ fn main() {
     drop(casync_http);
     rt.shutdown_background();
 
-    println!("\n### {name}: bytes on the wire per update ({} versions)\n", versions.len());
+    let best_diff = |hop: &str| {
+        rows.iter()
+            .filter(|o| o.hop == hop && (o.tool == "xdelta3" || o.tool == "zstd --patch-from"))
+            .map(|o| o.bytes)
+            .min()
+            .unwrap_or(0)
+            .max(1)
+    };
+    let prep = |r: &Row| r.tool.contains("generate");
+    println!("\n### {name}: every run ({} versions)\n", versions.len());
     println!("| hop | tool | bytes | requests | seconds | peak RSS (MiB) | × best per-pair diff |");
     println!("|---|---|---|---|---|---|---|");
     let mut csv = String::from("series,hop,tool,bytes,requests,seconds,peak_rss_kib,ratio_to_best_diff\n");
     for r in &rows {
-        let best = rows
-            .iter()
-            .filter(|o| o.hop == r.hop && (o.tool == "xdelta3" || o.tool == "zstd --patch-from"))
-            .map(|o| o.bytes)
-            .min()
-            .unwrap_or(0)
-            .max(1);
-        let ratio = r.bytes as f64 / best as f64;
+        let ratio = r.bytes as f64 / best_diff(&r.hop) as f64;
+        let (bytes, ratio_s) =
+            if prep(r) { ("-".to_string(), "-".to_string()) } else { (r.bytes.to_string(), format!("{ratio:.2}")) };
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} |",
+            "| {} | {} | {bytes} | {} | {:.2} | {:.1} | {ratio_s} |",
             r.hop,
             r.tool,
-            r.bytes,
             r.requests.map_or("-".to_string(), |n| n.to_string()),
             r.seconds,
             r.rss_kib as f64 / 1024.0,
-            ratio
         );
         csv += &format!(
             "{name},{},{},{},{},{:.3},{},{:.3}\n",
@@ -403,6 +427,55 @@ fn main() {
             r.rss_kib,
             ratio
         );
+    }
+    // The same numbers one row per hop, as the README shows them.
+    let columns = [
+        ("Ferry", "ferry"),
+        ("OSTree pull", "ostree pull"),
+        ("OSTree static delta", "ostree static delta"),
+        ("casync, seeded", "casync (seeded)"),
+        ("rsync", "rsync"),
+        ("xdelta3", "xdelta3"),
+        ("zstd --patch-from", "zstd --patch-from"),
+        ("full image zstd -19", "full image (zstd -19)"),
+    ];
+    let mut hop_names: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !hop_names.contains(&r.hop.as_str()) {
+            hop_names.push(&r.hop);
+        }
+    }
+    let find = |hop: &str, tool: &str| rows.iter().find(|r| r.hop == hop && r.tool == tool);
+    println!("\n### {name}: bytes on the wire per update (requests)\n");
+    let header: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    println!("| hop | {} | Ferry ÷ best diff |", header.join(" | "));
+    println!("|---|{}---|", "---|".repeat(columns.len()));
+    for hop in &hop_names {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, tool)| match find(hop, tool) {
+                Some(r) => match r.requests {
+                    Some(n) => format!("{} ({n})", thousands(r.bytes)),
+                    None => thousands(r.bytes),
+                },
+                None => "-".into(),
+            })
+            .collect();
+        let ferry = find(hop, "ferry").map_or(0, |r| r.bytes);
+        println!("| {hop} | {} | {:.2} |", cells.join(" | "), ferry as f64 / best_diff(hop) as f64);
+    }
+    println!("\n### {name}: client wall time in seconds (peak RSS in MiB)\n");
+    println!("| hop | {} | OSTree delta generation (server) |", header.join(" | "));
+    println!("|---|{}---|", "---|".repeat(columns.len()));
+    for hop in &hop_names {
+        let cells: Vec<String> = columns
+            .iter()
+            .chain(std::iter::once(&("", "ostree static-delta generate (server, per pair)")))
+            .map(|(_, tool)| {
+                find(hop, tool).map_or("-".into(), |r| format!("{:.2} ({:.0})", r.seconds, r.rss_kib as f64 / 1024.0))
+            })
+            .collect();
+        println!("| {hop} | {} |", cells.join(" | "));
     }
     println!("\n### {name}: commit time per version (seconds)\n");
     println!("| version | ferry commit | ostree commit | casync make | ostree ÷ ferry | casync ÷ ferry |");

@@ -12,6 +12,7 @@
 //! retries = 5                               # attempts per update before giving up; default 5
 //! concurrency = 2                           # chunk requests in flight; default 2
 //! batch_bytes = 67108864                    # chunk bytes (uncompressed) per request; default 64 MiB
+//! patches = true                            # fetch changed files as patches against their old version; default true
 //! min_free_bytes = 16777216                 # space an update must leave free; default 16 MiB
 //! restart_command = "systemctl restart example.service"  # run after a switch and a rollback; default none
 //! reboot_command = "systemctl reboot"       # run instead when a release's metadata says reboot=required
@@ -72,6 +73,10 @@ fn default_concurrency() -> usize {
 
 fn default_batch_bytes() -> u64 {
     64 << 20
+}
+
+fn default_patches() -> bool {
+    true
 }
 
 fn default_reboot_command() -> String {
@@ -179,6 +184,9 @@ pub struct Config {
     pub concurrency: usize,
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: u64,
+    /// Ask for missing chunks as patches against the device's own files.
+    #[serde(default = "default_patches")]
+    pub patches: bool,
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
     #[serde(default)]

@@ -24,6 +24,16 @@ fn parse_signatures(v: &serde_json::Value) -> Vec<([u8; 32], [u8; 64])> {
     out
 }
 
+/// The server answered, with an error status: retrying the same request will not help, but
+/// another kind of request may (e.g. plain chunks when patches are refused).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: server answered {status}: {detail}")]
+pub struct Answered {
+    pub what: String,
+    pub status: reqwest::StatusCode,
+    pub detail: String,
+}
+
 /// Counts what crossed the network during one update.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Traffic {
@@ -87,7 +97,7 @@ impl Server {
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        bail!("{what}: server answered {status}: {detail}")
+        Err(Answered { what: what.to_string(), status, detail }.into())
     }
 
     /// The commit a branch points at; `Unchanged` if it is still `known`.
@@ -148,16 +158,29 @@ impl Server {
         path: &str,
         expected: &[(Id, u32)],
         t: &mut Traffic,
-        mut on_frame: impl FnMut(Frame) -> Result<()>,
+        on_frame: impl FnMut(Frame) -> Result<()>,
     ) -> Result<()> {
         let ids: Vec<Id> = expected.iter().map(|(id, _)| *id).collect();
-        let what = format!("{} {path}", ids.len());
+        self.post_pack(path, pack::encode_request(&ids), expected, t, on_frame).await
+    }
+
+    /// Like [`Server::pack`] with a request body of the caller's (e.g. patches); the frames
+    /// are named by the ids in `expected`.
+    pub async fn post_pack(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        expected: &[(Id, u32)],
+        t: &mut Traffic,
+        mut on_frame: impl FnMut(Frame) -> Result<()>,
+    ) -> Result<()> {
+        let what = format!("{} {path}", expected.len());
         t.requests += 1;
         let resp = self
             .client
             .post(self.url(path))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(pack::encode_request(&ids))
+            .body(body)
             .send()
             .await
             .with_context(|| format!("requesting {what}"))?;

@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_delta::pack::{self, MAX_IDS_PER_REQUEST};
+use ferry_delta::patch::{self as patch, Patch, PatchPayload};
 use ferry_store::{ChunkRef, Commit, EntryKind, Id, Meta, PublicKey, Xattr};
 use futures_util::StreamExt;
 
 use crate::config::Config;
 use crate::crash;
-use crate::http::{Head, Server, Traffic};
+use crate::http::{Answered, Head, Server, Traffic};
 use crate::local::{file_object_id, make_writable, Local};
 use crate::state::{now, State};
 
@@ -52,6 +53,13 @@ pub struct UpdateSummary {
     /// Of those, the bytes of chunk frames (36-byte header + zstd frame each).
     pub chunk_bytes_downloaded: u64,
     pub chunks_downloaded: u64,
+    /// Patches asked for (missing chunks compressed against files the device holds).
+    pub patches: u64,
+    /// Of the chunks downloaded, those that came in patches.
+    pub chunks_patched: u64,
+    /// Chunks whose patch could not be used (reference damaged on the device, patch
+    /// refused by the server or not decoding) and that were fetched plain instead.
+    pub patch_fallbacks: u64,
     /// Distinct chunks of the new commit the device already held.
     pub chunks_reused: u64,
     pub requests: u64,
@@ -266,6 +274,206 @@ async fn fetch_chunks(
         }
     }
     (n, b, first_err.map_or(Ok(()), Err))
+}
+
+/// What to fetch: patches against files the device holds, and plain chunks.
+struct FetchPlan {
+    patches: Vec<Patch>,
+    plain: Vec<(Id, u32)>,
+}
+
+/// Splits `missing` into patches against the current deployment's files (the rule of
+/// `ferry_delta::patch::plan_patches`, which the server and `ferry diff` share) and plain
+/// chunks. A patch whose reference chunks the device does not hold is fetched plain.
+fn plan_fetch(
+    config: &Config,
+    local: &Local,
+    current: Option<Id>,
+    commit: &Commit,
+    missing: &[(Id, u32)],
+) -> Result<FetchPlan> {
+    let plain_only = || FetchPlan { patches: Vec::new(), plain: missing.to_vec() };
+    if !config.patches || missing.is_empty() {
+        return Ok(plain_only());
+    }
+    let Some(old) = current.map(|c| local.commit(&c)).transpose()?.flatten() else { return Ok(plain_only()) };
+    let read = |id: &Id| local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"));
+    let old_files = match patch::walk_files(&old.root, read) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot list the current deployment's files; fetching plain chunks");
+            return Ok(plain_only());
+        }
+    };
+    let new_files = patch::walk_files(&commit.root, read)?;
+    let wanted: HashSet<Id> = missing.iter().map(|(id, _)| *id).collect();
+    let planned = patch::plan_patches(&old_files, &new_files, |id| wanted.contains(id));
+    let mut out = FetchPlan { patches: Vec::new(), plain: planned.plain.iter().map(|c| (c.id, c.len)).collect() };
+    for p in planned.patches {
+        let mut held = true;
+        for c in &p.reference {
+            held &= local.has_chunk(&c.id)?;
+        }
+        if held {
+            out.patches.push(p);
+        } else {
+            out.plain.extend(p.target.iter().map(|c| (c.id, c.len)));
+        }
+    }
+    Ok(out)
+}
+
+/// Stages a chunk rebuilt from a patch: its bytes are checked against its id, then stored
+/// as a zstd frame like a downloaded chunk.
+fn stage_raw(local: &Local, id: &Id, bytes: &[u8]) -> Result<()> {
+    if Id::of(bytes) != *id {
+        bail!("the patch rebuilt chunk {id} wrongly (its bytes hash to {})", Id::of(bytes));
+    }
+    let frame = zstd::bulk::compress(bytes, 1).context("compressing a patched chunk")?;
+    let path = local.staging_path(id);
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, &frame).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crash::point("chunk-staged");
+    Ok(())
+}
+
+/// Applies one patch answer: the reference is rebuilt from the device's own chunks, each
+/// verified as it is read; every resulting chunk is verified before it is staged. `staged`
+/// counts the chunks staged, also when a later one fails.
+fn apply_patch(local: &Local, p: &Patch, answer: &[u8], staged: &mut u64) -> Result<()> {
+    let mut reference = Some(Vec::with_capacity(p.reference_len() as usize));
+    for c in &p.reference {
+        match local.read_chunk(&c.id, c.len)? {
+            Some(bytes) => {
+                if let Some(r) = reference.as_mut() {
+                    r.extend_from_slice(&bytes);
+                }
+            }
+            None => {
+                tracing::warn!(chunk = %c.id, "a reference chunk is missing or damaged on the device");
+                reference = None;
+                break;
+            }
+        }
+    }
+    match patch::decode_patch_response(p, reference.as_deref(), answer)? {
+        PatchPayload::Patched(bytes) => {
+            let mut offset = 0usize;
+            for c in &p.target {
+                let end = offset + c.len as usize;
+                stage_raw(local, &c.id, &bytes[offset..end])?;
+                *staged += 1;
+                offset = end;
+            }
+        }
+        PatchPayload::Plain(frames) => {
+            for (c, frame) in p.target.iter().zip(frames) {
+                stage_chunk(local, &c.id, frame, c.len)?;
+                *staged += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What fetching patches did.
+#[derive(Default)]
+struct PatchOutcome {
+    chunks: u64,
+    bytes: u64,
+    /// Chunks to fetch plain instead.
+    fallback: Vec<(Id, u32)>,
+}
+
+/// Fetches `patches` in batched requests, `concurrency` at a time. A patch that cannot be
+/// used, or a batch the server refuses, turns into plain chunks (in the outcome's
+/// `fallback`); a broken connection is an error, and the next attempt plans again with
+/// what is still missing.
+async fn fetch_patches(
+    server: &Server,
+    local: &Local,
+    patches: &[Patch],
+    config: &Config,
+    t: &mut Traffic,
+) -> (PatchOutcome, Result<()>) {
+    let mut batches: Vec<Vec<&Patch>> = Vec::new();
+    let mut current: Vec<&Patch> = Vec::new();
+    let (mut ids, mut bytes) = (0usize, 0u64);
+    for p in patches {
+        let (p_ids, p_bytes) = (p.reference.len() + p.target.len(), p.target_len());
+        if !current.is_empty()
+            && (current.len() == patch::MAX_PATCHES_PER_REQUEST
+                || ids + p_ids > patch::MAX_PATCH_IDS
+                || bytes + p_bytes > config.batch_bytes)
+        {
+            batches.push(std::mem::take(&mut current));
+            (ids, bytes) = (0, 0);
+        }
+        ids += p_ids;
+        bytes += p_bytes;
+        current.push(p);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    let results: Vec<(Traffic, PatchOutcome, Result<()>)> = futures_util::stream::iter(batches)
+        .map(|batch| async move {
+            let by_key: HashMap<Id, &Patch> = batch.iter().map(|p| (p.key(), *p)).collect();
+            let expected: Vec<(Id, u32)> = batch.iter().map(|p| (p.key(), p.max_response_len())).collect();
+            let body = patch::encode_patch_request(&batch.iter().map(|p| (*p).clone()).collect::<Vec<_>>());
+            let mut t = Traffic::default();
+            let mut out = PatchOutcome::default();
+            let mut received: HashSet<Id> = HashSet::new();
+            let r = server
+                .post_pack("patches", body, &expected, &mut t, |frame| {
+                    let Some(p) = by_key.get(&frame.id) else { bail!("the server sent patch {} unasked", frame.id) };
+                    received.insert(frame.id);
+                    out.bytes += (frame.bytes.len() + pack::FRAME_HEADER) as u64;
+                    let mut staged = 0;
+                    let applied = apply_patch(local, p, &frame.bytes, &mut staged);
+                    out.chunks += staged;
+                    match applied {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(patch = %frame.id, error = %format!("{e:#}"), "patch unusable; fetching its chunks plain");
+                            out.fallback.extend(p.target.iter().filter(|c| !local.staging_path(&c.id).exists()).map(|c| (c.id, c.len)));
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Ok(dir) = fs::File::open(local.root.join("staging")) {
+                let _ = nix::unistd::syncfs(&dir);
+            }
+            let r = match r {
+                Err(e) if e.downcast_ref::<Answered>().is_some() => {
+                    tracing::warn!(error = %format!("{e:#}"), "the server refused patches; fetching their chunks plain");
+                    for p in batch.iter().filter(|p| !received.contains(&p.key())) {
+                        out.fallback.extend(p.target.iter().map(|c| (c.id, c.len)));
+                    }
+                    Ok(())
+                }
+                r => r,
+            };
+            (t, out, r)
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
+    let mut total = PatchOutcome::default();
+    let mut first_err = None;
+    for (bt, o, r) in results {
+        t.requests += bt.requests;
+        t.bytes += bt.bytes;
+        total.chunks += o.chunks;
+        total.bytes += o.bytes;
+        total.fallback.extend(o.fallback);
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    (total, first_err.map_or(Ok(()), Err))
 }
 
 fn is_root() -> bool {
@@ -510,7 +718,17 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 let mut missing: Vec<(Id, u32)> = needed.into_iter().collect();
                 missing.sort();
                 check_space(config, &local, &p, &missing)?;
-                let (n, b, r) = fetch_chunks(&server, &local, &missing, config, &mut t).await;
+                let plan = plan_fetch(config, &local, current, &commit, &missing)?;
+                let (patched, r) = fetch_patches(&server, &local, &plan.patches, config, &mut t).await;
+                s.patches += plan.patches.len() as u64;
+                s.chunks_downloaded += patched.chunks;
+                s.chunks_patched += patched.chunks;
+                s.chunk_bytes_downloaded += patched.bytes;
+                s.patch_fallbacks += patched.fallback.len() as u64;
+                r?;
+                let mut plain = plan.plain;
+                plain.extend(patched.fallback);
+                let (n, b, r) = fetch_chunks(&server, &local, &plain, config, &mut t).await;
                 s.chunks_downloaded += n;
                 s.chunk_bytes_downloaded += b;
                 r?;

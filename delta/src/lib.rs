@@ -2,13 +2,15 @@
 //!
 //! What it is for: FastCDC (v2020) chunking with a repository's frozen parameters
 //! ([`chunker`]), and comparing two commits: which paths changed and which chunks the newer
-//! one needs that the older lacks ([`plan`]), and the pack stream that carries batches of
+//! one needs that the older lacks ([`plan`]), patches that send missing chunks compressed against a file the device
+//! already holds ([`patch`]), and the pack stream that carries batches of
 //! chunks and objects over any transport ([`pack`]). Later it also owns offline bundles. What it is not for: HTTP, async
 //! runtimes, bootloaders, or reading and writing file system trees.
 
 pub mod chunker;
 pub mod pack;
+pub mod patch;
 pub mod plan;
 
 pub use chunker::Chunker;
-pub use plan::{diff_commits, transfer_cost, Change, ChangeKind, TransferCost};
+pub use plan::{diff_commits, patch_cost, transfer_cost, Change, ChangeKind, PatchCost, TransferCost};

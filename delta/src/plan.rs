@@ -167,3 +167,57 @@ pub fn transfer_cost(repo: &Repository, from: Option<&Commit>, to: &Commit) -> R
     }
     Ok(cost)
 }
+
+/// What going from one commit to another costs with patches ([`crate::patch`]), as a device
+/// holding `from` and lacking every chunk of `to` it does not have would fetch it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct PatchCost {
+    /// Patches asked for, and how many of them the server answers with a patch (the rest
+    /// come plain because the patch was no smaller).
+    pub patches: u64,
+    pub patched: u64,
+    /// Bytes of the patch answers (tag and payload; plain answers included).
+    pub patch_bytes: u64,
+    /// Chunks no reference covers, and their stored size.
+    pub plain_chunks: u64,
+    pub plain_bytes: u64,
+    /// Everything above plus the 36-byte frame header per patch and chunk.
+    pub transfer_bytes: u64,
+    /// Server CPU time spent computing the patches (what a cold cache costs once).
+    pub seconds: f64,
+}
+
+/// Computes the patches a device on `from` asks for to reach `to`, at zstd `level`.
+pub fn patch_cost(
+    repo: &Repository,
+    from: &Commit,
+    to: &Commit,
+    level: i32,
+) -> std::result::Result<PatchCost, crate::patch::AnswerError> {
+    use crate::patch::{answer, plan_patches, walk_files, PatchRequest};
+    let started = std::time::Instant::now();
+    let old = walk_files(&from.root, |id| repo.read_tree(id))?;
+    let new = walk_files(&to.root, |id| repo.read_tree(id))?;
+    let have: HashSet<Id> = old.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
+    let plan = plan_patches(&old, &new, |id| !have.contains(id));
+    let mut cost = PatchCost::default();
+    for p in &plan.patches {
+        let item = PatchRequest {
+            reference: p.reference.iter().map(|c| c.id).collect(),
+            target: p.target.iter().map(|c| c.id).collect(),
+        };
+        let bytes = answer(repo, &item, level)?;
+        cost.patches += 1;
+        cost.patched += u64::from(bytes.first() == Some(&0));
+        cost.patch_bytes += bytes.len() as u64;
+    }
+    for c in &plan.plain {
+        let info = repo.chunk_info(&c.id)?.ok_or(ferry_store::StoreError::ChunkMissing { id: c.id })?;
+        cost.plain_chunks += 1;
+        cost.plain_bytes += u64::from(info.stored_len);
+    }
+    cost.transfer_bytes =
+        cost.patch_bytes + cost.plain_bytes + (cost.patches + cost.plain_chunks) * crate::pack::FRAME_HEADER as u64;
+    cost.seconds = started.elapsed().as_secs_f64();
+    Ok(cost)
+}

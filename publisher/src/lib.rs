@@ -8,5 +8,6 @@
 pub mod checkout;
 pub mod fsck;
 pub mod import;
+pub mod patches;
 pub mod serve;
 pub mod show;

@@ -130,6 +130,9 @@ enum Command {
         repo: RepoArg,
         from: String,
         to: String,
+        /// zstd level of the patches whose size is reported (what `ferry serve --patch-level` uses).
+        #[arg(long, default_value_t = ferry_delta::patch::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+        patch_level: i32,
         #[arg(long)]
         json: bool,
     },
@@ -150,9 +153,23 @@ enum Command {
         /// Address to listen on; port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Directory for the server's own RocksDB follower files (default: a temporary one).
+        /// Directory for the server's own files: RocksDB follower logs and, unless
+        /// --patch-cache says otherwise, the patch cache (default: a temporary directory,
+        /// removed at exit).
         #[arg(long, value_name = "DIR")]
         scratch: Option<PathBuf>,
+        /// zstd level of chunk patches (1-22); higher is smaller and slower to compute once.
+        #[arg(long, default_value_t = ferry_delta::patch::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+        patch_level: i32,
+        /// Directory caching computed patches across restarts (default: DIR/patch-cache of --scratch).
+        #[arg(long, value_name = "DIR")]
+        patch_cache: Option<PathBuf>,
+        /// Bound of the patch cache in MiB; the least recently used patches go first.
+        #[arg(long, default_value_t = 1024, value_name = "MIB")]
+        patch_cache_mib: u64,
+        /// Patches computed at once (default: the number of cores).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        patch_workers: Option<u16>,
     },
     /// Verifies every chunk, object, branch and signature; exits 1 naming what is broken.
     Fsck {
@@ -381,12 +398,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Diff { repo, from, to, json } => {
+        Command::Diff { repo, from, to, patch_level, json } => {
             let r = open_ro(&repo)?;
             let (fid, tid) = (r.resolve(&from)?, r.resolve(&to)?);
             let (fc, tc) = (r.read_commit(&fid)?, r.read_commit(&tid)?);
             let changes = ferry_delta::diff_commits(&r, &fc, &tc)?;
             let cost = ferry_delta::transfer_cost(&r, Some(&fc), &tc)?;
+            let patched = ferry_delta::patch_cost(&r, &fc, &tc, patch_level)?;
             let list = |k: ferry_delta::ChangeKind| -> Vec<&str> {
                 changes.iter().filter(|c| c.kind == k).map(|c| c.path.as_str()).collect()
             };
@@ -400,6 +418,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "transfer_chunks": cost.chunks,
                     "transfer_compressed_bytes": cost.compressed_bytes,
                     "transfer_raw_bytes": cost.raw_bytes,
+                    "patch": patched,
                 }))?;
             } else {
                 for c in &changes {
@@ -418,6 +437,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     human(cost.compressed_bytes),
                     human(cost.raw_bytes),
                     fid.short()
+                );
+                println!(
+                    "with patches against {}'s files: {} on the wire ({} patches, {} smaller than plain; {} chunks plain); computing them took {:.2}s",
+                    fid.short(),
+                    human(patched.transfer_bytes),
+                    patched.patches,
+                    patched.patched,
+                    patched.plain_chunks,
+                    patched.seconds
                 );
             }
         }
@@ -438,16 +466,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 human(summary.bytes)
             );
         }
-        Command::Serve { repo, listen, scratch } => {
-            let scratch = match scratch {
-                Some(dir) => dir,
-                None => std::env::temp_dir().join(format!("ferry-serve-{}", std::process::id())),
+        Command::Serve { repo, listen, scratch, patch_level, patch_cache, patch_cache_mib, patch_workers } => {
+            let (scratch, temporary) = match scratch {
+                Some(dir) => (dir, false),
+                None => (std::env::temp_dir().join(format!("ferry-serve-{}", std::process::id())), true),
             };
+            let mut patches = ferry_publisher::serve::PatchConfig {
+                level: patch_level,
+                cache_dir: patch_cache,
+                cache_bytes: patch_cache_mib.saturating_mul(1 << 20),
+                ..Default::default()
+            };
+            if let Some(n) = patch_workers {
+                patches.workers = usize::from(n);
+            }
             let runtime = tokio::runtime::Runtime::new()?;
-            let result = runtime.block_on(ferry_publisher::serve::serve(
+            let result = runtime.block_on(ferry_publisher::serve::serve_with(
                 repo.repo.clone(),
                 scratch.clone(),
                 listen,
+                &patches,
                 |addr| {
                     println!("listening on http://{addr}");
                     use std::io::Write;
@@ -455,7 +493,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 shutdown_signal(),
             ));
-            let _ = std::fs::remove_dir_all(&scratch);
+            if temporary {
+                let _ = std::fs::remove_dir_all(&scratch);
+            }
             result?;
         }
         Command::Fsck { repo, trusted_keys, json } => {

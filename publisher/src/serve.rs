@@ -20,6 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_delta::pack;
+use ferry_delta::patch::{self as patch, PatchRequest};
+
+use crate::patches::Patcher;
 use ferry_store::{chunk::decode_chunk, Id, Repository, StoreError};
 use serde_json::json;
 
@@ -29,6 +32,31 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 struct AppState {
     repo: Repository,
     last_refresh: Mutex<Instant>,
+    patcher: Patcher,
+}
+
+/// How `ferry serve` computes and caches chunk patches.
+#[derive(Debug, Clone)]
+pub struct PatchConfig {
+    /// zstd level of patches.
+    pub level: i32,
+    /// Where patches are cached (default: `patch-cache` in the scratch directory).
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the cache, in bytes.
+    pub cache_bytes: u64,
+    /// Patches computed at once (default: the number of cores).
+    pub workers: usize,
+}
+
+impl Default for PatchConfig {
+    fn default() -> PatchConfig {
+        PatchConfig {
+            level: ferry_delta::patch::DEFAULT_LEVEL,
+            cache_dir: None,
+            cache_bytes: 1 << 30,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -241,14 +269,83 @@ async fn objects_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     batch(s, body, Kind::Objects).await
 }
 
+/// `POST /v1/patches`: every item is checked (chunks present, windows within bounds) before
+/// the first frame is sent; answers then stream in request order, computed ahead in parallel
+/// and cached.
+async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let items =
+        patch::decode_patch_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let state = s.clone();
+    let items = blocking(move || {
+        let mut missing = Vec::new();
+        for item in &items {
+            for (ids, what, max) in
+                [(&item.reference, "reference", patch::REFERENCE_MAX), (&item.target, "target", patch::TARGET_MAX)]
+            {
+                let mut total = 0u64;
+                for id in ids {
+                    match state.repo.chunk_info(id)? {
+                        Some(info) => total += u64::from(info.len),
+                        None => missing.push(id.to_hex()),
+                    }
+                }
+                if total > max {
+                    return Err(ApiError(
+                        StatusCode::BAD_REQUEST,
+                        format!("patch {}'s {what} is {total} bytes; the limit is {max}", item.key()),
+                        None,
+                    ));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let msg =
+                format!("{} chunks named by the patches are not in the repository, e.g. {}", missing.len(), missing[0]);
+            return Err(ApiError(StatusCode::NOT_FOUND, msg, Some(missing)));
+        }
+        Ok(items)
+    })
+    .await?;
+    tracing::debug!(count = items.len(), "patch request");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        s.patcher.answer_all(&s.repo, &items, |item: &PatchRequest, r| {
+            let frame = match r {
+                Ok(bytes) => {
+                    let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
+                    pack::write_frame(&mut frame, &item.key(), &bytes);
+                    Ok(Bytes::from(frame))
+                }
+                Err(e) => {
+                    tracing::error!(key = %item.key(), error = %e, "aborting patch response");
+                    Err(std::io::Error::other(e.to_string()))
+                }
+            };
+            tx.blocking_send(frame).is_ok()
+        });
+        let st = s.patcher.stats();
+        tracing::debug!(
+            computed = st.computed,
+            cache_hits = st.cache_hits,
+            seconds = st.compute_seconds,
+            "patch totals"
+        );
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
+    Ok(resp)
+}
+
 async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint (the API is under /v1; see docs/api.md)".into(), None)
 }
 
 /// The API's routes over an open repository.
-pub fn router(repo: Repository) -> Router {
-    let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()) });
+pub fn router(repo: Repository, patcher: Patcher) -> Router {
+    let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()), patcher });
     Router::new()
+        .route("/v1/patches", post(patches_batch).layer(DefaultBodyLimit::max(patch::MAX_PATCH_REQUEST)))
         .route("/v1/branches/{*name}", get(branch))
         .route("/v1/objects/{id}", get(object))
         .route("/v1/commits/{id}", get(commit_with_signatures))
@@ -270,13 +367,31 @@ pub async fn serve(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_with(repo, scratch, listen, &PatchConfig::default(), on_bound, shutdown).await
+}
+
+/// [`serve`] with patches configured.
+pub async fn serve_with(
+    repo: PathBuf,
+    scratch: PathBuf,
+    listen: SocketAddr,
+    patches: &PatchConfig,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let repository = Repository::open_follower(&repo, &scratch)?;
+    let cache_dir = patches.cache_dir.clone().unwrap_or_else(|| scratch.join("patch-cache"));
+    let patcher = Patcher::open(&cache_dir, patches.cache_bytes, patches.level, patches.workers)
+        .with_context(|| format!("opening the patch cache {}", cache_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     on_bound(addr);
     tracing::info!(%addr, repo = %repo.display(), "serving");
-    axum::serve(listener, router(repository)).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    axum::serve(listener, router(repository, patcher))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
     tracing::info!("shut down");
     Ok(())
 }

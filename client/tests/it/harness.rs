@@ -99,7 +99,12 @@ impl Env {
     }
 
     pub fn device_via(&self, addr: SocketAddr, extra: &str) -> PathBuf {
-        let dev = self.path().join("device");
+        self.device_named("device", addr, extra)
+    }
+
+    /// A device of its own under `name/`, e.g. a second device of the fleet.
+    pub fn device_named(&self, name: &str, addr: SocketAddr, extra: &str) -> PathBuf {
+        let dev = self.path().join(name);
         std::fs::create_dir_all(&dev).unwrap();
         let config = dev.join("ferryd.toml");
         let text = format!(

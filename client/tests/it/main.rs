@@ -5,6 +5,7 @@ mod bootloader;
 mod config;
 mod faults;
 mod harness;
+mod patches;
 mod powercut;
 mod trial;
 mod update;

@@ -44,6 +44,12 @@ fn chunk_cost(env: &Env, from: Option<Id>, to: Id) -> (u64, u64) {
     (c.chunks, c.compressed_bytes + c.chunks * ferry_delta::pack::FRAME_HEADER as u64)
 }
 
+/// What `ferry diff` says a device on `from` downloads for `to` with patches.
+fn patch_cost(env: &Env, from: Id, to: Id) -> ferry_delta::PatchCost {
+    let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
+    ferry_delta::patch_cost(&env.repo, &from, &to, ferry_delta::patch::DEFAULT_LEVEL).unwrap()
+}
+
 /// Encoded size of every tree of a commit plus the commit itself.
 fn metadata_bytes(env: &Env, id: Id) -> u64 {
     let c = env.repo.read_commit(&id).unwrap();
@@ -77,15 +83,19 @@ fn fresh_install_upgrade_and_skip() {
     assert_eq!(snapshot(&deployed(&env)), snapshot(&out));
     assert!(s["requests"].as_u64().unwrap() <= 12, "{s}");
 
-    // v1 → v2: only the chunks v1 lacks, and unchanged files share their inode.
+    // v1 → v2: only the chunks v1 lacks, most as patches against v1's files, exactly as
+    // `ferry diff` plans them; unchanged files share their inode.
     let v2 = env.commit(2, "2");
     let s = update(&config);
-    let (n, bytes) = chunk_cost(&env, Some(v1), v2);
+    let (n, plain_bytes) = chunk_cost(&env, Some(v1), v2);
+    let patched = patch_cost(&env, v1, v2);
     assert_eq!(
         (s["chunks_downloaded"].as_u64().unwrap(), s["chunk_bytes_downloaded"].as_u64().unwrap()),
-        (n, bytes),
+        (n, patched.transfer_bytes),
         "{s}"
     );
+    assert!(s["patches"].as_u64().unwrap() > 0 && s["patch_fallbacks"].as_u64().unwrap() == 0, "{s}");
+    assert!(patched.transfer_bytes < plain_bytes * 4 / 5, "patches {patched:?} against {plain_bytes} bytes plain");
     assert!(s["files_reused"].as_u64().unwrap() > s["files"].as_u64().unwrap() / 2, "{s}");
     let old = env.path().join(format!("device/state/deploy/{}", v1.to_hex()));
     let new = deployed(&env);
@@ -103,11 +113,12 @@ fn fresh_install_upgrade_and_skip() {
     assert_eq!(std::fs::metadata(new.join(rel)).unwrap().ino(), std::fs::metadata(old.join(rel)).unwrap().ino());
     let _ = same;
 
-    // v2 → v4, skipping v3: at most the chunks v2 lacks plus the framing and the trees.
+    // v2 → v4, skipping v3: the patches against v2 that `ferry diff` plans, plus the framing
+    // and the trees.
     env.commit(3, "3");
     let v4 = env.commit(4, "4");
     let s = update(&config);
-    let (_, bytes) = chunk_cost(&env, Some(v2), v4);
+    let bytes = patch_cost(&env, v2, v4).transfer_bytes;
     assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), bytes);
     let total = s["bytes_downloaded"].as_u64().unwrap();
     assert!(total <= bytes + metadata_bytes(&env, v4) + 16 * 1024, "{total} > {bytes} + metadata: {s}");

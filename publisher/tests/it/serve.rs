@@ -127,3 +127,92 @@ fn batched_chunks_stream_verified_frames_and_refuse_bad_requests() {
         assert_eq!(r.status(), 413);
     });
 }
+
+#[test]
+fn patches_are_answered_in_order_and_bad_requests_refused_before_any_frame() {
+    use ferry_delta::patch::{decode_patch_response, encode_patch_request, Patch, PatchPayload, REFERENCE_MAX};
+    use ferry_store::ChunkRef;
+    let (t, rt, base, id) = served();
+    let chunks: Vec<ChunkRef> =
+        some_chunks(&t.path().join("repo"), &id, 6).into_iter().map(|(id, len)| ChunkRef { id, len }).collect();
+    let repo = Repository::open_read_only(&t.path().join("repo")).unwrap();
+    let bytes_of = |cs: &[ChunkRef]| -> Vec<u8> { cs.iter().flat_map(|c| repo.read_chunk(&c.id).unwrap()).collect() };
+    let patches = vec![
+        Patch { reference: chunks[..2].to_vec(), target: chunks[2..4].to_vec() },
+        Patch { reference: vec![], target: chunks[4..6].to_vec() },
+    ];
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let post = |body: Vec<u8>| c.post(format!("{base}/patches")).body(body).send();
+        let r = post(encode_patch_request(&patches)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        let mut d = ferry_delta::pack::FrameDecoder::new(patches.iter().map(|p| (p.key(), p.max_response_len())));
+        let frames = d.feed(&body).unwrap();
+        d.finish().unwrap();
+        assert_eq!(frames.iter().map(|f| f.id).collect::<Vec<_>>(), patches.iter().map(Patch::key).collect::<Vec<_>>());
+        for (p, f) in patches.iter().zip(&frames) {
+            let reference = bytes_of(&p.reference);
+            let target: Vec<u8> = match decode_patch_response(p, Some(&reference), &f.bytes).unwrap() {
+                PatchPayload::Patched(b) => b,
+                PatchPayload::Plain(frames) => frames
+                    .iter()
+                    .zip(&p.target)
+                    .flat_map(|(f, c)| ferry_store::chunk::decode_chunk(&c.id, f, c.len).unwrap())
+                    .collect(),
+            };
+            assert_eq!(target, bytes_of(&p.target));
+        }
+
+        // Malformed, naming unknown chunks, or over the window bound: refused with a status.
+        let r = post(vec![1, 2, 3]).await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("ends inside item 0"));
+        let unknown = Patch { reference: vec![], target: vec![ChunkRef { id: Id::of(b"nope"), len: 4 }] };
+        let r = post(encode_patch_request(&[unknown])).await.unwrap();
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["missing"][0], Id::of(b"nope").to_hex());
+        let repeated = vec![chunks[0]; (REFERENCE_MAX / u64::from(chunks[0].len)) as usize + 1];
+        let too_big = Patch { reference: repeated, target: chunks[..1].to_vec() };
+        let r = post(encode_patch_request(&[too_big])).await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("the limit is"));
+        let r = post(vec![0; ferry_delta::patch::MAX_PATCH_REQUEST + 8]).await.unwrap();
+        assert!(r.status() == 400 || r.status() == 413, "{}", r.status());
+    });
+}
+
+#[test]
+fn the_patch_cache_computes_once_survives_a_restart_and_serves_identical_bytes() {
+    use ferry_delta::patch::PatchRequest;
+    use ferry_publisher::patches::Patcher;
+    let (t, _rt, _base, id) = served();
+    let chunks = some_chunks(&t.path().join("repo"), &id, 4);
+    let repo = Repository::open_read_only(&t.path().join("repo")).unwrap();
+    let items: Vec<PatchRequest> =
+        (0..2).map(|i| PatchRequest { reference: vec![chunks[i].0], target: vec![chunks[2 + i].0] }).collect();
+    let dir = t.path().join("cache");
+    let cold = Patcher::open(&dir, 1 << 30, 19, 2).unwrap();
+    // Several threads ask for the same patches at once: each is computed once.
+    let answers: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| items.iter().map(|i| cold.answer(&repo, i).unwrap()).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|a| a == &answers[0]));
+    let st = cold.stats();
+    assert_eq!((st.computed, st.cache_hits), (2, 6), "{st:?}");
+    drop(cold);
+    // After a restart, the cache answers.
+    let warm = Patcher::open(&dir, 1 << 30, 19, 2).unwrap();
+    let mut sent = Vec::new();
+    warm.answer_all(&repo, &items, |_, r| {
+        sent.push(r.unwrap());
+        true
+    });
+    assert_eq!(sent, answers[0]);
+    let st = warm.stats();
+    assert_eq!((st.computed, st.cache_hits), (0, 2), "{st:?}");
+}

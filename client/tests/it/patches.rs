@@ -1,0 +1,177 @@
+//! Patches: missing chunks sent compressed against the device's own old files (issue 6).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ferry_publisher::checkout::checkout;
+use ferry_publisher::import::NoProgress;
+use ferry_store::Id;
+
+use crate::harness::{ferryd, update, Env};
+
+/// Regular files under `root` (relative path → content).
+fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn go(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                go(root, &rel, out);
+            } else if t.is_file() {
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(root, Path::new(""), &mut out);
+    out
+}
+
+/// The deployment `current` points at equals `ferry checkout` of `id`.
+fn assert_deployed(env: &Env, id: Id) {
+    let out = env.path().join(format!("checkout-{}", id.short()));
+    if !out.exists() {
+        checkout(&env.repo, &id, &out, &NoProgress).unwrap();
+    }
+    let current = std::fs::read_link(env.current()).unwrap();
+    assert!(current.ends_with(id.to_hex()), "{}", current.display());
+    assert!(files(&current) == files(&out), "the deployment differs from the commit");
+}
+
+/// The largest file that exists in both v1 and v2 with different content.
+fn largest_changed_file(env: &Env) -> PathBuf {
+    let (a, b) = (files(&env.tree(1)), files(&env.tree(2)));
+    b.iter()
+        .filter(|(p, c)| a.get(*p).is_some_and(|old| old != *c))
+        .max_by_key(|(_, c)| c.len())
+        .map(|(p, _)| p.clone())
+        .unwrap()
+}
+
+fn plain_cost(env: &Env, from: Id, to: Id) -> u64 {
+    let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
+    ferry_delta::transfer_cost(&env.repo, Some(&from), &to).unwrap().compressed_bytes
+}
+
+fn patch_cost(env: &Env, from: Id, to: Id) -> ferry_delta::PatchCost {
+    let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
+    ferry_delta::patch_cost(&env.repo, &from, &to, ferry_delta::patch::DEFAULT_LEVEL).unwrap()
+}
+
+#[test]
+fn a_changed_file_moved_to_another_directory_is_patched_against_its_old_path() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device("");
+    update(&config);
+    // In v2 the largest changed file also moves to a directory of its own.
+    let moved = largest_changed_file(&env);
+    let v2_tree = env.tree(2);
+    std::fs::create_dir_all(v2_tree.join("moved")).unwrap();
+    std::fs::rename(v2_tree.join(&moved), v2_tree.join("moved").join(moved.file_name().unwrap())).unwrap();
+    let v2 = env.commit(2, "2");
+    let s = update(&config);
+    let expected = patch_cost(&env, v1, v2);
+    // The device asked for exactly what the shared rule plans (the moved file patched
+    // against its old path) and got it patched.
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), expected.transfer_bytes, "{s}");
+    assert_eq!(s["patch_fallbacks"].as_u64().unwrap(), 0, "{s}");
+    assert!(expected.patched > 0 && expected.transfer_bytes < plain_cost(&env, v1, v2) * 4 / 5, "{expected:?}");
+    // The same tree without the move costs about the same: the rename did not lose the reference.
+    std::fs::rename(v2_tree.join("moved").join(moved.file_name().unwrap()), v2_tree.join(&moved)).unwrap();
+    let v2_in_place = env.commit(2, "3");
+    let in_place = patch_cost(&env, v1, v2_in_place);
+    assert!(
+        expected.transfer_bytes < in_place.transfer_bytes + in_place.transfer_bytes / 5,
+        "moved: {expected:?}, in place: {in_place:?}"
+    );
+    assert_deployed(&env, v2);
+    assert!(ferryd(&config, &["fsck"]).0);
+}
+
+/// Installs v1, commits v2, and returns the object file on the device of v1's version of
+/// the largest file v2 changes.
+fn device_with_reference(env: &Env) -> (PathBuf, Id, Id, PathBuf) {
+    let v1 = env.commit(1, "1");
+    let config = env.device("");
+    update(&config);
+    let changed = largest_changed_file(env);
+    let deployed = std::fs::read_link(env.current()).unwrap().join(&changed);
+    let ino = std::fs::metadata(&deployed).unwrap().ino();
+    let object = std::fs::read_dir(env.path().join("device/state/objects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().ino() == ino)
+        .unwrap();
+    let v2 = env.commit(2, "2");
+    (config, v1, v2, object)
+}
+
+#[test]
+fn a_reference_missing_on_the_device_means_plain_chunks_for_that_file() {
+    let env = Env::new();
+    let (config, v1, v2, object) = device_with_reference(&env);
+    std::fs::remove_file(&object).unwrap();
+    let s = update(&config);
+    let full = patch_cost(&env, v1, v2);
+    // Fewer patches than with the reference, none failed, and the deployment is right.
+    assert!(s["patches"].as_u64().unwrap() < full.patches, "{s} against {full:?}");
+    assert_eq!(s["patch_fallbacks"].as_u64().unwrap(), 0, "{s}");
+    assert!(s["chunk_bytes_downloaded"].as_u64().unwrap() > full.transfer_bytes, "{s}");
+    assert_deployed(&env, v2);
+}
+
+#[test]
+fn a_corrupted_reference_is_detected_and_its_chunks_come_plain() {
+    let env = Env::new();
+    let (config, _v1, v2, object) = device_with_reference(&env);
+    // Damage the old file on the device's disk (the deployment shares the inode).
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::set_permissions(&object, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&object, &bytes).unwrap();
+    let (ok, out, err) = ferryd(&config, &["update", "--json"]);
+    assert!(ok, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(s["patch_fallbacks"].as_u64().unwrap() > 0, "{s}");
+    assert!(err.contains("reference chunk is missing or damaged"), "{err}");
+    // Nothing wrong was deployed.
+    assert_deployed(&env, v2);
+}
+
+/// (inode, size) of each patch cache entry of the test server.
+fn cache_entries(env: &Env) -> BTreeMap<String, (u64, u64)> {
+    std::fs::read_dir(env.path().join("serve-scratch/patch-cache"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (e.file_name().to_string_lossy().into_owned(), (m.ino(), m.len()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_second_device_on_a_version_is_answered_from_the_cache() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let first = env.device("");
+    let second = env.device_named("device-2", env.addr, "");
+    update(&first);
+    update(&second);
+    assert!(cache_entries(&env).is_empty(), "a fresh install needs no patch");
+    let v2 = env.commit(2, "2");
+    // Cold: the first device's patches are computed and cached.
+    let a = update(&first);
+    let cold = cache_entries(&env);
+    assert_eq!(cold.len() as u64, a["patches"].as_u64().unwrap(), "{a}");
+    // Warm: the second device gets the same bytes, and no entry was written again.
+    let b = update(&second);
+    assert_eq!(b["chunk_bytes_downloaded"], a["chunk_bytes_downloaded"], "{a}\n{b}");
+    assert_eq!(cache_entries(&env), cold);
+    assert!(std::fs::read_link(env.path().join("device-2/current")).unwrap().ends_with(v2.to_hex()));
+    let _ = v1;
+}
