@@ -164,6 +164,39 @@ impl Server {
         self.post_pack(path, pack::encode_request(&ids), expected, t, on_frame).await
     }
 
+    /// Every tree under `new_root` that is not under `old_root`, in one request, parents
+    /// before children. `on_tree` gets each frame (its id was expected: the root or a
+    /// subtree of a tree received before) and returns the subtrees it names. Trees the
+    /// server leaves out are the caller's to find missing.
+    pub async fn trees(
+        &self,
+        new_root: &Id,
+        old_root: Option<&Id>,
+        max: u32,
+        t: &mut Traffic,
+        mut on_tree: impl FnMut(Frame) -> Result<Vec<Id>>,
+    ) -> Result<()> {
+        let what = format!("the trees of {new_root}");
+        let mut body = new_root.as_bytes().to_vec();
+        body.extend_from_slice(old_root.map_or(&[0u8; 32], |id| id.as_bytes()));
+        t.requests += 1;
+        let resp = self
+            .client
+            .post(self.url("trees"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("requesting {what}"))?;
+        let mut resp = Server::check(resp, &what, t).await?;
+        let mut decoder = FrameDecoder::new([(*new_root, max)]);
+        while let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? {
+            t.bytes += piece.len() as u64;
+            decoder.feed_expanding(&piece, max, |frame| on_tree(frame)).with_context(|| format!("receiving {what}"))?;
+        }
+        decoder.finish().with_context(|| format!("receiving {what}"))
+    }
+
     /// Like [`Server::pack`] with a request body of the caller's (e.g. patches); the frames
     /// are named by the ids in `expected`.
     pub async fn post_pack(

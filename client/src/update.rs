@@ -163,7 +163,58 @@ async fn fetch_commit(server: &Server, local: &Local, id: &Id, keys: &[PublicKey
     Ok(commit)
 }
 
-async fn fetch_trees(server: &Server, local: &Local, root: &Id, t: &mut Traffic) -> Result<()> {
+/// True if the device holds every tree under `root` (read locally, no request).
+fn trees_complete(local: &Local, root: &Id) -> Result<bool> {
+    let mut stack = vec![*root];
+    let mut seen = HashSet::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(tree) = local.tree(&id)? else { return Ok(false) };
+        stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
+            EntryKind::Dir { tree } => Some(tree),
+            _ => None,
+        }));
+    }
+    Ok(true)
+}
+
+/// Stores a tree received from the server after checking it against its id; returns the
+/// subtrees it names.
+fn store_tree(local: &Local, frame: &pack::Frame) -> Result<Vec<Id>> {
+    if Id::of(&frame.bytes) != frame.id {
+        bail!("tree {} is corrupt: the server sent bytes that hash to {}", frame.id, Id::of(&frame.bytes));
+    }
+    let tree = ferry_store::Tree::decode(&frame.bytes).with_context(|| format!("tree {} does not decode", frame.id))?;
+    if !local.has_object(&frame.id)? {
+        local.put_object(&frame.id, &frame.bytes)?;
+        crash::point("tree-stored");
+    }
+    Ok(tree
+        .entries
+        .iter()
+        .filter_map(|e| match e.kind {
+            EntryKind::Dir { tree } => Some(tree),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Fetches the trees of `root` the device lacks: first in one request for everything not
+/// under the current deployment's root (`old_root`), then, for whatever is still missing
+/// (an interrupted response, a server without `/v1/trees`), one batched request per depth.
+async fn fetch_trees(server: &Server, local: &Local, root: &Id, old_root: Option<Id>, t: &mut Traffic) -> Result<()> {
+    if !trees_complete(local, root)? {
+        let r = server.trees(root, old_root.as_ref(), MAX_TREE, t, |frame| store_tree(local, &frame)).await;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.downcast_ref::<Answered>().is_some() => {
+                tracing::warn!(error = %format!("{e:#}"), "the server cannot send trees in one request; asking level by level");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut level = vec![*root];
     while !level.is_empty() {
         let mut missing = Vec::new();
@@ -173,22 +224,7 @@ async fn fetch_trees(server: &Server, local: &Local, root: &Id, t: &mut Traffic)
             }
         }
         for batch in missing.chunks(MAX_IDS_PER_REQUEST) {
-            server
-                .pack("objects", batch, t, |frame| {
-                    if Id::of(&frame.bytes) != frame.id {
-                        bail!(
-                            "tree {} is corrupt: the server sent bytes that hash to {}",
-                            frame.id,
-                            Id::of(&frame.bytes)
-                        );
-                    }
-                    ferry_store::Tree::decode(&frame.bytes)
-                        .with_context(|| format!("tree {} does not decode", frame.id))?;
-                    local.put_object(&frame.id, &frame.bytes)?;
-                    crash::point("tree-stored");
-                    Ok(())
-                })
-                .await?;
+            server.pack("objects", batch, t, |frame| store_tree(local, &frame).map(|_| ())).await?;
         }
         let mut next = Vec::new();
         for id in &level {
@@ -701,7 +737,11 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                         .into());
                     }
                 }
-                fetch_trees(&server, &local, &commit.root, &mut t).await?;
+                let old_root = match current {
+                    Some(c) => local.commit(&c)?.map(|c| c.root),
+                    None => None,
+                };
+                fetch_trees(&server, &local, &commit.root, old_root, &mut t).await?;
                 let p = plan(&local, &commit)?;
                 let mut needed: HashMap<Id, u32> = HashMap::new();
                 let mut all: HashSet<Id> = HashSet::new();

@@ -96,13 +96,38 @@ impl FrameDecoder {
     /// Feeds received bytes; returns the frames completed by them.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<Vec<Frame>, PackError> {
         let mut out = Vec::new();
-        while !data.is_empty() {
+        while let Some(frame) = self.next_frame(&mut data)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    /// Feeds received bytes, handing each completed frame to `on_frame` before reading on;
+    /// the ids it returns are expected from then on, with bound `max` (a tree naming its
+    /// subtrees, in a stream that sends parents first).
+    pub fn feed_expanding<E: From<PackError>>(
+        &mut self,
+        mut data: &[u8],
+        max: u32,
+        mut on_frame: impl FnMut(Frame) -> Result<Vec<Id>, E>,
+    ) -> Result<(), E> {
+        while let Some(frame) = self.next_frame(&mut data)? {
+            for id in on_frame(frame)? {
+                self.expect(id, max);
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes bytes from `data` until one frame completes (returned) or `data` runs out.
+    fn next_frame(&mut self, data: &mut &[u8]) -> Result<Option<Frame>, PackError> {
+        while !data.is_empty() || matches!(self.current, Some((_, 0))) {
             match self.current {
                 None => {
                     let need = FRAME_HEADER - self.buf.len();
                     let take = need.min(data.len());
                     self.buf.extend_from_slice(&data[..take]);
-                    data = &data[take..];
+                    *data = &data[take..];
                     if self.buf.len() == FRAME_HEADER {
                         let id = Id::from_slice(&self.buf[..32]).ok_or(PackError::Truncated(self.buf.len()))?;
                         let len = u32::from_le_bytes([self.buf[32], self.buf[33], self.buf[34], self.buf[35]]);
@@ -115,24 +140,22 @@ impl FrameDecoder {
                         self.current = Some((id, len));
                     }
                 }
-                Some((id, len)) => {
+                Some((_, len)) => {
                     let need = len as usize - self.buf.len();
                     let take = need.min(data.len());
                     self.buf.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if self.buf.len() == len as usize {
-                        out.push(Frame { id, bytes: std::mem::take(&mut self.buf) });
-                        self.current = None;
-                    }
+                    *data = &data[take..];
                 }
             }
-            // A zero-length frame completes as soon as its header does.
-            if let Some((id, 0)) = self.current {
-                out.push(Frame { id, bytes: Vec::new() });
-                self.current = None;
+            // A frame completes when its bytes are all in (at once for a zero-length one).
+            if let Some((id, len)) = self.current {
+                if self.buf.len() == len as usize {
+                    self.current = None;
+                    return Ok(Some(Frame { id, bytes: std::mem::take(&mut self.buf) }));
+                }
             }
         }
-        Ok(out)
+        Ok(None)
     }
 
     /// Call at the end of the stream: fails if it ended inside a frame.
@@ -141,6 +164,12 @@ impl FrameDecoder {
             return Err(PackError::Truncated(self.buf.len()));
         }
         Ok(())
+    }
+
+    /// Accepts one more id (e.g. a subtree named by a tree that just arrived). An id already
+    /// expected keeps its bound.
+    pub fn expect(&mut self, id: Id, max: u32) {
+        self.expected.entry(id).or_insert(max);
     }
 
     /// Ids asked for that have not arrived (yet).

@@ -337,6 +337,69 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     Ok(resp)
 }
 
+/// `POST /v1/trees`: body `new_root[32] ‖ old_root[32]` (the old root may be 32 zero bytes).
+/// Streams, as pack frames parents before children, every tree under the new root that is
+/// not under the old one: what a device running the old commit lacks, in one request.
+async fn tree_closure(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    if body.len() != 64 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("a trees request is 64 bytes (new root, old root), not {}", body.len()),
+            None,
+        ));
+    }
+    let new_root =
+        Id::from_slice(&body[..32]).ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "bad id".into(), None))?;
+    let old_root = Id::from_slice(&body[32..]).filter(|id| id.as_bytes() != &[0; 32]);
+    let state = s.clone();
+    blocking(move || {
+        state.repo.read_tree(&new_root)?;
+        if let Some(old) = old_root {
+            state.repo.read_tree(&old)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let send_all = || -> Result<(), StoreError> {
+            let mut have = std::collections::HashSet::new();
+            if let Some(old) = old_root {
+                let mut chunks = std::collections::HashSet::new();
+                // Only the tree set is wanted; chunk ids come along cheaply.
+                ferry_delta::plan::collect_chunks(&s.repo, &old, &mut have, &mut chunks)?;
+            }
+            let mut queue = std::collections::VecDeque::from([new_root]);
+            let mut sent = std::collections::HashSet::new();
+            while let Some(id) = queue.pop_front() {
+                if have.contains(&id) || !sent.insert(id) {
+                    continue;
+                }
+                let bytes = s.repo.read_object_bytes(&id)?;
+                let tree = ferry_store::Tree::decode(&bytes).map_err(|source| StoreError::Decode { id, source })?;
+                queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                    ferry_store::EntryKind::Dir { tree } => Some(tree),
+                    _ => None,
+                }));
+                let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
+                pack::write_frame(&mut frame, &id, &bytes);
+                if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = send_all() {
+            tracing::error!(error = %e, "aborting trees response");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
+    Ok(resp)
+}
+
 async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint (the API is under /v1; see docs/api.md)".into(), None)
 }
@@ -353,6 +416,7 @@ pub fn router(repo: Repository, patcher: Patcher) -> Router {
         .route("/v1/chunks/{id}", get(chunk))
         .route("/v1/chunks", post(chunks_batch))
         .route("/v1/objects", post(objects_batch))
+        .route("/v1/trees", post(tree_closure))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(pack::MAX_IDS_PER_REQUEST * 32))
         .with_state(state)

@@ -216,3 +216,49 @@ fn the_patch_cache_computes_once_survives_a_restart_and_serves_identical_bytes()
     let st = warm.stats();
     assert_eq!((st.computed, st.cache_hits), (0, 2), "{st:?}");
 }
+
+#[test]
+fn every_tree_a_device_lacks_comes_in_one_request_parents_first() {
+    let (t, rt, base, id) = served();
+    let repo = Repository::open_read_only(&t.path().join("repo")).unwrap();
+    let root = repo.read_commit(&id).unwrap().root;
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let post = |body: Vec<u8>| c.post(format!("{base}/trees")).body(body).send();
+        let mut body = root.as_bytes().to_vec();
+        body.extend_from_slice(&[0; 32]);
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let bytes = r.bytes().await.unwrap();
+        // Each frame is a tree named by one received before it (the root first).
+        let mut d = ferry_delta::pack::FrameDecoder::new([(root, 1 << 26)]);
+        let mut count = 0;
+        d.feed_expanding(&bytes, 1 << 26, |f| {
+            assert_eq!(Id::of(&f.bytes), f.id);
+            count += 1;
+            let tree = ferry_store::Tree::decode(&f.bytes).unwrap();
+            Ok::<_, ferry_delta::pack::PackError>(
+                tree.entries
+                    .into_iter()
+                    .filter_map(|e| match e.kind {
+                        ferry_store::EntryKind::Dir { tree } => Some(tree),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap();
+        d.finish().unwrap();
+        assert_eq!(d.remaining(), 0);
+        assert!(count > 3, "{count} trees");
+        // Against itself: nothing is lacking.
+        let mut body = root.as_bytes().to_vec();
+        body.extend_from_slice(root.as_bytes());
+        assert!(post(body).await.unwrap().bytes().await.unwrap().is_empty());
+        // Wrong length, unknown root: refused.
+        assert_eq!(post(vec![0; 63]).await.unwrap().status(), 400);
+        let mut body = Id::of(b"nope").as_bytes().to_vec();
+        body.extend_from_slice(&[0; 32]);
+        assert_eq!(post(body).await.unwrap().status(), 404);
+    });
+}
