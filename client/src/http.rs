@@ -192,7 +192,7 @@ impl Server {
         let mut decoder = FrameDecoder::new([(*new_root, max)]);
         while let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? {
             t.bytes += piece.len() as u64;
-            decoder.feed_expanding(&piece, max, |frame| on_tree(frame)).with_context(|| format!("receiving {what}"))?;
+            decoder.feed_expanding(&piece, max, &mut on_tree).with_context(|| format!("receiving {what}"))?;
         }
         decoder.finish().with_context(|| format!("receiving {what}"))
     }
