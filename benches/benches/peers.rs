@@ -1,15 +1,19 @@
 //! Ferry side by side with the tools people would otherwise pick, on the same release
 //! series, in one run (issue 5). Prints a Markdown table and writes a CSV.
 //!
-//! Tools so far: Ferry (`ferryd update` against `ferry serve` on 127.0.0.1, bytes counted by
-//! a TCP proxy in front of the server), rsync (`--no-whole-file --compress --stats`, bytes
-//! sent and received), xdelta3 and `zstd -19 --long=31 --patch-from` (per-pair patches of the
-//! new tree's tar against the old one's: the near-optimal reference), and the full image
-//! (`zstd -19` of the new tar), OSTree (`ostree pull` over HTTP from an archive repository
-//! served by Python's http.server behind the same counting proxy; and the pull of a static
-//! delta generated in advance for the pair, with the time generating it took), and casync (`casync
-//! extract` over HTTP with the old tree as seed, from a store built by `casync make`). Also commit throughput: `ferry commit`
-//! against `ostree commit` of the same trees.
+//! Tools: Ferry (`ferryd update` against `ferry serve` on 127.0.0.1, bytes counted by a TCP
+//! proxy in front of the server; each hop three times from the same device state: the first
+//! device, whose patches the server computes, the next device, served from the patch cache,
+//! and `patches = false`, content-defined chunks alone; the server's CPU time per update is
+//! measured from this process, where it runs), OSTree (`ostree pull` over HTTP from an
+//! archive repository served by Python's http.server behind the same counting proxy, and the
+//! pull of a static delta generated in advance for the pair, with its generation time),
+//! casync (`casync extract` over HTTP with the old tree as seed, from a store built by
+//! `casync make`), rsync (`--no-whole-file --compress --stats`, bytes sent and received),
+//! xdelta3 and `zstd -19 --long=31 --patch-from` (per-pair patches of the new tree's tar
+//! against the old one's: the near-optimal reference), and the full image (`zstd -19` of the
+//! new tar). Also commit time: `ferry commit` against `ostree commit` and `casync make` of
+//! the same trees.
 //!
 //! Run: `scripts/bench-deps && cargo build --bins && cargo bench -p ferry-benches --profile dev --bench peers`.
 //! The series is the synthetic one (`FERRY_BENCH_SIZE` MiB, default 256, 4 versions) unless
@@ -24,6 +28,11 @@ use ferry_store::{ChunkParams, RepoConfig, Repository};
 
 /// Runs a command under `/usr/bin/time`; returns (stdout, seconds, peak RSS in KiB).
 fn timed(cmd: &mut Command) -> (String, f64, u64) {
+    try_timed(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`timed`], returning a failure as an error message instead of stopping the run.
+fn try_timed(cmd: &mut Command) -> Result<(String, f64, u64), String> {
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let mut wrapped = Command::new("/usr/bin/time");
@@ -38,12 +47,14 @@ fn timed(cmd: &mut Command) -> (String, f64, u64) {
     }
     let out = wrapped.output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?} failed: {stderr}", program);
+    if !out.status.success() {
+        return Err(format!("{:?} {:?} failed: {stderr}", program, args));
+    }
     let line = stderr.lines().rev().find(|l| l.starts_with("FERRY_TIME ")).expect("time output");
     let mut parts = line.split_whitespace().skip(1);
     let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let rss = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    (String::from_utf8_lossy(&out.stdout).into_owned(), secs, rss)
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), secs, rss))
 }
 
 fn tar(tree: &Path, out: &Path) {
@@ -95,6 +106,20 @@ struct Row {
     requests: Option<u64>,
     seconds: f64,
     rss_kib: u64,
+    /// CPU seconds the server spent on this update (Ferry only: it runs in this process).
+    server_cpu: Option<f64>,
+}
+
+/// CPU seconds (user + system) this process has used: the in-process `ferry serve`'s work,
+/// since nothing else runs here during an update. From /proc, in clock ticks of 10 ms.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn main() {
@@ -152,11 +177,11 @@ fn main() {
     let device = work.path().join("device");
     let config = work.path().join("ferryd.toml");
     let ferryd = ferry_benches::bin("ferryd");
-    let ferry_to = |target: usize, rows: &mut Vec<Row>, hop: String| {
+    let ferry_to = |target: usize, rows: &mut Vec<Row>, hop: String, tool: &'static str, extra: &str| {
         std::fs::write(
             &config,
             format!(
-                "server = \"http://{}\"\nbranch = \"b{}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+                "server = \"http://{}\"\nbranch = \"b{}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n{extra}",
                 proxy.addr,
                 target + 1,
                 device.join("state").display(),
@@ -166,26 +191,39 @@ fn main() {
         )
         .expect("config");
         let before = proxy.bytes();
+        let cpu = own_cpu_seconds();
         let (out, seconds, rss_kib) =
             timed(Command::new(&ferryd).arg("--config").arg(&config).args(["update", "--json"]));
+        let server_cpu = own_cpu_seconds() - cpu;
         let s: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(s["patch_fallbacks"].as_u64(), Some(0), "{s}");
         rows.push(Row {
             hop,
-            tool: "ferry",
+            tool,
             bytes: proxy.bytes() - before,
             requests: s["requests"].as_u64(),
             seconds,
             rss_kib,
+            server_cpu: Some(server_cpu),
         });
     };
-    ferry_to(0, &mut Vec::new(), String::new());
+    ferry_to(0, &mut Vec::new(), String::new(), "ferry", "");
     let snapshot = work.path().join("device-v1");
     copy_tree(&device, &snapshot);
+    // Each hop three times from the same device state: the first device (patches computed
+    // by the server), the next device (patches from the server's cache), and plain chunks
+    // (`patches = false`: content-defined chunking alone).
+    let before_hop = work.path().join("device-before-hop");
     for &(a, b) in &hops {
         if b != a + 1 {
             copy_tree(&snapshot, &device);
         }
-        ferry_to(b, &mut rows, label(a, b));
+        copy_tree(&device, &before_hop);
+        ferry_to(b, &mut rows, label(a, b), "ferry", "");
+        copy_tree(&before_hop, &device);
+        ferry_to(b, &mut rows, label(a, b), "ferry, next device (cached patches)", "");
+        copy_tree(&before_hop, &device);
+        ferry_to(b, &mut rows, label(a, b), "ferry, plain chunks", "patches = false\n");
     }
 
     // rsync, xdelta3, zstd --patch-from, full image.
@@ -217,13 +255,21 @@ fn main() {
                 .unwrap_or(0)
         };
         let bytes = stat("Total bytes sent: ") + stat("Total bytes received: ");
-        rows.push(Row { hop: hop.clone(), tool: "rsync", bytes, requests: None, seconds, rss_kib });
+        rows.push(Row { hop: hop.clone(), tool: "rsync", bytes, requests: None, seconds, rss_kib, server_cpu: None });
 
         let patch = work.path().join("patch.xd3");
         let _ = std::fs::remove_file(&patch);
         let (_, seconds, rss_kib) =
             timed(Command::new("xdelta3").args(["-e", "-9", "-f", "-s"]).arg(&tars[a]).arg(&tars[b]).arg(&patch));
-        rows.push(Row { hop: hop.clone(), tool: "xdelta3", bytes: size(&patch), requests: None, seconds, rss_kib });
+        rows.push(Row {
+            hop: hop.clone(),
+            tool: "xdelta3",
+            bytes: size(&patch),
+            requests: None,
+            seconds,
+            rss_kib,
+            server_cpu: None,
+        });
 
         let patch = work.path().join("patch.zst");
         let (_, seconds, rss_kib) = timed(
@@ -241,6 +287,7 @@ fn main() {
             requests: None,
             seconds,
             rss_kib,
+            server_cpu: None,
         });
 
         let image = work.path().join("image.zst");
@@ -253,6 +300,7 @@ fn main() {
             requests: None,
             seconds,
             rss_kib,
+            server_cpu: None,
         });
     }
     // OSTree: an archive repository with every version, served over HTTP behind a proxy.
@@ -307,7 +355,14 @@ fn main() {
             pull.arg("--require-static-deltas");
         }
         let (bytes0, gets0) = (oproxy.bytes(), gets());
-        let (_, seconds, rss_kib) = timed(pull.arg("origin").arg(format!("b{}", b + 1)));
+        let (_, seconds, rss_kib) = match try_timed(pull.arg("origin").arg(format!("b{}", b + 1))) {
+            Ok(r) => r,
+            Err(e) => {
+                // Reported, not hidden: the table shows "-" for this hop.
+                eprintln!("{tool} {}: {e}", label(a, b));
+                return;
+            }
+        };
         rows.push(Row {
             hop: label(a, b),
             tool,
@@ -315,6 +370,7 @@ fn main() {
             requests: Some(gets() - gets0),
             seconds,
             rss_kib,
+            server_cpu: None,
         });
     };
     for &(a, b) in &hops {
@@ -342,6 +398,7 @@ fn main() {
             requests: None,
             seconds,
             rss_kib,
+            server_cpu: None,
         });
     }
     run_ok(Command::new("ostree").arg("summary").arg(&srv_arg).arg("-u"));
@@ -387,6 +444,7 @@ fn main() {
             requests: Some(cgets() - gets0),
             seconds,
             rss_kib,
+            server_cpu: None,
         });
     }
     drop(casync_http);
@@ -402,35 +460,39 @@ fn main() {
     };
     let prep = |r: &Row| r.tool.contains("generate");
     println!("\n### {name}: every run ({} versions)\n", versions.len());
-    println!("| hop | tool | bytes | requests | seconds | peak RSS (MiB) | × best per-pair diff |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut csv = String::from("series,hop,tool,bytes,requests,seconds,peak_rss_kib,ratio_to_best_diff\n");
+    println!("| hop | tool | bytes | requests | seconds | peak RSS (MiB) | server CPU (s) | × best per-pair diff |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut csv =
+        String::from("series,hop,tool,bytes,requests,seconds,peak_rss_kib,server_cpu_seconds,ratio_to_best_diff\n");
     for r in &rows {
         let ratio = r.bytes as f64 / best_diff(&r.hop) as f64;
         let (bytes, ratio_s) =
             if prep(r) { ("-".to_string(), "-".to_string()) } else { (r.bytes.to_string(), format!("{ratio:.2}")) };
         println!(
-            "| {} | {} | {bytes} | {} | {:.2} | {:.1} | {ratio_s} |",
+            "| {} | {} | {bytes} | {} | {:.2} | {:.1} | {} | {ratio_s} |",
             r.hop,
             r.tool,
             r.requests.map_or("-".to_string(), |n| n.to_string()),
             r.seconds,
             r.rss_kib as f64 / 1024.0,
+            r.server_cpu.map_or("-".to_string(), |c| format!("{c:.2}")),
         );
         csv += &format!(
-            "{name},{},{},{},{},{:.3},{},{:.3}\n",
+            "{name},{},{},{},{},{:.3},{},{:.3},{:.3}\n",
             r.hop,
             r.tool,
             r.bytes,
             r.requests.unwrap_or(0),
             r.seconds,
             r.rss_kib,
+            r.server_cpu.unwrap_or(0.0),
             ratio
         );
     }
     // The same numbers one row per hop, as the README shows them.
     let columns = [
         ("Ferry", "ferry"),
+        ("Ferry, plain chunks", "ferry, plain chunks"),
         ("OSTree pull", "ostree pull"),
         ("OSTree static delta", "ostree static delta"),
         ("casync, seeded", "casync (seeded)"),
@@ -464,6 +526,13 @@ fn main() {
         let ferry = find(hop, "ferry").map_or(0, |r| r.bytes);
         println!("| {hop} | {} | {:.2} |", cells.join(" | "), ferry as f64 / best_diff(hop) as f64);
     }
+    println!("\n### {name}: Ferry server CPU per update, seconds (first device; next device)\n");
+    println!("| hop | patches computed | from the cache |");
+    println!("|---|---|---|");
+    for hop in &hop_names {
+        let cpu = |tool: &str| find(hop, tool).and_then(|r| r.server_cpu).map_or("-".into(), |c| format!("{c:.2}"));
+        println!("| {hop} | {} | {} |", cpu("ferry"), cpu("ferry, next device (cached patches)"));
+    }
     println!("\n### {name}: client wall time in seconds (peak RSS in MiB)\n");
     println!("| hop | {} | OSTree delta generation (server) |", header.join(" | "));
     println!("|---|{}---|", "---|".repeat(columns.len()));
@@ -483,7 +552,7 @@ fn main() {
     for (i, f, o, c) in &commit_secs {
         println!("| v{} | {f:.2} | {o:.2} | {c:.2} | {:.2} | {:.2} |", i + 1, o / f.max(1e-9), c / f.max(1e-9));
         csv += &format!(
-            "{name},v{0},commit:ferry,0,0,{f:.3},0,0\n{name},v{0},commit:ostree,0,0,{o:.3},0,0\n{name},v{0},commit:casync,0,0,{c:.3},0,0\n",
+            "{name},v{0},commit:ferry,0,0,{f:.3},0,0,0\n{name},v{0},commit:ostree,0,0,{o:.3},0,0,0\n{name},v{0},commit:casync,0,0,{c:.3},0,0,0\n",
             i + 1
         );
     }

@@ -197,6 +197,26 @@ impl Server {
         decoder.finish().with_context(|| format!("receiving {what}"))
     }
 
+    /// The compressed form of [`Server::trees`]: the same frames as one zstd frame, for the
+    /// caller to decompress with the old root's trees as prefix. At most `max` bytes.
+    pub async fn trees_compressed(&self, new_root: &Id, old_root: &Id, max: usize, t: &mut Traffic) -> Result<Vec<u8>> {
+        let what = format!("the trees of {new_root}, compressed");
+        let mut body = new_root.as_bytes().to_vec();
+        body.extend_from_slice(old_root.as_bytes());
+        body.push(1);
+        t.requests += 1;
+        let resp = self
+            .client
+            .post(self.url("trees"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("requesting {what}"))?;
+        let resp = Server::check(resp, &what, t).await?;
+        Server::read_capped(resp, max, &what, t).await
+    }
+
     /// Like [`Server::pack`] with a request body of the caller's (e.g. patches); the frames
     /// are named by the ids in `expected`.
     pub async fn post_pack(

@@ -175,6 +175,11 @@ impl Local {
         Ok(Some(bytes))
     }
 
+    /// A stored tree's canonical bytes, verified against its id.
+    pub fn tree_bytes(&self, id: &Id) -> Result<Option<Vec<u8>>> {
+        Ok(self.object_bytes(id)?.filter(|b| object_kind(b) == Some(ObjectKind::Tree)))
+    }
+
     pub fn has_object(&self, id: &Id) -> Result<bool> {
         Ok(self.db.get_pinned_cf(self.cf(CF_OBJECTS), id.as_bytes())?.is_some())
     }

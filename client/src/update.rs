@@ -201,18 +201,75 @@ fn store_tree(local: &Local, frame: &pack::Frame) -> Result<Vec<Id>> {
         .collect())
 }
 
+/// Largest compressed or decompressed trees answer the agent accepts.
+const MAX_TREES: usize = 256 << 20;
+
+/// Fetches every tree under `root` not under `old_root` as one zstd frame compressed
+/// against the device's own old trees, and stores them. `Ok(false)`: the answer was refused
+/// or did not decode (the caller asks again uncompressed); `Err`: the network failed.
+async fn fetch_trees_compressed(
+    server: &Server,
+    local: &Local,
+    root: &Id,
+    old_root: &Id,
+    t: &mut Traffic,
+) -> Result<bool> {
+    let prefix = match patch::tree_prefix(old_root, |id| {
+        local.tree_bytes(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot rebuild the old trees; asking for the trees uncompressed");
+            return Ok(false);
+        }
+    };
+    let body = match server.trees_compressed(root, old_root, MAX_TREES, t).await {
+        Ok(b) => b,
+        Err(e) if e.downcast_ref::<Answered>().is_some() => {
+            tracing::warn!(error = %format!("{e:#}"), "compressed trees refused; asking for them uncompressed");
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let apply = || -> Result<()> {
+        let len = match zstd::zstd_safe::get_frame_content_size(&body) {
+            Ok(Some(n)) if n <= MAX_TREES as u64 => n as usize,
+            _ => bail!("the compressed trees do not state a size within {MAX_TREES} bytes"),
+        };
+        let frames = patch::decompress_patch(&prefix, &body, len).context("decompressing the trees")?;
+        let mut decoder = pack::FrameDecoder::new([(*root, MAX_TREE)]);
+        decoder.feed_expanding(&frames, MAX_TREE, |frame| store_tree(local, &frame))?;
+        decoder.finish()?;
+        Ok(())
+    };
+    match apply() {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "compressed trees unusable; asking for them uncompressed");
+            Ok(false)
+        }
+    }
+}
+
 /// Fetches the trees of `root` the device lacks: first in one request for everything not
-/// under the current deployment's root (`old_root`), then, for whatever is still missing
-/// (an interrupted response, a server without `/v1/trees`), one batched request per depth.
+/// under the current deployment's root (`old_root`), compressed against the device's own
+/// old trees when it has them, then, for whatever is still missing (an interrupted
+/// response, a server without `/v1/trees`), one batched request per depth.
 async fn fetch_trees(server: &Server, local: &Local, root: &Id, old_root: Option<Id>, t: &mut Traffic) -> Result<()> {
     if !trees_complete(local, root)? {
-        let r = server.trees(root, old_root.as_ref(), MAX_TREE, t, |frame| store_tree(local, &frame)).await;
-        match r {
-            Ok(()) => {}
-            Err(e) if e.downcast_ref::<Answered>().is_some() => {
-                tracing::warn!(error = %format!("{e:#}"), "the server cannot send trees in one request; asking level by level");
+        let done = match &old_root {
+            Some(old) => fetch_trees_compressed(server, local, root, old, t).await?,
+            None => false,
+        };
+        if !done {
+            let r = server.trees(root, old_root.as_ref(), MAX_TREE, t, |frame| store_tree(local, &frame)).await;
+            match r {
+                Ok(()) => {}
+                Err(e) if e.downcast_ref::<Answered>().is_some() => {
+                    tracing::warn!(error = %format!("{e:#}"), "the server cannot send trees in one request; asking level by level");
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
     let mut level = vec![*root];

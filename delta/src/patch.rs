@@ -493,6 +493,35 @@ pub fn walk_files<E>(root: &Id, mut read_tree: impl FnMut(&Id) -> Result<Tree, E
     Ok(out)
 }
 
+/// The reference for a compressed `/v1/trees` answer: the trees under `old_root`, breadth
+/// first (entries in order, each tree once), concatenated, stopping before the first tree
+/// that would take it past [`REFERENCE_MAX`]. Both sides build it from trees verified
+/// against their ids, so a device gets the server's exact prefix.
+pub fn tree_prefix<E: From<ferry_store::DecodeError>>(
+    old_root: &Id,
+    mut tree_bytes: impl FnMut(&Id) -> Result<Vec<u8>, E>,
+) -> Result<Vec<u8>, E> {
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([*old_root]);
+    let mut seen = HashSet::new();
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let bytes = tree_bytes(&id)?;
+        if (out.len() + bytes.len()) as u64 > REFERENCE_MAX {
+            break;
+        }
+        let tree = Tree::decode(&bytes)?;
+        queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
+            EntryKind::Dir { tree } => Some(tree),
+            _ => None,
+        }));
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
 /// Why the server cannot answer a patch request item.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {

@@ -133,6 +133,9 @@ enum Command {
         /// zstd level of the patches whose size is reported (what `ferry serve --patch-level` uses).
         #[arg(long, default_value_t = ferry_delta::patch::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
         patch_level: i32,
+        /// Skip computing the patches (seconds of CPU on a large update); report plain chunks only.
+        #[arg(long)]
+        no_patches: bool,
         #[arg(long)]
         json: bool,
     },
@@ -398,13 +401,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Diff { repo, from, to, patch_level, json } => {
+        Command::Diff { repo, from, to, patch_level, no_patches, json } => {
             let r = open_ro(&repo)?;
             let (fid, tid) = (r.resolve(&from)?, r.resolve(&to)?);
             let (fc, tc) = (r.read_commit(&fid)?, r.read_commit(&tid)?);
             let changes = ferry_delta::diff_commits(&r, &fc, &tc)?;
             let cost = ferry_delta::transfer_cost(&r, Some(&fc), &tc)?;
-            let patched = ferry_delta::patch_cost(&r, &fc, &tc, patch_level)?;
+            let patched = if no_patches { None } else { Some(ferry_delta::patch_cost(&r, &fc, &tc, patch_level)?) };
             let list = |k: ferry_delta::ChangeKind| -> Vec<&str> {
                 changes.iter().filter(|c| c.kind == k).map(|c| c.path.as_str()).collect()
             };
@@ -438,15 +441,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     human(cost.raw_bytes),
                     fid.short()
                 );
-                println!(
-                    "with patches against {}'s files: {} on the wire ({} patches, {} smaller than plain; {} chunks plain); computing them took {:.2}s",
-                    fid.short(),
-                    human(patched.transfer_bytes),
-                    patched.patches,
-                    patched.patched,
-                    patched.plain_chunks,
-                    patched.seconds
-                );
+                if let Some(patched) = patched {
+                    println!(
+                        "with patches against {}'s files: {} on the wire ({} patches, {} smaller than plain; {} chunks plain); computing them took {:.2}s",
+                        fid.short(),
+                        human(patched.transfer_bytes),
+                        patched.patches,
+                        patched.patched,
+                        patched.plain_chunks,
+                        patched.seconds
+                    );
+                }
             }
         }
         Command::Checkout { repo, rev, dir } => {

@@ -107,6 +107,12 @@ impl Patcher {
         self.workers
     }
 
+    /// Compresses `data` with `prefix` at the patch level, within the CPU bound.
+    pub fn compress(&self, prefix: &[u8], data: &[u8]) -> std::io::Result<Vec<u8>> {
+        let _slot = self.slots.acquire();
+        ferry_delta::patch::compress_patch(prefix, data, self.level)
+    }
+
     pub fn stats(&self) -> PatchStats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -337,20 +337,30 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     Ok(resp)
 }
 
-/// `POST /v1/trees`: body `new_root[32] ‖ old_root[32]` (the old root may be 32 zero bytes).
-/// Streams, as pack frames parents before children, every tree under the new root that is
-/// not under the old one: what a device running the old commit lacks, in one request.
+/// `POST /v1/trees`: body `new_root[32] ‖ old_root[32]` (the old root may be 32 zero bytes),
+/// optionally followed by one byte, the encoding: 0 (default) streams, as pack frames parents
+/// before children, every tree under the new root that is not under the old one; 1 sends the
+/// same frames as one zstd frame compressed with the old root's trees as prefix
+/// (`ferry_delta::patch::tree_prefix`): a device's old trees hold most of its new ones.
 async fn tree_closure(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    if body.len() != 64 {
+    if body.len() != 64 && body.len() != 65 {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("a trees request is 64 bytes (new root, old root), not {}", body.len()),
+            format!("a trees request is 64 or 65 bytes (new root, old root, encoding), not {}", body.len()),
             None,
         ));
     }
+    let compressed = match body.get(64) {
+        None | Some(0) => false,
+        Some(1) => true,
+        Some(e) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown trees encoding {e}"), None)),
+    };
     let new_root =
         Id::from_slice(&body[..32]).ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "bad id".into(), None))?;
-    let old_root = Id::from_slice(&body[32..]).filter(|id| id.as_bytes() != &[0; 32]);
+    let old_root = Id::from_slice(&body[32..64]).filter(|id| id.as_bytes() != &[0; 32]);
+    if compressed && old_root.is_none() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "compressed trees need an old root".into(), None));
+    }
     let state = s.clone();
     blocking(move || {
         state.repo.read_tree(&new_root)?;
@@ -360,36 +370,57 @@ async fn tree_closure(State(s): State<Shared>, body: Bytes) -> Result<Response, 
         Ok(())
     })
     .await?;
+    // The trees under the new root that are not under the old one, breadth first; each frame
+    // goes to `send`, which returns false to stop.
+    let walk = move |s: &AppState, send: &mut dyn FnMut(Vec<u8>) -> bool| -> Result<(), StoreError> {
+        let mut have = std::collections::HashSet::new();
+        if let Some(old) = old_root {
+            let mut chunks = std::collections::HashSet::new();
+            // Only the tree set is wanted; chunk ids come along cheaply.
+            ferry_delta::plan::collect_chunks(&s.repo, &old, &mut have, &mut chunks)?;
+        }
+        let mut queue = std::collections::VecDeque::from([new_root]);
+        let mut sent = std::collections::HashSet::new();
+        while let Some(id) = queue.pop_front() {
+            if have.contains(&id) || !sent.insert(id) {
+                continue;
+            }
+            let bytes = s.repo.read_object_bytes(&id)?;
+            let tree = ferry_store::Tree::decode(&bytes).map_err(|source| StoreError::Decode { id, source })?;
+            queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                ferry_store::EntryKind::Dir { tree } => Some(tree),
+                _ => None,
+            }));
+            let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
+            pack::write_frame(&mut frame, &id, &bytes);
+            if !send(frame) {
+                break;
+            }
+        }
+        Ok(())
+    };
+    if compressed {
+        let body = blocking(move || {
+            let mut all = Vec::new();
+            walk(&s, &mut |frame| {
+                all.extend_from_slice(&frame);
+                true
+            })?;
+            let old = old_root.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no old root".into(), None))?;
+            let prefix = patch::tree_prefix(&old, |id| s.repo.read_object_bytes(id))?;
+            s.patcher
+                .compress(&prefix, &all)
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing trees: {e}"), None))
+        })
+        .await?;
+        let mut resp = body.into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+        return Ok(resp);
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
-        let send_all = || -> Result<(), StoreError> {
-            let mut have = std::collections::HashSet::new();
-            if let Some(old) = old_root {
-                let mut chunks = std::collections::HashSet::new();
-                // Only the tree set is wanted; chunk ids come along cheaply.
-                ferry_delta::plan::collect_chunks(&s.repo, &old, &mut have, &mut chunks)?;
-            }
-            let mut queue = std::collections::VecDeque::from([new_root]);
-            let mut sent = std::collections::HashSet::new();
-            while let Some(id) = queue.pop_front() {
-                if have.contains(&id) || !sent.insert(id) {
-                    continue;
-                }
-                let bytes = s.repo.read_object_bytes(&id)?;
-                let tree = ferry_store::Tree::decode(&bytes).map_err(|source| StoreError::Decode { id, source })?;
-                queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
-                    ferry_store::EntryKind::Dir { tree } => Some(tree),
-                    _ => None,
-                }));
-                let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
-                pack::write_frame(&mut frame, &id, &bytes);
-                if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
-                    return Ok(());
-                }
-            }
-            Ok(())
-        };
-        if let Err(e) = send_all() {
+        let r = walk(&s, &mut |frame| tx.blocking_send(Ok(Bytes::from(frame))).is_ok());
+        if let Err(e) = r {
             tracing::error!(error = %e, "aborting trees response");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }

@@ -116,11 +116,23 @@ fn commit_log_show_ls_diff_checkout_fsck() {
     let chunks = diff["transfer_chunks"].as_u64().unwrap();
     let bytes = diff["transfer_compressed_bytes"].as_u64().unwrap();
     assert!(chunks > 0 && bytes > 0);
+    // With patches against v1's files, less than the plain chunks, everything counted.
+    let patched = diff["patch"]["transfer_bytes"].as_u64().unwrap();
+    assert!(patched > 0 && patched < bytes, "{diff}");
+    assert!(diff["patch"]["patches"].as_u64().unwrap() > 0, "{diff}");
+    let plain: serde_json::Value =
+        serde_json::from_str(&ok(&["diff", "--repo", &s.repo, &v1, &v2, "--json", "--no-patches"])).unwrap();
+    assert_eq!(plain["patch"], serde_json::Value::Null);
+    assert_eq!(plain["transfer_compressed_bytes"], diff["transfer_compressed_bytes"]);
+    let bad = ferry(&["diff", "--repo", &s.repo, &v1, &v2, "--patch-level", "23"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("23 is not in 1..=22"));
     // A device already on v2 needs nothing; one with nothing needs more than the delta.
     let same: serde_json::Value =
         serde_json::from_str(&ok(&["diff", "--repo", &s.repo, &v2, "main", "--json"])).unwrap();
     assert_eq!(same["transfer_chunks"], 0);
-    assert!(ok(&["diff", "--repo", &s.repo, &v1, &v2]).contains("transfer"));
+    let text = ok(&["diff", "--repo", &s.repo, &v1, &v2]);
+    assert!(text.contains("transfer") && text.contains("with patches against"), "{text}");
 
     let out = s.t.path().join("checkout");
     ok(&["checkout", "--repo", &s.repo, &v1, out.to_str().unwrap()]);

@@ -251,6 +251,26 @@ fn every_tree_a_device_lacks_comes_in_one_request_parents_first() {
         d.finish().unwrap();
         assert_eq!(d.remaining(), 0);
         assert!(count > 3, "{count} trees");
+        // Compressed against the old root's trees: the same frames. (Here the "old" root is
+        // the same commit's root, so nothing is lacking; then against an empty directory tree.)
+        let mut body = root.as_bytes().to_vec();
+        body.extend_from_slice(root.as_bytes());
+        body.push(1);
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let z = r.bytes().await.unwrap();
+        let prefix = ferry_delta::patch::tree_prefix(&root, |id| repo.read_object_bytes(id)).unwrap();
+        let n = zstd::zstd_safe::get_frame_content_size(&z).unwrap().unwrap() as usize;
+        assert_eq!(n, 0);
+        assert!(ferry_delta::patch::decompress_patch(&prefix, &z, n).unwrap().is_empty());
+        let mut body = root.as_bytes().to_vec();
+        body.extend_from_slice(&[0; 32]);
+        body.push(1);
+        assert_eq!(post(body).await.unwrap().status(), 400, "compressed needs an old root");
+        let mut body = root.as_bytes().to_vec();
+        body.extend_from_slice(root.as_bytes());
+        body.push(7);
+        assert_eq!(post(body).await.unwrap().status(), 400, "unknown encoding");
         // Against itself: nothing is lacking.
         let mut body = root.as_bytes().to_vec();
         body.extend_from_slice(root.as_bytes());
