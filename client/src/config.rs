@@ -11,7 +11,7 @@
 //! read_timeout = 30                         # seconds without a byte before a transfer is cut; default 30
 //! retries = 5                               # attempts per update before giving up; default 5
 //! concurrency = 2                           # chunk requests in flight; default 2
-//! batch_bytes = 67108864                    # chunk bytes (uncompressed) per request; default 64 MiB
+//! batch_bytes = 268435456                   # chunk bytes (uncompressed) per request; default 256 MiB
 //! patches = true                            # fetch changed files as patches against their old version; default true
 //! min_free_bytes = 16777216                 # space an update must leave free; default 16 MiB
 //! restart_command = "systemctl restart example.service"  # run after a switch and a rollback; default none
@@ -72,7 +72,7 @@ fn default_concurrency() -> usize {
 }
 
 fn default_batch_bytes() -> u64 {
-    64 << 20
+    256 << 20
 }
 
 fn default_patches() -> bool {

@@ -100,6 +100,20 @@ impl Server {
         Err(Answered { what: what.to_string(), status, detail }.into())
     }
 
+    /// POSTs a binary body; an error status is an [`Answered`] error.
+    async fn post(&self, path: &str, body: Vec<u8>, what: &str, t: &mut Traffic) -> Result<reqwest::Response> {
+        t.requests += 1;
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("requesting {what}"))?;
+        Server::check(resp, what, t).await
+    }
+
     /// The commit a branch points at; `Unchanged` if it is still `known`.
     pub async fn branch(&self, name: &str, known: Option<Id>, t: &mut Traffic) -> Result<Head> {
         let what = format!("branch {name}");
@@ -179,16 +193,7 @@ impl Server {
         let what = format!("the trees of {new_root}");
         let mut body = new_root.as_bytes().to_vec();
         body.extend_from_slice(old_root.map_or(&[0u8; 32], |id| id.as_bytes()));
-        t.requests += 1;
-        let resp = self
-            .client
-            .post(self.url("trees"))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("requesting {what}"))?;
-        let mut resp = Server::check(resp, &what, t).await?;
+        let mut resp = self.post("trees", body, &what, t).await?;
         let mut decoder = FrameDecoder::new([(*new_root, max)]);
         while let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? {
             t.bytes += piece.len() as u64;
@@ -204,16 +209,7 @@ impl Server {
         let mut body = new_root.as_bytes().to_vec();
         body.extend_from_slice(old_root.as_bytes());
         body.push(1);
-        t.requests += 1;
-        let resp = self
-            .client
-            .post(self.url("trees"))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("requesting {what}"))?;
-        let resp = Server::check(resp, &what, t).await?;
+        let resp = self.post("trees", body, &what, t).await?;
         Server::read_capped(resp, max, &what, t).await
     }
 
@@ -228,16 +224,7 @@ impl Server {
         mut on_frame: impl FnMut(Frame) -> Result<()>,
     ) -> Result<()> {
         let what = format!("{} {path}", expected.len());
-        t.requests += 1;
-        let resp = self
-            .client
-            .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("requesting {what}"))?;
-        let mut resp = Server::check(resp, &what, t).await?;
+        let mut resp = self.post(path, body, &what, t).await?;
         let mut decoder = FrameDecoder::new(expected.iter().copied());
         while decoder.remaining() > 0 {
             let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? else {

@@ -479,7 +479,9 @@ struct PatchOutcome {
     fallback: Vec<(Id, u32)>,
 }
 
-/// Fetches `patches` in batched requests, `concurrency` at a time. A patch that cannot be
+/// Fetches `patches` in batched requests, one at a time: the server computes ahead in
+/// parallel, and the device holds one patch's window, answer and output at once, which
+/// keeps its memory bounded (about 16 MiB above the rest). A patch that cannot be
 /// used, or a batch the server refuses, turns into plain chunks (in the outcome's
 /// `fallback`); a broken connection is an error, and the next attempt plans again with
 /// what is still missing.
@@ -551,7 +553,7 @@ async fn fetch_patches(
             };
             (t, out, r)
         })
-        .buffer_unordered(config.concurrency.max(1))
+        .buffer_unordered(1)
         .collect()
         .await;
     let mut total = PatchOutcome::default();

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use ferry_store::Id;
 
 /// Most ids one request may name.
-pub const MAX_IDS_PER_REQUEST: usize = 4096;
+pub const MAX_IDS_PER_REQUEST: usize = 65536;
 /// Bytes of a frame header: id and length.
 pub const FRAME_HEADER: usize = 36;
 

@@ -18,7 +18,7 @@
 //!   the same version asks for the same keys and a server's cache answers it.
 //!
 //! ```text
-//! request body:  item × n                 (n ≤ MAX_PATCHES_PER_REQUEST)
+//! request body:  item × n                 (n ≤ MAX_PATCHES_PER_REQUEST, MAX_PATCH_IDS ids in all)
 //! item:          u32 LE r ‖ u32 LE t ‖ reference id[32] × r ‖ target id[32] × t
 //! response body: pack frames (see `pack`), one per item in request order, framed by the key
 //! frame bytes:   0x00 ‖ zstd frame of the target chunks, concatenated, with the reference as prefix
@@ -42,9 +42,9 @@ pub const REFERENCE_MAX: u64 = 8 << 20;
 /// Largest run of target chunks in one patch (uncompressed bytes).
 pub const TARGET_MAX: u64 = 4 << 20;
 /// Most patches one request may name.
-pub const MAX_PATCHES_PER_REQUEST: usize = 1024;
+pub const MAX_PATCHES_PER_REQUEST: usize = 16384;
 /// Most chunk ids (references and targets together) one request may name.
-pub const MAX_PATCH_IDS: usize = 16384;
+pub const MAX_PATCH_IDS: usize = 65536;
 /// Largest request body (bytes).
 pub const MAX_PATCH_REQUEST: usize = MAX_PATCH_IDS * 32 + MAX_PATCHES_PER_REQUEST * 8;
 /// zstd's largest window a patch may need: reference plus target, rounded up.
@@ -738,5 +738,48 @@ mod tests {
         let plan = plan_patches(&[file("x", vec![cref(1, 100)])], &[file("x", big)], |_| true);
         assert_eq!(plan.patches.len(), 3);
         assert!(plan.patches.iter().all(|p| p.target_len() <= TARGET_MAX));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary and mutated request bodies never panic; what decodes re-encodes.
+        #[test]
+        fn any_request_body_decodes_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), flip in 0usize..600) {
+            if let Ok(items) = decode_patch_request(&body) {
+                let again: Vec<Patch> = items
+                    .iter()
+                    .map(|i| Patch {
+                        reference: i.reference.iter().map(|id| ChunkRef { id: *id, len: 1 }).collect(),
+                        target: i.target.iter().map(|id| ChunkRef { id: *id, len: 1 }).collect(),
+                    })
+                    .collect();
+                proptest::prop_assert_eq!(encode_patch_request(&again), body.clone());
+            }
+            let good = encode_patch_request(&[Patch { reference: vec![cref(1, 10)], target: vec![cref(2, 10), cref(3, 5)] }]);
+            let mut mutated = good.clone();
+            let i = flip % mutated.len();
+            mutated[i] ^= 0x41;
+            let _ = decode_patch_request(&mutated);
+        }
+
+        /// Arbitrary and mutated answers never panic and never yield a wrong length.
+        #[test]
+        fn any_answer_decodes_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), flip in 0usize..4096) {
+            let target = noise(3000, 5);
+            let reference = noise(3000, 5)[..2000].to_vec();
+            let p = Patch { reference: vec![cref(1, 2000)], target: vec![ChunkRef { id: Id::of(&target[..1000]), len: 1000 }, ChunkRef { id: Id::of(&target[1000..]), len: 2000 }] };
+            for candidate in [body.clone(), {
+                let stored = vec![zstd::bulk::compress(&target[..1000], 3).unwrap(), zstd::bulk::compress(&target[1000..], 3).unwrap()];
+                let mut a = encode_patch_response(&reference, &target, &stored, 3).unwrap();
+                let i = flip % a.len();
+                a[i] ^= 0x10;
+                a
+            }] {
+                match decode_patch_response(&p, Some(&reference), &candidate) {
+                    Ok(PatchPayload::Patched(bytes)) => proptest::prop_assert_eq!(bytes.len(), 3000),
+                    Ok(PatchPayload::Plain(frames)) => proptest::prop_assert_eq!(frames.len(), 2),
+                    Err(_) => {}
+                }
+            }
+        }
     }
 }

@@ -123,7 +123,12 @@ fn batched_chunks_stream_verified_frames_and_refuse_bad_requests() {
         assert_eq!(r.status(), 400);
         let r = c.post(format!("{base}/chunks")).body(vec![0u8; 64]).send().await.unwrap();
         assert_eq!(r.status(), 400, "a repeated id");
-        let r = c.post(format!("{base}/chunks")).body(vec![1u8; 32 * 4097]).send().await.unwrap();
+        let r = c
+            .post(format!("{base}/chunks"))
+            .body(vec![1u8; 32 * (ferry_delta::pack::MAX_IDS_PER_REQUEST + 1)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 413);
     });
 }
