@@ -213,7 +213,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Keeps the agent's memory what it uses: glibc otherwise raises its mmap threshold after
+/// the first large buffer (a patch window) is freed, and later buffers of that size stay in
+/// per-thread arenas instead of returning to the system; a device has little RAM to lend.
+#[allow(unsafe_code)]
+fn bound_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it is called once, before any thread
+    // is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    bound_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")

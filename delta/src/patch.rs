@@ -347,12 +347,12 @@ pub enum ReferenceRule {
 /// files gone from the new commit, in path order.
 pub fn choose_reference<'a>(
     path: &[u8],
-    old: &'a BTreeMap<Vec<u8>, Vec<ChunkRef>>,
+    old: &BTreeMap<&'a [u8], &'a [ChunkRef]>,
     gone: &[&'a [u8]],
 ) -> Option<(&'a [u8], ReferenceRule)> {
     if let Some((p, chunks)) = old.get_key_value(path) {
         if !chunks.is_empty() {
-            return Some((p.as_slice(), ReferenceRule::SamePath));
+            return Some((p, ReferenceRule::SamePath));
         }
     }
     let name = basename(path);
@@ -416,8 +416,8 @@ pub struct PatchPlan {
 /// the same missing set give the same plan on every device and in `ferry diff`.
 pub fn plan_patches(old: &[FileChunks], new: &[FileChunks], missing: impl Fn(&Id) -> bool) -> PatchPlan {
     let new_paths: HashSet<&[u8]> = new.iter().map(|f| f.path.as_slice()).collect();
-    let old_map: BTreeMap<Vec<u8>, Vec<ChunkRef>> = old.iter().map(|f| (f.path.clone(), f.chunks.clone())).collect();
-    let gone: Vec<&[u8]> = old_map.keys().map(Vec::as_slice).filter(|p| !new_paths.contains(p)).collect();
+    let old_map: BTreeMap<&[u8], &[ChunkRef]> = old.iter().map(|f| (f.path.as_slice(), f.chunks.as_slice())).collect();
+    let gone: Vec<&[u8]> = old_map.keys().copied().filter(|p| !new_paths.contains(p)).collect();
     let mut taken: HashSet<Id> = HashSet::new();
     let mut plan = PatchPlan::default();
     for f in new {
@@ -438,7 +438,7 @@ pub fn plan_patches(old: &[FileChunks], new: &[FileChunks], missing: impl Fn(&Id
             plan.plain.extend(wanted.iter().map(|(_, c)| *c));
             continue;
         };
-        let reference = &old_map[reference];
+        let reference = old_map[reference];
         let mut run: Vec<(u64, ChunkRef)> = Vec::new();
         let mut run_len = 0u64;
         let flush = |run: &mut Vec<(u64, ChunkRef)>, plan: &mut PatchPlan| {
@@ -675,18 +675,14 @@ mod tests {
 
     #[test]
     fn references_follow_the_rule_in_order() {
-        let old: BTreeMap<Vec<u8>, Vec<ChunkRef>> = [
-            ("bin/app", vec![cref(1, 10)]),
-            ("lib/libz.so.1.2", vec![cref(2, 10)]),
-            ("old/readme", vec![cref(3, 10)]),
-            ("share/readme", vec![cref(4, 10)]),
-            ("empty", vec![]),
-        ]
-        .into_iter()
-        .map(|(p, c)| (p.as_bytes().to_vec(), c))
-        .collect();
+        let chunks = [vec![cref(1, 10)], vec![cref(2, 10)], vec![cref(3, 10)], vec![cref(4, 10)], vec![]];
+        let old: BTreeMap<&[u8], &[ChunkRef]> = ["bin/app", "lib/libz.so.1.2", "old/readme", "share/readme", "empty"]
+            .iter()
+            .zip(&chunks)
+            .map(|(p, c)| (p.as_bytes(), c.as_slice()))
+            .collect();
         // Files gone from the new commit: everything but bin/app.
-        let gone: Vec<&[u8]> = old.keys().map(Vec::as_slice).filter(|p| *p != b"bin/app").collect();
+        let gone: Vec<&[u8]> = old.keys().copied().filter(|p| *p != b"bin/app").collect();
         let pick = |p: &str| {
             choose_reference(p.as_bytes(), &old, &gone).map(|(p, r)| (String::from_utf8_lossy(p).into_owned(), r))
         };
