@@ -161,3 +161,9 @@ pub fn spawn_update(config: &Path) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// What `ferry diff` says a device on `from` downloads for `to` with patches.
+pub fn patch_cost(env: &Env, from: Id, to: Id) -> ferry_delta::PatchCost {
+    let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
+    ferry_delta::patch_cost(&env.repo, &from, &to, ferry_delta::patch::DEFAULT_LEVEL).unwrap()
+}

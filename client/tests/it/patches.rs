@@ -8,7 +8,7 @@ use ferry_publisher::checkout::checkout;
 use ferry_publisher::import::NoProgress;
 use ferry_store::Id;
 
-use crate::harness::{ferryd, update, Env};
+use crate::harness::{ferryd, patch_cost, update, Env};
 
 /// Regular files under `root` (relative path → content).
 fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -53,11 +53,6 @@ fn largest_changed_file(env: &Env) -> PathBuf {
 fn plain_cost(env: &Env, from: Id, to: Id) -> u64 {
     let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
     ferry_delta::transfer_cost(&env.repo, Some(&from), &to).unwrap().compressed_bytes
-}
-
-fn patch_cost(env: &Env, from: Id, to: Id) -> ferry_delta::PatchCost {
-    let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
-    ferry_delta::patch_cost(&env.repo, &from, &to, ferry_delta::patch::DEFAULT_LEVEL).unwrap()
 }
 
 #[test]

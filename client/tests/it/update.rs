@@ -8,7 +8,7 @@ use ferry_publisher::checkout::checkout;
 use ferry_publisher::import::NoProgress;
 use ferry_store::Id;
 
-use crate::harness::{ferryd, update, Env};
+use crate::harness::{ferryd, patch_cost, update, Env};
 
 /// Every path under `root` with its kind, mode and content (or target).
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
@@ -42,12 +42,6 @@ fn chunk_cost(env: &Env, from: Option<Id>, to: Id) -> (u64, u64) {
     let from = from.map(|f| env.repo.read_commit(&f).unwrap());
     let c = ferry_delta::transfer_cost(&env.repo, from.as_ref(), &to).unwrap();
     (c.chunks, c.compressed_bytes + c.chunks * ferry_delta::pack::FRAME_HEADER as u64)
-}
-
-/// What `ferry diff` says a device on `from` downloads for `to` with patches.
-fn patch_cost(env: &Env, from: Id, to: Id) -> ferry_delta::PatchCost {
-    let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
-    ferry_delta::patch_cost(&env.repo, &from, &to, ferry_delta::patch::DEFAULT_LEVEL).unwrap()
 }
 
 /// Encoded size of every tree of a commit plus the commit itself.
