@@ -382,7 +382,7 @@ fn plan_fetch(
     config: &Config,
     local: &Local,
     current: Option<Id>,
-    commit: &Commit,
+    new: &Plan,
     missing: &[(Id, u32)],
 ) -> Result<FetchPlan> {
     let plain_only = || FetchPlan { patches: Vec::new(), plain: missing.to_vec() };
@@ -398,9 +398,11 @@ fn plan_fetch(
             return Ok(plain_only());
         }
     };
-    let new_files = patch::walk_files(&commit.root, read)?;
     let wanted: HashSet<Id> = missing.iter().map(|(id, _)| *id).collect();
-    let planned = patch::plan_patches(&old_files, &new_files, |id| wanted.contains(id));
+    // The new commit's files in walk order: `plan` walked its trees the way `walk_files` does.
+    use std::os::unix::ffi::OsStrExt;
+    let new_files = new.files.iter().map(|f| (f.path.as_os_str().as_bytes(), f.chunks.as_slice()));
+    let planned = patch::plan_patches_by_ref(&old_files, new_files, |id| wanted.contains(id));
     let mut out = FetchPlan { patches: Vec::new(), plain: planned.plain.iter().map(|c| (c.id, c.len)).collect() };
     for p in planned.patches {
         let mut held = true;
@@ -817,7 +819,8 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 let mut missing: Vec<(Id, u32)> = needed.into_iter().collect();
                 missing.sort();
                 check_space(config, &local, &p, &missing)?;
-                let plan = plan_fetch(config, &local, current, &commit, &missing)?;
+                let plan = plan_fetch(config, &local, current, &p, &missing)?;
+                crate::release_free_memory();
                 let (patched, r) = fetch_patches(&server, &local, &plan.patches, config, &mut t).await;
                 s.patches += plan.patches.len() as u64;
                 s.chunks_downloaded += patched.chunks;

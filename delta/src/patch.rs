@@ -415,16 +415,26 @@ pub struct PatchPlan {
 /// once: in the first file (by path) that needs it. Deterministic: the same two commits and
 /// the same missing set give the same plan on every device and in `ferry diff`.
 pub fn plan_patches(old: &[FileChunks], new: &[FileChunks], missing: impl Fn(&Id) -> bool) -> PatchPlan {
-    let new_paths: HashSet<&[u8]> = new.iter().map(|f| f.path.as_slice()).collect();
+    plan_patches_by_ref(old, new.iter().map(|f| (f.path.as_slice(), f.chunks.as_slice())), missing)
+}
+
+/// [`plan_patches`] over borrowed new files `(path, chunks)`, in the order [`walk_files`]
+/// yields them (a caller holding the new commit's files already need not copy them).
+pub fn plan_patches_by_ref<'n>(
+    old: &[FileChunks],
+    new: impl Iterator<Item = (&'n [u8], &'n [ChunkRef])> + Clone,
+    missing: impl Fn(&Id) -> bool,
+) -> PatchPlan {
+    let new_paths: HashSet<&[u8]> = new.clone().map(|(path, _)| path).collect();
     let old_map: BTreeMap<&[u8], &[ChunkRef]> = old.iter().map(|f| (f.path.as_slice(), f.chunks.as_slice())).collect();
     let gone: Vec<&[u8]> = old_map.keys().copied().filter(|p| !new_paths.contains(p)).collect();
     let mut taken: HashSet<Id> = HashSet::new();
     let mut plan = PatchPlan::default();
-    for f in new {
+    for (path, chunks) in new {
         // The file's missing chunks, once each, with their offsets.
         let mut wanted: Vec<(u64, ChunkRef)> = Vec::new();
         let mut offset = 0u64;
-        for c in &f.chunks {
+        for c in chunks {
             if missing(&c.id) && taken.insert(c.id) {
                 wanted.push((offset, *c));
             }
@@ -434,7 +444,7 @@ pub fn plan_patches(old: &[FileChunks], new: &[FileChunks], missing: impl Fn(&Id
             continue;
         }
         let new_len = offset;
-        let Some((reference, _)) = choose_reference(&f.path, &old_map, &gone) else {
+        let Some((reference, _)) = choose_reference(path, &old_map, &gone) else {
             plan.plain.extend(wanted.iter().map(|(_, c)| *c));
             continue;
         };
