@@ -119,6 +119,13 @@ struct Row {
     server_cpu: Option<f64>,
 }
 
+impl Row {
+    /// A tool that does not speak HTTP here: no requests, no server.
+    fn local(hop: &str, tool: &'static str, bytes: u64, seconds: f64, rss_kib: u64) -> Row {
+        Row { hop: hop.to_string(), tool, bytes, requests: None, seconds, rss_kib, server_cpu: None }
+    }
+}
+
 /// CPU seconds (user + system) this process has used: the in-process `ferry serve`'s work,
 /// since nothing else runs here during an update. From /proc, in clock ticks of 10 ms.
 fn own_cpu_seconds() -> f64 {
@@ -144,17 +151,7 @@ fn main() {
         }
         None => {
             let mib: u64 = std::env::var("FERRY_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
-            let dir = cache.join(format!("series-{mib}M-seed1"));
-            for v in 1..=4 {
-                let out = dir.join(format!("v{v}"));
-                if !out.join("etc/version").exists() {
-                    let _ = std::fs::remove_dir_all(&out);
-                    std::fs::create_dir_all(&dir).expect("cache");
-                    ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 1, size: mib << 20, version: v }, &out)
-                        .expect("tree");
-                }
-            }
-            (dir, format!("synthetic-{mib}M"))
+            (ferry_benches::synthetic_series(mib), format!("synthetic-{mib}M"))
         }
     };
     let versions: Vec<PathBuf> = (1..).map(|v| series.join(format!("v{v}"))).take_while(|p| p.is_dir()).collect();
@@ -264,21 +261,13 @@ fn main() {
                 .unwrap_or(0)
         };
         let bytes = stat("Total bytes sent: ") + stat("Total bytes received: ");
-        rows.push(Row { hop: hop.clone(), tool: "rsync", bytes, requests: None, seconds, rss_kib, server_cpu: None });
+        rows.push(Row::local(&hop, "rsync", bytes, seconds, rss_kib));
 
         let patch = work.path().join("patch.xd3");
         let _ = std::fs::remove_file(&patch);
         let (_, seconds, rss_kib) =
             timed(Command::new("xdelta3").args(["-e", "-9", "-f", "-s"]).arg(&tars[a]).arg(&tars[b]).arg(&patch));
-        rows.push(Row {
-            hop: hop.clone(),
-            tool: "xdelta3",
-            bytes: size(&patch),
-            requests: None,
-            seconds,
-            rss_kib,
-            server_cpu: None,
-        });
+        rows.push(Row::local(&hop, "xdelta3", size(&patch), seconds, rss_kib));
 
         let patch = work.path().join("patch.zst");
         let (_, seconds, rss_kib) = timed(
@@ -289,28 +278,12 @@ fn main() {
                 .arg("-o")
                 .arg(&patch),
         );
-        rows.push(Row {
-            hop: hop.clone(),
-            tool: "zstd --patch-from",
-            bytes: size(&patch),
-            requests: None,
-            seconds,
-            rss_kib,
-            server_cpu: None,
-        });
+        rows.push(Row::local(&hop, "zstd --patch-from", size(&patch), seconds, rss_kib));
 
         let image = work.path().join("image.zst");
         let (_, seconds, rss_kib) =
             timed(Command::new("zstd").args(["-q", "-f", "-19", "-T0"]).arg(&tars[b]).arg("-o").arg(&image));
-        rows.push(Row {
-            hop: hop.clone(),
-            tool: "full image (zstd -19)",
-            bytes: size(&image),
-            requests: None,
-            seconds,
-            rss_kib,
-            server_cpu: None,
-        });
+        rows.push(Row::local(&hop, "full image (zstd -19)", size(&image), seconds, rss_kib));
     }
     // OSTree: an archive repository with every version, served over HTTP behind a proxy.
     let srv = work.path().join("ostree-srv");
@@ -403,24 +376,10 @@ fn main() {
         );
         // What the delta holds, whatever the pull below transfers: ostree 2022.7 fetched
         // whole objects beside the delta in this setup, so both are reported.
-        rows.push(Row {
-            hop: label(a, b),
-            tool: "ostree static delta (size on disk)",
-            bytes: dir_size(&srv.join("deltas")) - deltas_before,
-            requests: None,
-            seconds: 0.0,
-            rss_kib: 0,
-            server_cpu: None,
-        });
-        rows.push(Row {
-            hop: label(a, b),
-            tool: "ostree static-delta generate (server, per pair)",
-            bytes: 0,
-            requests: None,
-            seconds,
-            rss_kib,
-            server_cpu: None,
-        });
+        let hop = label(a, b);
+        let delta_bytes = dir_size(&srv.join("deltas")) - deltas_before;
+        rows.push(Row::local(&hop, "ostree static delta (size on disk)", delta_bytes, 0.0, 0));
+        rows.push(Row::local(&hop, "ostree static-delta generate (server, per pair)", 0, seconds, rss_kib));
     }
     run_ok(Command::new("ostree").arg("summary").arg(&srv_arg).arg("-u"));
     for &(a, b) in &hops {

@@ -19,17 +19,7 @@ fn main() {
     }
     let mib: u64 = std::env::var("FERRY_BENCH_UPDATE_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
     let cache = ferry_benches::cache_dir();
-    let series = cache.join(format!("series-{mib}M-seed1"));
-    for v in 1..=4 {
-        let out = series.join(format!("v{v}"));
-        if !out.join("etc/version").exists() {
-            let _ = std::fs::remove_dir_all(&out);
-            std::fs::create_dir_all(&series).expect("cache dir");
-            eprintln!("generating {}", out.display());
-            ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 1, size: mib << 20, version: v }, &out)
-                .expect("tree");
-        }
-    }
+    let series = ferry_benches::synthetic_series(mib);
     let work = tempfile::tempdir_in(&cache).expect("work dir");
     let repo_path = work.path().join("repo");
     let repo = Repository::init(&repo_path, &RepoConfig::new(ChunkParams::default(), 3)).expect("init");

@@ -83,3 +83,20 @@ impl Drop for Served {
         let _ = self.server.wait();
     }
 }
+
+/// The synthetic release series of `mib` MiB (seed 1, versions v1..v4) in the cache,
+/// generated once: what `peers` and `update` measure.
+pub fn synthetic_series(mib: u64) -> PathBuf {
+    let dir = cache_dir().join(format!("series-{mib}M-seed1"));
+    for v in 1..=4 {
+        let out = dir.join(format!("v{v}"));
+        if !out.join("etc/version").exists() {
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&dir).expect("cache dir");
+            eprintln!("generating {}", out.display());
+            ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 1, size: mib << 20, version: v }, &out)
+                .expect("tree");
+        }
+    }
+    dir
+}

@@ -152,7 +152,7 @@ fn cache_entries(env: &Env) -> BTreeMap<String, (u64, u64)> {
 #[test]
 fn the_second_device_on_a_version_is_answered_from_the_cache() {
     let env = Env::new();
-    let v1 = env.commit(1, "1");
+    env.commit(1, "1");
     let first = env.device("");
     let second = env.device_named("device-2", env.addr, "");
     update(&first);
@@ -168,5 +168,4 @@ fn the_second_device_on_a_version_is_answered_from_the_cache() {
     assert_eq!(b["chunk_bytes_downloaded"], a["chunk_bytes_downloaded"], "{a}\n{b}");
     assert_eq!(cache_entries(&env), cold);
     assert!(std::fs::read_link(env.path().join("device-2/current")).unwrap().ends_with(v2.to_hex()));
-    let _ = v1;
 }
