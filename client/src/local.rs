@@ -21,10 +21,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ferry_store::object::{object_kind, ObjectKind};
 use ferry_store::{Commit, Id, Meta, Tree};
-use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, DB,
+};
 
 const CF_INDEX: &str = "chunk_index";
 const CF_OBJECTS: &str = "objects";
+/// The local RocksDB's block cache, shared by its column families.
+const BLOCK_CACHE_BYTES: usize = 2 << 20;
+/// Each column family's memtable; a 1 GiB tree's chunk index (about 5 MiB) is flushed in a few files.
+const WRITE_BUFFER_BYTES: usize = 2 << 20;
 
 /// Where a chunk's bytes are on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +80,25 @@ impl Local {
         for dir in ["objects", "staging", "deploy"] {
             fs::create_dir_all(root.join(dir)).with_context(|| format!("creating {}", root.join(dir).display()))?;
         }
+        // A device is small: keep RocksDB's memory modest. One block cache of
+        // BLOCK_CACHE_BYTES for both column families (RocksDB's default is 32 MiB per
+        // table factory); the OS page cache keeps the index's files warm anyway.
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let small = |o: &mut Options| {
+            o.set_compression_type(DBCompressionType::None);
+            o.set_write_buffer_size(WRITE_BUFFER_BYTES);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            o.set_block_based_table_factory(&table);
+        };
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(DBCompressionType::None);
-        // A device is small: keep RocksDB's memory modest.
-        opts.set_write_buffer_size(4 << 20);
         opts.set_max_open_files(64);
+        small(&mut opts);
         let cfs = [CF_INDEX, CF_OBJECTS].map(|name| {
             let mut o = Options::default();
-            o.set_compression_type(DBCompressionType::None);
-            o.set_write_buffer_size(4 << 20);
+            small(&mut o);
             ColumnFamilyDescriptor::new(name, o)
         });
         let db_path = root.join("db");

@@ -144,6 +144,10 @@ fn plan(local: &Local, commit: &Commit) -> Result<Plan> {
         Ok(())
     }
     walk(local, &commit.root, Path::new(""), &mut p)?;
+    // The lists live through the whole update: give back what doubling over-allocated.
+    p.files.shrink_to_fit();
+    p.dirs.shrink_to_fit();
+    p.symlinks.shrink_to_fit();
     Ok(p)
 }
 
@@ -518,7 +522,7 @@ async fn fetch_patches(
         .map(|batch| async move {
             let by_key: HashMap<Id, &Patch> = batch.iter().map(|p| (p.key(), *p)).collect();
             let expected: Vec<(Id, u32)> = batch.iter().map(|p| (p.key(), p.max_response_len())).collect();
-            let body = patch::encode_patch_request(&batch.iter().map(|p| (*p).clone()).collect::<Vec<_>>());
+            let body = patch::encode_patch_request(batch.iter().copied());
             let mut t = Traffic::default();
             let mut out = PatchOutcome::default();
             let mut received: HashSet<Id> = HashSet::new();

@@ -110,7 +110,7 @@ impl PatchRequest {
 }
 
 /// Encodes a request body naming `patches`.
-pub fn encode_patch_request(patches: &[Patch]) -> Vec<u8> {
+pub fn encode_patch_request<'a>(patches: impl IntoIterator<Item = &'a Patch>) -> Vec<u8> {
     let mut out = Vec::new();
     for p in patches {
         out.extend_from_slice(&(p.reference.len() as u32).to_le_bytes());

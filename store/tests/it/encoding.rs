@@ -207,7 +207,9 @@ proptest! {
 /// format in ARCHITECTURE.md): they must decode, and re-encode to the same bytes.
 #[test]
 fn the_documented_format_decodes() {
-    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    // The runner's CARGO_MANIFEST_DIR: the shared build cache may hold a binary built elsewhere.
+    let seeds = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo or nextest"))
+        .join("../fuzz/seeds");
     let tree = std::fs::read(seeds.join("tree_decode/sample")).unwrap();
     let t = Tree::decode(&tree).unwrap();
     assert_eq!(t.entries.len(), 3);
