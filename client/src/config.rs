@@ -2,11 +2,15 @@
 //!
 //! ```toml
 //! server = "https://updates.example.com"   # required: the ferry server's base URL
-//! branch = "stable"                         # required: the branch this device follows
+//! channel = "stable"                        # the signed channel this device follows, or
+//! # branch = "main"                         # a branch head (development; no channel checks)
 //! state_dir = "/var/lib/ferry"              # default: /var/lib/ferry
 //! current_link = "/opt/example/current"     # required: the symlink switched on update
-//! trusted_keys = ["/etc/ferry/ci.pub"]      # required, at least one: commit signing keys
-//! hardware = "board-rev-b"                  # optional: this device's hardware revision
+//! root_keys = ["/etc/ferry/root.pub"]       # with channel: the root keys in the image
+//! trusted_keys = ["/etc/ferry/ci.pub"]      # with branch: the keys commits must be signed by
+//! hardware = "board-rev-b"                  # this device's hardware revision (required with
+//! # hardware_file = "/etc/hw-revision"      #   channel), or its first line read from a file,
+//! # hardware_env = "BOARD_REV"              #   or an environment variable of the agent
 //! poll_interval = 3600                      # seconds between checks (±10% jitter); default 3600
 //! read_timeout = 30                         # seconds without a byte before a transfer is cut; default 30
 //! retries = 5                               # attempts per update before giving up; default 5
@@ -167,13 +171,23 @@ fn default_bootlimit() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: String,
-    pub branch: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     pub current_link: PathBuf,
+    #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
     #[serde(default)]
+    pub root_keys: Vec<PathBuf>,
+    #[serde(default)]
     pub hardware: Option<String>,
+    #[serde(default)]
+    pub hardware_file: Option<PathBuf>,
+    #[serde(default)]
+    pub hardware_env: Option<String>,
     #[serde(default = "default_poll_interval")]
     pub poll_interval: u64,
     #[serde(default = "default_read_timeout")]
@@ -199,6 +213,10 @@ pub struct Config {
     pub hooks: Option<Hooks>,
     #[serde(default)]
     pub bootloader: Option<Bootloader>,
+    /// Seconds added to the system clock when checking channel documents. Not read from the
+    /// file: tests set it to play a device whose clock is wrong.
+    #[serde(skip)]
+    pub clock_offset: i64,
 }
 
 impl Config {
@@ -216,9 +234,31 @@ impl Config {
         if !c.server.starts_with("http://") {
             bail!("server {:?} must be an http:// URL", c.server);
         }
-        ferry_store::repo::check_branch_name(&c.branch)?;
-        if c.trusted_keys.is_empty() {
-            bail!("trusted_keys is empty: a device must trust at least one signing key");
+        match (&c.branch, &c.channel) {
+            (Some(b), None) => {
+                ferry_store::repo::check_branch_name(b)?;
+                if c.trusted_keys.is_empty() {
+                    bail!("trusted_keys is empty: a device following a branch must trust at least one signing key");
+                }
+            }
+            (None, Some(ch)) => {
+                ferry_store::repo::check_branch_name(ch)?;
+                if c.root_keys.is_empty() {
+                    bail!("root_keys is empty: a device following a channel needs the root keys of its image");
+                }
+                if !c.trusted_keys.is_empty() {
+                    bail!("trusted_keys is for branches; a device following a channel trusts the keys its key documents name");
+                }
+            }
+            (Some(_), Some(_)) => bail!("give either branch or channel, not both"),
+            (None, None) => bail!("give the channel (or, for development, the branch) this device follows"),
+        }
+        let sources = [c.hardware.is_some(), c.hardware_file.is_some(), c.hardware_env.is_some()];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            bail!("give at most one of hardware, hardware_file and hardware_env");
+        }
+        if c.channel.is_some() && !sources.contains(&true) {
+            bail!("a device following a channel must know its hardware revision: set hardware, hardware_file or hardware_env");
         }
         if c.poll_interval == 0 {
             bail!("poll_interval must be at least 1 second");
@@ -245,8 +285,41 @@ impl Config {
         Ok(c)
     }
 
-    /// Loads every trusted key.
+    /// Loads every trusted key (branch mode).
     pub fn keys(&self) -> Result<Vec<PublicKey>> {
         self.trusted_keys.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect()
+    }
+
+    /// Loads the image's root keys (channel mode).
+    pub fn roots(&self) -> Result<Vec<PublicKey>> {
+        self.root_keys.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect()
+    }
+
+    /// What this device follows, for messages: `channel stable` or `branch main`.
+    pub fn follows(&self) -> String {
+        match (&self.channel, &self.branch) {
+            (Some(c), _) => format!("channel {c}"),
+            (None, Some(b)) => format!("branch {b}"),
+            (None, None) => "nothing".into(),
+        }
+    }
+
+    /// This device's hardware revision, from the configured source; `None` if none is set.
+    pub fn hardware_revision(&self) -> Result<Option<String>> {
+        let value = if let Some(h) = &self.hardware {
+            h.clone()
+        } else if let Some(path) = &self.hardware_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the hardware revision from {}", path.display()))?;
+            text.lines().next().unwrap_or("").trim().to_string()
+        } else if let Some(var) = &self.hardware_env {
+            std::env::var(var).with_context(|| format!("reading the hardware revision from ${var}"))?.trim().to_string()
+        } else {
+            return Ok(None);
+        };
+        if value.is_empty() || value.len() > ferry_store::object::MAX_KEY {
+            bail!("hardware revision {value:?} must be 1 to {} bytes", ferry_store::object::MAX_KEY);
+        }
+        Ok(Some(value))
     }
 }

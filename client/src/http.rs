@@ -57,6 +57,8 @@ pub struct Server {
 
 /// Largest JSON answer (branch head, signature list) the agent reads.
 const MAX_JSON: usize = 1 << 20;
+/// The most key-document bytes a device reads: rotations are rare and each document is small.
+const MAX_KEY_CHAIN: usize = 4 << 20;
 
 impl Server {
     pub fn new(base: &str, read_timeout: Duration) -> Result<Server> {
@@ -135,6 +137,29 @@ impl Server {
             .parse()
             .with_context(|| format!("{what}: bad commit id"))?;
         Ok(Head::At(id))
+    }
+
+    /// A GET whose body is at most `max` bytes; `None` on 404.
+    async fn get_capped(&self, path: &str, max: usize, what: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
+        t.requests += 1;
+        let resp = self.client.get(self.url(path)).send().await.with_context(|| format!("asking for {what}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = Server::check(resp, what, t).await?;
+        Ok(Some(Server::read_capped(resp, max, what, t).await?))
+    }
+
+    /// A channel's newest signed document (an envelope, not yet verified); `None` if the
+    /// server has no such channel.
+    pub async fn channel(&self, name: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
+        let what = format!("channel {name}");
+        self.get_capped(&format!("channels/{name}"), ferry_store::channel::MAX_ENVELOPE, &what, t).await
+    }
+
+    /// The server's key document chain (envelopes, not yet verified).
+    pub async fn keys(&self, t: &mut Traffic) -> Result<Vec<u8>> {
+        Ok(self.get_capped("keys", MAX_KEY_CHAIN, "the key documents", t).await?.unwrap_or_default())
     }
 
     /// A commit's bytes (at most `max`, checked against its id) and the signatures the server

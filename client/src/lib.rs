@@ -15,6 +15,7 @@ pub mod local;
 pub mod state;
 pub mod status;
 pub mod trial;
+pub mod trust;
 pub mod update;
 
 pub use config::Config;

@@ -142,7 +142,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 println!("current:  {}", show(&s.current));
                 println!("previous: {}", show(&s.previous));
-                println!("branch:   {} on {}", s.branch, s.server);
+                match (&s.channel, &s.branch) {
+                    (Some(c), _) => println!(
+                        "channel:  {c} on {} (document serial {}, key document {})",
+                        s.server,
+                        s.channel_serial.map_or("none yet".into(), |n| n.to_string()),
+                        s.keys_serial.unwrap_or(0)
+                    ),
+                    (None, Some(b)) => println!("branch:   {b} on {}", s.server),
+                    (None, None) => {}
+                }
+                if let Some(h) = &s.hardware {
+                    println!("hardware: {h}");
+                }
                 if let Some(t) = &s.trial {
                     println!(
                         "trial:    {} ({} boots, deadline {}, marked good: {})",
@@ -201,12 +213,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::CheckConfig { json } => {
-            let keys = config.keys()?;
+            let keys = if config.channel.is_some() { config.roots()? } else { config.keys()? };
+            config.hardware_revision()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&config)?);
             } else {
                 println!("{}", toml::to_string(&config)?);
-                eprintln!("configuration ok; {} trusted key(s)", keys.len());
+                eprintln!(
+                    "configuration ok; following {}; {} {} key(s)",
+                    config.follows(),
+                    keys.len(),
+                    if config.channel.is_some() { "root" } else { "trusted" }
+                );
             }
         }
     }

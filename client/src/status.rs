@@ -22,7 +22,11 @@ pub struct Status {
     pub target: Option<PathBuf>,
     pub current: Option<Deployment>,
     pub previous: Option<Deployment>,
-    pub branch: String,
+    pub branch: Option<String>,
+    pub channel: Option<String>,
+    /// The highest channel document serial accepted, and the key document in force.
+    pub channel_serial: Option<u64>,
+    pub keys_serial: Option<u64>,
     pub server: String,
     pub hardware: Option<String>,
     pub last_result: Option<String>,
@@ -39,6 +43,7 @@ pub struct Status {
 pub fn status(config: &Config) -> Result<Status> {
     let target = ferry_boot::current_target(&config.current_link)?;
     let state = State::load(&config.state_dir)?;
+    let trust = crate::trust::TrustState::load(config)?;
     // Versions come from the device database; status still answers (without them) if it
     // cannot be read, e.g. while the very first update is creating it.
     let local = Local::open_read_only(&config.state_dir).unwrap_or_else(|e| {
@@ -63,8 +68,11 @@ pub fn status(config: &Config) -> Result<Status> {
         current,
         previous: state.previous.as_deref().map(describe),
         branch: config.branch.clone(),
+        channel: config.channel.clone(),
+        channel_serial: config.channel.as_ref().and_then(|c| trust.channels.get(c).copied()),
+        keys_serial: config.channel.as_ref().map(|_| trust.keys.serial),
         server: config.server.clone(),
-        hardware: config.hardware.clone(),
+        hardware: config.hardware_revision().unwrap_or_else(|e| Some(format!("unknown: {e:#}"))),
         last_result: state.last_result.clone(),
         last_error: state.last_error.clone(),
         last_attempt: state.last_attempt,

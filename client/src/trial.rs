@@ -323,7 +323,12 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
             lines.push(format!("FAIL  {what}: {e:#}"));
         }
     };
-    check("trusted keys", config.keys().map(|k| format!("{} loaded", k.len())));
+    if config.channel.is_some() {
+        check("root keys", config.roots().map(|k| format!("{} loaded", k.len())));
+        check("hardware revision", config.hardware_revision().map(|h| h.unwrap_or_default()));
+    } else {
+        check("trusted keys", config.keys().map(|k| format!("{} loaded", k.len())));
+    }
     check(
         "state directory",
         (|| {

@@ -167,6 +167,58 @@ async fn fetch_commit(server: &Server, local: &Local, id: &Id, keys: &[PublicKey
     Ok(commit)
 }
 
+/// Channel mode: brings the key documents up to date, then fetches and checks the channel
+/// document ([`ferry_store::channel::accept_channel`]). Returns this device's target and the
+/// keys commits must be signed by. Each refusal is a [`Refused`] error and leaves
+/// `trust.json` as it was; what was accepted (a newer key document, the channel's serial and
+/// the clock floor) is recorded before returning.
+async fn follow_channel(
+    config: &Config,
+    server: &Server,
+    local: &Local,
+    channel: &str,
+    hardware: &str,
+    current: Option<Id>,
+    t: &mut Traffic,
+) -> Result<(ferry_store::channel::Target, Vec<PublicKey>)> {
+    use ferry_store::channel::{accept_channel, Envelope, Running};
+    let mut state = crate::trust::TrustState::load(config)?;
+    let trust = state.trust()?;
+    let chain = server.keys(t).await?;
+    let chain =
+        Envelope::decode_all(&chain).map_err(|e| Refused(format!("the server's key documents do not decode: {e}")))?;
+    let trust_now = trust.advance_all(&chain).map_err(|e| Refused(format!("{e}; refusing it")))?;
+    if trust_now != trust {
+        tracing::info!(serial = trust_now.serial, "accepted a new key document");
+        state.set_trust(&trust_now);
+        state.save(config)?;
+    }
+    let bytes =
+        server.channel(channel, t).await?.ok_or_else(|| Refused(format!("the server has no channel {channel}")))?;
+    let envelope = Envelope::decode(&bytes)
+        .map_err(|e| Refused(format!("channel {channel}: the document does not decode: {e}")))?;
+    let running = match current {
+        Some(c) => local.commit(&c)?,
+        None => None,
+    };
+    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));
+    let clock = crate::state::now().saturating_add(config.clock_offset);
+    let (doc, target) = accept_channel(
+        &envelope,
+        channel,
+        &trust_now,
+        seen,
+        clock,
+        &Running { version: running.as_ref().map(|c| &c.version), hardware },
+    )
+    .map_err(|e| Refused(format!("{e}; refusing it")))?;
+    state.channels.insert(channel.to_string(), doc.serial);
+    state.floor = seen.floor.max(doc.timestamp);
+    state.save(config)?;
+    let keys = trust_now.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
+    Ok((target, keys))
+}
+
 /// True if the device holds every tree under `root` (read locally, no request).
 fn trees_complete(local: &Local, root: &Id) -> Result<bool> {
     let mut stack = vec![*root];
@@ -763,7 +815,8 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
 /// Runs one check-and-update.
 pub async fn update(config: &Config) -> Result<UpdateSummary> {
     let started = Instant::now();
-    let keys = config.keys()?;
+    let keys = if config.channel.is_some() { Vec::new() } else { config.keys()? };
+    let hardware = config.hardware_revision()?;
     let local = Local::open(&config.state_dir)?;
     let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
     // A trial interrupted by a crash or a reboot is finished before anything else.
@@ -783,24 +836,40 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
             attempt += 1;
             s.attempts = attempt;
             let r: Result<Option<(Id, Commit, u64, u64)>> = async {
-                let head = match server.branch(&config.branch, current, &mut t).await? {
-                    Head::Unchanged => return Ok(None),
-                    Head::At(id) if Some(id) == current => return Ok(None),
-                    Head::At(id) if bad.contains(&id.to_hex()) => {
-                        skipped = Some(id);
-                        return Ok(None);
+                let (head, target, keys) = match (&config.channel, &config.branch) {
+                    (Some(channel), _) => {
+                        let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
+                        let (target, keys) =
+                            follow_channel(config, &server, &local, channel, hw, current, &mut t).await?;
+                        (target.commit, Some(target), keys)
                     }
-                    Head::At(id) => id,
+                    (None, Some(branch)) => match server.branch(branch, current, &mut t).await? {
+                        Head::Unchanged => return Ok(None),
+                        Head::At(id) => (id, None, keys.clone()),
+                    },
+                    (None, None) => bail!("the configuration names no channel or branch"),
                 };
+                if Some(head) == current {
+                    return Ok(None);
+                }
+                if bad.contains(&head.to_hex()) {
+                    skipped = Some(head);
+                    return Ok(None);
+                }
                 let commit = fetch_commit(&server, &local, &head, &keys, &mut t).await?;
-                if let Some(hw) = &config.hardware {
-                    if !commit.hardware.is_empty() && !commit.hardware.contains(hw) {
+                match (&target, &hardware) {
+                    (Some(target), Some(hw)) => {
+                        ferry_store::channel::check_target_commit(target, &commit, hw)
+                            .map_err(|e| Refused(format!("{e}; refusing it")))?;
+                    }
+                    (None, Some(hw)) if !commit.hardware.is_empty() && !commit.hardware.contains(hw) => {
                         return Err(Refused(format!(
                             "commit {head} is built for {} only, not for this device's {hw}; refusing it",
                             commit.hardware.join(", ")
                         ))
                         .into());
                     }
+                    _ => {}
                 }
                 let old_root = match current {
                     Some(c) => local.commit(&c)?.map(|c| c.root),

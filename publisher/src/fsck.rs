@@ -105,7 +105,17 @@ pub fn fsck(repo: &Repository, trusted: &[PublicKey], progress: &dyn crate::impo
                 }
                 Err(e) => report.problem(format!("commit {id}"), format!("does not decode: {e}")),
             },
-            None => report.problem(format!("object {id}"), "is neither a tree nor a commit"),
+            Some(ObjectKind::Keys) => {
+                if let Err(e) = ferry_store::channel::KeyDoc::decode(bytes) {
+                    report.problem(format!("key document {id}"), format!("does not decode: {e}"));
+                }
+            }
+            Some(ObjectKind::Channel) => {
+                if let Err(e) = ferry_store::channel::ChannelDoc::decode(bytes) {
+                    report.problem(format!("channel document {id}"), format!("does not decode: {e}"));
+                }
+            }
+            None => report.problem(format!("object {id}"), "is neither a tree, a commit nor a signed document"),
         }
         Ok(())
     })?;

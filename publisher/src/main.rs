@@ -13,6 +13,8 @@ use ferry_publisher::{checkout, fsck, import, show};
 use ferry_store::{ChunkParams, EntryKind, PublicKey, RepoConfig, Repository, SecretKey, StoreError, Version};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod cli_channels;
+
 #[derive(Parser)]
 #[command(
     name = "ferry",
@@ -28,10 +30,10 @@ struct Cli {
 }
 
 #[derive(Args)]
-struct RepoArg {
+pub(crate) struct RepoArg {
     /// Repository path.
     #[arg(long, env = "FERRY_REPO", value_name = "PATH")]
-    repo: PathBuf,
+    pub(crate) repo: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +186,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manages the key document: root keys, and the keys that may sign commits and channels.
+    #[command(subcommand)]
+    Keys(cli_channels::KeysCommand),
+    /// Points a channel at a commit (or at another channel's targets), signed.
+    ///
+    /// Every target must be a signed commit built for its hardware revision. A commit the
+    /// channel's upstream (the channel it was first promoted --from) never had needs
+    /// --force; moving a revision to an older version needs --rollback.
+    Promote(cli_channels::PromoteArgs),
+    /// Shows, lists and refreshes channel documents.
+    #[command(subcommand)]
+    Channel(cli_channels::ChannelCommand),
 }
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
@@ -217,7 +231,7 @@ impl Drop for Bar {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -503,6 +517,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             result?;
         }
+        Command::Keys(cmd) => cli_channels::keys(cmd)?,
+        Command::Promote(args) => cli_channels::promote(args)?,
+        Command::Channel(cmd) => cli_channels::channel(cmd)?,
         Command::Fsck { repo, trusted_keys, json } => {
             let trusted = trusted_keys.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?;
             let r = open_ro(&repo)?;

@@ -100,21 +100,60 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}"), None))?
 }
 
+/// Catches up with the writer unless a catch-up started after the request arrived: a
+/// request for a ref sees everything published before it, and concurrent requests share
+/// one catch-up.
+fn catch_up(state: &Shared, arrived: Instant) -> Result<(), ApiError> {
+    let mut last = state.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
+    if *last < arrived {
+        let started = Instant::now();
+        state.repo.refresh()?;
+        *last = started;
+    }
+    Ok(())
+}
+
+fn signed_document(bytes: Vec<u8>) -> Response {
+    let mut resp = bytes.into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp
+}
+
+/// `GET /v1/channels/{name}`: the channel's newest signed document (an envelope).
+async fn channel(State(s): State<Shared>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let envelope = blocking(move || {
+        catch_up(&s, arrived)?;
+        if ferry_store::repo::check_branch_name(&name).is_err() {
+            return Ok(None);
+        }
+        match s.repo.channel(&name)? {
+            Some(id) => Ok(Some(s.repo.read_envelope(&id)?.encode())),
+            None => Ok(None),
+        }
+    })
+    .await?;
+    envelope.map(signed_document).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such channel".into(), None))
+}
+
+/// `GET /v1/keys`: every key document, oldest first, as concatenated envelopes (empty when
+/// the repository has none).
+async fn keys(State(s): State<Shared>) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let chain = blocking(move || {
+        catch_up(&s, arrived)?;
+        Ok(s.repo.key_chain()?.iter().flat_map(|e| e.encode()).collect::<Vec<u8>>())
+    })
+    .await?;
+    Ok(signed_document(chain))
+}
+
 async fn branch(State(s): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let state = s.clone();
     let arrived = Instant::now();
     let head = blocking(move || {
-        {
-            // Catch up with the writer unless a catch-up started after this request arrived:
-            // a branch request sees every commit published before it, and concurrent
-            // requests share one catch-up.
-            let mut last = state.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-            if *last < arrived {
-                let started = Instant::now();
-                state.repo.refresh()?;
-                *last = started;
-            }
-        }
+        catch_up(&state, arrived)?;
         Ok(state.repo.branch(&name)?.map(|id| (name, id)))
     })
     .await?;
@@ -441,6 +480,8 @@ pub fn router(repo: Repository, patcher: Patcher) -> Router {
     Router::new()
         .route("/v1/patches", post(patches_batch).layer(DefaultBodyLimit::max(patch::MAX_PATCH_REQUEST)))
         .route("/v1/branches/{*name}", get(branch))
+        .route("/v1/channels/{*name}", get(channel))
+        .route("/v1/keys", get(keys))
         .route("/v1/objects/{id}", get(object))
         .route("/v1/commits/{id}", get(commit_with_signatures))
         .route("/v1/commits/{id}/signatures", get(signatures))

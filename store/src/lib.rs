@@ -10,6 +10,7 @@
 //! object model alone, which is what the fuzz targets build. It never opens a socket and never starts a thread of its own
 //! (RocksDB's background threads aside).
 
+pub mod channel;
 pub mod chunk;
 pub mod config;
 pub mod durable;
@@ -27,4 +28,4 @@ pub use id::Id;
 pub use object::{ChunkRef, Commit, DecodeError, Entry, EntryKind, Meta, Tree, Version, Xattr};
 #[cfg(feature = "rocksdb")]
 pub use repo::{ChunkInfo, Repository, StoredSignature};
-pub use sign::{KeyError, PublicKey, SecretKey};
+pub use sign::{KeyError, PublicKey, SecretKey, Signed};

@@ -85,6 +85,8 @@ pub enum DecodeError {
     BadVersion(String),
     #[error("invalid flag byte {value} in {field}")]
     BadFlag { field: &'static str, value: u8 },
+    #[error("{field} is empty or zero")]
+    Empty { field: &'static str },
 }
 
 /// An extended attribute: name and value, both raw bytes.
@@ -218,6 +220,21 @@ impl Commit {
     }
 }
 
+/// Checks a branch or channel name: 1..=255 bytes of `[A-Za-z0-9._/-]`, no empty, `.` or
+/// `..` component. The error says why.
+pub fn check_ref_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1 to 255 bytes long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b)) {
+        return Err("only letters, digits, `.`, `_`, `-` and `/` are allowed");
+    }
+    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("no empty, `.` or `..` path components");
+    }
+    Ok(())
+}
+
 /// Checks a file name: 1..=255 bytes, no `/` or NUL, not `.` or `..`.
 pub fn check_name(name: &[u8]) -> Result<(), DecodeError> {
     let why = if name.is_empty() {
@@ -246,7 +263,7 @@ fn check_mode(mode: u32) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn utf8(bytes: &[u8], field: &'static str) -> Result<String, DecodeError> {
+pub(crate) fn utf8(bytes: &[u8], field: &'static str) -> Result<String, DecodeError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8 { field })
 }
 
@@ -284,7 +301,7 @@ fn check_xattrs(xattrs: &[Xattr]) -> Result<(), DecodeError> {
     check_sorted(xattrs.iter().map(|x| &x.name))
 }
 
-fn check_strings(items: &[String], field: &'static str) -> Result<(), DecodeError> {
+pub(crate) fn check_strings(items: &[String], field: &'static str) -> Result<(), DecodeError> {
     if items.len() > MAX_LIST {
         return Err(DecodeError::TooLong { field, len: items.len(), max: MAX_LIST });
     }
@@ -438,7 +455,7 @@ const KIND_FILE: u8 = 1;
 const KIND_DIR: u8 = 2;
 const KIND_SYMLINK: u8 = 3;
 
-fn read_header(r: &mut Reader<'_>, magic: &[u8; 4], name: &'static str) -> Result<(), DecodeError> {
+pub(crate) fn read_header(r: &mut Reader<'_>, magic: &[u8; 4], name: &'static str) -> Result<(), DecodeError> {
     let found = r.take(4, "magic")?;
     if found != magic {
         return Err(DecodeError::BadMagic { expected: name, found: found.to_vec() });
@@ -603,6 +620,21 @@ impl Commit {
 pub enum ObjectKind {
     Tree,
     Commit,
+    /// A key document (`crate::channel::KeyDoc`).
+    Keys,
+    /// A channel document (`crate::channel::ChannelDoc`).
+    Channel,
+}
+
+impl ObjectKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Tree => "tree",
+            ObjectKind::Commit => "commit",
+            ObjectKind::Keys => "key document",
+            ObjectKind::Channel => "channel document",
+        }
+    }
 }
 
 /// Reads the magic of an encoded object without decoding the rest.
@@ -610,6 +642,8 @@ pub fn object_kind(bytes: &[u8]) -> Option<ObjectKind> {
     match bytes.get(..4) {
         Some(m) if m == TREE_MAGIC => Some(ObjectKind::Tree),
         Some(m) if m == COMMIT_MAGIC => Some(ObjectKind::Commit),
+        Some(m) if m == crate::channel::KEYS_MAGIC => Some(ObjectKind::Keys),
+        Some(m) if m == crate::channel::CHANNEL_MAGIC => Some(ObjectKind::Channel),
         _ => None,
     }
 }

@@ -29,12 +29,13 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+use crate::channel::{ChannelDoc, Envelope, KeyDoc};
 use crate::chunk::decode_chunk;
 use crate::config::{ChunkParams, RepoConfig, KNOWN_FEATURES, REPO_FORMAT};
 use crate::durable;
 use crate::error::{Result, StoreError};
 use crate::id::{Id, ID_LEN};
-use crate::object::{object_kind, Commit, ObjectKind, Tree};
+use crate::object::{object_kind, Commit, DecodeError, ObjectKind, Tree};
 use crate::sign::PublicKey;
 
 const CONFIG_FILE: &str = "ferry-repo.json";
@@ -113,19 +114,19 @@ fn is_empty_dir(path: &Path) -> std::io::Result<bool> {
     Ok(fs::read_dir(path)?.next().is_none())
 }
 
-/// Checks a branch name: 1..=255 bytes of `[A-Za-z0-9._/-]`, no empty, `.` or `..` component.
+/// Checks a branch (or channel) name: see [`crate::object::check_ref_name`].
 pub fn check_branch_name(name: &str) -> Result<()> {
-    let bad = |why| Err(StoreError::BadBranchName { name: name.to_string(), why });
-    if name.is_empty() || name.len() > 255 {
-        return bad("must be 1 to 255 bytes long");
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b)) {
-        return bad("only letters, digits, `.`, `_`, `-` and `/` are allowed");
-    }
-    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return bad("no empty, `.` or `..` path components");
-    }
-    Ok(())
+    crate::object::check_ref_name(name).map_err(|why| StoreError::BadBranchName { name: name.to_string(), why })
+}
+
+const KEYS_REF: &[u8] = b"keys";
+
+fn channel_ref(name: &str) -> Vec<u8> {
+    format!("channels/{name}").into_bytes()
+}
+
+fn upstream_ref(name: &str) -> Vec<u8> {
+    format!("upstream/{name}").into_bytes()
 }
 
 fn ref_key(branch: &str) -> Vec<u8> {
@@ -429,16 +430,16 @@ impl Repository {
 
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
         let bytes = self.read_object_bytes(id)?;
-        if object_kind(&bytes) == Some(ObjectKind::Commit) {
-            return Err(StoreError::WrongKind { id: *id, expected: "tree", found: "commit" });
+        if let Some(found) = object_kind(&bytes).filter(|k| *k != ObjectKind::Tree) {
+            return Err(StoreError::WrongKind { id: *id, expected: "tree", found: found.name() });
         }
         Tree::decode(&bytes).map_err(|source| StoreError::Decode { id: *id, source })
     }
 
     pub fn read_commit(&self, id: &Id) -> Result<Commit> {
         let bytes = self.read_object_bytes(id)?;
-        if object_kind(&bytes) == Some(ObjectKind::Tree) {
-            return Err(StoreError::WrongKind { id: *id, expected: "commit", found: "tree" });
+        if let Some(found) = object_kind(&bytes).filter(|k| *k != ObjectKind::Commit) {
+            return Err(StoreError::WrongKind { id: *id, expected: "commit", found: found.name() });
         }
         Commit::decode(&bytes).map_err(|source| StoreError::Decode { id: *id, source })
     }
@@ -558,6 +559,142 @@ impl Repository {
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))?;
         Ok(id)
+    }
+
+    // ---- key and channel documents ----------------------------------------------------
+
+    /// A stored document with its signatures, as it is served.
+    pub fn read_envelope(&self, id: &Id) -> Result<Envelope> {
+        let document = self.read_object_bytes(id)?;
+        let signatures = self.signatures(id)?.into_iter().map(|s| (s.key, s.signature)).collect();
+        Ok(Envelope { document, signatures })
+    }
+
+    /// The newest key document's id, if the repository has one.
+    pub fn keys_head(&self) -> Result<Option<Id>> {
+        self.ref_value(KEYS_REF, "keys")
+    }
+
+    /// Every key document, oldest first (serial 1, 2, ...): what a device walks from the
+    /// roots in its image.
+    pub fn key_chain(&self) -> Result<Vec<Envelope>> {
+        let mut out = Vec::new();
+        let mut next = self.keys_head()?;
+        while let Some(id) = next.take() {
+            let e = self.read_envelope(&id)?;
+            let doc = KeyDoc::decode(&e.document).map_err(|source| StoreError::Decode { id, source })?;
+            next = doc.previous;
+            out.push(e);
+            if out.len() > crate::object::MAX_LIST {
+                return Err(StoreError::Decode {
+                    id,
+                    source: DecodeError::TooLong {
+                        field: "key document chain",
+                        len: out.len(),
+                        max: crate::object::MAX_LIST,
+                    },
+                });
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest document of a channel, if it exists.
+    pub fn channel(&self, name: &str) -> Result<Option<Id>> {
+        check_branch_name(name)?;
+        self.ref_value(&channel_ref(name), name)
+    }
+
+    /// Every channel and its newest document, sorted by name.
+    pub fn channels(&self) -> Result<Vec<(String, Id)>> {
+        self.refs_with_prefix(b"channels/")
+    }
+
+    /// The channel whose commits this one is promoted from, once recorded.
+    pub fn upstream(&self, name: &str) -> Result<Option<String>> {
+        check_branch_name(name)?;
+        let v = self.db.get_cf(self.cf(CF_REFS), upstream_ref(name)).map_err(|e| self.db_err(e))?;
+        Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Stores a signed key document and makes it the newest, if the newest is still
+    /// `expected`. The caller has checked its signatures against the chain.
+    pub fn publish_keys(&self, envelope: &Envelope, expected: Option<Id>) -> Result<Id> {
+        let id = envelope.id();
+        KeyDoc::decode(&envelope.document).map_err(|source| StoreError::Decode { id, source })?;
+        self.publish_document(envelope, KEYS_REF.to_vec(), "keys", expected, None)
+    }
+
+    /// Stores a signed channel document and makes it the channel's newest, if the newest is
+    /// still `expected`; records `upstream` if the channel had none.
+    pub fn publish_channel(&self, envelope: &Envelope, expected: Option<Id>, upstream: Option<&str>) -> Result<Id> {
+        let id = envelope.id();
+        let doc = ChannelDoc::decode(&envelope.document).map_err(|source| StoreError::Decode { id, source })?;
+        let upstream = match upstream {
+            Some(u) if self.upstream(&doc.name)?.is_none() => {
+                check_branch_name(u)?;
+                Some((upstream_ref(&doc.name), u.as_bytes().to_vec()))
+            }
+            _ => None,
+        };
+        self.publish_document(envelope, channel_ref(&doc.name), &format!("channel {}", doc.name), expected, upstream)
+    }
+
+    fn publish_document(
+        &self,
+        envelope: &Envelope,
+        reference: Vec<u8>,
+        what: &str,
+        expected: Option<Id>,
+        extra: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Id> {
+        self.writable()?;
+        let id = envelope.id();
+        let _guard = self.ref_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let found = self.ref_value(&reference, what)?;
+        if found != expected {
+            let show = |v: Option<Id>| v.map_or_else(|| "nothing".to_string(), |id| id.to_hex());
+            return Err(StoreError::RefConflict {
+                branch: what.to_string(),
+                expected: show(expected),
+                found: show(found),
+            });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_OBJECTS), id.as_bytes(), &envelope.document);
+        for (key, sig) in &envelope.signatures {
+            let mut k = id.as_bytes().to_vec();
+            k.extend_from_slice(key);
+            batch.put_cf(self.cf(CF_SIGNATURES), k, sig);
+        }
+        batch.put_cf(self.cf(CF_REFS), reference, id.as_bytes());
+        if let Some((k, v)) = extra {
+            batch.put_cf(self.cf(CF_REFS), k, v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))?;
+        Ok(id)
+    }
+
+    fn ref_value(&self, key: &[u8], name: &str) -> Result<Option<Id>> {
+        let v = self.db.get_cf(self.cf(CF_REFS), key).map_err(|e| self.db_err(e))?;
+        v.map(|v| Id::from_slice(&v).ok_or_else(|| StoreError::CorruptRef { branch: name.to_string(), len: v.len() }))
+            .transpose()
+    }
+
+    fn refs_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(String, Id)>> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_REFS), IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let Some(name) = k.strip_prefix(prefix) else { break };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let id = Id::from_slice(&v).ok_or_else(|| StoreError::CorruptRef { branch: name.clone(), len: v.len() })?;
+            out.push((name, id));
+        }
+        Ok(out)
     }
 
     /// Resolves a revision: a full 64-digit id, then a branch name, then a unique prefix of at

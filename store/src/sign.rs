@@ -1,8 +1,9 @@
 //! ed25519 signatures over commit ids, and the key file formats.
 //!
-//! A signature covers `SIGNATURE_CONTEXT || commit id`: the domain-separation prefix keeps a
-//! commit signature from ever being valid for another kind of signed message (channel
-//! documents, key documents) that later formats add. Verification always goes through
+//! A signature covers `context || id`, where the context names what is signed: a commit
+//! (`SIGNATURE_CONTEXT`), a channel document or a key document ([`Signed`]). The
+//! domain-separation prefix keeps a commit signature from ever being valid as a channel
+//! document's, and the other way round. Verification always goes through
 //! `verify_strict`, never the lenient `Verifier` trait, and weak (small-order) public keys are
 //! refused when a key is loaded.
 //!
@@ -21,6 +22,26 @@ use crate::id::Id;
 
 /// Prefix of every signed commit message.
 pub const SIGNATURE_CONTEXT: &[u8] = b"ferry commit signature v1\0";
+
+/// What a signature is over, each with its own domain-separation prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    Commit,
+    /// A channel document (`crate::channel::ChannelDoc`).
+    Channel,
+    /// A key document (`crate::channel::KeyDoc`).
+    Keys,
+}
+
+impl Signed {
+    fn context(self) -> &'static [u8] {
+        match self {
+            Signed::Commit => SIGNATURE_CONTEXT,
+            Signed::Channel => b"ferry channel signature v1\0",
+            Signed::Keys => b"ferry keys signature v1\0",
+        }
+    }
+}
 const SECRET_PREFIX: &str = "ferry-secret-key-v1 ";
 const PUBLIC_PREFIX: &str = "ferry-public-key-v1 ";
 
@@ -81,8 +102,13 @@ impl SecretKey {
 
     /// Signs a commit id.
     pub fn sign_commit(&self, commit: &Id) -> [u8; 64] {
+        self.sign(Signed::Commit, commit)
+    }
+
+    /// Signs the id of something of kind `what`.
+    pub fn sign(&self, what: Signed, id: &Id) -> [u8; 64] {
         use ed25519_dalek::Signer;
-        self.0.sign(&message(commit)).to_bytes()
+        self.0.sign(&message(what, id)).to_bytes()
     }
 
     /// Parses the text of a secret key file.
@@ -160,10 +186,11 @@ fn parse_line(text: &str, prefix: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn message(commit: &Id) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 32);
-    m.extend_from_slice(SIGNATURE_CONTEXT);
-    m.extend_from_slice(commit.as_bytes());
+fn message(what: Signed, id: &Id) -> Vec<u8> {
+    let context = what.context();
+    let mut m = Vec::with_capacity(context.len() + 32);
+    m.extend_from_slice(context);
+    m.extend_from_slice(id.as_bytes());
     m
 }
 
@@ -203,7 +230,12 @@ impl PublicKey {
 
     /// True if `signature` is this key's strict ed25519 signature of `commit`.
     pub fn verify_commit(&self, commit: &Id, signature: &[u8; 64]) -> bool {
+        self.verify(Signed::Commit, commit, signature)
+    }
+
+    /// True if `signature` is this key's strict ed25519 signature of `id` as a `what`.
+    pub fn verify(&self, what: Signed, id: &Id, signature: &[u8; 64]) -> bool {
         let sig = Signature::from_bytes(signature);
-        self.0.verify_strict(&message(commit), &sig).is_ok()
+        self.0.verify_strict(&message(what, id), &sig).is_ok()
     }
 }

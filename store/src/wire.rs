@@ -107,6 +107,11 @@ impl<'a> Reader<'a> {
         self.take(len, field)
     }
 
+    /// The bytes not read yet.
+    pub fn rest(self) -> &'a [u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
     pub fn finish(self) -> Result<(), DecodeError> {
         let extra = self.buf.len().saturating_sub(self.pos);
         if extra != 0 {

@@ -1,0 +1,104 @@
+//! `trust.json`: what a device following a channel has accepted, so no replayed, expired or
+//! wrongly signed document gets through later.
+//!
+//! It holds the key document in force (its serial and key lists; the image's `root_keys`
+//! until the first is accepted), the highest serial accepted per channel, and the clock
+//! floor: the newest signed time the device has seen. Serials and the floor only grow. The
+//! file is written atomically and only after a document was accepted; a refusal leaves it as
+//! it was. The decisions themselves are `ferry_store::channel`'s.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context, Result};
+use ferry_store::channel::{Seen, Trust};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeysState {
+    /// 0 while the image's roots are all the device trusts.
+    pub serial: u64,
+    pub roots: Vec<String>,
+    pub commit_keys: Vec<String>,
+    pub channel_keys: Vec<String>,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrustState {
+    pub keys: KeysState,
+    /// Highest accepted document serial per channel.
+    pub channels: BTreeMap<String, u64>,
+    /// Unix seconds the device's clock is never trusted below.
+    pub floor: i64,
+}
+
+fn to_hex(keys: &[[u8; 32]]) -> Vec<String> {
+    keys.iter().map(hex::encode).collect()
+}
+
+fn from_hex(keys: &[String]) -> Result<Vec<[u8; 32]>> {
+    keys.iter()
+        .map(|k| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(k, &mut out).map_err(|_| anyhow!("trust.json: {k:?} is not a 32-byte key"))?;
+            Ok(out)
+        })
+        .collect()
+}
+
+impl TrustState {
+    /// Reads `trust.json`, or starts from the image's root keys.
+    pub fn load(config: &Config) -> Result<TrustState> {
+        let path = config.state_dir.join("trust.json");
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut s = TrustState::default();
+                s.set_trust(&Trust::from_roots(&config.roots()?));
+                Ok(s)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, config: &Config) -> Result<()> {
+        let path = config.state_dir.join("trust.json");
+        std::fs::create_dir_all(&config.state_dir)?;
+        ferry_store::durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn trust(&self) -> Result<Trust> {
+        Ok(Trust {
+            serial: self.keys.serial,
+            roots: from_hex(&self.keys.roots)?,
+            commit_keys: from_hex(&self.keys.commit_keys)?,
+            channel_keys: from_hex(&self.keys.channel_keys)?,
+            timestamp: self.keys.timestamp,
+        })
+    }
+
+    pub fn set_trust(&mut self, t: &Trust) {
+        self.keys = KeysState {
+            serial: t.serial,
+            roots: to_hex(&t.roots),
+            commit_keys: to_hex(&t.commit_keys),
+            channel_keys: to_hex(&t.channel_keys),
+            timestamp: t.timestamp,
+        };
+        if t.serial > 0 {
+            self.floor = self.floor.max(t.timestamp);
+        }
+    }
+
+    /// What was seen of `channel`, with the floor raised to `build_time` (the running
+    /// commit's signed timestamp) when it is later.
+    pub fn seen(&self, channel: &str, build_time: Option<i64>) -> Seen {
+        Seen {
+            serial: self.channels.get(channel).copied().unwrap_or(0),
+            floor: self.floor.max(build_time.unwrap_or(i64::MIN)),
+        }
+    }
+}

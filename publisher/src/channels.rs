@@ -1,0 +1,354 @@
+//! Key documents, channel promotion and refresh: the operator's side of
+//! `ferry_store::channel`.
+//!
+//! What it is for: building, checking and signing the next key or channel document from the
+//! repository's current ones, so nothing a device would refuse is ever published. What it is
+//! not for: the device's acceptance rules (those live in `ferry_store::channel`, and every
+//! check here runs through them), or serving documents (`serve`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_store::channel::{ChannelDoc, Envelope, KeyDoc, Target, Trust};
+use ferry_store::{Id, PublicKey, Repository, SecretKey, Signed};
+
+/// The trust a device whose image holds the first key document's roots reaches by walking
+/// the repository's whole key chain; `None` when the repository has no key document.
+pub fn current_trust(repo: &Repository) -> Result<Option<Trust>> {
+    let chain = repo.key_chain()?;
+    let Some(first) = chain.first() else { return Ok(None) };
+    let doc = KeyDoc::decode(&first.document).context("the first key document")?;
+    let roots: Vec<PublicKey> = doc.roots.iter().map(PublicKey::from_bytes).collect::<Result<_, _>>()?;
+    let trust = Trust::from_roots(&roots).advance_all(&chain).context("the repository's key chain")?;
+    Ok(Some(trust))
+}
+
+/// Changes to the key document; `None` keeps the current list.
+#[derive(Debug, Default)]
+pub struct KeyChange {
+    pub roots: Option<Vec<PublicKey>>,
+    pub commit_keys: Option<Vec<PublicKey>>,
+    pub channel_keys: Option<Vec<PublicKey>>,
+}
+
+fn sorted(keys: &[PublicKey]) -> Vec<[u8; 32]> {
+    let mut v: Vec<[u8; 32]> = keys.iter().map(PublicKey::to_bytes).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Writes the next key document, signed by `signers`. The first one needs every list and a
+/// signature by one of its roots; each later one needs a signature by a current root and,
+/// when the roots change, one by a new root, exactly as devices check.
+pub fn set_keys(repo: &Repository, signers: &[SecretKey], change: KeyChange, now: i64) -> Result<(Id, KeyDoc)> {
+    let head = repo.keys_head()?;
+    let current = match head {
+        Some(id) => Some(KeyDoc::decode(&repo.read_envelope(&id)?.document).context("the current key document")?),
+        None => None,
+    };
+    let pick = |new: &Option<Vec<PublicKey>>, old: Option<&Vec<[u8; 32]>>, what: &str| -> Result<Vec<[u8; 32]>> {
+        match (new, old) {
+            (Some(n), _) => Ok(sorted(n)),
+            (None, Some(o)) => Ok(o.clone()),
+            (None, None) => bail!("the first key document needs {what}"),
+        }
+    };
+    let doc = KeyDoc {
+        serial: current.as_ref().map_or(1, |c| c.serial + 1),
+        timestamp: current.as_ref().map_or(now, |c| now.max(c.timestamp)),
+        previous: head,
+        roots: pick(&change.roots, current.as_ref().map(|c| &c.roots), "--root")?,
+        commit_keys: pick(&change.commit_keys, current.as_ref().map(|c| &c.commit_keys), "--commit-key")?,
+        channel_keys: pick(&change.channel_keys, current.as_ref().map(|c| &c.channel_keys), "--channel-key")?,
+    };
+    let bytes = doc.encode().map_err(|e| anyhow!("the new key document is invalid: {e}"))?;
+    let signers: Vec<&SecretKey> = signers.iter().collect();
+    let envelope = Envelope::sign(Signed::Keys, bytes, &signers);
+    let trust = match current_trust(repo)? {
+        Some(t) => t,
+        // Devices' images will hold this document's roots.
+        None => Trust::from_roots(&doc.roots.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?),
+    };
+    trust.advance(&envelope).map_err(|e| {
+        anyhow!("{e}; sign with --sign-key naming a current root key (and a new one when the roots change)")
+    })?;
+    let id = repo.publish_keys(&envelope, head)?;
+    Ok((id, doc))
+}
+
+/// What to promote.
+#[derive(Debug)]
+pub struct Promotion<'a> {
+    pub to: String,
+    /// An explicit commit; else the source channel's current targets.
+    pub commit: Option<Id>,
+    /// The channel the commit comes from.
+    pub from: Option<String>,
+    /// Hardware revisions to change; empty means all the commit (or source channel) has.
+    pub hardware: Vec<String>,
+    pub key: &'a SecretKey,
+    /// Seconds from now until devices refuse the document.
+    pub expires_in: i64,
+    pub rollback: bool,
+    pub force: bool,
+    pub now: i64,
+}
+
+/// The outcome: the new document, or the current one when nothing changed.
+#[derive(Debug)]
+pub struct Promoted {
+    pub id: Id,
+    pub doc: ChannelDoc,
+    pub changed: bool,
+}
+
+fn channel_doc(repo: &Repository, id: &Id) -> Result<ChannelDoc> {
+    ChannelDoc::decode(&repo.read_envelope(id)?.document).with_context(|| format!("channel document {id}"))
+}
+
+/// A channel's documents, newest first.
+pub fn history(repo: &Repository, name: &str) -> Result<Vec<(Id, ChannelDoc, Vec<String>)>> {
+    let mut out = Vec::new();
+    let mut next = repo.channel(name)?;
+    while let Some(id) = next.take() {
+        let e = repo.read_envelope(&id)?;
+        let doc = ChannelDoc::decode(&e.document).with_context(|| format!("channel document {id}"))?;
+        next = doc.previous;
+        let signers = e.signatures.iter().map(|(k, _)| hex::encode(k)).collect();
+        out.push((id, doc, signers));
+    }
+    Ok(out)
+}
+
+/// True if the channel ever had `commit` as the target for `hardware`.
+fn channel_had(repo: &Repository, channel: &str, commit: &Id, hardware: &str) -> Result<bool> {
+    Ok(history(repo, channel)?.iter().any(|(_, d, _)| d.target(hardware).is_some_and(|t| t.commit == *commit)))
+}
+
+fn check_signed(repo: &Repository, trust: &Trust, commit: &Id) -> Result<()> {
+    let signed = repo.signatures(commit)?.iter().any(|s| {
+        trust.commit_keys.contains(&s.key)
+            && PublicKey::from_bytes(&s.key).is_ok_and(|k| k.verify_commit(commit, &s.signature))
+    });
+    if !signed {
+        bail!(
+            "commit {commit} is not signed by a commit key of key document {} (devices would refuse it)",
+            trust.serial
+        );
+    }
+    Ok(())
+}
+
+fn require_channel_key(trust: &Trust, key: &SecretKey) -> Result<()> {
+    if !trust.channel_keys.contains(&key.public().to_bytes()) {
+        bail!(
+            "key {} may not sign channel documents (key document {}); add it with `ferry keys set --channel-key`",
+            key.public().to_hex(),
+            trust.serial
+        );
+    }
+    Ok(())
+}
+
+fn trust(repo: &Repository) -> Result<Trust> {
+    current_trust(repo)?.ok_or_else(|| {
+        anyhow!("the repository has no key document yet; create one with `ferry keys set` (see README, Keys)")
+    })
+}
+
+/// Promotes a commit, or a channel's targets, to a channel.
+pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
+    ferry_store::repo::check_branch_name(&p.to)?;
+    if p.expires_in <= 0 {
+        bail!("--expires must be in the future");
+    }
+    let trust = trust(repo)?;
+    require_channel_key(&trust, p.key)?;
+    let mut wanted: Vec<Target> = Vec::new();
+    match (&p.commit, &p.from) {
+        (Some(commit), from) => {
+            let c = repo.read_commit(commit)?;
+            check_signed(repo, &trust, commit)?;
+            let revisions = if p.hardware.is_empty() { c.hardware.clone() } else { p.hardware.clone() };
+            if revisions.is_empty() {
+                bail!("commit {commit} lists no hardware revisions; commit it with --hardware REV so devices can check it");
+            }
+            for rev in &revisions {
+                if !c.hardware.contains(rev) {
+                    bail!("commit {commit} is built for {} only, not for {rev}", c.hardware.join(", "));
+                }
+            }
+            let source = match from {
+                Some(f) => Some(f.clone()),
+                None => repo.upstream(&p.to)?,
+            };
+            if let (Some(source), false) = (&source, p.force) {
+                for rev in &revisions {
+                    if !channel_had(repo, source, commit, rev)? {
+                        bail!(
+                            "channel {source} never had commit {commit} for {rev}; promote it there first, or pass --force"
+                        );
+                    }
+                }
+            }
+            wanted.extend(revisions.into_iter().map(|hardware| Target {
+                hardware,
+                commit: *commit,
+                version: c.version.clone(),
+            }));
+        }
+        (None, Some(from)) => {
+            let id = repo.channel(from)?.ok_or_else(|| anyhow!("channel {from} does not exist"))?;
+            let source = channel_doc(repo, &id)?;
+            for t in &source.targets {
+                if p.hardware.is_empty() || p.hardware.contains(&t.hardware) {
+                    wanted.push(t.clone());
+                }
+            }
+            if let Some(rev) = p.hardware.iter().find(|r| source.target(r).is_none()) {
+                bail!("channel {from} has no target for {rev}");
+            }
+            for t in &wanted {
+                check_signed(repo, &trust, &t.commit)?;
+            }
+        }
+        (None, None) => bail!("name a COMMIT or --from CHANNEL to promote"),
+    }
+    if p.from.as_deref() == Some(p.to.as_str()) {
+        bail!("--from and --to name the same channel {}", p.to);
+    }
+    let head = repo.channel(&p.to)?;
+    let current = head.map(|id| channel_doc(repo, &id)).transpose()?;
+    let mut targets: Vec<Target> = current.as_ref().map(|c| c.targets.clone()).unwrap_or_default();
+    for w in wanted {
+        if let Some(old) = targets.iter_mut().find(|t| t.hardware == w.hardware) {
+            match w.version.compare(&old.version) {
+                Some(std::cmp::Ordering::Less) if !p.rollback => bail!(
+                    "this would move {} on channel {} back from {} to {}; pass --rollback to do that deliberately",
+                    w.hardware,
+                    p.to,
+                    old.version,
+                    w.version
+                ),
+                None => bail!("version {} cannot be ordered against {} on channel {}", w.version, old.version, p.to),
+                _ => {}
+            }
+            *old = w;
+        } else {
+            targets.push(w);
+        }
+    }
+    targets.sort_by(|a, b| a.hardware.cmp(&b.hardware));
+    if let (Some(c), Some(id)) = (&current, head) {
+        if c.targets == targets && !p.rollback {
+            return Ok(Promoted { id, doc: c.clone(), changed: false });
+        }
+    }
+    let doc = ChannelDoc {
+        name: p.to.clone(),
+        serial: current.as_ref().map_or(1, |c| c.serial + 1),
+        timestamp: current.as_ref().map_or(p.now, |c| p.now.max(c.timestamp)),
+        expires: p.now.saturating_add(p.expires_in),
+        rollback: p.rollback,
+        previous: head,
+        targets,
+    };
+    let id = sign_and_publish(repo, &doc, p.key, head, p.from.as_deref())?;
+    Ok(Promoted { id, doc, changed: true })
+}
+
+fn sign_and_publish(
+    repo: &Repository,
+    doc: &ChannelDoc,
+    key: &SecretKey,
+    head: Option<Id>,
+    upstream: Option<&str>,
+) -> Result<Id> {
+    let bytes = doc.encode().map_err(|e| anyhow!("the new channel document is invalid: {e}"))?;
+    let envelope = Envelope::sign(Signed::Channel, bytes, &[key]);
+    Ok(repo.publish_channel(&envelope, head, upstream)?)
+}
+
+/// Re-signs the current document of each channel (all when `names` is empty) with a new
+/// expiry and the next serial; targets and the rollback mark stay.
+pub fn refresh(
+    repo: &Repository,
+    names: &[String],
+    key: &SecretKey,
+    expires_in: i64,
+    now: i64,
+) -> Result<Vec<(Id, ChannelDoc)>> {
+    if expires_in <= 0 {
+        bail!("--expires must be in the future");
+    }
+    let trust = trust(repo)?;
+    require_channel_key(&trust, key)?;
+    let names: Vec<String> =
+        if names.is_empty() { repo.channels()?.into_iter().map(|(n, _)| n).collect() } else { names.to_vec() };
+    let mut out = Vec::new();
+    for name in names {
+        let head = repo.channel(&name)?.ok_or_else(|| anyhow!("channel {name} does not exist"))?;
+        let c = channel_doc(repo, &head)?;
+        let doc = ChannelDoc {
+            serial: c.serial + 1,
+            timestamp: now.max(c.timestamp),
+            expires: now.saturating_add(expires_in),
+            previous: Some(head),
+            ..c
+        };
+        let id = sign_and_publish(repo, &doc, key, Some(head), None)?;
+        out.push((id, doc));
+    }
+    Ok(out)
+}
+
+/// Parses `30d`, `12h`, `90m`, `3600s` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: i64 = digits.parse().map_err(|_| anyhow!("duration {s:?}: expected a number with d, h, m or s"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("duration {s:?}: unit must be d, h, m or s"),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| anyhow!("duration {s:?} must be positive and not absurdly large"))
+}
+
+/// The JSON form of a channel document, for `--json` output.
+pub fn doc_json(id: &Id, doc: &ChannelDoc) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.to_hex(),
+        "channel": doc.name,
+        "serial": doc.serial,
+        "timestamp": doc.timestamp,
+        "expires": doc.expires,
+        "rollback": doc.rollback,
+        "previous": doc.previous.map(|p| p.to_hex()),
+        "targets": doc.targets.iter().map(|t| serde_json::json!({
+            "hardware": t.hardware, "commit": t.commit.to_hex(), "version": t.version.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The human form of a channel document.
+pub fn doc_text(id: &Id, doc: &ChannelDoc) -> String {
+    let mut out = format!(
+        "channel {} serial {} ({})\n  signed {}  expires {}{}\n",
+        doc.name,
+        doc.serial,
+        id.short(),
+        doc.timestamp,
+        doc.expires,
+        if doc.rollback { "  ROLLBACK" } else { "" }
+    );
+    for t in &doc.targets {
+        out += &format!("  {:<16} {} {}\n", t.hardware, t.version, t.commit);
+    }
+    out
+}

@@ -1,0 +1,304 @@
+//! `ferry keys`, `ferry promote` and `ferry channel`: arguments and output; the work is in
+//! `ferry_publisher::channels`.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use ferry_publisher::channels::{self, KeyChange, Promotion};
+use ferry_store::channel::KeyDoc;
+use ferry_store::{PublicKey, Repository, SecretKey};
+
+use crate::RepoArg;
+
+/// Default lifetime of a channel document: refresh more often than this (e.g. daily).
+const DEFAULT_EXPIRES: &str = "7d";
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Writes the next key document: which keys are roots, and which may sign commits and
+    /// channel documents.
+    ///
+    /// The first document needs --root, --commit-key and --channel-key, and a --sign-key
+    /// that is one of its roots; put those root public keys in every device's image
+    /// (`root_keys`). Each later document keeps the lists not given, and must be signed by a
+    /// current root; a new root set must also be signed by one of the new roots, so rotating
+    /// the root needs the old and the new root key together.
+    Set {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Secret key file(s) to sign with (root keys).
+        #[arg(long = "sign-key", value_name = "FILE", required = true)]
+        sign_keys: Vec<PathBuf>,
+        /// Public key file of a root key (replaces the list).
+        #[arg(long = "root", value_name = "PUBFILE")]
+        roots: Vec<PathBuf>,
+        /// Public key file of a key that may sign commits (replaces the list).
+        #[arg(long = "commit-key", value_name = "PUBFILE")]
+        commit_keys: Vec<PathBuf>,
+        /// Public key file of a key that may sign channel documents (replaces the list).
+        #[arg(long = "channel-key", value_name = "PUBFILE")]
+        channel_keys: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows the key documents, oldest first.
+    Show {
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+    /// The commit to promote (id, unique prefix or branch); omit it with --from to take the
+    /// source channel's current targets.
+    commit: Option<String>,
+    /// The channel the commit comes from; recorded as the target channel's upstream.
+    #[arg(long, value_name = "CHANNEL")]
+    from: Option<String>,
+    /// The channel to write.
+    #[arg(long, value_name = "CHANNEL")]
+    to: String,
+    /// Hardware revisions to change (default: every revision the commit, or the source
+    /// channel, has).
+    #[arg(long = "hardware", value_name = "REV")]
+    hardware: Vec<String>,
+    /// Secret key file allowed to sign channel documents.
+    #[arg(long, value_name = "FILE")]
+    sign_key: PathBuf,
+    /// How long devices accept the document: e.g. 7d, 12h, 3600 (seconds).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_EXPIRES)]
+    expires: String,
+    /// Deliberately move devices to an older version; the document records it.
+    #[arg(long)]
+    rollback: bool,
+    /// Promote a commit the channel's upstream never had.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ChannelCommand {
+    /// Shows a channel's current document.
+    Show {
+        #[command(flatten)]
+        repo: RepoArg,
+        channel: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists a channel's documents, newest first.
+    Log {
+        #[command(flatten)]
+        repo: RepoArg,
+        channel: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists channels with their serial and targets.
+    List {
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-signs channel documents (all, or those named) with a new expiry; run it on a timer
+    /// well inside the expiry, so devices can tell "nothing new" from "updates withheld".
+    Refresh {
+        #[command(flatten)]
+        repo: RepoArg,
+        channels: Vec<String>,
+        #[arg(long, value_name = "FILE")]
+        sign_key: PathBuf,
+        #[arg(long, value_name = "DURATION", default_value = DEFAULT_EXPIRES)]
+        expires: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn load_publics(paths: &[PathBuf]) -> Result<Option<Vec<PublicKey>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(paths.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?))
+}
+
+fn key_json(id: &ferry_store::Id, d: &KeyDoc) -> serde_json::Value {
+    let hexes = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>();
+    serde_json::json!({
+        "id": id.to_hex(), "serial": d.serial, "timestamp": d.timestamp,
+        "roots": hexes(&d.roots), "commit_keys": hexes(&d.commit_keys), "channel_keys": hexes(&d.channel_keys),
+    })
+}
+
+fn key_text(id: &ferry_store::Id, d: &KeyDoc) -> String {
+    let list = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>().join("\n               ");
+    format!(
+        "key document {} ({})\n  roots:       {}\n  commit keys: {}\n  channel keys:{}{}\n",
+        d.serial,
+        id.short(),
+        list(&d.roots),
+        list(&d.commit_keys),
+        if d.channel_keys.is_empty() { "" } else { " " },
+        list(&d.channel_keys)
+    )
+}
+
+pub fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Set { repo, sign_keys, roots, commit_keys, channel_keys, json } => {
+            let signers = sign_keys.iter().map(|p| SecretKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+            let change = KeyChange {
+                roots: load_publics(&roots)?,
+                commit_keys: load_publics(&commit_keys)?,
+                channel_keys: load_publics(&channel_keys)?,
+            };
+            let r = Repository::open(&repo.repo)?;
+            let (id, doc) = channels::set_keys(&r, &signers, change, now())?;
+            if json {
+                crate::print_json(&key_json(&id, &doc))?;
+            } else {
+                print!("{}", key_text(&id, &doc));
+            }
+        }
+        KeysCommand::Show { repo, json } => {
+            let r = Repository::open_read_only(&repo.repo)?;
+            let mut docs = Vec::new();
+            for e in r.key_chain()? {
+                docs.push((e.id(), KeyDoc::decode(&e.document)?));
+            }
+            if json {
+                crate::print_json(&docs.iter().map(|(id, d)| key_json(id, d)).collect::<Vec<_>>())?;
+            } else if docs.is_empty() {
+                eprintln!("no key document yet; create one with `ferry keys set`");
+            } else {
+                for (id, d) in &docs {
+                    print!("{}", key_text(id, d));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn promote(a: PromoteArgs) -> Result<()> {
+    let key = SecretKey::load(&a.sign_key)?;
+    let expires_in = channels::parse_duration(&a.expires).map_err(|e| anyhow!("--expires: {e}"))?;
+    let r = Repository::open(&a.repo.repo)?;
+    let commit = a.commit.as_deref().map(|c| r.resolve(c)).transpose()?;
+    let p = Promotion {
+        to: a.to,
+        commit,
+        from: a.from,
+        hardware: a.hardware,
+        key: &key,
+        expires_in,
+        rollback: a.rollback,
+        force: a.force,
+        now: now(),
+    };
+    let out = channels::promote(&r, &p)?;
+    if a.json {
+        let mut v = channels::doc_json(&out.id, &out.doc);
+        v["changed"] = out.changed.into();
+        crate::print_json(&v)?;
+    } else {
+        if !out.changed {
+            eprintln!("channel {} already has these targets; nothing written", out.doc.name);
+        }
+        print!("{}", channels::doc_text(&out.id, &out.doc));
+    }
+    Ok(())
+}
+
+pub fn channel(cmd: ChannelCommand) -> Result<()> {
+    match cmd {
+        ChannelCommand::Show { repo, channel, json } => {
+            let r = Repository::open_read_only(&repo.repo)?;
+            let (id, doc, _) = channels::history(&r, &channel)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow!("channel {channel} does not exist"))?;
+            if json {
+                crate::print_json(&channels::doc_json(&id, &doc))?;
+            } else {
+                print!("{}", channels::doc_text(&id, &doc));
+            }
+        }
+        ChannelCommand::Log { repo, channel, json } => {
+            let r = Repository::open_read_only(&repo.repo)?;
+            let h = channels::history(&r, &channel)?;
+            if h.is_empty() {
+                return Err(anyhow!("channel {channel} does not exist"));
+            }
+            if json {
+                let v: Vec<_> = h
+                    .iter()
+                    .map(|(id, d, signers)| {
+                        let mut v = channels::doc_json(id, d);
+                        v["signed_by"] = signers.clone().into();
+                        v
+                    })
+                    .collect();
+                crate::print_json(&v)?;
+            } else {
+                for (id, d, _) in &h {
+                    print!("{}", channels::doc_text(id, d));
+                }
+            }
+        }
+        ChannelCommand::List { repo, json } => {
+            let r = Repository::open_read_only(&repo.repo)?;
+            let mut all = Vec::new();
+            for (name, _) in r.channels()? {
+                if let Some(first) = channels::history(&r, &name)?.into_iter().next() {
+                    all.push((first.0, first.1, r.upstream(&name)?));
+                }
+            }
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|(id, d, up)| {
+                        let mut v = channels::doc_json(id, d);
+                        v["upstream"] = up.clone().into();
+                        v
+                    })
+                    .collect();
+                crate::print_json(&v)?;
+            } else {
+                for (id, d, up) in &all {
+                    if let Some(up) = up {
+                        println!("(promoted from {up})");
+                    }
+                    print!("{}", channels::doc_text(id, d));
+                }
+            }
+        }
+        ChannelCommand::Refresh { repo, channels: names, sign_key, expires, json } => {
+            let key = SecretKey::load(&sign_key)?;
+            let expires_in = channels::parse_duration(&expires).map_err(|e| anyhow!("--expires: {e}"))?;
+            let r = Repository::open(&repo.repo)?;
+            let out = channels::refresh(&r, &names, &key, expires_in, now())?;
+            if json {
+                crate::print_json(&out.iter().map(|(id, d)| channels::doc_json(id, d)).collect::<Vec<_>>())?;
+            } else {
+                for (id, d) in &out {
+                    print!("{}", channels::doc_text(id, d));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,570 @@
+//! Signed channel documents, key documents, and the rules a device accepts them by.
+//!
+//! What it is for: the two kinds of signed metadata above commits, and the pure decision
+//! functions that stand between a device and every rollback, freeze and wrong-hardware attack
+//! ([`Trust::advance`], [`accept_channel`]). What it is not for: storing them (the
+//! repository), fetching them (the device agent) or remembering what was seen (the device's
+//! trust state, which persists [`Seen`]).
+//!
+//! - A **key document** (`FRYK`) names the root keys (which sign the next key document), the
+//!   keys that may sign commits and the keys that may sign channel documents. Its serial
+//!   starts at 1 and grows by one with each rotation. Document `n + 1` is valid only if signed
+//!   by a root key of document `n` *and* by a root key it names itself: rotating an online key
+//!   needs the (offline) root; rotating the root needs the old and the new root. A device's
+//!   image holds the roots it starts from (document 0).
+//! - A **channel document** (`FRYH`) says, for a channel, which commit (and version) each
+//!   hardware revision runs. Its serial grows with every change; it expires, and is re-signed
+//!   with a new expiry (`ferry channel refresh`) so a device can tell "nothing new" from "an
+//!   attacker withholds updates". A deliberate downgrade is marked `rollback`.
+//!
+//! Both are canonical like commits (magic, format version, strictly decoded, sorted unique
+//! lists) and are signed over their BLAKE3 id with their own domain-separation prefix
+//! ([`crate::sign::Signed`]). On the wire and on a device they travel in an **envelope**
+//! (`FRYS`): the document's bytes plus `(public key, signature)` pairs; the signatures are
+//! checked against the id before the document is decoded.
+//!
+//! Encodings (little-endian; `bytes16`/`bytes32` are length-prefixed):
+//!
+//! ```text
+//! key document:  "FRYK" u16 version  u64 serial  i64 timestamp  u8 has_previous [id]
+//!                3 × (u16 count, count × 32-byte public key; sorted, unique): roots,
+//!                commit keys, channel keys (roots and channel keys non-empty)
+//! channel doc:   "FRYH" u16 version  bytes16 name  u64 serial  i64 timestamp  i64 expires
+//!                u8 rollback  u8 has_previous [id]
+//!                u16 count, count × (bytes16 hardware, id commit, bytes16 version);
+//!                sorted by hardware, unique, at least one
+//! envelope:      "FRYS" u16 version  bytes32 document  u16 count,
+//!                count × (32-byte public key, 64-byte signature); keys sorted, unique
+//! ```
+#![deny(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+use std::cmp::Ordering;
+
+use crate::id::Id;
+use crate::object::{check_strings, read_header, utf8, DecodeError, Version, FORMAT_VERSION, MAX_KEY, MAX_LIST};
+use crate::sign::{PublicKey, SecretKey, Signed};
+use crate::wire::{Reader, Writer};
+
+pub const KEYS_MAGIC: &[u8; 4] = b"FRYK";
+pub const CHANNEL_MAGIC: &[u8; 4] = b"FRYH";
+pub const ENVELOPE_MAGIC: &[u8; 4] = b"FRYS";
+/// The most keys a key document lists per role, and signatures an envelope carries.
+pub const MAX_KEYS: usize = 64;
+/// The largest document an envelope carries.
+pub const MAX_DOCUMENT: usize = 1 << 20;
+/// The largest envelope: the document plus its signatures and header.
+pub const MAX_ENVELOPE: usize = MAX_DOCUMENT + 8 + MAX_KEYS * 96 + 16;
+
+/// Which keys may sign what, from one key document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDoc {
+    pub serial: u64,
+    /// Unix seconds when it was signed.
+    pub timestamp: i64,
+    pub previous: Option<Id>,
+    /// Keys that sign the next key document; sorted, unique, at least one.
+    pub roots: Vec<[u8; 32]>,
+    /// Keys whose commit signatures devices accept; sorted, unique.
+    pub commit_keys: Vec<[u8; 32]>,
+    /// Keys whose channel documents devices accept; sorted, unique, at least one.
+    pub channel_keys: Vec<[u8; 32]>,
+}
+
+/// What one hardware revision runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub hardware: String,
+    pub commit: Id,
+    pub version: Version,
+}
+
+/// One version of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelDoc {
+    pub name: String,
+    pub serial: u64,
+    /// Unix seconds when it was signed.
+    pub timestamp: i64,
+    /// Unix seconds after which devices refuse it.
+    pub expires: i64,
+    /// An operator's deliberate downgrade: devices accept an older version from it.
+    pub rollback: bool,
+    /// The channel's document before this one (its history).
+    pub previous: Option<Id>,
+    /// Sorted by hardware revision, unique, at least one.
+    pub targets: Vec<Target>,
+}
+
+/// A signed document as it travels: its canonical bytes and `(key, signature)` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub document: Vec<u8>,
+    pub signatures: Vec<([u8; 32], [u8; 64])>,
+}
+
+fn check_keys(keys: &[[u8; 32]], field: &'static str, non_empty: bool) -> Result<(), DecodeError> {
+    if keys.len() > MAX_KEYS {
+        return Err(DecodeError::TooLong { field, len: keys.len(), max: MAX_KEYS });
+    }
+    if non_empty && keys.is_empty() {
+        return Err(DecodeError::Empty { field });
+    }
+    for pair in keys.windows(2) {
+        if let [a, b] = pair {
+            if a >= b {
+                return Err(DecodeError::Unsorted { prev: hex::encode(a), next: hex::encode(b) });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_keys(w: &mut Writer, keys: &[[u8; 32]]) {
+    w.u16(keys.len() as u16);
+    for k in keys {
+        w.raw(k);
+    }
+}
+
+fn read_keys(r: &mut Reader<'_>, field: &'static str, non_empty: bool) -> Result<Vec<[u8; 32]>, DecodeError> {
+    let n = r.u16(field)? as usize;
+    if n > MAX_KEYS {
+        return Err(DecodeError::TooLong { field, len: n, max: MAX_KEYS });
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = r.take(32, field)?;
+        out.push(<[u8; 32]>::try_from(k).map_err(|_| DecodeError::Truncated { field })?);
+    }
+    check_keys(&out, field, non_empty)?;
+    Ok(out)
+}
+
+fn write_previous(w: &mut Writer, previous: &Option<Id>) {
+    match previous {
+        Some(p) => {
+            w.u8(1);
+            w.id(p);
+        }
+        None => w.u8(0),
+    }
+}
+
+fn read_previous(r: &mut Reader<'_>) -> Result<Option<Id>, DecodeError> {
+    match r.u8("previous flag")? {
+        0 => Ok(None),
+        1 => Ok(Some(r.id("previous document id")?)),
+        value => Err(DecodeError::BadFlag { field: "previous flag", value }),
+    }
+}
+
+impl KeyDoc {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.serial == 0 {
+            return Err(DecodeError::Empty { field: "key document serial (it starts at 1)" });
+        }
+        check_keys(&self.roots, "root keys", true)?;
+        check_keys(&self.commit_keys, "commit keys", false)?;
+        check_keys(&self.channel_keys, "channel keys", true)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        self.validate()?;
+        let mut w = Writer::default();
+        w.raw(KEYS_MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.u64(self.serial);
+        w.i64(self.timestamp);
+        write_previous(&mut w, &self.previous);
+        write_keys(&mut w, &self.roots);
+        write_keys(&mut w, &self.commit_keys);
+        write_keys(&mut w, &self.channel_keys);
+        Ok(w.buf)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KeyDoc, DecodeError> {
+        let mut r = Reader::new(bytes);
+        read_header(&mut r, KEYS_MAGIC, "FRYK")?;
+        let serial = r.u64("serial")?;
+        let timestamp = r.i64("timestamp")?;
+        let previous = read_previous(&mut r)?;
+        let roots = read_keys(&mut r, "root keys", true)?;
+        let commit_keys = read_keys(&mut r, "commit keys", false)?;
+        let channel_keys = read_keys(&mut r, "channel keys", true)?;
+        r.finish()?;
+        let doc = KeyDoc { serial, timestamp, previous, roots, commit_keys, channel_keys };
+        doc.validate()?;
+        Ok(doc)
+    }
+}
+
+impl ChannelDoc {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        crate::object::check_ref_name(&self.name)
+            .map_err(|why| DecodeError::BadName { name: self.name.clone(), why })?;
+        if self.targets.is_empty() {
+            return Err(DecodeError::Empty { field: "channel targets" });
+        }
+        let hardware: Vec<String> = self.targets.iter().map(|t| t.hardware.clone()).collect();
+        check_strings(&hardware, "hardware revision")?;
+        for pair in hardware.windows(2) {
+            if let [a, b] = pair {
+                if a >= b {
+                    return Err(DecodeError::Unsorted { prev: a.clone(), next: b.clone() });
+                }
+            }
+        }
+        for t in &self.targets {
+            t.version.to_string().parse::<Version>()?;
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        self.validate()?;
+        let mut w = Writer::default();
+        w.raw(CHANNEL_MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.bytes16(self.name.as_bytes());
+        w.u64(self.serial);
+        w.i64(self.timestamp);
+        w.i64(self.expires);
+        w.u8(u8::from(self.rollback));
+        write_previous(&mut w, &self.previous);
+        w.u16(self.targets.len() as u16);
+        for t in &self.targets {
+            w.bytes16(t.hardware.as_bytes());
+            w.id(&t.commit);
+            w.bytes16(t.version.to_string().as_bytes());
+        }
+        Ok(w.buf)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ChannelDoc, DecodeError> {
+        let mut r = Reader::new(bytes);
+        read_header(&mut r, CHANNEL_MAGIC, "FRYH")?;
+        let name = utf8(r.bytes16(255, "channel name")?, "channel name")?;
+        let serial = r.u64("serial")?;
+        let timestamp = r.i64("timestamp")?;
+        let expires = r.i64("expires")?;
+        let rollback = match r.u8("rollback flag")? {
+            0 => false,
+            1 => true,
+            value => return Err(DecodeError::BadFlag { field: "rollback flag", value }),
+        };
+        let previous = read_previous(&mut r)?;
+        let n = r.u16("target count")? as usize;
+        if n > MAX_LIST {
+            return Err(DecodeError::TooLong { field: "target count", len: n, max: MAX_LIST });
+        }
+        let mut targets = Vec::with_capacity(n);
+        for _ in 0..n {
+            let hardware = utf8(r.bytes16(MAX_KEY, "hardware revision")?, "hardware revision")?;
+            let commit = r.id("target commit")?;
+            let version = utf8(r.bytes16(crate::object::MAX_VERSION, "target version")?, "target version")?.parse()?;
+            targets.push(Target { hardware, commit, version });
+        }
+        r.finish()?;
+        let doc = ChannelDoc { name, serial, timestamp, expires, rollback, previous, targets };
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// The target for a hardware revision.
+    pub fn target(&self, hardware: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.hardware == hardware)
+    }
+}
+
+impl Envelope {
+    /// Signs `document` (canonical bytes of a `what`) with every key in `keys`.
+    pub fn sign(what: Signed, document: Vec<u8>, keys: &[&SecretKey]) -> Envelope {
+        let id = Id::of(&document);
+        let mut signatures: Vec<([u8; 32], [u8; 64])> =
+            keys.iter().map(|k| (k.public().to_bytes(), k.sign(what, &id))).collect();
+        signatures.sort_by_key(|s| s.0);
+        signatures.dedup_by(|a, b| a.0 == b.0);
+        Envelope { document, signatures }
+    }
+
+    pub fn id(&self) -> Id {
+        Id::of(&self.document)
+    }
+
+    /// The keys among `allowed` with a valid signature in this envelope.
+    pub fn signed_by(&self, what: Signed, allowed: &[[u8; 32]]) -> Vec<[u8; 32]> {
+        let id = self.id();
+        self.signatures
+            .iter()
+            .filter(|(key, sig)| {
+                allowed.contains(key) && PublicKey::from_bytes(key).is_ok_and(|k| k.verify(what, &id, sig))
+            })
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.raw(ENVELOPE_MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.bytes32(&self.document);
+        w.u16(self.signatures.len() as u16);
+        for (k, s) in &self.signatures {
+            w.raw(k);
+            w.raw(s);
+        }
+        w.buf
+    }
+
+    /// Decodes one envelope from the front of `bytes`; returns it and the bytes after it.
+    pub fn decode_prefix(bytes: &[u8]) -> Result<(Envelope, &[u8]), DecodeError> {
+        let mut r = Reader::new(bytes);
+        read_header(&mut r, ENVELOPE_MAGIC, "FRYS")?;
+        let document = r.bytes32(MAX_DOCUMENT, "document")?.to_vec();
+        let n = r.u16("signature count")? as usize;
+        if n > MAX_KEYS {
+            return Err(DecodeError::TooLong { field: "signature count", len: n, max: MAX_KEYS });
+        }
+        let mut signatures = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = <[u8; 32]>::try_from(r.take(32, "signing key")?)
+                .map_err(|_| DecodeError::Truncated { field: "signing key" })?;
+            let s = <[u8; 64]>::try_from(r.take(64, "signature")?)
+                .map_err(|_| DecodeError::Truncated { field: "signature" })?;
+            signatures.push((k, s));
+        }
+        let keys: Vec<[u8; 32]> = signatures.iter().map(|(k, _)| *k).collect();
+        check_keys(&keys, "signing keys", false)?;
+        let rest = r.rest();
+        Ok((Envelope { document, signatures }, rest))
+    }
+
+    /// Decodes exactly one envelope.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let (e, rest) = Envelope::decode_prefix(bytes)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { extra: rest.len() });
+        }
+        Ok(e)
+    }
+
+    /// Decodes a sequence of envelopes (the key document chain).
+    pub fn decode_all(mut bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            if out.len() >= MAX_LIST {
+                return Err(DecodeError::TooLong { field: "envelope count", len: out.len() + 1, max: MAX_LIST });
+            }
+            let (e, rest) = Envelope::decode_prefix(bytes)?;
+            out.push(e);
+            bytes = rest;
+        }
+        Ok(out)
+    }
+}
+
+/// Why a device refuses a key or channel document. Every refusal changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    #[error("key document {id} is not signed by a root key this device trusts (roots of key document {serial})")]
+    KeysNotSignedByOldRoot { id: Id, serial: u64 },
+    #[error("key document {id} is not signed by any of the root keys it names (a root rotation needs the old and the new root)")]
+    KeysNotSignedByNewRoot { id: Id },
+    #[error("key document {id} has serial {found}, expected {expected}: the chain has a gap")]
+    KeysOutOfOrder { id: Id, found: u64, expected: u64 },
+    #[error("document {id} does not decode: {source}")]
+    Decode { id: Id, source: DecodeError },
+    #[error("channel document {id} is not signed by a key allowed to sign channels (key document {keys_serial}); signed by: {signers}")]
+    ChannelNotSigned { id: Id, keys_serial: u64, signers: String },
+    #[error("channel document {id} is for channel {found:?}, not {expected:?}")]
+    WrongChannel { id: Id, expected: String, found: String },
+    #[error(
+        "channel {channel}: document serial {found} is older than serial {highest} already seen (replayed document)"
+    )]
+    Replayed { channel: String, found: u64, highest: u64 },
+    #[error("channel {channel}: document serial {serial} expired at {expires}; the device's time is {now} (clock {clock}, floor {floor}){hint}")]
+    Expired { channel: String, serial: u64, expires: i64, now: i64, clock: i64, floor: i64, hint: &'static str },
+    #[error("channel {channel}: document serial {serial} has no target for hardware revision {hardware:?} (targets: {targets})")]
+    NoTarget { channel: String, serial: u64, hardware: String, targets: String },
+    #[error("channel {channel}: version {target} is older than the running {current} and the document is not marked as a rollback")]
+    Downgrade { channel: String, target: String, current: String },
+    #[error("channel {channel}: version {target} cannot be ordered against the running {current}")]
+    Unordered { channel: String, target: String, current: String },
+    #[error("commit {commit} is built for {built} only, not for this device's {hardware:?}")]
+    WrongHardware { commit: Id, built: String, hardware: String },
+    #[error("commit {commit} has version {found}, but the channel document says {expected}")]
+    VersionMismatch { commit: Id, expected: String, found: String },
+}
+
+/// The keys a device currently trusts: its image's roots, advanced through key documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    /// 0 for the image's roots alone.
+    pub serial: u64,
+    pub roots: Vec<[u8; 32]>,
+    pub commit_keys: Vec<[u8; 32]>,
+    pub channel_keys: Vec<[u8; 32]>,
+    /// The newest signed time among accepted key documents.
+    pub timestamp: i64,
+}
+
+impl Trust {
+    /// The starting point: the root keys in the device's image; nothing else is trusted yet.
+    pub fn from_roots(roots: &[PublicKey]) -> Trust {
+        let mut roots: Vec<[u8; 32]> = roots.iter().map(PublicKey::to_bytes).collect();
+        roots.sort();
+        roots.dedup();
+        Trust { serial: 0, roots, commit_keys: Vec::new(), channel_keys: Vec::new(), timestamp: i64::MIN }
+    }
+
+    /// The trust after accepting the next key document, which must have the next serial and
+    /// be signed by one of the current roots and one of its own.
+    pub fn advance(&self, envelope: &Envelope) -> Result<Trust, TrustError> {
+        let id = envelope.id();
+        if envelope.signed_by(Signed::Keys, &self.roots).is_empty() {
+            return Err(TrustError::KeysNotSignedByOldRoot { id, serial: self.serial });
+        }
+        // Signed by a trusted root: only now are its bytes decoded.
+        let doc = KeyDoc::decode(&envelope.document).map_err(|source| TrustError::Decode { id, source })?;
+        if doc.serial != self.serial + 1 {
+            return Err(TrustError::KeysOutOfOrder { id, found: doc.serial, expected: self.serial + 1 });
+        }
+        if envelope.signed_by(Signed::Keys, &doc.roots).is_empty() {
+            return Err(TrustError::KeysNotSignedByNewRoot { id });
+        }
+        Ok(Trust {
+            serial: doc.serial,
+            roots: doc.roots,
+            commit_keys: doc.commit_keys,
+            channel_keys: doc.channel_keys,
+            timestamp: self.timestamp.max(doc.timestamp),
+        })
+    }
+
+    /// Advances through every document of a chain newer than this trust, in order.
+    pub fn advance_all(&self, chain: &[Envelope]) -> Result<Trust, TrustError> {
+        let mut t = self.clone();
+        for e in chain {
+            // Documents already accepted are skipped by serial; their signatures were checked.
+            if let Ok(doc) = KeyDoc::decode(&e.document) {
+                if doc.serial <= t.serial {
+                    continue;
+                }
+            }
+            t = t.advance(e)?;
+        }
+        Ok(t)
+    }
+}
+
+/// What a device remembers about a channel between checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seen {
+    /// The highest serial accepted (0 if none).
+    pub serial: u64,
+    /// The clock floor: the newest signed time seen, and the running commit's build time.
+    pub floor: i64,
+}
+
+/// What the device is running, for the downgrade check.
+#[derive(Debug)]
+pub struct Running<'a> {
+    pub version: Option<&'a Version>,
+    pub hardware: &'a str,
+}
+
+/// Decides whether a device accepts a channel document. `clock` is the device's clock (Unix
+/// seconds), trusted only above `seen.floor`. Returns the document and its target for this
+/// device; the caller then checks the target commit with [`check_target_commit`].
+pub fn accept_channel(
+    envelope: &Envelope,
+    channel: &str,
+    trust: &Trust,
+    seen: Seen,
+    clock: i64,
+    running: &Running<'_>,
+) -> Result<(ChannelDoc, Target), TrustError> {
+    let id = envelope.id();
+    if envelope.signed_by(Signed::Channel, &trust.channel_keys).is_empty() {
+        let signers: Vec<String> = envelope.signatures.iter().map(|(k, _)| hex::encode(k)).collect();
+        return Err(TrustError::ChannelNotSigned {
+            id,
+            keys_serial: trust.serial,
+            signers: if signers.is_empty() { "nobody".into() } else { signers.join(", ") },
+        });
+    }
+    let doc = ChannelDoc::decode(&envelope.document).map_err(|source| TrustError::Decode { id, source })?;
+    if doc.name != channel {
+        return Err(TrustError::WrongChannel { id, expected: channel.to_string(), found: doc.name });
+    }
+    if doc.serial < seen.serial {
+        return Err(TrustError::Replayed { channel: doc.name, found: doc.serial, highest: seen.serial });
+    }
+    let floor = seen.floor.max(trust.timestamp);
+    let now = clock.max(floor);
+    if doc.expires <= now {
+        let hint = if clock > doc.timestamp.saturating_add(400 * 86400) && clock > floor {
+            "; if this device's clock runs far ahead, set it right"
+        } else {
+            ""
+        };
+        return Err(TrustError::Expired {
+            channel: doc.name,
+            serial: doc.serial,
+            expires: doc.expires,
+            now,
+            clock,
+            floor,
+            hint,
+        });
+    }
+    let Some(target) = doc.target(running.hardware).cloned() else {
+        return Err(TrustError::NoTarget {
+            channel: doc.name.clone(),
+            serial: doc.serial,
+            hardware: running.hardware.to_string(),
+            targets: doc.targets.iter().map(|t| t.hardware.as_str()).collect::<Vec<_>>().join(", "),
+        });
+    };
+    if let Some(current) = running.version {
+        match target.version.compare(current) {
+            Some(Ordering::Less) if !doc.rollback => {
+                return Err(TrustError::Downgrade {
+                    channel: doc.name,
+                    target: target.version.to_string(),
+                    current: current.to_string(),
+                })
+            }
+            None => {
+                return Err(TrustError::Unordered {
+                    channel: doc.name,
+                    target: target.version.to_string(),
+                    current: current.to_string(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok((doc, target))
+}
+
+/// Checks the commit a channel target names, once its signature is verified and it is
+/// decoded: its signed hardware list must contain the device's revision, and its version
+/// must be the one the channel document states.
+pub fn check_target_commit(target: &Target, commit: &crate::Commit, hardware: &str) -> Result<(), TrustError> {
+    if !commit.hardware.iter().any(|h| h == hardware) {
+        return Err(TrustError::WrongHardware {
+            commit: target.commit,
+            built: if commit.hardware.is_empty() { "no hardware revision".into() } else { commit.hardware.join(", ") },
+            hardware: hardware.to_string(),
+        });
+    }
+    if commit.version != target.version {
+        return Err(TrustError::VersionMismatch {
+            commit: target.commit,
+            expected: target.version.to_string(),
+            found: commit.version.to_string(),
+        });
+    }
+    Ok(())
+}
