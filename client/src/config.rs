@@ -213,10 +213,6 @@ pub struct Config {
     pub hooks: Option<Hooks>,
     #[serde(default)]
     pub bootloader: Option<Bootloader>,
-    /// Seconds added to the system clock when checking channel documents. Not read from the
-    /// file: tests set it to play a device whose clock is wrong.
-    #[serde(skip)]
-    pub clock_offset: i64,
 }
 
 impl Config {

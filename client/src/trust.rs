@@ -102,3 +102,16 @@ impl TrustState {
         }
     }
 }
+
+/// The device's clock in Unix seconds, as channel documents are checked against it.
+///
+/// `FERRYD_CLOCK_OFFSET=<seconds>` shifts it, so tests can play a device whose clock was
+/// reset to 1970 or runs years ahead (like `FERRYD_CRASH_AT`, a test hook; a wrong clock
+/// can never make the device accept what the floor forbids).
+pub fn clock() -> Result<i64> {
+    let offset = match std::env::var("FERRYD_CLOCK_OFFSET") {
+        Ok(v) => v.parse::<i64>().map_err(|_| anyhow!("FERRYD_CLOCK_OFFSET={v:?} is not a number of seconds"))?,
+        Err(_) => 0,
+    };
+    Ok(crate::state::now().saturating_add(offset))
+}

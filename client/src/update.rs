@@ -169,9 +169,9 @@ async fn fetch_commit(server: &Server, local: &Local, id: &Id, keys: &[PublicKey
 
 /// Channel mode: brings the key documents up to date, then fetches and checks the channel
 /// document ([`ferry_store::channel::accept_channel`]). Returns this device's target and the
-/// keys commits must be signed by. Each refusal is a [`Refused`] error and leaves
-/// `trust.json` as it was; what was accepted (a newer key document, the channel's serial and
-/// the clock floor) is recorded before returning.
+/// keys commits must be signed by. Each refusal is a [`Refused`] error and leaves the
+/// channel's serial and the clock floor as they were; a newer valid key document is recorded
+/// at once, the channel document once its commit passed ([`Accepted::record`]).
 async fn follow_channel(
     config: &Config,
     server: &Server,
@@ -180,7 +180,7 @@ async fn follow_channel(
     hardware: &str,
     current: Option<Id>,
     t: &mut Traffic,
-) -> Result<(ferry_store::channel::Target, Vec<PublicKey>)> {
+) -> Result<(ferry_store::channel::Target, Vec<PublicKey>, Accepted)> {
     use ferry_store::channel::{accept_channel, Envelope, Running};
     let mut state = crate::trust::TrustState::load(config)?;
     let trust = state.trust()?;
@@ -202,7 +202,7 @@ async fn follow_channel(
         None => None,
     };
     let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));
-    let clock = crate::state::now().saturating_add(config.clock_offset);
+    let clock = crate::trust::clock()?;
     let (doc, target) = accept_channel(
         &envelope,
         channel,
@@ -214,9 +214,18 @@ async fn follow_channel(
     .map_err(|e| Refused(format!("{e}; refusing it")))?;
     state.channels.insert(channel.to_string(), doc.serial);
     state.floor = seen.floor.max(doc.timestamp);
-    state.save(config)?;
     let keys = trust_now.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
-    Ok((target, keys))
+    Ok((target, keys, Accepted(state)))
+}
+
+/// A channel document that passed its checks, recorded (`trust.json`) only once the commit
+/// it names passed its own: a refused target leaves the device as it was.
+struct Accepted(crate::trust::TrustState);
+
+impl Accepted {
+    fn record(self, config: &Config) -> Result<()> {
+        self.0.save(config)
+    }
 }
 
 /// True if the device holds every tree under `root` (read locally, no request).
@@ -836,24 +845,26 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
             attempt += 1;
             s.attempts = attempt;
             let r: Result<Option<(Id, Commit, u64, u64)>> = async {
-                let (head, target, keys) = match (&config.channel, &config.branch) {
+                let (head, target, keys, accepted) = match (&config.channel, &config.branch) {
                     (Some(channel), _) => {
                         let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
-                        let (target, keys) =
+                        let (target, keys, accepted) =
                             follow_channel(config, &server, &local, channel, hw, current, &mut t).await?;
-                        (target.commit, Some(target), keys)
+                        (target.commit, Some(target), keys, Some(accepted))
                     }
                     (None, Some(branch)) => match server.branch(branch, current, &mut t).await? {
                         Head::Unchanged => return Ok(None),
-                        Head::At(id) => (id, None, keys.clone()),
+                        Head::At(id) => (id, None, keys.clone(), None),
                     },
                     (None, None) => bail!("the configuration names no channel or branch"),
                 };
-                if Some(head) == current {
-                    return Ok(None);
-                }
-                if bad.contains(&head.to_hex()) {
-                    skipped = Some(head);
+                if Some(head) == current || bad.contains(&head.to_hex()) {
+                    if let Some(a) = accepted {
+                        a.record(config)?;
+                    }
+                    if Some(head) != current {
+                        skipped = Some(head);
+                    }
                     return Ok(None);
                 }
                 let commit = fetch_commit(&server, &local, &head, &keys, &mut t).await?;
@@ -861,6 +872,9 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                     (Some(target), Some(hw)) => {
                         ferry_store::channel::check_target_commit(target, &commit, hw)
                             .map_err(|e| Refused(format!("{e}; refusing it")))?;
+                        if let Some(a) = accepted {
+                            a.record(config)?;
+                        }
                     }
                     (None, Some(hw)) if !commit.hardware.is_empty() && !commit.hardware.contains(hw) => {
                         return Err(Refused(format!(

@@ -2,6 +2,7 @@
 //! (axum on 127.0.0.1:0) over a real repository.
 
 mod bootloader;
+mod channels;
 mod config;
 mod faults;
 mod harness;
