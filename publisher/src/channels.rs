@@ -343,8 +343,8 @@ pub fn doc_text(id: &Id, doc: &ChannelDoc) -> String {
         doc.name,
         doc.serial,
         id.short(),
-        doc.timestamp,
-        doc.expires,
+        crate::show::format_time(doc.timestamp),
+        crate::show::format_time(doc.expires),
         if doc.rollback { "  ROLLBACK" } else { "" }
     );
     for t in &doc.targets {

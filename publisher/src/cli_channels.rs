@@ -146,9 +146,10 @@ fn key_json(id: &ferry_store::Id, d: &KeyDoc) -> serde_json::Value {
 fn key_text(id: &ferry_store::Id, d: &KeyDoc) -> String {
     let list = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>().join("\n               ");
     format!(
-        "key document {} ({})\n  roots:       {}\n  commit keys: {}\n  channel keys:{}{}\n",
+        "key document {} ({}), signed {}\n  roots:       {}\n  commit keys: {}\n  channel keys:{}{}\n",
         d.serial,
         id.short(),
+        ferry_publisher::show::format_time(d.timestamp),
         list(&d.roots),
         list(&d.commit_keys),
         if d.channel_keys.is_empty() { "" } else { " " },

@@ -152,6 +152,25 @@ pub fn fsck(repo: &Repository, trusted: &[PublicKey], progress: &dyn crate::impo
     }
     report.problems.sort();
     report.problems.dedup();
+    // 4. The key chain walks from its first roots, and every channel's newest document is
+    //    signed by a channel key of the newest key document (what devices will check).
+    match crate::channels::current_trust(repo) {
+        Err(e) => report.problem("key documents".to_string(), format!("{e:#}")),
+        Ok(trust) => {
+            for (name, id) in repo.channels()? {
+                let signed = match (&trust, repo.read_envelope(&id)) {
+                    (Some(t), Ok(e)) => !e.signed_by(ferry_store::Signed::Channel, &t.channel_keys).is_empty(),
+                    _ => false,
+                };
+                if !signed {
+                    report.problem(
+                        format!("channel {name}"),
+                        format!("document {id} is not signed by a channel key of the newest key document"),
+                    );
+                }
+            }
+        }
+    }
     Ok(report)
 }
 

@@ -79,3 +79,58 @@ fn status_follows_the_current_link() {
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A channel configuration: root keys instead of trusted keys, and a hardware revision from
+/// the configured source.
+fn channel_config(dir: &Path, hardware: &str) -> std::path::PathBuf {
+    let key = dir.join("root.key");
+    if !key.exists() {
+        ferry_store::SecretKey::from_seed(&[5; 32]).save(&key).unwrap();
+    }
+    let text = format!(
+        "server = \"http://127.0.0.1:8080\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}.pub\"]\n{hardware}",
+        dir.join("state").display(),
+        dir.join("current").display(),
+        key.display()
+    );
+    let path = dir.join("ferryd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_channel_device_learns_its_hardware_revision_from_its_image() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("hw"), "rev-c\nsecond line ignored\n").unwrap();
+    let from_file = channel_config(t.path(), &format!("hardware_file = \"{}\"\n", t.path().join("hw").display()));
+    let out = ferryd(&from_file, &["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["hardware"].as_str(), v["channel"].as_str()), (Some("rev-c"), Some("stable")));
+    assert_eq!(v["keys_serial"], 0);
+
+    let from_env = channel_config(t.path(), "hardware_env = \"BOARD_REV\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&from_env)
+        .args(["status", "--json"])
+        .env("BOARD_REV", "rev-d")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hardware"], "rev-d");
+    let out = ferryd(&from_env, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("$BOARD_REV"));
+
+    for (extra, expected) in [
+        ("", "must know its hardware revision"),
+        ("hardware = \"a\"\nhardware_env = \"X\"\n", "at most one of hardware"),
+        ("hardware = \"a\"\nbranch = \"main\"\n", "either branch or channel"),
+        ("hardware = \"a\"\ntrusted_keys = [\"/k.pub\"]\n", "trusted_keys is for branches"),
+    ] {
+        let out = ferryd(&channel_config(t.path(), extra), &["check-config"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+}

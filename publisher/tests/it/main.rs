@@ -1,6 +1,7 @@
 //! ferry-publisher's integration tests: the `ferry` features, one module each.
 
 mod bad_input;
+mod channels;
 mod cli;
 mod corruption;
 mod determinism;

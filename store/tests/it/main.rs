@@ -1,5 +1,6 @@
 //! ferry-store's integration tests, one module per feature.
 
+mod channel;
 mod encoding;
 mod repo;
 mod signatures;

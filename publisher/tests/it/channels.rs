@@ -1,0 +1,228 @@
+//! `ferry keys`, `ferry promote` and `ferry channel` as an operator runs them, and the two
+//! endpoints devices read documents from.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ferry_store::channel::{ChannelDoc, Envelope, KeyDoc};
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).env_remove("FERRY_REPO").output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ferry(args);
+    assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).unwrap()
+}
+
+/// A command that must fail with one `error:` line containing `expect`.
+fn fails(args: &[&str], expect: &str) {
+    let out = ferry(args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "ferry {args:?} should fail: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(expect), "expected {expect:?} in: {stderr}");
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A repository with two signed commits for rev-a (1 and 2; 1 also for rev-b) and keys
+/// root, ci and chan in `t`.
+fn setup(t: &Path) -> (String, String, String) {
+    let repo = s(&t.join("repo"));
+    ok(&["init", "--repo", &repo]);
+    for k in ["root", "ci", "chan"] {
+        ok(&["keygen", "--out", &s(&t.join(format!("{k}.key")))]);
+    }
+    let mut ids = Vec::new();
+    for (v, hw) in [("1", vec!["--hardware", "rev-a", "--hardware", "rev-b"]), ("2", vec!["--hardware", "rev-a"])] {
+        let tree = t.join(format!("tree{v}"));
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("app"), format!("release {v}")).unwrap();
+        let mut args = vec!["commit", "--repo", &repo, "--branch", "main", "--version", v, "--json"];
+        let (tree, key) = (s(&tree), s(&t.join("ci.key")));
+        args.extend(["--tree", &tree, "--sign-key", &key]);
+        args.extend(hw);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        ids.push(v["commit"].as_str().unwrap().to_string());
+    }
+    (repo, ids[0].clone(), ids[1].clone())
+}
+
+#[test]
+fn operators_promote_refresh_and_roll_back_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, c2) = setup(t.path());
+    let key = |k: &str| s(&t.path().join(k));
+    fails(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key")], "ferry keys set");
+    fails(
+        &["keys", "set", "--repo", &repo, "--sign-key", &key("root.key"), "--root", &key("root.key.pub")],
+        "--commit-key",
+    );
+    // The first key document must be signed by one of its own roots.
+    fails(
+        &[
+            "keys",
+            "set",
+            "--repo",
+            &repo,
+            "--sign-key",
+            &key("ci.key"),
+            "--root",
+            &key("root.key.pub"),
+            "--commit-key",
+            &key("ci.key.pub"),
+            "--channel-key",
+            &key("chan.key.pub"),
+        ],
+        "not signed by a root key",
+    );
+    let k = json(&[
+        "keys",
+        "set",
+        "--repo",
+        &repo,
+        "--sign-key",
+        &key("root.key"),
+        "--root",
+        &key("root.key.pub"),
+        "--commit-key",
+        &key("ci.key.pub"),
+        "--channel-key",
+        &key("chan.key.pub"),
+        "--json",
+    ]);
+    assert_eq!(k["serial"], 1);
+
+    fails(
+        &["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("ci.key")],
+        "may not sign channel documents",
+    );
+    fails(
+        &["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--expires", "soon"],
+        "--expires",
+    );
+    fails(
+        &["promote", "--repo", &repo, &c2, "--to", "dev", "--hardware", "rev-b", "--sign-key", &key("chan.key")],
+        "not for rev-b",
+    );
+    let promote = |extra: &[&str]| {
+        let mut args = vec!["promote", "--repo", repo.as_str(), "--sign-key"];
+        let chan = key("chan.key");
+        args.push(&chan);
+        args.extend_from_slice(extra);
+        args.push("--json");
+        json(&args)
+    };
+    let d = promote(&[&c1, "--to", "dev", "--expires", "2h"]);
+    assert_eq!((d["serial"].as_u64(), d["changed"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(d["targets"].as_array().unwrap().len(), 2, "both revisions of commit 1: {d}");
+    assert!(d["expires"].as_i64().unwrap() - d["timestamp"].as_i64().unwrap() == 7200);
+    let b = promote(&["--from", "dev", "--to", "beta"]);
+    assert_eq!(b["serial"], 1);
+    // Promoting the same targets again writes nothing.
+    assert_eq!(promote(&["--from", "dev", "--to", "beta"])["changed"], false);
+    // Beta's upstream is dev, which never had commit 2.
+    fails(&["promote", "--repo", &repo, &c2, "--to", "beta", "--sign-key", &key("chan.key")], "never had commit");
+    let forced = promote(&[&c2, "--to", "beta", "--force"]);
+    assert_eq!(forced["serial"], 2);
+    fails(
+        &["promote", "--repo", &repo, &c1, "--to", "beta", "--hardware", "rev-a", "--sign-key", &key("chan.key")],
+        "--rollback",
+    );
+    let back = promote(&[&c1, "--to", "beta", "--hardware", "rev-a", "--rollback"]);
+    assert_eq!((back["serial"].as_u64(), back["rollback"].as_bool()), (Some(3), Some(true)));
+
+    // A refresh re-signs with a new serial and expiry and keeps the targets and the mark.
+    let r = json(&[
+        "channel",
+        "refresh",
+        "--repo",
+        &repo,
+        "beta",
+        "--sign-key",
+        &key("chan.key"),
+        "--expires",
+        "1d",
+        "--json",
+    ]);
+    assert_eq!((r[0]["serial"].as_u64(), r[0]["rollback"].as_bool()), (Some(4), Some(true)));
+    assert_eq!(r[0]["targets"], back["targets"]);
+    let log = json(&["channel", "log", "--repo", &repo, "beta", "--json"]);
+    assert_eq!(log.as_array().unwrap().iter().map(|d| d["serial"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 3, 2, 1]);
+    let show = json(&["channel", "show", "--repo", &repo, "beta", "--json"]);
+    assert_eq!(show["serial"], 4);
+    let list = json(&["channel", "list", "--repo", &repo, "--json"]);
+    assert_eq!(list[0]["channel"], "beta");
+    assert_eq!(list[0]["upstream"], "dev");
+    fails(&["channel", "show", "--repo", &repo, "nope"], "channel nope does not exist");
+    assert!(ok(&["channel", "show", "--repo", &repo, "beta"]).contains("ROLLBACK"));
+    let out = ferry(&["fsck", "--repo", &repo]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn channel_and_key_documents_are_served() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, _) = setup(t.path());
+    let key = |k: &str| s(&t.path().join(k));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (path, scratch) = (t.path().join("repo"), t.path().join("scratch"));
+    rt.spawn(async move {
+        ferry_publisher::serve::serve(
+            path,
+            scratch,
+            "127.0.0.1:0".parse().unwrap(),
+            move |a| tx.send(a).unwrap(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap()
+    });
+    let base = format!("http://{}/v1", rx.recv().unwrap());
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let get = |p: &str| c.get(format!("{base}/{p}")).send();
+        let r = get("keys").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap().is_empty());
+        assert_eq!(get("channels/stable").await.unwrap().status(), 404);
+        assert_eq!(get("channels/..").await.unwrap().status(), 404);
+
+        // Written by the operator while the server runs: seen on the next request.
+        let first: Vec<String> = vec![
+            "--root".into(),
+            key("root.key.pub"),
+            "--commit-key".into(),
+            key("ci.key.pub"),
+            "--channel-key".into(),
+            key("chan.key.pub"),
+        ];
+        for extra in [first, Vec::new()] {
+            let mut args: Vec<String> = ["keys", "set", "--repo", &repo, "--sign-key"].map(String::from).to_vec();
+            args.push(key("root.key"));
+            args.extend(extra);
+            ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
+        let chain = get("keys").await.unwrap().bytes().await.unwrap();
+        let chain = Envelope::decode_all(&chain).unwrap();
+        let serials: Vec<u64> = chain.iter().map(|e| KeyDoc::decode(&e.document).unwrap().serial).collect();
+        assert_eq!(serials, [1, 2]);
+        let r = get("channels/stable").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+        let e = Envelope::decode(&r.bytes().await.unwrap()).unwrap();
+        let doc = ChannelDoc::decode(&e.document).unwrap();
+        assert_eq!((doc.name.as_str(), doc.serial), ("stable", 1));
+        assert_eq!(doc.targets[0].commit.to_hex(), c1);
+        assert_eq!(e.signatures.len(), 1);
+    });
+}
