@@ -186,6 +186,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Adds a signature by another key to a stored commit (e.g. after rotating commit keys,
+    /// so released commits stay valid for devices that trust only the new key).
+    Sign {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// The commit: id, unique prefix or branch.
+        rev: String,
+        #[arg(long, value_name = "FILE")]
+        sign_key: PathBuf,
+    },
     /// Manages the key document: root keys, and the keys that may sign commits and channels.
     #[command(subcommand)]
     Keys(cli_channels::KeysCommand),
@@ -516,6 +526,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let _ = std::fs::remove_dir_all(&scratch);
             }
             result?;
+        }
+        Command::Sign { repo, rev, sign_key } => {
+            let key = SecretKey::load(&sign_key)?;
+            let r = Repository::open(&repo.repo)?;
+            let id = r.resolve(&rev)?;
+            r.add_signature(&id, &key.public(), &key.sign_commit(&id))?;
+            eprintln!("signed commit {id} with key {}", key.public().to_hex());
         }
         Command::Keys(cmd) => cli_channels::keys(cmd)?,
         Command::Promote(args) => cli_channels::promote(args)?,

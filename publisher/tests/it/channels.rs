@@ -165,6 +165,17 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     assert!(ok(&["channel", "show", "--repo", &repo, "beta"]).contains("ROLLBACK"));
     let out = ferry(&["fsck", "--repo", &repo]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Rotating the commit key: released commits need the new key's signature to stay
+    // promotable (and installable), and `ferry sign` adds it.
+    ok(&["keygen", "--out", &key("ci2.key")]);
+    ok(&["keys", "set", "--repo", &repo, "--sign-key", &key("root.key"), "--commit-key", &key("ci2.key.pub")]);
+    fails(
+        &["promote", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")],
+        "not signed by a commit key",
+    );
+    ok(&["sign", "--repo", &repo, &c2, "--sign-key", &key("ci2.key")]);
+    assert_eq!(promote(&[&c2, "--to", "stable"])["serial"], 1);
 }
 
 #[test]
