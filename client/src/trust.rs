@@ -34,6 +34,11 @@ pub struct TrustState {
     pub floor: i64,
 }
 
+/// No time before this agent was written is ever taken for "now" (2026-11-01 00:00 UTC):
+/// a device fresh from the factory, whose clock reset to 1970 and which has seen nothing
+/// signed yet, still refuses documents that expired before it was built.
+pub const AGENT_FLOOR: i64 = 1_793_491_200;
+
 fn to_hex(keys: &[[u8; 32]]) -> Vec<String> {
     keys.iter().map(hex::encode).collect()
 }
@@ -94,11 +99,11 @@ impl TrustState {
     }
 
     /// What was seen of `channel`, with the floor raised to `build_time` (the running
-    /// commit's signed timestamp) when it is later.
+    /// commit's signed timestamp) and to [`AGENT_FLOOR`] when they are later.
     pub fn seen(&self, channel: &str, build_time: Option<i64>) -> Seen {
         Seen {
             serial: self.channels.get(channel).copied().unwrap_or(0),
-            floor: self.floor.max(build_time.unwrap_or(i64::MIN)),
+            floor: self.floor.max(build_time.unwrap_or(i64::MIN)).max(AGENT_FLOOR),
         }
     }
 }

@@ -197,10 +197,15 @@ async fn follow_channel(
         server.channel(channel, t).await?.ok_or_else(|| Refused(format!("the server has no channel {channel}")))?;
     let envelope = Envelope::decode(&bytes)
         .map_err(|e| Refused(format!("channel {channel}: the document does not decode: {e}")))?;
-    let running = match current {
-        Some(c) => local.commit(&c)?,
-        None => None,
-    };
+    let keys = trust_now.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
+    // The running release's version and build time bound what is accepted: never skip them.
+    let running =
+        match current {
+            Some(c) => Some(fetch_commit(server, local, &c, &keys, t).await.with_context(|| {
+                format!("the running commit {c} is not in the device database and cannot be fetched")
+            })?),
+            None => None,
+        };
     let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));
     let clock = crate::trust::clock()?;
     let (doc, target) = accept_channel(
@@ -214,7 +219,6 @@ async fn follow_channel(
     .map_err(|e| Refused(format!("{e}; refusing it")))?;
     state.channels.insert(channel.to_string(), doc.serial);
     state.floor = seen.floor.max(doc.timestamp);
-    let keys = trust_now.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
     Ok((target, keys, Accepted(state)))
 }
 

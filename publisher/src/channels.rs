@@ -243,12 +243,16 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
             return Ok(Promoted { id, doc: c.clone(), changed: false });
         }
     }
+    // A rolled-back target that stays must keep its mark: a device that missed the rollback
+    // document still runs the newer release and needs the mark to go back.
+    let keeps_rollback = current.as_ref().is_some_and(|c| c.rollback && c.targets.iter().any(|t| targets.contains(t)));
+    let timestamp = current.as_ref().map_or(p.now, |c| p.now.max(c.timestamp));
     let doc = ChannelDoc {
         name: p.to.clone(),
         serial: current.as_ref().map_or(1, |c| c.serial + 1),
-        timestamp: current.as_ref().map_or(p.now, |c| p.now.max(c.timestamp)),
-        expires: p.now.saturating_add(p.expires_in),
-        rollback: p.rollback,
+        timestamp,
+        expires: timestamp.saturating_add(p.expires_in),
+        rollback: p.rollback || keeps_rollback,
         previous: head,
         targets,
     };
@@ -288,10 +292,16 @@ pub fn refresh(
     for name in names {
         let head = repo.channel(&name)?.ok_or_else(|| anyhow!("channel {name} does not exist"))?;
         let c = channel_doc(repo, &head)?;
+        for t in &c.targets {
+            check_signed(repo, &trust, &t.commit).map_err(|e| {
+                anyhow!("channel {name}: {e:#}; add a signature by a current commit key with `ferry sign`")
+            })?;
+        }
+        let timestamp = now.max(c.timestamp);
         let doc = ChannelDoc {
             serial: c.serial + 1,
-            timestamp: now.max(c.timestamp),
-            expires: now.saturating_add(expires_in),
+            timestamp,
+            expires: timestamp.saturating_add(expires_in),
             previous: Some(head),
             ..c
         };

@@ -205,6 +205,9 @@ impl ChannelDoc {
         if self.targets.is_empty() {
             return Err(DecodeError::Empty { field: "channel targets" });
         }
+        if self.expires <= self.timestamp {
+            return Err(DecodeError::Empty { field: "channel document lifetime (it must expire after it is signed)" });
+        }
         let hardware: Vec<String> = self.targets.iter().map(|t| t.hardware.clone()).collect();
         check_strings(&hardware, "hardware revision")?;
         for pair in hardware.windows(2) {
@@ -441,16 +444,40 @@ impl Trust {
         })
     }
 
-    /// Advances through every document of a chain newer than this trust, in order.
+    /// Advances through a key chain as the server serves it: serials 1, 2, ... in order.
+    /// A trust at serial `k` skips the first `k` documents unread (it accepted them before);
+    /// a document out of place fails [`Trust::advance`]'s serial check after its signature.
+    ///
+    /// A trust at serial 0 (only the image's roots) first looks for the newest document
+    /// signed by one of those roots *and* naming that root among its own: an image built
+    /// after a root rotation holds only the new root, and starts there instead of at
+    /// document 1, which only the old root signed.
     pub fn advance_all(&self, chain: &[Envelope]) -> Result<Trust, TrustError> {
         let mut t = self.clone();
-        for e in chain {
-            // Documents already accepted are skipped by serial; their signatures were checked.
-            if let Ok(doc) = KeyDoc::decode(&e.document) {
-                if doc.serial <= t.serial {
+        let mut start = usize::try_from(t.serial).unwrap_or(usize::MAX).min(chain.len());
+        if t.serial == 0 {
+            for (i, e) in chain.iter().enumerate().rev() {
+                let signers = e.signed_by(Signed::Keys, &t.roots);
+                if signers.is_empty() {
                     continue;
                 }
+                // Signed by an image root: only now is it decoded.
+                let id = e.id();
+                let doc = KeyDoc::decode(&e.document).map_err(|source| TrustError::Decode { id, source })?;
+                if doc.serial == i as u64 + 1 && signers.iter().any(|s| doc.roots.contains(s)) {
+                    t = Trust {
+                        serial: doc.serial,
+                        roots: doc.roots,
+                        commit_keys: doc.commit_keys,
+                        channel_keys: doc.channel_keys,
+                        timestamp: t.timestamp.max(doc.timestamp),
+                    };
+                    start = i + 1;
+                    break;
+                }
             }
+        }
+        for e in chain.get(start..).unwrap_or_default() {
             t = t.advance(e)?;
         }
         Ok(t)

@@ -40,6 +40,11 @@ fn fleet() -> Env {
 
 /// A device following `channel` as hardware revision `hardware`.
 fn device(env: &Env, name: &str, channel: &str, hardware: &str) -> PathBuf {
+    device_rooted(env, name, channel, hardware, "root.key.pub")
+}
+
+/// The same, with the image's root key `root` (a file in the test directory).
+fn device_rooted(env: &Env, name: &str, channel: &str, hardware: &str, root: &str) -> PathBuf {
     let dev = env.path().join(name);
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
@@ -48,7 +53,7 @@ fn device(env: &Env, name: &str, channel: &str, hardware: &str) -> PathBuf {
         env.addr,
         dev.join("state").display(),
         dev.join("current").display(),
-        env.path().join("root.key.pub").display(),
+        env.path().join(root).display(),
     );
     std::fs::write(&config, text).unwrap();
     config
@@ -189,6 +194,7 @@ fn an_expired_document_is_refused() {
     let mut doc = newest(&env, "stable");
     doc.serial += 1;
     doc.previous = env.repo.channel("stable").unwrap();
+    doc.timestamp = now() - 3 * DAY;
     doc.expires = now() - 60;
     serve_document(&env, &doc, &test_key(CHANNEL_KEY));
     refused(&device(&env, "device", "stable", "rev-a"), &[], "expired at");
@@ -250,6 +256,16 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
         serde_json::from_slice(&std::fs::read(dev.parent().unwrap().join("state/trust.json")).unwrap()).unwrap();
     assert_eq!(trust["keys"]["serial"], 3);
     assert_eq!(trust["keys"]["roots"][0], test_key(13).public().to_hex());
+
+    // A device from a new image holds only the new root: it starts at the key document that
+    // root signed, not at document 1, which only the old root signed.
+    test_key(13).save(&env.path().join("root13.key")).unwrap();
+    let fresh = device_rooted(&env, "new-image", "stable", "rev-a", "root13.key.pub");
+    assert_eq!(updated(&fresh)["to"], c3.to_hex());
+    // An image holding a key that is no root at all trusts nothing.
+    test_key(2).save(&env.path().join("stranger.key")).unwrap();
+    let stranger = device_rooted(&env, "stranger", "stable", "rev-a", "stranger.key.pub");
+    refused(&stranger, &[], "is not signed by a root key this device trusts");
 }
 
 #[test]

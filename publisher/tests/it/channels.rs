@@ -139,6 +139,33 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     let back = promote(&[&c1, "--to", "beta", "--hardware", "rev-a", "--rollback"]);
     assert_eq!((back["serial"].as_u64(), back["rollback"].as_bool()), (Some(3), Some(true)));
 
+    // Promoting another revision keeps the mark while the rolled-back target stays: a rev-a
+    // device that missed the rollback document must still be allowed to go back.
+    let tree3 = t.path().join("tree3");
+    std::fs::create_dir_all(&tree3).unwrap();
+    std::fs::write(tree3.join("app"), "release 3").unwrap();
+    let c3 = json(&[
+        "commit",
+        "--repo",
+        &repo,
+        "--branch",
+        "main",
+        "--tree",
+        &s(&tree3),
+        "--version",
+        "3",
+        "--sign-key",
+        &key("ci.key"),
+        "--hardware",
+        "rev-b",
+        "--json",
+    ])["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b3 = promote(&[&c3, "--to", "beta", "--force"]);
+    assert_eq!((b3["serial"].as_u64(), b3["rollback"].as_bool()), (Some(4), Some(true)));
+
     // A refresh re-signs with a new serial and expiry and keeps the targets and the mark.
     let r = json(&[
         "channel",
@@ -152,12 +179,15 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
         "1d",
         "--json",
     ]);
-    assert_eq!((r[0]["serial"].as_u64(), r[0]["rollback"].as_bool()), (Some(4), Some(true)));
-    assert_eq!(r[0]["targets"], back["targets"]);
+    assert_eq!((r[0]["serial"].as_u64(), r[0]["rollback"].as_bool()), (Some(5), Some(true)));
+    assert_eq!(r[0]["targets"], b3["targets"]);
     let log = json(&["channel", "log", "--repo", &repo, "beta", "--json"]);
-    assert_eq!(log.as_array().unwrap().iter().map(|d| d["serial"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 3, 2, 1]);
+    assert_eq!(
+        log.as_array().unwrap().iter().map(|d| d["serial"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [5, 4, 3, 2, 1]
+    );
     let show = json(&["channel", "show", "--repo", &repo, "beta", "--json"]);
-    assert_eq!(show["serial"], 4);
+    assert_eq!(show["serial"], 5);
     let list = json(&["channel", "list", "--repo", &repo, "--json"]);
     assert_eq!(list[0]["channel"], "beta");
     assert_eq!(list[0]["upstream"], "dev");

@@ -201,15 +201,15 @@ proptest! {
     #[test]
     fn channel_documents_round_trip(
         serial in any::<u64>(),
-        timestamp in any::<i64>(),
-        expires in any::<i64>(),
+        timestamp in -(1i64 << 40)..(1i64 << 40),
+        lifetime in 1i64..(1i64 << 40),
         rollback in any::<bool>(),
         revisions in proptest::collection::btree_set("[a-z0-9-]{1,12}", 1..6),
         version in 0u64..1000,
     ) {
         let doc = ChannelDoc {
             name: "dev/board".into(),
-            serial, timestamp, expires, rollback,
+            serial, timestamp, expires: timestamp + lifetime, rollback,
             previous: None,
             targets: revisions.into_iter().map(|h| Target {
                 commit: Id::of(h.as_bytes()), hardware: h, version: version.to_string().parse().unwrap(),
