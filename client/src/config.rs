@@ -36,6 +36,11 @@
 //! post_switch = "./usr/share/example/migrate post" # failure: rolled back
 //! timeout = 60                              # seconds per hook; default 60
 //!
+//! [fleet]                                   # optional: enroll with and report to a fleet server
+//! enrollment_token_file = "/etc/ferry/enrollment-token"   # the fleet's enrollment token
+//! serial_file = "/etc/serial-number"        # this device's serial number (first line), or
+//! # serial = "SN1234" / serial_env = "SERIAL"
+//!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
 //! fw_config = "/etc/fw_env.config"          # uboot: libubootenv's configuration
@@ -213,6 +218,53 @@ pub struct Config {
     pub hooks: Option<Hooks>,
     #[serde(default)]
     pub bootloader: Option<Bootloader>,
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
+}
+
+/// Enrollment with a fleet server (`ferry serve --fleet`), which then sees this device's
+/// reports at every check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub enrollment_token_file: PathBuf,
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub serial_file: Option<PathBuf>,
+    #[serde(default)]
+    pub serial_env: Option<String>,
+}
+
+impl Fleet {
+    /// This device's serial number from the configured source.
+    pub fn serial(&self) -> Result<String> {
+        let value = match (&self.serial, &self.serial_file, &self.serial_env) {
+            (Some(s), None, None) => s.clone(),
+            (None, Some(path), None) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the serial number from {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_matches(|c: char| c.is_whitespace() || c == '\0')
+                .to_string(),
+            (None, None, Some(var)) => {
+                std::env::var(var).with_context(|| format!("reading the serial number from ${var}"))?.trim().to_string()
+            }
+            _ => bail!("[fleet] needs exactly one of serial, serial_file and serial_env"),
+        };
+        if value.is_empty() {
+            bail!("the serial number is empty");
+        }
+        Ok(value)
+    }
+
+    pub fn enrollment_token(&self) -> Result<String> {
+        let path = &self.enrollment_token_file;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the enrollment token from {}", path.display()))?;
+        Ok(token.trim().to_string())
+    }
 }
 
 impl Config {
@@ -271,6 +323,15 @@ impl Config {
             }
             if let Some(u) = h.urls.iter().find(|u| !u.starts_with("http://")) {
                 bail!("[health] url {u:?} must be an http:// URL");
+            }
+        }
+        if let Some(f) = &c.fleet {
+            let sources = [f.serial.is_some(), f.serial_file.is_some(), f.serial_env.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                bail!("[fleet] needs exactly one of serial, serial_file and serial_env");
+            }
+            if c.hardware.is_none() && c.hardware_file.is_none() && c.hardware_env.is_none() {
+                bail!("[fleet] needs the hardware revision (hardware, hardware_file or hardware_env) to enroll");
             }
         }
         for p in [&c.state_dir, &c.current_link] {

@@ -150,6 +150,33 @@ impl Server {
         Ok(Some(Server::read_capped(resp, max, what, t).await?))
     }
 
+    /// POSTs JSON to the device API, with the device token when given; returns the answer's
+    /// status and JSON body (at most [`MAX_JSON`] bytes). Error statuses are returned, not
+    /// raised: enrollment and check-in decide what each one means.
+    pub async fn device_call(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+        t: &mut Traffic,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        let what = format!("the fleet server's {path}");
+        t.requests += 1;
+        let mut req = self
+            .client
+            .post(self.url(&format!("device/{path}")))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body)?);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.with_context(|| format!("asking {what}"))?;
+        let status = resp.status();
+        let bytes = Server::read_capped(resp, MAX_JSON, &what, t).await?;
+        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, v))
+    }
+
     /// A channel's newest signed document (an envelope, not yet verified); `None` if the
     /// server has no such channel.
     pub async fn channel(&self, name: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {

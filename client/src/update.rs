@@ -176,12 +176,13 @@ async fn follow_channel(
     config: &Config,
     server: &Server,
     local: &Local,
-    channel: &str,
     hardware: &str,
     current: Option<Id>,
+    given: Option<&[u8]>,
     t: &mut Traffic,
 ) -> Result<(ferry_store::channel::Target, Vec<PublicKey>, Accepted)> {
     use ferry_store::channel::{accept_channel, Envelope, Running};
+    let channel = config.channel.as_deref().ok_or_else(|| anyhow!("the configuration names no channel"))?;
     let mut state = crate::trust::TrustState::load(config)?;
     let trust = state.trust()?;
     let chain = server.keys(t).await?;
@@ -193,8 +194,13 @@ async fn follow_channel(
         state.set_trust(&trust_now);
         state.save(config)?;
     }
-    let bytes =
-        server.channel(channel, t).await?.ok_or_else(|| Refused(format!("the server has no channel {channel}")))?;
+    let bytes = match given {
+        // From the check-in: trusted no more than one fetched on its own.
+        Some(b) => b.to_vec(),
+        None => {
+            server.channel(channel, t).await?.ok_or_else(|| Refused(format!("the server has no channel {channel}")))?
+        }
+    };
     let envelope = Envelope::decode(&bytes)
         .map_err(|e| Refused(format!("channel {channel}: the document does not decode: {e}")))?;
     let keys = trust_now.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
@@ -844,16 +850,19 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
     let mut t = Traffic::default();
 
     let result = async {
+        // With a fleet server: report first; the answer carries the channel's document.
+        let checked_in = crate::fleet::check_in(config, &server, &mut t).await?;
         let mut attempt = 0;
         let (head, commit, files, reused) = loop {
             attempt += 1;
             s.attempts = attempt;
             let r: Result<Option<(Id, Commit, u64, u64)>> = async {
                 let (head, target, keys, accepted) = match (&config.channel, &config.branch) {
-                    (Some(channel), _) => {
+                    (Some(_), _) => {
                         let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
+                        let given = checked_in.channel_document.as_deref();
                         let (target, keys, accepted) =
-                            follow_channel(config, &server, &local, channel, hw, current, &mut t).await?;
+                            follow_channel(config, &server, &local, hw, current, given, &mut t).await?;
                         (target.commit, Some(target), keys, Some(accepted))
                     }
                     (None, Some(branch)) => match server.branch(branch, current, &mut t).await? {
@@ -1013,7 +1022,7 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
     s.skipped_bad_commit = skipped.map(|id| id.to_hex());
     // The trial may have written the state meanwhile: start from what is on disk.
     let mut state = State::load(&config.state_dir).unwrap_or(state);
-    match result {
+    let out = match result {
         Ok(Some((head, commit, files, reused))) => {
             s.to = head.to_hex();
             s.version = commit.version.to_string();
@@ -1040,5 +1049,13 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
             let _ = state.save(&config.state_dir);
             Err(e)
         }
+    };
+    // Tell the fleet server how it went (not counted in the update's own traffic).
+    if config.fleet.is_some() {
+        drop(local);
+        if let Err(e) = crate::fleet::check_in(config, &server, &mut Traffic::default()).await {
+            tracing::warn!(error = %format!("{e:#}"), "reporting the update's outcome to the fleet server");
+        }
     }
+    out
 }

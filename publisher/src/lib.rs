@@ -7,6 +7,8 @@
 
 pub mod channels;
 pub mod checkout;
+pub mod fleet;
+pub mod fleet_api;
 pub mod fsck;
 pub mod import;
 pub mod patches;

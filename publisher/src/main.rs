@@ -14,6 +14,7 @@ use ferry_store::{ChunkParams, EntryKind, PublicKey, RepoConfig, Repository, Sec
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod cli_channels;
+mod cli_fleet;
 
 #[derive(Parser)]
 #[command(
@@ -175,6 +176,13 @@ enum Command {
         /// Patches computed at once (default: the number of cores).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         patch_workers: Option<u16>,
+        /// Directory of the fleet's state (devices, tokens, audit log): enables the device
+        /// and admin APIs. Create the first admin token with `ferry admin token create --fleet DIR`.
+        #[arg(long, value_name = "DIR")]
+        fleet: Option<PathBuf>,
+        /// Newly enrolled devices wait for `ferry device accept SERIAL`.
+        #[arg(long, requires = "fleet")]
+        require_approval: bool,
     },
     /// Verifies every chunk, object, branch and signature; exits 1 naming what is broken.
     Fsck {
@@ -196,6 +204,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         sign_key: PathBuf,
     },
+    /// Fleet administration: tokens.
+    #[command(subcommand)]
+    Admin(cli_fleet::AdminCommand),
+    /// Lists the fleet's devices: serial, hardware, state, channel, version, trial, last seen,
+    /// last error.
+    Devices(cli_fleet::DevicesArgs),
+    /// Shows, accepts, revokes or removes one device.
+    #[command(subcommand)]
+    Device(cli_fleet::DeviceCommand),
+    /// The fleet's audit log: who did what, when.
+    Audit(cli_fleet::AuditArgs),
     /// Manages the key document: root keys, and the keys that may sign commits and channels.
     #[command(subcommand)]
     Keys(cli_channels::KeysCommand),
@@ -495,7 +514,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 human(summary.bytes)
             );
         }
-        Command::Serve { repo, listen, scratch, patch_level, patch_cache, patch_cache_mib, patch_workers } => {
+        Command::Serve {
+            repo,
+            listen,
+            scratch,
+            patch_level,
+            patch_cache,
+            patch_cache_mib,
+            patch_workers,
+            fleet,
+            require_approval,
+        } => {
             let (scratch, temporary) = match scratch {
                 Some(dir) => (dir, false),
                 None => (std::env::temp_dir().join(format!("ferry-serve-{}", std::process::id())), true),
@@ -509,12 +538,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(n) = patch_workers {
                 patches.workers = usize::from(n);
             }
+            let config = ferry_publisher::serve::ServeConfig {
+                patches,
+                fleet: fleet.map(|path| ferry_publisher::serve::FleetConfig {
+                    path,
+                    settings: ferry_publisher::fleet::Settings { require_approval },
+                }),
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(ferry_publisher::serve::serve_with(
                 repo.repo.clone(),
                 scratch.clone(),
                 listen,
-                &patches,
+                &config,
                 |addr| {
                     println!("listening on http://{addr}");
                     use std::io::Write;
@@ -534,6 +570,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             r.add_signature(&id, &key.public(), &key.sign_commit(&id))?;
             eprintln!("signed commit {id} with key {}", key.public().to_hex());
         }
+        Command::Admin(cmd) => cli_fleet::admin(cmd)?,
+        Command::Devices(args) => cli_fleet::devices(args)?,
+        Command::Device(cmd) => cli_fleet::device(cmd)?,
+        Command::Audit(args) => cli_fleet::audit(args)?,
         Command::Keys(cmd) => cli_channels::keys(cmd)?,
         Command::Promote(args) => cli_channels::promote(args)?,
         Command::Channel(cmd) => cli_channels::channel(cmd)?,

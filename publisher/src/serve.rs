@@ -17,7 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use ferry_delta::pack;
 use ferry_delta::patch::{self as patch, PatchRequest};
@@ -475,8 +475,25 @@ async fn not_found() -> ApiError {
 }
 
 /// The API's routes over an open repository.
-pub fn router(repo: Repository, patcher: Patcher) -> Router {
+pub fn router(repo: Repository, patcher: Patcher, fleet: Option<crate::fleet::Fleet>) -> Router {
     let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()), patcher });
+    let fleet_routes = match fleet {
+        Some(fleet) => {
+            let st = state.clone();
+            // Check-ins carry the newest document of the device's channel.
+            let channel_document = move |name: &str| -> Option<Vec<u8>> {
+                catch_up(&st, Instant::now()).ok()?;
+                ferry_store::repo::check_branch_name(name).ok()?;
+                let id = st.repo.channel(name).ok()??;
+                Some(st.repo.read_envelope(&id).ok()?.encode())
+            };
+            crate::fleet_api::routes(Arc::new(crate::fleet_api::FleetState {
+                fleet,
+                channel_document: Box::new(channel_document),
+            }))
+        }
+        None => Router::new().route("/v1/device/{*rest}", any(no_fleet)).route("/v1/admin/{*rest}", any(no_fleet)),
+    };
     Router::new()
         .route("/v1/patches", post(patches_batch).layer(DefaultBodyLimit::max(patch::MAX_PATCH_REQUEST)))
         .route("/v1/branches/{*name}", get(branch))
@@ -492,6 +509,7 @@ pub fn router(repo: Repository, patcher: Patcher) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(pack::MAX_IDS_PER_REQUEST * 32))
         .with_state(state)
+        .merge(fleet_routes)
 }
 
 /// Opens `repo` as a follower (its scratch files under `scratch`) and serves it on `listen`
@@ -503,20 +521,51 @@ pub async fn serve(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    serve_with(repo, scratch, listen, &PatchConfig::default(), on_bound, shutdown).await
+    serve_with(repo, scratch, listen, &ServeConfig::default(), on_bound, shutdown).await
 }
 
-/// [`serve`] with patches configured.
+async fn no_fleet() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "this server keeps no fleet state: start `ferry serve` with --fleet DIR for the device and admin APIs".into(),
+        None,
+    )
+}
+
+/// Where `ferry serve` keeps the fleet's state, and the fleet's settings.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub path: PathBuf,
+    pub settings: crate::fleet::Settings,
+}
+
+/// Everything [`serve_with`] can be told beyond the repository and the address.
+#[derive(Debug, Clone, Default)]
+pub struct ServeConfig {
+    pub patches: PatchConfig,
+    /// The device and admin APIs, with their state; without it they answer 404.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// [`serve`] with patches and the fleet configured.
 pub async fn serve_with(
     repo: PathBuf,
     scratch: PathBuf,
     listen: SocketAddr,
-    patches: &PatchConfig,
+    config: &ServeConfig,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let repository = Repository::open_follower(&repo, &scratch)?;
+    let patches = &config.patches;
+    let fleet = match &config.fleet {
+        Some(f) => Some(
+            crate::fleet::Fleet::open(&f.path, f.settings.clone())
+                .with_context(|| format!("opening the fleet store {}", f.path.display()))?,
+        ),
+        None => None,
+    };
     let cache_dir = patches.cache_dir.clone().unwrap_or_else(|| scratch.join("patch-cache"));
     let patcher = Patcher::open(&cache_dir, patches.cache_bytes, patches.level, patches.workers)
         .with_context(|| format!("opening the patch cache {}", cache_dir.display()))?;
@@ -524,7 +573,7 @@ pub async fn serve_with(
     let addr = listener.local_addr()?;
     on_bound(addr);
     tracing::info!(%addr, repo = %repo.display(), "serving");
-    axum::serve(listener, router(repository, patcher))
+    axum::serve(listener, router(repository, patcher, fleet))
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")?;

@@ -16,6 +16,8 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod id;
+#[cfg(feature = "rocksdb")]
+pub mod kv;
 pub mod object;
 #[cfg(feature = "rocksdb")]
 pub mod repo;

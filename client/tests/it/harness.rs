@@ -13,6 +13,10 @@ pub struct Env {
     pub repo: Repository,
     pub addr: SocketAddr,
     server: Option<tokio::runtime::Runtime>,
+    /// The fleet store the server keeps, if it serves the device and admin APIs.
+    fleet: Option<ferry_publisher::serve::FleetConfig>,
+    /// With a fleet: an admin token and an enrollment token (in `enrollment-token`).
+    pub admin_token: String,
 }
 
 impl Drop for Env {
@@ -23,13 +27,26 @@ impl Drop for Env {
 
 /// Starts `ferry serve`'s server on `addr` in a runtime of its own; returns the runtime and
 /// the bound address.
-fn start_server(repo: PathBuf, scratch: PathBuf, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+fn start_server(
+    repo: PathBuf,
+    scratch: PathBuf,
+    addr: SocketAddr,
+    fleet: Option<ferry_publisher::serve::FleetConfig>,
+) -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (atx, arx) = std::sync::mpsc::channel();
+    let config = ferry_publisher::serve::ServeConfig { fleet, ..Default::default() };
     rt.spawn(async move {
-        ferry_publisher::serve::serve(repo, scratch, addr, move |a| atx.send(a).unwrap(), std::future::pending())
-            .await
-            .unwrap();
+        ferry_publisher::serve::serve_with(
+            repo,
+            scratch,
+            addr,
+            &config,
+            move |a| atx.send(a).unwrap(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
     });
     let bound = arx.recv().unwrap();
     (rt, bound)
@@ -40,19 +57,46 @@ pub const SIZE: u64 = 3 << 20;
 
 impl Env {
     pub fn new() -> Env {
+        Env::start(None)
+    }
+
+    /// A server that also keeps a fleet (`ferry serve --fleet`), with an admin token and an
+    /// enrollment token (written to `enrollment-token`).
+    pub fn with_fleet(require_approval: bool) -> Env {
+        Env::start(Some(require_approval))
+    }
+
+    fn start(fleet: Option<bool>) -> Env {
         let t = tempfile::tempdir().unwrap();
         let repo_path = t.path().join("repo");
         let repo = Repository::init(&repo_path, &RepoConfig::new(ChunkParams::default(), 3)).unwrap();
         ferry_fixtures::test_key(1).save(&t.path().join("ci.key")).unwrap();
         ferry_fixtures::test_key(2).save(&t.path().join("other.key")).unwrap();
-        let (rt, addr) = start_server(repo_path, t.path().join("serve-scratch"), "127.0.0.1:0".parse().unwrap());
-        Env { t, repo, addr, server: Some(rt) }
+        let mut admin_token = String::new();
+        let fleet = fleet.map(|require_approval| {
+            use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
+            let path = t.path().join("fleet");
+            let settings = Settings { require_approval };
+            let f = Fleet::open(&path, settings.clone()).unwrap();
+            admin_token = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
+            let enroll = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
+            std::fs::write(t.path().join("enrollment-token"), format!("{enroll}\n")).unwrap();
+            ferry_publisher::serve::FleetConfig { path, settings }
+        });
+        let (rt, addr) =
+            start_server(repo_path, t.path().join("serve-scratch"), "127.0.0.1:0".parse().unwrap(), fleet.clone());
+        Env { t, repo, addr, server: Some(rt), fleet, admin_token }
     }
 
     /// Kills the server at once: every connection is dropped mid-flight.
     pub fn kill_server(&mut self) {
         if let Some(rt) = self.server.take() {
-            rt.shutdown_background();
+            if self.fleet.is_some() {
+                // The fleet store's lock goes with the runtime's last task: wait for it.
+                rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            } else {
+                rt.shutdown_background();
+            }
         }
     }
 
@@ -60,7 +104,7 @@ impl Env {
     pub fn restart_server(&mut self) {
         self.kill_server();
         let scratch = self.path().join(format!("serve-scratch-{}", crate::harness::now_nanos()));
-        let (rt, _) = start_server(self.repo.path().to_path_buf(), scratch, self.addr);
+        let (rt, _) = start_server(self.repo.path().to_path_buf(), scratch, self.addr, self.fleet.clone());
         self.server = Some(rt);
     }
 

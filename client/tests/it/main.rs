@@ -5,6 +5,7 @@ mod bootloader;
 mod channels;
 mod config;
 mod faults;
+mod fleet;
 mod harness;
 mod patches;
 mod powercut;

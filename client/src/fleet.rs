@@ -1,0 +1,118 @@
+//! Enrollment with a fleet server and check-in: the device's side of the device API.
+//!
+//! What it is for: getting and keeping a device token (`state_dir/device-token`, mode 0600,
+//! written durably before it is used, so a power cut between enrollment and saving costs
+//! one more enrollment, never a device that cannot check in), and reporting what
+//! `ferryd status` knows at every check. The answer carries the newest document of the
+//! device's channel, which the update then verifies exactly as one fetched on its own. What
+//! it is not for: deciding anything; the server records, the device verifies.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::config::{Config, Fleet};
+use crate::http::{Server, Traffic};
+
+/// What a check-in brought back.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The channel's newest signed document (an envelope), if the device follows one.
+    pub channel_document: Option<Vec<u8>>,
+}
+
+fn token_path(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("device-token")
+}
+
+async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic) -> Result<String> {
+    let serial = fleet.serial()?;
+    let hardware = config.hardware_revision()?.ok_or_else(|| anyhow!("no hardware revision configured"))?;
+    let body = json!({ "serial": serial, "hardware": hardware, "enrollment_token": fleet.enrollment_token()? });
+    let (status, v) = server.device_call("enroll", None, &body, t).await?;
+    if !status.is_success() {
+        bail!(
+            "enrolling {serial}: the fleet server answered {status}: {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let token =
+        v["device_token"].as_str().ok_or_else(|| anyhow!("enrolling {serial}: no device token in the answer"))?;
+    if !token.starts_with("fd_") || token.len() > 256 {
+        bail!("enrolling {serial}: the answer's device token is malformed");
+    }
+    std::fs::create_dir_all(&config.state_dir)?;
+    ferry_store::durable::write_secret(&token_path(config), token.as_bytes())
+        .with_context(|| format!("saving {}", token_path(config).display()))?;
+    tracing::info!(serial, state = %v["state"], "enrolled with the fleet server");
+    Ok(token.to_string())
+}
+
+/// The report: what `ferryd status` says.
+fn report(config: &Config) -> Result<Value> {
+    let s = crate::status::status(config)?;
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split('.').next().and_then(|n| n.parse::<u64>().ok()));
+    let free = nix::sys::statvfs::statvfs(&config.state_dir)
+        .ok()
+        .map(|st| st.blocks_available().saturating_mul(st.fragment_size()));
+    let trial =
+        s.trial
+            .as_ref()
+            .map(|t| if t.marked_good { "good".to_string() } else { format!("on trial ({} boots)", t.boots) });
+    let clip = |v: Option<String>, max: usize| {
+        v.map(|mut v| {
+            if v.len() > max {
+                let mut end = max;
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.truncate(end);
+            }
+            v
+        })
+    };
+    Ok(json!({
+        "current": s.current.as_ref().map(|d| d.commit.clone()),
+        "current_version": s.current.as_ref().and_then(|d| d.version.clone()),
+        "previous": s.previous.as_ref().map(|d| d.commit.clone()),
+        "channel": s.channel.clone(),
+        "trial": trial.unwrap_or_else(|| "none".into()),
+        "last_result": s.last_result,
+        "last_error": clip(s.last_error, 4096),
+        "free_bytes": free,
+        "agent_version": env!("CARGO_PKG_VERSION"),
+        "uptime": uptime,
+    }))
+}
+
+/// Checks in (enrolling first if the device has no token, or its token was replaced).
+pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Result<Answer> {
+    let Some(fleet) = &config.fleet else { return Ok(Answer::default()) };
+    let report = report(config)?;
+    let mut token = match std::fs::read_to_string(token_path(config)) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => enroll(config, fleet, server, t).await?,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", token_path(config).display())),
+    };
+    let mut enrolled_now = false;
+    loop {
+        let (status, v) = server.device_call("checkin", Some(&token), &report, t).await?;
+        let reason = v["error"].as_str().unwrap_or("no reason given").to_string();
+        match status.as_u16() {
+            200..=299 => {
+                let channel_document = match v["channel_document"].as_str() {
+                    Some(h) => Some(hex::decode(h).map_err(|_| anyhow!("check-in: the channel document is not hex"))?),
+                    None => None,
+                };
+                return Ok(Answer { channel_document });
+            }
+            401 if !enrolled_now => {
+                tracing::warn!(reason, "the fleet server does not know this device's token; enrolling again");
+                token = enroll(config, fleet, server, t).await?;
+                enrolled_now = true;
+            }
+            _ => bail!("the fleet server refused this device's check-in ({status}): {reason}"),
+        }
+    }
+}

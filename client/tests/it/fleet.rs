@@ -1,0 +1,180 @@
+//! The fleet server with real devices: enrollment, check-in, inventory, approval and
+//! revocation, and the wall between the device API and the admin API.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::harness::{ferryd, update, Env};
+
+/// A device of the fleet: branch mode, with `[fleet]` enrolling as `serial` using the
+/// enrollment token in `token_file`.
+fn fleet_device(env: &Env, name: &str, serial: &str, token_file: &Path) -> PathBuf {
+    env.device_named(
+        name,
+        env.addr,
+        &format!("\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n", token_file.display()),
+    )
+}
+
+/// A request to the server: `method` on `/v1/{path}` with a bearer token and a JSON body.
+fn call(env: &Env, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let url = format!("http://{}/v1/{path}", env.addr);
+        let mut req = if method == "POST" { c.post(url) } else { c.get(url) };
+        req = req.bearer_auth(token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null))
+    })
+}
+
+fn devices(env: &Env) -> Vec<Value> {
+    let (status, v) = call(env, "GET", "admin/devices", &env.admin_token, None);
+    assert_eq!(status, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+fn failed_update(config: &Path, expect: &str) {
+    let (ok, _, err) = ferryd(config, &["update"]);
+    assert!(!ok, "the update should have failed");
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+}
+
+#[test]
+fn devices_enroll_check_in_and_report_what_they_run() {
+    let mut env = Env::with_fleet(false);
+    let c1 = env.commit(1, "1");
+    let tokens = env.path().join("enrollment-token");
+    let dev = fleet_device(&env, "device", "SN-0001", &tokens);
+    assert_eq!(update(&dev)["to"], c1.to_hex());
+    // The token is kept, readable by its owner only.
+    let token_file = env.path().join("device/state/device-token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let list = devices(&env);
+    assert_eq!(list.len(), 1);
+    let d = &list[0];
+    assert_eq!(
+        (d["serial"].as_str(), d["hardware"].as_str(), d["state"].as_str()),
+        (Some("SN-0001"), Some("rev-a"), Some("accepted"))
+    );
+    assert_eq!(d["report"]["current"], c1.to_hex());
+    assert_eq!(d["report"]["current_version"], "1");
+    assert_eq!(d["report"]["last_result"], "ok");
+    assert!(d["last_seen"].as_i64().is_some());
+
+    // A failed update is reported with its error: here, a release built for other hardware.
+    let key = ferry_fixtures::test_key(1);
+    let req = ferry_publisher::import::CommitRequest {
+        hardware: vec!["rev-b".into()],
+        ..ferry_publisher::import::CommitRequest::new(env.tree(2), "main", "2".parse().unwrap(), &key)
+    };
+    ferry_publisher::import::commit_tree(&env.repo, &req, &ferry_publisher::import::NoProgress).unwrap();
+    failed_update(&dev, "built for rev-b only");
+    let d = &devices(&env)[0];
+    assert_eq!(d["report"]["last_result"], "error");
+    assert!(d["report"]["last_error"].as_str().unwrap().contains("rev-b"), "{d}");
+    assert_eq!(d["report"]["current"], c1.to_hex());
+    let (status, one) = call(&env, "GET", "admin/devices/SN-0001", &env.admin_token, None);
+    assert_eq!(status, 200);
+    let events: Vec<String> =
+        one["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    assert!(events.iter().any(|e| e.starts_with("enrolled (rev-a)")), "{events:?}");
+    assert!(events.iter().any(|e| e.starts_with("now runs 1")), "{events:?}");
+    assert!(events.iter().any(|e| e.starts_with("update error:") && e.contains("rev-b")), "{events:?}");
+
+    // The fleet's state survives a restart of the server.
+    env.restart_server();
+    assert_eq!(devices(&env)[0]["report"]["current"], c1.to_hex());
+    let (_, audit) = call(&env, "GET", "admin/audit", &env.admin_token, None);
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["token create", "token create", "enroll"]);
+}
+
+#[test]
+fn a_wrong_enrollment_token_is_refused() {
+    let env = Env::with_fleet(false);
+    env.commit(1, "1");
+    let wrong = env.path().join("wrong-token");
+    std::fs::write(&wrong, "fe_0000000000000000000000000000000000000000000000000000000000000000\n").unwrap();
+    let dev = fleet_device(&env, "device", "SN-0002", &wrong);
+    failed_update(&dev, "not a valid enrollment token");
+    assert!(!env.path().join("device/state/device-token").exists());
+    assert!(devices(&env).is_empty());
+    // An admin token is no enrollment token either.
+    std::fs::write(&wrong, &env.admin_token).unwrap();
+    failed_update(&dev, "not a valid enrollment token");
+    assert!(devices(&env).is_empty());
+}
+
+#[test]
+fn a_revoked_device_is_refused_and_cannot_enroll_again() {
+    let env = Env::with_fleet(false);
+    env.commit(1, "1");
+    let dev = fleet_device(&env, "device", "SN-0003", &env.path().join("enrollment-token"));
+    update(&dev);
+    let (status, v) = call(&env, "POST", "admin/devices/SN-0003/revoke", &env.admin_token, None);
+    assert_eq!((status, v["state"].as_str()), (200, Some("revoked")));
+    failed_update(&dev, "device SN-0003 is revoked");
+    let (ok, status, _) = ferryd(&dev, &["status", "--json"]);
+    assert!(ok);
+    assert!(status.contains("is revoked"), "{status}");
+    // Losing the token and enrolling again does not help.
+    std::fs::remove_file(env.path().join("device/state/device-token")).unwrap();
+    failed_update(&dev, "device SN-0003 is revoked");
+    let (status, _) = call(&env, "POST", "admin/devices/SN-0003/accept", &env.admin_token, None);
+    assert_eq!(status, 400, "a revoked device stays revoked");
+}
+
+#[test]
+fn with_approval_required_a_device_waits_until_accepted() {
+    let env = Env::with_fleet(true);
+    let c1 = env.commit(1, "1");
+    let dev = fleet_device(&env, "device", "SN-0004", &env.path().join("enrollment-token"));
+    failed_update(&dev, "device SN-0004 is waiting for approval");
+    assert!(!env.path().join("device/current").exists());
+    assert_eq!(devices(&env)[0]["state"], "pending");
+    let (status, _) = call(&env, "POST", "admin/devices/SN-0004/accept", &env.admin_token, None);
+    assert_eq!(status, 200);
+    assert_eq!(update(&dev)["to"], c1.to_hex());
+}
+
+#[test]
+fn device_tokens_open_only_the_device_api_and_only_as_themselves() {
+    let env = Env::with_fleet(false);
+    env.commit(1, "1");
+    let a = fleet_device(&env, "a", "SN-A", &env.path().join("enrollment-token"));
+    let b = fleet_device(&env, "b", "SN-B", &env.path().join("enrollment-token"));
+    update(&a);
+    update(&b);
+    let token_a = std::fs::read_to_string(env.path().join("a/state/device-token")).unwrap();
+    for path in ["admin/devices", "admin/devices/SN-B", "admin/audit", "admin/tokens"] {
+        assert_eq!(call(&env, "GET", path, &token_a, None).0, 401, "{path}");
+    }
+    assert_eq!(call(&env, "POST", "admin/devices/SN-B/revoke", &token_a, None).0, 401);
+    // The admin token is no device token.
+    assert_eq!(call(&env, "POST", "device/checkin", &env.admin_token, Some(serde_json::json!({}))).0, 401);
+    // A device reports only as itself: a report naming another serial is refused, and
+    // B's record is untouched by A's check-in.
+    let before = devices(&env).into_iter().find(|d| d["serial"] == "SN-B").unwrap();
+    let (status, v) = call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "serial": "SN-B" })));
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "last_error": "x" })));
+    assert_eq!((status, v["serial"].as_str()), (200, Some("SN-A")));
+    let after = devices(&env).into_iter().find(|d| d["serial"] == "SN-B").unwrap();
+    assert_eq!(before["report"], after["report"]);
+    // Oversized reports are refused, naming the field.
+    let long = "x".repeat(5000);
+    let (status, v) = call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "last_error": long })));
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("last_error"), "{v}");
+    // No token, or garbage: 401.
+    assert_eq!(call(&env, "POST", "device/checkin", "", Some(serde_json::json!({}))).0, 401);
+}

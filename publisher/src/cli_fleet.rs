@@ -1,0 +1,278 @@
+//! `ferry admin`, `ferry devices`, `ferry device` and `ferry audit`: the operator's side of
+//! the fleet, spoken over the admin API (`--server`, `--token`), except the very first admin
+//! token, which `ferry admin token create --fleet DIR` writes into the fleet store directly
+//! (with the server stopped: the store admits one process).
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The fleet server's base URL, e.g. http://updates.example.com:8080.
+    #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
+    server: String,
+    /// An admin token (`ferry admin token create`).
+    #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Admin and enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Creates a token and prints it (the only time it is shown). `--enrollment` makes a
+    /// fleet enrollment token for provisioning images instead of an admin token.
+    Create {
+        /// A name for the token, recorded in the audit log as its user.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        enrollment: bool,
+        /// Write into the fleet store directly (the server must be stopped): for the first
+        /// admin token.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token"])]
+        fleet: Option<PathBuf>,
+        #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
+        server: Option<String>,
+        #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Lists token names and kinds.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes every admin or enrollment token with this name.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct DevicesArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Only devices in this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Only devices following this channel.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Only devices in this state: pending, accepted, revoked (or a trial state).
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// One device's details and history.
+    Show {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lets a device that enrolled while approval is required check in.
+    Accept {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Revokes a device: its token stops working at once and it cannot enroll again.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Forgets a device and its history; it may enroll again.
+    Remove {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// How many of the newest entries.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A blocking call to the admin API.
+fn call(server: &ServerArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let url = format!("{}/v1/admin/{path}", server.server.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let mut req = match method {
+            "POST" => client.post(&url),
+            _ => client.get(&url),
+        };
+        req = req.bearer_auth(&server.token);
+        if let Some(b) = body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(&b)?);
+        }
+        let resp = req.send().await.with_context(|| format!("asking {url}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("reading the answer of {url}"))?;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let detail = v.get("error").and_then(Value::as_str).map(str::to_string);
+            bail!("{url}: {status}: {}", detail.unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        Ok(v)
+    })
+}
+
+fn when(v: &Value) -> String {
+    v.as_i64().map_or_else(|| "never".into(), ferry_publisher::show::format_time)
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+pub fn admin(cmd: AdminCommand) -> Result<()> {
+    let AdminCommand::Token(cmd) = cmd;
+    match cmd {
+        TokenCommand::Create { name, enrollment, fleet, server, token } => {
+            let kind = if enrollment { TokenKind::Enrollment } else { TokenKind::Admin };
+            let created = match (fleet, server, token) {
+                (Some(dir), _, _) => {
+                    let f = Fleet::open(&dir, Settings::default()).map_err(|e| match e {
+                        ferry_publisher::fleet::FleetError::Store(ferry_store::StoreError::Locked { .. }) => anyhow!(
+                            "{} is in use (is `ferry serve --fleet` running?); create tokens through it with --server and --token",
+                            dir.display()
+                        ),
+                        e => anyhow!("opening the fleet store {}: {e}", dir.display()),
+                    })?;
+                    f.create_token(&Caller::Local, kind, &name)?
+                }
+                (None, Some(server), Some(token)) => {
+                    let body = serde_json::json!({ "name": name, "kind": kind });
+                    let v = call(&ServerArgs { server, token }, "POST", "tokens", Some(body))?;
+                    v["token"].as_str().ok_or_else(|| anyhow!("the server answered without a token"))?.to_string()
+                }
+                _ => bail!("give --fleet DIR (server stopped) or --server URL and --token TOKEN"),
+            };
+            eprintln!(
+                "created {} token {name}; it is shown once, keep it safe",
+                if enrollment { "enrollment" } else { "admin" }
+            );
+            println!("{created}");
+        }
+        TokenCommand::List { server, json } => {
+            let v = call(&server, "GET", "tokens", None)?;
+            if json {
+                crate::print_json(&v)?;
+            } else {
+                for t in v.as_array().into_iter().flatten() {
+                    println!("{:<11} {:<24} created {}", text(&t["kind"]), text(&t["name"]), when(&t["created"]));
+                }
+            }
+        }
+        TokenCommand::Revoke { server, name } => {
+            let v = call(&server, "POST", &format!("tokens/{name}/revoke"), None)?;
+            eprintln!("revoked {} token(s) named {name}", v["revoked"]);
+        }
+    }
+    Ok(())
+}
+
+pub fn devices(a: DevicesArgs) -> Result<()> {
+    let mut query = Vec::new();
+    for (k, v) in [("group", &a.group), ("channel", &a.channel), ("state", &a.state)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={v}"));
+        }
+    }
+    let path = if query.is_empty() { "devices".to_string() } else { format!("devices?{}", query.join("&")) };
+    let v = call(&a.server, "GET", &path, None)?;
+    if a.json {
+        return crate::print_json(&v);
+    }
+    println!(
+        "{:<20} {:<10} {:<9} {:<10} {:<12} {:<10} {:<24} LAST ERROR",
+        "SERIAL", "HARDWARE", "STATE", "CHANNEL", "VERSION", "TRIAL", "LAST SEEN"
+    );
+    for d in v.as_array().into_iter().flatten() {
+        let r = &d["report"];
+        println!(
+            "{:<20} {:<10} {:<9} {:<10} {:<12} {:<10} {:<24} {}",
+            text(&d["serial"]),
+            text(&d["hardware"]),
+            text(&d["state"]),
+            text(&r["channel"]),
+            text(&r["current_version"]),
+            text(&r["trial"]),
+            when(&d["last_seen"]),
+            r["last_error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn device(cmd: DeviceCommand) -> Result<()> {
+    let (server, serial, action) = match cmd {
+        DeviceCommand::Show { server, serial, json } => {
+            let v = call(&server, "GET", &format!("devices/{serial}"), None)?;
+            if json {
+                return crate::print_json(&v);
+            }
+            let r = &v["report"];
+            println!("device {} ({}), {}", text(&v["serial"]), text(&v["hardware"]), text(&v["state"]));
+            println!("  enrolled  {}\n  last seen {}", when(&v["enrolled"]), when(&v["last_seen"]));
+            println!(
+                "  channel {}, running {} ({})",
+                text(&r["channel"]),
+                text(&r["current_version"]),
+                text(&r["current"])
+            );
+            if let Some(e) = r["last_error"].as_str() {
+                println!("  last error: {e}");
+            }
+            for e in v["events"].as_array().into_iter().flatten() {
+                println!("  {}  {}", when(&e["at"]), text(&e["what"]));
+            }
+            return Ok(());
+        }
+        DeviceCommand::Accept { server, serial } => (server, serial, "accept"),
+        DeviceCommand::Revoke { server, serial } => (server, serial, "revoke"),
+        DeviceCommand::Remove { server, serial } => (server, serial, "remove"),
+    };
+    call(&server, "POST", &format!("devices/{serial}/{action}"), None)?;
+    eprintln!("device {serial}: {action} done");
+    Ok(())
+}
+
+pub fn audit(a: AuditArgs) -> Result<()> {
+    let v = call(&a.server, "GET", &format!("audit?limit={}", a.limit), None)?;
+    if a.json {
+        return crate::print_json(&v);
+    }
+    for e in v.as_array().into_iter().flatten() {
+        println!("{}  {:<22} {:<14} {}", when(&e["at"]), text(&e["who"]), text(&e["action"]), text(&e["detail"]));
+    }
+    Ok(())
+}

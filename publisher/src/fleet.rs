@@ -1,0 +1,548 @@
+//! The fleet's state: devices, their tokens and reports, admin and enrollment tokens, and
+//! the audit log, kept in a store of its own (`ferry_store::kv`, RocksDB) that survives
+//! restarts and crashes.
+//!
+//! What it is for: the rules of enrollment, authentication and check-in, independent of
+//! HTTP (`fleet_api` maps them to the device and admin APIs). What it is not for: channel
+//! documents (the repository holds them; devices verify them) or anything on a device.
+//!
+//! Tokens are 32 random bytes in hex behind a prefix naming their kind (`fa_` admin, `fe_`
+//! enrollment, `fd_` device). Only their BLAKE3 hash is stored, so a copy of the store
+//! holds no usable token. Every write is one synced batch: a device's record, its token and
+//! the audit entry that explains the change land together or not at all.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ferry_store::kv::{Kv, Op};
+use serde::{Deserialize, Serialize};
+
+const DEVICES: &str = "devices";
+const TOKENS: &str = "tokens";
+const AUDIT: &str = "audit";
+const EVENTS: &str = "events";
+const TABLES: [&str; 4] = [DEVICES, TOKENS, AUDIT, EVENTS];
+
+/// The longest serial number, hardware revision, or other short string a device sends.
+pub const MAX_NAME: usize = 128;
+/// The longest free-text field (an error message) a device reports.
+pub const MAX_TEXT: usize = 4096;
+/// Events kept per device (older ones are dropped).
+pub const MAX_EVENTS: usize = 200;
+
+/// What went wrong, in terms the API maps to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] ferry_store::StoreError),
+    #[error("fleet store record {what} is damaged: {why}")]
+    Damaged { what: String, why: String },
+}
+
+pub type Result<T, E = FleetError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    Admin,
+    Enrollment,
+    Device,
+}
+
+impl TokenKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "fa_",
+            TokenKind::Enrollment => "fe_",
+            TokenKind::Device => "fd_",
+        }
+    }
+}
+
+/// A stored token: its kind and whom it belongs to (an admin's or enrollment token's name,
+/// a device's serial).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub kind: TokenKind,
+    pub name: String,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Enrolled, waiting for `ferry device accept`.
+    Pending,
+    Accepted,
+    Revoked,
+}
+
+/// What a device reports at check-in. Every field is optional: an agent sends what it knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub current: Option<String>,
+    pub current_version: Option<String>,
+    pub previous: Option<String>,
+    pub channel: Option<String>,
+    /// `"none"`, `"on trial"`, ...
+    pub trial: Option<String>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    /// Progress of a running update, 0..=100.
+    pub progress: Option<u8>,
+    pub free_bytes: Option<u64>,
+    pub agent_version: Option<String>,
+    pub uptime: Option<u64>,
+}
+
+impl Report {
+    /// Refuses reports with oversized fields, naming the field.
+    pub fn check(&self) -> Result<()> {
+        let short = [
+            ("current", &self.current),
+            ("current_version", &self.current_version),
+            ("previous", &self.previous),
+            ("channel", &self.channel),
+            ("trial", &self.trial),
+            ("last_result", &self.last_result),
+            ("agent_version", &self.agent_version),
+        ];
+        for (name, v) in short {
+            if v.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
+                return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_NAME} bytes")));
+            }
+        }
+        if self.last_error.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+            return Err(FleetError::BadRequest(format!("report field last_error is longer than {MAX_TEXT} bytes")));
+        }
+        if self.progress.is_some_and(|p| p > 100) {
+            return Err(FleetError::BadRequest("report field progress must be 0..=100".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub serial: String,
+    pub hardware: String,
+    pub state: DeviceState,
+    pub enrolled: i64,
+    /// Hash of the device's current token (hex).
+    pub token: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub last_seen: Option<i64>,
+    #[serde(default)]
+    pub report: Report,
+}
+
+/// Something that happened to a device (its history).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub at: i64,
+    pub what: String,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: i64,
+    /// `admin:<name>`, `device:<serial>`, or `local` for the command line on the server.
+    pub who: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// Whom a request comes from, once its token checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin(String),
+    Device(String),
+    /// The operator at the server's own command line (`ferry admin token create --fleet`).
+    Local,
+}
+
+impl Caller {
+    fn who(&self) -> String {
+        match self {
+            Caller::Admin(n) => format!("admin:{n}"),
+            Caller::Device(s) => format!("device:{s}"),
+            Caller::Local => "local".into(),
+        }
+    }
+}
+
+/// Fleet-wide settings, from `ferry serve`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Newly enrolled devices wait for `ferry device accept`.
+    pub require_approval: bool,
+}
+
+/// What enrollment gives a device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrolled {
+    pub token: String,
+    pub state: DeviceState,
+}
+
+pub struct Fleet {
+    kv: Kv,
+    settings: Settings,
+    /// Serialises read-modify-write sequences (enrollment, audit sequence numbers).
+    write: Mutex<()>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("path", &self.kv.path()).finish()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    *blake3::hash(token.as_bytes()).as_bytes()
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| FleetError::Damaged { what: what(), why: e.to_string() })
+}
+
+/// Checks a serial number, hardware revision or name a device or admin sends.
+pub fn check_name(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > MAX_NAME {
+        return Err(FleetError::BadRequest(format!("{field} must be 1 to {MAX_NAME} bytes")));
+    }
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b)) {
+        return Err(FleetError::BadRequest(format!(
+            "{field} {v:?} may contain only letters, digits, `.`, `_`, `-` and `:`"
+        )));
+    }
+    Ok(())
+}
+
+fn new_token(kind: TokenKind) -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| FleetError::BadRequest(format!("no random bytes: {e}")))?;
+    Ok(format!("{}{}", kind.prefix(), hex::encode(bytes)))
+}
+
+impl Fleet {
+    pub fn open(path: &Path, settings: Settings) -> Result<Fleet> {
+        Ok(Fleet { kv: Kv::open(path, &TABLES)?, settings, write: Mutex::new(()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The audit entry for `action`, with the next sequence number (caller holds the lock).
+    fn audit_op(&self, who: &Caller, action: &str, detail: String) -> Result<Op> {
+        let seq = match self.kv.last(AUDIT)? {
+            Some((k, _)) => {
+                u64::from_be_bytes(k.try_into().map_err(|_| FleetError::Damaged {
+                    what: "audit log".into(),
+                    why: "a key is not 8 bytes".into(),
+                })?) + 1
+            }
+            None => 1,
+        };
+        let entry = AuditEntry { seq, at: now(), who: who.who(), action: action.into(), detail };
+        Ok(Op::Put { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
+    }
+
+    /// Creates a token; returns it (the only time it is seen in the clear).
+    pub fn create_token(&self, who: &Caller, kind: TokenKind, name: &str) -> Result<String> {
+        check_name("token name", name)?;
+        if kind == TokenKind::Device {
+            return Err(FleetError::BadRequest("device tokens come from enrollment".into()));
+        }
+        let token = new_token(kind)?;
+        let record = TokenRecord { kind, name: name.into(), created: now() };
+        let _g = self.lock();
+        let audit = self.audit_op(who, "token create", format!("{kind:?} token {name}").to_lowercase())?;
+        self.kv.write(vec![Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) }, audit])?;
+        Ok(token)
+    }
+
+    /// Every admin and enrollment token's record (never the tokens themselves).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let mut out = Vec::new();
+        for (_, v) in self.kv.scan(TOKENS, b"")? {
+            let r: TokenRecord = parse(&v, || "token".into())?;
+            if r.kind != TokenKind::Device {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        Ok(out)
+    }
+
+    /// Revokes every admin or enrollment token named `name`.
+    pub fn revoke_token(&self, who: &Caller, name: &str) -> Result<usize> {
+        let _g = self.lock();
+        let mut ops = Vec::new();
+        for (k, v) in self.kv.scan(TOKENS, b"")? {
+            let r: TokenRecord = parse(&v, || "token".into())?;
+            if r.kind != TokenKind::Device && r.name == name {
+                ops.push(Op::Delete { table: TOKENS, key: k });
+            }
+        }
+        if ops.is_empty() {
+            return Err(FleetError::NotFound(format!("no admin or enrollment token named {name}")));
+        }
+        let n = ops.len();
+        ops.push(self.audit_op(who, "token revoke", format!("{n} token(s) named {name}"))?);
+        self.kv.write(ops)?;
+        Ok(n)
+    }
+
+    fn token(&self, token: &str) -> Result<Option<TokenRecord>> {
+        match self.kv.get(TOKENS, &hash(token))? {
+            Some(v) => Ok(Some(parse(&v, || "token".into())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The admin a token belongs to.
+    pub fn admin(&self, token: &str) -> Result<Caller> {
+        match self.token(token)? {
+            Some(r) if r.kind == TokenKind::Admin => Ok(Caller::Admin(r.name)),
+            _ => Err(FleetError::Unauthorized("not a valid admin token".into())),
+        }
+    }
+
+    /// The device a token belongs to, if it may use the device API.
+    pub fn device_for(&self, token: &str) -> Result<Device> {
+        let serial = match self.token(token)? {
+            Some(r) if r.kind == TokenKind::Device => r.name,
+            _ => return Err(FleetError::Unauthorized("not a valid device token; enroll again".into())),
+        };
+        let device = self.device(&serial)?;
+        if device.token != hex::encode(hash(token)) {
+            return Err(FleetError::Unauthorized("this device token was replaced; enroll again".into()));
+        }
+        match device.state {
+            DeviceState::Accepted => Ok(device),
+            DeviceState::Pending => Err(FleetError::Forbidden(format!("device {serial} is waiting for approval"))),
+            DeviceState::Revoked => Err(FleetError::Forbidden(format!("device {serial} is revoked"))),
+        }
+    }
+
+    pub fn device(&self, serial: &str) -> Result<Device> {
+        match self.kv.get(DEVICES, serial.as_bytes())? {
+            Some(v) => parse(&v, || format!("device {serial}")),
+            None => Err(FleetError::NotFound(format!("no device {serial}"))),
+        }
+    }
+
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        self.kv
+            .scan(DEVICES, b"")?
+            .iter()
+            .map(|(k, v)| parse(v, || format!("device {}", String::from_utf8_lossy(k))))
+            .collect()
+    }
+
+    /// Enrolls a device with a fleet enrollment token. A device already enrolled (e.g. one
+    /// that lost its token in a power cut before saving it) gets a new token that replaces
+    /// the old one; a revoked device is refused.
+    pub fn enroll(&self, serial: &str, hardware: &str, enrollment_token: &str) -> Result<Enrolled> {
+        check_name("serial", serial)?;
+        check_name("hardware", hardware)?;
+        let who = match self.token(enrollment_token)? {
+            Some(r) if r.kind == TokenKind::Enrollment => r.name,
+            _ => return Err(FleetError::Unauthorized("not a valid enrollment token".into())),
+        };
+        let _g = self.lock();
+        let existing = match self.device(serial) {
+            Ok(d) => Some(d),
+            Err(FleetError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let token = new_token(TokenKind::Device)?;
+        let mut ops = Vec::new();
+        let device = match existing {
+            Some(d) if d.state == DeviceState::Revoked => {
+                return Err(FleetError::Forbidden(format!("device {serial} is revoked")));
+            }
+            Some(mut d) => {
+                let mut old = [0u8; 32];
+                if hex::decode_to_slice(&d.token, &mut old).is_ok() {
+                    ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+                }
+                d.hardware = hardware.into();
+                d.token = hex::encode(hash(&token));
+                d
+            }
+            None => Device {
+                serial: serial.into(),
+                hardware: hardware.into(),
+                state: if self.settings.require_approval { DeviceState::Pending } else { DeviceState::Accepted },
+                enrolled: now(),
+                token: hex::encode(hash(&token)),
+                groups: Vec::new(),
+                last_seen: None,
+                report: Report::default(),
+            },
+        };
+        let record = TokenRecord { kind: TokenKind::Device, name: serial.into(), created: now() };
+        ops.push(Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) });
+        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&device) });
+        ops.push(self.event_op(serial, format!("enrolled ({hardware}) with enrollment token {who}"))?);
+        ops.push(self.audit_op(
+            &Caller::Device(serial.into()),
+            "enroll",
+            format!("hardware {hardware}, token {who}"),
+        )?);
+        self.kv.write(ops)?;
+        Ok(Enrolled { token, state: device.state })
+    }
+
+    fn event_op(&self, serial: &str, what: String) -> Result<Op> {
+        self.event_ops(serial, vec![what])?
+            .pop()
+            .ok_or_else(|| FleetError::Damaged { what: format!("history of {serial}"), why: "no event".into() })
+    }
+
+    /// Ops appending `whats` to a device's history, in order (caller holds the lock).
+    fn event_ops(&self, serial: &str, whats: Vec<String>) -> Result<Vec<Op>> {
+        let mut prefix = serial.as_bytes().to_vec();
+        prefix.push(0);
+        let next = match self.kv.scan(EVENTS, &prefix)?.last() {
+            Some((k, _)) => {
+                k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, |b| u64::from_be_bytes(b) + 1)
+            }
+            None => 0,
+        };
+        let at = now();
+        Ok(whats
+            .into_iter()
+            .zip(next..)
+            .map(|(what, seq)| {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&seq.to_be_bytes());
+                Op::Put { table: EVENTS, key, value: json(&Event { at, what }) }
+            })
+            .collect())
+    }
+
+    /// A device's history, oldest first (at most [`MAX_EVENTS`]).
+    pub fn events(&self, serial: &str) -> Result<Vec<Event>> {
+        let mut prefix = serial.as_bytes().to_vec();
+        prefix.push(0);
+        let all = self.kv.scan(EVENTS, &prefix)?;
+        let skip = all.len().saturating_sub(MAX_EVENTS);
+        all.iter().skip(skip).map(|(_, v)| parse(v, || format!("event of device {serial}"))).collect()
+    }
+
+    /// Records a device's check-in. Changes worth a line in its history (a new current
+    /// commit, a new result or error) become events.
+    pub fn check_in(&self, device: &Device, report: Report) -> Result<Device> {
+        report.check()?;
+        let _g = self.lock();
+        // Re-read under the lock: an operator may have revoked it meanwhile.
+        let mut d = self.device(&device.serial)?;
+        if d.state != DeviceState::Accepted || d.token != device.token {
+            return Err(FleetError::Forbidden(format!("device {} may not check in", d.serial)));
+        }
+        let mut whats = Vec::new();
+        let old = &d.report;
+        if report.current != old.current {
+            whats.push(format!(
+                "now runs {} ({})",
+                report.current_version.as_deref().unwrap_or("?"),
+                report.current.as_deref().unwrap_or("nothing")
+            ));
+        }
+        if report.last_result != old.last_result || report.last_error != old.last_error {
+            if let Some(r) = &report.last_result {
+                let what = match &report.last_error {
+                    Some(e) => format!("update {r}: {e}"),
+                    None => format!("update {r}"),
+                };
+                if !(r == "up-to-date" && report.last_error.is_none()) {
+                    whats.push(what);
+                }
+            }
+        }
+        let mut ops = self.event_ops(&d.serial, whats)?;
+        d.report = report;
+        d.last_seen = Some(now());
+        ops.push(Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) });
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+
+    fn set_state(&self, who: &Caller, serial: &str, state: DeviceState, action: &str) -> Result<Device> {
+        let _g = self.lock();
+        let mut d = self.device(serial)?;
+        if d.state == DeviceState::Revoked && state == DeviceState::Accepted {
+            return Err(FleetError::BadRequest(format!(
+                "device {serial} is revoked; a revoked device stays revoked (remove it and enroll it again)"
+            )));
+        }
+        d.state = state;
+        let ops = vec![
+            Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) },
+            self.event_op(serial, format!("{action} by {}", who.who()))?,
+            self.audit_op(who, action, format!("device {serial}"))?,
+        ];
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+
+    pub fn accept(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.set_state(who, serial, DeviceState::Accepted, "accept")
+    }
+
+    /// Revokes a device: its token stops working at once and it cannot enroll again.
+    pub fn revoke(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.set_state(who, serial, DeviceState::Revoked, "revoke")
+    }
+
+    /// Forgets a device (its record, token and history); it may enroll again.
+    pub fn remove(&self, who: &Caller, serial: &str) -> Result<()> {
+        let _g = self.lock();
+        let d = self.device(serial)?;
+        let mut ops = vec![Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() }];
+        let mut old = [0u8; 32];
+        if hex::decode_to_slice(&d.token, &mut old).is_ok() {
+            ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+        }
+        let mut prefix = serial.as_bytes().to_vec();
+        prefix.push(0);
+        for (k, _) in self.kv.scan(EVENTS, &prefix)? {
+            ops.push(Op::Delete { table: EVENTS, key: k });
+        }
+        ops.push(self.audit_op(who, "remove", format!("device {serial}"))?);
+        self.kv.write(ops)?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let all = self.kv.scan(AUDIT, b"")?;
+        let skip = all.len().saturating_sub(limit);
+        all.iter().skip(skip).map(|(_, v)| parse(v, || "audit entry".into())).collect()
+    }
+}

@@ -1,0 +1,255 @@
+//! The device API (`/v1/device/...`, authenticated by a device token) and the admin API
+//! (`/v1/admin/...`, authenticated by an admin token) over [`crate::fleet::Fleet`].
+//!
+//! What it is for: turning HTTP requests into fleet operations and fleet errors into status
+//! codes with a JSON `{"error": ...}` body. What it is not for: the rules (in `fleet`). The
+//! two APIs share nothing but the store: a device token is refused by every admin route and
+//! an admin token by every device route, and a device's identity comes only from its token,
+//! never from a serial in the request.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::fleet::{Caller, Fleet, FleetError, Report, TokenKind};
+
+/// The largest JSON body either API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Reads a channel's newest signed document (an encoded envelope) from the repository.
+pub type ChannelSource = Box<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
+
+pub struct FleetState {
+    pub fleet: Fleet,
+    /// The repository, for the channel documents check-ins carry.
+    pub channel_document: ChannelSource,
+}
+
+impl std::fmt::Debug for FleetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetState").field("fleet", &self.fleet).finish()
+    }
+}
+
+type Shared = Arc<FleetState>;
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> ApiError {
+        let status = match &e {
+            FleetError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            FleetError::Forbidden(_) => StatusCode::FORBIDDEN,
+            FleetError::NotFound(_) => StatusCode::NOT_FOUND,
+            FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            FleetError::Store(_) | FleetError::Damaged { .. } => {
+                tracing::error!(error = %e, "fleet store error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FleetError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>`".into()))
+}
+
+fn parse_json<T: for<'a> Deserialize<'a>>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+// ---- device API -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    serial: String,
+    hardware: String,
+    enrollment_token: String,
+}
+
+async fn enroll(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: EnrollRequest = parse_json(&body, "enrollment request")?;
+    let out = blocking(move || s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token)).await?;
+    Ok(Json(json!({ "device_token": out.token, "state": out.state })).into_response())
+}
+
+async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let token = bearer(&headers)?;
+    let report: Report = parse_json(&body, "check-in report")?;
+    let st = s.clone();
+    let device = blocking(move || {
+        let d = st.fleet.device_for(&token)?;
+        st.fleet.check_in(&d, report)
+    })
+    .await?;
+    let channel = device.report.channel.clone();
+    let document = match &channel {
+        Some(c) => {
+            let (st, c) = (s.clone(), c.clone());
+            tokio::task::spawn_blocking(move || (st.channel_document)(&c)).await.ok().flatten()
+        }
+        None => None,
+    };
+    Ok(Json(json!({
+        "serial": device.serial,
+        "state": device.state,
+        "channel": channel,
+        "channel_document": document.map(hex::encode),
+    }))
+    .into_response())
+}
+
+// ---- admin API --------------------------------------------------------------------------
+
+async fn admin(s: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = bearer(headers)?;
+    let st = s.clone();
+    blocking(move || st.fleet.admin(&token)).await
+}
+
+#[derive(Deserialize)]
+struct DeviceFilter {
+    group: Option<String>,
+    channel: Option<String>,
+    state: Option<String>,
+}
+
+async fn devices(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(f): Query<DeviceFilter>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let list = blocking(move || s.fleet.devices()).await?;
+    let list: Vec<_> = list
+        .into_iter()
+        .filter(|d| f.group.as_ref().is_none_or(|g| d.groups.contains(g)))
+        .filter(|d| f.channel.as_ref().is_none_or(|c| d.report.channel.as_ref() == Some(c)))
+        .filter(|d| {
+            f.state.as_ref().is_none_or(|st| {
+                format!("{:?}", d.state).eq_ignore_ascii_case(st) || d.report.trial.as_deref() == Some(st.as_str())
+            })
+        })
+        .map(|d| {
+            json!({
+                "serial": d.serial, "hardware": d.hardware, "state": d.state, "groups": d.groups,
+                "enrolled": d.enrolled, "last_seen": d.last_seen, "report": d.report,
+            })
+        })
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+async fn device(State(s): State<Shared>, headers: HeaderMap, Path(serial): Path<String>) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let (d, events) = blocking(move || Ok((s.fleet.device(&serial)?, s.fleet.events(&serial)?))).await?;
+    Ok(Json(json!({
+        "serial": d.serial, "hardware": d.hardware, "state": d.state, "groups": d.groups,
+        "enrolled": d.enrolled, "last_seen": d.last_seen, "report": d.report, "events": events,
+    }))
+    .into_response())
+}
+
+async fn device_action(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((serial, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let out = blocking(move || match action.as_str() {
+        "accept" => s.fleet.accept(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
+        "revoke" => s.fleet.revoke(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
+        "remove" => s.fleet.remove(&who, &serial).map(|()| json!({ "serial": serial, "removed": true })),
+        other => Err(FleetError::NotFound(format!("no device action {other:?} (accept, revoke, remove)"))),
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    name: String,
+    kind: TokenKind,
+}
+
+async fn create_token(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let req: TokenRequest = parse_json(&body, "token request")?;
+    let token = blocking(move || s.fleet.create_token(&who, req.kind, &req.name)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token }))).into_response())
+}
+
+async fn tokens(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    Ok(Json(blocking(move || s.fleet.tokens()).await?).into_response())
+}
+
+async fn revoke_token(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let n = blocking(move || s.fleet.revoke_token(&who, &name)).await?;
+    Ok(Json(json!({ "revoked": n })).into_response())
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn audit(State(s): State<Shared>, headers: HeaderMap, Query(l): Query<Limit>) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let limit = l.limit.unwrap_or(100).min(10_000);
+    Ok(Json(blocking(move || s.fleet.audit(limit)).await?).into_response())
+}
+
+/// The device and admin routes over `state`.
+pub fn routes(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/device/enroll", post(enroll))
+        .route("/v1/device/checkin", post(check_in))
+        .route("/v1/admin/devices", get(devices))
+        .route("/v1/admin/devices/{serial}", get(device))
+        .route("/v1/admin/devices/{serial}/{action}", post(device_action))
+        .route("/v1/admin/tokens", get(tokens).post(create_token))
+        .route("/v1/admin/tokens/{name}/revoke", post(revoke_token))
+        .route("/v1/admin/audit", get(audit))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}

@@ -1,0 +1,108 @@
+//! A small durable key-value store with named tables, for the fleet server's state
+//! (devices, tokens, configuration, rollouts, the audit log).
+//!
+//! What it is for: atomic, synced multi-key writes and prefix scans over RocksDB, without a
+//! RocksDB type leaving this crate. What it is not for: meaning. The publisher's `fleet`
+//! module decides what keys and values are; this module only promises that a write batch is
+//! all there or not there after a crash (one synced RocksDB write batch), and that a second
+//! process opening the same store gets [`StoreError::Locked`].
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::error::{Result, StoreError};
+
+/// An open store.
+pub struct Kv {
+    path: PathBuf,
+    db: DB,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").field("path", &self.path).finish()
+    }
+}
+
+/// One change in a [`Kv::write`] batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put { table: &'static str, key: Vec<u8>, value: Vec<u8> },
+    Delete { table: &'static str, key: Vec<u8> },
+}
+
+impl Kv {
+    /// Opens (creating if needed) the store at `path` with `tables`.
+    pub fn open(path: &Path, tables: &[&'static str]) -> Result<Kv> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = tables.iter().map(|t| ColumnFamilyDescriptor::new(*t, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+            if e.to_string().contains("LOCK") {
+                StoreError::Locked { path: path.to_path_buf() }
+            } else {
+                StoreError::Db { path: path.to_path_buf(), message: e.to_string() }
+            }
+        })?;
+        Ok(Kv { path: path.to_path_buf(), db })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::Db { path: self.path.clone(), message: e.to_string() }
+    }
+
+    fn cf(&self, table: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(table)
+            .ok_or_else(|| StoreError::Db { path: self.path.clone(), message: format!("no table {table}") })
+    }
+
+    pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))
+    }
+
+    /// Applies every op or none, synced to disk before it returns.
+    pub fn write(&self, ops: Vec<Op>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => batch.put_cf(self.cf(table)?, key, value),
+                Op::Delete { table, key } => batch.delete_cf(self.cf(table)?, key),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.err(e))
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order.
+    pub fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(table)?, IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last `(key, value)` of a table, if any (e.g. the newest audit entry).
+    pub fn last(&self, table: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match self.db.iterator_cf(self.cf(table)?, IteratorMode::End).next() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+}
