@@ -5,6 +5,7 @@ mod channels;
 mod cli;
 mod corruption;
 mod determinism;
+mod fleet_cli;
 mod roundtrip;
 mod serve;
 

@@ -1,0 +1,134 @@
+//! `ferry admin`, `ferry devices`, `ferry device` and `ferry audit` against a real
+//! `ferry serve --fleet` process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env_remove("FERRY_SERVER")
+        .env_remove("FERRY_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ferry(args);
+    assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], expect: &str) {
+    let out = ferry(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "ferry {args:?} should fail: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(expect), "expected {expect:?} in: {stderr}");
+}
+
+/// `ferry serve` in the background; killed when dropped.
+struct Serve(Child, String);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(repo: &str, fleet: &str) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--repo", repo, "--fleet", fleet, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").expect("a listening line").to_string();
+    Serve(child, url)
+}
+
+fn enroll(url: &str, serial: &str, token: &str) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let body = serde_json::json!({ "serial": serial, "hardware": "rev-a", "enrollment_token": token });
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/device/enroll"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), serde_json::from_slice(&r.bytes().await.unwrap()).unwrap())
+    })
+}
+
+#[test]
+fn an_operator_manages_the_fleet_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo").display().to_string();
+    let fleet = t.path().join("fleet").display().to_string();
+    ok(&["init", "--repo", &repo]);
+    fails(&["admin", "token", "create", "--name", "ops"], "--fleet DIR");
+    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    assert!(admin.starts_with("fa_") && admin.len() == 67, "{admin}");
+
+    let server = serve(&repo, &fleet);
+    let url = server.1.clone();
+    // The store is the server's now: offline creation says so.
+    fails(&["admin", "token", "create", "--name", "x", "--fleet", &fleet], "is in use");
+    let s = ["--server", url.as_str(), "--token", admin.as_str()];
+    let with = |args: &[&str]| -> Vec<String> { args.iter().chain(s.iter()).map(|a| a.to_string()).collect() };
+    let run = |args: &[&str]| ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let enrollment = run(&["admin", "token", "create", "--name", "factory", "--enrollment"]).trim().to_string();
+    assert!(enrollment.starts_with("fe_"));
+    let tokens: serde_json::Value = serde_json::from_str(&run(&["admin", "token", "list", "--json"])).unwrap();
+    assert_eq!(tokens.as_array().unwrap().len(), 2);
+
+    assert_eq!(enroll(&url, "SN-1", &enrollment).0, 200);
+    assert_eq!(enroll(&url, "SN-2", &enrollment).0, 200);
+    let (status, v) = enroll(&url, "SN-3", &admin);
+    assert_eq!(status, 401, "{v}");
+    let (status, v) = enroll(&url, "bad serial!", &enrollment);
+    assert_eq!(status, 400, "{v}");
+
+    let devices: serde_json::Value = serde_json::from_str(&run(&["devices", "--json"])).unwrap();
+    let serials: Vec<&str> = devices.as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap()).collect();
+    assert_eq!(serials, ["SN-1", "SN-2"]);
+    let table = run(&["devices"]);
+    assert!(table.starts_with("SERIAL") && table.contains("SN-2") && table.contains("accepted"), "{table}");
+    run(&["device", "revoke", "SN-2"]);
+    let revoked: serde_json::Value = serde_json::from_str(&run(&["devices", "--state", "revoked", "--json"])).unwrap();
+    assert_eq!(revoked.as_array().unwrap().len(), 1);
+    assert_eq!(revoked[0]["serial"], "SN-2");
+    let shown = run(&["device", "show", "SN-2"]);
+    assert!(shown.contains("revoke by admin:ops"), "{shown}");
+    let out = ferry(&with(&["device", "show", "SN-9"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no device SN-9"));
+
+    // Revoking the enrollment token stops new enrollments.
+    run(&["admin", "token", "revoke", "factory"]);
+    assert_eq!(enroll(&url, "SN-4", &enrollment).0, 401);
+
+    let audit: serde_json::Value = serde_json::from_str(&run(&["audit", "--json"])).unwrap();
+    let lines: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["who"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [
+        ("local", "token create"),
+        ("admin:ops", "token create"),
+        ("device:SN-1", "enroll"),
+        ("device:SN-2", "enroll"),
+        ("admin:ops", "revoke"),
+        ("admin:ops", "token revoke"),
+    ];
+    assert_eq!(lines, expected.map(|(a, b)| (a.to_string(), b.to_string())));
+
+    // A wrong admin token gets nothing.
+    let out = ferry(&["devices", "--server", &url, "--token", "fa_nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
