@@ -40,6 +40,7 @@
 //! enrollment_token_file = "/etc/ferry/enrollment-token"   # the fleet's enrollment token
 //! serial_file = "/etc/serial-number"        # this device's serial number (first line), or
 //! # serial = "SN1234" / serial_env = "SERIAL"
+//! reload_command = "systemctl reload example.service"  # after the device's configuration changed
 //!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
@@ -234,6 +235,11 @@ pub struct Fleet {
     pub serial_file: Option<PathBuf>,
     #[serde(default)]
     pub serial_env: Option<String>,
+    /// Run (with `sh -c`) after the fleet's configuration for this device changed and was
+    /// written to `state_dir/config.json` and `config.env`; if it fails, the previous files
+    /// are put back and the failure is reported.
+    #[serde(default)]
+    pub reload_command: Option<String>,
 }
 
 impl Fleet {

@@ -20,6 +20,87 @@ pub struct Answer {
     pub channel_document: Option<Vec<u8>>,
 }
 
+/// The configuration applied on the device (`state_dir/config.json`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub version: u64,
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+fn config_paths(config: &Config) -> [std::path::PathBuf; 3] {
+    ["config.json", "config.env", "config-error"].map(|n| config.state_dir.join(n))
+}
+
+/// The configuration the device runs with, if any was applied.
+pub fn applied(config: &Config) -> Result<Option<Applied>> {
+    let [json_path, _, _] = config_paths(config);
+    match std::fs::read(&json_path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("reading {}", json_path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", json_path.display())),
+    }
+}
+
+/// `KEY='value'` lines, values single-quoted for `sh` and systemd's EnvironmentFile.
+fn env_file(values: &std::collections::BTreeMap<String, String>) -> String {
+    values.iter().map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', "'\\''"))).collect()
+}
+
+/// Writes a new configuration (env file first, then the JSON that records its version, each
+/// atomically) and runs the reload command. A failed reload puts the previous files back and
+/// is recorded in `config-error` for the next report; success clears it.
+fn apply_config(
+    config: &Config,
+    fleet: &Fleet,
+    version: u64,
+    values: std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    use ferry_store::durable::write_atomic;
+    let [json_path, env_path, error_path] = config_paths(config);
+    if applied(config)?.is_some_and(|a| a.version == version) {
+        return Ok(());
+    }
+    // Keys become shell variable names: refuse anything else rather than write it.
+    if let Some(k) = values.keys().find(|k| {
+        k.is_empty()
+            || k.starts_with(|c: char| c.is_ascii_digit())
+            || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }) {
+        bail!("check-in: configuration key {k:?} is not a valid variable name; not applied");
+    }
+    let old = (std::fs::read(&json_path).ok(), std::fs::read(&env_path).ok());
+    let new = Applied { version, values };
+    write_atomic(&env_path, env_file(&new.values).as_bytes())?;
+    write_atomic(&json_path, &serde_json::to_vec_pretty(&new)?)?;
+    let Some(cmd) = &fleet.reload_command else {
+        let _ = std::fs::remove_file(&error_path);
+        tracing::info!(version, "applied configuration");
+        return Ok(());
+    };
+    match crate::trial::run_command_env(cmd, std::time::Duration::from_secs(60), None, &[]) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&error_path);
+            tracing::info!(version, "applied configuration and reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            // Back to what ran before: the new values are not half in force.
+            for (path, bytes) in [(&env_path, &old.1), (&json_path, &old.0)] {
+                match bytes {
+                    Some(b) => write_atomic(path, b)?,
+                    None => {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
+            let message = format!("configuration version {version} not applied: {e:#}");
+            write_atomic(&error_path, message.as_bytes())?;
+            tracing::warn!(version, error = %format!("{e:#}"), "reloading the new configuration failed; kept the previous one");
+            Ok(())
+        }
+    }
+}
+
 fn token_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("device-token")
 }
@@ -83,6 +164,8 @@ fn report(config: &Config) -> Result<Value> {
         "free_bytes": free,
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime": uptime,
+        "config_version": applied(config)?.map(|a| a.version),
+        "config_error": clip(std::fs::read_to_string(config.state_dir.join("config-error")).ok(), 4096),
     }))
 }
 
@@ -105,6 +188,11 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
                     Some(h) => Some(hex::decode(h).map_err(|_| anyhow!("check-in: the channel document is not hex"))?),
                     None => None,
                 };
+                if let (Some(version), Some(values)) = (v["config"]["version"].as_u64(), v["config"].get("values")) {
+                    let values: std::collections::BTreeMap<String, String> = serde_json::from_value(values.clone())
+                        .map_err(|e| anyhow!("check-in: the configuration is malformed: {e}"))?;
+                    apply_config(config, fleet, version, values)?;
+                }
                 return Ok(Answer { channel_document });
             }
             401 if !enrolled_now => {

@@ -34,7 +34,12 @@ fn run_command(command: &str, timeout: Duration, cwd: Option<&Path>) -> Result<(
     run_command_env(command, timeout, cwd, &[])
 }
 
-fn run_command_env(command: &str, timeout: Duration, cwd: Option<&Path>, env: &[(&str, String)]) -> Result<()> {
+pub(crate) fn run_command_env(
+    command: &str,
+    timeout: Duration,
+    cwd: Option<&Path>,
+    env: &[(&str, String)],
+) -> Result<()> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some(d) = cwd {

@@ -106,6 +106,76 @@ pub enum DeviceCommand {
         server: ServerArgs,
         serial: String,
     },
+    /// Sets a device's groups, in precedence order: a later group's value wins. No group
+    /// clears them.
+    Groups {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+        groups: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct ScopeArgs {
+    /// The fleet-wide level (the default).
+    #[arg(long, conflicts_with_all = ["group", "device"])]
+    fleet: bool,
+    /// A group's level.
+    #[arg(long, value_name = "GROUP", conflicts_with = "device")]
+    group: Option<String>,
+    /// One device's level (for `show`: its merged configuration and where each key comes from).
+    #[arg(long, value_name = "SERIAL")]
+    device: Option<String>,
+}
+
+impl ScopeArgs {
+    fn path(&self) -> String {
+        match (&self.group, &self.device) {
+            (Some(g), _) => format!("group/{g}"),
+            (None, Some(d)) => format!("device/{d}"),
+            (None, None) => "fleet".into(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Sets KEY=VALUE pairs at one level (fleet, group or device); a narrower level wins.
+    Set {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        pairs: Vec<String>,
+    },
+    /// Removes keys from one level.
+    Unset {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+    },
+    /// Prints one key's value at one level (with --device: the device's merged value).
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        key: String,
+    },
+    /// Shows one level's values (with --device: the merged configuration and each key's level).
+    Show {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -257,6 +327,16 @@ pub fn device(cmd: DeviceCommand) -> Result<()> {
             }
             return Ok(());
         }
+        DeviceCommand::Groups { server, serial, groups } => {
+            let v = call(
+                &server,
+                "POST",
+                &format!("devices/{serial}/groups"),
+                Some(serde_json::json!({ "groups": groups })),
+            )?;
+            eprintln!("device {serial}: groups {}", v["groups"]);
+            return Ok(());
+        }
         DeviceCommand::Accept { server, serial } => (server, serial, "accept"),
         DeviceCommand::Revoke { server, serial } => (server, serial, "revoke"),
         DeviceCommand::Remove { server, serial } => (server, serial, "remove"),
@@ -275,4 +355,53 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         println!("{}  {:<22} {:<14} {}", when(&e["at"]), text(&e["who"]), text(&e["action"]), text(&e["detail"]));
     }
     Ok(())
+}
+
+pub fn config(cmd: ConfigCommand) -> Result<()> {
+    match cmd {
+        ConfigCommand::Set { server, scope, pairs } => {
+            let mut set = serde_json::Map::new();
+            for p in &pairs {
+                let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("{p:?} is not KEY=VALUE"))?;
+                set.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let v =
+                call(&server, "POST", &format!("config/{}", scope.path()), Some(serde_json::json!({ "set": set })))?;
+            eprintln!("configuration version {}", v["version"]);
+        }
+        ConfigCommand::Unset { server, scope, keys } => {
+            let v =
+                call(&server, "POST", &format!("config/{}", scope.path()), Some(serde_json::json!({ "unset": keys })))?;
+            eprintln!("configuration version {}", v["version"]);
+        }
+        ConfigCommand::Get { server, scope, key } => {
+            let v = show(&server, &scope)?;
+            match v["values"].get(&key).and_then(Value::as_str) {
+                Some(value) => println!("{value}"),
+                None => bail!("{key} is not set at {}", scope.path()),
+            }
+        }
+        ConfigCommand::Show { server, scope, json } => {
+            let v = show(&server, &scope)?;
+            if json {
+                return crate::print_json(&v);
+            }
+            println!("# {} (version {})", scope.path(), v["version"]);
+            for (k, value) in v["values"].as_object().into_iter().flatten() {
+                match v["sources"].get(k).and_then(Value::as_str) {
+                    Some(src) => println!("{k}={}    # {src}", value.as_str().unwrap_or_default()),
+                    None => println!("{k}={}", value.as_str().unwrap_or_default()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One level's values, or a device's merged configuration with `sources`.
+fn show(server: &ServerArgs, scope: &ScopeArgs) -> Result<Value> {
+    match (&scope.group, &scope.device) {
+        (None, Some(d)) => call(server, "GET", &format!("devices/{d}/config"), None),
+        _ => call(server, "GET", &format!("config/{}", scope.path()), None),
+    }
 }

@@ -21,7 +21,14 @@ const DEVICES: &str = "devices";
 const TOKENS: &str = "tokens";
 const AUDIT: &str = "audit";
 const EVENTS: &str = "events";
-const TABLES: [&str; 4] = [DEVICES, TOKENS, AUDIT, EVENTS];
+/// Configuration levels: `fleet`, `group/<name>`, `device/<serial>` → [`Level`]; and the
+/// counter every change bumps, under `version`.
+const CONFIG: &str = "config";
+const TABLES: [&str; 5] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG];
+const CONFIG_VERSION: &[u8] = b"version";
+
+/// The most keys one configuration level holds.
+pub const MAX_CONFIG_KEYS: usize = 256;
 
 /// The longest serial number, hardware revision, or other short string a device sends.
 pub const MAX_NAME: usize = 128;
@@ -102,6 +109,9 @@ pub struct Report {
     pub free_bytes: Option<u64>,
     pub agent_version: Option<String>,
     pub uptime: Option<u64>,
+    /// The configuration version the device applied, and why the newest one failed to apply.
+    pub config_version: Option<u64>,
+    pub config_error: Option<String>,
 }
 
 impl Report {
@@ -121,8 +131,10 @@ impl Report {
                 return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_NAME} bytes")));
             }
         }
-        if self.last_error.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
-            return Err(FleetError::BadRequest(format!("report field last_error is longer than {MAX_TEXT} bytes")));
+        for (name, v) in [("last_error", &self.last_error), ("config_error", &self.config_error)] {
+            if v.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+                return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_TEXT} bytes")));
+            }
         }
         if self.progress.is_some_and(|p| p > 100) {
             return Err(FleetError::BadRequest("report field progress must be 0..=100".into()));
@@ -139,8 +151,12 @@ pub struct Device {
     pub enrolled: i64,
     /// Hash of the device's current token (hex).
     pub token: String,
+    /// Groups in precedence order: a later group's value wins over an earlier one's.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The configuration version at the last change of `groups`.
+    #[serde(default)]
+    pub groups_version: u64,
     pub last_seen: Option<i64>,
     #[serde(default)]
     pub report: Report,
@@ -181,6 +197,62 @@ impl Caller {
             Caller::Local => "local".into(),
         }
     }
+}
+
+/// Where a configuration value is set; the narrower level wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Fleet,
+    Group(String),
+    Device(String),
+}
+
+impl Scope {
+    fn key(&self) -> Vec<u8> {
+        match self {
+            Scope::Fleet => b"fleet".to_vec(),
+            Scope::Group(g) => format!("group/{g}").into_bytes(),
+            Scope::Device(d) => format!("device/{d}").into_bytes(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Fleet => "fleet".into(),
+            Scope::Group(g) => format!("group {g}"),
+            Scope::Device(d) => format!("device {d}"),
+        }
+    }
+}
+
+/// One level's values and the configuration version of its last change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Level {
+    pub version: u64,
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+/// A device's merged configuration and, per key, the level it comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Merged {
+    pub version: u64,
+    pub values: std::collections::BTreeMap<String, String>,
+    pub sources: std::collections::BTreeMap<String, String>,
+}
+
+/// Checks a configuration key: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, at
+/// most 128 bytes), so the env-file form needs no quoting of keys.
+pub fn check_config_key(k: &str) -> Result<()> {
+    let ok = !k.is_empty()
+        && k.len() <= MAX_NAME
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !k.as_bytes()[0].is_ascii_digit();
+    if !ok {
+        return Err(FleetError::BadRequest(format!(
+            "configuration key {k:?} must be 1 to {MAX_NAME} letters, digits or `_`, not starting with a digit"
+        )));
+    }
+    Ok(())
 }
 
 /// Fleet-wide settings, from `ferry serve`'s options.
@@ -401,6 +473,7 @@ impl Fleet {
                 enrolled: now(),
                 token: hex::encode(hash(&token)),
                 groups: Vec::new(),
+                groups_version: 0,
                 last_seen: None,
                 report: Report::default(),
             },
@@ -534,6 +607,7 @@ impl Fleet {
         for (k, _) in self.kv.scan(EVENTS, &prefix)? {
             ops.push(Op::Delete { table: EVENTS, key: k });
         }
+        ops.push(Op::Delete { table: CONFIG, key: Scope::Device(serial.into()).key() });
         ops.push(self.audit_op(who, "remove", format!("device {serial}"))?);
         self.kv.write(ops)?;
         Ok(())
@@ -544,5 +618,117 @@ impl Fleet {
         let all = self.kv.scan(AUDIT, b"")?;
         let skip = all.len().saturating_sub(limit);
         all.iter().skip(skip).map(|(_, v)| parse(v, || "audit entry".into())).collect()
+    }
+
+    // ---- configuration ------------------------------------------------------------------
+
+    fn config_version(&self) -> Result<u64> {
+        match self.kv.get(CONFIG, CONFIG_VERSION)? {
+            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| FleetError::Damaged {
+                what: "configuration version".into(),
+                why: "not 8 bytes".into(),
+            })?)),
+            None => Ok(0),
+        }
+    }
+
+    /// One level's values (empty if never set).
+    pub fn level(&self, scope: &Scope) -> Result<Level> {
+        match self.kv.get(CONFIG, &scope.key())? {
+            Some(v) => parse(&v, || format!("configuration of {}", scope.describe())),
+            None => Ok(Level::default()),
+        }
+    }
+
+    /// Sets and unsets keys at one level; returns the new configuration version. A device
+    /// level needs the device to exist.
+    pub fn set_config(&self, who: &Caller, scope: &Scope, set: &[(String, String)], unset: &[String]) -> Result<u64> {
+        for (k, v) in set {
+            check_config_key(k)?;
+            if v.len() > MAX_TEXT || v.contains('\0') {
+                return Err(FleetError::BadRequest(format!(
+                    "value of {k} must be at most {MAX_TEXT} bytes, without NUL"
+                )));
+            }
+        }
+        for k in unset {
+            check_config_key(k)?;
+        }
+        match scope {
+            Scope::Group(g) => check_name("group", g)?,
+            Scope::Device(d) => check_name("serial", d)?,
+            Scope::Fleet => {}
+        }
+        let _g = self.lock();
+        if let Scope::Device(d) = scope {
+            self.device(d)?;
+        }
+        let mut level = self.level(scope)?;
+        for (k, v) in set {
+            level.values.insert(k.clone(), v.clone());
+        }
+        for k in unset {
+            level.values.remove(k);
+        }
+        if level.values.len() > MAX_CONFIG_KEYS {
+            return Err(FleetError::BadRequest(format!(
+                "{} would hold more than {MAX_CONFIG_KEYS} keys",
+                scope.describe()
+            )));
+        }
+        let version = self.config_version()? + 1;
+        level.version = version;
+        let mut detail: Vec<String> = set.iter().map(|(k, _)| format!("set {k}")).collect();
+        detail.extend(unset.iter().map(|k| format!("unset {k}")));
+        let ops = vec![
+            Op::Put { table: CONFIG, key: scope.key(), value: json(&level) },
+            Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
+            self.audit_op(who, "config", format!("{}: {}", scope.describe(), detail.join(", ")))?,
+        ];
+        self.kv.write(ops)?;
+        Ok(version)
+    }
+
+    /// Sets a device's groups, in precedence order (a later group wins).
+    pub fn set_groups(&self, who: &Caller, serial: &str, groups: &[String]) -> Result<Device> {
+        for g in groups {
+            check_name("group", g)?;
+        }
+        let mut unique = groups.to_vec();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != groups.len() {
+            return Err(FleetError::BadRequest("a group is named twice".into()));
+        }
+        let _g = self.lock();
+        let mut d = self.device(serial)?;
+        let version = self.config_version()? + 1;
+        d.groups = groups.to_vec();
+        d.groups_version = version;
+        let ops = vec![
+            Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) },
+            Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
+            self.audit_op(who, "groups", format!("device {serial}: {}", groups.join(", ")))?,
+        ];
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+
+    /// A device's configuration: fleet, then its groups in order, then its own values, the
+    /// later winning. Its version is the newest change among them, so it only grows.
+    pub fn merged_config(&self, device: &Device) -> Result<Merged> {
+        let mut scopes = vec![Scope::Fleet];
+        scopes.extend(device.groups.iter().map(|g| Scope::Group(g.clone())));
+        scopes.push(Scope::Device(device.serial.clone()));
+        let mut m = Merged { version: device.groups_version, ..Default::default() };
+        for scope in scopes {
+            let level = self.level(&scope)?;
+            m.version = m.version.max(level.version);
+            for (k, v) in level.values {
+                m.sources.insert(k.clone(), scope.describe());
+                m.values.insert(k, v);
+            }
+        }
+        Ok(m)
     }
 }

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::fleet::{Caller, Fleet, FleetError, Report, TokenKind};
+use crate::fleet::{Caller, Fleet, FleetError, Report, Scope, TokenKind};
 
 /// The largest JSON body either API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -106,9 +106,11 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
     let token = bearer(&headers)?;
     let report: Report = parse_json(&body, "check-in report")?;
     let st = s.clone();
-    let device = blocking(move || {
+    let (device, config) = blocking(move || {
         let d = st.fleet.device_for(&token)?;
-        st.fleet.check_in(&d, report)
+        let d = st.fleet.check_in(&d, report)?;
+        let config = st.fleet.merged_config(&d)?;
+        Ok((d, config))
     })
     .await?;
     let channel = device.report.channel.clone();
@@ -124,6 +126,7 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
         "state": device.state,
         "channel": channel,
         "channel_document": document.map(hex::encode),
+        "config": { "version": config.version, "values": config.values },
     }))
     .into_response())
 }
@@ -239,6 +242,78 @@ async fn audit(State(s): State<Shared>, headers: HeaderMap, Query(l): Query<Limi
     Ok(Json(blocking(move || s.fleet.audit(limit)).await?).into_response())
 }
 
+fn scope(path: &str) -> Result<Scope, ApiError> {
+    let bad = || {
+        ApiError(StatusCode::NOT_FOUND, format!("no configuration level {path:?} (fleet, group/NAME, device/SERIAL)"))
+    };
+    match path.split_once('/') {
+        None if path == "fleet" => Ok(Scope::Fleet),
+        Some(("group", g)) if !g.contains('/') => Ok(Scope::Group(g.into())),
+        Some(("device", d)) if !d.contains('/') => Ok(Scope::Device(d.into())),
+        _ => Err(bad()),
+    }
+}
+
+async fn get_config(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let scope = scope(&path)?;
+    Ok(Json(blocking(move || s.fleet.level(&scope)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigChange {
+    #[serde(default)]
+    set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    unset: Vec<String>,
+}
+
+async fn change_config(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let scope = scope(&path)?;
+    let change: ConfigChange = parse_json(&body, "configuration change")?;
+    let set: Vec<(String, String)> = change.set.into_iter().collect();
+    let version = blocking(move || s.fleet.set_config(&who, &scope, &set, &change.unset)).await?;
+    Ok(Json(json!({ "version": version })).into_response())
+}
+
+async fn device_config(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    Ok(Json(blocking(move || s.fleet.merged_config(&s.fleet.device(&serial)?)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Groups {
+    groups: Vec<String>,
+}
+
+async fn set_groups(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let g: Groups = parse_json(&body, "groups")?;
+    let d = blocking(move || s.fleet.set_groups(&who, &serial, &g.groups)).await?;
+    Ok(Json(json!({ "serial": d.serial, "groups": d.groups })).into_response())
+}
+
 /// The device and admin routes over `state`.
 pub fn routes(state: Shared) -> Router {
     Router::new()
@@ -247,6 +322,9 @@ pub fn routes(state: Shared) -> Router {
         .route("/v1/admin/devices", get(devices))
         .route("/v1/admin/devices/{serial}", get(device))
         .route("/v1/admin/devices/{serial}/{action}", post(device_action))
+        .route("/v1/admin/devices/{serial}/config", get(device_config))
+        .route("/v1/admin/devices/{serial}/groups", post(set_groups))
+        .route("/v1/admin/config/{*scope}", get(get_config).post(change_config))
         .route("/v1/admin/tokens", get(tokens).post(create_token))
         .route("/v1/admin/tokens/{name}/revoke", post(revoke_token))
         .route("/v1/admin/audit", get(audit))

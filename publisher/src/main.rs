@@ -213,6 +213,9 @@ enum Command {
     /// Shows, accepts, revokes or removes one device.
     #[command(subcommand)]
     Device(cli_fleet::DeviceCommand),
+    /// Per-device configuration: key/value pairs at the fleet, group and device levels.
+    #[command(subcommand)]
+    Config(cli_fleet::ConfigCommand),
     /// The fleet's audit log: who did what, when.
     Audit(cli_fleet::AuditArgs),
     /// Manages the key document: root keys, and the keys that may sign commits and channels.
@@ -574,6 +577,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Devices(args) => cli_fleet::devices(args)?,
         Command::Device(cmd) => cli_fleet::device(cmd)?,
         Command::Audit(args) => cli_fleet::audit(args)?,
+        Command::Config(cmd) => cli_fleet::config(cmd)?,
         Command::Keys(cmd) => cli_channels::keys(cmd)?,
         Command::Promote(args) => cli_channels::promote(args)?,
         Command::Channel(cmd) => cli_channels::channel(cmd)?,

@@ -178,3 +178,105 @@ fn device_tokens_open_only_the_device_api_and_only_as_themselves() {
     // No token, or garbage: 401.
     assert_eq!(call(&env, "POST", "device/checkin", "", Some(serde_json::json!({}))).0, 401);
 }
+
+#[test]
+fn configuration_merges_fleet_groups_and_device_and_reaches_the_device() {
+    let env = Env::with_fleet(false);
+    env.commit(1, "1");
+    let reload_log = env.path().join("reloads");
+    let marker = env.path().join("fail-reload");
+    let dev = env.device_named(
+        "device",
+        env.addr,
+        &format!(
+            "\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-C\"\nreload_command = \"test ! -e {} && cat {} >> {}\"\n",
+            env.path().join("enrollment-token").display(),
+            marker.display(),
+            env.path().join("device/state/config.env").display(),
+            reload_log.display()
+        ),
+    );
+    update(&dev);
+    let set = |scope: &str, body: Value| {
+        let (status, v) = call(&env, "POST", &format!("admin/config/{scope}"), &env.admin_token, Some(body));
+        assert_eq!(status, 200, "{v}");
+        v["version"].as_u64().unwrap()
+    };
+    set("fleet", serde_json::json!({ "set": { "LOG": "info", "REGION": "eu", "MODE": "fleet" } }));
+    set("group/lab", serde_json::json!({ "set": { "LOG": "debug", "MODE": "lab" } }));
+    set("group/night", serde_json::json!({ "set": { "MODE": "night" } }));
+    let v = set("device/SN-C", serde_json::json!({ "set": { "NAME": "it's me" } }));
+    let (status, _) = call(
+        &env,
+        "POST",
+        "admin/devices/SN-C/groups",
+        &env.admin_token,
+        Some(serde_json::json!({ "groups": ["lab", "night"] })),
+    );
+    assert_eq!(status, 200);
+    let (_, merged) = call(&env, "GET", "admin/devices/SN-C/config", &env.admin_token, None);
+    let expect = serde_json::json!({ "LOG": "debug", "MODE": "night", "NAME": "it's me", "REGION": "eu" });
+    assert_eq!(merged["values"], expect);
+    assert_eq!(merged["sources"]["MODE"], "group night");
+    assert_eq!(merged["sources"]["LOG"], "group lab");
+    let version = merged["version"].as_u64().unwrap();
+    assert!(version > v, "changing groups bumps the version");
+
+    // The device writes it (JSON and env file) and reloads.
+    update(&dev);
+    let applied: Value =
+        serde_json::from_slice(&std::fs::read(env.path().join("device/state/config.json")).unwrap()).unwrap();
+    assert_eq!((applied["version"].as_u64(), &applied["values"]), (Some(version), &expect));
+    let script = format!(". {} && printf %s \"$NAME/$MODE\"", env.path().join("device/state/config.env").display());
+    let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "it's me/night");
+    assert_eq!(std::fs::read_to_string(&reload_log).unwrap().lines().count(), 4, "reloaded once");
+    // Nothing changed: no reload.
+    update(&dev);
+    assert_eq!(std::fs::read_to_string(&reload_log).unwrap().lines().count(), 4);
+
+    // A failing reload keeps the previous files and is reported.
+    std::fs::write(&marker, "").unwrap();
+    let failed = set("device/SN-C", serde_json::json!({ "unset": ["NAME"] }));
+    update(&dev);
+    let still: Value =
+        serde_json::from_slice(&std::fs::read(env.path().join("device/state/config.json")).unwrap()).unwrap();
+    assert_eq!(still["version"].as_u64(), Some(version));
+    let d = devices(&env).into_iter().find(|d| d["serial"] == "SN-C").unwrap();
+    assert_eq!(d["report"]["config_version"].as_u64(), Some(version));
+    let error = d["report"]["config_error"].as_str().unwrap();
+    assert!(error.contains(&format!("configuration version {failed} not applied")), "{error}");
+    // Fixed: the next check applies it and clears the error.
+    std::fs::remove_file(&marker).unwrap();
+    update(&dev);
+    let d = devices(&env).into_iter().find(|d| d["serial"] == "SN-C").unwrap();
+    assert_eq!((d["report"]["config_version"].as_u64(), d["report"]["config_error"].as_str()), (Some(failed), None));
+
+    // Bad input changes nothing.
+    for body in [
+        serde_json::json!({ "set": { "1BAD": "x" } }),
+        serde_json::json!({ "set": { "A-B": "x" } }),
+        serde_json::json!({ "sett": {} }),
+    ] {
+        let (status, _) = call(&env, "POST", "admin/config/fleet", &env.admin_token, Some(body));
+        assert_eq!(status, 400);
+    }
+    assert_eq!(
+        call(
+            &env,
+            "POST",
+            "admin/config/device/NOPE",
+            &env.admin_token,
+            Some(serde_json::json!({ "set": { "A": "1" } }))
+        )
+        .0,
+        404
+    );
+    assert_eq!(call(&env, "GET", "admin/config/fleet/extra", &env.admin_token, None).0, 404);
+    let (_, after) = call(&env, "GET", "admin/devices/SN-C/config", &env.admin_token, None);
+    assert_eq!(after["version"].as_u64(), Some(failed));
+    // A device cannot read configuration through the admin API.
+    let token = std::fs::read_to_string(env.path().join("device/state/device-token")).unwrap();
+    assert_eq!(call(&env, "GET", "admin/devices/SN-C/config", &token, None).0, 401);
+    assert_eq!(call(&env, "GET", "admin/config/fleet", &token, None).0, 401);
+}
