@@ -132,3 +132,128 @@ fn an_operator_manages_the_fleet_from_the_command_line() {
     let out = ferry(&["devices", "--server", &url, "--token", "fa_nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+/// An admin or device call: (status, body), or None when the connection failed.
+async fn send(
+    c: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: serde_json::Value,
+) -> Option<(u16, serde_json::Value)> {
+    let r = c
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.ok()?;
+    Some((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
+
+#[test]
+fn a_server_killed_during_writes_loses_nothing_it_acknowledged() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo").display().to_string();
+    let fleet = t.path().join("fleet").display().to_string();
+    ok(&["init", "--repo", &repo]);
+    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let enrollment =
+        ok(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet]).trim().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut acked_config: Vec<(String, String)> = Vec::new();
+    let mut acked_devices: Vec<String> = Vec::new();
+    for round in 0..3u32 {
+        let mut server = serve(&repo, &fleet);
+        let url = server.1.clone();
+        let (admin, enrollment) = (admin.clone(), enrollment.clone());
+        let writes = rt.spawn(async move {
+            let c = reqwest::Client::new();
+            let mut tasks = Vec::new();
+            for w in 0..4u32 {
+                let (c, url, admin, enrollment) = (c.clone(), url.clone(), admin.clone(), enrollment.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (mut config, mut devices) = (Vec::new(), Vec::new());
+                    for i in 0..10_000u32 {
+                        if w % 2 == 0 {
+                            // Each writer cycles over its own 40 keys, values counting up.
+                            let (k, v) = (format!("K{w}_{}", i % 40), format!("{round}:{i:06}"));
+                            let body = serde_json::json!({ "set": { k.clone(): v.clone() } });
+                            match send(&c, format!("{url}/v1/admin/config/fleet"), &admin, body).await {
+                                Some((200, _)) => config.push((k, v)),
+                                Some((s, b)) => panic!("config write answered {s}: {b}"),
+                                None => break,
+                            }
+                        } else {
+                            let serial = format!("SN-{round}-{w}-{i}");
+                            let body = serde_json::json!({ "serial": serial, "hardware": "rev-a", "enrollment_token": enrollment });
+                            let token = match send(&c, format!("{url}/v1/device/enroll"), "", body).await {
+                                Some((200, v)) => v["device_token"].as_str().unwrap().to_string(),
+                                Some((s, b)) => panic!("enroll answered {s}: {b}"),
+                                None => break,
+                            };
+                            devices.push(serial);
+                            let report = serde_json::json!({ "last_result": "ok", "uptime": i });
+                            if send(&c, format!("{url}/v1/device/checkin"), &token, report).await.is_none() {
+                                break;
+                            }
+                        }
+                    }
+                    (config, devices)
+                }));
+            }
+            let mut out = (Vec::new(), Vec::new());
+            for t in tasks {
+                let (c, d) = t.await.unwrap();
+                out.0.extend(c);
+                out.1.extend(d);
+            }
+            out
+        });
+        // Let writes pile up, then pull the plug on the server (SIGKILL: no shutdown).
+        std::thread::sleep(std::time::Duration::from_millis(300 + 150 * u64::from(round)));
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+        let (c, d) = rt.block_on(writes).unwrap();
+        assert!(!c.is_empty() && !d.is_empty(), "round {round}: the writers did nothing before the kill");
+        acked_config.extend(c);
+        acked_devices.extend(d);
+    }
+
+    // After a restart, everything acknowledged is there, and the audit log has no hole.
+    let server = serve(&repo, &fleet);
+    let s = ["--server", server.1.as_str(), "--token", admin.as_str()];
+    let run = |args: &[&str]| ok(&args.iter().chain(s.iter()).copied().collect::<Vec<_>>());
+    let config: serde_json::Value = serde_json::from_str(&run(&["config", "show", "--json"])).unwrap();
+    // Per key, the stored value is the last acknowledged one or a later write that was in
+    // flight at the kill (values of one key only grow: "round:counter").
+    let mut last: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for (k, v) in &acked_config {
+        let e = last.entry(k.as_str()).or_insert(v.as_str());
+        if v.as_str() > *e {
+            *e = v.as_str();
+        }
+    }
+    for (k, v) in last {
+        let stored = config["values"][k].as_str().unwrap_or_else(|| panic!("acknowledged {k} lost"));
+        assert!(stored >= v, "{k}: stored {stored}, but {v} was acknowledged");
+    }
+    let devices: serde_json::Value = serde_json::from_str(&run(&["devices", "--json"])).unwrap();
+    let known: std::collections::HashSet<&str> =
+        devices.as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap()).collect();
+    for serial in &acked_devices {
+        assert!(known.contains(serial.as_str()), "acknowledged enrollment of {serial} lost");
+    }
+    let audit: serde_json::Value = serde_json::from_str(&run(&["audit", "--limit", "100000", "--json"])).unwrap();
+    let seqs: Vec<u64> = audit.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "the audit log has a hole");
+    let config_entries = audit.as_array().unwrap().iter().filter(|e| e["action"] == "config").count();
+    assert!(config_entries >= acked_config.len());
+    eprintln!(
+        "{} config writes and {} enrollments acknowledged across 3 kills",
+        acked_config.len(),
+        acked_devices.len()
+    );
+}
