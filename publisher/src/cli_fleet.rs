@@ -178,6 +178,61 @@ pub enum ConfigCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Starts a staged rollout: the channel's current document stays what everyone gets;
+    /// the next one promoted to it goes to PERCENT of the devices (of --group) first.
+    Start {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+        /// Only devices in this group take part.
+        #[arg(long)]
+        group: Option<String>,
+        /// Pause by itself when more than this share (percent) of the devices that took the
+        /// new release roll back or fail.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_failures: u8,
+    },
+    /// Raises the share of devices that take the new release (it never goes down: lowering
+    /// would take it away from devices that have it).
+    SetPercent {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+    },
+    /// No more devices start taking the new release.
+    Pause {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+    },
+    /// Continues a paused or halted rollout.
+    Resume {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+    },
+    /// Stops for good: devices that took the release keep it (promote the previous commit
+    /// with --rollback to move them back); the others stay where they are.
+    Abort {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+    },
+    /// Every rollout: state, share, devices that took it and failed, and why it halted.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 pub struct AuditArgs {
     #[command(flatten)]
@@ -404,4 +459,50 @@ fn show(server: &ServerArgs, scope: &ScopeArgs) -> Result<Value> {
         (None, Some(d)) => call(server, "GET", &format!("devices/{d}/config"), None),
         _ => call(server, "GET", &format!("config/{}", scope.path()), None),
     }
+}
+
+fn print_rollout(v: &Value) {
+    println!(
+        "{:<12} {:<8} {:>3}%{}  took {} of {} eligible ({} on the channel), {} failed; from serial {}",
+        text(&v["channel"]),
+        text(&v["state"]),
+        v["percent"],
+        v["group"].as_str().map(|g| format!(" of group {g}")).unwrap_or_default(),
+        v["took"],
+        v["eligible"],
+        v["devices"],
+        v["failed"],
+        v["base_serial"]
+    );
+    if let Some(r) = v["halt_reason"].as_str() {
+        println!("             halted: {r}");
+    }
+}
+
+pub fn rollout(cmd: RolloutCommand) -> Result<()> {
+    let (server, channel, action, body) = match cmd {
+        RolloutCommand::Status { server, json } => {
+            let v = call(&server, "GET", "rollouts", None)?;
+            if json {
+                return crate::print_json(&v);
+            }
+            for r in v.as_array().into_iter().flatten() {
+                print_rollout(r);
+            }
+            return Ok(());
+        }
+        RolloutCommand::Start { server, channel, percent, group, max_failures } => {
+            let body = serde_json::json!({ "percent": percent, "group": group, "max_failure_percent": max_failures });
+            (server, channel, "start", Some(body))
+        }
+        RolloutCommand::SetPercent { server, channel, percent } => {
+            (server, channel, "set-percent", Some(serde_json::json!({ "percent": percent })))
+        }
+        RolloutCommand::Pause { server, channel } => (server, channel, "pause", None),
+        RolloutCommand::Resume { server, channel } => (server, channel, "resume", None),
+        RolloutCommand::Abort { server, channel } => (server, channel, "abort", None),
+    };
+    let v = call(&server, "POST", &format!("rollouts/{channel}/{action}"), body)?;
+    print_rollout(&v);
+    Ok(())
 }

@@ -24,7 +24,9 @@ const EVENTS: &str = "events";
 /// Configuration levels: `fleet`, `group/<name>`, `device/<serial>` → [`Level`]; and the
 /// counter every change bumps, under `version`.
 const CONFIG: &str = "config";
-const TABLES: [&str; 5] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG];
+/// Staged rollouts, by channel.
+const ROLLOUTS: &str = "rollouts";
+const TABLES: [&str; 6] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS];
 const CONFIG_VERSION: &[u8] = b"version";
 
 /// The most keys one configuration level holds.
@@ -160,6 +162,9 @@ pub struct Device {
     pub last_seen: Option<i64>,
     #[serde(default)]
     pub report: Report,
+    /// Per channel, the highest document serial this device was given at check-in.
+    #[serde(default)]
+    pub served: std::collections::BTreeMap<String, u64>,
 }
 
 /// Something that happened to a device (its history).
@@ -187,6 +192,8 @@ pub enum Caller {
     Device(String),
     /// The operator at the server's own command line (`ferry admin token create --fleet`).
     Local,
+    /// The server itself (the automatic halt of a rollout).
+    Server,
 }
 
 impl Caller {
@@ -195,6 +202,7 @@ impl Caller {
             Caller::Admin(n) => format!("admin:{n}"),
             Caller::Device(s) => format!("device:{s}"),
             Caller::Local => "local".into(),
+            Caller::Server => "server".into(),
         }
     }
 }
@@ -253,6 +261,68 @@ pub fn check_config_key(k: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    Running,
+    /// Stopped by an operator or by the automatic halt: no device starts taking it.
+    Paused,
+    /// Stopped for good: devices that took it keep it (promote with --rollback to move
+    /// them back); the others stay on the base document.
+    Aborted,
+}
+
+/// A staged rollout on a channel: the channel's document at the start (`base`) is what
+/// devices outside the rollout keep getting; any newer document of the channel goes only to
+/// `percent` of the (eligible) devices, chosen by a hash of channel and serial, so the same
+/// devices go first every time and none flips between versions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollout {
+    pub channel: String,
+    pub base: String,
+    pub base_serial: u64,
+    pub percent: u8,
+    /// Only devices in this group take part.
+    pub group: Option<String>,
+    pub state: RolloutState,
+    /// Pause by itself when more than this share (percent) of the devices that took the new
+    /// document report a rollback or a failed update.
+    pub max_failure_percent: u8,
+    pub halt_reason: Option<String>,
+    pub started: i64,
+}
+
+/// A device's place in rollouts of `channel`: 0..10000, fixed for the pair.
+pub fn bucket(channel: &str, serial: &str) -> u32 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry rollout v1\0");
+    h.update(channel.as_bytes());
+    h.update(b"\0");
+    h.update(serial.as_bytes());
+    let b = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&b.as_bytes()[..8]);
+    (u64::from_le_bytes(first) % 10_000) as u32
+}
+
+/// Which document a device gets at check-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// The channel's newest document.
+    Head,
+    /// The rollout's base document (its id).
+    Base(String),
+}
+
+/// The channel's newest document as the fleet sees it: id, serial, and each hardware
+/// revision's target commit.
+#[derive(Debug, Clone)]
+pub struct HeadDoc {
+    pub id: String,
+    pub serial: u64,
+    pub targets: std::collections::BTreeMap<String, String>,
 }
 
 /// Fleet-wide settings, from `ferry serve`'s options.
@@ -474,6 +544,7 @@ impl Fleet {
                 token: hex::encode(hash(&token)),
                 groups: Vec::new(),
                 groups_version: 0,
+                served: Default::default(),
                 last_seen: None,
                 report: Report::default(),
             },
@@ -731,4 +802,225 @@ impl Fleet {
         }
         Ok(m)
     }
+
+    // ---- rollouts -----------------------------------------------------------------------
+
+    pub fn rollout(&self, channel: &str) -> Result<Option<Rollout>> {
+        match self.kv.get(ROLLOUTS, channel.as_bytes())? {
+            Some(v) => Ok(Some(parse(&v, || format!("rollout of {channel}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn rollouts(&self) -> Result<Vec<Rollout>> {
+        self.kv.scan(ROLLOUTS, b"")?.iter().map(|(_, v)| parse(v, || "rollout".into())).collect()
+    }
+
+    /// Starts a rollout on `channel` whose current document (`base`) stays what everyone
+    /// gets until a newer one is promoted. A running or paused rollout must be finished
+    /// (at 100%) or aborted first.
+    pub fn start_rollout(
+        &self,
+        who: &Caller,
+        channel: &str,
+        base: &HeadDoc,
+        percent: u8,
+        group: Option<String>,
+        max_failure_percent: u8,
+    ) -> Result<Rollout> {
+        if percent > 100 || max_failure_percent > 100 {
+            return Err(FleetError::BadRequest("percentages must be 0 to 100".into()));
+        }
+        if let Some(g) = &group {
+            check_name("group", g)?;
+        }
+        let _g = self.lock();
+        if let Some(r) = self.rollout(channel)? {
+            if r.state != RolloutState::Aborted && r.percent < 100 {
+                return Err(FleetError::BadRequest(format!(
+                    "channel {channel} has a rollout at {}% ({:?}); set it to 100 or abort it first",
+                    r.percent, r.state
+                )));
+            }
+        }
+        let r = Rollout {
+            channel: channel.into(),
+            base: base.id.clone(),
+            base_serial: base.serial,
+            percent,
+            group,
+            state: RolloutState::Running,
+            max_failure_percent,
+            halt_reason: None,
+            started: now(),
+        };
+        let detail = format!("{channel}: {percent}% from serial {}", base.serial);
+        self.kv.write(vec![
+            Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
+            self.audit_op(who, "rollout start", detail)?,
+        ])?;
+        Ok(r)
+    }
+
+    /// Changes a rollout: `percent`, or its state (`pause`, `resume`, `abort`).
+    pub fn change_rollout(&self, who: &Caller, channel: &str, action: &str, percent: Option<u8>) -> Result<Rollout> {
+        let _g = self.lock();
+        let mut r =
+            self.rollout(channel)?.ok_or_else(|| FleetError::NotFound(format!("channel {channel} has no rollout")))?;
+        if r.state == RolloutState::Aborted {
+            return Err(FleetError::BadRequest(format!("the rollout on {channel} was aborted; start a new one")));
+        }
+        match (action, percent) {
+            ("set-percent", Some(p)) if p <= 100 => {
+                if p < r.percent {
+                    return Err(FleetError::BadRequest(format!(
+                        "the rollout is at {}%; lowering it would take the new release away from devices that have it",
+                        r.percent
+                    )));
+                }
+                r.percent = p;
+            }
+            ("set-percent", _) => {
+                return Err(FleetError::BadRequest("set-percent needs a percent from 0 to 100".into()))
+            }
+            ("pause", _) => r.state = RolloutState::Paused,
+            ("resume", _) => {
+                r.state = RolloutState::Running;
+                r.halt_reason = None;
+            }
+            ("abort", _) => r.state = RolloutState::Aborted,
+            (other, _) => {
+                return Err(FleetError::NotFound(format!(
+                    "no rollout action {other:?} (set-percent, pause, resume, abort)"
+                )))
+            }
+        }
+        let detail = format!("{channel}: {action}{}", percent.map(|p| format!(" {p}%")).unwrap_or_default());
+        self.kv.write(vec![
+            Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
+            self.audit_op(who, &format!("rollout {action}"), detail)?,
+        ])?;
+        Ok(r)
+    }
+
+    /// Which document `device` gets for `channel` whose newest document is `head`, and
+    /// records that it got it. A device that took a failed release may halt the rollout.
+    pub fn pick(&self, device: &Device, channel: &str, head: &HeadDoc) -> Result<Pick> {
+        let Some(r) = self.rollout(channel)? else {
+            return self.record_served(device, channel, head.serial).map(|()| Pick::Head);
+        };
+        let taken = device.served.get(channel).is_some_and(|s| *s > r.base_serial);
+        let eligible = r.group.as_ref().is_none_or(|g| device.groups.contains(g));
+        let chosen = bucket(channel, &device.serial) < u32::from(r.percent) * 100;
+        let head_wins =
+            head.serial <= r.base_serial || taken || (r.state == RolloutState::Running && eligible && chosen);
+        if !head_wins {
+            return Ok(Pick::Base(r.base));
+        }
+        self.record_served(device, channel, head.serial)?;
+        if taken && r.state == RolloutState::Running && head.serial > r.base_serial && failed(device, head) {
+            self.maybe_halt(channel, head)?;
+        }
+        Ok(Pick::Head)
+    }
+
+    fn record_served(&self, device: &Device, channel: &str, serial: u64) -> Result<()> {
+        if device.served.get(channel) == Some(&serial) {
+            return Ok(());
+        }
+        let _g = self.lock();
+        let mut d = self.device(&device.serial)?;
+        d.served.insert(channel.into(), serial);
+        Ok(self.kv.write(vec![Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) }])?)
+    }
+
+    /// Counts the devices that took documents newer than the base and how many of them
+    /// failed; pauses the rollout when the share is above its limit.
+    fn maybe_halt(&self, channel: &str, head: &HeadDoc) -> Result<()> {
+        let _g = self.lock();
+        let Some(mut r) = self.rollout(channel)? else { return Ok(()) };
+        if r.state != RolloutState::Running {
+            return Ok(());
+        }
+        let (mut took, mut bad) = (0usize, Vec::new());
+        for d in self.devices()? {
+            if d.served.get(channel).is_some_and(|s| *s > r.base_serial) {
+                took += 1;
+                if failed(&d, head) {
+                    bad.push(format!(
+                        "{}: {}",
+                        d.serial,
+                        d.report.last_error.as_deref().or(d.report.last_result.as_deref()).unwrap_or("failed")
+                    ));
+                }
+            }
+        }
+        if took == 0 || bad.len() * 100 <= took * usize::from(r.max_failure_percent) {
+            return Ok(());
+        }
+        let mut reason = format!(
+            "{} of {took} devices that took serial {} failed ({}% > {}%): ",
+            bad.len(),
+            head.serial,
+            bad.len() * 100 / took,
+            r.max_failure_percent
+        );
+        reason += &bad.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+        let mut cut = reason.len().min(MAX_TEXT);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        r.state = RolloutState::Paused;
+        r.halt_reason = Some(reason.clone());
+        Ok(self.kv.write(vec![
+            Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
+            self.audit_op(&Caller::Server, "rollout halt", format!("{channel}: {reason}"))?,
+        ])?)
+    }
+}
+
+/// How far a rollout got.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    /// Devices reporting this channel, those the rollout may reach (its group), those that
+    /// took a newer document than the base, and those of them that failed.
+    pub devices: usize,
+    pub eligible: usize,
+    pub took: usize,
+    pub failed: usize,
+}
+
+impl Fleet {
+    pub fn rollout_status(&self, r: Rollout, head: Option<&HeadDoc>) -> Result<RolloutStatus> {
+        let (mut devices, mut eligible, mut took, mut failed_n) = (0, 0, 0, 0);
+        for d in self.devices()? {
+            if d.report.channel.as_deref() != Some(r.channel.as_str()) {
+                continue;
+            }
+            devices += 1;
+            if r.group.as_ref().is_none_or(|g| d.groups.contains(g)) {
+                eligible += 1;
+            }
+            if d.served.get(&r.channel).is_some_and(|s| *s > r.base_serial) {
+                took += 1;
+                if head.is_some_and(|h| failed(&d, h)) {
+                    failed_n += 1;
+                }
+            }
+        }
+        Ok(RolloutStatus { rollout: r, devices, eligible, took, failed: failed_n })
+    }
+}
+
+/// True if a device that took `head` reports a rollback or a failed update and does not run
+/// its target.
+fn failed(d: &Device, head: &HeadDoc) -> bool {
+    let runs_target = match (head.targets.get(&d.hardware), &d.report.current) {
+        (Some(t), Some(c)) => t == c,
+        _ => false,
+    };
+    !runs_target && matches!(d.report.last_result.as_deref(), Some("rolled-back" | "aborted" | "error"))
 }

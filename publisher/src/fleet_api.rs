@@ -17,18 +17,22 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::fleet::{Caller, Fleet, FleetError, Report, Scope, TokenKind};
+use crate::fleet::{Caller, Fleet, FleetError, HeadDoc, Pick, Report, Scope, TokenKind};
 
 /// The largest JSON body either API reads.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Reads a channel's newest signed document (an encoded envelope) from the repository.
-pub type ChannelSource = Box<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
+/// Where check-ins and rollouts read channel documents from (the repository).
+pub trait Documents: Send + Sync {
+    /// The channel's newest document: what the fleet needs of it, and its encoded envelope.
+    fn head(&self, channel: &str) -> Option<(HeadDoc, Vec<u8>)>;
+    /// A document's encoded envelope by id (hex).
+    fn by_id(&self, id: &str) -> Option<Vec<u8>>;
+}
 
 pub struct FleetState {
     pub fleet: Fleet,
-    /// The repository, for the channel documents check-ins carry.
-    pub channel_document: ChannelSource,
+    pub documents: Box<dyn Documents>,
 }
 
 impl std::fmt::Debug for FleetState {
@@ -116,8 +120,15 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
     let channel = device.report.channel.clone();
     let document = match &channel {
         Some(c) => {
-            let (st, c) = (s.clone(), c.clone());
-            tokio::task::spawn_blocking(move || (st.channel_document)(&c)).await.ok().flatten()
+            let (st, c, d) = (s.clone(), c.clone(), device.clone());
+            blocking(move || {
+                let Some((head, bytes)) = st.documents.head(&c) else { return Ok(None) };
+                match st.fleet.pick(&d, &c, &head)? {
+                    Pick::Head => Ok(Some(bytes)),
+                    Pick::Base(id) => Ok(st.documents.by_id(&id)),
+                }
+            })
+            .await?
         }
         None => None,
     };
@@ -314,6 +325,57 @@ async fn set_groups(
     Ok(Json(json!({ "serial": d.serial, "groups": d.groups })).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutRequest {
+    percent: Option<u8>,
+    group: Option<String>,
+    max_failure_percent: Option<u8>,
+}
+
+async fn rollout_action(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((channel, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let req: RolloutRequest = if body.is_empty() {
+        RolloutRequest { percent: None, group: None, max_failure_percent: None }
+    } else {
+        parse_json(&body, "rollout request")?
+    };
+    let status = blocking(move || {
+        let head = s.documents.head(&channel).map(|(h, _)| h);
+        let r = if action == "start" {
+            let base = head
+                .as_ref()
+                .ok_or_else(|| FleetError::NotFound(format!("channel {channel} has no document to start from")))?;
+            let percent = req.percent.ok_or_else(|| FleetError::BadRequest("start needs a percent".into()))?;
+            s.fleet.start_rollout(&who, &channel, base, percent, req.group, req.max_failure_percent.unwrap_or(10))?
+        } else {
+            s.fleet.change_rollout(&who, &channel, &action, req.percent)?
+        };
+        s.fleet.rollout_status(r, head.as_ref())
+    })
+    .await?;
+    Ok(Json(status).into_response())
+}
+
+async fn rollouts(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let list = blocking(move || {
+        let mut out = Vec::new();
+        for r in s.fleet.rollouts()? {
+            let head = s.documents.head(&r.channel).map(|(h, _)| h);
+            out.push(s.fleet.rollout_status(r, head.as_ref())?);
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(list).into_response())
+}
+
 /// The device and admin routes over `state`.
 pub fn routes(state: Shared) -> Router {
     Router::new()
@@ -328,6 +390,8 @@ pub fn routes(state: Shared) -> Router {
         .route("/v1/admin/tokens", get(tokens).post(create_token))
         .route("/v1/admin/tokens/{name}/revoke", post(revoke_token))
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/rollouts", get(rollouts))
+        .route("/v1/admin/rollouts/{channel}/{action}", post(rollout_action))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -216,6 +216,9 @@ enum Command {
     /// Per-device configuration: key/value pairs at the fleet, group and device levels.
     #[command(subcommand)]
     Config(cli_fleet::ConfigCommand),
+    /// Staged rollouts: a new release to a share of the fleet first, halting by itself.
+    #[command(subcommand)]
+    Rollout(cli_fleet::RolloutCommand),
     /// The fleet's audit log: who did what, when.
     Audit(cli_fleet::AuditArgs),
     /// Manages the key document: root keys, and the keys that may sign commits and channels.
@@ -578,6 +581,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Device(cmd) => cli_fleet::device(cmd)?,
         Command::Audit(args) => cli_fleet::audit(args)?,
         Command::Config(cmd) => cli_fleet::config(cmd)?,
+        Command::Rollout(cmd) => cli_fleet::rollout(cmd)?,
         Command::Keys(cmd) => cli_channels::keys(cmd)?,
         Command::Promote(args) => cli_channels::promote(args)?,
         Command::Channel(cmd) => cli_channels::channel(cmd)?,

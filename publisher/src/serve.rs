@@ -478,20 +478,10 @@ async fn not_found() -> ApiError {
 pub fn router(repo: Repository, patcher: Patcher, fleet: Option<crate::fleet::Fleet>) -> Router {
     let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()), patcher });
     let fleet_routes = match fleet {
-        Some(fleet) => {
-            let st = state.clone();
-            // Check-ins carry the newest document of the device's channel.
-            let channel_document = move |name: &str| -> Option<Vec<u8>> {
-                catch_up(&st, Instant::now()).ok()?;
-                ferry_store::repo::check_branch_name(name).ok()?;
-                let id = st.repo.channel(name).ok()??;
-                Some(st.repo.read_envelope(&id).ok()?.encode())
-            };
-            crate::fleet_api::routes(Arc::new(crate::fleet_api::FleetState {
-                fleet,
-                channel_document: Box::new(channel_document),
-            }))
-        }
+        Some(fleet) => crate::fleet_api::routes(Arc::new(crate::fleet_api::FleetState {
+            fleet,
+            documents: Box::new(RepoDocuments(state.clone())),
+        })),
         None => Router::new().route("/v1/device/{*rest}", any(no_fleet)).route("/v1/admin/{*rest}", any(no_fleet)),
     };
     Router::new()
@@ -522,6 +512,30 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     serve_with(repo, scratch, listen, &ServeConfig::default(), on_bound, shutdown).await
+}
+
+/// Channel documents for the fleet, read from the repository.
+struct RepoDocuments(Shared);
+
+impl crate::fleet_api::Documents for RepoDocuments {
+    fn head(&self, channel: &str) -> Option<(crate::fleet::HeadDoc, Vec<u8>)> {
+        catch_up(&self.0, Instant::now()).ok()?;
+        ferry_store::repo::check_branch_name(channel).ok()?;
+        let id = self.0.repo.channel(channel).ok()??;
+        let envelope = self.0.repo.read_envelope(&id).ok()?;
+        let doc = ferry_store::channel::ChannelDoc::decode(&envelope.document).ok()?;
+        let head = crate::fleet::HeadDoc {
+            id: id.to_hex(),
+            serial: doc.serial,
+            targets: doc.targets.iter().map(|t| (t.hardware.clone(), t.commit.to_hex())).collect(),
+        };
+        Some((head, envelope.encode()))
+    }
+
+    fn by_id(&self, id: &str) -> Option<Vec<u8>> {
+        let id: Id = id.parse().ok()?;
+        Some(self.0.repo.read_envelope(&id).ok()?.encode())
+    }
 }
 
 async fn no_fleet() -> ApiError {

@@ -28,6 +28,12 @@ fn now() -> i64 {
 /// key), channel key 11.
 fn fleet() -> Env {
     let env = Env::new();
+    set_up_keys(&env);
+    env
+}
+
+/// Root key 10 (saved as `root.key`), commit key 1, channel key 11, in a key document.
+pub(crate) fn set_up_keys(env: &Env) {
     test_key(ROOT).save(&env.path().join("root.key")).unwrap();
     let change = KeyChange {
         roots: Some(vec![test_key(ROOT).public()]),
@@ -35,7 +41,6 @@ fn fleet() -> Env {
         channel_keys: Some(vec![test_key(CHANNEL_KEY).public()]),
     };
     channels::set_keys(&env.repo, &[test_key(ROOT)], change, now()).unwrap();
-    env
 }
 
 /// A device following `channel` as hardware revision `hardware`.
@@ -59,7 +64,13 @@ fn device_rooted(env: &Env, name: &str, channel: &str, hardware: &str, root: &st
     config
 }
 
-fn promote(env: &Env, commit: Option<Id>, from: Option<&str>, to: &str, rollback: bool) -> anyhow::Result<Id> {
+pub(crate) fn promote(
+    env: &Env,
+    commit: Option<Id>,
+    from: Option<&str>,
+    to: &str,
+    rollback: bool,
+) -> anyhow::Result<Id> {
     let key = test_key(CHANNEL_KEY);
     let p = Promotion {
         to: to.into(),

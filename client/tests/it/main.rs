@@ -9,5 +9,6 @@ mod fleet;
 mod harness;
 mod patches;
 mod powercut;
+mod rollout;
 mod trial;
 mod update;

@@ -257,3 +257,47 @@ fn a_server_killed_during_writes_loses_nothing_it_acknowledged() {
         acked_devices.len()
     );
 }
+
+#[test]
+fn a_rollout_at_10_percent_reaches_10_percent_of_1000_devices_the_same_ones_after_a_restart() {
+    use ferry_publisher::fleet::{Caller, Fleet, HeadDoc, Pick, Settings, TokenKind};
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("fleet");
+    let head = |serial: u64| HeadDoc { id: format!("{serial:064x}"), serial, targets: Default::default() };
+    let picks = |f: &Fleet| -> Vec<String> {
+        let mut chosen = Vec::new();
+        for d in f.devices().unwrap() {
+            if f.pick(&d, "stable", &head(2)).unwrap() == Pick::Head {
+                chosen.push(d.serial);
+            }
+        }
+        chosen
+    };
+    let first = {
+        let f = Fleet::open(&path, Settings::default()).unwrap();
+        let token = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
+        for i in 0..1000 {
+            f.enroll(&format!("SN-{i:04}"), "rev-a", &token).unwrap();
+        }
+        f.start_rollout(&Caller::Local, "stable", &head(1), 10, None, 10).unwrap();
+        picks(&f)
+    };
+    // 10% of 1000 is 100; the binomial spread is about 9.5, so 70..=130 is over 3 sigma.
+    assert!((70..=130).contains(&first.len()), "{} devices chosen", first.len());
+    // The choice is a pure function of channel and serial...
+    let expected: Vec<String> = (0..1000)
+        .map(|i| format!("SN-{i:04}"))
+        .filter(|s| ferry_publisher::fleet::bucket("stable", s) < 1000)
+        .collect();
+    assert_eq!(first, expected);
+    // ...and what each device was given is kept: after a restart the same devices get it.
+    let again = picks(&Fleet::open(&path, Settings::default()).unwrap());
+    assert_eq!(again, first, "the chosen devices changed across a restart");
+    // Raising the share keeps every device already chosen.
+    let f = Fleet::open(&path, Settings::default()).unwrap();
+    f.change_rollout(&Caller::Local, "stable", "set-percent", Some(30)).unwrap();
+    let more = picks(&f);
+    assert!(first.iter().all(|s| more.contains(s)));
+    assert!((240..=360).contains(&more.len()), "{} devices chosen at 30%", more.len());
+    eprintln!("10%: {} of 1000 devices; 30%: {}", first.len(), more.len());
+}
