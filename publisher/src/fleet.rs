@@ -344,6 +344,9 @@ pub struct Fleet {
     settings: Settings,
     /// Serialises read-modify-write sequences (enrollment, audit sequence numbers).
     write: Mutex<()>,
+    /// One of these guards each device record: check-ins of different devices run (and
+    /// their synced writes group-commit) in parallel. Taken after `write`, never before it.
+    stripes: Vec<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -390,11 +393,23 @@ fn new_token(kind: TokenKind) -> Result<String> {
 
 impl Fleet {
     pub fn open(path: &Path, settings: Settings) -> Result<Fleet> {
-        Ok(Fleet { kv: Kv::open(path, &TABLES)?, settings, write: Mutex::new(()) })
+        Ok(Fleet {
+            kv: Kv::open(path, &TABLES)?,
+            settings,
+            write: Mutex::new(()),
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock of one device's record (see `stripes`).
+    fn device_lock(&self, serial: &str) -> std::sync::MutexGuard<'_, ()> {
+        let h = blake3::hash(serial.as_bytes());
+        let i = usize::from(h.as_bytes()[0]) % self.stripes.len();
+        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The audit entry for `action`, with the next sequence number (caller holds the lock).
@@ -516,6 +531,7 @@ impl Fleet {
             _ => return Err(FleetError::Unauthorized("not a valid enrollment token".into())),
         };
         let _g = self.lock();
+        let _d = self.device_lock(serial);
         let existing = match self.device(serial) {
             Ok(d) => Some(d),
             Err(FleetError::NotFound(_)) => None,
@@ -603,7 +619,7 @@ impl Fleet {
     /// commit, a new result or error) become events.
     pub fn check_in(&self, device: &Device, report: Report) -> Result<Device> {
         report.check()?;
-        let _g = self.lock();
+        let _d = self.device_lock(&device.serial);
         // Re-read under the lock: an operator may have revoked it meanwhile.
         let mut d = self.device(&device.serial)?;
         if d.state != DeviceState::Accepted || d.token != device.token {
@@ -639,6 +655,7 @@ impl Fleet {
 
     fn set_state(&self, who: &Caller, serial: &str, state: DeviceState, action: &str) -> Result<Device> {
         let _g = self.lock();
+        let _d = self.device_lock(serial);
         let mut d = self.device(serial)?;
         if d.state == DeviceState::Revoked && state == DeviceState::Accepted {
             return Err(FleetError::BadRequest(format!(
@@ -667,6 +684,7 @@ impl Fleet {
     /// Forgets a device (its record, token and history); it may enroll again.
     pub fn remove(&self, who: &Caller, serial: &str) -> Result<()> {
         let _g = self.lock();
+        let _d = self.device_lock(serial);
         let d = self.device(serial)?;
         let mut ops = vec![Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() }];
         let mut old = [0u8; 32];
@@ -772,6 +790,7 @@ impl Fleet {
             return Err(FleetError::BadRequest("a group is named twice".into()));
         }
         let _g = self.lock();
+        let _d = self.device_lock(serial);
         let mut d = self.device(serial)?;
         let version = self.config_version()? + 1;
         d.groups = groups.to_vec();
@@ -928,7 +947,7 @@ impl Fleet {
         if device.served.get(channel) == Some(&serial) {
             return Ok(());
         }
-        let _g = self.lock();
+        let _d = self.device_lock(&device.serial);
         let mut d = self.device(&device.serial)?;
         d.served.insert(channel.into(), serial);
         Ok(self.kv.write(vec![Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) }])?)

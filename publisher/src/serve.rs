@@ -514,12 +514,20 @@ pub async fn serve(
     serve_with(repo, scratch, listen, &ServeConfig::default(), on_bound, shutdown).await
 }
 
+/// The accept queue's length (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// How stale the repository may be for a check-in's channel document.
+const CHECKIN_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Channel documents for the fleet, read from the repository.
 struct RepoDocuments(Shared);
 
 impl crate::fleet_api::Documents for RepoDocuments {
     fn head(&self, channel: &str) -> Option<(crate::fleet::HeadDoc, Vec<u8>)> {
-        catch_up(&self.0, Instant::now()).ok()?;
+        // Check-ins come by the thousand: a promotion reaches them within CHECKIN_FRESHNESS
+        // instead of every check-in catching up with the writer on its own.
+        catch_up(&self.0, Instant::now() - CHECKIN_FRESHNESS).ok()?;
         ferry_store::repo::check_branch_name(channel).ok()?;
         let id = self.0.repo.channel(channel).ok()??;
         let envelope = self.0.repo.read_envelope(&id).ok()?;
@@ -583,7 +591,13 @@ pub async fn serve_with(
     let cache_dir = patches.cache_dir.clone().unwrap_or_else(|| scratch.join("patch-cache"));
     let patcher = Patcher::open(&cache_dir, patches.cache_bytes, patches.level, patches.workers)
         .with_context(|| format!("opening the patch cache {}", cache_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    // A long accept queue: a fleet checking in at once must not overflow it (the default
+    // of 1024 did with 1000 devices, costing each overflowed device a 1 s SYN retry).
+    let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .with_context(|| format!("listening on {listen}"))?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let listener = socket.listen(LISTEN_BACKLOG).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     on_bound(addr);
     tracing::info!(%addr, repo = %repo.display(), "serving");

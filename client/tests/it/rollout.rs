@@ -83,6 +83,8 @@ fn a_failing_release_halts_its_rollout_and_the_rest_keep_the_previous_one() {
     assert_eq!(status, 200, "{r}");
     assert_eq!((r["state"].as_str(), r["devices"].as_u64(), r["took"].as_u64()), (Some("running"), Some(4), Some(0)));
     promote(&env, Some(c2), None, "stable", false).unwrap();
+    // Check-ins see a promotion within 250 ms (the server's CHECKIN_FRESHNESS).
+    std::thread::sleep(std::time::Duration::from_millis(300));
 
     // The first device inside takes release 2, fails its health check and rolls back; its
     // report halts the rollout.

@@ -1,0 +1,135 @@
+//! The fleet server under 1000 devices checking in at once: `ferry serve --fleet` as its own
+//! process, 1000 enrolled devices, then rounds in which all of them check in concurrently
+//! (one connection each). Prints p50/p99/max latency per round and the server's peak RSS.
+//! Measured, never asserted.
+//!
+//! Run: `cargo build --bins && cargo bench -p ferry-benches --profile dev --bench fleet`.
+//! `FERRY_BENCH_DEVICES` (default 1000) and `FERRY_BENCH_ROUNDS` (default 3) change the load.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().to_string()))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("FERRY_BENCH_DEVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let work = tempfile::tempdir_in(ferry_benches::cache_dir()).expect("work dir");
+    let (repo, fleet) = (work.path().join("repo"), work.path().join("fleet"));
+    let ferry = ferry_benches::bin("ferry");
+    let run = |args: &[&str]| {
+        let out = Command::new(&ferry).args(args).output().expect("ferry");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    run(&["init", "--repo", &repo.display().to_string()]);
+    let fleet_s = fleet.display().to_string();
+    let enrollment = run(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet_s]);
+    let mut server = Command::new(&ferry)
+        .args(["serve", "--repo", &repo.display().to_string(), "--fleet", &fleet_s, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferry serve");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
+    let url = line.trim().strip_prefix("listening on ").expect("listening on").to_string();
+    let pid = server.id();
+    let rss_idle = peak_rss_kib(pid);
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let post = |path: String, token: Option<String>, body: serde_json::Value| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut req = client.post(format!("{url}/v1/device/{path}")).header("content-type", "application/json");
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let started = Instant::now();
+            let r = req.body(serde_json::to_vec(&body).expect("json")).send().await.expect("request");
+            let status = r.status();
+            let bytes = r.bytes().await.expect("body");
+            assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&bytes));
+            (started.elapsed(), serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"))
+        }
+    };
+    let mut rows = Vec::new();
+    let enroll_started = Instant::now();
+    let (mut lat, tokens) = rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let body = serde_json::json!({ "serial": format!("SN-{i:05}"), "hardware": "rev-a", "enrollment_token": enrollment });
+                tokio::spawn(post("enroll".into(), None, body))
+            })
+            .collect();
+        let (mut lat, mut tokens) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (d, v) = t.await.expect("task");
+            lat.push(d);
+            tokens.push(v["device_token"].as_str().expect("token").to_string());
+        }
+        (lat, tokens)
+    });
+    lat.sort();
+    rows.push(("enroll", enroll_started.elapsed(), lat));
+    for round in 0..rounds {
+        let started = Instant::now();
+        let mut lat = rt.block_on(async {
+            let tasks: Vec<_> = tokens
+                .iter()
+                .map(|t| {
+                    let report = serde_json::json!({ "channel": "stable", "last_result": "up-to-date", "uptime": round, "current_version": "1" });
+                    tokio::spawn(post("checkin".into(), Some(t.clone()), report))
+                })
+                .collect();
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.push(t.await.expect("task").0);
+            }
+            lat
+        });
+        lat.sort();
+        rows.push(("check-in", started.elapsed(), lat));
+    }
+    let rss_peak = peak_rss_kib(pid);
+    let _ = server.kill();
+    let _ = server.wait();
+
+    println!("\n### {n} devices at once against one `ferry serve --fleet` (127.0.0.1, this machine)\n");
+    println!("| round | wall (s) | requests/s | p50 (ms) | p99 (ms) | max (ms) |");
+    println!("|---|---|---|---|---|---|");
+    for (what, wall, lat) in &rows {
+        println!(
+            "| {what} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            wall.as_secs_f64(),
+            lat.len() as f64 / wall.as_secs_f64(),
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            percentile(lat, 1.0)
+        );
+    }
+    println!(
+        "\nserver peak RSS: {:.1} MiB (idle after start: {:.1} MiB)",
+        rss_peak as f64 / 1024.0,
+        rss_idle as f64 / 1024.0
+    );
+}
