@@ -427,6 +427,12 @@ impl Fleet {
         Ok(Op::Put { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
     }
 
+    /// Records an action done elsewhere (a promotion through the admin API) in the audit log.
+    pub fn record(&self, who: &Caller, action: &str, detail: String) -> Result<()> {
+        let _g = self.lock();
+        Ok(self.kv.write(vec![self.audit_op(who, action, detail)?])?)
+    }
+
     /// Creates a token; returns it (the only time it is seen in the clear).
     pub fn create_token(&self, who: &Caller, kind: TokenKind, name: &str) -> Result<String> {
         check_name("token name", name)?;

@@ -28,6 +28,27 @@ pub trait Documents: Send + Sync {
     fn head(&self, channel: &str) -> Option<(HeadDoc, Vec<u8>)>;
     /// A document's encoded envelope by id (hex).
     fn by_id(&self, id: &str) -> Option<Vec<u8>>;
+    /// Every channel's newest document and history, as JSON.
+    fn channels(&self) -> Result<Vec<serde_json::Value>, String>;
+    /// Promotes with the server's online channel key; the new document as JSON.
+    fn promote(&self, req: &PromoteBody) -> Result<serde_json::Value, (StatusCode, String)>;
+}
+
+/// `POST /v1/admin/channels/{name}/promote`: what `ferry promote` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    #[serde(skip)]
+    pub to: String,
+    pub commit: Option<String>,
+    pub from: Option<String>,
+    #[serde(default)]
+    pub hardware: Vec<String>,
+    #[serde(default)]
+    pub rollback: bool,
+    #[serde(default)]
+    pub force: bool,
+    pub expires: Option<String>,
 }
 
 pub struct FleetState {
@@ -376,9 +397,62 @@ async fn rollouts(State(s): State<Shared>, headers: HeaderMap) -> Result<Respons
     Ok(Json(list).into_response())
 }
 
+async fn channels(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let list = tokio::task::spawn_blocking(move || s.documents.channels())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(list).into_response())
+}
+
+async fn promote(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let mut req: PromoteBody = parse_json(&body, "promotion")?;
+    req.to = name;
+    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        let v = s.documents.promote(&req).map_err(|(st, m)| ApiError(st, m))?;
+        let what = match (&req.commit, &req.from) {
+            (Some(c), _) => format!("commit {c}"),
+            (None, Some(f)) => format!("from {f}"),
+            (None, None) => "nothing".into(),
+        };
+        let detail =
+            format!("{} serial {} ({what}{})", req.to, v["serial"], if req.rollback { ", rollback" } else { "" });
+        s.fleet.record(&who, "promote", detail)?;
+        Ok(v)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(out).into_response())
+}
+
+/// The fleet's web UI: one page over the admin API.
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
+}
+
 /// The device and admin routes over `state`.
 pub fn routes(state: Shared) -> Router {
     Router::new()
+        .route("/", get(ui))
+        .route("/ui", get(ui))
         .route("/v1/device/enroll", post(enroll))
         .route("/v1/device/checkin", post(check_in))
         .route("/v1/admin/devices", get(devices))
@@ -391,6 +465,8 @@ pub fn routes(state: Shared) -> Router {
         .route("/v1/admin/tokens/{name}/revoke", post(revoke_token))
         .route("/v1/admin/audit", get(audit))
         .route("/v1/admin/rollouts", get(rollouts))
+        .route("/v1/admin/channels", get(channels))
+        .route("/v1/admin/channels/{name}/promote", post(promote))
         .route("/v1/admin/rollouts/{channel}/{action}", post(rollout_action))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -183,6 +183,10 @@ enum Command {
         /// Newly enrolled devices wait for `ferry device accept SERIAL`.
         #[arg(long, requires = "fleet")]
         require_approval: bool,
+        /// An online channel key (secret key file): lets the admin API and the web UI promote
+        /// and roll back. Without it, channels are changed only with `ferry promote`.
+        #[arg(long, value_name = "FILE", requires = "fleet")]
+        channel_key: Option<PathBuf>,
     },
     /// Verifies every chunk, object, branch and signature; exits 1 naming what is broken.
     Fsck {
@@ -530,6 +534,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             patch_workers,
             fleet,
             require_approval,
+            channel_key,
         } => {
             let (scratch, temporary) = match scratch {
                 Some(dir) => (dir, false),
@@ -549,6 +554,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 fleet: fleet.map(|path| ferry_publisher::serve::FleetConfig {
                     path,
                     settings: ferry_publisher::fleet::Settings { require_approval },
+                    channel_key,
                 }),
             };
             let runtime = tokio::runtime::Runtime::new()?;

@@ -475,12 +475,16 @@ async fn not_found() -> ApiError {
 }
 
 /// The API's routes over an open repository.
-pub fn router(repo: Repository, patcher: Patcher, fleet: Option<crate::fleet::Fleet>) -> Router {
+pub fn router(
+    repo: Repository,
+    patcher: Patcher,
+    fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>)>,
+) -> Router {
     let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()), patcher });
     let fleet_routes = match fleet {
-        Some(fleet) => crate::fleet_api::routes(Arc::new(crate::fleet_api::FleetState {
+        Some((fleet, key)) => crate::fleet_api::routes(Arc::new(crate::fleet_api::FleetState {
             fleet,
-            documents: Box::new(RepoDocuments(state.clone())),
+            documents: Box::new(RepoDocuments(state.clone(), key)),
         })),
         None => Router::new().route("/v1/device/{*rest}", any(no_fleet)).route("/v1/admin/{*rest}", any(no_fleet)),
     };
@@ -520,8 +524,9 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// How stale the repository may be for a check-in's channel document.
 const CHECKIN_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Channel documents for the fleet, read from the repository.
-struct RepoDocuments(Shared);
+/// Channel documents for the fleet, read from the repository; with an online channel key,
+/// promotions written to it (the repository is opened for writing just for that).
+struct RepoDocuments(Shared, Option<ferry_store::SecretKey>);
 
 impl crate::fleet_api::Documents for RepoDocuments {
     fn head(&self, channel: &str) -> Option<(crate::fleet::HeadDoc, Vec<u8>)> {
@@ -544,6 +549,56 @@ impl crate::fleet_api::Documents for RepoDocuments {
         let id: Id = id.parse().ok()?;
         Some(self.0.repo.read_envelope(&id).ok()?.encode())
     }
+
+    fn channels(&self) -> Result<Vec<serde_json::Value>, String> {
+        catch_up(&self.0, Instant::now()).map_err(|e| e.1)?;
+        let repo = &self.0.repo;
+        let mut out = Vec::new();
+        for (name, _) in repo.channels().map_err(|e| e.to_string())? {
+            let history = crate::channels::history(repo, &name).map_err(|e| format!("{e:#}"))?;
+            let Some((id, doc, _)) = history.first() else { continue };
+            let mut v = crate::channels::doc_json(id, doc);
+            v["upstream"] = repo.upstream(&name).map_err(|e| e.to_string())?.into();
+            v["history"] = history.iter().map(|(id, d, _)| crate::channels::doc_json(id, d)).collect::<Vec<_>>().into();
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn promote(&self, req: &crate::fleet_api::PromoteBody) -> Result<serde_json::Value, (StatusCode, String)> {
+        let key = self.1.as_ref().ok_or_else(|| {
+            (
+                StatusCode::CONFLICT,
+                "this server holds no channel key: start it with --channel-key, or promote with `ferry promote`"
+                    .to_string(),
+            )
+        })?;
+        let repo = Repository::open(self.0.repo.path()).map_err(|e| match e {
+            StoreError::Locked { .. } => {
+                (StatusCode::CONFLICT, "the repository is being written (a commit is running); try again".to_string())
+            }
+            e => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}"));
+        let commit = req.commit.as_deref().map(|c| repo.resolve(c)).transpose().map_err(|e| bad(e.into()))?;
+        let expires_in = crate::channels::parse_duration(req.expires.as_deref().unwrap_or("7d")).map_err(bad)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let p = crate::channels::Promotion {
+            to: req.to.clone(),
+            commit,
+            from: req.from.clone(),
+            hardware: req.hardware.clone(),
+            key,
+            expires_in,
+            rollback: req.rollback,
+            force: req.force,
+            now,
+        };
+        let out = crate::channels::promote(&repo, &p).map_err(bad)?;
+        let mut v = crate::channels::doc_json(&out.id, &out.doc);
+        v["changed"] = out.changed.into();
+        Ok(v)
+    }
 }
 
 async fn no_fleet() -> ApiError {
@@ -559,6 +614,8 @@ async fn no_fleet() -> ApiError {
 pub struct FleetConfig {
     pub path: PathBuf,
     pub settings: crate::fleet::Settings,
+    /// An online channel key: lets the admin API (and the web UI) promote and roll back.
+    pub channel_key: Option<PathBuf>,
 }
 
 /// Everything [`serve_with`] can be told beyond the repository and the address.
@@ -582,10 +639,15 @@ pub async fn serve_with(
     let repository = Repository::open_follower(&repo, &scratch)?;
     let patches = &config.patches;
     let fleet = match &config.fleet {
-        Some(f) => Some(
-            crate::fleet::Fleet::open(&f.path, f.settings.clone())
-                .with_context(|| format!("opening the fleet store {}", f.path.display()))?,
-        ),
+        Some(f) => {
+            let key = match &f.channel_key {
+                Some(p) => Some(ferry_store::SecretKey::load(p)?),
+                None => None,
+            };
+            let fleet = crate::fleet::Fleet::open(&f.path, f.settings.clone())
+                .with_context(|| format!("opening the fleet store {}", f.path.display()))?;
+            Some((fleet, key))
+        }
         None => None,
     };
     let cache_dir = patches.cache_dir.clone().unwrap_or_else(|| scratch.join("patch-cache"));

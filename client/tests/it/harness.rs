@@ -81,7 +81,7 @@ impl Env {
             admin_token = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
             let enroll = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
             std::fs::write(t.path().join("enrollment-token"), format!("{enroll}\n")).unwrap();
-            ferry_publisher::serve::FleetConfig { path, settings }
+            ferry_publisher::serve::FleetConfig { path, settings, channel_key: None }
         });
         let (rt, addr) =
             start_server(repo_path, t.path().join("serve-scratch"), "127.0.0.1:0".parse().unwrap(), fleet.clone());

@@ -8,6 +8,7 @@ mod determinism;
 mod fleet_cli;
 mod roundtrip;
 mod serve;
+mod web_ui;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
