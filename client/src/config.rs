@@ -41,6 +41,7 @@
 //! serial_file = "/etc/serial-number"        # this device's serial number (first line), or
 //! # serial = "SN1234" / serial_env = "SERIAL"
 //! reload_command = "systemctl reload example.service"  # after the device's configuration changed
+//! progress_interval = 30                    # seconds between progress reports during an update
 //!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
@@ -240,6 +241,13 @@ pub struct Fleet {
     /// are put back and the failure is reported.
     #[serde(default)]
     pub reload_command: Option<String>,
+    /// Seconds between progress reports while an update runs; default 30.
+    #[serde(default = "default_progress_interval")]
+    pub progress_interval: u64,
+}
+
+fn default_progress_interval() -> u64 {
+    30
 }
 
 impl Fleet {

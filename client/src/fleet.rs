@@ -101,6 +101,53 @@ fn apply_config(
     }
 }
 
+/// The running update's size for progress reports: chunks to fetch, and chunks already in
+/// staging when it started (0, 0 when no update runs).
+static PROGRESS: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+
+/// Tells progress reports how many chunks the running update fetches (`missing`) and how
+/// many were staged before it began; `(0, 0)` when it is over.
+pub fn set_progress_total(missing: u64, staged_before: u64) {
+    *PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = (missing, staged_before);
+}
+
+fn progress(staged_now: u64) -> Option<u8> {
+    let (missing, before) = *PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
+    if missing == 0 {
+        return None;
+    }
+    Some((staged_now.saturating_sub(before).saturating_mul(100) / missing).min(99) as u8)
+}
+
+/// Checks in every `[fleet] progress_interval` seconds while an update runs, so the fleet
+/// sees its progress; stops when dropped.
+#[derive(Debug)]
+pub struct Reporter(Option<tokio::task::JoinHandle<()>>);
+
+impl Reporter {
+    pub fn start(config: &Config, server: &Server) -> Reporter {
+        let Some(fleet) = &config.fleet else { return Reporter(None) };
+        let (config, server, every) = (config.clone(), server.clone(), fleet.progress_interval.max(1));
+        Reporter(Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+                if let Err(e) = check_in(&config, &server, &mut Traffic::default()).await {
+                    tracing::debug!(error = %format!("{e:#}"), "progress report");
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+        set_progress_total(0, 0);
+    }
+}
+
 fn token_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("device-token")
 }
@@ -161,6 +208,7 @@ fn report(config: &Config) -> Result<Value> {
         "trial": trial.unwrap_or_else(|| "none".into()),
         "last_result": s.last_result,
         "last_error": clip(s.last_error, 4096),
+        "progress": progress(s.staged_chunks),
         "free_bytes": free,
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime": uptime,

@@ -852,6 +852,7 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
     let result = async {
         // With a fleet server: report first; the answer carries the channel's document.
         let checked_in = crate::fleet::check_in(config, &server, &mut t).await?;
+        let _reporter = crate::fleet::Reporter::start(config, &server);
         let mut attempt = 0;
         let (head, commit, files, reused) = loop {
             attempt += 1;
@@ -919,6 +920,8 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
                 let mut missing: Vec<(Id, u32)> = needed.into_iter().collect();
                 missing.sort();
                 check_space(config, &local, &p, &missing)?;
+                let staged_before = fs::read_dir(local.root.join("staging")).map_or(0, |d| d.count() as u64);
+                crate::fleet::set_progress_total(missing.len() as u64, staged_before);
                 let plan = plan_fetch(config, &local, current, &p, &missing)?;
                 crate::release_free_memory();
                 let (patched, r) = fetch_patches(&server, &local, &plan.patches, config, &mut t).await;

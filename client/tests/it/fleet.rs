@@ -280,3 +280,36 @@ fn configuration_merges_fleet_groups_and_device_and_reaches_the_device() {
     assert_eq!(call(&env, "GET", "admin/devices/SN-C/config", &token, None).0, 401);
     assert_eq!(call(&env, "GET", "admin/config/fleet", &token, None).0, 401);
 }
+
+#[test]
+fn a_running_update_reports_its_progress() {
+    let env = Env::with_fleet(false);
+    let c1 = env.commit(1, "1");
+    // The transfer stalls half-way for read_timeout; progress reports go out every second.
+    let proxy = ferry_fixtures::proxy::Proxy::start(env.addr).unwrap();
+    let dev = env.device_named(
+        "device",
+        proxy.addr,
+        &format!(
+            "read_timeout = 2\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-P\"\nprogress_interval = 1\n",
+            env.path().join("enrollment-token").display()
+        ),
+    );
+    proxy.arm(ferry_fixtures::proxy::Fault::Stall(700_000));
+    let mut child = crate::harness::spawn_update(&dev);
+    let mut seen = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        if let Some(d) = devices(&env).into_iter().find(|d| d["serial"] == "SN-P") {
+            if let Some(p) = d["report"]["progress"].as_u64() {
+                seen.push(p);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(proxy.fired(), "the stall never happened");
+    assert!(seen.iter().any(|p| (1..=99).contains(p)), "progress seen: {seen:?}");
+    let d = devices(&env).into_iter().find(|d| d["serial"] == "SN-P").unwrap();
+    assert_eq!((d["report"]["progress"].as_u64(), d["report"]["current"].as_str()), (None, Some(c1.to_hex().as_str())));
+}
