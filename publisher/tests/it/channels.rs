@@ -2,30 +2,13 @@
 //! endpoints devices read documents from.
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+use crate::cmd::{fails_with as fails, ferry, ok};
 
 use ferry_store::channel::{ChannelDoc, Envelope, KeyDoc};
 
-fn ferry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).env_remove("FERRY_REPO").output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ferry(args);
-    assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).unwrap()
-}
-
-/// A command that must fail with one `error:` line containing `expect`.
-fn fails(args: &[&str], expect: &str) {
-    let out = ferry(args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "ferry {args:?} should fail: {stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains(expect), "expected {expect:?} in: {stderr}");
 }
 
 fn s(p: &Path) -> String {
@@ -213,21 +196,7 @@ fn channel_and_key_documents_are_served() {
     let t = tempfile::tempdir().unwrap();
     let (repo, c1, _) = setup(t.path());
     let key = |k: &str| s(&t.path().join(k));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (path, scratch) = (t.path().join("repo"), t.path().join("scratch"));
-    rt.spawn(async move {
-        ferry_publisher::serve::serve(
-            path,
-            scratch,
-            "127.0.0.1:0".parse().unwrap(),
-            move |a| tx.send(a).unwrap(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap()
-    });
-    let base = format!("http://{}/v1", rx.recv().unwrap());
+    let (rt, base) = crate::cmd::serve_here(t.path().join("repo"), t.path().join("scratch"));
     rt.block_on(async {
         let c = reqwest::Client::new();
         let get = |p: &str| c.get(format!("{base}/{p}")).send();

@@ -1,22 +1,9 @@
 //! The `ferry` command as a user runs it: exit codes, output shapes, and one-line errors.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn ferry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env_remove("FERRY_REPO")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ferry(args);
-    assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use crate::cmd::{ferry, ok};
 
 /// Runs a command that must fail; returns its stderr, which must be one `error:` line.
 fn fails(args: &[&str]) -> String {

@@ -1,52 +1,10 @@
 //! `ferry admin`, `ferry devices`, `ferry device` and `ferry audit` against a real
 //! `ferry serve --fleet` process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-
-fn ferry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env_remove("FERRY_SERVER")
-        .env_remove("FERRY_TOKEN")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ferry(args);
-    assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str], expect: &str) {
-    let out = ferry(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "ferry {args:?} should fail: {stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains(expect), "expected {expect:?} in: {stderr}");
-}
-
-/// `ferry serve` in the background; killed when dropped.
-struct Serve(Child, String);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::cmd::{fails_with as fails, ferry, ok, Serve};
 
 fn serve(repo: &str, fleet: &str) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--repo", repo, "--fleet", fleet, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").expect("a listening line").to_string();
-    Serve(child, url)
+    crate::cmd::serve(repo, &["--fleet", fleet])
 }
 
 fn enroll(url: &str, serial: &str, token: &str) -> (u16, serde_json::Value) {

@@ -3,6 +3,7 @@
 mod bad_input;
 mod channels;
 mod cli;
+mod cmd;
 mod corruption;
 mod determinism;
 mod fleet_cli;

@@ -14,22 +14,8 @@ fn served() -> (tempfile::TempDir, tokio::runtime::Runtime, String, Id) {
     ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 2, size: 1 << 20, version: 1 }, &tree).unwrap();
     let id: Id = commit(&repo, &tree, "release/stable", "1").unwrap().commit.parse().unwrap();
     drop(repo);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (path, scratch) = (t.path().join("repo"), t.path().join("scratch"));
-    rt.spawn(async move {
-        ferry_publisher::serve::serve(
-            path,
-            scratch,
-            "127.0.0.1:0".parse().unwrap(),
-            move |a| tx.send(a).unwrap(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap()
-    });
-    let addr = rx.recv().unwrap();
-    (t, rt, format!("http://{addr}/v1"), id)
+    let (rt, base) = crate::cmd::serve_here(t.path().join("repo"), t.path().join("scratch"));
+    (t, rt, base, id)
 }
 
 /// Up to `n` chunk ids of a commit, with their lengths.

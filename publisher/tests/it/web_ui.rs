@@ -2,7 +2,6 @@
 //! chromedriver): sign in, see the fleet and a device's history, edit configuration, promote,
 //! start and pause a rollout. Screenshots land in `$CARGO_TARGET_TMPDIR/web-ui/`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,9 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 fn ferry(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).env_remove("FERRY_SERVER").output().unwrap();
-    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    crate::cmd::ok(args).trim().to_string()
 }
 
 /// A child process killed when dropped.
@@ -209,26 +206,8 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     ]);
     let admin = ferry(&["admin", "token", "create", "--name", "ops", "--fleet", &p("fleet")]);
     let enrollment = ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &p("fleet")]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--repo",
-            &p("repo"),
-            "--fleet",
-            &p("fleet"),
-            "--channel-key",
-            &p("chan.key"),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Proc(child);
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let server = crate::cmd::serve(&p("repo"), &["--fleet", &p("fleet"), "--channel-key", &p("chan.key")]);
+    let url = server.1.clone();
 
     // Two devices enroll and check in.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
