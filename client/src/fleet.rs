@@ -209,6 +209,7 @@ fn report(config: &Config) -> Result<Value> {
         "last_result": s.last_result,
         "last_error": clip(s.last_error, 4096),
         "progress": progress(s.staged_chunks),
+        "pinned": s.pinned,
         "free_bytes": free,
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime": uptime,

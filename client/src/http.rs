@@ -177,6 +177,22 @@ impl Server {
         Ok((status, v))
     }
 
+    /// The commits with `version` on the server's branches (ids only: each is verified when
+    /// fetched).
+    pub async fn version(&self, version: &str, t: &mut Traffic) -> Result<Vec<Id>> {
+        let what = format!("version {version}");
+        let Some(body) = self.get_capped(&format!("versions/{version}"), MAX_JSON, &what, t).await? else {
+            return Ok(Vec::new());
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
+        v["commits"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{what}: the answer has no commits"))?
+            .iter()
+            .map(|c| c.as_str().and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("{what}: a bad commit id")))
+            .collect()
+    }
+
     /// A channel's newest signed document (an envelope, not yet verified); `None` if the
     /// server has no such channel.
     pub async fn channel(&self, name: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {

@@ -28,6 +28,17 @@ enum Command {
     },
     /// The daemon: updates every poll_interval (with jitter), backing off on errors.
     Run,
+    /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
+    /// fetching what is missing, and pins the device to it (a dev board's command).
+    Deploy {
+        rev: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pins the device: fleet updates are not downloaded until `ferryd unpin`.
+    Pin,
+    /// Lets fleet updates in again.
+    Unpin,
     /// Shows the current and previous deployments and the last update's result.
     Status {
         #[arg(long)]
@@ -74,6 +85,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     match cli.command {
+        Command::Deploy { rev, json } => {
+            let s = runtime()?.block_on(ferry_client::update::deploy(&config, &rev))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                eprintln!("deployed {} ({}); pinned until `ferryd unpin`", s.version, &s.to[..12.min(s.to.len())]);
+            }
+        }
+        Command::Pin | Command::Unpin => {
+            let pin = matches!(cli.command, Command::Pin);
+            let mut st = ferry_client::state::State::load(&config.state_dir)?;
+            st.pinned = pin;
+            st.save(&config.state_dir)?;
+            eprintln!(
+                "{}",
+                if pin { "pinned: fleet updates are not downloaded" } else { "unpinned: fleet updates are back" }
+            );
+        }
         Command::Update { json } => {
             let s = runtime()?.block_on(ferry_client::update::update(&config))?;
             if json {
@@ -154,6 +183,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(h) = &s.hardware {
                     println!("hardware: {h}");
+                }
+                if s.pinned {
+                    println!("pinned:   fleet updates are held back until `ferryd unpin`");
                 }
                 if let Some(t) = &s.trial {
                     println!(

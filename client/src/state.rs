@@ -22,6 +22,10 @@ pub struct State {
     pub bad_commits: Vec<String>,
     #[serde(default)]
     pub last_rollback: Option<Rollback>,
+    /// A developer pinned this device (`ferryd deploy`, `ferryd pin`): fleet updates are
+    /// not downloaded until `ferryd unpin`.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// The most recent rollback, for `ferryd status` (and later the server).

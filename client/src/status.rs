@@ -38,6 +38,8 @@ pub struct Status {
     pub trial: Option<ferry_boot::Trial>,
     pub last_rollback: Option<crate::state::Rollback>,
     pub bad_commits: Vec<String>,
+    /// Fleet updates are held back (`ferryd deploy`, `ferryd pin`).
+    pub pinned: bool,
 }
 
 pub fn status(config: &Config) -> Result<Status> {
@@ -79,6 +81,7 @@ pub fn status(config: &Config) -> Result<Status> {
         trial: ferry_boot::Trial::load(&config.state_dir)?,
         last_rollback: state.last_rollback.clone(),
         bad_commits: state.bad_commits.clone(),
+        pinned: state.pinned,
         staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
             .unwrap_or(0),

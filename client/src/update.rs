@@ -73,6 +73,52 @@ pub struct UpdateSummary {
     /// The release asked for a reboot (`reboot=required` in its metadata); its trial goes on
     /// after the reboot.
     pub rebooting: bool,
+    /// The device is pinned: nothing was looked for or downloaded.
+    pub pinned: bool,
+}
+
+/// What an update goes to.
+#[derive(Debug, Clone, Copy)]
+enum Goal<'a> {
+    /// The channel's (or branch's) head, unless the device is pinned.
+    Follow,
+    /// A developer's choice: a commit id, a version, or a branch; the device is pinned after.
+    Deploy(&'a str),
+}
+
+/// Runs one check-and-update.
+pub async fn update(config: &Config) -> Result<UpdateSummary> {
+    update_to(config, Goal::Follow).await
+}
+
+/// Deploys any commit of the repository (by id, version or branch), fetching what is
+/// missing, and pins the device to it.
+pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
+    update_to(config, Goal::Deploy(rev)).await
+}
+
+/// The commit a developer names: a full id, a version (exactly one commit on the server's
+/// branches has it), or a branch.
+async fn resolve(server: &Server, rev: &str, t: &mut Traffic) -> Result<Id> {
+    if let Ok(id) = rev.parse::<Id>() {
+        return Ok(id);
+    }
+    if ferry_store::repo::check_branch_name(rev).is_ok() {
+        if let Ok(Head::At(id)) = server.branch(rev, None, t).await {
+            return Ok(id);
+        }
+    }
+    let found = server.version(rev, t).await?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Refused(format!("{rev:?} names no commit, version or branch on the server")).into()),
+        many => Err(Refused(format!(
+            "version {rev} has {} commits on the server ({}); name one by id",
+            many.len(),
+            many.iter().map(|c| c.short()).collect::<Vec<_>>().join(", ")
+        ))
+        .into()),
+    }
 }
 
 /// The new release was installed, failed its trial and was rolled back.
@@ -831,8 +877,7 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
     Ok(())
 }
 
-/// Runs one check-and-update.
-pub async fn update(config: &Config) -> Result<UpdateSummary> {
+async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let started = Instant::now();
     let keys = if config.channel.is_some() { Vec::new() } else { config.keys()? };
     let hardware = config.hardware_revision()?;
@@ -852,27 +897,50 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
     let result = async {
         // With a fleet server: report first; the answer carries the channel's document.
         let checked_in = crate::fleet::check_in(config, &server, &mut t).await?;
+        if matches!(goal, Goal::Follow) && state.pinned {
+            s.pinned = true;
+            return Ok(None);
+        }
         let _reporter = crate::fleet::Reporter::start(config, &server);
         let mut attempt = 0;
         let (head, commit, files, reused) = loop {
             attempt += 1;
             s.attempts = attempt;
             let r: Result<Option<(Id, Commit, u64, u64)>> = async {
-                let (head, target, keys, accepted) = match (&config.channel, &config.branch) {
-                    (Some(_), _) => {
-                        let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
-                        let given = checked_in.channel_document.as_deref();
-                        let (target, keys, accepted) =
-                            follow_channel(config, &server, &local, hw, current, given, &mut t).await?;
-                        (target.commit, Some(target), keys, Some(accepted))
+                let (head, target, keys, accepted) = match (goal, &config.channel, &config.branch) {
+                    (Goal::Deploy(rev), channel, _) => {
+                        let keys = if channel.is_some() {
+                            // The commit keys of the newest key document this device accepted.
+                            let trust = crate::trust::TrustState::load(config)?.trust()?;
+                            if trust.serial == 0 {
+                                return Err(Refused(
+                                    "this device has not accepted a key document yet: run `ferryd update` once".into(),
+                                )
+                                .into());
+                            }
+                            trust.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?
+                        } else {
+                            keys.clone()
+                        };
+                        (resolve(&server, rev, &mut t).await?, None, keys, None)
                     }
-                    (None, Some(branch)) => match server.branch(branch, current, &mut t).await? {
-                        Head::Unchanged => return Ok(None),
-                        Head::At(id) => (id, None, keys.clone(), None),
+                    (Goal::Follow, ..) => match (&config.channel, &config.branch) {
+                        (Some(_), _) => {
+                            let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
+                            let given = checked_in.channel_document.as_deref();
+                            let (target, keys, accepted) =
+                                follow_channel(config, &server, &local, hw, current, given, &mut t).await?;
+                            (target.commit, Some(target), keys, Some(accepted))
+                        }
+                        (None, Some(branch)) => match server.branch(branch, current, &mut t).await? {
+                            Head::Unchanged => return Ok(None),
+                            Head::At(id) => (id, None, keys.clone(), None),
+                        },
+                        (None, None) => bail!("the configuration names no channel or branch"),
                     },
-                    (None, None) => bail!("the configuration names no channel or branch"),
                 };
-                if Some(head) == current || bad.contains(&head.to_hex()) {
+                let deploying = matches!(goal, Goal::Deploy(_));
+                if Some(head) == current || (bad.contains(&head.to_hex()) && !deploying) {
                     if let Some(a) = accepted {
                         a.record(config)?;
                     }
@@ -1031,6 +1099,11 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
             s.version = commit.version.to_string();
             s.files = files;
             s.files_reused = reused;
+            if matches!(goal, Goal::Deploy(_)) {
+                state.pinned = true;
+                state.save(&config.state_dir)?;
+                s.pinned = true;
+            }
             Ok(s)
         }
         Ok(None) => {
@@ -1038,9 +1111,13 @@ pub async fn update(config: &Config) -> Result<UpdateSummary> {
             s.up_to_date = true;
             s.to = c.to_hex();
             s.version = local.commit(&c)?.map(|c| c.version.to_string()).unwrap_or_default();
-            state.last_result = Some("up-to-date".into());
+            state.last_result = Some(if s.pinned { "pinned" } else { "up-to-date" }.into());
             state.last_error = None;
             state.last_attempt = Some(now());
+            if matches!(goal, Goal::Deploy(_)) {
+                state.pinned = true;
+                s.pinned = true;
+            }
             state.save(&config.state_dir)?;
             Ok(s)
         }

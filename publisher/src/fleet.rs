@@ -111,6 +111,8 @@ pub struct Report {
     pub free_bytes: Option<u64>,
     pub agent_version: Option<String>,
     pub uptime: Option<u64>,
+    /// A developer pinned the device: it takes no fleet update.
+    pub pinned: Option<bool>,
     /// The configuration version the device applied, and why the newest one failed to apply.
     pub config_version: Option<u64>,
     pub config_error: Option<String>,

@@ -149,6 +149,39 @@ async fn keys(State(s): State<Shared>) -> Result<Response, ApiError> {
     Ok(signed_document(chain))
 }
 
+/// `GET /v1/versions/{version}`: the commits with that version on any branch (walking each
+/// branch's history), so a developer can deploy "1.4.2" by name.
+async fn version(State(s): State<Shared>, Path(version): Path<String>) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let wanted: ferry_store::Version = version
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{version:?} is not a version"), None))?;
+    let found = blocking(move || {
+        catch_up(&s, arrived)?;
+        let mut found = std::collections::BTreeSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, head) in s.repo.branches()? {
+            let mut next = Some(head);
+            while let Some(id) = next.take() {
+                if !seen.insert(id) || seen.len() > MAX_VERSION_WALK {
+                    break;
+                }
+                let c = s.repo.read_commit(&id)?;
+                if c.version == wanted {
+                    found.insert(id.to_hex());
+                }
+                next = c.parent;
+            }
+        }
+        Ok(found)
+    })
+    .await?;
+    if found.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no commit has version {version}"), None));
+    }
+    Ok(Json(json!({ "version": version, "commits": found })).into_response())
+}
+
 async fn branch(State(s): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let state = s.clone();
     let arrived = Instant::now();
@@ -493,6 +526,7 @@ pub fn router(
         .route("/v1/branches/{*name}", get(branch))
         .route("/v1/channels/{*name}", get(channel))
         .route("/v1/keys", get(keys))
+        .route("/v1/versions/{version}", get(version))
         .route("/v1/objects/{id}", get(object))
         .route("/v1/commits/{id}", get(commit_with_signatures))
         .route("/v1/commits/{id}/signatures", get(signatures))
@@ -517,6 +551,9 @@ pub async fn serve(
 ) -> Result<()> {
     serve_with(repo, scratch, listen, &ServeConfig::default(), on_bound, shutdown).await
 }
+
+/// The most commits `GET /v1/versions/{v}` reads across all branches.
+const MAX_VERSION_WALK: usize = 100_000;
 
 /// The accept queue's length (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: u32 = 4096;

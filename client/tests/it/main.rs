@@ -4,6 +4,7 @@
 mod bootloader;
 mod channels;
 mod config;
+mod devboard;
 mod faults;
 mod fleet;
 mod harness;
