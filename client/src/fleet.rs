@@ -210,6 +210,7 @@ fn report(config: &Config) -> Result<Value> {
         "last_error": clip(s.last_error, 4096),
         "progress": progress(s.staged_chunks),
         "pinned": s.pinned,
+        "dev": s.dev.is_some(),
         "free_bytes": free,
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime": uptime,

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod crash;
+pub mod devboard;
 pub mod fleet;
 pub mod fsck;
 pub mod http;

@@ -35,6 +35,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Points current_link at a developer's working copy (pinned), or back (--off).
+    Dev {
+        /// The working copy (an absolute path to a directory).
+        #[arg(long, value_name = "DIR", required_unless_present = "off")]
+        link: Option<std::path::PathBuf>,
+        /// Back to the deployment that ran before.
+        #[arg(long, conflicts_with = "link")]
+        off: bool,
+    },
+    /// Links a writable copy of the current deployment as current (files are copied, never
+    /// hardlinked to the object store); the next deployment drops it unless --keep.
+    Unlock {
+        #[arg(long)]
+        keep: bool,
+    },
     /// Pins the device: fleet updates are not downloaded until `ferryd unpin`.
     Pin,
     /// Lets fleet updates in again.
@@ -92,6 +107,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 eprintln!("deployed {} ({}); pinned until `ferryd unpin`", s.version, &s.to[..12.min(s.to.len())]);
             }
+        }
+        Command::Dev { link, off } => {
+            if off {
+                let back = ferry_client::devboard::off(&config)?;
+                eprintln!("back to deployment {}", &back[..12.min(back.len())]);
+            } else if let Some(dir) = link {
+                ferry_client::devboard::link(&config, &dir)?;
+                eprintln!(
+                    "{} -> {} (pinned; `ferryd dev --off` to go back)",
+                    config.current_link.display(),
+                    dir.display()
+                );
+            }
+        }
+        Command::Unlock { keep } => {
+            let dir = ferry_client::devboard::unlock(&config, keep)?;
+            eprintln!("{} -> {} (a writable copy)", config.current_link.display(), dir.display());
         }
         Command::Pin | Command::Unpin => {
             let pin = matches!(cli.command, Command::Pin);
@@ -183,6 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(h) = &s.hardware {
                     println!("hardware: {h}");
+                }
+                if let Some(d) = &s.dev {
+                    let what = if d.unlocked { "unlocked copy" } else { "working copy" };
+                    println!("dev:      {what} {} (`ferryd dev --off` to go back)", d.link.display());
                 }
                 if s.pinned {
                     println!("pinned:   fleet updates are held back until `ferryd unpin`");

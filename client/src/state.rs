@@ -26,6 +26,23 @@ pub struct State {
     /// not downloaded until `ferryd unpin`.
     #[serde(default)]
     pub pinned: bool,
+    /// `current_link` points at a developer's working copy or an unlocked copy.
+    #[serde(default)]
+    pub dev: Option<Dev>,
+}
+
+/// What `ferryd dev --link` or `ferryd unlock` changed, to undo it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dev {
+    /// Where `current_link` points.
+    pub link: std::path::PathBuf,
+    /// The deployment (commit) it replaced.
+    pub back_to: Option<String>,
+    pub was_pinned: bool,
+    /// An unlocked copy (`ferryd unlock`) rather than a working copy.
+    pub unlocked: bool,
+    /// Keep the unlocked copy when the next deployment replaces it.
+    pub keep: bool,
 }
 
 /// The most recent rollback, for `ferryd status` (and later the server).

@@ -40,6 +40,8 @@ pub struct Status {
     pub bad_commits: Vec<String>,
     /// Fleet updates are held back (`ferryd deploy`, `ferryd pin`).
     pub pinned: bool,
+    /// A developer's working copy or an unlocked copy is linked as current.
+    pub dev: Option<crate::state::Dev>,
 }
 
 pub fn status(config: &Config) -> Result<Status> {
@@ -82,6 +84,7 @@ pub fn status(config: &Config) -> Result<Status> {
         last_rollback: state.last_rollback.clone(),
         bad_commits: state.bad_commits.clone(),
         pinned: state.pinned,
+        dev: state.dev.clone(),
         staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
             .unwrap_or(0),

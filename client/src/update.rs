@@ -135,7 +135,9 @@ pub struct Refused(pub String);
 pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
     let Some(target) = ferry_boot::current_target(&config.current_link)? else { return Ok(None) };
     if target.parent() != Some(local.deploy_dir().as_path()) || !target.is_dir() {
-        return Ok(None);
+        // A working copy or an unlocked copy stands in for the deployment it replaced.
+        let state = State::load(&config.state_dir)?;
+        return Ok(state.dev.filter(|d| d.link == target).and_then(|d| d.back_to).and_then(|b| b.parse().ok()));
     }
     Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
 }
@@ -1042,6 +1044,11 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
         ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
         crash::point("switched");
         crate::trial::mark_switched(config)?;
+        // An unlocked copy the switch replaced goes (unless it is to be kept).
+        if let Ok(st) = State::load(&config.state_dir) {
+            crate::devboard::drop_unlocked(&st, config)?;
+        }
+        state.dev = None;
         state.previous = current.map(|c| c.to_hex());
         state.last_result = Some("ok".into());
         state.last_error = None;

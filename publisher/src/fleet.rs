@@ -113,6 +113,8 @@ pub struct Report {
     pub uptime: Option<u64>,
     /// A developer pinned the device: it takes no fleet update.
     pub pinned: Option<bool>,
+    /// A developer's working copy (or an unlocked copy) runs instead of a deployment.
+    pub dev: Option<bool>,
     /// The configuration version the device applied, and why the newest one failed to apply.
     pub config_version: Option<u64>,
     pub config_error: Option<String>,

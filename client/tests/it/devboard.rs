@@ -85,3 +85,92 @@ fn a_pinned_device_ignores_a_promotion() {
     assert!(ok);
     assert_eq!(update(&config)["to"], c2.to_hex());
 }
+
+#[test]
+fn a_working_copy_is_linked_pinned_and_unlinked() {
+    let env = Env::new();
+    let c1 = env.commit(1, "1");
+    let dev = env.device("");
+    update(&dev);
+    let work = env.path().join("my-checkout");
+    std::fs::create_dir_all(work.join("bin")).unwrap();
+    std::fs::write(work.join("bin/app"), "dev build").unwrap();
+    let (ok, _, err) = ferryd(&dev, &["dev", "--link", work.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_link(env.current()).unwrap(), work);
+    let st = status(&dev);
+    assert_eq!((st["pinned"].as_bool(), st["dev"]["link"].as_str()), (Some(true), work.to_str()));
+    // The fleet moves on; the board stays on the working copy.
+    env.commit(2, "2");
+    assert_eq!(update(&dev)["pinned"], true);
+    assert_eq!(std::fs::read_link(env.current()).unwrap(), work);
+    let (ok, _, err) = ferryd(&dev, &["dev", "--link", "relative/path"]);
+    assert!(!ok && err.contains("absolute path"), "{err}");
+    // Off: back to the deployment, unpinned, and the next update goes on.
+    let (ok, _, err) = ferryd(&dev, &["dev", "--off"]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_link(env.current()).unwrap().ends_with(c1.to_hex()));
+    assert_eq!(status(&dev)["pinned"], false);
+    assert_eq!(update(&dev)["version"], "2");
+    let (ok, _, err) = ferryd(&dev, &["dev", "--off"]);
+    assert!(!ok && err.contains("no working copy"), "{err}");
+}
+
+/// Every file under `dir` with its inode and content.
+fn snapshot(dir: &Path) -> Vec<(String, u64, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        out.push((e.file_name().to_string_lossy().into_owned(), m.ino(), std::fs::read(e.path()).unwrap()));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn unlock_gives_a_writable_copy_and_never_touches_the_object_store() {
+    let env = Env::new();
+    let c1 = env.commit(1, "1");
+    let dev = env.device("");
+    update(&dev);
+    let objects = env.path().join("device/state/objects");
+    let before = snapshot(&objects);
+    let (ok, _, err) = ferryd(&dev, &["unlock"]);
+    assert!(ok, "{err}");
+    let copy = std::fs::read_link(env.current()).unwrap();
+    assert!(copy.starts_with(env.path().join("device/state/unlocked")), "{}", copy.display());
+    // Edit every regular file of the copy in place.
+    let mut edited = 0;
+    let mut stack = vec![copy.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                std::fs::write(e.path(), b"edited by a developer").unwrap();
+                edited += 1;
+            }
+        }
+    }
+    assert!(edited > 10);
+    assert_eq!(snapshot(&objects), before, "an edit reached the object store");
+    let (ok, out, err) = ferryd(&dev, &["fsck"]);
+    assert!(ok, "fsck after edits in the unlocked copy: {out}{err}");
+    // Not pinned: the next deployment replaces the copy and drops it.
+    let c2 = env.commit(2, "2");
+    let s = update(&dev);
+    assert_eq!((s["from"].as_str(), s["to"].as_str()), (Some(c1.to_hex().as_str()), Some(c2.to_hex().as_str())));
+    assert!(!copy.exists(), "the unlocked copy was kept");
+    // With --keep it stays after the next deployment.
+    let (ok, _, err) = ferryd(&dev, &["unlock", "--keep"]);
+    assert!(ok, "{err}");
+    let kept = std::fs::read_link(env.current()).unwrap();
+    env.commit(3, "3");
+    update(&dev);
+    assert!(kept.is_dir(), "the kept copy was removed");
+    assert_eq!(status(&dev)["dev"], Value::Null);
+}
