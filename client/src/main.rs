@@ -21,10 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Checks the branch once and, if it moved, updates to its head and switches.
+    /// Checks the channel (or branch) once and, if it moved, updates to its head and switches.
     Update {
         #[arg(long)]
         json: bool,
+        /// On a pinned device: download what the head lacks into staging, deploy nothing.
+        #[arg(long)]
+        prefetch: bool,
     },
     /// The daemon: updates every poll_interval (with jitter), backing off on errors.
     Run,
@@ -135,8 +138,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if pin { "pinned: fleet updates are not downloaded" } else { "unpinned: fleet updates are back" }
             );
         }
-        Command::Update { json } => {
-            let s = runtime()?.block_on(ferry_client::update::update(&config))?;
+        Command::Update { json, prefetch } => {
+            let s = if prefetch {
+                runtime()?.block_on(ferry_client::update::prefetch(&config))?
+            } else {
+                runtime()?.block_on(ferry_client::update::update(&config))?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else if let Some(bad) = &s.skipped_bad_commit {

@@ -84,11 +84,20 @@ enum Goal<'a> {
     Follow,
     /// A developer's choice: a commit id, a version, or a branch; the device is pinned after.
     Deploy(&'a str),
+    /// A pinned device downloading the head's missing chunks (kept in staging for later),
+    /// without deploying or switching.
+    Prefetch,
 }
 
 /// Runs one check-and-update.
 pub async fn update(config: &Config) -> Result<UpdateSummary> {
     update_to(config, Goal::Follow).await
+}
+
+/// On a pinned device: fetches what the channel's (or branch's) head lacks, keeps it in
+/// staging, and deploys nothing; unpinned, it is an ordinary update.
+pub async fn prefetch(config: &Config) -> Result<UpdateSummary> {
+    update_to(config, Goal::Prefetch).await
 }
 
 /// Deploys any commit of the repository (by id, version or branch), fetching what is
@@ -926,7 +935,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                         };
                         (resolve(&server, rev, &mut t).await?, None, keys, None)
                     }
-                    (Goal::Follow, ..) => match (&config.channel, &config.branch) {
+                    (Goal::Follow | Goal::Prefetch, ..) => match (&config.channel, &config.branch) {
                         (Some(_), _) => {
                             let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
                             let given = checked_in.channel_document.as_deref();
@@ -1008,6 +1017,11 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                 s.chunk_bytes_downloaded += b;
                 r?;
                 s.chunks_reused = (all.len() as u64).saturating_sub(s.chunks_downloaded);
+                if matches!(goal, Goal::Prefetch) && state.pinned {
+                    // Everything is staged for when the device is unpinned; nothing deployed.
+                    s.pinned = true;
+                    return Ok(None);
+                }
                 let (files, reused) = assemble(&local, &head, &p)?;
                 Ok(Some((head, commit, files, reused)))
             }

@@ -174,3 +174,25 @@ fn unlock_gives_a_writable_copy_and_never_touches_the_object_store() {
     assert!(kept.is_dir(), "the kept copy was removed");
     assert_eq!(status(&dev)["dev"], Value::Null);
 }
+
+#[test]
+fn a_pinned_device_prefetches_only_when_asked() {
+    let env = Env::new();
+    let c1 = env.commit(1, "1");
+    let dev = env.device("");
+    update(&dev);
+    let (ok, _, _) = ferryd(&dev, &["pin"]);
+    assert!(ok);
+    let c2 = env.commit(2, "2");
+    let (ok, out, err) = ferryd(&dev, &["update", "--prefetch", "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert!(s["chunks_downloaded"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!((s["pinned"].as_bool(), s["to"].as_str()), (Some(true), Some(c1.to_hex().as_str())));
+    assert_eq!(status(&dev)["current"]["commit"], c1.to_hex());
+    // Unpinned, the update needs no chunk from the server: they were prefetched.
+    let (ok, _, _) = ferryd(&dev, &["unpin"]);
+    assert!(ok);
+    let s = update(&dev);
+    assert_eq!((s["to"].as_str(), s["chunks_downloaded"].as_u64()), (Some(c2.to_hex().as_str()), Some(0)));
+}
