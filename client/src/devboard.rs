@@ -28,11 +28,14 @@ pub fn link(config: &Config, dir: &Path) -> Result<()> {
         None => crate::update::current_commit(config, &local)?.map(|c| c.to_hex()),
     };
     let was_pinned = state.dev.as_ref().map_or(state.pinned, |d| d.was_pinned);
-    drop_unlocked(&state, config)?;
-    ferry_boot::switch_symlink(&config.current_link, dir)?;
+    let before = state.clone();
+    // Pinned before the switch: a crash in between must not let an update replace the copy.
     state.dev = Some(Dev { link: dir.to_path_buf(), back_to, was_pinned, unlocked: false, keep: false });
     state.pinned = true;
-    state.save(&config.state_dir)
+    state.save(&config.state_dir)?;
+    ferry_boot::switch_symlink(&config.current_link, dir)?;
+    // An unlocked copy that was current goes only now that nothing points at it.
+    drop_unlocked(&before, config)
 }
 
 /// Back to the deployment that ran before `dev --link` or `unlock`.
@@ -66,10 +69,12 @@ pub fn unlock(config: &Config, keep: bool) -> Result<PathBuf> {
         bail!("no deployment is current; nothing to unlock");
     };
     let from = local.deploy_dir().join(current.to_hex());
-    let to = config.state_dir.join("unlocked").join(current.to_hex());
-    if to.exists() {
-        fs::remove_dir_all(&to).with_context(|| format!("removing the old copy {}", to.display()))?;
-    }
+    // A new name each time: an earlier copy kept with --keep stays as it is.
+    let unlocked = config.state_dir.join("unlocked");
+    let to = (0u32..)
+        .map(|n| unlocked.join(if n == 0 { current.to_hex() } else { format!("{}-{n}", current.to_hex()) }))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| unlocked.join(current.to_hex()));
     let tmp = to.with_extension("tmp");
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;

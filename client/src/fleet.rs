@@ -41,9 +41,21 @@ pub fn applied(config: &Config) -> Result<Option<Applied>> {
     }
 }
 
-/// `KEY='value'` lines, values single-quoted for `sh` and systemd's EnvironmentFile.
+/// `KEY="value"` lines that `sh` and systemd's EnvironmentFile read alike: `\`, `"`, `$` and
+/// `` ` `` escaped; values are single lines (control characters are dropped; the server
+/// refuses them anyway).
 fn env_file(values: &std::collections::BTreeMap<String, String>) -> String {
-    values.iter().map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', "'\\''"))).collect()
+    let quote = |v: &str| {
+        let mut out = String::with_capacity(v.len() + 2);
+        for c in v.chars().filter(|c| !c.is_control()) {
+            if matches!(c, '\\' | '"' | '$' | '`') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    };
+    values.iter().map(|(k, v)| format!("{k}=\"{}\"\n", quote(v))).collect()
 }
 
 /// Writes a new configuration (env file first, then the JSON that records its version, each
@@ -93,7 +105,14 @@ fn apply_config(
                     }
                 }
             }
-            let message = format!("configuration version {version} not applied: {e:#}");
+            // The service may have half-read the new files: reload it on the old ones.
+            let again = crate::trial::run_command_env(cmd, std::time::Duration::from_secs(60), None, &[]);
+            let message = match again {
+                Ok(()) => format!("configuration version {version} not applied: {e:#}"),
+                Err(e2) => {
+                    format!("configuration version {version} not applied: {e:#}; reloading the previous one failed too: {e2:#}")
+                }
+            };
             write_atomic(&error_path, message.as_bytes())?;
             tracing::warn!(version, error = %format!("{e:#}"), "reloading the new configuration failed; kept the previous one");
             Ok(())

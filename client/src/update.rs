@@ -254,6 +254,10 @@ async fn follow_channel(
     let bytes = match given {
         // From the check-in: trusted no more than one fetched on its own.
         Some(b) => b.to_vec(),
+        // With a fleet server, its answer decides (a rollout may hold the head back).
+        None if config.fleet.is_some() => {
+            return Err(Refused(format!("the fleet server gave no document for channel {channel}")).into())
+        }
         None => {
             server.channel(channel, t).await?.ok_or_else(|| Refused(format!("the server has no channel {channel}")))?
         }

@@ -502,7 +502,9 @@ pub fn rollout(cmd: RolloutCommand) -> Result<()> {
         RolloutCommand::Resume { server, channel } => (server, channel, "resume", None),
         RolloutCommand::Abort { server, channel } => (server, channel, "abort", None),
     };
-    let v = call(&server, "POST", &format!("rollouts/{channel}/{action}"), body)?;
+    // Channel names may hold `/`: one path segment, escaped.
+    let segment = channel.replace('%', "%25").replace('/', "%2F");
+    let v = call(&server, "POST", &format!("rollouts/{segment}/{action}"), body)?;
     print_rollout(&v);
     Ok(())
 }

@@ -50,6 +50,8 @@ pub enum FleetError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] ferry_store::StoreError),
     #[error("fleet store record {what} is damaged: {why}")]
@@ -94,9 +96,9 @@ pub enum DeviceState {
     Revoked,
 }
 
-/// What a device reports at check-in. Every field is optional: an agent sends what it knows.
+/// What a device reports at check-in. Every field is optional: an agent sends what it knows,
+/// and fields this server does not know (from a newer agent) are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Report {
     pub current: Option<String>,
     pub current_version: Option<String>,
@@ -133,9 +135,17 @@ impl Report {
             ("agent_version", &self.agent_version),
         ];
         for (name, v) in short {
-            if v.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
-                return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_NAME} bytes")));
+            let max = if name == "channel" { 255 } else { MAX_NAME };
+            if v.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(FleetError::BadRequest(format!("report field {name} is longer than {max} bytes")));
             }
+        }
+        // Reports are printed on operators' terminals: no escape sequences.
+        let texts = [&self.current, &self.current_version, &self.previous, &self.channel, &self.trial]
+            .into_iter()
+            .chain([&self.last_result, &self.agent_version, &self.last_error, &self.config_error]);
+        if texts.flatten().any(|v| v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')) {
+            return Err(FleetError::BadRequest("report fields may not contain control characters".into()));
         }
         for (name, v) in [("last_error", &self.last_error), ("config_error", &self.config_error)] {
             if v.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
@@ -169,6 +179,10 @@ pub struct Device {
     /// Per channel, the highest document serial this device was given at check-in.
     #[serde(default)]
     pub served: std::collections::BTreeMap<String, u64>,
+    /// Per channel, the serial it was given when it last reported a rollback or an aborted
+    /// update (kept, so failures spread over time add up for the automatic halt).
+    #[serde(default)]
+    pub failed: std::collections::BTreeMap<String, u64>,
 }
 
 /// Something that happened to a device (its history).
@@ -549,6 +563,7 @@ impl Fleet {
         };
         let token = new_token(TokenKind::Device)?;
         let mut ops = Vec::new();
+        let mut again = false;
         let device = match existing {
             Some(d) if d.state == DeviceState::Revoked => {
                 return Err(FleetError::Forbidden(format!("device {serial} is revoked")));
@@ -557,6 +572,14 @@ impl Fleet {
                 let mut old = [0u8; 32];
                 if hex::decode_to_slice(&d.token, &mut old).is_ok() {
                     ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+                }
+                // A device that never checked in lost its token before saving it (a power
+                // cut mid-enrollment): it may enroll again. One that did check in saved its
+                // token durably first, so a new enrollment is a reflashed board or someone
+                // else with the enrollment token: an operator decides.
+                if d.last_seen.is_some() {
+                    d.state = DeviceState::Pending;
+                    again = true;
                 }
                 d.hardware = hardware.into();
                 d.token = hex::encode(hash(&token));
@@ -571,6 +594,7 @@ impl Fleet {
                 groups: Vec::new(),
                 groups_version: 0,
                 served: Default::default(),
+                failed: Default::default(),
                 last_seen: None,
                 report: Report::default(),
             },
@@ -578,7 +602,11 @@ impl Fleet {
         let record = TokenRecord { kind: TokenKind::Device, name: serial.into(), created: now() };
         ops.push(Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) });
         ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&device) });
-        ops.push(self.event_op(serial, format!("enrolled ({hardware}) with enrollment token {who}"))?);
+        let mut whats = vec![format!("enrolled ({hardware}) with enrollment token {who}")];
+        if again {
+            whats.push("enrolled again after checking in: waiting for approval".into());
+        }
+        ops.extend(self.event_ops(serial, whats)?);
         ops.push(self.audit_op(
             &Caller::Device(serial.into()),
             "enroll",
@@ -596,24 +624,28 @@ impl Fleet {
 
     /// Ops appending `whats` to a device's history, in order (caller holds the lock).
     fn event_ops(&self, serial: &str, whats: Vec<String>) -> Result<Vec<Op>> {
+        if whats.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut prefix = serial.as_bytes().to_vec();
         prefix.push(0);
-        let next = match self.kv.scan(EVENTS, &prefix)?.last() {
+        let existing = self.kv.scan(EVENTS, &prefix)?;
+        let next = match existing.last() {
             Some((k, _)) => {
                 k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, |b| u64::from_be_bytes(b) + 1)
             }
             None => 0,
         };
+        // The history keeps the newest MAX_EVENTS: older entries go in the same batch.
+        let excess = (existing.len() + whats.len()).saturating_sub(MAX_EVENTS);
+        let trims = existing.into_iter().take(excess).map(|(key, _)| Op::Delete { table: EVENTS, key });
         let at = now();
-        Ok(whats
-            .into_iter()
-            .zip(next..)
-            .map(|(what, seq)| {
-                let mut key = prefix.clone();
-                key.extend_from_slice(&seq.to_be_bytes());
-                Op::Put { table: EVENTS, key, value: json(&Event { at, what }) }
-            })
-            .collect())
+        let puts = whats.into_iter().zip(next..).map(|(what, seq)| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&seq.to_be_bytes());
+            Op::Put { table: EVENTS, key, value: json(&Event { at, what }) }
+        });
+        Ok(trims.chain(puts).collect())
     }
 
     /// A device's history, oldest first (at most [`MAX_EVENTS`]).
@@ -656,6 +688,15 @@ impl Fleet {
             }
         }
         let mut ops = self.event_ops(&d.serial, whats)?;
+        if matches!(report.last_result.as_deref(), Some("rolled-back" | "aborted"))
+            && report.last_result != old.last_result
+        {
+            if let Some(channel) = &report.channel {
+                if let Some(serial) = d.served.get(channel).copied() {
+                    d.failed.insert(channel.clone(), serial);
+                }
+            }
+        }
         d.report = report;
         d.last_seen = Some(now());
         ops.push(Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) });
@@ -744,9 +785,9 @@ impl Fleet {
     pub fn set_config(&self, who: &Caller, scope: &Scope, set: &[(String, String)], unset: &[String]) -> Result<u64> {
         for (k, v) in set {
             check_config_key(k)?;
-            if v.len() > MAX_TEXT || v.contains('\0') {
+            if v.len() > MAX_TEXT || v.chars().any(char::is_control) {
                 return Err(FleetError::BadRequest(format!(
-                    "value of {k} must be at most {MAX_TEXT} bytes, without NUL"
+                    "value of {k} must be at most {MAX_TEXT} bytes, on one line, without control characters"
                 )));
             }
         }
@@ -947,7 +988,11 @@ impl Fleet {
             return Ok(Pick::Base(r.base));
         }
         self.record_served(device, channel, head.serial)?;
-        if taken && r.state == RolloutState::Running && head.serial > r.base_serial && failed(device, head) {
+        if taken
+            && r.state == RolloutState::Running
+            && head.serial > r.base_serial
+            && failed(device, channel, r.base_serial)
+        {
             self.maybe_halt(channel, head)?;
         }
         Ok(Pick::Head)
@@ -973,9 +1018,9 @@ impl Fleet {
         }
         let (mut took, mut bad) = (0usize, Vec::new());
         for d in self.devices()? {
-            if d.served.get(channel).is_some_and(|s| *s > r.base_serial) {
+            if took_it(&d, channel, r.base_serial) {
                 took += 1;
-                if failed(&d, head) {
+                if failed(&d, channel, r.base_serial) {
                     bad.push(format!(
                         "{}: {}",
                         d.serial,
@@ -1023,7 +1068,7 @@ pub struct RolloutStatus {
 }
 
 impl Fleet {
-    pub fn rollout_status(&self, r: Rollout, head: Option<&HeadDoc>) -> Result<RolloutStatus> {
+    pub fn rollout_status(&self, r: Rollout) -> Result<RolloutStatus> {
         let (mut devices, mut eligible, mut took, mut failed_n) = (0, 0, 0, 0);
         for d in self.devices()? {
             if d.report.channel.as_deref() != Some(r.channel.as_str()) {
@@ -1033,9 +1078,9 @@ impl Fleet {
             if r.group.as_ref().is_none_or(|g| d.groups.contains(g)) {
                 eligible += 1;
             }
-            if d.served.get(&r.channel).is_some_and(|s| *s > r.base_serial) {
+            if took_it(&d, &r.channel, r.base_serial) {
                 took += 1;
-                if head.is_some_and(|h| failed(&d, h)) {
+                if failed(&d, &r.channel, r.base_serial) {
                     failed_n += 1;
                 }
             }
@@ -1046,10 +1091,14 @@ impl Fleet {
 
 /// True if a device that took `head` reports a rollback or a failed update and does not run
 /// its target.
-fn failed(d: &Device, head: &HeadDoc) -> bool {
-    let runs_target = match (head.targets.get(&d.hardware), &d.report.current) {
-        (Some(t), Some(c)) => t == c,
-        _ => false,
-    };
-    !runs_target && matches!(d.report.last_result.as_deref(), Some("rolled-back" | "aborted" | "error"))
+fn failed(d: &Device, channel: &str, base_serial: u64) -> bool {
+    d.failed.get(channel).is_some_and(|s| *s > base_serial)
+}
+
+/// True if a device took a document newer than the rollout's base and can run it: pinned
+/// and dev boards take no release and do not count.
+fn took_it(d: &Device, channel: &str, base_serial: u64) -> bool {
+    d.served.get(channel).is_some_and(|s| *s > base_serial)
+        && d.report.pinned != Some(true)
+        && d.report.dev != Some(true)
 }

@@ -79,6 +79,7 @@ impl From<FleetError> for ApiError {
             FleetError::Forbidden(_) => StatusCode::FORBIDDEN,
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
             FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            FleetError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             FleetError::Store(_) | FleetError::Damaged { .. } => {
                 tracing::error!(error = %e, "fleet store error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -146,7 +147,10 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
                 let Some((head, bytes)) = st.documents.head(&c) else { return Ok(None) };
                 match st.fleet.pick(&d, &c, &head)? {
                     Pick::Head => Ok(Some(bytes)),
-                    Pick::Base(id) => Ok(st.documents.by_id(&id)),
+                    // Never the head instead: the device must not slip past the rollout.
+                    Pick::Base(id) => st.documents.by_id(&id).map(Some).ok_or_else(|| {
+                        FleetError::Unavailable(format!("the rollout's base document {id} cannot be read"))
+                    }),
                 }
             })
             .await?
@@ -377,7 +381,7 @@ async fn rollout_action(
         } else {
             s.fleet.change_rollout(&who, &channel, &action, req.percent)?
         };
-        s.fleet.rollout_status(r, head.as_ref())
+        s.fleet.rollout_status(r)
     })
     .await?;
     Ok(Json(status).into_response())
@@ -388,8 +392,7 @@ async fn rollouts(State(s): State<Shared>, headers: HeaderMap) -> Result<Respons
     let list = blocking(move || {
         let mut out = Vec::new();
         for r in s.fleet.rollouts()? {
-            let head = s.documents.head(&r.channel).map(|(h, _)| h);
-            out.push(s.fleet.rollout_status(r, head.as_ref())?);
+            out.push(s.fleet.rollout_status(r)?);
         }
         Ok(out)
     })

@@ -161,11 +161,11 @@ fn device_tokens_open_only_the_device_api_and_only_as_themselves() {
     assert_eq!(call(&env, "POST", "admin/devices/SN-B/revoke", &token_a, None).0, 401);
     // The admin token is no device token.
     assert_eq!(call(&env, "POST", "device/checkin", &env.admin_token, Some(serde_json::json!({}))).0, 401);
-    // A device reports only as itself: a report naming another serial is refused, and
+    // A device reports only as itself: a report naming another serial is still A's, and
     // B's record is untouched by A's check-in.
     let before = devices(&env).into_iter().find(|d| d["serial"] == "SN-B").unwrap();
     let (status, v) = call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "serial": "SN-B" })));
-    assert_eq!(status, 400, "{v}");
+    assert_eq!((status, v["serial"].as_str()), (200, Some("SN-A")), "{v}");
     let (status, v) = call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "last_error": "x" })));
     assert_eq!((status, v["serial"].as_str()), (200, Some("SN-A")));
     let after = devices(&env).into_iter().find(|d| d["serial"] == "SN-B").unwrap();
@@ -177,6 +177,23 @@ fn device_tokens_open_only_the_device_api_and_only_as_themselves() {
     assert!(v["error"].as_str().unwrap().contains("last_error"), "{v}");
     // No token, or garbage: 401.
     assert_eq!(call(&env, "POST", "device/checkin", "", Some(serde_json::json!({}))).0, 401);
+    // Escape sequences for an operator's terminal are refused.
+    let (status, _) =
+        call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "last_error": "\u{1b}[2J" })));
+    assert_eq!(status, 400);
+
+    // Someone else with the enrollment token enrolls as B: B is not taken over silently, it
+    // waits for an operator, and its own next update says so.
+    let enrollment = std::fs::read_to_string(env.path().join("enrollment-token")).unwrap();
+    let body = serde_json::json!({ "serial": "SN-B", "hardware": "rev-a", "enrollment_token": enrollment.trim() });
+    let (status, v) = call(&env, "POST", "device/enroll", "", Some(body));
+    assert_eq!((status, v["state"].as_str()), (200, Some("pending")), "{v}");
+    failed_update(&b, "device SN-B is waiting for approval");
+    let (_, one) = call(&env, "GET", "admin/devices/SN-B", &env.admin_token, None);
+    assert!(
+        one["events"].as_array().unwrap().iter().any(|e| e["what"].as_str().unwrap().contains("enrolled again")),
+        "{one}"
+    );
 }
 
 #[test]
