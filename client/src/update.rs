@@ -103,6 +103,11 @@ pub async fn prefetch(config: &Config) -> Result<UpdateSummary> {
 /// Deploys any commit of the repository (by id, version or branch), fetching what is
 /// missing, and pins the device to it.
 pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
+    // A working copy or unlocked copy makes way first: the deployment it replaced is
+    // current again, and the deploy goes from there.
+    if State::load(&config.state_dir)?.dev.is_some() {
+        crate::devboard::off(config)?;
+    }
     update_to(config, Goal::Deploy(rev)).await
 }
 

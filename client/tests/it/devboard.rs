@@ -106,7 +106,15 @@ fn a_working_copy_is_linked_pinned_and_unlinked() {
     assert_eq!(std::fs::read_link(env.current()).unwrap(), work);
     let (ok, _, err) = ferryd(&dev, &["dev", "--link", "relative/path"]);
     assert!(!ok && err.contains("absolute path"), "{err}");
-    // Off: back to the deployment, unpinned, and the next update goes on.
+    // Deploying the commit the working copy replaced puts it back (and stays pinned).
+    assert_eq!(deploy(&dev, &c1.to_hex())["pinned"], true);
+    assert!(std::fs::read_link(env.current()).unwrap().ends_with(c1.to_hex()));
+    assert_eq!(status(&dev)["dev"], Value::Null);
+    // Off: back to the deployment, unpinned as before `dev --link`, and the next update goes on.
+    let (ok, _, _) = ferryd(&dev, &["unpin"]);
+    assert!(ok);
+    let (ok, _, err) = ferryd(&dev, &["dev", "--link", work.to_str().unwrap()]);
+    assert!(ok, "{err}");
     let (ok, _, err) = ferryd(&dev, &["dev", "--off"]);
     assert!(ok, "{err}");
     assert!(std::fs::read_link(env.current()).unwrap().ends_with(c1.to_hex()));
