@@ -571,7 +571,14 @@ impl crate::fleet_api::Documents for RepoDocuments {
         // instead of every check-in catching up with the writer on its own.
         catch_up(&self.0, Instant::now() - CHECKIN_FRESHNESS).ok()?;
         ferry_store::repo::check_branch_name(channel).ok()?;
-        let id = self.0.repo.channel(channel).ok()??;
+        let id = match self.0.repo.channel(channel).ok()? {
+            Some(id) => id,
+            None => {
+                // A channel not seen yet may be brand new: look again, fully caught up.
+                catch_up(&self.0, Instant::now()).ok()?;
+                self.0.repo.channel(channel).ok()??
+            }
+        };
         let envelope = self.0.repo.read_envelope(&id).ok()?;
         let doc = ferry_store::channel::ChannelDoc::decode(&envelope.document).ok()?;
         let head = crate::fleet::HeadDoc {
