@@ -3,10 +3,11 @@
 //! What it is for: everything a device does about updates, as its own service beside the
 //! application: configuration, checking in, downloading missing chunks, assembling
 //! deployments, switching, health checks and rollback: [`config`], the device's own store
-//! ([`local`]), the HTTP client ([`http`]), one update ([`update`]), the device's fsck
+//! ([`local`]), the HTTP client ([`http`]), one update ([`update`]), an offline bundle ([`bundle`]), the device's fsck
 //! ([`fsck`]) and its status ([`status`]). What it is not for: serving HTTP to others (no
 //! axum here) or writing repositories.
 
+pub mod bundle;
 pub mod config;
 pub mod crash;
 pub mod devboard;

@@ -29,6 +29,18 @@ enum Command {
         #[arg(long)]
         prefetch: bool,
     },
+    /// Installs a release from an offline bundle (`ferry bundle`), FILE or - for stdin, with
+    /// the same checks, trial and rollback as a network update and no network.
+    ///
+    /// A bundle that lacks chunks this device needs is refused before anything is written,
+    /// naming the files; a cut or damaged one is refused and nothing is switched. A channel
+    /// bundle moves the device like a fleet update; a commit bundle pins it (like deploy).
+    Apply {
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The daemon: updates every poll_interval (with jitter), backing off on errors.
     Run,
     /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
@@ -109,6 +121,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 eprintln!("deployed {} ({}); pinned until `ferryd unpin`", s.version, &s.to[..12.min(s.to.len())]);
+            }
+        }
+        Command::Apply { file, json } => {
+            let s = if file.as_os_str() == "-" {
+                runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::stdin().lock()))?
+            } else {
+                let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+                runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::BufReader::with_capacity(1 << 20, f)))?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if s.up_to_date {
+                println!("already at {} ({}); nothing changed", s.version, &s.to[..12]);
+            } else {
+                println!(
+                    "applied {} -> {} ({}){}: {} chunks from the bundle ({} read), {} reused; {} of {} files reused{}",
+                    s.from.as_deref().map_or("nothing", |f| &f[..12]),
+                    &s.to[..12],
+                    s.version,
+                    s.channel.as_ref().map(|c| format!(", channel {c} serial {}", s.serial.unwrap_or(0))).unwrap_or_default(),
+                    s.chunks_used,
+                    human(s.bundle_bytes),
+                    s.chunks_reused,
+                    s.files_reused,
+                    s.files,
+                    if s.pinned { "; pinned until `ferryd unpin`" } else { "" }
+                );
             }
         }
         Command::Dev { link, off } => {

@@ -38,7 +38,7 @@ use crate::local::{file_object_id, make_writable, Local};
 use crate::state::{now, State};
 
 /// Largest commit and tree the agent accepts (the format's own limits are higher).
-const MAX_COMMIT: usize = 2 << 20;
+pub(crate) const MAX_COMMIT: usize = 2 << 20;
 const MAX_TREE: u32 = 64 << 20;
 
 /// What one `ferryd update` did.
@@ -156,11 +156,11 @@ pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
     Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
 }
 
-struct FilePlan {
-    path: PathBuf,
+pub(crate) struct FilePlan {
+    pub(crate) path: PathBuf,
     meta: Meta,
-    chunks: Vec<ChunkRef>,
-    object: Id,
+    pub(crate) chunks: Vec<ChunkRef>,
+    pub(crate) object: Id,
 }
 
 struct SymlinkPlan {
@@ -171,10 +171,10 @@ struct SymlinkPlan {
     target: Vec<u8>,
 }
 
-struct Plan {
+pub(crate) struct Plan {
     dirs: Vec<(PathBuf, Meta)>,
     symlinks: Vec<SymlinkPlan>,
-    files: Vec<FilePlan>,
+    pub(crate) files: Vec<FilePlan>,
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -183,17 +183,22 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
 }
 
 fn plan(local: &Local, commit: &Commit) -> Result<Plan> {
+    plan_with(&commit.root, |id| local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device")))
+}
+
+/// The deployment a commit's trees describe, reading each tree with `read`.
+pub(crate) fn plan_with(root: &Id, read: impl Fn(&Id) -> Result<ferry_store::Tree>) -> Result<Plan> {
     let mut p = Plan { dirs: Vec::new(), symlinks: Vec::new(), files: Vec::new() };
-    fn walk(local: &Local, id: &Id, rel: &Path, p: &mut Plan) -> Result<()> {
+    fn walk(read: &dyn Fn(&Id) -> Result<ferry_store::Tree>, id: &Id, rel: &Path, p: &mut Plan) -> Result<()> {
         if rel.components().count() > ferry_store::object::MAX_DEPTH {
             bail!("tree {id} is nested deeper than {} directories", ferry_store::object::MAX_DEPTH);
         }
-        let tree = local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))?;
+        let tree = read(id)?;
         p.dirs.push((rel.to_path_buf(), tree.meta.clone()));
         for e in tree.entries {
             let path = rel.join(os(&e.name));
             match e.kind {
-                EntryKind::Dir { tree } => walk(local, &tree, &path, p)?,
+                EntryKind::Dir { tree } => walk(read, &tree, &path, p)?,
                 EntryKind::File { meta, chunks, .. } => {
                     let object = file_object_id(&meta, &chunks);
                     p.files.push(FilePlan { path, meta, chunks, object });
@@ -205,7 +210,7 @@ fn plan(local: &Local, commit: &Commit) -> Result<Plan> {
         }
         Ok(())
     }
-    walk(local, &commit.root, Path::new(""), &mut p)?;
+    walk(&read, root, Path::new(""), &mut p)?;
     // The lists live through the whole update: give back what doubling over-allocated.
     p.files.shrink_to_fit();
     p.dirs.shrink_to_fit();
@@ -343,7 +348,7 @@ fn store_tree(local: &Local, frame: &pack::Frame) -> Result<Vec<Id>> {
 }
 
 /// Largest compressed or decompressed trees answer the agent accepts.
-const MAX_TREES: usize = 256 << 20;
+pub(crate) const MAX_TREES: usize = 256 << 20;
 
 /// Fetches every tree under `root` not under `old_root` as one zstd frame compressed
 /// against the device's own old trees, and stores them. `Ok(false)`: the answer was refused
@@ -439,7 +444,7 @@ async fn fetch_trees(server: &Server, local: &Local, root: &Id, old_root: Option
     Ok(())
 }
 
-fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Result<()> {
+pub(crate) fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Result<()> {
     ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
     let path = local.staging_path(id);
     let tmp = path.with_extension("tmp");
@@ -765,7 +770,7 @@ fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
 /// Refuses the update before anything is downloaded if the state directory's file system
 /// cannot hold it: the chunks still to download (their uncompressed size bounds the staged
 /// frames), the new file objects, and `min_free_bytes` of headroom.
-fn check_space(config: &Config, local: &Local, p: &Plan, missing: &[(Id, u32)]) -> Result<()> {
+pub(crate) fn check_space(config: &Config, local: &Local, p: &Plan, missing: &[(Id, u32)]) -> Result<()> {
     let mut seen = HashSet::new();
     let objects: u64 = p
         .files
@@ -794,7 +799,7 @@ fn check_space(config: &Config, local: &Local, p: &Plan, missing: &[(Id, u32)]) 
 }
 
 /// Builds `deploy/<id>` (if not already complete). Returns (files, files reused).
-fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
+pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
     let final_dir = local.deploy_dir().join(id.to_hex());
     if final_dir.is_dir() {
         return Ok((p.files.len() as u64, p.files.len() as u64));
@@ -895,6 +900,87 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
     local.sync()?;
     crash::point("gc");
     Ok(())
+}
+
+/// Switches to the built deployment `head` and tries it: the pre-switch hook, the trial
+/// made durable, the atomic switch, the restart, the post-switch hook and the health
+/// checks, rolling back on a failure (a [`TrialFailed`] error). Returns true if the release
+/// asked for a reboot (its trial goes on after it). Network updates and bundles share it.
+pub(crate) async fn install(
+    config: &Config,
+    local: &Local,
+    state: &mut State,
+    head: Id,
+    commit: &Commit,
+    current: Option<Id>,
+) -> Result<bool> {
+    let (new_hex, old_hex) = (head.to_hex(), current.map(|c| c.to_hex()));
+    let version = commit.version.to_string();
+    if let Err(e) =
+        crate::trial::hook(config, crate::trial::Hook::PreSwitch, &new_hex, &version, old_hex.as_deref())
+    {
+        // Nothing was switched; the release is not tried again.
+        let mut st = State::load(&config.state_dir)?;
+        if !st.bad_commits.contains(&new_hex) {
+            st.bad_commits.push(new_hex.clone());
+        }
+        st.last_result = Some("aborted".into());
+        st.last_error = Some(format!("release {version} ({new_hex}) not installed: {e:#}"));
+        st.save(&config.state_dir)?;
+        collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
+        return Err(TrialFailed(format!("release {version} ({new_hex}) not installed: {e:#}")).into());
+    }
+    // The trial is durable before the switch, so a crash after it is finished at restart.
+    crate::trial::begin(config, &new_hex, old_hex.clone())?;
+    ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
+    crash::point("switched");
+    crate::trial::mark_switched(config)?;
+    // An unlocked copy the switch replaced goes (unless it is to be kept).
+    if let Ok(st) = State::load(&config.state_dir) {
+        crate::devboard::drop_unlocked(&st, config)?;
+    }
+    state.dev = None;
+    state.previous = current.map(|c| c.to_hex());
+    state.last_result = Some("ok".into());
+    state.last_error = None;
+    state.last_attempt = Some(now());
+    state.save(&config.state_dir)?;
+    crash::point("state-saved");
+    if commit.metadata.get("reboot").map(String::as_str) == Some("required") {
+        // Firmware or kernel changed: the trial continues after the reboot.
+        let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
+        collect_garbage(local, &keep)?;
+        crate::trial::reboot(config)?;
+        return Ok(true);
+    }
+    if let Err(e) = crate::trial::restart(config) {
+        // The health checks decide: a deployment that cannot start fails them.
+        tracing::warn!(error = %format!("{e:#}"), "restart after the switch failed");
+    }
+    if let Err(e) =
+        crate::trial::hook(config, crate::trial::Hook::PostSwitch, &new_hex, &version, old_hex.as_deref())
+    {
+        let reason = format!("{e:#}");
+        crate::trial::rollback(config, &reason)?;
+        collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
+        return Err(TrialFailed(format!(
+            "release {version} ({head}) was rolled back to {}: {reason}",
+            old_hex.as_deref().unwrap_or("nothing")
+        ))
+        .into());
+    }
+    if let Some(crate::trial::Outcome::RolledBack(reason)) = crate::trial::run(config).await? {
+        collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
+        return Err(TrialFailed(format!(
+            "release {} ({head}) failed its trial and was rolled back to {}: {reason}",
+            commit.version,
+            current.map_or("nothing".to_string(), |c| c.to_hex())
+        ))
+        .into());
+    }
+    let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
+    collect_garbage(local, &keep)?;
+    Ok(false)
 }
 
 async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
@@ -1046,73 +1132,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                 }
             }
         };
-        let (new_hex, old_hex) = (head.to_hex(), current.map(|c| c.to_hex()));
-        let version = commit.version.to_string();
-        if let Err(e) =
-            crate::trial::hook(config, crate::trial::Hook::PreSwitch, &new_hex, &version, old_hex.as_deref())
-        {
-            // Nothing was switched; the release is not tried again.
-            let mut st = State::load(&config.state_dir)?;
-            if !st.bad_commits.contains(&new_hex) {
-                st.bad_commits.push(new_hex.clone());
-            }
-            st.last_result = Some("aborted".into());
-            st.last_error = Some(format!("release {version} ({new_hex}) not installed: {e:#}"));
-            st.save(&config.state_dir)?;
-            collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;
-            return Err(TrialFailed(format!("release {version} ({new_hex}) not installed: {e:#}")).into());
-        }
-        // The trial is durable before the switch, so a crash after it is finished at restart.
-        crate::trial::begin(config, &new_hex, old_hex.clone())?;
-        ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
-        crash::point("switched");
-        crate::trial::mark_switched(config)?;
-        // An unlocked copy the switch replaced goes (unless it is to be kept).
-        if let Ok(st) = State::load(&config.state_dir) {
-            crate::devboard::drop_unlocked(&st, config)?;
-        }
-        state.dev = None;
-        state.previous = current.map(|c| c.to_hex());
-        state.last_result = Some("ok".into());
-        state.last_error = None;
-        state.last_attempt = Some(now());
-        state.save(&config.state_dir)?;
-        crash::point("state-saved");
-        if commit.metadata.get("reboot").map(String::as_str) == Some("required") {
-            // Firmware or kernel changed: the trial continues after the reboot.
-            let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
-            collect_garbage(&local, &keep)?;
-            crate::trial::reboot(config)?;
-            s.rebooting = true;
-            return Ok(Some((head, commit, files, reused)));
-        }
-        if let Err(e) = crate::trial::restart(config) {
-            // The health checks decide: a deployment that cannot start fails them.
-            tracing::warn!(error = %format!("{e:#}"), "restart after the switch failed");
-        }
-        if let Err(e) =
-            crate::trial::hook(config, crate::trial::Hook::PostSwitch, &new_hex, &version, old_hex.as_deref())
-        {
-            let reason = format!("{e:#}");
-            crate::trial::rollback(config, &reason)?;
-            collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;
-            return Err(TrialFailed(format!(
-                "release {version} ({head}) was rolled back to {}: {reason}",
-                old_hex.as_deref().unwrap_or("nothing")
-            ))
-            .into());
-        }
-        if let Some(crate::trial::Outcome::RolledBack(reason)) = crate::trial::run(config).await? {
-            collect_garbage(&local, &current.into_iter().collect::<Vec<_>>())?;
-            return Err(TrialFailed(format!(
-                "release {} ({head}) failed its trial and was rolled back to {}: {reason}",
-                commit.version,
-                current.map_or("nothing".to_string(), |c| c.to_hex())
-            ))
-            .into());
-        }
-        let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
-        collect_garbage(&local, &keep)?;
+        s.rebooting = install(config, &local, &mut state, head, &commit, current).await?;
         Ok(Some((head, commit, files, reused)))
     }
     .await;

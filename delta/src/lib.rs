@@ -4,13 +4,16 @@
 //! ([`chunker`]), and comparing two commits: which paths changed and which chunks the newer
 //! one needs that the older lacks ([`plan`]), patches that send missing chunks compressed against a file the device
 //! already holds ([`patch`]), and the pack stream that carries batches of
-//! chunks and objects over any transport ([`pack`]). Later it also owns offline bundles. What it is not for: HTTP, async
+//! chunks and objects over any transport ([`pack`]), and the offline bundle ([`bundle`]). What it is not for: HTTP, async
 //! runtimes, bootloaders, or reading and writing file system trees.
 
+pub mod bundle;
 pub mod chunker;
 pub mod pack;
 pub mod patch;
+#[cfg(feature = "repository")]
 pub mod plan;
 
 pub use chunker::Chunker;
+#[cfg(feature = "repository")]
 pub use plan::{diff_commits, patch_cost, transfer_cost, Change, ChangeKind, PatchCost, TransferCost};

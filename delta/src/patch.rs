@@ -31,7 +31,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ferry_store::{ChunkRef, EntryKind, Id, Repository, Tree};
+use ferry_store::{ChunkRef, EntryKind, Id, Tree};
+#[cfg(feature = "repository")]
+use ferry_store::Repository;
 
 use crate::pack::max_stored_len;
 
@@ -533,6 +535,7 @@ pub fn tree_prefix<E: From<ferry_store::DecodeError>>(
 }
 
 /// Why the server cannot answer a patch request item.
+#[cfg(feature = "repository")]
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
     #[error("patch {key} names chunk {id}, which the repository lacks")]
@@ -547,6 +550,7 @@ pub enum AnswerError {
 
 /// The server's answer to one patch request item, from the repository: every chunk read is
 /// verified against its id; limits are checked before anything is read.
+#[cfg(feature = "repository")]
 pub fn answer(repo: &Repository, item: &PatchRequest, level: i32) -> Result<Vec<u8>, AnswerError> {
     let key = item.key();
     let lens = |ids: &[Id], what: &'static str, max: u64| -> Result<u64, AnswerError> {

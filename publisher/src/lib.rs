@@ -5,6 +5,7 @@
 //! people and scripts ([`show`]), and serving the repository over HTTP ([`serve`]). What it is not for:
 //! device file systems, deployments or bootloaders (that is the device agent's job).
 
+pub mod bundle;
 pub mod channels;
 pub mod checkout;
 pub mod fleet;

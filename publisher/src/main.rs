@@ -149,6 +149,33 @@ enum Command {
         rev: String,
         dir: PathBuf,
     },
+    /// Writes an offline bundle: everything a device needs to install a release without a
+    /// network (`ferryd apply FILE`, the device's local page, or a USB stick).
+    ///
+    /// The bundle holds the key documents, the channel's signed document or the commit,
+    /// and the trees and chunks a device on any --from commit lacks (all of them without
+    /// --from). A device refuses a bundle that lacks what it needs, before writing anything.
+    Bundle {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// A channel (its newest document; `channel:NAME` if a branch has the same name) or
+        /// a commit (id, unique prefix, or branch).
+        #[arg(long, value_name = "CHANNEL|COMMIT")]
+        to: String,
+        /// A commit the devices run: chunks and trees it holds are left out. Repeatable;
+        /// the bundle then serves devices on any of them.
+        #[arg(long, value_name = "COMMIT")]
+        from: Vec<String>,
+        /// For a channel: only this hardware revision's target (repeatable).
+        #[arg(long, value_name = "REV")]
+        hardware: Vec<String>,
+        /// The bundle file (written atomically), or - for stdout.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: PathBuf,
+        /// Print the summary as JSON on stdout (not with -o -).
+        #[arg(long)]
+        json: bool,
+    },
     /// Serves the repository over HTTP (API v1, see docs/api.md) until SIGTERM or Ctrl-C.
     ///
     /// Prints `listening on http://ADDR` once bound. `ferry commit` may keep writing to the
@@ -288,6 +315,28 @@ fn human(bytes: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+/// Writes `path` through `write`: into a temporary file beside it, synced, then renamed
+/// over it and the directory synced; on an error nothing is left behind.
+fn write_file_atomically<T>(path: &std::path::Path, write: impl FnOnce(&mut std::fs::File) -> Result<T>) -> Result<T> {
+    let name = path.file_name().ok_or_else(|| anyhow!("{} is not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| anyhow!("creating {}: {e}", tmp.display()))?;
+        let out = write(&mut f)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).map_err(|e| anyhow!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
+        ferry_store::durable::sync_parent(path)?;
+        Ok(out)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn open_ro(repo: &RepoArg) -> Result<Repository> {
@@ -505,6 +554,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         patched.seconds
                     );
                 }
+            }
+        }
+        Command::Bundle { repo, to, from, hardware, output, json } => {
+            let r = open_ro(&repo)?;
+            let target = ferry_publisher::bundle::resolve_to(&r, &to, &hardware)?;
+            let from = from.iter().map(|f| r.resolve(f)).collect::<Result<Vec<_>, _>>()?;
+            let to_stdout = output.as_os_str() == "-";
+            if to_stdout && json {
+                bail!("--json prints on stdout, where -o - writes the bundle; choose one");
+            }
+            let summary = if to_stdout {
+                if std::io::stdout().is_terminal() {
+                    bail!("refusing to write a bundle to a terminal; redirect stdout or use -o FILE");
+                }
+                let bar = Bar::new("bundling");
+                ferry_publisher::bundle::write_bundle(&r, &target, &from, std::io::stdout().lock(), &bar)?
+            } else {
+                let bar = Bar::new("bundling");
+                write_file_atomically(&output, |f| ferry_publisher::bundle::write_bundle(&r, &target, &from, f, &bar))?
+            };
+            if json {
+                print_json(&summary)?;
+            } else {
+                let what = match (&summary.channel, summary.serial) {
+                    (Some(c), Some(n)) => format!("channel {c} (document serial {n}): "),
+                    _ => "commit ".to_string(),
+                };
+                eprintln!(
+                    "wrote {}: {what}{}; {} trees and {} chunks ({} uncompressed), {}{}",
+                    output.display(),
+                    summary
+                        .commits
+                        .iter()
+                        .map(|c| format!("{} {} for {}", &c.commit[..12], c.version, if c.hardware.is_empty() { "any hardware".into() } else { c.hardware.join(", ") }))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    summary.trees,
+                    summary.chunks,
+                    human(summary.chunk_bytes),
+                    human(summary.bytes),
+                    if summary.from.is_empty() { String::new() } else { format!(", for devices on {} commit(s)", summary.from.len()) }
+                );
             }
         }
         Command::Checkout { repo, rev, dir } => {

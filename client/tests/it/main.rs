@@ -2,6 +2,7 @@
 //! (axum on 127.0.0.1:0) over a real repository.
 
 mod bootloader;
+mod bundle;
 mod channels;
 mod config;
 mod devboard;

@@ -236,3 +236,69 @@ fn channel_and_key_documents_are_served() {
         assert_eq!(e.signatures.len(), 1);
     });
 }
+
+#[test]
+fn bundles_are_written_for_channels_and_commits() {
+    use ferry_delta::bundle::{BundleReader, Section};
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, c2) = setup(t.path());
+    let key = |k: &str| s(&t.path().join(k));
+    ok(&[
+        "keys",
+        "set",
+        "--repo",
+        &repo,
+        "--sign-key",
+        &key("root.key"),
+        "--root",
+        &key("root.key.pub"),
+        "--commit-key",
+        &key("ci.key.pub"),
+        "--channel-key",
+        &key("chan.key.pub"),
+    ]);
+    ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
+    let out = key("stable.bundle");
+    let b = json(&["bundle", "--repo", &repo, "--to", "stable", "-o", &out, "--json"]);
+    assert_eq!((b["channel"].as_str(), b["serial"].as_u64()), (Some("stable"), Some(1)));
+    assert_eq!(b["commits"].as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b["bytes"].as_u64().unwrap(), std::fs::metadata(&out).unwrap().len());
+    // What the file holds, read back with the device's reader.
+    let mut r = BundleReader::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let (mut keys, mut channel, mut chunks) = (0, 0, 0);
+    while let Some(section) = r.next_section().unwrap() {
+        match section {
+            Section::Keys(_) => keys += 1,
+            Section::Channel(_) => channel += 1,
+            Section::Chunk { .. } => chunks += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((keys, channel, chunks), (1, 1, b["chunks"].as_u64().unwrap()));
+    // Only rev-b's target; a revision the channel lacks is refused.
+    let only_b = json(&["bundle", "--repo", &repo, "--to", "stable", "--hardware", "rev-b", "-o", &out, "--json"]);
+    assert_eq!(only_b["commits"][0]["commit"], c1.as_str());
+    fails(&["bundle", "--repo", &repo, "--to", "stable", "--hardware", "rev-z", "-o", &out], "no target for hardware");
+    // A commit, against an older one: only what changed.
+    let delta = json(&["bundle", "--repo", &repo, "--to", &c2, "--from", &c1, "-o", &out, "--json"]);
+    assert_eq!((delta["channel"].as_str(), delta["from"][0].as_str()), (None, Some(c1.as_str())));
+    assert_eq!(delta["chunks"], 1, "one file changed: {delta}");
+    // To a pipe.
+    let piped = ferry(&["bundle", "--repo", &repo, "--to", "main", "-o", "-"]);
+    assert!(piped.status.success());
+    assert_eq!(&piped.stdout[..4], b"FRYB");
+    // A name that is both a channel and a branch must be spelled out.
+    ok(&["promote", "--repo", &repo, &c2, "--to", "main", "--sign-key", &key("chan.key")]);
+    fails(&["bundle", "--repo", &repo, "--to", "main", "-o", &out], "channel:main");
+    assert_eq!(json(&["bundle", "--repo", &repo, "--to", "channel:main", "-o", &out, "--json"])["channel"], "main");
+    fails(&["bundle", "--repo", &repo, "--to", "nothing-here", "-o", &out], "names no channel");
+    fails(&["bundle", "--repo", &repo, "--to", "stable", "--from", "0123456789abcdef", "-o", &out], "0123456789abcdef");
+    fails(&["bundle", "--repo", &repo, "--to", "stable", "-o", &s(&t.path().join("no/such/dir/x"))], "no/such/dir");
+    // A failed write leaves nothing beside the target.
+    let leftovers: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty());
+}

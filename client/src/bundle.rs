@@ -1,0 +1,459 @@
+//! `ferryd apply`: installs a release from an offline bundle (`ferry bundle`; format in
+//! `ferry_delta::bundle`) read from a file, a pipe or an upload, with no network.
+//!
+//! The bundle passes the same checks as a network update, in the same order: key documents
+//! from the roots in the image, the channel document (serial, expiry, hardware, downgrade),
+//! the commit's signature before it is decoded, its hardware list, every tree against its
+//! id. Then, before anything is written, the chunks the device lacks are compared with the
+//! bundle's manifest: a bundle made for devices on another release is refused, naming the
+//! files it cannot build. Chunks are then verified and staged one at a time as they are
+//! read, the end of the bundle is checked (a cut or damaged file is refused and nothing is
+//! switched), and the deployment is built, switched to and tried exactly as after a
+//! download ([`crate::update::install`]).
+//!
+//! A channel bundle moves the device like a fleet update would (a pinned device refuses
+//! it); a commit bundle is a technician's or developer's choice, like `ferryd deploy`: any
+//! signed commit for this hardware, and the device is pinned to it afterwards.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use ferry_delta::bundle::{BundleReader, BundledCommit, Section};
+use ferry_store::channel::{accept_channel, Envelope, Running};
+use ferry_store::{Commit, EntryKind, Id, PublicKey, Tree};
+
+use crate::config::Config;
+use crate::local::Local;
+use crate::state::{now, State};
+use crate::update::{Refused, TrialFailed};
+
+/// What one `ferryd apply` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ApplySummary {
+    pub from: Option<String>,
+    pub to: String,
+    pub version: String,
+    /// The device already ran the bundle's release; nothing was changed.
+    pub up_to_date: bool,
+    /// The channel whose document the bundle carried, and that document's serial.
+    pub channel: Option<String>,
+    pub serial: Option<u64>,
+    /// Bytes of the bundle read.
+    pub bundle_bytes: u64,
+    /// Chunks taken from the bundle; chunks in it the device already held or does not need.
+    pub chunks_used: u64,
+    pub chunks_skipped: u64,
+    /// Distinct chunks of the new commit the device already held.
+    pub chunks_reused: u64,
+    pub files: u64,
+    pub files_reused: u64,
+    pub seconds: f64,
+    /// A commit bundle pins the device, like `ferryd deploy`.
+    pub pinned: bool,
+    pub rebooting: bool,
+}
+
+fn refused(msg: impl std::fmt::Display) -> anyhow::Error {
+    Refused(format!("bundle refused: {msg}")).into()
+}
+
+/// The sections before the trees: what the bundle says it installs.
+#[derive(Default)]
+struct Header {
+    keys: Vec<Vec<u8>>,
+    channel: Option<Vec<u8>>,
+    commits: Vec<BundledCommit>,
+    from: Vec<Id>,
+}
+
+/// Applies the bundle read from `input`. A refusal is a [`Refused`] error; a release that
+/// fails its trial is a [`TrialFailed`] error, after the rollback.
+pub async fn apply(config: &Config, input: impl Read) -> Result<ApplySummary> {
+    let started = Instant::now();
+    let local = Local::open(&config.state_dir)?;
+    if let Some(outcome) = crate::trial::run(config).await? {
+        tracing::info!(?outcome, "finished a pending trial");
+    }
+    let result = apply_inner(config, &local, input, started).await;
+    if let Err(e) = &result {
+        if !e.is::<TrialFailed>() {
+            let mut st = State::load(&config.state_dir)?;
+            st.last_result = Some("error".into());
+            st.last_error = Some(format!("{e:#}"));
+            st.last_attempt = Some(now());
+            st.save(&config.state_dir)?;
+        }
+    }
+    result
+}
+
+async fn apply_inner(config: &Config, local: &Local, input: impl Read, started: Instant) -> Result<ApplySummary> {
+    let hardware = config.hardware_revision()?;
+    let current = crate::update::current_commit(config, local)?;
+    let mut s = ApplySummary { from: current.map(|c| c.to_hex()), ..Default::default() };
+    let mut reader = BundleReader::new(input).map_err(refused)?;
+
+    // 1. The header: key documents, channel document, commits, from.
+    let mut header = Header::default();
+    let mut trees: HashMap<Id, Vec<u8>> = HashMap::new();
+    let mut tree_bytes = 0usize;
+    loop {
+        match reader.next_section().map_err(refused)? {
+            Some(Section::Keys(k)) => header.keys.push(k),
+            Some(Section::Channel(c)) => header.channel = Some(c),
+            Some(Section::Commit(c)) => header.commits.push(c),
+            Some(Section::From(f)) => header.from = f,
+            Some(Section::Tree { id, bytes }) => {
+                // Each tree is checked against its id now and against its parent below.
+                if Id::of(&bytes) != id {
+                    return Err(refused(format!("tree {id} is damaged (its bytes hash to {})", Id::of(&bytes))));
+                }
+                tree_bytes += bytes.len();
+                if tree_bytes > crate::update::MAX_TREES {
+                    return Err(refused(format!("its trees exceed {} MiB", crate::update::MAX_TREES >> 20)));
+                }
+                trees.insert(id, bytes);
+            }
+            Some(Section::Manifest(_)) => break,
+            Some(Section::Chunk { .. }) | None => return Err(refused("it has no manifest")),
+        }
+    }
+
+    // 2. What it installs here, checked like an update's target.
+    let target = decide(config, local, &header, current, hardware.as_deref())?;
+    let head = target.commit_id;
+    let commit = &target.commit;
+    s.to = head.to_hex();
+    s.version = commit.version.to_string();
+    s.channel = target.channel.clone();
+    s.serial = target.serial;
+    let state = State::load(&config.state_dir)?;
+    if target.channel.is_some() && state.pinned {
+        return Err(refused(format!(
+            "this device is pinned, and the bundle carries channel {}'s release {}: run `ferryd unpin` first, or apply a commit bundle",
+            target.channel.as_deref().unwrap_or_default(),
+            commit.version
+        )));
+    }
+    if target.channel.is_some() && Some(head) != current && state.bad_commits.contains(&head.to_hex()) {
+        return Err(refused(format!(
+            "release {} ({head}) failed its trial on this device before; it is not installed again",
+            commit.version
+        )));
+    }
+
+    // 3. The deployment it describes, from the bundle's trees and the device's own.
+    let read = |id: &Id| -> Result<Tree> {
+        if let Some(bytes) = trees.get(id) {
+            return Tree::decode(bytes).map_err(|e| refused(format!("tree {id} does not decode: {e}")));
+        }
+        local.tree(id)?.ok_or_else(|| refused(format!("it lacks tree {id}")))
+    };
+    let up_to_date = Some(head) == current;
+    let absent = missing_trees(local, &trees, &commit.root)?;
+    if !absent.is_empty() {
+        let shown = absent.iter().take(5).map(|(path, id)| format!("{path} ({})", id.short())).collect::<Vec<_>>();
+        let more = if absent.len() > 5 { format!(" and {} more", absent.len() - 5) } else { String::new() };
+        return Err(refused(format!(
+            "it lacks the listings of {} directories of release {} that this device does not hold either: {}{more}; {}. Nothing was changed",
+            absent.len(),
+            commit.version,
+            shown.join(", "),
+            made_for(&header.from, current)
+        )));
+    }
+    let p = crate::update::plan_with(&commit.root, read)?;
+    let in_bundle: HashSet<Id> = reader.manifest().iter().map(|(id, _)| *id).collect();
+    let mut needed: HashMap<Id, u32> = HashMap::new();
+    let mut lacking: Vec<(&std::path::Path, Id)> = Vec::new();
+    let mut all: HashSet<Id> = HashSet::new();
+    for f in &p.files {
+        all.extend(f.chunks.iter().map(|c| c.id));
+        if up_to_date || local.object_path(&f.object).exists() {
+            continue;
+        }
+        for c in &f.chunks {
+            if !local.has_chunk(&c.id)? && !needed.contains_key(&c.id) {
+                if in_bundle.contains(&c.id) {
+                    needed.insert(c.id, c.len);
+                } else if lacking.iter().all(|(_, id)| *id != c.id) {
+                    lacking.push((&f.path, c.id));
+                }
+            }
+        }
+    }
+    if !lacking.is_empty() {
+        let mut files: Vec<String> = lacking.iter().map(|(p, _)| format!("/{}", p.display())).collect();
+        files.dedup();
+        let shown = files.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let more = if files.len() > 5 { format!(" and {} more", files.len() - 5) } else { String::new() };
+        return Err(refused(format!(
+            "it lacks {} chunks this device needs for release {} (in {shown}{more}); {}. Nothing was changed",
+            lacking.len(),
+            commit.version,
+            made_for(&header.from, current)
+        )));
+    }
+    let mut missing: Vec<(Id, u32)> = needed.iter().map(|(id, len)| (*id, *len)).collect();
+    missing.sort();
+    crate::update::check_space(config, local, &p, &missing)?;
+
+    // 4. From here on the device writes: the commit and trees (all verified), then each
+    //    chunk it needs, verified as it is read.
+    if !up_to_date {
+        if !local.has_object(&head)? {
+            local.put_object(&head, &target.bytes)?;
+        }
+        let mut stack = vec![commit.root];
+        let mut seen = HashSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(bytes) = trees.get(&id) {
+                if !local.has_object(&id)? {
+                    local.put_object(&id, bytes)?;
+                }
+            }
+            if let Some(tree) = local.tree(&id)? {
+                stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                    EntryKind::Dir { tree } => Some(tree),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    drop(trees);
+    loop {
+        match reader.next_section() {
+            Ok(Some(Section::Chunk { id, frame })) => match needed.get(&id) {
+                Some(len) if !local.staging_path(&id).exists() => {
+                    crate::update::stage_chunk(local, &id, &frame, *len)
+                        .map_err(|e| refused(format!("its chunk {id} is damaged: {e:#}")))?;
+                    s.chunks_used += 1;
+                }
+                _ => s.chunks_skipped += 1,
+            },
+            Ok(Some(_)) => return Err(refused("it has a section after its chunks")),
+            Ok(None) => break,
+            Err(e) => {
+                sync_staging(local);
+                return Err(refused(format!(
+                    "{e}; the {} chunks verified so far are kept for the next try, and nothing was switched",
+                    s.chunks_used
+                )));
+            }
+        }
+    }
+    sync_staging(local);
+    s.bundle_bytes = reader.bytes_read();
+    s.chunks_reused = (all.len() as u64).saturating_sub(s.chunks_used);
+    if let Some(accepted) = target.accepted {
+        accepted.save(config)?;
+    }
+
+    // 5. Build, switch and try, as after a download.
+    let mut state = State::load(&config.state_dir)?;
+    if state.dev.is_some() {
+        crate::devboard::off(config)?;
+        state = State::load(&config.state_dir)?;
+    }
+    let pin = target.channel.is_none();
+    if up_to_date {
+        s.up_to_date = true;
+        state.last_result = Some("up-to-date".into());
+    } else {
+        let (files, reused) = crate::update::assemble(local, &head, &p)?;
+        s.files = files;
+        s.files_reused = reused;
+        s.rebooting = crate::update::install(config, local, &mut state, head, commit, current).await?;
+        state = State::load(&config.state_dir)?;
+    }
+    state.last_error = None;
+    state.last_attempt = Some(now());
+    if pin {
+        state.pinned = true;
+        s.pinned = true;
+    }
+    state.save(&config.state_dir)?;
+    s.seconds = started.elapsed().as_secs_f64();
+    Ok(s)
+}
+
+fn sync_staging(local: &Local) {
+    if let Ok(dir) = std::fs::File::open(local.root.join("staging")) {
+        let _ = nix::unistd::syncfs(&dir);
+    }
+}
+
+/// The directories under `root` whose trees neither the bundle nor the device holds, with
+/// their paths (the walk stops at each).
+fn missing_trees(local: &Local, trees: &HashMap<Id, Vec<u8>>, root: &Id) -> Result<Vec<(String, Id)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![("/".to_string(), *root)];
+    let mut seen = HashSet::new();
+    while let Some((path, id)) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let tree = match trees.get(&id) {
+            Some(bytes) => Tree::decode(bytes).map_err(|e| refused(format!("tree {id} does not decode: {e}")))?,
+            None => match local.tree(&id)? {
+                Some(t) => t,
+                None => {
+                    out.push((path, id));
+                    continue;
+                }
+            },
+        };
+        for e in &tree.entries {
+            if let EntryKind::Dir { tree } = e.kind {
+                stack.push((format!("{path}{}/", String::from_utf8_lossy(&e.name)), tree));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// "it was made for devices on …; this device runs …", for refusals.
+fn made_for(from: &[Id], current: Option<Id>) -> String {
+    let made = if from.is_empty() {
+        "it is a full bundle".to_string()
+    } else {
+        format!("it was made for devices on {}", from.iter().map(|f| f.short()).collect::<Vec<_>>().join(", "))
+    };
+    match current {
+        Some(c) => format!("{made}, and this device runs {}: make one with `--from {}`", c.short(), c.short()),
+        None => format!("{made}, and this device has no release yet: make a full one (without --from)"),
+    }
+}
+
+/// The release a bundle installs on this device, checked.
+struct Decided {
+    commit_id: Id,
+    commit: Commit,
+    bytes: Vec<u8>,
+    channel: Option<String>,
+    serial: Option<u64>,
+    /// The trust state to record once the whole bundle was read.
+    accepted: Option<crate::trust::TrustState>,
+}
+
+fn decide(
+    config: &Config,
+    local: &Local,
+    header: &Header,
+    current: Option<Id>,
+    hardware: Option<&str>,
+) -> Result<Decided> {
+    let mut accepted = None;
+    let (keys, target, channel) = match &config.channel {
+        Some(channel) => {
+            let mut state = crate::trust::TrustState::load(config)?;
+            let chain = header
+                .keys
+                .iter()
+                .map(|k| Envelope::decode(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| refused(format!("its key documents do not decode: {e}")))?;
+            let trust = state.trust()?.advance_all(&chain).map_err(refused)?;
+            state.set_trust(&trust);
+            let keys = trust.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
+            match &header.channel {
+                Some(bytes) => {
+                    let envelope = Envelope::decode(bytes)
+                        .map_err(|e| refused(format!("its channel document does not decode: {e}")))?;
+                    let hw = hardware.ok_or_else(|| anyhow!("no hardware revision configured"))?;
+                    let running = match current {
+                        Some(c) => Some(local.commit(&c)?.ok_or_else(|| {
+                            anyhow!("the running commit {c} is not in the device database")
+                        })?),
+                        None => None,
+                    };
+                    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));
+                    let (doc, target) = accept_channel(
+                        &envelope,
+                        channel,
+                        &trust,
+                        seen,
+                        crate::trust::clock()?,
+                        &Running { version: running.as_ref().map(|c| &c.version), hardware: hw },
+                    )
+                    .map_err(refused)?;
+                    state.channels.insert(channel.clone(), doc.serial);
+                    state.floor = seen.floor.max(doc.timestamp);
+                    accepted = Some(state);
+                    (keys, Some(target), Some((doc.name, doc.serial)))
+                }
+                None => {
+                    if trust.serial > 0 {
+                        accepted = Some(state);
+                    }
+                    (keys, None, None)
+                }
+            }
+        }
+        None => {
+            if let Some(bytes) = &header.channel {
+                let name = Envelope::decode(bytes)
+                    .ok()
+                    .and_then(|e| ferry_store::channel::ChannelDoc::decode(&e.document).ok())
+                    .map_or("?".to_string(), |d| d.name);
+                return Err(refused(format!(
+                    "it carries channel {name}'s document, and this device follows {}, not a channel: apply a commit bundle (`ferry bundle --to COMMIT`)",
+                    config.follows()
+                )));
+            }
+            (config.keys()?, None, None)
+        }
+    };
+    let bundled = match &target {
+        Some(t) => header.commits.iter().find(|c| c.id == t.commit).ok_or_else(|| {
+            refused(format!(
+                "the channel's target for this device is {} ({}), which the bundle does not carry",
+                t.version, t.commit
+            ))
+        })?,
+        None => match header.commits.as_slice() {
+            [one] => one,
+            _ => return Err(refused("a bundle without a channel document must carry exactly one commit")),
+        },
+    };
+    let id = bundled.id;
+    if bundled.bytes.len() > crate::update::MAX_COMMIT {
+        return Err(refused(format!("commit {id} is larger than {} bytes", crate::update::MAX_COMMIT)));
+    }
+    if Id::of(&bundled.bytes) != id {
+        return Err(refused(format!("commit {id} is damaged (its bytes hash to {})", Id::of(&bundled.bytes))));
+    }
+    let trusted = bundled
+        .signatures
+        .iter()
+        .any(|(key, sig)| keys.iter().any(|k| k.to_bytes() == *key && k.verify_commit(&id, sig)));
+    if !trusted {
+        return Err(refused(format!("commit {id} is not signed by a key this device trusts")));
+    }
+    let commit = Commit::decode(&bundled.bytes).map_err(|e| refused(format!("commit {id} does not decode: {e}")))?;
+    match (&target, hardware) {
+        (Some(t), Some(hw)) => ferry_store::channel::check_target_commit(t, &commit, hw).map_err(refused)?,
+        (None, Some(hw)) if !commit.hardware.is_empty() && !commit.hardware.iter().any(|h| h == hw) => {
+            return Err(refused(format!(
+                "commit {id} ({}) is built for {} only, not for this device's {hw}",
+                commit.version,
+                commit.hardware.join(", ")
+            )))
+        }
+        _ => {}
+    }
+    Ok(Decided {
+        commit_id: id,
+        commit,
+        bytes: bundled.bytes.clone(),
+        channel: channel.as_ref().map(|(n, _)| n.clone()),
+        serial: channel.map(|(_, s)| s),
+        accepted,
+    })
+}

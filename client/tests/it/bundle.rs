@@ -1,0 +1,266 @@
+//! Offline bundles: `ferry bundle`'s writer and `ferryd apply` on devices whose server is
+//! unreachable (their configuration names a closed port), so every byte comes from the
+//! bundle. Round trips (full and `--from`), and each refusal leaving the device as it was.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ferry_publisher::bundle::{write_bundle, BundleTo};
+use ferry_publisher::import::NoProgress;
+use ferry_store::Id;
+use serde_json::Value;
+
+use crate::channels::{promote, set_up_keys};
+use crate::harness::{ferryd, Env};
+
+/// A device following `channel` (or the branch, with `channel` empty) as `hardware`, whose
+/// server address is a port nothing listens on.
+fn offline_device(env: &Env, name: &str, channel: &str, hardware: &str) -> PathBuf {
+    let dev = env.path().join(name);
+    std::fs::create_dir_all(&dev).unwrap();
+    let config = dev.join("ferryd.toml");
+    let follow = if channel.is_empty() {
+        format!("branch = \"main\"\ntrusted_keys = [\"{}\"]\n", env.path().join("ci.key.pub").display())
+    } else {
+        format!("channel = \"{channel}\"\nroot_keys = [\"{}\"]\n", env.path().join("root.key.pub").display())
+    };
+    let text = format!(
+        "server = \"http://127.0.0.1:9\"\n{follow}state_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"{hardware}\"\nretries = 1\n",
+        dev.join("state").display(),
+        dev.join("current").display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn bundle(env: &Env, to: BundleTo, from: &[Id], name: &str) -> PathBuf {
+    let path = env.path().join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    write_bundle(&env.repo, &to, from, f, &NoProgress).unwrap();
+    path
+}
+
+fn channel(name: &str) -> BundleTo {
+    BundleTo::Channel { name: name.into(), hardware: Vec::new() }
+}
+
+fn applied(config: &Path, file: &Path) -> Value {
+    let (ok, out, err) = ferryd(config, &["apply", file.to_str().unwrap(), "--json"]);
+    assert!(ok, "ferryd apply {} failed: {err}", file.display());
+    serde_json::from_str(&out).unwrap()
+}
+
+fn running(config: &Path) -> Option<String> {
+    std::fs::read_link(config.parent().unwrap().join("current"))
+        .ok()
+        .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
+}
+
+/// What the device holds: deployment, objects, staged chunks, accepted serials, pin.
+fn holdings(config: &Path) -> (Option<String>, usize, usize, String, String) {
+    let state = config.parent().unwrap().join("state");
+    let count = |d: &str| std::fs::read_dir(state.join(d)).map_or(0, |r| r.count());
+    let trust = std::fs::read_to_string(state.join("trust.json")).unwrap_or_default();
+    let trust: Value = serde_json::from_str(&trust).unwrap_or(Value::Null);
+    let st: Value = serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap_or_default())
+        .unwrap_or(Value::Null);
+    (running(config), count("objects"), count("staging"), trust["channels"].to_string(), st["pinned"].as_bool().unwrap_or(false).to_string())
+}
+
+/// `ferryd apply` that must fail naming `expect`, leaving what the device holds as it was
+/// (`staged_ok`: chunks verified before the damage was met may stay in staging).
+fn refused(config: &Path, file: &Path, expect: &str, staged_ok: bool) -> String {
+    let before = holdings(config);
+    let (ok, out, err) = ferryd(config, &["apply", file.to_str().unwrap()]);
+    assert!(!ok, "ferryd apply {} should have been refused: {out}", file.display());
+    assert!(err.contains(expect), "the refusal should name {expect:?}: {err}");
+    let mut after = holdings(config);
+    if staged_ok {
+        after.2 = before.2;
+    }
+    assert_eq!(before, after, "a refused bundle changed the device: {err}");
+    let (_, status, _) = ferryd(config, &["status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert!(status["last_error"].as_str().unwrap_or("").contains(expect), "status: {status}");
+    err
+}
+
+fn fsck_clean(config: &Path) {
+    let (ok, out, err) = ferryd(config, &["fsck"]);
+    assert!(ok, "ferryd fsck: {out}{err}");
+}
+
+#[test]
+fn channel_bundles_round_trip_full_and_from_an_older_release() {
+    let env = Env::new();
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    promote(&env, Some(v1), None, "stable", false).unwrap();
+    let full = bundle(&env, channel("stable"), &[], "v1.bundle");
+    let dev = offline_device(&env, "dev", "stable", "rev-a");
+
+    let s = applied(&dev, &full);
+    assert_eq!(s["to"], v1.to_hex());
+    assert_eq!(s["channel"], "stable");
+    assert_eq!(s["pinned"], false, "a channel bundle moves the device like a fleet update: {s}");
+    assert!(s["chunks_used"].as_u64().unwrap() > 0);
+    assert_eq!(running(&dev).as_deref(), Some(v1.to_hex().as_str()));
+    fsck_clean(&dev);
+
+    let v2 = env.commit(2, "1.1.0");
+    promote(&env, Some(v2), None, "stable", false).unwrap();
+    let delta = bundle(&env, channel("stable"), &[v1], "v1-v2.bundle");
+    let full2 = bundle(&env, channel("stable"), &[], "v2.bundle");
+    let (dsize, fsize) = (std::fs::metadata(&delta).unwrap().len(), std::fs::metadata(&full2).unwrap().len());
+    assert!(dsize * 2 < fsize, "a bundle from 1.0.0 ({dsize} bytes) should be far smaller than a full one ({fsize})");
+
+    // Through a pipe, as an upload or `ssh device ferryd apply -` would send it.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&dev)
+        .args(["apply", "-", "--json"])
+        .stdin(Stdio::from(std::fs::File::open(&delta).unwrap()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "apply from stdin: {}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["to"], v2.to_hex());
+    assert_eq!(s["bundle_bytes"], dsize);
+    assert!(s["chunks_reused"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["files_reused"].as_u64().unwrap() > 0, "unchanged files are hardlinked: {s}");
+    assert_eq!(running(&dev).as_deref(), Some(v2.to_hex().as_str()));
+    fsck_clean(&dev);
+
+    // The same bundle again: nothing to do.
+    let s = applied(&dev, &delta);
+    assert_eq!(s["up_to_date"], true);
+
+    // A device on nothing takes the full bundle; the delta one it refuses, naming files.
+    let fresh = offline_device(&env, "fresh", "stable", "rev-a");
+    let err = refused(&fresh, &delta, "lacks", false);
+    assert!(err.contains("made for devices on") && err.contains(&v1.short()), "{err}");
+    assert!(err.contains("/"), "the refusal names files: {err}");
+    // A bundle whose manifest lacks one chunk the device needs: refused before anything is
+    // written, naming the file it belongs to.
+    let err = refused(&fresh, &without_first_chunk(&full2), "lacks 1 chunks", false);
+    assert!(err.contains("(in /"), "the refusal names the file: {err}");
+    let s = applied(&fresh, &full2);
+    assert_eq!(s["to"], v2.to_hex());
+    fsck_clean(&fresh);
+}
+
+#[test]
+fn cut_damaged_wrong_hardware_and_replayed_bundles_are_refused() {
+    let env = Env::new();
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    promote(&env, Some(v1), None, "stable", false).unwrap();
+    let b1 = bundle(&env, channel("stable"), &[], "v1.bundle");
+    let v2 = env.commit(2, "1.1.0");
+    promote(&env, Some(v2), None, "stable", false).unwrap();
+    let b2 = bundle(&env, channel("stable"), &[v1], "v2.bundle");
+    let dev = offline_device(&env, "dev", "stable", "rev-a");
+    applied(&dev, &b1);
+
+    let bytes = std::fs::read(&b2).unwrap();
+    let write = |name: &str, b: &[u8]| {
+        let p = env.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    // Cut in the header, in the trees, in the chunks, and just before its end.
+    for (i, cut) in [40usize, bytes.len() / 3, bytes.len() * 2 / 3, bytes.len() - 1].into_iter().enumerate() {
+        let p = write(&format!("cut-{i}.bundle"), &bytes[..cut]);
+        refused(&dev, &p, "truncated", true);
+    }
+    // A byte changed in a chunk (the device verifies each chunk it needs, and the end hash
+    // catches the rest), and in the commit's signature.
+    let mut damaged = bytes.clone();
+    let at = bytes.len() - 200;
+    damaged[at] ^= 0x40;
+    let err = refused(&dev, &write("damaged.bundle", &damaged), "bundle refused", true);
+    assert!(err.contains("damaged"), "{err}");
+    let mut forged = bytes.clone();
+    let commit_section = [v2.as_bytes().as_slice(), &[1], &ferry_fixtures::test_key(1).public().to_bytes()].concat();
+    let sig = find(&bytes, &commit_section).expect("the commit section") + commit_section.len() + 5;
+    forged[sig] ^= 0x01;
+    refused(&dev, &write("forged.bundle", &forged), "not signed by a key this device trusts", false);
+    // Not a bundle at all.
+    refused(&dev, &write("noise.bundle", b"this is not a bundle"), "not a Ferry bundle", false);
+    assert_eq!(running(&dev).as_deref(), Some(v1.to_hex().as_str()));
+
+    // Wrong hardware: the channel has no rev-b target; a rev-a commit is refused too.
+    let rev_b = offline_device(&env, "rev-b", "stable", "rev-b");
+    refused(&rev_b, &env.path().join("v1.bundle"), "rev-b", false);
+    let commit_bundle = bundle(&env, BundleTo::Commit(v1), &[], "commit-v1.bundle");
+    refused(&rev_b, &commit_bundle, "not for this device's rev-b", false);
+
+    // The good bundle still applies after all that, and then the older one is a replay.
+    applied(&dev, &b2);
+    assert_eq!(running(&dev).as_deref(), Some(v2.to_hex().as_str()));
+    refused(&dev, &b1, "serial", false);
+    fsck_clean(&dev);
+}
+
+#[test]
+fn commit_bundles_pin_and_branch_devices_take_them() {
+    let env = Env::new();
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    let v2 = env.commit(2, "1.1.0");
+    promote(&env, Some(v2), None, "stable", false).unwrap();
+    let stable = bundle(&env, channel("stable"), &[], "stable.bundle");
+    let c1 = bundle(&env, BundleTo::Commit(v1), &[], "c1.bundle");
+
+    // A channel device: a commit bundle is a technician's choice and pins it; a channel
+    // bundle is then refused until it is unpinned.
+    let dev = offline_device(&env, "dev", "stable", "rev-a");
+    let s = applied(&dev, &c1);
+    assert_eq!(s["to"], v1.to_hex());
+    assert_eq!(s["pinned"], true);
+    refused(&dev, &stable, "pinned", false);
+    let (ok, _, err) = ferryd(&dev, &["unpin"]);
+    assert!(ok, "{err}");
+    let s = applied(&dev, &stable);
+    assert_eq!(s["to"], v2.to_hex());
+
+    // A branch device takes commit bundles signed by its trusted keys, not channel ones.
+    let branch = offline_device(&env, "branch", "", "rev-a");
+    refused(&branch, &stable, "not a channel", false);
+    let s = applied(&branch, &c1);
+    assert_eq!(s["to"], v1.to_hex());
+    fsck_clean(&branch);
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A copy of the bundle at `path` without the first chunk of its manifest (and its data).
+fn without_first_chunk(path: &Path) -> PathBuf {
+    use ferry_delta::bundle::{BundleReader, BundleWriter, Section};
+    let out = path.with_extension("minus-one");
+    let mut r = BundleReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut w = BundleWriter::new(std::fs::File::create(&out).unwrap()).unwrap();
+    let mut dropped = None;
+    while let Some(section) = r.next_section().unwrap() {
+        match section {
+            Section::Keys(k) => w.key_document(&k).unwrap(),
+            Section::Channel(c) => w.channel(&c).unwrap(),
+            Section::Commit(c) => w.commit(&c).unwrap(),
+            Section::From(f) => w.from(&f).unwrap(),
+            Section::Tree { id, bytes } => w.tree(&id, &bytes).unwrap(),
+            Section::Manifest(m) => {
+                dropped = Some(m[0].0);
+                w.manifest(&m[1..]).unwrap();
+            }
+            Section::Chunk { id, frame } => {
+                if Some(id) != dropped {
+                    w.chunk(&id, &frame).unwrap();
+                }
+            }
+        }
+    }
+    w.finish().unwrap();
+    out
+}

@@ -1,0 +1,552 @@
+//! The offline bundle: one file that carries a release to a device without a network (a
+//! technician's laptop, a USB stick, an upload to the device's local page).
+//!
+//! ```text
+//! bundle  := "FRYB" ‖ u8 version (1) ‖ section* ‖ end
+//! section := u8 kind ‖ u32 LE length ‖ body
+//!
+//! kind  count            body
+//! 'K'   0..=64           a key document envelope (store::channel, FRYS), oldest first
+//! 'H'   0 or 1           the channel document envelope the bundle carries
+//! 'C'   1..=64           id[32] ‖ u8 n ‖ (key[32] ‖ signature[64]) × n ‖ canonical commit
+//! 'F'   1                id[32] × n: the commits the bundle was made for (`--from`; may be empty)
+//! 'T'   any              id[32] ‖ canonical tree; parents before their subtrees
+//! 'M'   1                (id[32] ‖ u32 LE length) × n: the chunks that follow, in their order
+//! 'D'   n                id[32] ‖ the chunk's stored zstd frame, exactly as the manifest lists
+//! 'E'   1                u64 LE offset of this section ‖ BLAKE3[32] of every byte before it
+//! ```
+//!
+//! Sections come in the order of the table; anything else is refused, as are unknown kinds,
+//! sections larger than their bound, and bytes after the end. Nothing in a bundle is trusted
+//! for its own sake: the agent checks the key documents, the channel document and the commit
+//! signatures as it does for a network update, then every tree against the id its parent (or
+//! the commit) names, and every chunk against its id. The end section's hash only tells a
+//! damaged file (a bad USB stick, a cut upload) from a finished one.
+//!
+//! The manifest comes before the chunks so a device knows, once it has read the small part
+//! of the bundle, whether the chunks it lacks are all there: it refuses a bundle that cannot
+//! work before writing anything. Chunks then stream: [`BundleReader`] holds one section at a
+//! time, so a bundle is applied while it is read from a pipe or an upload.
+
+use std::io::{self, Read, Write};
+
+use ferry_store::Id;
+
+use crate::pack::max_stored_len;
+
+pub const MAGIC: &[u8; 4] = b"FRYB";
+pub const VERSION: u8 = 1;
+/// Most key documents, and most commits (one per hardware target), a bundle carries.
+pub const MAX_KEY_DOCS: usize = 64;
+pub const MAX_COMMITS: usize = 64;
+/// Largest commit section body (the agent's own commit limit plus the signatures).
+pub const MAX_COMMIT_SECTION: usize = (2 << 20) + 1 + 255 * 96 + 32;
+/// Largest tree section body.
+pub const MAX_TREE_SECTION: usize = (64 << 20) + 32;
+/// Most chunks one manifest lists (2M: 128 GiB of 64 KiB chunks).
+pub const MAX_MANIFEST: usize = 1 << 21;
+/// Most commits a from section names.
+pub const MAX_FROM: usize = 1024;
+
+const KIND_ORDER: &[u8] = b"KHCFTMDE";
+
+/// Why a bundle is refused while it is read.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("reading the bundle: {0}")]
+    Io(#[from] io::Error),
+    #[error("this is not a Ferry bundle (it does not start with FRYB)")]
+    BadMagic,
+    #[error("bundle format version {0} is not supported (this agent reads version {VERSION})")]
+    Version(u8),
+    #[error("the bundle is truncated: it ends {what} at byte {at}")]
+    Truncated { what: &'static str, at: u64 },
+    #[error("the bundle has a section of unknown kind 0x{kind:02x} at byte {at}")]
+    UnknownKind { kind: u8, at: u64 },
+    #[error("the bundle's {what} section at byte {at} is out of order")]
+    OutOfOrder { what: &'static str, at: u64 },
+    #[error("the bundle's {what} section at byte {at} is {len} bytes; at most {max} are allowed")]
+    TooLarge { what: &'static str, at: u64, len: u64, max: u64 },
+    #[error("the bundle's {what} section at byte {at} is malformed: {reason}")]
+    Malformed { what: &'static str, at: u64, reason: String },
+    #[error("the bundle has too many {what} sections (at most {max})")]
+    TooMany { what: &'static str, max: usize },
+    #[error("the bundle's chunk at byte {at} is {found}, but its manifest lists {expected} next")]
+    WrongChunk { at: u64, found: Id, expected: String },
+    #[error("the bundle ends after {received} of the {listed} chunks its manifest lists")]
+    MissingChunks { received: usize, listed: usize },
+    #[error("the bundle is damaged: its bytes do not match the hash at its end")]
+    HashMismatch,
+    #[error("the bundle has bytes after its end section")]
+    TrailingBytes,
+}
+
+fn what(kind: u8) -> &'static str {
+    match kind {
+        b'K' => "key document",
+        b'H' => "channel document",
+        b'C' => "commit",
+        b'F' => "from",
+        b'T' => "tree",
+        b'M' => "manifest",
+        b'D' => "chunk",
+        _ => "end",
+    }
+}
+
+/// A commit as a bundle carries it: its id, its detached signatures and its bytes, none of
+/// them checked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundledCommit {
+    pub id: Id,
+    pub signatures: Vec<([u8; 32], [u8; 64])>,
+    pub bytes: Vec<u8>,
+}
+
+impl BundledCommit {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(33 + self.signatures.len() * 96 + self.bytes.len());
+        out.extend_from_slice(self.id.as_bytes());
+        out.push(self.signatures.len() as u8);
+        for (k, s) in &self.signatures {
+            out.extend_from_slice(k);
+            out.extend_from_slice(s);
+        }
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    fn decode(body: &[u8]) -> Result<BundledCommit, String> {
+        let id = body.get(..32).and_then(Id::from_slice).ok_or("shorter than a commit id")?;
+        let n = *body.get(32).ok_or("no signature count")? as usize;
+        let sigs_end = 33 + n * 96;
+        let sigs = body.get(33..sigs_end).ok_or("shorter than its signatures")?;
+        let signatures = sigs
+            .chunks_exact(96)
+            .map(|s| {
+                let mut key = [0u8; 32];
+                let mut sig = [0u8; 64];
+                key.copy_from_slice(&s[..32]);
+                sig.copy_from_slice(&s[32..]);
+                (key, sig)
+            })
+            .collect();
+        Ok(BundledCommit { id, signatures, bytes: body[sigs_end..].to_vec() })
+    }
+}
+
+/// One section, as [`BundleReader::next_section`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Section {
+    Keys(Vec<u8>),
+    Channel(Vec<u8>),
+    Commit(BundledCommit),
+    From(Vec<Id>),
+    Tree { id: Id, bytes: Vec<u8> },
+    Manifest(Vec<(Id, u32)>),
+    Chunk { id: Id, frame: Vec<u8> },
+}
+
+/// A reader that hashes and counts what passes through it.
+#[derive(Debug)]
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    offset: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    /// Reads exactly `buf.len()` bytes; `Ok(false)` if the stream ended first.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.inner.read(&mut buf[done..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.hasher.update(&buf[done..done + n]);
+                    self.offset += n as u64;
+                    done += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl<R: Read> Hashing<R> {
+    /// Appends exactly `len` bytes to `out`, 64 KiB at a time; `Ok(false)` if the stream
+    /// ended first.
+    fn fill_vec(&mut self, out: &mut Vec<u8>, len: usize) -> io::Result<bool> {
+        while out.len() < len {
+            let start = out.len();
+            let step = (len - start).min(1 << 16);
+            out.resize(start + step, 0);
+            if !self.fill(&mut out[start..])? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Reads a bundle one section at a time, enforcing the format's order and bounds.
+#[derive(Debug)]
+pub struct BundleReader<R> {
+    input: Hashing<R>,
+    /// Index into `KIND_ORDER` of the last section read.
+    stage: usize,
+    counts: [usize; 8],
+    manifest: Vec<(Id, u32)>,
+    next_chunk: usize,
+    ended: bool,
+}
+
+impl<R: Read> BundleReader<R> {
+    /// Reads and checks the bundle's header.
+    pub fn new(inner: R) -> Result<BundleReader<R>, BundleError> {
+        let mut input = Hashing { inner, hasher: blake3::Hasher::new(), offset: 0 };
+        let mut head = [0u8; 5];
+        if !input.fill(&mut head)? {
+            return Err(if input.offset == 0 {
+                BundleError::Truncated { what: "before its header", at: 0 }
+            } else {
+                BundleError::BadMagic
+            });
+        }
+        if &head[..4] != MAGIC {
+            return Err(BundleError::BadMagic);
+        }
+        if head[4] != VERSION {
+            return Err(BundleError::Version(head[4]));
+        }
+        Ok(BundleReader { input, stage: 0, counts: [0; 8], manifest: Vec::new(), next_chunk: 0, ended: false })
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.input.offset
+    }
+
+    /// The manifest, once read.
+    pub fn manifest(&self) -> &[(Id, u32)] {
+        &self.manifest
+    }
+
+    /// The next section; `None` after the end section, which was checked (hash, nothing
+    /// after it, every listed chunk received).
+    pub fn next_section(&mut self) -> Result<Option<Section>, BundleError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let at = self.input.offset;
+        let digest = self.input.hasher.finalize();
+        let mut head = [0u8; 5];
+        if !self.input.fill(&mut head)? {
+            return Err(BundleError::Truncated { what: "between sections", at: self.input.offset });
+        }
+        let kind = head[0];
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as u64;
+        let stage = KIND_ORDER.iter().position(|k| *k == kind).ok_or(BundleError::UnknownKind { kind, at })?;
+        let name = what(kind);
+        // Order: never back; the from, manifest and end sections come once each; the
+        // chunks are exactly those the manifest lists.
+        let once = matches!(kind, b'F' | b'M' | b'E' | b'H');
+        if stage < self.stage || (once && self.counts[stage] > 0) {
+            return Err(BundleError::OutOfOrder { what: name, at });
+        }
+        let required_before: &[u8] = match kind {
+            b'F' => b"C",
+            b'T' | b'M' => b"CF",
+            b'D' | b'E' => b"CFM",
+            _ => b"",
+        };
+        for r in required_before {
+            let i = KIND_ORDER.iter().position(|k| k == r).unwrap_or(0);
+            if self.counts[i] == 0 {
+                return Err(BundleError::OutOfOrder { what: name, at });
+            }
+        }
+        if kind == b'E' && self.next_chunk < self.manifest.len() {
+            return Err(BundleError::MissingChunks { received: self.next_chunk, listed: self.manifest.len() });
+        }
+        let max = match kind {
+            b'K' | b'H' => ferry_store::channel::MAX_ENVELOPE as u64,
+            b'C' => MAX_COMMIT_SECTION as u64,
+            b'F' => (MAX_FROM * 32) as u64,
+            b'T' => MAX_TREE_SECTION as u64,
+            b'M' => (MAX_MANIFEST * 36) as u64,
+            b'D' => match self.manifest.get(self.next_chunk) {
+                Some((_, l)) => 32 + u64::from(max_stored_len(*l)),
+                None => return Err(BundleError::TooMany { what: "chunk", max: self.manifest.len() }),
+            },
+            _ => 40,
+        };
+        if len > max {
+            return Err(BundleError::TooLarge { what: name, at, len, max });
+        }
+        let count_max = match kind {
+            b'K' => MAX_KEY_DOCS,
+            b'C' => MAX_COMMITS,
+            _ => usize::MAX,
+        };
+        if self.counts[stage] >= count_max {
+            return Err(BundleError::TooMany { what: name, max: count_max });
+        }
+        // Grown as bytes arrive: a bundle that claims a large section and ends early never
+        // makes the reader allocate what it claimed.
+        let mut body = Vec::with_capacity((len as usize).min(1 << 16));
+        if !self.input.fill_vec(&mut body, len as usize)? {
+            return Err(BundleError::Truncated { what: "inside a section", at: self.input.offset });
+        }
+        self.stage = stage;
+        self.counts[stage] += 1;
+        let malformed = |reason: String| BundleError::Malformed { what: name, at, reason };
+        let ids = |b: &[u8], size: usize| -> Result<(), BundleError> {
+            if b.len() % size != 0 {
+                return Err(malformed(format!("{} bytes is not a multiple of {size}", b.len())));
+            }
+            Ok(())
+        };
+        let section = match kind {
+            b'K' => Section::Keys(body),
+            b'H' => Section::Channel(body),
+            b'C' => Section::Commit(BundledCommit::decode(&body).map_err(|r| malformed(r.into()))?),
+            b'F' => {
+                ids(&body, 32)?;
+                Section::From(body.chunks_exact(32).filter_map(Id::from_slice).collect())
+            }
+            b'T' => {
+                let id = body.get(..32).and_then(Id::from_slice).ok_or_else(|| malformed("no tree id".into()))?;
+                body.drain(..32);
+                Section::Tree { id, bytes: body }
+            }
+            b'M' => {
+                ids(&body, 36)?;
+                let mut list = Vec::with_capacity(body.len() / 36);
+                let mut seen = std::collections::HashSet::with_capacity(body.len() / 36);
+                for e in body.chunks_exact(36) {
+                    let id = Id::from_slice(&e[..32]).ok_or_else(|| malformed("bad id".into()))?;
+                    if !seen.insert(id) {
+                        return Err(malformed(format!("chunk {id} is listed twice")));
+                    }
+                    let len = u32::from_le_bytes([e[32], e[33], e[34], e[35]]);
+                    if len == 0 || len > ferry_store::object::MAX_CHUNK_LEN {
+                        return Err(malformed(format!(
+                            "chunk {id} is listed as {len} bytes; chunks are 1 to {} bytes",
+                            ferry_store::object::MAX_CHUNK_LEN
+                        )));
+                    }
+                    list.push((id, len));
+                }
+                self.manifest = list.clone();
+                Section::Manifest(list)
+            }
+            b'D' => {
+                let id = body.get(..32).and_then(Id::from_slice).ok_or_else(|| malformed("no chunk id".into()))?;
+                let expected = self.manifest[self.next_chunk].0;
+                if id != expected {
+                    return Err(BundleError::WrongChunk { at, found: id, expected: expected.to_hex() });
+                }
+                self.next_chunk += 1;
+                body.drain(..32);
+                Section::Chunk { id, frame: body }
+            }
+            _ => {
+                if body.len() != 40 {
+                    return Err(malformed(format!("{} bytes, not 40", body.len())));
+                }
+                let offset = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+                if offset != at || body[8..] != *digest.as_bytes() {
+                    return Err(BundleError::HashMismatch);
+                }
+                let mut extra = [0u8; 1];
+                if self.input.fill(&mut extra)? {
+                    return Err(BundleError::TrailingBytes);
+                }
+                self.ended = true;
+                return Ok(None);
+            }
+        };
+        Ok(Some(section))
+    }
+}
+
+/// Writes a bundle; the sections must be written in the format's order (an out-of-order
+/// call is an `InvalidInput` error).
+#[derive(Debug)]
+pub struct BundleWriter<W: Write> {
+    out: W,
+    hasher: blake3::Hasher,
+    offset: u64,
+    stage: usize,
+}
+
+impl<W: Write> BundleWriter<W> {
+    pub fn new(mut out: W) -> io::Result<BundleWriter<W>> {
+        let mut head = MAGIC.to_vec();
+        head.push(VERSION);
+        out.write_all(&head)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&head);
+        Ok(BundleWriter { out, hasher, offset: head.len() as u64, stage: 0 })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.offset
+    }
+
+    fn section(&mut self, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
+        let stage = KIND_ORDER.iter().position(|k| *k == kind).unwrap_or(0);
+        if stage < self.stage {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} section out of order", what(kind))));
+        }
+        self.stage = stage;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "section too large"))?;
+        let mut head = vec![kind];
+        head.extend_from_slice(&len.to_le_bytes());
+        for p in std::iter::once(head.as_slice()).chain(parts.iter().copied()) {
+            self.out.write_all(p)?;
+            self.hasher.update(p);
+            self.offset += p.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn key_document(&mut self, envelope: &[u8]) -> io::Result<()> {
+        self.section(b'K', &[envelope])
+    }
+
+    pub fn channel(&mut self, envelope: &[u8]) -> io::Result<()> {
+        self.section(b'H', &[envelope])
+    }
+
+    pub fn commit(&mut self, commit: &BundledCommit) -> io::Result<()> {
+        self.section(b'C', &[&commit.encode()])
+    }
+
+    pub fn from(&mut self, from: &[Id]) -> io::Result<()> {
+        let body: Vec<u8> = from.iter().flat_map(|id| *id.as_bytes()).collect();
+        self.section(b'F', &[&body])
+    }
+
+    pub fn tree(&mut self, id: &Id, bytes: &[u8]) -> io::Result<()> {
+        self.section(b'T', &[id.as_bytes(), bytes])
+    }
+
+    pub fn manifest(&mut self, chunks: &[(Id, u32)]) -> io::Result<()> {
+        let mut body = Vec::with_capacity(chunks.len() * 36);
+        for (id, len) in chunks {
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(&len.to_le_bytes());
+        }
+        self.section(b'M', &[&body])
+    }
+
+    pub fn chunk(&mut self, id: &Id, frame: &[u8]) -> io::Result<()> {
+        self.section(b'D', &[id.as_bytes(), frame])
+    }
+
+    /// Writes the end section and returns the output (not flushed or synced).
+    pub fn finish(mut self) -> io::Result<W> {
+        let digest = self.hasher.finalize();
+        let mut body = self.offset.to_le_bytes().to_vec();
+        body.extend_from_slice(digest.as_bytes());
+        let mut head = vec![b'E'];
+        head.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        self.out.write_all(&head)?;
+        self.out.write_all(&body)?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut w = BundleWriter::new(Vec::new()).unwrap();
+        w.key_document(b"keys").unwrap();
+        w.commit(&BundledCommit { id: Id::of(b"c"), signatures: vec![([1; 32], [2; 64])], bytes: b"commit".to_vec() })
+            .unwrap();
+        w.from(&[Id::of(b"old")]).unwrap();
+        w.tree(&Id::of(b"t"), b"tree").unwrap();
+        let chunk = zstd::bulk::compress(b"hello", 1).unwrap();
+        w.manifest(&[(Id::of(b"hello"), 5)]).unwrap();
+        w.chunk(&Id::of(b"hello"), &chunk).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Section>, BundleError> {
+        let mut r = BundleReader::new(bytes)?;
+        let mut out = Vec::new();
+        while let Some(s) = r.next_section()? {
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip() {
+        let sections = read_all(&sample()).unwrap();
+        assert_eq!(sections.len(), 6);
+        assert_eq!(sections[0], Section::Keys(b"keys".to_vec()));
+        assert!(matches!(&sections[1], Section::Commit(c) if c.bytes == b"commit" && c.signatures[0].0 == [1; 32]));
+        assert_eq!(sections[2], Section::From(vec![Id::of(b"old")]));
+        assert!(matches!(&sections[5], Section::Chunk { id, .. } if *id == Id::of(b"hello")));
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let b = sample();
+        for n in 0..b.len() {
+            assert!(read_all(&b[..n]).is_err(), "a bundle cut at {n} of {} bytes was accepted", b.len());
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let b = sample();
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x01;
+            assert!(read_all(&c).is_err(), "a bundle with byte {i} flipped was accepted");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_and_order() {
+        let mut b = sample();
+        b.push(0);
+        assert!(matches!(read_all(&b), Err(BundleError::TrailingBytes)));
+        let mut w = BundleWriter::new(Vec::new()).unwrap();
+        w.commit(&BundledCommit { id: Id::of(b"c"), signatures: vec![], bytes: vec![] }).unwrap();
+        assert!(w.key_document(b"late").is_err());
+        // A manifest without a from section before it is refused by the reader.
+        let mut w = BundleWriter::new(Vec::new()).unwrap();
+        w.commit(&BundledCommit { id: Id::of(b"c"), signatures: vec![], bytes: vec![] }).unwrap();
+        w.manifest(&[]).unwrap();
+        let b = w.finish().unwrap();
+        assert!(matches!(read_all(&b), Err(BundleError::OutOfOrder { what: "manifest", .. })));
+    }
+
+    #[test]
+    fn chunks_must_follow_the_manifest() {
+        let mut w = BundleWriter::new(Vec::new()).unwrap();
+        w.commit(&BundledCommit { id: Id::of(b"c"), signatures: vec![], bytes: vec![] }).unwrap();
+        w.from(&[]).unwrap();
+        w.manifest(&[(Id::of(b"a"), 1), (Id::of(b"b"), 1)]).unwrap();
+        w.chunk(&Id::of(b"b"), b"x").unwrap();
+        let b = w.finish().unwrap();
+        assert!(matches!(read_all(&b), Err(BundleError::WrongChunk { .. })));
+        let mut w = BundleWriter::new(Vec::new()).unwrap();
+        w.commit(&BundledCommit { id: Id::of(b"c"), signatures: vec![], bytes: vec![] }).unwrap();
+        w.from(&[]).unwrap();
+        w.manifest(&[(Id::of(b"a"), 1)]).unwrap();
+        let b = w.finish().unwrap();
+        assert!(matches!(read_all(&b), Err(BundleError::MissingChunks { received: 0, listed: 1 })));
+    }
+}
