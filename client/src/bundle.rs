@@ -240,10 +240,11 @@ async fn apply_inner(config: &Config, local: &Local, input: impl Read, started: 
             Ok(None) => break,
             Err(e) => {
                 sync_staging(local);
-                return Err(refused(format!(
-                    "{e}; the {} chunks verified so far are kept for the next try, and nothing was switched",
-                    s.chunks_used
-                )));
+                let kept = match s.chunks_used {
+                    0 => String::new(),
+                    n => format!("the {n} chunks verified so far are kept for the next try, and "),
+                };
+                return Err(refused(format!("{e}; {kept}nothing was switched")));
             }
         }
     }

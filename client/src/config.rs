@@ -222,6 +222,46 @@ pub struct Config {
     pub bootloader: Option<Bootloader>,
     #[serde(default)]
     pub fleet: Option<Fleet>,
+    #[serde(default)]
+    pub local_ui: Option<LocalUi>,
+}
+
+/// `ferryd local-ui`: the page on the device's own network. Exactly one of the two.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalUi {
+    /// Shown as `***` by `ferryd check-config`.
+    #[serde(default, serialize_with = "hidden")]
+    pub password: Option<String>,
+    /// A file holding the password (its first line), e.g. written per device at first boot.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn hidden<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
+}
+
+impl LocalUi {
+    pub fn password(&self) -> Result<String> {
+        let p = match (&self.password, &self.password_file) {
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the local page's password from {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            _ => bail!("[local_ui] needs exactly one of password and password_file"),
+        };
+        if p.chars().count() < 8 {
+            bail!("the local page's password must have at least 8 characters");
+        }
+        Ok(p)
+    }
 }
 
 /// Enrollment with a fleet server (`ferry serve --fleet`), which then sees this device's

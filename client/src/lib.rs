@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod fsck;
 pub mod http;
 pub mod local;
+pub mod local_ui;
 pub mod state;
 pub mod status;
 pub mod trial;

@@ -41,6 +41,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serves the device's local page (for its access point): what it runs, and an upload
+    /// form that installs a bundle, protected by [local_ui] password or password_file.
+    ///
+    /// Prints `listening on http://ADDR` once bound; runs until stopped.
+    LocalUi {
+        /// Address to listen on, e.g. 192.168.4.1:80 (the access point's side only).
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
     /// The daemon: updates every poll_interval (with jitter), backing off on errors.
     Run,
     /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
@@ -149,6 +158,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if s.pinned { "; pinned until `ferryd unpin`" } else { "" }
                 );
             }
+        }
+        Command::LocalUi { listen } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(ferry_client::local_ui::serve(cli.config.clone(), config, listen, |a| {
+                println!("listening on http://{a}");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }))?;
         }
         Command::Dev { link, off } => {
             if off {

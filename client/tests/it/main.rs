@@ -9,6 +9,7 @@ mod devboard;
 mod faults;
 mod fleet;
 mod harness;
+mod local_ui;
 mod patches;
 mod powercut;
 mod rollout;
