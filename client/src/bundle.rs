@@ -76,7 +76,7 @@ pub async fn apply(config: &Config, input: impl Read) -> Result<ApplySummary> {
     if let Some(outcome) = crate::trial::run(config).await? {
         tracing::info!(?outcome, "finished a pending trial");
     }
-    let result = apply_inner(config, &local, input, started).await;
+    let result = apply_inner(config, &local, input, started, None).await;
     if let Err(e) = &result {
         if !e.is::<TrialFailed>() {
             let mut st = State::load(&config.state_dir)?;
@@ -89,7 +89,29 @@ pub async fn apply(config: &Config, input: impl Read) -> Result<ApplySummary> {
     result
 }
 
-async fn apply_inner(config: &Config, local: &Local, input: impl Read, started: Instant) -> Result<ApplySummary> {
+/// Installs the bundle read from `input` into an image tree rooted at `root` (for `ferry
+/// image`): `config` is the device's configuration [`Config::rooted`] at `root`. The same
+/// checks as [`apply`], with the image's own keys; no trial, hook or bootloader (the
+/// build machine's are not the device's), and `current_link` names the deployment by
+/// the path the device will see. The tree must not hold a deployment yet.
+pub async fn seed(config: &Config, root: &std::path::Path, input: impl Read) -> Result<ApplySummary> {
+    if config.current_link.symlink_metadata().is_ok() {
+        anyhow::bail!("{} exists already: build an image into an empty directory", config.current_link.display());
+    }
+    if let Some(parent) = config.current_link.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let local = Local::open(&config.state_dir)?;
+    apply_inner(config, &local, input, Instant::now(), Some(root)).await
+}
+
+async fn apply_inner(
+    config: &Config,
+    local: &Local,
+    input: impl Read,
+    started: Instant,
+    seed_root: Option<&std::path::Path>,
+) -> Result<ApplySummary> {
     let hardware = config.hardware_revision()?;
     let current = crate::update::current_commit(config, local)?;
     let mut s = ApplySummary { from: current.map(|c| c.to_hex()), ..Default::default() };
@@ -130,7 +152,7 @@ async fn apply_inner(config: &Config, local: &Local, input: impl Read, started: 
     s.channel = target.channel.clone();
     s.serial = target.serial;
     let state = State::load(&config.state_dir)?;
-    if target.channel.is_some() && state.pinned {
+    if target.channel.is_some() && state.pinned && seed_root.is_none() {
         return Err(refused(format!(
             "this device is pinned, and the bundle carries channel {}'s release {}: run `ferryd unpin` first, or apply a commit bundle",
             target.channel.as_deref().unwrap_or_default(),
@@ -257,6 +279,20 @@ async fn apply_inner(config: &Config, local: &Local, input: impl Read, started: 
 
     // 5. Build, switch and try, as after a download.
     let mut state = State::load(&config.state_dir)?;
+    if let Some(root) = seed_root {
+        let (files, reused) = crate::update::assemble(local, &head, &p)?;
+        s.files = files;
+        s.files_reused = reused;
+        let built = local.deploy_dir().join(head.to_hex());
+        let on_device = std::path::Path::new("/").join(built.strip_prefix(root)?);
+        link_durably(&config.current_link, &on_device)?;
+        state.last_result = Some("ok".into());
+        state.last_attempt = Some(now());
+        state.save(&config.state_dir)?;
+        local.sync()?;
+        s.seconds = started.elapsed().as_secs_f64();
+        return Ok(s);
+    }
     if state.dev.is_some() {
         crate::devboard::off(config)?;
         state = State::load(&config.state_dir)?;
@@ -281,6 +317,18 @@ async fn apply_inner(config: &Config, local: &Local, input: impl Read, started: 
     state.save(&config.state_dir)?;
     s.seconds = started.elapsed().as_secs_f64();
     Ok(s)
+}
+
+/// Points `link` at `target` (which need not exist here: it is the device's path) through a
+/// temporary link renamed over it, then syncs the directory.
+fn link_durably(link: &std::path::Path, target: &std::path::Path) -> Result<()> {
+    let dir = link.parent().ok_or_else(|| anyhow!("{} has no parent directory", link.display()))?;
+    let tmp = dir.join(format!(".ferry-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn sync_staging(local: &Local) {

@@ -195,6 +195,9 @@ pub struct Config {
     pub hardware_file: Option<PathBuf>,
     #[serde(default)]
     pub hardware_env: Option<String>,
+    /// A command (`sh -c`) whose first line of output is the hardware revision.
+    #[serde(default)]
+    pub hardware_command: Option<String>,
     #[serde(default = "default_poll_interval")]
     pub poll_interval: u64,
     #[serde(default = "default_read_timeout")]
@@ -224,6 +227,27 @@ pub struct Config {
     pub fleet: Option<Fleet>,
     #[serde(default)]
     pub local_ui: Option<LocalUi>,
+    #[serde(default)]
+    pub provision: Option<Provision>,
+}
+
+/// `ferryd provision`: the first boot of a device flashed from an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provision {
+    /// Run once (`sh -c`) after enrollment and the fleet's configuration, before the first
+    /// update, with FERRY_SERIAL, FERRY_HARDWARE, FERRY_STATE_DIR, FERRY_CONFIG_ENV and
+    /// FERRY_CONFIG_JSON set. It should be idempotent: a power cut after it ran but before
+    /// that was recorded runs it again.
+    #[serde(default)]
+    pub init_command: Option<String>,
+    /// Seconds the init command may take; default 600.
+    #[serde(default = "default_init_timeout")]
+    pub init_timeout: u64,
+}
+
+fn default_init_timeout() -> u64 {
+    600
 }
 
 /// `ferryd local-ui`: the page on the device's own network. Exactly one of the two.
@@ -276,6 +300,9 @@ pub struct Fleet {
     pub serial_file: Option<PathBuf>,
     #[serde(default)]
     pub serial_env: Option<String>,
+    /// A command (`sh -c`) whose first line of output is the serial number.
+    #[serde(default)]
+    pub serial_command: Option<String>,
     /// Run (with `sh -c`) after the fleet's configuration for this device changed and was
     /// written to `state_dir/config.json` and `config.env`; if it fails, the previous files
     /// are put back and the failure is reported.
@@ -293,19 +320,20 @@ fn default_progress_interval() -> u64 {
 impl Fleet {
     /// This device's serial number from the configured source.
     pub fn serial(&self) -> Result<String> {
-        let value = match (&self.serial, &self.serial_file, &self.serial_env) {
-            (Some(s), None, None) => s.clone(),
-            (None, Some(path), None) => std::fs::read_to_string(path)
+        let value = match (&self.serial, &self.serial_file, &self.serial_env, &self.serial_command) {
+            (Some(s), None, None, None) => s.clone(),
+            (None, None, None, Some(cmd)) => first_line_of(cmd).context("reading the serial number")?,
+            (None, Some(path), None, None) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading the serial number from {}", path.display()))?
                 .lines()
                 .next()
                 .unwrap_or("")
                 .trim_matches(|c: char| c.is_whitespace() || c == '\0')
                 .to_string(),
-            (None, None, Some(var)) => {
+            (None, None, Some(var), None) => {
                 std::env::var(var).with_context(|| format!("reading the serial number from ${var}"))?.trim().to_string()
             }
-            _ => bail!("[fleet] needs exactly one of serial, serial_file and serial_env"),
+            _ => bail!("[fleet] needs exactly one of serial, serial_file, serial_env and serial_command"),
         };
         if value.is_empty() {
             bail!("the serial number is empty");
@@ -321,7 +349,60 @@ impl Fleet {
     }
 }
 
+fn sources_hw(c: &Config) -> bool {
+    c.hardware.is_some() || c.hardware_file.is_some() || c.hardware_env.is_some() || c.hardware_command.is_some()
+}
+
+/// The first line a command (`sh -c`) prints, trimmed; it must succeed within 30 seconds.
+pub fn first_line_of(command: &str) -> Result<String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{command}`"))?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{command}` did not finish within 30 seconds");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out)?;
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err)?;
+    }
+    if !status.success() {
+        bail!("`{command}` failed ({status}): {}", err.trim());
+    }
+    Ok(out.lines().next().unwrap_or("").trim().to_string())
+}
+
 impl Config {
+    /// The same configuration for an image tree rooted at `root` (what `ferry image`
+    /// builds): the state directory, current link and key files are read and written under
+    /// `root`, where the device will find them at their configured paths.
+    pub fn rooted(&self, root: &Path) -> Config {
+        let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let mut c = self.clone();
+        c.state_dir = under(&self.state_dir);
+        c.current_link = under(&self.current_link);
+        c.trusted_keys = self.trusted_keys.iter().map(|p| under(p)).collect();
+        c.root_keys = self.root_keys.iter().map(|p| under(p)).collect();
+        c
+    }
+
     /// Reads and checks a configuration file; the error names the file and the problem.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -355,12 +436,13 @@ impl Config {
             (Some(_), Some(_)) => bail!("give either branch or channel, not both"),
             (None, None) => bail!("give the channel (or, for development, the branch) this device follows"),
         }
-        let sources = [c.hardware.is_some(), c.hardware_file.is_some(), c.hardware_env.is_some()];
+        let sources =
+            [c.hardware.is_some(), c.hardware_file.is_some(), c.hardware_env.is_some(), c.hardware_command.is_some()];
         if sources.iter().filter(|s| **s).count() > 1 {
-            bail!("give at most one of hardware, hardware_file and hardware_env");
+            bail!("give at most one of hardware, hardware_file, hardware_env and hardware_command");
         }
-        if c.channel.is_some() && !sources.contains(&true) {
-            bail!("a device following a channel must know its hardware revision: set hardware, hardware_file or hardware_env");
+        if c.channel.is_some() && !sources_hw(&c) {
+            bail!("a device following a channel must know its hardware revision: set hardware, hardware_file, hardware_env or hardware_command");
         }
         if c.poll_interval == 0 {
             bail!("poll_interval must be at least 1 second");
@@ -380,12 +462,12 @@ impl Config {
             }
         }
         if let Some(f) = &c.fleet {
-            let sources = [f.serial.is_some(), f.serial_file.is_some(), f.serial_env.is_some()];
+            let sources = [f.serial.is_some(), f.serial_file.is_some(), f.serial_env.is_some(), f.serial_command.is_some()];
             if sources.iter().filter(|s| **s).count() != 1 {
-                bail!("[fleet] needs exactly one of serial, serial_file and serial_env");
+                bail!("[fleet] needs exactly one of serial, serial_file, serial_env and serial_command");
             }
-            if c.hardware.is_none() && c.hardware_file.is_none() && c.hardware_env.is_none() {
-                bail!("[fleet] needs the hardware revision (hardware, hardware_file or hardware_env) to enroll");
+            if !sources_hw(&c) {
+                bail!("[fleet] needs the hardware revision (hardware, hardware_file, hardware_env or hardware_command) to enroll");
             }
         }
         for p in [&c.state_dir, &c.current_link] {
@@ -425,6 +507,8 @@ impl Config {
             text.lines().next().unwrap_or("").trim().to_string()
         } else if let Some(var) = &self.hardware_env {
             std::env::var(var).with_context(|| format!("reading the hardware revision from ${var}"))?.trim().to_string()
+        } else if let Some(cmd) = &self.hardware_command {
+            first_line_of(cmd).context("reading the hardware revision")?
         } else {
             return Ok(None);
         };

@@ -194,6 +194,17 @@ async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic
     Ok(token.to_string())
 }
 
+/// Enrolls unless the device holds a token already (`ferryd provision`'s first step).
+/// Returns true if it enrolled now.
+pub async fn ensure_enrolled(config: &Config, server: &Server, t: &mut Traffic) -> Result<bool> {
+    let Some(fleet) = &config.fleet else { return Ok(false) };
+    if token_path(config).exists() {
+        return Ok(false);
+    }
+    enroll(config, fleet, server, t).await?;
+    Ok(true)
+}
+
 /// The report: what `ferryd status` says.
 fn report(config: &Config) -> Result<Value> {
     let s = crate::status::status(config)?;

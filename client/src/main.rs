@@ -50,6 +50,28 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: std::net::SocketAddr,
     },
+    /// First boot of a device flashed from an image: enrolls (serial and hardware from their
+    /// configured sources), fetches its configuration, runs [provision] init_command, then
+    /// updates. Each step is recorded once done: after a power cut it resumes, never
+    /// enrolling twice; once all are done it does nothing.
+    Provision {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Installs a bundle into an SD-card image tree rooted at DIR, as this configuration's
+    /// device will hold it (the factory step `ferry image` runs); no trial or bootloader.
+    SeedImage {
+        /// The image tree; the configuration's paths are taken under it.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// The hardware revision the image is for.
+        #[arg(long, value_name = "REV")]
+        hardware: String,
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The daemon: updates every poll_interval (with jitter), backing off on errors.
     Run,
     /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
@@ -166,6 +188,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
             }))?;
+        }
+        Command::Provision { json } => {
+            let s = runtime()?.block_on(ferry_client::provision::provision(&config))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if s.already_provisioned {
+                println!("already provisioned");
+            } else {
+                let update = match &s.update {
+                    Some(u) if u.up_to_date => format!("; up to date at {}", u.version),
+                    Some(u) => format!("; updated to {} ({} downloaded)", u.version, human(u.bytes_downloaded)),
+                    None => String::new(),
+                };
+                println!(
+                    "provisioned {} ({}): {}{update}",
+                    s.serial.as_deref().unwrap_or("this device"),
+                    s.hardware,
+                    s.ran.join(", ")
+                );
+            }
+        }
+        Command::SeedImage { root, hardware, file, json } => {
+            let mut c = config.rooted(&root);
+            c.hardware = Some(hardware);
+            (c.hardware_file, c.hardware_env, c.hardware_command) = (None, None, None);
+            let s = if file.as_os_str() == "-" {
+                runtime()?.block_on(ferry_client::bundle::seed(&c, &root, std::io::stdin().lock()))?
+            } else {
+                let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+                runtime()?.block_on(ferry_client::bundle::seed(&c, &root, std::io::BufReader::with_capacity(1 << 20, f)))?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("seeded {} with {} ({}): {} files", root.display(), s.version, &s.to[..12], s.files);
+            }
         }
         Command::Dev { link, off } => {
             if off {

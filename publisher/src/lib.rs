@@ -11,6 +11,7 @@ pub mod checkout;
 pub mod fleet;
 pub mod fleet_api;
 pub mod fsck;
+pub mod image;
 pub mod import;
 pub mod patches;
 pub mod serve;

@@ -176,6 +176,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Writes the content of a device's SD-card image: a release already installed as the
+    /// device agent keeps it, so first boot downloads nothing that release holds.
+    ///
+    /// The tree under --out gets the overlays, the device configuration, and the agent's
+    /// state with the deployment of COMMIT, installed by `ferryd seed-image` (which checks
+    /// every signature with the image's own keys). --raw also makes an ext4 image file of
+    /// it (mkfs.ext4 -d). Boot it with `ferryd provision` as a unit that runs at boot.
+    Image {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// The release the image holds (id, unique prefix, or branch).
+        #[arg(long, value_name = "REV")]
+        commit: String,
+        /// The hardware revision the image is for; the commit must be built for it.
+        #[arg(long, value_name = "REV")]
+        hardware: String,
+        /// The image tree (created; must be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The device's ferryd.toml; its paths are the device's.
+        #[arg(long, value_name = "FILE")]
+        device_config: PathBuf,
+        /// Where the device reads its configuration.
+        #[arg(long, value_name = "PATH", default_value = "/etc/ferry/ferryd.toml")]
+        config_path: PathBuf,
+        /// A directory copied into the image first (keys, enrollment token, units).
+        /// Repeatable.
+        #[arg(long, value_name = "DIR")]
+        overlay: Vec<PathBuf>,
+        /// Also write an ext4 file system image of the tree to FILE (needs --size).
+        #[arg(long, value_name = "FILE", requires = "size")]
+        raw: Option<PathBuf>,
+        /// Size of the --raw image: bytes, or with K, M, G (e.g. 512M).
+        #[arg(long, value_name = "SIZE", requires = "raw")]
+        size: Option<String>,
+        /// The agent binary (default: ferryd beside ferry, else on PATH).
+        #[arg(long, value_name = "PATH")]
+        ferryd: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serves the repository over HTTP (API v1, see docs/api.md) until SIGTERM or Ctrl-C.
     ///
     /// Prints `listening on http://ADDR` once bound. `ferry commit` may keep writing to the
@@ -595,6 +636,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     human(summary.chunk_bytes),
                     human(summary.bytes),
                     if summary.from.is_empty() { String::new() } else { format!(", for devices on {} commit(s)", summary.from.len()) }
+                );
+            }
+        }
+        Command::Image { repo, commit, hardware, out, device_config, config_path, overlay, raw, size, ferryd, json } => {
+            let r = open_ro(&repo)?;
+            let raw = match (raw, size) {
+                (Some(f), Some(s)) => Some((f, ferry_publisher::image::parse_size(&s)?)),
+                _ => None,
+            };
+            let req = ferry_publisher::image::ImageRequest {
+                commit: r.resolve(&commit)?,
+                hardware,
+                out,
+                device_config,
+                config_path,
+                overlays: overlay,
+                raw,
+                ferryd: match ferryd {
+                    Some(p) => p,
+                    None => ferry_publisher::image::find_ferryd()?,
+                },
+            };
+            let s = ferry_publisher::image::build(&r, &req)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                eprintln!(
+                    "image tree {}: release {} ({}) for {}, {} files{}",
+                    s.out.display(),
+                    s.version,
+                    &s.commit[..12],
+                    s.hardware,
+                    s.files,
+                    s.raw.as_ref().map(|r| format!("; ext4 image {} ({})", r.display(), human(s.raw_bytes.unwrap_or(0)))).unwrap_or_default()
                 );
             }
         }

@@ -18,7 +18,7 @@ fn fleet_device(env: &Env, name: &str, serial: &str, token_file: &Path) -> PathB
 }
 
 /// A request to the server: `method` on `/v1/{path}` with a bearer token and a JSON body.
-fn call(env: &Env, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) fn call(env: &Env, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let c = reqwest::Client::new();

@@ -12,6 +12,7 @@ mod harness;
 mod local_ui;
 mod patches;
 mod powercut;
+mod provision;
 mod rollout;
 mod trial;
 mod update;

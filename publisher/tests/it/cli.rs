@@ -231,3 +231,36 @@ fn a_second_writer_gets_a_clear_error() {
     // Readers are not blocked by the writer.
     assert!(fails(&["log", "--repo", &s.repo, "--branch", "main"]).contains("no branch"));
 }
+
+#[test]
+fn image_refuses_bad_arguments_before_writing_anything() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).display().to_string();
+    ok(&["init", "--repo", &p("repo")]);
+    ok(&["keygen", "--out", &p("ci.key")]);
+    std::fs::create_dir_all(t.path().join("tree")).unwrap();
+    std::fs::write(t.path().join("tree/app"), "v1").unwrap();
+    let out = ok(&[
+        "commit", "--repo", &p("repo"), "--branch", "main", "--tree", &p("tree"), "--version", "1", "--sign-key",
+        &p("ci.key"), "--hardware", "rev-a",
+    ]);
+    let c = out.lines().last().unwrap().to_string();
+    std::fs::write(t.path().join("device.toml"), "server = \"http://127.0.0.1:9\"\n").unwrap();
+    let image = |extra: &[&str]| {
+        let (repo, out, dc) = (p("repo"), p("image"), p("device.toml"));
+        let mut args =
+            vec!["image", "--repo", &repo, "--commit", &c, "--out", &out, "--device-config", &dc, "--ferryd", "/bin/false"];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    assert!(image(&["--hardware", "rev-b"]).contains("not for rev-b"));
+    assert!(image(&["--hardware", "rev-a", "--raw", &p("sd.img"), "--size", "12Q"]).contains("K, M, G or T"));
+    assert!(image(&["--hardware", "rev-a", "--raw", &p("sd.img"), "--size", "1M"]).contains("at least 8 MiB"));
+    assert!(image(&["--hardware", "rev-a", "--config-path", "etc/ferryd.toml"]).contains("absolute"));
+    assert!(!t.path().join("image").exists(), "nothing was written");
+    std::fs::create_dir_all(t.path().join("image/x")).unwrap();
+    assert!(image(&["--hardware", "rev-a"]).contains("not empty"));
+    // ferryd refusing (here: /bin/false) is reported, not hidden.
+    std::fs::remove_dir_all(t.path().join("image")).unwrap();
+    assert!(image(&["--hardware", "rev-a"]).contains("ferryd seed-image failed"));
+}

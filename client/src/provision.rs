@@ -1,0 +1,131 @@
+//! `ferryd provision`: the first boot of a device flashed from an image (`ferry image`).
+//!
+//! Steps, each recorded durably in `state_dir/provision.json` once done, so a power cut at
+//! any point resumes at the step it interrupted and never enrolls twice (the device token
+//! is saved before enrollment counts as done, and a saved token is never replaced here):
+//!
+//! 1. `enrolled`: read the serial number and hardware revision from their configured
+//!    sources and enroll with the fleet server using the image's enrollment token;
+//! 2. `configured`: check in, which writes the fleet's configuration for this device
+//!    (`config.env`, `config.json`) and runs its reload command;
+//! 3. `initialized`: run `[provision] init_command`;
+//! 4. `updated`: update to the channel's head like any device; the image's release is
+//!    already deployed, so only what changed since the image was built is downloaded.
+//!
+//! Once all four are done, `ferryd provision` does nothing (the unit can run at every boot).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::http::{Server, Traffic};
+use crate::update::UpdateSummary;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Steps {
+    enrolled: bool,
+    configured: bool,
+    initialized: bool,
+    updated: bool,
+}
+
+/// What one `ferryd provision` did.
+#[derive(Debug, Default, Serialize)]
+pub struct ProvisionSummary {
+    pub serial: Option<String>,
+    pub hardware: String,
+    /// Steps run now, in order (those done at an earlier boot are not repeated).
+    pub ran: Vec<&'static str>,
+    /// Everything was done at an earlier boot.
+    pub already_provisioned: bool,
+    pub update: Option<UpdateSummary>,
+}
+
+fn path(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("provision.json")
+}
+
+fn load(config: &Config) -> Result<Steps> {
+    match std::fs::read(path(config)) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path(config).display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Steps::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path(config).display())),
+    }
+}
+
+fn save(config: &Config, steps: &Steps, step: &str) -> Result<()> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    ferry_store::durable::write_atomic(&path(config), &serde_json::to_vec_pretty(steps)?)
+        .with_context(|| format!("writing {}", path(config).display()))?;
+    crate::crash::point(step);
+    Ok(())
+}
+
+/// Runs the steps not done yet. An error leaves the done ones recorded; run it again (the
+/// next boot does) to go on.
+pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
+    let mut steps = load(config)?;
+    let hardware = config
+        .hardware_revision()?
+        .ok_or_else(|| anyhow!("no hardware revision: set hardware, hardware_file, hardware_env or hardware_command"))?;
+    let serial = config.fleet.as_ref().map(|f| f.serial()).transpose()?;
+    let mut s = ProvisionSummary { serial: serial.clone(), hardware: hardware.clone(), ..Default::default() };
+    if steps.enrolled && steps.configured && steps.initialized && steps.updated {
+        s.already_provisioned = true;
+        return Ok(s);
+    }
+    let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
+    let mut t = Traffic::default();
+    if !steps.enrolled {
+        crate::fleet::ensure_enrolled(config, &server, &mut t).await.context("enrolling")?;
+        steps.enrolled = true;
+        save(config, &steps, "provision-enrolled")?;
+        s.ran.push("enrolled");
+    }
+    if !steps.configured {
+        crate::fleet::check_in(config, &server, &mut t).await.context("fetching this device's configuration")?;
+        if let Ok(e) = std::fs::read_to_string(config.state_dir.join("config-error")) {
+            anyhow::bail!("the fleet's configuration was not applied: {e}");
+        }
+        steps.configured = true;
+        save(config, &steps, "provision-configured")?;
+        s.ran.push("configured");
+    }
+    if !steps.initialized {
+        if let Some(cmd) = config.provision.as_ref().and_then(|p| p.init_command.as_deref()) {
+            let timeout = Duration::from_secs(config.provision.as_ref().map_or(600, |p| p.init_timeout));
+            let dir = |n: &str| config.state_dir.join(n).display().to_string();
+            let env = [
+                ("FERRY_SERIAL", serial.clone().unwrap_or_default()),
+                ("FERRY_HARDWARE", hardware.clone()),
+                ("FERRY_STATE_DIR", config.state_dir.display().to_string()),
+                ("FERRY_CONFIG_ENV", dir("config.env")),
+                ("FERRY_CONFIG_JSON", dir("config.json")),
+            ];
+            crate::trial::run_command_env(cmd, timeout, None, &env).context("the per-device init command")?;
+            tracing::info!(command = cmd, "ran the per-device init command");
+        }
+        steps.initialized = true;
+        save(config, &steps, "provision-initialized")?;
+        s.ran.push("initialized");
+    }
+    if !steps.updated {
+        let u = match crate::update::update(config).await {
+            Ok(u) => Some(u),
+            // A release that failed its trial was rolled back: the device runs the image's
+            // release, healthy, and provisioning is over (the failure is in `ferryd status`).
+            Err(e) if e.is::<crate::update::TrialFailed>() => {
+                tracing::warn!(error = %format!("{e:#}"), "the first update was rolled back");
+                None
+            }
+            Err(e) => return Err(e.context("the first update")),
+        };
+        s.update = u;
+        steps.updated = true;
+        save(config, &steps, "provision-updated")?;
+        s.ran.push("updated");
+    }
+    Ok(s)
+}

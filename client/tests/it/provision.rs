@@ -1,0 +1,198 @@
+//! Factory provisioning: `ferry image` builds an SD-card image tree (and an ext4 file) with
+//! a release installed; the tree is "flashed" (copied, hardlinks kept) to where the device
+//! config's paths point; `ferryd provision` then enrolls, configures, initialises and
+//! updates, resuming after power cuts without enrolling twice.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferry_publisher::image::{build, ImageRequest};
+use serde_json::Value;
+
+use crate::channels::{promote, set_up_keys};
+use crate::fleet::call;
+use crate::harness::Env;
+
+/// Writes the overlay and device configuration for devices whose files live under
+/// `flashed` (the device's "/"-relative paths are those absolute paths); returns the
+/// config file.
+fn factory_files(env: &Env, flashed: &Path) -> PathBuf {
+    let rel = flashed.strip_prefix("/").unwrap();
+    let overlay = env.path().join("overlay").join(rel);
+    std::fs::create_dir_all(overlay.join("etc/ferry")).unwrap();
+    std::fs::copy(env.path().join("root.key.pub"), overlay.join("etc/ferry/root.pub")).unwrap();
+    std::fs::copy(env.path().join("enrollment-token"), overlay.join("etc/ferry/enrollment-token")).unwrap();
+    std::fs::write(overlay.join("etc/hw-rev"), "rev-a\n").unwrap();
+    let f = flashed.display();
+    let config = env.path().join("device.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"server = "http://{addr}"
+channel = "stable"
+state_dir = "{f}/var/lib/ferry"
+current_link = "{f}/var/lib/ferry/current"
+root_keys = ["{f}/etc/ferry/root.pub"]
+hardware_command = "cat {f}/etc/hw-rev"
+retries = 1
+
+[fleet]
+enrollment_token_file = "{f}/etc/ferry/enrollment-token"
+serial_env = "TEST_SERIAL"
+
+[provision]
+init_command = "echo \"$FERRY_SERIAL $FERRY_HARDWARE $(cat $FERRY_CONFIG_ENV)\" >> {f}/init.log"
+"#,
+            addr = env.addr
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `ferryd provision --json` as the device's boot runs it (its config inside the flashed
+/// tree), made to abort at `crash` if given.
+fn provision(flashed: &Path, serial: &str, crash: Option<&str>) -> (bool, Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferryd"));
+    cmd.arg("--config").arg(flashed.join("etc/ferry/ferryd.toml")).args(["provision", "--json"]);
+    cmd.env("TEST_SERIAL", serial);
+    if let Some(c) = crash {
+        cmd.env("FERRYD_CRASH_AT", c);
+    }
+    let out = cmd.output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Copies the image's tree onto the device's paths, as writing the SD card does.
+fn flash(image: &Path, flashed: &Path) {
+    let _ = std::fs::remove_dir_all(flashed);
+    let from = image.join(flashed.strip_prefix("/").unwrap());
+    let ok = Command::new("cp").arg("-a").arg(&from).arg(flashed).status().unwrap().success();
+    assert!(ok, "copying {} to {}", from.display(), flashed.display());
+}
+
+fn events(env: &Env, serial: &str) -> Vec<String> {
+    let (status, one) = call(env, "GET", &format!("admin/devices/{serial}"), &env.admin_token, None);
+    assert_eq!(status, 200, "{one}");
+    one["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
+    let env = Env::with_fleet(false);
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    promote(&env, Some(v1), None, "stable", false).unwrap();
+    let (status, v) = call(
+        &env,
+        "POST",
+        "admin/config/fleet",
+        &env.admin_token,
+        Some(serde_json::json!({ "set": { "REGION": "eu" } })),
+    );
+    assert_eq!(status, 200, "{v}");
+    let flashed = env.path().join("flashed");
+    let config = factory_files(&env, &flashed);
+    let image = env.path().join("image");
+    let raw = env.path().join("sd.img");
+    let req = ImageRequest {
+        commit: v1,
+        hardware: "rev-a".into(),
+        out: image.clone(),
+        device_config: config.clone(),
+        config_path: flashed.join("etc/ferry/ferryd.toml"),
+        overlays: vec![env.path().join("overlay")],
+        raw: Some((raw.clone(), 64 << 20)),
+        ferryd: PathBuf::from(env!("CARGO_BIN_EXE_ferryd")),
+    };
+    let s = build(&env.repo, &req).unwrap();
+    assert_eq!((s.version.as_str(), s.files > 0), ("1.0.0", true), "{s:?}");
+    // The ext4 file system is clean and holds the deployment and the link to it.
+    let fsck = Command::new("e2fsck").args(["-fn"]).arg(&raw).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+    let state_in_image = format!("/{}/var/lib/ferry", flashed.strip_prefix("/").unwrap().display());
+    let ls = Command::new("debugfs").arg("-R").arg(format!("ls -l {state_in_image}/deploy")).arg(&raw).output().unwrap();
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(&v1.to_hex()), "{}", String::from_utf8_lossy(&ls.stdout));
+    let link = Command::new("debugfs").arg("-R").arg(format!("stat {state_in_image}/current")).arg(&raw).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("Type: symlink"), "{link}");
+    // The tree's link names the deployment by the device's path.
+    let target = std::fs::read_link(image.join(state_in_image.trim_start_matches('/')).join("current")).unwrap();
+    assert_eq!(target, flashed.join("var/lib/ferry/deploy").join(v1.to_hex()));
+    // Deployment files are hardlinks to the store's objects, in the ext4 image too.
+    let deployed = image.join(state_in_image.trim_start_matches('/')).join("deploy").join(v1.to_hex());
+    let file = first_file(&deployed).expect("a file in the deployment");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().nlink(), 2, "{}", file.display());
+    let in_raw = format!("{state_in_image}/deploy/{}/{}", v1.to_hex(), file.strip_prefix(&deployed).unwrap().display());
+    let stat = Command::new("debugfs").arg("-R").arg(format!("stat {in_raw}")).arg(&raw).output().unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(stat.contains("Links: 2"), "{in_raw} in the ext4 image: {stat}");
+    // Building into a directory that is not empty is refused.
+    let again = build(&env.repo, &ImageRequest { raw: None, ..req.clone() });
+    assert!(format!("{:#}", again.unwrap_err()).contains("not empty"));
+
+    // Device SN-1, first boot with stable still at the image's release: power cuts right
+    // after enrolling and right after the init command; then it completes, downloading
+    // no chunk (the image holds the release).
+    flash(&image, &flashed);
+    let (ok, _, err) = provision(&flashed, "SN-1", Some("provision-enrolled:1"));
+    assert!(!ok && err.contains("crash point"), "{err}");
+    assert!(flashed.join("var/lib/ferry/device-token").exists());
+    let (ok, _, err) = provision(&flashed, "SN-1", Some("provision-initialized:1"));
+    assert!(!ok && err.contains("crash point"), "{err}");
+    let (ok, s, err) = provision(&flashed, "SN-1", None);
+    assert!(ok, "{err}");
+    assert_eq!(s["ran"], serde_json::json!(["updated"]), "{s}");
+    assert_eq!(s["update"]["up_to_date"], true, "{s}");
+    assert_eq!(s["update"]["chunks_downloaded"], 0, "{s}");
+    let init = std::fs::read_to_string(flashed.join("init.log")).unwrap();
+    assert_eq!(init, "SN-1 rev-a REGION=\"eu\"\n", "the init command ran once, after the configuration arrived");
+    let (ok, s, _) = provision(&flashed, "SN-1", None);
+    assert!(ok && s["already_provisioned"] == true, "{s}");
+    let enrolled = events(&env, "SN-1").iter().filter(|e| e.starts_with("enrolled")).count();
+    assert_eq!(enrolled, 1, "enrolled once: {:?}", events(&env, "SN-1"));
+    let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["fsck"]);
+    assert!(ok, "{out}{err}");
+
+    // Device SN-2, flashed from the same image after stable moved on: a power cut in the
+    // middle of its first update; the next boot finishes it from what was staged.
+    let v2 = env.commit(2, "1.1.0");
+    promote(&env, Some(v2), None, "stable", false).unwrap();
+    flash(&image, &flashed);
+    let (ok, _, err) = provision(&flashed, "SN-2", Some("chunk-staged:3"));
+    assert!(!ok && err.contains("crash point"), "{err}");
+    let (ok, s, err) = provision(&flashed, "SN-2", None);
+    assert!(ok, "{err}");
+    assert_eq!(s["ran"], serde_json::json!(["updated"]), "{s}");
+    assert_eq!(s["update"]["to"], v2.to_hex());
+    assert!(s["update"]["chunks_reused"].as_u64().unwrap() > 0, "{s}");
+    let full = crate::harness::patch_cost(&env, v1, v2);
+    assert!(
+        s["update"]["chunk_bytes_downloaded"].as_u64().unwrap() <= full.transfer_bytes,
+        "the first update downloads at most what 1.0.0 -> 1.1.0 costs ({} bytes): {s}",
+        full.transfer_bytes
+    );
+    assert_eq!(std::fs::read_link(flashed.join("var/lib/ferry/current")).unwrap().file_name().unwrap().to_string_lossy(), v2.to_hex());
+    assert_eq!(events(&env, "SN-2").iter().filter(|e| e.starts_with("enrolled")).count(), 1);
+    let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["fsck"]);
+    assert!(ok, "{out}{err}");
+}
+
+fn first_file(dir: &Path) -> Option<PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        let m = std::fs::symlink_metadata(&p).ok()?;
+        if m.is_file() {
+            return Some(p);
+        }
+        if m.is_dir() {
+            if let Some(f) = first_file(&p) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,215 @@
+//! `ferry image`: the content of a device's SD-card image, so that a device flashed with it
+//! runs a release from its first boot and downloads nothing that release holds.
+//!
+//! The image tree is built by the device agent itself: `ferry image` writes a full bundle
+//! of the commit into `ferryd seed-image`, which installs it the way a device does (every
+//! signature checked with the image's own keys, every chunk verified), under the tree's
+//! root: the agent's store and chunk index, the file objects, the deployment (hardlinks to
+//! the objects), and `current_link` naming the deployment by the device's path. Overlays
+//! (the device's keys, enrollment token, units) and the device configuration are copied in
+//! first; `--raw` then makes an ext4 file system of the tree with `mkfs.ext4 -d`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_store::{Id, Repository};
+
+use crate::bundle::{write_bundle, BundleTo};
+use crate::import::NoProgress;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub commit: Id,
+    pub hardware: String,
+    pub out: PathBuf,
+    /// The device's ferryd.toml, copied to `config_path` in the image.
+    pub device_config: PathBuf,
+    pub config_path: PathBuf,
+    pub overlays: Vec<PathBuf>,
+    /// An ext4 image file of the tree, and its size in bytes.
+    pub raw: Option<(PathBuf, u64)>,
+    /// The agent binary that installs the release into the tree.
+    pub ferryd: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSummary {
+    pub commit: String,
+    pub version: String,
+    pub hardware: String,
+    pub out: PathBuf,
+    pub files: u64,
+    pub raw: Option<PathBuf>,
+    pub raw_bytes: Option<u64>,
+}
+
+/// `ferryd` beside the running `ferry`, else on PATH.
+pub fn find_ferryd() -> Result<PathBuf> {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        let beside = dir.join("ferryd");
+        if beside.is_file() {
+            return Ok(beside);
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join("ferryd");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("ferryd was found neither beside ferry nor on PATH; give it with --ferryd")
+}
+
+/// Parses a size: bytes, or with a K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => bail!("size {s:?}: the suffix must be K, M, G or T"),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| anyhow!("size {s:?} is not a number of bytes (e.g. 512M, 2G)"))?;
+    n.checked_mul(mul).ok_or_else(|| anyhow!("size {s:?} is too large"))
+}
+
+/// Copies the tree `from` into `to` (directories, files with their modes, symlinks).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from)?;
+        let _ = std::fs::remove_file(to);
+        std::os::unix::fs::symlink(&target, to).with_context(|| format!("creating {}", to.display()))?;
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+    } else if meta.is_file() {
+        std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    } else {
+        bail!("{} is not a file, directory or symlink; an overlay holds only those", from.display());
+    }
+    Ok(())
+}
+
+fn sync_tree(dir: &Path) -> Result<()> {
+    let d = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    nix::unistd::syncfs(&d).with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Builds the image tree (and the raw file system, if asked).
+pub fn build(repo: &Repository, req: &ImageRequest) -> Result<ImageSummary> {
+    let commit = repo.read_commit(&req.commit)?;
+    if !commit.hardware.is_empty() && !commit.hardware.contains(&req.hardware) {
+        bail!(
+            "commit {} is built for {}, not for {}; a device would refuse it",
+            req.commit.short(),
+            commit.hardware.join(", "),
+            req.hardware
+        );
+    }
+    if req.out.exists() && std::fs::read_dir(&req.out)?.next().is_some() {
+        bail!("{} is not empty: an image is built into a new or empty directory", req.out.display());
+    }
+    if let Some((raw, size)) = &req.raw {
+        if *size < (8 << 20) {
+            bail!("--size {size}: an ext4 image needs at least 8 MiB");
+        }
+        if raw.starts_with(&req.out) {
+            bail!("--raw {} must be outside --out {}", raw.display(), req.out.display());
+        }
+    }
+    if !req.config_path.is_absolute() {
+        bail!("--config-path {} must be absolute (the device's path)", req.config_path.display());
+    }
+    std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
+    let out = req.out.canonicalize()?;
+    for o in &req.overlays {
+        copy_tree(o, &out).with_context(|| format!("copying overlay {}", o.display()))?;
+    }
+    let config_in_image = out.join(req.config_path.strip_prefix("/").unwrap_or(&req.config_path));
+    if let Some(parent) = config_in_image.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(&req.device_config, &config_in_image)
+        .with_context(|| format!("copying {}", req.device_config.display()))?;
+
+    let mut child = Command::new(&req.ferryd)
+        .arg("--config")
+        .arg(&config_in_image)
+        .arg("seed-image")
+        .arg("--root")
+        .arg(&out)
+        .args(["--hardware", &req.hardware, "-", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", req.ferryd.display()))?;
+    let stdin = child.stdin.take().ok_or_else(|| anyhow!("no pipe to ferryd"))?;
+    let written = write_bundle(repo, &BundleTo::Commit(req.commit), &[], stdin, &NoProgress);
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let line = err.lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or(err.trim());
+        bail!("ferryd seed-image failed: {line}");
+    }
+    written.context("writing the release into ferryd seed-image")?;
+    let seeded: serde_json::Value = serde_json::from_slice(&output.stdout).context("reading ferryd's summary")?;
+    sync_tree(&out)?;
+
+    let mut summary = ImageSummary {
+        commit: req.commit.to_hex(),
+        version: commit.version.to_string(),
+        hardware: req.hardware.clone(),
+        out: out.clone(),
+        files: seeded["files"].as_u64().unwrap_or(0),
+        raw: None,
+        raw_bytes: None,
+    };
+    if let Some((raw, size)) = &req.raw {
+        let name = raw.file_name().ok_or_else(|| anyhow!("--raw {} is not a file name", raw.display()))?;
+        let tmp = raw.with_file_name(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+        let result = (|| -> Result<()> {
+            let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.set_len(*size)?;
+            drop(f);
+            let mkfs = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "ferry", "-d"])
+                .arg(&out)
+                .arg(&tmp)
+                .output()
+                .context("running mkfs.ext4 (Debian package e2fsprogs)")?;
+            if !mkfs.status.success() {
+                bail!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&mkfs.stderr).trim());
+            }
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, raw)?;
+            ferry_store::durable::sync_parent(raw)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+        summary.raw = Some(raw.clone());
+        summary.raw_bytes = Some(*size);
+    }
+    std::io::stderr().flush().ok();
+    Ok(summary)
+}
