@@ -417,9 +417,11 @@ fn decide(
                         .map_err(|e| refused(format!("its channel document does not decode: {e}")))?;
                     let hw = hardware.ok_or_else(|| anyhow!("no hardware revision configured"))?;
                     let running = match current {
-                        Some(c) => Some(local.commit(&c)?.ok_or_else(|| {
-                            anyhow!("the running commit {c} is not in the device database")
-                        })?),
+                        Some(c) => Some(
+                            local
+                                .commit(&c)?
+                                .ok_or_else(|| anyhow!("the running commit {c} is not in the device database"))?,
+                        ),
                         None => None,
                     };
                     let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));

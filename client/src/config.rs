@@ -462,7 +462,8 @@ impl Config {
             }
         }
         if let Some(f) = &c.fleet {
-            let sources = [f.serial.is_some(), f.serial_file.is_some(), f.serial_env.is_some(), f.serial_command.is_some()];
+            let sources =
+                [f.serial.is_some(), f.serial_file.is_some(), f.serial_env.is_some(), f.serial_command.is_some()];
             if sources.iter().filter(|s| **s).count() != 1 {
                 bail!("[fleet] needs exactly one of serial, serial_file, serial_env and serial_command");
             }

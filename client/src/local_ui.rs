@@ -55,14 +55,18 @@ impl std::fmt::Debug for Shared {
 }
 
 /// Serves the page on `listen` until the process is stopped; `on_bound` gets the address.
-pub async fn serve(config_path: PathBuf, config: Config, listen: SocketAddr, on_bound: impl FnOnce(SocketAddr)) -> Result<()> {
+pub async fn serve(
+    config_path: PathBuf,
+    config: Config,
+    listen: SocketAddr,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<()> {
     let password = config
         .local_ui
         .as_ref()
         .ok_or_else(|| anyhow!("the configuration has no [local_ui] section with a password or password_file"))?
         .password()?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     on_bound(listener.local_addr()?);
     let shared = Arc::new(Shared {
         config,

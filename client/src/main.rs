@@ -159,7 +159,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::stdin().lock()))?
             } else {
                 let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::BufReader::with_capacity(1 << 20, f)))?
+                runtime()?
+                    .block_on(ferry_client::bundle::apply(&config, std::io::BufReader::with_capacity(1 << 20, f)))?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -171,7 +172,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.from.as_deref().map_or("nothing", |f| &f[..12]),
                     &s.to[..12],
                     s.version,
-                    s.channel.as_ref().map(|c| format!(", channel {c} serial {}", s.serial.unwrap_or(0))).unwrap_or_default(),
+                    s.channel
+                        .as_ref()
+                        .map(|c| format!(", channel {c} serial {}", s.serial.unwrap_or(0)))
+                        .unwrap_or_default(),
                     s.chunks_used,
                     human(s.bundle_bytes),
                     s.chunks_reused,
@@ -217,7 +221,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime()?.block_on(ferry_client::bundle::seed(&c, &root, std::io::stdin().lock()))?
             } else {
                 let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                runtime()?.block_on(ferry_client::bundle::seed(&c, &root, std::io::BufReader::with_capacity(1 << 20, f)))?
+                runtime()?.block_on(ferry_client::bundle::seed(
+                    &c,
+                    &root,
+                    std::io::BufReader::with_capacity(1 << 20, f),
+                ))?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -288,6 +296,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let rt = runtime()?;
             let mut backoff = Duration::from_secs(5);
+            // A device flashed from an image provisions first (a no-op once done), retrying
+            // until it succeeds: the init command runs before any other update.
+            if config.provision.is_some() {
+                loop {
+                    match rt.block_on(ferry_client::provision::provision(&config)) {
+                        Ok(s) => {
+                            if !s.already_provisioned {
+                                tracing::info!(ran = ?s.ran, "provisioned");
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "provisioning failed");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval.max(5)));
+                        }
+                    }
+                }
+                backoff = Duration::from_secs(5);
+            }
             // An update's own trial runs inside it; one left by a reboot runs first of all.
             loop {
                 let wait = match rt.block_on(ferry_client::update::update(&config)) {

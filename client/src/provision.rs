@@ -67,9 +67,9 @@ fn save(config: &Config, steps: &Steps, step: &str) -> Result<()> {
 /// next boot does) to go on.
 pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
     let mut steps = load(config)?;
-    let hardware = config
-        .hardware_revision()?
-        .ok_or_else(|| anyhow!("no hardware revision: set hardware, hardware_file, hardware_env or hardware_command"))?;
+    let hardware = config.hardware_revision()?.ok_or_else(|| {
+        anyhow!("no hardware revision: set hardware, hardware_file, hardware_env or hardware_command")
+    })?;
     let serial = config.fleet.as_ref().map(|f| f.serial()).transpose()?;
     let mut s = ProvisionSummary { serial: serial.clone(), hardware: hardware.clone(), ..Default::default() };
     if steps.enrolled && steps.configured && steps.initialized && steps.updated {

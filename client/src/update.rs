@@ -916,9 +916,7 @@ pub(crate) async fn install(
 ) -> Result<bool> {
     let (new_hex, old_hex) = (head.to_hex(), current.map(|c| c.to_hex()));
     let version = commit.version.to_string();
-    if let Err(e) =
-        crate::trial::hook(config, crate::trial::Hook::PreSwitch, &new_hex, &version, old_hex.as_deref())
-    {
+    if let Err(e) = crate::trial::hook(config, crate::trial::Hook::PreSwitch, &new_hex, &version, old_hex.as_deref()) {
         // Nothing was switched; the release is not tried again.
         let mut st = State::load(&config.state_dir)?;
         if !st.bad_commits.contains(&new_hex) {
@@ -957,9 +955,7 @@ pub(crate) async fn install(
         // The health checks decide: a deployment that cannot start fails them.
         tracing::warn!(error = %format!("{e:#}"), "restart after the switch failed");
     }
-    if let Err(e) =
-        crate::trial::hook(config, crate::trial::Hook::PostSwitch, &new_hex, &version, old_hex.as_deref())
-    {
+    if let Err(e) = crate::trial::hook(config, crate::trial::Hook::PostSwitch, &new_hex, &version, old_hex.as_deref()) {
         let reason = format!("{e:#}");
         crate::trial::rollback(config, &reason)?;
         collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;

@@ -312,7 +312,7 @@ impl<R: Read> BundleReader<R> {
         let section = match kind {
             b'K' => Section::Keys(body),
             b'H' => Section::Channel(body),
-            b'C' => Section::Commit(BundledCommit::decode(&body).map_err(|r| malformed(r.into()))?),
+            b'C' => Section::Commit(BundledCommit::decode(&body).map_err(&malformed)?),
             b'F' => {
                 ids(&body, 32)?;
                 Section::From(body.chunks_exact(32).filter_map(Id::from_slice).collect())

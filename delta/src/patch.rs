@@ -31,9 +31,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ferry_store::{ChunkRef, EntryKind, Id, Tree};
 #[cfg(feature = "repository")]
 use ferry_store::Repository;
+use ferry_store::{ChunkRef, EntryKind, Id, Tree};
 
 use crate::pack::max_stored_len;
 

@@ -62,10 +62,9 @@ pub fn resolve_to(repo: &Repository, to: &str, hardware: &[String]) -> Result<Bu
         Err(_) => None,
     };
     match (channel, repo.resolve(to)) {
-        (Some(_), Ok(id)) => bail!(
-            "{to:?} names both a channel and a commit ({}); write channel:{to} or the commit id",
-            id.short()
-        ),
+        (Some(_), Ok(id)) => {
+            bail!("{to:?} names both a channel and a commit ({}); write channel:{to} or the commit id", id.short())
+        }
         (Some(_), Err(_)) => Ok(BundleTo::Channel { name: to.to_string(), hardware: hardware.to_vec() }),
         (None, Ok(id)) => {
             if !hardware.is_empty() {
@@ -186,12 +185,18 @@ pub fn write_bundle(
         });
     }
     if manifest.len() > ferry_delta::bundle::MAX_MANIFEST {
-        bail!("the bundle would hold {} chunks; the format's limit is {}", manifest.len(), ferry_delta::bundle::MAX_MANIFEST);
+        bail!(
+            "the bundle would hold {} chunks; the format's limit is {}",
+            manifest.len(),
+            ferry_delta::bundle::MAX_MANIFEST
+        );
     }
 
     let mut total = 0u64;
     for (id, _) in &manifest {
-        total += u64::from(repo.chunk_info(id)?.ok_or_else(|| anyhow!("chunk {id} is missing from the repository"))?.stored_len);
+        total += u64::from(
+            repo.chunk_info(id)?.ok_or_else(|| anyhow!("chunk {id} is missing from the repository"))?.stored_len,
+        );
     }
     progress.set_total(total);
     let mut w = BundleWriter::new(std::io::BufWriter::with_capacity(1 << 20, out))?;

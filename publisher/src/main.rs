@@ -628,18 +628,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     summary
                         .commits
                         .iter()
-                        .map(|c| format!("{} {} for {}", &c.commit[..12], c.version, if c.hardware.is_empty() { "any hardware".into() } else { c.hardware.join(", ") }))
+                        .map(|c| format!(
+                            "{} {} for {}",
+                            &c.commit[..12],
+                            c.version,
+                            if c.hardware.is_empty() { "any hardware".into() } else { c.hardware.join(", ") }
+                        ))
                         .collect::<Vec<_>>()
                         .join("; "),
                     summary.trees,
                     summary.chunks,
                     human(summary.chunk_bytes),
                     human(summary.bytes),
-                    if summary.from.is_empty() { String::new() } else { format!(", for devices on {} commit(s)", summary.from.len()) }
+                    if summary.from.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", for devices on {} commit(s)", summary.from.len())
+                    }
                 );
             }
         }
-        Command::Image { repo, commit, hardware, out, device_config, config_path, overlay, raw, size, ferryd, json } => {
+        Command::Image {
+            repo,
+            commit,
+            hardware,
+            out,
+            device_config,
+            config_path,
+            overlay,
+            raw,
+            size,
+            ferryd,
+            json,
+        } => {
             let r = open_ro(&repo)?;
             let raw = match (raw, size) {
                 (Some(f), Some(s)) => Some((f, ferry_publisher::image::parse_size(&s)?)),
@@ -669,7 +690,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     &s.commit[..12],
                     s.hardware,
                     s.files,
-                    s.raw.as_ref().map(|r| format!("; ext4 image {} ({})", r.display(), human(s.raw_bytes.unwrap_or(0)))).unwrap_or_default()
+                    s.raw
+                        .as_ref()
+                        .map(|r| format!("; ext4 image {} ({})", r.display(), human(s.raw_bytes.unwrap_or(0))))
+                        .unwrap_or_default()
                 );
             }
         }

@@ -64,7 +64,13 @@ fn holdings(config: &Path) -> (Option<String>, usize, usize, String, String) {
     let trust: Value = serde_json::from_str(&trust).unwrap_or(Value::Null);
     let st: Value = serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap_or_default())
         .unwrap_or(Value::Null);
-    (running(config), count("objects"), count("staging"), trust["channels"].to_string(), st["pinned"].as_bool().unwrap_or(false).to_string())
+    (
+        running(config),
+        count("objects"),
+        count("staging"),
+        trust["channels"].to_string(),
+        st["pinned"].as_bool().unwrap_or(false).to_string(),
+    )
 }
 
 /// `ferryd apply` that must fail naming `expect`, leaving what the device holds as it was
@@ -263,4 +269,36 @@ fn without_first_chunk(path: &Path) -> PathBuf {
     }
     w.finish().unwrap();
     out
+}
+
+/// Runs the shipped USB script on `dir` (a stand-in for the stick's mounted partition).
+fn usb(config: &Path, dir: &Path) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/usb/ferry-usb-apply");
+    let bin = Path::new(env!("CARGO_BIN_EXE_ferryd")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("sh").arg(&script).arg(dir).env("PATH", path).env("FERRYD_CONFIG", config).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_usb_script_installs_the_bundle_on_a_stick_with_the_same_refusals() {
+    let env = Env::new();
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    promote(&env, Some(v1), None, "stable", false).unwrap();
+    let dev = offline_device(&env, "dev", "stable", "rev-a");
+    let stick = env.path().join("stick");
+    std::fs::create_dir_all(&stick).unwrap();
+    let (ok, out) = usb(&dev, &stick);
+    assert!(ok && out.contains("nothing to do"), "{out}");
+    let b1 = bundle(&env, channel("stable"), &[], "v1.bundle");
+    let bytes = std::fs::read(&b1).unwrap();
+    std::fs::write(stick.join("ferry-update.bundle"), &bytes[..bytes.len() - 10]).unwrap();
+    let (ok, out) = usb(&dev, &stick);
+    assert!(!ok && out.contains("truncated") && out.contains("was not installed"), "{out}");
+    assert_eq!(running(&dev), None);
+    std::fs::copy(&b1, stick.join("ferry-update.bundle")).unwrap();
+    let (ok, out) = usb(&dev, &stick);
+    assert!(ok && out.contains("the stick can be removed"), "{out}");
+    assert_eq!(running(&dev).as_deref(), Some(v1.to_hex().as_str()));
 }

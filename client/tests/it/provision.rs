@@ -112,9 +112,11 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     let fsck = Command::new("e2fsck").args(["-fn"]).arg(&raw).output().unwrap();
     assert!(fsck.status.success(), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
     let state_in_image = format!("/{}/var/lib/ferry", flashed.strip_prefix("/").unwrap().display());
-    let ls = Command::new("debugfs").arg("-R").arg(format!("ls -l {state_in_image}/deploy")).arg(&raw).output().unwrap();
+    let ls =
+        Command::new("debugfs").arg("-R").arg(format!("ls -l {state_in_image}/deploy")).arg(&raw).output().unwrap();
     assert!(String::from_utf8_lossy(&ls.stdout).contains(&v1.to_hex()), "{}", String::from_utf8_lossy(&ls.stdout));
-    let link = Command::new("debugfs").arg("-R").arg(format!("stat {state_in_image}/current")).arg(&raw).output().unwrap();
+    let link =
+        Command::new("debugfs").arg("-R").arg(format!("stat {state_in_image}/current")).arg(&raw).output().unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains("Type: symlink"), "{link}");
     // The tree's link names the deployment by the device's path.
@@ -174,7 +176,10 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
         "the first update downloads at most what 1.0.0 -> 1.1.0 costs ({} bytes): {s}",
         full.transfer_bytes
     );
-    assert_eq!(std::fs::read_link(flashed.join("var/lib/ferry/current")).unwrap().file_name().unwrap().to_string_lossy(), v2.to_hex());
+    assert_eq!(
+        std::fs::read_link(flashed.join("var/lib/ferry/current")).unwrap().file_name().unwrap().to_string_lossy(),
+        v2.to_hex()
+    );
     assert_eq!(events(&env, "SN-2").iter().filter(|e| e.starts_with("enrolled")).count(), 1);
     let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["fsck"]);
     assert!(ok, "{out}{err}");
@@ -195,4 +200,45 @@ fn first_file(dir: &Path) -> Option<PathBuf> {
         }
     }
     None
+}
+
+#[test]
+fn the_daemon_provisions_before_anything_else() {
+    let env = Env::with_fleet(false);
+    let c1 = env.commit(1, "1");
+    let log = env.path().join("init.log");
+    let dev = env.device_named(
+        "device",
+        env.addr,
+        &format!(
+            "\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-RUN\"\n[provision]\ninit_command = \"test ! -e {cur} && echo init >> {log}\"\n",
+            env.path().join("enrollment-token").display(),
+            cur = env.path().join("device/current").display(),
+            log = log.display()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&dev)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = env.path().join("device/state/provision.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let done = loop {
+        let v: Value = std::fs::read(&steps).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        if v["updated"] == true || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(done["updated"], true, "ferryd run did not finish provisioning: {done}");
+    // The init command ran before the first deployment (it checks that none exists).
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "init\n");
+    let target = std::fs::read_link(env.path().join("device/current")).unwrap();
+    assert_eq!(target.file_name().unwrap().to_string_lossy(), c1.to_hex());
 }

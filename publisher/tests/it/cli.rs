@@ -241,15 +241,37 @@ fn image_refuses_bad_arguments_before_writing_anything() {
     std::fs::create_dir_all(t.path().join("tree")).unwrap();
     std::fs::write(t.path().join("tree/app"), "v1").unwrap();
     let out = ok(&[
-        "commit", "--repo", &p("repo"), "--branch", "main", "--tree", &p("tree"), "--version", "1", "--sign-key",
-        &p("ci.key"), "--hardware", "rev-a",
+        "commit",
+        "--repo",
+        &p("repo"),
+        "--branch",
+        "main",
+        "--tree",
+        &p("tree"),
+        "--version",
+        "1",
+        "--sign-key",
+        &p("ci.key"),
+        "--hardware",
+        "rev-a",
     ]);
     let c = out.lines().last().unwrap().to_string();
     std::fs::write(t.path().join("device.toml"), "server = \"http://127.0.0.1:9\"\n").unwrap();
     let image = |extra: &[&str]| {
         let (repo, out, dc) = (p("repo"), p("image"), p("device.toml"));
-        let mut args =
-            vec!["image", "--repo", &repo, "--commit", &c, "--out", &out, "--device-config", &dc, "--ferryd", "/bin/false"];
+        let mut args = vec![
+            "image",
+            "--repo",
+            &repo,
+            "--commit",
+            &c,
+            "--out",
+            &out,
+            "--device-config",
+            &dc,
+            "--ferryd",
+            "/bin/false",
+        ];
         args.extend_from_slice(extra);
         fails(&args)
     };
