@@ -68,15 +68,26 @@ struct Header {
     from: Vec<Id>,
 }
 
+/// How `ferryd apply` may go beyond what a fleet update does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Pin the device afterwards (a developer's board), as `ferryd deploy` does.
+    pub pin: bool,
+    /// For a commit bundle: allow a version older than the running one, or a release that
+    /// failed its trial here before. A channel bundle's rules never bend (its rollback mark
+    /// is how an operator allows a downgrade).
+    pub force: bool,
+}
+
 /// Applies the bundle read from `input`. A refusal is a [`Refused`] error; a release that
 /// fails its trial is a [`TrialFailed`] error, after the rollback.
-pub async fn apply(config: &Config, input: impl Read) -> Result<ApplySummary> {
+pub async fn apply(config: &Config, input: impl Read, opts: ApplyOptions) -> Result<ApplySummary> {
     let started = Instant::now();
     let local = Local::open(&config.state_dir)?;
     if let Some(outcome) = crate::trial::run(config).await? {
         tracing::info!(?outcome, "finished a pending trial");
     }
-    let result = apply_inner(config, &local, input, started, None).await;
+    let result = apply_inner(config, &local, input, started, None, opts).await;
     if let Err(e) = &result {
         if !e.is::<TrialFailed>() {
             let mut st = State::load(&config.state_dir)?;
@@ -95,6 +106,11 @@ pub async fn apply(config: &Config, input: impl Read) -> Result<ApplySummary> {
 /// build machine's are not the device's), and `current_link` names the deployment by
 /// the path the device will see. The tree must not hold a deployment yet.
 pub async fn seed(config: &Config, root: &std::path::Path, input: impl Read) -> Result<ApplySummary> {
+    if !nix::unistd::geteuid().is_root() {
+        // Without root every file would belong to the builder, on every device, for good
+        // (the object ids record the intended owners, so updates keep the wrong ones).
+        anyhow::bail!("seeding an image sets each file's owner, which needs root: run ferry image as root");
+    }
     if config.current_link.symlink_metadata().is_ok() {
         anyhow::bail!("{} exists already: build an image into an empty directory", config.current_link.display());
     }
@@ -102,7 +118,7 @@ pub async fn seed(config: &Config, root: &std::path::Path, input: impl Read) -> 
         std::fs::create_dir_all(parent)?;
     }
     let local = Local::open(&config.state_dir)?;
-    apply_inner(config, &local, input, Instant::now(), Some(root)).await
+    apply_inner(config, &local, input, Instant::now(), Some(root), ApplyOptions::default()).await
 }
 
 async fn apply_inner(
@@ -111,37 +127,26 @@ async fn apply_inner(
     input: impl Read,
     started: Instant,
     seed_root: Option<&std::path::Path>,
+    opts: ApplyOptions,
 ) -> Result<ApplySummary> {
     let hardware = config.hardware_revision()?;
     let current = crate::update::current_commit(config, local)?;
     let mut s = ApplySummary { from: current.map(|c| c.to_hex()), ..Default::default() };
     let mut reader = BundleReader::new(input).map_err(refused)?;
 
-    // 1. The header: key documents, channel document, commits, from.
+    // 1. The header: key documents, channel document, commits, from. Nothing else is held
+    //    before the target commit's signature is checked.
     let mut header = Header::default();
-    let mut trees: HashMap<Id, Vec<u8>> = HashMap::new();
-    let mut tree_bytes = 0usize;
-    loop {
+    let mut section = loop {
         match reader.next_section().map_err(refused)? {
             Some(Section::Keys(k)) => header.keys.push(k),
             Some(Section::Channel(c)) => header.channel = Some(c),
             Some(Section::Commit(c)) => header.commits.push(c),
             Some(Section::From(f)) => header.from = f,
-            Some(Section::Tree { id, bytes }) => {
-                // Each tree is checked against its id now and against its parent below.
-                if Id::of(&bytes) != id {
-                    return Err(refused(format!("tree {id} is damaged (its bytes hash to {})", Id::of(&bytes))));
-                }
-                tree_bytes += bytes.len();
-                if tree_bytes > crate::update::MAX_TREES {
-                    return Err(refused(format!("its trees exceed {} MiB", crate::update::MAX_TREES >> 20)));
-                }
-                trees.insert(id, bytes);
-            }
-            Some(Section::Manifest(_)) => break,
-            Some(Section::Chunk { .. }) | None => return Err(refused("it has no manifest")),
+            Some(other) => break other,
+            None => return Err(refused("it has no manifest")),
         }
-    }
+    };
 
     // 2. What it installs here, checked like an update's target.
     let target = decide(config, local, &header, current, hardware.as_deref())?;
@@ -151,6 +156,49 @@ async fn apply_inner(
     s.version = commit.version.to_string();
     s.channel = target.channel.clone();
     s.serial = target.serial;
+
+    // 3. The trees the signed root reaches (parents come first), each checked against the
+    //    id its parent names; trees for other hardware are skipped unread.
+    let mut expected: HashSet<Id> = HashSet::from([commit.root]);
+    let mut walk = vec![commit.root];
+    while let Some(id) = walk.pop() {
+        if let Some(tree) = local.tree(&id)? {
+            for e in &tree.entries {
+                if let EntryKind::Dir { tree } = e.kind {
+                    if expected.insert(tree) {
+                        walk.push(tree);
+                    }
+                }
+            }
+        }
+    }
+    let mut trees: HashMap<Id, Vec<u8>> = HashMap::new();
+    let mut tree_bytes = 0usize;
+    loop {
+        match section {
+            Section::Tree { id, bytes } if expected.contains(&id) && !trees.contains_key(&id) => {
+                if Id::of(&bytes) != id {
+                    return Err(refused(format!("tree {id} is damaged (its bytes hash to {})", Id::of(&bytes))));
+                }
+                tree_bytes += bytes.len();
+                if tree_bytes > crate::update::MAX_TREES {
+                    return Err(refused(format!("its trees exceed {} MiB", crate::update::MAX_TREES >> 20)));
+                }
+                let tree = Tree::decode(&bytes).map_err(|e| refused(format!("tree {id} does not decode: {e}")))?;
+                for e in &tree.entries {
+                    if let EntryKind::Dir { tree } = e.kind {
+                        expected.insert(tree);
+                    }
+                }
+                trees.insert(id, bytes);
+            }
+            Section::Tree { .. } => {}
+            Section::Manifest(_) => break,
+            _ => return Err(refused("it has no manifest")),
+        }
+        section = reader.next_section().map_err(refused)?.ok_or_else(|| refused("it has no manifest"))?;
+    }
+
     let state = State::load(&config.state_dir)?;
     if target.channel.is_some() && state.pinned && seed_root.is_none() {
         return Err(refused(format!(
@@ -159,7 +207,22 @@ async fn apply_inner(
             commit.version
         )));
     }
-    if target.channel.is_some() && Some(head) != current && state.bad_commits.contains(&head.to_hex()) {
+    if target.channel.is_none() && !opts.force && seed_root.is_none() && Some(head) != current {
+        let running = match current {
+            Some(c) => local.commit(&c)?,
+            None => None,
+        };
+        if let Some(r) = running {
+            if commit.version.compare(&r.version) != Some(std::cmp::Ordering::Greater) {
+                return Err(refused(format!(
+                    "it carries release {}, not newer than the running {}: a downgrade from a commit bundle needs `ferryd apply --force`",
+                    commit.version, r.version
+                )));
+            }
+        }
+    }
+    if (target.channel.is_some() || !opts.force) && Some(head) != current && state.bad_commits.contains(&head.to_hex())
+    {
         return Err(refused(format!(
             "release {} ({head}) failed its trial on this device before; it is not installed again",
             commit.version
@@ -187,9 +250,10 @@ async fn apply_inner(
         )));
     }
     let p = crate::update::plan_with(&commit.root, read)?;
-    let in_bundle: HashSet<Id> = reader.manifest().iter().map(|(id, _)| *id).collect();
+    let in_bundle: HashMap<Id, u32> = reader.manifest().iter().copied().collect();
     let mut needed: HashMap<Id, u32> = HashMap::new();
     let mut lacking: Vec<(&std::path::Path, Id)> = Vec::new();
+    let mut lacking_ids: HashSet<Id> = HashSet::new();
     let mut all: HashSet<Id> = HashSet::new();
     for f in &p.files {
         all.extend(f.chunks.iter().map(|c| c.id));
@@ -198,10 +262,21 @@ async fn apply_inner(
         }
         for c in &f.chunks {
             if !local.has_chunk(&c.id)? && !needed.contains_key(&c.id) {
-                if in_bundle.contains(&c.id) {
-                    needed.insert(c.id, c.len);
-                } else if lacking.iter().all(|(_, id)| *id != c.id) {
-                    lacking.push((&f.path, c.id));
+                match in_bundle.get(&c.id) {
+                    Some(len) if *len == c.len => {
+                        needed.insert(c.id, c.len);
+                    }
+                    Some(len) => {
+                        return Err(refused(format!(
+                            "it lists chunk {} as {len} bytes, and release {}'s tree says {}",
+                            c.id, commit.version, c.len
+                        )))
+                    }
+                    None => {
+                        if lacking_ids.insert(c.id) {
+                            lacking.push((&f.path, c.id));
+                        }
+                    }
                 }
             }
         }
@@ -286,6 +361,8 @@ async fn apply_inner(
         let built = local.deploy_dir().join(head.to_hex());
         let on_device = std::path::Path::new("/").join(built.strip_prefix(root)?);
         link_durably(&config.current_link, &on_device)?;
+        // The staged chunks are in the objects now: the image does not carry them twice.
+        crate::update::collect_garbage(local, &[head])?;
         state.last_result = Some("ok".into());
         state.last_attempt = Some(now());
         state.save(&config.state_dir)?;
@@ -297,7 +374,7 @@ async fn apply_inner(
         crate::devboard::off(config)?;
         state = State::load(&config.state_dir)?;
     }
-    let pin = target.channel.is_none();
+    let pin = opts.pin;
     if up_to_date {
         s.up_to_date = true;
         state.last_result = Some("up-to-date".into());

@@ -34,7 +34,15 @@ pub const TRIAL_STEPS: &[&str] = &[
 static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static COUNT: AtomicU64 = AtomicU64::new(0);
 
+static TRACE: OnceLock<bool> = OnceLock::new();
+
+/// Marks a durable step: with `FERRYD_TRACE_STEPS` set, prints `FERRY-STEP <step>` on stderr
+/// (the VM power-cut harness reads where a cut landed from it); with `FERRYD_CRASH_AT`,
+/// aborts at the chosen one.
 pub fn point(step: &str) {
+    if *TRACE.get_or_init(|| std::env::var_os("FERRYD_TRACE_STEPS").is_some()) {
+        eprintln!("FERRY-STEP {step}");
+    }
     let target = TARGET.get_or_init(|| {
         let v = std::env::var("FERRYD_CRASH_AT").ok()?;
         let (name, n) = v.split_once(':')?;

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! GET  /              the page (sign-in form until signed in)
-//! POST /login         {"password": "..."} -> a session cookie (HttpOnly, SameSite=Strict)
+//! POST /login         {"password": "..."} (application/json) -> a session cookie
+//!                     (HttpOnly, SameSite=Strict)
 //! POST /logout
 //! GET  /status.json   what `ferryd status --json` prints
 //! POST /apply         the bundle as the raw body (header X-Ferry-Upload: 1); the answer is
@@ -14,9 +15,11 @@
 //!
 //! Scripts may send `Authorization: Bearer <password>` instead of signing in. The password
 //! is the device's own (`[local_ui] password` or `password_file`), compared in constant
-//! time; a wrong one costs a second. The upload is applied by `ferryd apply -` in a child
+//! time; a wrong one, signing in or as a bearer, costs a second, one at a time across all
+//! connections (at most 64 are served at once). The upload is applied by `ferryd apply -` in a child
 //! process, with the body streamed into its stdin: the page never holds a bundle, applies
-//! one at a time, and a refusal is the same as on the command line.
+//! one at a time, and a refusal is the same as on the command line. Once the upload is in,
+//! the install runs to its end even if the browser goes away.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -44,9 +47,17 @@ struct Shared {
     config_path: PathBuf,
     password: blake3::Hash,
     sessions: Mutex<VecDeque<String>>,
-    /// Held while a bundle is applied: one at a time.
-    applying: tokio::sync::Mutex<()>,
+    /// Held while a bundle is applied (until `ferryd apply` exits): one at a time.
+    applying: Arc<tokio::sync::Mutex<()>>,
+    /// Held for a second after each wrong password, by sign-ins and bearer requests alike:
+    /// at most one guess a second, however many connections ask.
+    failures: tokio::sync::Mutex<()>,
+    /// Connections served at once; more are closed at once.
+    connections: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most connections served at once.
+const MAX_CONNECTIONS: usize = 64;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,7 +84,9 @@ pub async fn serve(
         config_path,
         password: blake3::hash(password.as_bytes()),
         sessions: Mutex::new(VecDeque::new()),
-        applying: tokio::sync::Mutex::new(()),
+        applying: Arc::new(tokio::sync::Mutex::new(())),
+        failures: tokio::sync::Mutex::new(()),
+        connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -84,8 +97,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "local page: too many connections; closing one");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, req).await) }
@@ -124,19 +142,28 @@ fn same(a: &blake3::Hash, b: &blake3::Hash) -> bool {
     a.as_bytes().iter().zip(b.as_bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn signed_in(shared: &Shared, req: &Request<Incoming>) -> bool {
+/// Waits out a wrong password: one guess a second across all connections.
+async fn wrong_password(shared: &Shared) {
+    let _one_at_a_time = shared.failures.lock().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// `Some(true)`: signed in (session or right bearer password); `Some(false)`: a wrong bearer
+/// password; `None`: no credentials.
+fn credentials(shared: &Shared, req: &Request<Incoming>) -> Option<bool> {
     let headers = req.headers();
     if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         if let Some(given) = auth.strip_prefix("Bearer ") {
-            return same(&blake3::hash(given.as_bytes()), &shared.password);
+            return Some(same(&blake3::hash(given.as_bytes()), &shared.password));
         }
     }
-    let Some(cookies) = headers.get("cookie").and_then(|v| v.to_str().ok()) else { return false };
+    let Some(cookies) = headers.get("cookie").and_then(|v| v.to_str().ok()) else { return None };
     let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    cookies
+    let known = cookies
         .split(';')
         .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|v| v.strip_prefix('=')))
-        .any(|v| sessions.iter().any(|s| same(&blake3::hash(s.as_bytes()), &blake3::hash(v.as_bytes()))))
+        .any(|v| sessions.iter().any(|s| same(&blake3::hash(s.as_bytes()), &blake3::hash(v.as_bytes()))));
+    known.then_some(true)
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -157,7 +184,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             );
             r
         }
-        (_, "/status.json" | "/apply") if !signed_in(shared, &req) => {
+        (_, "/status.json" | "/apply") if credentials(shared, &req) != Some(true) => {
+            if credentials(shared, &req) == Some(false) {
+                wrong_password(shared).await;
+                tracing::warn!("local page: a wrong bearer password");
+                return error(StatusCode::UNAUTHORIZED, "wrong password");
+            }
             error(StatusCode::UNAUTHORIZED, "sign in first (or send Authorization: Bearer <password>)")
         }
         (Method::GET, "/status.json") => match crate::status::status(&shared.config) {
@@ -174,21 +206,51 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
 
 /// Reads a small body (at most `max` bytes).
 async fn small_body(req: Request<Incoming>, max: usize) -> Result<Bytes, String> {
-    let mut out = Vec::new();
-    let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the request: {e}"))?;
-        if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > max {
-                return Err(format!("the request body is larger than {max} bytes"));
+    let read = async {
+        let mut out = Vec::new();
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reading the request: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                if out.len() + data.len() > max {
+                    return Err(format!("the request body is larger than {max} bytes"));
+                }
+                out.extend_from_slice(data);
             }
-            out.extend_from_slice(data);
         }
+        Ok(out.into())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| Err("the request body did not arrive within 10 seconds".into()))
+}
+
+/// Reads a child's output to its end, keeping the first `cap` bytes.
+async fn read_capped(r: Option<impl tokio::io::AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut r) = r else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&buf[..n.min(room)]);
     }
-    Ok(out.into())
+    out
 }
 
 async fn login(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // A form on another site cannot send JSON without the browser asking first.
+    let json_body = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_body {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "sign in with a JSON body (content-type: application/json)");
+    }
     let body = match small_body(req, 4096).await {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -203,7 +265,7 @@ async fn login(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     };
     if !same(&blake3::hash(given.as_bytes()), &shared.password) {
         // Slows guessing down; the page is on a local network anyone nearby can join.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        wrong_password(shared).await;
         tracing::warn!("local page: a wrong password");
         return error(StatusCode::UNAUTHORIZED, "wrong password");
     }
@@ -232,7 +294,7 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     if req.headers().get("x-ferry-upload").and_then(|v| v.to_str().ok()) != Some("1") {
         return error(StatusCode::BAD_REQUEST, "uploads must carry the header X-Ferry-Upload: 1");
     }
-    let Ok(_busy) = shared.applying.try_lock() else {
+    let Ok(busy) = shared.applying.clone().try_lock_owned() else {
         return error(StatusCode::CONFLICT, "another bundle is being applied; wait for it to finish");
     };
     let exe = match std::env::current_exe() {
@@ -246,13 +308,15 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("starting ferryd apply: {e}")),
     };
     let mut stdin = child.stdin.take();
+    // Read while the upload streams: a child blocked on a full pipe would never read on.
+    let stdout = tokio::spawn(read_capped(child.stdout.take(), 1 << 20));
+    let stderr = tokio::spawn(read_capped(child.stderr.take(), 1 << 20));
     let mut body = req.into_body();
     let mut received = 0u64;
     let mut upload_error = None;
@@ -276,13 +340,25 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         }
     }
     drop(stdin);
-    let out = match child.wait_with_output().await {
-        Ok(o) => o,
+    // From here the install goes on whether or not the browser waits for it (a closed tab
+    // must not kill it in the middle of its switch or trial); the lock goes when it ends.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let (out, err) = (stdout.await.unwrap_or_default(), stderr.await.unwrap_or_default());
+        drop(busy);
+        let _ = tx.send((status, out, err));
+    });
+    let Ok((status, out, err)) = rx.await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "lost track of ferryd apply");
+    };
+    let status = match status {
+        Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("waiting for ferryd apply: {e}")),
     };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let stderr = String::from_utf8_lossy(&err);
+    if status.success() {
+        let summary: serde_json::Value = serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null);
         tracing::info!(bytes = received, to = %summary["to"], "local page: applied a bundle");
         return json(StatusCode::OK, &serde_json::json!({ "ok": true, "summary": summary }));
     }
@@ -292,7 +368,7 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         .find_map(|l| l.strip_prefix("error: "))
         .map(str::to_string)
         .or(upload_error)
-        .unwrap_or_else(|| format!("ferryd apply failed ({})", out.status));
+        .unwrap_or_else(|| format!("ferryd apply failed ({status})"));
     tracing::warn!(bytes = received, error = %message, "local page: a bundle was not applied");
     error(StatusCode::UNPROCESSABLE_ENTITY, &message)
 }

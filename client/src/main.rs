@@ -34,12 +34,19 @@ enum Command {
     ///
     /// A bundle that lacks chunks this device needs is refused before anything is written,
     /// naming the files; a cut or damaged one is refused and nothing is switched. A channel
-    /// bundle moves the device like a fleet update; a commit bundle pins it (like deploy).
+    /// bundle moves the device like a fleet update (a pinned device refuses it); a commit
+    /// bundle must be newer than the running release unless --force.
     Apply {
         #[arg(value_name = "FILE|-")]
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Pin the device afterwards (a developer's board), as `ferryd deploy` does.
+        #[arg(long)]
+        pin: bool,
+        /// For a commit bundle: allow an older release, or one that failed its trial here.
+        #[arg(long)]
+        force: bool,
     },
     /// Serves the device's local page (for its access point): what it runs, and an upload
     /// form that installs a bundle, protected by [local_ui] password or password_file.
@@ -154,13 +161,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("deployed {} ({}); pinned until `ferryd unpin`", s.version, &s.to[..12.min(s.to.len())]);
             }
         }
-        Command::Apply { file, json } => {
+        Command::Apply { file, json, pin, force } => {
+            let opts = ferry_client::bundle::ApplyOptions { pin, force };
             let s = if file.as_os_str() == "-" {
-                runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::stdin().lock()))?
+                runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::stdin().lock(), opts))?
             } else {
                 let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                runtime()?
-                    .block_on(ferry_client::bundle::apply(&config, std::io::BufReader::with_capacity(1 << 20, f)))?
+                runtime()?.block_on(ferry_client::bundle::apply(
+                    &config,
+                    std::io::BufReader::with_capacity(1 << 20, f),
+                    opts,
+                ))?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

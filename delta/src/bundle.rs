@@ -142,9 +142,16 @@ pub enum Section {
     Channel(Vec<u8>),
     Commit(BundledCommit),
     From(Vec<Id>),
-    Tree { id: Id, bytes: Vec<u8> },
-    Manifest(Vec<(Id, u32)>),
-    Chunk { id: Id, frame: Vec<u8> },
+    Tree {
+        id: Id,
+        bytes: Vec<u8>,
+    },
+    /// The manifest, by its number of chunks; [`BundleReader::manifest`] holds the list.
+    Manifest(usize),
+    Chunk {
+        id: Id,
+        frame: Vec<u8>,
+    },
 }
 
 /// A reader that hashes and counts what passes through it.
@@ -340,8 +347,9 @@ impl<R: Read> BundleReader<R> {
                     }
                     list.push((id, len));
                 }
-                self.manifest = list.clone();
-                Section::Manifest(list)
+                let count = list.len();
+                self.manifest = list;
+                Section::Manifest(count)
             }
             b'D' => {
                 let id = body.get(..32).and_then(Id::from_slice).ok_or_else(|| malformed("no chunk id".into()))?;

@@ -7,9 +7,15 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(mut r) = BundleReader::new(data) else { return };
     let mut sections = Vec::new();
+    let mut manifest = Vec::new();
     loop {
         match r.next_section() {
-            Ok(Some(s)) => sections.push(s),
+            Ok(Some(s)) => {
+                if matches!(s, Section::Manifest(_)) {
+                    manifest = r.manifest().to_vec();
+                }
+                sections.push(s)
+            }
             Ok(None) => break,
             Err(_) => return,
         }
@@ -22,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             Section::Commit(c) => w.commit(c),
             Section::From(f) => w.from(f),
             Section::Tree { id, bytes } => w.tree(id, bytes),
-            Section::Manifest(m) => w.manifest(m),
+            Section::Manifest(_) => w.manifest(&manifest),
             Section::Chunk { id, frame } => w.chunk(id, frame),
         }
         .expect("sections that were read are in order");

@@ -96,6 +96,13 @@ pub fn write_bundle(
         bytes: 0,
     };
     let keys = repo.key_chain()?;
+    if keys.len() > ferry_delta::bundle::MAX_KEY_DOCS {
+        bail!(
+            "the repository has {} key documents; a bundle carries at most {} (devices would refuse it)",
+            keys.len(),
+            ferry_delta::bundle::MAX_KEY_DOCS
+        );
+    }
     let (channel, targets): (Option<Envelope>, Vec<Id>) = match to {
         BundleTo::Channel { name, hardware } => {
             let head = repo.channel(name)?.ok_or_else(|| anyhow!("the repository has no channel {name:?}"))?;

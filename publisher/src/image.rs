@@ -162,8 +162,26 @@ pub fn build(repo: &Repository, req: &ImageRequest) -> Result<ImageSummary> {
         .spawn()
         .with_context(|| format!("starting {}", req.ferryd.display()))?;
     let stdin = child.stdin.take().ok_or_else(|| anyhow!("no pipe to ferryd"))?;
+    // Its output is read while the bundle is written: a child blocked on a full pipe would
+    // never read on.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let out_thread = drain(child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>));
+    let err_thread = drain(child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>));
     let written = write_bundle(repo, &BundleTo::Commit(req.commit), &[], stdin, &NoProgress);
-    let output = child.wait_with_output()?;
+    let status = child.wait()?;
+    let output = std::process::Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    };
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
         let line = err.lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or(err.trim());

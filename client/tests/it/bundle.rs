@@ -209,7 +209,7 @@ fn cut_damaged_wrong_hardware_and_replayed_bundles_are_refused() {
 }
 
 #[test]
-fn commit_bundles_pin_and_branch_devices_take_them() {
+fn commit_bundles_never_go_back_unless_forced_and_pin_only_when_asked() {
     let env = Env::new();
     set_up_keys(&env);
     let v1 = env.commit(1, "1.0.0");
@@ -217,13 +217,19 @@ fn commit_bundles_pin_and_branch_devices_take_them() {
     promote(&env, Some(v2), None, "stable", false).unwrap();
     let stable = bundle(&env, channel("stable"), &[], "stable.bundle");
     let c1 = bundle(&env, BundleTo::Commit(v1), &[], "c1.bundle");
+    let c2 = bundle(&env, BundleTo::Commit(v2), &[], "c2.bundle");
 
-    // A channel device: a commit bundle is a technician's choice and pins it; a channel
-    // bundle is then refused until it is unpinned.
+    // A channel device: a commit bundle installs a newer release and leaves it following
+    // its channel; an older one is a downgrade, refused unless forced.
     let dev = offline_device(&env, "dev", "stable", "rev-a");
-    let s = applied(&dev, &c1);
-    assert_eq!(s["to"], v1.to_hex());
-    assert_eq!(s["pinned"], true);
+    let s = applied(&dev, &c2);
+    assert_eq!((s["to"].as_str(), s["pinned"].as_bool()), (Some(v2.to_hex().as_str()), Some(false)), "{s}");
+    refused(&dev, &c1, "not newer than the running 1.1.0", false);
+    let (ok, out, err) = ferryd(&dev, &["apply", c1.to_str().unwrap(), "--force", "--pin", "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((s["to"].as_str(), s["pinned"].as_bool()), (Some(v1.to_hex().as_str()), Some(true)), "{s}");
+    // Pinned, it refuses the channel's bundle until it is unpinned.
     refused(&dev, &stable, "pinned", false);
     let (ok, _, err) = ferryd(&dev, &["unpin"]);
     assert!(ok, "{err}");
@@ -256,7 +262,8 @@ fn without_first_chunk(path: &Path) -> PathBuf {
             Section::Commit(c) => w.commit(&c).unwrap(),
             Section::From(f) => w.from(&f).unwrap(),
             Section::Tree { id, bytes } => w.tree(&id, &bytes).unwrap(),
-            Section::Manifest(m) => {
+            Section::Manifest(_) => {
+                let m = r.manifest();
                 dropped = Some(m[0].0);
                 w.manifest(&m[1..]).unwrap();
             }

@@ -99,9 +99,13 @@ fn a_technician_installs_a_bundle_from_the_local_page() {
     assert_eq!(call(Method::GET, "/status.json", &[], vec![]).0, 401);
     assert_eq!(call(Method::POST, "/apply", &[("x-ferry-upload", "1")], bytes.clone()).0, 401);
     assert_eq!(call(Method::GET, "/status.json", &[("authorization", "Bearer wrong")], vec![]).0, 401);
-    let (s, v) = call(Method::POST, "/login", &[], br#"{"password":"wrong"}"#.to_vec());
+    let json = ("content-type", "application/json");
+    let (s, v) = call(Method::POST, "/login", &[json], br#"{"password":"wrong"}"#.to_vec());
     assert_eq!((s, v["error"].as_str()), (401, Some("wrong password")));
-    assert_eq!(call(Method::POST, "/login", &[], b"password=x".to_vec()).0, 400);
+    assert_eq!(call(Method::POST, "/login", &[json], b"password=x".to_vec()).0, 400);
+    // A cross-site form cannot sign in: it cannot send JSON without asking first.
+    let form = ("content-type", "text/plain");
+    assert_eq!(call(Method::POST, "/login", &[form], br#"{"password":"correct horse battery"}"#.to_vec()).0, 415);
     assert_eq!(call(Method::DELETE, "/", &[], vec![]).0, 405);
     assert_eq!(call(Method::GET, "/etc/passwd", &[], vec![]).0, 404);
     let (s, v) = call(Method::POST, "/apply", &[("authorization", &bearer)], bytes.clone());

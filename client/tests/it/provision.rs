@@ -131,6 +131,9 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     let stat = Command::new("debugfs").arg("-R").arg(format!("stat {in_raw}")).arg(&raw).output().unwrap();
     let stat = String::from_utf8_lossy(&stat.stdout);
     assert!(stat.contains("Links: 2"), "{in_raw} in the ext4 image: {stat}");
+    // The staged chunks went into the objects: the image does not carry them twice.
+    let staging = image.join(state_in_image.trim_start_matches('/')).join("staging");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "{}", staging.display());
     // Building into a directory that is not empty is refused.
     let again = build(&env.repo, &ImageRequest { raw: None, ..req.clone() });
     assert!(format!("{:#}", again.unwrap_err()).contains("not empty"));

@@ -1,0 +1,628 @@
+//! `ferry-vmtest`: real power cuts. A device boots in QEMU from a disk built by `ferry
+//! image`; it starts updating from `ferry serve` on this machine (QEMU's user network reaches
+//! the host's loopback as 10.0.2.2), and the harness kills QEMU (SIGKILL: no shutdown, no
+//! sync; the disk is opened with `cache=none`, so what the guest had not written is lost) at
+//! a random moment between the update's start and the end of its trial. The next boot must
+//! come up, `ferryd fsck` must find every deployment complete, the update must then finish,
+//! and it must not download a chunk that was durably stored before the cut.
+//!
+//! Guest: Debian's cloud kernel (extracted from its package into the cache, never
+//! installed), an initramfs that loads the virtio modules and switches to the disk, and on
+//! the disk busybox, `ferryd` with its libraries, its configuration and the state `ferry
+//! image` seeded. Each boot runs `ferryd boot-check`, `fsck`, `status`, `update`, `fsck`,
+//! printing `FERRY-VM` lines on the serial console, and powers off; `FERRYD_TRACE_STEPS`
+//! makes the agent print each durable step, so the report says where every cut landed.
+//!
+//! Usage: `ferry-vmtest [--cuts N] [--seed S] [--report FILE]`; `FERRY_VM_SOAK=1` makes the
+//! default 300 cuts instead of 10. Needs qemu-system-x86_64 and busybox-static
+//! (`scripts/vmtest` installs them); the kernel package is fetched with `apt-get download`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use ferry_publisher::channels::{self, KeyChange, Promotion};
+use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
+use ferry_store::{ChunkParams, Id, RepoConfig, Repository};
+use serde_json::Value;
+
+mod cpio;
+
+#[derive(Parser)]
+#[command(about = "Cuts a QEMU device's power in the middle of updates and checks every next boot")]
+struct Args {
+    /// Power cuts to make (default 10, or 300 with FERRY_VM_SOAK=1).
+    #[arg(long)]
+    cuts: Option<u32>,
+    /// Seed of the cut times (default: from the clock; printed, to replay a run).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also write the report (a Markdown table) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Size of the release trees, in MiB.
+    #[arg(long, default_value_t = 24)]
+    tree_mib: u64,
+}
+
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("FERRY_VM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/ferry-vm")
+    })
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Debian's cloud kernel and its modules, extracted from the package into the cache.
+fn kernel() -> Result<(PathBuf, PathBuf)> {
+    let dir = cache_dir().join("kernel");
+    let find = || -> Option<(PathBuf, PathBuf)> {
+        let boot = std::fs::read_dir(dir.join("boot")).ok()?;
+        let vmlinuz = boot
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))?;
+        let version = vmlinuz.file_name()?.to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+        Some((vmlinuz, dir.join("lib/modules").join(version)))
+    };
+    if let Some(k) = find() {
+        return Ok(k);
+    }
+    eprintln!("fetching Debian's cloud kernel package (once)");
+    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
+    let package = deps
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .ok_or_else(|| anyhow!("apt-cache names no kernel package for linux-image-cloud-amd64"))?
+        .to_string();
+    let debs = cache_dir().join("debs");
+    std::fs::create_dir_all(&debs)?;
+    run(Command::new("apt-get").args(["download", &package]).current_dir(&debs))?;
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&package)))
+        .ok_or_else(|| anyhow!("apt-get download {package} left no package"))?;
+    let tmp = cache_dir().join("kernel.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    std::fs::rename(&tmp, &dir)?;
+    find().ok_or_else(|| anyhow!("{} holds no vmlinuz", deb.display()))
+}
+
+fn which(name: &str) -> Result<PathBuf> {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} is not installed (scripts/vmtest installs what the harness needs)")
+}
+
+/// The initramfs: busybox, the virtio modules, and an init that mounts the disk and
+/// switches to it.
+fn initramfs(modules: &Path, out: &Path) -> Result<()> {
+    let mut a = cpio::Archive::default();
+    for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
+        a.dir(d);
+    }
+    a.file("bin/busybox", &std::fs::read(which("busybox")?)?, 0o755);
+    for m in MODULES {
+        let path = find_file(modules, &format!("{m}.ko")).ok_or_else(|| anyhow!("no module {m}.ko"))?;
+        a.file(&format!("lib/modules/{m}.ko"), &std::fs::read(path)?, 0o644);
+    }
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+for m in {mods}; do /bin/busybox insmod /lib/modules/$m.ko || echo "FERRY-VM insmod-failed $m"; done
+for i in $(/bin/busybox seq 50); do [ -e /dev/vda ] && break; /bin/busybox sleep 0.1; done
+/bin/busybox mount -t ext4 -o rw /dev/vda /newroot || {{ echo "FERRY-VM no-root"; /bin/busybox poweroff -f; }}
+/bin/busybox umount /proc /sys
+/bin/busybox mount --move /dev /newroot/dev
+exec /bin/busybox switch_root /newroot /sbin/init
+"#,
+        mods = MODULES.join(" ")
+    );
+    a.file("init", init.as_bytes(), 0o755);
+    std::fs::write(out, a.finish())?;
+    Ok(())
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The device's root file system, less Ferry's state (which `ferry image` adds): busybox,
+/// ferryd and the libraries it loads, the boot script, the root key.
+fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path) -> Result<()> {
+    for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry", "app"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
+    for tool in ["sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
+    }
+    std::fs::copy(ferryd, dir.join("usr/bin/ferryd"))?;
+    // The shared libraries ferryd loads, at the paths the loader looks for them.
+    let ldd = run(Command::new("ldd").arg(ferryd))?;
+    for line in ldd.lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+        if let Some(p) = path {
+            let rel = p.strip_prefix("/")?;
+            let dest = dir.join(rel);
+            std::fs::create_dir_all(dest.parent().unwrap_or(dir))?;
+            std::fs::copy(p.canonicalize()?, &dest).with_context(|| format!("copying {}", p.display()))?;
+        }
+    }
+    std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
+    use std::os::unix::fs::PermissionsExt;
+    let init = r#"#!/bin/sh
+# The device's boot: Ferry's boot check, then an update from the server, with markers.
+export PATH=/bin:/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /tmp
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+echo "FERRY-VM up"
+export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn
+ferryd boot-check >/dev/null 2>&1
+if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-before ok"; else echo "FERRY-VM fsck-before FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
+echo "FERRY-VM status-before $(ferryd status --json | tr -d '\n')"
+echo "FERRY-VM update-start"
+if ferryd update --json >/tmp/update 2>/tmp/update.err; then
+  echo "FERRY-VM update $(cat /tmp/update | tr -d '\n')"
+else
+  echo "FERRY-VM update-failed $(cat /tmp/update.err | tr '\n' ' ')"
+fi
+cat /tmp/update.err | grep FERRY-STEP
+if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-after ok"; else echo "FERRY-VM fsck-after FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
+echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
+sync
+echo "FERRY-VM done"
+poweroff -f
+"#;
+    std::fs::write(dir.join("sbin/init"), init)?;
+    std::fs::set_permissions(dir.join("sbin/init"), std::fs::Permissions::from_mode(0o755))?;
+    // The release's health check: the "application" proves itself.
+    std::fs::write(dir.join("app/README"), "the application runs from /var/lib/ferry/current\n")?;
+    Ok(())
+}
+
+/// What one boot printed.
+#[derive(Default, Debug)]
+struct Boot {
+    markers: BTreeMap<String, String>,
+    steps: Vec<String>,
+    killed: bool,
+    /// Seconds from `update-start` to the update's answer, when it finished.
+    update_seconds: Option<f64>,
+    log: String,
+}
+
+/// Boots `disk`; with `cut`, kills QEMU that long after the update starts.
+fn boot(kernel: &Path, initrd: &Path, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())])
+        .args(["-m", "768", "-smp", "1", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio,cache=none", disk.display()))
+        .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no qemu output"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut b = Boot::default();
+    let mut started: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if let (Some(s), Some(c)) = (started, cut) {
+            if now >= s + c {
+                child.kill()?;
+                child.wait()?;
+                b.killed = true;
+                // What the console had printed by then.
+                while let Ok(line) = rx.try_recv() {
+                    take(&mut b, &line, started);
+                }
+                return Ok(b);
+            }
+        }
+        if now > deadline {
+            let _ = child.kill();
+            bail!("the VM did not finish within 10 minutes; its console:\n{}", b.log);
+        }
+        let wait = match (started, cut) {
+            (Some(s), Some(c)) => (s + c).saturating_duration_since(now).min(Duration::from_millis(200)),
+            _ => Duration::from_millis(200),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(line) => {
+                if line.starts_with("FERRY-VM update-start") {
+                    started = Some(Instant::now());
+                }
+                take(&mut b, &line, started);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("qemu failed ({status}): {err}");
+    }
+    Ok(b)
+}
+
+fn take(b: &mut Boot, line: &str, started: Option<Instant>) {
+    b.log.push_str(line);
+    b.log.push('\n');
+    if let Some(step) = line.trim().strip_prefix("FERRY-STEP ") {
+        b.steps.push(step.to_string());
+    }
+    if let Some(rest) = line.trim().strip_prefix("FERRY-VM ") {
+        let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+        if key == "update" || key == "update-failed" {
+            b.update_seconds = started.map(|s| s.elapsed().as_secs_f64());
+        }
+        b.markers.insert(key.to_string(), value.to_string());
+    }
+}
+
+fn json(b: &Boot, key: &str) -> Result<Value> {
+    let v = b.markers.get(key).ok_or_else(|| anyhow!("the boot printed no {key}; its console:\n{}", b.log))?;
+    serde_json::from_str(v).with_context(|| format!("{key}: {v}"))
+}
+
+/// A small deterministic pseudo-random sequence (xorshift64*), for replayable cut times.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// One cut's outcome, for the report.
+struct Cut {
+    at: f64,
+    step: String,
+    outcome: Result<String, String>,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<bool> {
+    let args = Args::parse();
+    let soak = std::env::var_os("FERRY_VM_SOAK").is_some();
+    let cuts = args.cuts.unwrap_or(if soak { 300 } else { 10 });
+    let seed = args.seed.unwrap_or_else(|| now() as u64 ^ u64::from(std::process::id())) | 1;
+    which("qemu-system-x86_64")?;
+    let (vmlinuz, modules) = kernel()?;
+    let ferryd = ferry_publisher::image::find_ferryd()?;
+    let work = cache_dir().join(format!("run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let result = campaign(&args, cuts, seed, &vmlinuz, &modules, &ferryd, &work);
+    if result.as_ref().is_ok_and(|ok| *ok) {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("the run's files are kept in {}", work.display());
+    }
+    result
+}
+
+fn campaign(
+    args: &Args,
+    cuts: u32,
+    seed: u64,
+    vmlinuz: &Path,
+    modules: &Path,
+    ferryd: &Path,
+    work: &Path,
+) -> Result<bool> {
+    let initrd = work.join("initrd.cpio");
+    initramfs(modules, &initrd)?;
+
+    // The repository: keys, releases 1 and 2 for rev-a, channel stable at 1.
+    let repo_path = work.join("repo");
+    let repo = Repository::init(&repo_path, &RepoConfig::new(ChunkParams::default(), 3))?;
+    let (root, ci, chan) = (ferry_fixtures::test_key(10), ferry_fixtures::test_key(1), ferry_fixtures::test_key(11));
+    root.save(&work.join("root.key"))?;
+    let change = KeyChange {
+        roots: Some(vec![root.public()]),
+        commit_keys: Some(vec![ci.public()]),
+        channel_keys: Some(vec![chan.public()]),
+    };
+    channels::set_keys(&repo, &[root], change, now())?;
+    let mut commits = Vec::new();
+    for v in 1..=2u32 {
+        let tree = work.join(format!("tree-{v}"));
+        ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 7, size: args.tree_mib << 20, version: v }, &tree)?;
+        std::fs::create_dir_all(tree.join("app"))?;
+        std::fs::write(tree.join("app/health"), format!("release {v} is healthy\n"))?;
+        let req = CommitRequest {
+            hardware: vec!["rev-a".into()],
+            ..CommitRequest::new(tree, "main", format!("1.{v}.0").parse()?, &ci)
+        };
+        commits.push(commit_tree(&repo, &req, &NoProgress)?.commit.parse::<Id>()?);
+    }
+    let promote = |commit: Id| -> Result<()> {
+        let p = Promotion {
+            to: "stable".into(),
+            commit: Some(commit),
+            from: None,
+            hardware: Vec::new(),
+            key: &chan,
+            expires_in: 30 * 86400,
+            rollback: false,
+            force: false,
+            now: now(),
+        };
+        channels::promote(&repo, &p)?;
+        Ok(())
+    };
+    promote(commits[0])?;
+
+    // The server, in a runtime of its own.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (atx, arx) = mpsc::channel();
+    let (repo2, scratch) = (repo_path.clone(), work.join("serve-scratch"));
+    rt.spawn(async move {
+        let config = ferry_publisher::serve::ServeConfig::default();
+        let r = ferry_publisher::serve::serve_with(
+            repo2,
+            scratch,
+            "127.0.0.1:0".parse().expect("an address"),
+            &config,
+            move |a| {
+                let _ = atx.send(a);
+            },
+            std::future::pending(),
+        )
+        .await;
+        if let Err(e) = r {
+            eprintln!("error: the server stopped: {e:#}");
+        }
+    });
+    let addr = arx.recv_timeout(Duration::from_secs(30)).context("the server did not start")?;
+
+    // The disk: the root file system and Ferry's state with release 1, built by ferry image.
+    let overlay = work.join("overlay");
+    std::fs::create_dir_all(&overlay)?;
+    let root_pub = work.join("root.key.pub");
+    rootfs_overlay(&overlay, ferryd, &root_pub)?;
+    let device_config = work.join("ferryd.toml");
+    std::fs::write(
+        &device_config,
+        format!(
+            r#"server = "http://10.0.2.2:{port}"
+channel = "stable"
+root_keys = ["/etc/ferry/root.pub"]
+state_dir = "/var/lib/ferry"
+current_link = "/var/lib/ferry/current"
+hardware = "rev-a"
+retries = 2
+read_timeout = 20
+batch_bytes = 4194304
+
+[health]
+commands = ["test -f app/health"]
+deadline = 120
+interval = 1
+"#,
+            port = addr.port()
+        ),
+    )?;
+    let base = work.join("base.img");
+    let image = ferry_publisher::image::build(
+        &repo,
+        &ferry_publisher::image::ImageRequest {
+            commit: commits[0],
+            hardware: "rev-a".into(),
+            out: work.join("image"),
+            device_config,
+            config_path: "/etc/ferry/ferryd.toml".into(),
+            overlays: vec![overlay],
+            raw: Some((base.clone(), 512 << 20)),
+            ferryd: ferryd.to_path_buf(),
+        },
+    )?;
+    eprintln!("disk image: release {} ({} files), {}", image.version, image.files, base.display());
+    promote(commits[1])?;
+    let (v1, v2) = (commits[0].to_hex(), commits[1].to_hex());
+
+    // Calibration: one update without a cut, for its length and its downloads.
+    let disk = work.join("disk.img");
+    std::fs::copy(&base, &disk)?;
+    let started = Instant::now();
+    let calm = boot(vmlinuz, &initrd, &disk, None)?;
+    let full = json(&calm, "update").context("the uncut update")?;
+    if full["to"] != v2.as_str() || calm.markers.get("fsck-after").map(String::as_str) != Some("ok") {
+        bail!("the uncut update did not reach release 2 cleanly; console:\n{}", calm.log);
+    }
+    let window = calm.update_seconds.ok_or_else(|| anyhow!("no update time"))?;
+    let needed = full["chunks_downloaded"].as_u64().unwrap_or(0);
+    eprintln!(
+        "uncut boot: {:.1} s in all, update {:.1} s, {} chunks ({} bytes) downloaded; cutting {cuts} times (seed {seed})",
+        started.elapsed().as_secs_f64(),
+        window,
+        needed,
+        full["bytes_downloaded"]
+    );
+
+    let mut rng = Rng(seed);
+    let mut results = Vec::new();
+    for i in 0..cuts {
+        std::fs::copy(&base, &disk)?;
+        // From the update's first request to after its trial (the window plus a margin).
+        let at = rng.next_f64() * window * 1.15;
+        let cut = boot(vmlinuz, &initrd, &disk, Some(Duration::from_secs_f64(at)))?;
+        let step = match (cut.killed, cut.steps.last()) {
+            (false, _) => "finished before the cut".to_string(),
+            (true, None) => "before the first durable step".to_string(),
+            (true, Some(s)) => format!("after {s} (step {})", cut.steps.len()),
+        };
+        let outcome = check_after_cut(vmlinuz, &initrd, &disk, &v1, &v2, needed);
+        match &outcome {
+            Ok(m) => eprintln!("cut {:>3}/{cuts} at {at:5.2} s, {step}: survived; {m}", i + 1),
+            Err(e) => eprintln!("cut {:>3}/{cuts} at {at:5.2} s, {step}: FAILED: {e}", i + 1),
+        }
+        results.push(Cut { at, step, outcome: outcome.map_err(|e| format!("{e:#}")) });
+    }
+    let survived = results.iter().filter(|r| r.outcome.is_ok()).count();
+    let mut report = format!(
+        "| cut | at (s) | where it landed | outcome |\n|---|---|---|---|\n{}\n{survived} of {} cuts survived (seed {seed}; update window {window:.1} s; {needed} chunks for a full update).\n",
+        results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!(
+                "| {} | {:.2} | {} | {} |",
+                i + 1,
+                r.at,
+                r.step,
+                match &r.outcome {
+                    Ok(m) => format!("ok: {m}"),
+                    Err(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
+                }
+            ))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        results.len()
+    );
+    let mut by_step: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        let key = r.step.split(" (").next().unwrap_or(&r.step).to_string();
+        *by_step.entry(key).or_default() += 1;
+    }
+    report.push_str(&format!(
+        "Where the cuts landed: {}.\n",
+        by_step.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+    ));
+    print!("{report}");
+    std::io::stdout().flush()?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, &report)?;
+    }
+    rt.shutdown_background();
+    Ok(survived == results.len())
+}
+
+/// Boots the cut disk again and checks what the issue asks: it boots, every deployment is
+/// complete, `current` is release 1 or 2, and the update then reaches release 2 without
+/// downloading more than what was not durably staged.
+fn check_after_cut(vmlinuz: &Path, initrd: &Path, disk: &Path, v1: &str, v2: &str, needed: u64) -> Result<String> {
+    let b = boot(vmlinuz, initrd, disk, None)?;
+    if !b.markers.contains_key("up") {
+        bail!("the device did not boot; console:\n{}", b.log);
+    }
+    match b.markers.get("fsck-before").map(String::as_str) {
+        Some("ok") => {}
+        other => bail!("fsck after the cut: {}", other.unwrap_or("not run")),
+    }
+    let before = json(&b, "status-before")?;
+    let current = before["current"]["commit"].as_str().unwrap_or("none");
+    if current != v1 && current != v2 {
+        bail!("after the cut the device runs {current}, neither release 1 nor 2");
+    }
+    let staged = before["staged_chunks"].as_u64().unwrap_or(0);
+    let update = match json(&b, "update") {
+        Ok(u) => u,
+        Err(_) => {
+            bail!("the update after the cut failed: {}", b.markers.get("update-failed").cloned().unwrap_or_default())
+        }
+    };
+    if update["to"] != v2 {
+        bail!("the update after the cut went to {}, not release 2", update["to"]);
+    }
+    match b.markers.get("fsck-after").map(String::as_str) {
+        Some("ok") => {}
+        other => bail!("fsck after the update: {}", other.unwrap_or("not run")),
+    }
+    let downloaded = update["chunks_downloaded"].as_u64().unwrap_or(0);
+    if current == v1 && downloaded + staged.min(needed) > needed {
+        bail!(
+            "the update downloaded {downloaded} chunks although {staged} of the {needed} it needs were staged before the cut"
+        );
+    }
+    Ok(format!(
+        "ran {} after the cut, {staged} chunks staged, then {downloaded} downloaded",
+        if current == v1 { "release 1" } else { "release 2" }
+    ))
+}
