@@ -27,7 +27,7 @@ use ferry_store::{Commit, EntryKind, Id, PublicKey, Tree};
 use crate::config::Config;
 use crate::local::Local;
 use crate::state::{now, State};
-use crate::update::{Refused, TrialFailed};
+use crate::update::{sync_staging, Refused, TrialFailed};
 
 /// What one `ferryd apply` did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -323,6 +323,7 @@ async fn apply_inner(
         }
     }
     drop(trees);
+    let mut synced = Instant::now();
     loop {
         match reader.next_section() {
             Ok(Some(Section::Chunk { id, frame })) => match needed.get(&id) {
@@ -330,6 +331,10 @@ async fn apply_inner(
                     crate::update::stage_chunk(local, &id, &frame, *len)
                         .map_err(|e| refused(format!("its chunk {id} is damaged: {e:#}")))?;
                     s.chunks_used += 1;
+                    if synced.elapsed() >= crate::update::STAGING_SYNC_INTERVAL {
+                        sync_staging(local);
+                        synced = Instant::now();
+                    }
                 }
                 _ => s.chunks_skipped += 1,
             },
@@ -406,12 +411,6 @@ fn link_durably(link: &std::path::Path, target: &std::path::Path) -> Result<()> 
     std::fs::rename(&tmp, link)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-fn sync_staging(local: &Local) {
-    if let Ok(dir) = std::fs::File::open(local.root.join("staging")) {
-        let _ = nix::unistd::syncfs(&dir);
-    }
 }
 
 /// The directories under `root` whose trees neither the bundle nor the device holds, with

@@ -157,7 +157,7 @@ fn credentials(shared: &Shared, req: &Request<Incoming>) -> Option<bool> {
             return Some(same(&blake3::hash(given.as_bytes()), &shared.password));
         }
     }
-    let Some(cookies) = headers.get("cookie").and_then(|v| v.to_str().ok()) else { return None };
+    let cookies = headers.get("cookie").and_then(|v| v.to_str().ok())?;
     let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
     let known = cookies
         .split(';')

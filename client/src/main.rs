@@ -146,6 +146,15 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// A bundle to read: FILE, or stdin for `-`.
+fn open_input(file: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+    if file.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let f = std::fs::File::open(file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+    Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
@@ -163,16 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Apply { file, json, pin, force } => {
             let opts = ferry_client::bundle::ApplyOptions { pin, force };
-            let s = if file.as_os_str() == "-" {
-                runtime()?.block_on(ferry_client::bundle::apply(&config, std::io::stdin().lock(), opts))?
-            } else {
-                let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                runtime()?.block_on(ferry_client::bundle::apply(
-                    &config,
-                    std::io::BufReader::with_capacity(1 << 20, f),
-                    opts,
-                ))?
-            };
+            let s = runtime()?.block_on(ferry_client::bundle::apply(&config, open_input(&file)?, opts))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else if s.up_to_date {
@@ -228,16 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut c = config.rooted(&root);
             c.hardware = Some(hardware);
             (c.hardware_file, c.hardware_env, c.hardware_command) = (None, None, None);
-            let s = if file.as_os_str() == "-" {
-                runtime()?.block_on(ferry_client::bundle::seed(&c, &root, std::io::stdin().lock()))?
-            } else {
-                let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                runtime()?.block_on(ferry_client::bundle::seed(
-                    &c,
-                    &root,
-                    std::io::BufReader::with_capacity(1 << 20, f),
-                ))?
-            };
+            let s = runtime()?.block_on(ferry_client::bundle::seed(&c, &root, open_input(&file)?))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {

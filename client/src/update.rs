@@ -454,6 +454,16 @@ pub(crate) fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Res
     Ok(())
 }
 
+/// How often chunks staged during a batch are made durable (`syncfs`).
+pub(crate) const STAGING_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Makes the staged chunks durable.
+pub(crate) fn sync_staging(local: &Local) {
+    if let Ok(dir) = fs::File::open(local.root.join("staging")) {
+        let _ = nix::unistd::syncfs(&dir);
+    }
+}
+
 /// Downloads `missing` (id → length) into staging; returns the number of chunk frames and
 /// their bytes received, even when some batches failed (the error comes last).
 async fn fetch_chunks(
@@ -484,19 +494,23 @@ async fn fetch_chunks(
             let expected: Vec<(Id, u32)> = batch.iter().map(|(id, len)| (*id, pack::max_stored_len(*len))).collect();
             let mut t = Traffic::default();
             let (mut n, mut b) = (0u64, 0u64);
+            let mut synced = Instant::now();
             let r = server
                 .pack("chunks", &expected, &mut t, |frame| {
                     let len = lens.get(&frame.id).copied().unwrap_or(0);
                     stage_chunk(local, &frame.id, &frame.bytes, len)?;
+                    // A power cut loses at most about a second of a batch, not all of it.
+                    if synced.elapsed() >= STAGING_SYNC_INTERVAL {
+                        sync_staging(local);
+                        synced = Instant::now();
+                    }
                     n += 1;
                     b += (frame.bytes.len() + pack::FRAME_HEADER) as u64;
                     Ok(())
                 })
                 .await;
             // Make what arrived durable, whether or not the batch completed.
-            if let Ok(dir) = fs::File::open(local.root.join("staging")) {
-                let _ = nix::unistd::syncfs(&dir);
-            }
+            sync_staging(local);
             (t, n, b, r)
         })
         .buffer_unordered(config.concurrency.max(1))
@@ -668,6 +682,7 @@ async fn fetch_patches(
             let mut t = Traffic::default();
             let mut out = PatchOutcome::default();
             let mut received: HashSet<Id> = HashSet::new();
+            let mut synced = Instant::now();
             let r = server
                 .post_pack("patches", body, &expected, &mut t, |frame| {
                     let Some(p) = by_key.get(&frame.id) else { bail!("the server sent patch {} unasked", frame.id) };
@@ -683,12 +698,14 @@ async fn fetch_patches(
                             out.fallback.extend(p.target.iter().filter(|c| !local.staging_path(&c.id).exists()).map(|c| (c.id, c.len)));
                         }
                     }
+                    if synced.elapsed() >= STAGING_SYNC_INTERVAL {
+                        sync_staging(local);
+                        synced = Instant::now();
+                    }
                     Ok(())
                 })
                 .await;
-            if let Ok(dir) = fs::File::open(local.root.join("staging")) {
-                let _ = nix::unistd::syncfs(&dir);
-            }
+            sync_staging(local);
             let r = match r {
                 Err(e) if e.downcast_ref::<Answered>().is_some() => {
                     tracing::warn!(error = %format!("{e:#}"), "the server refused patches; fetching their chunks plain");

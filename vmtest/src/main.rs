@@ -130,7 +130,13 @@ fn initramfs(modules: &Path, out: &Path) -> Result<()> {
     for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
         a.dir(d);
     }
-    a.file("bin/busybox", &std::fs::read(which("busybox")?)?, 0o755);
+    let busybox = which("busybox")?;
+    let ldd = Command::new("ldd").arg(&busybox).output()?;
+    let said = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
+    if !(said.contains("not a dynamic executable") || said.contains("statically linked")) {
+        bail!("{} is not statically linked: install busybox-static", busybox.display());
+    }
+    a.file("bin/busybox", &std::fs::read(busybox)?, 0o755);
     for m in MODULES {
         let path = find_file(modules, &format!("{m}.ko")).ok_or_else(|| anyhow!("no module {m}.ko"))?;
         a.file(&format!("lib/modules/{m}.ko"), &std::fs::read(path)?, 0o644);
@@ -175,7 +181,10 @@ fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path) -> Result<()> {
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
-    for tool in ["sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq"] {
+    for tool in [
+        "sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq", "tee",
+        "grep",
+    ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
     std::fs::copy(ferryd, dir.join("usr/bin/ferryd"))?;
@@ -203,17 +212,19 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "FERRY-VM up"
-export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn
+export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn NO_COLOR=1
 ferryd boot-check >/dev/null 2>&1
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-before ok"; else echo "FERRY-VM fsck-before FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-before $(ferryd status --json | tr -d '\n')"
 echo "FERRY-VM update-start"
-if ferryd update --json >/tmp/update 2>/tmp/update.err; then
+# The agent's steps reach the console as they happen (stderr through tee); its JSON answer
+# goes to a file, empty if the update failed.
+ferryd update --json 2>&1 >/tmp/update | tee /tmp/update.err
+if [ -s /tmp/update ]; then
   echo "FERRY-VM update $(cat /tmp/update | tr -d '\n')"
 else
-  echo "FERRY-VM update-failed $(cat /tmp/update.err | tr '\n' ' ')"
+  echo "FERRY-VM update-failed $(grep -v FERRY-STEP /tmp/update.err | tr '\n' ' ')"
 fi
-cat /tmp/update.err | grep FERRY-STEP
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-after ok"; else echo "FERRY-VM fsck-after FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
 sync
@@ -317,10 +328,14 @@ fn boot(kernel: &Path, initrd: &Path, disk: &Path, cut: Option<Duration>) -> Res
 fn take(b: &mut Boot, line: &str, started: Option<Instant>) {
     b.log.push_str(line);
     b.log.push('\n');
-    if let Some(step) = line.trim().strip_prefix("FERRY-STEP ") {
-        b.steps.push(step.to_string());
+    // The console's escape sequences and kernel messages may share a line with a marker.
+    if let Some(step) = line.find("FERRY-STEP ").map(|i| line[i + 11..].trim()) {
+        // A line the cut broke off may hold no name.
+        if !step.is_empty() {
+            b.steps.push(step.to_string());
+        }
     }
-    if let Some(rest) = line.trim().strip_prefix("FERRY-VM ") {
+    if let Some(rest) = line.find("FERRY-VM ").map(|i| line[i + 9..].trim_end()) {
         let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
         if key == "update" || key == "update-failed" {
             b.update_seconds = started.map(|s| s.elapsed().as_secs_f64());

@@ -97,7 +97,9 @@ fn a_technician_installs_a_bundle_from_the_local_page() {
     use reqwest::Method;
     let bearer = format!("Bearer {PASSWORD}");
     assert_eq!(call(Method::GET, "/status.json", &[], vec![]).0, 401);
-    assert_eq!(call(Method::POST, "/apply", &[("x-ferry-upload", "1")], bytes.clone()).0, 401);
+    // Refusals come before the body is read: small bodies, so the answer is not a reset.
+    let small = bytes[..1000].to_vec();
+    assert_eq!(call(Method::POST, "/apply", &[("x-ferry-upload", "1")], small.clone()).0, 401);
     assert_eq!(call(Method::GET, "/status.json", &[("authorization", "Bearer wrong")], vec![]).0, 401);
     let json = ("content-type", "application/json");
     let (s, v) = call(Method::POST, "/login", &[json], br#"{"password":"wrong"}"#.to_vec());
@@ -108,7 +110,7 @@ fn a_technician_installs_a_bundle_from_the_local_page() {
     assert_eq!(call(Method::POST, "/login", &[form], br#"{"password":"correct horse battery"}"#.to_vec()).0, 415);
     assert_eq!(call(Method::DELETE, "/", &[], vec![]).0, 405);
     assert_eq!(call(Method::GET, "/etc/passwd", &[], vec![]).0, 404);
-    let (s, v) = call(Method::POST, "/apply", &[("authorization", &bearer)], bytes.clone());
+    let (s, v) = call(Method::POST, "/apply", &[("authorization", &bearer)], small);
     assert_eq!(s, 400, "an upload without X-Ferry-Upload (a cross-site form) is refused: {v}");
     let (s, v) = call(
         Method::POST,
