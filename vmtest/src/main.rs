@@ -13,9 +13,17 @@
 //! printing `FERRY-VM` lines on the serial console, and powers off; `FERRYD_TRACE_STEPS`
 //! makes the agent print each durable step, so the report says where every cut landed.
 //!
-//! Usage: `ferry-vmtest [--cuts N] [--seed S] [--report FILE]`; `FERRY_VM_SOAK=1` makes the
-//! default 300 cuts instead of 10. Needs qemu-system-x86_64 and busybox-static
-//! (`scripts/vmtest` installs them); the kernel package is fetched with `apt-get download`.
+//! With `--grub` it boots through the real GRUB instead: an MBR with GRUB's boot.img, a
+//! core.img from grub-mkimage, and the shipped `boot-integration/grub/ferry.cfg` choosing the
+//! deployment (whose kernel and initramfs it loads) from the environment block ferryd
+//! writes with grub-editenv. A release that never marks itself good, and one whose init
+//! fails (the kernel panics), must each be rolled back by GRUB after `bootlimit` boots.
+//!
+//! Usage: `ferry-vmtest [--cuts N] [--seed S] [--report FILE]` or `ferry-vmtest --grub`;
+//! `FERRY_VM_SOAK=1` makes the default 300 cuts instead of 10. Needs qemu-system-x86_64,
+//! busybox-static and grub-pc-bin (`scripts/vmtest` installs them); the kernel package is
+//! fetched with `apt-get download`. KVM is not used by default (`FERRY_VM_ACCEL=kvm` to try
+//! it): nested KVM on this machine hangs the guest.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -45,6 +53,11 @@ struct Args {
     /// Also write the report (a Markdown table) to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Instead of power cuts: boot through the real GRUB (an MBR, core.img from
+    /// grub-mkimage, the shipped ferry.cfg) and check that it rolls back a release that
+    /// never marks itself good and one whose kernel fails, after bootlimit boots.
+    #[arg(long)]
+    grub: bool,
     /// Size of the release trees, in MiB.
     #[arg(long, default_value_t = 24)]
     tree_mib: u64,
@@ -148,7 +161,9 @@ fn initramfs(modules: &Path, out: &Path) -> Result<()> {
 /bin/busybox mount -t devtmpfs dev /dev
 for m in {mods}; do /bin/busybox insmod /lib/modules/$m.ko || echo "FERRY-VM insmod-failed $m"; done
 for i in $(/bin/busybox seq 50); do [ -e /dev/vda ] && break; /bin/busybox sleep 0.1; done
-/bin/busybox mount -t ext4 -o rw /dev/vda /newroot || {{ echo "FERRY-VM no-root"; /bin/busybox poweroff -f; }}
+/bin/busybox sleep 0.2
+root=/dev/vda; [ -e /dev/vda1 ] && root=/dev/vda1
+/bin/busybox mount -t ext4 -o rw $root /newroot || {{ echo "FERRY-VM no-root"; /bin/busybox poweroff -f; }}
 /bin/busybox umount /proc /sys
 /bin/busybox mount --move /dev /newroot/dev
 exec /bin/busybox switch_root /newroot /sbin/init
@@ -174,9 +189,56 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// An initramfs whose init fails at once: a release whose kernel cannot come up (the
+/// kernel panics, and with panic=-1 the machine resets).
+fn broken_initramfs(out: &Path) -> Result<()> {
+    let mut a = cpio::Archive::default();
+    a.dir("bin");
+    a.file("bin/busybox", &std::fs::read(which("busybox")?)?, 0o755);
+    a.file("init", b"#!/bin/busybox sh\necho FERRY-VM broken-init\nexit 1\n", 0o755);
+    std::fs::write(out, a.finish())?;
+    Ok(())
+}
+
+/// A BIOS disk booting the real GRUB: an MBR with GRUB's boot.img and one Linux partition
+/// (`part`, from 1 MiB), and GRUB's core.img (grub-mkimage, with what ferry.cfg needs) in
+/// the sectors between them, where boot.img looks for it.
+fn grub_disk(part: &Path, out: &Path) -> Result<()> {
+    let grub = Path::new("/usr/lib/grub/i386-pc");
+    let core = out.with_extension("core");
+    run(Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-o"])
+        .arg(&core)
+        .args(["-p", "(hd0,msdos1)/boot/grub"])
+        .args(["biosdisk", "part_msdos", "ext2", "normal", "configfile", "linux", "loadenv", "test", "echo"])
+        .args(["serial", "terminal"]))?;
+    let core = std::fs::read(&core)?;
+    let boot = std::fs::read(grub.join("boot.img"))?;
+    let part_len = std::fs::metadata(part)?.len();
+    if core.len() > 2047 * 512 || boot.len() < 440 {
+        bail!("GRUB's core.img ({} bytes) does not fit before the partition", core.len());
+    }
+    let mut mbr = vec![0u8; 512];
+    mbr[..440].copy_from_slice(&boot[..440]);
+    // One bootable Linux partition from sector 2048 (CHS fields unused: LBA only).
+    let mut entry = vec![0x80, 0xfe, 0xff, 0xff, 0x83, 0xfe, 0xff, 0xff];
+    entry.extend_from_slice(&2048u32.to_le_bytes());
+    entry.extend_from_slice(&u32::try_from(part_len / 512)?.to_le_bytes());
+    mbr[446..462].copy_from_slice(&entry);
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let mut f = std::fs::File::create(out)?;
+    f.write_all(&mbr)?;
+    f.write_all(&core)?;
+    f.write_all(&vec![0u8; 2048 * 512 - 512 - core.len()])?;
+    std::io::copy(&mut std::fs::File::open(part)?, &mut f)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// The device's root file system, less Ferry's state (which `ferry image` adds): busybox,
 /// ferryd and the libraries it loads, the boot script, the root key.
-fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path) -> Result<()> {
+fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path, grub_first: Option<&str>) -> Result<()> {
     for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry", "app"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
@@ -187,16 +249,40 @@ fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path) -> Result<()> {
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
-    std::fs::copy(ferryd, dir.join("usr/bin/ferryd"))?;
-    // The shared libraries ferryd loads, at the paths the loader looks for them.
-    let ldd = run(Command::new("ldd").arg(ferryd))?;
-    for line in ldd.lines() {
-        let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
-        if let Some(p) = path {
-            let rel = p.strip_prefix("/")?;
-            let dest = dir.join(rel);
-            std::fs::create_dir_all(dest.parent().unwrap_or(dir))?;
-            std::fs::copy(p.canonicalize()?, &dest).with_context(|| format!("copying {}", p.display()))?;
+    let mut binaries = vec![(ferryd.to_path_buf(), "usr/bin/ferryd")];
+    if let Some(first) = grub_first {
+        // GRUB reads its configuration, Ferry's fragment and the environment block from the
+        // partition; ferryd writes the block with grub-editenv, as on a device.
+        binaries.push((which("grub-editenv")?, "usr/bin/grub-editenv"));
+        std::fs::create_dir_all(dir.join("boot/grub"))?;
+        std::fs::write(
+            dir.join("boot/grub/grub.cfg"),
+            "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=0\nset ferry_cmdline=\"console=ttyS0 quiet panic=-1\"\nsource ${prefix}/ferry.cfg\n",
+        )?;
+        let fragment = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/grub/ferry.cfg");
+        std::fs::copy(&fragment, dir.join("boot/grub/ferry.cfg")).with_context(|| format!("{}", fragment.display()))?;
+        let env = dir.join("boot/grub/grubenv");
+        run(Command::new("grub-editenv").arg(&env).arg("create"))?;
+        run(Command::new("grub-editenv").arg(&env).args([
+            "set",
+            &format!("ferry_deploy={first}"),
+            "upgrade_available=0",
+            "bootcount=0",
+            "bootlimit=2",
+        ]))?;
+        std::fs::write(dir.join("etc/ferry-vm-mode"), "grub\n")?;
+    }
+    for (binary, at) in &binaries {
+        std::fs::copy(binary, dir.join(at))?;
+        // The shared libraries it loads, at the paths the loader looks for them.
+        let ldd = run(Command::new("ldd").arg(binary))?;
+        for line in ldd.lines() {
+            let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+            if let Some(p) = path {
+                let dest = dir.join(p.strip_prefix("/")?);
+                std::fs::create_dir_all(dest.parent().unwrap_or(dir))?;
+                std::fs::copy(p.canonicalize()?, &dest).with_context(|| format!("copying {}", p.display()))?;
+            }
         }
     }
     std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
@@ -212,8 +298,22 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "FERRY-VM up"
+echo "FERRY-VM cmdline $(cat /proc/cmdline)"
 export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn NO_COLOR=1
-ferryd boot-check >/dev/null 2>&1
+echo "FERRY-VM boot-check $(ferryd boot-check 2>&1 | tr '\n' ' ')"
+if [ -e /etc/ferry-vm-mode ]; then
+  # Bootloader runs: update only from a settled device; a release on trial (or one just
+  # rolled back) is left to the bootloader and the boot check.
+  status="$(ferryd status --json | tr -d '\n')"
+  echo "FERRY-VM status-before $status"
+  case "$status" in
+    *'"trial": null'*'"last_rollback": null'*) ferryd update --json 2>&1 | grep -v FERRY-STEP ;;
+  esac
+  echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
+  sync
+  echo "FERRY-VM done"
+  poweroff -f
+fi
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-before ok"; else echo "FERRY-VM fsck-before FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-before $(ferryd status --json | tr -d '\n')"
 echo "FERRY-VM update-start"
@@ -250,15 +350,28 @@ struct Boot {
 }
 
 /// Boots `disk`; with `cut`, kills QEMU that long after the update starts.
-fn boot(kernel: &Path, initrd: &Path, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())])
-        .args(["-m", "768", "-smp", "1", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+/// How a boot starts: QEMU loads the kernel and initramfs itself, or the BIOS boots the disk
+/// (GRUB in its MBR).
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    Direct { kernel: &'a Path, initrd: &'a Path },
+    Disk,
+}
+
+fn boot(start: Start<'_>, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
+        "-m",
+        "768",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+    ]);
+    if let Start::Direct { kernel, initrd } = start {
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", "console=ttyS0 quiet panic=-1"]);
+    }
+    let mut child = cmd
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio,cache=none", disk.display()))
         .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
@@ -427,13 +540,29 @@ fn campaign(
     };
     channels::set_keys(&repo, &[root], change, now())?;
     let mut commits = Vec::new();
-    for v in 1..=2u32 {
+    let broken = work.join("broken-initrd.cpio");
+    if args.grub {
+        broken_initramfs(&broken)?;
+    }
+    // With GRUB each release carries its kernel and initramfs (GRUB loads them from the
+    // deployment), and release 3's init fails; releases after the first reboot to be tried.
+    for v in 1..=(if args.grub { 3 } else { 2 }) {
         let tree = work.join(format!("tree-{v}"));
         ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 7, size: args.tree_mib << 20, version: v }, &tree)?;
         std::fs::create_dir_all(tree.join("app"))?;
         std::fs::write(tree.join("app/health"), format!("release {v} is healthy\n"))?;
+        let mut metadata = BTreeMap::new();
+        if args.grub {
+            std::fs::create_dir_all(tree.join("boot"))?;
+            std::fs::copy(vmlinuz, tree.join("boot/vmlinuz"))?;
+            std::fs::copy(if v == 3 { &broken } else { &initrd }, tree.join("boot/initrd.img"))?;
+            if v > 1 {
+                metadata.insert("reboot".to_string(), "required".to_string());
+            }
+        }
         let req = CommitRequest {
             hardware: vec!["rev-a".into()],
+            metadata,
             ..CommitRequest::new(tree, "main", format!("1.{v}.0").parse()?, &ci)
         };
         commits.push(commit_tree(&repo, &req, &NoProgress)?.commit.parse::<Id>()?);
@@ -482,30 +611,29 @@ fn campaign(
     let overlay = work.join("overlay");
     std::fs::create_dir_all(&overlay)?;
     let root_pub = work.join("root.key.pub");
-    rootfs_overlay(&overlay, ferryd, &root_pub)?;
+    let first = commits[0].to_hex();
+    rootfs_overlay(&overlay, ferryd, &root_pub, args.grub.then_some(first.as_str()))?;
     let device_config = work.join("ferryd.toml");
+    // With GRUB: the state where ferry.cfg looks (/ferry/deploy on the partition), a trial
+    // that only `mark-good` ends (nothing marks it: the bootloader must roll back), and a
+    // reboot that is a power-off (the harness boots again).
+    let (state, trial) = if args.grub {
+        (
+            "/ferry",
+            "reboot_command = \"sync; poweroff -f\"\n\n[bootloader]\nkind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"\n\n[health]\nrequire_mark_good = true\ndeadline = 3600\nbootlimit = 2\n",
+        )
+    } else {
+        ("/var/lib/ferry", "\n[health]\ncommands = [\"test -f app/health\"]\ndeadline = 120\ninterval = 1\n")
+    };
     std::fs::write(
         &device_config,
         format!(
-            r#"server = "http://10.0.2.2:{port}"
-channel = "stable"
-root_keys = ["/etc/ferry/root.pub"]
-state_dir = "/var/lib/ferry"
-current_link = "/var/lib/ferry/current"
-hardware = "rev-a"
-retries = 2
-read_timeout = 20
-batch_bytes = 4194304
-
-[health]
-commands = ["test -f app/health"]
-deadline = 120
-interval = 1
-"#,
+            "server = \"http://10.0.2.2:{port}\"\nchannel = \"stable\"\nroot_keys = [\"/etc/ferry/root.pub\"]\nstate_dir = \"{state}\"\ncurrent_link = \"{state}/current\"\nhardware = \"rev-a\"\nretries = 2\nread_timeout = 20\nbatch_bytes = 4194304\n{trial}",
             port = addr.port()
         ),
     )?;
     let base = work.join("base.img");
+    let part = work.join("part.img");
     let image = ferry_publisher::image::build(
         &repo,
         &ferry_publisher::image::ImageRequest {
@@ -515,11 +643,19 @@ interval = 1
             device_config,
             config_path: "/etc/ferry/ferryd.toml".into(),
             overlays: vec![overlay],
-            raw: Some((base.clone(), 512 << 20)),
+            raw: Some((if args.grub { part.clone() } else { base.clone() }, 512 << 20)),
             ferryd: ferryd.to_path_buf(),
         },
     )?;
+    if args.grub {
+        grub_disk(&part, &base)?;
+    }
     eprintln!("disk image: release {} ({} files), {}", image.version, image.files, base.display());
+    if args.grub {
+        let ok = grub_scenarios(&base, work, &commits, &promote);
+        rt.shutdown_background();
+        return ok;
+    }
     promote(commits[1])?;
     let (v1, v2) = (commits[0].to_hex(), commits[1].to_hex());
 
@@ -527,7 +663,8 @@ interval = 1
     let disk = work.join("disk.img");
     std::fs::copy(&base, &disk)?;
     let started = Instant::now();
-    let calm = boot(vmlinuz, &initrd, &disk, None)?;
+    let start = Start::Direct { kernel: vmlinuz, initrd: &initrd };
+    let calm = boot(start, &disk, None)?;
     let full = json(&calm, "update").context("the uncut update")?;
     if full["to"] != v2.as_str() || calm.markers.get("fsck-after").map(String::as_str) != Some("ok") {
         bail!("the uncut update did not reach release 2 cleanly; console:\n{}", calm.log);
@@ -548,13 +685,13 @@ interval = 1
         std::fs::copy(&base, &disk)?;
         // From the update's first request to after its trial (the window plus a margin).
         let at = rng.next_f64() * window * 1.15;
-        let cut = boot(vmlinuz, &initrd, &disk, Some(Duration::from_secs_f64(at)))?;
+        let cut = boot(start, &disk, Some(Duration::from_secs_f64(at)))?;
         let step = match (cut.killed, cut.steps.last()) {
             (false, _) => "finished before the cut".to_string(),
             (true, None) => "before the first durable step".to_string(),
             (true, Some(s)) => format!("after {s} (step {})", cut.steps.len()),
         };
-        let outcome = check_after_cut(vmlinuz, &initrd, &disk, &v1, &v2, needed);
+        let outcome = check_after_cut(start, &disk, &v1, &v2, needed);
         match &outcome {
             Ok(m) => eprintln!("cut {:>3}/{cuts} at {at:5.2} s, {step}: survived; {m}", i + 1),
             Err(e) => eprintln!("cut {:>3}/{cuts} at {at:5.2} s, {step}: FAILED: {e}", i + 1),
@@ -602,8 +739,8 @@ interval = 1
 /// Boots the cut disk again and checks what the issue asks: it boots, every deployment is
 /// complete, `current` is release 1 or 2, and the update then reaches release 2 without
 /// downloading more than what was not durably staged.
-fn check_after_cut(vmlinuz: &Path, initrd: &Path, disk: &Path, v1: &str, v2: &str, needed: u64) -> Result<String> {
-    let b = boot(vmlinuz, initrd, disk, None)?;
+fn check_after_cut(start: Start<'_>, disk: &Path, v1: &str, v2: &str, needed: u64) -> Result<String> {
+    let b = boot(start, disk, None)?;
     if !b.markers.contains_key("up") {
         bail!("the device did not boot; console:\n{}", b.log);
     }
@@ -640,4 +777,68 @@ fn check_after_cut(vmlinuz: &Path, initrd: &Path, disk: &Path, v1: &str, v2: &st
         "ran {} after the cut, {staged} chunks staged, then {downloaded} downloaded",
         if current == v1 { "release 1" } else { "release 2" }
     ))
+}
+
+/// The GRUB runs: from release 1, the device updates to a release and reboots into it; the
+/// release never marks itself good (2) or its kernel's init fails (3). The harness boots the
+/// disk again and again (each power-off or kernel panic ends a boot) until GRUB itself boots
+/// release 1 again, which must happen after exactly `bootlimit` (2) boots of the new
+/// release; then the device must run release 1, with the release recorded as bad and the
+/// rollback's reason naming the bootloader.
+fn grub_scenarios(base: &Path, work: &Path, commits: &[Id], promote: &dyn Fn(Id) -> Result<()>) -> Result<bool> {
+    let deploy_of = |b: &Boot| -> Option<String> {
+        let cmdline = b.markers.get("cmdline")?;
+        cmdline.split_whitespace().find_map(|w| w.strip_prefix("ferry.deploy=")).map(str::to_string)
+    };
+    let mut all_ok = true;
+    for (release, what) in
+        [(1usize, "a release that never marks itself good"), (2, "a release whose init fails (kernel panic)")]
+    {
+        let (v1, new) = (commits[0].to_hex(), commits[release].to_hex());
+        promote(commits[release])?;
+        let disk = work.join(format!("grub-{release}.img"));
+        std::fs::copy(base, &disk)?;
+        let mut on_new = 0;
+        let mut outcome: Result<String> = Err(anyhow!("GRUB never went back to release 1 within 8 boots"));
+        for n in 1..=8 {
+            let b = boot(Start::Disk, &disk, None)?;
+            let deploy = deploy_of(&b);
+            if b.log.contains("FERRY-VM broken-init") || deploy.as_deref() == Some(new.as_str()) {
+                on_new += 1;
+                continue;
+            }
+            if n == 1 {
+                // The first boot runs release 1 and updates (then powers off to reboot).
+                if deploy.as_deref() != Some(v1.as_str()) {
+                    outcome = Err(anyhow!("the first boot ran {deploy:?}, not release 1; console:\n{}", b.log));
+                    break;
+                }
+                continue;
+            }
+            // Back on release 1: GRUB chose it; the boot check recorded why.
+            let status = json(&b, "status-after")?;
+            let reason = status["last_rollback"]["reason"].as_str().unwrap_or("");
+            let bad = status["bad_commits"].as_array().is_some_and(|a| a.iter().any(|c| c == new.as_str()));
+            outcome = if deploy.as_deref() != Some(v1.as_str()) {
+                Err(anyhow!("boot {n} ran {deploy:?}; console:\n{}", b.log))
+            } else if on_new != 2 {
+                Err(anyhow!("GRUB went back after {on_new} boots of the new release, not bootlimit (2)"))
+            } else if status["current"]["commit"] != v1.as_str() || !bad || !reason.contains("bootloader fell back") {
+                Err(anyhow!("after GRUB's fallback the device is not settled on release 1: {status}"))
+            } else {
+                Ok(format!(
+                    "{on_new} boots of the new release, then GRUB booted release 1; the device recorded: {reason}"
+                ))
+            };
+            break;
+        }
+        match &outcome {
+            Ok(m) => println!("GRUB, {what}: rolled back. {m}"),
+            Err(e) => {
+                all_ok = false;
+                println!("GRUB, {what}: FAILED: {e:#}");
+            }
+        }
+    }
+    Ok(all_ok)
 }
