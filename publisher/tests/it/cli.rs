@@ -240,21 +240,8 @@ fn image_refuses_bad_arguments_before_writing_anything() {
     ok(&["keygen", "--out", &p("ci.key")]);
     std::fs::create_dir_all(t.path().join("tree")).unwrap();
     std::fs::write(t.path().join("tree/app"), "v1").unwrap();
-    let out = ok(&[
-        "commit",
-        "--repo",
-        &p("repo"),
-        "--branch",
-        "main",
-        "--tree",
-        &p("tree"),
-        "--version",
-        "1",
-        "--sign-key",
-        &p("ci.key"),
-        "--hardware",
-        "rev-a",
-    ]);
+    let (repo, tree, key) = (p("repo"), p("tree"), p("ci.key"));
+    let out = ok(&commit_args(&repo, "main", &tree, "1", &key, &["--hardware", "rev-a"]));
     let c = out.lines().last().unwrap().to_string();
     std::fs::write(t.path().join("device.toml"), "server = \"http://127.0.0.1:9\"\n").unwrap();
     let image = |extra: &[&str]| {
