@@ -38,6 +38,28 @@ fn setup(t: &Path) -> (String, String, String) {
     (repo, ids[0].clone(), ids[1].clone())
 }
 
+/// The first key document: root, ci and chan of `setup`, signed by the root.
+fn first_keys(t: &Path, repo: &str) -> serde_json::Value {
+    let key = |k: &str| s(&t.join(k));
+    let (root, root_pub, ci_pub, chan_pub) =
+        (key("root.key"), key("root.key.pub"), key("ci.key.pub"), key("chan.key.pub"));
+    json(&[
+        "keys",
+        "set",
+        "--repo",
+        repo,
+        "--sign-key",
+        &root,
+        "--root",
+        &root_pub,
+        "--commit-key",
+        &ci_pub,
+        "--channel-key",
+        &chan_pub,
+        "--json",
+    ])
+}
+
 #[test]
 fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     let t = tempfile::tempdir().unwrap();
@@ -66,21 +88,7 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
         ],
         "not signed by a root key",
     );
-    let k = json(&[
-        "keys",
-        "set",
-        "--repo",
-        &repo,
-        "--sign-key",
-        &key("root.key"),
-        "--root",
-        &key("root.key.pub"),
-        "--commit-key",
-        &key("ci.key.pub"),
-        "--channel-key",
-        &key("chan.key.pub"),
-        "--json",
-    ]);
+    let k = first_keys(t.path(), &repo);
     assert_eq!(k["serial"], 1);
 
     fails(
@@ -243,20 +251,7 @@ fn bundles_are_written_for_channels_and_commits() {
     let t = tempfile::tempdir().unwrap();
     let (repo, c1, c2) = setup(t.path());
     let key = |k: &str| s(&t.path().join(k));
-    ok(&[
-        "keys",
-        "set",
-        "--repo",
-        &repo,
-        "--sign-key",
-        &key("root.key"),
-        "--root",
-        &key("root.key.pub"),
-        "--commit-key",
-        &key("ci.key.pub"),
-        "--channel-key",
-        &key("chan.key.pub"),
-    ]);
+    first_keys(t.path(), &repo);
     ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
     let out = key("stable.bundle");
     let b = json(&["bundle", "--repo", &repo, "--to", "stable", "-o", &out, "--json"]);
