@@ -4,7 +4,9 @@
 //! sync; the disk is opened with `cache=none`, so what the guest had not written is lost) at
 //! a random moment between the update's start and the end of its trial. The next boot must
 //! come up, `ferryd fsck` must find every deployment complete, the update must then finish,
-//! and it must not download a chunk that was durably stored before the cut.
+//! and it must not download a chunk that was durably stored before the cut. The disk under
+//! the cut is served over NBD with a volatile write cache (`nbd.rs`): what the guest wrote
+//! but did not flush is kept or lost at random at the cut, as a real disk's cache can.
 //!
 //! Guest: Debian's cloud kernel (extracted from its package into the cache, never
 //! installed), an initramfs that loads the virtio modules and switches to the disk, and on
@@ -40,6 +42,7 @@ use ferry_store::{ChunkParams, Id, RepoConfig, Repository};
 use serde_json::Value;
 
 mod cpio;
+mod nbd;
 
 #[derive(Parser)]
 #[command(about = "Cuts a QEMU device's power in the middle of updates and checks every next boot")]
@@ -359,6 +362,11 @@ enum Start<'a> {
 }
 
 fn boot(start: Start<'_>, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
+    boot_drive(start, &format!("file={},format=raw,if=virtio,cache=none", disk.display()), cut)
+}
+
+/// Boots from the drive QEMU's `-drive` option names.
+fn boot_drive(start: Start<'_>, drive: &str, cut: Option<Duration>) -> Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
         "-m",
@@ -373,7 +381,7 @@ fn boot(start: Start<'_>, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
     }
     let mut child = cmd
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio,cache=none", disk.display()))
+        .arg(drive)
         .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -684,12 +692,31 @@ fn campaign(
     for i in 0..cuts {
         std::fs::copy(&base, &disk)?;
         // From the update's first request to after its trial (the window plus a margin).
-        let at = rng.next_f64() * window * 1.15;
-        let cut = boot(start, &disk, Some(Duration::from_secs_f64(at)))?;
+        let at = rng.next_f64() * window * 1.05;
+        // The disk under the cut has a volatile write cache (nbd.rs): at the cut, each write
+        // not yet flushed is lost or kept at random.
+        let cache = nbd::Disk::open(&disk)?;
+        let port = nbd::serve(cache.clone())?;
+        let cut = boot_drive(
+            start,
+            &format!("file=nbd://127.0.0.1:{port},format=raw,if=virtio"),
+            Some(Duration::from_secs_f64(at)),
+        )?;
+        cache.cut(|| rng.next_f64() < 0.5)?;
+        let lost = *cache.stats.lock().unwrap_or_else(|e| e.into_inner());
+        drop(cache);
         let step = match (cut.killed, cut.steps.last()) {
             (false, _) => "finished before the cut".to_string(),
             (true, None) => "before the first durable step".to_string(),
             (true, Some(s)) => format!("after {s} (step {})", cut.steps.len()),
+        };
+        let step = if cut.killed {
+            format!(
+                "{step}; {} of {} unflushed writes lost ({} writes, {} flushes)",
+                lost.lost_at_cut, lost.pending_at_cut, lost.writes, lost.flushes
+            )
+        } else {
+            step
         };
         let outcome = check_after_cut(start, &disk, &v1, &v2, needed);
         match &outcome {
@@ -720,7 +747,7 @@ fn campaign(
     );
     let mut by_step: BTreeMap<String, usize> = BTreeMap::new();
     for r in &results {
-        let key = r.step.split(" (").next().unwrap_or(&r.step).to_string();
+        let key = r.step.split(['(', ';']).next().unwrap_or(&r.step).trim().to_string();
         *by_step.entry(key).or_default() += 1;
     }
     report.push_str(&format!(
