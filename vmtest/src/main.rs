@@ -20,10 +20,15 @@
 //! deployment (whose kernel and initramfs it loads) from the environment block ferryd
 //! writes with grub-editenv. A release that never marks itself good, and one whose init
 //! fails (the kernel panics), must each be rolled back by GRUB after `bootlimit` boots.
+//! `--uboot` does the same through the real U-Boot: Debian's `qemu-x86` build as the
+//! machine's firmware, and the shipped `boot-integration/uboot/boot.cmd` after the board's
+//! lines (`boards/qemu-x86.cmd`), with the environment in a raw area of the disk that ferryd
+//! writes with fw_setenv.
 //!
-//! Usage: `ferry-vmtest [--cuts N] [--seed S] [--report FILE]` or `ferry-vmtest --grub`;
-//! `FERRY_VM_SOAK=1` makes the default 300 cuts instead of 10. Needs qemu-system-x86_64,
-//! busybox-static and grub-pc-bin (`scripts/vmtest` installs them); the kernel package is
+//! Usage: `ferry-vmtest [--cuts N] [--seed S] [--report FILE]`, `ferry-vmtest --grub` or
+//! `ferry-vmtest --uboot`; `FERRY_VM_SOAK=1` makes the default 300 cuts instead of 10. Needs
+//! qemu-system-x86_64, busybox-static, grub-pc-bin, u-boot-qemu, u-boot-tools and
+//! libubootenv-tool (`scripts/vmtest` installs them); the kernel package is
 //! fetched with `apt-get download`. KVM is not used by default (`FERRY_VM_ACCEL=kvm` to try
 //! it): nested KVM on this machine hangs the guest.
 
@@ -61,10 +66,35 @@ struct Args {
     /// never marks itself good and one whose kernel fails, after bootlimit boots.
     #[arg(long)]
     grub: bool,
+    /// Instead of power cuts: the same through the real U-Boot (Debian's qemu-x86 build, the
+    /// shipped boot.cmd after boards/qemu-x86.cmd).
+    #[arg(long, conflicts_with = "grub")]
+    uboot: bool,
     /// Size of the release trees, in MiB.
     #[arg(long, default_value_t = 24)]
     tree_mib: u64,
 }
+
+/// The bootloader of a bootloader run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loader {
+    Grub,
+    Uboot,
+}
+
+impl Loader {
+    fn name(self) -> &'static str {
+        match self {
+            Loader::Grub => "GRUB",
+            Loader::Uboot => "U-Boot",
+        }
+    }
+}
+
+/// Debian's U-Boot for QEMU's PC (the 32-bit build: the 64-bit one does not start Linux).
+const UBOOT_ROM: &str = "/usr/lib/u-boot/qemu-x86/u-boot.rom";
+/// Where boards/qemu-x86.cmd keeps the U-Boot environment on the disk, and its size.
+const UBOOT_ENV: (u64, u64) = (0x80000, 0x4000);
 
 const MODULES: &[&str] = &[
     "virtio_ring",
@@ -203,20 +233,25 @@ fn broken_initramfs(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A BIOS disk booting the real GRUB: an MBR with GRUB's boot.img and one Linux partition
-/// (`part`, from 1 MiB), and GRUB's core.img (grub-mkimage, with what ferry.cfg needs) in
-/// the sectors between them, where boot.img looks for it.
-fn grub_disk(part: &Path, out: &Path) -> Result<()> {
-    let grub = Path::new("/usr/lib/grub/i386-pc");
-    let core = out.with_extension("core");
-    run(Command::new("grub-mkimage")
-        .args(["-O", "i386-pc", "-o"])
-        .arg(&core)
-        .args(["-p", "(hd0,msdos1)/boot/grub"])
-        .args(["biosdisk", "part_msdos", "ext2", "normal", "configfile", "linux", "loadenv", "test", "echo"])
-        .args(["serial", "terminal"]))?;
-    let core = std::fs::read(&core)?;
-    let boot = std::fs::read(grub.join("boot.img"))?;
+/// A disk for a bootloader run: an MBR and one Linux partition (`part`, from 1 MiB).
+/// For GRUB the MBR holds GRUB's boot.img, and GRUB's core.img (grub-mkimage, with what
+/// ferry.cfg needs) fills the sectors before the partition, where boot.img looks for it.
+/// For U-Boot (the machine's firmware) the MBR is only a partition table, and the sectors
+/// before the partition hold the environment, with release `first` to boot.
+fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result<()> {
+    let (boot, core) = match loader {
+        Loader::Grub => {
+            let core = out.with_extension("core");
+            run(Command::new("grub-mkimage")
+                .args(["-O", "i386-pc", "-o"])
+                .arg(&core)
+                .args(["-p", "(hd0,msdos1)/boot/grub"])
+                .args(["biosdisk", "part_msdos", "ext2", "normal", "configfile", "linux", "loadenv", "test", "echo"])
+                .args(["serial", "terminal"]))?;
+            (std::fs::read("/usr/lib/grub/i386-pc/boot.img")?, std::fs::read(&core)?)
+        }
+        Loader::Uboot => (vec![0u8; 440], Vec::new()),
+    };
     let part_len = std::fs::metadata(part)?.len();
     if core.len() > 2047 * 512 || boot.len() < 440 {
         bail!("GRUB's core.img ({} bytes) does not fit before the partition", core.len());
@@ -236,12 +271,25 @@ fn grub_disk(part: &Path, out: &Path) -> Result<()> {
     f.write_all(&vec![0u8; 2048 * 512 - 512 - core.len()])?;
     std::io::copy(&mut std::fs::File::open(part)?, &mut f)?;
     f.sync_all()?;
+    drop(f);
+    if loader == Loader::Uboot {
+        // The factory's environment, written with the same tool ferryd uses on the device.
+        let config = out.with_extension("fw_env.config");
+        let defenv = out.with_extension("defenv");
+        std::fs::write(&config, format!("{} {:#x} {:#x}\n", out.display(), UBOOT_ENV.0, UBOOT_ENV.1))?;
+        std::fs::write(&defenv, format!("ferry_deploy={first}\nupgrade_available=0\nbootcount=0\n"))?;
+        run(Command::new("fw_setenv").arg("-c").arg(&config).arg("-f").arg(&defenv).args(["bootlimit", "2"]))?;
+        let env = run(Command::new("fw_printenv").arg("-c").arg(&config))?;
+        if !env.contains(&format!("ferry_deploy={first}")) || !env.contains("bootlimit=2") {
+            bail!("the disk's U-Boot environment did not take: {env}");
+        }
+    }
     Ok(())
 }
 
 /// The device's root file system, less Ferry's state (which `ferry image` adds): busybox,
 /// ferryd and the libraries it loads, the boot script, the root key.
-fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path, grub_first: Option<&str>) -> Result<()> {
+fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path, loader: Option<(Loader, &str)>) -> Result<()> {
     for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry", "app"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
@@ -253,7 +301,7 @@ fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path, grub_first: Option
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
     let mut binaries = vec![(ferryd.to_path_buf(), "usr/bin/ferryd")];
-    if let Some(first) = grub_first {
+    if let Some((Loader::Grub, first)) = loader {
         // GRUB reads its configuration, Ferry's fragment and the environment block from the
         // partition; ferryd writes the block with grub-editenv, as on a device.
         binaries.push((which("grub-editenv")?, "usr/bin/grub-editenv"));
@@ -274,6 +322,25 @@ fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path, grub_first: Option
             "bootlimit=2",
         ]))?;
         std::fs::write(dir.join("etc/ferry-vm-mode"), "grub\n")?;
+    }
+    if let Some((Loader::Uboot, _)) = loader {
+        // U-Boot's distro boot finds /boot/boot.scr on the partition: the board's lines, then
+        // Ferry's script. ferryd writes the environment (on the raw disk) with fw_setenv.
+        binaries.push((which("fw_setenv")?, "usr/bin/fw_setenv"));
+        binaries.push((which("fw_printenv")?, "usr/bin/fw_printenv"));
+        std::fs::create_dir_all(dir.join("boot"))?;
+        std::fs::write(dir.join("etc/fw_env.config"), format!("/dev/vda {:#x} {:#x}\n", UBOOT_ENV.0, UBOOT_ENV.1))?;
+        let uboot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/uboot");
+        let mut script = std::fs::read_to_string(uboot.join("boards/qemu-x86.cmd"))
+            .with_context(|| format!("{}/boards/qemu-x86.cmd", uboot.display()))?;
+        script.push_str(&std::fs::read_to_string(uboot.join("boot.cmd"))?);
+        let cmd = dir.join("boot/ferry-boot.cmd");
+        std::fs::write(&cmd, script)?;
+        run(Command::new("mkimage")
+            .args(["-A", "x86", "-T", "script", "-d"])
+            .arg(&cmd)
+            .arg(dir.join("boot/boot.scr")))?;
+        std::fs::write(dir.join("etc/ferry-vm-mode"), "uboot\n")?;
     }
     for (binary, at) in &binaries {
         std::fs::copy(binary, dir.join(at))?;
@@ -353,12 +420,16 @@ struct Boot {
 }
 
 /// Boots `disk`; with `cut`, kills QEMU that long after the update starts.
-/// How a boot starts: QEMU loads the kernel and initramfs itself, or the BIOS boots the disk
-/// (GRUB in its MBR).
+/// How a boot starts: QEMU loads the kernel and initramfs itself, or the firmware boots the
+/// disk (SeaBIOS and GRUB in the MBR, or U-Boot).
 #[derive(Clone, Copy)]
 enum Start<'a> {
-    Direct { kernel: &'a Path, initrd: &'a Path },
-    Disk,
+    Direct {
+        kernel: &'a Path,
+        initrd: &'a Path,
+    },
+    /// The firmware boots the disk: SeaBIOS (QEMU's own) or the ROM named.
+    Firmware(Option<&'a Path>),
 }
 
 fn boot(start: Start<'_>, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
@@ -376,8 +447,14 @@ fn boot_drive(start: Start<'_>, drive: &str, cut: Option<Duration>) -> Result<Bo
         "-nographic",
         "-no-reboot",
     ]);
-    if let Start::Direct { kernel, initrd } = start {
-        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", "console=ttyS0 quiet panic=-1"]);
+    match start {
+        Start::Direct { kernel, initrd } => {
+            cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", "console=ttyS0 quiet panic=-1"]);
+        }
+        Start::Firmware(Some(rom)) => {
+            cmd.arg("-bios").arg(rom);
+        }
+        Start::Firmware(None) => {}
     }
     let mut child = cmd
         .arg("-drive")
@@ -510,6 +587,9 @@ fn real_main() -> Result<bool> {
     let cuts = args.cuts.unwrap_or(if soak { 300 } else { 10 });
     let seed = args.seed.unwrap_or_else(|| now() as u64 ^ u64::from(std::process::id())) | 1;
     which("qemu-system-x86_64")?;
+    if args.uboot && !Path::new(UBOOT_ROM).is_file() {
+        bail!("{UBOOT_ROM} is missing: install u-boot-qemu (scripts/vmtest installs what the harness needs)");
+    }
     let (vmlinuz, modules) = kernel()?;
     let ferryd = ferry_publisher::image::find_ferryd()?;
     let work = cache_dir().join(format!("run-{}", std::process::id()));
@@ -535,6 +615,11 @@ fn campaign(
 ) -> Result<bool> {
     let initrd = work.join("initrd.cpio");
     initramfs(modules, &initrd)?;
+    let loader = match (args.grub, args.uboot) {
+        (true, _) => Some(Loader::Grub),
+        (_, true) => Some(Loader::Uboot),
+        _ => None,
+    };
 
     // The repository: keys, releases 1 and 2 for rev-a, channel stable at 1.
     let repo_path = work.join("repo");
@@ -549,18 +634,19 @@ fn campaign(
     channels::set_keys(&repo, &[root], change, now())?;
     let mut commits = Vec::new();
     let broken = work.join("broken-initrd.cpio");
-    if args.grub {
+    if loader.is_some() {
         broken_initramfs(&broken)?;
     }
-    // With GRUB each release carries its kernel and initramfs (GRUB loads them from the
-    // deployment), and release 3's init fails; releases after the first reboot to be tried.
-    for v in 1..=(if args.grub { 3 } else { 2 }) {
+    // With a bootloader each release carries its kernel and initramfs (the bootloader loads
+    // them from the deployment), and release 3's init fails; releases after the first reboot
+    // to be tried.
+    for v in 1..=(if loader.is_some() { 3 } else { 2 }) {
         let tree = work.join(format!("tree-{v}"));
         ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 7, size: args.tree_mib << 20, version: v }, &tree)?;
         std::fs::create_dir_all(tree.join("app"))?;
         std::fs::write(tree.join("app/health"), format!("release {v} is healthy\n"))?;
         let mut metadata = BTreeMap::new();
-        if args.grub {
+        if loader.is_some() {
             std::fs::create_dir_all(tree.join("boot"))?;
             std::fs::copy(vmlinuz, tree.join("boot/vmlinuz"))?;
             std::fs::copy(if v == 3 { &broken } else { &initrd }, tree.join("boot/initrd.img"))?;
@@ -620,19 +706,22 @@ fn campaign(
     std::fs::create_dir_all(&overlay)?;
     let root_pub = work.join("root.key.pub");
     let first = commits[0].to_hex();
-    rootfs_overlay(&overlay, ferryd, &root_pub, args.grub.then_some(first.as_str()))?;
+    rootfs_overlay(&overlay, ferryd, &root_pub, loader.map(|l| (l, first.as_str())))?;
     let device_config = work.join("ferryd.toml");
-    // With GRUB: the state where ferry.cfg looks (/ferry/deploy on the partition), a trial
-    // that only `mark-good` ends (nothing marks it: the bootloader must roll back), and a
-    // reboot that is a power-off (the harness boots again).
-    let (state, trial) = if args.grub {
-        (
-            "/ferry",
-            "reboot_command = \"sync; poweroff -f\"\n\n[bootloader]\nkind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"\n\n[health]\nrequire_mark_good = true\ndeadline = 3600\nbootlimit = 2\n",
-        )
-    } else {
-        ("/var/lib/ferry", "\n[health]\ncommands = [\"test -f app/health\"]\ndeadline = 120\ninterval = 1\n")
+    // With a bootloader: the state where its script looks (/ferry/deploy on the partition),
+    // a trial that only `mark-good` ends (nothing marks it: the bootloader must roll back),
+    // and a reboot that is a power-off (the harness boots again).
+    let bootloader = match loader {
+        Some(Loader::Grub) => "kind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"",
+        Some(Loader::Uboot) => "kind = \"uboot\"\nfw_config = \"/etc/fw_env.config\"",
+        None => "",
     };
+    let trial = if loader.is_some() {
+        format!("reboot_command = \"sync; poweroff -f\"\n\n[bootloader]\n{bootloader}\n\n[health]\nrequire_mark_good = true\ndeadline = 3600\nbootlimit = 2\n")
+    } else {
+        "\n[health]\ncommands = [\"test -f app/health\"]\ndeadline = 120\ninterval = 1\n".to_string()
+    };
+    let state = if loader.is_some() { "/ferry" } else { "/var/lib/ferry" };
     std::fs::write(
         &device_config,
         format!(
@@ -651,16 +740,16 @@ fn campaign(
             device_config,
             config_path: "/etc/ferry/ferryd.toml".into(),
             overlays: vec![overlay],
-            raw: Some((if args.grub { part.clone() } else { base.clone() }, 512 << 20)),
+            raw: Some((if loader.is_some() { part.clone() } else { base.clone() }, 512 << 20)),
             ferryd: ferryd.to_path_buf(),
         },
     )?;
-    if args.grub {
-        grub_disk(&part, &base)?;
+    if let Some(l) = loader {
+        boot_disk(l, &part, &base, &first)?;
     }
     eprintln!("disk image: release {} ({} files), {}", image.version, image.files, base.display());
-    if args.grub {
-        let ok = grub_scenarios(&base, work, &commits, &promote);
+    if let Some(l) = loader {
+        let ok = bootloader_scenarios(l, &base, work, &commits, &promote);
         rt.shutdown_background();
         return ok;
     }
@@ -806,13 +895,24 @@ fn check_after_cut(start: Start<'_>, disk: &Path, v1: &str, v2: &str, needed: u6
     ))
 }
 
-/// The GRUB runs: from release 1, the device updates to a release and reboots into it; the
-/// release never marks itself good (2) or its kernel's init fails (3). The harness boots the
-/// disk again and again (each power-off or kernel panic ends a boot) until GRUB itself boots
-/// release 1 again, which must happen after exactly `bootlimit` (2) boots of the new
-/// release; then the device must run release 1, with the release recorded as bad and the
-/// rollback's reason naming the bootloader.
-fn grub_scenarios(base: &Path, work: &Path, commits: &[Id], promote: &dyn Fn(Id) -> Result<()>) -> Result<bool> {
+/// The bootloader runs: from release 1, the device updates to a release and reboots into it;
+/// the release never marks itself good (2) or its kernel's init fails (3). The harness boots
+/// the disk again and again (each power-off or kernel panic ends a boot) until the bootloader
+/// itself boots release 1 again, which must happen after exactly `bootlimit` (2) boots of
+/// the new release; then the device must run release 1, with the release recorded as bad and
+/// the rollback's reason naming the bootloader.
+fn bootloader_scenarios(
+    loader: Loader,
+    base: &Path,
+    work: &Path,
+    commits: &[Id],
+    promote: &dyn Fn(Id) -> Result<()>,
+) -> Result<bool> {
+    let name = loader.name();
+    let start = Start::Firmware(match loader {
+        Loader::Grub => None,
+        Loader::Uboot => Some(Path::new(UBOOT_ROM)),
+    });
     let deploy_of = |b: &Boot| -> Option<String> {
         let cmdline = b.markers.get("cmdline")?;
         cmdline.split_whitespace().find_map(|w| w.strip_prefix("ferry.deploy=")).map(str::to_string)
@@ -823,12 +923,12 @@ fn grub_scenarios(base: &Path, work: &Path, commits: &[Id], promote: &dyn Fn(Id)
     {
         let (v1, new) = (commits[0].to_hex(), commits[release].to_hex());
         promote(commits[release])?;
-        let disk = work.join(format!("grub-{release}.img"));
+        let disk = work.join(format!("boot-{release}.img"));
         std::fs::copy(base, &disk)?;
         let mut on_new = 0;
-        let mut outcome: Result<String> = Err(anyhow!("GRUB never went back to release 1 within 8 boots"));
+        let mut outcome: Result<String> = Err(anyhow!("{name} never went back to release 1 within 8 boots"));
         for n in 1..=8 {
-            let b = boot(Start::Disk, &disk, None)?;
+            let b = boot(start, &disk, None)?;
             let deploy = deploy_of(&b);
             if b.log.contains("FERRY-VM broken-init") || deploy.as_deref() == Some(new.as_str()) {
                 on_new += 1;
@@ -842,28 +942,30 @@ fn grub_scenarios(base: &Path, work: &Path, commits: &[Id], promote: &dyn Fn(Id)
                 }
                 continue;
             }
-            // Back on release 1: GRUB chose it; the boot check recorded why.
+            // Back on release 1: the bootloader chose it; the boot check recorded why.
             let status = json(&b, "status-after")?;
             let reason = status["last_rollback"]["reason"].as_str().unwrap_or("");
             let bad = status["bad_commits"].as_array().is_some_and(|a| a.iter().any(|c| c == new.as_str()));
             outcome = if deploy.as_deref() != Some(v1.as_str()) {
                 Err(anyhow!("boot {n} ran {deploy:?}; console:\n{}", b.log))
+            } else if loader == Loader::Uboot && !b.log.contains("without being marked good") {
+                Err(anyhow!("boot {n} ran release 1, but not by boot.cmd's fallback; console:\n{}", b.log))
             } else if on_new != 2 {
-                Err(anyhow!("GRUB went back after {on_new} boots of the new release, not bootlimit (2)"))
+                Err(anyhow!("{name} went back after {on_new} boots of the new release, not bootlimit (2)"))
             } else if status["current"]["commit"] != v1.as_str() || !bad || !reason.contains("bootloader fell back") {
-                Err(anyhow!("after GRUB's fallback the device is not settled on release 1: {status}"))
+                Err(anyhow!("after {name}'s fallback the device is not settled on release 1: {status}"))
             } else {
                 Ok(format!(
-                    "{on_new} boots of the new release, then GRUB booted release 1; the device recorded: {reason}"
+                    "{on_new} boots of the new release, then {name} booted release 1; the device recorded: {reason}"
                 ))
             };
             break;
         }
         match &outcome {
-            Ok(m) => println!("GRUB, {what}: rolled back. {m}"),
+            Ok(m) => println!("{name}, {what}: rolled back. {m}"),
             Err(e) => {
                 all_ok = false;
-                println!("GRUB, {what}: FAILED: {e:#}");
+                println!("{name}, {what}: FAILED: {e:#}");
             }
         }
     }
