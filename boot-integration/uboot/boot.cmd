@@ -5,7 +5,7 @@
 # trial, as grub/ferry.cfg does for GRUB: each boot with upgrade_available=1 increments
 # bootcount; past bootlimit it falls back to ferry_prev and ends the trial. ferryd marks the
 # release good by resetting both. It needs only hush, test, setenv and load: no setexpr and
-# no CONFIG_BOOTCOUNT_LIMIT (U-Boot's expressions cannot add: the count is unrolled, up to 9).
+# no CONFIG_BOOTCOUNT_LIMIT (the count is unrolled up to 6, so bootlimit can be 1 to 5).
 # The same rules are modelled in boot-integration/src/bootenv/mod.rs (model_boot): change both.
 # scripts/vmtest --uboot boots it, after boards/qemu-x86.cmd, in QEMU.
 #
@@ -31,10 +31,7 @@ if test "${upgrade_available}" = 1; then
     elif test "${bootcount}" = 2; then setenv bootcount 3
     elif test "${bootcount}" = 3; then setenv bootcount 4
     elif test "${bootcount}" = 4; then setenv bootcount 5
-    elif test "${bootcount}" = 5; then setenv bootcount 6
-    elif test "${bootcount}" = 6; then setenv bootcount 7
-    elif test "${bootcount}" = 7; then setenv bootcount 8
-    else setenv bootcount 9
+    else setenv bootcount 6
     fi
   fi
   if test ${bootcount} -gt ${bootlimit}; then

@@ -29,7 +29,7 @@
 //! interval = 2                              # seconds between rounds of checks; default 2
 //! deadline = 300                            # seconds for the trial to become good; default 300
 //! require_mark_good = false                 # also wait for `ferryd mark-good`; default false
-//! bootlimit = 3                             # boots on trial before rolling back; default 3
+//! bootlimit = 3                             # boots on trial before rolling back; default 3 (1-5 with a bootloader)
 //!
 //! [hooks]                                   # optional; run inside the new deployment's directory
 //! pre_switch = "./usr/share/example/migrate pre"   # failure: the update stops, nothing switched
@@ -453,6 +453,13 @@ impl Config {
         if let Some(h) = &c.health {
             if h.check_timeout == 0 || h.deadline == 0 || h.bootlimit == 0 {
                 bail!("[health] check_timeout, deadline and bootlimit must be at least 1");
+            }
+            if c.bootloader.is_some() && h.bootlimit > ferry_boot::bootenv::MAX_BOOTLIMIT {
+                bail!(
+                    "[health] bootlimit {} is more than the shipped boot scripts count: with a [bootloader] it must be at most {}",
+                    h.bootlimit,
+                    ferry_boot::bootenv::MAX_BOOTLIMIT
+                );
             }
             if h.commands.is_empty() && h.units.is_empty() && h.urls.is_empty() && !h.require_mark_good {
                 bail!("[health] names no check: give commands, units or urls, or require_mark_good = true");

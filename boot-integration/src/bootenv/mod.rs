@@ -12,8 +12,9 @@
 //! | `bootcount` | boots of the deployment on trial (the bootloader increments it) |
 //! | `bootlimit` | boots allowed on trial before the bootloader falls back |
 //!
-//! Every change is one write of the environment (U-Boot keeps a redundant copy; GRUB's
-//! grubenv is a single 1 KiB block), so a power cut leaves the old or the new variables.
+//! Every change is one write of the environment (U-Boot's is written whole under a CRC, with
+//! a redundant copy where the board configures one; GRUB's grubenv is a single 1 KiB block),
+//! so a power cut leaves the old or the new variables.
 //! [`model_boot`] applies the scripts' rules in Rust, so tests can boot a simulated device.
 
 use std::collections::BTreeMap;
@@ -120,12 +121,16 @@ pub fn rollback(env: &dyn BootEnv, prev: &str) -> Result<(), EnvError> {
     )
 }
 
+/// The largest `bootlimit` the shipped boot scripts honour. Neither GRUB's nor U-Boot's
+/// script language can add, so both count by an unrolled chain that stops at one past this.
+pub const MAX_BOOTLIMIT: u32 = 5;
+
 /// What the shipped boot scripts do at one boot, applied to `env` (the model the tests boot
 /// a simulated device with). Returns the deployment booted. Keep in step with
 /// `uboot/boot.cmd` and `grub/ferry.cfg`.
 pub fn model_boot(env: &mut BTreeMap<String, String>) -> Option<String> {
     if env.get("upgrade_available").map(String::as_str) == Some("1") {
-        let count = env.get("bootcount").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0) + 1;
+        let count = env.get("bootcount").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0).min(MAX_BOOTLIMIT) + 1;
         env.insert("bootcount".into(), count.to_string());
         let limit = env.get("bootlimit").and_then(|c| c.parse::<u32>().ok()).unwrap_or(3);
         if count > limit {

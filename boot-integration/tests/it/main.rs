@@ -164,6 +164,18 @@ fn the_shipped_scripts_follow_the_model() {
             assert!(text.contains(var), "{script} does not use {var}");
         }
         assert!(text.contains("model_boot"), "{script} does not point at its model");
+        // The unrolled count reaches one past the largest bootlimit, and no further.
+        let set = |n: u32| {
+            if script.starts_with("uboot") {
+                format!("setenv bootcount {n}")
+            } else {
+                format!("set bootcount={n}")
+            }
+        };
+        for n in 1..=bootenv::MAX_BOOTLIMIT + 1 {
+            assert!(text.contains(&set(n)), "{script} does not count to {n}");
+        }
+        assert!(!text.contains(&set(bootenv::MAX_BOOTLIMIT + 2)), "{script} counts past the model");
     }
     let model = std::fs::read_to_string(root.join("src/bootenv/mod.rs")).unwrap();
     assert!(model.contains("uboot/boot.cmd") && model.contains("grub/ferry.cfg"));

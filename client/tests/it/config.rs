@@ -41,6 +41,10 @@ fn bad_configs_are_refused_naming_the_problem() {
         ("pol_interval = 5\n", "pol_interval"),
         ("poll_interval = 0\n", "poll_interval"),
         ("state_dir = \"relative/dir\"\n", "absolute"),
+        (
+            "[health]\ncommands = [\"true\"]\nbootlimit = 6\n[bootloader]\nkind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"\n",
+            "bootlimit 6 is more than the shipped boot scripts count",
+        ),
     ] {
         let config = write_config(t.path(), extra);
         let out = ferryd(&config, &["check-config"]);
