@@ -18,8 +18,9 @@
 //! With `--grub` it boots through the real GRUB instead: an MBR with GRUB's boot.img, a
 //! core.img from grub-mkimage, and the shipped `boot-integration/grub/ferry.cfg` choosing the
 //! deployment (whose kernel and initramfs it loads) from the environment block ferryd
-//! writes with grub-editenv. A release that never marks itself good, and one whose init
-//! fails (the kernel panics), must each be rolled back by GRUB after `bootlimit` boots.
+//! writes with grub-editenv. A release that never marks itself good, one whose init fails
+//! (the kernel panics), and one whose kernel cannot start (the bootloader cannot load it)
+//! must each be rolled back by GRUB after `bootlimit` boots.
 //! `--uboot` does the same through the real U-Boot: Debian's `qemu-x86` build as the
 //! machine's firmware, and the shipped `boot-integration/uboot/boot.cmd` after the board's
 //! lines (`boards/qemu-x86.cmd`), with the environment in a raw area of the disk that ferryd
@@ -63,7 +64,8 @@ struct Args {
     report: Option<PathBuf>,
     /// Instead of power cuts: boot through the real GRUB (an MBR, core.img from
     /// grub-mkimage, the shipped ferry.cfg) and check that it rolls back a release that
-    /// never marks itself good and one whose kernel fails, after bootlimit boots.
+    /// never marks itself good, one whose init fails and one whose kernel cannot start, after
+    /// bootlimit boots.
     #[arg(long)]
     grub: bool,
     /// Instead of power cuts: the same through the real U-Boot (Debian's qemu-x86 build, the
@@ -247,7 +249,7 @@ fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result<()>
                 .arg(&core)
                 .args(["-p", "(hd0,msdos1)/boot/grub"])
                 .args(["biosdisk", "part_msdos", "ext2", "normal", "configfile", "linux", "loadenv", "test", "echo"])
-                .args(["serial", "terminal"]))?;
+                .args(["serial", "terminal", "reboot"]))?;
             (std::fs::read("/usr/lib/grub/i386-pc/boot.img")?, std::fs::read(&core)?)
         }
         Loader::Uboot => (vec![0u8; 440], Vec::new()),
@@ -638,9 +640,9 @@ fn campaign(
         broken_initramfs(&broken)?;
     }
     // With a bootloader each release carries its kernel and initramfs (the bootloader loads
-    // them from the deployment), and release 3's init fails; releases after the first reboot
-    // to be tried.
-    for v in 1..=(if loader.is_some() { 3 } else { 2 }) {
+    // them from the deployment); release 3's init fails, and release 4's kernel is damaged.
+    // Releases after the first reboot to be tried.
+    for v in 1..=(if loader.is_some() { 4 } else { 2 }) {
         let tree = work.join(format!("tree-{v}"));
         ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 7, size: args.tree_mib << 20, version: v }, &tree)?;
         std::fs::create_dir_all(tree.join("app"))?;
@@ -648,7 +650,15 @@ fn campaign(
         let mut metadata = BTreeMap::new();
         if loader.is_some() {
             std::fs::create_dir_all(tree.join("boot"))?;
-            std::fs::copy(vmlinuz, tree.join("boot/vmlinuz"))?;
+            if v == 4 {
+                let mut kernel = std::fs::read(vmlinuz)?;
+                // A damaged download would be caught by its hash: this is a release built
+                // with a kernel that cannot start (its boot header overwritten).
+                kernel[..4096].fill(0x5a);
+                std::fs::write(tree.join("boot/vmlinuz"), kernel)?;
+            } else {
+                std::fs::copy(vmlinuz, tree.join("boot/vmlinuz"))?;
+            }
             std::fs::copy(if v == 3 { &broken } else { &initrd }, tree.join("boot/initrd.img"))?;
             if v > 1 {
                 metadata.insert("reboot".to_string(), "required".to_string());
@@ -918,9 +928,11 @@ fn bootloader_scenarios(
         cmdline.split_whitespace().find_map(|w| w.strip_prefix("ferry.deploy=")).map(str::to_string)
     };
     let mut all_ok = true;
-    for (release, what) in
-        [(1usize, "a release that never marks itself good"), (2, "a release whose init fails (kernel panic)")]
-    {
+    for (release, what) in [
+        (1usize, "a release that never marks itself good"),
+        (2, "a release whose init fails (kernel panic)"),
+        (3, "a release whose kernel cannot start"),
+    ] {
         let (v1, new) = (commits[0].to_hex(), commits[release].to_hex());
         promote(commits[release])?;
         let disk = work.join(format!("boot-{release}.img"));
@@ -930,7 +942,12 @@ fn bootloader_scenarios(
         for n in 1..=8 {
             let b = boot(start, &disk, None)?;
             let deploy = deploy_of(&b);
-            if b.log.contains("FERRY-VM broken-init") || deploy.as_deref() == Some(new.as_str()) {
+            // A boot of the new release: its system came up, its init failed, or the
+            // bootloader could not start its kernel.
+            // (GRUB's terminal wraps long lines: search the console without its white space.)
+            let flat: String = b.log.chars().filter(|c| !c.is_whitespace() && !c.is_control()).collect();
+            let failed = flat.contains("FERRY-VMbroken-init") || flat.contains(&format!("couldnotstart{new}"));
+            if failed || deploy.as_deref() == Some(new.as_str()) {
                 on_new += 1;
                 continue;
             }
@@ -948,7 +965,7 @@ fn bootloader_scenarios(
             let bad = status["bad_commits"].as_array().is_some_and(|a| a.iter().any(|c| c == new.as_str()));
             outcome = if deploy.as_deref() != Some(v1.as_str()) {
                 Err(anyhow!("boot {n} ran {deploy:?}; console:\n{}", b.log))
-            } else if loader == Loader::Uboot && !b.log.contains("without being marked good") {
+            } else if loader == Loader::Uboot && !flat.contains("withoutbeingmarkedgood") {
                 Err(anyhow!("boot {n} ran release 1, but not by boot.cmd's fallback; console:\n{}", b.log))
             } else if on_new != 2 {
                 Err(anyhow!("{name} went back after {on_new} boots of the new release, not bootlimit (2)"))
