@@ -1,8 +1,8 @@
 //! `ferry-vmtest`: real power cuts. A device boots in QEMU from a disk built by `ferry
 //! image`; it starts updating from `ferry serve` on this machine (QEMU's user network reaches
 //! the host's loopback as 10.0.2.2), and the harness kills QEMU (SIGKILL: no shutdown, no
-//! sync; the disk is opened with `cache=none`, so what the guest had not written is lost) at
-//! a random moment between the update's start and the end of its trial. The next boot must
+//! sync) at a random moment between the update's start and the end of its trial, or (every
+//! other cut) a few milliseconds after a random one of the agent's durable steps. The next boot must
 //! come up, `ferryd fsck` must find every deployment complete, the update must then finish,
 //! and it must not download a chunk that was durably stored before the cut. The disk under
 //! the cut is served over NBD with a volatile write cache (`nbd.rs`): what the guest wrote
@@ -416,12 +416,23 @@ struct Boot {
     markers: BTreeMap<String, String>,
     steps: Vec<String>,
     killed: bool,
+    /// Seconds from `update-start` to the cut.
+    cut_after: Option<f64>,
     /// Seconds from `update-start` to the update's answer, when it finished.
     update_seconds: Option<f64>,
     log: String,
 }
 
 /// Boots `disk`; with `cut`, kills QEMU that long after the update starts.
+/// When a cut falls: a time after the update starts (uniform over the update, so most cuts
+/// land in its long phases), or a short delay after the agent reports its `n`th durable step
+/// (uniform over the steps: aimed at the moments between one write and the next flush).
+#[derive(Clone, Copy)]
+enum CutAt {
+    Time(Duration),
+    Step { n: usize, delay: Duration },
+}
+
 /// How a boot starts: QEMU loads the kernel and initramfs itself, or the firmware boots the
 /// disk (SeaBIOS and GRUB in the MBR, or U-Boot).
 #[derive(Clone, Copy)]
@@ -434,12 +445,12 @@ enum Start<'a> {
     Firmware(Option<&'a Path>),
 }
 
-fn boot(start: Start<'_>, disk: &Path, cut: Option<Duration>) -> Result<Boot> {
+fn boot(start: Start<'_>, disk: &Path, cut: Option<CutAt>) -> Result<Boot> {
     boot_drive(start, &format!("file={},format=raw,if=virtio,cache=none", disk.display()), cut)
 }
 
 /// Boots from the drive QEMU's `-drive` option names.
-fn boot_drive(start: Start<'_>, drive: &str, cut: Option<Duration>) -> Result<Boot> {
+fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
         "-m",
@@ -480,13 +491,15 @@ fn boot_drive(start: Start<'_>, drive: &str, cut: Option<Duration>) -> Result<Bo
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut b = Boot::default();
     let mut started: Option<Instant> = None;
+    let mut kill_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if let (Some(s), Some(c)) = (started, cut) {
-            if now >= s + c {
+        if let Some(k) = kill_at {
+            if now >= k {
                 child.kill()?;
                 child.wait()?;
                 b.killed = true;
+                b.cut_after = started.map(|s| s.elapsed().as_secs_f64());
                 // What the console had printed by then.
                 while let Ok(line) = rx.try_recv() {
                     take(&mut b, &line, started);
@@ -498,16 +511,23 @@ fn boot_drive(start: Start<'_>, drive: &str, cut: Option<Duration>) -> Result<Bo
             let _ = child.kill();
             bail!("the VM did not finish within 10 minutes; its console:\n{}", b.log);
         }
-        let wait = match (started, cut) {
-            (Some(s), Some(c)) => (s + c).saturating_duration_since(now).min(Duration::from_millis(200)),
-            _ => Duration::from_millis(200),
-        };
+        let wait = kill_at
+            .map_or(Duration::from_millis(200), |k| k.saturating_duration_since(now).min(Duration::from_millis(200)));
         match rx.recv_timeout(wait) {
             Ok(line) => {
                 if line.starts_with("FERRY-VM update-start") {
                     started = Some(Instant::now());
+                    if let Some(CutAt::Time(d)) = cut {
+                        kill_at = Some(Instant::now() + d);
+                    }
                 }
+                let steps = b.steps.len();
                 take(&mut b, &line, started);
+                if let Some(CutAt::Step { n, delay }) = cut {
+                    if kill_at.is_none() && steps < n && b.steps.len() >= n {
+                        kill_at = Some(Instant::now() + delay);
+                    }
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -777,6 +797,7 @@ fn campaign(
         bail!("the uncut update did not reach release 2 cleanly; console:\n{}", calm.log);
     }
     let window = calm.update_seconds.ok_or_else(|| anyhow!("no update time"))?;
+    let calm_steps = calm.steps.len();
     let needed = full["chunks_downloaded"].as_u64().unwrap_or(0);
     eprintln!(
         "uncut boot: {:.1} s in all, update {:.1} s, {} chunks ({} bytes) downloaded; cutting {cuts} times (seed {seed})",
@@ -790,17 +811,28 @@ fn campaign(
     let mut results = Vec::new();
     for i in 0..cuts {
         std::fs::copy(&base, &disk)?;
-        // From the update's first request to after its trial (the window plus a margin).
-        let at = rng.next_f64() * window * 1.05;
+        // Every other cut is aimed at a random durable step, a few milliseconds after it;
+        // the others fall at a random time from the update's first request to after its
+        // trial (the window plus a margin).
+        let aim = if i % 2 == 1 && calm_steps > 0 {
+            let n = 1 + ((rng.next_f64() * calm_steps as f64) as usize).min(calm_steps - 1);
+            CutAt::Step { n, delay: Duration::from_secs_f64(rng.next_f64() * 0.03) }
+        } else {
+            CutAt::Time(Duration::from_secs_f64(rng.next_f64() * window * 1.05))
+        };
         // The disk under the cut has a volatile write cache (nbd.rs): at the cut, each write
         // not yet flushed is lost or kept at random.
         let cache = nbd::Disk::open(&disk)?;
         let port = nbd::serve(cache.clone())?;
-        let cut = boot_drive(
-            start,
-            &format!("file=nbd://127.0.0.1:{port},format=raw,if=virtio"),
-            Some(Duration::from_secs_f64(at)),
-        )?;
+        let cut = boot_drive(start, &format!("file=nbd://127.0.0.1:{port},format=raw,if=virtio"), Some(aim))?;
+        let at = cut.cut_after.unwrap_or(match aim {
+            CutAt::Time(d) => d.as_secs_f64(),
+            CutAt::Step { .. } => window,
+        });
+        let aimed = match aim {
+            CutAt::Time(_) => "at a random time".to_string(),
+            CutAt::Step { n, delay } => format!("{} ms after step {n}", delay.as_millis()),
+        };
         cache.cut(|| rng.next_f64() < 0.5)?;
         let lost = *cache.stats.lock().unwrap_or_else(|e| e.into_inner());
         drop(cache);
@@ -809,6 +841,7 @@ fn campaign(
             (true, None) => "before the first durable step".to_string(),
             (true, Some(s)) => format!("after {s} (step {})", cut.steps.len()),
         };
+        let step = format!("{step}, aimed {aimed}");
         let step = if cut.killed {
             format!(
                 "{step}; {} of {} unflushed writes lost ({} writes, {} flushes)",
@@ -846,7 +879,7 @@ fn campaign(
     );
     let mut by_step: BTreeMap<String, usize> = BTreeMap::new();
     for r in &results {
-        let key = r.step.split(['(', ';']).next().unwrap_or(&r.step).trim().to_string();
+        let key = r.step.split(['(', ';', ',']).next().unwrap_or(&r.step).trim().to_string();
         *by_step.entry(key).or_default() += 1;
     }
     report.push_str(&format!(
