@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_boot::Trial;
 
-use crate::config::{Config, Health};
+use crate::config::{Bootloader, Config, Health};
 use crate::state::{now, Rollback, State};
 
 /// How a trial ended.
@@ -375,6 +375,19 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
                 Ok(format!("the {} environment is writable and keeps what is written", env.name()))
             })(),
         );
+        // A single copy of U-Boot's environment is rewritten in place: a power cut in the
+        // middle leaves neither the old nor the new one, and U-Boot boots its defaults.
+        if let Bootloader::Uboot { fw_config, .. } = b {
+            let copies = std::fs::read_to_string(fw_config).map_or(0, |text| {
+                text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count()
+            });
+            if copies == 1 {
+                lines.push(format!(
+                    "warn  bootloader environment copies: {} names one copy; a power cut while it is written can lose it whole. Configure a redundant environment (CONFIG_SYS_REDUNDAND_ENVIRONMENT in U-Boot, a second line here)",
+                    fw_config.display()
+                ));
+            }
+        }
     }
     (lines, ok)
 }

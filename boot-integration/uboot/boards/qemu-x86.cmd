@@ -4,6 +4,9 @@
 # many boards: 16 KiB at 512 KiB, with U-Boot's CRC. fw_setenv in Linux finds the same area
 # with /etc/fw_env.config: "/dev/vda 0x80000 0x4000". The kernel and initramfs are the
 # deployment's boot/vmlinuz and boot/initrd.img.
+# One copy only (`ferryd doctor` warns): a power cut while it is rewritten loses it, and
+# U-Boot then boots nothing. A board for the field keeps two copies (U-Boot's
+# CONFIG_SYS_REDUNDAND_ENVIRONMENT, two lines in fw_env.config).
 
 setenv ferry_envaddr 0x6000000
 # The initramfs goes high, clear of where the kernel decompresses itself.

@@ -53,7 +53,28 @@ fn good_and_bad_releases_reach_the_bootloader() {
         assert_eq!(var(boot.as_ref(), "upgrade_available").as_deref(), Some("0"), "{kind}");
         let (ok, out, err) = ferryd(&config, &["doctor"]);
         assert!(ok && out.contains("keeps what is written"), "{kind}: {out} {err}");
+        // One copy of U-Boot's environment is a warning (it does not fail the doctor).
+        assert_eq!(out.contains("warn  bootloader environment copies"), kind == "uboot", "{kind}: {out}");
     }
+}
+
+#[test]
+fn doctor_is_content_with_a_redundant_uboot_environment() {
+    let env = Env::new();
+    let (config, boot) = device(&env, "uboot", "");
+    let dir = env.path().join("boot");
+    std::fs::write(dir.join("env2.bin"), vec![0u8; 16 * 1024]).unwrap();
+    let two = format!(
+        "# two copies, written in turn\n{} 0x0 0x4000\n{} 0x0 0x4000\n",
+        dir.join("env.bin").display(),
+        dir.join("env2.bin").display()
+    );
+    std::fs::write(dir.join("fw_env.config"), two).unwrap();
+    let (ok, out, err) = ferryd(&config, &["doctor"]);
+    assert!(ok && out.contains("keeps what is written") && !out.contains("warn"), "{out} {err}");
+    // fw_setenv wrote the environment into both copies' rotation: it reads back.
+    boot.write(&[("ferry_probe", Some("1"))]).unwrap();
+    assert_eq!(var(boot.as_ref(), "ferry_probe").as_deref(), Some("1"));
 }
 
 #[test]
