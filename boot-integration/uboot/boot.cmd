@@ -1,28 +1,34 @@
 # Ferry's U-Boot boot script. It follows the board's own lines (see boards/), in one script:
 #   cat boards/BOARD.cmd boot.cmd > ferry-boot.cmd
 #   mkimage -A arm64 -T script -d ferry-boot.cmd boot.scr
+# U-Boot's distro boot finds boot.scr and sets devtype, devnum and distro_bootpart.
 # It boots the deployment the environment names, and counts boots while a release is on
 # trial, as grub/ferry.cfg does for GRUB: each boot with upgrade_available=1 increments
 # bootcount; past bootlimit it falls back to ferry_prev and ends the trial. ferryd marks the
 # release good by resetting both. It needs only hush, test, setenv and load: no setexpr and
-# no CONFIG_BOOTCOUNT_LIMIT (the count is unrolled up to 6, so bootlimit can be 1 to 5).
+# no CONFIG_BOOTCOUNT_LIMIT. The count is unrolled: 0 to 4 step up by one, an unset count is
+# 0, anything else becomes 6, and 6 always falls back (so bootlimit is 1 to 5).
 # The same rules are modelled in boot-integration/src/bootenv/mod.rs (model_boot): change both.
 # scripts/vmtest --uboot boots it, after boards/qemu-x86.cmd, in QEMU.
 #
 # Variables written by ferryd through fw_setenv:
 #   ferry_deploy       deployment to boot        ferry_prev   deployment to fall back to
 #   upgrade_available  1 while on trial          bootcount / bootlimit   as above
-# Set by the board's lines, all optional:
+# Set by the board's lines, all optional (none of them is saved):
 #   ferry_save      saves the environment (default: saveenv)
-#   ferry_load_os   loads the deployment's kernel and starts it (default: arm64's booti with
-#                   the deployment's boot/Image and boot/board.dtb); bootargs is set first
-#   ferry_bootcount "uboot" when U-Boot itself counts (CONFIG_BOOTCOUNT_ENV): then this script
-#                   does not count again, and only falls back (leave altbootcmd unset)
+#   ferry_load_os   loads the deployment's kernel and starts it, after bootargs is set
+#                   (default: arm64's booti with the deployment's boot/Image and
+#                   boot/board.dtb; bootargs must then carry the board's root= and console)
+#   ferry_bootcount "uboot" on a U-Boot built with CONFIG_BOOTCOUNT_LIMIT and
+#                   CONFIG_BOOTCOUNT_ENV, which increments bootcount itself: this script then
+#                   does not count again. Such a U-Boot runs altbootcmd instead of bootcmd
+#                   past bootlimit, so set altbootcmd=run bootcmd there: this script then runs
+#                   and falls back. (Without ferry_bootcount=uboot, such a U-Boot and this
+#                   script would both count.)
 
 if test -z "${bootlimit}"; then setenv bootlimit 3; fi
 if test -z "${bootcount}"; then setenv bootcount 0; fi
-if test -z "${ferry_save}"; then setenv ferry_save saveenv; fi
-if test -z "${ferry_load_os}"; then setenv ferry_load_os 'if load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} /ferry/deploy/${ferry_deploy}/boot/Image; then if load ${devtype} ${devnum}:${distro_bootpart} ${fdt_addr_r} /ferry/deploy/${ferry_deploy}/boot/board.dtb; then booti ${kernel_addr_r} - ${fdt_addr_r}; fi; fi'; fi
+setenv ferry_saved
 
 if test "${upgrade_available}" = 1; then
   if test "${ferry_bootcount}" != uboot; then
@@ -39,13 +45,31 @@ if test "${upgrade_available}" = 1; then
     if test -n "${ferry_prev}"; then setenv ferry_deploy ${ferry_prev}; fi
     setenv upgrade_available 0
     setenv bootcount 0
+  elif test "${bootcount}" = 6; then
+    echo "Ferry: ${ferry_deploy} was booted too often without being marked good; back to ${ferry_prev}"
+    if test -n "${ferry_prev}"; then setenv ferry_deploy ${ferry_prev}; fi
+    setenv upgrade_available 0
+    setenv bootcount 0
   fi
-  run ferry_save
+  if test -n "${ferry_save}"; then
+    if run ferry_save; then setenv ferry_saved 1; fi
+  elif saveenv; then
+    setenv ferry_saved 1
+  fi
 fi
 
 echo "Ferry: booting ${ferry_deploy}"
 setenv bootargs "${bootargs} ferry.deploy=${ferry_deploy}"
-run ferry_load_os
-# Still here: the deployment could not be started. On trial, reset: the next boot counts.
+if test -n "${ferry_load_os}"; then
+  run ferry_load_os
+elif load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} /ferry/deploy/${ferry_deploy}/boot/Image; then
+  if load ${devtype} ${devnum}:${distro_bootpart} ${fdt_addr_r} /ferry/deploy/${ferry_deploy}/boot/board.dtb; then
+    booti ${kernel_addr_r} - ${fdt_addr_r}
+  fi
+fi
+# Still here: the deployment could not be started. On trial, reset: the next boot counts
+# (unless this boot's count could not be saved: then resetting would loop for ever).
 echo "Ferry: could not start ${ferry_deploy}"
-if test "${upgrade_available}" = 1; then reset; fi
+if test "${upgrade_available}" = 1; then
+  if test "${ferry_saved}" = 1; then reset; fi
+fi

@@ -249,7 +249,7 @@ fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result<()>
                 .arg(&core)
                 .args(["-p", "(hd0,msdos1)/boot/grub"])
                 .args(["biosdisk", "part_msdos", "ext2", "normal", "configfile", "linux", "loadenv", "test", "echo"])
-                .args(["serial", "terminal", "reboot"]))?;
+                .args(["serial", "terminal", "boot", "reboot"]))?;
             (std::fs::read("/usr/lib/grub/i386-pc/boot.img")?, std::fs::read(&core)?)
         }
         Loader::Uboot => (vec![0u8; 440], Vec::new()),
@@ -423,7 +423,6 @@ struct Boot {
     log: String,
 }
 
-/// Boots `disk`; with `cut`, kills QEMU that long after the update starts.
 /// When a cut falls: a time after the update starts (uniform over the update, so most cuts
 /// land in its long phases), or a short delay after the agent reports its `n`th durable step
 /// (uniform over the steps: aimed at the moments between one write and the next flush).
@@ -445,6 +444,7 @@ enum Start<'a> {
     Firmware(Option<&'a Path>),
 }
 
+/// Boots `disk` (a file); with `cut`, kills QEMU when the cut falls.
 fn boot(start: Start<'_>, disk: &Path, cut: Option<CutAt>) -> Result<Boot> {
     boot_drive(start, &format!("file={},format=raw,if=virtio,cache=none", disk.display()), cut)
 }
@@ -585,9 +585,14 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+fn seconds(at: Option<f64>) -> String {
+    at.map_or("  (no cut)".to_string(), |a| format!("at {a:5.2} s"))
+}
+
 /// One cut's outcome, for the report.
 struct Cut {
-    at: f64,
+    /// Seconds from the update's start to the cut (none: it was not cut).
+    at: Option<f64>,
     step: String,
     outcome: Result<String, String>,
 }
@@ -825,10 +830,7 @@ fn campaign(
         let cache = nbd::Disk::open(&disk)?;
         let port = nbd::serve(cache.clone())?;
         let cut = boot_drive(start, &format!("file=nbd://127.0.0.1:{port},format=raw,if=virtio"), Some(aim))?;
-        let at = cut.cut_after.unwrap_or(match aim {
-            CutAt::Time(d) => d.as_secs_f64(),
-            CutAt::Step { .. } => window,
-        });
+        let at = cut.cut_after;
         let aimed = match aim {
             CutAt::Time(_) => "at a random time".to_string(),
             CutAt::Step { n, delay } => format!("{} ms after step {n}", delay.as_millis()),
@@ -837,7 +839,7 @@ fn campaign(
         let lost = *cache.stats.lock().unwrap_or_else(|e| e.into_inner());
         drop(cache);
         let step = match (cut.killed, cut.steps.last()) {
-            (false, _) => "finished before the cut".to_string(),
+            (false, _) => "not cut: the update finished first".to_string(),
             (true, None) => "before the first durable step".to_string(),
             (true, Some(s)) => format!("after {s} (step {})", cut.steps.len()),
         };
@@ -852,8 +854,8 @@ fn campaign(
         };
         let outcome = check_after_cut(start, &disk, &v1, &v2, needed);
         match &outcome {
-            Ok(m) => eprintln!("cut {:>3}/{cuts} at {at:5.2} s, {step}: survived; {m}", i + 1),
-            Err(e) => eprintln!("cut {:>3}/{cuts} at {at:5.2} s, {step}: FAILED: {e}", i + 1),
+            Ok(m) => eprintln!("cut {:>3}/{cuts} {}, {step}: survived; {m}", i + 1, seconds(at)),
+            Err(e) => eprintln!("cut {:>3}/{cuts} {}, {step}: FAILED: {e}", i + 1, seconds(at)),
         }
         results.push(Cut { at, step, outcome: outcome.map_err(|e| format!("{e:#}")) });
     }
@@ -864,9 +866,9 @@ fn campaign(
             .iter()
             .enumerate()
             .map(|(i, r)| format!(
-                "| {} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 i + 1,
-                r.at,
+                r.at.map_or("-".to_string(), |a| format!("{a:.2}")),
                 r.step,
                 match &r.outcome {
                     Ok(m) => format!("ok: {m}"),
@@ -939,7 +941,8 @@ fn check_after_cut(start: Start<'_>, disk: &Path, v1: &str, v2: &str, needed: u6
 }
 
 /// The bootloader runs: from release 1, the device updates to a release and reboots into it;
-/// the release never marks itself good (2) or its kernel's init fails (3). The harness boots
+/// the release never marks itself good (2), its kernel's init fails (3), or its kernel cannot
+/// start (4). The harness boots
 /// the disk again and again (each power-off or kernel panic ends a boot) until the bootloader
 /// itself boots release 1 again, which must happen after exactly `bootlimit` (2) boots of
 /// the new release; then the device must run release 1, with the release recorded as bad and

@@ -12,9 +12,10 @@
 //! | `bootcount` | boots of the deployment on trial (the bootloader increments it) |
 //! | `bootlimit` | boots allowed on trial before the bootloader falls back |
 //!
-//! Every change is one write of the environment (U-Boot's is written whole under a CRC, with
-//! a redundant copy where the board configures one; GRUB's grubenv is a single 1 KiB block),
-//! so a power cut leaves the old or the new variables.
+//! Every change is one write of the environment: GRUB's grubenv is a single 1 KiB block, and
+//! U-Boot's is written whole under a CRC. With two copies of U-Boot's (a redundant
+//! environment) a power cut leaves the old or the new variables; with one it can lose them
+//! all, which `ferryd doctor` warns of.
 //! [`model_boot`] applies the scripts' rules in Rust, so tests can boot a simulated device.
 
 use std::collections::BTreeMap;
@@ -122,7 +123,8 @@ pub fn rollback(env: &dyn BootEnv, prev: &str) -> Result<(), EnvError> {
 }
 
 /// The largest `bootlimit` the shipped boot scripts honour. Neither GRUB's nor U-Boot's
-/// script language can add, so both count by an unrolled chain that stops at one past this.
+/// script language can add, so both count by an unrolled chain that stops at one past this,
+/// and always fall back there.
 pub const MAX_BOOTLIMIT: u32 = 5;
 
 /// What the shipped boot scripts do at one boot, applied to `env` (the model the tests boot
@@ -130,11 +132,24 @@ pub const MAX_BOOTLIMIT: u32 = 5;
 /// `uboot/boot.cmd` and `grub/ferry.cfg`.
 pub fn model_boot(env: &mut BTreeMap<String, String>) -> Option<String> {
     if env.get("upgrade_available").map(String::as_str) == Some("1") {
-        let count = env.get("bootcount").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0).min(MAX_BOOTLIMIT) + 1;
+        // The unrolled chain: "0" to "4" step up by one, an unset count is 0, and anything
+        // else jumps to the chain's end.
+        let count = match env.get("bootcount").map(String::as_str) {
+            None | Some("") => 1,
+            Some(c @ ("0" | "1" | "2" | "3" | "4")) => c.parse::<u32>().unwrap_or(0) + 1,
+            Some(_) => MAX_BOOTLIMIT + 1,
+        };
         env.insert("bootcount".into(), count.to_string());
-        let limit = env.get("bootlimit").and_then(|c| c.parse::<u32>().ok()).unwrap_or(3);
-        if count > limit {
-            // altbootcmd: fall back to the previous deployment and end the trial.
+        // An unset limit is 3; otherwise the scripts' `-gt` reads its leading digits (none: 0).
+        let limit = match env.get("bootlimit").map(String::as_str) {
+            None | Some("") => 3,
+            Some(l) => {
+                let digits: String = l.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u32>().unwrap_or(if digits.is_empty() { 0 } else { u32::MAX })
+            }
+        };
+        if count > limit || count > MAX_BOOTLIMIT {
+            // Fall back to the previous deployment and end the trial.
             if let Some(prev) = env.get("ferry_prev").cloned() {
                 env.insert("ferry_deploy".into(), prev);
             }

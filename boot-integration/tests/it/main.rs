@@ -180,3 +180,46 @@ fn the_shipped_scripts_follow_the_model() {
     let model = std::fs::read_to_string(root.join("src/bootenv/mod.rs")).unwrap();
     assert!(model.contains("uboot/boot.cmd") && model.contains("grub/ferry.cfg"));
 }
+
+/// The scripts' unrolled count, as the model has it, for values ferryd never writes: an
+/// unset count starts at 0, a count the chain does not know ends the trial, a limit above
+/// the chain still ends it, and a limit that is not a number reads as 0.
+#[test]
+fn the_model_follows_the_unrolled_count_for_odd_values() {
+    let trial = |count: Option<&str>, limit: Option<&str>| {
+        let mut env: BTreeMap<String, String> =
+            [("ferry_deploy", "new"), ("ferry_prev", "old"), ("upgrade_available", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        if let Some(c) = count {
+            env.insert("bootcount".into(), c.into());
+        }
+        if let Some(l) = limit {
+            env.insert("bootlimit".into(), l.into());
+        }
+        env
+    };
+    // Unset or empty count: this boot is the first.
+    for count in [None, Some("")] {
+        let mut env = trial(count, Some("2"));
+        assert_eq!(model_boot(&mut env).as_deref(), Some("new"));
+        assert_eq!(env["bootcount"], "1");
+    }
+    // A count the chain does not know ("7", "x", "01") ends the trial at once.
+    for count in ["7", "x", "01"] {
+        let mut env = trial(Some(count), Some("5"));
+        assert_eq!(model_boot(&mut env).as_deref(), Some("old"), "bootcount {count}");
+        assert_eq!((env["upgrade_available"].as_str(), env["bootcount"].as_str()), ("0", "0"));
+    }
+    // A limit above the chain's end: the sixth boot falls back all the same.
+    let mut env = trial(Some("0"), Some("9"));
+    let booted: Vec<String> = (0..6).filter_map(|_| model_boot(&mut env)).collect();
+    assert_eq!(booted, ["new", "new", "new", "new", "new", "old"]);
+    // An unset limit is 3; one that is not a number is 0.
+    let mut env = trial(Some("2"), None);
+    assert_eq!(model_boot(&mut env).as_deref(), Some("new"));
+    assert_eq!(model_boot(&mut env).as_deref(), Some("old"));
+    let mut env = trial(Some("0"), Some("x"));
+    assert_eq!(model_boot(&mut env).as_deref(), Some("old"));
+}

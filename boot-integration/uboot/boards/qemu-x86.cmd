@@ -8,6 +8,7 @@
 # U-Boot then boots nothing. A board for the field keeps two copies (U-Boot's
 # CONFIG_SYS_REDUNDAND_ENVIRONMENT, two lines in fw_env.config).
 
+virtio dev ${devnum}
 setenv ferry_envaddr 0x6000000
 # The initramfs goes high, clear of where the kernel decompresses itself.
 setenv ramdisk_addr_r 0x20000000
