@@ -23,6 +23,7 @@ struct Cli {
 enum Command {
     /// Checks the channel (or branch) once and, if it moved, updates to its head and switches.
     Update {
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
         /// On a pinned device: download what the head lacks into staging, deploy nothing.
@@ -37,8 +38,10 @@ enum Command {
     /// bundle moves the device like a fleet update (a pinned device refuses it); a commit
     /// bundle must be newer than the running release unless --force.
     Apply {
+        /// The bundle (`ferry bundle`), or - to read it from stdin.
         #[arg(value_name = "FILE|-")]
         file: PathBuf,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
         /// Pin the device afterwards (a developer's board), as `ferryd deploy` does.
@@ -62,6 +65,7 @@ enum Command {
     /// updates. Each step is recorded once done: after a power cut it resumes, never
     /// enrolling twice; once all are done it does nothing.
     Provision {
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -74,8 +78,10 @@ enum Command {
         /// The hardware revision the image is for.
         #[arg(long, value_name = "REV")]
         hardware: String,
+        /// A full bundle (`ferry bundle` without --from), or - to read it from stdin.
         #[arg(value_name = "FILE|-")]
         file: PathBuf,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -84,7 +90,9 @@ enum Command {
     /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
     /// fetching what is missing, and pins the device to it (a dev board's command).
     Deploy {
+        /// A commit id, a version (e.g. 1.4.0), or a branch name.
         rev: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -109,11 +117,13 @@ enum Command {
     Unpin,
     /// Shows the current and previous deployments and the last update's result.
     Status {
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Verifies every deployment on the device against its commit; exits 1 on problems.
     Fsck {
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -133,6 +143,7 @@ enum Command {
     Doctor,
     /// Checks the configuration and the trusted keys; prints the effective configuration.
     CheckConfig {
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },

@@ -39,6 +39,7 @@ pub enum KeysCommand {
         /// Public key file of a key that may sign channel documents (replaces the list).
         #[arg(long = "channel-key", value_name = "PUBFILE")]
         channel_keys: Vec<PathBuf>,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -46,6 +47,7 @@ pub enum KeysCommand {
     Show {
         #[command(flatten)]
         repo: RepoArg,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -80,6 +82,7 @@ pub struct PromoteArgs {
     /// Promote a commit the channel's upstream never had.
     #[arg(long)]
     force: bool,
+    /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
     json: bool,
 }
@@ -91,6 +94,7 @@ pub enum ChannelCommand {
         #[command(flatten)]
         repo: RepoArg,
         channel: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -99,6 +103,7 @@ pub enum ChannelCommand {
         #[command(flatten)]
         repo: RepoArg,
         channel: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +111,7 @@ pub enum ChannelCommand {
     List {
         #[command(flatten)]
         repo: RepoArg,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -119,6 +125,7 @@ pub enum ChannelCommand {
         sign_key: PathBuf,
         #[arg(long, value_name = "DURATION", default_value = DEFAULT_EXPIRES)]
         expires: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },

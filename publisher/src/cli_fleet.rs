@@ -50,6 +50,7 @@ pub enum TokenCommand {
     List {
         #[command(flatten)]
         server: ServerArgs,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +75,7 @@ pub struct DevicesArgs {
     /// Only devices in this state: pending, accepted, revoked (or a trial state).
     #[arg(long)]
     state: Option<String>,
+    /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
     json: bool,
 }
@@ -85,6 +87,7 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
         serial: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +176,7 @@ pub enum ConfigCommand {
         server: ServerArgs,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -228,6 +232,7 @@ pub enum RolloutCommand {
     Status {
         #[command(flatten)]
         server: ServerArgs,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -240,6 +245,7 @@ pub struct AuditArgs {
     /// How many of the newest entries.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
     json: bool,
 }

@@ -106,6 +106,7 @@ enum Command {
         repo: RepoArg,
         #[arg(long)]
         branch: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +115,7 @@ enum Command {
         #[command(flatten)]
         repo: RepoArg,
         rev: String,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +126,7 @@ enum Command {
         rev: String,
         /// Path inside the commit, `/`-separated; the root when omitted.
         path: Option<String>,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -139,6 +142,7 @@ enum Command {
         /// Skip computing the patches (seconds of CPU on a large update); report plain chunks only.
         #[arg(long)]
         no_patches: bool,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -214,6 +218,7 @@ enum Command {
         /// The agent binary (default: ferryd beside ferry, else on PATH).
         #[arg(long, value_name = "PATH")]
         ferryd: Option<PathBuf>,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -263,6 +268,7 @@ enum Command {
         /// Public key file; when given, every reachable commit must be signed by one of them.
         #[arg(long = "trusted-key", value_name = "FILE")]
         trusted_keys: Vec<PathBuf>,
+        /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
     },
