@@ -11,8 +11,9 @@
 //! Guest: Debian's cloud kernel (extracted from its package into the cache, never
 //! installed), an initramfs that loads the virtio modules and switches to the disk, and on
 //! the disk busybox, `ferryd` with its libraries, its configuration and the state `ferry
-//! image` seeded. Each boot runs `ferryd boot-check`, `fsck`, `status`, `update`, `fsck`,
-//! printing `FERRY-VM` lines on the serial console, and powers off; `FERRYD_TRACE_STEPS`
+//! image` seeded. Each boot runs `ferryd boot-check`, starts the application (a script in
+//! the release; ferryd restarts it after a switch, and the trial checks the running one is
+//! the release on trial), then `fsck`, `status`, `update`, `fsck`, printing `FERRY-VM` lines on the serial console, and powers off; `FERRYD_TRACE_STEPS`
 //! makes the agent print each durable step, so the report says where every cut landed.
 //!
 //! With `--grub` it boots through the real GRUB instead: an MBR with GRUB's boot.img, a
@@ -291,14 +292,20 @@ fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result<()>
 
 /// The device's root file system, less Ferry's state (which `ferry image` adds): busybox,
 /// ferryd and the libraries it loads, the boot script, the root key.
-fn rootfs_overlay(dir: &Path, ferryd: &Path, root_pub: &Path, loader: Option<(Loader, &str)>) -> Result<()> {
-    for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry", "app"] {
+fn rootfs_overlay(
+    dir: &Path,
+    ferryd: &Path,
+    root_pub: &Path,
+    current: &str,
+    loader: Option<(Loader, &str)>,
+) -> Result<()> {
+    for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
     for tool in [
         "sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq", "tee",
-        "grep",
+        "grep", "kill", "rm", "mv", "setsid", "dirname",
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
@@ -365,6 +372,7 @@ export PATH=/bin:/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -373,6 +381,8 @@ echo "FERRY-VM up"
 echo "FERRY-VM cmdline $(cat /proc/cmdline)"
 export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn NO_COLOR=1
 echo "FERRY-VM boot-check $(ferryd boot-check 2>&1 | tr '\n' ' ')"
+# The application, from the current deployment (ferryd restarts it after a switch).
+/sbin/app-restart
 if [ -e /etc/ferry-vm-mode ]; then
   # Bootloader runs: update only from a settled device; a release on trial (or one just
   # rolled back) is left to the bootloader and the boot check.
@@ -399,14 +409,22 @@ else
 fi
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-after ok"; else echo "FERRY-VM fsck-after FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
+echo "FERRY-VM app-after $(cat /run/app.alive)"
 sync
 echo "FERRY-VM done"
 poweroff -f
 "#;
     std::fs::write(dir.join("sbin/init"), init)?;
     std::fs::set_permissions(dir.join("sbin/init"), std::fs::Permissions::from_mode(0o755))?;
-    // The release's health check: the "application" proves itself.
-    std::fs::write(dir.join("app/README"), "the application runs from /var/lib/ferry/current\n")?;
+    // ferryd's restart_command: stops the application and starts it from the current
+    // deployment, in a session of its own.
+    std::fs::write(
+        dir.join("sbin/app-restart"),
+        format!(
+            "#!/bin/sh\n[ -f /run/app.pid ] && kill \"$(cat /run/app.pid)\" 2>/dev/null\nrm -f /run/app.alive\nsetsid sh {current}/app/run </dev/null >/dev/null 2>&1 &\necho $! > /run/app.pid\n"
+        ),
+    )?;
+    std::fs::set_permissions(dir.join("sbin/app-restart"), std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
@@ -671,7 +689,14 @@ fn campaign(
         let tree = work.join(format!("tree-{v}"));
         ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 7, size: args.tree_mib << 20, version: v }, &tree)?;
         std::fs::create_dir_all(tree.join("app"))?;
-        std::fs::write(tree.join("app/health"), format!("release {v} is healthy\n"))?;
+        // The application: it says once a second that it runs, and which release it is; the
+        // trial's health check asks whether the running one is the release on trial.
+        std::fs::write(tree.join("app/version"), format!("1.{v}.0\n"))?;
+        std::fs::write(
+            tree.join("app/run"),
+            "cd \"$(dirname \"$0\")\" || exit 1\nversion=\"$(cat version)\"\nwhile :; do echo \"$version\" > /run/app.alive.tmp && mv /run/app.alive.tmp /run/app.alive; sleep 1; done\n",
+        )?;
+        std::fs::write(tree.join("app/check"), "[ \"$(cat /run/app.alive 2>/dev/null)\" = \"$(cat app/version)\" ]\n")?;
         let mut metadata = BTreeMap::new();
         if loader.is_some() {
             std::fs::create_dir_all(tree.join("boot"))?;
@@ -741,7 +766,8 @@ fn campaign(
     std::fs::create_dir_all(&overlay)?;
     let root_pub = work.join("root.key.pub");
     let first = commits[0].to_hex();
-    rootfs_overlay(&overlay, ferryd, &root_pub, loader.map(|l| (l, first.as_str())))?;
+    let state = if loader.is_some() { "/ferry" } else { "/var/lib/ferry" };
+    rootfs_overlay(&overlay, ferryd, &root_pub, &format!("{state}/current"), loader.map(|l| (l, first.as_str())))?;
     let device_config = work.join("ferryd.toml");
     // With a bootloader: the state where its script looks (/ferry/deploy on the partition),
     // a trial that only `mark-good` ends (nothing marks it: the bootloader must roll back),
@@ -754,9 +780,9 @@ fn campaign(
     let trial = if loader.is_some() {
         format!("reboot_command = \"sync; poweroff -f\"\n\n[bootloader]\n{bootloader}\n\n[health]\nrequire_mark_good = true\ndeadline = 3600\nbootlimit = 2\n")
     } else {
-        "\n[health]\ncommands = [\"test -f app/health\"]\ndeadline = 120\ninterval = 1\n".to_string()
+        "restart_command = \"/sbin/app-restart\"\n\n[health]\ncommands = [\"sh app/check\"]\ndeadline = 120\ninterval = 1\n"
+            .to_string()
     };
-    let state = if loader.is_some() { "/ferry" } else { "/var/lib/ferry" };
     std::fs::write(
         &device_config,
         format!(
@@ -798,7 +824,10 @@ fn campaign(
     let start = Start::Direct { kernel: vmlinuz, initrd: &initrd };
     let calm = boot(start, &disk, None)?;
     let full = json(&calm, "update").context("the uncut update")?;
-    if full["to"] != v2.as_str() || calm.markers.get("fsck-after").map(String::as_str) != Some("ok") {
+    if full["to"] != v2.as_str()
+        || calm.markers.get("fsck-after").map(String::as_str) != Some("ok")
+        || calm.markers.get("app-after").map(String::as_str) != Some("1.2.0")
+    {
         bail!("the uncut update did not reach release 2 cleanly; console:\n{}", calm.log);
     }
     let window = calm.update_seconds.ok_or_else(|| anyhow!("no update time"))?;
@@ -927,6 +956,11 @@ fn check_after_cut(start: Start<'_>, disk: &Path, v1: &str, v2: &str, needed: u6
     match b.markers.get("fsck-after").map(String::as_str) {
         Some("ok") => {}
         other => bail!("fsck after the update: {}", other.unwrap_or("not run")),
+    }
+    // The application running at the end is release 2's (restarted after the switch).
+    match b.markers.get("app-after").map(String::as_str) {
+        Some("1.2.0") => {}
+        other => bail!("after the update the application running is {:?}, not release 2's", other.unwrap_or("none")),
     }
     let downloaded = update["chunks_downloaded"].as_u64().unwrap_or(0);
     if current == v1 && downloaded + staged.min(needed) > needed {
