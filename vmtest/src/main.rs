@@ -13,8 +13,9 @@
 //! the disk busybox, `ferryd` with its libraries, its configuration and the state `ferry
 //! image` seeded. Each boot runs `ferryd boot-check`, starts the application (a script in
 //! the release; ferryd restarts it after a switch, and the trial checks the running one is
-//! the release on trial), then `fsck`, `status`, `update`, `fsck`, printing `FERRY-VM` lines on the serial console, and powers off; `FERRYD_TRACE_STEPS`
-//! makes the agent print each durable step, so the report says where every cut landed.
+//! the release on trial), then `fsck`, `status`, `update`, `fsck`, printing `FERRY-VM` lines
+//! on the serial console, and powers off; `FERRYD_TRACE_STEPS` makes the agent print each
+//! durable step, so the report says where every cut landed.
 //!
 //! With `--grub` it boots through the real GRUB instead: an MBR with GRUB's boot.img, a
 //! core.img from grub-mkimage, and the shipped `boot-integration/grub/ferry.cfg` choosing the
