@@ -261,7 +261,7 @@ async fn apply_inner(
             continue;
         }
         for c in &f.chunks {
-            if !local.has_chunk(&c.id)? && !needed.contains_key(&c.id) {
+            if !needed.contains_key(&c.id) && !local.has_intact_chunk(&c.id, c.len)? {
                 match in_bundle.get(&c.id) {
                     Some(len) if *len == c.len => {
                         needed.insert(c.id, c.len);

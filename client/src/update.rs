@@ -1098,7 +1098,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     all.extend(f.chunks.iter().map(|c| c.id));
                     if !local.object_path(&f.object).exists() {
                         for c in &f.chunks {
-                            if !local.has_chunk(&c.id)? {
+                            if !local.has_intact_chunk(&c.id, c.len)? {
                                 needed.insert(c.id, c.len);
                             }
                         }

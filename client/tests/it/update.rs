@@ -8,7 +8,7 @@ use ferry_publisher::checkout::checkout;
 use ferry_publisher::import::NoProgress;
 use ferry_store::Id;
 
-use crate::harness::{ferryd, patch_cost, update, Env};
+use crate::harness::{crashed_update, ferryd, patch_cost, update, Env};
 
 /// Every path under `root` with its kind, mode and content (or target).
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
@@ -245,4 +245,41 @@ fn an_update_the_disk_cannot_hold_is_refused_before_downloading() {
     assert!(!env.current().exists());
     let staged = std::fs::read_dir(env.path().join("device/state/staging")).unwrap().count();
     assert_eq!(staged, 0, "chunks were downloaded before the space check");
+}
+
+/// Staged chunks that a power cut left damaged (the VM soak saw chunk files of zeros) are
+/// found before the download, not one per failed attempt while files are built: with one
+/// attempt allowed, the next update fetches them again and finishes.
+#[test]
+fn damaged_staged_chunks_are_fetched_again_in_the_same_attempt() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("retries = 1\nbatch_bytes = 65536\n");
+    let out = crashed_update(&config, "chunk-staged:40");
+    assert!(!out.status.success(), "the update did not stop at its 40th staged chunk");
+    let staging = env.path().join("device/state/staging");
+    let mut staged: Vec<_> = std::fs::read_dir(&staging).unwrap().map(|e| e.unwrap().path()).collect();
+    staged.sort();
+    assert!(staged.len() >= 40, "{} chunks staged", staged.len());
+    // Five of them keep their length but lose their bytes.
+    for p in staged.iter().take(5) {
+        let len = std::fs::metadata(p).unwrap().len() as usize;
+        std::fs::write(p, vec![0u8; len]).unwrap();
+    }
+    let (ok, out, err) = ferryd(&config, &["update", "--json"]);
+    assert!(ok, "the update after the damage failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(err.matches("discarding a damaged staged chunk").count(), 5, "{err}");
+    assert!(!err.contains("attempt failed"), "it took more than one attempt: {err}");
+    // The five were downloaded again, the intact ones were not.
+    let (ok, _, err) = ferryd(&config, &["fsck"]);
+    assert!(ok, "{err}");
+    let fresh = Env::new();
+    fresh.commit(1, "1");
+    let full = update(&fresh.device(""));
+    assert_eq!(
+        v["chunks_downloaded"].as_u64().unwrap(),
+        full["chunks_downloaded"].as_u64().unwrap() - (staged.len() as u64 - 5),
+        "{v}"
+    );
 }
