@@ -86,7 +86,12 @@ enum Command {
         json: bool,
     },
     /// The daemon: updates every poll_interval (with jitter), backing off on errors.
-    Run,
+    Run {
+        /// Print one JSON line on stdout per check, for a supervisor: the update's result
+        /// (what `ferryd update --json` prints) or {"error": ..., "retry_in_seconds": ...}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
     /// fetching what is missing, and pins the device to it (a dev board's command).
     Deploy {
@@ -147,6 +152,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// One line of `ferryd run --json`, flushed at once so a supervisor reading a pipe sees
+/// each check as it ends.
+fn json_line(v: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    out.flush()?;
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {
@@ -306,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Run => {
+        Command::Run { json } => {
             let rt = runtime()?;
             let mut backoff = Duration::from_secs(5);
             // A device flashed from an image provisions first (a no-op once done), retrying
@@ -336,6 +351,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if !s.up_to_date {
                             tracing::info!(to = %s.to, version = %s.version, bytes = s.bytes_downloaded, "updated");
                         }
+                        if json {
+                            json_line(&serde_json::to_value(&s)?)?;
+                        }
                         backoff = Duration::from_secs(5);
                         let base = config.poll_interval as f64;
                         // ±10% jitter so a fleet does not check in in lockstep.
@@ -345,6 +363,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "update failed");
+                        if json {
+                            json_line(&serde_json::json!({
+                                "error": format!("{e:#}"),
+                                "retry_in_seconds": backoff.as_secs(),
+                            }))?;
+                        }
                         let w = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval));
                         w

@@ -13,9 +13,10 @@
 //! the disk busybox, `ferryd` with its libraries, its configuration and the state `ferry
 //! image` seeded. Each boot runs `ferryd boot-check`, starts the application (a script in
 //! the release; ferryd restarts it after a switch, and the trial checks the running one is
-//! the release on trial), then `fsck`, `status`, `update`, `fsck`, printing `FERRY-VM` lines
-//! on the serial console, and powers off; `FERRYD_TRACE_STEPS` makes the agent print each
-//! durable step, so the report says where every cut landed.
+//! the release on trial), then `fsck`, `status`, the daemon (`ferryd run --json`) until its
+//! first check has ended, `fsck`, printing `FERRY-VM` lines on the serial console, and
+//! powers off; `FERRYD_TRACE_STEPS` makes the agent print each durable step, so the report
+//! says where every cut landed.
 //!
 //! With `--grub` it boots through the real GRUB instead: an MBR with GRUB's boot.img, a
 //! core.img from grub-mkimage, and the shipped `boot-integration/grub/ferry.cfg` choosing the
@@ -400,14 +401,20 @@ fi
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-before ok"; else echo "FERRY-VM fsck-before FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-before $(ferryd status --json | tr -d '\n')"
 echo "FERRY-VM update-start"
-# The agent's steps reach the console as they happen (stderr through tee); its JSON answer
-# goes to a file, empty if the update failed.
-ferryd update --json 2>&1 >/tmp/update | tee /tmp/update.err
-if [ -s /tmp/update ]; then
-  echo "FERRY-VM update $(cat /tmp/update | tr -d '\n')"
-else
-  echo "FERRY-VM update-failed $(grep -v FERRY-STEP /tmp/update.err | tr '\n' ' ')"
-fi
+# The agent as a device runs it: the polling daemon, whose first check is the update. Its
+# steps reach the console on stderr as they happen; `--json` puts one line per check in a
+# file. Once the first check has ended, the daemon is stopped and the boot is judged.
+: >/tmp/run
+ferryd run --json >>/tmp/run &
+daemon=$!
+while ! grep -q '}$' /tmp/run && kill -0 $daemon 2>/dev/null; do sleep 0.1; done
+kill $daemon 2>/dev/null
+wait $daemon 2>/dev/null
+first="$(head -n 1 /tmp/run)"
+case "$first" in
+  *'"up_to_date"'*) echo "FERRY-VM update $first" ;;
+  *) echo "FERRY-VM update-failed ${first:-the daemon exited without a check}" ;;
+esac
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-after ok"; else echo "FERRY-VM fsck-after FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
 echo "FERRY-VM app-after $(cat /run/app.alive)"

@@ -206,31 +206,60 @@ fn device_fsck_names_a_file_changed_behind_the_agents_back() {
 
 #[test]
 fn the_daemon_follows_the_branch() {
-    let env = Env::new();
+    let mut env = Env::new();
     env.commit(1, "1");
-    let config = env.device("poll_interval = 1\n");
+    // One attempt per check, so a check against a dead server fails at once.
+    let config = env.device("poll_interval = 1\nretries = 1\n");
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
         .arg("--config")
         .arg(&config)
-        .arg("run")
+        .args(["run", "--json"])
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let wait_for = |version: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let (_, out, _) = ferryd(&config, &["status", "--json"]);
-            let st: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            if st["current"]["version"] == version {
-                return;
+    // `run --json` prints a line per check; a thread hands them over as they come.
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = daemon.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
             }
-            assert!(std::time::Instant::now() < deadline, "the daemon never reached {version}: {out}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    // Waits for the check that matches, returning the lines before it.
+    let wait_for = |what: &str, matches: &dyn Fn(&serde_json::Value) -> bool| -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("the daemon never printed {what}: {before:?}"));
+            if matches(&line) {
+                return before;
+            }
+            before.push(line);
         }
     };
-    wait_for("1");
-    env.commit(2, "2");
-    wait_for("2");
+    let updated_to = |v: &'static str| move |l: &serde_json::Value| l["version"] == v && l["up_to_date"] == false;
+    assert!(wait_for("the update to 1", &updated_to("1")).is_empty(), "the first check did not update");
+    // The device says so too.
+    let (_, out, _) = ferryd(&config, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["current"]["version"], "1", "{out}");
+    let id2 = env.commit(2, "2");
+    let between = wait_for("the update to 2", &updated_to("2"));
+    assert!(between.iter().all(|l| l["up_to_date"] == true && l["version"] == "1"), "{between:?}");
+    let (_, out, _) = ferryd(&config, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["current"]["commit"], id2.to_hex(), "{out}");
+    // With the server gone, a check fails: a line says why and when the next try is.
+    env.kill_server();
+    wait_for("an error", &|l| {
+        l["error"].as_str().is_some_and(|e| !e.is_empty()) && l["retry_in_seconds"].as_u64().is_some_and(|s| s >= 1)
+    });
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
