@@ -324,6 +324,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { json } => {
             let rt = runtime()?;
             let mut backoff = Duration::from_secs(5);
+            // With --json, a line per check. A supervisor that stops reading must not stop
+            // the updates: a failed write is logged and the daemon goes on.
+            let report = |v: serde_json::Value| {
+                if json {
+                    if let Err(e) = json_line(&v) {
+                        tracing::warn!(error = %format!("{e:#}"), "writing a --json line");
+                    }
+                }
+            };
+            let failed = |e: String, retry_in: Duration| {
+                report(serde_json::json!({ "error": e, "retry_in_seconds": retry_in.as_secs() }));
+            };
             // A device flashed from an image provisions first (a no-op once done), retrying
             // until it succeeds: the init command runs before any other update.
             if config.provision.is_some() {
@@ -333,10 +345,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             if !s.already_provisioned {
                                 tracing::info!(ran = ?s.ran, "provisioned");
                             }
+                            // Provisioning's own first update is the first check.
+                            if let Some(u) = &s.update {
+                                report(serde_json::to_value(u)?);
+                            }
                             break;
                         }
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "provisioning failed");
+                            failed(format!("provisioning: {e:#}"), backoff);
                             std::thread::sleep(backoff);
                             backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval.max(5)));
                         }
@@ -351,9 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if !s.up_to_date {
                             tracing::info!(to = %s.to, version = %s.version, bytes = s.bytes_downloaded, "updated");
                         }
-                        if json {
-                            json_line(&serde_json::to_value(&s)?)?;
-                        }
+                        report(serde_json::to_value(&s)?);
                         backoff = Duration::from_secs(5);
                         let base = config.poll_interval as f64;
                         // ±10% jitter so a fleet does not check in in lockstep.
@@ -363,12 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "update failed");
-                        if json {
-                            json_line(&serde_json::json!({
-                                "error": format!("{e:#}"),
-                                "retry_in_seconds": backoff.as_secs(),
-                            }))?;
-                        }
+                        failed(format!("{e:#}"), backoff);
                         let w = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval));
                         w

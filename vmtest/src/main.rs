@@ -407,13 +407,12 @@ echo "FERRY-VM update-start"
 : >/tmp/run
 ferryd run --json >>/tmp/run &
 daemon=$!
-while ! grep -q '}$' /tmp/run && kill -0 $daemon 2>/dev/null; do sleep 0.1; done
-kill $daemon 2>/dev/null
-wait $daemon 2>/dev/null
+while [ "$(wc -l </tmp/run)" -lt 1 ] && kill -0 $daemon 2>/dev/null; do sleep 0.1; done
+if kill $daemon 2>/dev/null; then wait $daemon; else wait $daemon; rc=$?; fi
 first="$(head -n 1 /tmp/run)"
 case "$first" in
   *'"up_to_date"'*) echo "FERRY-VM update $first" ;;
-  *) echo "FERRY-VM update-failed ${first:-the daemon exited without a check}" ;;
+  *) echo "FERRY-VM update-failed ${first:-the daemon exited with status $rc before its first check ended}" ;;
 esac
 if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-after ok"; else echo "FERRY-VM fsck-after FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
 echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"

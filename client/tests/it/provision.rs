@@ -223,23 +223,29 @@ fn the_daemon_provisions_before_anything_else() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
         .arg("--config")
         .arg(&dev)
-        .arg("run")
-        .stdout(std::process::Stdio::null())
+        .args(["run", "--json"])
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let steps = env.path().join("device/state/provision.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let done = loop {
-        let v: Value = std::fs::read(&steps).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        if v["updated"] == true || std::time::Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    // `run --json`'s first line is provisioning's first update.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
+    let steps = env.path().join("device/state/provision.json");
+    let done: Value = std::fs::read(&steps).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     assert_eq!(done["updated"], true, "ferryd run did not finish provisioning: {done}");
+    let first: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    assert_eq!(first["to"], c1.to_hex(), "{first}");
+    assert_eq!(first["up_to_date"], false, "{first}");
     // The init command ran before the first deployment (it checks that none exists).
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "init\n");
     let target = std::fs::read_link(env.path().join("device/current")).unwrap();

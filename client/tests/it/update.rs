@@ -208,19 +208,28 @@ fn device_fsck_names_a_file_changed_behind_the_agents_back() {
 fn the_daemon_follows_the_branch() {
     let mut env = Env::new();
     env.commit(1, "1");
-    // One attempt per check, so a check against a dead server fails at once.
-    let config = env.device("poll_interval = 1\nretries = 1\n");
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let config = env.device("poll_interval = 1\n");
+    // The daemon is killed however the test ends.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // `run --json` prints a line per check; a thread hands them over as they come.
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = daemon.stdout.take().unwrap();
+    let stdout = daemon.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -232,7 +241,7 @@ fn the_daemon_follows_the_branch() {
     });
     // Waits for the check that matches, returning the lines before it.
     let wait_for = |what: &str, matches: &dyn Fn(&serde_json::Value) -> bool| -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut before = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -260,8 +269,7 @@ fn the_daemon_follows_the_branch() {
     wait_for("an error", &|l| {
         l["error"].as_str().is_some_and(|e| !e.is_empty()) && l["retry_in_seconds"].as_u64().is_some_and(|s| s >= 1)
     });
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    drop(daemon);
 }
 
 #[test]
