@@ -211,3 +211,41 @@ pub fn patch_cost(env: &Env, from: Id, to: Id) -> ferry_delta::PatchCost {
     let (from, to) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
     ferry_delta::patch_cost(&env.repo, &from, &to, ferry_delta::patch::DEFAULT_LEVEL).unwrap()
 }
+
+/// `ferryd run --json` on a device, killed when dropped however the test ends.
+pub struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ferryd run --json`; its lines (one per check) arrive on the receiver as they are
+/// printed. A line that is not JSON ends the stream.
+pub fn spawn_daemon(config: &Path) -> (Daemon, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str(&line) else {
+                eprintln!("ferryd run --json printed a line that is not JSON: {line}");
+                break;
+            };
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    (Daemon(child), rx)
+}

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::channels::{promote, set_up_keys};
 use crate::fleet::call;
-use crate::harness::Env;
+use crate::harness::{spawn_daemon, Env};
 
 /// Writes the overlay and device configuration for devices whose files live under
 /// `flashed` (the device's "/"-relative paths are those absolute paths); returns the
@@ -220,30 +220,14 @@ fn the_daemon_provisions_before_anything_else() {
             log = log.display()
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
-        .arg("--config")
-        .arg(&dev)
-        .args(["run", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // `run --json`'s first line is provisioning's first update.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let first = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
+    let (daemon, rx) = spawn_daemon(&dev);
+    let first = rx.recv_timeout(std::time::Duration::from_secs(30));
+    drop(daemon);
     let steps = env.path().join("device/state/provision.json");
     let done: Value = std::fs::read(&steps).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     assert_eq!(done["updated"], true, "ferryd run did not finish provisioning: {done}");
-    let first: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    let first = first.expect("ferryd run --json printed no line within 30 s");
     assert_eq!(first["to"], c1.to_hex(), "{first}");
     assert_eq!(first["up_to_date"], false, "{first}");
     // The init command ran before the first deployment (it checks that none exists).

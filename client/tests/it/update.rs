@@ -8,7 +8,7 @@ use ferry_publisher::checkout::checkout;
 use ferry_publisher::import::NoProgress;
 use ferry_store::Id;
 
-use crate::harness::{crashed_update, ferryd, patch_cost, update, Env};
+use crate::harness::{crashed_update, ferryd, patch_cost, spawn_daemon, update, Env};
 
 /// Every path under `root` with its kind, mode and content (or target).
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
@@ -209,36 +209,8 @@ fn the_daemon_follows_the_branch() {
     let mut env = Env::new();
     env.commit(1, "1");
     let config = env.device("poll_interval = 1\n");
-    // The daemon is killed however the test ends.
-    struct Daemon(std::process::Child);
-    impl Drop for Daemon {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut daemon = Daemon(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
-            .arg("--config")
-            .arg(&config)
-            .args(["run", "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // `run --json` prints a line per check; a thread hands them over as they come.
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = daemon.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
+    // `run --json` prints a line per check.
+    let (daemon, rx) = spawn_daemon(&config);
     // Waits for the check that matches, returning the lines before it.
     let wait_for = |what: &str, matches: &dyn Fn(&serde_json::Value) -> bool| -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
