@@ -73,9 +73,11 @@ struct Header {
 pub struct ApplyOptions {
     /// Pin the device afterwards (a developer's board), as `ferryd deploy` does.
     pub pin: bool,
-    /// For a commit bundle: allow a version older than the running one, or a release that
-    /// failed its trial here before. A channel bundle's rules never bend (its rollback mark
-    /// is how an operator allows a downgrade).
+    /// For a commit bundle: allow one on a device that follows a channel, a commit that names
+    /// no hardware revision, a version older than the running one, or a release that failed
+    /// its trial here before. A channel bundle's rules never bend (its rollback mark is how an
+    /// operator allows a downgrade). Only `ferryd apply --force` on the device sets it: the
+    /// local page and the USB script never do.
     pub force: bool,
 }
 
@@ -136,20 +138,27 @@ async fn apply_inner(
 
     // 1. The header: key documents, channel document, commits, from. Nothing else is held
     //    before the target commit's signature is checked.
+    //    The from section ends the header (the format requires it before any tree), and the
+    //    reader bounds the header's bytes in all (`MAX_HEADER`).
     let mut header = Header::default();
-    let mut section = loop {
+    loop {
         match reader.next_section().map_err(refused)? {
             Some(Section::Keys(k)) => header.keys.push(k),
             Some(Section::Channel(c)) => header.channel = Some(c),
             Some(Section::Commit(c)) => header.commits.push(c),
-            Some(Section::From(f)) => header.from = f,
-            Some(other) => break other,
+            Some(Section::From(f)) => {
+                header.from = f;
+                break;
+            }
+            Some(_) => return Err(refused("its header has no from section")),
             None => return Err(refused("it has no manifest")),
         }
-    };
+    }
 
     // 2. What it installs here, checked like an update's target.
-    let target = decide(config, local, &header, current, hardware.as_deref())?;
+    // An image is built by whoever holds the repository: its seed may be any signed commit.
+    let force = opts.force || seed_root.is_some();
+    let target = decide(config, local, &header, current, hardware.as_deref(), force)?;
     let head = target.commit_id;
     let commit = &target.commit;
     s.to = head.to_hex();
@@ -159,10 +168,14 @@ async fn apply_inner(
 
     // 3. The trees the signed root reaches (parents come first), each checked against the
     //    id its parent names; trees for other hardware are skipped unread.
+    //    Trees nobody asked for are read past unheld, and the manifest may list no more
+    //    chunks than the trees name (`chunk_refs`).
     let mut expected: HashSet<Id> = HashSet::from([commit.root]);
+    let mut chunk_refs = 0usize;
     let mut walk = vec![commit.root];
     while let Some(id) = walk.pop() {
         if let Some(tree) = local.tree(&id)? {
+            chunk_refs += count_chunk_refs(&tree);
             for e in &tree.entries {
                 if let EntryKind::Dir { tree } = e.kind {
                     if expected.insert(tree) {
@@ -175,6 +188,11 @@ async fn apply_inner(
     let mut trees: HashMap<Id, Vec<u8>> = HashMap::new();
     let mut tree_bytes = 0usize;
     loop {
+        reader.limit_manifest(chunk_refs);
+        let section = reader
+            .next_section_wanting(|id| expected.contains(id) && !trees.contains_key(id))
+            .map_err(refused)?
+            .ok_or_else(|| refused("it has no manifest"))?;
         match section {
             Section::Tree { id, bytes } if expected.contains(&id) && !trees.contains_key(&id) => {
                 if Id::of(&bytes) != id {
@@ -185,6 +203,7 @@ async fn apply_inner(
                     return Err(refused(format!("its trees exceed {} MiB", crate::update::MAX_TREES >> 20)));
                 }
                 let tree = Tree::decode(&bytes).map_err(|e| refused(format!("tree {id} does not decode: {e}")))?;
+                chunk_refs += count_chunk_refs(&tree);
                 for e in &tree.entries {
                     if let EntryKind::Dir { tree } = e.kind {
                         expected.insert(tree);
@@ -196,7 +215,6 @@ async fn apply_inner(
             Section::Manifest(_) => break,
             _ => return Err(refused("it has no manifest")),
         }
-        section = reader.next_section().map_err(refused)?.ok_or_else(|| refused("it has no manifest"))?;
     }
 
     let state = State::load(&config.state_dir)?;
@@ -415,6 +433,18 @@ fn link_durably(link: &std::path::Path, target: &std::path::Path) -> Result<()> 
 
 /// The directories under `root` whose trees neither the bundle nor the device holds, with
 /// their paths (the walk stops at each).
+/// How many chunk references a tree's files hold (an upper bound of the distinct chunks
+/// they need).
+fn count_chunk_refs(tree: &Tree) -> usize {
+    tree.entries
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::File { chunks, .. } => chunks.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn missing_trees(local: &Local, trees: &HashMap<Id, Vec<u8>>, root: &Id) -> Result<Vec<(String, Id)>> {
     let mut out = Vec::new();
     let mut stack = vec![("/".to_string(), *root)];
@@ -473,6 +503,7 @@ fn decide(
     header: &Header,
     current: Option<Id>,
     hardware: Option<&str>,
+    force: bool,
 ) -> Result<Decided> {
     let mut accepted = None;
     let (keys, target, channel) = match &config.channel {
@@ -510,10 +541,14 @@ fn decide(
                         &Running { version: running.as_ref().map(|c| &c.version), hardware: hw },
                     )
                     .map_err(refused)?;
-                    state.channels.insert(channel.clone(), doc.serial);
-                    state.floor = seen.floor.max(doc.timestamp);
+                    state.accept(&doc, seen);
                     accepted = Some(state);
                     (keys, Some(target), Some((doc.name, doc.serial)))
+                }
+                None if !force => {
+                    return Err(refused(format!(
+                        "this file holds a single build, not a release of channel {channel}, which this device follows; it installs only what its channel says (a technician at the device can override this with `ferryd apply --force`)"
+                    )));
                 }
                 None => {
                     if trust.serial > 0 {
@@ -571,6 +606,12 @@ fn decide(
                 "commit {id} ({}) is built for {} only, not for this device's {hw}",
                 commit.version,
                 commit.hardware.join(", ")
+            )))
+        }
+        (None, Some(hw)) if commit.hardware.is_empty() && !force => {
+            return Err(refused(format!(
+                "commit {id} ({}) names no hardware revision, so nothing says it was built for this device's {hw}; commit it with --hardware {hw} (or override with `ferryd apply --force`)",
+                commit.version
             )))
         }
         _ => {}

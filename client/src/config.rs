@@ -8,6 +8,7 @@
 //! current_link = "/opt/example/current"     # required: the symlink switched on update
 //! root_keys = ["/etc/ferry/root.pub"]       # with channel: the root keys in the image
 //! trusted_keys = ["/etc/ferry/ci.pub"]      # with branch: the keys commits must be signed by
+//! # allow_downgrade = false                 # with branch: install a head older than what runs; default false
 //! hardware = "board-rev-b"                  # this device's hardware revision (required with
 //! # hardware_file = "/etc/hw-revision"      #   channel), or its first line read from a file,
 //! # hardware_env = "BOARD_REV"              #   or an environment variable of the agent
@@ -189,6 +190,11 @@ pub struct Config {
     pub trusted_keys: Vec<PathBuf>,
     #[serde(default)]
     pub root_keys: Vec<PathBuf>,
+    /// Branch mode only: install a branch head whose version is older than the running one.
+    /// A branch head is not signed (only its commit is), so without this a server could
+    /// hand a device any older commit its keys ever signed.
+    #[serde(default)]
+    pub allow_downgrade: bool,
     #[serde(default)]
     pub hardware: Option<String>,
     #[serde(default)]
@@ -355,38 +361,7 @@ fn sources_hw(c: &Config) -> bool {
 
 /// The first line a command (`sh -c`) prints, trimmed; it must succeed within 30 seconds.
 pub fn first_line_of(command: &str) -> Result<String> {
-    use std::io::Read;
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting `{command}`"))?;
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{command}` did not finish within 30 seconds");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut o) = child.stdout.take() {
-        o.read_to_string(&mut out)?;
-    }
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut err)?;
-    }
-    if !status.success() {
-        bail!("`{command}` failed ({status}): {}", err.trim());
-    }
-    Ok(out.lines().next().unwrap_or("").trim().to_string())
+    crate::process::first_line(command, std::time::Duration::from_secs(30))
 }
 
 impl Config {
@@ -428,6 +403,9 @@ impl Config {
                 ferry_store::repo::check_branch_name(ch)?;
                 if c.root_keys.is_empty() {
                     bail!("root_keys is empty: a device following a channel needs the root keys of its image");
+                }
+                if c.allow_downgrade {
+                    bail!("allow_downgrade is for branches; a channel rolls back only by a signed rollback document");
                 }
                 if !c.trusted_keys.is_empty() {
                     bail!("trusted_keys is for branches; a device following a channel trusts the keys its key documents name");

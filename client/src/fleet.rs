@@ -58,6 +58,18 @@ fn env_file(values: &std::collections::BTreeMap<String, String>) -> String {
     values.iter().map(|(k, v)| format!("{k}=\"{}\"\n", quote(v))).collect()
 }
 
+/// Makes an existing file readable by its owner only.
+fn restrict(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} readable by its owner only", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes a new configuration (env file first, then the JSON that records its version, each
 /// atomically) and runs the reload command. A failed reload puts the previous files back and
 /// is recorded in `config-error` for the next report; success clears it.
@@ -67,9 +79,16 @@ fn apply_config(
     version: u64,
     values: std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
-    use ferry_store::durable::write_atomic;
+    // The configuration holds the fleet's secrets (site passwords, API keys): readable by
+    // the agent's user only, like the device token.
+    use ferry_store::durable::write_secret as write_atomic;
     let [json_path, env_path, error_path] = config_paths(config);
     if applied(config)?.is_some_and(|a| a.version == version) {
+        // Files written by an agent from before they were secret keep their old mode until
+        // the next change: tighten them now.
+        for path in [&json_path, &env_path] {
+            restrict(path)?;
+        }
         return Ok(());
     }
     // Keys become shell variable names: refuse anything else rather than write it.

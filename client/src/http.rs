@@ -1,8 +1,12 @@
 //! The agent's side of the HTTP API (v1): every response is read with a size cap taken from
-//! what the agent expects, and every read is bounded in time, so a server that stalls or
-//! never stops sending is cut off instead of waited on.
+//! what the agent expects, and every request is bounded in time three ways, so a server that
+//! stalls, trickles or never stops sending is cut off instead of waited on: no read waits
+//! longer than `read_timeout`; every `read_timeout` window must bring at least
+//! [`MIN_RATE`] bytes a second (a server sending a byte every few seconds never trips the
+//! first rule); and the whole request has a deadline scaled to the bytes it asked for
+//! ([`Server::deadline`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_delta::pack::{self, Frame, FrameDecoder};
@@ -53,22 +57,96 @@ pub enum Head {
 pub struct Server {
     base: String,
     client: reqwest::Client,
+    read_timeout: Duration,
+}
+
+/// The slowest transfer the agent waits on, in bytes a second averaged over each
+/// `read_timeout` window: far below any working link (2G data moves 5-10 KB/s), far above a
+/// server that sends a byte now and then to keep a connection open.
+pub const MIN_RATE: u64 = 1024;
+
+/// The connection's share of a request's deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A progress watchdog over one response: every `window` must bring `min` bytes.
+struct Pace {
+    window: Duration,
+    min: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(window: Duration) -> Pace {
+        let min = MIN_RATE.saturating_mul(window.as_secs().max(1));
+        Pace { window, min, started: Instant::now(), bytes: 0 }
+    }
+
+    fn add(&mut self, n: usize, what: &str) -> Result<()> {
+        self.bytes += n as u64;
+        let elapsed = self.started.elapsed();
+        if elapsed >= self.window {
+            if self.bytes < self.min {
+                bail!(
+                    "receiving {what}: the server sent {} bytes in {} s, less than {MIN_RATE} bytes a second; cutting the connection",
+                    self.bytes,
+                    elapsed.as_secs()
+                );
+            }
+            self.started = Instant::now();
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The next piece of a response's body, counted, under the progress watchdog.
+async fn next_piece(
+    resp: &mut reqwest::Response,
+    pace: &mut Pace,
+    what: &str,
+    t: &mut Traffic,
+) -> Result<Option<bytes::Bytes>> {
+    let piece = resp.chunk().await.map_err(|e| timed_out(e, what))?;
+    if let Some(p) = &piece {
+        t.bytes += p.len() as u64;
+        pace.add(p.len(), what)?;
+    }
+    Ok(piece)
+}
+
+/// A transfer error, saying so plainly when it was the request's deadline.
+fn timed_out(e: reqwest::Error, what: &str) -> anyhow::Error {
+    if e.is_timeout() {
+        anyhow::Error::new(e).context(format!("receiving {what}: no answer in time (a read or the request's deadline)"))
+    } else {
+        anyhow::Error::new(e).context(format!("receiving {what}"))
+    }
 }
 
 /// Largest JSON answer (branch head, signature list) the agent reads.
 const MAX_JSON: usize = 1 << 20;
 /// The most key-document bytes a device reads: rotations are rare and each document is small.
 const MAX_KEY_CHAIN: usize = 4 << 20;
+/// What a streamed trees answer is given time for (each tree is capped on its own).
+const MAX_TREES_ANSWER: u64 = 256 << 20;
 
 impl Server {
     pub fn new(base: &str, read_timeout: Duration) -> Result<Server> {
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(read_timeout)
             .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        Ok(Server { base: base.trim_end_matches('/').to_string(), client })
+        Ok(Server { base: base.trim_end_matches('/').to_string(), client, read_timeout })
+    }
+
+    /// The whole time a request that may bring `bytes` bytes is given, answer included:
+    /// connecting, two read timeouts for the server to start answering, and the bytes at
+    /// [`MIN_RATE`].
+    pub fn deadline(&self, bytes: u64) -> Duration {
+        CONNECT_TIMEOUT + 2 * self.read_timeout + Duration::from_secs(bytes / MIN_RATE)
     }
 
     fn url(&self, path: &str) -> String {
@@ -76,11 +154,11 @@ impl Server {
     }
 
     /// Reads a whole body, refusing more than `max` bytes.
-    async fn read_capped(resp: reqwest::Response, max: usize, what: &str, t: &mut Traffic) -> Result<Vec<u8>> {
+    async fn read_capped(&self, resp: reqwest::Response, max: usize, what: &str, t: &mut Traffic) -> Result<Vec<u8>> {
         let mut resp = resp;
         let mut out = Vec::new();
-        while let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? {
-            t.bytes += piece.len() as u64;
+        let mut pace = Pace::new(self.read_timeout);
+        while let Some(piece) = next_piece(&mut resp, &mut pace, what, t).await? {
             if out.len() + piece.len() > max {
                 bail!("{what} is larger than the {max} bytes allowed; refusing it");
             }
@@ -89,12 +167,12 @@ impl Server {
         Ok(out)
     }
 
-    async fn check(resp: reqwest::Response, what: &str, t: &mut Traffic) -> Result<reqwest::Response> {
+    async fn check(&self, resp: reqwest::Response, what: &str, t: &mut Traffic) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
-        let body = Server::read_capped(resp, 64 * 1024, what, t).await.unwrap_or_default();
+        let body = self.read_capped(resp, 64 * 1024, what, t).await.unwrap_or_default();
         let detail = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
@@ -102,33 +180,42 @@ impl Server {
         Err(Answered { what: what.to_string(), status, detail }.into())
     }
 
-    /// POSTs a binary body; an error status is an [`Answered`] error.
-    async fn post(&self, path: &str, body: Vec<u8>, what: &str, t: &mut Traffic) -> Result<reqwest::Response> {
+    /// POSTs a binary body whose answer may bring `expect` bytes; an error status is an
+    /// [`Answered`] error.
+    async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        expect: u64,
+        what: &str,
+        t: &mut Traffic,
+    ) -> Result<reqwest::Response> {
         t.requests += 1;
         let resp = self
             .client
             .post(self.url(path))
+            .timeout(self.deadline(expect + body.len() as u64))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .send()
             .await
             .with_context(|| format!("requesting {what}"))?;
-        Server::check(resp, what, t).await
+        self.check(resp, what, t).await
     }
 
     /// The commit a branch points at; `Unchanged` if it is still `known`.
     pub async fn branch(&self, name: &str, known: Option<Id>, t: &mut Traffic) -> Result<Head> {
         let what = format!("branch {name}");
-        let mut req = self.client.get(self.url(&format!("branches/{name}")));
+        let mut req = self.client.get(self.url(&format!("branches/{name}"))).timeout(self.deadline(MAX_JSON as u64));
         if let Some(id) = known {
             req = req.header(reqwest::header::IF_NONE_MATCH, format!("\"{}\"", id.to_hex()));
         }
         t.requests += 1;
-        let resp = Server::check(req.send().await.with_context(|| format!("asking for {what}"))?, &what, t).await?;
+        let resp = self.check(req.send().await.with_context(|| format!("asking for {what}"))?, &what, t).await?;
         if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(Head::Unchanged);
         }
-        let body = Server::read_capped(resp, MAX_JSON, &what, t).await?;
+        let body = self.read_capped(resp, MAX_JSON, &what, t).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
         let id = v
             .get("commit")
@@ -142,12 +229,18 @@ impl Server {
     /// A GET whose body is at most `max` bytes; `None` on 404.
     async fn get_capped(&self, path: &str, max: usize, what: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
         t.requests += 1;
-        let resp = self.client.get(self.url(path)).send().await.with_context(|| format!("asking for {what}"))?;
+        let resp = self
+            .client
+            .get(self.url(path))
+            .timeout(self.deadline(max as u64))
+            .send()
+            .await
+            .with_context(|| format!("asking for {what}"))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let resp = Server::check(resp, what, t).await?;
-        Ok(Some(Server::read_capped(resp, max, what, t).await?))
+        let resp = self.check(resp, what, t).await?;
+        Ok(Some(self.read_capped(resp, max, what, t).await?))
     }
 
     /// POSTs JSON to the device API, with the device token when given; returns the answer's
@@ -165,6 +258,7 @@ impl Server {
         let mut req = self
             .client
             .post(self.url(&format!("device/{path}")))
+            .timeout(self.deadline(MAX_JSON as u64))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body)?);
         if let Some(token) = token {
@@ -172,7 +266,7 @@ impl Server {
         }
         let resp = req.send().await.with_context(|| format!("asking {what}"))?;
         let status = resp.status();
-        let bytes = Server::read_capped(resp, MAX_JSON, &what, t).await?;
+        let bytes = self.read_capped(resp, MAX_JSON, &what, t).await?;
         let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         Ok((status, v))
     }
@@ -210,14 +304,16 @@ impl Server {
     pub async fn commit(&self, id: &Id, max: usize, t: &mut Traffic) -> Result<(Vec<u8>, Vec<([u8; 32], [u8; 64])>)> {
         let what = format!("commit {id}");
         t.requests += 1;
+        let cap = 2 * max + MAX_JSON;
         let resp = self
             .client
             .get(self.url(&format!("commits/{id}")))
+            .timeout(self.deadline(cap as u64))
             .send()
             .await
             .with_context(|| format!("fetching {what}"))?;
-        let resp = Server::check(resp, &what, t).await?;
-        let body = Server::read_capped(resp, 2 * max + MAX_JSON, &what, t).await?;
+        let resp = self.check(resp, &what, t).await?;
+        let body = self.read_capped(resp, cap, &what, t).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
         let bytes = v
             .get("bytes")
@@ -261,24 +357,42 @@ impl Server {
         let what = format!("the trees of {new_root}");
         let mut body = new_root.as_bytes().to_vec();
         body.extend_from_slice(old_root.map_or(&[0u8; 32], |id| id.as_bytes()));
-        let mut resp = self.post("trees", body, &what, t).await?;
+        let mut resp = self.post("trees", body, MAX_TREES_ANSWER, &what, t).await?;
         let mut decoder = FrameDecoder::new([(*new_root, max)]);
-        while let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? {
-            t.bytes += piece.len() as u64;
+        let mut pace = Pace::new(self.read_timeout);
+        while let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? {
             decoder.feed_expanding(&piece, max, &mut on_tree).with_context(|| format!("receiving {what}"))?;
         }
         decoder.finish().with_context(|| format!("receiving {what}"))
     }
 
     /// The compressed form of [`Server::trees`]: the same frames as one zstd frame, for the
-    /// caller to decompress with the old root's trees as prefix. At most `max` bytes.
-    pub async fn trees_compressed(&self, new_root: &Id, old_root: &Id, max: usize, t: &mut Traffic) -> Result<Vec<u8>> {
+    /// caller to decompress with the old root's trees as prefix. Each piece goes to
+    /// `on_piece` as it arrives (at most `max` bytes in all), so a bad answer is caught
+    /// without holding it; an error from `on_piece` ends the transfer and is returned.
+    pub async fn trees_compressed(
+        &self,
+        new_root: &Id,
+        old_root: &Id,
+        max: usize,
+        t: &mut Traffic,
+        mut on_piece: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let what = format!("the trees of {new_root}, compressed");
         let mut body = new_root.as_bytes().to_vec();
         body.extend_from_slice(old_root.as_bytes());
         body.push(1);
-        let resp = self.post("trees", body, &what, t).await?;
-        Server::read_capped(resp, max, &what, t).await
+        let mut resp = self.post("trees", body, max as u64, &what, t).await?;
+        let mut pace = Pace::new(self.read_timeout);
+        let mut total = 0usize;
+        while let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? {
+            total += piece.len();
+            if total > max {
+                bail!("{what} is larger than the {max} bytes allowed; refusing it");
+            }
+            on_piece(&piece)?;
+        }
+        Ok(())
     }
 
     /// Like [`Server::pack`] with a request body of the caller's (e.g. patches); the frames
@@ -292,13 +406,15 @@ impl Server {
         mut on_frame: impl FnMut(Frame) -> Result<()>,
     ) -> Result<()> {
         let what = format!("{} {path}", expected.len());
-        let mut resp = self.post(path, body, &what, t).await?;
+        let answer: u64 =
+            expected.iter().map(|(_, len)| pack::FRAME_HEADER as u64 + pack::max_stored_len(*len) as u64).sum();
+        let mut resp = self.post(path, body, answer, &what, t).await?;
         let mut decoder = FrameDecoder::new(expected.iter().copied());
+        let mut pace = Pace::new(self.read_timeout);
         while decoder.remaining() > 0 {
-            let Some(piece) = resp.chunk().await.with_context(|| format!("receiving {what}"))? else {
+            let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? else {
                 break;
             };
-            t.bytes += piece.len() as u64;
             for frame in decoder.feed(&piece).with_context(|| format!("receiving {what}"))? {
                 on_frame(frame)?;
             }

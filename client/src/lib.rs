@@ -16,6 +16,7 @@ pub mod fsck;
 pub mod http;
 pub mod local;
 pub mod local_ui;
+pub mod process;
 pub mod provision;
 pub mod state;
 pub mod status;

@@ -35,8 +35,10 @@ enum Command {
     ///
     /// A bundle that lacks chunks this device needs is refused before anything is written,
     /// naming the files; a cut or damaged one is refused and nothing is switched. A channel
-    /// bundle moves the device like a fleet update (a pinned device refuses it); a commit
-    /// bundle must be newer than the running release unless --force.
+    /// bundle moves the device like a fleet update (a pinned device refuses it). A commit
+    /// bundle (one build, `ferry bundle --to COMMIT`) is refused on a device that follows a
+    /// channel, and must name this device's hardware revision and be newer than the running
+    /// release, unless --force.
     Apply {
         /// The bundle (`ferry bundle`), or - to read it from stdin.
         #[arg(value_name = "FILE|-")]
@@ -47,7 +49,9 @@ enum Command {
         /// Pin the device afterwards (a developer's board), as `ferryd deploy` does.
         #[arg(long)]
         pin: bool,
-        /// For a commit bundle: allow an older release, or one that failed its trial here.
+        /// For a commit bundle: allow it on a channel device, without a hardware revision,
+        /// older than the running release, or one that failed its trial here. The local page
+        /// and the USB script never pass it.
         #[arg(long)]
         force: bool,
     },
@@ -438,6 +442,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if s.staged_chunks > 0 {
                     println!("pending:  {} chunks downloaded for an unfinished update", s.staged_chunks);
+                }
+                for w in &s.warnings {
+                    println!("warning:  {w}");
                 }
                 if let Some(r) = &s.last_result {
                     println!("last:     {r}{}", s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());

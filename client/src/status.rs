@@ -42,6 +42,23 @@ pub struct Status {
     pub pinned: bool,
     /// A developer's working copy or an unlocked copy is linked as current.
     pub dev: Option<crate::state::Dev>,
+    /// What makes this device less safe than a field device should be (e.g. branch mode).
+    pub warnings: Vec<String>,
+}
+
+/// What in `config` makes a device less safe than one in the field should be; `status` and
+/// `doctor` print each.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(b) = &config.branch {
+        out.push(format!(
+            "following branch {b}: development mode, without channel, expiry or rollout checks; field devices follow a channel"
+        ));
+        if config.allow_downgrade {
+            out.push("allow_downgrade is set: the server may hand this device any older signed commit".into());
+        }
+    }
+    out
 }
 
 pub fn status(config: &Config) -> Result<Status> {
@@ -85,6 +102,7 @@ pub fn status(config: &Config) -> Result<Status> {
         bad_commits: state.bad_commits.clone(),
         pinned: state.pinned,
         dev: state.dev.clone(),
+        warnings: warnings(config),
         staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
             .unwrap_or(0),

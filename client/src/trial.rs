@@ -13,8 +13,7 @@
 //! again; a newer commit on the branch is.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_boot::Trial;
@@ -29,7 +28,7 @@ pub enum Outcome {
     RolledBack(String),
 }
 
-/// Runs `sh -c command` with a timeout; Ok(()) if it exits 0.
+/// Runs `sh -c command` with a timeout; Ok(()) if it exits 0 (see [`crate::process`]).
 fn run_command(command: &str, timeout: Duration, cwd: Option<&Path>) -> Result<()> {
     run_command_env(command, timeout, cwd, &[])
 }
@@ -40,36 +39,7 @@ pub(crate) fn run_command_env(
     cwd: Option<&Path>,
     env: &[(&str, String)],
 ) -> Result<()> {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().with_context(|| format!("starting `{command}`"))?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if status.success() {
-                return Ok(());
-            }
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            let err = err.trim();
-            bail!("`{command}` failed ({status}){}", if err.is_empty() { String::new() } else { format!(": {err}") });
-        }
-        if started.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{command}` did not finish within {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::process::run(command, timeout, cwd, env).map(drop)
 }
 
 /// Which hook.
@@ -284,7 +254,11 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
         Some(t) => (t.commit.clone(), t.previous.clone()),
         None => (running.clone().ok_or_else(|| anyhow!("no deployment is running"))?, state.previous.clone()),
     };
-    let previous = previous.ok_or_else(|| anyhow!("there is no previous deployment to roll back to"))?;
+    let previous = match (previous, &trial) {
+        (Some(p), _) => p,
+        (None, Some(_)) => return fail_in_place(config, state, &bad, reason),
+        (None, None) => bail!("there is no previous deployment to roll back to"),
+    };
     let target = config.state_dir.join("deploy").join(&previous);
     if !target.is_dir() {
         bail!("the previous deployment {} is gone; cannot roll back", target.display());
@@ -316,10 +290,36 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     Ok(format!("rolled back from {bad} to {previous}: {reason}"))
 }
 
+/// A trial failed with nothing to go back to: the device's first release (a fresh device,
+/// or one whose earlier deployment is gone). Running a bad release beats running nothing:
+/// it stays, the trial ends (the bootloader stops counting, since it has nothing to fall
+/// back to either), and the commit is recorded as bad, so the device reports the failure,
+/// never installs it again, and takes the next newer release as usual.
+fn fail_in_place(config: &Config, mut state: State, bad: &str, reason: &str) -> Result<String> {
+    if let Some(b) = &config.bootloader {
+        ferry_boot::bootenv::mark_good(b.env().as_ref())
+            .context("telling the bootloader to stop counting (there is nothing to fall back to)")?;
+        crate::crash::point("bootloader-good");
+    }
+    if !state.bad_commits.iter().any(|c| c == bad) {
+        state.bad_commits.push(bad.to_string());
+    }
+    state.previous = None;
+    state.last_result = Some("failed".into());
+    state.last_error = Some(format!(
+        "{bad} failed its trial and there is no earlier deployment to roll back to; it stays until a newer release: {reason}"
+    ));
+    state.save(&config.state_dir)?;
+    crate::crash::point("rollback-recorded");
+    Trial::clear(&config.state_dir)?;
+    tracing::warn!(%bad, reason, "the first release failed its trial; nothing to roll back to, keeping it");
+    Ok(format!("{bad} failed its trial and stays (nothing to roll back to): {reason}"))
+}
+
 /// `ferryd doctor`: what must work for updates to work, checked on the device itself.
 /// Returns one line per check and whether all passed.
 pub fn doctor(config: &Config) -> (Vec<String>, bool) {
-    let mut lines = Vec::new();
+    let mut lines: Vec<String> = crate::status::warnings(config).iter().map(|w| format!("warn  {w}")).collect();
     let mut ok = true;
     let mut check = |what: &str, r: Result<String>| match r {
         Ok(detail) => lines.push(format!("ok    {what}: {detail}")),

@@ -85,7 +85,25 @@ impl TrustState {
         })
     }
 
+    /// Takes the trust of a newly accepted key document. When it stops trusting a channel
+    /// key, what channel keys vouched for is forgotten: the channels' serials and the floor
+    /// their documents raised (TUF's fast-forward recovery). A serial of 2^64-1 or a signed
+    /// time in 2100, signed with a channel key that leaked, stops a channel only until the
+    /// root removes that key. The floor then restarts from the key documents' signed time
+    /// (signed offline by the root), and the agent's build time and the running commit's
+    /// still bound it from below.
     pub fn set_trust(&mut self, t: &Trust) {
+        let removed = from_hex(&self.keys.channel_keys)
+            .map(|old| old.iter().any(|k| !t.channel_keys.contains(k)))
+            .unwrap_or(true);
+        if removed && self.keys.serial > 0 && !self.channels.is_empty() {
+            tracing::warn!(
+                channels = ?self.channels,
+                "a channel key is no longer trusted: forgetting the channel serials and signed times it vouched for"
+            );
+            self.channels.clear();
+            self.floor = self.keys.timestamp;
+        }
         self.keys = KeysState {
             serial: t.serial,
             roots: to_hex(&t.roots),
@@ -96,6 +114,12 @@ impl TrustState {
         if t.serial > 0 {
             self.floor = self.floor.max(t.timestamp);
         }
+    }
+
+    /// Records an accepted channel document: its serial and its signed time (the floor).
+    pub fn accept(&mut self, doc: &ferry_store::channel::ChannelDoc, seen: Seen) {
+        self.channels.insert(doc.name.clone(), doc.serial);
+        self.floor = seen.floor.max(doc.timestamp);
     }
 
     /// What was seen of `channel`, with the floor raised to `build_time` (the running
@@ -110,10 +134,14 @@ impl TrustState {
 
 /// The device's clock in Unix seconds, as channel documents are checked against it.
 ///
-/// `FERRYD_CLOCK_OFFSET=<seconds>` shifts it, so tests can play a device whose clock was
-/// reset to 1970 or runs years ahead (like `FERRYD_CRASH_AT`, a test hook; a wrong clock
-/// can never make the device accept what the floor forbids).
+/// In debug builds (the tests'), `FERRYD_CLOCK_OFFSET=<seconds>` shifts it, so tests can
+/// play a device whose clock was reset to 1970 or runs years ahead (like `FERRYD_CRASH_AT`,
+/// a test hook; a wrong clock can never make the device accept what the floor forbids).
+/// Release builds, the ones devices run, ignore it.
 pub fn clock() -> Result<i64> {
+    if !cfg!(debug_assertions) {
+        return Ok(crate::state::now());
+    }
     let offset = match std::env::var("FERRYD_CLOCK_OFFSET") {
         Ok(v) => v.parse::<i64>().map_err(|_| anyhow!("FERRYD_CLOCK_OFFSET={v:?} is not a number of seconds"))?,
         Err(_) => 0,

@@ -294,8 +294,7 @@ async fn follow_channel(
         &Running { version: running.as_ref().map(|c| &c.version), hardware },
     )
     .map_err(|e| Refused(format!("{e}; refusing it")))?;
-    state.channels.insert(channel.to_string(), doc.serial);
-    state.floor = seen.floor.max(doc.timestamp);
+    state.accept(&doc, seen);
     Ok((target, keys, Accepted(state)))
 }
 
@@ -369,28 +368,44 @@ async fn fetch_trees_compressed(
             return Ok(false);
         }
     };
-    let body = match server.trees_compressed(root, old_root, MAX_TREES, t).await {
-        Ok(b) => b,
-        Err(e) if e.downcast_ref::<Answered>().is_some() => {
+    // Decompressed as it arrives, each tree checked against the id its parent names as soon
+    // as it is whole: a bomb or garbage stops at its first wrong frame, holding no more
+    // than one piece of output and the tree being read.
+    let mut inflate = match patch::PrefixDecoder::new(&prefix, MAX_TREES as u64) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot decompress trees here; asking for them uncompressed");
+            return Ok(false);
+        }
+    };
+    let mut decoder = pack::FrameDecoder::new([(*root, MAX_TREE)]);
+    let mut unusable: Option<anyhow::Error> = None;
+    let r = server
+        .trees_compressed(root, old_root, MAX_TREES, t, |piece| {
+            let r = inflate.feed(piece, |out| {
+                decoder
+                    .feed_expanding(out, MAX_TREE, |frame| store_tree(local, &frame))
+                    .map_err(|e: anyhow::Error| std::io::Error::other(format!("{e:#}")))
+            });
+            r.map_err(|e| {
+                let e = anyhow!("decompressing the trees: {e}");
+                unusable = Some(anyhow!("{e:#}"));
+                e
+            })
+        })
+        .await;
+    let unusable = match (r, unusable) {
+        (_, Some(e)) => Some(e),
+        (Ok(()), None) => inflate.finish().map_err(anyhow::Error::from).and_then(|()| Ok(decoder.finish()?)).err(),
+        (Err(e), None) if e.downcast_ref::<Answered>().is_some() => {
             tracing::warn!(error = %format!("{e:#}"), "compressed trees refused; asking for them uncompressed");
             return Ok(false);
         }
-        Err(e) => return Err(e),
+        (Err(e), None) => return Err(e),
     };
-    let apply = || -> Result<()> {
-        let len = match zstd::zstd_safe::get_frame_content_size(&body) {
-            Ok(Some(n)) if n <= MAX_TREES as u64 => n as usize,
-            _ => bail!("the compressed trees do not state a size within {MAX_TREES} bytes"),
-        };
-        let frames = patch::decompress_patch(&prefix, &body, len).context("decompressing the trees")?;
-        let mut decoder = pack::FrameDecoder::new([(*root, MAX_TREE)]);
-        decoder.feed_expanding(&frames, MAX_TREE, |frame| store_tree(local, &frame))?;
-        decoder.finish()?;
-        Ok(())
-    };
-    match apply() {
-        Ok(()) => Ok(true),
-        Err(e) => {
+    match unusable {
+        None => Ok(true),
+        Some(e) => {
             tracing::warn!(error = %format!("{e:#}"), "compressed trees unusable; asking for them uncompressed");
             Ok(false)
         }
@@ -972,32 +987,55 @@ pub(crate) async fn install(
         // The health checks decide: a deployment that cannot start fails them.
         tracing::warn!(error = %format!("{e:#}"), "restart after the switch failed");
     }
+    // After a failed trial the device runs `current` again, or, with nothing to go back
+    // to, still the failed release (which the collection must then keep).
+    let failed = |reason: String| -> Result<bool> {
+        collect_garbage(local, &[current.unwrap_or(head)])?;
+        Err(TrialFailed(match current {
+            Some(c) => format!("release {version} ({head}) failed its trial and was rolled back to {c}: {reason}"),
+            None => format!(
+                "release {version} ({head}) failed its trial; there is no earlier deployment to roll back to, so it stays, marked bad, until a newer release: {reason}"
+            ),
+        })
+        .into())
+    };
     if let Err(e) = crate::trial::hook(config, crate::trial::Hook::PostSwitch, &new_hex, &version, old_hex.as_deref()) {
         let reason = format!("{e:#}");
         crate::trial::rollback(config, &reason)?;
-        collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
-        return Err(TrialFailed(format!(
-            "release {version} ({head}) was rolled back to {}: {reason}",
-            old_hex.as_deref().unwrap_or("nothing")
-        ))
-        .into());
+        return failed(reason);
     }
     if let Some(crate::trial::Outcome::RolledBack(reason)) = crate::trial::run(config).await? {
-        collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
-        return Err(TrialFailed(format!(
-            "release {} ({head}) failed its trial and was rolled back to {}: {reason}",
-            commit.version,
-            current.map_or("nothing".to_string(), |c| c.to_hex())
-        ))
-        .into());
+        return failed(reason);
     }
     let keep: Vec<Id> = std::iter::once(head).chain(current).collect();
     collect_garbage(local, &keep)?;
     Ok(false)
 }
 
+/// Branch mode: a head older than the running commit is refused. The server names a
+/// branch's head without a signature, so it could otherwise serve any commit the trusted
+/// keys ever signed, from any branch, however old (`allow_downgrade` or `ferryd deploy`
+/// for a developer who means it).
+fn refuse_branch_downgrade(local: &Local, current: Option<Id>, head: &Id, commit: &Commit) -> Result<()> {
+    let Some(running) = current.map(|c| local.commit(&c)).transpose()?.flatten() else { return Ok(()) };
+    if commit.version.compare(&running.version) == Some(std::cmp::Ordering::Less) {
+        return Err(Refused(format!(
+            "the branch's head {head} is version {}, older than the running {}; refusing a downgrade (set allow_downgrade = true, or `ferryd deploy` it)",
+            commit.version, running.version
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let started = Instant::now();
+    if config.channel.is_none() {
+        tracing::warn!(
+            "following branch {} (development mode): any commit the trusted keys signed is installed without channel, expiry or hardware checks; devices in the field follow a channel",
+            config.branch.as_deref().unwrap_or("?")
+        );
+    }
     let keys = if config.channel.is_some() { Vec::new() } else { config.keys()? };
     let hardware = config.hardware_revision()?;
     let local = Local::open(&config.state_dir)?;
@@ -1069,6 +1107,9 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     return Ok(None);
                 }
                 let commit = fetch_commit(&server, &local, &head, &keys, &mut t).await?;
+                if target.is_none() && !deploying && !config.allow_downgrade {
+                    refuse_branch_downgrade(&local, current, &head, &commit)?;
+                }
                 match (&target, &hardware) {
                     (Some(target), Some(hw)) => {
                         ferry_store::channel::check_target_commit(target, &commit, hw)

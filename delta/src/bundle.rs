@@ -47,6 +47,10 @@ pub const MAX_TREE_SECTION: usize = (64 << 20) + 32;
 pub const MAX_MANIFEST: usize = 1 << 21;
 /// Most commits a from section names.
 pub const MAX_FROM: usize = 1024;
+/// The most bytes of key documents, channel document, commits and from list a bundle may
+/// carry in all: what a reader holds before it can check a single signature. Real ones are
+/// a few KiB (a key document is about 200 bytes, a commit a few hundred).
+pub const MAX_HEADER: u64 = 16 << 20;
 
 const KIND_ORDER: &[u8] = b"KHCFTMDE";
 
@@ -208,7 +212,15 @@ pub struct BundleReader<R> {
     manifest: Vec<(Id, u32)>,
     next_chunk: usize,
     ended: bool,
+    /// Bytes of header sections (K, H, C, F) read so far.
+    header_bytes: u64,
+    /// The most entries the manifest may list ([`BundleReader::limit_manifest`]).
+    manifest_limit: usize,
 }
+
+/// A tree section the reader was told to skip ([`BundleReader::next_section_wanting`]):
+/// its bytes were hashed for the end check and dropped.
+pub const SKIPPED: &[u8] = &[];
 
 impl<R: Read> BundleReader<R> {
     /// Reads and checks the bundle's header.
@@ -228,7 +240,16 @@ impl<R: Read> BundleReader<R> {
         if head[4] != VERSION {
             return Err(BundleError::Version(head[4]));
         }
-        Ok(BundleReader { input, stage: 0, counts: [0; 8], manifest: Vec::new(), next_chunk: 0, ended: false })
+        Ok(BundleReader {
+            input,
+            stage: 0,
+            counts: [0; 8],
+            manifest: Vec::new(),
+            next_chunk: 0,
+            ended: false,
+            header_bytes: 0,
+            manifest_limit: MAX_MANIFEST,
+        })
     }
 
     /// Bytes read so far.
@@ -241,9 +262,23 @@ impl<R: Read> BundleReader<R> {
         &self.manifest
     }
 
+    /// Lowers the bound of the manifest to `entries` (a reader that knows, from signed trees,
+    /// how many chunks the release has, refuses a longer list before reading it).
+    pub fn limit_manifest(&mut self, entries: usize) {
+        self.manifest_limit = entries.min(MAX_MANIFEST);
+    }
+
     /// The next section; `None` after the end section, which was checked (hash, nothing
     /// after it, every listed chunk received).
     pub fn next_section(&mut self) -> Result<Option<Section>, BundleError> {
+        self.next_section_wanting(|_| true)
+    }
+
+    /// [`BundleReader::next_section`], except that a tree section whose id `want` refuses
+    /// is read past without being held: it comes back as `Section::Tree` with its id and
+    /// empty bytes ([`SKIPPED`]). A reader looking for the trees a signed root names thus
+    /// holds only those.
+    pub fn next_section_wanting(&mut self, want: impl Fn(&Id) -> bool) -> Result<Option<Section>, BundleError> {
         if self.ended {
             return Ok(None);
         }
@@ -283,7 +318,7 @@ impl<R: Read> BundleReader<R> {
             b'C' => MAX_COMMIT_SECTION as u64,
             b'F' => (MAX_FROM * 32) as u64,
             b'T' => MAX_TREE_SECTION as u64,
-            b'M' => (MAX_MANIFEST * 36) as u64,
+            b'M' => (self.manifest_limit * 36) as u64,
             b'D' => match self.manifest.get(self.next_chunk) {
                 Some((_, l)) => 32 + u64::from(max_stored_len(*l)),
                 None => return Err(BundleError::TooMany { what: "chunk", max: self.manifest.len() }),
@@ -292,6 +327,45 @@ impl<R: Read> BundleReader<R> {
         };
         if len > max {
             return Err(BundleError::TooLarge { what: name, at, len, max });
+        }
+        if matches!(kind, b'K' | b'H' | b'C' | b'F') {
+            self.header_bytes += len;
+            if self.header_bytes > MAX_HEADER {
+                return Err(BundleError::TooLarge {
+                    what: "header (key documents, channel document, commits, from)",
+                    at,
+                    len: self.header_bytes,
+                    max: MAX_HEADER,
+                });
+            }
+        }
+        if kind == b'T' && len >= 32 {
+            let mut id = [0u8; 32];
+            if !self.input.fill(&mut id)? {
+                return Err(BundleError::Truncated { what: "inside a section", at: self.input.offset });
+            }
+            let id = Id(id);
+            if !want(&id) {
+                let mut rest = len - 32;
+                let mut scratch = vec![0u8; (rest as usize).min(1 << 16)];
+                while rest > 0 {
+                    let step = (rest as usize).min(scratch.len());
+                    if !self.input.fill(scratch.get_mut(..step).unwrap_or_default())? {
+                        return Err(BundleError::Truncated { what: "inside a section", at: self.input.offset });
+                    }
+                    rest -= step as u64;
+                }
+                self.stage = stage;
+                self.counts[stage] += 1;
+                return Ok(Some(Section::Tree { id, bytes: SKIPPED.to_vec() }));
+            }
+            let mut body = Vec::with_capacity(((len - 32) as usize).min(1 << 16));
+            if !self.input.fill_vec(&mut body, (len - 32) as usize)? {
+                return Err(BundleError::Truncated { what: "inside a section", at: self.input.offset });
+            }
+            self.stage = stage;
+            self.counts[stage] += 1;
+            return Ok(Some(Section::Tree { id, bytes: body }));
         }
         let count_max = match kind {
             b'K' => MAX_KEY_DOCS,

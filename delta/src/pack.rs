@@ -136,7 +136,8 @@ impl FrameDecoder {
                             return Err(PackError::TooLong { id, len, max });
                         }
                         self.buf.clear();
-                        self.buf.reserve(len as usize);
+                        // Grown as bytes arrive: a declared length costs nothing until sent.
+                        self.buf.reserve((len as usize).min(1 << 16));
                         self.current = Some((id, len));
                     }
                 }

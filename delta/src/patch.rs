@@ -215,6 +215,75 @@ pub fn decompress_patch(reference: &[u8], patch: &[u8], len: usize) -> std::io::
     Ok(out)
 }
 
+/// Decompresses one zstd frame made with [`compress_patch`] as its bytes arrive, so that
+/// neither the compressed nor the decompressed whole is ever held: a frame that declares
+/// or expands to far more than it should (8 KB of zeros can claim 256 MiB) costs its
+/// output buffer and no more, and stops at `max` bytes of output.
+pub struct PrefixDecoder<'a> {
+    dctx: zstd::zstd_safe::DCtx<'a>,
+    out: Vec<u8>,
+    produced: u64,
+    max: u64,
+    finished: bool,
+}
+
+impl std::fmt::Debug for PrefixDecoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixDecoder").field("produced", &self.produced).field("finished", &self.finished).finish()
+    }
+}
+
+impl<'a> PrefixDecoder<'a> {
+    /// Output is handed out at most this many bytes at a time.
+    const PIECE: usize = 128 << 10;
+
+    pub fn new(reference: &'a [u8], max: u64) -> std::io::Result<PrefixDecoder<'a>> {
+        use zstd::zstd_safe::{DCtx, DParameter};
+        let mut dctx = DCtx::try_create().ok_or_else(|| std::io::Error::other("zstd context"))?;
+        dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX)).map_err(zstd_error)?;
+        dctx.ref_prefix(reference).map_err(zstd_error)?;
+        Ok(PrefixDecoder { dctx, out: vec![0; Self::PIECE], produced: 0, max, finished: false })
+    }
+
+    /// Decompresses `input`, handing each piece of output to `sink` as it comes.
+    pub fn feed(&mut self, input: &[u8], mut sink: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        use zstd::zstd_safe::{InBuffer, OutBuffer};
+        let mut inb = InBuffer::around(input);
+        loop {
+            if self.finished {
+                if inb.pos() < input.len() {
+                    return Err(std::io::Error::other("bytes after the end of the compressed frame"));
+                }
+                return Ok(());
+            }
+            let mut outb = OutBuffer::around(self.out.as_mut_slice());
+            let hint = self.dctx.decompress_stream(&mut outb, &mut inb).map_err(zstd_error)?;
+            let n = outb.pos();
+            self.produced += n as u64;
+            if self.produced > self.max {
+                return Err(std::io::Error::other(format!("decompresses to more than {} bytes", self.max)));
+            }
+            sink(self.out.get(..n).unwrap_or_default())?;
+            if hint == 0 {
+                self.finished = true;
+                continue;
+            }
+            // Input used up and the output not full: zstd holds nothing more back.
+            if inb.pos() == input.len() && n < self.out.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Call at the end of the input: fails if the frame did not end.
+    pub fn finish(&self) -> std::io::Result<()> {
+        if !self.finished {
+            return Err(std::io::Error::other("the compressed frame is cut short"));
+        }
+        Ok(())
+    }
+}
+
 /// The answer for one patch, built by the server: the patch if it is smaller than the
 /// target's stored frames, else those frames.
 pub fn encode_patch_response(

@@ -149,6 +149,27 @@ fn require_channel_key(trust: &Trust, key: &SecretKey) -> Result<()> {
     Ok(())
 }
 
+/// The serial and signed time of the document that follows `head` (`c`). Normally the next
+/// serial and a time no earlier than `c`'s. When no current channel key signed `c` (its key
+/// was removed, e.g. after it leaked), devices forget that key's serials and times as they
+/// take the key document, so the channel starts afresh at serial 1 and `now`: that also
+/// undoes a document a leaked key signed with serial 2^64-1 or a time in 2100. Such a
+/// document still signed by a current key is refused, naming the way out.
+fn successor(repo: &Repository, trust: &Trust, head: &Id, c: &ChannelDoc, now: i64) -> Result<(u64, i64)> {
+    let envelope = repo.read_envelope(head)?;
+    if envelope.signed_by(Signed::Channel, &trust.channel_keys).is_empty() {
+        return Ok((1, now));
+    }
+    let rotate = "remove the key that signed it with `ferry keys set --channel-key NEW.pub`, then promote again: devices start the channel's serials afresh";
+    let serial = c.serial.checked_add(1).ok_or_else(|| {
+        anyhow!("channel {}'s newest document {head} has the largest possible serial; {rotate}", c.name)
+    })?;
+    if c.timestamp > now.saturating_add(ferry_store::channel::MAX_AHEAD) {
+        bail!("channel {}'s newest document {head} is signed at {}, in the future; {rotate}", c.name, c.timestamp);
+    }
+    Ok((serial, now.max(c.timestamp)))
+}
+
 fn trust(repo: &Repository) -> Result<Trust> {
     current_trust(repo)?.ok_or_else(|| {
         anyhow!("the repository has no key document yet; create one with `ferry keys set` (see README, Keys)")
@@ -246,10 +267,13 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
     // A rolled-back target that stays must keep its mark: a device that missed the rollback
     // document still runs the newer release and needs the mark to go back.
     let keeps_rollback = current.as_ref().is_some_and(|c| c.rollback && c.targets.iter().any(|t| targets.contains(t)));
-    let timestamp = current.as_ref().map_or(p.now, |c| p.now.max(c.timestamp));
+    let (serial, timestamp) = match (&current, head) {
+        (Some(c), Some(id)) => successor(repo, &trust, &id, c, p.now)?,
+        _ => (1, p.now),
+    };
     let doc = ChannelDoc {
         name: p.to.clone(),
-        serial: current.as_ref().map_or(1, |c| c.serial + 1),
+        serial,
         timestamp,
         expires: timestamp.saturating_add(p.expires_in),
         rollback: p.rollback || keeps_rollback,
@@ -297,14 +321,9 @@ pub fn refresh(
                 anyhow!("channel {name}: {e:#}; add a signature by a current commit key with `ferry sign`")
             })?;
         }
-        let timestamp = now.max(c.timestamp);
-        let doc = ChannelDoc {
-            serial: c.serial + 1,
-            timestamp,
-            expires: timestamp.saturating_add(expires_in),
-            previous: Some(head),
-            ..c
-        };
+        let (serial, timestamp) = successor(repo, &trust, &head, &c, now)?;
+        let doc =
+            ChannelDoc { serial, timestamp, expires: timestamp.saturating_add(expires_in), previous: Some(head), ..c };
         let id = sign_and_publish(repo, &doc, key, Some(head), None)?;
         out.push((id, doc));
     }

@@ -387,6 +387,8 @@ pub enum TrustError {
     Replayed { channel: String, found: u64, highest: u64 },
     #[error("channel {channel}: document serial {serial} expired at {expires}; the device's time is {now} (clock {clock}, floor {floor}){hint}")]
     Expired { channel: String, serial: u64, expires: i64, now: i64, clock: i64, floor: i64, hint: &'static str },
+    #[error("channel {channel}: document serial {serial} was signed at {timestamp}, more than {MAX_AHEAD} s after the device's time {clock}; refusing a document from the future (it would stop every later one)")]
+    FromTheFuture { channel: String, serial: u64, timestamp: i64, clock: i64 },
     #[error("channel {channel}: document serial {serial} has no target for hardware revision {hardware:?} (targets: {targets})")]
     NoTarget { channel: String, serial: u64, hardware: String, targets: String },
     #[error("channel {channel}: version {target} is older than the running {current} and the document is not marked as a rollback")]
@@ -500,6 +502,13 @@ pub struct Running<'a> {
     pub hardware: &'a str,
 }
 
+/// How far a channel document's signed time may be ahead of a device's clock (when that clock
+/// is not known to be wrong). Signed times raise the device's clock floor, so one document
+/// signed in 2100 (by mistake, or with a stolen channel key) would otherwise expire every
+/// later document on the devices that saw it. A day covers clocks that drift and time zones
+/// set wrong.
+pub const MAX_AHEAD: i64 = 86_400;
+
 /// Decides whether a device accepts a channel document. `clock` is the device's clock (Unix
 /// seconds), trusted only above `seen.floor`. Returns the document and its target for this
 /// device; the caller then checks the target commit with [`check_target_commit`].
@@ -529,6 +538,16 @@ pub fn accept_channel(
     }
     let floor = seen.floor.max(trust.timestamp);
     let now = clock.max(floor);
+    // A clock below the floor is known to be behind (reset to 1970, or off for months): then
+    // it cannot say what is "far ahead", and the document is judged by its expiry alone.
+    if clock >= floor && doc.timestamp > clock.saturating_add(MAX_AHEAD) {
+        return Err(TrustError::FromTheFuture {
+            channel: doc.name,
+            serial: doc.serial,
+            timestamp: doc.timestamp,
+            clock,
+        });
+    }
     if doc.expires <= now {
         let hint = if clock > doc.timestamp.saturating_add(400 * 86400) && clock > floor {
             "; if this device's clock runs far ahead, set it right"

@@ -199,7 +199,9 @@ fn cut_damaged_wrong_hardware_and_replayed_bundles_are_refused() {
     let rev_b = offline_device(&env, "rev-b", "stable", "rev-b");
     refused(&rev_b, &env.path().join("v1.bundle"), "rev-b", false);
     let commit_bundle = bundle(&env, BundleTo::Commit(v1), &[], "commit-v1.bundle");
-    refused(&rev_b, &commit_bundle, "not for this device's rev-b", false);
+    refused(&rev_b, &commit_bundle, "not a release of channel stable", false);
+    let (ok, _, err) = ferryd(&rev_b, &["apply", commit_bundle.to_str().unwrap(), "--force"]);
+    assert!(!ok && err.contains("not for this device's rev-b"), "forcing does not bend the hardware: {err}");
 
     // The good bundle still applies after all that, and then the older one is a replay.
     applied(&dev, &b2);
@@ -219,12 +221,17 @@ fn commit_bundles_never_go_back_unless_forced_and_pin_only_when_asked() {
     let c1 = bundle(&env, BundleTo::Commit(v1), &[], "c1.bundle");
     let c2 = bundle(&env, BundleTo::Commit(v2), &[], "c2.bundle");
 
-    // A channel device: a commit bundle installs a newer release and leaves it following
-    // its channel; an older one is a downgrade, refused unless forced.
+    // A channel device installs what its channel says: a commit bundle (a build nobody
+    // promoted, from a file, the local page or a USB stick) used to install and then make
+    // the device refuse its own channel as a downgrade. Now only a technician at the device
+    // forces one.
     let dev = offline_device(&env, "dev", "stable", "rev-a");
-    let s = applied(&dev, &c2);
+    refused(&dev, &c2, "not a release of channel stable", false);
+    let (ok, out, err) = ferryd(&dev, &["apply", c2.to_str().unwrap(), "--force", "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!((s["to"].as_str(), s["pinned"].as_bool()), (Some(v2.to_hex().as_str()), Some(false)), "{s}");
-    refused(&dev, &c1, "not newer than the running 1.1.0", false);
+    refused(&dev, &c1, "not a release of channel stable", false);
     let (ok, out, err) = ferryd(&dev, &["apply", c1.to_str().unwrap(), "--force", "--pin", "--json"]);
     assert!(ok, "{err}");
     let s: Value = serde_json::from_str(&out).unwrap();
@@ -236,10 +243,16 @@ fn commit_bundles_never_go_back_unless_forced_and_pin_only_when_asked() {
     let s = applied(&dev, &stable);
     assert_eq!(s["to"], v2.to_hex());
 
-    // A branch device takes commit bundles signed by its trusted keys, not channel ones.
+    // A branch device takes commit bundles signed by its trusted keys, not channel ones;
+    // an older one is a downgrade, refused unless forced.
     let branch = offline_device(&env, "branch", "", "rev-a");
     refused(&branch, &stable, "not a channel", false);
-    let s = applied(&branch, &c1);
+    let s = applied(&branch, &c2);
+    assert_eq!(s["to"], v2.to_hex());
+    refused(&branch, &c1, "not newer than the running 1.1.0", false);
+    let (ok, out, err) = ferryd(&branch, &["apply", c1.to_str().unwrap(), "--force", "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["to"], v1.to_hex());
     fsck_clean(&branch);
 }
@@ -308,4 +321,94 @@ fn the_usb_script_installs_the_bundle_on_a_stick_with_the_same_refusals() {
     let (ok, out) = usb(&dev, &stick);
     assert!(ok && out.contains("the stick can be removed"), "{out}");
     assert_eq!(running(&dev).as_deref(), Some(v1.to_hex().as_str()));
+}
+
+/// Rewrites a bundle with `garbage` tree sections (ids nothing names, `size` bytes each)
+/// after its from section, as a hostile file would carry them.
+fn with_garbage_trees(file: &Path, garbage: usize, size: usize) -> PathBuf {
+    use ferry_delta::bundle::{BundleReader, BundleWriter, Section};
+    let out_path = file.with_extension("garbage");
+    let mut reader = BundleReader::new(std::fs::File::open(file).unwrap()).unwrap();
+    let mut w = BundleWriter::new(std::io::BufWriter::new(std::fs::File::create(&out_path).unwrap())).unwrap();
+    while let Some(section) = reader.next_section().unwrap() {
+        match section {
+            Section::Keys(k) => w.key_document(&k).unwrap(),
+            Section::Channel(c) => w.channel(&c).unwrap(),
+            Section::Commit(c) => w.commit(&c).unwrap(),
+            Section::From(f) => {
+                w.from(&f).unwrap();
+                let junk = vec![0x5a; size];
+                for i in 0..garbage {
+                    w.tree(&Id::of(&i.to_le_bytes()), &junk).unwrap();
+                }
+            }
+            Section::Tree { id, bytes } => w.tree(&id, &bytes).unwrap(),
+            Section::Manifest(_) => w.manifest(reader.manifest()).unwrap(),
+            Section::Chunk { id, frame } => w.chunk(&id, &frame).unwrap(),
+        }
+    }
+    w.finish().unwrap();
+    out_path
+}
+
+/// A 190 MB header of garbage key documents and commits (no signature can be checked
+/// before the header ends) used to take `ferryd apply` past 500 MB. The header is now
+/// bounded as a whole and refused once past it.
+#[test]
+fn a_huge_garbage_header_is_refused_before_it_is_held() {
+    use ferry_delta::bundle::{BundleWriter, BundledCommit};
+    let env = Env::new();
+    env.commit(1, "1");
+    let dev = offline_device(&env, "device", "", "rev-a");
+    let path = env.path().join("garbage-header.bundle");
+    let mut w = BundleWriter::new(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())).unwrap();
+    for _ in 0..64 {
+        w.key_document(&vec![0xa5; 1 << 20]).unwrap();
+    }
+    for i in 0..64u32 {
+        let bytes = vec![0x3c; 2 << 20];
+        w.commit(&BundledCommit { id: Id::of(&i.to_le_bytes()), signatures: Vec::new(), bytes }).unwrap();
+    }
+    w.from(&[]).unwrap();
+    w.manifest(&[]).unwrap();
+    w.finish().unwrap();
+    let err = refused(&dev, &path, "header", false);
+    assert!(err.contains("at most 16777216"), "{err}");
+    let (ok, _, err, peak) = crate::harness::ferryd_peak(&dev, &["apply", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("header"), "{err}");
+    assert!(peak < 64 << 20, "ferryd apply peaked at {} MiB", peak >> 20);
+}
+
+/// Tree sections nothing signed names are read past without being held: four of 60 MiB
+/// each in an otherwise good bundle cost no memory, and the release is installed.
+#[test]
+fn tree_sections_nothing_names_are_read_past_unheld() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let dev = offline_device(&env, "device", "", "rev-a");
+    let good = bundle(&env, BundleTo::Commit(v1), &[], "c1.bundle");
+    let hostile = with_garbage_trees(&good, 4, 60 << 20);
+    let (ok, out, err, peak) = crate::harness::ferryd_peak(&dev, &["apply", hostile.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["to"], v1.to_hex());
+    assert!(peak < 48 << 20, "ferryd apply peaked at {} MiB", peak >> 20);
+}
+
+/// A build committed without --hardware names no revision, so nothing says it fits this
+/// board; it used to install from a file on any device. Now only `--force` takes it.
+#[test]
+fn a_commit_without_a_hardware_list_is_refused_on_a_device_with_a_revision() {
+    use ferry_publisher::import::{commit_tree, CommitRequest};
+    let env = Env::new();
+    let key = ferry_fixtures::test_key(1);
+    let req = CommitRequest::new(env.tree(1), "main", "1".parse().unwrap(), &key);
+    assert!(req.hardware.is_empty());
+    let id: Id = commit_tree(&env.repo, &req, &NoProgress).unwrap().commit.parse().unwrap();
+    let dev = offline_device(&env, "device", "", "rev-a");
+    let b = bundle(&env, BundleTo::Commit(id), &[], "no-hardware.bundle");
+    refused(&dev, &b, "names no hardware revision", false);
+    let (ok, _, err) = ferryd(&dev, &["apply", b.to_str().unwrap(), "--force"]);
+    assert!(ok, "{err}");
+    assert_eq!(running(&dev), Some(id.to_hex()));
 }

@@ -234,7 +234,12 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
     assert!(format!("{err:#}").contains("not signed by a root key"), "{err:#}");
     channels::set_keys(&env.repo, &[test_key(ROOT)], change, now()).unwrap();
     serve_document(&env, &doc, &test_key(CHANNEL_KEY));
-    refused(&dev, &[], "is not signed by a key allowed to sign channels (key document 2)");
+    // The key document is taken (it is valid), and with key 11 gone the channel serials it
+    // vouched for are forgotten; the document 11 signed is refused.
+    let before = running(&dev);
+    let (ok, _, err) = ferryd(&dev, &["update"]);
+    assert!(!ok && err.contains("is not signed by a key allowed to sign channels (key document 2)"), "{err}");
+    assert_eq!((running(&dev), serials(&dev)), (before, serde_json::json!({})));
 
     // Documents by the new key are accepted: the device keeps updating.
     doc.serial += 1;
@@ -364,4 +369,59 @@ fn a_wrong_clock_helps_no_attacker() {
     let ahead = [("FERRYD_CLOCK_OFFSET", (30 * 365 * DAY).to_string())];
     refused(&dev, &ahead, "if this device's clock runs far ahead, set it right");
     assert_eq!(updated(&dev)["to"], c2.to_hex());
+}
+
+/// One document signed with a channel key (the fleet server's online one is enough, once
+/// stolen) with serial 2^64-1, or signed in 2100, used to stop the channel on every device
+/// that saw it, for good: rotating the key did not undo it. Now a time far beyond the
+/// device's clock is refused outright, and the serials a key vouched for are forgotten when
+/// the root removes that key; the operator's next promotion starts the channel afresh.
+#[test]
+fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
+    let env = fleet();
+    let (c1, c2) = (env.commit(1, "1"), env.commit(2, "2"));
+    promote(&env, Some(c1), None, "stable", false).unwrap();
+    let dev = device(&env, "device", "stable", "rev-a");
+    assert_eq!(updated(&dev)["to"], c1.to_hex());
+
+    // Signed in 2100: refused, nothing changes.
+    let mut doc = newest(&env, "stable");
+    doc.serial += 1;
+    doc.previous = env.repo.channel("stable").unwrap();
+    doc.timestamp = 4_102_444_800;
+    doc.expires = doc.timestamp + 7 * DAY;
+    serve_document(&env, &doc, &test_key(CHANNEL_KEY));
+    refused(&dev, &[], "refusing a document from the future");
+
+    // Serial 2^64-1 at a plausible time is validly signed, so the device takes it...
+    doc.serial = u64::MAX;
+    doc.previous = env.repo.channel("stable").unwrap();
+    doc.timestamp = now();
+    doc.expires = now() + 7 * DAY;
+    serve_document(&env, &doc, &test_key(CHANNEL_KEY));
+    updated(&dev);
+    assert_eq!(serials(&dev)["stable"].as_u64(), Some(u64::MAX));
+    // ... and no later document can follow it while key 11 is trusted.
+    let err = promote(&env, Some(c2), None, "stable", false).unwrap_err();
+    assert!(format!("{err:#}").contains("largest possible serial"), "{err:#}");
+
+    // The root removes key 11 for key 12; the operator promotes with key 12.
+    let change = KeyChange { channel_keys: Some(vec![test_key(12).public()]), ..Default::default() };
+    channels::set_keys(&env.repo, &[test_key(ROOT)], change, now()).unwrap();
+    let key = test_key(12);
+    let p = Promotion {
+        to: "stable".into(),
+        commit: Some(c2),
+        from: None,
+        hardware: Vec::new(),
+        key: &key,
+        expires_in: 7 * DAY,
+        rollback: false,
+        force: false,
+        now: now(),
+    };
+    let promoted = channels::promote(&env.repo, &p).unwrap();
+    assert_eq!(promoted.doc.serial, 1, "the channel starts afresh");
+    assert_eq!(updated(&dev)["to"], c2.to_hex());
+    assert_eq!(serials(&dev)["stable"].as_u64(), Some(1));
 }

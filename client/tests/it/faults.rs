@@ -121,3 +121,34 @@ fn a_server_killed_and_restarted_mid_update() {
     assert_eq!(s["chunks_downloaded"].as_u64().unwrap(), chunks, "{s}");
     assert!(std::fs::read_link(env.current()).unwrap().ends_with(s["to"].as_str().unwrap()));
 }
+
+/// A server (or a man in the middle) sending a byte every second never trips the read
+/// timeout; it used to hold `ferryd` for as long as it liked. The progress watchdog cuts it
+/// once a `read_timeout` window brings less than the minimum rate, and the update completes
+/// on the next attempt.
+#[test]
+fn a_server_trickling_a_byte_a_second_is_cut_and_the_update_completes() {
+    let (env, proxy, config, chunks) = setup("read_timeout = 3\n");
+    proxy.arm(Fault::Trickle(150_000, Duration::from_secs(1)));
+    let started = Instant::now();
+    let mut child = crate::harness::spawn_update(&config);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("ferryd was still held by the trickling server after {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(proxy.fired());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["attempts"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(s["chunks_downloaded"].as_u64().unwrap(), chunks);
+    assert!(std::fs::read_link(env.current()).unwrap().ends_with(s["to"].as_str().unwrap()));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("less than 1024 bytes a second"), "{log}");
+}

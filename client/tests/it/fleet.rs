@@ -244,6 +244,12 @@ fn configuration_merges_fleet_groups_and_device_and_reaches_the_device() {
     let applied: Value =
         serde_json::from_slice(&std::fs::read(env.path().join("device/state/config.json")).unwrap()).unwrap();
     assert_eq!((applied["version"].as_u64(), &applied["values"]), (Some(version), &expect));
+    // The configuration holds secrets: readable by the agent's user only.
+    for name in ["config.json", "config.env"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.path().join("device/state").join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} is {mode:o}");
+    }
     let script = format!(". {} && printf %s \"$NAME/$MODE\"", env.path().join("device/state/config.env").display());
     let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "it's me/night");

@@ -249,3 +249,25 @@ pub fn spawn_daemon(config: &Path) -> (Daemon, std::sync::mpsc::Receiver<serde_j
     });
     (Daemon(child), rx)
 }
+
+/// Runs `ferryd --config C ARGS` under GNU time; returns (success, stdout, stderr, peak
+/// resident set in bytes). The peak is the agent's own: `time` forks it from its own small
+/// process, whereas a child this test spawned directly would start its count from the
+/// test's memory (the kernel carries the high-water mark across the exec of a vforked child).
+pub fn ferryd_peak(config: &Path, args: &[&str]) -> (bool, String, String, u64) {
+    const MARK: &str = "FERRY-PEAK-KB ";
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", &format!("{MARK}%M")])
+        .arg(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    let (err, peak) = match err.rfind(MARK) {
+        Some(at) => (err[..at].to_string(), err[at + MARK.len()..].trim().parse::<u64>().unwrap() * 1024),
+        None => panic!("no peak from /usr/bin/time: {err}"),
+    };
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), err, peak)
+}

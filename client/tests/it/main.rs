@@ -9,6 +9,7 @@ mod devboard;
 mod faults;
 mod fleet;
 mod harness;
+mod hostile;
 mod local_ui;
 mod patches;
 mod powercut;

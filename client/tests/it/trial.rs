@@ -225,3 +225,79 @@ fn url_health_checks_pass_on_2xx_and_fail_otherwise() {
     assert!(!ok && err.contains("404"), "{err}");
     assert_eq!(status(&config)["current"]["version"], "1");
 }
+
+/// A hook that writes more than a pipe holds (64 KiB) to stderr used to block on the full
+/// pipe, "time out" and get its release marked bad.
+#[test]
+fn a_hook_writing_70_kb_to_stderr_does_not_deadlock_on_its_pipe() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let hooks = "[hooks]\npre_switch = \"head -c 71680 /dev/zero | tr '\\\\0' x >&2; echo done >&2\"\ntimeout = 5\n";
+    let config = env.device(hooks);
+    let started = Instant::now();
+    let s = update(&config);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let v2 = env.commit(2, "2");
+    assert_eq!(update(&config)["to"], v2.to_hex());
+    assert_eq!(running(&env), v2.to_hex());
+    assert_eq!(status(&config)["bad_commits"], serde_json::json!([]), "{s}");
+}
+
+/// A hook that hangs is killed at its timeout together with what it started, and the
+/// failure report carries the tail of what it printed, not all of it.
+#[test]
+fn a_hung_hook_is_killed_with_its_children_and_reports_the_tail_of_its_output() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let pid_file = env.path().join("child.pid");
+    let hooks = format!(
+        "[hooks]\npre_switch = \"sleep 300 & echo $! > {}; head -c 100000 /dev/zero | tr '\\\\0' y >&2; echo last-words >&2; sleep 300\"\ntimeout = 1\n",
+        pid_file.display()
+    );
+    let config = env.device(&hooks);
+    let started = Instant::now();
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(!ok && err.contains("did not finish within 1 s"), "{err}");
+    assert!(err.contains("last-words") && err.len() < 16 * 1024, "the tail only: {} bytes", err.len());
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    // The background sleep was in the hook's process group: it is gone (or a zombie whose
+    // parent, the shell, was killed too and which init reaps).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z");
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hook's child {pid} outlived the timeout: {stat}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh device whose first release fails its trial has nothing to roll back to. It used
+/// to be stuck for good ("there is no previous deployment to roll back to" on every later
+/// update, on trial forever); now the release stays, flagged bad, and the next is taken.
+#[test]
+fn a_first_release_that_fails_its_trial_stays_flagged_bad_until_a_newer_one() {
+    let env = Env::new();
+    let bad = env.commit(2, "1"); // etc/version is 2: the health check fails
+    let config = env.device(&health(&env, ""));
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("no earlier deployment to roll back to"), "{err}");
+    assert_eq!(running(&env), bad.to_hex(), "it keeps running what it has");
+    let st = status(&config);
+    assert_eq!(st["trial"], serde_json::Value::Null, "the trial ended: {st}");
+    assert_eq!(st["last_result"], "failed");
+    assert_eq!(st["bad_commits"], serde_json::json!([bad.to_hex()]));
+    // Nothing more to do until something newer: no error, no retry, no trial.
+    let s = update(&config);
+    assert_eq!((s["to"].as_str(), s["up_to_date"].as_bool()), (Some(bad.to_hex().as_str()), Some(true)), "{s}");
+    let (ok, out, _) = ferryd(&config, &["mark-good"]);
+    assert!(ok && out.contains("no deployment is on trial"), "{out}");
+    // The fixed release is installed as usual, with the bad one as its previous.
+    let fixed = env.commit(3, "2");
+    assert_eq!(update(&config)["to"], fixed.to_hex());
+    assert_eq!(running(&env), fixed.to_hex());
+    assert_eq!(status(&config)["trial"], serde_json::Value::Null);
+}

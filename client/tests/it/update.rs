@@ -292,3 +292,25 @@ fn damaged_staged_chunks_are_fetched_again_in_the_same_attempt() {
         "{v}"
     );
 }
+
+/// Branch heads are not signed: a server (or whoever answers in its place) naming an older
+/// signed commit as the head used to get it installed. Now it is refused unless the device
+/// allows downgrades, and the device says it follows a branch (development mode).
+#[test]
+fn a_branch_head_older_than_the_running_release_is_refused() {
+    let env = Env::new();
+    env.commit(1, "10");
+    let v2 = env.commit(2, "20");
+    let config = env.device("");
+    assert_eq!(update(&config)["to"], v2.to_hex());
+    // The branch moves to a commit whose version is older than what runs.
+    let old = env.commit(3, "15");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("refusing a downgrade") && err.contains("older than the running 20"), "{err}");
+    assert_eq!(deployed(&env).file_name().unwrap().to_str().unwrap(), v2.to_hex());
+    let (ok, out, _) = ferryd(&config, &["status"]);
+    assert!(ok && out.contains("warning:  following branch main: development mode"), "{out}");
+    // A developer who means it.
+    let config = env.device("allow_downgrade = true\n");
+    assert_eq!(update(&config)["to"], old.to_hex());
+}

@@ -1,7 +1,9 @@
 //! Key and channel documents: golden ids, round trips, strict decoding, signature domains,
 //! and the acceptance rules on their own (the agent's tests run them end to end).
 
-use ferry_store::channel::{accept_channel, ChannelDoc, Envelope, KeyDoc, Running, Seen, Target, Trust, TrustError};
+use ferry_store::channel::{
+    accept_channel, ChannelDoc, Envelope, KeyDoc, Running, Seen, Target, Trust, TrustError, MAX_AHEAD,
+};
 use ferry_store::object::DecodeError;
 use ferry_store::{Id, SecretKey, Signed};
 use proptest::prelude::*;
@@ -169,6 +171,14 @@ fn the_acceptance_rules() {
     let mut rollback = doc.clone();
     rollback.rollback = true;
     check_accept(&rollback, fresh, t, Some("1.3.0"), |r| r.is_ok());
+    // A document signed far ahead of a clock that is not known to be wrong is refused; with a
+    // clock below the floor (known to be behind) only the expiry judges it.
+    let mut ahead = doc.clone();
+    ahead.timestamp = t + MAX_AHEAD + 10;
+    ahead.expires = ahead.timestamp + 86400;
+    check_accept(&ahead, fresh, t, None, |r| matches!(r, Err(TrustError::FromTheFuture { .. })));
+    check_accept(&ahead, fresh, t + 11, None, |r| r.is_ok());
+    check_accept(&ahead, Seen { serial: 0, floor: t }, t - 1000, None, |r| r.is_ok());
     // Another channel's document is not this channel's.
     let mut other = doc.clone();
     other.name = "beta".into();
