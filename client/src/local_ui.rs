@@ -241,7 +241,10 @@ enum Refusal {
 enum Verdict {
     Right,
     /// The `in_a_row`th wrong password in a row; `locked`: it started a lockout this long.
-    Wrong { in_a_row: u32, locked: Option<Duration> },
+    Wrong {
+        in_a_row: u32,
+        locked: Option<Duration>,
+    },
     /// A lockout began while the attempt waited: not compared.
     Refused(Refusal),
 }
@@ -500,19 +503,28 @@ fn same(a: &blake3::Hash, b: &blake3::Hash) -> bool {
     a.as_bytes().iter().zip(b.as_bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Lets a request that needs a session through: a live session cookie, or the right bearer
-/// password (on the schedule).
-async fn authorize(shared: &Arc<Shared>, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), Response<Full<Bytes>>> {
+/// What a request offers to be let in: a bearer password and session cookies, hashed.
+fn offered(req: &Request<Incoming>) -> (Option<blake3::Hash>, Vec<blake3::Hash>) {
     let bearer = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|given| blake3::hash(given.as_bytes()));
+    (bearer, cookie_tokens(req))
+}
+
+/// Lets a request that needs a session through: a live session cookie, or the right bearer
+/// password (on the schedule).
+async fn authorize(
+    shared: &Arc<Shared>,
+    bearer: Option<blake3::Hash>,
+    tokens: Vec<blake3::Hash>,
+    peer: SocketAddr,
+) -> Result<(), Response<Full<Bytes>>> {
     if let Some(given) = bearer {
         return check_password(shared, given, peer, Via::Bearer).await;
     }
-    let tokens = cookie_tokens(req);
     let now = Instant::now();
     let mut sessions = lock(&shared.sessions);
     let mut seen = SessionCheck::Unknown;
@@ -564,7 +576,8 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) 
             r
         }
         (Method::GET, "/status.json") | (Method::POST, "/apply") => {
-            if let Err(refusal) = authorize(shared, &req, peer).await {
+            let (bearer, tokens) = offered(&req);
+            if let Err(refusal) = authorize(shared, bearer, tokens, peer).await {
                 return refusal;
             }
             if method == Method::POST {
@@ -754,7 +767,7 @@ mod tests {
     const MIN: Duration = Duration::from_secs(60);
 
     #[test]
-    fn local_ui_sessions_expire_when_idle_and_at_their_age_limit() {
+    fn sessions_expire_when_idle_and_at_their_age_limit() {
         let t0 = Instant::now();
         let (a, b) = (blake3::hash(b"a"), blake3::hash(b"b"));
         let mut s = Sessions::default();
@@ -778,7 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn local_ui_attempts_are_a_second_apart_and_the_queue_is_bounded() {
+    fn attempts_are_a_second_apart_and_the_queue_is_bounded() {
         let t0 = Instant::now();
         let mut a = Attempts::new(t0);
         let slots: Vec<_> = (0..11).map(|_| a.reserve(t0)).collect();
@@ -791,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn local_ui_lockout_doubles_up_to_fifteen_minutes_and_a_success_resets_it() {
+    fn lockout_doubles_up_to_fifteen_minutes_and_a_success_resets_it() {
         let mut now = Instant::now();
         let mut a = Attempts::new(now);
         let mut lengths = Vec::new();
@@ -803,7 +816,10 @@ mod tests {
             lengths.push(d.as_secs() / 60);
             // Locked: even the right password is refused, and not compared.
             assert_eq!(a.reserve(now), Err(Refusal::Locked(d)));
-            assert_eq!(a.judge(now + d / 2, || panic!("compared while locked")), Verdict::Refused(Refusal::Locked(d / 2)));
+            assert_eq!(
+                a.judge(now + d / 2, || panic!("compared while locked")),
+                Verdict::Refused(Refusal::Locked(d / 2))
+            );
             now += d;
         }
         assert_eq!(lengths, [1, 2, 4, 8, 15, 15]);
@@ -815,12 +831,32 @@ mod tests {
     }
 
     #[test]
-    fn local_ui_host_must_be_an_address_localhost_or_a_configured_name() {
+    fn host_must_be_an_address_localhost_or_a_configured_name() {
         let names = vec![normal_name("Setup.Local")];
-        for ok in ["127.0.0.1", "192.168.4.1:80", "[::1]", "[fe80::1]:8080", "localhost", "LOCALHOST:80", "setup.local", "setup.local.:80"] {
+        for ok in [
+            "127.0.0.1",
+            "192.168.4.1:80",
+            "[::1]",
+            "[fe80::1]:8080",
+            "localhost",
+            "LOCALHOST:80",
+            "setup.local",
+            "setup.local.:80",
+        ] {
             assert!(host_allowed(ok, &names), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:80", "127.0.0.1.evil.example", "localhost.evil.example", "", ":80", "[::1", "[::1]x", "127.0.0.1:x", "setup.local:99999999"] {
+        for bad in [
+            "evil.example",
+            "evil.example:80",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "127.0.0.1:x",
+            "setup.local:99999999",
+        ] {
             assert!(!host_allowed(bad, &names), "{bad}");
         }
     }

@@ -220,7 +220,7 @@ fn get_request(host: &str, path: &str, extra: &str) -> String {
 /// A TCP connection to `to` from the loopback address `from` (Linux routes all of
 /// 127.0.0.0/8 to `lo`): another client on the access point.
 fn connect_from(from: IpAddr, to: &str) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let to: SocketAddr = to.parse().unwrap();
     rt.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -241,7 +241,7 @@ fn bare_page(env: &Env, local_ui: &str) -> (PathBuf, Proc, String) {
 }
 
 #[test]
-fn local_ui_guesses_that_hang_up_at_once_still_wait_their_second() {
+fn guesses_that_hang_up_at_once_still_wait_their_second() {
     let env = Env::new();
     let (dev, _ui, addr) = bare_page(&env, "");
     // The attack: send a guess, hang up 30 ms later, never waiting for the answer.
@@ -266,13 +266,14 @@ fn local_ui_guesses_that_hang_up_at_once_still_wait_their_second() {
 }
 
 #[test]
-fn local_ui_ten_wrong_passwords_lock_out_even_the_right_one() {
+fn ten_wrong_passwords_lock_out_even_the_right_one() {
     let env = Env::new();
     let (dev, _ui, addr) = bare_page(&env, "");
     for i in 1..=10 {
         let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, "not the password"));
         assert_eq!(a.status, 401, "{a:?}");
-        let expected = if i < 10 { "wrong password" } else { "wrong password; too many wrong passwords; locked for 60 s" };
+        let expected =
+            if i < 10 { "wrong password" } else { "wrong password; too many wrong passwords; locked for 60 s" };
         assert_eq!(a.body["error"].as_str(), Some(expected), "guess {i}");
     }
     let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, PASSWORD));
@@ -289,7 +290,7 @@ fn local_ui_ten_wrong_passwords_lock_out_even_the_right_one() {
 }
 
 #[test]
-fn local_ui_sixty_four_idle_connections_from_one_client_do_not_lock_out_another() {
+fn sixty_four_idle_connections_from_one_client_do_not_lock_out_another() {
     let env = Env::new();
     let (_dev, _ui, addr) = bare_page(&env, "");
     // The attack: open every connection the page serves and send nothing.
@@ -312,7 +313,7 @@ fn local_ui_sixty_four_idle_connections_from_one_client_do_not_lock_out_another(
 }
 
 #[test]
-fn local_ui_idle_connections_are_closed_after_ten_seconds() {
+fn idle_connections_are_closed_after_ten_seconds() {
     let env = Env::new();
     let (_dev, _ui, addr) = bare_page(&env, "");
     // Read until the page hangs up: when, and what came before.
@@ -347,7 +348,7 @@ fn local_ui_idle_connections_are_closed_after_ten_seconds() {
 }
 
 #[test]
-fn local_ui_a_foreign_host_name_is_refused_against_dns_rebinding() {
+fn a_foreign_host_name_is_refused_against_dns_rebinding() {
     let env = Env::new();
     let (_dev, _ui, addr) = bare_page(&env, "hosts = [\"setup.local\"]");
     let port = addr.rsplit_once(':').unwrap().1;
