@@ -44,6 +44,13 @@
 //! reload_command = "systemctl reload example.service"  # after the device's configuration changed
 //! progress_interval = 30                    # seconds between progress reports during an update
 //!
+//! [local_ui]                                # optional: `ferryd local-ui`, the technician's page
+//! password_file = "/etc/ferry/local-ui.password"  # its password (first line, 8 characters or more),
+//! # password = "..."                        #   or the password itself
+//! hosts = ["setup.local"]                   # names the page answers to besides IP addresses and
+//!                                           #   localhost (any other Host is refused: DNS rebinding);
+//!                                           #   default none
+//!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
 //! fw_config = "/etc/fw_env.config"          # uboot: libubootenv's configuration
@@ -256,7 +263,8 @@ fn default_init_timeout() -> u64 {
     600
 }
 
-/// `ferryd local-ui`: the page on the device's own network. Exactly one of the two.
+/// `ferryd local-ui`: the page on the device's own network. Exactly one of `password` and
+/// `password_file`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalUi {
@@ -266,6 +274,11 @@ pub struct LocalUi {
     /// A file holding the password (its first line), e.g. written per device at first boot.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Host names the page answers to besides IP addresses and `localhost`, e.g. a name the
+    /// access point's DNS gives the device. A request naming any other host is refused, so a
+    /// site whose name an attacker points at the device's address cannot use the page.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn hidden<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -1,5 +1,7 @@
 //! `ferryd local-ui`: the small web page a technician opens on the device's own access point
-//! to see what it runs and install an offline bundle, with no internet.
+//! to see what it runs and install an offline bundle, with no internet. It is not a remote
+//! administration interface: anyone who can join the access point reaches it, and only the
+//! password tells the technician from them.
 //!
 //! Routes (HTTP/1.1, hyper; every page but the sign-in needs a session):
 //!
@@ -14,55 +16,112 @@
 //! ```
 //!
 //! Scripts may send `Authorization: Bearer <password>` instead of signing in. The password
-//! is the device's own (`[local_ui] password` or `password_file`), compared in constant
-//! time; a wrong one, signing in or as a bearer, costs a second, one at a time across all
-//! connections (at most 64 are served at once). The upload is applied by `ferryd apply -` in a child
-//! process, with the body streamed into its stdin: the page never holds a bundle, applies
-//! one at a time, and a refusal is the same as on the command line. Once the upload is in,
-//! the install runs to its end even if the browser goes away.
+//! is the device's own (`[local_ui] password` or `password_file`). Guessing it is slow,
+//! bounded and logged:
+//!
+//! - **One comparison a second, reserved before it is made.** Every attempt (a sign-in or a
+//!   bearer request, right or wrong) first takes the next free slot of one schedule shared
+//!   by all connections (slots are a second apart), waits for it, and only then is compared,
+//!   in constant time. The wait and the comparison run in a task of their own, so a client
+//!   that hangs up still spends its slot, is still compared and logged, and no answer comes
+//!   sooner for the right password than for a wrong one. An attempt whose slot is more than
+//!   10 s away is answered 429 at once (with Retry-After) and compares nothing. A script
+//!   that sends the bearer password with every request is held to a request a second; one
+//!   that needs more signs in and uses the cookie.
+//! - **Lockout.** After 10 wrong passwords in a row, every attempt, the right password too,
+//!   is refused with 429 "too many wrong passwords; locked for N s": 1 minute, then 2, 4, 8
+//!   and at most 15 minutes for each further 10; a right password resets both counts. That
+//!   holds a guesser to about 40 passwords an hour once the lockout has reached 15 minutes;
+//!   the price is that someone on the access point can keep the page locked, and the
+//!   technician then uses the USB stick or `ferryd apply` over a cable.
+//! - **Logged** with the client's address: every wrong password (warn), every lockout (warn)
+//!   and every sign-in (info). Refusals that compare nothing (locked, schedule full, too many
+//!   connections, a foreign Host) are logged at debug level, so a flood cannot fill the log.
+//! - **Connections.** At most 64 at once and 8 per client address, so one client cannot take
+//!   them all; a connection that sends no request head for 10 s, new or kept alive between
+//!   requests, is closed (hyper's header read timeout, which hyper 1.12 starts whenever it
+//!   waits for a request head). A client with many addresses can still fill the 64; so can
+//!   anyone jamming the radio.
+//! - **Sessions** are random 256-bit cookies (Max-Age 8 h), kept only as hashes, at most 32
+//!   at once (the oldest goes first). A session ends 30 minutes after its last request or 8
+//!   hours after it signed in, whichever is first; its cookie then gets 401 "session expired;
+//!   sign in again".
+//! - **Host check**, against DNS rebinding (a page elsewhere whose name the attacker points
+//!   at the device, so the browser treats the device as that page's own site): a request is
+//!   served only if its Host is an IP address (with or without a port), `localhost`, or a
+//!   name listed in `[local_ui] hosts`; otherwise 421, and nothing else is done.
+//!
+//! The upload is applied by `ferryd apply -` in a child process, with the body streamed into
+//! its stdin: the page never holds a bundle, applies one at a time, and a refusal is the same
+//! as on the command line. Once the upload is in, the install runs to its end even if the
+//! browser goes away.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, COOKIE as COOKIE_HEADER, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
 
 const PAGE: &str = include_str!("local_ui.html");
+const COOKIE: &str = "ferry_session";
 /// Sessions kept at once; the oldest is dropped first.
 const MAX_SESSIONS: usize = 32;
-const COOKIE: &str = "ferry_session";
+/// A session ends this long after its last request...
+const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// ...or this long after it signed in, whichever comes first.
+const SESSION_MAX: Duration = Duration::from_secs(8 * 3600);
+/// Most connections served at once, from all clients and from one client address.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_PER_PEER: usize = 8;
+/// A connection that sends no request head for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Password comparisons are at least this far apart, over all connections.
+const ATTEMPT_SPACING: Duration = Duration::from_secs(1);
+/// An attempt whose slot is further away than this is refused at once.
+const MAX_ATTEMPT_WAIT: Duration = Duration::from_secs(10);
+/// Wrong passwords in a row before a lockout.
+const LOCKOUT_AFTER: u32 = 10;
+/// The first lockout's length; each next one (without a right password between) doubles,
+/// up to `LOCKOUT_MAX`.
+const LOCKOUT_FIRST: Duration = Duration::from_secs(60);
+const LOCKOUT_MAX: Duration = Duration::from_secs(15 * 60);
 
 struct Shared {
     config: Config,
     config_path: PathBuf,
     password: blake3::Hash,
-    sessions: Mutex<VecDeque<String>>,
+    /// Names the page answers to besides IP addresses and `localhost` (`[local_ui] hosts`).
+    hosts: Vec<String>,
+    sessions: Mutex<Sessions>,
+    attempts: Mutex<Attempts>,
     /// Held while a bundle is applied (until `ferryd apply` exits): one at a time.
     applying: Arc<tokio::sync::Mutex<()>>,
-    /// Held for a second after each wrong password, by sign-ins and bearer requests alike:
-    /// at most one guess a second, however many connections ask.
-    failures: tokio::sync::Mutex<()>,
     /// Connections served at once; more are closed at once.
     connections: Arc<tokio::sync::Semaphore>,
+    /// Connections open per client address (an address with none has no entry).
+    peers: Mutex<HashMap<IpAddr, usize>>,
 }
-
-/// Most connections served at once.
-const MAX_CONNECTIONS: usize = 64;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").field("config_path", &self.config_path).finish_non_exhaustive()
     }
+}
+
+/// Locks a mutex, also after a panic elsewhere (every update to what it guards is one step).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serves the page on `listen` until the process is stopped; `on_bound` gets the address.
@@ -72,21 +131,24 @@ pub async fn serve(
     listen: SocketAddr,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    let password = config
+    let local_ui = config
         .local_ui
         .as_ref()
-        .ok_or_else(|| anyhow!("the configuration has no [local_ui] section with a password or password_file"))?
-        .password()?;
+        .ok_or_else(|| anyhow!("the configuration has no [local_ui] section with a password or password_file"))?;
+    let password = local_ui.password()?;
+    let hosts = local_ui.hosts.iter().map(|h| normal_name(h)).collect();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     on_bound(listener.local_addr()?);
     let shared = Arc::new(Shared {
         config,
         config_path,
         password: blake3::hash(password.as_bytes()),
-        sessions: Mutex::new(VecDeque::new()),
+        hosts,
+        sessions: Mutex::new(Sessions::default()),
+        attempts: Mutex::new(Attempts::new(Instant::now())),
         applying: Arc::new(tokio::sync::Mutex::new(())),
-        failures: tokio::sync::Mutex::new(()),
         connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        peers: Mutex::new(HashMap::new()),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -97,26 +159,325 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(per_peer) = PeerPermit::take(&shared, peer.ip().to_canonical()) else {
+            tracing::debug!("local page: {MAX_PER_PEER} connections from {peer} already; closing a new one");
+            continue;
+        };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "local page: too many connections; closing one");
+            tracing::debug!("local page: {MAX_CONNECTIONS} connections already; closing one from {peer}");
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, per_peer);
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(IDLE_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
     }
+}
+
+/// One connection counted against its client's address, until it is dropped.
+struct PeerPermit {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl PeerPermit {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<PeerPermit> {
+        let mut peers = lock(&shared.peers);
+        let open = peers.entry(ip).or_insert(0);
+        if *open >= MAX_PER_PEER {
+            return None;
+        }
+        *open += 1;
+        Some(PeerPermit { shared: shared.clone(), ip })
+    }
+}
+
+impl Drop for PeerPermit {
+    fn drop(&mut self) {
+        let mut peers = lock(&self.shared.peers);
+        if let Some(open) = peers.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The password's schedule and lockout, shared by every connection.
+#[derive(Debug)]
+struct Attempts {
+    /// The earliest instant the next attempt may be compared.
+    next_slot: Instant,
+    /// Wrong passwords since the last right one or the last lockout.
+    failures: u32,
+    /// Lockouts since the last right password.
+    lockouts: u32,
+    locked_until: Option<Instant>,
+}
+
+/// Why an attempt was refused without comparing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Too many wrong passwords: every attempt is refused for this long.
+    Locked(Duration),
+    /// Too many attempts waiting: one may be made after this long.
+    Busy(Duration),
+}
+
+/// What an attempt came to at its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Right,
+    /// The `in_a_row`th wrong password in a row; `locked`: it started a lockout this long.
+    Wrong {
+        in_a_row: u32,
+        locked: Option<Duration>,
+    },
+    /// A lockout began while the attempt waited: not compared.
+    Refused(Refusal),
+}
+
+impl Attempts {
+    fn new(now: Instant) -> Attempts {
+        Attempts { next_slot: now, failures: 0, lockouts: 0, locked_until: None }
+    }
+
+    fn locked_for(&self, now: Instant) -> Option<Duration> {
+        self.locked_until.map(|u| u.saturating_duration_since(now)).filter(|d| !d.is_zero())
+    }
+
+    /// Takes the next slot for an attempt: the instant it may be compared. The slot is spent
+    /// whatever happens to the attempt afterwards.
+    fn reserve(&mut self, now: Instant) -> Result<Instant, Refusal> {
+        if let Some(left) = self.locked_for(now) {
+            return Err(Refusal::Locked(left));
+        }
+        let slot = self.next_slot.max(now);
+        let wait = slot - now;
+        if wait > MAX_ATTEMPT_WAIT {
+            return Err(Refusal::Busy(wait - MAX_ATTEMPT_WAIT));
+        }
+        self.next_slot = slot + ATTEMPT_SPACING;
+        Ok(slot)
+    }
+
+    /// Settles an attempt at its slot: compares it with `right` (unless a lockout began
+    /// meanwhile) and counts the outcome.
+    fn judge(&mut self, now: Instant, right: impl FnOnce() -> bool) -> Verdict {
+        if let Some(left) = self.locked_for(now) {
+            return Verdict::Refused(Refusal::Locked(left));
+        }
+        if right() {
+            self.failures = 0;
+            self.lockouts = 0;
+            self.locked_until = None;
+            return Verdict::Right;
+        }
+        self.failures += 1;
+        let in_a_row = self.failures;
+        if in_a_row < LOCKOUT_AFTER {
+            return Verdict::Wrong { in_a_row, locked: None };
+        }
+        let length = LOCKOUT_FIRST.saturating_mul(1 << self.lockouts.min(16)).min(LOCKOUT_MAX);
+        self.failures = 0;
+        self.lockouts = self.lockouts.saturating_add(1);
+        self.locked_until = Some(now + length);
+        Verdict::Wrong { in_a_row, locked: Some(length) }
+    }
+}
+
+/// How a password was given, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    SignIn,
+    Bearer,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::SignIn => "sign-in",
+            Via::Bearer => "bearer",
+        })
+    }
+}
+
+/// Whole seconds, rounded up: what a person is told to wait.
+fn seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// 429 with the reason and Retry-After.
+fn refused(r: Refusal) -> Response<Full<Bytes>> {
+    let (message, wait) = match r {
+        Refusal::Locked(d) => (format!("too many wrong passwords; locked for {} s", seconds(d)), d),
+        Refusal::Busy(d) => (format!("too many password attempts at once; try again in {} s", seconds(d)), d),
+    };
+    let mut resp = error(StatusCode::TOO_MANY_REQUESTS, &message);
+    resp.headers_mut().insert("retry-after", seconds(wait).into());
+    resp
+}
+
+/// Checks a password on the schedule (see the module documentation): takes a slot, then
+/// waits for it and compares in a task of its own, which a client hanging up cannot stop.
+async fn check_password(
+    shared: &Arc<Shared>,
+    given: blake3::Hash,
+    peer: SocketAddr,
+    via: Via,
+) -> Result<(), Response<Full<Bytes>>> {
+    let reserved = lock(&shared.attempts).reserve(Instant::now());
+    let slot = match reserved {
+        Ok(slot) => slot,
+        Err(r) => {
+            tracing::debug!("local page: a {via} password from {peer} refused uncompared: {r:?}");
+            return Err(refused(r));
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
+        let shared = task_shared;
+        let verdict = lock(&shared.attempts).judge(Instant::now(), || same(&given, &shared.password));
+        match verdict {
+            Verdict::Right => match via {
+                Via::SignIn => tracing::info!("local page: signed in from {peer}"),
+                Via::Bearer => tracing::debug!("local page: a right bearer password from {peer}"),
+            },
+            Verdict::Wrong { in_a_row, locked: None } => {
+                tracing::warn!("local page: a wrong password ({via}) from {peer}, {in_a_row} in a row")
+            }
+            Verdict::Wrong { in_a_row, locked: Some(d) } => tracing::warn!(
+                "local page: a wrong password ({via}) from {peer}, {in_a_row} in a row: locked for {} s",
+                seconds(d)
+            ),
+            Verdict::Refused(r) => {
+                tracing::debug!("local page: a {via} password from {peer} refused uncompared: {r:?}")
+            }
+        }
+        let _ = tx.send(verdict);
+    });
+    match rx.await {
+        Ok(Verdict::Right) => Ok(()),
+        Ok(Verdict::Wrong { locked: None, .. }) => Err(error(StatusCode::UNAUTHORIZED, "wrong password")),
+        Ok(Verdict::Wrong { locked: Some(d), .. }) => {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                &format!("wrong password; too many wrong passwords; locked for {} s", seconds(d)),
+            );
+            resp.headers_mut().insert("retry-after", seconds(d).into());
+            Err(resp)
+        }
+        Ok(Verdict::Refused(r)) => Err(refused(r)),
+        Err(_) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "lost track of a password check")),
+    }
+}
+
+/// A signed-in browser's session.
+#[derive(Debug)]
+struct Session {
+    /// BLAKE3 of the cookie's value (the value itself is kept nowhere).
+    token: blake3::Hash,
+    created: Instant,
+    last_used: Instant,
+}
+
+impl Session {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_used) >= SESSION_IDLE
+            || now.saturating_duration_since(self.created) >= SESSION_MAX
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionCheck {
+    Valid,
+    Expired,
+    Unknown,
+}
+
+/// The sessions signed in, oldest first. An expired one stays (its cookie is told it expired)
+/// until the next sign-in drops it, or it is pushed out.
+#[derive(Debug, Default)]
+struct Sessions(VecDeque<Session>);
+
+impl Sessions {
+    fn add(&mut self, token: blake3::Hash, now: Instant) {
+        self.0.retain(|s| !s.expired(now));
+        if self.0.len() >= MAX_SESSIONS {
+            self.0.pop_front();
+        }
+        self.0.push_back(Session { token, created: now, last_used: now });
+    }
+
+    /// Whether `token` is a live session; a live one's idle time starts again.
+    fn check(&mut self, token: &blake3::Hash, now: Instant) -> SessionCheck {
+        match self.0.iter_mut().find(|s| same(&s.token, token)) {
+            None => SessionCheck::Unknown,
+            Some(s) if s.expired(now) => SessionCheck::Expired,
+            Some(s) => {
+                s.last_used = now;
+                SessionCheck::Valid
+            }
+        }
+    }
+
+    fn remove(&mut self, token: &blake3::Hash) {
+        self.0.retain(|s| !same(&s.token, token));
+    }
+}
+
+/// The session cookies a request carries, hashed.
+fn cookie_tokens(req: &Request<Incoming>) -> Vec<blake3::Hash> {
+    req.headers()
+        .get_all(COOKIE_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|v| v.strip_prefix('=')))
+        .filter(|v| !v.is_empty())
+        .map(|v| blake3::hash(v.as_bytes()))
+        .collect()
+}
+
+/// A Host name as compared: lower case, without a trailing dot.
+fn normal_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Whether a Host header names this device: an IP address (with or without a port),
+/// `localhost`, or one of `names` (already normal). A name the attacker controls in DNS
+/// (rebinding) is none of these.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else { return false };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok && inside.parse::<Ipv6Addr>().is_ok();
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    if name.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = normal_name(name);
+    name == "localhost" || names.contains(&name)
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -142,40 +503,70 @@ fn same(a: &blake3::Hash, b: &blake3::Hash) -> bool {
     a.as_bytes().iter().zip(b.as_bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Waits out a wrong password: one guess a second across all connections.
-async fn wrong_password(shared: &Shared) {
-    let _one_at_a_time = shared.failures.lock().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+/// What a request offers to be let in: a bearer password and session cookies, hashed.
+fn offered(req: &Request<Incoming>) -> (Option<blake3::Hash>, Vec<blake3::Hash>) {
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|given| blake3::hash(given.as_bytes()));
+    (bearer, cookie_tokens(req))
 }
 
-/// `Some(true)`: signed in (session or right bearer password); `Some(false)`: a wrong bearer
-/// password; `None`: no credentials.
-fn credentials(shared: &Shared, req: &Request<Incoming>) -> Option<bool> {
-    let headers = req.headers();
-    if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        if let Some(given) = auth.strip_prefix("Bearer ") {
-            return Some(same(&blake3::hash(given.as_bytes()), &shared.password));
+/// Lets a request that needs a session through: a live session cookie, or the right bearer
+/// password (on the schedule).
+async fn authorize(
+    shared: &Arc<Shared>,
+    bearer: Option<blake3::Hash>,
+    tokens: Vec<blake3::Hash>,
+    peer: SocketAddr,
+) -> Result<(), Response<Full<Bytes>>> {
+    if let Some(given) = bearer {
+        return check_password(shared, given, peer, Via::Bearer).await;
+    }
+    let now = Instant::now();
+    let mut sessions = lock(&shared.sessions);
+    let mut seen = SessionCheck::Unknown;
+    for token in &tokens {
+        match sessions.check(token, now) {
+            SessionCheck::Valid => return Ok(()),
+            SessionCheck::Expired => seen = SessionCheck::Expired,
+            SessionCheck::Unknown => {}
         }
     }
-    let cookies = headers.get("cookie").and_then(|v| v.to_str().ok())?;
-    let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    let known = cookies
-        .split(';')
-        .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|v| v.strip_prefix('=')))
-        .any(|v| sessions.iter().any(|s| same(&blake3::hash(s.as_bytes()), &blake3::hash(v.as_bytes()))));
-    known.then_some(true)
+    Err(match seen {
+        SessionCheck::Expired => error(StatusCode::UNAUTHORIZED, "session expired; sign in again"),
+        _ => error(StatusCode::UNAUTHORIZED, "sign in first (or send Authorization: Bearer <password>)"),
+    })
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    match req.headers().get(HOST).map(|v| v.to_str()) {
+        None => return error(StatusCode::BAD_REQUEST, "the request has no Host header"),
+        Some(Ok(host)) if host_allowed(host, &shared.hosts) => {}
+        Some(host) => {
+            let host = host.unwrap_or("(not text)");
+            tracing::debug!("local page: refused Host {host:?} from {peer}");
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "this device does not answer to the name {host:?}: open the page by its IP address, \
+                     or add the name to [local_ui] hosts in ferryd's configuration"
+                ),
+            );
+        }
+    }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (method.clone(), path.as_str()) {
         (Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
-        (Method::POST, "/login") => login(shared, req).await,
+        (Method::POST, "/login") => login(shared, req, peer).await,
         (Method::POST, "/logout") => {
-            if let Some(c) = req.headers().get("cookie").and_then(|v| v.to_str().ok()) {
-                let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                sessions.retain(|s| !c.contains(s.as_str()));
+            let tokens = cookie_tokens(&req);
+            let mut sessions = lock(&shared.sessions);
+            for token in &tokens {
+                sessions.remove(token);
             }
             let mut r = json(StatusCode::OK, &serde_json::json!({ "ok": true }));
             r.headers_mut().insert(
@@ -184,19 +575,19 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             );
             r
         }
-        (_, "/status.json" | "/apply") if credentials(shared, &req) != Some(true) => {
-            if credentials(shared, &req) == Some(false) {
-                wrong_password(shared).await;
-                tracing::warn!("local page: a wrong bearer password");
-                return error(StatusCode::UNAUTHORIZED, "wrong password");
+        (Method::GET, "/status.json") | (Method::POST, "/apply") => {
+            let (bearer, tokens) = offered(&req);
+            if let Err(refusal) = authorize(shared, bearer, tokens, peer).await {
+                return refusal;
             }
-            error(StatusCode::UNAUTHORIZED, "sign in first (or send Authorization: Bearer <password>)")
+            if method == Method::POST {
+                return apply(shared, req).await;
+            }
+            match crate::status::status(&shared.config) {
+                Ok(s) => json(StatusCode::OK, &serde_json::json!({ "ok": true, "status": s })),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+            }
         }
-        (Method::GET, "/status.json") => match crate::status::status(&shared.config) {
-            Ok(s) => json(StatusCode::OK, &serde_json::json!({ "ok": true, "status": s })),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
-        },
-        (Method::POST, "/apply") => apply(shared, req).await,
         (_, "/" | "/login" | "/logout" | "/status.json" | "/apply") => {
             error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed on {path}"))
         }
@@ -241,7 +632,7 @@ async fn read_capped(r: Option<impl tokio::io::AsyncRead + Unpin>, cap: usize) -
     out
 }
 
-async fn login(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn login(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     // A form on another site cannot send JSON without the browser asking first.
     let json_body = req
         .headers()
@@ -260,31 +651,24 @@ async fn login(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         password: String,
     }
     let given = match serde_json::from_slice::<Login>(&body) {
-        Ok(l) => l.password,
+        Ok(l) => blake3::hash(l.password.as_bytes()),
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("expected {{\"password\": \"...\"}}: {e}")),
     };
-    if !same(&blake3::hash(given.as_bytes()), &shared.password) {
-        // Slows guessing down; the page is on a local network anyone nearby can join.
-        wrong_password(shared).await;
-        tracing::warn!("local page: a wrong password");
-        return error(StatusCode::UNAUTHORIZED, "wrong password");
+    if let Err(refusal) = check_password(shared, given, peer, Via::SignIn).await {
+        return refusal;
     }
     let mut raw = [0u8; 32];
     if getrandom::getrandom(&mut raw).is_err() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "no randomness for a session");
     }
     let token = hex::encode(raw);
-    {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.len() >= MAX_SESSIONS {
-            sessions.pop_front();
-        }
-        sessions.push_back(token.clone());
-    }
+    lock(&shared.sessions).add(blake3::hash(token.as_bytes()), Instant::now());
     let mut r = json(StatusCode::OK, &serde_json::json!({ "ok": true }));
     r.headers_mut().insert(
         "set-cookie",
-        format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict").parse().expect("a valid cookie"),
+        format!("{COOKIE}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Strict", SESSION_MAX.as_secs())
+            .parse()
+            .expect("a valid cookie"),
     );
     r
 }
@@ -371,4 +755,109 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         .unwrap_or_else(|| format!("ferryd apply failed ({status})"));
     tracing::warn!(bytes = received, error = %message, "local page: a bundle was not applied");
     error(StatusCode::UNPROCESSABLE_ENTITY, &message)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The time rules (sessions, the schedule, the lockout) on a clock the test moves; the
+    //! attacks themselves run against the real `ferryd local-ui` in `tests/it/local_ui.rs`.
+
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn sessions_expire_when_idle_and_at_their_age_limit() {
+        let t0 = Instant::now();
+        let (a, b) = (blake3::hash(b"a"), blake3::hash(b"b"));
+        let mut s = Sessions::default();
+        s.add(a, t0);
+        assert_eq!(s.check(&b, t0), SessionCheck::Unknown);
+        // Used every 29 minutes, a session lives until its age limit.
+        let mut now = t0;
+        while now + 29 * MIN < t0 + SESSION_MAX {
+            now += 29 * MIN;
+            assert_eq!(s.check(&a, now), SessionCheck::Valid, "{:?} after sign-in", now - t0);
+        }
+        assert_eq!(s.check(&a, t0 + SESSION_MAX), SessionCheck::Expired);
+        // Left alone for 30 minutes, it ends, and stays ended.
+        s.add(b, t0);
+        assert_eq!(s.check(&b, t0 + 29 * MIN), SessionCheck::Valid);
+        assert_eq!(s.check(&b, t0 + 59 * MIN), SessionCheck::Expired);
+        assert_eq!(s.check(&b, t0 + 60 * MIN), SessionCheck::Expired);
+        // The next sign-in drops expired sessions; a dropped one is unknown.
+        s.add(blake3::hash(b"c"), t0 + 60 * MIN);
+        assert_eq!(s.check(&b, t0 + 60 * MIN), SessionCheck::Unknown);
+    }
+
+    #[test]
+    fn attempts_are_a_second_apart_and_the_queue_is_bounded() {
+        let t0 = Instant::now();
+        let mut a = Attempts::new(t0);
+        let slots: Vec<_> = (0..11).map(|_| a.reserve(t0)).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            assert_eq!(*slot, Ok(t0 + ATTEMPT_SPACING * i as u32));
+        }
+        // The twelfth would wait 11 s: refused at once, and it takes no slot.
+        assert_eq!(a.reserve(t0), Err(Refusal::Busy(Duration::from_secs(1))));
+        assert_eq!(a.reserve(t0 + Duration::from_secs(1)), Ok(t0 + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn lockout_doubles_up_to_fifteen_minutes_and_a_success_resets_it() {
+        let mut now = Instant::now();
+        let mut a = Attempts::new(now);
+        let mut lengths = Vec::new();
+        for _ in 0..6 {
+            for i in 1..LOCKOUT_AFTER {
+                assert_eq!(a.judge(now, || false), Verdict::Wrong { in_a_row: i, locked: None });
+            }
+            let Verdict::Wrong { locked: Some(d), .. } = a.judge(now, || false) else { panic!("no lockout") };
+            lengths.push(d.as_secs() / 60);
+            // Locked: even the right password is refused, and not compared.
+            assert_eq!(a.reserve(now), Err(Refusal::Locked(d)));
+            assert_eq!(
+                a.judge(now + d / 2, || panic!("compared while locked")),
+                Verdict::Refused(Refusal::Locked(d / 2))
+            );
+            now += d;
+        }
+        assert_eq!(lengths, [1, 2, 4, 8, 15, 15]);
+        assert_eq!(a.judge(now, || true), Verdict::Right);
+        for _ in 1..LOCKOUT_AFTER {
+            a.judge(now, || false);
+        }
+        assert_eq!(a.judge(now, || false), Verdict::Wrong { in_a_row: LOCKOUT_AFTER, locked: Some(LOCKOUT_FIRST) });
+    }
+
+    #[test]
+    fn host_must_be_an_address_localhost_or_a_configured_name() {
+        let names = vec![normal_name("Setup.Local")];
+        for ok in [
+            "127.0.0.1",
+            "192.168.4.1:80",
+            "[::1]",
+            "[fe80::1]:8080",
+            "localhost",
+            "LOCALHOST:80",
+            "setup.local",
+            "setup.local.:80",
+        ] {
+            assert!(host_allowed(ok, &names), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:80",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "127.0.0.1:x",
+            "setup.local:99999999",
+        ] {
+            assert!(!host_allowed(bad, &names), "{bad}");
+        }
+    }
 }

@@ -1,11 +1,15 @@
 //! `ferryd local-ui`: the device's own page, in a real headless browser (chromium through
 //! chromedriver): sign in, see the running release, upload a bundle with the file picker,
-//! watch the device switch. Its HTTP answers to bad requests are checked with reqwest.
+//! watch the device switch. Its HTTP answers to bad requests are checked with reqwest, and
+//! the attacks of someone else on the access point (guessing the password, hanging up to
+//! skip the wait, holding connections, DNS rebinding) with raw sockets on loopback.
 //! Screenshots land in `$CARGO_TARGET_TMPDIR/local-ui/`.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ferry_fixtures::webdriver::{Browser, Proc};
 use ferry_publisher::bundle::{write_bundle, BundleTo};
@@ -18,11 +22,16 @@ const PASSWORD: &str = "correct horse battery";
 
 /// A device following channel stable whose server is unreachable, with a local page.
 fn device(env: &Env) -> PathBuf {
+    device_with(env, "")
+}
+
+/// The same, with more `[local_ui]` lines.
+fn device_with(env: &Env, local_ui: &str) -> PathBuf {
     let dev = env.path().join("dev");
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
     let text = format!(
-        "server = \"http://127.0.0.1:9\"\nchannel = \"stable\"\nroot_keys = [\"{}\"]\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"rev-a\"\n[local_ui]\npassword = \"{PASSWORD}\"\n",
+        "server = \"http://127.0.0.1:9\"\nchannel = \"stable\"\nroot_keys = [\"{}\"]\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"rev-a\"\n[local_ui]\npassword = \"{PASSWORD}\"\n{local_ui}\n",
         env.path().join("root.key.pub").display(),
         dev.join("state").display(),
         dev.join("current").display(),
@@ -38,20 +47,32 @@ fn bundle(env: &Env, from: &[ferry_store::Id], name: &str) -> PathBuf {
     path
 }
 
-/// Starts `ferryd local-ui` on a free loopback port; returns the process and its URL.
+/// Starts `ferryd local-ui` on a free loopback port; returns the process and its URL. Its log
+/// goes to `log(config)`.
 fn start(config: &Path) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
         .arg("--config")
         .arg(config)
         .args(["local-ui", "--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log_path(config)).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address: {line:?}")).to_string();
     (Proc(child), url)
+}
+
+fn log_path(config: &Path) -> PathBuf {
+    config.with_file_name("local-ui.log")
+}
+
+/// The page's log lines that contain `what`.
+fn logged(config: &Path, what: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(log_path(config)).unwrap();
+    log.lines().filter(|l| l.contains(what)).map(str::to_string).collect()
 }
 
 fn running(config: &Path) -> String {
@@ -154,4 +175,197 @@ fn a_technician_installs_a_bundle_from_the_local_page() {
     assert!(ok, "{out}{err}");
     b.click("#logout");
     b.wait_for("#signin h2", "Sign in");
+}
+
+/// An answer read off a raw socket.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: serde_json::Value,
+}
+
+/// Sends `request` on `s` and reads until the page closes the connection (at most 25 s).
+fn exchange(mut s: TcpStream, request: &str) -> Answer {
+    s.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    if let Err(e) = s.read_to_end(&mut out) {
+        // A reset after the answer still leaves the answer; a missing one fails below.
+        assert!(e.kind() != std::io::ErrorKind::WouldBlock, "no answer within 25 s to {request:?}");
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Answer { status, head: head.to_string(), body: serde_json::from_str(body).unwrap_or_default() }
+}
+
+/// `host:port` of the page's URL.
+fn addr_of(url: &str) -> String {
+    url.strip_prefix("http://").unwrap().to_string()
+}
+
+fn login_request(host: &str, password: &str) -> String {
+    let body = serde_json::json!({ "password": password }).to_string();
+    format!(
+        "POST /login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn get_request(host: &str, path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+}
+
+/// A TCP connection to `to` from the loopback address `from` (Linux routes all of
+/// 127.0.0.0/8 to `lo`): another client on the access point.
+fn connect_from(from: IpAddr, to: &str) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let to: SocketAddr = to.parse().unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let s = tokio::time::timeout(Duration::from_secs(5), socket.connect(to)).await.unwrap().unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// A page with nothing installed (what these attacks need is the sign-in).
+fn bare_page(env: &Env, local_ui: &str) -> (PathBuf, Proc, String) {
+    set_up_keys(env);
+    let dev = device_with(env, local_ui);
+    let (ui, url) = start(&dev);
+    (dev, ui, addr_of(&url))
+}
+
+#[test]
+fn guesses_that_hang_up_at_once_still_wait_their_second() {
+    let env = Env::new();
+    let (dev, _ui, addr) = bare_page(&env, "");
+    // The attack: send a guess, hang up 30 ms later, never waiting for the answer.
+    const GUESSES: usize = 6;
+    for i in 0..GUESSES {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(login_request(&addr, &format!("guess number {i}")).as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(s);
+    }
+    // Each guess took a second of the schedule: the right password waits for the slot after
+    // them (about 6 s after the first guess) and no answer comes sooner.
+    let t = Instant::now();
+    let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, PASSWORD));
+    let waited = t.elapsed();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(waited >= Duration::from_secs(4), "compared after {waited:?}, before the hung-up guesses' slots");
+    // Every hung-up guess was still compared, and logged with the client's address.
+    let wrong = logged(&dev, "a wrong password (sign-in) from 127.0.0.1");
+    assert_eq!(wrong.len(), GUESSES, "{wrong:#?}");
+    assert_eq!(logged(&dev, "signed in from 127.0.0.1").len(), 1);
+}
+
+#[test]
+fn ten_wrong_passwords_lock_out_even_the_right_one() {
+    let env = Env::new();
+    let (dev, _ui, addr) = bare_page(&env, "");
+    for i in 1..=10 {
+        let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, "not the password"));
+        assert_eq!(a.status, 401, "{a:?}");
+        let expected =
+            if i < 10 { "wrong password" } else { "wrong password; too many wrong passwords; locked for 60 s" };
+        assert_eq!(a.body["error"].as_str(), Some(expected), "guess {i}");
+    }
+    let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, PASSWORD));
+    assert_eq!(a.status, 429, "{a:?}");
+    let msg = a.body["error"].as_str().unwrap();
+    assert!(msg.starts_with("too many wrong passwords; locked for "), "{msg}");
+    assert!(a.head.to_ascii_lowercase().contains("\r\nretry-after: "), "{}", a.head);
+    // A script's bearer password is refused the same way.
+    let bearer = format!("Authorization: Bearer {PASSWORD}\r\n");
+    let a = exchange(TcpStream::connect(&addr).unwrap(), &get_request(&addr, "/status.json", &bearer));
+    assert_eq!(a.status, 429, "{a:?}");
+    assert_eq!(logged(&dev, "a wrong password (sign-in) from 127.0.0.1").len(), 10);
+    assert_eq!(logged(&dev, "10 in a row: locked for 60 s").len(), 1);
+}
+
+#[test]
+fn sixty_four_idle_connections_from_one_client_do_not_lock_out_another() {
+    let env = Env::new();
+    let (_dev, _ui, addr) = bare_page(&env, "");
+    // The attack: open every connection the page serves and send nothing.
+    let idle: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    // The technician, on another address, still signs in.
+    let technician = "127.0.0.2".parse().unwrap();
+    let a = exchange(connect_from(technician, &addr), &login_request(&addr, PASSWORD));
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.head.contains("ferry_session="), "{}", a.head);
+    // The attacker kept 8; the page closed the other 56 at once.
+    let open = idle
+        .iter()
+        .filter(|s| {
+            let mut s: &TcpStream = s;
+            s.set_nonblocking(true).unwrap();
+            matches!(s.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert_eq!(open, 8);
+}
+
+#[test]
+fn idle_connections_are_closed_after_ten_seconds() {
+    let env = Env::new();
+    let (_dev, _ui, addr) = bare_page(&env, "");
+    // Read until the page hangs up: when, and what came before.
+    let until_closed = |mut s: TcpStream, request: String| {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let t = Instant::now();
+        let mut out = Vec::new();
+        let closed = s.read_to_end(&mut out);
+        (closed.is_ok(), t.elapsed(), String::from_utf8_lossy(&out).into_owned())
+    };
+    // One connection that never sends a request, one kept alive after a request.
+    let silent = {
+        let s = TcpStream::connect(&addr).unwrap();
+        std::thread::spawn(move || until_closed(s, String::new()))
+    };
+    let kept_alive = {
+        let s = TcpStream::connect(&addr).unwrap();
+        let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        std::thread::spawn(move || until_closed(s, request))
+    };
+    for (name, t) in [("silent", silent), ("kept alive", kept_alive)] {
+        let (closed, after, got) = t.join().unwrap();
+        assert!(closed, "the {name} connection was still open after {after:?}");
+        assert!(after >= Duration::from_secs(5) && after < Duration::from_secs(15), "{name}: closed after {after:?}");
+        if name == "kept alive" {
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        } else {
+            assert_eq!(got, "");
+        }
+    }
+}
+
+#[test]
+fn a_foreign_host_name_is_refused_against_dns_rebinding() {
+    let env = Env::new();
+    let (_dev, _ui, addr) = bare_page(&env, "hosts = [\"setup.local\"]");
+    let port = addr.rsplit_once(':').unwrap().1;
+    // A page on evil.example whose name now resolves to the device: the browser sends its name.
+    for request in [get_request("evil.example", "/", ""), login_request(&format!("evil.example:{port}"), PASSWORD)] {
+        let a = exchange(TcpStream::connect(&addr).unwrap(), &request);
+        assert_eq!(a.status, 421, "{a:?}");
+        assert!(a.body["error"].as_str().unwrap().contains("does not answer to the name \"evil.example"), "{a:?}");
+        assert!(!a.head.contains("ferry_session="), "{}", a.head);
+    }
+    let no_host = exchange(TcpStream::connect(&addr).unwrap(), "GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(no_host.status, 400, "{no_host:?}");
+    // The device's own address, localhost, and the name in [local_ui] hosts are served.
+    for host in [addr.clone(), format!("localhost:{port}"), "setup.local".to_string()] {
+        let a = exchange(TcpStream::connect(&addr).unwrap(), &get_request(&host, "/", ""));
+        assert_eq!(a.status, 200, "Host: {host}: {a:?}");
+    }
+    let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, PASSWORD));
+    assert_eq!(a.status, 200, "{a:?}");
 }
