@@ -53,6 +53,9 @@ pub enum Head {
 pub struct Server {
     base: String,
     client: reqwest::Client,
+    /// The device token, sent with every repository request once the device is enrolled
+    /// with a fleet server (which serves the repository only to its devices).
+    token: Option<String>,
 }
 
 /// Largest JSON answer (branch head, signature list) the agent reads.
@@ -68,7 +71,22 @@ impl Server {
             .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        Ok(Server { base: base.trim_end_matches('/').to_string(), client })
+        Ok(Server { base: base.trim_end_matches('/').to_string(), client, token: None })
+    }
+
+    /// The same server, with `token` sent as `Authorization: Bearer` on every repository
+    /// request (the device API's calls pass their token themselves).
+    pub fn with_token(mut self, token: &str) -> Server {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// Adds the device token, if any, to a repository request.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -106,8 +124,7 @@ impl Server {
     async fn post(&self, path: &str, body: Vec<u8>, what: &str, t: &mut Traffic) -> Result<reqwest::Response> {
         t.requests += 1;
         let resp = self
-            .client
-            .post(self.url(path))
+            .authorized(self.client.post(self.url(path)))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .send()
@@ -119,7 +136,7 @@ impl Server {
     /// The commit a branch points at; `Unchanged` if it is still `known`.
     pub async fn branch(&self, name: &str, known: Option<Id>, t: &mut Traffic) -> Result<Head> {
         let what = format!("branch {name}");
-        let mut req = self.client.get(self.url(&format!("branches/{name}")));
+        let mut req = self.authorized(self.client.get(self.url(&format!("branches/{name}"))));
         if let Some(id) = known {
             req = req.header(reqwest::header::IF_NONE_MATCH, format!("\"{}\"", id.to_hex()));
         }
@@ -142,7 +159,11 @@ impl Server {
     /// A GET whose body is at most `max` bytes; `None` on 404.
     async fn get_capped(&self, path: &str, max: usize, what: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
         t.requests += 1;
-        let resp = self.client.get(self.url(path)).send().await.with_context(|| format!("asking for {what}"))?;
+        let resp = self
+            .authorized(self.client.get(self.url(path)))
+            .send()
+            .await
+            .with_context(|| format!("asking for {what}"))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -211,8 +232,7 @@ impl Server {
         let what = format!("commit {id}");
         t.requests += 1;
         let resp = self
-            .client
-            .get(self.url(&format!("commits/{id}")))
+            .authorized(self.client.get(self.url(&format!("commits/{id}"))))
             .send()
             .await
             .with_context(|| format!("fetching {what}"))?;
