@@ -45,6 +45,8 @@ fn main() {
     let enrollment = run(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet_s]);
     let mut server = Command::new(&ferry)
         .args(["serve", "--repo", &repo.display().to_string(), "--fleet", &fleet_s, "--listen", "127.0.0.1:0"])
+        // All devices enroll at once here; a real fleet's enrollments are rate-limited.
+        .args(["--enrollments-per-minute", "1000000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

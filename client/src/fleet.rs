@@ -18,6 +18,9 @@ use crate::http::{Server, Traffic};
 pub struct Answer {
     /// The channel's newest signed document (an envelope), if the device follows one.
     pub channel_document: Option<Vec<u8>>,
+    /// The device token the check-in used: a fleet server serves the repository only with
+    /// it (`Server::with_token`). `None` without a fleet.
+    pub token: Option<String>,
 }
 
 /// The configuration applied on the device (`state_dir/config.json`).
@@ -292,7 +295,7 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
                         .map_err(|e| anyhow!("check-in: the configuration is malformed: {e}"))?;
                     apply_config(config, fleet, version, values)?;
                 }
-                return Ok(Answer { channel_document });
+                return Ok(Answer { channel_document, token: Some(token) });
             }
             401 if !enrolled_now => {
                 tracing::warn!(reason, "the fleet server does not know this device's token; enrolling again");

@@ -58,6 +58,9 @@ pub struct Server {
     base: String,
     client: reqwest::Client,
     read_timeout: Duration,
+    /// The device token, sent with every repository request once the device is enrolled
+    /// with a fleet server (which serves the repository only to its devices).
+    token: Option<String>,
 }
 
 /// The slowest transfer the agent waits on, in bytes a second averaged over each
@@ -139,7 +142,7 @@ impl Server {
             .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        Ok(Server { base: base.trim_end_matches('/').to_string(), client, read_timeout })
+        Ok(Server { base: base.trim_end_matches('/').to_string(), client, read_timeout, token: None })
     }
 
     /// The whole time a request that may bring `bytes` bytes is given, answer included:
@@ -147,6 +150,21 @@ impl Server {
     /// [`MIN_RATE`].
     pub fn deadline(&self, bytes: u64) -> Duration {
         CONNECT_TIMEOUT + 2 * self.read_timeout + Duration::from_secs(bytes / MIN_RATE)
+    }
+
+    /// The same server, with `token` sent as `Authorization: Bearer` on every repository
+    /// request (the device API's calls pass their token themselves).
+    pub fn with_token(mut self, token: &str) -> Server {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// Adds the device token, if any, to a repository request.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -192,8 +210,7 @@ impl Server {
     ) -> Result<reqwest::Response> {
         t.requests += 1;
         let resp = self
-            .client
-            .post(self.url(path))
+            .authorized(self.client.post(self.url(path)))
             .timeout(self.deadline(expect + body.len() as u64))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
@@ -206,7 +223,9 @@ impl Server {
     /// The commit a branch points at; `Unchanged` if it is still `known`.
     pub async fn branch(&self, name: &str, known: Option<Id>, t: &mut Traffic) -> Result<Head> {
         let what = format!("branch {name}");
-        let mut req = self.client.get(self.url(&format!("branches/{name}"))).timeout(self.deadline(MAX_JSON as u64));
+        let mut req = self
+            .authorized(self.client.get(self.url(&format!("branches/{name}"))))
+            .timeout(self.deadline(MAX_JSON as u64));
         if let Some(id) = known {
             req = req.header(reqwest::header::IF_NONE_MATCH, format!("\"{}\"", id.to_hex()));
         }
@@ -230,8 +249,7 @@ impl Server {
     async fn get_capped(&self, path: &str, max: usize, what: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
         t.requests += 1;
         let resp = self
-            .client
-            .get(self.url(path))
+            .authorized(self.client.get(self.url(path)))
             .timeout(self.deadline(max as u64))
             .send()
             .await
@@ -306,8 +324,7 @@ impl Server {
         t.requests += 1;
         let cap = 2 * max + MAX_JSON;
         let resp = self
-            .client
-            .get(self.url(&format!("commits/{id}")))
+            .authorized(self.client.get(self.url(&format!("commits/{id}"))))
             .timeout(self.deadline(cap as u64))
             .send()
             .await

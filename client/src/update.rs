@@ -677,7 +677,7 @@ async fn fetch_patches(
         if !current.is_empty()
             && (current.len() == patch::MAX_PATCHES_PER_REQUEST
                 || ids + p_ids > patch::MAX_PATCH_IDS
-                || bytes + p_bytes > config.batch_bytes)
+                || bytes + p_bytes > config.batch_bytes.min(patch::MAX_REQUEST_TARGET_BYTES))
         {
             batches.push(std::mem::take(&mut current));
             (ids, bytes) = (0, 0);
@@ -1054,6 +1054,11 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let result = async {
         // With a fleet server: report first; the answer carries the channel's document.
         let checked_in = crate::fleet::check_in(config, &server, &mut t).await?;
+        // A fleet server serves the repository to its devices only.
+        let server = match &checked_in.token {
+            Some(token) => server.clone().with_token(token),
+            None => server.clone(),
+        };
         if matches!(goal, Goal::Follow) && state.pinned {
             s.pinned = true;
             return Ok(None);

@@ -49,6 +49,9 @@ pub const MAX_PATCHES_PER_REQUEST: usize = 16384;
 pub const MAX_PATCH_IDS: usize = 65536;
 /// Largest request body (bytes).
 pub const MAX_PATCH_REQUEST: usize = MAX_PATCH_IDS * 32 + MAX_PATCHES_PER_REQUEST * 8;
+/// Most target bytes (uncompressed) one request may name: the server refuses more, and a
+/// device cuts its batches at this size whatever its `batch_bytes`.
+pub const MAX_REQUEST_TARGET_BYTES: u64 = 256 << 20;
 /// zstd's largest window a patch may need: reference plus target, rounded up.
 pub const WINDOW_LOG_MAX: u32 = 24;
 
@@ -294,18 +297,25 @@ pub fn encode_patch_response(
 ) -> std::io::Result<Vec<u8>> {
     let plain_len: usize = stored.iter().map(Vec::len).sum();
     let patch = compress_patch(reference, target, level)?;
-    let mut out = Vec::with_capacity(1 + patch.len().min(plain_len));
-    if patch.len() < plain_len {
-        out.push(TAG_PATCH);
-        out.extend_from_slice(&patch);
-    } else {
-        out.push(TAG_PLAIN);
-        for f in stored {
-            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-            out.extend_from_slice(f);
-        }
+    if patch.len() >= plain_len {
+        return Ok(encode_plain_response(stored));
     }
+    let mut out = Vec::with_capacity(1 + patch.len());
+    out.push(TAG_PATCH);
+    out.extend_from_slice(&patch);
     Ok(out)
+}
+
+/// The plain form of an answer: the target's stored frames, for a patch that is no smaller
+/// or that the server will not compute (its work budget for the request is spent).
+pub fn encode_plain_response(stored: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + stored.iter().map(|f| 4 + f.len()).sum::<usize>());
+    out.push(TAG_PLAIN);
+    for f in stored {
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    out
 }
 
 /// What one patch answer carries.
@@ -648,6 +658,22 @@ pub fn answer(repo: &Repository, item: &PatchRequest, level: i32) -> Result<Vec<
         stored.push(frame);
     }
     encode_patch_response(&reference, &target, &stored, level).map_err(|source| AnswerError::Compress { key, source })
+}
+
+/// The plain answer to one item (its target's stored frames, each verified), computed
+/// without compressing anything: what a server sends when it will not spend more CPU on a
+/// request.
+#[cfg(feature = "repository")]
+pub fn answer_plain(repo: &Repository, item: &PatchRequest) -> Result<Vec<u8>, AnswerError> {
+    let key = item.key();
+    let mut stored = Vec::with_capacity(item.target.len());
+    for id in &item.target {
+        let info = repo.chunk_info(id)?.ok_or(AnswerError::Missing { key, id: *id })?;
+        let frame = repo.read_chunk_stored(id)?;
+        ferry_store::chunk::decode_chunk(id, &frame, info.len)?;
+        stored.push(frame);
+    }
+    Ok(encode_plain_response(&stored))
 }
 
 #[cfg(test)]

@@ -109,6 +109,20 @@ pub enum DeviceCommand {
         server: ServerArgs,
         serial: String,
     },
+    /// Approves a known device's new enrollment (`ferry device show` lists it): its new
+    /// token replaces the old one, which stops working at once. Only for a board you know
+    /// was reflashed or replaced: anyone with the enrollment token can ask.
+    ApproveReenrollment {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Rejects a known device's new enrollment: the device keeps its token.
+    RejectReenrollment {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
     /// Sets a device's groups, in precedence order: a later group's value wins. No group
     /// clears them.
     Groups {
@@ -383,6 +397,16 @@ pub fn device(cmd: DeviceCommand) -> Result<()> {
             if let Some(e) = r["last_error"].as_str() {
                 println!("  last error: {e}");
             }
+            let re = &v["reenrollment"];
+            if !re.is_null() {
+                println!(
+                    "  enrolled again {} ({}, enrollment token {}): `ferry device approve-reenrollment {}` hands it this device's identity, `reject-reenrollment` refuses it",
+                    when(&re["at"]),
+                    text(&re["hardware"]),
+                    text(&re["enrollment_token"]),
+                    text(&v["serial"])
+                );
+            }
             for e in v["events"].as_array().into_iter().flatten() {
                 println!("  {}  {}", when(&e["at"]), text(&e["what"]));
             }
@@ -401,6 +425,8 @@ pub fn device(cmd: DeviceCommand) -> Result<()> {
         DeviceCommand::Accept { server, serial } => (server, serial, "accept"),
         DeviceCommand::Revoke { server, serial } => (server, serial, "revoke"),
         DeviceCommand::Remove { server, serial } => (server, serial, "remove"),
+        DeviceCommand::ApproveReenrollment { server, serial } => (server, serial, "approve-reenrollment"),
+        DeviceCommand::RejectReenrollment { server, serial } => (server, serial, "reject-reenrollment"),
     };
     call(&server, "POST", &format!("devices/{serial}/{action}"), None)?;
     eprintln!("device {serial}: {action} done");

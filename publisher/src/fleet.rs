@@ -10,6 +10,14 @@
 //! enrollment, `fd_` device). Only their BLAKE3 hash is stored, so a copy of the store
 //! holds no usable token. Every write is one synced batch: a device's record, its token and
 //! the audit entry that explains the change land together or not at all.
+//!
+//! The enrollment token is in every image, so it is treated as known to anyone: it enrolls
+//! new serials (at most [`Settings::enrollments_per_minute`] per enrollment token at once,
+//! refilled at as many a minute, and [`ENROLL_ALL_FACTOR`] times that for all together), but it never changes a known device: enrolling a known serial again only
+//! records a re-enrollment request (with a token that works nowhere) until an operator
+//! approves it ([`Fleet::approve_reenrollment`]). A rollout's statistics count only devices
+//! an operator accepted or that enrolled before the rollout started ([`counts_for`]), so
+//! devices enrolled during a rollout can neither halt it nor dilute its failures.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -52,6 +60,9 @@ pub enum FleetError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests of a kind: try again after `retry_after` seconds.
+    #[error("{what}; try again in {retry_after} s")]
+    TooMany { what: String, retry_after: u64 },
     #[error(transparent)]
     Store(#[from] ferry_store::StoreError),
     #[error("fleet store record {what} is damaged: {why}")]
@@ -183,6 +194,29 @@ pub struct Device {
     /// update (kept, so failures spread over time add up for the automatic halt).
     #[serde(default)]
     pub failed: std::collections::BTreeMap<String, u64>,
+    /// The operator who accepted the device (or approved its re-enrollment); `None` for a
+    /// device accepted automatically (no `--require-approval`).
+    #[serde(default)]
+    pub accepted_by: Option<String>,
+    /// The audit sequence number of its enrollment, which orders it exactly against the
+    /// start of a rollout (`None` in records written before it was kept).
+    #[serde(default)]
+    pub enrolled_seq: Option<u64>,
+    /// A later enrollment of this serial, waiting for an operator.
+    #[serde(default)]
+    pub reenrollment: Option<Reenrollment>,
+}
+
+/// An enrollment of a serial the fleet already knows: the device keeps its state and token
+/// until an operator approves this one (its token then replaces the device's) or rejects it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reenrollment {
+    /// Hash of the token it was given (hex); that token works nowhere until approved.
+    pub token: String,
+    pub hardware: String,
+    pub at: i64,
+    /// The name of the enrollment token it used.
+    pub enrollment_token: String,
 }
 
 /// Something that happened to a device (its history).
@@ -215,7 +249,7 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn who(&self) -> String {
+    pub fn who(&self) -> String {
         match self {
             Caller::Admin(n) => format!("admin:{n}"),
             Caller::Device(s) => format!("device:{s}"),
@@ -310,6 +344,25 @@ pub struct Rollout {
     pub max_failure_percent: u8,
     pub halt_reason: Option<String>,
     pub started: i64,
+    /// The audit sequence number of the start (see [`counts_for`]).
+    #[serde(default)]
+    pub started_seq: Option<u64>,
+}
+
+/// True if a device counts in `r`'s statistics (and so for its automatic halt): an operator
+/// accepted it, or it enrolled before the rollout started. Devices enrolled (and accepted
+/// automatically) during the rollout take part in it but are not counted, so whoever holds
+/// the enrollment token cannot halt a rollout with fake failures or hide real ones among
+/// fake successes.
+pub fn counts_for(d: &Device, r: &Rollout) -> bool {
+    if d.accepted_by.is_some() {
+        return true;
+    }
+    match (d.enrolled_seq, r.started_seq) {
+        (Some(e), Some(s)) => e < s,
+        (None, _) => true,
+        (Some(_), None) => d.enrolled < r.started,
+    }
 }
 
 /// A device's place in rollouts of `channel`: 0..10000, fixed for the pair.
@@ -344,10 +397,54 @@ pub struct HeadDoc {
 }
 
 /// Fleet-wide settings, from `ferry serve`'s options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Newly enrolled devices wait for `ferry device accept`.
     pub require_approval: bool,
+    /// Enrollments one enrollment token may make at once, and per minute after that (a
+    /// token bucket); all tokens together, [`ENROLL_ALL_FACTOR`] times as many.
+    pub enrollments_per_minute: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { require_approval: false, enrollments_per_minute: ENROLLMENTS_PER_MINUTE }
+    }
+}
+
+/// The default of [`Settings::enrollments_per_minute`] (`ferry serve
+/// --enrollments-per-minute`): 10 at once, then one every 6 s per enrollment token.
+pub const ENROLLMENTS_PER_MINUTE: u32 = 10;
+/// All enrollment tokens together may make this many times one token's burst and rate.
+pub const ENROLL_ALL_FACTOR: u32 = 6;
+
+/// A token bucket holding at most `per_minute` units, refilled at `per_minute` a minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    /// Takes one unit if there is one; else the seconds until there will be.
+    fn take(&mut self, per_minute: u32) -> std::result::Result<(), u64> {
+        let now = std::time::Instant::now();
+        let rate = f64::from(per_minute) / 60.0;
+        self.level = (self.level + now.duration_since(self.at).as_secs_f64() * rate).min(f64::from(per_minute));
+        self.at = now;
+        if self.level >= 1.0 {
+            self.level -= 1.0;
+            return Ok(());
+        }
+        Err(if rate > 0.0 { ((1.0 - self.level) / rate).ceil().max(1.0) as u64 } else { 60 })
+    }
+}
+
+/// The enrollment rate limits: one bucket per enrollment token, one for all.
+#[derive(Debug, Default)]
+struct EnrollLimits {
+    per_token: std::collections::HashMap<String, Bucket>,
+    all: Option<Bucket>,
 }
 
 /// What enrollment gives a device.
@@ -360,6 +457,8 @@ pub struct Enrolled {
 pub struct Fleet {
     kv: Kv,
     settings: Settings,
+    /// Enrollment rate limits (in memory: a restart refills them).
+    enroll_limits: Mutex<EnrollLimits>,
     /// Serialises read-modify-write sequences (enrollment, audit sequence numbers).
     write: Mutex<()>,
     /// One of these guards each device record: check-ins of different devices run (and
@@ -414,6 +513,7 @@ impl Fleet {
         Ok(Fleet {
             kv: Kv::open(path, &TABLES)?,
             settings,
+            enroll_limits: Mutex::new(EnrollLimits::default()),
             write: Mutex::new(()),
             stripes: (0..64).map(|_| Mutex::new(())).collect(),
         })
@@ -432,7 +532,14 @@ impl Fleet {
 
     /// The audit entry for `action`, with the next sequence number (caller holds the lock).
     fn audit_op(&self, who: &Caller, action: &str, detail: String) -> Result<Op> {
-        let seq = match self.kv.last(AUDIT)? {
+        let seq = self.next_audit_seq()?;
+        let entry = AuditEntry { seq, at: now(), who: who.who(), action: action.into(), detail };
+        Ok(Op::Put { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
+    }
+
+    /// The sequence number the next audit entry gets (caller holds the lock).
+    fn next_audit_seq(&self) -> Result<u64> {
+        Ok(match self.kv.last(AUDIT)? {
             Some((k, _)) => {
                 u64::from_be_bytes(k.try_into().map_err(|_| FleetError::Damaged {
                     what: "audit log".into(),
@@ -440,9 +547,7 @@ impl Fleet {
                 })?) + 1
             }
             None => 1,
-        };
-        let entry = AuditEntry { seq, at: now(), who: who.who(), action: action.into(), detail };
-        Ok(Op::Put { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
+        })
     }
 
     /// Records an action done elsewhere (a promotion through the admin API) in the audit log.
@@ -519,7 +624,13 @@ impl Fleet {
             _ => return Err(FleetError::Unauthorized("not a valid device token; enroll again".into())),
         };
         let device = self.device(&serial)?;
-        if device.token != hex::encode(hash(token)) {
+        let hashed = hex::encode(hash(token));
+        if device.reenrollment.as_ref().is_some_and(|r| r.token == hashed) {
+            return Err(FleetError::Forbidden(format!(
+                "device {serial} enrolled again: waiting for an operator to approve the new enrollment"
+            )));
+        }
+        if device.token != hashed {
             return Err(FleetError::Unauthorized("this device token was replaced; enroll again".into()));
         }
         match device.state {
@@ -527,6 +638,38 @@ impl Fleet {
             DeviceState::Pending => Err(FleetError::Forbidden(format!("device {serial} is waiting for approval"))),
             DeviceState::Revoked => Err(FleetError::Forbidden(format!("device {serial} is revoked"))),
         }
+    }
+
+    /// Whom a token belongs to, if it may read the repository under `--fleet`: an admin, or
+    /// an accepted device (a pending, revoked or replaced device's token reads nothing).
+    pub fn reader(&self, token: &str) -> Result<Caller> {
+        match self.token(token)? {
+            Some(r) if r.kind == TokenKind::Admin => Ok(Caller::Admin(r.name)),
+            Some(r) if r.kind == TokenKind::Device => Ok(Caller::Device(self.device_for(token)?.serial)),
+            _ => Err(FleetError::Unauthorized("not a valid device or admin token".into())),
+        }
+    }
+
+    /// Takes one enrollment from `token_name`'s bucket and the fleet's.
+    fn limit_enrollment(&self, token_name: &str) -> Result<()> {
+        let per_minute = self.settings.enrollments_per_minute;
+        let all_per_minute = per_minute.saturating_mul(ENROLL_ALL_FACTOR);
+        let mut limits = self.enroll_limits.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = |per_minute: u32| Bucket { level: f64::from(per_minute), at: std::time::Instant::now() };
+        if limits.per_token.len() > 10_000 {
+            limits.per_token.clear();
+        }
+        let mine = *limits.per_token.entry(token_name.to_string()).or_insert_with(|| fresh(per_minute));
+        let all = limits.all.unwrap_or_else(|| fresh(all_per_minute));
+        let (mut mine_after, mut all_after) = (mine, all);
+        let too_many = |what: String, retry_after| FleetError::TooMany { what, retry_after };
+        mine_after
+            .take(per_minute)
+            .map_err(|s| too_many(format!("too many enrollments with enrollment token {token_name}"), s))?;
+        all_after.take(all_per_minute).map_err(|s| too_many("too many enrollments".into(), s))?;
+        limits.per_token.insert(token_name.to_string(), mine_after);
+        limits.all = Some(all_after);
+        Ok(())
     }
 
     pub fn device(&self, serial: &str) -> Result<Device> {
@@ -544,9 +687,11 @@ impl Fleet {
             .collect()
     }
 
-    /// Enrolls a device with a fleet enrollment token. A device already enrolled (e.g. one
-    /// that lost its token in a power cut before saving it) gets a new token that replaces
-    /// the old one; a revoked device is refused.
+    /// Enrolls a device with a fleet enrollment token. A serial the fleet knows keeps its
+    /// state and token: the enrollment becomes a re-enrollment request (its token works
+    /// nowhere, the answer says `pending`) until an operator approves it
+    /// ([`Fleet::approve_reenrollment`]); a newer request replaces an older one. A revoked
+    /// device is refused. Enrollments are rate-limited per enrollment token and overall.
     pub fn enroll(&self, serial: &str, hardware: &str, enrollment_token: &str) -> Result<Enrolled> {
         check_name("serial", serial)?;
         check_name("hardware", hardware)?;
@@ -554,6 +699,7 @@ impl Fleet {
             Some(r) if r.kind == TokenKind::Enrollment => r.name,
             _ => return Err(FleetError::Unauthorized("not a valid enrollment token".into())),
         };
+        self.limit_enrollment(&who)?;
         let _g = self.lock();
         let _d = self.device_lock(serial);
         let existing = match self.device(serial) {
@@ -562,58 +708,107 @@ impl Fleet {
             Err(e) => return Err(e),
         };
         let token = new_token(TokenKind::Device)?;
+        let hashed = hex::encode(hash(&token));
         let mut ops = Vec::new();
-        let mut again = false;
-        let device = match existing {
+        // The enrollment's audit entry gets this number: it orders the device against
+        // rollouts (`counts_for`).
+        let seq = self.next_audit_seq()?;
+        let audit = self.audit_op(
+            &Caller::Device(serial.into()),
+            if existing.is_some() { "enroll again" } else { "enroll" },
+            format!("hardware {hardware}, token {who}"),
+        )?;
+        let (device, whats, state) = match existing {
             Some(d) if d.state == DeviceState::Revoked => {
                 return Err(FleetError::Forbidden(format!("device {serial} is revoked")));
             }
             Some(mut d) => {
-                let mut old = [0u8; 32];
-                if hex::decode_to_slice(&d.token, &mut old).is_ok() {
-                    ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+                // The enrollment token is in every image: a second enrollment of a known
+                // serial may be a reflashed board or anyone else. The device keeps its
+                // token and state; an operator decides.
+                let mut whats = vec![format!(
+                    "enrolled again ({hardware}) with enrollment token {who}: waiting for an operator to approve it"
+                )];
+                if let Some(old) = d.reenrollment.take() {
+                    let mut old_hash = [0u8; 32];
+                    if hex::decode_to_slice(&old.token, &mut old_hash).is_ok() {
+                        ops.push(Op::Delete { table: TOKENS, key: old_hash.to_vec() });
+                    }
+                    whats.push("(it replaces an earlier request, which no longer works)".into());
                 }
-                // A device that never checked in lost its token before saving it (a power
-                // cut mid-enrollment): it may enroll again. One that did check in saved its
-                // token durably first, so a new enrollment is a reflashed board or someone
-                // else with the enrollment token: an operator decides.
-                if d.last_seen.is_some() {
-                    d.state = DeviceState::Pending;
-                    again = true;
-                }
-                d.hardware = hardware.into();
-                d.token = hex::encode(hash(&token));
-                d
+                d.reenrollment = Some(Reenrollment {
+                    token: hashed,
+                    hardware: hardware.into(),
+                    at: now(),
+                    enrollment_token: who.clone(),
+                });
+                (d, whats, DeviceState::Pending)
             }
-            None => Device {
-                serial: serial.into(),
-                hardware: hardware.into(),
-                state: if self.settings.require_approval { DeviceState::Pending } else { DeviceState::Accepted },
-                enrolled: now(),
-                token: hex::encode(hash(&token)),
-                groups: Vec::new(),
-                groups_version: 0,
-                served: Default::default(),
-                failed: Default::default(),
-                last_seen: None,
-                report: Report::default(),
-            },
+            None => {
+                let state = if self.settings.require_approval { DeviceState::Pending } else { DeviceState::Accepted };
+                let d = Device {
+                    serial: serial.into(),
+                    hardware: hardware.into(),
+                    state,
+                    enrolled: now(),
+                    token: hashed,
+                    groups: Vec::new(),
+                    groups_version: 0,
+                    served: Default::default(),
+                    failed: Default::default(),
+                    last_seen: None,
+                    report: Report::default(),
+                    accepted_by: None,
+                    enrolled_seq: Some(seq),
+                    reenrollment: None,
+                };
+                (d, vec![format!("enrolled ({hardware}) with enrollment token {who}")], state)
+            }
         };
         let record = TokenRecord { kind: TokenKind::Device, name: serial.into(), created: now() };
         ops.push(Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) });
         ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&device) });
-        let mut whats = vec![format!("enrolled ({hardware}) with enrollment token {who}")];
-        if again {
-            whats.push("enrolled again after checking in: waiting for approval".into());
-        }
         ops.extend(self.event_ops(serial, whats)?);
-        ops.push(self.audit_op(
-            &Caller::Device(serial.into()),
-            "enroll",
-            format!("hardware {hardware}, token {who}"),
-        )?);
+        ops.push(audit);
         self.kv.write(ops)?;
-        Ok(Enrolled { token, state: device.state })
+        Ok(Enrolled { token, state })
+    }
+
+    /// Approves a device's re-enrollment request: its token replaces the device's (which
+    /// stops working at once); the device's state, groups and history stay.
+    pub fn approve_reenrollment(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.settle_reenrollment(who, serial, true)
+    }
+
+    /// Rejects a device's re-enrollment request: its token never works.
+    pub fn reject_reenrollment(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.settle_reenrollment(who, serial, false)
+    }
+
+    fn settle_reenrollment(&self, who: &Caller, serial: &str, approve: bool) -> Result<Device> {
+        let _g = self.lock();
+        let _d = self.device_lock(serial);
+        let mut d = self.device(serial)?;
+        let r = d.reenrollment.take().ok_or_else(|| {
+            FleetError::NotFound(format!("device {serial} has no re-enrollment waiting for approval"))
+        })?;
+        let (drop_hash, action) = if approve {
+            d.hardware = r.hardware.clone();
+            d.accepted_by = Some(who.who());
+            (std::mem::replace(&mut d.token, r.token), "approve re-enrollment")
+        } else {
+            (r.token, "reject re-enrollment")
+        };
+        let mut ops = Vec::new();
+        let mut old = [0u8; 32];
+        if hex::decode_to_slice(&drop_hash, &mut old).is_ok() {
+            ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+        }
+        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
+        ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
+        ops.push(self.audit_op(who, action, format!("device {serial}"))?);
+        self.kv.write(ops)?;
+        Ok(d)
     }
 
     fn event_op(&self, serial: &str, what: String) -> Result<Op> {
@@ -688,7 +883,9 @@ impl Fleet {
             }
         }
         let mut ops = self.event_ops(&d.serial, whats)?;
-        if matches!(report.last_result.as_deref(), Some("rolled-back" | "aborted"))
+        // A release that failed its trial: rolled back, refused by its pre-switch hook, or, as
+        // a device's first release, kept flagged bad with nothing to go back to.
+        if matches!(report.last_result.as_deref(), Some("rolled-back" | "aborted" | "failed"))
             && report.last_result != old.last_result
         {
             if let Some(channel) = &report.channel {
@@ -714,11 +911,23 @@ impl Fleet {
             )));
         }
         d.state = state;
-        let ops = vec![
-            Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) },
-            self.event_op(serial, format!("{action} by {}", who.who()))?,
-            self.audit_op(who, action, format!("device {serial}"))?,
-        ];
+        let mut ops = Vec::new();
+        match state {
+            DeviceState::Accepted => d.accepted_by = Some(who.who()),
+            DeviceState::Revoked => {
+                // A revoked device's pending re-enrollment goes with it.
+                if let Some(r) = d.reenrollment.take() {
+                    let mut old = [0u8; 32];
+                    if hex::decode_to_slice(&r.token, &mut old).is_ok() {
+                        ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+                    }
+                }
+            }
+            DeviceState::Pending => {}
+        }
+        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
+        ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
+        ops.push(self.audit_op(who, action, format!("device {serial}"))?);
         self.kv.write(ops)?;
         Ok(d)
     }
@@ -738,9 +947,11 @@ impl Fleet {
         let _d = self.device_lock(serial);
         let d = self.device(serial)?;
         let mut ops = vec![Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() }];
-        let mut old = [0u8; 32];
-        if hex::decode_to_slice(&d.token, &mut old).is_ok() {
-            ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+        for token in std::iter::once(&d.token).chain(d.reenrollment.as_ref().map(|r| &r.token)) {
+            let mut old = [0u8; 32];
+            if hex::decode_to_slice(token, &mut old).is_ok() {
+                ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+            }
         }
         let mut prefix = serial.as_bytes().to_vec();
         prefix.push(0);
@@ -923,6 +1134,8 @@ impl Fleet {
             max_failure_percent,
             halt_reason: None,
             started: now(),
+            // The start's audit entry gets this number (`counts_for`).
+            started_seq: Some(self.next_audit_seq()?),
         };
         let detail = format!("{channel}: {percent}% from serial {}", base.serial);
         self.kv.write(vec![
@@ -1018,7 +1231,7 @@ impl Fleet {
         }
         let (mut took, mut bad) = (0usize, Vec::new());
         for d in self.devices()? {
-            if took_it(&d, channel, r.base_serial) {
+            if counts_for(&d, &r) && took_it(&d, channel, r.base_serial) {
                 took += 1;
                 if failed(&d, channel, r.base_serial) {
                     bad.push(format!(
@@ -1060,18 +1273,26 @@ pub struct RolloutStatus {
     #[serde(flatten)]
     pub rollout: Rollout,
     /// Devices reporting this channel, those the rollout may reach (its group), those that
-    /// took a newer document than the base, and those of them that failed.
+    /// took a newer document than the base, and those of them that failed: only devices that
+    /// count ([`counts_for`]).
     pub devices: usize,
     pub eligible: usize,
     pub took: usize,
     pub failed: usize,
+    /// Devices reporting this channel that do not count: enrolled during the rollout and
+    /// never accepted by an operator.
+    pub uncounted: usize,
 }
 
 impl Fleet {
     pub fn rollout_status(&self, r: Rollout) -> Result<RolloutStatus> {
-        let (mut devices, mut eligible, mut took, mut failed_n) = (0, 0, 0, 0);
+        let (mut devices, mut eligible, mut took, mut failed_n, mut uncounted) = (0, 0, 0, 0, 0);
         for d in self.devices()? {
             if d.report.channel.as_deref() != Some(r.channel.as_str()) {
+                continue;
+            }
+            if !counts_for(&d, &r) {
+                uncounted += 1;
                 continue;
             }
             devices += 1;
@@ -1085,7 +1306,7 @@ impl Fleet {
                 }
             }
         }
-        Ok(RolloutStatus { rollout: r, devices, eligible, took, failed: failed_n })
+        Ok(RolloutStatus { rollout: r, devices, eligible, took, failed: failed_n, uncounted })
     }
 }
 

@@ -5,7 +5,8 @@
 //! codes with a JSON `{"error": ...}` body. What it is not for: the rules (in `fleet`). The
 //! two APIs share nothing but the store: a device token is refused by every admin route and
 //! an admin token by every device route, and a device's identity comes only from its token,
-//! never from a serial in the request.
+//! never from a serial in the request. [`require_reader`] guards the repository's routes
+//! under `--fleet`: they need an admin token or an accepted device's token.
 
 use std::sync::Arc;
 
@@ -64,11 +65,18 @@ impl std::fmt::Debug for FleetState {
 
 type Shared = Arc<FleetState>;
 
-struct ApiError(StatusCode, String);
+struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if let Some(secs) = self.2 {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        if self.0 == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
     }
 }
 
@@ -80,12 +88,15 @@ impl From<FleetError> for ApiError {
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
             FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
             FleetError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            FleetError::TooMany { retry_after, .. } => {
+                return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string(), Some(*retry_after));
+            }
             FleetError::Store(_) | FleetError::Damaged { .. } => {
                 tracing::error!(error = %e, "fleet store error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        ApiError(status, e.to_string())
+        ApiError(status, e.to_string(), None)
     }
 }
 
@@ -94,7 +105,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}")))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}"), None))?
         .map_err(ApiError::from)
 }
 
@@ -105,11 +116,40 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>`".into()))
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>`".into(), None))
 }
 
 fn parse_json<T: for<'a> Deserialize<'a>>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}"), None))
+}
+
+// ---- the repository's routes under --fleet -----------------------------------------------
+
+/// Whom a repository request comes from under `--fleet` (`admin:NAME` or `device:SERIAL`),
+/// put in the request's extensions by [`require_reader`]: the server's patch budget is
+/// kept per reader.
+#[derive(Debug, Clone)]
+pub struct Reader(pub String);
+
+/// Middleware for the repository's routes under `--fleet`: `Authorization: Bearer` with an
+/// admin token or an accepted device's token, else 401 (no token, an unknown or replaced
+/// one) or 403 (a pending or revoked device, a re-enrollment waiting for approval).
+pub async fn require_reader(
+    State(s): State<Shared>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = match bearer(req.headers()) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    match blocking(move || s.fleet.reader(&token)).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(Reader(caller.who()));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 // ---- device API -------------------------------------------------------------------------
@@ -202,6 +242,7 @@ async fn devices(
             json!({
                 "serial": d.serial, "hardware": d.hardware, "state": d.state, "groups": d.groups,
                 "enrolled": d.enrolled, "last_seen": d.last_seen, "report": d.report,
+                "accepted_by": d.accepted_by, "reenrollment": reenrollment_json(&d),
             })
         })
         .collect();
@@ -214,8 +255,17 @@ async fn device(State(s): State<Shared>, headers: HeaderMap, Path(serial): Path<
     Ok(Json(json!({
         "serial": d.serial, "hardware": d.hardware, "state": d.state, "groups": d.groups,
         "enrolled": d.enrolled, "last_seen": d.last_seen, "report": d.report, "events": events,
+        "accepted_by": d.accepted_by, "reenrollment": reenrollment_json(&d),
     }))
     .into_response())
+}
+
+/// A re-enrollment request as the admin API shows it (never its token's hash).
+fn reenrollment_json(d: &crate::fleet::Device) -> serde_json::Value {
+    match &d.reenrollment {
+        Some(r) => json!({ "hardware": r.hardware, "at": r.at, "enrollment_token": r.enrollment_token }),
+        None => serde_json::Value::Null,
+    }
 }
 
 async fn device_action(
@@ -228,7 +278,17 @@ async fn device_action(
         "accept" => s.fleet.accept(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
         "revoke" => s.fleet.revoke(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
         "remove" => s.fleet.remove(&who, &serial).map(|()| json!({ "serial": serial, "removed": true })),
-        other => Err(FleetError::NotFound(format!("no device action {other:?} (accept, revoke, remove)"))),
+        "approve-reenrollment" => s
+            .fleet
+            .approve_reenrollment(&who, &serial)
+            .map(|d| json!({ "serial": d.serial, "state": d.state, "reenrollment": "approved" })),
+        "reject-reenrollment" => s
+            .fleet
+            .reject_reenrollment(&who, &serial)
+            .map(|d| json!({ "serial": d.serial, "state": d.state, "reenrollment": "rejected" })),
+        other => Err(FleetError::NotFound(format!(
+            "no device action {other:?} (accept, revoke, remove, approve-reenrollment, reject-reenrollment)"
+        ))),
     })
     .await?;
     Ok(Json(out).into_response())
@@ -280,7 +340,11 @@ async fn audit(State(s): State<Shared>, headers: HeaderMap, Query(l): Query<Limi
 
 fn scope(path: &str) -> Result<Scope, ApiError> {
     let bad = || {
-        ApiError(StatusCode::NOT_FOUND, format!("no configuration level {path:?} (fleet, group/NAME, device/SERIAL)"))
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no configuration level {path:?} (fleet, group/NAME, device/SERIAL)"),
+            None,
+        )
     };
     match path.split_once('/') {
         None if path == "fleet" => Ok(Scope::Fleet),
@@ -404,8 +468,8 @@ async fn channels(State(s): State<Shared>, headers: HeaderMap) -> Result<Respons
     admin(&s, &headers).await?;
     let list = tokio::task::spawn_blocking(move || s.documents.channels())
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e, None))?;
     Ok(Json(list).into_response())
 }
 
@@ -419,7 +483,7 @@ async fn promote(
     let mut req: PromoteBody = parse_json(&body, "promotion")?;
     req.to = name;
     let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
-        let v = s.documents.promote(&req).map_err(|(st, m)| ApiError(st, m))?;
+        let v = s.documents.promote(&req).map_err(|(st, m)| ApiError(st, m, None))?;
         let what = match (&req.commit, &req.from) {
             (Some(c), _) => format!("commit {c}"),
             (None, Some(f)) => format!("from {f}"),
@@ -431,7 +495,7 @@ async fn promote(
         Ok(v)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))??;
     Ok(Json(out).into_response())
 }
 

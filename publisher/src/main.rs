@@ -256,6 +256,10 @@ enum Command {
         /// Newly enrolled devices wait for `ferry device accept SERIAL`.
         #[arg(long, requires = "fleet")]
         require_approval: bool,
+        /// Enrollments one enrollment token may make at once and then per minute (all tokens
+        /// together: 6 times as many); more are answered 429 with Retry-After.
+        #[arg(long, value_name = "N", default_value_t = ferry_publisher::fleet::ENROLLMENTS_PER_MINUTE, requires = "fleet")]
+        enrollments_per_minute: u32,
         /// An online channel key (secret key file): lets the admin API and the web UI promote
         /// and roll back. Without it, channels are changed only with `ferry promote`.
         #[arg(long, value_name = "FILE", requires = "fleet")]
@@ -730,6 +734,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             patch_workers,
             fleet,
             require_approval,
+            enrollments_per_minute,
             channel_key,
         } => {
             let (scratch, temporary) = match scratch {
@@ -749,7 +754,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 patches,
                 fleet: fleet.map(|path| ferry_publisher::serve::FleetConfig {
                     path,
-                    settings: ferry_publisher::fleet::Settings { require_approval },
+                    settings: ferry_publisher::fleet::Settings { require_approval, enrollments_per_minute },
                     channel_key,
                 }),
             };

@@ -6,6 +6,11 @@
 //! before it is sent. Immutable, content-addressed responses carry long-lived cache headers,
 //! so a CDN or caching proxy can sit in front; branch heads carry an ETag and answer 304 when
 //! unchanged.
+//!
+//! Who may read: with `--fleet`, every repository route needs an admin token or an accepted
+//! device's token (`fleet_api::require_reader`), and patch work is budgeted per token
+//! (`patches::Limits`); without it the repository is open to anyone who can connect (the
+//! server says so when it starts), and only the per-request bound on patch work applies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -22,7 +27,8 @@ use axum::{Json, Router};
 use ferry_delta::pack;
 use ferry_delta::patch::{self as patch, PatchRequest};
 
-use crate::patches::Patcher;
+use crate::fleet_api::Reader;
+use crate::patches::{Allowance, Patcher};
 use ferry_store::{chunk::decode_chunk, Id, Repository, StoreError};
 use serde_json::json;
 
@@ -46,6 +52,8 @@ pub struct PatchConfig {
     pub cache_bytes: u64,
     /// Patches computed at once (default: the number of cores).
     pub workers: usize,
+    /// Fresh work allowed per request and per client.
+    pub limits: crate::patches::Limits,
 }
 
 impl Default for PatchConfig {
@@ -55,6 +63,7 @@ impl Default for PatchConfig {
             cache_dir: None,
             cache_bytes: 1 << 30,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            limits: crate::patches::Limits::default(),
         }
     }
 }
@@ -341,15 +350,42 @@ async fn objects_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     batch(s, body, Kind::Objects).await
 }
 
+/// The allowance of fresh patch work for one request from `reader` (under `--fleet`; else
+/// only the per-request bound applies).
+fn admit(s: &AppState, reader: Option<&Extension<Reader>>) -> Result<Allowance, crate::patches::Busy> {
+    s.patcher.admit(reader.map(|Extension(Reader(who))| who.as_str()))
+}
+
+/// The answer to a reader with too many patch requests running: 429 and when to retry.
+fn busy(b: crate::patches::Busy) -> Response {
+    let mut resp = ApiError(
+        StatusCode::TOO_MANY_REQUESTS,
+        "this client has as many patch requests running as it may; try again".into(),
+        None,
+    )
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, b.retry_after.into());
+    resp
+}
+
 /// `POST /v1/patches`: every item is checked (chunks present, windows within bounds) before
 /// the first frame is sent; answers then stream in request order, computed ahead in parallel
 /// and cached.
-async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn patches_batch(
+    State(s): State<Shared>,
+    reader: Option<Extension<Reader>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let items =
         patch::decode_patch_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let allowance = match admit(&s, reader.as_ref()) {
+        Ok(a) => a,
+        Err(b) => return Ok(busy(b)),
+    };
     let state = s.clone();
     let items = blocking(move || {
         let mut missing = Vec::new();
+        let mut targets = 0u64;
         for item in &items {
             for (ids, what, max) in
                 [(&item.reference, "reference", patch::REFERENCE_MAX), (&item.target, "target", patch::TARGET_MAX)]
@@ -368,6 +404,19 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
                         None,
                     ));
                 }
+                if what == "target" {
+                    targets += total;
+                }
+            }
+            if targets > patch::MAX_REQUEST_TARGET_BYTES {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the patches' targets add up to more than {} bytes, the limit per request",
+                        patch::MAX_REQUEST_TARGET_BYTES
+                    ),
+                    None,
+                ));
             }
         }
         if !missing.is_empty() {
@@ -381,7 +430,7 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     tracing::debug!(count = items.len(), "patch request");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::task::spawn_blocking(move || {
-        s.patcher.answer_all(&s.repo, &items, |item: &PatchRequest, r| {
+        s.patcher.answer_all_within(&s.repo, &items, &allowance, |item: &PatchRequest, r| {
             let frame = match r {
                 Ok(bytes) => {
                     let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
@@ -399,6 +448,7 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
         tracing::debug!(
             computed = st.computed,
             cache_hits = st.cache_hits,
+            capped = st.capped,
             seconds = st.compute_seconds,
             "patch totals"
         );
@@ -414,7 +464,11 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
 /// before children, every tree under the new root that is not under the old one; 1 sends the
 /// same frames as one zstd frame compressed with the old root's trees as prefix
 /// (`ferry_delta::patch::tree_prefix`): a device's old trees hold most of its new ones.
-async fn tree_closure(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn tree_closure(
+    State(s): State<Shared>,
+    reader: Option<Extension<Reader>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     if body.len() != 64 && body.len() != 65 {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -472,17 +526,32 @@ async fn tree_closure(State(s): State<Shared>, body: Bytes) -> Result<Response, 
         Ok(())
     };
     if compressed {
+        // Cached like patches, by new and old root: the next device on the same versions
+        // costs a file read. Past the reader's allowance, refused: the device asks for the
+        // trees uncompressed.
+        let allowance = match admit(&s, reader.as_ref()) {
+            Ok(a) => a,
+            Err(b) => return Ok(busy(b)),
+        };
+        let old = old_root.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no old root".into(), None))?;
         let body = blocking(move || {
-            let mut all = Vec::new();
-            walk(&s, &mut |frame| {
-                all.extend_from_slice(&frame);
-                true
+            let answer = s.patcher.trees_within(&new_root, &old, &allowance, |level| {
+                let mut all = Vec::new();
+                walk(&s, &mut |frame| {
+                    all.extend_from_slice(&frame);
+                    true
+                })?;
+                let prefix = patch::tree_prefix(&old, |id| s.repo.read_object_bytes(id))?;
+                patch::compress_patch(&prefix, &all, level)
+                    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing trees: {e}"), None))
             })?;
-            let old = old_root.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no old root".into(), None))?;
-            let prefix = patch::tree_prefix(&old, |id| s.repo.read_object_bytes(id))?;
-            s.patcher
-                .compress(&prefix, &all)
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing trees: {e}"), None))
+            answer.ok_or_else(|| {
+                ApiError(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "this client's allowance for compressed trees is spent; ask for them uncompressed".into(),
+                    None,
+                )
+            })
         })
         .await?;
         let mut resp = body.into_response();
@@ -514,14 +583,19 @@ pub fn router(
     fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>)>,
 ) -> Router {
     let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()), patcher });
-    let fleet_routes = match fleet {
-        Some((fleet, key)) => crate::fleet_api::routes(Arc::new(crate::fleet_api::FleetState {
-            fleet,
-            documents: Box::new(RepoDocuments(state.clone(), key)),
-        })),
-        None => Router::new().route("/v1/device/{*rest}", any(no_fleet)).route("/v1/admin/{*rest}", any(no_fleet)),
+    let (fleet_routes, fleet_state) = match fleet {
+        Some((fleet, key)) => {
+            let fs = Arc::new(crate::fleet_api::FleetState {
+                fleet,
+                documents: Box::new(RepoDocuments(state.clone(), key)),
+            });
+            (crate::fleet_api::routes(fs.clone()), Some(fs))
+        }
+        None => {
+            (Router::new().route("/v1/device/{*rest}", any(no_fleet)).route("/v1/admin/{*rest}", any(no_fleet)), None)
+        }
     };
-    Router::new()
+    let repository = Router::new()
         .route("/v1/patches", post(patches_batch).layer(DefaultBodyLimit::max(patch::MAX_PATCH_REQUEST)))
         .route("/v1/branches/{*name}", get(branch))
         .route("/v1/channels/{*name}", get(channel))
@@ -533,7 +607,13 @@ pub fn router(
         .route("/v1/chunks/{id}", get(chunk))
         .route("/v1/chunks", post(chunks_batch))
         .route("/v1/objects", post(objects_batch))
-        .route("/v1/trees", post(tree_closure))
+        .route("/v1/trees", post(tree_closure));
+    // Under --fleet, every repository route needs a device or admin token.
+    let repository = match fleet_state {
+        Some(fs) => repository.route_layer(axum::middleware::from_fn_with_state(fs, crate::fleet_api::require_reader)),
+        None => repository,
+    };
+    repository
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(pack::MAX_IDS_PER_REQUEST * 32))
         .with_state(state)
@@ -696,7 +776,8 @@ pub async fn serve_with(
     };
     let cache_dir = patches.cache_dir.clone().unwrap_or_else(|| scratch.join("patch-cache"));
     let patcher = Patcher::open(&cache_dir, patches.cache_bytes, patches.level, patches.workers)
-        .with_context(|| format!("opening the patch cache {}", cache_dir.display()))?;
+        .with_context(|| format!("opening the patch cache {}", cache_dir.display()))?
+        .with_limits(patches.limits);
     // A long accept queue: a fleet checking in at once must not overflow it (the default
     // of 1024 did with 1000 devices, costing each overflowed device a 1 s SYN retry).
     let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
@@ -707,6 +788,11 @@ pub async fn serve_with(
     let addr = listener.local_addr()?;
     on_bound(addr);
     tracing::info!(%addr, repo = %repo.display(), "serving");
+    if config.fleet.is_none() {
+        tracing::warn!(
+            "no --fleet: the repository routes are open to anyone who can connect (every release can be downloaded); serve a fleet with --fleet DIR to require device and admin tokens"
+        );
+    }
     axum::serve(listener, router(repository, patcher, fleet))
         .with_graceful_shutdown(shutdown)
         .await

@@ -181,19 +181,68 @@ fn device_tokens_open_only_the_device_api_and_only_as_themselves() {
     let (status, _) =
         call(&env, "POST", "device/checkin", &token_a, Some(serde_json::json!({ "last_error": "\u{1b}[2J" })));
     assert_eq!(status, 400);
+}
 
-    // Someone else with the enrollment token enrolls as B: B is not taken over silently, it
-    // waits for an operator, and its own next update says so.
+#[test]
+fn fleet_enrolling_a_known_serial_again_takes_nothing_from_the_real_device() {
+    let env = Env::with_fleet(false);
+    let c1 = env.commit(1, "1");
+    let b = fleet_device(&env, "b", "SN-B", &env.path().join("enrollment-token"));
+    assert_eq!(update(&b)["to"], c1.to_hex());
+    let (status, _) = call(
+        &env,
+        "POST",
+        "admin/config/device/SN-B",
+        &env.admin_token,
+        Some(serde_json::json!({ "set": { "API_KEY": "secret" } })),
+    );
+    assert_eq!(status, 200);
+    // Someone else with the enrollment token (it is in every image) enrolls as B.
     let enrollment = std::fs::read_to_string(env.path().join("enrollment-token")).unwrap();
     let body = serde_json::json!({ "serial": "SN-B", "hardware": "rev-a", "enrollment_token": enrollment.trim() });
     let (status, v) = call(&env, "POST", "device/enroll", "", Some(body));
     assert_eq!((status, v["state"].as_str()), (200, Some("pending")), "{v}");
-    failed_update(&b, "device SN-B is waiting for approval");
+    let stolen = v["device_token"].as_str().unwrap().to_string();
+    // The attacker's token gets no configuration, no document and no release.
+    let (status, v) = call(&env, "POST", "device/checkin", &stolen, Some(serde_json::json!({})));
+    assert_eq!(status, 403, "{v}");
+    assert!(v.get("config").is_none(), "{v}");
+    assert_eq!(call(&env, "GET", "branches/main", &stolen, None).0, 403);
+    // The real device keeps its token and its state, and still updates.
+    let c2 = env.commit(2, "2");
+    assert_eq!(update(&b)["to"], c2.to_hex());
+    let applied = std::fs::read_to_string(env.path().join("b/state/config.env")).unwrap();
+    assert!(applied.contains("API_KEY=\"secret\""), "{applied}");
     let (_, one) = call(&env, "GET", "admin/devices/SN-B", &env.admin_token, None);
+    assert_eq!(one["state"], "accepted");
+    assert_eq!(one["report"]["current"], c2.to_hex());
     assert!(
         one["events"].as_array().unwrap().iter().any(|e| e["what"].as_str().unwrap().contains("enrolled again")),
         "{one}"
     );
+    // An operator who re-accepts the device hands the attacker nothing either.
+    assert_eq!(call(&env, "POST", "admin/devices/SN-B/accept", &env.admin_token, None).0, 200);
+    assert_eq!(call(&env, "POST", "device/checkin", &stolen, Some(serde_json::json!({}))).0, 403);
+    update(&b);
+}
+
+#[test]
+fn fleet_repository_routes_need_the_devices_token() {
+    let env = Env::with_fleet(false);
+    let c1 = env.commit(1, "1");
+    let dev = fleet_device(&env, "device", "SN-R", &env.path().join("enrollment-token"));
+    // ferryd sends its token on every repository request: the whole update works.
+    assert_eq!(update(&dev)["to"], c1.to_hex());
+    // Without it: 401, on a content route as on a branch.
+    assert_eq!(call(&env, "GET", "branches/main", "", None).0, 401);
+    assert_eq!(call(&env, "GET", &format!("commits/{c1}"), "", None).0, 401);
+    // A device with approval pending may not download.
+    let env = Env::with_fleet(true);
+    env.commit(1, "1");
+    let dev = fleet_device(&env, "device", "SN-P", &env.path().join("enrollment-token"));
+    failed_update(&dev, "waiting for approval");
+    let token = std::fs::read_to_string(env.path().join("device/state/device-token")).unwrap();
+    assert_eq!(call(&env, "GET", "branches/main", token.trim(), None).0, 403);
 }
 
 #[test]

@@ -76,7 +76,7 @@ impl Env {
         let fleet = fleet.map(|require_approval| {
             use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
             let path = t.path().join("fleet");
-            let settings = Settings { require_approval };
+            let settings = Settings { require_approval, ..Default::default() };
             let f = Fleet::open(&path, settings.clone()).unwrap();
             admin_token = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
             let enroll = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();

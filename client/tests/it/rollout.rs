@@ -125,3 +125,77 @@ fn a_failing_release_halts_its_rollout_and_the_rest_keep_the_previous_one() {
     let (status, v) = call(&env, "POST", "rollouts/stable/set-percent", Some(serde_json::json!({ "percent": 10 })));
     assert_eq!(status, 400, "{v}");
 }
+
+/// A fake device enrolled with the image's enrollment token that checks in on `stable` and
+/// then reports `result`: what anyone holding the token can do.
+fn fake(env: &Env, serial: &str, result: &str) {
+    let enrollment = std::fs::read_to_string(env.path().join("enrollment-token")).unwrap();
+    let body = serde_json::json!({ "serial": serial, "hardware": "rev-a", "enrollment_token": enrollment.trim() });
+    let (status, v) = crate::fleet::call(env, "POST", "device/enroll", "", Some(body));
+    assert_eq!(status, 200, "{v}");
+    let token = v["device_token"].as_str().unwrap().to_string();
+    for report in [
+        serde_json::json!({ "channel": "stable", "current_version": "1" }),
+        serde_json::json!({ "channel": "stable", "current_version": "1", "last_result": result }),
+    ] {
+        let (status, v) = crate::fleet::call(env, "POST", "device/checkin", &token, Some(report));
+        assert_eq!(status, 200, "{v}");
+        assert!(v["channel_document"].is_string(), "the fake took the new document: {v}");
+    }
+}
+
+/// Starts a rollout of all of `stable` and promotes release 2 into it.
+fn start_rollout_of_2(env: &Env, c2: ferry_store::Id) {
+    let body = serde_json::json!({ "percent": 100, "max_failure_percent": 10 });
+    let (status, r) = call(env, "POST", "rollouts/stable/start", Some(body));
+    assert_eq!(status, 200, "{r}");
+    promote(env, Some(c2), None, "stable", false).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+#[test]
+fn fleet_fakes_enrolled_during_a_rollout_cannot_halt_it_with_rollbacks() {
+    let env = Env::with_fleet(false);
+    set_up_keys(&env);
+    let (c1, c2) = (env.commit(1, "1"), env.commit(2, "2"));
+    promote(&env, Some(c1), None, "stable", false).unwrap();
+    start_rollout_of_2(&env, c2);
+    for i in 0..3 {
+        fake(&env, &format!("FAKE-{i}"), "rolled-back");
+    }
+    let (_, list) = call(&env, "GET", "rollouts", None);
+    let r = &list[0];
+    assert_eq!(
+        (r["state"].as_str(), r["took"].as_u64(), r["failed"].as_u64(), r["uncounted"].as_u64()),
+        (Some("running"), Some(0), Some(0), Some(3)),
+        "{r}"
+    );
+}
+
+#[test]
+fn fleet_fakes_enrolled_during_a_rollout_cannot_hide_a_real_failure() {
+    let env = Env::with_fleet(false);
+    set_up_keys(&env);
+    let (c1, c2) = (env.commit(1, "1"), env.commit(2, "2"));
+    promote(&env, Some(c1), None, "stable", false).unwrap();
+    let real = device(&env, "SN-REAL");
+    let (ok, _, err) = ferryd(&real, &["update"]);
+    assert!(ok, "{err}");
+    start_rollout_of_2(&env, c2);
+    // Nine fakes report success: counted, they would make one real failure 10%, not above
+    // the 10% limit.
+    for i in 0..9 {
+        fake(&env, &format!("FAKE-{i}"), "ok");
+    }
+    let (ok, _, _) = ferryd(&real, &["update"]);
+    assert!(!ok, "release 2 must fail its trial");
+    assert_eq!(version(&real), "1");
+    let (_, list) = call(&env, "GET", "rollouts", None);
+    let r = &list[0];
+    assert_eq!(
+        (r["state"].as_str(), r["took"].as_u64(), r["failed"].as_u64(), r["uncounted"].as_u64()),
+        (Some("paused"), Some(1), Some(1), Some(9)),
+        "{r}"
+    );
+    assert!(r["halt_reason"].as_str().unwrap().starts_with("1 of 1 devices"), "{r}");
+}

@@ -3,8 +3,10 @@
 
 use crate::cmd::{fails_with as fails, ferry, ok, Serve};
 
+/// `ferry serve --fleet`, enrolling as fast as these tests' simulated fleets do (the rate
+/// limit has its own test in `fleet_attacks`).
 fn serve(repo: &str, fleet: &str) -> Serve {
-    crate::cmd::serve(repo, &["--fleet", fleet])
+    crate::cmd::serve(repo, &["--fleet", fleet, "--enrollments-per-minute", "1000000"])
 }
 
 fn enroll(url: &str, serial: &str, token: &str) -> (u16, serde_json::Value) {
@@ -232,7 +234,8 @@ fn a_rollout_at_10_percent_reaches_10_percent_of_1000_devices_the_same_ones_afte
         chosen
     };
     let first = {
-        let f = Fleet::open(&path, Settings::default()).unwrap();
+        // A thousand enrollments at once: past the default rate limit.
+        let f = Fleet::open(&path, Settings { enrollments_per_minute: 1_000_000, ..Settings::default() }).unwrap();
         let token = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
         for i in 0..1000 {
             f.enroll(&format!("SN-{i:04}"), "rev-a", &token).unwrap();

@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod corruption;
 mod determinism;
+mod fleet_attacks;
 mod fleet_cli;
 mod roundtrip;
 mod serve;

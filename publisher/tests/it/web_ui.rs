@@ -121,8 +121,13 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     b.click("#pr-submit");
     b.wait_for("#msg", "stable is now at serial 1");
     b.wait_for("#channel-list", "rev-a: 1");
-    let served = rt.block_on(async { http.get(format!("{url}/v1/channels/stable")).send().await.unwrap().status() });
-    assert_eq!(served, 200);
+    // The repository's routes need a token under --fleet: an admin token reads them.
+    let served = |token: &str| {
+        rt.block_on(async {
+            http.get(format!("{url}/v1/channels/stable")).bearer_auth(token).send().await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!((served(&admin), served("")), (200, 401));
     b.screenshot(&shots, "channels.png");
 
     // Rollouts: start, then pause from the table.
