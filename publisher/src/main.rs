@@ -752,6 +752,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     settings: ferry_publisher::fleet::Settings { require_approval },
                     channel_key,
                 }),
+                ..Default::default()
             };
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(ferry_publisher::serve::serve_with(
