@@ -255,8 +255,11 @@ async fn version(State(s): State<Shared>, Path(version): Path<String>) -> Result
     let wanted: ferry_store::Version = version
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{version:?} is not a version"), None))?;
-    let found = blocking(move || {
-        catch_up(&s, arrived)?;
+    // Walking histories is content work: it waits for a read slot like the rest.
+    let state = s.clone();
+    let found = content(&s, Slots::Read, move |_| {
+        let s = &state;
+        catch_up(s, arrived)?;
         let mut found = std::collections::BTreeSet::new();
         let mut seen = std::collections::HashSet::new();
         for (_, head) in s.repo.branches()? {

@@ -224,6 +224,54 @@ fn slowloris_headers_and_idle_connections_are_cut_after_the_header_timeout() {
 }
 
 #[test]
+fn a_request_body_that_stops_arriving_fails_after_the_body_stall_timeout() {
+    let t = tempfile::tempdir().unwrap();
+    repository(t.path(), 1 << 20);
+    let limits = Limits { body_stall: Duration::from_secs(1), ..Limits::default() };
+    let server = start(t.path(), 16, limits);
+    let addr = server.addr;
+    client_side(async {
+        // Two ids announced, half of one sent.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("POST /v1/chunks HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 64\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s.write_all(&[7; 16]).await.unwrap();
+        let answer = timeout(BOUND, read_to_close(&mut s)).await.expect("the request fails and the connection closes");
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    });
+}
+
+#[test]
+fn ferry_serve_stops_on_sigterm_with_idle_and_half_sent_requests_open() {
+    let t = tempfile::tempdir().unwrap();
+    repository(t.path(), 1 << 20);
+    let mut server = crate::cmd::serve(t.path().join("repo").to_str().unwrap(), &[]);
+    let addr: SocketAddr = server.1.strip_prefix("http://").unwrap().parse().unwrap();
+    client_side(async {
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"GET /v1/branches/main HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /v1/branches/main HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut head = [0; 12];
+        timeout(BOUND, kept.read_exact(&mut head)).await.unwrap().unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let term = std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status();
+        assert!(term.unwrap().success());
+        let deadline = tokio::time::Instant::now() + BOUND;
+        let status = loop {
+            if let Some(status) = server.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "ferry serve still runs after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}");
+    });
+}
+
+#[test]
 fn connections_beyond_the_cap_wait_until_the_idle_ones_are_cut_and_then_are_served() {
     let t = tempfile::tempdir().unwrap();
     repository(t.path(), 1 << 20);
