@@ -65,6 +65,11 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// on a good link finishes, and `ferry serve` stops well within systemd's 90 s.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// hyper's read and write buffers per connection (its default is 408 KiB): a request head
+/// fits many times over, and the kernel's socket buffer, not this one, keeps a fast link busy;
+/// a stalled connection holds this much plus what its answer holds.
+const HTTP_BUFFER: usize = 64 * 1024;
+
 /// How long accepting pauses after an error other than a connection's own (out of descriptors
 /// or memory), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -164,7 +169,7 @@ async fn connection(
 ) {
     let io = TokioIo::new(WriteStall::new(tcp, limits.write_stall));
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HTTP_BUFFER);
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;

@@ -40,10 +40,17 @@ use serde_json::json;
 /// Cache-Control for content-addressed responses.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// Bytes a streamed answer reads per step (several frames, or one bigger frame): enough to
-/// be worth a trip to the blocking pool, little enough that a stalled answer, which holds at
-/// most two steps, costs little memory.
-const STEP_BYTES: usize = 256 * 1024;
+/// Bytes a streamed answer reads per step (a few frames, or one bigger frame): enough to be
+/// worth a trip to the blocking pool (a chunk averages 64 KiB), little enough that a stalled
+/// answer, which holds at most two steps beside hyper's buffer, costs little memory.
+const STEP_BYTES: usize = 64 * 1024;
+
+/// Patch answers streaming at once, per patch worker. A stalled patch answer holds up to
+/// 1 + workers answers of up to 4 MiB each, so their number is bounded apart from the
+/// connection cap; past it a patch request is answered 503 at once and ferryd fetches those
+/// chunks plain (docs/api.md, step 4), whose answers hold little. Eight per worker keeps every
+/// worker busy while devices read their answers.
+pub const PATCH_STREAMS_PER_WORKER: usize = 8;
 
 /// Content reads (chunks, objects, trees) on the blocking pool at once, per core, over all
 /// requests: reads wait on the disk as much as they verify (BLAKE3, zstd), so a few per core
@@ -67,6 +74,8 @@ struct AppState {
     reads: Arc<Semaphore>,
     /// Blocking-pool slots for patches and compressed trees: one per patch worker.
     compute: Arc<Semaphore>,
+    /// Patch answers streaming at once ([`PATCH_STREAMS_PER_WORKER`] per worker).
+    patch_streams: Arc<Semaphore>,
 }
 
 /// How `ferry serve` computes and caches chunk patches.
@@ -497,6 +506,12 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     let items = Arc::new(
         patch::decode_patch_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?,
     );
+    let stream_slot = s.patch_streams.clone().try_acquire_owned().map_err(|_| {
+        let n = PATCH_STREAMS_PER_WORKER * s.patcher.workers();
+        let msg =
+            format!("the server is streaming as many patch answers as it holds ({n}): ask for these chunks plain");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, msg, None)
+    })?;
     let check = items.clone();
     lookup(&s, move |st| {
         let mut missing = Vec::new();
@@ -526,7 +541,7 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
     })
     .await?;
     tracing::debug!(count = items.len(), "patch request");
-    let mut resp = patch_body(s, items).into_response();
+    let mut resp = patch_body(s, items, stream_slot).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
     Ok(resp)
 }
@@ -534,15 +549,17 @@ async fn patches_batch(State(s): State<Shared>, body: Bytes) -> Result<Response,
 /// The patch answers, in request order. Each is computed (or read from the cache) in a
 /// compute slot; at most the patch worker count of them are computed ahead of the one the
 /// connection takes, and only as the connection takes answers, so a client that stops
-/// reading holds no thread and at most that many answers.
-fn patch_body(s: Shared, items: Arc<Vec<PatchRequest>>) -> Body {
+/// reading holds no thread and at most that many answers. `slot` (of `patch_streams`) is
+/// held until the answer ends or the connection goes.
+fn patch_body(s: Shared, items: Arc<Vec<PatchRequest>>, slot: tokio::sync::OwnedSemaphorePermit) -> Body {
     struct Answers {
         items: Arc<Vec<PatchRequest>>,
         next: usize,
         running: FuturesOrdered<JoinHandle<Result<Vec<u8>, String>>>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
     }
     let ahead = s.patcher.workers();
-    let start = Answers { items, next: 0, running: FuturesOrdered::new() };
+    let start = Answers { items, next: 0, running: FuturesOrdered::new(), _slot: slot };
     let stream = futures_util::stream::unfold(Some(start), move |answers| {
         let s = s.clone();
         async move {
@@ -712,6 +729,7 @@ pub fn router(
         last_miss_catch_up: tokio::sync::Mutex::new(Instant::now()),
         reads: Arc::new(Semaphore::new(read_slots.max(1))),
         compute: Arc::new(Semaphore::new(patcher.workers())),
+        patch_streams: Arc::new(Semaphore::new(PATCH_STREAMS_PER_WORKER * patcher.workers())),
         patcher,
     });
     let fleet_routes = match fleet {

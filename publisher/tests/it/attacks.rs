@@ -44,6 +44,10 @@ fn repository(dir: &Path, size: u64) -> Id {
 }
 
 fn start(dir: &Path, blocking_threads: usize, connections: Limits) -> Server {
+    start_with(dir, blocking_threads, ServeConfig { connections, ..Default::default() })
+}
+
+fn start_with(dir: &Path, blocking_threads: usize, config: ServeConfig) -> Server {
     let fleet = dir.join("fleet");
     let settings = Settings { require_approval: false };
     let admin =
@@ -54,11 +58,7 @@ fn start(dir: &Path, blocking_threads: usize, connections: Limits) -> Server {
         .enable_all()
         .build()
         .unwrap();
-    let config = ServeConfig {
-        fleet: Some(FleetConfig { path: fleet, settings, channel_key: None }),
-        connections,
-        ..Default::default()
-    };
+    let config = ServeConfig { fleet: Some(FleetConfig { path: fleet, settings, channel_key: None }), ..config };
     let (tx, rx) = std::sync::mpsc::channel();
     let (repo, scratch) = (dir.join("repo"), dir.join("scratch"));
     rt.spawn(async move {
@@ -90,13 +90,17 @@ fn all_chunks(repo: &Path, id: &Id) -> (Vec<Id>, u64) {
 /// Opens a connection with a 4 KiB receive buffer, asks for the chunks, and returns without
 /// reading anything: the answer backs up into the server.
 async fn ask_and_never_read(addr: SocketAddr, ids: &[Id]) -> TcpStream {
+    post_and_never_read(addr, "chunks", &ferry_delta::pack::encode_request(ids)).await
+}
+
+/// `POST /v1/{path}` with `body` on a connection with a 4 KiB receive buffer, never read.
+async fn post_and_never_read(addr: SocketAddr, path: &str, body: &[u8]) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(addr).await.unwrap();
-    let body = ferry_delta::pack::encode_request(ids);
-    let head = format!("POST /v1/chunks HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!("POST /v1/{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body).await.unwrap();
+    s.write_all(body).await.unwrap();
     s
 }
 
@@ -159,6 +163,42 @@ fn clients_that_never_read_hold_no_thread_and_branches_and_the_admin_api_still_a
         let r = c.get(format!("http://{addr}/v1/objects/{id}")).send().await.expect("content still answers");
         assert_eq!(r.status(), 200);
         // The stalled clients were real: their answers had started.
+        let mut head = [0; 12];
+        timeout(BOUND, stalled[0].read_exact(&mut head)).await.unwrap().unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    });
+}
+
+#[test]
+fn patch_answers_past_their_budget_are_refused_at_once_so_devices_fetch_plain() {
+    use ferry_delta::patch::{encode_patch_request, Patch};
+    use ferry_publisher::serve::{PatchConfig, PATCH_STREAMS_PER_WORKER};
+    let t = tempfile::tempdir().unwrap();
+    let id = repository(t.path(), 8 << 20);
+    let (ids, _) = all_chunks(&t.path().join("repo"), &id);
+    let r = Repository::open_read_only(&t.path().join("repo")).unwrap();
+    let chunks: Vec<ferry_store::ChunkRef> =
+        ids.iter().map(|c| ferry_store::ChunkRef { id: *c, len: r.chunk_info(c).unwrap().unwrap().len }).collect();
+    drop(r);
+    // Every chunk as the target of a patch without reference, a few per item: an answer of
+    // megabytes, which backs up into the server when nobody reads it.
+    let patches: Vec<Patch> = chunks.chunks(8).map(|t| Patch { reference: vec![], target: t.to_vec() }).collect();
+    let body = encode_patch_request(&patches);
+    let patches = PatchConfig { level: 3, workers: 1, ..PatchConfig::default() };
+    let server = start_with(t.path(), 16, ServeConfig { patches, ..Default::default() });
+    let addr = server.addr;
+    client_side(async {
+        let mut stalled = Vec::new();
+        for _ in 0..PATCH_STREAMS_PER_WORKER {
+            stalled.push(timeout(BOUND, post_and_never_read(addr, "patches", &body)).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let c = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let r = c.post(format!("http://{addr}/v1/patches")).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 503, "one patch answer more than the budget");
+        // Plain chunks, what a device falls back to, still stream.
+        let r = c.post(format!("http://{addr}/v1/chunks")).body(ferry_delta::pack::encode_request(&ids[..4])).send();
+        assert_eq!(r.await.unwrap().status(), 200);
         let mut head = [0; 12];
         timeout(BOUND, stalled[0].read_exact(&mut head)).await.unwrap().unwrap();
         assert_eq!(&head, b"HTTP/1.1 200");
