@@ -20,15 +20,18 @@
 //!   that long fails the request (400) and closes the connection.
 //! - **Write stall timeout** ([`Limits::write_stall`]): a connection whose client reads nothing
 //!   for that long (the socket takes no byte) is dropped, mid-answer or not.
-//! - **Shutdown**: the server stops accepting, in-flight requests finish, idle connections
-//!   close; whatever is still open after [`SHUTDOWN_GRACE`] is dropped.
+//! - **Shutdown**: the server stops accepting; connections between requests (idle, or still
+//!   sending a request's head) close at once, requests being answered finish; whatever is
+//!   still open after [`SHUTDOWN_GRACE`] is dropped.
 //!
 //! HTTP/2 is not served: `ferryd` and browsers speak HTTP/1.1 to a plain-HTTP server (there
 //! is no h2 negotiation without TLS), and h2's streams would need all these bounds again.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -168,9 +171,20 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let io = TokioIo::new(WriteStall::new(tcp, limits.write_stall));
+    // Requests being answered on this connection (HTTP/1.1: 0 or 1), until their answer's
+    // body is done: shutdown closes a connection with none at once.
+    let answering = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let (app, answering) = (TowerToHyperService::new(app), answering.clone());
+        hyper::service::service_fn(move |req| {
+            let guard = Answering::new(&answering);
+            let answer = hyper::service::Service::call(&app, req);
+            async move { Ok::<_, Infallible>(answer.await?.map(|body| Body::new(Guarded { body, _guard: guard }))) }
+        })
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HTTP_BUFFER);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
     loop {
@@ -182,10 +196,52 @@ async fn connection(
                 break;
             }
             _ = stop.changed(), if !stopping => {
+                if answering.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// Counts a request as being answered while it lives.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn new(count: &Arc<AtomicUsize>) -> Answering {
+        count.fetch_add(1, Ordering::SeqCst);
+        Answering(count.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body, holding its request's [`Answering`] until hyper drops it.
+struct Guarded {
+    body: Body,
+    _guard: Answering,
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -283,9 +283,11 @@ fn a_request_body_that_stops_arriving_fails_after_the_body_stall_timeout() {
 }
 
 #[test]
-fn ferry_serve_stops_on_sigterm_with_idle_and_half_sent_requests_open() {
+fn ferry_serve_on_sigterm_finishes_the_answer_in_flight_and_drops_idle_and_half_sent_requests() {
+    use ferry_publisher::connections::SHUTDOWN_GRACE;
     let t = tempfile::tempdir().unwrap();
-    repository(t.path(), 1 << 20);
+    let id = repository(t.path(), 8 << 20);
+    let (ids, stored) = all_chunks(&t.path().join("repo"), &id);
     let mut server = crate::cmd::serve(t.path().join("repo").to_str().unwrap(), &[]);
     let addr: SocketAddr = server.1.strip_prefix("http://").unwrap().parse().unwrap();
     client_side(async {
@@ -297,9 +299,18 @@ fn ferry_serve_stops_on_sigterm_with_idle_and_half_sent_requests_open() {
         let mut head = [0; 12];
         timeout(BOUND, kept.read_exact(&mut head)).await.unwrap().unwrap();
         assert_eq!(&head, b"HTTP/1.1 200");
+        // An answer of megabytes, begun and backed up into the server.
+        let mut in_flight = ask_and_never_read(addr, &ids).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
         let term = std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status();
         assert!(term.unwrap().success());
-        let deadline = tokio::time::Instant::now() + BOUND;
+        let answer = timeout(BOUND, read_to_close(&mut in_flight)).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        // Whole: every frame, and the last chunk of the chunked encoding.
+        assert!(answer.len() as u64 > stored && answer.ends_with(b"\r\n0\r\n\r\n"), "{} bytes", answer.len());
+        // Nothing else holds it: it exits well before the grace for answers in flight is over.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE / 2;
         let status = loop {
             if let Some(status) = server.0.try_wait().unwrap() {
                 break status;
@@ -308,6 +319,7 @@ fn ferry_serve_stops_on_sigterm_with_idle_and_half_sent_requests_open() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(status.success(), "{status}");
+        assert!(timeout(BOUND, read_to_close(&mut partial)).await.is_ok());
     });
 }
 
