@@ -48,7 +48,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 /// The most connections open at once: the accept queue's length, four times the 1000 devices
-/// the fleet bench checks in at once; each costs a descriptor and a few KiB of buffers.
+/// the fleet bench checks in at once. An idle one costs a descriptor and a few KiB; one whose
+/// client stopped reading a chunk answer about 200 KiB (`HTTP_BUFFER` and two of `serve`'s
+/// steps) until the write stall timeout drops it.
 pub const MAX_CONNECTIONS: usize = 4096;
 
 /// From waiting for a request to its last header line: a device's request head is one
@@ -80,9 +82,13 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// The cap and timeouts of [`serve`]; [`Limits::default`] holds the constants above.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Connections open at once (further ones wait in the accept queue).
     pub max_connections: usize,
+    /// From waiting for a request to its last header line; also the keep-alive idle timeout.
     pub header_timeout: Duration,
+    /// How long a request body may stop arriving.
     pub body_stall: Duration,
+    /// How long a client may read nothing of an answer.
     pub write_stall: Duration,
 }
 
