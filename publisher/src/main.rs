@@ -757,6 +757,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     settings: ferry_publisher::fleet::Settings { require_approval, enrollments_per_minute },
                     channel_key,
                 }),
+                ..Default::default()
             };
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(ferry_publisher::serve::serve_with(

@@ -5,17 +5,25 @@
 //! only what the store holds and verifies: every object and chunk is checked against its id
 //! before it is sent. Immutable, content-addressed responses carry long-lived cache headers,
 //! so a CDN or caching proxy can sit in front; branch heads carry an ETag and answer 304 when
-//! unchanged.
+//! unchanged. A request for an id it lacks makes it catch up with the writer once before it
+//! answers 404, so a commit is served by id as soon as `ferry commit` has written it.
 //!
 //! Who may read: with `--fleet`, every repository route needs an admin token or an accepted
 //! device's token (`fleet_api::require_reader`), and patch work is budgeted per token
 //! (`patches::Limits`); without it the repository is open to anyone who can connect (the
 //! server says so when it starts), and only the per-request bound on patch work applies.
+//!
+//! No client can hold a shared thread: streamed answers (chunks, objects, trees, patches) are
+//! produced a step at a time on the blocking pool, only as fast as the client reads, and the
+//! content routes hold at most `read_slots` + patch-worker blocking threads however many
+//! clients ask, so branch requests, check-ins and the admin API keep the rest of the pool.
+//! Connections, their cap and their timeouts are `crate::connections`'.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
@@ -26,6 +34,9 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use ferry_delta::pack;
 use ferry_delta::patch::{self as patch, PatchRequest};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::fleet_api::Reader;
 use crate::patches::{Allowance, Patcher};
@@ -35,10 +46,42 @@ use serde_json::json;
 /// Cache-Control for content-addressed responses.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
+/// Bytes a streamed answer reads per step (a few frames, or one bigger frame): enough to be
+/// worth a trip to the blocking pool (a chunk averages 64 KiB), little enough that a stalled
+/// answer, which holds at most two steps beside hyper's buffer, costs little memory.
+const STEP_BYTES: usize = 64 * 1024;
+
+/// Patch answers streaming at once, per patch worker. A stalled patch answer holds up to
+/// 1 + workers answers of up to 4 MiB each, so their number is bounded apart from the
+/// connection cap; past it a patch request is answered 503 at once and ferryd fetches those
+/// chunks plain (docs/api.md, step 4), whose answers hold little. Eight per worker keeps every
+/// worker busy while devices read their answers.
+pub const PATCH_STREAMS_PER_WORKER: usize = 8;
+
+/// Content reads (chunks, objects, trees) on the blocking pool at once, per core, over all
+/// requests: reads wait on the disk as much as they verify (BLAKE3, zstd), so a few per core
+/// keep both busy, while the pool's other threads (tokio's default is 512) stay free for
+/// branch requests, check-ins and the admin API.
+pub const READ_SLOTS_PER_CORE: usize = 4;
+
+/// The least time between two catch-ups with the writer caused by requests for ids the
+/// server lacks: a client naming random ids costs at most 10 catch-ups a second, and a
+/// commit written a moment ago is found at most this late.
+const MISS_CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
+
 struct AppState {
     repo: Repository,
     last_refresh: Mutex<Instant>,
+    /// When a miss last made the server catch up; an async lock, so misses queue for it
+    /// without holding threads.
+    last_miss_catch_up: tokio::sync::Mutex<Instant>,
     patcher: Patcher,
+    /// Blocking-pool slots for content reads (`read_slots`).
+    reads: Arc<Semaphore>,
+    /// Blocking-pool slots for patches and compressed trees: one per patch worker.
+    compute: Arc<Semaphore>,
+    /// Patch answers streaming at once ([`PATCH_STREAMS_PER_WORKER`] per worker).
+    patch_streams: Arc<Semaphore>,
 }
 
 /// How `ferry serve` computes and caches chunk patches.
@@ -122,6 +165,71 @@ fn catch_up(state: &Shared, arrived: Instant) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Which blocking-pool slots a piece of content work takes.
+#[derive(Clone, Copy)]
+enum Slots {
+    Read,
+    Compute,
+}
+
+/// Runs `f` on the blocking pool once one of the content routes' slots is free. The wait
+/// for a slot is asynchronous, so however many clients ask for content, the content routes
+/// hold at most `read_slots` + patch-worker threads of the pool.
+async fn content<T: Send + 'static>(
+    s: &Shared,
+    slots: Slots,
+    f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let semaphore = match slots {
+        Slots::Read => &s.reads,
+        Slots::Compute => &s.compute,
+    };
+    let slot = semaphore
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None))?;
+    let state = s.clone();
+    blocking(move || {
+        let _slot = slot;
+        f(&state)
+    })
+    .await
+}
+
+/// Looks up content by id (in a read slot); when that finds nothing (404), catches up with
+/// the writer once ([`catch_up_after_miss`]) and looks again, so a commit is served by id as
+/// soon as `ferry commit` has written it, before any branch request.
+async fn lookup<T: Send + 'static>(
+    s: &Shared,
+    f: impl Fn(&AppState) -> Result<T, ApiError> + Send + Sync + 'static,
+) -> Result<T, ApiError> {
+    let arrived = Instant::now();
+    let f = Arc::new(f);
+    let again = f.clone();
+    match content(s, Slots::Read, move |st| f(st)).await {
+        Err(e) if e.0 == StatusCode::NOT_FOUND => {
+            catch_up_after_miss(s, arrived).await?;
+            content(s, Slots::Read, move |st| again(st)).await
+        }
+        r => r,
+    }
+}
+
+/// Catches up with the writer for a request that arrived at `arrived` and found nothing:
+/// misses take turns (asynchronously), share a catch-up that started after they arrived,
+/// and cause at most one every [`MISS_CATCH_UP_INTERVAL`].
+async fn catch_up_after_miss(s: &Shared, arrived: Instant) -> Result<(), ApiError> {
+    let mut last = s.last_miss_catch_up.lock().await;
+    if *last >= arrived {
+        return Ok(());
+    }
+    tokio::time::sleep_until((*last + MISS_CATCH_UP_INTERVAL).into()).await;
+    *last = Instant::now();
+    let state = s.clone();
+    blocking(move || catch_up(&state, arrived)).await
+}
+
 fn signed_document(bytes: Vec<u8>) -> Response {
     let mut resp = bytes.into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -165,8 +273,11 @@ async fn version(State(s): State<Shared>, Path(version): Path<String>) -> Result
     let wanted: ferry_store::Version = version
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{version:?} is not a version"), None))?;
-    let found = blocking(move || {
-        catch_up(&s, arrived)?;
+    // Walking histories is content work: it waits for a read slot like the rest.
+    let state = s.clone();
+    let found = content(&s, Slots::Read, move |_| {
+        let s = &state;
+        catch_up(s, arrived)?;
         let mut found = std::collections::BTreeSet::new();
         let mut seen = std::collections::HashSet::new();
         for (_, head) in s.repo.branches()? {
@@ -226,27 +337,29 @@ fn immutable(bytes: Vec<u8>) -> Response {
 
 async fn object(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let bytes = blocking(move || Ok(s.repo.read_object_bytes(&id)?)).await?;
+    let bytes = lookup(&s, move |st| Ok(st.repo.read_object_bytes(&id)?)).await?;
     Ok(immutable(bytes))
+}
+
+/// A chunk's stored frame, verified against its id.
+fn verified_chunk(s: &AppState, id: &Id) -> Result<Vec<u8>, StoreError> {
+    let info = s.repo.chunk_info(id)?.ok_or(StoreError::ChunkMissing { id: *id })?;
+    let stored = s.repo.read_chunk_stored(id)?;
+    decode_chunk(id, &stored, info.len)?;
+    Ok(stored)
 }
 
 async fn chunk(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let stored = blocking(move || {
-        let info = s.repo.chunk_info(&id)?.ok_or(StoreError::ChunkMissing { id })?;
-        let stored = s.repo.read_chunk_stored(&id)?;
-        decode_chunk(&id, &stored, info.len)?;
-        Ok(stored)
-    })
-    .await?;
+    let stored = lookup(&s, move |st| Ok(verified_chunk(st, &id)?)).await?;
     Ok(immutable(stored))
 }
 
 async fn signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let sigs = blocking(move || {
-        s.repo.read_commit(&id)?;
-        Ok(s.repo.signatures(&id)?)
+    let sigs = lookup(&s, move |st| {
+        st.repo.read_commit(&id)?;
+        Ok(st.repo.signatures(&id)?)
     })
     .await?;
     let list: Vec<_> =
@@ -257,14 +370,62 @@ async fn signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<R
 /// A commit and its signatures in one answer: what a device needs before anything else.
 async fn commit_with_signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let (bytes, sigs) = blocking(move || {
-        s.repo.read_commit(&id)?;
-        Ok((s.repo.read_object_bytes(&id)?, s.repo.signatures(&id)?))
+    let (bytes, sigs) = lookup(&s, move |st| {
+        st.repo.read_commit(&id)?;
+        Ok((st.repo.read_object_bytes(&id)?, st.repo.signatures(&id)?))
     })
     .await?;
     let list: Vec<_> =
         sigs.iter().map(|s| json!({ "key": hex::encode(s.key), "signature": hex::encode(s.signature) })).collect();
     Ok(Json(json!({ "commit": id.to_hex(), "bytes": hex::encode(bytes), "signatures": list })).into_response())
+}
+
+/// What one step of a streamed answer gives: its bytes, or `None` at the end; an error
+/// (a damaged object) cuts the answer.
+type StepResult = Result<Option<Vec<u8>>, String>;
+
+/// One step of a streamed answer, run on the blocking pool.
+type Step<S> = fn(&AppState, &mut S) -> StepResult;
+
+/// A streamed answer made one step at a time on the blocking pool (in a read slot), one step
+/// ahead of what the connection has taken. Nothing waits for the client: a client that stops
+/// reading holds no thread, only its connection, this state and at most two steps' bytes,
+/// until the write stall timeout drops it (`crate::connections`). An error cuts the answer:
+/// the client sees a truncated stream and asks again for what it still lacks; it never
+/// receives bytes that do not match their id.
+fn stepped_body<S: Send + 'static>(s: Shared, state: S, step: Step<S>) -> Body {
+    fn spawn_step<S: Send + 'static>(
+        s: Shared,
+        mut state: S,
+        step: Step<S>,
+    ) -> JoinHandle<Result<(S, StepResult), String>> {
+        tokio::spawn(async move {
+            let slot = s.reads.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                let r = step(&s, &mut state);
+                (state, r)
+            })
+            .await
+            .map_err(|e| e.to_string())
+        })
+    }
+    let first = spawn_step(s.clone(), state, step);
+    let stream = futures_util::stream::unfold(Some(first), move |next| {
+        let s = s.clone();
+        async move {
+            let done = next?.await.map_err(|e| e.to_string()).and_then(|r| r);
+            match done {
+                Ok((state, Ok(Some(bytes)))) => Some((Ok(Bytes::from(bytes)), Some(spawn_step(s, state, step)))),
+                Ok((_, Ok(None))) => None,
+                Ok((_, Err(e))) | Err(e) => {
+                    tracing::error!(error = %e, "aborting a streamed answer");
+                    Some((Err(std::io::Error::other(e)), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 #[derive(Clone, Copy)]
@@ -273,71 +434,68 @@ enum Kind {
     Objects,
 }
 
-/// Streams the frames for `ids`, reading and verifying each in a blocking task.
-fn stream_frames(s: Shared, ids: Vec<Id>, kind: Kind) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::task::spawn_blocking(move || {
-        for id in ids {
-            let bytes = match kind {
-                Kind::Chunks => s.repo.chunk_info(&id).and_then(|info| {
-                    let info = info.ok_or(StoreError::ChunkMissing { id })?;
-                    let stored = s.repo.read_chunk_stored(&id)?;
-                    decode_chunk(&id, &stored, info.len)?;
-                    Ok(stored)
-                }),
+/// The frames of a pack answer still to send.
+struct Frames {
+    ids: Arc<Vec<Id>>,
+    next: usize,
+    kind: Kind,
+    /// An error met after some frames of a step: the next step reports it.
+    failed: Option<String>,
+}
+
+impl Frames {
+    /// Reads and verifies the next frames, about [`STEP_BYTES`] of them.
+    fn step(s: &AppState, f: &mut Frames) -> StepResult {
+        if let Some(e) = f.failed.take() {
+            return Err(e);
+        }
+        let mut out = Vec::new();
+        while out.len() < STEP_BYTES {
+            let Some(&id) = f.ids.get(f.next) else { break };
+            f.next += 1;
+            let bytes = match f.kind {
+                Kind::Chunks => verified_chunk(s, &id),
                 Kind::Objects => s.repo.read_object_bytes(&id),
             };
-            let item = match bytes {
-                Ok(b) => {
-                    let mut frame = Vec::with_capacity(b.len() + pack::FRAME_HEADER);
-                    pack::write_frame(&mut frame, &id, &b);
-                    Ok(Bytes::from(frame))
-                }
+            match bytes {
+                Ok(b) => pack::write_frame(&mut out, &id, &b),
+                Err(e) if out.is_empty() => return Err(e.to_string()),
                 Err(e) => {
-                    // Cut the response: the client sees a truncated stream and retries what
-                    // it still lacks; it never receives bytes that do not match their id.
-                    tracing::error!(%id, error = %e, "aborting pack response");
-                    Err(std::io::Error::other(e.to_string()))
+                    f.failed = Some(e.to_string());
+                    break;
                 }
-            };
-            let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                return;
             }
         }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Body::from_stream(stream)
+        Ok((!out.is_empty()).then_some(out))
+    }
 }
 
 async fn batch(s: Shared, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
-    let ids = pack::decode_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
-    let state = s.clone();
+    let ids =
+        Arc::new(pack::decode_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?);
     let check = ids.clone();
-    let missing = blocking(move || {
+    lookup(&s, move |st| {
         let mut missing = Vec::new();
-        for id in &check {
+        for id in check.iter() {
             let present = match kind {
-                Kind::Chunks => state.repo.has_chunk(id)?,
-                Kind::Objects => state.repo.has_object(id)?,
+                Kind::Chunks => st.repo.has_chunk(id)?,
+                Kind::Objects => st.repo.has_object(id)?,
             };
             if !present {
                 missing.push(id.to_hex());
             }
         }
-        Ok(missing)
-    })
-    .await?;
-    if !missing.is_empty() {
+        let Some(first) = missing.first() else { return Ok(()) };
         let what = match kind {
             Kind::Chunks => "chunks",
             Kind::Objects => "objects",
         };
-        let msg = format!("{} requested {what} are not in the repository, e.g. {}", missing.len(), missing[0]);
-        return Err(ApiError(StatusCode::NOT_FOUND, msg, Some(missing)));
-    }
+        let msg = format!("{} requested {what} are not in the repository, e.g. {first}", missing.len());
+        Err(ApiError(StatusCode::NOT_FOUND, msg, Some(missing)))
+    })
+    .await?;
     tracing::debug!(count = ids.len(), "pack request");
-    let mut resp = stream_frames(s, ids, kind).into_response();
+    let mut resp = stepped_body(s, Frames { ids, next: 0, kind, failed: None }, Frames::step).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
     Ok(resp)
 }
@@ -376,23 +534,30 @@ async fn patches_batch(
     reader: Option<Extension<Reader>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let items =
-        patch::decode_patch_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let items = Arc::new(
+        patch::decode_patch_request(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?,
+    );
     let allowance = match admit(&s, reader.as_ref()) {
-        Ok(a) => a,
+        Ok(a) => Arc::new(a),
         Err(b) => return Ok(busy(b)),
     };
-    let state = s.clone();
-    let items = blocking(move || {
+    let stream_slot = s.patch_streams.clone().try_acquire_owned().map_err(|_| {
+        let n = PATCH_STREAMS_PER_WORKER * s.patcher.workers();
+        let msg =
+            format!("the server is streaming as many patch answers as it holds ({n}): ask for these chunks plain");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, msg, None)
+    })?;
+    let check = items.clone();
+    lookup(&s, move |st| {
         let mut missing = Vec::new();
         let mut targets = 0u64;
-        for item in &items {
+        for item in check.iter() {
             for (ids, what, max) in
                 [(&item.reference, "reference", patch::REFERENCE_MAX), (&item.target, "target", patch::TARGET_MAX)]
             {
                 let mut total = 0u64;
                 for id in ids {
-                    match state.repo.chunk_info(id)? {
+                    match st.repo.chunk_info(id)? {
                         Some(info) => total += u64::from(info.len),
                         None => missing.push(id.to_hex()),
                     }
@@ -419,44 +584,133 @@ async fn patches_batch(
                 ));
             }
         }
-        if !missing.is_empty() {
-            let msg =
-                format!("{} chunks named by the patches are not in the repository, e.g. {}", missing.len(), missing[0]);
-            return Err(ApiError(StatusCode::NOT_FOUND, msg, Some(missing)));
-        }
-        Ok(items)
+        let Some(first) = missing.first() else { return Ok(()) };
+        let msg = format!("{} chunks named by the patches are not in the repository, e.g. {first}", missing.len());
+        Err(ApiError(StatusCode::NOT_FOUND, msg, Some(missing)))
     })
     .await?;
     tracing::debug!(count = items.len(), "patch request");
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-    tokio::task::spawn_blocking(move || {
-        s.patcher.answer_all_within(&s.repo, &items, &allowance, |item: &PatchRequest, r| {
-            let frame = match r {
-                Ok(bytes) => {
-                    let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
-                    pack::write_frame(&mut frame, &item.key(), &bytes);
-                    Ok(Bytes::from(frame))
-                }
-                Err(e) => {
-                    tracing::error!(key = %item.key(), error = %e, "aborting patch response");
-                    Err(std::io::Error::other(e.to_string()))
-                }
-            };
-            tx.blocking_send(frame).is_ok()
-        });
-        let st = s.patcher.stats();
-        tracing::debug!(
-            computed = st.computed,
-            cache_hits = st.cache_hits,
-            capped = st.capped,
-            seconds = st.compute_seconds,
-            "patch totals"
-        );
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let mut resp = Body::from_stream(stream).into_response();
+    let mut resp = patch_body(s, items, allowance, stream_slot).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
     Ok(resp)
+}
+
+/// The patch answers, in request order. Each is computed (or read from the cache) in a
+/// compute slot; at most the patch worker count of them are computed ahead of the one the
+/// connection takes, and only as the connection takes answers, so a client that stops
+/// reading holds no thread and at most that many answers. `slot` (of `patch_streams`) is
+/// held until the answer ends or the connection goes.
+fn patch_body(
+    s: Shared,
+    items: Arc<Vec<PatchRequest>>,
+    allowance: Arc<Allowance>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Body {
+    struct Answers {
+        items: Arc<Vec<PatchRequest>>,
+        next: usize,
+        running: FuturesOrdered<JoinHandle<Result<Vec<u8>, String>>>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    }
+    let ahead = s.patcher.workers();
+    let start = Answers { items, next: 0, running: FuturesOrdered::new(), _slot: slot };
+    let stream = futures_util::stream::unfold(Some(start), move |answers| {
+        let s = s.clone();
+        let allowance = allowance.clone();
+        async move {
+            let mut a = answers?;
+            while a.running.len() < ahead && a.next < a.items.len() {
+                let (s, items, i, allowance) = (s.clone(), a.items.clone(), a.next, allowance.clone());
+                a.running.push_back(tokio::spawn(async move {
+                    let slot = s.compute.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+                    tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                        let _slot = slot;
+                        let item = &items[i];
+                        let bytes = s
+                            .patcher
+                            .answer_within(&s.repo, item, &allowance)
+                            .map_err(|e| format!("patch {}: {e}", item.key()))?;
+                        let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
+                        pack::write_frame(&mut frame, &item.key(), &bytes);
+                        Ok(frame)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                }));
+                a.next += 1;
+            }
+            match a.running.next().await?.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(frame) => Some((Ok(Bytes::from(frame)), Some(a))),
+                Err(e) => {
+                    tracing::error!(error = %e, "aborting a patch answer");
+                    Some((Err(std::io::Error::other(e)), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// The trees under a new root that are not under an old one, breadth first (parents before
+/// children), as pack frames.
+struct TreeWalk {
+    old_root: Option<Id>,
+    /// The old root's trees, read by the first step.
+    have: Option<HashSet<Id>>,
+    queue: VecDeque<Id>,
+    sent: HashSet<Id>,
+    /// An error met after some frames of a step: the next step reports it.
+    failed: Option<String>,
+}
+
+impl TreeWalk {
+    fn new(new_root: Id, old_root: Option<Id>) -> TreeWalk {
+        TreeWalk { old_root, have: None, queue: VecDeque::from([new_root]), sent: HashSet::new(), failed: None }
+    }
+
+    /// The next frames, about [`STEP_BYTES`] of them (the first step also reads the old
+    /// root's trees).
+    fn step(s: &AppState, w: &mut TreeWalk) -> StepResult {
+        if let Some(e) = w.failed.take() {
+            return Err(e);
+        }
+        if w.have.is_none() {
+            let mut have = HashSet::new();
+            if let Some(old) = w.old_root {
+                // Only the tree set is wanted; chunk ids come along cheaply.
+                let mut chunks = HashSet::new();
+                ferry_delta::plan::collect_chunks(&s.repo, &old, &mut have, &mut chunks).map_err(|e| e.to_string())?;
+            }
+            w.have = Some(have);
+        }
+        let TreeWalk { have: Some(have), queue, sent, failed, .. } = w else { return Ok(None) };
+        let mut out = Vec::new();
+        while out.len() < STEP_BYTES {
+            let Some(id) = queue.pop_front() else { break };
+            if have.contains(&id) || !sent.insert(id) {
+                continue;
+            }
+            let read = s.repo.read_object_bytes(&id).and_then(|bytes| {
+                let tree = ferry_store::Tree::decode(&bytes).map_err(|source| StoreError::Decode { id, source })?;
+                Ok((bytes, tree))
+            });
+            let (bytes, tree) = match read {
+                Ok(r) => r,
+                Err(e) if out.is_empty() => return Err(e.to_string()),
+                Err(e) => {
+                    *failed = Some(e.to_string());
+                    queue.clear();
+                    break;
+                }
+            };
+            queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                ferry_store::EntryKind::Dir { tree } => Some(tree),
+                _ => None,
+            }));
+            pack::write_frame(&mut out, &id, &bytes);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
 }
 
 /// `POST /v1/trees`: body `new_root[32] ‖ old_root[32]` (the old root may be 32 zero bytes),
@@ -487,44 +741,14 @@ async fn tree_closure(
     if compressed && old_root.is_none() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "compressed trees need an old root".into(), None));
     }
-    let state = s.clone();
-    blocking(move || {
-        state.repo.read_tree(&new_root)?;
+    lookup(&s, move |st| {
+        st.repo.read_tree(&new_root)?;
         if let Some(old) = old_root {
-            state.repo.read_tree(&old)?;
+            st.repo.read_tree(&old)?;
         }
         Ok(())
     })
     .await?;
-    // The trees under the new root that are not under the old one, breadth first; each frame
-    // goes to `send`, which returns false to stop.
-    let walk = move |s: &AppState, send: &mut dyn FnMut(Vec<u8>) -> bool| -> Result<(), StoreError> {
-        let mut have = std::collections::HashSet::new();
-        if let Some(old) = old_root {
-            let mut chunks = std::collections::HashSet::new();
-            // Only the tree set is wanted; chunk ids come along cheaply.
-            ferry_delta::plan::collect_chunks(&s.repo, &old, &mut have, &mut chunks)?;
-        }
-        let mut queue = std::collections::VecDeque::from([new_root]);
-        let mut sent = std::collections::HashSet::new();
-        while let Some(id) = queue.pop_front() {
-            if have.contains(&id) || !sent.insert(id) {
-                continue;
-            }
-            let bytes = s.repo.read_object_bytes(&id)?;
-            let tree = ferry_store::Tree::decode(&bytes).map_err(|source| StoreError::Decode { id, source })?;
-            queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
-                ferry_store::EntryKind::Dir { tree } => Some(tree),
-                _ => None,
-            }));
-            let mut frame = Vec::with_capacity(bytes.len() + pack::FRAME_HEADER);
-            pack::write_frame(&mut frame, &id, &bytes);
-            if !send(frame) {
-                break;
-            }
-        }
-        Ok(())
-    };
     if compressed {
         // Cached like patches, by new and old root: the next device on the same versions
         // costs a file read. Past the reader's allowance, refused: the device asks for the
@@ -534,14 +758,15 @@ async fn tree_closure(
             Err(b) => return Ok(busy(b)),
         };
         let old = old_root.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no old root".into(), None))?;
-        let body = blocking(move || {
-            let answer = s.patcher.trees_within(&new_root, &old, &allowance, |level| {
+        let body = content(&s, Slots::Compute, move |st| {
+            let answer = st.patcher.trees_within(&new_root, &old, &allowance, |level| {
+                let failed = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e, None);
+                let mut walk = TreeWalk::new(new_root, old_root);
                 let mut all = Vec::new();
-                walk(&s, &mut |frame| {
-                    all.extend_from_slice(&frame);
-                    true
-                })?;
-                let prefix = patch::tree_prefix(&old, |id| s.repo.read_object_bytes(id))?;
+                while let Some(frames) = TreeWalk::step(st, &mut walk).map_err(failed)? {
+                    all.extend_from_slice(&frames);
+                }
+                let prefix = patch::tree_prefix(&old, |id| st.repo.read_object_bytes(id))?;
                 patch::compress_patch(&prefix, &all, level)
                     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing trees: {e}"), None))
             })?;
@@ -558,16 +783,7 @@ async fn tree_closure(
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
         return Ok(resp);
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::task::spawn_blocking(move || {
-        let r = walk(&s, &mut |frame| tx.blocking_send(Ok(Bytes::from(frame))).is_ok());
-        if let Err(e) = r {
-            tracing::error!(error = %e, "aborting trees response");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let mut resp = Body::from_stream(stream).into_response();
+    let mut resp = stepped_body(s, TreeWalk::new(new_root, old_root), TreeWalk::step).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ferry-pack"));
     Ok(resp)
 }
@@ -581,8 +797,17 @@ pub fn router(
     repo: Repository,
     patcher: Patcher,
     fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>)>,
+    read_slots: usize,
 ) -> Router {
-    let state = Arc::new(AppState { repo, last_refresh: Mutex::new(Instant::now()), patcher });
+    let state = Arc::new(AppState {
+        repo,
+        last_refresh: Mutex::new(Instant::now()),
+        last_miss_catch_up: tokio::sync::Mutex::new(Instant::now()),
+        reads: Arc::new(Semaphore::new(read_slots.max(1))),
+        compute: Arc::new(Semaphore::new(patcher.workers())),
+        patch_streams: Arc::new(Semaphore::new(PATCH_STREAMS_PER_WORKER * patcher.workers())),
+        patcher,
+    });
     let (fleet_routes, fleet_state) = match fleet {
         Some((fleet, key)) => {
             let fs = Arc::new(crate::fleet_api::FleetState {
@@ -743,11 +968,27 @@ pub struct FleetConfig {
 }
 
 /// Everything [`serve_with`] can be told beyond the repository and the address.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub patches: PatchConfig,
     /// The device and admin APIs, with their state; without it they answer 404.
     pub fleet: Option<FleetConfig>,
+    /// The connection cap and timeouts.
+    pub connections: crate::connections::Limits,
+    /// Content reads (chunks, objects, trees) on the blocking pool at once, over all requests
+    /// (default: [`READ_SLOTS_PER_CORE`] per core).
+    pub read_slots: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig {
+            patches: PatchConfig::default(),
+            fleet: None,
+            connections: crate::connections::Limits::default(),
+            read_slots: READ_SLOTS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
 }
 
 /// [`serve`] with patches and the fleet configured.
@@ -793,10 +1034,8 @@ pub async fn serve_with(
             "no --fleet: the repository routes are open to anyone who can connect (every release can be downloaded); serve a fleet with --fleet DIR to require device and admin tokens"
         );
     }
-    axum::serve(listener, router(repository, patcher, fleet))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+    let app = router(repository, patcher, fleet, config.read_slots);
+    crate::connections::serve(listener, app, &config.connections, shutdown).await;
     tracing::info!("shut down");
     Ok(())
 }

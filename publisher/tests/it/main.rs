@@ -1,5 +1,6 @@
 //! ferry-publisher's integration tests: the `ferry` features, one module each.
 
+mod attacks;
 mod bad_input;
 mod channels;
 mod cli;
