@@ -76,6 +76,47 @@ pub fn resolve_to(repo: &Repository, to: &str, hardware: &[String]) -> Result<Bu
     }
 }
 
+/// What a fleet's rollout says about bundling `channel`'s newest document. A bundle
+/// installs what it carries on any device it is applied to, past the rollout's share and
+/// its halt: bundling a document that a paused or aborted rollout holds back is refused
+/// unless `force`. Returns a warning to print when the bundle goes ahead past a rollout
+/// (one still running below 100%, or a halted one forced).
+pub fn check_rollout(
+    repo: &Repository,
+    channel: &str,
+    fleet: &crate::fleet::Fleet,
+    force: bool,
+) -> Result<Option<String>> {
+    let Some(rollout) = fleet.rollout(channel)? else { return Ok(None) };
+    let head = repo.channel(channel)?.ok_or_else(|| anyhow!("the repository has no channel {channel:?}"))?;
+    let doc = ferry_store::channel::ChannelDoc::decode(&repo.read_envelope(&head)?.document)
+        .map_err(|e| anyhow!("channel {channel}'s newest document {head} does not decode: {e}"))?;
+    if doc.serial <= rollout.base_serial || rollout.percent >= 100 {
+        return Ok(None);
+    }
+    use crate::fleet::RolloutState;
+    let why = rollout.halt_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    let halted = match rollout.state {
+        RolloutState::Running => None,
+        RolloutState::Paused => Some(format!("paused{why}")),
+        RolloutState::Aborted => Some(format!("aborted{why}")),
+    };
+    match halted {
+        Some(state) if !force => bail!(
+            "channel {channel}'s rollout of document serial {} is {state}; a bundle of it would install it on any device it is applied to. Bundle the document the fleet still gives (promote it back with --rollback), resume the rollout, or pass --force",
+            doc.serial
+        ),
+        Some(state) => Ok(Some(format!(
+            "channel {channel}'s rollout of document serial {} is {state}; bundling it anyway (--force)",
+            doc.serial
+        ))),
+        None => Ok(Some(format!(
+            "channel {channel}'s rollout gives document serial {} to {}% of the devices; this bundle installs it on any device it is applied to",
+            doc.serial, rollout.percent
+        ))),
+    }
+}
+
 /// Writes the bundle to `out`; returns what it holds.
 pub fn write_bundle(
     repo: &Repository,

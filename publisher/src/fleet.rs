@@ -519,6 +519,18 @@ impl Fleet {
         })
     }
 
+    /// The fleet's state as it is now, for reading beside a running `ferry serve` (e.g.
+    /// `ferry bundle --fleet` reading rollouts). Every change through it fails.
+    pub fn open_read_only(path: &Path) -> Result<Fleet> {
+        Ok(Fleet {
+            kv: Kv::open_read_only(path, &TABLES)?,
+            settings: Settings::default(),
+            enroll_limits: Mutex::new(EnrollLimits::default()),
+            write: Mutex::new(()),
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
     }

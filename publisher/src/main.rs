@@ -173,6 +173,14 @@ enum Command {
         /// For a channel: only this hardware revision's target (repeatable).
         #[arg(long, value_name = "REV")]
         hardware: Vec<String>,
+        /// The fleet's state directory (`ferry serve --fleet DIR`; read only, also while the
+        /// server runs): a channel whose rollout is paused or aborted on its newest document
+        /// is refused, since a bundle installs past the rollout.
+        #[arg(long, value_name = "DIR")]
+        fleet: Option<PathBuf>,
+        /// Bundle a channel's document that a halted rollout holds back anyway.
+        #[arg(long)]
+        force: bool,
         /// The bundle file (written atomically), or - for stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: PathBuf,
@@ -607,9 +615,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Bundle { repo, to, from, hardware, output, json } => {
+        Command::Bundle { repo, to, from, hardware, fleet, force, output, json } => {
             let r = open_ro(&repo)?;
             let target = ferry_publisher::bundle::resolve_to(&r, &to, &hardware)?;
+            if let (ferry_publisher::bundle::BundleTo::Channel { name, .. }, Some(dir)) = (&target, &fleet) {
+                let f = ferry_publisher::fleet::Fleet::open_read_only(dir)
+                    .map_err(|e| anyhow!("reading the fleet's rollouts in {}: {e}", dir.display()))?;
+                if let Some(warning) = ferry_publisher::bundle::check_rollout(&r, name, &f, force)? {
+                    eprintln!("warning: {warning}");
+                }
+            }
             let from = from.iter().map(|f| r.resolve(f)).collect::<Result<Vec<_>, _>>()?;
             let to_stdout = output.as_os_str() == "-";
             if to_stdout && json {

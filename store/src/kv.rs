@@ -50,6 +50,17 @@ impl Kv {
         Ok(Kv { path: path.to_path_buf(), db })
     }
 
+    /// Opens an existing store for reading only, as it was at this moment, beside the
+    /// process that writes it (a read-only open takes no lock). Writes through it fail.
+    pub fn open_read_only(path: &Path, tables: &[&'static str]) -> Result<Kv> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::Db { path: path.to_path_buf(), message: "no such store".into() });
+        }
+        let db = DB::open_cf_for_read_only(&Options::default(), path, tables, false)
+            .map_err(|e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(Kv { path: path.to_path_buf(), db })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -297,3 +297,53 @@ fn bundles_are_written_for_channels_and_commits() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// A bundle installs what it carries past the fleet's rollout: bundling a document that a
+/// halted rollout holds back used to put it on any device a technician reached. With
+/// `--fleet`, `ferry bundle` refuses it (read beside the running server), names why, and
+/// takes it only with `--force`; a running partial rollout is a warning.
+#[test]
+fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
+    use ferry_publisher::fleet::{Caller, Fleet, HeadDoc, Settings};
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, c2) = setup(t.path());
+    first_keys(t.path(), &repo);
+    let key = |k: &str| s(&t.path().join(k));
+    ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
+    let base = json(&["channel", "show", "--repo", &repo, "stable", "--json"]);
+    let fleet = t.path().join("fleet");
+    let f = Fleet::open(&fleet, Settings::default()).unwrap();
+    let head = HeadDoc {
+        id: base["id"].as_str().unwrap().to_string(),
+        serial: base["serial"].as_u64().unwrap(),
+        targets: Default::default(),
+    };
+    f.start_rollout(&Caller::Local, "stable", &head, 10, None, 10).unwrap();
+    ok(&["promote", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")]);
+    let out = key("stable.bundle");
+    let bundle = |extra: &[&str]| {
+        let mut args = vec!["bundle", "--repo", repo.as_str(), "--to", "stable", "--fleet"];
+        let dir = s(&fleet);
+        args.push(&dir);
+        args.extend(["-o", out.as_str()]);
+        args.extend(extra);
+        ferry(&args)
+    };
+    // Running at 10%: bundled, with a warning (the fleet store is open in this process: the
+    // read-only open works beside its writer, as beside `ferry serve`).
+    let r = bundle(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("gives document serial 2 to 10%"));
+    // Halted: refused, nothing written; forced: written, with a warning.
+    f.change_rollout(&Caller::Local, "stable", "pause", None).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let r = bundle(&[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("rollout of document serial 2 is paused"), "{err}");
+    assert!(!Path::new(&out).exists(), "a refused bundle writes nothing");
+    let r = bundle(&["--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("bundling it anyway"));
+    // A commit bundle is not a channel's: no rollout applies.
+    ok(&["bundle", "--repo", &repo, "--to", &c2, "--fleet", &s(&fleet), "-o", &out]);
+}
