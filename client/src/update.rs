@@ -1032,7 +1032,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let started = Instant::now();
     if config.channel.is_none() {
         tracing::warn!(
-            "following branch {} (development mode): any commit the trusted keys signed is installed without channel, expiry or hardware checks; devices in the field follow a channel",
+            "following branch {} (development mode): any commit the trusted keys signed is installed, without a channel document's expiry, rollout and rollback rules; devices in the field follow a channel",
             config.branch.as_deref().unwrap_or("?")
         );
     }
