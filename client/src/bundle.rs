@@ -531,17 +531,18 @@ fn decide(
                         ),
                         None => None,
                     };
-                    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));
+                    let clock = crate::trust::clock()?;
+                    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp), clock);
                     let (doc, target) = accept_channel(
                         &envelope,
                         channel,
                         &trust,
                         seen,
-                        crate::trust::clock()?,
+                        clock,
                         &Running { version: running.as_ref().map(|c| &c.version), hardware: hw },
                     )
                     .map_err(refused)?;
-                    state.accept(&doc, seen);
+                    state.accept(&doc, seen, clock);
                     accepted = Some(state);
                     (keys, Some(target), Some((doc.name, doc.serial)))
                 }

@@ -1,8 +1,9 @@
 //! Enrollment with a fleet server and check-in: the device's side of the device API.
 //!
 //! What it is for: getting and keeping a device token (`state_dir/device-token`, mode 0600,
-//! written durably before it is used, so a power cut between enrollment and saving costs
-//! one more enrollment, never a device that cannot check in), and reporting what
+//! written durably before it is used; a power cut between enrollment and saving makes the
+//! next enrollment a re-enrollment of a known serial, which waits for an operator's
+//! `ferry device approve-reenrollment`), and reporting what
 //! `ferryd status` knows at every check. The answer carries the newest document of the
 //! device's channel, which the update then verifies exactly as one fetched on its own. What
 //! it is not for: deciding anything; the server records, the device verifies.

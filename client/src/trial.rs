@@ -261,6 +261,10 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     };
     let target = config.state_dir.join("deploy").join(&previous);
     if !target.is_dir() {
+        if trial.is_some() {
+            // A trial must end: with nothing left to go back to, the release stays, bad.
+            return fail_in_place(config, state, &bad, reason);
+        }
         bail!("the previous deployment {} is gone; cannot roll back", target.display());
     }
     if let Some(b) = &config.bootloader {

@@ -117,18 +117,26 @@ impl TrustState {
     }
 
     /// Records an accepted channel document: its serial and its signed time (the floor).
-    pub fn accept(&mut self, doc: &ferry_store::channel::ChannelDoc, seen: Seen) {
+    /// `clock` is the device's clock: how much of the signed time it believes is
+    /// [`ferry_store::channel::believable_time`]'s.
+    pub fn accept(&mut self, doc: &ferry_store::channel::ChannelDoc, seen: Seen, clock: i64) {
         self.channels.insert(doc.name.clone(), doc.serial);
-        self.floor = seen.floor.max(doc.timestamp);
+        self.floor = seen.floor.max(self.believable(doc.timestamp, clock));
     }
 
     /// What was seen of `channel`, with the floor raised to `build_time` (the running
-    /// commit's signed timestamp) and to [`AGENT_FLOOR`] when they are later.
-    pub fn seen(&self, channel: &str, build_time: Option<i64>) -> Seen {
-        Seen {
-            serial: self.channels.get(channel).copied().unwrap_or(0),
-            floor: self.floor.max(build_time.unwrap_or(i64::MIN)).max(AGENT_FLOOR),
-        }
+    /// commit's signed timestamp, as far as `clock` believes it) and to [`AGENT_FLOOR`] when
+    /// they are later.
+    pub fn seen(&self, channel: &str, build_time: Option<i64>, clock: i64) -> Seen {
+        let build = build_time.map_or(i64::MIN, |t| self.believable(t, clock));
+        Seen { serial: self.channels.get(channel).copied().unwrap_or(0), floor: self.floor.max(build).max(AGENT_FLOOR) }
+    }
+
+    /// A signed time as far as the clock believes it: a clock at or above the agent's build
+    /// date and the root-signed key documents' time is plausible.
+    fn believable(&self, signed: i64, clock: i64) -> i64 {
+        let plausible_from = if self.keys.serial > 0 { AGENT_FLOOR.max(self.keys.timestamp) } else { AGENT_FLOOR };
+        ferry_store::channel::believable_time(signed, clock, plausible_from)
     }
 }
 

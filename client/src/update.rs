@@ -283,8 +283,8 @@ async fn follow_channel(
             })?),
             None => None,
         };
-    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp));
     let clock = crate::trust::clock()?;
+    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp), clock);
     let (doc, target) = accept_channel(
         &envelope,
         channel,
@@ -294,7 +294,7 @@ async fn follow_channel(
         &Running { version: running.as_ref().map(|c| &c.version), hardware },
     )
     .map_err(|e| Refused(format!("{e}; refusing it")))?;
-    state.accept(&doc, seen);
+    state.accept(&doc, seen, clock);
     Ok((target, keys, Accepted(state)))
 }
 
@@ -1018,14 +1018,19 @@ pub(crate) async fn install(
 /// for a developer who means it).
 fn refuse_branch_downgrade(local: &Local, current: Option<Id>, head: &Id, commit: &Commit) -> Result<()> {
     let Some(running) = current.map(|c| local.commit(&c)).transpose()?.flatten() else { return Ok(()) };
-    if commit.version.compare(&running.version) == Some(std::cmp::Ordering::Less) {
-        return Err(Refused(format!(
+    match commit.version.compare(&running.version) {
+        Some(std::cmp::Ordering::Less) => Err(Refused(format!(
             "the branch's head {head} is version {}, older than the running {}; refusing a downgrade (set allow_downgrade = true, or `ferryd deploy` it)",
             commit.version, running.version
         ))
-        .into());
+        .into()),
+        None => Err(Refused(format!(
+            "the branch's head {head} is version {}, which cannot be ordered against the running {}; refusing it (set allow_downgrade = true, or `ferryd deploy` it)",
+            commit.version, running.version
+        ))
+        .into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {

@@ -91,10 +91,12 @@ pub fn check_rollout(
     let head = repo.channel(channel)?.ok_or_else(|| anyhow!("the repository has no channel {channel:?}"))?;
     let doc = ferry_store::channel::ChannelDoc::decode(&repo.read_envelope(&head)?.document)
         .map_err(|e| anyhow!("channel {channel}'s newest document {head} does not decode: {e}"))?;
-    if doc.serial <= rollout.base_serial || rollout.percent >= 100 {
+    use crate::fleet::RolloutState;
+    // A finished rollout gives the document to everyone; a halted one holds it back at any
+    // share (the automatic halt fires at whatever percentage it has reached).
+    if doc.serial <= rollout.base_serial || (rollout.state == RolloutState::Running && rollout.percent >= 100) {
         return Ok(None);
     }
-    use crate::fleet::RolloutState;
     let why = rollout.halt_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
     let halted = match rollout.state {
         RolloutState::Running => None,

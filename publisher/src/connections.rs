@@ -58,13 +58,25 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// costs a slot for no longer than that (ferryd opens a new one cheaply).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long a request body may stop arriving: as long as the write stall below.
+/// The window over which a request body must arrive at [`MIN_RATE`]: as long as the write
+/// stall below.
 pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a client may read nothing while an answer waits to be written: twice ferryd's own
-/// `read_timeout` (30 s), so the server never drops a device that would not have given up
-/// itself.
+/// The window over which a client must read at [`MIN_RATE`] while an answer waits to be
+/// written: twice ferryd's own `read_timeout` (30 s), so the server never drops a device that
+/// would not have given up itself.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The slowest a request body may arrive, and a client may read an answer the server is
+/// waiting to write, averaged over each stall window: a byte now and then (which resets a
+/// plain timeout) does not keep a connection, and its slot, for ever. ferryd cuts a server
+/// slower than this itself (`ferry_client::http::MIN_RATE`).
+pub const MIN_RATE: u64 = 1024;
+
+/// The most connections one client address holds at once, so one machine cannot take every
+/// slot; high enough for a site whose devices share one address behind NAT (they hold a
+/// connection only while they check or download).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 
 /// How long shutdown waits for in-flight requests before dropping them: a batch in progress
 /// on a good link finishes, and `ferry serve` stops well within systemd's 90 s.
@@ -86,10 +98,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// From waiting for a request to its last header line; also the keep-alive idle timeout.
     pub header_timeout: Duration,
-    /// How long a request body may stop arriving.
+    /// The window over which a request body must arrive at [`MIN_RATE`].
     pub body_stall: Duration,
-    /// How long a client may read nothing of an answer.
+    /// The window over which a client must read an answer at [`MIN_RATE`].
     pub write_stall: Duration,
+    /// Connections one client address may hold at once.
+    pub per_address: usize,
 }
 
 impl Default for Limits {
@@ -99,6 +113,7 @@ impl Default for Limits {
             header_timeout: HEADER_TIMEOUT,
             body_stall: BODY_STALL_TIMEOUT,
             write_stall: WRITE_STALL_TIMEOUT,
+            per_address: MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -119,6 +134,7 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(());
     let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let per_address = PerAddress::default();
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -127,9 +143,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(a) => a,
                 Err(e) => {
                     accept_error(e).await;
                     continue;
@@ -137,8 +153,12 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(mine) = per_address.admit(peer.ip(), limits.per_address) else {
+            tracing::debug!(%peer, "closing a connection: its address holds as many as it may");
+            continue;
+        };
         while connections.try_join_next().is_some() {}
-        connections.spawn(connection(tcp, app.clone(), limits.clone(), stopped.clone(), slot));
+        connections.spawn(connection(tcp, app.clone(), limits.clone(), stopped.clone(), (slot, mine)));
     }
     drop(listener);
     drop(stop);
@@ -174,7 +194,7 @@ async fn connection(
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<()>,
-    _slot: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let io = TokioIo::new(WriteStall::new(tcp, limits.write_stall));
     // Requests being answered on this connection (HTTP/1.1: 0 or 1), until their answer's
@@ -207,6 +227,93 @@ async fn connection(
                 }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Connections open per client address.
+#[derive(Default, Clone)]
+struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in its address's count, given back when dropped.
+struct AddressSlot(PerAddress, std::net::IpAddr);
+
+impl PerAddress {
+    fn admit(&self, ip: std::net::IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// A minimum rate over fixed windows: each window of `window` must move `MIN_RATE` bytes a
+/// second, or the transfer has stalled.
+struct Pace {
+    window: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Bytes moved in the current window; `None` while no window runs.
+    moved: Option<u64>,
+}
+
+impl Pace {
+    fn new(window: Duration) -> Pace {
+        Pace { window, timer: Box::pin(tokio::time::sleep(window)), moved: None }
+    }
+
+    fn start(&mut self) {
+        self.moved = Some(0);
+        self.timer.as_mut().reset(tokio::time::Instant::now() + self.window);
+    }
+
+    /// A window whose end passed a whole window ago was never waited on (nothing stalled in
+    /// it: the socket took every write, or the connection sat idle between requests).
+    fn stale(&self) -> bool {
+        tokio::time::Instant::now() > self.timer.deadline() + self.window
+    }
+
+    /// Counts `n` bytes moved in the running window.
+    fn moved(&mut self, n: usize) {
+        if let Some(m) = &mut self.moved {
+            *m += n as u64;
+        }
+    }
+
+    /// Ready(true) once a window ended short of the rate; a window that met it starts the
+    /// next. Pending while the window runs (the timer will wake the task).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.moved.is_none() || self.stale() {
+            self.start();
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let need = MIN_RATE.saturating_mul(self.window.as_secs().max(1));
+                if self.moved.unwrap_or(0) < need {
+                    return Poll::Ready(true);
+                }
+                self.start();
+                // Registers the new deadline with the task.
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(true),
+                    Poll::Pending => Poll::Pending,
+                }
             }
         }
     }
@@ -251,36 +358,50 @@ impl HttpBody for Guarded {
     }
 }
 
-/// A socket that fails its writes once the client has taken no byte for `limit`.
+/// A socket that fails its writes once the client, with an answer waiting for it, reads
+/// slower than [`MIN_RATE`] over a window of `limit`: from the first write the socket could
+/// not take, every window must take its share, or the connection goes.
 struct WriteStall<T> {
     io: T,
     limit: Duration,
-    timer: Pin<Box<Sleep>>,
-    armed: bool,
+    pace: Pace,
 }
 
 impl<T> WriteStall<T> {
     fn new(io: T, limit: Duration) -> WriteStall<T> {
-        WriteStall { io, limit, timer: Box::pin(tokio::time::sleep(limit)), armed: false }
+        WriteStall { io, limit, pace: Pace::new(limit) }
     }
 
-    /// Passes on a write's outcome: progress disarms the timer; `Pending` (the socket is
-    /// full) arms it, and fails once it expires.
-    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if r.is_ready() {
-            self.armed = false;
-            return r;
+    /// Passes on a write's outcome: bytes taken count for the running window; `Pending` (the
+    /// socket is full) starts a window if none runs, and fails once one ends short.
+    fn watch(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.pace.moved(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.pace.expired(cx) {
+                Poll::Ready(true) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read less than {MIN_RATE} bytes a second over {:?}", self.limit),
+                ))),
+                _ => Poll::Pending,
+            },
         }
-        if !self.armed {
-            self.armed = true;
-            self.timer.as_mut().reset(tokio::time::Instant::now() + self.limit);
-        }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client read nothing for {:?}", self.limit),
-            ))),
-            Poll::Pending => Poll::Pending,
+    }
+
+    /// The same for flush and shutdown, which move no counted bytes.
+    fn watch_unit(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        match r {
+            Poll::Pending => match self.pace.expired(cx) {
+                Poll::Ready(true) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read less than {MIN_RATE} bytes a second over {:?}", self.limit),
+                ))),
+                _ => Poll::Pending,
+            },
+            ready => ready,
         }
     }
 }
@@ -315,26 +436,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_flush(cx);
-        this.watch(cx, r)
+        this.watch_unit(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.watch(cx, r)
+        this.watch_unit(cx, r)
     }
 }
 
 /// Wraps every request's body in a [`StallBody`].
 async fn stall_request_body(State(limit): State<Duration>, req: Request) -> Request {
-    req.map(|body| Body::new(StallBody { body, limit, timer: Box::pin(tokio::time::sleep(limit)) }))
+    req.map(|body| Body::new(StallBody { body, limit, pace: Pace::new(limit) }))
 }
 
-/// A request body that fails once no byte of it has arrived for `limit`.
+/// A request body that fails once a window of `limit` brings less than [`MIN_RATE`] bytes a
+/// second (counted from when the handler first waits for it).
 struct StallBody {
     body: Body,
     limit: Duration,
-    timer: Pin<Box<Sleep>>,
+    pace: Pace,
 }
 
 impl HttpBody for StallBody {
@@ -344,17 +466,20 @@ impl HttpBody for StallBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
+            Poll::Pending => match this.pace.expired(cx) {
+                Poll::Ready(true) => Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("the request body stopped arriving for {:?}", this.limit),
+                    format!("the request body arrived slower than {MIN_RATE} bytes a second over {:?}", this.limit),
                 ))))),
-                Poll::Pending => Poll::Pending,
+                _ => Poll::Pending,
             },
-            ready => {
-                this.timer.as_mut().reset(tokio::time::Instant::now() + this.limit);
-                ready
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.pace.moved(data.len());
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
+            ready => ready,
         }
     }
 

@@ -471,6 +471,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Err(_) => None,
                 },
             };
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            if let Some(t) = timestamp.filter(|t| *t > now.saturating_add(ferry_store::channel::MAX_AHEAD)) {
+                bail!(
+                    "the commit time {t} is more than a day after now ({now}); devices would take it for their clock floor (is SOURCE_DATE_EPOCH in milliseconds?)"
+                );
+            }
             let key = SecretKey::load(&sign_key)?;
             let repository = Repository::open(&repo.repo)?;
             let req = CommitRequest { tree, branch, version, subject, body, metadata, hardware, timestamp, key: &key };

@@ -387,8 +387,6 @@ pub enum TrustError {
     Replayed { channel: String, found: u64, highest: u64 },
     #[error("channel {channel}: document serial {serial} expired at {expires}; the device's time is {now} (clock {clock}, floor {floor}){hint}")]
     Expired { channel: String, serial: u64, expires: i64, now: i64, clock: i64, floor: i64, hint: &'static str },
-    #[error("channel {channel}: document serial {serial} was signed at {timestamp}, more than {MAX_AHEAD} s after the device's time {clock}; refusing a document from the future (it would stop every later one)")]
-    FromTheFuture { channel: String, serial: u64, timestamp: i64, clock: i64 },
     #[error("channel {channel}: document serial {serial} has no target for hardware revision {hardware:?} (targets: {targets})")]
     NoTarget { channel: String, serial: u64, hardware: String, targets: String },
     #[error("channel {channel}: version {target} is older than the running {current} and the document is not marked as a rollback")]
@@ -502,12 +500,30 @@ pub struct Running<'a> {
     pub hardware: &'a str,
 }
 
-/// How far a channel document's signed time may be ahead of a device's clock (when that clock
-/// is not known to be wrong). Signed times raise the device's clock floor, so one document
-/// signed in 2100 (by mistake, or with a stolen channel key) would otherwise expire every
-/// later document on the devices that saw it. A day covers clocks that drift and time zones
+/// How far ahead of a device's clock a signed time may move its clock floor, when that
+/// clock is plausible ([`believable_time`]). A day covers clocks that drift and time zones
 /// set wrong.
 pub const MAX_AHEAD: i64 = 86_400;
+
+/// How much of a signed time (a channel document's, the running commit's) a device takes
+/// into its clock floor. Floors only grow and every later document must not be expired at
+/// the floor, so one time in 2100, signed with a leaked channel key or built with
+/// `SOURCE_DATE_EPOCH` in milliseconds, would otherwise stop the channel on every device
+/// that saw it. A clock at or above `plausible_from` (the agent's build date and the
+/// root-signed key documents' time: signed times no channel key can move) is believed to
+/// within [`MAX_AHEAD`]: the floor rises to at most a day past it, however far ahead the
+/// signed time is. A clock below it is known to be behind (reset to 1970, or restored from
+/// a month-old save) and cannot judge: the signed time is taken whole, and only removing the
+/// channel key that signed it undoes it (the device's trust state forgets what it vouched
+/// for). Documents are not refused for their time: a clock behind by days must still take
+/// the documents signed now.
+pub fn believable_time(signed: i64, clock: i64, plausible_from: i64) -> i64 {
+    if clock >= plausible_from {
+        signed.min(clock.saturating_add(MAX_AHEAD))
+    } else {
+        signed
+    }
+}
 
 /// Decides whether a device accepts a channel document. `clock` is the device's clock (Unix
 /// seconds), trusted only above `seen.floor`. Returns the document and its target for this
@@ -538,16 +554,6 @@ pub fn accept_channel(
     }
     let floor = seen.floor.max(trust.timestamp);
     let now = clock.max(floor);
-    // A clock below the floor is known to be behind (reset to 1970, or off for months): then
-    // it cannot say what is "far ahead", and the document is judged by its expiry alone.
-    if clock >= floor && doc.timestamp > clock.saturating_add(MAX_AHEAD) {
-        return Err(TrustError::FromTheFuture {
-            channel: doc.name,
-            serial: doc.serial,
-            timestamp: doc.timestamp,
-            clock,
-        });
-    }
     if doc.expires <= now {
         let hint = if clock > doc.timestamp.saturating_add(400 * 86400) && clock > floor {
             "; if this device's clock runs far ahead, set it right"

@@ -373,25 +373,40 @@ fn a_wrong_clock_helps_no_attacker() {
 
 /// One document signed with a channel key (the fleet server's online one is enough, once
 /// stolen) with serial 2^64-1, or signed in 2100, used to stop the channel on every device
-/// that saw it, for good: rotating the key did not undo it. Now a time far beyond the
-/// device's clock is refused outright, and the serials a key vouched for are forgotten when
-/// the root removes that key; the operator's next promotion starts the channel afresh.
+/// that saw it, for good: rotating the key did not undo it. Now a device with a plausible
+/// clock believes a signed time only to a day past it, and the serials a key vouched for are
+/// forgotten when the root removes that key; the operator's next promotion starts afresh.
 #[test]
 fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
     let env = fleet();
-    let (c1, c2) = (env.commit(1, "1"), env.commit(2, "2"));
+    let (c1, c2, c3) = (env.commit(1, "1"), env.commit(2, "2"), env.commit(3, "3"));
     promote(&env, Some(c1), None, "stable", false).unwrap();
     let dev = device(&env, "device", "stable", "rev-a");
     assert_eq!(updated(&dev)["to"], c1.to_hex());
+    let floor = |config: &Path| -> i64 {
+        let t: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(config.parent().unwrap().join("state/trust.json")).unwrap()).unwrap();
+        t["floor"].as_i64().unwrap()
+    };
 
-    // Signed in 2100: refused, nothing changes.
+    // Signed in 2100: its signature is good, so it is taken, but the device's clock is
+    // plausible and believes its time only to a day ahead: the floor stays near now, and
+    // the next document signed now is taken.
     let mut doc = newest(&env, "stable");
     doc.serial += 1;
     doc.previous = env.repo.channel("stable").unwrap();
     doc.timestamp = 4_102_444_800;
     doc.expires = doc.timestamp + 7 * DAY;
     serve_document(&env, &doc, &test_key(CHANNEL_KEY));
-    refused(&dev, &[], "refusing a document from the future");
+    updated(&dev);
+    assert!(floor(&dev) <= now() + DAY + 60, "the floor went to {}", floor(&dev));
+    doc.serial += 1;
+    doc.previous = env.repo.channel("stable").unwrap();
+    doc.timestamp = now();
+    doc.expires = now() + 7 * DAY;
+    doc.targets = vec![Target { hardware: "rev-a".into(), commit: c2, version: "2".parse().unwrap() }];
+    serve_document(&env, &doc, &test_key(CHANNEL_KEY));
+    assert_eq!(updated(&dev)["to"], c2.to_hex());
 
     // Serial 2^64-1 at a plausible time is validly signed, so the device takes it...
     doc.serial = u64::MAX;
@@ -402,7 +417,7 @@ fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
     updated(&dev);
     assert_eq!(serials(&dev)["stable"].as_u64(), Some(u64::MAX));
     // ... and no later document can follow it while key 11 is trusted.
-    let err = promote(&env, Some(c2), None, "stable", false).unwrap_err();
+    let err = promote(&env, Some(c3), None, "stable", false).unwrap_err();
     assert!(format!("{err:#}").contains("largest possible serial"), "{err:#}");
 
     // The root removes key 11 for key 12; the operator promotes with key 12.
@@ -411,7 +426,7 @@ fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
     let key = test_key(12);
     let p = Promotion {
         to: "stable".into(),
-        commit: Some(c2),
+        commit: Some(c3),
         from: None,
         hardware: Vec::new(),
         key: &key,
@@ -422,6 +437,6 @@ fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
     };
     let promoted = channels::promote(&env.repo, &p).unwrap();
     assert_eq!(promoted.doc.serial, 1, "the channel starts afresh");
-    assert_eq!(updated(&dev)["to"], c2.to_hex());
+    assert_eq!(updated(&dev)["to"], c3.to_hex());
     assert_eq!(serials(&dev)["stable"].as_u64(), Some(1));
 }

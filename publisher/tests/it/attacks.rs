@@ -404,3 +404,97 @@ fn a_commit_written_after_the_server_started_is_served_by_id_before_any_branch_r
         assert_eq!(r.status(), 404);
     });
 }
+
+/// A body sent a byte at a time resets a plain stall timer for ever (the review held 100
+/// connections, every slot of a small server, this way). Each window must bring the
+/// minimum rate.
+#[test]
+fn a_request_body_trickled_a_byte_at_a_time_fails_after_one_window() {
+    let t = tempfile::tempdir().unwrap();
+    repository(t.path(), 1 << 20);
+    let limits = Limits { body_stall: Duration::from_secs(2), ..Limits::default() };
+    let server = start(t.path(), 16, limits);
+    let addr = server.addr;
+    client_side(async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("POST /v1/chunks HTTP/1.1\r\nHost: {addr}\r\n{}Content-Length: 64\r\n\r\n", auth()).as_bytes(),
+        )
+        .await
+        .unwrap();
+        let trickle = async {
+            for _ in 0..64 {
+                if s.write_all(&[7]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        let _ = timeout(Duration::from_secs(6), trickle).await;
+        let answer = timeout(BOUND, read_to_close(&mut s)).await.expect("the request fails and the connection closes");
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    });
+}
+
+/// A client that reads an answer a little at a time (here 500 bytes a second) is dropped
+/// once a window brings less than the minimum rate. (The kernel wakes a writer only when
+/// much of its send buffer has drained, so on loopback the old stall timer often fired here
+/// too; the trickled body above is the case it could not catch.)
+#[test]
+fn a_client_reading_slower_than_the_minimum_rate_is_dropped() {
+    let t = tempfile::tempdir().unwrap();
+    let id = repository(t.path(), 8 << 20);
+    let (ids, stored) = all_chunks(&t.path().join("repo"), &id);
+    let limits = Limits { write_stall: Duration::from_secs(2), ..Limits::default() };
+    let server = start(t.path(), 16, limits);
+    client_side(async {
+        let mut s = ask_and_never_read(server.addr, &ids).await;
+        let mut got = 0usize;
+        let mut buf = [0u8; 100];
+        // Three windows at 500 bytes a second.
+        for _ in 0..30 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Then what the server's socket still holds, at full speed, to the close.
+        let rest = timeout(BOUND, read_to_close(&mut s)).await.expect("the server closes the connection");
+        got += rest.len();
+        assert!((got as u64) < stored, "the whole answer ({got} bytes) arrived: the client was never dropped");
+    });
+}
+
+/// One address cannot hold every connection slot: past its share, its new connections are
+/// closed at once, and another address is still served.
+#[test]
+fn one_address_holds_at_most_its_share_of_the_connections() {
+    let t = tempfile::tempdir().unwrap();
+    repository(t.path(), 1 << 20);
+    let limits = Limits { per_address: 4, ..Limits::default() };
+    let server = start(t.path(), 16, limits);
+    let addr = server.addr;
+    client_side(async {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut fifth = TcpStream::connect(addr).await.unwrap();
+        let got = timeout(BOUND, read_to_close(&mut fifth)).await.expect("the fifth connection is closed");
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        assert!(held.iter().all(|s| !closed_by_server(s)), "the first four stay open");
+        // Another address (Linux routes all of 127/8 to the loopback device).
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut other = socket.connect(addr).await.unwrap();
+        other
+            .write_all(format!("GET /v1/branches/main HTTP/1.1\r\nHost: x\r\n{}\r\n", auth()).as_bytes())
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        timeout(BOUND, other.read_exact(&mut head)).await.unwrap().unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    });
+}

@@ -218,6 +218,17 @@ fn source_date_epoch_sets_the_timestamp() {
     let show: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, "main", "--json"])).unwrap();
     assert_eq!(show["timestamp"], 1_700_000_000);
     assert!(ok(&["show", "--repo", &s.repo, "main"]).contains("2023-11-14 22:13:20 UTC"));
+    // SOURCE_DATE_EPOCH in milliseconds would be a time devices take for their clock floor:
+    // refused, nothing committed.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(commit_args(&s.repo, "main", &s.tree(2), "2", &s.key, &[]))
+        .env("SOURCE_DATE_EPOCH", "1700000000000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is SOURCE_DATE_EPOCH in milliseconds?"), "{err}");
+    let show: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, "main", "--json"])).unwrap();
+    assert_eq!(show["version"], "1");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! and the acceptance rules on their own (the agent's tests run them end to end).
 
 use ferry_store::channel::{
-    accept_channel, ChannelDoc, Envelope, KeyDoc, Running, Seen, Target, Trust, TrustError, MAX_AHEAD,
+    accept_channel, believable_time, ChannelDoc, Envelope, KeyDoc, Running, Seen, Target, Trust, TrustError, MAX_AHEAD,
 };
 use ferry_store::object::DecodeError;
 use ferry_store::{Id, SecretKey, Signed};
@@ -171,14 +171,12 @@ fn the_acceptance_rules() {
     let mut rollback = doc.clone();
     rollback.rollback = true;
     check_accept(&rollback, fresh, t, Some("1.3.0"), |r| r.is_ok());
-    // A document signed far ahead of a clock that is not known to be wrong is refused; with a
-    // clock below the floor (known to be behind) only the expiry judges it.
+    // A document signed far ahead is accepted (its signature decides); how much of its time
+    // the device believes is `believable_time`'s.
     let mut ahead = doc.clone();
-    ahead.timestamp = t + MAX_AHEAD + 10;
+    ahead.timestamp = t + 100 * 365 * 86400;
     ahead.expires = ahead.timestamp + 86400;
-    check_accept(&ahead, fresh, t, None, |r| matches!(r, Err(TrustError::FromTheFuture { .. })));
-    check_accept(&ahead, fresh, t + 11, None, |r| r.is_ok());
-    check_accept(&ahead, Seen { serial: 0, floor: t }, t - 1000, None, |r| r.is_ok());
+    check_accept(&ahead, fresh, t, None, |r| r.is_ok());
     // Another channel's document is not this channel's.
     let mut other = doc.clone();
     other.name = "beta".into();
@@ -228,4 +226,18 @@ proptest! {
         let bytes = doc.encode().unwrap();
         prop_assert_eq!(ChannelDoc::decode(&bytes).unwrap(), doc);
     }
+}
+
+#[test]
+fn a_plausible_clock_believes_signed_times_to_within_a_day() {
+    let (clock, plausible_from) = (1_800_000_000, 1_790_000_000);
+    // Behind or close: taken whole.
+    assert_eq!(believable_time(clock - 50, clock, plausible_from), clock - 50);
+    assert_eq!(believable_time(clock + MAX_AHEAD, clock, plausible_from), clock + MAX_AHEAD);
+    // Far ahead (2100, a time in milliseconds): a day past the clock at most, so a second
+    // document cannot ratchet further than the clock itself moves.
+    assert_eq!(believable_time(4_102_444_800, clock, plausible_from), clock + MAX_AHEAD);
+    assert_eq!(believable_time(1_800_000_000_000, clock, plausible_from), clock + MAX_AHEAD);
+    // A clock known to be behind (below what the root signed) cannot judge: taken whole.
+    assert_eq!(believable_time(4_102_444_800, 0, plausible_from), 4_102_444_800);
 }
