@@ -600,6 +600,9 @@ async fn patches_batch(
 /// connection takes, and only as the connection takes answers, so a client that stops
 /// reading holds no thread and at most that many answers. `slot` (of `patch_streams`) is
 /// held until the answer ends or the connection goes.
+/// How many patch answers one response computes ahead of the one being sent.
+const PATCH_AHEAD: usize = 2;
+
 fn patch_body(
     s: Shared,
     items: Arc<Vec<PatchRequest>>,
@@ -612,7 +615,10 @@ fn patch_body(
         running: FuturesOrdered<JoinHandle<Result<Vec<u8>, String>>>,
         _slot: tokio::sync::OwnedSemaphorePermit,
     }
-    let ahead = s.patcher.workers();
+    // Computed ahead of the one being sent, at most PATCH_AHEAD: each holds an answer of up
+    // to 4 MiB while the client reads, so a stalled stream holds a bounded few whatever the
+    // worker count (workers still run in parallel across requests).
+    let ahead = s.patcher.workers().min(PATCH_AHEAD);
     let start = Answers { items, next: 0, running: FuturesOrdered::new(), _slot: slot };
     let stream = futures_util::stream::unfold(Some(start), move |answers| {
         let s = s.clone();

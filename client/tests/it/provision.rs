@@ -235,3 +235,67 @@ fn the_daemon_provisions_before_anything_else() {
     let target = std::fs::read_link(env.path().join("device/current")).unwrap();
     assert_eq!(target.file_name().unwrap().to_string_lossy(), c1.to_hex());
 }
+
+/// Issue 18, item 7, from a factory image: the device's first update after provisioning
+/// fails its trial. The image's release is the deployment to go back to (the seed is not a
+/// trial, so it counts as proven): the device returns to it, records the failed release as
+/// bad, finishes provisioning, and takes the next release.
+#[test]
+fn a_provisioned_device_whose_first_update_fails_goes_back_to_its_image_and_takes_the_next() {
+    let env = Env::with_fleet(false);
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    promote(&env, Some(v1), None, "stable", false).unwrap();
+    let flashed = env.path().join("flashed");
+    let config = factory_files(&env, &flashed);
+    // A release proves itself unless its etc/version says 2.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[health]\ncommands = [\"! grep -qx 2 etc/version\"]\ndeadline = 3\ninterval = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let image = env.path().join("image");
+    let req = ImageRequest {
+        commit: v1,
+        hardware: "rev-a".into(),
+        out: image.clone(),
+        device_config: config,
+        config_path: flashed.join("etc/ferry/ferryd.toml"),
+        overlays: vec![env.path().join("overlay")],
+        raw: None,
+        ferryd: PathBuf::from(env!("CARGO_BIN_EXE_ferryd")),
+    };
+    build(&env.repo, &req).unwrap();
+    let v2 = env.commit(2, "1.1.0");
+    promote(&env, Some(v2), None, "stable", false).unwrap();
+    flash(&image, &flashed);
+    let running = || {
+        std::fs::read_link(flashed.join("var/lib/ferry/current"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    // Provisioning is done (a rolled-back release is the update's outcome, not a failure
+    // to provision), on the image's release.
+    let (ok, _, err) = provision(&flashed, "SN-9", None);
+    assert!(ok && err.contains("failed its trial and was rolled back"), "{err}");
+    assert_eq!(running(), v1.to_hex(), "back on the image's release");
+    let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["status", "--json"]);
+    assert!(ok, "{err}");
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((st["bad_commits"].clone(), st["trial"].clone()), (serde_json::json!([v2.to_hex()]), Value::Null));
+    // Not tried again; the next release is taken.
+    let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["update", "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["skipped_bad_commit"], v2.to_hex(), "{s}");
+    let v3 = env.commit(3, "1.2.0");
+    promote(&env, Some(v3), None, "stable", false).unwrap();
+    // Check-ins see a promotion within the server's freshness bound (250 ms).
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["update", "--json"]);
+    assert!(ok, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["to"], v3.to_hex());
+    assert_eq!(running(), v3.to_hex());
+}
