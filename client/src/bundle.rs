@@ -542,7 +542,12 @@ fn decide(
                         &Running { version: running.as_ref().map(|c| &c.version), hardware: hw },
                     )
                     .map_err(refused)?;
-                    state.accept(&doc, seen, clock);
+                    state.accept(
+                        &doc,
+                        seen,
+                        clock,
+                        &envelope.signed_by(ferry_store::Signed::Channel, &trust.channel_keys),
+                    );
                     accepted = Some(state);
                     (keys, Some(target), Some((doc.name, doc.serial)))
                 }

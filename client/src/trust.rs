@@ -30,6 +30,11 @@ pub struct TrustState {
     pub keys: KeysState,
     /// Highest accepted document serial per channel.
     pub channels: BTreeMap<String, u64>,
+    /// Per channel, the trusted keys that signed the document accepted last (hex): when the
+    /// root removes all of them, that channel's serial is forgotten. Absent for documents
+    /// accepted by an agent from before it was kept: then any removed key resets.
+    #[serde(default)]
+    pub signers: BTreeMap<String, Vec<String>>,
     /// Unix seconds the device's clock is never trusted below.
     pub floor: i64,
 }
@@ -85,24 +90,43 @@ impl TrustState {
         })
     }
 
-    /// Takes the trust of a newly accepted key document. When it stops trusting a channel
-    /// key, what channel keys vouched for is forgotten: the channels' serials and the floor
-    /// their documents raised (TUF's fast-forward recovery). A serial of 2^64-1 or a signed
-    /// time in 2100, signed with a channel key that leaked, stops a channel only until the
-    /// root removes that key. The floor then restarts from the key documents' signed time
-    /// (signed offline by the root), and the agent's build time and the running commit's
-    /// still bound it from below.
+    /// Takes the trust of a newly accepted key document. A channel whose last document was
+    /// signed only by channel keys this one no longer trusts forgets what those keys vouched
+    /// for: its serial, and the floor channel documents raised (TUF's fast-forward recovery).
+    /// A serial of 2^64-1 or a signed time in 2100, signed with a channel key that leaked,
+    /// stops a channel only until the root removes that key; channels whose signers stay
+    /// trusted keep their serials, so their older documents cannot be replayed. The floor
+    /// restarts from the key documents' signed time (signed offline by the root), and the
+    /// agent's build time and the running commit's still bound it from below.
     pub fn set_trust(&mut self, t: &Trust) {
-        let removed = from_hex(&self.keys.channel_keys)
-            .map(|old| old.iter().any(|k| !t.channel_keys.contains(k)))
-            .unwrap_or(true);
-        if removed && self.keys.serial > 0 && !self.channels.is_empty() {
-            tracing::warn!(
-                channels = ?self.channels,
-                "a channel key is no longer trusted: forgetting the channel serials and signed times it vouched for"
-            );
-            self.channels.clear();
-            self.floor = self.keys.timestamp;
+        let still_trusted = |k: &String| {
+            from_hex(std::slice::from_ref(k))
+                .ok()
+                .and_then(|v| v.first().copied())
+                .is_some_and(|k| t.channel_keys.contains(&k))
+        };
+        let removed: Vec<String> = self.keys.channel_keys.iter().filter(|k| !still_trusted(k)).cloned().collect();
+        if self.keys.serial > 0 && !removed.is_empty() {
+            let orphaned: Vec<String> = self
+                .channels
+                .keys()
+                .filter(|c| match self.signers.get(*c) {
+                    Some(signers) => signers.iter().all(|k| removed.contains(k)),
+                    None => true,
+                })
+                .cloned()
+                .collect();
+            if !orphaned.is_empty() {
+                tracing::warn!(
+                    ?orphaned,
+                    "the channel keys that signed these channels are no longer trusted: forgetting their serials and the signed times they vouched for"
+                );
+                for c in &orphaned {
+                    self.channels.remove(c);
+                    self.signers.remove(c);
+                }
+                self.floor = self.keys.timestamp;
+            }
         }
         self.keys = KeysState {
             serial: t.serial,
@@ -119,8 +143,10 @@ impl TrustState {
     /// Records an accepted channel document: its serial and its signed time (the floor).
     /// `clock` is the device's clock: how much of the signed time it believes is
     /// [`ferry_store::channel::believable_time`]'s.
-    pub fn accept(&mut self, doc: &ferry_store::channel::ChannelDoc, seen: Seen, clock: i64) {
+    /// `signers` are the trusted channel keys that signed it.
+    pub fn accept(&mut self, doc: &ferry_store::channel::ChannelDoc, seen: Seen, clock: i64, signers: &[[u8; 32]]) {
         self.channels.insert(doc.name.clone(), doc.serial);
+        self.signers.insert(doc.name.clone(), to_hex(signers));
         self.floor = seen.floor.max(self.believable(doc.timestamp, clock));
     }
 
@@ -155,4 +181,39 @@ pub fn clock() -> Result<i64> {
         Err(_) => 0,
     };
     Ok(crate::state::now().saturating_add(offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trust(serial: u64, channel_keys: &[[u8; 32]]) -> Trust {
+        Trust { serial, roots: vec![[1; 32]], commit_keys: vec![], channel_keys: channel_keys.to_vec(), timestamp: 100 }
+    }
+
+    /// Removing a channel key forgets only the channels it vouched for: a channel whose last
+    /// document another, still trusted key signed keeps its serial (its older documents are
+    /// still replays), one signed only by the removed key starts afresh.
+    #[test]
+    fn removing_a_channel_key_forgets_only_the_channels_it_signed() {
+        let (a, b, c) = ([0xa; 32], [0xb; 32], [0xc; 32]);
+        let mut s = TrustState::default();
+        s.set_trust(&trust(1, &[a, b]));
+        s.channels.insert("stable".into(), 5);
+        s.signers.insert("stable".into(), to_hex(&[b]));
+        s.channels.insert("beta".into(), 9);
+        s.signers.insert("beta".into(), to_hex(&[a]));
+        s.floor = 5_000;
+        s.set_trust(&trust(2, &[b, c]));
+        assert_eq!(s.channels.get("stable"), Some(&5));
+        assert_eq!(s.channels.get("beta"), None);
+        assert_eq!(s.floor, 100, "the floor restarts from the key documents' time");
+        // Adding a key forgets nothing.
+        s.set_trust(&trust(3, &[a, b, c]));
+        assert_eq!(s.channels.get("stable"), Some(&5));
+        // A channel accepted before signers were kept resets on any removal.
+        s.signers.remove("stable");
+        s.set_trust(&trust(4, &[b, c]));
+        assert_eq!(s.channels.get("stable"), None);
+    }
 }

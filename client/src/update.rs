@@ -294,7 +294,7 @@ async fn follow_channel(
         &Running { version: running.as_ref().map(|c| &c.version), hardware },
     )
     .map_err(|e| Refused(format!("{e}; refusing it")))?;
-    state.accept(&doc, seen, clock);
+    state.accept(&doc, seen, clock, &envelope.signed_by(ferry_store::Signed::Channel, &trust_now.channel_keys));
     Ok((target, keys, Accepted(state)))
 }
 
