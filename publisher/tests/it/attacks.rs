@@ -122,6 +122,15 @@ async fn post_and_never_read(addr: SocketAddr, path: &str, body: &[u8]) -> TcpSt
     s
 }
 
+/// A connection that has sent the head of `POST /v1/chunks` announcing a 64-byte body (two
+/// ids), and none of the body.
+async fn chunks_request_head(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /v1/chunks HTTP/1.1\r\nHost: {addr}\r\n{}Content-Length: 64\r\n\r\n", auth());
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
 /// Reads until the server closes the connection (end of stream or reset); the bytes read.
 async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -295,12 +304,7 @@ fn a_request_body_that_stops_arriving_fails_after_the_body_stall_timeout() {
     let addr = server.addr;
     client_side(async {
         // Two ids announced, half of one sent.
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("POST /v1/chunks HTTP/1.1\r\nHost: {addr}\r\n{}Content-Length: 64\r\n\r\n", auth()).as_bytes(),
-        )
-        .await
-        .unwrap();
+        let mut s = chunks_request_head(addr).await;
         s.write_all(&[7; 16]).await.unwrap();
         let answer = timeout(BOUND, read_to_close(&mut s)).await.expect("the request fails and the connection closes");
         assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
@@ -416,12 +420,7 @@ fn a_request_body_trickled_a_byte_at_a_time_fails_after_one_window() {
     let server = start(t.path(), 16, limits);
     let addr = server.addr;
     client_side(async {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("POST /v1/chunks HTTP/1.1\r\nHost: {addr}\r\n{}Content-Length: 64\r\n\r\n", auth()).as_bytes(),
-        )
-        .await
-        .unwrap();
+        let mut s = chunks_request_head(addr).await;
         let trickle = async {
             for _ in 0..64 {
                 if s.write_all(&[7]).await.is_err() {
