@@ -194,6 +194,16 @@ fn token_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("device-token")
 }
 
+/// The fingerprint of this device's token (the first 12 hex digits of its BLAKE3 hash), as
+/// the fleet's `ferry device show` names a re-enrollment request: an operator approves the
+/// request this device made, not a newer one made by someone else. `None` before enrolling.
+pub fn token_fingerprint(config: &Config) -> Option<String> {
+    let token = std::fs::read_to_string(token_path(config)).ok()?;
+    let mut hex = ferry_store::Id::of(token.trim().as_bytes()).to_hex();
+    hex.truncate(12);
+    Some(hex)
+}
+
 async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic) -> Result<String> {
     let serial = fleet.serial()?;
     let hardware = config.hardware_revision()?.ok_or_else(|| anyhow!("no hardware revision configured"))?;

@@ -443,6 +443,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if s.staged_chunks > 0 {
                     println!("pending:  {} chunks downloaded for an unfinished update", s.staged_chunks);
                 }
+                if let Some(t) = &s.device_token {
+                    println!("token:    {t} (what the fleet shows for this device's enrollment)");
+                }
                 for w in &s.warnings {
                     println!("warning:  {w}");
                 }

@@ -44,6 +44,8 @@ pub struct Status {
     pub dev: Option<crate::state::Dev>,
     /// What makes this device less safe than a field device should be (e.g. branch mode).
     pub warnings: Vec<String>,
+    /// With a fleet server: the fingerprint of the device token (`fleet::token_fingerprint`).
+    pub device_token: Option<String>,
 }
 
 /// What in `config` makes a device less safe than one in the field should be; `status` and
@@ -103,6 +105,7 @@ pub fn status(config: &Config) -> Result<Status> {
         pinned: state.pinned,
         dev: state.dev.clone(),
         warnings: warnings(config),
+        device_token: config.fleet.as_ref().and_then(|_| crate::fleet::token_fingerprint(config)),
         staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
             .unwrap_or(0),

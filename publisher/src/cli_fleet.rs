@@ -116,6 +116,10 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
         serial: String,
+        /// The request's fingerprint, as `ferry device show` lists it; check it against
+        /// `ferryd status` on the board. A newer request (anyone can make one) is refused.
+        #[arg(long, value_name = "FINGERPRINT")]
+        request: String,
     },
     /// Rejects a known device's new enrollment: the device keeps its token.
     RejectReenrollment {
@@ -400,11 +404,13 @@ pub fn device(cmd: DeviceCommand) -> Result<()> {
             let re = &v["reenrollment"];
             if !re.is_null() {
                 println!(
-                    "  enrolled again {} ({}, enrollment token {}): `ferry device approve-reenrollment {}` hands it this device's identity, `reject-reenrollment` refuses it",
+                    "  enrolled again {} ({}, enrollment token {}, request {}): if `ferryd status` on the board shows that fingerprint, `ferry device approve-reenrollment {} --request {}` hands it this device's identity; `reject-reenrollment` refuses it",
                     when(&re["at"]),
                     text(&re["hardware"]),
                     text(&re["enrollment_token"]),
-                    text(&v["serial"])
+                    text(&re["request"]),
+                    text(&v["serial"]),
+                    text(&re["request"])
                 );
             }
             for e in v["events"].as_array().into_iter().flatten() {
@@ -425,7 +431,12 @@ pub fn device(cmd: DeviceCommand) -> Result<()> {
         DeviceCommand::Accept { server, serial } => (server, serial, "accept"),
         DeviceCommand::Revoke { server, serial } => (server, serial, "revoke"),
         DeviceCommand::Remove { server, serial } => (server, serial, "remove"),
-        DeviceCommand::ApproveReenrollment { server, serial } => (server, serial, "approve-reenrollment"),
+        DeviceCommand::ApproveReenrollment { server, serial, request } => {
+            let body = serde_json::json!({ "request": request });
+            call(&server, "POST", &format!("devices/{serial}/approve-reenrollment"), Some(body))?;
+            eprintln!("device {serial}: re-enrollment {request} approved");
+            return Ok(());
+        }
         DeviceCommand::RejectReenrollment { server, serial } => (server, serial, "reject-reenrollment"),
     };
     call(&server, "POST", &format!("devices/{serial}/{action}"), None)?;

@@ -60,6 +60,9 @@ pub enum FleetError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The state changed since the caller looked (e.g. a newer re-enrollment request).
+    #[error("{0}")]
+    Conflict(String),
     /// Too many requests of a kind: try again after `retry_after` seconds.
     #[error("{what}; try again in {retry_after} s")]
     TooMany { what: String, retry_after: u64 },
@@ -217,6 +220,16 @@ pub struct Reenrollment {
     pub at: i64,
     /// The name of the enrollment token it used.
     pub enrollment_token: String,
+}
+
+impl Reenrollment {
+    /// The request's fingerprint: the first 12 hex digits of its token's BLAKE3 hash, which
+    /// `ferryd status` shows on the device that holds the token. An operator approves a
+    /// request by it, so a newer request (anyone with the enrollment token can make one)
+    /// cannot slip in between looking and approving.
+    pub fn fingerprint(&self) -> &str {
+        self.token.get(..12).unwrap_or(&self.token)
+    }
 }
 
 /// Something that happened to a device (its history).
@@ -786,24 +799,35 @@ impl Fleet {
         Ok(Enrolled { token, state })
     }
 
-    /// Approves a device's re-enrollment request: its token replaces the device's (which
-    /// stops working at once); the device's state, groups and history stay.
-    pub fn approve_reenrollment(&self, who: &Caller, serial: &str) -> Result<Device> {
-        self.settle_reenrollment(who, serial, true)
+    /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]
+    /// is `request`: its token replaces the device's (which stops working at once); the
+    /// device's state, groups and history stay. Another request (a newer one replaced the
+    /// one the operator looked at) is a conflict and changes nothing.
+    pub fn approve_reenrollment(&self, who: &Caller, serial: &str, request: &str) -> Result<Device> {
+        self.settle_reenrollment(who, serial, Some(request))
     }
 
-    /// Rejects a device's re-enrollment request: its token never works.
+    /// Rejects a device's re-enrollment request, whichever it is: its token never works.
     pub fn reject_reenrollment(&self, who: &Caller, serial: &str) -> Result<Device> {
-        self.settle_reenrollment(who, serial, false)
+        self.settle_reenrollment(who, serial, None)
     }
 
-    fn settle_reenrollment(&self, who: &Caller, serial: &str, approve: bool) -> Result<Device> {
+    fn settle_reenrollment(&self, who: &Caller, serial: &str, approve: Option<&str>) -> Result<Device> {
         let _g = self.lock();
         let _d = self.device_lock(serial);
         let mut d = self.device(serial)?;
         let r = d.reenrollment.take().ok_or_else(|| {
             FleetError::NotFound(format!("device {serial} has no re-enrollment waiting for approval"))
         })?;
+        if let Some(request) = approve {
+            if request.len() < 8 || !r.fingerprint().starts_with(request) {
+                return Err(FleetError::Conflict(format!(
+                    "device {serial}'s re-enrollment request is {}, not {request:?}: a newer request replaced the one you looked at (or the fingerprint is mistyped); check it against `ferryd status` on the board and approve that one",
+                    r.fingerprint()
+                )));
+            }
+        }
+        let approve = approve.is_some();
         let (drop_hash, action) = if approve {
             d.hardware = r.hardware.clone();
             d.accepted_by = Some(who.who());

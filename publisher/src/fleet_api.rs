@@ -88,6 +88,7 @@ impl From<FleetError> for ApiError {
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
             FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
             FleetError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            FleetError::Conflict(_) => StatusCode::CONFLICT,
             FleetError::TooMany { retry_after, .. } => {
                 return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string(), Some(*retry_after));
             }
@@ -263,24 +264,47 @@ async fn device(State(s): State<Shared>, headers: HeaderMap, Path(serial): Path<
 /// A re-enrollment request as the admin API shows it (never its token's hash).
 fn reenrollment_json(d: &crate::fleet::Device) -> serde_json::Value {
     match &d.reenrollment {
-        Some(r) => json!({ "hardware": r.hardware, "at": r.at, "enrollment_token": r.enrollment_token }),
+        Some(r) => json!({
+            "request": r.fingerprint(),
+            "hardware": r.hardware,
+            "at": r.at,
+            "enrollment_token": r.enrollment_token,
+        }),
         None => serde_json::Value::Null,
     }
+}
+
+/// The body of `approve-reenrollment`: the fingerprint of the request being approved.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approval {
+    request: String,
 }
 
 async fn device_action(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path((serial, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let who = admin(&s, &headers).await?;
+    let approval = if action == "approve-reenrollment" {
+        let a: Approval = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::from(FleetError::BadRequest(format!(
+                "approve-reenrollment needs {{\"request\": FINGERPRINT}} (as `ferry device show` and `ferryd status` show it): {e}"
+            )))
+        })?;
+        Some(a.request)
+    } else {
+        None
+    };
     let out = blocking(move || match action.as_str() {
         "accept" => s.fleet.accept(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
         "revoke" => s.fleet.revoke(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
         "remove" => s.fleet.remove(&who, &serial).map(|()| json!({ "serial": serial, "removed": true })),
         "approve-reenrollment" => s
             .fleet
-            .approve_reenrollment(&who, &serial)
+            .approve_reenrollment(&who, &serial, approval.as_deref().unwrap_or_default())
             .map(|d| json!({ "serial": d.serial, "state": d.state, "reenrollment": "approved" })),
         "reject-reenrollment" => s
             .fleet

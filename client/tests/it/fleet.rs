@@ -224,6 +224,17 @@ fn fleet_enrolling_a_known_serial_again_takes_nothing_from_the_real_device() {
     assert_eq!(call(&env, "POST", "admin/devices/SN-B/accept", &env.admin_token, None).0, 200);
     assert_eq!(call(&env, "POST", "device/checkin", &stolen, Some(serde_json::json!({}))).0, 403);
     update(&b);
+    // The request the fleet shows is not the real device's: `ferryd status` shows a
+    // different fingerprint, which is how an operator tells a reflashed board from anyone.
+    let (ok, out, err) = crate::harness::ferryd(&b, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let mine = serde_json::from_str::<Value>(&out).unwrap()["device_token"].as_str().unwrap().to_string();
+    let token = std::fs::read_to_string(env.path().join("b/state/device-token")).unwrap();
+    assert_eq!(mine, blake3::hash(token.trim().as_bytes()).to_hex()[..12]);
+    let (_, one) = call(&env, "GET", "admin/devices/SN-B", &env.admin_token, None);
+    let request = one["reenrollment"]["request"].as_str().unwrap();
+    assert_eq!(request, &blake3::hash(stolen.as_bytes()).to_hex()[..12]);
+    assert_ne!(request, mine);
 }
 
 #[test]

@@ -302,11 +302,33 @@ fn fleet_reenrolling_a_known_serial_changes_nothing_until_an_operator_approves()
     assert_eq!(s.call("POST", "admin/devices/SN-1/reject-reenrollment", Some(&s.admin), vec![]).0, 200);
     assert_eq!(checkin(&stolen).0, 401);
     assert_eq!(checkin(&real).0, 200);
-    // Approved (a reflashed board): the new token replaces the old one.
+    // Approved (a reflashed board): the operator approves the request by the fingerprint
+    // the board shows (the first 12 hex digits of its token's BLAKE3 hash).
     let (_, _, v) = s.enroll("SN-1");
     let reflashed = v["device_token"].as_str().unwrap().to_string();
-    assert_eq!(s.call("POST", "admin/devices/SN-1/approve-reenrollment", Some(&s.admin), vec![]).0, 200);
+    let fingerprint = blake3::hash(reflashed.as_bytes()).to_hex()[..12].to_string();
+    let request = |s: &Served| -> serde_json::Value {
+        let (_, _, d) = s.call("GET", "admin/devices/SN-1", Some(&s.admin), vec![]);
+        serde_json::from_slice::<serde_json::Value>(&d).unwrap()["reenrollment"]["request"].clone()
+    };
+    assert_eq!(request(&s), fingerprint);
+    let approve = |fp: &str| {
+        let body = serde_json::to_vec(&serde_json::json!({ "request": fp })).unwrap();
+        s.call("POST", "admin/devices/SN-1/approve-reenrollment", Some(&s.admin), body).0
+    };
+    // Someone else re-enrolls between the operator's look and the approval: the approval
+    // names the request it meant, so it is refused and changes nothing.
+    let (_, _, v) = s.enroll("SN-1");
+    let intruder = v["device_token"].as_str().unwrap().to_string();
+    assert_eq!(approve(&fingerprint), 409);
+    assert_eq!((checkin(&intruder).0, checkin(&real).0), (403, 200));
+    assert_eq!(s.call("POST", "admin/devices/SN-1/approve-reenrollment", Some(&s.admin), vec![]).0, 400);
+    // The board enrolls again (its request is the newest), and that one is approved.
+    let (_, _, v) = s.enroll("SN-1");
+    let reflashed = v["device_token"].as_str().unwrap().to_string();
+    let fingerprint = blake3::hash(reflashed.as_bytes()).to_hex()[..12].to_string();
+    assert_eq!(approve(&fingerprint), 200);
     assert_eq!(checkin(&reflashed).0, 200);
-    assert_eq!(checkin(&real).0, 401);
-    assert_eq!(s.call("POST", "admin/devices/SN-1/approve-reenrollment", Some(&s.admin), vec![]).0, 404);
+    assert_eq!((checkin(&real).0, checkin(&intruder).0), (401, 401));
+    assert_eq!(approve(&fingerprint), 404);
 }
