@@ -595,6 +595,10 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) 
     }
 }
 
+/// How long an upload may bring no byte before the page gives up on it (the bundle read so
+/// far is then refused as cut, and the next upload may start).
+const UPLOAD_STALL: Duration = Duration::from_secs(20);
+
 /// Reads a small body (at most `max` bytes).
 async fn small_body(req: Request<Incoming>, max: usize) -> Result<Bytes, String> {
     let read = async {
@@ -704,7 +708,20 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     let mut body = req.into_body();
     let mut received = 0u64;
     let mut upload_error = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // Wi-Fi that drops mid-upload sends no FIN: without a bound, the one-at-a-time apply
+        // lock would be held until the page restarts.
+        let frame = match tokio::time::timeout(UPLOAD_STALL, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                upload_error = Some(format!(
+                    "the upload stopped arriving for {} s after {received} bytes",
+                    UPLOAD_STALL.as_secs()
+                ));
+                break;
+            }
+        };
         match frame {
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {

@@ -369,3 +369,29 @@ fn a_foreign_host_name_is_refused_against_dns_rebinding() {
     let a = exchange(TcpStream::connect(&addr).unwrap(), &login_request(&addr, PASSWORD));
     assert_eq!(a.status, 200, "{a:?}");
 }
+
+/// An upload whose connection goes silent (the access point's Wi-Fi drops, no FIN) used to
+/// hold the one-at-a-time apply lock until the page restarted: every later upload was "another
+/// bundle is being applied". The page now gives up on it and the next upload is taken.
+#[test]
+fn an_upload_that_stops_midway_releases_the_page_for_the_next_one() {
+    let env = Env::new();
+    let (_dev, _ui, addr) = bare_page(&env, "");
+    let head = |len: usize| {
+        format!(
+            "POST /apply HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {PASSWORD}\r\nX-Ferry-Upload: 1\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled.write_all(format!("{}FRYB", head(1_000_000)).as_bytes()).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let _ = stalled.read_to_end(&mut out);
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 422"), "after {:?}: {answer}", t.elapsed());
+    // The next upload is read (and refused for what it is), not turned away as busy.
+    let a = exchange(TcpStream::connect(&addr).unwrap(), &format!("{}not a bundle", head(12)));
+    assert_eq!(a.status, 422, "{a:?}");
+    assert!(a.body["error"].as_str().unwrap_or_default().contains("not a Ferry bundle"), "{a:?}");
+}
