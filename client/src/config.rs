@@ -341,7 +341,9 @@ impl Fleet {
     pub fn serial(&self) -> Result<String> {
         let value = match (&self.serial, &self.serial_file, &self.serial_env, &self.serial_command) {
             (Some(s), None, None, None) => s.clone(),
-            (None, None, None, Some(cmd)) => first_line_of(cmd).context("reading the serial number")?,
+            (None, None, None, Some(cmd)) => {
+                crate::process::first_line(cmd, COMMAND_TIMEOUT).context("reading the serial number")?
+            }
             (None, Some(path), None, None) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading the serial number from {}", path.display()))?
                 .lines()
@@ -368,13 +370,11 @@ impl Fleet {
     }
 }
 
+/// How long a serial or hardware command may take.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn sources_hw(c: &Config) -> bool {
     c.hardware.is_some() || c.hardware_file.is_some() || c.hardware_env.is_some() || c.hardware_command.is_some()
-}
-
-/// The first line a command (`sh -c`) prints, trimmed; it must succeed within 30 seconds.
-pub fn first_line_of(command: &str) -> Result<String> {
-    crate::process::first_line(command, std::time::Duration::from_secs(30))
 }
 
 impl Config {
@@ -507,7 +507,7 @@ impl Config {
         } else if let Some(var) = &self.hardware_env {
             std::env::var(var).with_context(|| format!("reading the hardware revision from ${var}"))?.trim().to_string()
         } else if let Some(cmd) = &self.hardware_command {
-            first_line_of(cmd).context("reading the hardware revision")?
+            crate::process::first_line(cmd, COMMAND_TIMEOUT).context("reading the hardware revision")?
         } else {
             return Ok(None);
         };

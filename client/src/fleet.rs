@@ -112,8 +112,8 @@ fn apply_config(
         tracing::info!(version, "applied configuration");
         return Ok(());
     };
-    match crate::trial::run_command_env(cmd, std::time::Duration::from_secs(60), None, &[]) {
-        Ok(()) => {
+    match crate::process::run(cmd, std::time::Duration::from_secs(60), None, &[]) {
+        Ok(_) => {
             let _ = std::fs::remove_file(&error_path);
             tracing::info!(version, "applied configuration and reloaded");
             Ok(())
@@ -129,9 +129,9 @@ fn apply_config(
                 }
             }
             // The service may have half-read the new files: reload it on the old ones.
-            let again = crate::trial::run_command_env(cmd, std::time::Duration::from_secs(60), None, &[]);
+            let again = crate::process::run(cmd, std::time::Duration::from_secs(60), None, &[]);
             let message = match again {
-                Ok(()) => format!("configuration version {version} not applied: {e:#}"),
+                Ok(_) => format!("configuration version {version} not applied: {e:#}"),
                 Err(e2) => {
                     format!("configuration version {version} not applied: {e:#}; reloading the previous one failed too: {e2:#}")
                 }

@@ -104,7 +104,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
                 ("FERRY_CONFIG_ENV", dir("config.env")),
                 ("FERRY_CONFIG_JSON", dir("config.json")),
             ];
-            crate::trial::run_command_env(cmd, timeout, None, &env).context("the per-device init command")?;
+            crate::process::run(cmd, timeout, None, &env).context("the per-device init command")?;
             tracing::info!(command = cmd, "ran the per-device init command");
         }
         steps.initialized = true;

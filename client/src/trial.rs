@@ -28,20 +28,6 @@ pub enum Outcome {
     RolledBack(String),
 }
 
-/// Runs `sh -c command` with a timeout; Ok(()) if it exits 0 (see [`crate::process`]).
-fn run_command(command: &str, timeout: Duration, cwd: Option<&Path>) -> Result<()> {
-    run_command_env(command, timeout, cwd, &[])
-}
-
-pub(crate) fn run_command_env(
-    command: &str,
-    timeout: Duration,
-    cwd: Option<&Path>,
-    env: &[(&str, String)],
-) -> Result<()> {
-    crate::process::run(command, timeout, cwd, env).map(drop)
-}
-
 /// Which hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -67,20 +53,26 @@ pub fn hook(config: &Config, which: Hook, commit: &str, version: &str, old: Opti
         ("FERRY_NEW_DEPLOYMENT", new.display().to_string()),
         ("FERRY_OLD_DEPLOYMENT", old.map(|o| deploy.join(o).display().to_string()).unwrap_or_default()),
     ];
-    run_command_env(command, Duration::from_secs(h.timeout), Some(&new), &env).with_context(|| format!("{name} hook"))
+    crate::process::run(command, Duration::from_secs(h.timeout), Some(&new), &env)
+        .map(drop)
+        .with_context(|| format!("{name} hook"))
 }
 
 /// Runs the reboot command (for releases whose metadata says `reboot=required`). The trial
 /// then continues after the reboot: `boot-check` counts the boot and the daemon's next
 /// update finishes it.
 pub fn reboot(config: &Config) -> Result<()> {
-    run_command(&config.reboot_command, Duration::from_secs(120), None).context("rebooting after the switch")
+    crate::process::run(&config.reboot_command, Duration::from_secs(120), None, &[])
+        .map(drop)
+        .context("rebooting after the switch")
 }
 
 /// Runs the configured restart command, if any.
 pub fn restart(config: &Config) -> Result<()> {
     match &config.restart_command {
-        Some(c) => run_command(c, Duration::from_secs(120), None).context("restarting after the switch"),
+        Some(c) => {
+            crate::process::run(c, Duration::from_secs(120), None, &[]).map(drop).context("restarting after the switch")
+        }
         None => Ok(()),
     }
 }
@@ -89,10 +81,10 @@ pub fn restart(config: &Config) -> Result<()> {
 async fn check_round(h: &Health, deployment: &Path) -> Result<()> {
     let timeout = Duration::from_secs(h.check_timeout);
     for c in &h.commands {
-        run_command(c, timeout, Some(deployment)).with_context(|| "health check".to_string())?;
+        crate::process::run(c, timeout, Some(deployment), &[]).context("health check")?;
     }
     for u in &h.units {
-        run_command(&format!("systemctl is-active --quiet {u}"), timeout, None)
+        crate::process::run(&format!("systemctl is-active --quiet {u}"), timeout, None, &[])
             .with_context(|| format!("health check: unit {u} is not active"))?;
     }
     if !h.urls.is_empty() {

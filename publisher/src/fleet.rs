@@ -523,25 +523,23 @@ fn new_token(kind: TokenKind) -> Result<String> {
 
 impl Fleet {
     pub fn open(path: &Path, settings: Settings) -> Result<Fleet> {
-        Ok(Fleet {
-            kv: Kv::open(path, &TABLES)?,
+        Ok(Fleet::over(Kv::open(path, &TABLES)?, settings))
+    }
+
+    fn over(kv: Kv, settings: Settings) -> Fleet {
+        Fleet {
+            kv,
             settings,
             enroll_limits: Mutex::new(EnrollLimits::default()),
             write: Mutex::new(()),
             stripes: (0..64).map(|_| Mutex::new(())).collect(),
-        })
+        }
     }
 
     /// The fleet's state as it is now, for reading beside a running `ferry serve` (e.g.
     /// `ferry bundle --fleet` reading rollouts). Every change through it fails.
     pub fn open_read_only(path: &Path) -> Result<Fleet> {
-        Ok(Fleet {
-            kv: Kv::open_read_only(path, &TABLES)?,
-            settings: Settings::default(),
-            enroll_limits: Mutex::new(EnrollLimits::default()),
-            write: Mutex::new(()),
-            stripes: (0..64).map(|_| Mutex::new(())).collect(),
-        })
+        Ok(Fleet::over(Kv::open_read_only(path, &TABLES)?, Settings::default()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
