@@ -131,6 +131,13 @@ async fn chunks_request_head(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Reads an answer's status line on `s`, which must be 200.
+async fn answered_200(s: &mut TcpStream) {
+    let mut head = [0; 12];
+    timeout(BOUND, s.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}
+
 /// Reads until the server closes the connection (end of stream or reset); the bytes read.
 async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -190,9 +197,7 @@ fn clients_that_never_read_hold_no_thread_and_branches_and_the_admin_api_still_a
         let r = c.get(format!("http://{addr}/v1/objects/{id}")).send().await.expect("content still answers");
         assert_eq!(r.status(), 200);
         // The stalled clients were real: their answers had started.
-        let mut head = [0; 12];
-        timeout(BOUND, stalled[0].read_exact(&mut head)).await.unwrap().unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+        answered_200(&mut stalled[0]).await;
     });
 }
 
@@ -229,9 +234,7 @@ fn patch_answers_past_their_budget_are_refused_at_once_so_devices_fetch_plain() 
         // Plain chunks, what a device falls back to, still stream.
         let r = c.post(format!("http://{addr}/v1/chunks")).body(ferry_delta::pack::encode_request(&ids[..4])).send();
         assert_eq!(r.await.unwrap().status(), 200);
-        let mut head = [0; 12];
-        timeout(BOUND, stalled[0].read_exact(&mut head)).await.unwrap().unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+        answered_200(&mut stalled[0]).await;
     });
 }
 
@@ -327,9 +330,7 @@ fn ferry_serve_on_sigterm_finishes_the_answer_in_flight_and_drops_idle_and_half_
         kept.write_all(format!("GET /v1/branches/main HTTP/1.1\r\n{}Host: x\r\n\r\n", auth()).as_bytes())
             .await
             .unwrap();
-        let mut head = [0; 12];
-        timeout(BOUND, kept.read_exact(&mut head)).await.unwrap().unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+        answered_200(&mut kept).await;
         // An answer of megabytes, begun and backed up into the server.
         let mut in_flight = ask_and_never_read(addr, &ids).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -492,8 +493,6 @@ fn one_address_holds_at_most_its_share_of_the_connections() {
             .write_all(format!("GET /v1/branches/main HTTP/1.1\r\nHost: x\r\n{}\r\n", auth()).as_bytes())
             .await
             .unwrap();
-        let mut head = [0u8; 12];
-        timeout(BOUND, other.read_exact(&mut head)).await.unwrap().unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+        answered_200(&mut other).await;
     });
 }
