@@ -344,6 +344,11 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     let r = bundle(&["--force"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(String::from_utf8_lossy(&r.stderr).contains("bundling it anyway"));
+    // A directory that holds no fleet is an error naming it, and nothing is written.
+    std::fs::remove_file(&out).unwrap();
+    let nowhere = s(&t.path().join("no-fleet"));
+    fails(&["bundle", "--repo", &repo, "--to", "stable", "--fleet", &nowhere, "-o", &out], "no-fleet");
+    assert!(!Path::new(&out).exists());
     // A commit bundle is not a channel's: no rollout applies.
     ok(&["bundle", "--repo", &repo, "--to", &c2, "--fleet", &s(&fleet), "-o", &out]);
 }
