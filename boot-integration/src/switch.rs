@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,19 +41,10 @@ pub fn switch_symlink(link: &Path, target: &Path) -> Result<(), SwitchError> {
     if !fs::metadata(dir.join(target)).map(|m| m.is_dir()).unwrap_or(false) {
         return Err(SwitchError::BadTarget { path: target.to_path_buf() });
     }
-    let name = link.file_name().ok_or_else(|| SwitchError::NotASymlink { path: link.to_path_buf() })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".switch-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    // A leftover from a crash during an earlier switch is only ever our temporary link.
-    let _ = fs::remove_file(&tmp);
-    symlink(target, &tmp).map_err(io_err(&tmp))?;
-    if let Err(e) = fs::rename(&tmp, link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(link)(e));
+    if link.file_name().is_none() {
+        return Err(SwitchError::NotASymlink { path: link.to_path_buf() });
     }
-    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))
+    ferry_durable::replace_symlink(link, target).map_err(io_err(link))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! point of "marked good"; rolling back switches to `previous` first and clears it after.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -60,26 +59,15 @@ impl Trial {
     pub fn save(&self, state_dir: &Path) -> Result<(), TrialError> {
         let p = path(state_dir);
         let io = |source| TrialError::Io { path: p.clone(), source };
-        let tmp = p.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| TrialError::Corrupt { path: p.clone(), message: e.to_string() })?;
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &p).map_err(io)?;
-        fs::File::open(state_dir).and_then(|d| d.sync_all()).map_err(io)
+        ferry_durable::replace(&p, &bytes).map_err(io)
     }
 
     /// Ends the trial (the commit point of "good", or the last step of a rollback).
     pub fn clear(state_dir: &Path) -> Result<(), TrialError> {
         let p = path(state_dir);
-        match fs::remove_file(&p) {
-            Ok(()) => fs::File::open(state_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| TrialError::Io { path: p, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(TrialError::Io { path: p, source }),
-        }
+        ferry_durable::remove(&p).map_err(|source| TrialError::Io { path: p, source })
     }
 }
 

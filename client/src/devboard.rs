@@ -80,8 +80,7 @@ pub fn unlock(config: &Config, keep: bool) -> Result<PathBuf> {
         fs::remove_dir_all(&tmp)?;
     }
     copy_tree(&from, &tmp)?;
-    fs::rename(&tmp, &to).with_context(|| format!("completing {}", to.display()))?;
-    ferry_store::durable::sync_parent(&to)?;
+    ferry_durable::rename(&tmp, &to).with_context(|| format!("completing {}", to.display()))?;
     ferry_boot::switch_symlink(&config.current_link, &to)?;
     state.dev =
         Some(Dev { link: to.clone(), back_to: Some(current.to_hex()), was_pinned: state.pinned, unlocked: true, keep });

@@ -85,7 +85,7 @@ fn apply_config(
 ) -> Result<()> {
     // The configuration holds the fleet's secrets (site passwords, API keys): readable by
     // the agent's user only, like the device token.
-    use ferry_store::durable::write_secret as write_atomic;
+    use ferry_durable::replace_secret as write_atomic;
     let [json_path, env_path, error_path] = config_paths(config);
     if applied(config)?.is_some_and(|a| a.version == version) {
         // Files written by an agent from before they were secret keep their old mode until
@@ -221,7 +221,7 @@ async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic
         bail!("enrolling {serial}: the answer's device token is malformed");
     }
     std::fs::create_dir_all(&config.state_dir)?;
-    ferry_store::durable::write_secret(&token_path(config), token.as_bytes())
+    ferry_durable::replace_secret(&token_path(config), token.as_bytes())
         .with_context(|| format!("saving {}", token_path(config).display()))?;
     tracing::info!(serial, state = %v["state"], "enrolled with the fleet server");
     Ok(token.to_string())

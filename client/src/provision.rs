@@ -57,7 +57,7 @@ fn load(config: &Config) -> Result<Steps> {
 
 fn save(config: &Config, steps: &Steps, step: &str) -> Result<()> {
     std::fs::create_dir_all(&config.state_dir)?;
-    ferry_store::durable::write_atomic(&path(config), &serde_json::to_vec_pretty(steps)?)
+    ferry_durable::replace(&path(config), &serde_json::to_vec_pretty(steps)?)
         .with_context(|| format!("writing {}", path(config).display()))?;
     crate::crash::point(step);
     Ok(())

@@ -66,7 +66,7 @@ impl State {
 
     pub fn save(&self, state_dir: &Path) -> Result<()> {
         let path = state_dir.join("state.json");
-        ferry_store::durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+        ferry_durable::replace(&path, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))
     }
 }

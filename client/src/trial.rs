@@ -335,7 +335,7 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
         (|| {
             std::fs::create_dir_all(&config.state_dir)?;
             let probe = config.state_dir.join(".doctor");
-            ferry_store::durable::write_atomic(&probe, b"ok")?;
+            ferry_durable::replace(&probe, b"ok")?;
             std::fs::remove_file(&probe)?;
             Ok(format!("{} is writable", config.state_dir.display()))
         })(),

@@ -76,7 +76,7 @@ impl TrustState {
     pub fn save(&self, config: &Config) -> Result<()> {
         let path = config.state_dir.join("trust.json");
         std::fs::create_dir_all(&config.state_dir)?;
-        ferry_store::durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+        ferry_durable::replace(&path, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))
     }
 

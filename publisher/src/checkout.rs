@@ -156,8 +156,8 @@ pub fn checkout(repo: &Repository, commit_id: &Id, dest: &Path, progress: &dyn P
         }
         let root = File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
         nix::unistd::syncfs(&root).with_context(|| format!("syncing {}", tmp.display()))?;
-        fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-        ferry_store::durable::sync_parent(dest).with_context(|| format!("syncing {}", dest.display()))?;
+        ferry_durable::rename(&tmp, dest)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
         Ok(CheckoutSummary {
             commit: commit_id.to_hex(),
             files: plan.files.len() as u64,

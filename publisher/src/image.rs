@@ -201,8 +201,7 @@ pub fn build(repo: &Repository, req: &ImageRequest) -> Result<ImageSummary> {
         raw_bytes: None,
     };
     if let Some((raw, size)) = &req.raw {
-        let name = raw.file_name().ok_or_else(|| anyhow!("--raw {} is not a file name", raw.display()))?;
-        let tmp = raw.with_file_name(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+        let tmp = ferry_durable::temp_beside(raw).with_context(|| format!("--raw {}", raw.display()))?;
         let result = (|| -> Result<()> {
             let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
             f.set_len(*size)?;
@@ -217,8 +216,7 @@ pub fn build(repo: &Repository, req: &ImageRequest) -> Result<ImageSummary> {
                 bail!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&mkfs.stderr).trim());
             }
             std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, raw)?;
-            ferry_store::durable::sync_parent(raw)?;
+            ferry_durable::rename(&tmp, raw)?;
             Ok(())
         })();
         if result.is_err() {

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ferry_publisher::import::{CommitRequest, NoProgress, Progress};
 use ferry_publisher::{checkout, fsck, import, show};
@@ -376,28 +376,6 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// Writes `path` through `write`: into a temporary file beside it, synced, then renamed
-/// over it and the directory synced; on an error nothing is left behind.
-fn write_file_atomically<T>(path: &std::path::Path, write: impl FnOnce(&mut std::fs::File) -> Result<T>) -> Result<T> {
-    let name = path.file_name().ok_or_else(|| anyhow!("{} is not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| anyhow!("creating {}: {e}", tmp.display()))?;
-        let out = write(&mut f)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).map_err(|e| anyhow!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
-        ferry_store::durable::sync_parent(path)?;
-        Ok(out)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn open_ro(repo: &RepoArg) -> Result<Repository> {
     Ok(Repository::open_read_only(&repo.repo)?)
 }
@@ -645,7 +623,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ferry_publisher::bundle::write_bundle(&r, &target, &from, std::io::stdout().lock(), &bar)?
             } else {
                 let bar = Bar::new("bundling");
-                write_file_atomically(&output, |f| ferry_publisher::bundle::write_bundle(&r, &target, &from, f, &bar))?
+                ferry_durable::replace_with::<_, anyhow::Error>(&output, ferry_durable::PUBLIC, |f| {
+                    ferry_publisher::bundle::write_bundle(&r, &target, &from, f, &bar)
+                })
+                .with_context(|| format!("writing {}", output.display()))?
             };
             if json {
                 print_json(&summary)?;

@@ -211,7 +211,8 @@ impl Patcher {
         for e in fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
+            // Temporaries of ferry_durable (`.<name>.tmp.<pid>`) and of older versions (`<name>.<pid>.tmp`).
+            if name.contains(".tmp") {
                 let _ = fs::remove_file(e.path());
                 continue;
             }
@@ -306,18 +307,13 @@ impl Patcher {
 
     fn write_cached(&self, name: &str, body: &[u8]) {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!("{name}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
+        let written = ferry_durable::replace_with(&path, ferry_durable::PUBLIC, |f| {
             f.write_all(blake3::hash(body).as_bytes())?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+            f.write_all(body)
+        });
+        if let Err(e) = written {
             // The cache is an optimisation: a full disk costs recomputation, not an error.
             tracing::warn!(path = %path.display(), error = %e, "could not write a patch cache entry");
-            let _ = fs::remove_file(&tmp);
             return;
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());

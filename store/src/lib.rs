@@ -13,7 +13,6 @@
 pub mod channel;
 pub mod chunk;
 pub mod config;
-pub mod durable;
 pub mod error;
 pub mod id;
 #[cfg(feature = "rocksdb")]

@@ -32,7 +32,6 @@ use rocksdb::{
 use crate::channel::{ChannelDoc, Envelope, KeyDoc};
 use crate::chunk::decode_chunk;
 use crate::config::{ChunkParams, RepoConfig, KNOWN_FEATURES, REPO_FORMAT};
-use crate::durable;
 use crate::error::{Result, StoreError};
 use crate::id::{Id, ID_LEN};
 use crate::object::{object_kind, Commit, DecodeError, ObjectKind, Tree};
@@ -166,11 +165,10 @@ impl Repository {
             }
             let json = serde_json::to_vec_pretty(config)
                 .map_err(|e| StoreError::BadConfig { path: tmp.clone(), message: e.to_string() })?;
-            durable::write_atomic(&tmp.join(CONFIG_FILE), &json).map_err(tio)?;
-            fs::File::open(&tmp).and_then(|d| d.sync_all()).map_err(tio)?;
+            ferry_durable::replace(&tmp.join(CONFIG_FILE), &json).map_err(tio)?;
+            ferry_durable::sync_dir(&tmp).map_err(tio)?;
             // rename(2) replaces an empty directory atomically.
-            fs::rename(&tmp, path).map_err(io)?;
-            durable::sync_parent(path).map_err(io)
+            ferry_durable::rename(&tmp, path).map_err(io)
         };
         if let Err(e) = build() {
             let _ = fs::remove_dir_all(&tmp);

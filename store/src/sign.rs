@@ -11,13 +11,10 @@
 //! `ferry-public-key-v1 <64 hex digits>`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
-use crate::durable;
 use crate::id::Id;
 
 /// Prefix of every signed commit message.
@@ -150,29 +147,15 @@ pub fn public_path(path: &Path) -> std::path::PathBuf {
     s.into()
 }
 
-/// Writes a new file whole or not at all, never replacing one: a temporary file is written
-/// and synced, then hard-linked to its name (which fails if the name exists).
+/// Writes a new key file whole or not at all, never replacing one.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let err = |source| KeyError::Write { path: path.display().to_string(), source };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(path.file_name().unwrap_or_default());
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::hard_link(&tmp, path)
-    })();
-    let _ = fs::remove_file(&tmp);
-    result.map_err(|e| {
+    ferry_durable::write_new(path, bytes, mode).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             KeyError::Exists { path: path.display().to_string() }
         } else {
-            err(e)
+            KeyError::Write { path: path.display().to_string(), source: e }
         }
-    })?;
-    durable::sync_parent(path).map_err(err)
+    })
 }
 
 fn parse_line(text: &str, prefix: &str) -> Option<[u8; 32]> {
