@@ -26,7 +26,7 @@ use ferry_store::{Commit, EntryKind, Id, PublicKey, Tree};
 
 use crate::config::Config;
 use crate::local::Local;
-use crate::state::{now, State};
+use crate::state::{self, Outcome};
 use crate::update::{sync_staging, Refused, TrialFailed};
 
 /// What one `ferryd apply` did.
@@ -92,11 +92,7 @@ pub async fn apply(config: &Config, input: impl Read, opts: ApplyOptions) -> Res
     let result = apply_inner(config, &local, input, started, None, opts).await;
     if let Err(e) = &result {
         if !e.is::<TrialFailed>() {
-            let mut st = State::load(&config.state_dir)?;
-            st.last_result = Some("error".into());
-            st.last_error = Some(format!("{e:#}"));
-            st.last_attempt = Some(now());
-            st.save(&config.state_dir)?;
+            state::record_attempt(config, Outcome::Error, Some(format!("{e:#}")))?;
         }
     }
     result
@@ -217,7 +213,7 @@ async fn apply_inner(
         }
     }
 
-    let state = State::load(&config.state_dir)?;
+    let state = state::read(config)?;
     if target.channel.is_some() && state.pinned && seed_root.is_none() {
         return Err(refused(format!(
             "this device is pinned, and the bundle carries channel {}'s release {}: run `ferryd unpin` first, or apply a commit bundle",
@@ -372,11 +368,10 @@ async fn apply_inner(
     s.bundle_bytes = reader.bytes_read();
     s.chunks_reused = (all.len() as u64).saturating_sub(s.chunks_used);
     if let Some(accepted) = target.accepted {
-        accepted.save(config)?;
+        state::save_trust(config, &accepted)?;
     }
 
     // 5. Build, switch and try, as after a download.
-    let mut state = State::load(&config.state_dir)?;
     if let Some(root) = seed_root {
         let (files, reused) = crate::update::assemble(local, &head, &p)?;
         s.files = files;
@@ -386,35 +381,31 @@ async fn apply_inner(
         link_durably(&config.current_link, &on_device)?;
         // The staged chunks are in the objects now: the image does not carry them twice.
         crate::update::collect_garbage(local, &[head])?;
-        state.last_result = Some("ok".into());
-        state.last_attempt = Some(now());
-        state.save(&config.state_dir)?;
+        state::change(config, |s| {
+            s.last_result = Some(Outcome::Ok);
+            s.last_attempt = Some(state::now());
+        })?;
         local.sync()?;
         s.seconds = started.elapsed().as_secs_f64();
         return Ok(s);
     }
     if state.dev.is_some() {
         crate::devboard::off(config)?;
-        state = State::load(&config.state_dir)?;
     }
     let pin = opts.pin;
     if up_to_date {
         s.up_to_date = true;
-        state.last_result = Some("up-to-date".into());
     } else {
         let (files, reused) = crate::update::assemble(local, &head, &p)?;
         s.files = files;
         s.files_reused = reused;
-        s.rebooting = crate::update::install(config, local, &mut state, head, commit, current).await?;
-        state = State::load(&config.state_dir)?;
+        s.rebooting = crate::update::install(config, local, head, commit, current).await?;
     }
-    state.last_error = None;
-    state.last_attempt = Some(now());
-    if pin {
-        state.pinned = true;
-        s.pinned = true;
-    }
-    state.save(&config.state_dir)?;
+    state::change(config, |st| {
+        st.record_attempt(if up_to_date { Outcome::UpToDate } else { Outcome::Ok }, None);
+        st.pinned |= pin;
+    })?;
+    s.pinned |= pin;
     s.seconds = started.elapsed().as_secs_f64();
     Ok(s)
 }
@@ -508,7 +499,7 @@ fn decide(
     let mut accepted = None;
     let (keys, target, channel) = match &config.channel {
         Some(channel) => {
-            let mut state = crate::trust::TrustState::load(config)?;
+            let mut state = state::read_trust(config)?;
             let chain = header
                 .keys
                 .iter()

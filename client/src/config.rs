@@ -483,6 +483,11 @@ impl Config {
     }
 
     /// Loads the image's root keys (channel mode).
+    /// The paths under `state_dir`.
+    pub fn layout(&self) -> crate::layout::Layout {
+        crate::layout::Layout::new(&self.state_dir)
+    }
+
     pub fn roots(&self) -> Result<Vec<PublicKey>> {
         self.root_keys.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect()
     }

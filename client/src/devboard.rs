@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 use crate::local::Local;
-use crate::state::{Dev, State};
+use crate::state::{self, Dev, State};
 
 /// Points `current_link` at `dir` (a developer's working copy) and pins the device.
 pub fn link(config: &Config, dir: &Path) -> Result<()> {
@@ -22,17 +22,17 @@ pub fn link(config: &Config, dir: &Path) -> Result<()> {
         bail!("{} must be an absolute path to a directory", dir.display());
     }
     let local = Local::open(&config.state_dir)?;
-    let mut state = State::load(&config.state_dir)?;
-    let back_to = match &state.dev {
+    let before = state::read(config)?;
+    let back_to = match &before.dev {
         Some(d) => d.back_to.clone(),
         None => crate::update::current_commit(config, &local)?.map(|c| c.to_hex()),
     };
-    let was_pinned = state.dev.as_ref().map_or(state.pinned, |d| d.was_pinned);
-    let before = state.clone();
+    let was_pinned = before.dev.as_ref().map_or(before.pinned, |d| d.was_pinned);
     // Pinned before the switch: a crash in between must not let an update replace the copy.
-    state.dev = Some(Dev { link: dir.to_path_buf(), back_to, was_pinned, unlocked: false, keep: false });
-    state.pinned = true;
-    state.save(&config.state_dir)?;
+    state::change(config, |s| {
+        s.dev = Some(Dev { link: dir.to_path_buf(), back_to, was_pinned, unlocked: false, keep: false });
+        s.pinned = true;
+    })?;
     ferry_boot::switch_symlink(&config.current_link, dir)?;
     // An unlocked copy that was current goes only now that nothing points at it.
     drop_unlocked(&before, config)
@@ -40,20 +40,21 @@ pub fn link(config: &Config, dir: &Path) -> Result<()> {
 
 /// Back to the deployment that ran before `dev --link` or `unlock`.
 pub fn off(config: &Config) -> Result<String> {
-    let mut state = State::load(&config.state_dir)?;
+    let state = state::read(config)?;
     let Some(dev) = state.dev.clone() else { bail!("no working copy or unlocked copy is linked") };
     let Some(back) = &dev.back_to else {
         bail!("there is no deployment to go back to: run `ferryd update` or `ferryd deploy`")
     };
-    let target = config.state_dir.join("deploy").join(back);
+    let target = config.layout().deployment(back);
     if !target.is_dir() {
         bail!("deployment {back} is gone; run `ferryd deploy` to install a release");
     }
     ferry_boot::switch_symlink(&config.current_link, &target)?;
     drop_unlocked(&state, config)?;
-    state.dev = None;
-    state.pinned = dev.was_pinned;
-    state.save(&config.state_dir)?;
+    state::change(config, |s| {
+        s.dev = None;
+        s.pinned = dev.was_pinned;
+    })?;
     Ok(back.clone())
 }
 
@@ -61,8 +62,7 @@ pub fn off(config: &Config) -> Result<String> {
 /// drops it (unless `keep`); the object store is never touched.
 pub fn unlock(config: &Config, keep: bool) -> Result<PathBuf> {
     let local = Local::open(&config.state_dir)?;
-    let mut state = State::load(&config.state_dir)?;
-    if state.dev.is_some() {
+    if state::read(config)?.dev.is_some() {
         bail!("a working copy or unlocked copy is already linked; `ferryd dev --off` first");
     }
     let Some(current) = crate::update::current_commit(config, &local)? else {
@@ -70,7 +70,7 @@ pub fn unlock(config: &Config, keep: bool) -> Result<PathBuf> {
     };
     let from = local.deploy_dir().join(current.to_hex());
     // A new name each time: an earlier copy kept with --keep stays as it is.
-    let unlocked = config.state_dir.join("unlocked");
+    let unlocked = config.layout().unlocked();
     let to = (0u32..)
         .map(|n| unlocked.join(if n == 0 { current.to_hex() } else { format!("{}-{n}", current.to_hex()) }))
         .find(|p| !p.exists())
@@ -82,16 +82,17 @@ pub fn unlock(config: &Config, keep: bool) -> Result<PathBuf> {
     copy_tree(&from, &tmp)?;
     ferry_durable::rename(&tmp, &to).with_context(|| format!("completing {}", to.display()))?;
     ferry_boot::switch_symlink(&config.current_link, &to)?;
-    state.dev =
-        Some(Dev { link: to.clone(), back_to: Some(current.to_hex()), was_pinned: state.pinned, unlocked: true, keep });
-    state.save(&config.state_dir)?;
+    state::change(config, |s| {
+        s.dev =
+            Some(Dev { link: to.clone(), back_to: Some(current.to_hex()), was_pinned: s.pinned, unlocked: true, keep });
+    })?;
     Ok(to)
 }
 
 /// Removes an unlocked copy that is not to be kept (after the link moved away from it).
 pub fn drop_unlocked(state: &State, config: &Config) -> Result<()> {
     if let Some(d) = &state.dev {
-        if d.unlocked && !d.keep && d.link.starts_with(config.state_dir.join("unlocked")) && d.link.exists() {
+        if d.unlocked && !d.keep && d.link.starts_with(config.layout().unlocked()) && d.link.exists() {
             fs::remove_dir_all(&d.link).with_context(|| format!("removing {}", d.link.display()))?;
         }
     }

@@ -14,6 +14,7 @@ pub mod devboard;
 pub mod fleet;
 pub mod fsck;
 pub mod http;
+pub mod layout;
 pub mod local;
 pub mod local_ui;
 pub mod process;

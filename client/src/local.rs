@@ -1,14 +1,5 @@
-//! The device's own store.
-//!
-//! ```text
-//! <state_dir>/db/          RocksDB: chunk_index (chunk id → file object id ‖ u64 offset ‖ u32 len),
-//!                          objects (tree and commit id → canonical bytes, verified when stored)
-//! <state_dir>/objects/     file objects, one per distinct (content, mode, owner, xattrs);
-//!                          deployments hardlink to them
-//! <state_dir>/staging/     downloaded chunks (zstd frames, verified) not yet built into objects
-//! <state_dir>/deploy/<id>/ complete deployments; `<id>.tmp-*` are incomplete and are removed
-//! <state_dir>/state.json   previous deployment, last result and error
-//! ```
+//! The device's own store: the chunk index, trees and commits in RocksDB, the file objects
+//! and staged chunks beside it, and the deployments built from them (paths: [`Layout`]).
 //!
 //! RocksDB stays behind this type: nothing outside this module sees it. The index is a cache
 //! of what the object files hold: a chunk read through it is verified against its id, and a
@@ -17,6 +8,8 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use crate::layout::Layout;
 
 use anyhow::{bail, Context, Result};
 use ferry_store::object::{object_kind, ObjectKind};
@@ -41,13 +34,13 @@ pub struct Location {
 }
 
 pub struct Local {
-    pub root: PathBuf,
+    pub layout: Layout,
     db: DB,
 }
 
 impl std::fmt::Debug for Local {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Local").field("root", &self.root).finish()
+        f.debug_struct("Local").field("root", &self.layout.root()).finish()
     }
 }
 
@@ -77,8 +70,9 @@ impl Local {
     /// Opens (creating if needed) the state directory, and removes what an interrupted run
     /// left half-done: incomplete deployments and temporary files. Staging is kept.
     pub fn open(root: &Path) -> Result<Local> {
-        for dir in ["objects", "staging", "deploy"] {
-            fs::create_dir_all(root.join(dir)).with_context(|| format!("creating {}", root.join(dir).display()))?;
+        let layout = Layout::new(root);
+        for dir in [layout.objects(), layout.staging(), layout.deploy()] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         // A device is small: keep RocksDB's memory modest. One block cache of
         // BLOCK_CACHE_BYTES for both column families (RocksDB's default is 32 MiB per
@@ -101,7 +95,7 @@ impl Local {
             small(&mut o);
             ColumnFamilyDescriptor::new(name, o)
         });
-        let db_path = root.join("db");
+        let db_path = layout.db();
         let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| {
             if e.to_string().contains("LOCK") {
                 anyhow::anyhow!("{} is in use by another ferryd", db_path.display())
@@ -109,7 +103,7 @@ impl Local {
                 anyhow::anyhow!("opening {}: {e}", db_path.display())
             }
         })?;
-        let local = Local { root: root.to_path_buf(), db };
+        let local = Local { layout, db };
         local.recover()?;
         Ok(local)
     }
@@ -117,23 +111,24 @@ impl Local {
     /// Opens the state directory for reading only (no lock, no recovery), e.g. for `status`
     /// while the daemon runs. `None` if no update has run yet.
     pub fn open_read_only(root: &Path) -> Result<Option<Local>> {
-        let db_path = root.join("db");
+        let layout = Layout::new(root);
+        let db_path = layout.db();
         // CURRENT is written last when RocksDB creates a database.
         if !db_path.join("CURRENT").exists() {
             return Ok(None);
         }
         let db = DB::open_cf_for_read_only(&Options::default(), &db_path, [CF_INDEX, CF_OBJECTS], false)
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", db_path.display()))?;
-        Ok(Some(Local { root: root.to_path_buf(), db }))
+        Ok(Some(Local { layout, db }))
     }
 
     fn recover(&self) -> Result<()> {
         for (dir, is_tmp) in [
-            ("deploy", &(|n: &str| n.contains(".tmp-")) as &dyn Fn(&str) -> bool),
-            ("objects", &|n: &str| n.ends_with(".tmp")),
-            ("staging", &|n: &str| n.ends_with(".tmp")),
+            (self.layout.deploy(), &(|n: &str| n.contains(".tmp-")) as &dyn Fn(&str) -> bool),
+            (self.layout.objects(), &|n: &str| n.ends_with(".tmp")),
+            (self.layout.staging(), &|n: &str| n.ends_with(".tmp")),
         ] {
-            for e in fs::read_dir(self.root.join(dir))? {
+            for e in fs::read_dir(&dir)? {
                 let e = e?;
                 if is_tmp(&e.file_name().to_string_lossy()) {
                     let p = e.path();
@@ -156,15 +151,15 @@ impl Local {
     }
 
     pub fn object_path(&self, id: &Id) -> PathBuf {
-        self.root.join("objects").join(id.to_hex())
+        self.layout.object(id)
     }
 
     pub fn staging_path(&self, id: &Id) -> PathBuf {
-        self.root.join("staging").join(id.to_hex())
+        self.layout.staged(id)
     }
 
     pub fn deploy_dir(&self) -> PathBuf {
-        self.root.join("deploy")
+        self.layout.deploy()
     }
 
     // ---- trees and commits ----------------------------------------------------------

@@ -284,9 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pin | Command::Unpin => {
             let pin = matches!(cli.command, Command::Pin);
-            let mut st = ferry_client::state::State::load(&config.state_dir)?;
-            st.pinned = pin;
-            st.save(&config.state_dir)?;
+            ferry_client::state::change(&config, |s| s.pinned = pin)?;
             eprintln!(
                 "{}",
                 if pin { "pinned: fleet updates are not downloaded" } else { "unpinned: fleet updates are back" }

@@ -44,7 +44,7 @@ pub struct ProvisionSummary {
 }
 
 fn path(config: &Config) -> std::path::PathBuf {
-    config.state_dir.join("provision.json")
+    config.layout().provision()
 }
 
 fn load(config: &Config) -> Result<Steps> {
@@ -86,7 +86,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
     }
     if !steps.configured {
         crate::fleet::check_in(config, &server, &mut t).await.context("fetching this device's configuration")?;
-        if let Ok(e) = std::fs::read_to_string(config.state_dir.join("config-error")) {
+        if let Ok(e) = std::fs::read_to_string(config.layout().config_error()) {
             anyhow::bail!("the fleet's configuration was not applied: {e}");
         }
         steps.configured = true;
@@ -96,13 +96,12 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
     if !steps.initialized {
         if let Some(cmd) = config.provision.as_ref().and_then(|p| p.init_command.as_deref()) {
             let timeout = Duration::from_secs(config.provision.as_ref().map_or(600, |p| p.init_timeout));
-            let dir = |n: &str| config.state_dir.join(n).display().to_string();
             let env = [
                 ("FERRY_SERIAL", serial.clone().unwrap_or_default()),
                 ("FERRY_HARDWARE", hardware.clone()),
                 ("FERRY_STATE_DIR", config.state_dir.display().to_string()),
-                ("FERRY_CONFIG_ENV", dir("config.env")),
-                ("FERRY_CONFIG_JSON", dir("config.json")),
+                ("FERRY_CONFIG_ENV", config.layout().config_env().display().to_string()),
+                ("FERRY_CONFIG_JSON", config.layout().config_json().display().to_string()),
             ];
             crate::process::run(cmd, timeout, None, &env).context("the per-device init command")?;
             tracing::info!(command = cmd, "ran the per-device init command");

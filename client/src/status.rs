@@ -6,7 +6,6 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::local::Local;
-use crate::state::State;
 use crate::Config;
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +28,7 @@ pub struct Status {
     pub keys_serial: Option<u64>,
     pub server: String,
     pub hardware: Option<String>,
-    pub last_result: Option<String>,
+    pub last_result: Option<crate::state::Outcome>,
     pub last_error: Option<String>,
     pub last_attempt: Option<i64>,
     /// Pending work of an interrupted update: chunks downloaded and kept for the next try.
@@ -65,8 +64,8 @@ pub fn warnings(config: &Config) -> Vec<String> {
 
 pub fn status(config: &Config) -> Result<Status> {
     let target = ferry_boot::current_target(&config.current_link)?;
-    let state = State::load(&config.state_dir)?;
-    let trust = crate::trust::TrustState::load(config)?;
+    let state = crate::state::read(config)?;
+    let trust = crate::state::read_trust(config)?;
     // Versions come from the device database; status still answers (without them) if it
     // cannot be read, e.g. while the very first update is creating it.
     let local = Local::open_read_only(&config.state_dir).unwrap_or_else(|e| {
@@ -82,7 +81,7 @@ pub fn status(config: &Config) -> Result<Status> {
     };
     let current = target
         .as_ref()
-        .filter(|t| t.parent() == Some(config.state_dir.join("deploy").as_path()))
+        .filter(|t| t.parent() == Some(config.layout().deploy().as_path()))
         .and_then(|t| t.file_name())
         .map(|n| describe(&n.to_string_lossy()));
     Ok(Status {
@@ -96,7 +95,7 @@ pub fn status(config: &Config) -> Result<Status> {
         keys_serial: config.channel.as_ref().map(|_| trust.keys.serial),
         server: config.server.clone(),
         hardware: config.hardware_revision().unwrap_or_else(|e| Some(format!("unknown: {e:#}"))),
-        last_result: state.last_result.clone(),
+        last_result: state.last_result,
         last_error: state.last_error.clone(),
         last_attempt: state.last_attempt,
         trial: ferry_boot::Trial::load(&config.state_dir)?,
@@ -106,7 +105,7 @@ pub fn status(config: &Config) -> Result<Status> {
         dev: state.dev.clone(),
         warnings: warnings(config),
         device_token: config.fleet.as_ref().and_then(|_| crate::fleet::token_fingerprint(config)),
-        staged_chunks: std::fs::read_dir(config.state_dir.join("staging"))
+        staged_chunks: std::fs::read_dir(config.layout().staging())
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)
             .unwrap_or(0),
     })

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ferry_boot::Trial;
 
 use crate::config::{Bootloader, Config, Health};
-use crate::state::{now, Rollback, State};
+use crate::state::{self, now, Outcome as Recorded, Rollback};
 
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +45,13 @@ pub fn hook(config: &Config, which: Hook, commit: &str, version: &str, old: Opti
         Hook::PostSwitch => ("post_switch", &h.post_switch),
     };
     let Some(command) = command else { return Ok(()) };
-    let deploy = config.state_dir.join("deploy");
-    let new = deploy.join(commit);
+    let layout = config.layout();
+    let new = layout.deployment(commit);
     let env = [
         ("FERRY_COMMIT", commit.to_string()),
         ("FERRY_VERSION", version.to_string()),
         ("FERRY_NEW_DEPLOYMENT", new.display().to_string()),
-        ("FERRY_OLD_DEPLOYMENT", old.map(|o| deploy.join(o).display().to_string()).unwrap_or_default()),
+        ("FERRY_OLD_DEPLOYMENT", old.map(|o| layout.deployment(o).display().to_string()).unwrap_or_default()),
     ];
     crate::process::run(command, Duration::from_secs(h.timeout), Some(&new), &env)
         .map(drop)
@@ -176,7 +176,7 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
         Trial::clear(&config.state_dir)?;
         return Ok(Some(Outcome::Good));
     };
-    let deployment = config.state_dir.join("deploy").join(&trial.commit);
+    let deployment = config.layout().deployment(&trial.commit);
     loop {
         // `ferryd mark-good` may have ended or updated the trial meanwhile.
         match Trial::load(&config.state_dir)? {
@@ -239,7 +239,7 @@ pub fn mark_good(config: &Config) -> Result<String> {
 /// `boot-check` at the boot limit, and by `ferryd rollback`.
 pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     let trial = Trial::load(&config.state_dir)?;
-    let mut state = State::load(&config.state_dir)?;
+    let state = state::read(config)?;
     let running = ferry_boot::current_target(&config.current_link)?
         .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string));
     let (bad, previous) = match &trial {
@@ -248,14 +248,14 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     };
     let previous = match (previous, &trial) {
         (Some(p), _) => p,
-        (None, Some(_)) => return fail_in_place(config, state, &bad, reason),
+        (None, Some(_)) => return fail_in_place(config, &bad, reason),
         (None, None) => bail!("there is no previous deployment to roll back to"),
     };
-    let target = config.state_dir.join("deploy").join(&previous);
+    let target = config.layout().deployment(&previous);
     if !target.is_dir() {
         if trial.is_some() {
             // A trial must end: with nothing left to go back to, the release stays, bad.
-            return fail_in_place(config, state, &bad, reason);
+            return fail_in_place(config, &bad, reason);
         }
         bail!("the previous deployment {} is gone; cannot roll back", target.display());
     }
@@ -271,15 +271,13 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     if let Err(e) = restart(config) {
         tracing::warn!(error = %format!("{e:#}"), "restart after rollback failed");
     }
-    if !state.bad_commits.contains(&bad) {
-        state.bad_commits.push(bad.clone());
-    }
-    state.previous = None;
-    state.last_rollback =
-        Some(Rollback { commit: bad.clone(), to: previous.clone(), reason: reason.to_string(), at: now() });
-    state.last_result = Some("rolled-back".into());
-    state.last_error = Some(format!("{bad} rolled back: {reason}"));
-    state.save(&config.state_dir)?;
+    state::change(config, |s| {
+        s.mark_bad(&bad);
+        s.previous = None;
+        s.last_rollback =
+            Some(Rollback { commit: bad.clone(), to: previous.clone(), reason: reason.to_string(), at: now() });
+        s.record(Recorded::RolledBack, Some(format!("{bad} rolled back: {reason}")));
+    })?;
     crate::crash::point("rollback-recorded");
     Trial::clear(&config.state_dir)?;
     tracing::warn!(%bad, to = %previous, reason, "rolled back");
@@ -291,21 +289,22 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
 /// it stays, the trial ends (the bootloader stops counting, since it has nothing to fall
 /// back to either), and the commit is recorded as bad, so the device reports the failure,
 /// never installs it again, and takes the next newer release as usual.
-fn fail_in_place(config: &Config, mut state: State, bad: &str, reason: &str) -> Result<String> {
+fn fail_in_place(config: &Config, bad: &str, reason: &str) -> Result<String> {
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::mark_good(b.env().as_ref())
             .context("telling the bootloader to stop counting (there is nothing to fall back to)")?;
         crate::crash::point("bootloader-good");
     }
-    if !state.bad_commits.iter().any(|c| c == bad) {
-        state.bad_commits.push(bad.to_string());
-    }
-    state.previous = None;
-    state.last_result = Some("failed".into());
-    state.last_error = Some(format!(
-        "{bad} failed its trial and there is no earlier deployment to roll back to; it stays until a newer release: {reason}"
-    ));
-    state.save(&config.state_dir)?;
+    state::change(config, |s| {
+        s.mark_bad(bad);
+        s.previous = None;
+        s.record(
+            Recorded::Failed,
+            Some(format!(
+                "{bad} failed its trial and there is no earlier deployment to roll back to; it stays until a newer release: {reason}"
+            )),
+        );
+    })?;
     crate::crash::point("rollback-recorded");
     Trial::clear(&config.state_dir)?;
     tracing::warn!(%bad, reason, "the first release failed its trial; nothing to roll back to, keeping it");
@@ -334,7 +333,7 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
         "state directory",
         (|| {
             std::fs::create_dir_all(&config.state_dir)?;
-            let probe = config.state_dir.join(".doctor");
+            let probe = config.layout().doctor_probe();
             ferry_durable::replace(&probe, b"ok")?;
             std::fs::remove_file(&probe)?;
             Ok(format!("{} is writable", config.state_dir.display()))

@@ -4,16 +4,14 @@
 //! It holds the key document in force (its serial and key lists; the image's `root_keys`
 //! until the first is accepted), the highest serial accepted per channel, and the clock
 //! floor: the newest signed time the device has seen. Serials and the floor only grow. The
-//! file is written atomically and only after a document was accepted; a refusal leaves it as
-//! it was. The decisions themselves are `ferry_store::channel`'s.
+//! file is written atomically (by [`crate::state`]) and only after a document was accepted; a
+//! refusal leaves it as it was. The decisions themselves are `ferry_store::channel`'s.
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use ferry_store::channel::{Seen, Trust};
 use serde::{Deserialize, Serialize};
-
-use crate::config::Config;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KeysState {
@@ -59,25 +57,11 @@ fn from_hex(keys: &[String]) -> Result<Vec<[u8; 32]>> {
 }
 
 impl TrustState {
-    /// Reads `trust.json`, or starts from the image's root keys.
-    pub fn load(config: &Config) -> Result<TrustState> {
-        let path = config.state_dir.join("trust.json");
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut s = TrustState::default();
-                s.set_trust(&Trust::from_roots(&config.roots()?));
-                Ok(s)
-            }
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-
-    pub fn save(&self, config: &Config) -> Result<()> {
-        let path = config.state_dir.join("trust.json");
-        std::fs::create_dir_all(&config.state_dir)?;
-        ferry_durable::replace(&path, &serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+    /// What a device trusts before it accepted any key document: the image's roots.
+    pub fn from_roots(roots: &[ferry_store::PublicKey]) -> Result<TrustState> {
+        let mut s = TrustState::default();
+        s.set_trust(&Trust::from_roots(roots));
+        Ok(s)
     }
 
     pub fn trust(&self) -> Result<Trust> {

@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::crash;
 use crate::http::{Answered, Head, Server, Traffic};
 use crate::local::{file_object_id, make_writable, Local};
-use crate::state::{now, State};
+use crate::state::{self, Outcome};
 
 /// Largest commit and tree the agent accepts (the format's own limits are higher).
 pub(crate) const MAX_COMMIT: usize = 2 << 20;
@@ -105,7 +105,7 @@ pub async fn prefetch(config: &Config) -> Result<UpdateSummary> {
 pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
     // A working copy or unlocked copy makes way first: the deployment it replaced is
     // current again, and the deploy goes from there.
-    if State::load(&config.state_dir)?.dev.is_some() {
+    if state::read(config)?.dev.is_some() {
         crate::devboard::off(config)?;
     }
     update_to(config, Goal::Deploy(rev)).await
@@ -150,7 +150,7 @@ pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
     let Some(target) = ferry_boot::current_target(&config.current_link)? else { return Ok(None) };
     if target.parent() != Some(local.deploy_dir().as_path()) || !target.is_dir() {
         // A working copy or an unlocked copy stands in for the deployment it replaced.
-        let state = State::load(&config.state_dir)?;
+        let state = state::read(config)?;
         return Ok(state.dev.filter(|d| d.link == target).and_then(|d| d.back_to).and_then(|b| b.parse().ok()));
     }
     Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
@@ -250,7 +250,7 @@ async fn follow_channel(
 ) -> Result<(ferry_store::channel::Target, Vec<PublicKey>, Accepted)> {
     use ferry_store::channel::{accept_channel, Envelope, Running};
     let channel = config.channel.as_deref().ok_or_else(|| anyhow!("the configuration names no channel"))?;
-    let mut state = crate::trust::TrustState::load(config)?;
+    let mut state = state::read_trust(config)?;
     let trust = state.trust()?;
     let chain = server.keys(t).await?;
     let chain =
@@ -259,7 +259,7 @@ async fn follow_channel(
     if trust_now != trust {
         tracing::info!(serial = trust_now.serial, "accepted a new key document");
         state.set_trust(&trust_now);
-        state.save(config)?;
+        state::save_trust(config, &state)?;
     }
     let bytes = match given {
         // From the check-in: trusted no more than one fetched on its own.
@@ -304,7 +304,7 @@ struct Accepted(crate::trust::TrustState);
 
 impl Accepted {
     fn record(self, config: &Config) -> Result<()> {
-        self.0.save(config)
+        state::save_trust(config, &self.0)
     }
 }
 
@@ -474,7 +474,7 @@ pub(crate) const STAGING_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Makes the staged chunks durable.
 pub(crate) fn sync_staging(local: &Local) {
-    if let Ok(dir) = fs::File::open(local.root.join("staging")) {
+    if let Ok(dir) = fs::File::open(local.layout.staging()) {
         let _ = nix::unistd::syncfs(&dir);
     }
 }
@@ -812,13 +812,13 @@ pub(crate) fn check_space(config: &Config, local: &Local, p: &Plan, missing: &[(
         .sum();
     let staging: u64 = missing.iter().map(|(_, len)| u64::from(*len)).sum();
     let need = objects + staging + config.min_free_bytes;
-    let st = nix::sys::statvfs::statvfs(&local.root)
-        .with_context(|| format!("checking free space on {}", local.root.display()))?;
+    let root = local.layout.root();
+    let st = nix::sys::statvfs::statvfs(root).with_context(|| format!("checking free space on {}", root.display()))?;
     let free = st.blocks_available().saturating_mul(st.fragment_size());
     if need > free {
         return Err(Refused(format!(
             "not enough space on {}: the update needs {} MiB ({} MiB of new files, {} MiB to download, {} MiB kept free) and {} MiB are available; nothing was changed",
-            local.root.display(),
+            root.display(),
             need >> 20,
             objects >> 20,
             staging >> 20,
@@ -901,13 +901,13 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
         }
     }
     use std::os::unix::fs::MetadataExt;
-    for e in fs::read_dir(local.root.join("objects"))? {
+    for e in fs::read_dir(local.layout.objects())? {
         let e = e?;
         if e.metadata()?.nlink() <= 1 {
             fs::remove_file(e.path())?;
         }
     }
-    for e in fs::read_dir(local.root.join("staging"))? {
+    for e in fs::read_dir(local.layout.staging())? {
         fs::remove_file(e?.path())?;
     }
     local.prune_index()?;
@@ -941,7 +941,6 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
 pub(crate) async fn install(
     config: &Config,
     local: &Local,
-    state: &mut State,
     head: Id,
     commit: &Commit,
     current: Option<Id>,
@@ -950,13 +949,10 @@ pub(crate) async fn install(
     let version = commit.version.to_string();
     if let Err(e) = crate::trial::hook(config, crate::trial::Hook::PreSwitch, &new_hex, &version, old_hex.as_deref()) {
         // Nothing was switched; the release is not tried again.
-        let mut st = State::load(&config.state_dir)?;
-        if !st.bad_commits.contains(&new_hex) {
-            st.bad_commits.push(new_hex.clone());
-        }
-        st.last_result = Some("aborted".into());
-        st.last_error = Some(format!("release {version} ({new_hex}) not installed: {e:#}"));
-        st.save(&config.state_dir)?;
+        state::change(config, |s| {
+            s.mark_bad(&new_hex);
+            s.record(Outcome::Aborted, Some(format!("release {version} ({new_hex}) not installed: {e:#}")));
+        })?;
         collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
         return Err(TrialFailed(format!("release {version} ({new_hex}) not installed: {e:#}")).into());
     }
@@ -966,15 +962,14 @@ pub(crate) async fn install(
     crash::point("switched");
     crate::trial::mark_switched(config)?;
     // An unlocked copy the switch replaced goes (unless it is to be kept).
-    if let Ok(st) = State::load(&config.state_dir) {
+    if let Ok(st) = state::read(config) {
         crate::devboard::drop_unlocked(&st, config)?;
     }
-    state.dev = None;
-    state.previous = current.map(|c| c.to_hex());
-    state.last_result = Some("ok".into());
-    state.last_error = None;
-    state.last_attempt = Some(now());
-    state.save(&config.state_dir)?;
+    state::change(config, |s| {
+        s.dev = None;
+        s.previous = current.map(|c| c.to_hex());
+        s.record_attempt(Outcome::Ok, None);
+    })?;
     crash::point("state-saved");
     if commit.metadata.get("reboot").map(String::as_str) == Some("required") {
         // Firmware or kernel changed: the trial continues after the reboot.
@@ -1049,7 +1044,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     if let Some(outcome) = crate::trial::run(config).await? {
         tracing::info!(?outcome, "finished a pending trial");
     }
-    let mut state = State::load(&config.state_dir)?;
+    let state = state::read(config)?;
     let bad = state.bad_commits.clone();
     let mut skipped: Option<Id> = None;
     let current = current_commit(config, &local)?;
@@ -1078,7 +1073,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     (Goal::Deploy(rev), channel, _) => {
                         let keys = if channel.is_some() {
                             // The commit keys of the newest key document this device accepted.
-                            let trust = crate::trust::TrustState::load(config)?.trust()?;
+                            let trust = state::read_trust(config)?.trust()?;
                             if trust.serial == 0 {
                                 return Err(Refused(
                                     "this device has not accepted a key document yet: run `ferryd update` once".into(),
@@ -1158,7 +1153,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                 let mut missing: Vec<(Id, u32)> = needed.into_iter().collect();
                 missing.sort();
                 check_space(config, &local, &p, &missing)?;
-                let staged_before = fs::read_dir(local.root.join("staging")).map_or(0, |d| d.count() as u64);
+                let staged_before = fs::read_dir(local.layout.staging()).map_or(0, |d| d.count() as u64);
                 crate::fleet::set_progress_total(missing.len() as u64, staged_before);
                 let plan = plan_fetch(config, &local, current, &p, &missing)?;
                 crate::release_free_memory();
@@ -1196,7 +1191,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                 }
             }
         };
-        s.rebooting = install(config, &local, &mut state, head, &commit, current).await?;
+        s.rebooting = install(config, &local, head, &commit, current).await?;
         Ok(Some((head, commit, files, reused)))
     }
     .await;
@@ -1205,8 +1200,6 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     s.bytes_downloaded = t.bytes;
     s.seconds = started.elapsed().as_secs_f64();
     s.skipped_bad_commit = skipped.map(|id| id.to_hex());
-    // The trial may have written the state meanwhile: start from what is on disk.
-    let mut state = State::load(&config.state_dir).unwrap_or(state);
     let out = match result {
         Ok(Some((head, commit, files, reused))) => {
             s.to = head.to_hex();
@@ -1214,8 +1207,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
             s.files = files;
             s.files_reused = reused;
             if matches!(goal, Goal::Deploy(_)) {
-                state.pinned = true;
-                state.save(&config.state_dir)?;
+                state::change(config, |st| st.pinned = true)?;
                 s.pinned = true;
             }
             Ok(s)
@@ -1225,22 +1217,18 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
             s.up_to_date = true;
             s.to = c.to_hex();
             s.version = local.commit(&c)?.map(|c| c.version.to_string()).unwrap_or_default();
-            state.last_result = Some(if s.pinned { "pinned" } else { "up-to-date" }.into());
-            state.last_error = None;
-            state.last_attempt = Some(now());
-            if matches!(goal, Goal::Deploy(_)) {
-                state.pinned = true;
-                s.pinned = true;
-            }
-            state.save(&config.state_dir)?;
+            let deploying = matches!(goal, Goal::Deploy(_));
+            let outcome = if s.pinned { Outcome::Pinned } else { Outcome::UpToDate };
+            state::change(config, |st| {
+                st.record_attempt(outcome, None);
+                st.pinned |= deploying;
+            })?;
+            s.pinned |= deploying;
             Ok(s)
         }
         Err(e) if e.is::<TrialFailed>() => Err(e),
         Err(e) => {
-            state.last_result = Some("error".into());
-            state.last_error = Some(format!("{e:#}"));
-            state.last_attempt = Some(now());
-            let _ = state.save(&config.state_dir);
+            let _ = state::record_attempt(config, Outcome::Error, Some(format!("{e:#}")));
             Err(e)
         }
     };
