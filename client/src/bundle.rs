@@ -27,7 +27,7 @@ use ferry_store::{Commit, EntryKind, Id, PublicKey, Tree};
 use crate::config::Config;
 use crate::local::Local;
 use crate::state::{self, Outcome};
-use crate::update::{sync_staging, Refused, TrialFailed};
+use crate::update::{Refused, StagingSync, TrialFailed};
 
 /// What one `ferryd apply` did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -265,38 +265,36 @@ async fn apply_inner(
     }
     let p = crate::update::plan_with(&commit.root, read)?;
     let in_bundle: HashMap<Id, u32> = reader.manifest().iter().copied().collect();
+    let wanted = if up_to_date { Vec::new() } else { crate::update::missing_chunks(local, &p)? };
     let mut needed: HashMap<Id, u32> = HashMap::new();
-    let mut lacking: Vec<(&std::path::Path, Id)> = Vec::new();
-    let mut lacking_ids: HashSet<Id> = HashSet::new();
-    let mut all: HashSet<Id> = HashSet::new();
-    for f in &p.files {
-        all.extend(f.chunks.iter().map(|c| c.id));
-        if up_to_date || local.object_path(&f.object).exists() {
-            continue;
-        }
-        for c in &f.chunks {
-            if !needed.contains_key(&c.id) && !local.has_intact_chunk(&c.id, c.len)? {
-                match in_bundle.get(&c.id) {
-                    Some(len) if *len == c.len => {
-                        needed.insert(c.id, c.len);
-                    }
-                    Some(len) => {
-                        return Err(refused(format!(
-                            "it lists chunk {} as {len} bytes, and release {}'s tree says {}",
-                            c.id, commit.version, c.len
-                        )))
-                    }
-                    None => {
-                        if lacking_ids.insert(c.id) {
-                            lacking.push((&f.path, c.id));
-                        }
-                    }
-                }
+    let mut lacking: HashSet<Id> = HashSet::new();
+    for &(id, len) in &wanted {
+        match in_bundle.get(&id) {
+            Some(l) if *l == len => {
+                needed.insert(id, len);
+            }
+            Some(l) => {
+                return Err(refused(format!(
+                    "it lists chunk {id} as {l} bytes, and release {}'s tree says {len}",
+                    commit.version
+                )))
+            }
+            None => {
+                lacking.insert(id);
             }
         }
     }
     if !lacking.is_empty() {
-        let mut files: Vec<String> = lacking.iter().map(|(p, _)| format!("/{}", p.display())).collect();
+        // Each lacking chunk named by the first file that needs it, in the tree's order.
+        let mut named: HashSet<Id> = HashSet::new();
+        let mut files: Vec<String> = Vec::new();
+        for f in p.files.iter().filter(|f| !local.object_path(&f.object).exists()) {
+            for c in &f.chunks {
+                if lacking.contains(&c.id) && named.insert(c.id) {
+                    files.push(format!("/{}", f.path.display()));
+                }
+            }
+        }
         files.dedup();
         let shown = files.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
         let more = if files.len() > 5 { format!(" and {} more", files.len() - 5) } else { String::new() };
@@ -337,7 +335,7 @@ async fn apply_inner(
         }
     }
     drop(trees);
-    let mut synced = Instant::now();
+    let mut sync = StagingSync::new(local);
     loop {
         match reader.next_section() {
             Ok(Some(Section::Chunk { id, frame })) => match needed.get(&id) {
@@ -345,17 +343,14 @@ async fn apply_inner(
                     crate::update::stage_chunk(local, &id, &frame, *len)
                         .map_err(|e| refused(format!("its chunk {id} is damaged: {e:#}")))?;
                     s.chunks_used += 1;
-                    if synced.elapsed() >= crate::update::STAGING_SYNC_INTERVAL {
-                        sync_staging(local);
-                        synced = Instant::now();
-                    }
+                    sync.tick();
                 }
                 _ => s.chunks_skipped += 1,
             },
             Ok(Some(_)) => return Err(refused("it has a section after its chunks")),
             Ok(None) => break,
             Err(e) => {
-                sync_staging(local);
+                drop(sync);
                 let kept = match s.chunks_used {
                     0 => String::new(),
                     n => format!("the {n} chunks verified so far are kept for the next try, and "),
@@ -364,9 +359,9 @@ async fn apply_inner(
             }
         }
     }
-    sync_staging(local);
+    drop(sync);
     s.bundle_bytes = reader.bytes_read();
-    s.chunks_reused = (all.len() as u64).saturating_sub(s.chunks_used);
+    s.chunks_reused = crate::update::distinct_chunks(&p).saturating_sub(s.chunks_used);
     if let Some(accepted) = target.accepted {
         state::save_trust(config, &accepted)?;
     }

@@ -1,0 +1,168 @@
+//! Building a deployment: file objects from verified chunks, hardlinked into
+//! `deploy/<id>.tmp-*`, synced and renamed into place; and garbage collection.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ferry_store::{EntryKind, Id, Meta};
+
+use crate::crash;
+use crate::local::{make_writable, Local};
+
+use super::plan::{os, FilePlan, Plan};
+
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub(crate) fn apply_meta(path: &Path, file: &fs::File, meta: &Meta) -> Result<()> {
+    if is_root() {
+        std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))
+            .with_context(|| format!("setting owner of {}", path.display()))?;
+    }
+    for x in &meta.xattrs {
+        xattr::set(path, os(&x.name), &x.value).with_context(|| format!("setting xattrs on {}", path.display()))?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(meta.mode))
+        .with_context(|| format!("setting mode of {}", path.display()))
+}
+
+/// Builds a file object from local chunks. A chunk missing or damaged on the device is
+/// forgotten and reported, so the next attempt downloads it.
+pub(crate) fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
+    let path = local.object_path(&f.object);
+    let tmp = path.with_extension("tmp");
+    let mut out = fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    for c in &f.chunks {
+        let Some(bytes) = local.read_chunk(&c.id, c.len)? else {
+            drop(out);
+            let _ = fs::remove_file(&tmp);
+            bail!(
+                "chunk {} of {} is missing or damaged on the device; it will be downloaded again",
+                c.id,
+                f.path.display()
+            );
+        };
+        out.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    apply_meta(&tmp, &out, &f.meta)?;
+    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    local.index_object(&f.object, &f.chunks)?;
+    crash::point("object-written");
+    Ok(())
+}
+
+/// Builds `deploy/<id>` (if not already complete). Returns (files, files reused).
+pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
+    let final_dir = local.deploy_dir().join(id.to_hex());
+    if final_dir.is_dir() {
+        return Ok((p.files.len() as u64, p.files.len() as u64));
+    }
+    let tmp = local.deploy_dir().join(format!("{}.tmp-{}", id.to_hex(), std::process::id()));
+    if tmp.exists() {
+        make_writable(&tmp);
+        fs::remove_dir_all(&tmp)?;
+    }
+    let mut reused = 0;
+    for (rel, _) in &p.dirs {
+        let d = tmp.join(rel);
+        fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    for l in &p.symlinks {
+        let path = tmp.join(&l.path);
+        symlink(os(&l.target), &path).with_context(|| format!("creating {}", path.display()))?;
+        if is_root() {
+            std::os::unix::fs::lchown(&path, Some(l.uid), Some(l.gid))?;
+        }
+        for x in &l.xattrs {
+            xattr::set(&path, os(&x.name), &x.value)?;
+        }
+    }
+    // Objects the device lacks, each built once (two files may share one), in parallel:
+    // building is reading, verifying, writing and fsyncing, and the fsyncs overlap.
+    let mut missing: HashMap<Id, &FilePlan> = HashMap::new();
+    for f in &p.files {
+        if local.object_path(&f.object).exists() {
+            reused += 1;
+        } else {
+            missing.entry(f.object).or_insert(f);
+        }
+    }
+    {
+        use rayon::prelude::*;
+        let todo: Vec<&FilePlan> = missing.into_values().collect();
+        todo.par_iter().try_for_each(|f| build_object(local, f))?;
+    }
+    for f in &p.files {
+        let object = local.object_path(&f.object);
+        let dest = tmp.join(&f.path);
+        fs::hard_link(&object, &dest).with_context(|| format!("linking {} to {}", dest.display(), object.display()))?;
+    }
+    for (rel, meta) in p.dirs.iter().rev() {
+        let d = tmp.join(rel);
+        let handle = fs::File::open(&d).with_context(|| format!("opening {}", d.display()))?;
+        apply_meta(&d, &handle, meta)?;
+    }
+    let deploy = fs::File::open(local.deploy_dir())?;
+    nix::unistd::syncfs(&deploy).context("syncing the new deployment")?;
+    fs::rename(&tmp, &final_dir).with_context(|| format!("completing {}", final_dir.display()))?;
+    deploy.sync_all().context("syncing the deployment directory")?;
+    crash::point("deployment-complete");
+    Ok((p.files.len() as u64, reused))
+}
+
+/// Removes deployments other than `keep`, objects no deployment links to, staged chunks,
+/// index entries of removed objects, and trees and commits of removed deployments.
+pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
+    let keep_names: HashSet<String> = keep.iter().map(|k| k.to_hex()).collect();
+    for e in fs::read_dir(local.deploy_dir())? {
+        let e = e?;
+        if !keep_names.contains(&*e.file_name().to_string_lossy()) {
+            make_writable(&e.path());
+            fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    for e in fs::read_dir(local.layout.objects())? {
+        let e = e?;
+        if e.metadata()?.nlink() <= 1 {
+            fs::remove_file(e.path())?;
+        }
+    }
+    for e in fs::read_dir(local.layout.staging())? {
+        fs::remove_file(e?.path())?;
+    }
+    local.prune_index()?;
+    let mut objects = HashSet::new();
+    for id in keep {
+        if let Some(c) = local.commit(id)? {
+            objects.insert(*id);
+            let mut stack = vec![c.root];
+            while let Some(t) = stack.pop() {
+                if objects.insert(t) {
+                    if let Some(tree) = local.tree(&t)? {
+                        stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
+                            EntryKind::Dir { tree } => Some(tree),
+                            _ => None,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    local.retain_objects(&objects)?;
+    local.sync()?;
+    crash::point("gc");
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! One check-and-update: from whatever the device runs (or nothing) to the branch's head.
+//!
+//! Order of work, and what a crash at each step leaves (see `crash::STEPS`):
+//! 1. branch head (ETag: an unchanged head costs a 304 and nothing else);
+//! 2. the commit and its signatures; the signature is verified with a trusted key **before**
+//!    the commit is decoded or anything it names is fetched (`commit-stored`);
+//! 3. the trees the device lacks, one batched request per tree depth (`tree-stored`);
+//! 4. the plan: chunks of files whose object the device lacks, minus chunks it holds;
+//! 5. those chunks, in batched requests with bounded concurrency, each verified and staged
+//!    as it arrives, so a broken connection costs at most the chunk in flight (`chunk-staged`);
+//! 6. the deployment, built beside the current one: an unchanged file is a hardlink to its
+//!    existing object, a changed one is built from verified chunks (`object-written`), synced,
+//!    then renamed from `deploy/<id>.tmp-*` to `deploy/<id>` (`deployment-complete`);
+//! 7. the atomic switch of `current_link` (`switched`), state (`state-saved`), and garbage
+//!    collection of older deployments, unreferenced objects and staging (`gc`).
+//!
+//! A crash before 7 leaves the old deployment current and everything fetched so far reusable;
+//! recovery at the next start removes only temporary files. Steps 2–6 are retried on network
+//! errors, each retry asking only for what is still missing.
+
+mod accept;
+mod assemble;
+mod fetch;
+mod install;
+mod plan;
+mod trees;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use ferry_store::{Commit, Id, PublicKey};
+
+use crate::config::Config;
+use crate::http::{Head, Server, Traffic};
+use crate::local::Local;
+use crate::state::{self, Outcome};
+
+pub(crate) use accept::MAX_COMMIT;
+pub(crate) use assemble::assemble;
+pub use assemble::collect_garbage;
+pub(crate) use fetch::{stage_chunk, StagingSync};
+pub(crate) use install::install;
+pub(crate) use plan::{check_space, distinct_chunks, missing_chunks, plan_with};
+pub(crate) use trees::MAX_TREES;
+
+use accept::{fetch_commit, follow_channel, refuse_branch_downgrade, resolve};
+use fetch::{fetch_chunks, fetch_patches};
+use plan::plan_fetch;
+use trees::fetch_trees;
+
+/// What one `ferryd update` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpdateSummary {
+    pub from: Option<String>,
+    pub to: String,
+    pub version: String,
+    pub up_to_date: bool,
+    /// HTTP body bytes received, everything included.
+    pub bytes_downloaded: u64,
+    /// Of those, the bytes of chunk frames (36-byte header + zstd frame each).
+    pub chunk_bytes_downloaded: u64,
+    pub chunks_downloaded: u64,
+    /// Patches asked for (missing chunks compressed against files the device holds).
+    pub patches: u64,
+    /// Of the chunks downloaded, those that came in patches.
+    pub chunks_patched: u64,
+    /// Chunks whose patch could not be used (reference damaged on the device, patch
+    /// refused by the server or not decoding) and that were fetched plain instead.
+    pub patch_fallbacks: u64,
+    /// Distinct chunks of the new commit the device already held.
+    pub chunks_reused: u64,
+    pub requests: u64,
+    pub files: u64,
+    /// Files of the new deployment that are hardlinks to objects that existed before.
+    pub files_reused: u64,
+    pub attempts: u32,
+    pub seconds: f64,
+    /// The branch points at a commit that failed its trial here before: not installed again.
+    pub skipped_bad_commit: Option<String>,
+    /// The release asked for a reboot (`reboot=required` in its metadata); its trial goes on
+    /// after the reboot.
+    pub rebooting: bool,
+    /// The device is pinned: nothing was looked for or downloaded.
+    pub pinned: bool,
+}
+
+/// What an update goes to.
+#[derive(Debug, Clone, Copy)]
+enum Goal<'a> {
+    /// The channel's (or branch's) head, unless the device is pinned.
+    Follow,
+    /// A developer's choice: a commit id, a version, or a branch; the device is pinned after.
+    Deploy(&'a str),
+    /// A pinned device downloading the head's missing chunks (kept in staging for later),
+    /// without deploying or switching.
+    Prefetch,
+}
+
+/// Runs one check-and-update.
+pub async fn update(config: &Config) -> Result<UpdateSummary> {
+    update_to(config, Goal::Follow).await
+}
+
+/// On a pinned device: fetches what the channel's (or branch's) head lacks, keeps it in
+/// staging, and deploys nothing; unpinned, it is an ordinary update.
+pub async fn prefetch(config: &Config) -> Result<UpdateSummary> {
+    update_to(config, Goal::Prefetch).await
+}
+
+/// Deploys any commit of the repository (by id, version or branch), fetching what is
+/// missing, and pins the device to it.
+pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
+    // A working copy or unlocked copy makes way first: the deployment it replaced is
+    // current again, and the deploy goes from there.
+    if state::read(config)?.dev.is_some() {
+        crate::devboard::off(config)?;
+    }
+    update_to(config, Goal::Deploy(rev)).await
+}
+
+/// The new release was installed, failed its trial and was rolled back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TrialFailed(pub String);
+
+/// An error no retry can fix: untrusted or wrong content.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// The commit `current_link` points at, if it is one of our deployments.
+pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
+    let Some(target) = ferry_boot::current_target(&config.current_link)? else { return Ok(None) };
+    if target.parent() != Some(local.deploy_dir().as_path()) || !target.is_dir() {
+        // A working copy or an unlocked copy stands in for the deployment it replaced.
+        let state = state::read(config)?;
+        return Ok(state.dev.filter(|d| d.link == target).and_then(|d| d.back_to).and_then(|b| b.parse().ok()));
+    }
+    Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
+}
+
+async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
+    let started = Instant::now();
+    if config.channel.is_none() {
+        tracing::warn!(
+            "following branch {} (development mode): any commit the trusted keys signed is installed, without a channel document's expiry, rollout and rollback rules; devices in the field follow a channel",
+            config.branch.as_deref().unwrap_or("?")
+        );
+    }
+    let keys = if config.channel.is_some() { Vec::new() } else { config.keys()? };
+    let hardware = config.hardware_revision()?;
+    let local = Local::open(&config.state_dir)?;
+    let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
+    // A trial interrupted by a crash or a reboot is finished before anything else.
+    if let Some(outcome) = crate::trial::run(config).await? {
+        tracing::info!(?outcome, "finished a pending trial");
+    }
+    let state = state::read(config)?;
+    let bad = state.bad_commits.clone();
+    let mut skipped: Option<Id> = None;
+    let current = current_commit(config, &local)?;
+    let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), ..Default::default() };
+    let mut t = Traffic::default();
+
+    let result = async {
+        // With a fleet server: report first; the answer carries the channel's document.
+        let checked_in = crate::fleet::check_in(config, &server, &mut t).await?;
+        // A fleet server serves the repository to its devices only.
+        let server = match &checked_in.token {
+            Some(token) => server.clone().with_token(token),
+            None => server.clone(),
+        };
+        if matches!(goal, Goal::Follow) && state.pinned {
+            s.pinned = true;
+            return Ok(None);
+        }
+        let _reporter = crate::fleet::Reporter::start(config, &server);
+        let mut attempt = 0;
+        let (head, commit, files, reused) = loop {
+            attempt += 1;
+            s.attempts = attempt;
+            let r: Result<Option<(Id, Commit, u64, u64)>> = async {
+                let (head, target, keys, accepted) = match (goal, &config.channel, &config.branch) {
+                    (Goal::Deploy(rev), channel, _) => {
+                        let keys = if channel.is_some() {
+                            // The commit keys of the newest key document this device accepted.
+                            let trust = state::read_trust(config)?.trust()?;
+                            if trust.serial == 0 {
+                                return Err(Refused(
+                                    "this device has not accepted a key document yet: run `ferryd update` once".into(),
+                                )
+                                .into());
+                            }
+                            trust.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?
+                        } else {
+                            keys.clone()
+                        };
+                        (resolve(&server, rev, &mut t).await?, None, keys, None)
+                    }
+                    (Goal::Follow | Goal::Prefetch, ..) => match (&config.channel, &config.branch) {
+                        (Some(_), _) => {
+                            let hw = hardware.as_deref().ok_or_else(|| anyhow!("no hardware revision configured"))?;
+                            let given = checked_in.channel_document.as_deref();
+                            let (target, keys, accepted) =
+                                follow_channel(config, &server, &local, hw, current, given, &mut t).await?;
+                            (target.commit, Some(target), keys, Some(accepted))
+                        }
+                        (None, Some(branch)) => match server.branch(branch, current, &mut t).await? {
+                            Head::Unchanged => return Ok(None),
+                            Head::At(id) => (id, None, keys.clone(), None),
+                        },
+                        (None, None) => bail!("the configuration names no channel or branch"),
+                    },
+                };
+                let deploying = matches!(goal, Goal::Deploy(_));
+                if Some(head) == current || (bad.contains(&head.to_hex()) && !deploying) {
+                    if let Some(a) = accepted {
+                        a.record(config)?;
+                    }
+                    if Some(head) != current {
+                        skipped = Some(head);
+                    }
+                    return Ok(None);
+                }
+                let commit = fetch_commit(&server, &local, &head, &keys, &mut t).await?;
+                if target.is_none() && !deploying && !config.allow_downgrade {
+                    refuse_branch_downgrade(&local, current, &head, &commit)?;
+                }
+                match (&target, &hardware) {
+                    (Some(target), Some(hw)) => {
+                        ferry_store::channel::check_target_commit(target, &commit, hw)
+                            .map_err(|e| Refused(format!("{e}; refusing it")))?;
+                        if let Some(a) = accepted {
+                            a.record(config)?;
+                        }
+                    }
+                    (None, Some(hw)) if !commit.hardware.is_empty() && !commit.hardware.contains(hw) => {
+                        return Err(Refused(format!(
+                            "commit {head} is built for {} only, not for this device's {hw}; refusing it",
+                            commit.hardware.join(", ")
+                        ))
+                        .into());
+                    }
+                    _ => {}
+                }
+                let old_root = match current {
+                    Some(c) => local.commit(&c)?.map(|c| c.root),
+                    None => None,
+                };
+                fetch_trees(&server, &local, &commit.root, old_root, &mut t).await?;
+                let p = plan::plan(&local, &commit)?;
+                let mut missing = plan::missing_chunks(&local, &p)?;
+                missing.sort();
+                check_space(config, &local, &p, &missing)?;
+                let staged_before = fs::read_dir(local.layout.staging()).map_or(0, |d| d.count() as u64);
+                crate::fleet::set_progress_total(missing.len() as u64, staged_before);
+                let plan = plan_fetch(config, &local, current, &p, &missing)?;
+                crate::release_free_memory();
+                let (patched, r) = fetch_patches(&server, &local, &plan.patches, config, &mut t).await;
+                s.patches += plan.patches.len() as u64;
+                s.chunks_downloaded += patched.chunks;
+                s.chunks_patched += patched.chunks;
+                s.chunk_bytes_downloaded += patched.bytes;
+                s.patch_fallbacks += patched.fallback.len() as u64;
+                r?;
+                let mut plain = plan.plain;
+                plain.extend(patched.fallback);
+                let (n, b, r) = fetch_chunks(&server, &local, &plain, config, &mut t).await;
+                s.chunks_downloaded += n;
+                s.chunk_bytes_downloaded += b;
+                r?;
+                s.chunks_reused = plan::distinct_chunks(&p).saturating_sub(s.chunks_downloaded);
+                if matches!(goal, Goal::Prefetch) && state.pinned {
+                    // Everything is staged for when the device is unpinned; nothing deployed.
+                    s.pinned = true;
+                    return Ok(None);
+                }
+                let (files, reused) = assemble(&local, &head, &p)?;
+                Ok(Some((head, commit, files, reused)))
+            }
+            .await;
+            match r {
+                Ok(Some(done)) => break done,
+                Ok(None) => return Ok(None),
+                Err(e) if e.is::<Refused>() || attempt >= config.retries => return Err(e),
+                Err(e) => {
+                    let wait = Duration::from_millis(250 << attempt.min(6));
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "update attempt failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        s.rebooting = install(config, &local, head, &commit, current).await?;
+        Ok(Some((head, commit, files, reused)))
+    }
+    .await;
+
+    s.requests = t.requests;
+    s.bytes_downloaded = t.bytes;
+    s.seconds = started.elapsed().as_secs_f64();
+    s.skipped_bad_commit = skipped.map(|id| id.to_hex());
+    let out = match result {
+        Ok(Some((head, commit, files, reused))) => {
+            s.to = head.to_hex();
+            s.version = commit.version.to_string();
+            s.files = files;
+            s.files_reused = reused;
+            if matches!(goal, Goal::Deploy(_)) {
+                state::change(config, |st| st.pinned = true)?;
+                s.pinned = true;
+            }
+            Ok(s)
+        }
+        Ok(None) => {
+            let c = current.ok_or_else(|| anyhow!("the server reports no change but the device has no deployment"))?;
+            s.up_to_date = true;
+            s.to = c.to_hex();
+            s.version = local.commit(&c)?.map(|c| c.version.to_string()).unwrap_or_default();
+            let deploying = matches!(goal, Goal::Deploy(_));
+            let outcome = if s.pinned { Outcome::Pinned } else { Outcome::UpToDate };
+            state::change(config, |st| {
+                st.record_attempt(outcome, None);
+                st.pinned |= deploying;
+            })?;
+            s.pinned |= deploying;
+            Ok(s)
+        }
+        Err(e) if e.is::<TrialFailed>() => Err(e),
+        Err(e) => {
+            let _ = state::record_attempt(config, Outcome::Error, Some(format!("{e:#}")));
+            Err(e)
+        }
+    };
+    // Tell the fleet server how it went (not counted in the update's own traffic).
+    if config.fleet.is_some() {
+        drop(local);
+        if let Err(e) = crate::fleet::check_in(config, &server, &mut Traffic::default()).await {
+            tracing::warn!(error = %format!("{e:#}"), "reporting the update's outcome to the fleet server");
+        }
+    }
+    out
+}
