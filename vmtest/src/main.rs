@@ -192,22 +192,7 @@ fn initramfs(modules: &Path, out: &Path) -> Result<()> {
         let path = find_file(modules, &format!("{m}.ko")).ok_or_else(|| anyhow!("no module {m}.ko"))?;
         a.file(&format!("lib/modules/{m}.ko"), &std::fs::read(path)?, 0o644);
     }
-    let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox mount -t devtmpfs dev /dev
-for m in {mods}; do /bin/busybox insmod /lib/modules/$m.ko || echo "FERRY-VM insmod-failed $m"; done
-for i in $(/bin/busybox seq 50); do [ -e /dev/vda ] && break; /bin/busybox sleep 0.1; done
-/bin/busybox sleep 0.2
-root=/dev/vda; [ -e /dev/vda1 ] && root=/dev/vda1
-/bin/busybox mount -t ext4 -o rw $root /newroot || {{ echo "FERRY-VM no-root"; /bin/busybox poweroff -f; }}
-/bin/busybox umount /proc /sys
-/bin/busybox mount --move /dev /newroot/dev
-exec /bin/busybox switch_root /newroot /sbin/init
-"#,
-        mods = MODULES.join(" ")
-    );
+    let init = include_str!("../guest/initramfs-init.sh").replace("@MODULES@", &MODULES.join(" "));
     a.file("init", init.as_bytes(), 0o755);
     std::fs::write(out, a.finish())?;
     Ok(())
@@ -368,69 +353,11 @@ fn rootfs_overlay(
     }
     std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
     use std::os::unix::fs::PermissionsExt;
-    let init = r#"#!/bin/sh
-# The device's boot: Ferry's boot check, then an update from the server, with markers.
-export PATH=/bin:/sbin:/usr/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
-ip link set lo up
-ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
-ip route add default via 10.0.2.2
-echo "FERRY-VM up"
-echo "FERRY-VM cmdline $(cat /proc/cmdline)"
-export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn NO_COLOR=1
-echo "FERRY-VM boot-check $(ferryd boot-check 2>&1 | tr '\n' ' ')"
-# The application, from the current deployment (ferryd restarts it after a switch).
-/sbin/app-restart
-if [ -e /etc/ferry-vm-mode ]; then
-  # Bootloader runs: update only from a settled device; a release on trial (or one just
-  # rolled back) is left to the bootloader and the boot check.
-  status="$(ferryd status --json | tr -d '\n')"
-  echo "FERRY-VM status-before $status"
-  case "$status" in
-    *'"trial": null'*'"last_rollback": null'*) ferryd update --json 2>&1 | grep -v FERRY-STEP ;;
-  esac
-  echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
-  sync
-  echo "FERRY-VM done"
-  poweroff -f
-fi
-if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-before ok"; else echo "FERRY-VM fsck-before FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
-echo "FERRY-VM status-before $(ferryd status --json | tr -d '\n')"
-echo "FERRY-VM update-start"
-# The agent as a device runs it: the polling daemon, whose first check is the update. Its
-# steps reach the console on stderr as they happen; `--json` puts one line per check in a
-# file. Once the first check has ended, the daemon is stopped and the boot is judged.
-: >/tmp/run
-ferryd run --json >>/tmp/run &
-daemon=$!
-while [ "$(wc -l </tmp/run)" -lt 1 ] && kill -0 $daemon 2>/dev/null; do sleep 0.1; done
-if kill $daemon 2>/dev/null; then wait $daemon; else wait $daemon; rc=$?; fi
-first="$(head -n 1 /tmp/run)"
-case "$first" in
-  *'"up_to_date"'*) echo "FERRY-VM update $first" ;;
-  *) echo "FERRY-VM update-failed ${first:-the daemon exited with status $rc before its first check ended}" ;;
-esac
-if ferryd fsck >/dev/null 2>/tmp/fsck; then echo "FERRY-VM fsck-after ok"; else echo "FERRY-VM fsck-after FAILED $(cat /tmp/fsck | tr '\n' ' ')"; fi
-echo "FERRY-VM status-after $(ferryd status --json | tr -d '\n')"
-echo "FERRY-VM app-after $(cat /run/app.alive)"
-sync
-echo "FERRY-VM done"
-poweroff -f
-"#;
-    std::fs::write(dir.join("sbin/init"), init)?;
+    std::fs::write(dir.join("sbin/init"), include_str!("../guest/init.sh"))?;
     std::fs::set_permissions(dir.join("sbin/init"), std::fs::Permissions::from_mode(0o755))?;
-    // ferryd's restart_command: stops the application and starts it from the current
-    // deployment, in a session of its own.
-    std::fs::write(
-        dir.join("sbin/app-restart"),
-        format!(
-            "#!/bin/sh\n[ -f /run/app.pid ] && kill \"$(cat /run/app.pid)\" 2>/dev/null\nrm -f /run/app.alive\nsetsid sh {current}/app/run </dev/null >/dev/null 2>&1 &\necho $! > /run/app.pid\n"
-        ),
-    )?;
+    // ferryd's restart_command, starting the application from the current deployment.
+    let restart = include_str!("../guest/app-restart.sh").replace("@CURRENT@", current);
+    std::fs::write(dir.join("sbin/app-restart"), restart)?;
     std::fs::set_permissions(dir.join("sbin/app-restart"), std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
