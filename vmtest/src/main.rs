@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
+use ferry_fixtures::rng::Rng;
 use ferry_publisher::channels::{self, KeyChange, Promotion};
 use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
 use ferry_store::{ChunkParams, Id, RepoConfig, Repository};
@@ -521,18 +522,6 @@ fn json(b: &Boot, key: &str) -> Result<Value> {
     serde_json::from_str(v).with_context(|| format!("{key}: {v}"))
 }
 
-/// A small deterministic pseudo-random sequence (xorshift64*), for replayable cut times.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -564,7 +553,7 @@ fn real_main() -> Result<bool> {
     let args = Args::parse();
     let soak = std::env::var_os("FERRY_VM_SOAK").is_some();
     let cuts = args.cuts.unwrap_or(if soak { 300 } else { 10 });
-    let seed = args.seed.unwrap_or_else(|| now() as u64 ^ u64::from(std::process::id())) | 1;
+    let seed = args.seed.unwrap_or_else(|| now() as u64 ^ u64::from(std::process::id()));
     which("qemu-system-x86_64")?;
     if args.uboot && !Path::new(UBOOT_ROM).is_file() {
         bail!("{UBOOT_ROM} is missing: install u-boot-qemu (scripts/vmtest installs what the harness needs)");
@@ -775,7 +764,7 @@ fn campaign(
         full["bytes_downloaded"]
     );
 
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut results = Vec::new();
     for i in 0..cuts {
         std::fs::copy(&base, &disk)?;
@@ -783,7 +772,7 @@ fn campaign(
         // the others fall at a random time from the update's first request to after its
         // trial (the window plus a margin).
         let aim = if i % 2 == 1 && calm_steps > 0 {
-            let n = 1 + ((rng.next_f64() * calm_steps as f64) as usize).min(calm_steps - 1);
+            let n = 1 + rng.below(calm_steps as u64) as usize;
             CutAt::Step { n, delay: Duration::from_secs_f64(rng.next_f64() * 0.03) }
         } else {
             CutAt::Time(Duration::from_secs_f64(rng.next_f64() * window * 1.05))
