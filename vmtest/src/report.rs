@@ -13,9 +13,11 @@ use anyhow::Result;
 #[derive(Debug)]
 pub struct Cut {
     /// Seconds from the update's start to the cut (none: it was not cut).
-    pub at: Option<f64>,
-    pub step: String,
-    pub outcome: Result<String, String>,
+    at: Option<f64>,
+    /// Where it landed, how it was aimed and what the disk's cache lost.
+    step: String,
+    /// What the next boot found, or what failed (the error's whole chain).
+    outcome: Result<String, String>,
 }
 
 impl Cut {
