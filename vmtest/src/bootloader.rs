@@ -1,0 +1,241 @@
+//! The GRUB and U-Boot runs (`--grub`, `--uboot`): what each bootloader needs on the
+//! device's root file system and in its disk's first MiB, and the scenarios in which it must
+//! roll back a bad release by itself. The power-cut runs boot the kernel directly and use
+//! none of this.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::host::{run, which};
+use crate::qemu::{boot, Boot, Start};
+use crate::rig::Rig;
+
+/// The bootloader of a bootloader run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Loader {
+    Grub,
+    Uboot,
+}
+
+/// Debian's U-Boot for QEMU's PC (the 32-bit build: the 64-bit one does not start Linux).
+pub const UBOOT_ROM: &str = "/usr/lib/u-boot/qemu-x86/u-boot.rom";
+/// Where boards/qemu-x86.cmd keeps the U-Boot environment on the disk, and its size.
+const UBOOT_ENV: (u64, u64) = (0x80000, 0x4000);
+
+impl Loader {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Grub => "GRUB",
+            Loader::Uboot => "U-Boot",
+        }
+    }
+
+    /// How QEMU starts a machine with this bootloader: SeaBIOS (QEMU's own) and GRUB in the
+    /// MBR, or U-Boot as the firmware.
+    pub fn start(self) -> Start<'static> {
+        Start::Firmware(match self {
+            Loader::Grub => None,
+            Loader::Uboot => Some(Path::new(UBOOT_ROM)),
+        })
+    }
+
+    /// The `[bootloader]` table of ferryd's configuration.
+    pub fn ferryd_config(self) -> &'static str {
+        match self {
+            Loader::Grub => "kind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"",
+            Loader::Uboot => "kind = \"uboot\"\nfw_config = \"/etc/fw_env.config\"",
+        }
+    }
+
+    /// Puts what the bootloader reads on the device's root file system `dir` (its
+    /// configuration, Ferry's script, release `first` to boot) and marks the tree as a
+    /// bootloader run's (`/etc/ferry-vm-mode`, read by the guest's init). Returns the host
+    /// tools ferryd needs on the device for it, with where they go.
+    pub fn install(self, dir: &Path, first: &str) -> Result<Vec<(PathBuf, &'static str)>> {
+        let mut binaries = Vec::new();
+        match self {
+            Loader::Grub => {
+                // GRUB reads its configuration, Ferry's fragment and the environment block
+                // from the partition; ferryd writes the block with grub-editenv, as on a
+                // device.
+                binaries.push((which("grub-editenv")?, "usr/bin/grub-editenv"));
+                std::fs::create_dir_all(dir.join("boot/grub"))?;
+                std::fs::write(
+                    dir.join("boot/grub/grub.cfg"),
+                    "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=0\nset ferry_cmdline=\"console=ttyS0 quiet panic=-1\"\nsource ${prefix}/ferry.cfg\n",
+                )?;
+                let fragment = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/grub/ferry.cfg");
+                std::fs::copy(&fragment, dir.join("boot/grub/ferry.cfg"))
+                    .with_context(|| format!("{}", fragment.display()))?;
+                let env = dir.join("boot/grub/grubenv");
+                run(Command::new("grub-editenv").arg(&env).arg("create"))?;
+                run(Command::new("grub-editenv").arg(&env).args([
+                    "set",
+                    &format!("ferry_deploy={first}"),
+                    "upgrade_available=0",
+                    "bootcount=0",
+                    "bootlimit=2",
+                ]))?;
+                std::fs::write(dir.join("etc/ferry-vm-mode"), "grub\n")?;
+            }
+            Loader::Uboot => {
+                // U-Boot's distro boot finds /boot/boot.scr on the partition: the board's
+                // lines, then Ferry's script. ferryd writes the environment (on the raw disk)
+                // with fw_setenv.
+                binaries.push((which("fw_setenv")?, "usr/bin/fw_setenv"));
+                binaries.push((which("fw_printenv")?, "usr/bin/fw_printenv"));
+                std::fs::create_dir_all(dir.join("boot"))?;
+                std::fs::write(
+                    dir.join("etc/fw_env.config"),
+                    format!("/dev/vda {:#x} {:#x}\n", UBOOT_ENV.0, UBOOT_ENV.1),
+                )?;
+                let uboot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/uboot");
+                let mut script = std::fs::read_to_string(uboot.join("boards/qemu-x86.cmd"))
+                    .with_context(|| format!("{}/boards/qemu-x86.cmd", uboot.display()))?;
+                script.push_str(&std::fs::read_to_string(uboot.join("boot.cmd"))?);
+                let cmd = dir.join("boot/ferry-boot.cmd");
+                std::fs::write(&cmd, script)?;
+                run(Command::new("mkimage")
+                    .args(["-A", "x86", "-T", "script", "-d"])
+                    .arg(&cmd)
+                    .arg(dir.join("boot/boot.scr")))?;
+                std::fs::write(dir.join("etc/ferry-vm-mode"), "uboot\n")?;
+            }
+        }
+        Ok(binaries)
+    }
+}
+
+/// A disk for a bootloader run: an MBR and one Linux partition (`part`, from 1 MiB).
+/// For GRUB the MBR holds GRUB's boot.img, and GRUB's core.img (grub-mkimage, with what
+/// ferry.cfg needs) fills the sectors before the partition, where boot.img looks for it.
+/// For U-Boot (the machine's firmware) the MBR is only a partition table, and the sectors
+/// before the partition hold the environment, with release `first` to boot.
+pub fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result<()> {
+    let (boot, core) = match loader {
+        Loader::Grub => {
+            let core = out.with_extension("core");
+            run(Command::new("grub-mkimage")
+                .args(["-O", "i386-pc", "-o"])
+                .arg(&core)
+                .args(["-p", "(hd0,msdos1)/boot/grub"])
+                .args(["biosdisk", "part_msdos", "ext2", "normal", "configfile", "linux", "loadenv", "test", "echo"])
+                .args(["serial", "terminal", "boot", "reboot"]))?;
+            (std::fs::read("/usr/lib/grub/i386-pc/boot.img")?, std::fs::read(&core)?)
+        }
+        Loader::Uboot => (vec![0u8; 440], Vec::new()),
+    };
+    let part_len = std::fs::metadata(part)?.len();
+    if core.len() > 2047 * 512 || boot.len() < 440 {
+        bail!("GRUB's core.img ({} bytes) does not fit before the partition", core.len());
+    }
+    let mut mbr = vec![0u8; 512];
+    mbr[..440].copy_from_slice(&boot[..440]);
+    // One bootable Linux partition from sector 2048 (CHS fields unused: LBA only).
+    let mut entry = vec![0x80, 0xfe, 0xff, 0xff, 0x83, 0xfe, 0xff, 0xff];
+    entry.extend_from_slice(&2048u32.to_le_bytes());
+    entry.extend_from_slice(&u32::try_from(part_len / 512)?.to_le_bytes());
+    mbr[446..462].copy_from_slice(&entry);
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let mut f = std::fs::File::create(out)?;
+    f.write_all(&mbr)?;
+    f.write_all(&core)?;
+    f.write_all(&vec![0u8; 2048 * 512 - 512 - core.len()])?;
+    std::io::copy(&mut std::fs::File::open(part)?, &mut f)?;
+    f.sync_all()?;
+    drop(f);
+    if loader == Loader::Uboot {
+        // The factory's environment, written with the same tool ferryd uses on the device.
+        let config = out.with_extension("fw_env.config");
+        let defenv = out.with_extension("defenv");
+        std::fs::write(&config, format!("{} {:#x} {:#x}\n", out.display(), UBOOT_ENV.0, UBOOT_ENV.1))?;
+        std::fs::write(&defenv, format!("ferry_deploy={first}\nupgrade_available=0\nbootcount=0\n"))?;
+        run(Command::new("fw_setenv").arg("-c").arg(&config).arg("-f").arg(&defenv).args(["bootlimit", "2"]))?;
+        let env = run(Command::new("fw_printenv").arg("-c").arg(&config))?;
+        if !env.contains(&format!("ferry_deploy={first}")) || !env.contains("bootlimit=2") {
+            bail!("the disk's U-Boot environment did not take: {env}");
+        }
+    }
+    Ok(())
+}
+
+/// The bootloader runs: from release 1, the device updates to a release and reboots into it;
+/// the release never marks itself good (2), its kernel's init fails (3), or its kernel cannot
+/// start (4). The harness boots the disk again and again (each power-off or kernel panic ends
+/// a boot) until the bootloader itself boots release 1 again, which must happen after exactly
+/// `bootlimit` (2) boots of the new release; then the device must run release 1, with the
+/// release recorded as bad and the rollback's reason naming the bootloader. Prints a line
+/// per scenario; whether all passed.
+pub fn scenarios(loader: Loader, rig: &Rig) -> Result<bool> {
+    let name = loader.name();
+    let start = loader.start();
+    let commits = &rig.commits;
+    let deploy_of = |b: &Boot| -> Option<String> {
+        let cmdline = b.markers.get("cmdline")?;
+        cmdline.split_whitespace().find_map(|w| w.strip_prefix("ferry.deploy=")).map(str::to_string)
+    };
+    let mut all_ok = true;
+    for (release, what) in [
+        (1usize, "a release that never marks itself good"),
+        (2, "a release whose init fails (kernel panic)"),
+        (3, "a release whose kernel cannot start"),
+    ] {
+        let (v1, new) = (commits[0].to_hex(), commits[release].to_hex());
+        rig.promote(commits[release])?;
+        let disk = rig.work.join(format!("boot-{release}.img"));
+        std::fs::copy(&rig.base, &disk)?;
+        let mut on_new = 0;
+        let mut outcome: Result<String> = Err(anyhow!("{name} never went back to release 1 within 8 boots"));
+        for n in 1..=8 {
+            let b = boot(start, &disk, None)?;
+            let deploy = deploy_of(&b);
+            // A boot of the new release: its system came up, its init failed, or the
+            // bootloader could not start its kernel.
+            // (GRUB's terminal wraps long lines: search the console without its white space.)
+            let flat: String = b.log.chars().filter(|c| !c.is_whitespace() && !c.is_control()).collect();
+            let failed = flat.contains("FERRY-VMbroken-init") || flat.contains(&format!("couldnotstart{new}"));
+            if failed || deploy.as_deref() == Some(new.as_str()) {
+                on_new += 1;
+                continue;
+            }
+            if n == 1 {
+                // The first boot runs release 1 and updates (then powers off to reboot).
+                if deploy.as_deref() != Some(v1.as_str()) {
+                    outcome = Err(anyhow!("the first boot ran {deploy:?}, not release 1; console:\n{}", b.log));
+                    break;
+                }
+                continue;
+            }
+            // Back on release 1: the bootloader chose it; the boot check recorded why.
+            let status = b.json("status-after")?;
+            let reason = status["last_rollback"]["reason"].as_str().unwrap_or("");
+            let bad = status["bad_commits"].as_array().is_some_and(|a| a.iter().any(|c| c == new.as_str()));
+            outcome = if deploy.as_deref() != Some(v1.as_str()) {
+                Err(anyhow!("boot {n} ran {deploy:?}; console:\n{}", b.log))
+            } else if loader == Loader::Uboot && !flat.contains("withoutbeingmarkedgood") {
+                Err(anyhow!("boot {n} ran release 1, but not by boot.cmd's fallback; console:\n{}", b.log))
+            } else if on_new != 2 {
+                Err(anyhow!("{name} went back after {on_new} boots of the new release, not bootlimit (2)"))
+            } else if status["current"]["commit"] != v1.as_str() || !bad || !reason.contains("bootloader fell back") {
+                Err(anyhow!("after {name}'s fallback the device is not settled on release 1: {status}"))
+            } else {
+                Ok(format!(
+                    "{on_new} boots of the new release, then {name} booted release 1; the device recorded: {reason}"
+                ))
+            };
+            break;
+        }
+        match &outcome {
+            Ok(m) => println!("{name}, {what}: rolled back. {m}"),
+            Err(e) => {
+                all_ok = false;
+                println!("{name}, {what}: FAILED: {e:#}");
+            }
+        }
+    }
+    Ok(all_ok)
+}

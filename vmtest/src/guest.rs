@@ -1,0 +1,125 @@
+//! The guest's software: the initramfs (busybox, the virtio modules, `guest/initramfs-init.sh`),
+//! the broken one a bad release carries, and the device's root file system less Ferry's
+//! state (busybox, ferryd and its libraries, `guest/init.sh`, `guest/app-restart.sh`, the
+//! root key). The scripts in `guest/` are the guest's side of the harness: what they print
+//! on the console is what `qemu.rs` reads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::bootloader::Loader;
+use crate::cpio;
+use crate::host::{run, which};
+
+/// The kernel modules the initramfs loads, in order, to reach the disk and the network.
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+/// The initramfs: busybox, the virtio modules, and an init that mounts the disk and
+/// switches to it.
+pub fn initramfs(modules: &Path, out: &Path) -> Result<()> {
+    let mut a = cpio::Archive::default();
+    for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
+        a.dir(d);
+    }
+    let busybox = which("busybox")?;
+    let ldd = Command::new("ldd").arg(&busybox).output()?;
+    let said = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
+    if !(said.contains("not a dynamic executable") || said.contains("statically linked")) {
+        bail!("{} is not statically linked: install busybox-static", busybox.display());
+    }
+    a.file("bin/busybox", &std::fs::read(busybox)?, 0o755);
+    for m in MODULES {
+        let path = find_file(modules, &format!("{m}.ko")).ok_or_else(|| anyhow!("no module {m}.ko"))?;
+        a.file(&format!("lib/modules/{m}.ko"), &std::fs::read(path)?, 0o644);
+    }
+    let init = include_str!("../guest/initramfs-init.sh").replace("@MODULES@", &MODULES.join(" "));
+    a.file("init", init.as_bytes(), 0o755);
+    std::fs::write(out, a.finish())?;
+    Ok(())
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// An initramfs whose init fails at once: a release whose kernel cannot come up (the
+/// kernel panics, and with panic=-1 the machine resets).
+pub fn broken_initramfs(out: &Path) -> Result<()> {
+    let mut a = cpio::Archive::default();
+    a.dir("bin");
+    a.file("bin/busybox", &std::fs::read(which("busybox")?)?, 0o755);
+    a.file("init", b"#!/bin/busybox sh\necho FERRY-VM broken-init\nexit 1\n", 0o755);
+    std::fs::write(out, a.finish())?;
+    Ok(())
+}
+
+/// The device's root file system, less Ferry's state (which `ferry image` adds): busybox,
+/// ferryd and the libraries it loads, the boot script (`guest/init.sh`), the application's
+/// restart script for `current` (the deployment link), the root key, and with a loader what
+/// it needs to boot the release named (`Loader::install`).
+pub fn rootfs_overlay(
+    dir: &Path,
+    ferryd: &Path,
+    root_pub: &Path,
+    current: &str,
+    loader: Option<(Loader, &str)>,
+) -> Result<()> {
+    for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
+    for tool in [
+        "sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq", "tee",
+        "grep", "kill", "rm", "mv", "setsid", "dirname",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
+    }
+    let mut binaries = vec![(ferryd.to_path_buf(), "usr/bin/ferryd")];
+    if let Some((l, first)) = loader {
+        binaries.extend(l.install(dir, first)?);
+    }
+    for (binary, at) in &binaries {
+        std::fs::copy(binary, dir.join(at))?;
+        // The shared libraries it loads, at the paths the loader looks for them.
+        let ldd = run(Command::new("ldd").arg(binary))?;
+        for line in ldd.lines() {
+            let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+            if let Some(p) = path {
+                let dest = dir.join(p.strip_prefix("/")?);
+                std::fs::create_dir_all(dest.parent().unwrap_or(dir))?;
+                std::fs::copy(p.canonicalize()?, &dest).with_context(|| format!("copying {}", p.display()))?;
+            }
+        }
+    }
+    std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(dir.join("sbin/init"), include_str!("../guest/init.sh"))?;
+    std::fs::set_permissions(dir.join("sbin/init"), std::fs::Permissions::from_mode(0o755))?;
+    // ferryd's restart_command, starting the application from the current deployment.
+    let restart = include_str!("../guest/app-restart.sh").replace("@CURRENT@", current);
+    std::fs::write(dir.join("sbin/app-restart"), restart)?;
+    std::fs::set_permissions(dir.join("sbin/app-restart"), std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
