@@ -8,8 +8,10 @@
 //! axum here) or writing repositories.
 
 pub mod bundle;
+pub mod cli;
 pub mod config;
 pub mod crash;
+pub mod daemon;
 pub mod devboard;
 pub mod fleet;
 pub mod fsck;
@@ -26,6 +28,11 @@ pub mod trust;
 pub mod update;
 
 pub use config::Config;
+
+/// The runtime a command runs on: one thread, as a device's agent needs no more.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
 
 /// Hands memory freed by the allocator back to the system (glibc keeps freed small blocks in
 /// its arenas): called after planning, whose many small allocations are gone by then, so

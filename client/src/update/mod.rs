@@ -23,9 +23,9 @@ mod assemble;
 mod fetch;
 mod install;
 mod plan;
+mod source;
 mod trees;
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -41,13 +41,12 @@ pub(crate) use assemble::assemble;
 pub use assemble::collect_garbage;
 pub(crate) use fetch::{stage_chunk, StagingSync};
 pub(crate) use install::install;
-pub(crate) use plan::{check_space, distinct_chunks, missing_chunks, plan_with};
+pub(crate) use plan::{distinct_chunks, Plan};
 pub(crate) use trees::MAX_TREES;
 
 use accept::{fetch_commit, follow_channel, refuse_branch_downgrade, resolve};
-use fetch::{fetch_chunks, fetch_patches};
-use plan::plan_fetch;
-use trees::fetch_trees;
+use source::Network;
+pub(crate) use source::{stage, Source};
 
 /// What one `ferryd update` did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -244,32 +243,8 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     }
                     _ => {}
                 }
-                let old_root = match current {
-                    Some(c) => local.commit(&c)?.map(|c| c.root),
-                    None => None,
-                };
-                fetch_trees(&server, &local, &commit.root, old_root, &mut t).await?;
-                let p = plan::plan(&local, &commit)?;
-                let mut missing = plan::missing_chunks(&local, &p)?;
-                missing.sort();
-                check_space(config, &local, &p, &missing)?;
-                let staged_before = fs::read_dir(local.layout.staging()).map_or(0, |d| d.count() as u64);
-                crate::fleet::set_progress_total(missing.len() as u64, staged_before);
-                let plan = plan_fetch(config, &local, current, &p, &missing)?;
-                crate::release_free_memory();
-                let (patched, r) = fetch_patches(&server, &local, &plan.patches, config, &mut t).await;
-                s.patches += plan.patches.len() as u64;
-                s.chunks_downloaded += patched.chunks;
-                s.chunks_patched += patched.chunks;
-                s.chunk_bytes_downloaded += patched.bytes;
-                s.patch_fallbacks += patched.fallback.len() as u64;
-                r?;
-                let mut plain = plan.plain;
-                plain.extend(patched.fallback);
-                let (n, b, r) = fetch_chunks(&server, &local, &plain, config, &mut t).await;
-                s.chunks_downloaded += n;
-                s.chunk_bytes_downloaded += b;
-                r?;
+                let mut network = Network { config, server: &server, current, traffic: &mut t, summary: &mut s };
+                let p = stage(config, &local, &mut network, &head, &commit, false).await?;
                 s.chunks_reused = plan::distinct_chunks(&p).saturating_sub(s.chunks_downloaded);
                 if matches!(goal, Goal::Prefetch) && state.pinned {
                     // Everything is staged for when the device is unpinned; nothing deployed.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_delta::patch::{self as patch, Patch};
-use ferry_store::{ChunkRef, Commit, EntryKind, Id, Meta, Xattr};
+use ferry_store::{ChunkRef, EntryKind, Id, Meta, Xattr};
 
 use crate::config::Config;
 use crate::local::{file_object_id, Local};
@@ -37,10 +37,6 @@ pub(crate) struct Plan {
 pub(crate) fn os(b: &[u8]) -> &std::ffi::OsStr {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::OsStr::from_bytes(b)
-}
-
-pub(crate) fn plan(local: &Local, commit: &Commit) -> Result<Plan> {
-    plan_with(&commit.root, |id| local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device")))
 }
 
 /// The deployment a commit's trees describe, reading each tree with `read`.

@@ -1,0 +1,426 @@
+//! `ferryd`'s command line: the arguments (clap) and what each command does and prints.
+//! `main.rs` only sets up the process and calls [`run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferryd", version, about = "Ferry's device agent: fetches, deploys and switches releases")]
+pub struct Cli {
+    /// Configuration file (TOML); every key and its default is documented in
+    /// client/src/config.rs and the README.
+    #[arg(long, env = "FERRYD_CONFIG", default_value = "/etc/ferry/ferryd.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checks the channel (or branch) once and, if it moved, updates to its head and switches.
+    Update {
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// On a pinned device: download what the head lacks into staging, deploy nothing.
+        #[arg(long)]
+        prefetch: bool,
+    },
+    /// Installs a release from an offline bundle (`ferry bundle`), FILE or - for stdin, with
+    /// the same checks, trial and rollback as a network update and no network.
+    ///
+    /// A bundle that lacks chunks this device needs is refused before anything is written,
+    /// naming the files; a cut or damaged one is refused and nothing is switched. A channel
+    /// bundle moves the device like a fleet update (a pinned device refuses it). A commit
+    /// bundle (one build, `ferry bundle --to COMMIT`) is refused on a device that follows a
+    /// channel, and must name this device's hardware revision and be newer than the running
+    /// release, unless --force.
+    Apply {
+        /// The bundle (`ferry bundle`), or - to read it from stdin.
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Pin the device afterwards (a developer's board), as `ferryd deploy` does.
+        #[arg(long)]
+        pin: bool,
+        /// For a commit bundle: allow it on a channel device, without a hardware revision,
+        /// older than the running release, or one that failed its trial here. The local page
+        /// and the USB script never pass it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serves the device's local page (for its access point): what it runs, and an upload
+    /// form that installs a bundle, protected by [local_ui] password or password_file.
+    ///
+    /// Prints `listening on http://ADDR` once bound; runs until stopped.
+    LocalUi {
+        /// Address to listen on, e.g. 192.168.4.1:80 (the access point's side only).
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
+    /// First boot of a device flashed from an image: enrolls (serial and hardware from their
+    /// configured sources), fetches its configuration, runs [provision] init_command, then
+    /// updates. Each step is recorded once done: after a power cut it resumes, never
+    /// enrolling twice; once all are done it does nothing.
+    Provision {
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Installs a bundle into an SD-card image tree rooted at DIR, as this configuration's
+    /// device will hold it (the factory step `ferry image` runs); no trial or bootloader.
+    SeedImage {
+        /// The image tree; the configuration's paths are taken under it.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// The hardware revision the image is for.
+        #[arg(long, value_name = "REV")]
+        hardware: String,
+        /// A full bundle (`ferry bundle` without --from), or - to read it from stdin.
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon: updates every poll_interval (with jitter), backing off on errors.
+    Run {
+        /// Print one JSON line on stdout per check, for a supervisor: the update's result
+        /// (what `ferryd update --json` prints) or {"error": ..., "retry_in_seconds": ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploys any commit of the repository (REV: a commit id, a version, or a branch),
+    /// fetching what is missing, and pins the device to it (a dev board's command).
+    Deploy {
+        /// A commit id, a version (e.g. 1.4.0), or a branch name.
+        rev: String,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Points current_link at a developer's working copy (pinned), or back (--off).
+    Dev {
+        /// The working copy (an absolute path to a directory).
+        #[arg(long, value_name = "DIR", required_unless_present = "off")]
+        link: Option<std::path::PathBuf>,
+        /// Back to the deployment that ran before.
+        #[arg(long, conflicts_with = "link")]
+        off: bool,
+    },
+    /// Links a writable copy of the current deployment as current (files are copied, never
+    /// hardlinked to the object store); the next deployment drops it unless --keep.
+    Unlock {
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Pins the device: fleet updates are not downloaded until `ferryd unpin`.
+    Pin,
+    /// Lets fleet updates in again.
+    Unpin,
+    /// Shows the current and previous deployments and the last update's result.
+    Status {
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verifies every deployment on the device against its commit; exits 1 on problems.
+    Fsck {
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Marks the deployment on trial good (for the application, after its own self-test).
+    MarkGood,
+    /// Switches back to the previous deployment now, and never reinstalls the current commit.
+    Rollback {
+        /// Why, recorded for `status`.
+        #[arg(long, default_value = "manual rollback")]
+        reason: String,
+    },
+    /// Early at every boot, before the application: counts a trial's boots, rolls back at
+    /// the boot limit, and cleans what an interrupted update left.
+    BootCheck,
+    /// Checks that updates can work here: keys, state directory, free space, current link,
+    /// and that the bootloader environment keeps what is written. Exits 1 on a failure.
+    Doctor,
+    /// Checks the configuration and the trusted keys; prints the effective configuration.
+    CheckConfig {
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn human(bytes: u64) -> String {
+    if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / 1024.0 / 1024.0)
+    }
+}
+
+/// A bundle to read: FILE, or stdin for `-`.
+fn open_input(file: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+    if file.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let f = std::fs::File::open(file).map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+    Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+}
+
+/// Runs one `ferryd` command; the exit code is 0, or 1 when `fsck` or `doctor` found problems.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Deploy { rev, json } => {
+            let s = crate::runtime()?.block_on(crate::update::deploy(&config, &rev))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                eprintln!("deployed {} ({}); pinned until `ferryd unpin`", s.version, &s.to[..12.min(s.to.len())]);
+            }
+        }
+        Command::Apply { file, json, pin, force } => {
+            let opts = crate::bundle::ApplyOptions { pin, force };
+            let s = crate::runtime()?.block_on(crate::bundle::apply(&config, open_input(&file)?, opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if s.up_to_date {
+                println!("already at {} ({}); nothing changed", s.version, &s.to[..12]);
+            } else {
+                println!(
+                    "applied {} -> {} ({}){}: {} chunks from the bundle ({} read), {} reused; {} of {} files reused{}",
+                    s.from.as_deref().map_or("nothing", |f| &f[..12]),
+                    &s.to[..12],
+                    s.version,
+                    s.channel
+                        .as_ref()
+                        .map(|c| format!(", channel {c} serial {}", s.serial.unwrap_or(0)))
+                        .unwrap_or_default(),
+                    s.chunks_used,
+                    human(s.bundle_bytes),
+                    s.chunks_reused,
+                    s.files_reused,
+                    s.files,
+                    if s.pinned { "; pinned until `ferryd unpin`" } else { "" }
+                );
+            }
+        }
+        Command::LocalUi { listen } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(crate::local_ui::serve(cli.config.clone(), config, listen, |a| {
+                println!("listening on http://{a}");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }))?;
+        }
+        Command::Provision { json } => {
+            let s = crate::runtime()?.block_on(crate::provision::provision(&config))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if s.already_provisioned {
+                println!("already provisioned");
+            } else {
+                let update = match &s.update {
+                    Some(u) if u.up_to_date => format!("; up to date at {}", u.version),
+                    Some(u) => format!("; updated to {} ({} downloaded)", u.version, human(u.bytes_downloaded)),
+                    None => String::new(),
+                };
+                println!(
+                    "provisioned {} ({}): {}{update}",
+                    s.serial.as_deref().unwrap_or("this device"),
+                    s.hardware,
+                    s.ran.join(", ")
+                );
+            }
+        }
+        Command::SeedImage { root, hardware, file, json } => {
+            let mut c = config.rooted(&root);
+            c.hardware = Some(hardware);
+            (c.hardware_file, c.hardware_env, c.hardware_command) = (None, None, None);
+            let s = crate::runtime()?.block_on(crate::bundle::seed(&c, &root, open_input(&file)?))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("seeded {} with {} ({}): {} files", root.display(), s.version, &s.to[..12], s.files);
+            }
+        }
+        Command::Dev { link, off } => {
+            if off {
+                let back = crate::devboard::off(&config)?;
+                eprintln!("back to deployment {}", &back[..12.min(back.len())]);
+            } else if let Some(dir) = link {
+                crate::devboard::link(&config, &dir)?;
+                eprintln!(
+                    "{} -> {} (pinned; `ferryd dev --off` to go back)",
+                    config.current_link.display(),
+                    dir.display()
+                );
+            }
+        }
+        Command::Unlock { keep } => {
+            let dir = crate::devboard::unlock(&config, keep)?;
+            eprintln!("{} -> {} (a writable copy)", config.current_link.display(), dir.display());
+        }
+        Command::Pin | Command::Unpin => {
+            let pin = matches!(cli.command, Command::Pin);
+            crate::state::change(&config, |s| s.pinned = pin)?;
+            eprintln!(
+                "{}",
+                if pin { "pinned: fleet updates are not downloaded" } else { "unpinned: fleet updates are back" }
+            );
+        }
+        Command::Update { json, prefetch } => {
+            let s = if prefetch {
+                crate::runtime()?.block_on(crate::update::prefetch(&config))?
+            } else {
+                crate::runtime()?.block_on(crate::update::update(&config))?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if let Some(bad) = &s.skipped_bad_commit {
+                println!(
+                    "staying at {} ({}): the branch points at {}, which failed its trial here before",
+                    s.version,
+                    &s.to[..12],
+                    &bad[..12]
+                );
+            } else if s.up_to_date {
+                println!("up to date at {} ({})", s.version, &s.to[..12]);
+            } else {
+                println!(
+                    "updated {} -> {} ({}): downloaded {} in {} requests ({} chunks new, {} reused; {} of {} files reused) in {:.1} s",
+                    s.from.as_deref().map_or("nothing", |f| &f[..12]),
+                    &s.to[..12],
+                    s.version,
+                    human(s.bytes_downloaded),
+                    s.requests,
+                    s.chunks_downloaded,
+                    s.chunks_reused,
+                    s.files_reused,
+                    s.files,
+                    s.seconds
+                );
+            }
+        }
+        Command::Run { json } => match crate::daemon::run(&config, json)? {},
+        Command::Status { json } => {
+            let s = crate::status::status(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let show = |d: &Option<crate::status::Deployment>| {
+                    d.as_ref().map_or("none".to_string(), |d| {
+                        format!("{} ({})", d.version.as_deref().unwrap_or("?"), &d.commit[..12.min(d.commit.len())])
+                    })
+                };
+                println!("current:  {}", show(&s.current));
+                println!("previous: {}", show(&s.previous));
+                match (&s.channel, &s.branch) {
+                    (Some(c), _) => println!(
+                        "channel:  {c} on {} (document serial {}, key document {})",
+                        s.server,
+                        s.channel_serial.map_or("none yet".into(), |n| n.to_string()),
+                        s.keys_serial.unwrap_or(0)
+                    ),
+                    (None, Some(b)) => println!("branch:   {b} on {}", s.server),
+                    (None, None) => {}
+                }
+                if let Some(h) = &s.hardware {
+                    println!("hardware: {h}");
+                }
+                if let Some(d) = &s.dev {
+                    let what = if d.unlocked { "unlocked copy" } else { "working copy" };
+                    println!("dev:      {what} {} (`ferryd dev --off` to go back)", d.link.display());
+                }
+                if s.pinned {
+                    println!("pinned:   fleet updates are held back until `ferryd unpin`");
+                }
+                if let Some(t) = &s.trial {
+                    println!(
+                        "trial:    {} ({} boots, deadline {}, marked good: {})",
+                        &t.commit[..12.min(t.commit.len())],
+                        t.boots,
+                        t.deadline,
+                        t.marked_good
+                    );
+                }
+                if let Some(r) = &s.last_rollback {
+                    println!(
+                        "rollback: {} -> {}: {}",
+                        &r.commit[..12.min(r.commit.len())],
+                        &r.to[..12.min(r.to.len())],
+                        r.reason
+                    );
+                }
+                if s.staged_chunks > 0 {
+                    println!("pending:  {} chunks downloaded for an unfinished update", s.staged_chunks);
+                }
+                if let Some(t) = &s.device_token {
+                    println!("token:    {t} (what the fleet shows for this device's enrollment)");
+                }
+                for w in &s.warnings {
+                    println!("warning:  {w}");
+                }
+                if let Some(r) = &s.last_result {
+                    println!("last:     {r}{}", s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());
+                }
+            }
+        }
+        Command::Fsck { json } => {
+            let local = crate::local::Local::open(&config.state_dir)?;
+            let r = crate::fsck::fsck(&local)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for p in &r.problems {
+                    println!("{p}");
+                }
+                eprintln!(
+                    "checked {} deployments, {} files: {}",
+                    r.deployments,
+                    r.files,
+                    if r.problems.is_empty() { "ok".to_string() } else { format!("{} problems", r.problems.len()) }
+                );
+            }
+            if !r.problems.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::MarkGood => println!("{}", crate::trial::mark_good(&config)?),
+        Command::Rollback { reason } => println!("{}", crate::trial::rollback(&config, &reason)?),
+        Command::BootCheck => println!("{}", crate::trial::boot_check(&config)?),
+        Command::Doctor => {
+            let (lines, ok) = crate::trial::doctor(&config);
+            for l in lines {
+                println!("{l}");
+            }
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::CheckConfig { json } => {
+            let keys = if config.channel.is_some() { config.roots()? } else { config.keys()? };
+            config.hardware_revision()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&config)?);
+            } else {
+                println!("{}", toml::to_string(&config)?);
+                eprintln!(
+                    "configuration ok; following {}; {} {} key(s)",
+                    config.follows(),
+                    keys.len(),
+                    if config.channel.is_some() { "root" } else { "trusted" }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,123 @@
+//! One pipeline, several sources. Once a release is chosen and its commit checked (by the
+//! server's documents or a bundle's header), installing it is the same work whatever the
+//! bytes come from: make its trees readable, plan the deployment, find the chunks the
+//! device lacks, check they can come and fit, stage them, assemble, switch and try
+//! ([`stage`], then [`super::assemble`] and [`super::install`]). What differs is a
+//! [`Source`]: the server ([`Network`]) or an offline bundle (`crate::bundle`).
+
+use std::fs;
+
+use anyhow::{anyhow, Result};
+use ferry_store::{Commit, Id, Tree};
+
+use crate::config::Config;
+use crate::http::{Server, Traffic};
+use crate::local::Local;
+
+use super::fetch::{fetch_chunks, fetch_patches};
+use super::plan::{check_space, missing_chunks, plan_fetch, plan_with, Plan};
+use super::trees::fetch_trees;
+use super::UpdateSummary;
+
+/// Where a release's trees and chunks come from.
+pub(crate) trait Source {
+    /// Makes every tree under `commit.root` readable through [`Source::tree`]: fetched,
+    /// verified and stored, or read from a bundle and held until [`Source::keep`]. A source
+    /// that cannot deliver every tree refuses here, before anything is written.
+    async fn trees(&mut self, local: &Local, commit: &Commit) -> Result<()>;
+
+    /// A tree under the commit's root (after [`Source::trees`]).
+    fn tree(&self, local: &Local, id: &Id) -> Result<Tree>;
+
+    /// Refuses, before anything is written, if the source cannot deliver the chunks in
+    /// `missing` (listed in the order the files name them).
+    fn can_deliver(&self, local: &Local, plan: &Plan, missing: &[(Id, u32)]) -> Result<()>;
+
+    /// Stores the commit and the trees it held back, all verified (the release is going to
+    /// be installed from here on).
+    fn keep(&mut self, local: &Local, head: &Id) -> Result<()>;
+
+    /// Stages every chunk in `missing`, each verified before it is staged.
+    async fn chunks(&mut self, local: &Local, plan: &Plan, missing: &[(Id, u32)]) -> Result<()>;
+}
+
+/// The shared steps from a checked commit to staged chunks: trees, the plan, the chunks the
+/// device lacks (none if it already runs the release), whether the source has them and they
+/// fit, then storing and staging. Returns the deployment's plan, for [`super::assemble`].
+pub(crate) async fn stage<S: Source>(
+    config: &Config,
+    local: &Local,
+    source: &mut S,
+    head: &Id,
+    commit: &Commit,
+    up_to_date: bool,
+) -> Result<Plan> {
+    source.trees(local, commit).await?;
+    let plan = plan_with(&commit.root, |id| source.tree(local, id))?;
+    let mut missing = if up_to_date { Vec::new() } else { missing_chunks(local, &plan)? };
+    source.can_deliver(local, &plan, &missing)?;
+    missing.sort();
+    check_space(config, local, &plan, &missing)?;
+    if !up_to_date {
+        source.keep(local, head)?;
+    }
+    source.chunks(local, &plan, &missing).await?;
+    Ok(plan)
+}
+
+/// The server: trees compressed against the device's own, then chunks as patches against
+/// the running release's files where that is smaller, the rest plain, all in batched
+/// requests; what it moved is added to the update's summary.
+pub(crate) struct Network<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) server: &'a Server,
+    pub(crate) current: Option<Id>,
+    pub(crate) traffic: &'a mut Traffic,
+    pub(crate) summary: &'a mut UpdateSummary,
+}
+
+impl Source for Network<'_> {
+    async fn trees(&mut self, local: &Local, commit: &Commit) -> Result<()> {
+        let old_root = match self.current {
+            Some(c) => local.commit(&c)?.map(|c| c.root),
+            None => None,
+        };
+        fetch_trees(self.server, local, &commit.root, old_root, self.traffic).await
+    }
+
+    fn tree(&self, local: &Local, id: &Id) -> Result<Tree> {
+        local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))
+    }
+
+    fn can_deliver(&self, _: &Local, _: &Plan, _: &[(Id, u32)]) -> Result<()> {
+        // The server holds every chunk of the commits it serves; a gap is a network error
+        // when it is asked for.
+        Ok(())
+    }
+
+    fn keep(&mut self, _: &Local, _: &Id) -> Result<()> {
+        // The commit and each tree were stored as they arrived, verified.
+        Ok(())
+    }
+
+    async fn chunks(&mut self, local: &Local, plan: &Plan, missing: &[(Id, u32)]) -> Result<()> {
+        let (config, server, s) = (self.config, self.server, &mut *self.summary);
+        let staged_before = fs::read_dir(local.layout.staging()).map_or(0, |d| d.count() as u64);
+        crate::fleet::set_progress_total(missing.len() as u64, staged_before);
+        let fetch = plan_fetch(config, local, self.current, plan, missing)?;
+        crate::release_free_memory();
+        let (patched, r) = fetch_patches(server, local, &fetch.patches, config, self.traffic).await;
+        s.patches += fetch.patches.len() as u64;
+        s.chunks_downloaded += patched.chunks;
+        s.chunks_patched += patched.chunks;
+        s.chunk_bytes_downloaded += patched.bytes;
+        s.patch_fallbacks += patched.fallback.len() as u64;
+        r?;
+        let mut plain = fetch.plain;
+        plain.extend(patched.fallback);
+        let (n, b, r) = fetch_chunks(server, local, &plain, config, self.traffic).await;
+        s.chunks_downloaded += n;
+        s.chunk_bytes_downloaded += b;
+        r
+    }
+}
