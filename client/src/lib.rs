@@ -13,6 +13,7 @@ pub mod config;
 pub mod crash;
 pub mod daemon;
 pub mod devboard;
+pub mod error;
 pub mod fleet;
 pub mod fsck;
 pub mod http;

@@ -115,7 +115,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
             Ok(u) => Some(u),
             // A release that failed its trial was rolled back: the device runs the image's
             // release, healthy, and provisioning is over (the failure is in `ferryd status`).
-            Err(e) if e.is::<crate::update::TrialFailed>() => {
+            Err(e) if crate::error::is_failed_trial(&e) => {
                 tracing::warn!(error = %format!("{e:#}"), "the first update was rolled back");
                 None
             }

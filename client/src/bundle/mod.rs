@@ -25,9 +25,9 @@ use anyhow::Result;
 use ferry_delta::bundle::BundleReader;
 
 use crate::config::Config;
+use crate::error::Failure::Refused;
 use crate::local::Local;
 use crate::state::{self, Outcome};
-use crate::update::{Refused, TrialFailed};
 
 use decide::{decide, Header};
 use source::Bundle;
@@ -76,7 +76,7 @@ pub struct ApplyOptions {
 }
 
 /// Applies the bundle read from `input`. A refusal is a [`Refused`] error; a release that
-/// fails its trial is a [`TrialFailed`] error, after the rollback.
+/// fails its trial is a [`crate::error::Failure::TrialFailed`] error, after the rollback.
 pub async fn apply(config: &Config, input: impl Read, opts: ApplyOptions) -> Result<ApplySummary> {
     let started = Instant::now();
     let local = Local::open(&config.state_dir)?;
@@ -85,7 +85,7 @@ pub async fn apply(config: &Config, input: impl Read, opts: ApplyOptions) -> Res
     }
     let result = apply_inner(config, &local, input, started, None, opts).await;
     if let Err(e) = &result {
-        if !e.is::<TrialFailed>() {
+        if !crate::error::is_failed_trial(e) {
             state::record_attempt(config, Outcome::Error, Some(format!("{e:#}")))?;
         }
     }

@@ -36,6 +36,7 @@ use crate::http::{Head, Server, Traffic};
 use crate::local::Local;
 use crate::state::{self, Outcome};
 
+pub use crate::error::Failure::{Refused, TrialFailed};
 pub(crate) use accept::MAX_COMMIT;
 pub(crate) use assemble::assemble;
 pub use assemble::collect_garbage;
@@ -117,16 +118,6 @@ pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
     }
     update_to(config, Goal::Deploy(rev)).await
 }
-
-/// The new release was installed, failed its trial and was rolled back.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TrialFailed(pub String);
-
-/// An error no retry can fix: untrusted or wrong content.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
 
 /// The commit `current_link` points at, if it is one of our deployments.
 pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
@@ -258,7 +249,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
             match r {
                 Ok(Some(done)) => break done,
                 Ok(None) => return Ok(None),
-                Err(e) if e.is::<Refused>() || attempt >= config.retries => return Err(e),
+                Err(e) if !crate::error::retryable(&e) || attempt >= config.retries => return Err(e),
                 Err(e) => {
                     let wait = Duration::from_millis(250 << attempt.min(6));
                     tracing::warn!(attempt, error = %format!("{e:#}"), "update attempt failed; retrying in {wait:?}");
@@ -301,7 +292,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
             s.pinned |= deploying;
             Ok(s)
         }
-        Err(e) if e.is::<TrialFailed>() => Err(e),
+        Err(e) if crate::error::is_failed_trial(&e) => Err(e),
         Err(e) => {
             let _ = state::record_attempt(config, Outcome::Error, Some(format!("{e:#}")));
             Err(e)

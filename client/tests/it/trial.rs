@@ -301,3 +301,19 @@ fn a_first_release_that_fails_its_trial_stays_flagged_bad_until_a_newer_one() {
     assert_eq!(running(&env), fixed.to_hex());
     assert_eq!(status(&config)["trial"], serde_json::Value::Null);
 }
+
+#[test]
+fn the_library_reports_a_failed_trial_as_such() {
+    use ferry_client::error::{retryable, Failure};
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let path = env.device(&health(&env, ""));
+    update(&path);
+    env.commit(2, "2");
+    let config = ferry_client::Config::load(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let e = rt.block_on(ferry_client::update::update(&config)).unwrap_err();
+    assert!(matches!(Failure::of(&e), Some(Failure::TrialFailed(m)) if m.contains("rolled back to")), "{e:#}");
+    assert!(!retryable(&e));
+    assert_eq!(running(&env), v1.to_hex());
+}

@@ -314,3 +314,29 @@ fn a_branch_head_older_than_the_running_release_is_refused() {
     let config = env.device("allow_downgrade = true\n");
     assert_eq!(update(&config)["to"], old.to_hex());
 }
+
+#[test]
+fn the_library_tells_a_refusal_from_a_network_failure() {
+    use ferry_client::error::{retryable, Failure};
+    let mut env = Env::new();
+    env.commit(1, "1");
+    let path = env.device("retries = 2\n");
+    update(&path);
+    env.commit(2, "2");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // Signed by a key the device does not trust: refused, at once, and final.
+    let text = std::fs::read_to_string(&path).unwrap().replace("ci.key.pub", "other.key.pub");
+    std::fs::write(&path, &text).unwrap();
+    let config = ferry_client::Config::load(&path).unwrap();
+    let e = rt.block_on(ferry_client::update::update(&config)).unwrap_err();
+    assert!(matches!(Failure::of(&e), Some(Failure::Refused(m)) if m.contains("not signed by a trusted key")), "{e:#}");
+    assert!(!retryable(&e));
+
+    // The server gone: neither a refusal nor a failed trial, so the next check tries again.
+    env.kill_server();
+    let config = ferry_client::Config::load(&env.device("retries = 2\n")).unwrap();
+    let e = rt.block_on(ferry_client::update::update(&config)).unwrap_err();
+    assert!(Failure::of(&e).is_none(), "{e:#}");
+    assert!(retryable(&e));
+}
