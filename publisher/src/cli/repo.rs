@@ -38,29 +38,12 @@ pub fn init(a: InitArgs) -> Result<()> {
     let params = ChunkParams { min_size: chunk_min, avg_size: chunk_avg, max_size: chunk_max };
     let config = RepoConfig::new(params, compression_level);
     config.validate().map_err(|e| anyhow!("{e}"))?;
-    match Repository::read_config(&repo.repo) {
-        Ok(existing) => {
-            if existing.chunking.params != params {
-                return Err(StoreError::ChunkParamsMismatch {
-                    path: repo.repo.clone(),
-                    existing: existing.chunking.params.to_string(),
-                    requested: params.to_string(),
-                }
-                .into());
-            }
-            if existing.compression.level != compression_level {
-                bail!(
-                    "{} was created with zstd level {}, not {compression_level}",
-                    repo.repo.display(),
-                    existing.compression.level
-                );
-            }
-            eprintln!("{} is already a ferry repository with these parameters", repo.repo.display());
+    match Repository::init(&repo.repo, &config) {
+        Ok(_) => {
+            eprintln!("created repository {} (chunking {params}, zstd level {compression_level})", repo.repo.display())
         }
-        Err(StoreError::NotARepository { .. }) => {
-            Repository::init(&repo.repo, &config)?;
-            eprintln!("created repository {} (chunking {params}, zstd level {compression_level})", repo.repo.display());
-        }
+        // Running init again with the same parameters is not an error.
+        Err(e @ StoreError::AlreadyARepository { .. }) => eprintln!("{e}"),
         Err(e) => return Err(e.into()),
     }
     Ok(())
