@@ -34,9 +34,9 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use ferry_delta::pack;
 use ferry_delta::patch::{self as patch, PatchRequest};
-use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
+use tokio::sync::{AcquireError, Semaphore};
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::fleet_api::Reader;
 use crate::patches::{Allowance, Patcher};
@@ -172,29 +172,62 @@ enum Slots {
     Compute,
 }
 
-/// Runs `f` on the blocking pool once one of the content routes' slots is free. The wait
-/// for a slot is asynchronous, so however many clients ask for content, the content routes
-/// hold at most `read_slots` + patch-worker threads of the pool.
+impl AppState {
+    fn slots(&self, slots: Slots) -> &Arc<Semaphore> {
+        match slots {
+            Slots::Read => &self.reads,
+            Slots::Compute => &self.compute,
+        }
+    }
+}
+
+/// Why work given to [`in_slot`] did not run to its end.
+#[derive(Debug)]
+enum SlotError {
+    /// The slots were closed (the server is going away).
+    Closed(AcquireError),
+    /// The work panicked or was cancelled.
+    Failed(JoinError),
+}
+
+impl std::fmt::Display for SlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotError::Closed(e) => e.fmt(f),
+            SlotError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool once a slot of `slots` is free, holding the slot until `f`
+/// returns. The wait for the slot is asynchronous, so however many clients ask for content,
+/// the content routes hold at most `read_slots` + patch-worker threads of the pool. The one
+/// place content work meets the pool: a lookup ([`content`]), a step of a streamed answer
+/// ([`stepped_body`]) and a patch answer ([`patch_body`]) all go through it.
+async fn in_slot<T: Send + 'static>(
+    slots: &Arc<Semaphore>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SlotError> {
+    let slot = slots.clone().acquire_owned().await.map_err(SlotError::Closed)?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f()
+    })
+    .await
+    .map_err(SlotError::Failed)
+}
+
+/// Runs `f` in one of the content routes' slots ([`in_slot`]).
 async fn content<T: Send + 'static>(
     s: &Shared,
     slots: Slots,
     f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let semaphore = match slots {
-        Slots::Read => &s.reads,
-        Slots::Compute => &s.compute,
-    };
-    let slot = semaphore
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None))?;
     let state = s.clone();
-    blocking(move || {
-        let _slot = slot;
-        f(&state)
-    })
-    .await
+    in_slot(s.slots(slots), move || f(&state)).await.map_err(|e| match e {
+        SlotError::Closed(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        SlotError::Failed(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}"), None),
+    })?
 }
 
 /// Looks up content by id (in a read slot); when that finds nothing (404), catches up with
@@ -400,9 +433,8 @@ fn stepped_body<S: Send + 'static>(s: Shared, state: S, step: Step<S>) -> Body {
         step: Step<S>,
     ) -> JoinHandle<Result<(S, StepResult), String>> {
         tokio::spawn(async move {
-            let slot = s.reads.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-            tokio::task::spawn_blocking(move || {
-                let _slot = slot;
+            let reads = s.reads.clone();
+            in_slot(&reads, move || {
                 let r = step(&s, &mut state);
                 (state, r)
             })
@@ -411,21 +443,29 @@ fn stepped_body<S: Send + 'static>(s: Shared, state: S, step: Step<S>) -> Body {
         })
     }
     let first = spawn_step(s.clone(), state, step);
-    let stream = futures_util::stream::unfold(Some(first), move |next| {
+    let pieces = futures_util::stream::unfold(Some(first), move |next| {
         let s = s.clone();
         async move {
             let done = next?.await.map_err(|e| e.to_string()).and_then(|r| r);
             match done {
-                Ok((state, Ok(Some(bytes)))) => Some((Ok(Bytes::from(bytes)), Some(spawn_step(s, state, step)))),
+                Ok((state, Ok(Some(bytes)))) => Some((Ok(bytes), Some(spawn_step(s, state, step)))),
                 Ok((_, Ok(None))) => None,
-                Ok((_, Err(e))) | Err(e) => {
-                    tracing::error!(error = %e, "aborting a streamed answer");
-                    Some((Err(std::io::Error::other(e)), None))
-                }
+                Ok((_, Err(e))) | Err(e) => Some((Err(e), None)),
             }
         }
     });
-    Body::from_stream(stream)
+    streamed(pieces, "aborting a streamed answer")
+}
+
+/// The body of a streamed answer whose pieces `pieces` computes; an error, logged as
+/// `aborting`, cuts it (`pieces` ends after its first error).
+fn streamed(pieces: impl Stream<Item = Result<Vec<u8>, String>> + Send + 'static, aborting: &'static str) -> Body {
+    Body::from_stream(pieces.map(move |piece| {
+        piece.map(Bytes::from).map_err(|e| {
+            tracing::error!(error = %e, "{aborting}");
+            std::io::Error::other(e)
+        })
+    }))
 }
 
 #[derive(Clone, Copy)]
@@ -595,14 +635,14 @@ async fn patches_batch(
     Ok(resp)
 }
 
+/// How many patch answers one response computes ahead of the one being sent.
+const PATCH_AHEAD: usize = 2;
+
 /// The patch answers, in request order. Each is computed (or read from the cache) in a
 /// compute slot; at most the patch worker count of them are computed ahead of the one the
 /// connection takes, and only as the connection takes answers, so a client that stops
 /// reading holds no thread and at most that many answers. `slot` (of `patch_streams`) is
 /// held until the answer ends or the connection goes.
-/// How many patch answers one response computes ahead of the one being sent.
-const PATCH_AHEAD: usize = 2;
-
 fn patch_body(
     s: Shared,
     items: Arc<Vec<PatchRequest>>,
@@ -620,7 +660,7 @@ fn patch_body(
     // worker count (workers still run in parallel across requests).
     let ahead = s.patcher.workers().min(PATCH_AHEAD);
     let start = Answers { items, next: 0, running: FuturesOrdered::new(), _slot: slot };
-    let stream = futures_util::stream::unfold(Some(start), move |answers| {
+    let pieces = futures_util::stream::unfold(Some(start), move |answers| {
         let s = s.clone();
         let allowance = allowance.clone();
         async move {
@@ -628,9 +668,8 @@ fn patch_body(
             while a.running.len() < ahead && a.next < a.items.len() {
                 let (s, items, i, allowance) = (s.clone(), a.items.clone(), a.next, allowance.clone());
                 a.running.push_back(tokio::spawn(async move {
-                    let slot = s.compute.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-                    tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-                        let _slot = slot;
+                    let compute = s.compute.clone();
+                    in_slot(&compute, move || -> Result<Vec<u8>, String> {
                         let item = &items[i];
                         let bytes = s
                             .patcher
@@ -646,15 +685,12 @@ fn patch_body(
                 a.next += 1;
             }
             match a.running.next().await?.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok(frame) => Some((Ok(Bytes::from(frame)), Some(a))),
-                Err(e) => {
-                    tracing::error!(error = %e, "aborting a patch answer");
-                    Some((Err(std::io::Error::other(e)), None))
-                }
+                Ok(frame) => Some((Ok(frame), Some(a))),
+                Err(e) => Some((Err(e), None)),
             }
         }
     });
-    Body::from_stream(stream)
+    streamed(pieces, "aborting a patch answer")
 }
 
 /// The trees under a new root that are not under an old one, breadth first (parents before
