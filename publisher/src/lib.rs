@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod channels;
 pub mod checkout;
+pub mod cli;
 pub mod connections;
 pub mod fleet;
 pub mod fleet_api;

@@ -21,8 +21,14 @@ pub enum StoreError {
     UnsupportedFormat { path: PathBuf, found: u32, supported: u32 },
     #[error("{path} uses features this build does not know: {features:?}; upgrade ferry to {action} it")]
     UnknownFeatures { path: PathBuf, features: Vec<String>, action: &'static str },
+    /// `init` found a repository at `path` made with the parameters it was given: nothing
+    /// to do.
+    #[error("{path} is already a ferry repository with these parameters")]
+    AlreadyARepository { path: PathBuf },
     #[error("{path} was created with chunking {existing}, not {requested}")]
     ChunkParamsMismatch { path: PathBuf, existing: String, requested: String },
+    #[error("{path} was created with zstd level {existing}, not {requested}")]
+    CompressionMismatch { path: PathBuf, existing: i32, requested: i32 },
     #[error("chunk {id} is missing from the repository")]
     ChunkMissing { id: Id },
     #[error("chunk {id} is corrupt: its bytes hash to {actual}")]

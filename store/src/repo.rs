@@ -136,9 +136,17 @@ impl Repository {
     /// Creates a repository at `path`, which must not exist or be an empty directory.
     ///
     /// The repository is built in a temporary sibling and renamed into place, so a crash
-    /// during `init` leaves no half-made repository at `path`.
+    /// during `init` leaves no half-made repository at `path`. Where a repository already
+    /// is, nothing changes: `init` fails with [`StoreError::AlreadyARepository`] if it has
+    /// `config`'s chunking and compression level, else with [`StoreError::ChunkParamsMismatch`]
+    /// or [`StoreError::CompressionMismatch`].
     pub fn init(path: &Path, config: &RepoConfig) -> Result<Repository> {
         config.validate().map_err(|message| StoreError::BadConfig { path: path.to_path_buf(), message })?;
+        match Repository::read_config(path) {
+            Ok(existing) => return Err(Repository::already_there(path, &existing, config)),
+            Err(StoreError::NotARepository { .. }) => {}
+            Err(e) => return Err(e),
+        }
         let io = |source| StoreError::Io { path: path.to_path_buf(), source };
         match fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() && is_empty_dir(path).map_err(io)? => {}
@@ -175,6 +183,23 @@ impl Repository {
             return Err(e);
         }
         Repository::open(path)
+    }
+
+    /// Why `init` stops at a repository made with `existing`, when asked for `requested`.
+    fn already_there(path: &Path, existing: &RepoConfig, requested: &RepoConfig) -> StoreError {
+        let path = path.to_path_buf();
+        let (have, want) = (existing.chunking.params, requested.chunking.params);
+        if have != want {
+            StoreError::ChunkParamsMismatch { path, existing: have.to_string(), requested: want.to_string() }
+        } else if existing.compression.level != requested.compression.level {
+            StoreError::CompressionMismatch {
+                path,
+                existing: existing.compression.level,
+                requested: requested.compression.level,
+            }
+        } else {
+            StoreError::AlreadyARepository { path }
+        }
     }
 
     /// Reads and checks `ferry-repo.json` without opening the database.

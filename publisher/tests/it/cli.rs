@@ -187,6 +187,8 @@ fn bad_arguments_get_clear_errors_and_change_nothing() {
     assert!(err.contains("deadbeefdeadbeef"), "{err}");
     let err = fails(&["init", "--repo", &s.repo, "--chunk-avg", "32768"]);
     assert!(err.contains("created with chunking") && err.contains("32768"), "{err}");
+    let err = fails(&["init", "--repo", &s.repo, "--compression-level", "5"]);
+    assert!(err.contains("was created with zstd level 3, not 5"), "{err}");
     ok(&["init", "--repo", &s.repo]);
     let err = fails(&[
         "init",

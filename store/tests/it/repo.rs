@@ -45,6 +45,29 @@ fn init_refuses_non_empty_directories_and_open_refuses_non_repositories() {
 }
 
 #[test]
+fn init_where_a_repository_is_changes_nothing_and_says_why() {
+    let t = tempfile::tempdir().unwrap();
+    let path = new_repo(t.path()).path().to_path_buf();
+    let config = std::fs::read(path.join("ferry-repo.json")).unwrap();
+    let again = |params, level| Repository::init(&path, &RepoConfig::new(params, level)).map(drop).unwrap_err();
+    let err = again(ChunkParams::default(), 3);
+    assert!(matches!(&err, StoreError::AlreadyARepository { path: p } if *p == path), "{err}");
+    let other = ChunkParams { avg_size: ChunkParams::default().avg_size * 2, ..ChunkParams::default() };
+    let err = again(other, 3);
+    assert!(
+        matches!(&err, StoreError::ChunkParamsMismatch { existing, requested, .. }
+            if *existing == ChunkParams::default().to_string() && *requested == other.to_string()),
+        "{err}"
+    );
+    // Chunking is compared first.
+    assert!(matches!(again(other, 5), StoreError::ChunkParamsMismatch { .. }));
+    let err = again(ChunkParams::default(), 5);
+    assert!(matches!(err, StoreError::CompressionMismatch { existing: 3, requested: 5, .. }), "{err}");
+    assert_eq!(std::fs::read(path.join("ferry-repo.json")).unwrap(), config);
+    Repository::open(&path).unwrap();
+}
+
+#[test]
 fn unknown_formats_and_features_are_refused_before_opening() {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());

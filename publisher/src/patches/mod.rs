@@ -20,16 +20,28 @@
 //!   followed by the answer, written to a temporary name, synced and renamed, so a crash
 //!   leaves whole entries or none, and a damaged entry is detected, removed and recomputed.
 //!   It is bounded in bytes: past the bound the least recently used entries are removed.
+//!
+//! Its parts: this module computes answers (once per key, in a bounded number of worker
+//! slots) and keeps the counters; `cache` is the directory on disk; `allowance` holds the
+//! bounds on fresh work ([`Limits`], [`Allowance`], [`Busy`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Instant, SystemTime};
 
 use ferry_delta::patch::{answer, answer_plain, AnswerError, PatchRequest};
 use ferry_store::{Id, Repository};
+
+mod allowance;
+mod cache;
+
+use allowance::Admission;
+pub use allowance::{Allowance, Busy, Limits};
+use cache::DiskCache;
+
+/// The target of the patcher's log events, in whichever of its modules they happen: one name
+/// in the log (`ferry_publisher::patches`), as before the module was split.
+const LOG_TARGET: &str = "ferry_publisher::patches";
 
 /// A counting semaphore for blocking threads.
 struct Slots {
@@ -68,203 +80,47 @@ pub struct PatchStats {
     pub capped: u64,
 }
 
-/// Bounds on the fresh work (answers computed rather than read from the cache) that
-/// requests may cause.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// CPU seconds of fresh work one request may use; the rest of its items that are not
-    /// cached are answered plain.
-    pub request_seconds: f64,
-    /// Patch requests one client may have running at once; more are refused (429).
-    pub client_requests: usize,
-    /// A client's bucket of CPU seconds: at most this full (a new client starts full) ...
-    pub client_burst_seconds: f64,
-    /// ... and refilled at this many seconds per minute.
-    pub client_seconds_per_minute: f64,
-}
-
-impl Default for Limits {
-    /// 30 s per request (some 30 MB of fresh patches at level 19), 2 requests at once per
-    /// client (a device sends one at a time), 120 s of burst per client refilled at 10 s a
-    /// minute: the first device on a new version gets a large update patched; past that,
-    /// what it would have computed comes plain and the next device's requests compute more.
-    fn default() -> Limits {
-        Limits {
-            request_seconds: 30.0,
-            client_requests: 2,
-            client_burst_seconds: 120.0,
-            client_seconds_per_minute: 10.0,
-        }
-    }
-}
-
-/// What one client has running and left.
-#[derive(Debug)]
-struct ClientUse {
-    running: usize,
-    /// CPU seconds left in the bucket (negative: in debt for work that overran it).
-    bucket: f64,
-    refilled: Instant,
-}
-
-/// The most clients tracked; past it, idle clients with full buckets are forgotten.
-const MAX_CLIENTS: usize = 100_000;
-
-type Clients = Arc<Mutex<HashMap<String, ClientUse>>>;
-
-/// Why a request was not admitted: the client has [`Limits::client_requests`] running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Busy {
-    /// Seconds after which to try again.
-    pub retry_after: u64,
-}
-
-/// One request's allowance of fresh work, from [`Patcher::admit`]; the client's running
-/// count drops when it is dropped.
-#[derive(Debug)]
-pub struct Allowance {
-    clients: Clients,
-    limits: Limits,
-    client: Option<String>,
-    /// CPU seconds the request has left.
-    left: Mutex<f64>,
-}
-
-impl Allowance {
-    /// No bound at all (the in-process tools and tests).
-    pub fn unlimited() -> Allowance {
-        let limits = Limits {
-            request_seconds: f64::INFINITY,
-            client_requests: usize::MAX,
-            client_burst_seconds: f64::INFINITY,
-            client_seconds_per_minute: 0.0,
-        };
-        Allowance { clients: Clients::default(), limits, client: None, left: Mutex::new(f64::INFINITY) }
-    }
-
-    /// True if fresh work may start: the request and its client both have seconds left.
-    fn may_compute(&self) -> bool {
-        if *self.left.lock().unwrap_or_else(|e| e.into_inner()) <= 0.0 {
-            return false;
-        }
-        let Some(client) = &self.client else { return true };
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.get_mut(client).is_none_or(|c| refill(c, &self.limits) > 0.0)
-    }
-
-    /// Charges `secs` of fresh work to the request and its client.
-    fn charge(&self, secs: f64) {
-        *self.left.lock().unwrap_or_else(|e| e.into_inner()) -= secs;
-        if let Some(client) = &self.client {
-            if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
-                refill(c, &self.limits);
-                c.bucket -= secs;
-            }
-        }
-    }
-}
-
-impl Drop for Allowance {
-    fn drop(&mut self) {
-        if let Some(client) = &self.client {
-            if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get_mut(client) {
-                c.running = c.running.saturating_sub(1);
-            }
-        }
-    }
-}
-
-/// Refills a client's bucket for the time since its last refill; returns what it holds.
-fn refill(c: &mut ClientUse, limits: &Limits) -> f64 {
-    let now = Instant::now();
-    let gained = now.duration_since(c.refilled).as_secs_f64() * limits.client_seconds_per_minute / 60.0;
-    c.bucket = (c.bucket + gained).min(limits.client_burst_seconds);
-    c.refilled = now;
-    c.bucket
-}
-
 pub struct Patcher {
     level: i32,
     workers: usize,
     slots: Slots,
-    dir: PathBuf,
-    max_bytes: u64,
-    /// Bytes in the cache directory, and each entry's size and last use.
-    cache: Mutex<BTreeMap<String, (u64, SystemTime)>>,
+    cache: DiskCache,
     in_flight: Mutex<HashMap<Id, Arc<Mutex<()>>>>,
     stats: Mutex<PatchStats>,
-    limits: Limits,
-    clients: Clients,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Patcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Patcher").field("dir", &self.dir).field("level", &self.level).finish()
+        f.debug_struct("Patcher").field("dir", &self.cache.dir()).field("level", &self.level).finish()
     }
 }
 
 impl Patcher {
     /// Opens (creating) the cache in `dir`, removing what an interrupted write left.
     pub fn open(dir: &Path, max_bytes: u64, level: i32, workers: usize) -> std::io::Result<Patcher> {
-        fs::create_dir_all(dir)?;
-        let mut cache = BTreeMap::new();
-        for e in fs::read_dir(dir)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            // Temporaries of ferry_durable (`.<name>.tmp.<pid>`) and of older versions (`<name>.<pid>.tmp`).
-            if name.contains(".tmp") {
-                let _ = fs::remove_file(e.path());
-                continue;
-            }
-            let m = e.metadata()?;
-            cache.insert(name, (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
-        }
+        let cache = DiskCache::open(dir, max_bytes)?;
         let workers = workers.max(1);
         Ok(Patcher {
             level,
             workers,
             slots: Slots { free: Mutex::new(workers), cv: Condvar::new() },
-            dir: dir.to_path_buf(),
-            max_bytes,
-            cache: Mutex::new(cache),
+            cache,
             in_flight: Mutex::new(HashMap::new()),
             stats: Mutex::new(PatchStats::default()),
-            limits: Limits::default(),
-            clients: Clients::default(),
+            admission: Admission::new(Limits::default()),
         })
     }
 
     /// The same patcher with other bounds on fresh work.
-    pub fn with_limits(mut self, limits: Limits) -> Patcher {
-        self.limits = limits;
-        self
+    pub fn with_limits(self, limits: Limits) -> Patcher {
+        Patcher { admission: self.admission.with_limits(limits), ..self }
     }
 
     /// Admits one request from `client` (a token's owner; `None` when the server knows no
     /// clients, and then only the per-request bound applies), or says when to try again.
     pub fn admit(&self, client: Option<&str>) -> Result<Allowance, Busy> {
-        let limits = self.limits;
-        if let Some(name) = client {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            if clients.len() >= MAX_CLIENTS && !clients.contains_key(name) {
-                clients.retain(|_, c| c.running > 0 || refill(c, &limits) < limits.client_burst_seconds);
-            }
-            let c = clients.entry(name.to_string()).or_insert_with(|| ClientUse {
-                running: 0,
-                bucket: limits.client_burst_seconds,
-                refilled: Instant::now(),
-            });
-            if c.running >= limits.client_requests {
-                return Err(Busy { retry_after: 1 });
-            }
-            c.running += 1;
-        }
-        Ok(Allowance {
-            clients: self.clients.clone(),
-            limits,
-            client: client.map(str::to_string),
-            left: Mutex::new(limits.request_seconds),
-        })
+        self.admission.admit(client)
     }
 
     pub fn workers(&self) -> usize {
@@ -283,55 +139,6 @@ impl Patcher {
 
     fn entry_name(&self, key: &Id) -> String {
         format!("{}-{}", key.to_hex(), self.level)
-    }
-
-    fn read_cached(&self, name: &str) -> Option<Vec<u8>> {
-        let path = self.dir.join(name);
-        let bytes = fs::read(&path).ok()?;
-        let (sum, body) = (bytes.get(..32)?, bytes.get(32..)?);
-        if blake3::hash(body).as_bytes() != sum {
-            tracing::warn!(path = %path.display(), "removing a damaged patch cache entry");
-            let _ = fs::remove_file(&path);
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-            return None;
-        }
-        let now = SystemTime::now();
-        if let Ok(f) = fs::File::options().write(true).open(&path) {
-            let _ = f.set_modified(now);
-        }
-        if let Some(e) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
-            e.1 = now;
-        }
-        Some(body.to_vec())
-    }
-
-    fn write_cached(&self, name: &str, body: &[u8]) {
-        let path = self.dir.join(name);
-        let written = ferry_durable::replace_with(&path, ferry_durable::PUBLIC, |f| {
-            f.write_all(blake3::hash(body).as_bytes())?;
-            f.write_all(body)
-        });
-        if let Err(e) = written {
-            // The cache is an optimisation: a full disk costs recomputation, not an error.
-            tracing::warn!(path = %path.display(), error = %e, "could not write a patch cache entry");
-            return;
-        }
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.insert(name.to_string(), (body.len() as u64 + 32, SystemTime::now()));
-        let mut total: u64 = cache.values().map(|(len, _)| len).sum();
-        if total > self.max_bytes {
-            let mut by_age: Vec<(SystemTime, String, u64)> =
-                cache.iter().map(|(n, (len, used))| (*used, n.clone(), *len)).collect();
-            by_age.sort();
-            for (_, n, len) in by_age {
-                if total <= self.max_bytes / 10 * 9 {
-                    break;
-                }
-                let _ = fs::remove_file(self.dir.join(&n));
-                cache.remove(&n);
-                total -= len;
-            }
-        }
     }
 
     /// The answer for one item: from the cache, or computed (once, however many ask).
@@ -381,14 +188,14 @@ impl Patcher {
         fallback: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
         let name = self.entry_name(key);
-        if let Some(hit) = self.read_cached(&name) {
+        if let Some(hit) = self.cache.read(&name) {
             self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
             return Ok(T::from_cache(hit));
         }
         let lock = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(*key).or_default().clone();
         let result = {
             let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(hit) = self.read_cached(&name) {
+            if let Some(hit) = self.cache.read(&name) {
                 self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
                 Ok(T::from_cache(hit))
             } else if !allowance.may_compute() {
@@ -403,7 +210,7 @@ impl Patcher {
                 allowance.charge(secs);
                 if let Ok(value) = &r {
                     if let Some(body) = value.to_cache() {
-                        self.write_cached(&name, body);
+                        self.cache.write(&name, body);
                         let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                         st.computed += 1;
                         st.compute_seconds += secs;
@@ -516,70 +323,5 @@ impl CacheValue for Option<Vec<u8>> {
     }
     fn to_cache(&self) -> Option<&[u8]> {
         self.as_deref()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cache_is_bounded_and_damaged_entries_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = Patcher::open(dir.path(), 3000, 19, 2).unwrap();
-        for i in 0..5u8 {
-            p.write_cached(&format!("e{i}"), &[i; 1000]);
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let names: Vec<String> =
-            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        let total: u64 = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-        assert!(total <= 3000, "cache holds {total} bytes: {names:?}");
-        assert!(names.contains(&"e4".to_string()), "the newest entry is kept: {names:?}");
-        assert_eq!(p.read_cached("e4").unwrap(), vec![4; 1000]);
-        // A damaged entry is not served.
-        let path = dir.path().join("e4");
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[40] ^= 1;
-        fs::write(&path, bytes).unwrap();
-        assert_eq!(p.read_cached("e4"), None);
-        assert!(!path.exists());
-        // Reopening forgets half-written entries.
-        fs::write(dir.path().join("x.1.tmp"), b"half").unwrap();
-        drop(p);
-        Patcher::open(dir.path(), 3000, 19, 2).unwrap();
-        assert!(!dir.path().join("x.1.tmp").exists());
-    }
-
-    #[test]
-    fn a_client_runs_a_bounded_number_of_patch_requests_and_spends_a_bounded_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            request_seconds: 5.0,
-            client_requests: 2,
-            client_burst_seconds: 3.0,
-            client_seconds_per_minute: 0.0,
-        };
-        let p = Patcher::open(dir.path(), 3000, 19, 2).unwrap().with_limits(limits);
-        let (a, b) = (p.admit(Some("device:A")).unwrap(), p.admit(Some("device:A")).unwrap());
-        assert_eq!(p.admit(Some("device:A")).unwrap_err(), Busy { retry_after: 1 });
-        // Another client, and requests without a client, are not held up.
-        let other = p.admit(Some("device:B")).unwrap();
-        let _anonymous = p.admit(None).unwrap();
-        drop(b);
-        let c = p.admit(Some("device:A")).unwrap();
-        // A's bucket (3 s) is shared by its requests; B's is its own.
-        assert!(a.may_compute() && c.may_compute());
-        a.charge(2.0);
-        assert!(a.may_compute() && c.may_compute());
-        c.charge(1.5);
-        assert!(!a.may_compute() && !c.may_compute());
-        assert!(other.may_compute());
-        // A request's own bound holds whatever its client's bucket.
-        other.charge(2.9);
-        assert!(other.may_compute());
-        let anonymous = p.admit(None).unwrap();
-        anonymous.charge(5.0);
-        assert!(!anonymous.may_compute());
     }
 }

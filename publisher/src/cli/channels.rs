@@ -3,18 +3,18 @@
 
 use std::path::PathBuf;
 
+use crate::channels::{self, KeyChange, Promotion};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use ferry_publisher::channels::{self, KeyChange, Promotion};
 use ferry_store::channel::KeyDoc;
 use ferry_store::{PublicKey, Repository, SecretKey};
 
-use crate::RepoArg;
+use super::{print_json, RepoArg};
 
 /// Default lifetime of a channel document: refresh more often than this (e.g. daily).
 const DEFAULT_EXPIRES: &str = "7d";
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Writes the next key document: which keys are roots, and which may sign commits and
     /// channel documents.
@@ -53,7 +53,7 @@ pub enum KeysCommand {
     },
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct PromoteArgs {
     #[command(flatten)]
     repo: RepoArg,
@@ -87,7 +87,7 @@ pub struct PromoteArgs {
     json: bool,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum ChannelCommand {
     /// Shows a channel's current document.
     Show {
@@ -156,7 +156,7 @@ fn key_text(id: &ferry_store::Id, d: &KeyDoc) -> String {
         "key document {} ({}), signed {}\n  roots:       {}\n  commit keys: {}\n  channel keys:{}{}\n",
         d.serial,
         id.short(),
-        ferry_publisher::show::format_time(d.timestamp),
+        crate::show::format_time(d.timestamp),
         list(&d.roots),
         list(&d.commit_keys),
         if d.channel_keys.is_empty() { "" } else { " " },
@@ -176,7 +176,7 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
             let r = Repository::open(&repo.repo)?;
             let (id, doc) = channels::set_keys(&r, &signers, change, now())?;
             if json {
-                crate::print_json(&key_json(&id, &doc))?;
+                print_json(&key_json(&id, &doc))?;
             } else {
                 print!("{}", key_text(&id, &doc));
             }
@@ -188,7 +188,7 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
                 docs.push((e.id(), KeyDoc::decode(&e.document)?));
             }
             if json {
-                crate::print_json(&docs.iter().map(|(id, d)| key_json(id, d)).collect::<Vec<_>>())?;
+                print_json(&docs.iter().map(|(id, d)| key_json(id, d)).collect::<Vec<_>>())?;
             } else if docs.is_empty() {
                 eprintln!("no key document yet; create one with `ferry keys set`");
             } else {
@@ -221,7 +221,7 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
     if a.json {
         let mut v = channels::doc_json(&out.id, &out.doc);
         v["changed"] = out.changed.into();
-        crate::print_json(&v)?;
+        print_json(&v)?;
     } else {
         if !out.changed {
             eprintln!("channel {} already has these targets; nothing written", out.doc.name);
@@ -240,7 +240,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                 .next()
                 .ok_or_else(|| anyhow!("channel {channel} does not exist"))?;
             if json {
-                crate::print_json(&channels::doc_json(&id, &doc))?;
+                print_json(&channels::doc_json(&id, &doc))?;
             } else {
                 print!("{}", channels::doc_text(&id, &doc));
             }
@@ -260,7 +260,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                         v
                     })
                     .collect();
-                crate::print_json(&v)?;
+                print_json(&v)?;
             } else {
                 for (id, d, _) in &h {
                     print!("{}", channels::doc_text(id, d));
@@ -284,7 +284,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                         v
                     })
                     .collect();
-                crate::print_json(&v)?;
+                print_json(&v)?;
             } else {
                 for (id, d, up) in &all {
                     if let Some(up) = up {
@@ -300,7 +300,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
             let r = Repository::open(&repo.repo)?;
             let out = channels::refresh(&r, &names, &key, expires_in, now())?;
             if json {
-                crate::print_json(&out.iter().map(|(id, d)| channels::doc_json(id, d)).collect::<Vec<_>>())?;
+                print_json(&out.iter().map(|(id, d)| channels::doc_json(id, d)).collect::<Vec<_>>())?;
             } else {
                 for (id, d) in &out {
                     print!("{}", channels::doc_text(id, d));

@@ -1,0 +1,123 @@
+//! `ferry serve`: its arguments, the scratch directory, the tokio runtime and the shutdown
+//! signals. The server itself is [`crate::serve`].
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::RepoArg;
+use crate::fleet::{Settings, ENROLLMENTS_PER_MINUTE};
+use crate::serve::{FleetConfig, PatchConfig, ServeConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the server's own files: RocksDB follower logs and, unless
+    /// --patch-cache says otherwise, the patch cache (default: a temporary directory,
+    /// removed at exit).
+    #[arg(long, value_name = "DIR")]
+    scratch: Option<PathBuf>,
+    /// zstd level of chunk patches (1-22); higher is smaller and slower to compute once.
+    #[arg(long, default_value_t = ferry_delta::patch::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    patch_level: i32,
+    /// Directory caching computed patches across restarts (default: DIR/patch-cache of --scratch).
+    #[arg(long, value_name = "DIR")]
+    patch_cache: Option<PathBuf>,
+    /// Bound of the patch cache in MiB; the least recently used patches go first.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    patch_cache_mib: u64,
+    /// Patches computed at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    patch_workers: Option<u16>,
+    /// Directory of the fleet's state (devices, tokens, audit log): enables the device
+    /// and admin APIs. Create the first admin token with `ferry admin token create --fleet DIR`.
+    #[arg(long, value_name = "DIR")]
+    fleet: Option<PathBuf>,
+    /// Newly enrolled devices wait for `ferry device accept SERIAL`.
+    #[arg(long, requires = "fleet")]
+    require_approval: bool,
+    /// Enrollments one enrollment token may make at once and then per minute (all tokens
+    /// together: 6 times as many); more are answered 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = ENROLLMENTS_PER_MINUTE, requires = "fleet")]
+    enrollments_per_minute: u32,
+    /// An online channel key (secret key file): lets the admin API and the web UI promote
+    /// and roll back. Without it, channels are changed only with `ferry promote`.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
+    channel_key: Option<PathBuf>,
+}
+
+/// Serves until SIGTERM or SIGINT, printing `listening on http://ADDR` on stdout once bound.
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let ServeArgs {
+        repo,
+        listen,
+        scratch,
+        patch_level,
+        patch_cache,
+        patch_cache_mib,
+        patch_workers,
+        fleet,
+        require_approval,
+        enrollments_per_minute,
+        channel_key,
+    } = a;
+    let (scratch, temporary) = match scratch {
+        Some(dir) => (dir, false),
+        None => (std::env::temp_dir().join(format!("ferry-serve-{}", std::process::id())), true),
+    };
+    let mut patches = PatchConfig {
+        level: patch_level,
+        cache_dir: patch_cache,
+        cache_bytes: patch_cache_mib.saturating_mul(1 << 20),
+        ..Default::default()
+    };
+    if let Some(n) = patch_workers {
+        patches.workers = usize::from(n);
+    }
+    let config = ServeConfig {
+        patches,
+        fleet: fleet.map(|path| FleetConfig {
+            path,
+            settings: Settings { require_approval, enrollments_per_minute },
+            channel_key,
+        }),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(crate::serve::serve_with(
+        repo.repo.clone(),
+        scratch.clone(),
+        listen,
+        &config,
+        |addr| {
+            println!("listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+        },
+        shutdown_signal(),
+    ));
+    if temporary {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    // The target the binary logged this under before the command moved into the library.
+    tracing::info!(target: "ferry", "shutting down");
+}
