@@ -8,28 +8,101 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+/// A durable step: a point after which a power cut must find the written state intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `commit-stored`: the commit, verified, is in the device database.
+    CommitStored,
+    /// `tree-stored`: a tree, verified, is in the device database.
+    TreeStored,
+    /// `chunk-staged`: a chunk, verified, is in staging.
+    ChunkStaged,
+    /// `object-written`: a file object is built and synced.
+    ObjectWritten,
+    /// `deployment-complete`: a deployment is renamed into place.
+    DeploymentComplete,
+    /// `switched`: `current_link` points at the new deployment.
+    Switched,
+    /// `state-saved`: `state.json` records the switch.
+    StateSaved,
+    /// `gc`: garbage collection is done.
+    Gc,
+    /// `trial-saved`: `trial.json` is written.
+    TrialSaved,
+    /// `bootloader-trial`: the bootloader counts the new release's boots.
+    BootloaderTrial,
+    /// `bootloader-good`: the bootloader stops counting.
+    BootloaderGood,
+    /// `bootloader-rollback`: the bootloader boots the previous release.
+    BootloaderRollback,
+    /// `rolled-back`: `current_link` points back.
+    RolledBack,
+    /// `rollback-recorded`: `state.json` records the rollback.
+    RollbackRecorded,
+    /// `provision-enrolled`: first boot: the device is enrolled.
+    ProvisionEnrolled,
+    /// `provision-configured`: first boot: the fleet's configuration is applied.
+    ProvisionConfigured,
+    /// `provision-initialized`: first boot: the init command ran.
+    ProvisionInitialized,
+    /// `provision-updated`: first boot: the first update is done.
+    ProvisionUpdated,
+}
+
+impl Step {
+    /// The name `FERRYD_CRASH_AT` and `FERRY-STEP` lines use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::CommitStored => "commit-stored",
+            Step::TreeStored => "tree-stored",
+            Step::ChunkStaged => "chunk-staged",
+            Step::ObjectWritten => "object-written",
+            Step::DeploymentComplete => "deployment-complete",
+            Step::Switched => "switched",
+            Step::StateSaved => "state-saved",
+            Step::Gc => "gc",
+            Step::TrialSaved => "trial-saved",
+            Step::BootloaderTrial => "bootloader-trial",
+            Step::BootloaderGood => "bootloader-good",
+            Step::BootloaderRollback => "bootloader-rollback",
+            Step::RolledBack => "rolled-back",
+            Step::RollbackRecorded => "rollback-recorded",
+            Step::ProvisionEnrolled => "provision-enrolled",
+            Step::ProvisionConfigured => "provision-configured",
+            Step::ProvisionInitialized => "provision-initialized",
+            Step::ProvisionUpdated => "provision-updated",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Every durable step, in the order an update reaches them.
-pub const STEPS: &[&str] = &[
-    "commit-stored",
-    "tree-stored",
-    "chunk-staged",
-    "object-written",
-    "deployment-complete",
-    "switched",
-    "state-saved",
-    "gc",
+pub const STEPS: &[Step] = &[
+    Step::CommitStored,
+    Step::TreeStored,
+    Step::ChunkStaged,
+    Step::ObjectWritten,
+    Step::DeploymentComplete,
+    Step::Switched,
+    Step::StateSaved,
+    Step::Gc,
 ];
 
 /// The durable steps of a trial: starting it, marking good, rolling back.
-pub const TRIAL_STEPS: &[&str] = &[
-    "trial-saved",
-    "bootloader-trial",
-    "switched",
-    "state-saved",
-    "bootloader-good",
-    "bootloader-rollback",
-    "rolled-back",
-    "rollback-recorded",
+pub const TRIAL_STEPS: &[Step] = &[
+    Step::TrialSaved,
+    Step::BootloaderTrial,
+    Step::Switched,
+    Step::StateSaved,
+    Step::BootloaderGood,
+    Step::BootloaderRollback,
+    Step::RolledBack,
+    Step::RollbackRecorded,
 ];
 
 static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
@@ -40,7 +113,7 @@ static TRACE: OnceLock<bool> = OnceLock::new();
 /// Marks a durable step: with `FERRYD_TRACE_STEPS` set, prints `FERRY-STEP <step>` on stderr
 /// (the VM power-cut harness reads where a cut landed from it); with `FERRYD_CRASH_AT`,
 /// aborts at the chosen one.
-pub fn point(step: &str) {
+pub fn point(step: Step) {
     if *TRACE.get_or_init(|| std::env::var_os("FERRYD_TRACE_STEPS").is_some()) {
         eprintln!("FERRY-STEP {step}");
     }
@@ -53,7 +126,7 @@ pub fn point(step: &str) {
         Some((name.to_string(), n.parse().ok()?))
     });
     if let Some((name, n)) = target {
-        if name == step && COUNT.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+        if name == step.name() && COUNT.fetch_add(1, Ordering::Relaxed) + 1 == *n {
             eprintln!("ferryd: crash point {step}:{n} reached, aborting");
             std::process::abort();
         }

@@ -55,7 +55,7 @@ fn load(config: &Config) -> Result<Steps> {
     }
 }
 
-fn save(config: &Config, steps: &Steps, step: &str) -> Result<()> {
+fn save(config: &Config, steps: &Steps, step: crate::crash::Step) -> Result<()> {
     std::fs::create_dir_all(&config.state_dir)?;
     ferry_durable::replace(&path(config), &serde_json::to_vec_pretty(steps)?)
         .with_context(|| format!("writing {}", path(config).display()))?;
@@ -81,7 +81,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
     if !steps.enrolled {
         crate::fleet::ensure_enrolled(config, &server, &mut t).await.context("enrolling")?;
         steps.enrolled = true;
-        save(config, &steps, "provision-enrolled")?;
+        save(config, &steps, crate::crash::Step::ProvisionEnrolled)?;
         s.ran.push("enrolled");
     }
     if !steps.configured {
@@ -90,7 +90,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
             anyhow::bail!("the fleet's configuration was not applied: {e}");
         }
         steps.configured = true;
-        save(config, &steps, "provision-configured")?;
+        save(config, &steps, crate::crash::Step::ProvisionConfigured)?;
         s.ran.push("configured");
     }
     if !steps.initialized {
@@ -107,7 +107,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
             tracing::info!(command = cmd, "ran the per-device init command");
         }
         steps.initialized = true;
-        save(config, &steps, "provision-initialized")?;
+        save(config, &steps, crate::crash::Step::ProvisionInitialized)?;
         s.ran.push("initialized");
     }
     if !steps.updated {
@@ -123,7 +123,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
         };
         s.update = u;
         steps.updated = true;
-        save(config, &steps, "provision-updated")?;
+        save(config, &steps, crate::crash::Step::ProvisionUpdated)?;
         s.ran.push("updated");
     }
     Ok(s)

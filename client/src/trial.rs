@@ -115,11 +115,11 @@ pub fn begin(config: &Config, commit: &str, previous: Option<String>) -> Result<
         switched: false,
     };
     trial.save(&config.state_dir)?;
-    crate::crash::point("trial-saved");
+    crate::crash::point(crate::crash::Step::TrialSaved);
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::start_trial(b.env().as_ref(), commit, previous.as_deref(), h.bootlimit)
             .context("telling the bootloader about the trial")?;
-        crate::crash::point("bootloader-trial");
+        crate::crash::point(crate::crash::Step::BootloaderTrial);
     }
     Ok(())
 }
@@ -204,7 +204,7 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
 fn commit_good(config: &Config) -> Result<()> {
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::mark_good(b.env().as_ref()).context("telling the bootloader the trial passed")?;
-        crate::crash::point("bootloader-good");
+        crate::crash::point(crate::crash::Step::BootloaderGood);
     }
     Trial::clear(&config.state_dir)?;
     tracing::info!("trial passed: deployment marked good");
@@ -262,11 +262,11 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::rollback(b.env().as_ref(), &previous)
             .context("telling the bootloader to boot the previous deployment")?;
-        crate::crash::point("bootloader-rollback");
+        crate::crash::point(crate::crash::Step::BootloaderRollback);
     }
     if running.as_deref() != Some(previous.as_str()) {
         ferry_boot::switch_symlink(&config.current_link, &target)?;
-        crate::crash::point("rolled-back");
+        crate::crash::point(crate::crash::Step::RolledBack);
     }
     if let Err(e) = restart(config) {
         tracing::warn!(error = %format!("{e:#}"), "restart after rollback failed");
@@ -278,7 +278,7 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
             Some(Rollback { commit: bad.clone(), to: previous.clone(), reason: reason.to_string(), at: now() });
         s.record(Recorded::RolledBack, Some(format!("{bad} rolled back: {reason}")));
     })?;
-    crate::crash::point("rollback-recorded");
+    crate::crash::point(crate::crash::Step::RollbackRecorded);
     Trial::clear(&config.state_dir)?;
     tracing::warn!(%bad, to = %previous, reason, "rolled back");
     Ok(format!("rolled back from {bad} to {previous}: {reason}"))
@@ -293,7 +293,7 @@ fn fail_in_place(config: &Config, bad: &str, reason: &str) -> Result<String> {
     if let Some(b) = &config.bootloader {
         ferry_boot::bootenv::mark_good(b.env().as_ref())
             .context("telling the bootloader to stop counting (there is nothing to fall back to)")?;
-        crate::crash::point("bootloader-good");
+        crate::crash::point(crate::crash::Step::BootloaderGood);
     }
     state::change(config, |s| {
         s.mark_bad(bad);
@@ -305,7 +305,7 @@ fn fail_in_place(config: &Config, bad: &str, reason: &str) -> Result<String> {
             )),
         );
     })?;
-    crate::crash::point("rollback-recorded");
+    crate::crash::point(crate::crash::Step::RollbackRecorded);
     Trial::clear(&config.state_dir)?;
     tracing::warn!(%bad, reason, "the first release failed its trial; nothing to roll back to, keeping it");
     Ok(format!("{bad} failed its trial and stays (nothing to roll back to): {reason}"))

@@ -58,7 +58,7 @@ pub(crate) async fn fetch_commit(
     // Only now, with the signature checked, are the bytes decoded.
     let commit = Commit::decode(&bytes).map_err(|e| Refused(format!("commit {id} does not decode: {e}")))?;
     local.put_object(id, &bytes)?;
-    crash::point("commit-stored");
+    crash::point(crash::Step::CommitStored);
     Ok(commit)
 }
 

@@ -59,7 +59,7 @@ pub(crate) fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
     out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     local.index_object(&f.object, &f.chunks)?;
-    crash::point("object-written");
+    crash::point(crash::Step::ObjectWritten);
     Ok(())
 }
 
@@ -118,7 +118,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
     nix::unistd::syncfs(&deploy).context("syncing the new deployment")?;
     fs::rename(&tmp, &final_dir).with_context(|| format!("completing {}", final_dir.display()))?;
     deploy.sync_all().context("syncing the deployment directory")?;
-    crash::point("deployment-complete");
+    crash::point(crash::Step::DeploymentComplete);
     Ok((p.files.len() as u64, reused))
 }
 
@@ -163,6 +163,6 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
     }
     local.retain_objects(&objects)?;
     local.sync()?;
-    crash::point("gc");
+    crash::point(crash::Step::Gc);
     Ok(())
 }

@@ -40,7 +40,7 @@ fn stage_frame(local: &Local, id: &Id, frame: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, frame).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    crash::point("chunk-staged");
+    crash::point(crash::Step::ChunkStaged);
     Ok(())
 }
 

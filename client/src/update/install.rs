@@ -36,7 +36,7 @@ pub(crate) async fn install(
     // The trial is durable before the switch, so a crash after it is finished at restart.
     crate::trial::begin(config, &new_hex, old_hex.clone())?;
     ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
-    crash::point("switched");
+    crash::point(crash::Step::Switched);
     crate::trial::mark_switched(config)?;
     // An unlocked copy the switch replaced goes (unless it is to be kept).
     if let Ok(st) = state::read(config) {
@@ -47,7 +47,7 @@ pub(crate) async fn install(
         s.previous = current.map(|c| c.to_hex());
         s.record_attempt(Outcome::Ok, None);
     })?;
-    crash::point("state-saved");
+    crash::point(crash::Step::StateSaved);
     if commit.metadata.get("reboot").map(String::as_str) == Some("required") {
         // Firmware or kernel changed: the trial continues after the reboot.
         let keep: Vec<Id> = std::iter::once(head).chain(current).collect();

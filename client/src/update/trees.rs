@@ -41,7 +41,7 @@ pub(crate) fn store_tree(local: &Local, frame: &pack::Frame) -> Result<Vec<Id>> 
     let tree = ferry_store::Tree::decode(&frame.bytes).with_context(|| format!("tree {} does not decode", frame.id))?;
     if !local.has_object(&frame.id)? {
         local.put_object(&frame.id, &frame.bytes)?;
-        crash::point("tree-stored");
+        crash::point(crash::Step::TreeStored);
     }
     Ok(tree
         .entries
