@@ -27,9 +27,15 @@
 //! of the bundle, whether the chunks it lacks are all there: it refuses a bundle that cannot
 //! work before writing anything. Chunks then stream: [`BundleReader`] holds one section at a
 //! time, so a bundle is applied while it is read from a pipe or an upload.
+//!
+//! Every byte the reader is given is untrusted: headers and section bodies are read through
+//! [`ferry_store::wire::Reader`], never indexed directly.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{self, Read, Write};
 
+use ferry_store::id::ID_LEN;
+use ferry_store::wire::Reader;
 use ferry_store::Id;
 
 use crate::pack::max_stored_len;
@@ -121,21 +127,14 @@ impl BundledCommit {
     }
 
     fn decode(body: &[u8]) -> Result<BundledCommit, String> {
-        let id = body.get(..32).and_then(Id::from_slice).ok_or("shorter than a commit id")?;
-        let n = *body.get(32).ok_or("no signature count")? as usize;
-        let sigs_end = 33 + n * 96;
-        let sigs = body.get(33..sigs_end).ok_or("shorter than its signatures")?;
-        let signatures = sigs
-            .chunks_exact(96)
-            .map(|s| {
-                let mut key = [0u8; 32];
-                let mut sig = [0u8; 64];
-                key.copy_from_slice(&s[..32]);
-                sig.copy_from_slice(&s[32..]);
-                (key, sig)
-            })
-            .collect();
-        Ok(BundledCommit { id, signatures, bytes: body[sigs_end..].to_vec() })
+        let mut r = Reader::new(body);
+        let id = r.id("commit id").map_err(|_| "shorter than a commit id")?;
+        let n = r.u8("signature count").map_err(|_| "no signature count")?;
+        let signatures = (0..n)
+            .map(|_| Ok((r.array::<32>("signing key")?, r.array::<64>("signature")?)))
+            .collect::<Result<Vec<_>, ferry_store::wire::WireError>>()
+            .map_err(|_| "shorter than its signatures")?;
+        Ok(BundledCommit { id, signatures, bytes: r.rest().to_vec() })
     }
 }
 
@@ -169,14 +168,17 @@ struct Hashing<R> {
 impl<R: Read> Hashing<R> {
     /// Reads exactly `buf.len()` bytes; `Ok(false)` if the stream ended first.
     fn fill(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.inner.read(&mut buf[done..]) {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match self.inner.read(rest) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
-                    self.hasher.update(&buf[done..done + n]);
+                    let (done, left) = std::mem::take(&mut rest).split_at_mut_checked(n).ok_or_else(|| {
+                        io::Error::other("the input reported reading more than it was given room for")
+                    })?;
+                    self.hasher.update(done);
                     self.offset += n as u64;
-                    done += n;
+                    rest = left;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -194,7 +196,7 @@ impl<R: Read> Hashing<R> {
             let start = out.len();
             let step = (len - start).min(1 << 16);
             out.resize(start + step, 0);
-            if !self.fill(&mut out[start..])? {
+            if !self.fill(out.get_mut(start..).unwrap_or_default())? {
                 return Ok(false);
             }
         }
@@ -234,11 +236,13 @@ impl<R: Read> BundleReader<R> {
                 BundleError::BadMagic
             });
         }
-        if &head[..4] != MAGIC {
+        let mut r = Reader::new(&head);
+        if r.array::<4>("magic").map_err(|_| BundleError::BadMagic)? != *MAGIC {
             return Err(BundleError::BadMagic);
         }
-        if head[4] != VERSION {
-            return Err(BundleError::Version(head[4]));
+        let version = r.u8("version").map_err(|_| BundleError::BadMagic)?;
+        if version != VERSION {
+            return Err(BundleError::Version(version));
         }
         Ok(BundleReader {
             input,
@@ -250,6 +254,19 @@ impl<R: Read> BundleReader<R> {
             header_bytes: 0,
             manifest_limit: MAX_MANIFEST,
         })
+    }
+
+    /// How many sections of the kind at `stage` (an index into `KIND_ORDER`) were read.
+    fn count(&self, stage: usize) -> usize {
+        self.counts.get(stage).copied().unwrap_or(0)
+    }
+
+    /// Records a section of the kind at `stage` as read.
+    fn advance(&mut self, stage: usize) {
+        self.stage = stage;
+        if let Some(c) = self.counts.get_mut(stage) {
+            *c += 1;
+        }
     }
 
     /// Bytes read so far.
@@ -288,14 +305,16 @@ impl<R: Read> BundleReader<R> {
         if !self.input.fill(&mut head)? {
             return Err(BundleError::Truncated { what: "between sections", at: self.input.offset });
         }
-        let kind = head[0];
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as u64;
+        let mut r = Reader::new(&head);
+        let cut = |_| BundleError::Truncated { what: "between sections", at };
+        let kind = r.u8("section kind").map_err(cut)?;
+        let len = u64::from(r.u32("section length").map_err(cut)?);
         let stage = KIND_ORDER.iter().position(|k| *k == kind).ok_or(BundleError::UnknownKind { kind, at })?;
         let name = what(kind);
         // Order: never back; the from, manifest and end sections come once each; the
         // chunks are exactly those the manifest lists.
         let once = matches!(kind, b'F' | b'M' | b'E' | b'H');
-        if stage < self.stage || (once && self.counts[stage] > 0) {
+        if stage < self.stage || (once && self.count(stage) > 0) {
             return Err(BundleError::OutOfOrder { what: name, at });
         }
         let required_before: &[u8] = match kind {
@@ -306,7 +325,7 @@ impl<R: Read> BundleReader<R> {
         };
         for r in required_before {
             let i = KIND_ORDER.iter().position(|k| k == r).unwrap_or(0);
-            if self.counts[i] == 0 {
+            if self.count(i) == 0 {
                 return Err(BundleError::OutOfOrder { what: name, at });
             }
         }
@@ -355,16 +374,14 @@ impl<R: Read> BundleReader<R> {
                     }
                     rest -= step as u64;
                 }
-                self.stage = stage;
-                self.counts[stage] += 1;
+                self.advance(stage);
                 return Ok(Some(Section::Tree { id, bytes: SKIPPED.to_vec() }));
             }
             let mut body = Vec::with_capacity(((len - 32) as usize).min(1 << 16));
             if !self.input.fill_vec(&mut body, (len - 32) as usize)? {
                 return Err(BundleError::Truncated { what: "inside a section", at: self.input.offset });
             }
-            self.stage = stage;
-            self.counts[stage] += 1;
+            self.advance(stage);
             return Ok(Some(Section::Tree { id, bytes: body }));
         }
         let count_max = match kind {
@@ -372,7 +389,7 @@ impl<R: Read> BundleReader<R> {
             b'C' => MAX_COMMITS,
             _ => usize::MAX,
         };
-        if self.counts[stage] >= count_max {
+        if self.count(stage) >= count_max {
             return Err(BundleError::TooMany { what: name, max: count_max });
         }
         // Grown as bytes arrive: a bundle that claims a large section and ends early never
@@ -381,8 +398,7 @@ impl<R: Read> BundleReader<R> {
         if !self.input.fill_vec(&mut body, len as usize)? {
             return Err(BundleError::Truncated { what: "inside a section", at: self.input.offset });
         }
-        self.stage = stage;
-        self.counts[stage] += 1;
+        self.advance(stage);
         let malformed = |reason: String| BundleError::Malformed { what: name, at, reason };
         let ids = |b: &[u8], size: usize| -> Result<(), BundleError> {
             if b.len() % size != 0 {
@@ -396,23 +412,29 @@ impl<R: Read> BundleReader<R> {
             b'C' => Section::Commit(BundledCommit::decode(&body).map_err(&malformed)?),
             b'F' => {
                 ids(&body, 32)?;
-                Section::From(body.chunks_exact(32).filter_map(Id::from_slice).collect())
+                let mut r = Reader::new(&body);
+                let mut from = Vec::with_capacity(body.len() / 32);
+                while !r.is_empty() {
+                    from.push(r.id("from id").map_err(|e| malformed(e.to_string()))?);
+                }
+                Section::From(from)
             }
             b'T' => {
-                let id = body.get(..32).and_then(Id::from_slice).ok_or_else(|| malformed("no tree id".into()))?;
-                body.drain(..32);
+                let id = Reader::new(&body).id("tree id").map_err(|_| malformed("no tree id".into()))?;
+                body.drain(..ID_LEN.min(body.len()));
                 Section::Tree { id, bytes: body }
             }
             b'M' => {
                 ids(&body, 36)?;
                 let mut list = Vec::with_capacity(body.len() / 36);
                 let mut seen = std::collections::HashSet::with_capacity(body.len() / 36);
-                for e in body.chunks_exact(36) {
-                    let id = Id::from_slice(&e[..32]).ok_or_else(|| malformed("bad id".into()))?;
+                let mut r = Reader::new(&body);
+                while !r.is_empty() {
+                    let id = r.id("manifest id").map_err(|_| malformed("bad id".into()))?;
                     if !seen.insert(id) {
                         return Err(malformed(format!("chunk {id} is listed twice")));
                     }
-                    let len = u32::from_le_bytes([e[32], e[33], e[34], e[35]]);
+                    let len = r.u32("manifest length").map_err(|e| malformed(e.to_string()))?;
                     if len == 0 || len > ferry_store::object::MAX_CHUNK_LEN {
                         return Err(malformed(format!(
                             "chunk {id} is listed as {len} bytes; chunks are 1 to {} bytes",
@@ -426,21 +448,27 @@ impl<R: Read> BundleReader<R> {
                 Section::Manifest(count)
             }
             b'D' => {
-                let id = body.get(..32).and_then(Id::from_slice).ok_or_else(|| malformed("no chunk id".into()))?;
-                let expected = self.manifest[self.next_chunk].0;
+                let id = Reader::new(&body).id("chunk id").map_err(|_| malformed("no chunk id".into()))?;
+                let (expected, _) = *self
+                    .manifest
+                    .get(self.next_chunk)
+                    .ok_or(BundleError::TooMany { what: "chunk", max: self.manifest.len() })?;
                 if id != expected {
                     return Err(BundleError::WrongChunk { at, found: id, expected: expected.to_hex() });
                 }
                 self.next_chunk += 1;
-                body.drain(..32);
+                body.drain(..ID_LEN.min(body.len()));
                 Section::Chunk { id, frame: body }
             }
             _ => {
                 if body.len() != 40 {
                     return Err(malformed(format!("{} bytes, not 40", body.len())));
                 }
-                let offset = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
-                if offset != at || body[8..] != *digest.as_bytes() {
+                let mut r = Reader::new(&body);
+                let offset = r.u64("end offset").map_err(|e| malformed(e.to_string()))?;
+                let hash = r.array::<32>("end hash").map_err(|e| malformed(e.to_string()))?;
+                r.finish().map_err(|e| malformed(e.to_string()))?;
+                if offset != at || hash != *digest.as_bytes() {
                     return Err(BundleError::HashMismatch);
                 }
                 let mut extra = [0u8; 1];
@@ -546,6 +574,7 @@ impl<W: Write> BundleWriter<W> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
 
