@@ -363,6 +363,41 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Arbitrary and mutated streams never panic, give the same outcome however they are
+        /// cut, and a stream accepted whole is its frames written back.
+        #[test]
+        fn any_stream_decodes_the_same_whatever_the_split_or_is_refused(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            flip in 0usize..400,
+            step in 1usize..50,
+        ) {
+            let (items, good) = frames(4);
+            let mut mutated = good.clone();
+            let i = flip % mutated.len();
+            mutated[i] ^= 0x41;
+            for stream in [noise, mutated, good] {
+                let decode = |step: usize| {
+                    let mut d = FrameDecoder::new(items.iter().map(|(id, b)| (*id, b.len() as u32)));
+                    let mut got = Vec::new();
+                    for piece in stream.chunks(step) {
+                        got.extend(d.feed(piece)?);
+                    }
+                    d.finish().map(|()| got)
+                };
+                let (whole, pieces) = (decode(stream.len().max(1)), decode(step));
+                proptest::prop_assert_eq!(&whole, &pieces);
+                if let Ok(got) = whole {
+                    let mut again = Vec::new();
+                    for f in &got {
+                        write_frame(&mut again, &f.id, &f.bytes);
+                    }
+                    proptest::prop_assert_eq!(again, stream);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_stored_bound_covers_incompressible_chunks() {
         for len in [0u32, 1, 1000, 65536, 262_144, 1 << 20] {

@@ -46,8 +46,7 @@ fuzz_target!(|data: &[u8]| {
     // Pieces keep the frames completed before an error (a whole feed returns only the error).
     let (frames, end, remaining) = pieces;
     // An id listed twice is expected once, with the bound listed last.
-    let bounds_listed: HashMap<Id, u32> = expected.iter().copied().collect();
-    let mut bounds = bounds_listed.clone();
+    let mut bounds: HashMap<Id, u32> = expected.iter().copied().collect();
     for f in &frames {
         let max = bounds.remove(&f.id).expect("a frame that was not expected, or came twice");
         assert!(f.bytes.len() as u64 <= u64::from(max), "a frame longer than its bound");

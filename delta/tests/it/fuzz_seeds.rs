@@ -71,6 +71,9 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     }
     out.push(("frame_decode", "three-frames", input));
 
+    // pack_request: the body.
+    out.push(("pack_request", "three-ids", pack::encode_request(&[Id::of(b"a"), Id::of(b"b"), Id::of(b"c")])));
+
     // patch_request: the body.
     let cref = |n: u8, len| ChunkRef { id: Id::of(&[n]), len };
     let patches = [
