@@ -372,8 +372,12 @@ impl Server {
         mut on_tree: impl FnMut(Frame) -> Result<Vec<Id>>,
     ) -> Result<()> {
         let what = format!("the trees of {new_root}");
-        let mut body = new_root.as_bytes().to_vec();
-        body.extend_from_slice(old_root.map_or(&[0u8; 32], |id| id.as_bytes()));
+        let body = pack::TreesRequest {
+            new_root: *new_root,
+            old_root: old_root.copied(),
+            encoding: pack::TreesEncoding::Frames,
+        }
+        .encode();
         let mut resp = self.post("trees", body, MAX_TREES_ANSWER, &what, t).await?;
         let mut decoder = FrameDecoder::new([(*new_root, max)]);
         let mut pace = Pace::new(self.read_timeout);
@@ -396,9 +400,12 @@ impl Server {
         mut on_piece: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let what = format!("the trees of {new_root}, compressed");
-        let mut body = new_root.as_bytes().to_vec();
-        body.extend_from_slice(old_root.as_bytes());
-        body.push(1);
+        let body = pack::TreesRequest {
+            new_root: *new_root,
+            old_root: Some(*old_root),
+            encoding: pack::TreesEncoding::Compressed,
+        }
+        .encode();
         let mut resp = self.post("trees", body, max as u64, &what, t).await?;
         let mut pace = Pace::new(self.read_timeout);
         let mut total = 0usize;

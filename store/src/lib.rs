@@ -21,7 +21,7 @@ pub mod object;
 #[cfg(feature = "rocksdb")]
 pub mod repo;
 pub mod sign;
-mod wire;
+pub mod wire;
 
 pub use config::{ChunkParams, RepoConfig};
 pub use error::{Result, StoreError};

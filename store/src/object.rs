@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::id::Id;
-use crate::wire::{Reader, Writer};
+use crate::wire::{Reader, WireError, Writer};
 
 /// Magic bytes opening an encoded tree.
 pub const TREE_MAGIC: &[u8; 4] = b"FRYT";
@@ -87,6 +87,16 @@ pub enum DecodeError {
     BadFlag { field: &'static str, value: u8 },
     #[error("{field} is empty or zero")]
     Empty { field: &'static str },
+}
+
+impl From<WireError> for DecodeError {
+    fn from(e: WireError) -> DecodeError {
+        match e {
+            WireError::Truncated { field } => DecodeError::Truncated { field },
+            WireError::TooLong { field, len, max } => DecodeError::TooLong { field, len, max },
+            WireError::TrailingBytes { extra } => DecodeError::TrailingBytes { extra },
+        }
+    }
 }
 
 /// An extended attribute: name and value, both raw bytes.

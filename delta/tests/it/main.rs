@@ -1,3 +1,4 @@
 //! ferry-delta's integration tests.
 
 mod chunking;
+mod fuzz_seeds;

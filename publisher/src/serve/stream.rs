@@ -370,34 +370,19 @@ impl TreeWalk {
     }
 }
 
-/// `POST /v1/trees`: body `new_root[32] ‖ old_root[32]` (the old root may be 32 zero bytes),
-/// optionally followed by one byte, the encoding: 0 (default) streams, as pack frames parents
-/// before children, every tree under the new root that is not under the old one; 1 sends the
-/// same frames as one zstd frame compressed with the old root's trees as prefix
-/// (`ferry_delta::patch::tree_prefix`): a device's old trees hold most of its new ones.
+/// `POST /v1/trees`: body a [`pack::TreesRequest`] (new root, old root, encoding). Frames
+/// stream, as pack frames parents before children, every tree under the new root that is not
+/// under the old one; compressed sends the same frames as one zstd frame compressed with the
+/// old root's trees as prefix (`ferry_delta::patch::tree_prefix`): a device's old trees hold
+/// most of its new ones.
 pub(super) async fn tree_closure(
     State(s): State<Shared>,
     reader: Option<Extension<Reader>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if body.len() != 64 && body.len() != 65 {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("a trees request is 64 or 65 bytes (new root, old root, encoding), not {}", body.len()),
-            None,
-        ));
-    }
-    let compressed = match body.get(64) {
-        None | Some(0) => false,
-        Some(1) => true,
-        Some(e) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown trees encoding {e}"), None)),
-    };
-    let new_root =
-        Id::from_slice(&body[..32]).ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "bad id".into(), None))?;
-    let old_root = Id::from_slice(&body[32..64]).filter(|id| id.as_bytes() != &[0; 32]);
-    if compressed && old_root.is_none() {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "compressed trees need an old root".into(), None));
-    }
+    let pack::TreesRequest { new_root, old_root, encoding } =
+        pack::TreesRequest::decode(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let compressed = encoding == pack::TreesEncoding::Compressed;
     lookup(&s, move |st| {
         st.repo.read_tree(&new_root)?;
         if let Some(old) = old_root {
