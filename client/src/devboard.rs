@@ -11,10 +11,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use ferry_store::Id;
 
 use crate::config::Config;
 use crate::local::Local;
 use crate::state::{self, Dev, State};
+
+/// The commit `current_link` points at, if it is one of our deployments; while a working copy
+/// or an unlocked copy is linked, the deployment it replaced.
+pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
+    let Some(target) = ferry_boot::current_target(&config.current_link)? else { return Ok(None) };
+    if target.parent() != Some(local.deploy_dir().as_path()) || !target.is_dir() {
+        // A working copy or an unlocked copy stands in for the deployment it replaced.
+        let state = crate::state::read(config)?;
+        return Ok(state.dev.filter(|d| d.link == target).and_then(|d| d.back_to).and_then(|b| b.parse().ok()));
+    }
+    Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
+}
 
 /// Points `current_link` at `dir` (a developer's working copy) and pins the device.
 pub fn link(config: &Config, dir: &Path) -> Result<()> {
@@ -25,7 +38,7 @@ pub fn link(config: &Config, dir: &Path) -> Result<()> {
     let before = state::read(config)?;
     let back_to = match &before.dev {
         Some(d) => d.back_to.clone(),
-        None => crate::update::current_commit(config, &local)?.map(|c| c.to_hex()),
+        None => current_commit(config, &local)?.map(|c| c.to_hex()),
     };
     let was_pinned = before.dev.as_ref().map_or(before.pinned, |d| d.was_pinned);
     // Pinned before the switch: a crash in between must not let an update replace the copy.
@@ -65,7 +78,7 @@ pub fn unlock(config: &Config, keep: bool) -> Result<PathBuf> {
     if state::read(config)?.dev.is_some() {
         bail!("a working copy or unlocked copy is already linked; `ferryd dev --off` first");
     }
-    let Some(current) = crate::update::current_commit(config, &local)? else {
+    let Some(current) = current_commit(config, &local)? else {
         bail!("no deployment is current; nothing to unlock");
     };
     let from = local.deploy_dir().join(current.to_hex());

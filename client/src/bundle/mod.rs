@@ -122,7 +122,7 @@ async fn apply_inner(
     opts: ApplyOptions,
 ) -> Result<ApplySummary> {
     let hardware = config.hardware_revision()?;
-    let current = crate::update::current_commit(config, local)?;
+    let current = crate::devboard::current_commit(config, local)?;
     let mut s = ApplySummary { from: current.map(|c| c.to_hex()), ..Default::default() };
     let mut reader = BundleReader::new(input).map_err(refused)?;
 

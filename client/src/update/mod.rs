@@ -119,17 +119,6 @@ pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
     update_to(config, Goal::Deploy(rev)).await
 }
 
-/// The commit `current_link` points at, if it is one of our deployments.
-pub fn current_commit(config: &Config, local: &Local) -> Result<Option<Id>> {
-    let Some(target) = ferry_boot::current_target(&config.current_link)? else { return Ok(None) };
-    if target.parent() != Some(local.deploy_dir().as_path()) || !target.is_dir() {
-        // A working copy or an unlocked copy stands in for the deployment it replaced.
-        let state = state::read(config)?;
-        return Ok(state.dev.filter(|d| d.link == target).and_then(|d| d.back_to).and_then(|b| b.parse().ok()));
-    }
-    Ok(target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))
-}
-
 async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let started = Instant::now();
     if config.channel.is_none() {
@@ -149,7 +138,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let state = state::read(config)?;
     let bad = state.bad_commits.clone();
     let mut skipped: Option<Id> = None;
-    let current = current_commit(config, &local)?;
+    let current = crate::devboard::current_commit(config, &local)?;
     let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), ..Default::default() };
     let mut t = Traffic::default();
 
