@@ -43,7 +43,7 @@ pub const MAX_CONFIG_KEYS: usize = 256;
 /// The longest serial number, hardware revision, or other short string a device sends.
 pub const MAX_NAME: usize = 128;
 /// The longest free-text field (an error message) a device reports.
-pub const MAX_TEXT: usize = 4096;
+pub const MAX_TEXT: usize = ferry_api::device::MAX_REPORT_TEXT;
 /// Events kept per device (older ones are dropped).
 pub const MAX_EVENTS: usize = 200;
 
@@ -74,102 +74,124 @@ pub enum FleetError {
 
 pub type Result<T, E = FleetError> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenKind {
-    Admin,
-    Enrollment,
-    Device,
-}
+/// One level's values and the configuration version of its last change.
+pub use ferry_api::admin::ConfigLevel as Level;
+/// A device's merged configuration and, per key, the level it comes from.
+pub use ferry_api::admin::MergedConfig as Merged;
+pub use ferry_api::admin::{AuditEntry, Event, Rollout, RolloutState, RolloutStatus, TokenKind, TokenRecord};
+pub use ferry_api::device::{DeviceState, Report};
 
-impl TokenKind {
-    fn prefix(self) -> &'static str {
-        match self {
-            TokenKind::Admin => "fa_",
-            TokenKind::Enrollment => "fe_",
-            TokenKind::Device => "fd_",
-        }
+/// The prefix naming a token's kind.
+fn prefix(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Admin => "fa_",
+        TokenKind::Enrollment => "fe_",
+        TokenKind::Device => "fd_",
     }
 }
 
-/// A stored token: its kind and whom it belongs to (an admin's or enrollment token's name,
-/// a device's serial).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub kind: TokenKind,
-    pub name: String,
-    pub created: i64,
+/// Refuses reports with oversized fields or control characters, naming the field.
+pub fn check_report(report: &Report) -> Result<()> {
+    let short = [
+        ("current", &report.current),
+        ("current_version", &report.current_version),
+        ("previous", &report.previous),
+        ("channel", &report.channel),
+        ("trial", &report.trial),
+        ("last_result", &report.last_result),
+        ("agent_version", &report.agent_version),
+    ];
+    for (name, v) in short {
+        let max = if name == "channel" { 255 } else { MAX_NAME };
+        if v.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(FleetError::BadRequest(format!("report field {name} is longer than {max} bytes")));
+        }
+    }
+    // Reports are printed on operators' terminals: no escape sequences.
+    let texts = [&report.current, &report.current_version, &report.previous, &report.channel, &report.trial]
+        .into_iter()
+        .chain([&report.last_result, &report.agent_version, &report.last_error, &report.config_error]);
+    if texts.flatten().any(|v| v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')) {
+        return Err(FleetError::BadRequest("report fields may not contain control characters".into()));
+    }
+    for (name, v) in [("last_error", &report.last_error), ("config_error", &report.config_error)] {
+        if v.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+            return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_TEXT} bytes")));
+        }
+    }
+    if report.progress.is_some_and(|p| p > 100) {
+        return Err(FleetError::BadRequest("report field progress must be 0..=100".into()));
+    }
+    Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceState {
-    /// Enrolled, waiting for `ferry device accept`.
-    Pending,
-    Accepted,
-    Revoked,
-}
+/// A report as a device record holds it: the fields in the order the store has always
+/// written them (the API's [`Report`] writes them alphabetically, as devices send them).
+mod stored_report {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// What a device reports at check-in. Every field is optional: an agent sends what it knows,
-/// and fields this server does not know (from a newer agent) are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub current: Option<String>,
-    pub current_version: Option<String>,
-    pub previous: Option<String>,
-    pub channel: Option<String>,
-    /// `"none"`, `"on trial"`, ...
-    pub trial: Option<String>,
-    pub last_result: Option<String>,
-    pub last_error: Option<String>,
-    /// Progress of a running update, 0..=100.
-    pub progress: Option<u8>,
-    pub free_bytes: Option<u64>,
-    pub agent_version: Option<String>,
-    pub uptime: Option<u64>,
-    /// A developer pinned the device: it takes no fleet update.
-    pub pinned: Option<bool>,
-    /// A developer's working copy (or an unlocked copy) runs instead of a deployment.
-    pub dev: Option<bool>,
-    /// The configuration version the device applied, and why the newest one failed to apply.
-    pub config_version: Option<u64>,
-    pub config_error: Option<String>,
-}
+    use super::Report;
 
-impl Report {
-    /// Refuses reports with oversized fields, naming the field.
-    pub fn check(&self) -> Result<()> {
-        let short = [
-            ("current", &self.current),
-            ("current_version", &self.current_version),
-            ("previous", &self.previous),
-            ("channel", &self.channel),
-            ("trial", &self.trial),
-            ("last_result", &self.last_result),
-            ("agent_version", &self.agent_version),
-        ];
-        for (name, v) in short {
-            let max = if name == "channel" { 255 } else { MAX_NAME };
-            if v.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(FleetError::BadRequest(format!("report field {name} is longer than {max} bytes")));
-            }
+    #[derive(Default, Serialize, Deserialize)]
+    struct Stored {
+        current: Option<String>,
+        current_version: Option<String>,
+        previous: Option<String>,
+        channel: Option<String>,
+        trial: Option<String>,
+        last_result: Option<String>,
+        last_error: Option<String>,
+        progress: Option<u8>,
+        free_bytes: Option<u64>,
+        agent_version: Option<String>,
+        uptime: Option<u64>,
+        pinned: Option<bool>,
+        dev: Option<bool>,
+        config_version: Option<u64>,
+        config_error: Option<String>,
+    }
+
+    pub fn serialize<S: Serializer>(r: &Report, s: S) -> Result<S::Ok, S::Error> {
+        let r = r.clone();
+        Stored {
+            current: r.current,
+            current_version: r.current_version,
+            previous: r.previous,
+            channel: r.channel,
+            trial: r.trial,
+            last_result: r.last_result,
+            last_error: r.last_error,
+            progress: r.progress,
+            free_bytes: r.free_bytes,
+            agent_version: r.agent_version,
+            uptime: r.uptime,
+            pinned: r.pinned,
+            dev: r.dev,
+            config_version: r.config_version,
+            config_error: r.config_error,
         }
-        // Reports are printed on operators' terminals: no escape sequences.
-        let texts = [&self.current, &self.current_version, &self.previous, &self.channel, &self.trial]
-            .into_iter()
-            .chain([&self.last_result, &self.agent_version, &self.last_error, &self.config_error]);
-        if texts.flatten().any(|v| v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')) {
-            return Err(FleetError::BadRequest("report fields may not contain control characters".into()));
-        }
-        for (name, v) in [("last_error", &self.last_error), ("config_error", &self.config_error)] {
-            if v.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
-                return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_TEXT} bytes")));
-            }
-        }
-        if self.progress.is_some_and(|p| p > 100) {
-            return Err(FleetError::BadRequest("report field progress must be 0..=100".into()));
-        }
-        Ok(())
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Report, D::Error> {
+        let r = Stored::deserialize(d)?;
+        Ok(Report {
+            agent_version: r.agent_version,
+            channel: r.channel,
+            config_error: r.config_error,
+            config_version: r.config_version,
+            current: r.current,
+            current_version: r.current_version,
+            dev: r.dev,
+            free_bytes: r.free_bytes,
+            last_error: r.last_error,
+            last_result: r.last_result,
+            pinned: r.pinned,
+            previous: r.previous,
+            progress: r.progress,
+            trial: r.trial,
+            uptime: r.uptime,
+        })
     }
 }
 
@@ -188,7 +210,7 @@ pub struct Device {
     #[serde(default)]
     pub groups_version: u64,
     pub last_seen: Option<i64>,
-    #[serde(default)]
+    #[serde(default, with = "stored_report")]
     pub report: Report,
     /// Per channel, the highest document serial this device was given at check-in.
     #[serde(default)]
@@ -232,22 +254,28 @@ impl Reenrollment {
     }
 }
 
-/// Something that happened to a device (its history).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    pub at: i64,
-    pub what: String,
-}
-
-/// One line of the audit log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub at: i64,
-    /// `admin:<name>`, `device:<serial>`, or `local` for the command line on the server.
-    pub who: String,
-    pub action: String,
-    pub detail: String,
+impl Device {
+    /// The device as the admin API shows it (never its tokens' hashes); `events` only in
+    /// the answer about one device.
+    pub fn view(&self, events: Option<Vec<Event>>) -> ferry_api::admin::DeviceView {
+        ferry_api::admin::DeviceView {
+            accepted_by: self.accepted_by.clone(),
+            enrolled: self.enrolled,
+            events,
+            groups: self.groups.clone(),
+            hardware: self.hardware.clone(),
+            last_seen: self.last_seen,
+            reenrollment: self.reenrollment.as_ref().map(|r| ferry_api::admin::ReenrollmentView {
+                at: r.at,
+                enrollment_token: r.enrollment_token.clone(),
+                hardware: r.hardware.clone(),
+                request: r.fingerprint().to_string(),
+            }),
+            report: self.report.clone(),
+            serial: self.serial.clone(),
+            state: self.state,
+        }
+    }
 }
 
 /// Whom a request comes from, once its token checked out.
@@ -298,21 +326,6 @@ impl Scope {
     }
 }
 
-/// One level's values and the configuration version of its last change.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Level {
-    pub version: u64,
-    pub values: std::collections::BTreeMap<String, String>,
-}
-
-/// A device's merged configuration and, per key, the level it comes from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Merged {
-    pub version: u64,
-    pub values: std::collections::BTreeMap<String, String>,
-    pub sources: std::collections::BTreeMap<String, String>,
-}
-
 /// Checks a configuration key: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, at
 /// most 128 bytes), so the env-file form needs no quoting of keys.
 pub fn check_config_key(k: &str) -> Result<()> {
@@ -326,40 +339,6 @@ pub fn check_config_key(k: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RolloutState {
-    Running,
-    /// Stopped by an operator or by the automatic halt: no device starts taking it.
-    Paused,
-    /// Stopped for good: devices that took it keep it (promote with --rollback to move
-    /// them back); the others stay on the base document.
-    Aborted,
-}
-
-/// A staged rollout on a channel: the channel's document at the start (`base`) is what
-/// devices outside the rollout keep getting; any newer document of the channel goes only to
-/// `percent` of the (eligible) devices, chosen by a hash of channel and serial, so the same
-/// devices go first every time and none flips between versions.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Rollout {
-    pub channel: String,
-    pub base: String,
-    pub base_serial: u64,
-    pub percent: u8,
-    /// Only devices in this group take part.
-    pub group: Option<String>,
-    pub state: RolloutState,
-    /// Pause by itself when more than this share (percent) of the devices that took the new
-    /// document report a rollback or a failed update.
-    pub max_failure_percent: u8,
-    pub halt_reason: Option<String>,
-    pub started: i64,
-    /// The audit sequence number of the start (see [`counts_for`]).
-    #[serde(default)]
-    pub started_seq: Option<u64>,
 }
 
 /// True if a device counts in `r`'s statistics (and so for its automatic halt): an operator
@@ -518,7 +497,7 @@ pub fn check_name(field: &str, v: &str) -> Result<()> {
 fn new_token(kind: TokenKind) -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| FleetError::BadRequest(format!("no random bytes: {e}")))?;
-    Ok(format!("{}{}", kind.prefix(), hex::encode(bytes)))
+    Ok(format!("{}{}", prefix(kind), hex::encode(bytes)))
 }
 
 impl Fleet {
@@ -889,7 +868,7 @@ impl Fleet {
     /// Records a device's check-in. Changes worth a line in its history (a new current
     /// commit, a new result or error) become events.
     pub fn check_in(&self, device: &Device, report: Report) -> Result<Device> {
-        report.check()?;
+        check_report(&report)?;
         let _d = self.device_lock(&device.serial);
         // Re-read under the lock: an operator may have revoked it meanwhile.
         let mut d = self.device(&device.serial)?;
@@ -1299,23 +1278,6 @@ impl Fleet {
             self.audit_op(&Caller::Server, "rollout halt", format!("{channel}: {reason}"))?,
         ])?)
     }
-}
-
-/// How far a rollout got.
-#[derive(Debug, Clone, Serialize)]
-pub struct RolloutStatus {
-    #[serde(flatten)]
-    pub rollout: Rollout,
-    /// Devices reporting this channel, those the rollout may reach (its group), those that
-    /// took a newer document than the base, and those of them that failed: only devices that
-    /// count ([`counts_for`]).
-    pub devices: usize,
-    pub eligible: usize,
-    pub took: usize,
-    pub failed: usize,
-    /// Devices reporting this channel that do not count: enrolled during the rollout and
-    /// never accepted by an operator.
-    pub uncounted: usize,
 }
 
 impl Fleet {

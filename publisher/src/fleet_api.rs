@@ -15,10 +15,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ferry_api::admin::{
+    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, RolloutRequest,
+    Settled, TokenCreated, TokenRequest, TokensRevoked,
+};
+use ferry_api::device::{CheckinAnswer, DeviceConfig, EnrollRequest, Enrolled, Report};
+use ferry_api::ErrorBody;
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::fleet::{Caller, Fleet, FleetError, HeadDoc, Pick, Report, Scope, TokenKind};
+use crate::fleet::{Caller, Fleet, FleetError, HeadDoc, Pick, Scope};
 
 /// The largest JSON body either API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -69,7 +74,7 @@ struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        let mut resp = (self.0, Json(ErrorBody { error: self.1 })).into_response();
         if let Some(secs) = self.2 {
             resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
@@ -155,18 +160,10 @@ pub async fn require_reader(
 
 // ---- device API -------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnrollRequest {
-    serial: String,
-    hardware: String,
-    enrollment_token: String,
-}
-
 async fn enroll(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: EnrollRequest = parse_json(&body, "enrollment request")?;
     let out = blocking(move || s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token)).await?;
-    Ok(Json(json!({ "device_token": out.token, "state": out.state })).into_response())
+    Ok(Json(Enrolled { device_token: out.token, state: out.state }).into_response())
 }
 
 async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
@@ -198,13 +195,13 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
         }
         None => None,
     };
-    Ok(Json(json!({
-        "serial": device.serial,
-        "state": device.state,
-        "channel": channel,
-        "channel_document": document.map(hex::encode),
-        "config": { "version": config.version, "values": config.values },
-    }))
+    Ok(Json(CheckinAnswer {
+        channel,
+        channel_document: document.map(hex::encode),
+        config: Some(DeviceConfig { values: config.values, version: config.version }),
+        serial: device.serial,
+        state: device.state,
+    })
     .into_response())
 }
 
@@ -239,13 +236,7 @@ async fn devices(
                 format!("{:?}", d.state).eq_ignore_ascii_case(st) || d.report.trial.as_deref() == Some(st.as_str())
             })
         })
-        .map(|d| {
-            json!({
-                "serial": d.serial, "hardware": d.hardware, "state": d.state, "groups": d.groups,
-                "enrolled": d.enrolled, "last_seen": d.last_seen, "report": d.report,
-                "accepted_by": d.accepted_by, "reenrollment": reenrollment_json(&d),
-            })
-        })
+        .map(|d| d.view(None))
         .collect();
     Ok(Json(list).into_response())
 }
@@ -253,32 +244,7 @@ async fn devices(
 async fn device(State(s): State<Shared>, headers: HeaderMap, Path(serial): Path<String>) -> Result<Response, ApiError> {
     admin(&s, &headers).await?;
     let (d, events) = blocking(move || Ok((s.fleet.device(&serial)?, s.fleet.events(&serial)?))).await?;
-    Ok(Json(json!({
-        "serial": d.serial, "hardware": d.hardware, "state": d.state, "groups": d.groups,
-        "enrolled": d.enrolled, "last_seen": d.last_seen, "report": d.report, "events": events,
-        "accepted_by": d.accepted_by, "reenrollment": reenrollment_json(&d),
-    }))
-    .into_response())
-}
-
-/// A re-enrollment request as the admin API shows it (never its token's hash).
-fn reenrollment_json(d: &crate::fleet::Device) -> serde_json::Value {
-    match &d.reenrollment {
-        Some(r) => json!({
-            "request": r.fingerprint(),
-            "hardware": r.hardware,
-            "at": r.at,
-            "enrollment_token": r.enrollment_token,
-        }),
-        None => serde_json::Value::Null,
-    }
-}
-
-/// The body of `approve-reenrollment`: the fingerprint of the request being approved.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Approval {
-    request: String,
+    Ok(Json(d.view(Some(events))).into_response())
 }
 
 async fn device_action(
@@ -288,7 +254,12 @@ async fn device_action(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let who = admin(&s, &headers).await?;
-    let approval = if action == "approve-reenrollment" {
+    let action = DeviceAction::parse(&action).ok_or_else(|| {
+        ApiError::from(FleetError::NotFound(format!(
+            "no device action {action:?} (accept, revoke, remove, approve-reenrollment, reject-reenrollment)"
+        )))
+    })?;
+    let approval = if action == DeviceAction::ApproveReenrollment {
         let a: Approval = serde_json::from_slice(&body).map_err(|e| {
             ApiError::from(FleetError::BadRequest(format!(
                 "approve-reenrollment needs {{\"request\": FINGERPRINT}} (as `ferry device show` and `ferryd status` show it): {e}"
@@ -298,31 +269,31 @@ async fn device_action(
     } else {
         None
     };
-    let out = blocking(move || match action.as_str() {
-        "accept" => s.fleet.accept(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
-        "revoke" => s.fleet.revoke(&who, &serial).map(|d| json!({ "serial": d.serial, "state": d.state })),
-        "remove" => s.fleet.remove(&who, &serial).map(|()| json!({ "serial": serial, "removed": true })),
-        "approve-reenrollment" => s
+    let answer = |d: crate::fleet::Device, reenrollment| DeviceActionAnswer {
+        reenrollment,
+        removed: None,
+        serial: d.serial,
+        state: Some(d.state),
+    };
+    let out = blocking(move || match action {
+        DeviceAction::Accept => s.fleet.accept(&who, &serial).map(|d| answer(d, None)),
+        DeviceAction::Revoke => s.fleet.revoke(&who, &serial).map(|d| answer(d, None)),
+        DeviceAction::Remove => s.fleet.remove(&who, &serial).map(|()| DeviceActionAnswer {
+            reenrollment: None,
+            removed: Some(true),
+            serial,
+            state: None,
+        }),
+        DeviceAction::ApproveReenrollment => s
             .fleet
             .approve_reenrollment(&who, &serial, approval.as_deref().unwrap_or_default())
-            .map(|d| json!({ "serial": d.serial, "state": d.state, "reenrollment": "approved" })),
-        "reject-reenrollment" => s
-            .fleet
-            .reject_reenrollment(&who, &serial)
-            .map(|d| json!({ "serial": d.serial, "state": d.state, "reenrollment": "rejected" })),
-        other => Err(FleetError::NotFound(format!(
-            "no device action {other:?} (accept, revoke, remove, approve-reenrollment, reject-reenrollment)"
-        ))),
+            .map(|d| answer(d, Some(Settled::Approved))),
+        DeviceAction::RejectReenrollment => {
+            s.fleet.reject_reenrollment(&who, &serial).map(|d| answer(d, Some(Settled::Rejected)))
+        }
     })
     .await?;
     Ok(Json(out).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    name: String,
-    kind: TokenKind,
 }
 
 async fn create_token(
@@ -333,7 +304,7 @@ async fn create_token(
     let who = admin(&s, &headers).await?;
     let req: TokenRequest = parse_json(&body, "token request")?;
     let token = blocking(move || s.fleet.create_token(&who, req.kind, &req.name)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token }))).into_response())
+    Ok((StatusCode::CREATED, Json(TokenCreated { token })).into_response())
 }
 
 async fn tokens(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -348,7 +319,7 @@ async fn revoke_token(
 ) -> Result<Response, ApiError> {
     let who = admin(&s, &headers).await?;
     let n = blocking(move || s.fleet.revoke_token(&who, &name)).await?;
-    Ok(Json(json!({ "revoked": n })).into_response())
+    Ok(Json(TokensRevoked { revoked: n }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -388,15 +359,6 @@ async fn get_config(
     Ok(Json(blocking(move || s.fleet.level(&scope)).await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigChange {
-    #[serde(default)]
-    set: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    unset: Vec<String>,
-}
-
 async fn change_config(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -408,7 +370,7 @@ async fn change_config(
     let change: ConfigChange = parse_json(&body, "configuration change")?;
     let set: Vec<(String, String)> = change.set.into_iter().collect();
     let version = blocking(move || s.fleet.set_config(&who, &scope, &set, &change.unset)).await?;
-    Ok(Json(json!({ "version": version })).into_response())
+    Ok(Json(ConfigVersion { version }).into_response())
 }
 
 async fn device_config(
@@ -420,12 +382,6 @@ async fn device_config(
     Ok(Json(blocking(move || s.fleet.merged_config(&s.fleet.device(&serial)?)).await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Groups {
-    groups: Vec<String>,
-}
-
 async fn set_groups(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -435,15 +391,7 @@ async fn set_groups(
     let who = admin(&s, &headers).await?;
     let g: Groups = parse_json(&body, "groups")?;
     let d = blocking(move || s.fleet.set_groups(&who, &serial, &g.groups)).await?;
-    Ok(Json(json!({ "serial": d.serial, "groups": d.groups })).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RolloutRequest {
-    percent: Option<u8>,
-    group: Option<String>,
-    max_failure_percent: Option<u8>,
+    Ok(Json(DeviceGroups { groups: d.groups, serial: d.serial }).into_response())
 }
 
 async fn rollout_action(
@@ -453,11 +401,8 @@ async fn rollout_action(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let who = admin(&s, &headers).await?;
-    let req: RolloutRequest = if body.is_empty() {
-        RolloutRequest { percent: None, group: None, max_failure_percent: None }
-    } else {
-        parse_json(&body, "rollout request")?
-    };
+    let req: RolloutRequest =
+        if body.is_empty() { RolloutRequest::default() } else { parse_json(&body, "rollout request")? };
     let status = blocking(move || {
         let head = s.documents.head(&channel).map(|(h, _)| h);
         let r = if action == "start" {
