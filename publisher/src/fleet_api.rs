@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_api::admin::{
-    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, RolloutRequest,
-    Settled, TokenCreated, TokenRequest, TokensRevoked,
+    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, RolloutAction,
+    RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
 };
 use ferry_api::device::{CheckinAnswer, DeviceConfig, EnrollRequest, Enrolled, Report};
 use ferry_api::ErrorBody;
@@ -405,14 +405,15 @@ async fn rollout_action(
         if body.is_empty() { RolloutRequest::default() } else { parse_json(&body, "rollout request")? };
     let status = blocking(move || {
         let head = s.documents.head(&channel).map(|(h, _)| h);
-        let r = if action == "start" {
+        let action = RolloutAction::parse(&action).ok_or_else(|| crate::fleet::no_rollout_action(&action))?;
+        let r = if action == RolloutAction::Start {
             let base = head
                 .as_ref()
                 .ok_or_else(|| FleetError::NotFound(format!("channel {channel} has no document to start from")))?;
             let percent = req.percent.ok_or_else(|| FleetError::BadRequest("start needs a percent".into()))?;
             s.fleet.start_rollout(&who, &channel, base, percent, req.group, req.max_failure_percent.unwrap_or(10))?
         } else {
-            s.fleet.change_rollout(&who, &channel, &action, req.percent)?
+            s.fleet.change_rollout(&who, &channel, action, req.percent)?
         };
         s.fleet.rollout_status(r)
     })
