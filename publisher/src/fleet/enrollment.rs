@@ -3,8 +3,8 @@
 //! until an operator approves the request (or rejects it). What it is not for: what an
 //! enrolled device does next (`devices`).
 
+use ferry_api::device::Enrolled;
 use ferry_store::kv::Op;
-use serde::Serialize;
 
 use super::tokens::new_token;
 use super::{
@@ -46,13 +46,6 @@ impl Bucket {
 pub(super) struct EnrollLimits {
     per_token: std::collections::HashMap<String, Bucket>,
     all: Option<Bucket>,
-}
-
-/// What enrollment gives a device.
-#[derive(Debug, Clone, Serialize)]
-pub struct Enrolled {
-    pub token: String,
-    pub state: DeviceState,
 }
 
 impl Fleet {
@@ -162,7 +155,7 @@ impl Fleet {
         ops.extend(self.event_ops(serial, whats)?);
         ops.push(audit);
         self.kv.write(ops)?;
-        Ok(Enrolled { token, state })
+        Ok(Enrolled { device_token: token, state })
     }
 
     /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]

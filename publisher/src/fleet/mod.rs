@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{check_config_key, Scope};
 pub use devices::{check_report, Device, Reenrollment};
 use enrollment::EnrollLimits;
-pub use enrollment::{Enrolled, ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};
+pub use enrollment::{ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};
 pub use ferry_api::admin::RolloutAction;
 pub use rollouts::{bucket, counts_for, no_rollout_action, HeadDoc, Pick};
 
@@ -99,7 +99,7 @@ pub use ferry_api::admin::ConfigLevel as Level;
 /// A device's merged configuration and, per key, the level it comes from.
 pub use ferry_api::admin::MergedConfig as Merged;
 pub use ferry_api::admin::{AuditEntry, Event, Rollout, RolloutState, RolloutStatus, TokenKind, TokenRecord};
-pub use ferry_api::device::{DeviceState, Report};
+pub use ferry_api::device::{DeviceState, Enrolled, Report};
 
 /// Whom a request comes from, once its token checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]

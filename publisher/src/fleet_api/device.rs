@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use ferry_api::device::{CheckinAnswer, DeviceConfig, EnrollRequest, Enrolled, Report};
+use ferry_api::device::{CheckinAnswer, DeviceConfig, EnrollRequest, Report};
 
 use super::{bearer, blocking, parse_json, ApiError, Shared};
 use crate::fleet::{FleetError, Pick};
@@ -16,7 +16,7 @@ use crate::fleet::{FleetError, Pick};
 async fn enroll(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: EnrollRequest = parse_json(&body, "enrollment request")?;
     let out = blocking(move || s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token)).await?;
-    Ok(Json(Enrolled { device_token: out.token, state: out.state }).into_response())
+    Ok(Json(out).into_response())
 }
 
 async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {

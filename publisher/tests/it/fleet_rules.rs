@@ -28,7 +28,7 @@ fn tokens_that_are_not_for_the_route_are_unauthorized() {
     let (_t, f, enrollment) = fleet(Settings::default());
     let admin = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
     refused(f.enroll("SN-1", "rev-a", &admin), |e| matches!(e, FleetError::Unauthorized(_)));
-    let device = f.enroll("SN-1", "rev-a", &enrollment).unwrap().token;
+    let device = f.enroll("SN-1", "rev-a", &enrollment).unwrap().device_token;
     refused(f.admin(&device), |e| matches!(e, FleetError::Unauthorized(_)));
     refused(f.admin(&enrollment), |e| matches!(e, FleetError::Unauthorized(_)));
     refused(f.device_for(&admin), |e| matches!(e, FleetError::Unauthorized(_)));
@@ -45,12 +45,12 @@ fn pending_and_revoked_devices_are_forbidden() {
     let (_t, f, enrollment) = fleet(Settings { require_approval: true, ..Settings::default() });
     let enrolled = f.enroll("SN-1", "rev-a", &enrollment).unwrap();
     assert_eq!(enrolled.state, DeviceState::Pending);
-    refused(f.device_for(&enrolled.token), |e| matches!(e, FleetError::Forbidden(_)));
-    refused(f.reader(&enrolled.token), |e| matches!(e, FleetError::Forbidden(_)));
+    refused(f.device_for(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
+    refused(f.reader(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     f.accept(&Caller::Local, "SN-1").unwrap();
-    let device = f.device_for(&enrolled.token).unwrap();
+    let device = f.device_for(&enrolled.device_token).unwrap();
     f.revoke(&Caller::Local, "SN-1").unwrap();
-    refused(f.device_for(&enrolled.token), |e| matches!(e, FleetError::Forbidden(_)));
+    refused(f.device_for(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     refused(f.check_in(&device, Report::default()), |e| matches!(e, FleetError::Forbidden(_)));
     refused(f.enroll("SN-1", "rev-a", &enrollment), |e| matches!(e, FleetError::Forbidden(_)));
     // A revoked device stays revoked, and one that does not exist is not found.
@@ -67,15 +67,15 @@ fn a_re_enrollment_waits_for_the_operator_and_a_newer_one_is_a_conflict() {
     let again = f.enroll("SN-1", "rev-b", &enrollment).unwrap();
     assert_eq!(again.state, DeviceState::Pending);
     // The new token works nowhere yet; the device's own still does.
-    refused(f.device_for(&again.token), |e| matches!(e, FleetError::Forbidden(_)));
-    f.device_for(&first.token).unwrap();
+    refused(f.device_for(&again.device_token), |e| matches!(e, FleetError::Forbidden(_)));
+    f.device_for(&first.device_token).unwrap();
     let looked_at = f.device("SN-1").unwrap().reenrollment.unwrap().fingerprint().to_string();
     let newer = f.enroll("SN-1", "rev-c", &enrollment).unwrap();
     refused(f.approve_reenrollment(&Caller::Local, "SN-1", &looked_at), |e| matches!(e, FleetError::Conflict(_)));
     let current = f.device("SN-1").unwrap().reenrollment.unwrap().fingerprint().to_string();
     f.approve_reenrollment(&Caller::Local, "SN-1", &current).unwrap();
-    refused(f.device_for(&first.token), |e| matches!(e, FleetError::Unauthorized(_)));
-    assert_eq!(f.device_for(&newer.token).unwrap().hardware, "rev-c");
+    refused(f.device_for(&first.device_token), |e| matches!(e, FleetError::Unauthorized(_)));
+    assert_eq!(f.device_for(&newer.device_token).unwrap().hardware, "rev-c");
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn an_enrollment_burst_past_the_limit_is_too_many() {
 #[test]
 fn bad_reports_configuration_and_names_are_bad_requests() {
     let (_t, f, enrollment) = fleet(Settings::default());
-    let token = f.enroll("SN-1", "rev-a", &enrollment).unwrap().token;
+    let token = f.enroll("SN-1", "rev-a", &enrollment).unwrap().device_token;
     let device = f.device_for(&token).unwrap();
     let escape = Report { last_error: Some("\u{1b}[2J".into()), ..Report::default() };
     refused(f.check_in(&device, escape), |e| matches!(e, FleetError::BadRequest(_)));
