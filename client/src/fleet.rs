@@ -9,10 +9,10 @@
 //! it is not for: deciding anything; the server records, the device verifies.
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use ferry_api::device::{CheckinAnswer, EnrollRequest, Enrolled, Report, MAX_REPORT_TEXT};
 
 use crate::config::{Config, Fleet};
-use crate::http::{Server, Traffic};
+use crate::http::{DeviceReply, Server, Traffic};
 
 /// What a check-in brought back.
 #[derive(Debug, Default)]
@@ -207,23 +207,26 @@ pub fn token_fingerprint(config: &Config) -> Option<String> {
 async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic) -> Result<String> {
     let serial = fleet.serial()?;
     let hardware = config.hardware_revision()?.ok_or_else(|| anyhow!("no hardware revision configured"))?;
-    let body = json!({ "serial": serial, "hardware": hardware, "enrollment_token": fleet.enrollment_token()? });
-    let (status, v) = server.device_call("enroll", None, &body, t).await?;
-    if !status.is_success() {
-        bail!(
+    let body = EnrollRequest { enrollment_token: fleet.enrollment_token()?, hardware, serial: serial.clone() };
+    let enrolled: Enrolled = match server.device_call("enroll", None, &body, t).await {
+        Ok(DeviceReply::Answer(a)) => a,
+        Ok(DeviceReply::Refused { status, reason }) => bail!(
             "enrolling {serial}: the fleet server answered {status}: {}",
-            v["error"].as_str().unwrap_or("no reason given")
-        );
-    }
-    let token =
-        v["device_token"].as_str().ok_or_else(|| anyhow!("enrolling {serial}: no device token in the answer"))?;
+            reason.as_deref().unwrap_or("no reason given")
+        ),
+        Err(e) if e.root_cause().is::<serde_json::Error>() => {
+            bail!("enrolling {serial}: no device token in the answer")
+        }
+        Err(e) => return Err(e),
+    };
+    let token = enrolled.device_token.as_str();
     if !token.starts_with("fd_") || token.len() > 256 {
         bail!("enrolling {serial}: the answer's device token is malformed");
     }
     std::fs::create_dir_all(&config.state_dir)?;
     ferry_durable::replace_secret(&token_path(config), token.as_bytes())
         .with_context(|| format!("saving {}", token_path(config).display()))?;
-    tracing::info!(serial, state = %v["state"], "enrolled with the fleet server");
+    tracing::info!(serial, state = enrolled.state.as_str(), "enrolled with the fleet server");
     Ok(token.to_string())
 }
 
@@ -239,7 +242,7 @@ pub async fn ensure_enrolled(config: &Config, server: &Server, t: &mut Traffic) 
 }
 
 /// The report: what `ferryd status` says.
-fn report(config: &Config) -> Result<Value> {
+fn report(config: &Config) -> Result<Report> {
     let s = crate::status::status(config)?;
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()
@@ -263,23 +266,23 @@ fn report(config: &Config) -> Result<Value> {
             v
         })
     };
-    Ok(json!({
-        "current": s.current.as_ref().map(|d| d.commit.clone()),
-        "current_version": s.current.as_ref().and_then(|d| d.version.clone()),
-        "previous": s.previous.as_ref().map(|d| d.commit.clone()),
-        "channel": s.channel.clone(),
-        "trial": trial.unwrap_or_else(|| "none".into()),
-        "last_result": s.last_result,
-        "last_error": clip(s.last_error, 4096),
-        "progress": progress(s.staged_chunks),
-        "pinned": s.pinned,
-        "dev": s.dev.is_some(),
-        "free_bytes": free,
-        "agent_version": env!("CARGO_PKG_VERSION"),
-        "uptime": uptime,
-        "config_version": applied(config)?.map(|a| a.version),
-        "config_error": clip(std::fs::read_to_string(config.state_dir.join("config-error")).ok(), 4096),
-    }))
+    Ok(Report {
+        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        channel: s.channel.clone(),
+        config_error: clip(std::fs::read_to_string(config.state_dir.join("config-error")).ok(), MAX_REPORT_TEXT),
+        config_version: applied(config)?.map(|a| a.version),
+        current: s.current.as_ref().map(|d| d.commit.clone()),
+        current_version: s.current.as_ref().and_then(|d| d.version.clone()),
+        dev: Some(s.dev.is_some()),
+        free_bytes: free,
+        last_error: clip(s.last_error, MAX_REPORT_TEXT),
+        last_result: s.last_result.map(|o| o.as_str().to_string()),
+        pinned: Some(s.pinned),
+        previous: s.previous.as_ref().map(|d| d.commit.clone()),
+        progress: progress(s.staged_chunks),
+        trial: Some(trial.unwrap_or_else(|| "none".into())),
+        uptime,
+    })
 }
 
 /// Checks in (enrolling first if the device has no token, or its token was replaced).
@@ -293,21 +296,22 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
     };
     let mut enrolled_now = false;
     loop {
-        let (status, v) = server.device_call("checkin", Some(&token), &report, t).await?;
-        let reason = v["error"].as_str().unwrap_or("no reason given").to_string();
-        match status.as_u16() {
-            200..=299 => {
-                let channel_document = match v["channel_document"].as_str() {
+        let (status, reason) = match server.device_call::<CheckinAnswer>("checkin", Some(&token), &report, t).await? {
+            DeviceReply::Answer(v) => {
+                let channel_document = match &v.channel_document {
                     Some(h) => Some(hex::decode(h).map_err(|_| anyhow!("check-in: the channel document is not hex"))?),
                     None => None,
                 };
-                if let (Some(version), Some(values)) = (v["config"]["version"].as_u64(), v["config"].get("values")) {
-                    let values: std::collections::BTreeMap<String, String> = serde_json::from_value(values.clone())
-                        .map_err(|e| anyhow!("check-in: the configuration is malformed: {e}"))?;
-                    apply_config(config, fleet, version, values)?;
+                if let Some(c) = v.config {
+                    apply_config(config, fleet, c.version, c.values)?;
                 }
                 return Ok(Answer { channel_document, token: Some(token) });
             }
+            DeviceReply::Refused { status, reason } => {
+                (status, reason.unwrap_or_else(|| "no reason given".to_string()))
+            }
+        };
+        match status.as_u16() {
             401 if !enrolled_now => {
                 tracing::warn!(reason, "the fleet server does not know this device's token; enrolling again");
                 token = enroll(config, fleet, server, t).await?;

@@ -38,6 +38,15 @@ pub struct Answered {
     pub detail: String,
 }
 
+/// What the device API answered ([`Server::device_call`]).
+#[derive(Debug)]
+pub enum DeviceReply<A> {
+    /// A success status and its message.
+    Answer(A),
+    /// An error status and the server's reason (its `{"error": ...}`), if it gave one.
+    Refused { status: reqwest::StatusCode, reason: Option<String> },
+}
+
 /// Counts what crossed the network during one update.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Traffic {
@@ -261,16 +270,17 @@ impl Server {
         Ok(Some(self.read_capped(resp, max, what, t).await?))
     }
 
-    /// POSTs JSON to the device API, with the device token when given; returns the answer's
-    /// status and JSON body (at most [`MAX_JSON`] bytes). Error statuses are returned, not
-    /// raised: enrollment and check-in decide what each one means.
-    pub async fn device_call(
+    /// POSTs a device API message, with the device token when given, and reads the answer
+    /// (at most [`MAX_JSON`] bytes): `A` on success; on an error status, the status and the
+    /// server's reason, returned, not raised: enrollment and check-in decide what each
+    /// status means.
+    pub async fn device_call<A: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         token: Option<&str>,
-        body: &serde_json::Value,
+        body: &impl serde::Serialize,
         t: &mut Traffic,
-    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+    ) -> Result<DeviceReply<A>> {
         let what = format!("the fleet server's {path}");
         t.requests += 1;
         let mut req = self
@@ -285,8 +295,12 @@ impl Server {
         let resp = req.send().await.with_context(|| format!("asking {what}"))?;
         let status = resp.status();
         let bytes = self.read_capped(resp, MAX_JSON, &what, t).await?;
-        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok((status, v))
+        if !status.is_success() {
+            let reason = serde_json::from_slice::<ferry_api::ErrorBody>(&bytes).ok().map(|e| e.error);
+            return Ok(DeviceReply::Refused { status, reason });
+        }
+        let answer = serde_json::from_slice(&bytes).with_context(|| format!("{what}: the answer is malformed"))?;
+        Ok(DeviceReply::Answer(answer))
     }
 
     /// The commits with `version` on the server's branches (ids only: each is verified when

@@ -1,275 +1,34 @@
-//! `ferry admin`, `ferry devices`, `ferry device` and `ferry audit`: the operator's side of
-//! the fleet, spoken over the admin API (`--server`, `--token`), except the very first admin
-//! token, which `ferry admin token create --fleet DIR` writes into the fleet store directly
-//! (with the server stopped: the store admits one process).
+//! `ferry admin`, `ferry devices`, `ferry device`, `ferry config`, `ferry rollout` and
+//! `ferry audit`: the operator's side of the fleet, spoken over the admin API (`--server`,
+//! `--token`) in `ferry_api`'s messages, except the very first admin token, which
+//! `ferry admin token create --fleet DIR` writes into the fleet store directly (with the
+//! server stopped: the store admits one process). The arguments are in `args`.
 
-use std::path::PathBuf;
+mod args;
+
+pub use args::{
+    AdminCommand, AuditArgs, ConfigCommand, DeviceCommand, DevicesArgs, RolloutCommand, ScopeArgs, ServerArgs,
+    TokenCommand,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Subcommand};
-use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
-use serde_json::Value;
+use ferry_api::admin::{
+    AuditEntry, ConfigChange, ConfigLevel, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceView,
+    Groups, MergedConfig, RolloutAction, RolloutRequest, RolloutStatus, SetPercent, TokenCreated, TokenKind,
+    TokenRecord, TokenRequest, TokensRevoked,
+};
+use ferry_api::ErrorBody;
+use ferry_publisher::fleet::{Caller, Fleet, Settings};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-#[derive(Args)]
-pub struct ServerArgs {
-    /// The fleet server's base URL, e.g. http://updates.example.com:8080.
-    #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
-    server: String,
-    /// An admin token (`ferry admin token create`).
-    #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
-    token: String,
-}
-
-#[derive(Subcommand)]
-pub enum AdminCommand {
-    /// Admin and enrollment tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-}
-
-#[derive(Subcommand)]
-pub enum TokenCommand {
-    /// Creates a token and prints it (the only time it is shown). `--enrollment` makes a
-    /// fleet enrollment token for provisioning images instead of an admin token.
-    Create {
-        /// A name for the token, recorded in the audit log as its user.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        enrollment: bool,
-        /// Write into the fleet store directly (the server must be stopped): for the first
-        /// admin token.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token"])]
-        fleet: Option<PathBuf>,
-        #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
-        server: Option<String>,
-        #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
-        token: Option<String>,
-    },
-    /// Lists token names and kinds.
-    List {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Print the result as JSON on stdout, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revokes every admin or enrollment token with this name.
-    Revoke {
-        #[command(flatten)]
-        server: ServerArgs,
-        name: String,
-    },
-}
-
-#[derive(Args)]
-pub struct DevicesArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// Only devices in this group.
-    #[arg(long)]
-    group: Option<String>,
-    /// Only devices following this channel.
-    #[arg(long)]
-    channel: Option<String>,
-    /// Only devices in this state: pending, accepted, revoked (or a trial state).
-    #[arg(long)]
-    state: Option<String>,
-    /// Print the result as JSON on stdout, for scripts.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-pub enum DeviceCommand {
-    /// One device's details and history.
-    Show {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-        /// Print the result as JSON on stdout, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lets a device that enrolled while approval is required check in.
-    Accept {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-    },
-    /// Revokes a device: its token stops working at once and it cannot enroll again.
-    Revoke {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-    },
-    /// Forgets a device and its history; it may enroll again.
-    Remove {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-    },
-    /// Approves a known device's new enrollment (`ferry device show` lists it): its new
-    /// token replaces the old one, which stops working at once. Only for a board you know
-    /// was reflashed or replaced: anyone with the enrollment token can ask.
-    ApproveReenrollment {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-        /// The request's fingerprint, as `ferry device show` lists it; check it against
-        /// `ferryd status` on the board. A newer request (anyone can make one) is refused.
-        #[arg(long, value_name = "FINGERPRINT")]
-        request: String,
-    },
-    /// Rejects a known device's new enrollment: the device keeps its token.
-    RejectReenrollment {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-    },
-    /// Sets a device's groups, in precedence order: a later group's value wins. No group
-    /// clears them.
-    Groups {
-        #[command(flatten)]
-        server: ServerArgs,
-        serial: String,
-        groups: Vec<String>,
-    },
-}
-
-#[derive(Args)]
-pub struct ScopeArgs {
-    /// The fleet-wide level (the default).
-    #[arg(long, conflicts_with_all = ["group", "device"])]
-    fleet: bool,
-    /// A group's level.
-    #[arg(long, value_name = "GROUP", conflicts_with = "device")]
-    group: Option<String>,
-    /// One device's level (for `show`: its merged configuration and where each key comes from).
-    #[arg(long, value_name = "SERIAL")]
-    device: Option<String>,
-}
-
-impl ScopeArgs {
-    fn path(&self) -> String {
-        match (&self.group, &self.device) {
-            (Some(g), _) => format!("group/{g}"),
-            (None, Some(d)) => format!("device/{d}"),
-            (None, None) => "fleet".into(),
-        }
-    }
-}
-
-#[derive(Subcommand)]
-pub enum ConfigCommand {
-    /// Sets KEY=VALUE pairs at one level (fleet, group or device); a narrower level wins.
-    Set {
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        scope: ScopeArgs,
-        #[arg(value_name = "KEY=VALUE", required = true)]
-        pairs: Vec<String>,
-    },
-    /// Removes keys from one level.
-    Unset {
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        scope: ScopeArgs,
-        #[arg(value_name = "KEY", required = true)]
-        keys: Vec<String>,
-    },
-    /// Prints one key's value at one level (with --device: the device's merged value).
-    Get {
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        scope: ScopeArgs,
-        key: String,
-    },
-    /// Shows one level's values (with --device: the merged configuration and each key's level).
-    Show {
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        scope: ScopeArgs,
-        /// Print the result as JSON on stdout, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum RolloutCommand {
-    /// Starts a staged rollout: the channel's current document stays what everyone gets;
-    /// the next one promoted to it goes to PERCENT of the devices (of --group) first.
-    Start {
-        #[command(flatten)]
-        server: ServerArgs,
-        channel: String,
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
-        percent: u8,
-        /// Only devices in this group take part.
-        #[arg(long)]
-        group: Option<String>,
-        /// Pause by itself when more than this share (percent) of the devices that took the
-        /// new release roll back or fail.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
-        max_failures: u8,
-    },
-    /// Raises the share of devices that take the new release (it never goes down: lowering
-    /// would take it away from devices that have it).
-    SetPercent {
-        #[command(flatten)]
-        server: ServerArgs,
-        channel: String,
-        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
-        percent: u8,
-    },
-    /// No more devices start taking the new release.
-    Pause {
-        #[command(flatten)]
-        server: ServerArgs,
-        channel: String,
-    },
-    /// Continues a paused or halted rollout.
-    Resume {
-        #[command(flatten)]
-        server: ServerArgs,
-        channel: String,
-    },
-    /// Stops for good: devices that took the release keep it (promote the previous commit
-    /// with --rollback to move them back); the others stay where they are.
-    Abort {
-        #[command(flatten)]
-        server: ServerArgs,
-        channel: String,
-    },
-    /// Every rollout: state, share, devices that took it and failed, and why it halted.
-    Status {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Print the result as JSON on stdout, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Args)]
-pub struct AuditArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// How many of the newest entries.
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
-    /// Print the result as JSON on stdout, for scripts.
-    #[arg(long)]
-    json: bool,
-}
-
-/// A blocking call to the admin API.
-fn call(server: &ServerArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+/// A blocking call to the admin API: `body` as JSON, the answer read as `A`.
+fn call<A: DeserializeOwned>(
+    server: &ServerArgs,
+    method: &str,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<A> {
     let url = format!("{}/v1/admin/{path}", server.server.trim_end_matches('/'));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -280,26 +39,36 @@ fn call(server: &ServerArgs, method: &str, path: &str, body: Option<Value>) -> R
         };
         req = req.bearer_auth(&server.token);
         if let Some(b) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(&b)?);
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(b)?);
         }
         let resp = req.send().await.with_context(|| format!("asking {url}"))?;
         let status = resp.status();
         let bytes = resp.bytes().await.with_context(|| format!("reading the answer of {url}"))?;
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
-            let detail = v.get("error").and_then(Value::as_str).map(str::to_string);
-            bail!("{url}: {status}: {}", detail.unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()));
+            let detail = serde_json::from_slice::<ErrorBody>(&bytes).map(|e| e.error);
+            bail!("{url}: {status}: {}", detail.unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned()));
         }
-        Ok(v)
+        serde_json::from_slice(&bytes).with_context(|| format!("reading the answer of {url}"))
     })
 }
 
-fn when(v: &Value) -> String {
-    v.as_i64().map_or_else(|| "never".into(), ferry_publisher::show::format_time)
+/// A call without a body.
+fn get<A: DeserializeOwned>(server: &ServerArgs, method: &str, path: &str) -> Result<A> {
+    call(server, method, path, None::<&()>)
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
+/// Prints an answer for `--json` with its keys in alphabetical order, as `ferry` always
+/// printed them (it used to hold answers in serde_json's sorted map).
+fn print_sorted(v: &impl Serialize) -> Result<()> {
+    crate::print_json(&serde_json::to_value(v)?)
+}
+
+fn when(t: Option<i64>) -> String {
+    t.map_or_else(|| "never".into(), ferry_publisher::show::format_time)
+}
+
+fn text(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
 }
 
 pub fn admin(cmd: AdminCommand) -> Result<()> {
@@ -319,9 +88,15 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
                     f.create_token(&Caller::Local, kind, &name)?
                 }
                 (None, Some(server), Some(token)) => {
-                    let body = serde_json::json!({ "name": name, "kind": kind });
-                    let v = call(&ServerArgs { server, token }, "POST", "tokens", Some(body))?;
-                    v["token"].as_str().ok_or_else(|| anyhow!("the server answered without a token"))?.to_string()
+                    let body = TokenRequest { kind, name: name.clone() };
+                    let v: TokenCreated =
+                        call(&ServerArgs { server, token }, "POST", "tokens", Some(&body)).map_err(|e| {
+                            match e.downcast_ref::<serde_json::Error>() {
+                                Some(_) => anyhow!("the server answered without a token"),
+                                None => e,
+                            }
+                        })?;
+                    v.token
                 }
                 _ => bail!("give --fleet DIR (server stopped) or --server URL and --token TOKEN"),
             };
@@ -332,18 +107,18 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
             println!("{created}");
         }
         TokenCommand::List { server, json } => {
-            let v = call(&server, "GET", "tokens", None)?;
+            let list: Vec<TokenRecord> = get(&server, "GET", "tokens")?;
             if json {
-                crate::print_json(&v)?;
+                print_sorted(&list)?;
             } else {
-                for t in v.as_array().into_iter().flatten() {
-                    println!("{:<11} {:<24} created {}", text(&t["kind"]), text(&t["name"]), when(&t["created"]));
+                for t in list {
+                    println!("{:<11} {:<24} created {}", t.kind.as_str(), t.name, when(Some(t.created)));
                 }
             }
         }
         TokenCommand::Revoke { server, name } => {
-            let v = call(&server, "POST", &format!("tokens/{name}/revoke"), None)?;
-            eprintln!("revoked {} token(s) named {name}", v["revoked"]);
+            let v: TokensRevoked = get(&server, "POST", &format!("tokens/{name}/revoke"))?;
+            eprintln!("revoked {} token(s) named {name}", v.revoked);
         }
     }
     Ok(())
@@ -357,26 +132,26 @@ pub fn devices(a: DevicesArgs) -> Result<()> {
         }
     }
     let path = if query.is_empty() { "devices".to_string() } else { format!("devices?{}", query.join("&")) };
-    let v = call(&a.server, "GET", &path, None)?;
+    let list: Vec<DeviceView> = get(&a.server, "GET", &path)?;
     if a.json {
-        return crate::print_json(&v);
+        return print_sorted(&list);
     }
     println!(
         "{:<20} {:<10} {:<9} {:<10} {:<12} {:<10} {:<24} LAST ERROR",
         "SERIAL", "HARDWARE", "STATE", "CHANNEL", "VERSION", "TRIAL", "LAST SEEN"
     );
-    for d in v.as_array().into_iter().flatten() {
-        let r = &d["report"];
+    for d in list {
+        let r = &d.report;
         println!(
             "{:<20} {:<10} {:<9} {:<10} {:<12} {:<10} {:<24} {}",
-            text(&d["serial"]),
-            text(&d["hardware"]),
-            text(&d["state"]),
-            text(&r["channel"]),
-            text(&r["current_version"]),
-            text(&r["trial"]),
-            when(&d["last_seen"]),
-            r["last_error"].as_str().unwrap_or("")
+            d.serial,
+            d.hardware,
+            d.state.as_str(),
+            text(&r.channel),
+            text(&r.current_version),
+            text(&r.trial),
+            when(d.last_seen),
+            r.last_error.as_deref().unwrap_or("")
         );
     }
     Ok(())
@@ -385,72 +160,62 @@ pub fn devices(a: DevicesArgs) -> Result<()> {
 pub fn device(cmd: DeviceCommand) -> Result<()> {
     let (server, serial, action) = match cmd {
         DeviceCommand::Show { server, serial, json } => {
-            let v = call(&server, "GET", &format!("devices/{serial}"), None)?;
+            let d: DeviceView = get(&server, "GET", &format!("devices/{serial}"))?;
             if json {
-                return crate::print_json(&v);
+                return print_sorted(&d);
             }
-            let r = &v["report"];
-            println!("device {} ({}), {}", text(&v["serial"]), text(&v["hardware"]), text(&v["state"]));
-            println!("  enrolled  {}\n  last seen {}", when(&v["enrolled"]), when(&v["last_seen"]));
-            println!(
-                "  channel {}, running {} ({})",
-                text(&r["channel"]),
-                text(&r["current_version"]),
-                text(&r["current"])
-            );
-            if let Some(e) = r["last_error"].as_str() {
+            let r = &d.report;
+            println!("device {} ({}), {}", d.serial, d.hardware, d.state.as_str());
+            println!("  enrolled  {}\n  last seen {}", when(Some(d.enrolled)), when(d.last_seen));
+            println!("  channel {}, running {} ({})", text(&r.channel), text(&r.current_version), text(&r.current));
+            if let Some(e) = &r.last_error {
                 println!("  last error: {e}");
             }
-            let re = &v["reenrollment"];
-            if !re.is_null() {
+            if let Some(re) = &d.reenrollment {
                 println!(
                     "  enrolled again {} ({}, enrollment token {}, request {}): if `ferryd status` on the board shows that fingerprint, `ferry device approve-reenrollment {} --request {}` hands it this device's identity; `reject-reenrollment` refuses it",
-                    when(&re["at"]),
-                    text(&re["hardware"]),
-                    text(&re["enrollment_token"]),
-                    text(&re["request"]),
-                    text(&v["serial"]),
-                    text(&re["request"])
+                    when(Some(re.at)),
+                    re.hardware,
+                    re.enrollment_token,
+                    re.request,
+                    d.serial,
+                    re.request
                 );
             }
-            for e in v["events"].as_array().into_iter().flatten() {
-                println!("  {}  {}", when(&e["at"]), text(&e["what"]));
+            for e in d.events.into_iter().flatten() {
+                println!("  {}  {}", when(Some(e.at)), e.what);
             }
             return Ok(());
         }
         DeviceCommand::Groups { server, serial, groups } => {
-            let v = call(
-                &server,
-                "POST",
-                &format!("devices/{serial}/groups"),
-                Some(serde_json::json!({ "groups": groups })),
-            )?;
-            eprintln!("device {serial}: groups {}", v["groups"]);
+            let v: DeviceGroups = call(&server, "POST", &format!("devices/{serial}/groups"), Some(&Groups { groups }))?;
+            eprintln!("device {serial}: groups {}", serde_json::to_string(&v.groups)?);
             return Ok(());
         }
-        DeviceCommand::Accept { server, serial } => (server, serial, "accept"),
-        DeviceCommand::Revoke { server, serial } => (server, serial, "revoke"),
-        DeviceCommand::Remove { server, serial } => (server, serial, "remove"),
+        DeviceCommand::Accept { server, serial } => (server, serial, DeviceAction::Accept),
+        DeviceCommand::Revoke { server, serial } => (server, serial, DeviceAction::Revoke),
+        DeviceCommand::Remove { server, serial } => (server, serial, DeviceAction::Remove),
         DeviceCommand::ApproveReenrollment { server, serial, request } => {
-            let body = serde_json::json!({ "request": request });
-            call(&server, "POST", &format!("devices/{serial}/approve-reenrollment"), Some(body))?;
+            let body = ferry_api::admin::Approval { request: request.clone() };
+            let path = format!("devices/{serial}/{}", DeviceAction::ApproveReenrollment.as_str());
+            let _: DeviceActionAnswer = call(&server, "POST", &path, Some(&body))?;
             eprintln!("device {serial}: re-enrollment {request} approved");
             return Ok(());
         }
-        DeviceCommand::RejectReenrollment { server, serial } => (server, serial, "reject-reenrollment"),
+        DeviceCommand::RejectReenrollment { server, serial } => (server, serial, DeviceAction::RejectReenrollment),
     };
-    call(&server, "POST", &format!("devices/{serial}/{action}"), None)?;
-    eprintln!("device {serial}: {action} done");
+    let _: DeviceActionAnswer = get(&server, "POST", &format!("devices/{serial}/{}", action.as_str()))?;
+    eprintln!("device {serial}: {} done", action.as_str());
     Ok(())
 }
 
 pub fn audit(a: AuditArgs) -> Result<()> {
-    let v = call(&a.server, "GET", &format!("audit?limit={}", a.limit), None)?;
+    let entries: Vec<AuditEntry> = get(&a.server, "GET", &format!("audit?limit={}", a.limit))?;
     if a.json {
-        return crate::print_json(&v);
+        return print_sorted(&entries);
     }
-    for e in v.as_array().into_iter().flatten() {
-        println!("{}  {:<22} {:<14} {}", when(&e["at"]), text(&e["who"]), text(&e["action"]), text(&e["detail"]));
+    for e in entries {
+        println!("{}  {:<22} {:<14} {}", when(Some(e.at)), e.who, e.action, e.detail);
     }
     Ok(())
 }
@@ -458,37 +223,40 @@ pub fn audit(a: AuditArgs) -> Result<()> {
 pub fn config(cmd: ConfigCommand) -> Result<()> {
     match cmd {
         ConfigCommand::Set { server, scope, pairs } => {
-            let mut set = serde_json::Map::new();
+            let mut change = ConfigChange::default();
             for p in &pairs {
                 let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("{p:?} is not KEY=VALUE"))?;
-                set.insert(k.to_string(), Value::String(v.to_string()));
+                change.set.insert(k.to_string(), v.to_string());
             }
-            let v =
-                call(&server, "POST", &format!("config/{}", scope.path()), Some(serde_json::json!({ "set": set })))?;
-            eprintln!("configuration version {}", v["version"]);
+            let v: ConfigVersion = call(&server, "POST", &format!("config/{}", scope.path()), Some(&change))?;
+            eprintln!("configuration version {}", v.version);
         }
         ConfigCommand::Unset { server, scope, keys } => {
-            let v =
-                call(&server, "POST", &format!("config/{}", scope.path()), Some(serde_json::json!({ "unset": keys })))?;
-            eprintln!("configuration version {}", v["version"]);
+            let change = ConfigChange { unset: keys, ..ConfigChange::default() };
+            let v: ConfigVersion = call(&server, "POST", &format!("config/{}", scope.path()), Some(&change))?;
+            eprintln!("configuration version {}", v.version);
         }
-        ConfigCommand::Get { server, scope, key } => {
-            let v = show(&server, &scope)?;
-            match v["values"].get(&key).and_then(Value::as_str) {
-                Some(value) => println!("{value}"),
-                None => bail!("{key} is not set at {}", scope.path()),
-            }
-        }
+        ConfigCommand::Get { server, scope, key } => match show(&server, &scope)?.values().get(&key) {
+            Some(value) => println!("{value}"),
+            None => bail!("{key} is not set at {}", scope.path()),
+        },
         ConfigCommand::Show { server, scope, json } => {
-            let v = show(&server, &scope)?;
+            let shown = show(&server, &scope)?;
             if json {
-                return crate::print_json(&v);
+                return match &shown {
+                    Shown::Level(l) => print_sorted(l),
+                    Shown::Merged(m) => print_sorted(m),
+                };
             }
-            println!("# {} (version {})", scope.path(), v["version"]);
-            for (k, value) in v["values"].as_object().into_iter().flatten() {
-                match v["sources"].get(k).and_then(Value::as_str) {
-                    Some(src) => println!("{k}={}    # {src}", value.as_str().unwrap_or_default()),
-                    None => println!("{k}={}", value.as_str().unwrap_or_default()),
+            let (version, sources) = match &shown {
+                Shown::Level(l) => (l.version, None),
+                Shown::Merged(m) => (m.version, Some(&m.sources)),
+            };
+            println!("# {} (version {version})", scope.path());
+            for (k, value) in shown.values() {
+                match sources.and_then(|s| s.get(k)) {
+                    Some(src) => println!("{k}={value}    # {src}"),
+                    None => println!("{k}={value}"),
                 }
             }
         }
@@ -496,58 +264,86 @@ pub fn config(cmd: ConfigCommand) -> Result<()> {
     Ok(())
 }
 
-/// One level's values, or a device's merged configuration with `sources`.
-fn show(server: &ServerArgs, scope: &ScopeArgs) -> Result<Value> {
-    match (&scope.group, &scope.device) {
-        (None, Some(d)) => call(server, "GET", &format!("devices/{d}/config"), None),
-        _ => call(server, "GET", &format!("config/{}", scope.path()), None),
+/// What `ferry config show` and `get` read: one level's values, or (with --device) a
+/// device's merged configuration with the level of each key.
+enum Shown {
+    Level(ConfigLevel),
+    Merged(MergedConfig),
+}
+
+impl Shown {
+    fn values(&self) -> &std::collections::BTreeMap<String, String> {
+        match self {
+            Shown::Level(l) => &l.values,
+            Shown::Merged(m) => &m.values,
+        }
     }
 }
 
-fn print_rollout(v: &Value) {
+fn show(server: &ServerArgs, scope: &ScopeArgs) -> Result<Shown> {
+    match (&scope.group, &scope.device) {
+        (None, Some(d)) => Ok(Shown::Merged(get(server, "GET", &format!("devices/{d}/config"))?)),
+        _ => Ok(Shown::Level(get(server, "GET", &format!("config/{}", scope.path()))?)),
+    }
+}
+
+fn print_rollout(s: &RolloutStatus) {
+    let r = &s.rollout;
     println!(
         "{:<12} {:<8} {:>3}%{}  took {} of {} eligible ({} on the channel), {} failed; from serial {}",
-        text(&v["channel"]),
-        text(&v["state"]),
-        v["percent"],
-        v["group"].as_str().map(|g| format!(" of group {g}")).unwrap_or_default(),
-        v["took"],
-        v["eligible"],
-        v["devices"],
-        v["failed"],
-        v["base_serial"]
+        r.channel,
+        r.state.as_str(),
+        r.percent,
+        r.group.as_ref().map(|g| format!(" of group {g}")).unwrap_or_default(),
+        s.took,
+        s.eligible,
+        s.devices,
+        s.failed,
+        r.base_serial
     );
-    if let Some(r) = v["halt_reason"].as_str() {
-        println!("             halted: {r}");
+    if let Some(reason) = &r.halt_reason {
+        println!("             halted: {reason}");
     }
 }
 
 pub fn rollout(cmd: RolloutCommand) -> Result<()> {
-    let (server, channel, action, body) = match cmd {
+    let (server, channel, action) = match cmd {
         RolloutCommand::Status { server, json } => {
-            let v = call(&server, "GET", "rollouts", None)?;
+            let list: Vec<RolloutStatus> = get(&server, "GET", "rollouts")?;
             if json {
-                return crate::print_json(&v);
+                return print_sorted(&list);
             }
-            for r in v.as_array().into_iter().flatten() {
+            for r in &list {
                 print_rollout(r);
             }
             return Ok(());
         }
         RolloutCommand::Start { server, channel, percent, group, max_failures } => {
-            let body = serde_json::json!({ "percent": percent, "group": group, "max_failure_percent": max_failures });
-            (server, channel, "start", Some(body))
+            let body = RolloutRequest { group, max_failure_percent: Some(max_failures), percent: Some(percent) };
+            (server, channel, Body::Start(body))
         }
         RolloutCommand::SetPercent { server, channel, percent } => {
-            (server, channel, "set-percent", Some(serde_json::json!({ "percent": percent })))
+            (server, channel, Body::SetPercent(SetPercent { percent }))
         }
-        RolloutCommand::Pause { server, channel } => (server, channel, "pause", None),
-        RolloutCommand::Resume { server, channel } => (server, channel, "resume", None),
-        RolloutCommand::Abort { server, channel } => (server, channel, "abort", None),
+        RolloutCommand::Pause { server, channel } => (server, channel, Body::None(RolloutAction::Pause)),
+        RolloutCommand::Resume { server, channel } => (server, channel, Body::None(RolloutAction::Resume)),
+        RolloutCommand::Abort { server, channel } => (server, channel, Body::None(RolloutAction::Abort)),
     };
     // Channel names may hold `/`: one path segment, escaped.
     let segment = channel.replace('%', "%25").replace('/', "%2F");
-    let v = call(&server, "POST", &format!("rollouts/{segment}/{action}"), body)?;
-    print_rollout(&v);
+    let path = |a: RolloutAction| format!("rollouts/{segment}/{}", a.as_str());
+    let status: RolloutStatus = match action {
+        Body::Start(b) => call(&server, "POST", &path(RolloutAction::Start), Some(&b))?,
+        Body::SetPercent(b) => call(&server, "POST", &path(RolloutAction::SetPercent), Some(&b))?,
+        Body::None(a) => get(&server, "POST", &path(a))?,
+    };
+    print_rollout(&status);
     Ok(())
+}
+
+/// A rollout action and the body it sends.
+enum Body {
+    Start(RolloutRequest),
+    SetPercent(SetPercent),
+    None(RolloutAction),
 }

@@ -335,7 +335,7 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(String::from_utf8_lossy(&r.stderr).contains("gives document serial 2 to 10%"));
     // Halted: refused, nothing written; forced: written, with a warning.
-    f.change_rollout(&Caller::Local, "stable", "pause", None).unwrap();
+    f.change_rollout(&Caller::Local, "stable", ferry_publisher::fleet::RolloutAction::Pause, None).unwrap();
     std::fs::remove_file(&out).unwrap();
     let r = bundle(&[]);
     let err = String::from_utf8_lossy(&r.stderr);

@@ -256,7 +256,7 @@ fn a_rollout_at_10_percent_reaches_10_percent_of_1000_devices_the_same_ones_afte
     assert_eq!(again, first, "the chosen devices changed across a restart");
     // Raising the share keeps every device already chosen.
     let f = Fleet::open(&path, Settings::default()).unwrap();
-    f.change_rollout(&Caller::Local, "stable", "set-percent", Some(30)).unwrap();
+    f.change_rollout(&Caller::Local, "stable", ferry_publisher::fleet::RolloutAction::SetPercent, Some(30)).unwrap();
     let more = picks(&f);
     assert!(first.iter().all(|s| more.contains(s)));
     assert!((240..=360).contains(&more.len()), "{} devices chosen at 30%", more.len());

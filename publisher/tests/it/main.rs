@@ -9,6 +9,7 @@ mod corruption;
 mod determinism;
 mod fleet_attacks;
 mod fleet_cli;
+mod fleet_rules;
 mod roundtrip;
 mod serve;
 mod web_ui;

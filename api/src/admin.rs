@@ -1,0 +1,344 @@
+//! The admin API (`/v1/admin/…`, an admin token): devices, tokens, configuration,
+//! rollouts and the audit log, as `ferry` and the web UI speak it. The channel documents of
+//! `/v1/admin/channels` and `…/promote` are `ferry channel show --json`'s and
+//! `ferry promote --json`'s views, owned by the server's `channels` module.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::device::{DeviceState, Report};
+
+/// What a token is for, from its prefix: `fa_` admin, `fe_` enrollment, `fd_` device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    Admin,
+    Enrollment,
+    Device,
+}
+
+impl TokenKind {
+    /// The kind as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "admin",
+            TokenKind::Enrollment => "enrollment",
+            TokenKind::Device => "device",
+        }
+    }
+}
+
+/// `GET /v1/admin/tokens`: a token's kind and whom it belongs to (an admin's or enrollment
+/// token's name, a device's serial), never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub kind: TokenKind,
+    pub name: String,
+    pub created: i64,
+}
+
+/// `POST /v1/admin/tokens`: a new admin or enrollment token named `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub kind: TokenKind,
+    pub name: String,
+}
+
+/// The answer to a [`TokenRequest`] (201): the token, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+}
+
+/// The answer to `POST /v1/admin/tokens/{name}/revoke`: how many tokens had that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensRevoked {
+    pub revoked: usize,
+}
+
+/// Something that happened to a device (its history, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: i64,
+    pub what: String,
+}
+
+/// A re-enrollment request as the admin API shows it (never its token's hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReenrollmentView {
+    pub at: i64,
+    /// The name of the enrollment token it used.
+    pub enrollment_token: String,
+    pub hardware: String,
+    /// The request's fingerprint: the first 12 hex digits of its token's BLAKE3 hash, as
+    /// `ferryd status` shows it on the board that holds the token.
+    pub request: String,
+}
+
+/// A device as `GET /v1/admin/devices` lists it, and as `GET /v1/admin/devices/{serial}`
+/// shows it (with `events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// The operator who accepted it (or approved its re-enrollment).
+    pub accepted_by: Option<String>,
+    pub enrolled: i64,
+    /// Its history, oldest first: only in the answer about one device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Event>>,
+    /// In precedence order: a later group's value wins.
+    pub groups: Vec<String>,
+    pub hardware: String,
+    pub last_seen: Option<i64>,
+    pub reenrollment: Option<ReenrollmentView>,
+    pub report: Report,
+    pub serial: String,
+    pub state: DeviceState,
+}
+
+/// What an operator does to a device: `POST /v1/admin/devices/{serial}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    Accept,
+    Revoke,
+    Remove,
+    /// Needs an [`Approval`] body.
+    ApproveReenrollment,
+    RejectReenrollment,
+}
+
+impl DeviceAction {
+    pub const ALL: [DeviceAction; 5] = [
+        DeviceAction::Accept,
+        DeviceAction::Revoke,
+        DeviceAction::Remove,
+        DeviceAction::ApproveReenrollment,
+        DeviceAction::RejectReenrollment,
+    ];
+
+    /// The action's path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceAction::Accept => "accept",
+            DeviceAction::Revoke => "revoke",
+            DeviceAction::Remove => "remove",
+            DeviceAction::ApproveReenrollment => "approve-reenrollment",
+            DeviceAction::RejectReenrollment => "reject-reenrollment",
+        }
+    }
+
+    /// The action a path segment names.
+    pub fn parse(s: &str) -> Option<DeviceAction> {
+        DeviceAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// The body of `approve-reenrollment`: the fingerprint of the request being approved, so a
+/// newer request cannot slip in between looking and approving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub request: String,
+}
+
+/// How a re-enrollment request was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settled {
+    Approved,
+    Rejected,
+}
+
+/// The answer to a [`DeviceAction`]: the device and its new state; `removed` for `remove`
+/// (which has no state left), `reenrollment` for approving or rejecting a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceActionAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenrollment: Option<Settled>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<bool>,
+    pub serial: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<DeviceState>,
+}
+
+/// `POST /v1/admin/devices/{serial}/groups`, and its answer with the device's serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Groups {
+    pub groups: Vec<String>,
+}
+
+/// The answer to [`Groups`]: the device's groups, in precedence order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGroups {
+    pub groups: Vec<String>,
+    pub serial: String,
+}
+
+/// `GET /v1/admin/config/{level}`: one level's values and the configuration version of its
+/// last change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigLevel {
+    pub version: u64,
+    pub values: BTreeMap<String, String>,
+}
+
+/// `GET /v1/admin/devices/{serial}/config`: a device's merged configuration and, per key,
+/// the level it comes from (`fleet`, `group NAME`, `device SERIAL`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedConfig {
+    pub version: u64,
+    pub values: BTreeMap<String, String>,
+    pub sources: BTreeMap<String, String>,
+}
+
+/// `POST /v1/admin/config/{level}`: keys to set and keys to remove (an empty side is left
+/// out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
+}
+
+/// The answer to a [`ConfigChange`]: the new configuration version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersion {
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    Running,
+    /// Stopped by an operator or by the automatic halt: no device starts taking it.
+    Paused,
+    /// Stopped for good: devices that took it keep it (promote with --rollback to move
+    /// them back); the others stay on the base document.
+    Aborted,
+}
+
+impl RolloutState {
+    /// The state as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+}
+
+/// What an operator does to a rollout: `POST /v1/admin/rollouts/{channel}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    /// Needs `percent` and takes `group` and `max_failure_percent` ([`RolloutRequest`]).
+    Start,
+    /// Needs `percent` ([`SetPercent`]); it only goes up.
+    SetPercent,
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutAction {
+    pub const ALL: [RolloutAction; 5] = [
+        RolloutAction::Start,
+        RolloutAction::SetPercent,
+        RolloutAction::Pause,
+        RolloutAction::Resume,
+        RolloutAction::Abort,
+    ];
+
+    /// The action's path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Start => "start",
+            RolloutAction::SetPercent => "set-percent",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Abort => "abort",
+        }
+    }
+
+    /// The action a path segment names.
+    pub fn parse(s: &str) -> Option<RolloutAction> {
+        RolloutAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// The body of a rollout action, as the server reads it: `start` takes all three,
+/// `set-percent` the percent, the others none (or no body at all).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    pub group: Option<String>,
+    /// Pause by itself above this share of failures (default 10).
+    pub max_failure_percent: Option<u8>,
+    pub percent: Option<u8>,
+}
+
+/// The body `ferry rollout set-percent` sends (a [`RolloutRequest`] with only the percent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPercent {
+    pub percent: u8,
+}
+
+/// A staged rollout on a channel: the channel's document at the start (`base`) is what
+/// devices outside the rollout keep getting; any newer document of the channel goes only to
+/// `percent` of the (eligible) devices, chosen by a hash of channel and serial, so the same
+/// devices go first every time and none flips between versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub channel: String,
+    /// The id of the base document.
+    pub base: String,
+    pub base_serial: u64,
+    pub percent: u8,
+    /// Only devices in this group take part.
+    pub group: Option<String>,
+    pub state: RolloutState,
+    /// Pause by itself when more than this share (percent) of the devices that took the new
+    /// document report a rollback or a failed update.
+    pub max_failure_percent: u8,
+    pub halt_reason: Option<String>,
+    pub started: i64,
+    /// The audit sequence number of the start: devices enrolled after it, never accepted by
+    /// an operator, do not count.
+    #[serde(default)]
+    pub started_seq: Option<u64>,
+}
+
+/// `GET /v1/admin/rollouts` (each), and the answer to a rollout action: how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    /// Devices reporting this channel, those the rollout may reach (its group), those that
+    /// took a newer document than the base, and those of them that failed: only devices that
+    /// count (accepted by an operator, or enrolled before the start).
+    pub devices: usize,
+    pub eligible: usize,
+    pub took: usize,
+    pub failed: usize,
+    /// Devices reporting this channel that do not count: enrolled during the rollout and
+    /// never accepted by an operator.
+    pub uncounted: usize,
+}
+
+/// One line of the audit log (`GET /v1/admin/audit?limit=N`, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: i64,
+    /// `admin:<name>`, `device:<serial>`, `local` for the command line on the server, or
+    /// `server` for the server itself (the automatic halt of a rollout).
+    pub who: String,
+    pub action: String,
+    pub detail: String,
+}

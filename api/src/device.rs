@@ -1,0 +1,98 @@
+//! The device API: enrollment and check-in, the only two calls `ferryd` makes to a fleet
+//! server (`POST /v1/device/enroll`, `POST /v1/device/checkin`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest free-text field of a [`Report`] (`last_error`, `config_error`): the server
+/// refuses longer ones, the device cuts its own there.
+pub const MAX_REPORT_TEXT: usize = 4096;
+
+/// A device's state in the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Enrolled, waiting for `ferry device accept` (or a re-enrollment waiting for approval).
+    Pending,
+    Accepted,
+    Revoked,
+}
+
+impl DeviceState {
+    /// The state as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Accepted => "accepted",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+}
+
+/// `POST /v1/device/enroll`: who the device says it is, and the fleet's enrollment token
+/// (in every image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub enrollment_token: String,
+    pub hardware: String,
+    pub serial: String,
+}
+
+/// The answer to an enrollment: the device's token (`fd_…`) and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub device_token: String,
+    pub state: DeviceState,
+}
+
+/// `POST /v1/device/checkin`: what a device reports, what `ferryd status` knows. Every field
+/// is optional and written as `null` when unknown; fields this version does not know (from a
+/// newer agent) are ignored, so a newer agent can report to an older server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub agent_version: Option<String>,
+    pub channel: Option<String>,
+    /// Why the newest configuration failed to apply.
+    pub config_error: Option<String>,
+    /// The configuration version the device applied.
+    pub config_version: Option<u64>,
+    pub current: Option<String>,
+    pub current_version: Option<String>,
+    /// A developer's working copy (or an unlocked copy) runs instead of a deployment.
+    pub dev: Option<bool>,
+    pub free_bytes: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_result: Option<String>,
+    /// A developer pinned the device: it takes no fleet update.
+    pub pinned: Option<bool>,
+    pub previous: Option<String>,
+    /// Progress of a running update, 0..=100.
+    pub progress: Option<u8>,
+    /// `"none"`, `"good"`, `"on trial (N boots)"`.
+    pub trial: Option<String>,
+    pub uptime: Option<u64>,
+}
+
+/// The configuration a device runs with: the fleet's, its groups' and its own values merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    pub values: BTreeMap<String, String>,
+    pub version: u64,
+}
+
+/// The answer to a check-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinAnswer {
+    /// The channel the device reported following.
+    pub channel: Option<String>,
+    /// The channel's signed document (an envelope, in hex) the device gets (during a
+    /// rollout, the base document for devices outside its share); `null` without a channel.
+    pub channel_document: Option<String>,
+    /// The merged configuration (absent from servers older than configuration).
+    #[serde(default)]
+    pub config: Option<DeviceConfig>,
+    pub serial: String,
+    pub state: DeviceState,
+}

@@ -1,0 +1,265 @@
+//! The arguments of `ferry admin`, `ferry devices`, `ferry device`, `ferry config`,
+//! `ferry rollout` and `ferry audit` (clap), as the operator types them. What it is not
+//! for: what the commands do (`cli_fleet`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The fleet server's base URL, e.g. http://updates.example.com:8080.
+    #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
+    pub(super) server: String,
+    /// An admin token (`ferry admin token create`).
+    #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub(super) token: String,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Admin and enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Creates a token and prints it (the only time it is shown). `--enrollment` makes a
+    /// fleet enrollment token for provisioning images instead of an admin token.
+    Create {
+        /// A name for the token, recorded in the audit log as its user.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        enrollment: bool,
+        /// Write into the fleet store directly (the server must be stopped): for the first
+        /// admin token.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token"])]
+        fleet: Option<PathBuf>,
+        #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
+        server: Option<String>,
+        #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Lists token names and kinds.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes every admin or enrollment token with this name.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct DevicesArgs {
+    #[command(flatten)]
+    pub(super) server: ServerArgs,
+    /// Only devices in this group.
+    #[arg(long)]
+    pub(super) group: Option<String>,
+    /// Only devices following this channel.
+    #[arg(long)]
+    pub(super) channel: Option<String>,
+    /// Only devices in this state: pending, accepted, revoked (or a trial state).
+    #[arg(long)]
+    pub(super) state: Option<String>,
+    /// Print the result as JSON on stdout, for scripts.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// One device's details and history.
+    Show {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lets a device that enrolled while approval is required check in.
+    Accept {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Revokes a device: its token stops working at once and it cannot enroll again.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Forgets a device and its history; it may enroll again.
+    Remove {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Approves a known device's new enrollment (`ferry device show` lists it): its new
+    /// token replaces the old one, which stops working at once. Only for a board you know
+    /// was reflashed or replaced: anyone with the enrollment token can ask.
+    ApproveReenrollment {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+        /// The request's fingerprint, as `ferry device show` lists it; check it against
+        /// `ferryd status` on the board. A newer request (anyone can make one) is refused.
+        #[arg(long, value_name = "FINGERPRINT")]
+        request: String,
+    },
+    /// Rejects a known device's new enrollment: the device keeps its token.
+    RejectReenrollment {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+    },
+    /// Sets a device's groups, in precedence order: a later group's value wins. No group
+    /// clears them.
+    Groups {
+        #[command(flatten)]
+        server: ServerArgs,
+        serial: String,
+        groups: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct ScopeArgs {
+    /// The fleet-wide level (the default).
+    #[arg(long, conflicts_with_all = ["group", "device"])]
+    pub(super) fleet: bool,
+    /// A group's level.
+    #[arg(long, value_name = "GROUP", conflicts_with = "device")]
+    pub(super) group: Option<String>,
+    /// One device's level (for `show`: its merged configuration and where each key comes from).
+    #[arg(long, value_name = "SERIAL")]
+    pub(super) device: Option<String>,
+}
+
+impl ScopeArgs {
+    pub(super) fn path(&self) -> String {
+        match (&self.group, &self.device) {
+            (Some(g), _) => format!("group/{g}"),
+            (None, Some(d)) => format!("device/{d}"),
+            (None, None) => "fleet".into(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Sets KEY=VALUE pairs at one level (fleet, group or device); a narrower level wins.
+    Set {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        pairs: Vec<String>,
+    },
+    /// Removes keys from one level.
+    Unset {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+    },
+    /// Prints one key's value at one level (with --device: the device's merged value).
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        key: String,
+    },
+    /// Shows one level's values (with --device: the merged configuration and each key's level).
+    Show {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Starts a staged rollout: the channel's current document stays what everyone gets;
+    /// the next one promoted to it goes to PERCENT of the devices (of --group) first.
+    Start {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+        /// Only devices in this group take part.
+        #[arg(long)]
+        group: Option<String>,
+        /// Pause by itself when more than this share (percent) of the devices that took the
+        /// new release roll back or fail.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_failures: u8,
+    },
+    /// Raises the share of devices that take the new release (it never goes down: lowering
+    /// would take it away from devices that have it).
+    SetPercent {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+    },
+    /// No more devices start taking the new release.
+    Pause {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+    },
+    /// Continues a paused or halted rollout.
+    Resume {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+    },
+    /// Stops for good: devices that took the release keep it (promote the previous commit
+    /// with --rollback to move them back); the others stay where they are.
+    Abort {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+    },
+    /// Every rollout: state, share, devices that took it and failed, and why it halted.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub(super) server: ServerArgs,
+    /// How many of the newest entries.
+    #[arg(long, default_value_t = 50)]
+    pub(super) limit: usize,
+    /// Print the result as JSON on stdout, for scripts.
+    #[arg(long)]
+    pub(super) json: bool,
+}

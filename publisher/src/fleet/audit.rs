@@ -1,0 +1,42 @@
+//! The audit log: one entry per change, with who made it, written in the same synced batch
+//! as the change. Its sequence numbers also order enrollments against the start of rollouts
+//! ([`super::counts_for`]). What it is not for: a device's own history (`devices`).
+
+use ferry_store::kv::Op;
+
+use super::{json, now, parse, AuditEntry, Caller, Fleet, FleetError, Result, AUDIT};
+
+impl Fleet {
+    /// The audit entry for `action`, with the next sequence number (caller holds the lock).
+    pub(super) fn audit_op(&self, who: &Caller, action: &str, detail: String) -> Result<Op> {
+        let seq = self.next_audit_seq()?;
+        let entry = AuditEntry { seq, at: now(), who: who.who(), action: action.into(), detail };
+        Ok(Op::Put { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
+    }
+
+    /// The sequence number the next audit entry gets (caller holds the lock).
+    pub(super) fn next_audit_seq(&self) -> Result<u64> {
+        Ok(match self.kv.last(AUDIT)? {
+            Some((k, _)) => {
+                u64::from_be_bytes(k.try_into().map_err(|_| FleetError::Damaged {
+                    what: "audit log".into(),
+                    why: "a key is not 8 bytes".into(),
+                })?) + 1
+            }
+            None => 1,
+        })
+    }
+
+    /// Records an action done elsewhere (a promotion through the admin API) in the audit log.
+    pub fn record(&self, who: &Caller, action: &str, detail: String) -> Result<()> {
+        let _g = self.lock();
+        Ok(self.kv.write(vec![self.audit_op(who, action, detail)?])?)
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let all = self.kv.scan(AUDIT, b"")?;
+        let skip = all.len().saturating_sub(limit);
+        all.iter().skip(skip).map(|(_, v)| parse(v, || "audit entry".into())).collect()
+    }
+}

@@ -1,0 +1,164 @@
+//! Configuration: key-value levels for the fleet, each group and each device, merged for a
+//! device in that order (a later group wins), with one version counter every change bumps.
+//! What it is not for: applying it (the device does, from its check-in answer).
+
+use ferry_store::kv::Op;
+
+use super::{
+    check_name, json, parse, Caller, Device, Fleet, FleetError, Level, Merged, Result, CONFIG, CONFIG_VERSION, DEVICES,
+    MAX_CONFIG_KEYS, MAX_NAME, MAX_TEXT,
+};
+
+/// Where a configuration value is set; the narrower level wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Fleet,
+    Group(String),
+    Device(String),
+}
+
+impl Scope {
+    pub(super) fn key(&self) -> Vec<u8> {
+        match self {
+            Scope::Fleet => b"fleet".to_vec(),
+            Scope::Group(g) => format!("group/{g}").into_bytes(),
+            Scope::Device(d) => format!("device/{d}").into_bytes(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Fleet => "fleet".into(),
+            Scope::Group(g) => format!("group {g}"),
+            Scope::Device(d) => format!("device {d}"),
+        }
+    }
+}
+
+/// Checks a configuration key: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, at
+/// most 128 bytes), so the env-file form needs no quoting of keys.
+pub fn check_config_key(k: &str) -> Result<()> {
+    let ok = !k.is_empty()
+        && k.len() <= MAX_NAME
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !k.as_bytes()[0].is_ascii_digit();
+    if !ok {
+        return Err(FleetError::BadRequest(format!(
+            "configuration key {k:?} must be 1 to {MAX_NAME} letters, digits or `_`, not starting with a digit"
+        )));
+    }
+    Ok(())
+}
+
+impl Fleet {
+    fn config_version(&self) -> Result<u64> {
+        match self.kv.get(CONFIG, CONFIG_VERSION)? {
+            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| FleetError::Damaged {
+                what: "configuration version".into(),
+                why: "not 8 bytes".into(),
+            })?)),
+            None => Ok(0),
+        }
+    }
+
+    /// One level's values (empty if never set).
+    pub fn level(&self, scope: &Scope) -> Result<Level> {
+        match self.kv.get(CONFIG, &scope.key())? {
+            Some(v) => parse(&v, || format!("configuration of {}", scope.describe())),
+            None => Ok(Level::default()),
+        }
+    }
+
+    /// Sets and unsets keys at one level; returns the new configuration version. A device
+    /// level needs the device to exist.
+    pub fn set_config(&self, who: &Caller, scope: &Scope, set: &[(String, String)], unset: &[String]) -> Result<u64> {
+        for (k, v) in set {
+            check_config_key(k)?;
+            if v.len() > MAX_TEXT || v.chars().any(char::is_control) {
+                return Err(FleetError::BadRequest(format!(
+                    "value of {k} must be at most {MAX_TEXT} bytes, on one line, without control characters"
+                )));
+            }
+        }
+        for k in unset {
+            check_config_key(k)?;
+        }
+        match scope {
+            Scope::Group(g) => check_name("group", g)?,
+            Scope::Device(d) => check_name("serial", d)?,
+            Scope::Fleet => {}
+        }
+        let _g = self.lock();
+        if let Scope::Device(d) = scope {
+            self.device(d)?;
+        }
+        let mut level = self.level(scope)?;
+        for (k, v) in set {
+            level.values.insert(k.clone(), v.clone());
+        }
+        for k in unset {
+            level.values.remove(k);
+        }
+        if level.values.len() > MAX_CONFIG_KEYS {
+            return Err(FleetError::BadRequest(format!(
+                "{} would hold more than {MAX_CONFIG_KEYS} keys",
+                scope.describe()
+            )));
+        }
+        let version = self.config_version()? + 1;
+        level.version = version;
+        let mut detail: Vec<String> = set.iter().map(|(k, _)| format!("set {k}")).collect();
+        detail.extend(unset.iter().map(|k| format!("unset {k}")));
+        let ops = vec![
+            Op::Put { table: CONFIG, key: scope.key(), value: json(&level) },
+            Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
+            self.audit_op(who, "config", format!("{}: {}", scope.describe(), detail.join(", ")))?,
+        ];
+        self.kv.write(ops)?;
+        Ok(version)
+    }
+
+    /// Sets a device's groups, in precedence order (a later group wins).
+    pub fn set_groups(&self, who: &Caller, serial: &str, groups: &[String]) -> Result<Device> {
+        for g in groups {
+            check_name("group", g)?;
+        }
+        let mut unique = groups.to_vec();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != groups.len() {
+            return Err(FleetError::BadRequest("a group is named twice".into()));
+        }
+        let _g = self.lock();
+        let _d = self.device_lock(serial);
+        let mut d = self.device(serial)?;
+        let version = self.config_version()? + 1;
+        d.groups = groups.to_vec();
+        d.groups_version = version;
+        let ops = vec![
+            Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) },
+            Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
+            self.audit_op(who, "groups", format!("device {serial}: {}", groups.join(", ")))?,
+        ];
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+
+    /// A device's configuration: fleet, then its groups in order, then its own values, the
+    /// later winning. Its version is the newest change among them, so it only grows.
+    pub fn merged_config(&self, device: &Device) -> Result<Merged> {
+        let mut scopes = vec![Scope::Fleet];
+        scopes.extend(device.groups.iter().map(|g| Scope::Group(g.clone())));
+        scopes.push(Scope::Device(device.serial.clone()));
+        let mut m = Merged { version: device.groups_version, ..Default::default() };
+        for scope in scopes {
+            let level = self.level(&scope)?;
+            m.version = m.version.max(level.version);
+            for (k, v) in level.values {
+                m.sources.insert(k.clone(), scope.describe());
+                m.values.insert(k, v);
+            }
+        }
+        Ok(m)
+    }
+}

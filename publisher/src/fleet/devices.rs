@@ -1,0 +1,405 @@
+//! Devices: the record the store keeps of each (state, token hash, groups, last report, the
+//! documents it was served), check-ins and their reports, each device's history, and the
+//! operator's accept, revoke and remove. What it is not for: enrollment (`enrollment`),
+//! configuration (`config`) or rollouts (`rollouts`), which read and update these records.
+
+use ferry_store::kv::Op;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    json, now, parse, Caller, DeviceState, Event, Fleet, FleetError, Report, Result, Scope, CONFIG, DEVICES, EVENTS,
+    MAX_EVENTS, MAX_NAME, MAX_TEXT, TOKENS,
+};
+
+/// A device's record in the store (the admin API shows it as [`Device::view`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub serial: String,
+    pub hardware: String,
+    pub state: DeviceState,
+    pub enrolled: i64,
+    /// Hash of the device's current token (hex).
+    pub token: String,
+    /// Groups in precedence order: a later group's value wins over an earlier one's.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The configuration version at the last change of `groups`.
+    #[serde(default)]
+    pub groups_version: u64,
+    pub last_seen: Option<i64>,
+    #[serde(default, with = "stored_report")]
+    pub report: Report,
+    /// Per channel, the highest document serial this device was given at check-in.
+    #[serde(default)]
+    pub served: std::collections::BTreeMap<String, u64>,
+    /// Per channel, the serial it was given when it last reported a rollback or an aborted
+    /// update (kept, so failures spread over time add up for the automatic halt).
+    #[serde(default)]
+    pub failed: std::collections::BTreeMap<String, u64>,
+    /// The operator who accepted the device (or approved its re-enrollment); `None` for a
+    /// device accepted automatically (no `--require-approval`).
+    #[serde(default)]
+    pub accepted_by: Option<String>,
+    /// The audit sequence number of its enrollment, which orders it exactly against the
+    /// start of a rollout (`None` in records written before it was kept).
+    #[serde(default)]
+    pub enrolled_seq: Option<u64>,
+    /// A later enrollment of this serial, waiting for an operator.
+    #[serde(default)]
+    pub reenrollment: Option<Reenrollment>,
+}
+
+/// An enrollment of a serial the fleet already knows: the device keeps its state and token
+/// until an operator approves this one (its token then replaces the device's) or rejects it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reenrollment {
+    /// Hash of the token it was given (hex); that token works nowhere until approved.
+    pub token: String,
+    pub hardware: String,
+    pub at: i64,
+    /// The name of the enrollment token it used.
+    pub enrollment_token: String,
+}
+
+impl Reenrollment {
+    /// The request's fingerprint: the first 12 hex digits of its token's BLAKE3 hash, which
+    /// `ferryd status` shows on the device that holds the token. An operator approves a
+    /// request by it, so a newer request (anyone with the enrollment token can make one)
+    /// cannot slip in between looking and approving.
+    pub fn fingerprint(&self) -> &str {
+        self.token.get(..12).unwrap_or(&self.token)
+    }
+}
+
+impl Device {
+    /// The device as the admin API shows it (never its tokens' hashes); `events` only in
+    /// the answer about one device.
+    pub fn view(&self, events: Option<Vec<Event>>) -> ferry_api::admin::DeviceView {
+        ferry_api::admin::DeviceView {
+            accepted_by: self.accepted_by.clone(),
+            enrolled: self.enrolled,
+            events,
+            groups: self.groups.clone(),
+            hardware: self.hardware.clone(),
+            last_seen: self.last_seen,
+            reenrollment: self.reenrollment.as_ref().map(|r| ferry_api::admin::ReenrollmentView {
+                at: r.at,
+                enrollment_token: r.enrollment_token.clone(),
+                hardware: r.hardware.clone(),
+                request: r.fingerprint().to_string(),
+            }),
+            report: self.report.clone(),
+            serial: self.serial.clone(),
+            state: self.state,
+        }
+    }
+}
+
+/// Refuses reports with oversized fields or control characters, naming the field.
+pub fn check_report(report: &Report) -> Result<()> {
+    let short = [
+        ("current", &report.current),
+        ("current_version", &report.current_version),
+        ("previous", &report.previous),
+        ("channel", &report.channel),
+        ("trial", &report.trial),
+        ("last_result", &report.last_result),
+        ("agent_version", &report.agent_version),
+    ];
+    for (name, v) in short {
+        let max = if name == "channel" { 255 } else { MAX_NAME };
+        if v.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(FleetError::BadRequest(format!("report field {name} is longer than {max} bytes")));
+        }
+    }
+    // Reports are printed on operators' terminals: no escape sequences.
+    let texts = [&report.current, &report.current_version, &report.previous, &report.channel, &report.trial]
+        .into_iter()
+        .chain([&report.last_result, &report.agent_version, &report.last_error, &report.config_error]);
+    if texts.flatten().any(|v| v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')) {
+        return Err(FleetError::BadRequest("report fields may not contain control characters".into()));
+    }
+    for (name, v) in [("last_error", &report.last_error), ("config_error", &report.config_error)] {
+        if v.as_ref().is_some_and(|v| v.len() > MAX_TEXT) {
+            return Err(FleetError::BadRequest(format!("report field {name} is longer than {MAX_TEXT} bytes")));
+        }
+    }
+    if report.progress.is_some_and(|p| p > 100) {
+        return Err(FleetError::BadRequest("report field progress must be 0..=100".into()));
+    }
+    Ok(())
+}
+
+/// A report as a device record holds it: the fields in the order the store has always
+/// written them (the API's [`Report`] writes them alphabetically, as devices send them).
+mod stored_report {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Report;
+
+    #[derive(Default, Serialize, Deserialize)]
+    struct Stored {
+        current: Option<String>,
+        current_version: Option<String>,
+        previous: Option<String>,
+        channel: Option<String>,
+        trial: Option<String>,
+        last_result: Option<String>,
+        last_error: Option<String>,
+        progress: Option<u8>,
+        free_bytes: Option<u64>,
+        agent_version: Option<String>,
+        uptime: Option<u64>,
+        pinned: Option<bool>,
+        dev: Option<bool>,
+        config_version: Option<u64>,
+        config_error: Option<String>,
+    }
+
+    pub fn serialize<S: Serializer>(r: &Report, s: S) -> Result<S::Ok, S::Error> {
+        let r = r.clone();
+        Stored {
+            current: r.current,
+            current_version: r.current_version,
+            previous: r.previous,
+            channel: r.channel,
+            trial: r.trial,
+            last_result: r.last_result,
+            last_error: r.last_error,
+            progress: r.progress,
+            free_bytes: r.free_bytes,
+            agent_version: r.agent_version,
+            uptime: r.uptime,
+            pinned: r.pinned,
+            dev: r.dev,
+            config_version: r.config_version,
+            config_error: r.config_error,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Report, D::Error> {
+        let r = Stored::deserialize(d)?;
+        Ok(Report {
+            agent_version: r.agent_version,
+            channel: r.channel,
+            config_error: r.config_error,
+            config_version: r.config_version,
+            current: r.current,
+            current_version: r.current_version,
+            dev: r.dev,
+            free_bytes: r.free_bytes,
+            last_error: r.last_error,
+            last_result: r.last_result,
+            pinned: r.pinned,
+            previous: r.previous,
+            progress: r.progress,
+            trial: r.trial,
+            uptime: r.uptime,
+        })
+    }
+}
+
+impl Fleet {
+    pub fn device(&self, serial: &str) -> Result<Device> {
+        match self.kv.get(DEVICES, serial.as_bytes())? {
+            Some(v) => parse(&v, || format!("device {serial}")),
+            None => Err(FleetError::NotFound(format!("no device {serial}"))),
+        }
+    }
+
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        self.kv
+            .scan(DEVICES, b"")?
+            .iter()
+            .map(|(k, v)| parse(v, || format!("device {}", String::from_utf8_lossy(k))))
+            .collect()
+    }
+
+    pub(super) fn event_op(&self, serial: &str, what: String) -> Result<Op> {
+        self.event_ops(serial, vec![what])?
+            .pop()
+            .ok_or_else(|| FleetError::Damaged { what: format!("history of {serial}"), why: "no event".into() })
+    }
+
+    /// Ops appending `whats` to a device's history, in order (caller holds the lock).
+    pub(super) fn event_ops(&self, serial: &str, whats: Vec<String>) -> Result<Vec<Op>> {
+        if whats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut prefix = serial.as_bytes().to_vec();
+        prefix.push(0);
+        let existing = self.kv.scan(EVENTS, &prefix)?;
+        let next = match existing.last() {
+            Some((k, _)) => {
+                k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, |b| u64::from_be_bytes(b) + 1)
+            }
+            None => 0,
+        };
+        // The history keeps the newest MAX_EVENTS: older entries go in the same batch.
+        let excess = (existing.len() + whats.len()).saturating_sub(MAX_EVENTS);
+        let trims = existing.into_iter().take(excess).map(|(key, _)| Op::Delete { table: EVENTS, key });
+        let at = now();
+        let puts = whats.into_iter().zip(next..).map(|(what, seq)| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&seq.to_be_bytes());
+            Op::Put { table: EVENTS, key, value: json(&Event { at, what }) }
+        });
+        Ok(trims.chain(puts).collect())
+    }
+
+    /// A device's history, oldest first (at most [`MAX_EVENTS`]).
+    pub fn events(&self, serial: &str) -> Result<Vec<Event>> {
+        let mut prefix = serial.as_bytes().to_vec();
+        prefix.push(0);
+        let all = self.kv.scan(EVENTS, &prefix)?;
+        let skip = all.len().saturating_sub(MAX_EVENTS);
+        all.iter().skip(skip).map(|(_, v)| parse(v, || format!("event of device {serial}"))).collect()
+    }
+
+    /// Records a device's check-in. Changes worth a line in its history (a new current
+    /// commit, a new result or error) become events.
+    pub fn check_in(&self, device: &Device, report: Report) -> Result<Device> {
+        check_report(&report)?;
+        let _d = self.device_lock(&device.serial);
+        // Re-read under the lock: an operator may have revoked it meanwhile.
+        let mut d = self.device(&device.serial)?;
+        if d.state != DeviceState::Accepted || d.token != device.token {
+            return Err(FleetError::Forbidden(format!("device {} may not check in", d.serial)));
+        }
+        let mut whats = Vec::new();
+        let old = &d.report;
+        if report.current != old.current {
+            whats.push(format!(
+                "now runs {} ({})",
+                report.current_version.as_deref().unwrap_or("?"),
+                report.current.as_deref().unwrap_or("nothing")
+            ));
+        }
+        if report.last_result != old.last_result || report.last_error != old.last_error {
+            if let Some(r) = &report.last_result {
+                let what = match &report.last_error {
+                    Some(e) => format!("update {r}: {e}"),
+                    None => format!("update {r}"),
+                };
+                if !(r == "up-to-date" && report.last_error.is_none()) {
+                    whats.push(what);
+                }
+            }
+        }
+        let mut ops = self.event_ops(&d.serial, whats)?;
+        // A release that failed its trial: rolled back, refused by its pre-switch hook, or, as
+        // a device's first release, kept flagged bad with nothing to go back to.
+        if matches!(report.last_result.as_deref(), Some("rolled-back" | "aborted" | "failed"))
+            && report.last_result != old.last_result
+        {
+            if let Some(channel) = &report.channel {
+                if let Some(serial) = d.served.get(channel).copied() {
+                    d.failed.insert(channel.clone(), serial);
+                }
+            }
+        }
+        d.report = report;
+        d.last_seen = Some(now());
+        ops.push(Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) });
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+
+    fn set_state(&self, who: &Caller, serial: &str, state: DeviceState, action: &str) -> Result<Device> {
+        let _g = self.lock();
+        let _d = self.device_lock(serial);
+        let mut d = self.device(serial)?;
+        if d.state == DeviceState::Revoked && state == DeviceState::Accepted {
+            return Err(FleetError::BadRequest(format!(
+                "device {serial} is revoked; a revoked device stays revoked (remove it and enroll it again)"
+            )));
+        }
+        d.state = state;
+        let mut ops = Vec::new();
+        match state {
+            DeviceState::Accepted => d.accepted_by = Some(who.who()),
+            DeviceState::Revoked => {
+                // A revoked device's pending re-enrollment goes with it.
+                if let Some(r) = d.reenrollment.take() {
+                    let mut old = [0u8; 32];
+                    if hex::decode_to_slice(&r.token, &mut old).is_ok() {
+                        ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+                    }
+                }
+            }
+            DeviceState::Pending => {}
+        }
+        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
+        ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
+        ops.push(self.audit_op(who, action, format!("device {serial}"))?);
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+
+    pub fn accept(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.set_state(who, serial, DeviceState::Accepted, "accept")
+    }
+
+    /// Revokes a device: its token stops working at once and it cannot enroll again.
+    pub fn revoke(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.set_state(who, serial, DeviceState::Revoked, "revoke")
+    }
+
+    /// Forgets a device (its record, token and history); it may enroll again.
+    pub fn remove(&self, who: &Caller, serial: &str) -> Result<()> {
+        let _g = self.lock();
+        let _d = self.device_lock(serial);
+        let d = self.device(serial)?;
+        let mut ops = vec![Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() }];
+        for token in std::iter::once(&d.token).chain(d.reenrollment.as_ref().map(|r| &r.token)) {
+            let mut old = [0u8; 32];
+            if hex::decode_to_slice(token, &mut old).is_ok() {
+                ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+            }
+        }
+        let mut prefix = serial.as_bytes().to_vec();
+        prefix.push(0);
+        for (k, _) in self.kv.scan(EVENTS, &prefix)? {
+            ops.push(Op::Delete { table: EVENTS, key: k });
+        }
+        ops.push(Op::Delete { table: CONFIG, key: Scope::Device(serial.into()).key() });
+        ops.push(self.audit_op(who, "remove", format!("device {serial}"))?);
+        self.kv.write(ops)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device record is written exactly as the store always wrote it: the report's fields
+    /// in the store's order, not the API's.
+    #[test]
+    fn a_device_record_keeps_its_report_in_the_store_s_field_order() {
+        let d = Device {
+            serial: "SN-1".into(),
+            hardware: "rev-a".into(),
+            state: DeviceState::Accepted,
+            enrolled: 1,
+            token: "ab".into(),
+            groups: vec!["lab".into()],
+            groups_version: 0,
+            last_seen: None,
+            report: Report { channel: Some("stable".into()), uptime: Some(5), ..Report::default() },
+            served: Default::default(),
+            failed: Default::default(),
+            accepted_by: None,
+            enrolled_seq: Some(2),
+            reenrollment: None,
+        };
+        let text = String::from_utf8(json(&d)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"serial":"SN-1","hardware":"rev-a","state":"accepted","enrolled":1,"token":"ab","groups":["lab"],"groups_version":0,"last_seen":null,"report":{"current":null,"current_version":null,"previous":null,"channel":"stable","trial":null,"last_result":null,"last_error":null,"progress":null,"free_bytes":null,"agent_version":null,"uptime":5,"pinned":null,"dev":null,"config_version":null,"config_error":null},"served":{},"failed":{},"accepted_by":null,"enrolled_seq":2,"reenrollment":null}"#
+        );
+        let back: Device = parse(text.as_bytes(), || "device".into()).unwrap();
+        assert_eq!(back.report, d.report);
+    }
+}

@@ -1,0 +1,208 @@
+//! Enrollment with the fleet's enrollment token, rate-limited per token and overall, and
+//! re-enrollment requests: a known serial enrolling again gets a token that works nowhere
+//! until an operator approves the request (or rejects it). What it is not for: what an
+//! enrolled device does next (`devices`).
+
+use ferry_api::device::Enrolled;
+use ferry_store::kv::Op;
+
+use super::tokens::new_token;
+use super::{
+    check_name, hash, json, now, Caller, Device, DeviceState, Fleet, FleetError, Reenrollment, Report, Result,
+    TokenKind, TokenRecord, DEVICES, TOKENS,
+};
+
+/// The default of [`super::Settings::enrollments_per_minute`] (`ferry serve
+/// --enrollments-per-minute`): 10 at once, then one every 6 s per enrollment token.
+pub const ENROLLMENTS_PER_MINUTE: u32 = 10;
+
+/// All enrollment tokens together may make this many times one token's burst and rate.
+pub const ENROLL_ALL_FACTOR: u32 = 6;
+
+/// A token bucket holding at most `per_minute` units, refilled at `per_minute` a minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    /// Takes one unit if there is one; else the seconds until there will be.
+    fn take(&mut self, per_minute: u32) -> std::result::Result<(), u64> {
+        let now = std::time::Instant::now();
+        let rate = f64::from(per_minute) / 60.0;
+        self.level = (self.level + now.duration_since(self.at).as_secs_f64() * rate).min(f64::from(per_minute));
+        self.at = now;
+        if self.level >= 1.0 {
+            self.level -= 1.0;
+            return Ok(());
+        }
+        Err(if rate > 0.0 { ((1.0 - self.level) / rate).ceil().max(1.0) as u64 } else { 60 })
+    }
+}
+
+/// The enrollment rate limits: one bucket per enrollment token, one for all.
+#[derive(Debug, Default)]
+pub(super) struct EnrollLimits {
+    per_token: std::collections::HashMap<String, Bucket>,
+    all: Option<Bucket>,
+}
+
+impl Fleet {
+    /// Takes one enrollment from `token_name`'s bucket and the fleet's.
+    fn limit_enrollment(&self, token_name: &str) -> Result<()> {
+        let per_minute = self.settings.enrollments_per_minute;
+        let all_per_minute = per_minute.saturating_mul(ENROLL_ALL_FACTOR);
+        let mut limits = self.enroll_limits.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = |per_minute: u32| Bucket { level: f64::from(per_minute), at: std::time::Instant::now() };
+        if limits.per_token.len() > 10_000 {
+            limits.per_token.clear();
+        }
+        let mine = *limits.per_token.entry(token_name.to_string()).or_insert_with(|| fresh(per_minute));
+        let all = limits.all.unwrap_or_else(|| fresh(all_per_minute));
+        let (mut mine_after, mut all_after) = (mine, all);
+        let too_many = |what: String, retry_after| FleetError::TooMany { what, retry_after };
+        mine_after
+            .take(per_minute)
+            .map_err(|s| too_many(format!("too many enrollments with enrollment token {token_name}"), s))?;
+        all_after.take(all_per_minute).map_err(|s| too_many("too many enrollments".into(), s))?;
+        limits.per_token.insert(token_name.to_string(), mine_after);
+        limits.all = Some(all_after);
+        Ok(())
+    }
+
+    /// Enrolls a device with a fleet enrollment token. A serial the fleet knows keeps its
+    /// state and token: the enrollment becomes a re-enrollment request (its token works
+    /// nowhere, the answer says `pending`) until an operator approves it
+    /// ([`Fleet::approve_reenrollment`]); a newer request replaces an older one. A revoked
+    /// device is refused. Enrollments are rate-limited per enrollment token and overall.
+    pub fn enroll(&self, serial: &str, hardware: &str, enrollment_token: &str) -> Result<Enrolled> {
+        check_name("serial", serial)?;
+        check_name("hardware", hardware)?;
+        let who = match self.token(enrollment_token)? {
+            Some(r) if r.kind == TokenKind::Enrollment => r.name,
+            _ => return Err(FleetError::Unauthorized("not a valid enrollment token".into())),
+        };
+        self.limit_enrollment(&who)?;
+        let _g = self.lock();
+        let _d = self.device_lock(serial);
+        let existing = match self.device(serial) {
+            Ok(d) => Some(d),
+            Err(FleetError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let token = new_token(TokenKind::Device)?;
+        let hashed = hex::encode(hash(&token));
+        let mut ops = Vec::new();
+        // The enrollment's audit entry gets this number: it orders the device against
+        // rollouts (`counts_for`).
+        let seq = self.next_audit_seq()?;
+        let audit = self.audit_op(
+            &Caller::Device(serial.into()),
+            if existing.is_some() { "enroll again" } else { "enroll" },
+            format!("hardware {hardware}, token {who}"),
+        )?;
+        let (device, whats, state) = match existing {
+            Some(d) if d.state == DeviceState::Revoked => {
+                return Err(FleetError::Forbidden(format!("device {serial} is revoked")));
+            }
+            Some(mut d) => {
+                // The enrollment token is in every image: a second enrollment of a known
+                // serial may be a reflashed board or anyone else. The device keeps its
+                // token and state; an operator decides.
+                let mut whats = vec![format!(
+                    "enrolled again ({hardware}) with enrollment token {who}: waiting for an operator to approve it"
+                )];
+                if let Some(old) = d.reenrollment.take() {
+                    let mut old_hash = [0u8; 32];
+                    if hex::decode_to_slice(&old.token, &mut old_hash).is_ok() {
+                        ops.push(Op::Delete { table: TOKENS, key: old_hash.to_vec() });
+                    }
+                    whats.push("(it replaces an earlier request, which no longer works)".into());
+                }
+                d.reenrollment = Some(Reenrollment {
+                    token: hashed,
+                    hardware: hardware.into(),
+                    at: now(),
+                    enrollment_token: who.clone(),
+                });
+                (d, whats, DeviceState::Pending)
+            }
+            None => {
+                let state = if self.settings.require_approval { DeviceState::Pending } else { DeviceState::Accepted };
+                let d = Device {
+                    serial: serial.into(),
+                    hardware: hardware.into(),
+                    state,
+                    enrolled: now(),
+                    token: hashed,
+                    groups: Vec::new(),
+                    groups_version: 0,
+                    served: Default::default(),
+                    failed: Default::default(),
+                    last_seen: None,
+                    report: Report::default(),
+                    accepted_by: None,
+                    enrolled_seq: Some(seq),
+                    reenrollment: None,
+                };
+                (d, vec![format!("enrolled ({hardware}) with enrollment token {who}")], state)
+            }
+        };
+        let record = TokenRecord { kind: TokenKind::Device, name: serial.into(), created: now() };
+        ops.push(Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) });
+        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&device) });
+        ops.extend(self.event_ops(serial, whats)?);
+        ops.push(audit);
+        self.kv.write(ops)?;
+        Ok(Enrolled { device_token: token, state })
+    }
+
+    /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]
+    /// is `request`: its token replaces the device's (which stops working at once); the
+    /// device's state, groups and history stay. Another request (a newer one replaced the
+    /// one the operator looked at) is a conflict and changes nothing.
+    pub fn approve_reenrollment(&self, who: &Caller, serial: &str, request: &str) -> Result<Device> {
+        self.settle_reenrollment(who, serial, Some(request))
+    }
+
+    /// Rejects a device's re-enrollment request, whichever it is: its token never works.
+    pub fn reject_reenrollment(&self, who: &Caller, serial: &str) -> Result<Device> {
+        self.settle_reenrollment(who, serial, None)
+    }
+
+    fn settle_reenrollment(&self, who: &Caller, serial: &str, approve: Option<&str>) -> Result<Device> {
+        let _g = self.lock();
+        let _d = self.device_lock(serial);
+        let mut d = self.device(serial)?;
+        let r = d.reenrollment.take().ok_or_else(|| {
+            FleetError::NotFound(format!("device {serial} has no re-enrollment waiting for approval"))
+        })?;
+        if let Some(request) = approve {
+            if request.len() < 8 || !r.fingerprint().starts_with(request) {
+                return Err(FleetError::Conflict(format!(
+                    "device {serial}'s re-enrollment request is {}, not {request:?}: a newer request replaced the one you looked at (or the fingerprint is mistyped); check it against `ferryd status` on the board and approve that one",
+                    r.fingerprint()
+                )));
+            }
+        }
+        let approve = approve.is_some();
+        let (drop_hash, action) = if approve {
+            d.hardware = r.hardware.clone();
+            d.accepted_by = Some(who.who());
+            (std::mem::replace(&mut d.token, r.token), "approve re-enrollment")
+        } else {
+            (r.token, "reject re-enrollment")
+        };
+        let mut ops = Vec::new();
+        let mut old = [0u8; 32];
+        if hex::decode_to_slice(&drop_hash, &mut old).is_ok() {
+            ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
+        }
+        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
+        ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
+        ops.push(self.audit_op(who, action, format!("device {serial}"))?);
+        self.kv.write(ops)?;
+        Ok(d)
+    }
+}

@@ -1,0 +1,221 @@
+//! The fleet's state: devices, their tokens and reports, admin and enrollment tokens, and
+//! the audit log, kept in a store of its own (`ferry_store::kv`, RocksDB) that survives
+//! restarts and crashes.
+//!
+//! What it is for: the rules of enrollment, authentication and check-in, independent of
+//! HTTP (`fleet_api` maps them to the device and admin APIs). What it is not for: channel
+//! documents (the repository holds them; devices verify them) or anything on a device.
+//!
+//! Tokens are 32 random bytes in hex behind a prefix naming their kind (`fa_` admin, `fe_`
+//! enrollment, `fd_` device). Only their BLAKE3 hash is stored, so a copy of the store
+//! holds no usable token. Every write is one synced batch: a device's record, its token and
+//! the audit entry that explains the change land together or not at all.
+//!
+//! The enrollment token is in every image, so it is treated as known to anyone: it enrolls
+//! new serials (at most [`Settings::enrollments_per_minute`] per enrollment token at once,
+//! refilled at as many a minute, and [`ENROLL_ALL_FACTOR`] times that for all together), but it never changes a known device: enrolling a known serial again only
+//! records a re-enrollment request (with a token that works nowhere) until an operator
+//! approves it ([`Fleet::approve_reenrollment`]). A rollout's statistics count only devices
+//! an operator accepted or that enrolled before the rollout started ([`counts_for`]), so
+//! devices enrolled during a rollout can neither halt it nor dilute its failures.
+//!
+//! One module per concern, each adding its methods to [`Fleet`]: `tokens`, `enrollment`
+//! (and re-enrollment), `devices` (records, check-ins, history, accept/revoke/remove),
+//! `config`, `rollouts` and `audit`. This module holds the store's tables, the errors, and
+//! the locks every change takes. The messages of the API are `ferry_api`'s; the records
+//! stored are the same types where the two agree.
+
+mod audit;
+mod config;
+mod devices;
+mod enrollment;
+mod rollouts;
+mod tokens;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ferry_store::kv::Kv;
+use serde::{Deserialize, Serialize};
+
+pub use config::{check_config_key, Scope};
+pub use devices::{check_report, Device, Reenrollment};
+use enrollment::EnrollLimits;
+pub use enrollment::{ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};
+pub use ferry_api::admin::RolloutAction;
+pub use rollouts::{bucket, counts_for, no_rollout_action, HeadDoc, Pick};
+
+const DEVICES: &str = "devices";
+const TOKENS: &str = "tokens";
+const AUDIT: &str = "audit";
+const EVENTS: &str = "events";
+/// Configuration levels: `fleet`, `group/<name>`, `device/<serial>` → [`Level`]; and the
+/// counter every change bumps, under `version`.
+const CONFIG: &str = "config";
+/// Staged rollouts, by channel.
+const ROLLOUTS: &str = "rollouts";
+const TABLES: [&str; 6] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS];
+const CONFIG_VERSION: &[u8] = b"version";
+
+/// The most keys one configuration level holds.
+pub const MAX_CONFIG_KEYS: usize = 256;
+
+/// The longest serial number, hardware revision, or other short string a device sends.
+pub const MAX_NAME: usize = 128;
+/// The longest free-text field (an error message) a device reports.
+pub const MAX_TEXT: usize = ferry_api::device::MAX_REPORT_TEXT;
+/// Events kept per device (older ones are dropped).
+pub const MAX_EVENTS: usize = 200;
+
+/// What went wrong, in terms the API maps to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// The state changed since the caller looked (e.g. a newer re-enrollment request).
+    #[error("{0}")]
+    Conflict(String),
+    /// Too many requests of a kind: try again after `retry_after` seconds.
+    #[error("{what}; try again in {retry_after} s")]
+    TooMany { what: String, retry_after: u64 },
+    #[error(transparent)]
+    Store(#[from] ferry_store::StoreError),
+    #[error("fleet store record {what} is damaged: {why}")]
+    Damaged { what: String, why: String },
+}
+
+pub type Result<T, E = FleetError> = std::result::Result<T, E>;
+
+/// One level's values and the configuration version of its last change.
+pub use ferry_api::admin::ConfigLevel as Level;
+/// A device's merged configuration and, per key, the level it comes from.
+pub use ferry_api::admin::MergedConfig as Merged;
+pub use ferry_api::admin::{AuditEntry, Event, Rollout, RolloutState, RolloutStatus, TokenKind, TokenRecord};
+pub use ferry_api::device::{DeviceState, Enrolled, Report};
+
+/// Whom a request comes from, once its token checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin(String),
+    Device(String),
+    /// The operator at the server's own command line (`ferry admin token create --fleet`).
+    Local,
+    /// The server itself (the automatic halt of a rollout).
+    Server,
+}
+
+impl Caller {
+    pub fn who(&self) -> String {
+        match self {
+            Caller::Admin(n) => format!("admin:{n}"),
+            Caller::Device(s) => format!("device:{s}"),
+            Caller::Local => "local".into(),
+            Caller::Server => "server".into(),
+        }
+    }
+}
+
+/// Fleet-wide settings, from `ferry serve`'s options.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Newly enrolled devices wait for `ferry device accept`.
+    pub require_approval: bool,
+    /// Enrollments one enrollment token may make at once, and per minute after that (a
+    /// token bucket); all tokens together, [`ENROLL_ALL_FACTOR`] times as many.
+    pub enrollments_per_minute: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { require_approval: false, enrollments_per_minute: ENROLLMENTS_PER_MINUTE }
+    }
+}
+
+pub struct Fleet {
+    kv: Kv,
+    settings: Settings,
+    /// Enrollment rate limits (in memory: a restart refills them).
+    enroll_limits: Mutex<EnrollLimits>,
+    /// Serialises read-modify-write sequences (enrollment, audit sequence numbers).
+    write: Mutex<()>,
+    /// One of these guards each device record: check-ins of different devices run (and
+    /// their synced writes group-commit) in parallel. Taken after `write`, never before it.
+    stripes: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("path", &self.kv.path()).finish()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    *blake3::hash(token.as_bytes()).as_bytes()
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| FleetError::Damaged { what: what(), why: e.to_string() })
+}
+
+/// Checks a serial number, hardware revision or name a device or admin sends.
+pub fn check_name(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > MAX_NAME {
+        return Err(FleetError::BadRequest(format!("{field} must be 1 to {MAX_NAME} bytes")));
+    }
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b)) {
+        return Err(FleetError::BadRequest(format!(
+            "{field} {v:?} may contain only letters, digits, `.`, `_`, `-` and `:`"
+        )));
+    }
+    Ok(())
+}
+
+impl Fleet {
+    pub fn open(path: &Path, settings: Settings) -> Result<Fleet> {
+        Ok(Fleet::over(Kv::open(path, &TABLES)?, settings))
+    }
+
+    fn over(kv: Kv, settings: Settings) -> Fleet {
+        Fleet {
+            kv,
+            settings,
+            enroll_limits: Mutex::new(EnrollLimits::default()),
+            write: Mutex::new(()),
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// The fleet's state as it is now, for reading beside a running `ferry serve` (e.g.
+    /// `ferry bundle --fleet` reading rollouts). Every change through it fails.
+    pub fn open_read_only(path: &Path) -> Result<Fleet> {
+        Ok(Fleet::over(Kv::open_read_only(path, &TABLES)?, Settings::default()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock of one device's record (see `stripes`).
+    fn device_lock(&self, serial: &str) -> std::sync::MutexGuard<'_, ()> {
+        let h = blake3::hash(serial.as_bytes());
+        let i = usize::from(h.as_bytes()[0]) % self.stripes.len();
+        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

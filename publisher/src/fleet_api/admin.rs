@@ -1,0 +1,298 @@
+//! The admin API (`/v1/admin/...`, an admin token): devices, tokens, the audit log,
+//! configuration, rollouts, and the channels' documents and promotions (through
+//! [`super::Documents`]). Every change goes through `crate::fleet`, which writes it to the
+//! audit log with the token's name. What it is not for: the rules themselves.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_api::admin::{
+    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, RolloutAction,
+    RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
+};
+use serde::Deserialize;
+
+use super::{bearer, blocking, parse_json, ApiError, PromoteBody, Shared};
+use crate::fleet::{Caller, FleetError, Scope};
+
+async fn admin(s: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = bearer(headers)?;
+    let st = s.clone();
+    blocking(move || st.fleet.admin(&token)).await
+}
+
+#[derive(Deserialize)]
+struct DeviceFilter {
+    group: Option<String>,
+    channel: Option<String>,
+    state: Option<String>,
+}
+
+async fn devices(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(f): Query<DeviceFilter>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let list = blocking(move || s.fleet.devices()).await?;
+    let list: Vec<_> = list
+        .into_iter()
+        .filter(|d| f.group.as_ref().is_none_or(|g| d.groups.contains(g)))
+        .filter(|d| f.channel.as_ref().is_none_or(|c| d.report.channel.as_ref() == Some(c)))
+        .filter(|d| {
+            f.state.as_ref().is_none_or(|st| {
+                format!("{:?}", d.state).eq_ignore_ascii_case(st) || d.report.trial.as_deref() == Some(st.as_str())
+            })
+        })
+        .map(|d| d.view(None))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+async fn device(State(s): State<Shared>, headers: HeaderMap, Path(serial): Path<String>) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let (d, events) = blocking(move || Ok((s.fleet.device(&serial)?, s.fleet.events(&serial)?))).await?;
+    Ok(Json(d.view(Some(events))).into_response())
+}
+
+async fn device_action(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((serial, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let action = DeviceAction::parse(&action).ok_or_else(|| {
+        ApiError::from(FleetError::NotFound(format!(
+            "no device action {action:?} (accept, revoke, remove, approve-reenrollment, reject-reenrollment)"
+        )))
+    })?;
+    let approval = if action == DeviceAction::ApproveReenrollment {
+        let a: Approval = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::from(FleetError::BadRequest(format!(
+                "approve-reenrollment needs {{\"request\": FINGERPRINT}} (as `ferry device show` and `ferryd status` show it): {e}"
+            )))
+        })?;
+        Some(a.request)
+    } else {
+        None
+    };
+    let answer = |d: crate::fleet::Device, reenrollment| DeviceActionAnswer {
+        reenrollment,
+        removed: None,
+        serial: d.serial,
+        state: Some(d.state),
+    };
+    let out = blocking(move || match action {
+        DeviceAction::Accept => s.fleet.accept(&who, &serial).map(|d| answer(d, None)),
+        DeviceAction::Revoke => s.fleet.revoke(&who, &serial).map(|d| answer(d, None)),
+        DeviceAction::Remove => s.fleet.remove(&who, &serial).map(|()| DeviceActionAnswer {
+            reenrollment: None,
+            removed: Some(true),
+            serial,
+            state: None,
+        }),
+        DeviceAction::ApproveReenrollment => s
+            .fleet
+            .approve_reenrollment(&who, &serial, approval.as_deref().unwrap_or_default())
+            .map(|d| answer(d, Some(Settled::Approved))),
+        DeviceAction::RejectReenrollment => {
+            s.fleet.reject_reenrollment(&who, &serial).map(|d| answer(d, Some(Settled::Rejected)))
+        }
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+async fn create_token(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let req: TokenRequest = parse_json(&body, "token request")?;
+    let token = blocking(move || s.fleet.create_token(&who, req.kind, &req.name)).await?;
+    Ok((StatusCode::CREATED, Json(TokenCreated { token })).into_response())
+}
+
+async fn tokens(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    Ok(Json(blocking(move || s.fleet.tokens()).await?).into_response())
+}
+
+async fn revoke_token(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let n = blocking(move || s.fleet.revoke_token(&who, &name)).await?;
+    Ok(Json(TokensRevoked { revoked: n }).into_response())
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn audit(State(s): State<Shared>, headers: HeaderMap, Query(l): Query<Limit>) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let limit = l.limit.unwrap_or(100).min(10_000);
+    Ok(Json(blocking(move || s.fleet.audit(limit)).await?).into_response())
+}
+
+fn scope(path: &str) -> Result<Scope, ApiError> {
+    let bad = || {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no configuration level {path:?} (fleet, group/NAME, device/SERIAL)"),
+            None,
+        )
+    };
+    match path.split_once('/') {
+        None if path == "fleet" => Ok(Scope::Fleet),
+        Some(("group", g)) if !g.contains('/') => Ok(Scope::Group(g.into())),
+        Some(("device", d)) if !d.contains('/') => Ok(Scope::Device(d.into())),
+        _ => Err(bad()),
+    }
+}
+
+async fn get_config(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let scope = scope(&path)?;
+    Ok(Json(blocking(move || s.fleet.level(&scope)).await?).into_response())
+}
+
+async fn change_config(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let scope = scope(&path)?;
+    let change: ConfigChange = parse_json(&body, "configuration change")?;
+    let set: Vec<(String, String)> = change.set.into_iter().collect();
+    let version = blocking(move || s.fleet.set_config(&who, &scope, &set, &change.unset)).await?;
+    Ok(Json(ConfigVersion { version }).into_response())
+}
+
+async fn device_config(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    Ok(Json(blocking(move || s.fleet.merged_config(&s.fleet.device(&serial)?)).await?).into_response())
+}
+
+async fn set_groups(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let g: Groups = parse_json(&body, "groups")?;
+    let d = blocking(move || s.fleet.set_groups(&who, &serial, &g.groups)).await?;
+    Ok(Json(DeviceGroups { groups: d.groups, serial: d.serial }).into_response())
+}
+
+async fn rollout_action(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((channel, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let req: RolloutRequest =
+        if body.is_empty() { RolloutRequest::default() } else { parse_json(&body, "rollout request")? };
+    let status = blocking(move || {
+        let head = s.documents.head(&channel).map(|(h, _)| h);
+        let action = RolloutAction::parse(&action).ok_or_else(|| crate::fleet::no_rollout_action(&action))?;
+        let r = if action == RolloutAction::Start {
+            let base = head
+                .as_ref()
+                .ok_or_else(|| FleetError::NotFound(format!("channel {channel} has no document to start from")))?;
+            let percent = req.percent.ok_or_else(|| FleetError::BadRequest("start needs a percent".into()))?;
+            s.fleet.start_rollout(&who, &channel, base, percent, req.group, req.max_failure_percent.unwrap_or(10))?
+        } else {
+            s.fleet.change_rollout(&who, &channel, action, req.percent)?
+        };
+        s.fleet.rollout_status(r)
+    })
+    .await?;
+    Ok(Json(status).into_response())
+}
+
+async fn rollouts(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let list = blocking(move || {
+        let mut out = Vec::new();
+        for r in s.fleet.rollouts()? {
+            out.push(s.fleet.rollout_status(r)?);
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(list).into_response())
+}
+
+async fn channels(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let list = tokio::task::spawn_blocking(move || s.documents.channels())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e, None))?;
+    Ok(Json(list).into_response())
+}
+
+async fn promote(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = admin(&s, &headers).await?;
+    let mut req: PromoteBody = parse_json(&body, "promotion")?;
+    req.to = name;
+    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        let v = s.documents.promote(&req).map_err(|(st, m)| ApiError(st, m, None))?;
+        let what = match (&req.commit, &req.from) {
+            (Some(c), _) => format!("commit {c}"),
+            (None, Some(f)) => format!("from {f}"),
+            (None, None) => "nothing".into(),
+        };
+        let detail =
+            format!("{} serial {} ({what}{})", req.to, v["serial"], if req.rollback { ", rollback" } else { "" });
+        s.fleet.record(&who, "promote", detail)?;
+        Ok(v)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))??;
+    Ok(Json(out).into_response())
+}
+
+/// The admin API's routes.
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/admin/devices", get(devices))
+        .route("/v1/admin/devices/{serial}", get(device))
+        .route("/v1/admin/devices/{serial}/{action}", post(device_action))
+        .route("/v1/admin/devices/{serial}/config", get(device_config))
+        .route("/v1/admin/devices/{serial}/groups", post(set_groups))
+        .route("/v1/admin/config/{*scope}", get(get_config).post(change_config))
+        .route("/v1/admin/tokens", get(tokens).post(create_token))
+        .route("/v1/admin/tokens/{name}/revoke", post(revoke_token))
+        .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/rollouts", get(rollouts))
+        .route("/v1/admin/channels", get(channels))
+        .route("/v1/admin/channels/{name}/promote", post(promote))
+        .route("/v1/admin/rollouts/{channel}/{action}", post(rollout_action))
+}

@@ -1,0 +1,64 @@
+//! The device API (`/v1/device/...`): enrollment with the fleet's enrollment token, and
+//! check-in with a device token, whose answer carries the channel document the device gets
+//! (the rollout decides which) and its merged configuration. What it is not for: the rules
+//! (`crate::fleet`) or the repository's routes.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use ferry_api::device::{CheckinAnswer, DeviceConfig, EnrollRequest, Report};
+
+use super::{bearer, blocking, parse_json, ApiError, Shared};
+use crate::fleet::{FleetError, Pick};
+
+async fn enroll(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: EnrollRequest = parse_json(&body, "enrollment request")?;
+    let out = blocking(move || s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token)).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let token = bearer(&headers)?;
+    let report: Report = parse_json(&body, "check-in report")?;
+    let st = s.clone();
+    let (device, config) = blocking(move || {
+        let d = st.fleet.device_for(&token)?;
+        let d = st.fleet.check_in(&d, report)?;
+        let config = st.fleet.merged_config(&d)?;
+        Ok((d, config))
+    })
+    .await?;
+    let channel = device.report.channel.clone();
+    let document = match &channel {
+        Some(c) => {
+            let (st, c, d) = (s.clone(), c.clone(), device.clone());
+            blocking(move || {
+                let Some((head, bytes)) = st.documents.head(&c) else { return Ok(None) };
+                match st.fleet.pick(&d, &c, &head)? {
+                    Pick::Head => Ok(Some(bytes)),
+                    // Never the head instead: the device must not slip past the rollout.
+                    Pick::Base(id) => st.documents.by_id(&id).map(Some).ok_or_else(|| {
+                        FleetError::Unavailable(format!("the rollout's base document {id} cannot be read"))
+                    }),
+                }
+            })
+            .await?
+        }
+        None => None,
+    };
+    Ok(Json(CheckinAnswer {
+        channel,
+        channel_document: document.map(hex::encode),
+        config: Some(DeviceConfig { values: config.values, version: config.version }),
+        serial: device.serial,
+        state: device.state,
+    })
+    .into_response())
+}
+
+/// The device API's routes.
+pub(super) fn routes() -> Router<Shared> {
+    Router::new().route("/v1/device/enroll", post(enroll)).route("/v1/device/checkin", post(check_in))
+}
