@@ -32,7 +32,8 @@ pub struct Applied {
 }
 
 fn config_paths(config: &Config) -> [std::path::PathBuf; 3] {
-    ["config.json", "config.env", "config-error"].map(|n| config.state_dir.join(n))
+    let l = config.layout();
+    [l.config_json(), l.config_env(), l.config_error()]
 }
 
 /// The configuration the device runs with, if any was applied.
@@ -191,7 +192,7 @@ impl Drop for Reporter {
 }
 
 fn token_path(config: &Config) -> std::path::PathBuf {
-    config.state_dir.join("device-token")
+    config.layout().device_token()
 }
 
 /// The fingerprint of this device's token (the first 12 hex digits of its BLAKE3 hash), as
@@ -269,7 +270,7 @@ fn report(config: &Config) -> Result<Report> {
     Ok(Report {
         agent_version: Some(env!("CARGO_PKG_VERSION").into()),
         channel: s.channel.clone(),
-        config_error: clip(std::fs::read_to_string(config.state_dir.join("config-error")).ok(), MAX_REPORT_TEXT),
+        config_error: clip(std::fs::read_to_string(config.layout().config_error()).ok(), MAX_REPORT_TEXT),
         config_version: applied(config)?.map(|a| a.version),
         current: s.current.as_ref().map(|d| d.commit.clone()),
         current_version: s.current.as_ref().and_then(|d| d.version.clone()),
