@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
-use ferry_store::channel::{Seen, Trust};
+use ferry_store::channel::{accept_channel, ChannelDoc, Envelope, Running, Seen, Target, Trust, TrustError};
+use ferry_store::Commit;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -57,6 +58,35 @@ fn from_hex(keys: &[String]) -> Result<Vec<[u8; 32]>> {
 }
 
 impl TrustState {
+    /// Checks a channel document for this device ([`accept_channel`]): its signatures, serial
+    /// and expiry against the clock and the floor, and its target against the running
+    /// release's version and build time and the hardware. An accepted document is recorded
+    /// here, to be saved once the commit it names has passed its own checks; a refusal is
+    /// `refuse(reason)` and changes nothing.
+    pub fn accept_document(
+        &mut self,
+        envelope: &Envelope,
+        channel: &str,
+        trust: &Trust,
+        running: Option<&Commit>,
+        hardware: &str,
+        refuse: impl FnOnce(TrustError) -> anyhow::Error,
+    ) -> Result<(ChannelDoc, Target)> {
+        let clock = clock()?;
+        let seen = self.seen(channel, running.and_then(|c| c.timestamp), clock);
+        let (doc, target) = accept_channel(
+            envelope,
+            channel,
+            trust,
+            seen,
+            clock,
+            &Running { version: running.map(|c| &c.version), hardware },
+        )
+        .map_err(refuse)?;
+        self.accept(&doc, seen, clock, &envelope.signed_by(ferry_store::Signed::Channel, &trust.channel_keys));
+        Ok((doc, target))
+    }
+
     /// What a device trusts before it accepted any key document: the image's roots.
     pub fn from_roots(roots: &[ferry_store::PublicKey]) -> Result<TrustState> {
         let mut s = TrustState::default();

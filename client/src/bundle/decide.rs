@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, Result};
 use ferry_delta::bundle::{BundleReader, BundledCommit, Section};
-use ferry_store::channel::{accept_channel, Envelope, Running};
+use ferry_store::channel::Envelope;
 use ferry_store::{Commit, Id, PublicKey};
 
 use crate::config::Config;
@@ -103,23 +103,8 @@ pub(super) fn decide(
                         ),
                         None => None,
                     };
-                    let clock = crate::trust::clock()?;
-                    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp), clock);
-                    let (doc, target) = accept_channel(
-                        &envelope,
-                        channel,
-                        &trust,
-                        seen,
-                        clock,
-                        &Running { version: running.as_ref().map(|c| &c.version), hardware: hw },
-                    )
-                    .map_err(refused)?;
-                    state.accept(
-                        &doc,
-                        seen,
-                        clock,
-                        &envelope.signed_by(ferry_store::Signed::Channel, &trust.channel_keys),
-                    );
+                    let (doc, target) =
+                        state.accept_document(&envelope, channel, &trust, running.as_ref(), hw, refused)?;
                     accepted = Some(state);
                     (keys, Some(target), Some((doc.name, doc.serial)))
                 }

@@ -76,7 +76,7 @@ pub(crate) async fn follow_channel(
     given: Option<&[u8]>,
     t: &mut Traffic,
 ) -> Result<(ferry_store::channel::Target, Vec<PublicKey>, Accepted)> {
-    use ferry_store::channel::{accept_channel, Envelope, Running};
+    use ferry_store::channel::Envelope;
     let channel = config.channel.as_deref().ok_or_else(|| anyhow!("the configuration names no channel"))?;
     let mut state = state::read_trust(config)?;
     let trust = state.trust()?;
@@ -111,18 +111,9 @@ pub(crate) async fn follow_channel(
             })?),
             None => None,
         };
-    let clock = crate::trust::clock()?;
-    let seen = state.seen(channel, running.as_ref().and_then(|c| c.timestamp), clock);
-    let (doc, target) = accept_channel(
-        &envelope,
-        channel,
-        &trust_now,
-        seen,
-        clock,
-        &Running { version: running.as_ref().map(|c| &c.version), hardware },
-    )
-    .map_err(|e| Refused(format!("{e}; refusing it")))?;
-    state.accept(&doc, seen, clock, &envelope.signed_by(ferry_store::Signed::Channel, &trust_now.channel_keys));
+    let (_, target) = state.accept_document(&envelope, channel, &trust_now, running.as_ref(), hardware, |e| {
+        Refused(format!("{e}; refusing it")).into()
+    })?;
     Ok((target, keys, Accepted(state)))
 }
 

@@ -56,6 +56,9 @@ pub(crate) fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
         out.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
     }
     apply_meta(&tmp, &out, &f.meta)?;
+    // The object is synced here; its name in objects/ is made durable by the deployment's
+    // syncfs (one for every object of the update, where ferry_durable would fsync the
+    // directory once per object), before anything links to it.
     out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     local.index_object(&f.object, &f.chunks)?;
@@ -116,8 +119,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
     }
     let deploy = fs::File::open(local.deploy_dir())?;
     nix::unistd::syncfs(&deploy).context("syncing the new deployment")?;
-    fs::rename(&tmp, &final_dir).with_context(|| format!("completing {}", final_dir.display()))?;
-    deploy.sync_all().context("syncing the deployment directory")?;
+    ferry_durable::rename(&tmp, &final_dir).with_context(|| format!("completing {}", final_dir.display()))?;
     crash::point(crash::Step::DeploymentComplete);
     Ok((p.files.len() as u64, reused))
 }
