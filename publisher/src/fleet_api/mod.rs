@@ -76,7 +76,7 @@ struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.0, Json(ErrorBody { error: self.1 })).into_response();
+        let mut resp = (self.0, Json(ErrorBody::new(self.1))).into_response();
         if let Some(secs) = self.2 {
             resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
