@@ -1,7 +1,8 @@
 //! The admin API (`/v1/admin/…`, an admin token): devices, tokens, configuration,
-//! rollouts and the audit log, as `ferry` and the web UI speak it. The channel documents of
-//! `/v1/admin/channels` and `…/promote` are `ferry channel show --json`'s and
-//! `ferry promote --json`'s views, owned by the server's `channels` module.
+//! rollouts, the audit log and the channels, as `ferry` and the web UI speak it. A channel
+//! document here ([`ChannelDocument`]) is the signed document's readable view, which
+//! `ferry channel show --json` and `ferry promote --json` print too; the signed bytes
+//! themselves are `ferry_store::channel`'s.
 
 use std::collections::BTreeMap;
 
@@ -341,4 +342,85 @@ pub struct AuditEntry {
     pub who: String,
     pub action: String,
     pub detail: String,
+}
+
+/// A channel document as people and scripts read it (the signed document is
+/// `ferry_store::channel::ChannelDoc`): `ferry channel show --json`, each entry of a
+/// [`ChannelListing`]'s history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelDocument {
+    pub channel: String,
+    /// Unix seconds after which devices refuse it.
+    pub expires: i64,
+    /// The document's id (hex).
+    pub id: String,
+    /// The id of the channel's document before this one.
+    pub previous: Option<String>,
+    /// An operator's deliberate downgrade.
+    pub rollback: bool,
+    pub serial: u64,
+    /// Sorted by hardware revision.
+    pub targets: Vec<ChannelTarget>,
+    /// Unix seconds when it was signed.
+    pub timestamp: i64,
+}
+
+/// What one hardware revision on a channel runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelTarget {
+    pub commit: String,
+    pub hardware: String,
+    pub version: String,
+}
+
+/// `GET /v1/admin/channels` (each): a channel's newest document, its history (newest first,
+/// the newest included) and the channel it is promoted from. The document's fields are
+/// spelled out again rather than flattened, because the wire has `history` between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelListing {
+    pub channel: String,
+    pub expires: i64,
+    pub history: Vec<ChannelDocument>,
+    pub id: String,
+    pub previous: Option<String>,
+    pub rollback: bool,
+    pub serial: u64,
+    pub targets: Vec<ChannelTarget>,
+    pub timestamp: i64,
+    pub upstream: Option<String>,
+}
+
+impl ChannelListing {
+    /// The listing of the channel whose newest document is `newest`.
+    pub fn new(newest: ChannelDocument, history: Vec<ChannelDocument>, upstream: Option<String>) -> ChannelListing {
+        let ChannelDocument { channel, expires, id, previous, rollback, serial, targets, timestamp } = newest;
+        ChannelListing { channel, expires, history, id, previous, rollback, serial, targets, timestamp, upstream }
+    }
+}
+
+/// `POST /v1/admin/channels/{name}/promote`: what `ferry promote` takes (the channel written
+/// is the path's). `commit` is an id, a unique prefix or a branch; without it, `from`'s
+/// current targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub commit: Option<String>,
+    pub from: Option<String>,
+    #[serde(default)]
+    pub hardware: Vec<String>,
+    #[serde(default)]
+    pub rollback: bool,
+    #[serde(default)]
+    pub force: bool,
+    /// How long devices accept the document (`7d`, `12h`, `3600`); 7 days when absent.
+    pub expires: Option<String>,
+}
+
+/// The answer to a [`PromoteRequest`] (and `ferry promote --json`): the channel's document
+/// and whether it is new (`false`: the channel already had these targets; nothing written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promoted {
+    pub changed: bool,
+    #[serde(flatten)]
+    pub document: ChannelDocument,
 }

@@ -1,4 +1,5 @@
-//! ferry-api: the messages of the fleet server's device API (`/v1/device/…`, spoken by
+//! ferry-api: the JSON messages of the repository API (`/v1/branches/…`, `/v1/commits/…`,
+//! read by `ferryd`), and of the fleet server's device API (`/v1/device/…`, spoken by
 //! `ferryd`) and admin API (`/v1/admin/…`, spoken by `ferry` and the web UI), typed once and
 //! used by both sides. `docs/api.md` describes the routes; this crate is the shape of what
 //! travels on them.
@@ -18,11 +19,24 @@
 
 pub mod admin;
 pub mod device;
+pub mod repo;
 
 use serde::{Deserialize, Serialize};
 
-/// The body of every error answer of both APIs (a 4xx or 5xx status).
+/// The body of every error answer of the three APIs (a 4xx or 5xx status).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, naming the object.
     pub error: String,
+    /// The ids a batch named that the repository lacks (a `404` of `POST /v1/chunks`,
+    /// `/v1/objects`, `/v1/patches`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
+}
+
+impl ErrorBody {
+    /// An error without a list of missing ids.
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody { error: error.into(), missing: None }
+    }
 }

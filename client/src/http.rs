@@ -9,23 +9,28 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use ferry_api::repo::{BranchHead, Signature, SignedCommit, VersionCommits};
+use ferry_api::ErrorBody;
 use ferry_delta::pack::{self, Frame, FrameDecoder};
 use ferry_store::Id;
 
-/// The well-formed `(key, signature)` pairs of a `{"signatures": [...]}` answer; malformed
-/// entries are skipped (they could not verify anyway).
-fn parse_signatures(v: &serde_json::Value) -> Vec<([u8; 32], [u8; 64])> {
+/// The well-formed `(key, signature)` pairs of a commit's signatures; entries that are not
+/// hex of the right lengths are skipped (they could not verify anyway).
+fn parse_signatures(list: &[Signature]) -> Vec<([u8; 32], [u8; 64])> {
     let mut out = Vec::new();
-    for s in v.get("signatures").and_then(|s| s.as_array()).into_iter().flatten() {
-        let key = s.get("key").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
-        let sig = s.get("signature").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok());
+    for s in list {
+        let key = hex::decode(&s.key).ok().and_then(|k| <[u8; 32]>::try_from(k).ok());
+        let sig = hex::decode(&s.signature).ok().and_then(|s| <[u8; 64]>::try_from(s).ok());
         if let (Some(key), Some(sig)) = (key, sig) {
-            if let (Ok(key), Ok(sig)) = (<[u8; 32]>::try_from(key), <[u8; 64]>::try_from(sig)) {
-                out.push((key, sig));
-            }
+            out.push((key, sig));
         }
     }
     out
+}
+
+/// A JSON answer of the repository API, read as its message.
+fn answer<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body).with_context(|| format!("{what}: the answer is malformed"))
 }
 
 /// The server answered, with an error status: retrying the same request will not help, but
@@ -200,10 +205,9 @@ impl Server {
             return Ok(resp);
         }
         let body = self.read_capped(resp, 64 * 1024, what, t).await.unwrap_or_default();
-        let detail = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        let detail = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         Err(Answered { what: what.to_string(), status, detail }.into())
     }
 
@@ -244,13 +248,8 @@ impl Server {
             return Ok(Head::Unchanged);
         }
         let body = self.read_capped(resp, MAX_JSON, &what, t).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
-        let id = v
-            .get("commit")
-            .and_then(|c| c.as_str())
-            .ok_or_else(|| anyhow!("{what}: answer has no commit"))?
-            .parse()
-            .with_context(|| format!("{what}: bad commit id"))?;
+        let head: BranchHead = answer(&body, &what)?;
+        let id = head.commit.parse().with_context(|| format!("{what}: bad commit id"))?;
         Ok(Head::At(id))
     }
 
@@ -296,7 +295,7 @@ impl Server {
         let status = resp.status();
         let bytes = self.read_capped(resp, MAX_JSON, &what, t).await?;
         if !status.is_success() {
-            let reason = serde_json::from_slice::<ferry_api::ErrorBody>(&bytes).ok().map(|e| e.error);
+            let reason = serde_json::from_slice::<ErrorBody>(&bytes).ok().map(|e| e.error);
             return Ok(DeviceReply::Refused { status, reason });
         }
         let answer = serde_json::from_slice(&bytes).with_context(|| format!("{what}: the answer is malformed"))?;
@@ -310,13 +309,8 @@ impl Server {
         let Some(body) = self.get_capped(&format!("versions/{version}"), MAX_JSON, &what, t).await? else {
             return Ok(Vec::new());
         };
-        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
-        v["commits"]
-            .as_array()
-            .ok_or_else(|| anyhow!("{what}: the answer has no commits"))?
-            .iter()
-            .map(|c| c.as_str().and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("{what}: a bad commit id")))
-            .collect()
+        let found: VersionCommits = answer(&body, &what)?;
+        found.commits.iter().map(|c| c.parse().map_err(|_| anyhow!("{what}: a bad commit id"))).collect()
     }
 
     /// A channel's newest signed document (an envelope, not yet verified); `None` if the
@@ -345,17 +339,13 @@ impl Server {
             .with_context(|| format!("fetching {what}"))?;
         let resp = self.check(resp, &what, t).await?;
         let body = self.read_capped(resp, cap, &what, t).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{what}: not JSON"))?;
-        let bytes = v
-            .get("bytes")
-            .and_then(|b| b.as_str())
-            .and_then(|b| hex::decode(b).ok())
-            .ok_or_else(|| anyhow!("{what}: the answer has no commit bytes"))?;
+        let signed: SignedCommit = answer(&body, &what)?;
+        let bytes = hex::decode(&signed.bytes).map_err(|_| anyhow!("{what}: the answer has no commit bytes"))?;
         let actual = Id::of(&bytes);
         if actual != *id {
             bail!("{what} is corrupt: the server sent bytes that hash to {actual}");
         }
-        Ok((bytes, parse_signatures(&v)))
+        Ok((bytes, parse_signatures(&signed.signatures)))
     }
 
     /// Asks for many chunks or objects in one request and hands each frame to `on_frame` as

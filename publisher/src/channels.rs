@@ -7,6 +7,7 @@
 //! check here runs through them), or serving documents (`serve`).
 
 use anyhow::{anyhow, bail, Context, Result};
+use ferry_api::admin::{ChannelDocument, ChannelTarget};
 use ferry_store::channel::{ChannelDoc, Envelope, KeyDoc, Target, Trust};
 use ferry_store::{Id, PublicKey, Repository, SecretKey, Signed};
 
@@ -349,20 +350,26 @@ pub fn parse_duration(s: &str) -> Result<i64> {
         .ok_or_else(|| anyhow!("duration {s:?} must be positive and not absurdly large"))
 }
 
-/// The JSON form of a channel document, for `--json` output.
-pub fn doc_json(id: &Id, doc: &ChannelDoc) -> serde_json::Value {
-    serde_json::json!({
-        "id": id.to_hex(),
-        "channel": doc.name,
-        "serial": doc.serial,
-        "timestamp": doc.timestamp,
-        "expires": doc.expires,
-        "rollback": doc.rollback,
-        "previous": doc.previous.map(|p| p.to_hex()),
-        "targets": doc.targets.iter().map(|t| serde_json::json!({
-            "hardware": t.hardware, "commit": t.commit.to_hex(), "version": t.version.to_string(),
-        })).collect::<Vec<_>>(),
-    })
+/// A channel document as the admin API and `--json` output show it.
+pub fn document(id: &Id, doc: &ChannelDoc) -> ChannelDocument {
+    ChannelDocument {
+        channel: doc.name.clone(),
+        expires: doc.expires,
+        id: id.to_hex(),
+        previous: doc.previous.map(|p| p.to_hex()),
+        rollback: doc.rollback,
+        serial: doc.serial,
+        targets: doc
+            .targets
+            .iter()
+            .map(|t| ChannelTarget {
+                commit: t.commit.to_hex(),
+                hardware: t.hardware.clone(),
+                version: t.version.to_string(),
+            })
+            .collect(),
+        timestamp: doc.timestamp,
+    }
 }
 
 /// The human form of a channel document.

@@ -158,3 +158,51 @@ fn audit() {
         r#"[{"seq":1,"at":2,"who":"admin:ops","action":"accept","detail":"device SN-1"}]"#,
     );
 }
+
+fn document(serial: u64, previous: Option<&str>) -> ChannelDocument {
+    ChannelDocument {
+        channel: "stable".into(),
+        expires: 200,
+        id: format!("d{serial}"),
+        previous: previous.map(str::to_string),
+        rollback: false,
+        serial,
+        targets: vec![ChannelTarget { commit: "ab".into(), hardware: "rev-a".into(), version: "1.2".into() }],
+        timestamp: 100,
+    }
+}
+
+const TARGETS: &str = r#"[{"commit":"ab","hardware":"rev-a","version":"1.2"}]"#;
+
+#[test]
+fn channels() {
+    let first = format!(
+        r#"{{"channel":"stable","expires":200,"id":"d1","previous":null,"rollback":false,"serial":1,"targets":{TARGETS},"timestamp":100}}"#
+    );
+    check(&document(1, None), &first);
+    check(
+        &Promoted { changed: true, document: document(2, Some("d1")) },
+        &format!(
+            r#"{{"changed":true,"channel":"stable","expires":200,"id":"d2","previous":"d1","rollback":false,"serial":2,"targets":{TARGETS},"timestamp":100}}"#
+        ),
+    );
+    let listing = ChannelListing::new(document(2, Some("d1")), vec![document(2, Some("d1")), document(1, None)], None);
+    assert_eq!((listing.serial, listing.history.len()), (2, 2));
+    let second =
+        r#"{"channel":"stable","expires":200,"id":"d2","previous":"d1","rollback":false,"serial":2,"targets":"#;
+    check(
+        &vec![listing],
+        &format!(
+            r#"[{{"channel":"stable","expires":200,"history":[{second}{TARGETS},"timestamp":100}},{first}],"id":"d2","previous":"d1","rollback":false,"serial":2,"targets":{TARGETS},"timestamp":100,"upstream":null}}]"#
+        ),
+    );
+    check(
+        &PromoteRequest { commit: Some("ab".into()), hardware: vec!["rev-a".into()], ..PromoteRequest::default() },
+        r#"{"commit":"ab","from":null,"hardware":["rev-a"],"rollback":false,"force":false,"expires":null}"#,
+    );
+    // The web UI sends only what it has; the rest takes its default.
+    let from: PromoteRequest = serde_json::from_str(r#"{"from":"beta"}"#).unwrap();
+    assert_eq!(from, PromoteRequest { from: Some("beta".into()), ..PromoteRequest::default() });
+    let e = serde_json::from_str::<PromoteRequest>(r#"{"to":"stable"}"#);
+    assert!(e.unwrap_err().to_string().contains("unknown field `to`"));
+}

@@ -81,5 +81,5 @@ fn a_check_in_answer() {
 
 #[test]
 fn an_error() {
-    check(&ErrorBody { error: "no device SN-9".into() }, r#"{"error":"no device SN-9"}"#);
+    check(&ErrorBody::new("no device SN-9"), r#"{"error":"no device SN-9"}"#);
 }

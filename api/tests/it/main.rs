@@ -1,9 +1,10 @@
-//! The text of every device and admin API message, pinned: each value serialises to exactly
+//! The text of every repository, device and admin API message, pinned: each value serialises to exactly
 //! the bytes the server (and `ferryd`, and `ferry`) wrote before the messages had types,
 //! and reads back to the same value.
 
 mod admin;
 mod device;
+mod repo;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::channels::{self, KeyChange, Promotion};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use ferry_store::channel::KeyDoc;
+use ferry_store::channel::{ChannelDoc, KeyDoc};
 use ferry_store::{PublicKey, Repository, SecretKey};
 
 use super::{print_json, RepoArg};
@@ -219,9 +219,10 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
     };
     let out = channels::promote(&r, &p)?;
     if a.json {
-        let mut v = channels::doc_json(&out.id, &out.doc);
-        v["changed"] = out.changed.into();
-        print_json(&v)?;
+        print_json(&ferry_api::admin::Promoted {
+            changed: out.changed,
+            document: channels::document(&out.id, &out.doc),
+        })?;
     } else {
         if !out.changed {
             eprintln!("channel {} already has these targets; nothing written", out.doc.name);
@@ -229,6 +230,23 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
         print!("{}", channels::doc_text(&out.id, &out.doc));
     }
     Ok(())
+}
+
+/// A channel document with one more field, for `ferry channel log --json` (`signed_by`) and
+/// `ferry channel list --json` (`upstream`): views of this command only, not API messages.
+/// They go through serde_json's map, which keeps keys in alphabetical order, as these views
+/// always printed them.
+fn with_field(
+    id: &ferry_store::Id,
+    d: &ChannelDoc,
+    name: &str,
+    value: &impl serde::Serialize,
+) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(channels::document(id, d))?;
+    if let serde_json::Value::Object(map) = &mut v {
+        map.insert(name.to_string(), serde_json::to_value(value)?);
+    }
+    Ok(v)
 }
 
 pub fn channel(cmd: ChannelCommand) -> Result<()> {
@@ -240,7 +258,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                 .next()
                 .ok_or_else(|| anyhow!("channel {channel} does not exist"))?;
             if json {
-                print_json(&channels::doc_json(&id, &doc))?;
+                print_json(&channels::document(&id, &doc))?;
             } else {
                 print!("{}", channels::doc_text(&id, &doc));
             }
@@ -252,14 +270,10 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                 return Err(anyhow!("channel {channel} does not exist"));
             }
             if json {
-                let v: Vec<_> = h
+                let v = h
                     .iter()
-                    .map(|(id, d, signers)| {
-                        let mut v = channels::doc_json(id, d);
-                        v["signed_by"] = signers.clone().into();
-                        v
-                    })
-                    .collect();
+                    .map(|(id, d, signers)| with_field(id, d, "signed_by", signers))
+                    .collect::<Result<Vec<_>>>()?;
                 print_json(&v)?;
             } else {
                 for (id, d, _) in &h {
@@ -276,14 +290,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                 }
             }
             if json {
-                let v: Vec<_> = all
-                    .iter()
-                    .map(|(id, d, up)| {
-                        let mut v = channels::doc_json(id, d);
-                        v["upstream"] = up.clone().into();
-                        v
-                    })
-                    .collect();
+                let v = all.iter().map(|(id, d, up)| with_field(id, d, "upstream", up)).collect::<Result<Vec<_>>>()?;
                 print_json(&v)?;
             } else {
                 for (id, d, up) in &all {
@@ -300,7 +307,7 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
             let r = Repository::open(&repo.repo)?;
             let out = channels::refresh(&r, &names, &key, expires_in, now())?;
             if json {
-                print_json(&out.iter().map(|(id, d)| channels::doc_json(id, d)).collect::<Vec<_>>())?;
+                print_json(&out.iter().map(|(id, d)| channels::document(id, d)).collect::<Vec<_>>())?;
             } else {
                 for (id, d) in &out {
                     print!("{}", channels::doc_text(id, d));

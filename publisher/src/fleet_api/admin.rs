@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_api::admin::{
-    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, RolloutAction,
-    RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
+    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, PromoteRequest,
+    Promoted, RolloutAction, RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
 };
 use serde::Deserialize;
 
-use super::{bearer, blocking, parse_json, ApiError, PromoteBody, Shared};
+use super::{bearer, blocking, parse_json, ApiError, Shared};
 use crate::fleet::{Caller, FleetError, Scope};
 
 async fn admin(s: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -260,17 +260,16 @@ async fn promote(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let who = admin(&s, &headers).await?;
-    let mut req: PromoteBody = parse_json(&body, "promotion")?;
-    req.to = name;
-    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
-        let v = s.documents.promote(&req).map_err(|(st, m)| ApiError(st, m, None))?;
+    let req: PromoteRequest = parse_json(&body, "promotion")?;
+    let out = tokio::task::spawn_blocking(move || -> Result<Promoted, ApiError> {
+        let v = s.documents.promote(&name, &req).map_err(|(st, m)| ApiError(st, m, None))?;
         let what = match (&req.commit, &req.from) {
             (Some(c), _) => format!("commit {c}"),
             (None, Some(f)) => format!("from {f}"),
             (None, None) => "nothing".into(),
         };
         let detail =
-            format!("{} serial {} ({what}{})", req.to, v["serial"], if req.rollback { ", rollback" } else { "" });
+            format!("{name} serial {} ({what}{})", v.document.serial, if req.rollback { ", rollback" } else { "" });
         s.fleet.record(&who, "promote", detail)?;
         Ok(v)
     })

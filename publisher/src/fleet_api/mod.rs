@@ -22,6 +22,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use ferry_api::admin::{ChannelListing, PromoteRequest, Promoted};
 use ferry_api::ErrorBody;
 use serde::Deserialize;
 
@@ -36,27 +37,10 @@ pub trait Documents: Send + Sync {
     fn head(&self, channel: &str) -> Option<(HeadDoc, Vec<u8>)>;
     /// A document's encoded envelope by id (hex).
     fn by_id(&self, id: &str) -> Option<Vec<u8>>;
-    /// Every channel's newest document and history, as JSON.
-    fn channels(&self) -> Result<Vec<serde_json::Value>, String>;
-    /// Promotes with the server's online channel key; the new document as JSON.
-    fn promote(&self, req: &PromoteBody) -> Result<serde_json::Value, (StatusCode, String)>;
-}
-
-/// `POST /v1/admin/channels/{name}/promote`: what `ferry promote` takes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PromoteBody {
-    #[serde(skip)]
-    pub to: String,
-    pub commit: Option<String>,
-    pub from: Option<String>,
-    #[serde(default)]
-    pub hardware: Vec<String>,
-    #[serde(default)]
-    pub rollback: bool,
-    #[serde(default)]
-    pub force: bool,
-    pub expires: Option<String>,
+    /// Every channel's newest document, history and upstream.
+    fn channels(&self) -> Result<Vec<ChannelListing>, String>;
+    /// Promotes to channel `to` with the server's online channel key: the new document.
+    fn promote(&self, to: &str, req: &PromoteRequest) -> Result<Promoted, (StatusCode, String)>;
 }
 
 pub struct FleetState {
@@ -76,7 +60,7 @@ struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.0, Json(ErrorBody { error: self.1 })).into_response();
+        let mut resp = (self.0, Json(ErrorBody::new(self.1))).into_response();
         if let Some(secs) = self.2 {
             resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }

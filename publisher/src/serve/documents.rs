@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use axum::http::StatusCode;
+use ferry_api::admin::{ChannelListing, PromoteRequest, Promoted};
 use ferry_store::{Id, Repository, StoreError};
 
 use super::{catch_up, Shared};
@@ -45,22 +46,21 @@ impl crate::fleet_api::Documents for RepoDocuments {
         Some(self.0.repo.read_envelope(&id).ok()?.encode())
     }
 
-    fn channels(&self) -> Result<Vec<serde_json::Value>, String> {
+    fn channels(&self) -> Result<Vec<ChannelListing>, String> {
         catch_up(&self.0, Instant::now()).map_err(|e| e.1)?;
         let repo = &self.0.repo;
         let mut out = Vec::new();
         for (name, _) in repo.channels().map_err(|e| e.to_string())? {
             let history = crate::channels::history(repo, &name).map_err(|e| format!("{e:#}"))?;
             let Some((id, doc, _)) = history.first() else { continue };
-            let mut v = crate::channels::doc_json(id, doc);
-            v["upstream"] = repo.upstream(&name).map_err(|e| e.to_string())?.into();
-            v["history"] = history.iter().map(|(id, d, _)| crate::channels::doc_json(id, d)).collect::<Vec<_>>().into();
-            out.push(v);
+            let upstream = repo.upstream(&name).map_err(|e| e.to_string())?;
+            let documents = history.iter().map(|(id, d, _)| crate::channels::document(id, d)).collect();
+            out.push(ChannelListing::new(crate::channels::document(id, doc), documents, upstream));
         }
         Ok(out)
     }
 
-    fn promote(&self, req: &crate::fleet_api::PromoteBody) -> Result<serde_json::Value, (StatusCode, String)> {
+    fn promote(&self, to: &str, req: &PromoteRequest) -> Result<Promoted, (StatusCode, String)> {
         let key = self.1.as_ref().ok_or_else(|| {
             (
                 StatusCode::CONFLICT,
@@ -79,7 +79,7 @@ impl crate::fleet_api::Documents for RepoDocuments {
         let expires_in = crate::channels::parse_duration(req.expires.as_deref().unwrap_or("7d")).map_err(bad)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let p = crate::channels::Promotion {
-            to: req.to.clone(),
+            to: to.to_string(),
             commit,
             from: req.from.clone(),
             hardware: req.hardware.clone(),
@@ -90,8 +90,6 @@ impl crate::fleet_api::Documents for RepoDocuments {
             now,
         };
         let out = crate::channels::promote(&repo, &p).map_err(bad)?;
-        let mut v = crate::channels::doc_json(&out.id, &out.doc);
-        v["changed"] = out.changed.into();
-        Ok(v)
+        Ok(Promoted { changed: out.changed, document: crate::channels::document(&out.id, &out.doc) })
     }
 }

@@ -37,10 +37,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use ferry_api::ErrorBody;
 use ferry_delta::pack;
 use ferry_delta::patch;
 use ferry_store::{Id, Repository, StoreError};
-use serde_json::json;
 use tokio::sync::{AcquireError, Semaphore};
 use tokio::task::JoinError;
 
@@ -120,16 +120,13 @@ impl Default for PatchConfig {
 
 type Shared = Arc<AppState>;
 
-/// An error response: a status and a JSON body `{"error": "..."}` naming the object.
+/// An error response: a status and an [`ErrorBody`] naming the object (and, for a batch,
+/// the ids the repository lacks).
 struct ApiError(StatusCode, String, Option<Vec<String>>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.1 });
-        if let Some(missing) = self.2 {
-            body["missing"] = json!(missing);
-        }
-        (self.0, Json(body)).into_response()
+        (self.0, Json(ErrorBody { error: self.1, missing: self.2 })).into_response()
     }
 }
 

@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ferry_api::repo::{BranchHead, CommitSignatures, Signature, SignedCommit, VersionCommits};
 use ferry_store::{chunk::decode_chunk, Id, StoreError};
-use serde_json::json;
 
 use super::{blocking, catch_up, content, lookup, parse_id, ApiError, AppState, Shared, Slots};
 
@@ -86,7 +86,7 @@ pub(super) async fn version(State(s): State<Shared>, Path(version): Path<String>
     if found.is_empty() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no commit has version {version}"), None));
     }
-    Ok(Json(json!({ "version": version, "commits": found })).into_response())
+    Ok(Json(VersionCommits { commits: found.into_iter().collect(), version }).into_response())
 }
 
 pub(super) async fn branch(
@@ -108,7 +108,7 @@ pub(super) async fn branch(
     let mut resp = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(json!({ "branch": name, "commit": id.to_hex() })).into_response()
+        Json(BranchHead { branch: name, commit: id.to_hex() }).into_response()
     };
     let h = resp.headers_mut();
     h.insert(
@@ -146,6 +146,11 @@ pub(super) async fn chunk(State(s): State<Shared>, Path(id): Path<String>) -> Re
     Ok(immutable(stored))
 }
 
+/// A commit's signatures as the API spells them.
+fn signature_list(sigs: &[ferry_store::StoredSignature]) -> Vec<Signature> {
+    sigs.iter().map(|s| Signature { key: hex::encode(s.key), signature: hex::encode(s.signature) }).collect()
+}
+
 pub(super) async fn signatures(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let sigs = lookup(&s, move |st| {
@@ -153,9 +158,7 @@ pub(super) async fn signatures(State(s): State<Shared>, Path(id): Path<String>) 
         Ok(st.repo.signatures(&id)?)
     })
     .await?;
-    let list: Vec<_> =
-        sigs.iter().map(|s| json!({ "key": hex::encode(s.key), "signature": hex::encode(s.signature) })).collect();
-    Ok(Json(json!({ "commit": id.to_hex(), "signatures": list })).into_response())
+    Ok(Json(CommitSignatures { commit: id.to_hex(), signatures: signature_list(&sigs) }).into_response())
 }
 
 /// A commit and its signatures in one answer: what a device needs before anything else.
@@ -169,9 +172,8 @@ pub(super) async fn commit_with_signatures(
         Ok((st.repo.read_object_bytes(&id)?, st.repo.signatures(&id)?))
     })
     .await?;
-    let list: Vec<_> =
-        sigs.iter().map(|s| json!({ "key": hex::encode(s.key), "signature": hex::encode(s.signature) })).collect();
-    Ok(Json(json!({ "commit": id.to_hex(), "bytes": hex::encode(bytes), "signatures": list })).into_response())
+    let answer = SignedCommit { bytes: hex::encode(bytes), commit: id.to_hex(), signatures: signature_list(&sigs) };
+    Ok(Json(answer).into_response())
 }
 
 /// The most commits `GET /v1/versions/{v}` reads across all branches.

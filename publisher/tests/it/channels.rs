@@ -352,3 +352,69 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     // A commit bundle is not a channel's: no rollout applies.
     ok(&["bundle", "--repo", &repo, "--to", &c2, "--fleet", &s(&fleet), "-o", &out]);
 }
+
+/// `text` is exactly what serde_json's sorted map writes for the same value (compact as the
+/// server sends it, or pretty with a newline as `ferry --json` prints it), and each of its
+/// objects (the array's, or itself) has exactly `keys`. The documents' JSON was first built
+/// that way; this holds it to the same bytes.
+fn sorted_text(text: &str, pretty: bool, keys: &[&str]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let again =
+        if pretty { serde_json::to_string_pretty(&v).unwrap() + "\n" } else { serde_json::to_string(&v).unwrap() };
+    assert_eq!(text, again);
+    for o in v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]) {
+        assert_eq!(o.as_object().unwrap().keys().collect::<Vec<_>>(), keys, "{o}");
+    }
+    v
+}
+
+const DOC: [&str; 8] = ["channel", "expires", "id", "previous", "rollback", "serial", "targets", "timestamp"];
+
+#[test]
+fn channel_documents_keep_their_text() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, c2) = setup(t.path());
+    let key = |k: &str| s(&t.path().join(k));
+    first_keys(t.path(), &repo);
+    let promoted_keys = [&["changed"][..], &DOC].concat();
+    let d = ok(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--json"]);
+    let d = sorted_text(&d, true, &promoted_keys);
+    assert_eq!(d["targets"][0].as_object().unwrap().keys().collect::<Vec<_>>(), ["commit", "hardware", "version"]);
+    assert_eq!(d["previous"], serde_json::Value::Null);
+    ok(&["promote", "--repo", &repo, "--from", "dev", "--to", "beta", "--sign-key", &key("chan.key")]);
+    sorted_text(&ok(&["channel", "show", "--repo", &repo, "dev", "--json"]), true, &DOC);
+    let refresh = ["channel", "refresh", "--repo", &repo, "dev", "--sign-key", &key("chan.key"), "--json"];
+    sorted_text(&ok(&refresh), true, &DOC);
+    let log = ["channel", "log", "--repo", &repo, "dev", "--json"];
+    let signed = [&DOC[..6], &["signed_by"], &DOC[6..]].concat();
+    sorted_text(&ok(&log), true, &signed);
+    sorted_text(&ok(&["channel", "list", "--repo", &repo, "--json"]), true, &[&DOC[..], &["upstream"]].concat());
+
+    // The admin API's listing and promotion, from a server holding the channel key.
+    let fleet = key("fleet");
+    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let server = crate::cmd::serve(&repo, &["--fleet", &fleet, "--channel-key", &key("chan.key")]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = reqwest::Client::new();
+    let (promoted, listed) = rt.block_on(async {
+        let promoted = http
+            .post(format!("{}/v1/admin/channels/dev/promote", server.1))
+            .bearer_auth(&admin)
+            .body(format!(r#"{{"commit":"{c2}","hardware":["rev-a"]}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(promoted.status(), 200);
+        let listed = http.get(format!("{}/v1/admin/channels", server.1)).bearer_auth(&admin).send().await.unwrap();
+        (promoted.text().await.unwrap(), listed.text().await.unwrap())
+    });
+    let p = sorted_text(&promoted, false, &promoted_keys);
+    assert_eq!((p["serial"].as_u64(), p["changed"].as_bool()), (Some(3), Some(true)));
+    let listing = [&DOC[..2], &["history"], &DOC[2..], &["upstream"]].concat();
+    let l = sorted_text(&listed, false, &listing);
+    assert_eq!((l[0]["channel"].as_str(), l[0]["upstream"].as_str()), (Some("beta"), Some("dev")));
+    assert_eq!(l[1]["history"].as_array().unwrap().len(), 3);
+    sorted_text(&l[1]["history"].to_string(), false, &DOC);
+    let audit = ok(&["audit", "--json", "--server", &server.1, "--token", &admin]);
+    assert!(audit.contains(&format!("dev serial 3 (commit {c2})")), "{audit}");
+}

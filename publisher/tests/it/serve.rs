@@ -273,3 +273,46 @@ fn every_tree_a_device_lacks_comes_in_one_request_parents_first() {
         assert_eq!(post(body).await.unwrap().status(), 404);
     });
 }
+
+/// The exact text of every JSON answer of the repository API: the bytes `ferryd` (and any
+/// other reader) has always been sent, field for field.
+#[test]
+fn json_answers_keep_their_text() {
+    let (t, rt, base, id) = served();
+    let r = Repository::open_read_only(&t.path().join("repo")).unwrap();
+    let bytes = hex::encode(r.read_object_bytes(&id).unwrap());
+    let sig = &r.signatures(&id).unwrap()[0];
+    let (key, signature) = (hex::encode(sig.key), hex::encode(sig.signature));
+    drop(r);
+    let sigs = format!(r#"[{{"key":"{key}","signature":"{signature}"}}]"#);
+    let unknown = Id::of(b"no such chunk");
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let text = |path: String| {
+            let get = c.get(format!("{base}/{path}"));
+            async move { get.send().await.unwrap().text().await.unwrap() }
+        };
+        assert_eq!(
+            text("branches/release/stable".into()).await,
+            format!(r#"{{"branch":"release/stable","commit":"{id}"}}"#)
+        );
+        assert_eq!(text("versions/1".into()).await, format!(r#"{{"commits":["{id}"],"version":"1"}}"#));
+        assert_eq!(
+            text(format!("commits/{id}")).await,
+            format!(r#"{{"bytes":"{bytes}","commit":"{id}","signatures":{sigs}}}"#)
+        );
+        assert_eq!(
+            text(format!("commits/{id}/signatures")).await,
+            format!(r#"{{"commit":"{id}","signatures":{sigs}}}"#)
+        );
+        assert_eq!(text("branches/nope".into()).await, r#"{"error":"no such branch"}"#);
+        let r = c.post(format!("{base}/chunks")).body(unknown.as_bytes().to_vec()).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!(
+                r#"{{"error":"1 requested chunks are not in the repository, e.g. {unknown}","missing":["{unknown}"]}}"#
+            )
+        );
+    });
+}
