@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ferry_delta::patch::{self as patch, Patch};
 use ferry_store::{ChunkRef, EntryKind, Id, Meta, Xattr};
 
@@ -92,8 +92,7 @@ pub(crate) fn plan_fetch(
         return Ok(plain_only());
     }
     let Some(old) = current.map(|c| local.commit(&c)).transpose()?.flatten() else { return Ok(plain_only()) };
-    let read = |id: &Id| local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"));
-    let old_files = match patch::walk_files(&old.root, read) {
+    let old_files = match patch::walk_files(local, &old.root) {
         Ok(files) => files,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot list the current deployment's files; fetching plain chunks");

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ferry_store::{ChunkRef, EntryKind, Id, Tree};
+use ferry_store::{ChunkRef, EntryKind, Id, ReadTrees, Tree};
 
 use super::{Patch, REFERENCE_MAX, TARGET_MAX};
 
@@ -192,10 +192,10 @@ pub fn plan_patches_by_ref<'n>(
 
 /// The regular files under `root`, depth first with each directory's entries in name order
 /// (the order trees store them): the walk both sides of a patch plan use.
-pub fn walk_files<E>(root: &Id, mut read_tree: impl FnMut(&Id) -> Result<Tree, E>) -> Result<Vec<FileChunks>, E> {
+pub fn walk_files<T: ReadTrees + ?Sized>(trees: &T, root: &Id) -> Result<Vec<FileChunks>, T::Error> {
     let mut out = Vec::new();
     // (tree, its path, index of the next entry): an explicit stack, whatever the nesting.
-    let mut stack: Vec<(Tree, Vec<u8>, usize)> = vec![(read_tree(root)?, Vec::new(), 0)];
+    let mut stack: Vec<(Tree, Vec<u8>, usize)> = vec![(trees.tree(root)?, Vec::new(), 0)];
     while let Some((tree, prefix, i)) = stack.last_mut() {
         let Some(e) = tree.entries.get(*i) else {
             stack.pop();
@@ -210,7 +210,7 @@ pub fn walk_files<E>(root: &Id, mut read_tree: impl FnMut(&Id) -> Result<Tree, E
         match &e.kind {
             EntryKind::File { chunks, .. } => out.push(FileChunks { path, chunks: chunks.clone() }),
             EntryKind::Dir { tree } => {
-                let sub = read_tree(tree)?;
+                let sub = trees.tree(tree)?;
                 stack.push((sub, path, 0));
             }
             EntryKind::Symlink { .. } => {}
