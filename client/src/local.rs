@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::layout::Layout;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use ferry_store::object::{object_kind, ObjectKind};
-use ferry_store::{Commit, Id, Meta, Tree};
+use ferry_store::{Commit, Id, Meta, ReadTrees, Tree};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, DB,
 };
@@ -339,6 +339,15 @@ impl Local {
     /// Makes every write so far durable (RocksDB's WAL).
     pub fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).context("syncing the device database")
+    }
+}
+
+/// The device's trees for planning: a tree the device does not hold is an error here.
+impl ReadTrees for Local {
+    type Error = anyhow::Error;
+
+    fn tree(&self, id: &Id) -> Result<Tree> {
+        Local::tree(self, id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))
     }
 }
 

@@ -11,9 +11,9 @@ pub mod bundle;
 pub mod chunker;
 pub mod pack;
 pub mod patch;
-#[cfg(feature = "repository")]
 pub mod plan;
 
 pub use chunker::Chunker;
+pub use plan::{diff_commits, Change, ChangeKind, PatchCost, TransferCost};
 #[cfg(feature = "repository")]
-pub use plan::{diff_commits, patch_cost, transfer_cost, Change, ChangeKind, PatchCost, TransferCost};
+pub use plan::{patch_cost, transfer_cost};

@@ -3,10 +3,17 @@
 //!
 //! Unchanged subtrees keep their id, so both walks skip them without reading them: the cost
 //! of a comparison grows with what changed, not with the size of the tree.
+//!
+//! Trees are read through [`ReadTrees`], so the same planning runs over the repository
+//! (`ferry diff`), the device's store, or trees in memory. The costs ([`transfer_cost`],
+//! [`patch_cost`]) also read chunk sizes and compute patches, so they need a repository (the
+//! `repository` feature).
 
 use std::collections::{HashMap, HashSet};
 
-use ferry_store::{Commit, Entry, EntryKind, Id, Repository, Result, Tree};
+#[cfg(feature = "repository")]
+use ferry_store::Repository;
+use ferry_store::{Commit, Entry, EntryKind, Id, ReadTrees, Result, StoreError, Tree};
 
 /// What happened to one path between two commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -48,30 +55,48 @@ fn join(prefix: &str, name: &[u8]) -> String {
 /// Every path under a tree (directories included), for whole-subtree additions and removals.
 fn depth_ok(tree: &Id, prefix: &str) -> Result<()> {
     if prefix.split('/').count() > ferry_store::object::MAX_DEPTH {
-        return Err(ferry_store::StoreError::TooDeep { tree: *tree });
+        return Err(StoreError::TooDeep { tree: *tree });
     }
     Ok(())
 }
 
-fn all_paths(repo: &Repository, tree: &Id, prefix: &str, kind: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+fn all_paths<T: ReadTrees + ?Sized>(
+    read: &T,
+    tree: &Id,
+    prefix: &str,
+    kind: ChangeKind,
+    out: &mut Vec<Change>,
+) -> Result<(), T::Error>
+where
+    T::Error: From<StoreError>,
+{
     depth_ok(tree, prefix)?;
-    for e in repo.read_tree(tree)?.entries {
+    for e in read.tree(tree)?.entries {
         let path = join(prefix, &e.name);
         out.push(Change { path: path.clone(), kind });
         if let EntryKind::Dir { tree } = e.kind {
-            all_paths(repo, &tree, &path, kind, out)?;
+            all_paths(read, &tree, &path, kind, out)?;
         }
     }
     Ok(())
 }
 
-fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec<Change>) -> Result<()> {
+fn diff_trees<T: ReadTrees + ?Sized>(
+    read: &T,
+    from: &Id,
+    to: &Id,
+    prefix: &str,
+    out: &mut Vec<Change>,
+) -> Result<(), T::Error>
+where
+    T::Error: From<StoreError>,
+{
     if from == to {
         return Ok(());
     }
     depth_ok(to, prefix)?;
-    let a = repo.read_tree(from)?;
-    let b = repo.read_tree(to)?;
+    let a = read.tree(from)?;
+    let b = read.tree(to)?;
     if a.meta != b.meta {
         let path = if prefix.is_empty() { "." } else { prefix };
         out.push(Change { path: path.to_string(), kind: ChangeKind::Changed });
@@ -83,7 +108,7 @@ fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec
             let path = join(prefix, &e.name);
             out.push(Change { path: path.clone(), kind: ChangeKind::Removed });
             if let EntryKind::Dir { tree } = &e.kind {
-                all_paths(repo, tree, &path, ChangeKind::Removed, out)?;
+                all_paths(read, tree, &path, ChangeKind::Removed, out)?;
             }
         }
     }
@@ -93,19 +118,19 @@ fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec
             (None, kind) => {
                 out.push(Change { path: path.clone(), kind: ChangeKind::Added });
                 if let EntryKind::Dir { tree } = kind {
-                    all_paths(repo, tree, &path, ChangeKind::Added, out)?;
+                    all_paths(read, tree, &path, ChangeKind::Added, out)?;
                 }
             }
             (Some(EntryKind::Dir { tree: t1 }), EntryKind::Dir { tree: t2 }) => {
-                diff_trees(repo, t1, t2, &path, out)?;
+                diff_trees(read, t1, t2, &path, out)?;
             }
             (Some(EntryKind::Dir { tree }), _) => {
                 out.push(Change { path: path.clone(), kind: ChangeKind::Changed });
-                all_paths(repo, tree, &path, ChangeKind::Removed, out)?;
+                all_paths(read, tree, &path, ChangeKind::Removed, out)?;
             }
             (Some(_), EntryKind::Dir { tree }) => {
                 out.push(Change { path: path.clone(), kind: ChangeKind::Changed });
-                all_paths(repo, tree, &path, ChangeKind::Added, out)?;
+                all_paths(read, tree, &path, ChangeKind::Added, out)?;
             }
             (Some(k1), k2) => {
                 if k1 != k2 {
@@ -117,23 +142,31 @@ fn diff_trees(repo: &Repository, from: &Id, to: &Id, prefix: &str, out: &mut Vec
     Ok(())
 }
 
-/// The paths that differ between two commits, sorted by path.
-pub fn diff_commits(repo: &Repository, from: &Commit, to: &Commit) -> Result<Vec<Change>> {
+/// The paths that differ between two commits, sorted by path, reading trees with `read`.
+pub fn diff_commits<T: ReadTrees + ?Sized>(read: &T, from: &Commit, to: &Commit) -> Result<Vec<Change>, T::Error>
+where
+    T::Error: From<StoreError>,
+{
     let mut out = Vec::new();
-    diff_trees(repo, &from.root, &to.root, "", &mut out)?;
+    diff_trees(read, &from.root, &to.root, "", &mut out)?;
     out.sort();
     Ok(out)
 }
 
 /// Collects the distinct chunk ids under a tree, visiting each distinct subtree once (with
 /// an explicit stack: no recursion, whatever the nesting).
-pub fn collect_chunks(repo: &Repository, root: &Id, trees: &mut HashSet<Id>, chunks: &mut HashSet<Id>) -> Result<()> {
+pub fn collect_chunks<T: ReadTrees + ?Sized>(
+    read: &T,
+    root: &Id,
+    trees: &mut HashSet<Id>,
+    chunks: &mut HashSet<Id>,
+) -> Result<(), T::Error> {
     let mut stack = vec![*root];
     while let Some(id) = stack.pop() {
         if !trees.insert(id) {
             continue;
         }
-        let tree: Tree = repo.read_tree(&id)?;
+        let tree: Tree = read.tree(&id)?;
         for e in tree.entries {
             match e.kind {
                 EntryKind::File { chunks: list, .. } => chunks.extend(list.iter().map(|c| c.id)),
@@ -147,6 +180,7 @@ pub fn collect_chunks(repo: &Repository, root: &Id, trees: &mut HashSet<Id>, chu
 
 /// The chunks of `to` that a holder of `from` lacks (every chunk of `to` when `from` is
 /// `None`), and their sizes as stored.
+#[cfg(feature = "repository")]
 pub fn transfer_cost(repo: &Repository, from: Option<&Commit>, to: &Commit) -> Result<TransferCost> {
     let mut have_trees = HashSet::new();
     let mut have = HashSet::new();
@@ -160,7 +194,7 @@ pub fn transfer_cost(repo: &Repository, from: Option<&Commit>, to: &Commit) -> R
     collect_chunks(repo, &to.root, &mut want_trees, &mut want)?;
     let mut cost = TransferCost::default();
     for id in want.difference(&have) {
-        let info = repo.chunk_info(id)?.ok_or(ferry_store::StoreError::ChunkMissing { id: *id })?;
+        let info = repo.chunk_info(id)?.ok_or(StoreError::ChunkMissing { id: *id })?;
         cost.chunks += 1;
         cost.compressed_bytes += u64::from(info.stored_len);
         cost.raw_bytes += u64::from(info.len);
@@ -188,6 +222,7 @@ pub struct PatchCost {
 }
 
 /// Computes the patches a device on `from` asks for to reach `to`, at zstd `level`.
+#[cfg(feature = "repository")]
 pub fn patch_cost(
     repo: &Repository,
     from: &Commit,
@@ -196,8 +231,8 @@ pub fn patch_cost(
 ) -> std::result::Result<PatchCost, crate::patch::AnswerError> {
     use crate::patch::{answer, plan_patches, walk_files, PatchRequest};
     let started = std::time::Instant::now();
-    let old = walk_files(&from.root, |id| repo.read_tree(id))?;
-    let new = walk_files(&to.root, |id| repo.read_tree(id))?;
+    let old = walk_files(repo, &from.root)?;
+    let new = walk_files(repo, &to.root)?;
     let have: HashSet<Id> = old.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
     let plan = plan_patches(&old, &new, |id| !have.contains(id));
     let mut cost = PatchCost::default();
@@ -212,7 +247,7 @@ pub fn patch_cost(
         cost.patch_bytes += bytes.len() as u64;
     }
     for c in &plan.plain {
-        let info = repo.chunk_info(&c.id)?.ok_or(ferry_store::StoreError::ChunkMissing { id: c.id })?;
+        let info = repo.chunk_info(&c.id)?.ok_or(StoreError::ChunkMissing { id: c.id })?;
         cost.plain_chunks += 1;
         cost.plain_bytes += u64::from(info.stored_len);
     }

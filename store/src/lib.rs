@@ -18,6 +18,7 @@ pub mod id;
 #[cfg(feature = "rocksdb")]
 pub mod kv;
 pub mod object;
+pub mod read;
 #[cfg(feature = "rocksdb")]
 pub mod repo;
 pub mod sign;
@@ -27,6 +28,7 @@ pub use config::{ChunkParams, RepoConfig};
 pub use error::{Result, StoreError};
 pub use id::Id;
 pub use object::{ChunkRef, Commit, DecodeError, Entry, EntryKind, Meta, Tree, Version, Xattr};
+pub use read::ReadTrees;
 #[cfg(feature = "rocksdb")]
 pub use repo::{ChunkInfo, Repository, StoredSignature};
 pub use sign::{KeyError, PublicKey, SecretKey, Signed};

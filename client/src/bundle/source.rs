@@ -7,7 +7,7 @@ use std::io::Read;
 
 use anyhow::Result;
 use ferry_delta::bundle::{BundleReader, Section};
-use ferry_store::{Commit, EntryKind, Id, Tree};
+use ferry_store::{Commit, EntryKind, Id, ReadTrees, Tree};
 
 use crate::local::Local;
 use crate::update::{Plan, Source, StagingSync};
@@ -115,11 +115,8 @@ impl<R: Read> Source for Bundle<R> {
         Ok(())
     }
 
-    fn tree(&self, local: &Local, id: &Id) -> Result<Tree> {
-        if let Some(bytes) = self.trees.get(id) {
-            return Tree::decode(bytes).map_err(|e| refused(format!("tree {id} does not decode: {e}")));
-        }
-        local.tree(id)?.ok_or_else(|| refused(format!("it lacks tree {id}")))
+    fn tree_reader<'a>(&'a self, local: &'a Local) -> impl ReadTrees<Error = anyhow::Error> + 'a {
+        Held { trees: &self.trees, local }
     }
 
     /// Every chunk the device lacks must be in the manifest, with the length the tree gives
@@ -222,6 +219,24 @@ impl<R: Read> Source for Bundle<R> {
                 }
             }
         }
+    }
+}
+
+/// A bundle's trees for planning: those it holds (verified against their ids as they were
+/// read), then the device's own; a tree neither holds is a refusal.
+struct Held<'a> {
+    trees: &'a HashMap<Id, Vec<u8>>,
+    local: &'a Local,
+}
+
+impl ReadTrees for Held<'_> {
+    type Error = anyhow::Error;
+
+    fn tree(&self, id: &Id) -> Result<Tree> {
+        if let Some(bytes) = self.trees.get(id) {
+            return Tree::decode(bytes).map_err(|e| refused(format!("tree {id} does not decode: {e}")));
+        }
+        self.local.tree(id)?.ok_or_else(|| refused(format!("it lacks tree {id}")))
     }
 }
 

@@ -2,11 +2,14 @@
 //! the chunks the device lacks, whether they fit, and which travel as patches.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use ferry_delta::patch::{self as patch, Patch};
-use ferry_store::{ChunkRef, EntryKind, Id, Meta, Xattr};
+use ferry_store::read::{walk, Walked};
+use ferry_store::{ChunkRef, Id, Meta, ReadTrees, Xattr};
 
 use crate::config::Config;
 use crate::local::{file_object_id, Local};
@@ -39,31 +42,25 @@ pub(crate) fn os(b: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(b)
 }
 
-/// The deployment a commit's trees describe, reading each tree with `read`.
-pub(crate) fn plan_with(root: &Id, read: impl Fn(&Id) -> Result<ferry_store::Tree>) -> Result<Plan> {
+/// The deployment a commit's trees describe, reading them through `trees`: the directories,
+/// files and symlinks in the order `store::read::walk` meets them, which is the order
+/// `ferry_delta::patch::walk_files` lists files in (what [`plan_fetch`] relies on).
+pub(crate) fn plan_with<T: ReadTrees<Error = anyhow::Error> + ?Sized>(root: &Id, trees: &T) -> Result<Plan> {
     let mut p = Plan { dirs: Vec::new(), symlinks: Vec::new(), files: Vec::new() };
-    fn walk(read: &dyn Fn(&Id) -> Result<ferry_store::Tree>, id: &Id, rel: &Path, p: &mut Plan) -> Result<()> {
-        if rel.components().count() > ferry_store::object::MAX_DEPTH {
-            bail!("tree {id} is nested deeper than {} directories", ferry_store::object::MAX_DEPTH);
-        }
-        let tree = read(id)?;
-        p.dirs.push((rel.to_path_buf(), tree.meta.clone()));
-        for e in tree.entries {
-            let path = rel.join(os(&e.name));
-            match e.kind {
-                EntryKind::Dir { tree } => walk(read, &tree, &path, p)?,
-                EntryKind::File { meta, chunks, .. } => {
-                    let object = file_object_id(&meta, &chunks);
-                    p.files.push(FilePlan { path, meta, chunks, object });
-                }
-                EntryKind::Symlink { uid, gid, xattrs, target } => {
-                    p.symlinks.push(SymlinkPlan { path, uid, gid, xattrs, target })
-                }
+    walk(trees, root, |path, walked| {
+        let path = PathBuf::from(OsString::from_vec(path.to_vec()));
+        match walked {
+            Walked::Dir { meta } => p.dirs.push((path, meta)),
+            Walked::File { meta, chunks, .. } => {
+                let object = file_object_id(&meta, &chunks);
+                p.files.push(FilePlan { path, meta, chunks, object });
+            }
+            Walked::Symlink { uid, gid, xattrs, target } => {
+                p.symlinks.push(SymlinkPlan { path, uid, gid, xattrs, target })
             }
         }
         Ok(())
-    }
-    walk(&read, root, Path::new(""), &mut p)?;
+    })?;
     // The lists live through the whole update: give back what doubling over-allocated.
     p.files.shrink_to_fit();
     p.dirs.shrink_to_fit();
@@ -92,8 +89,7 @@ pub(crate) fn plan_fetch(
         return Ok(plain_only());
     }
     let Some(old) = current.map(|c| local.commit(&c)).transpose()?.flatten() else { return Ok(plain_only()) };
-    let read = |id: &Id| local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"));
-    let old_files = match patch::walk_files(&old.root, read) {
+    let old_files = match patch::walk_files(local, &old.root) {
         Ok(files) => files,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot list the current deployment's files; fetching plain chunks");
@@ -101,7 +97,7 @@ pub(crate) fn plan_fetch(
         }
     };
     let wanted: HashSet<Id> = missing.iter().map(|(id, _)| *id).collect();
-    // The new commit's files in walk order: `plan` walked its trees the way `walk_files` does.
+    // The new commit's files in walk order: `plan_with` and `walk_files` are the same walk.
     use std::os::unix::ffi::OsStrExt;
     let new_files = new.files.iter().map(|f| (f.path.as_os_str().as_bytes(), f.chunks.as_slice()));
     let planned = patch::plan_patches_by_ref(&old_files, new_files, |id| wanted.contains(id));

@@ -7,8 +7,8 @@
 
 use std::fs;
 
-use anyhow::{anyhow, Result};
-use ferry_store::{Commit, Id, Tree};
+use anyhow::Result;
+use ferry_store::{Commit, Id, ReadTrees};
 
 use crate::config::Config;
 use crate::http::{Server, Traffic};
@@ -26,8 +26,8 @@ pub(crate) trait Source {
     /// that cannot deliver every tree refuses here, before anything is written.
     async fn trees(&mut self, local: &Local, commit: &Commit) -> Result<()>;
 
-    /// A tree under the commit's root (after [`Source::trees`]).
-    fn tree(&self, local: &Local, id: &Id) -> Result<Tree>;
+    /// The trees under the commit's root (after [`Source::trees`]), for planning.
+    fn tree_reader<'a>(&'a self, local: &'a Local) -> impl ReadTrees<Error = anyhow::Error> + 'a;
 
     /// Refuses, before anything is written, if the source cannot deliver the chunks in
     /// `missing` (listed in the order the files name them).
@@ -53,7 +53,7 @@ pub(crate) async fn stage<S: Source>(
     up_to_date: bool,
 ) -> Result<Plan> {
     source.trees(local, commit).await?;
-    let plan = plan_with(&commit.root, |id| source.tree(local, id))?;
+    let plan = plan_with(&commit.root, &source.tree_reader(local))?;
     let mut missing = if up_to_date { Vec::new() } else { missing_chunks(local, &plan)? };
     source.can_deliver(local, &plan, &missing)?;
     missing.sort();
@@ -85,8 +85,9 @@ impl Source for Network<'_> {
         fetch_trees(self.server, local, &commit.root, old_root, self.traffic).await
     }
 
-    fn tree(&self, local: &Local, id: &Id) -> Result<Tree> {
-        local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))
+    fn tree_reader<'a>(&'a self, local: &'a Local) -> impl ReadTrees<Error = anyhow::Error> + 'a {
+        // Every tree was fetched and stored by `trees`.
+        local
     }
 
     fn can_deliver(&self, _: &Local, _: &Plan, _: &[(Id, u32)]) -> Result<()> {

@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ferry_store::{ChunkRef, EntryKind, Id, Tree};
+use ferry_store::read::{walk, Walked};
+use ferry_store::{ChunkRef, EntryKind, Id, ReadTrees, Tree};
 
 use super::{Patch, REFERENCE_MAX, TARGET_MAX};
 
@@ -191,31 +192,20 @@ pub fn plan_patches_by_ref<'n>(
 }
 
 /// The regular files under `root`, depth first with each directory's entries in name order
-/// (the order trees store them): the walk both sides of a patch plan use.
-pub fn walk_files<E>(root: &Id, mut read_tree: impl FnMut(&Id) -> Result<Tree, E>) -> Result<Vec<FileChunks>, E> {
+/// (the order trees store them): the walk both sides of a patch plan use, which is
+/// `ferry_store::read::walk`, the walk the device plans its deployment with, so a device's
+/// deployment lists its files in this order too.
+pub fn walk_files<T: ReadTrees + ?Sized>(trees: &T, root: &Id) -> Result<Vec<FileChunks>, T::Error>
+where
+    T::Error: From<ferry_store::StoreError>,
+{
     let mut out = Vec::new();
-    // (tree, its path, index of the next entry): an explicit stack, whatever the nesting.
-    let mut stack: Vec<(Tree, Vec<u8>, usize)> = vec![(read_tree(root)?, Vec::new(), 0)];
-    while let Some((tree, prefix, i)) = stack.last_mut() {
-        let Some(e) = tree.entries.get(*i) else {
-            stack.pop();
-            continue;
-        };
-        *i += 1;
-        let mut path = prefix.clone();
-        if !path.is_empty() {
-            path.push(b'/');
+    walk(trees, root, |path, walked| {
+        if let Walked::File { chunks, .. } = walked {
+            out.push(FileChunks { path: path.to_vec(), chunks });
         }
-        path.extend_from_slice(&e.name);
-        match &e.kind {
-            EntryKind::File { chunks, .. } => out.push(FileChunks { path, chunks: chunks.clone() }),
-            EntryKind::Dir { tree } => {
-                let sub = read_tree(tree)?;
-                stack.push((sub, path, 0));
-            }
-            EntryKind::Symlink { .. } => {}
-        }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -2,3 +2,4 @@
 
 mod chunking;
 mod fuzz_seeds;
+mod plan;
