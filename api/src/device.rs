@@ -44,7 +44,10 @@ pub struct EnrollRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolled {
     pub device_token: String,
-    pub state: DeviceState,
+    /// Always sent; `None` only where a device read a state its version does not know (from
+    /// a newer server), which it must not fail on.
+    #[serde(default, deserialize_with = "known_or_none")]
+    pub state: Option<DeviceState>,
 }
 
 /// `POST /v1/device/checkin`: what a device reports, what `ferryd status` knows. Every field
@@ -90,9 +93,34 @@ pub struct CheckinAnswer {
     /// The channel's signed document (an envelope, in hex) the device gets (during a
     /// rollout, the base document for devices outside its share); `null` without a channel.
     pub channel_document: Option<String>,
-    /// The merged configuration (absent from servers older than configuration).
-    #[serde(default)]
+    /// The merged configuration (absent from servers older than configuration; a device
+    /// reads one it cannot use as absent, as older agents did).
+    #[serde(default, deserialize_with = "known_or_none")]
     pub config: Option<DeviceConfig>,
+    #[serde(default)]
     pub serial: String,
-    pub state: DeviceState,
+    /// Always sent; `None` only where a device read a state its version does not know.
+    #[serde(default, deserialize_with = "known_or_none")]
+    pub state: Option<DeviceState>,
+}
+
+/// Reads a value a device only uses when it understands it: one it cannot read (a state
+/// added by a newer server, a configuration of another shape) is `None`, not an error, so
+/// an agent in the field keeps checking in and updating against a newer server. (An absent
+/// field is `None` through `#[serde(default)]`.)
+fn known_or_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Maybe<T> {
+        Known(T),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Maybe<T>>::deserialize(d)? {
+        Some(Maybe::Known(v)) => Some(v),
+        Some(Maybe::Other(_)) | None => None,
+    })
 }

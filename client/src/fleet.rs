@@ -227,7 +227,7 @@ async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic
     std::fs::create_dir_all(&config.state_dir)?;
     ferry_durable::replace_secret(&token_path(config), token.as_bytes())
         .with_context(|| format!("saving {}", token_path(config).display()))?;
-    tracing::info!(serial, state = enrolled.state.as_str(), "enrolled with the fleet server");
+    tracing::info!(serial, state = enrolled.state.map_or("unknown", |s| s.as_str()), "enrolled with the fleet server");
     Ok(token.to_string())
 }
 

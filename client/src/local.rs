@@ -123,6 +123,20 @@ impl Local {
     }
 
     fn recover(&self) -> Result<()> {
+        // ferry_durable's temporaries in the state directory itself (state.json, trust.json,
+        // trial.json, …) that a process died writing; one still alive may be writing now.
+        for e in fs::read_dir(self.layout.root())? {
+            let e = e?;
+            let Some(pid) = ferry_durable::temp_owner(&e.file_name()).and_then(|p| i32::try_from(p).ok()) else {
+                continue;
+            };
+            let dead = pid > 0
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+            if dead && e.file_type()?.is_file() {
+                tracing::info!(path = %e.path().display(), "removing what an interrupted write left");
+                let _ = fs::remove_file(e.path());
+            }
+        }
         for (dir, is_tmp) in [
             (self.layout.deploy(), &(|n: &str| n.contains(".tmp-")) as &dyn Fn(&str) -> bool),
             (self.layout.objects(), &|n: &str| n.ends_with(".tmp")),
@@ -361,5 +375,28 @@ pub fn make_writable(dir: &Path) {
                 make_writable(&e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_removes_what_a_dead_writer_left_and_keeps_a_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let left = dir.path().join(format!(".trial.json.tmp.{dead}"));
+        let live = dir.path().join(format!(".state.json.tmp.{}", std::process::id()));
+        let other = dir.path().join("notes.tmp.1");
+        for p in [&left, &live, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        drop(Local::open(dir.path()).unwrap());
+        assert!(!left.exists(), "a dead process's temporary is removed");
+        assert!(live.exists(), "a running process's temporary is kept");
+        assert!(other.exists(), "a name that is not ferry_durable's is kept");
     }
 }

@@ -51,6 +51,17 @@ pub fn temp_beside(path: &Path) -> io::Result<PathBuf> {
     Ok(path.with_file_name(tmp))
 }
 
+/// The process id in a temporary name of [`temp_beside`] (`.<name>.tmp.<pid>`), for a
+/// recovery sweep that removes only what a dead process left.
+pub fn temp_owner(file_name: &std::ffi::OsStr) -> Option<u32> {
+    let name = file_name.to_str()?;
+    let (head, pid) = name.rsplit_once(".tmp.")?;
+    if !head.starts_with('.') || head.len() < 2 || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
 /// Atomically replaces `path` with `bytes` (mode [`PUBLIC`]).
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace_with(path, PUBLIC, |f| f.write_all(bytes))
@@ -208,6 +219,16 @@ mod tests {
         replace_symlink(&link, Path::new("b")).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("b"));
         assert!(leftovers(d.path()).is_empty());
+    }
+
+    #[test]
+    fn a_temporary_names_its_owner_and_nothing_else_does() {
+        let t = temp_beside(Path::new("/x/state.json")).unwrap();
+        assert_eq!(temp_owner(t.file_name().unwrap()), Some(std::process::id()));
+        for other in ["state.json", ".state.json", "state.json.tmp.12", ".state.json.tmp.", ".x.tmp.1a", "a.tmp"] {
+            assert_eq!(temp_owner(std::ffi::OsStr::new(other)), None, "{other}");
+        }
+        assert_eq!(temp_owner(std::ffi::OsStr::new(".trial.json.tmp.4242")), Some(4242));
     }
 
     #[test]

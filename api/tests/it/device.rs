@@ -10,11 +10,11 @@ fn enrollment() {
         r#"{"enrollment_token":"fe_1","hardware":"rev-a","serial":"SN-1"}"#,
     );
     check(
-        &Enrolled { device_token: "fd_1".into(), state: DeviceState::Accepted },
+        &Enrolled { device_token: "fd_1".into(), state: Some(DeviceState::Accepted) },
         r#"{"device_token":"fd_1","state":"accepted"}"#,
     );
     check(
-        &Enrolled { device_token: "fd_2".into(), state: DeviceState::Pending },
+        &Enrolled { device_token: "fd_2".into(), state: Some(DeviceState::Pending) },
         r#"{"device_token":"fd_2","state":"pending"}"#,
     );
     // The server names what it does not take.
@@ -62,7 +62,7 @@ fn a_check_in_answer() {
         channel_document: Some("46525953".into()),
         config: Some(DeviceConfig { values: [("A".to_string(), "1".to_string())].into(), version: 3 }),
         serial: "SN-1".into(),
-        state: DeviceState::Accepted,
+        state: Some(DeviceState::Accepted),
     };
     check(
         &answer,
@@ -77,6 +77,27 @@ fn a_check_in_answer() {
     let old: CheckinAnswer =
         serde_json::from_str(r#"{"channel":null,"channel_document":null,"serial":"SN-1","state":"accepted"}"#).unwrap();
     assert_eq!(old.config, None);
+}
+
+#[test]
+fn a_device_reads_a_newer_servers_answers() {
+    // A state this version does not know, no serial, a configuration of another shape and a
+    // field it has never heard of: the device still gets its channel document and goes on.
+    let newer: CheckinAnswer = serde_json::from_str(
+        r#"{"channel":"stable","channel_document":"46525953","config":{"layers":[]},"state":"retired","x":1}"#,
+    )
+    .unwrap();
+    assert_eq!(newer.channel_document.as_deref(), Some("46525953"));
+    assert_eq!((newer.config, newer.state, newer.serial.as_str()), (None, None, ""));
+    let enrolled: Enrolled = serde_json::from_str(r#"{"device_token":"fd_3","state":"retired"}"#).unwrap();
+    assert_eq!((enrolled.device_token.as_str(), enrolled.state), ("fd_3", None));
+    // What it understands it still reads exactly.
+    let known: CheckinAnswer = serde_json::from_str(
+        r#"{"channel":null,"channel_document":null,"config":{"values":{"A":"1"},"version":3},"serial":"SN-1","state":"revoked"}"#,
+    )
+    .unwrap();
+    assert_eq!(known.state, Some(DeviceState::Revoked));
+    assert_eq!(known.config.map(|c| c.version), Some(3));
 }
 
 #[test]

@@ -155,7 +155,7 @@ impl Fleet {
         ops.extend(self.event_ops(serial, whats)?);
         ops.push(audit);
         self.kv.write(ops)?;
-        Ok(Enrolled { device_token: token, state })
+        Ok(Enrolled { device_token: token, state: Some(state) })
     }
 
     /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]

@@ -53,7 +53,7 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
         channel_document: document.map(hex::encode),
         config: Some(DeviceConfig { values: config.values, version: config.version }),
         serial: device.serial,
-        state: device.state,
+        state: Some(device.state),
     })
     .into_response())
 }

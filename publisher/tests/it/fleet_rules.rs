@@ -44,7 +44,7 @@ fn tokens_that_are_not_for_the_route_are_unauthorized() {
 fn pending_and_revoked_devices_are_forbidden() {
     let (_t, f, enrollment) = fleet(Settings { require_approval: true, ..Settings::default() });
     let enrolled = f.enroll("SN-1", "rev-a", &enrollment).unwrap();
-    assert_eq!(enrolled.state, DeviceState::Pending);
+    assert_eq!(enrolled.state, Some(DeviceState::Pending));
     refused(f.device_for(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     refused(f.reader(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     f.accept(&Caller::Local, "SN-1").unwrap();
@@ -65,7 +65,7 @@ fn a_re_enrollment_waits_for_the_operator_and_a_newer_one_is_a_conflict() {
     let first = f.enroll("SN-1", "rev-a", &enrollment).unwrap();
     refused(f.reject_reenrollment(&Caller::Local, "SN-1"), |e| matches!(e, FleetError::NotFound(_)));
     let again = f.enroll("SN-1", "rev-b", &enrollment).unwrap();
-    assert_eq!(again.state, DeviceState::Pending);
+    assert_eq!(again.state, Some(DeviceState::Pending));
     // The new token works nowhere yet; the device's own still does.
     refused(f.device_for(&again.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     f.device_for(&first.device_token).unwrap();
