@@ -316,3 +316,44 @@ fn json_answers_keep_their_text() {
         );
     });
 }
+
+#[test]
+fn hostile_trees_requests_get_a_reason_and_no_work() {
+    let (_t, rt, base, id) = served();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let post = |body: Vec<u8>| {
+            let c = c.clone();
+            let url = format!("{base}/trees");
+            async move {
+                let r = c.post(url).body(body).send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned())
+            }
+        };
+        let root = *id.as_bytes();
+        let mut compressed_alone = root.to_vec();
+        compressed_alone.extend([0u8; 32]);
+        compressed_alone.push(1);
+        let mut unknown = root.to_vec();
+        unknown.extend(root);
+        unknown.push(7);
+        for (body, says) in [
+            (Vec::new(), "64 or 65 bytes"),
+            (vec![0u8; 63], "not 63"),
+            (vec![0u8; 66], "not 66"),
+            (unknown, "unknown trees encoding 7"),
+            (compressed_alone, "compressed trees need an old root"),
+        ] {
+            let (status, text) = post(body).await;
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains(says), "{text}");
+        }
+        // A root the repository does not hold is not found, and nothing is streamed.
+        let (status, _) = post([[7u8; 32], [0u8; 32]].concat()).await;
+        assert_eq!(status, 404);
+        // A body past the route's limit is refused before it is read whole.
+        let (status, _) = post(vec![0u8; ferry_delta::pack::MAX_IDS_PER_REQUEST * 32 + 1]).await;
+        assert_eq!(status, 413);
+    });
+}
