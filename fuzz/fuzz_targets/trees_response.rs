@@ -13,7 +13,7 @@
 use ferry_delta::pack::{write_frame, Frame, FrameDecoder, PackError};
 use ferry_delta::patch::PrefixDecoder;
 use ferry_store::wire::Reader;
-use ferry_store::{EntryKind, Id, Tree};
+use ferry_store::{Id, Tree};
 use libfuzzer_sys::fuzz_target;
 
 /// The most decompressed bytes accepted (the agent's cap is 256 MiB; this keeps runs fast).
@@ -43,13 +43,7 @@ fn on_tree(trees: &mut Vec<Frame>, frame: Frame) -> Result<Vec<Id>, Refused> {
     }
     let tree = Tree::decode(&frame.bytes).map_err(|_| Refused::Tree)?;
     trees.push(frame);
-    Ok(tree
-        .entries
-        .iter()
-        .filter_map(|e| match e.kind {
-            EntryKind::Dir { tree } => Some(tree),
-            _ => None,
-        })
+    Ok(tree.subtrees()
         .collect())
 }
 

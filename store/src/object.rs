@@ -330,6 +330,14 @@ pub(crate) fn check_strings(items: &[String], field: &'static str) -> Result<(),
 }
 
 impl Tree {
+    /// The trees of this tree's directories, in entry order.
+    pub fn subtrees(&self) -> impl Iterator<Item = Id> + '_ {
+        self.entries.iter().filter_map(|e| match e.kind {
+            EntryKind::Dir { tree } => Some(tree),
+            _ => None,
+        })
+    }
+
     /// Checks every rule the decoder enforces, so that only decodable trees are encoded.
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_mode(self.meta.mode)?;

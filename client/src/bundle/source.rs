@@ -180,10 +180,7 @@ impl<R: Read> Source for Bundle<R> {
                 }
             }
             if let Some(tree) = local.tree(&id)? {
-                stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
-                    EntryKind::Dir { tree } => Some(tree),
-                    _ => None,
-                }));
+                stack.extend(tree.subtrees());
             }
         }
         Ok(())

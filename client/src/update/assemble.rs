@@ -8,7 +8,7 @@ use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use ferry_store::{EntryKind, Id, Meta};
+use ferry_store::{Id, Meta};
 
 use crate::crash;
 use crate::local::{make_writable, Local};
@@ -154,10 +154,7 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
             while let Some(t) = stack.pop() {
                 if objects.insert(t) {
                     if let Some(tree) = local.tree(&t)? {
-                        stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
-                            EntryKind::Dir { tree } => Some(tree),
-                            _ => None,
-                        }));
+                        stack.extend(tree.subtrees());
                     }
                 }
             }

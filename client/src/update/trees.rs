@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_delta::pack::{self, MAX_IDS_PER_REQUEST};
 use ferry_delta::patch::{self as patch};
-use ferry_store::{EntryKind, Id};
+use ferry_store::Id;
 
 use crate::crash;
 use crate::http::{Answered, Server, Traffic};
@@ -24,10 +24,7 @@ pub(crate) fn trees_complete(local: &Local, root: &Id) -> Result<bool> {
             continue;
         }
         let Some(tree) = local.tree(&id)? else { return Ok(false) };
-        stack.extend(tree.entries.iter().filter_map(|e| match e.kind {
-            EntryKind::Dir { tree } => Some(tree),
-            _ => None,
-        }));
+        stack.extend(tree.subtrees());
     }
     Ok(true)
 }
@@ -43,14 +40,7 @@ pub(crate) fn store_tree(local: &Local, frame: &pack::Frame) -> Result<Vec<Id>> 
         local.put_object(&frame.id, &frame.bytes)?;
         crash::point(crash::Step::TreeStored);
     }
-    Ok(tree
-        .entries
-        .iter()
-        .filter_map(|e| match e.kind {
-            EntryKind::Dir { tree } => Some(tree),
-            _ => None,
-        })
-        .collect())
+    Ok(tree.subtrees().collect())
 }
 
 /// Largest compressed or decompressed trees answer the agent accepts.
@@ -160,10 +150,7 @@ pub(crate) async fn fetch_trees(
         let mut next = Vec::new();
         for id in &level {
             let tree = local.tree(id)?.ok_or_else(|| anyhow!("tree {id} is missing on the device"))?;
-            next.extend(tree.entries.iter().filter_map(|e| match e.kind {
-                EntryKind::Dir { tree } => Some(tree),
-                _ => None,
-            }));
+            next.extend(tree.subtrees());
         }
         next.sort();
         next.dedup();

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use ferry_store::read::{walk, Walked};
-use ferry_store::{ChunkRef, EntryKind, Id, ReadTrees, Tree};
+use ferry_store::{ChunkRef, Id, ReadTrees, Tree};
 
 use super::{Patch, REFERENCE_MAX, TARGET_MAX};
 
@@ -229,10 +229,7 @@ pub fn tree_prefix<E: From<ferry_store::DecodeError>>(
             break;
         }
         let tree = Tree::decode(&bytes)?;
-        queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
-            EntryKind::Dir { tree } => Some(tree),
-            _ => None,
-        }));
+        queue.extend(tree.subtrees());
         out.extend_from_slice(&bytes);
     }
     Ok(out)

@@ -360,10 +360,7 @@ impl TreeWalk {
                     break;
                 }
             };
-            queue.extend(tree.entries.iter().filter_map(|e| match e.kind {
-                ferry_store::EntryKind::Dir { tree } => Some(tree),
-                _ => None,
-            }));
+            queue.extend(tree.subtrees());
             pack::write_frame(&mut out, &id, &bytes);
         }
         Ok((!out.is_empty()).then_some(out))
