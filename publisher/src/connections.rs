@@ -118,6 +118,17 @@ impl Default for Limits {
     }
 }
 
+/// What the connection a request arrived on says about its client, put in every request's
+/// extensions: routes that care (the admin UI's cookies and HSTS, device authentication by
+/// certificate) read it with `Extension<Connection>` or `req.extensions().get()`.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client's address as the socket saw it.
+    pub peer: std::net::SocketAddr,
+    /// The request arrived over TLS.
+    pub tls: bool,
+}
+
 /// Serves `app` on the connections `listener` accepts until `shutdown` resolves, then lets
 /// in-flight requests finish (for at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(
@@ -158,7 +169,8 @@ pub async fn serve(
             continue;
         };
         while connections.try_join_next().is_some() {}
-        connections.spawn(connection(tcp, app.clone(), limits.clone(), stopped.clone(), (slot, mine)));
+        let info = Connection { peer, tls: false };
+        connections.spawn(connection(tcp, info, app.clone(), limits.clone(), stopped.clone(), (slot, mine)));
     }
     drop(listener);
     drop(stop);
@@ -191,6 +203,7 @@ async fn accept_error(e: io::Error) {
 /// One connection, HTTP/1.1 with keep-alive, until it ends, fails a timeout, or shutdown.
 async fn connection(
     tcp: TcpStream,
+    info: Connection,
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<()>,
@@ -202,7 +215,8 @@ async fn connection(
     let answering = Arc::new(AtomicUsize::new(0));
     let service = {
         let (app, answering) = (TowerToHyperService::new(app), answering.clone());
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(info.clone());
             let guard = Answering::new(&answering);
             let answer = hyper::service::Service::call(&app, req);
             async move { Ok::<_, Infallible>(answer.await?.map(|body| Body::new(Guarded { body, _guard: guard }))) }
