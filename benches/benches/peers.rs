@@ -187,7 +187,7 @@ fn main() {
         std::fs::write(
             &config,
             format!(
-                "server = \"http://{}\"\nbranch = \"b{}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n{extra}",
+                "insecure_http = true\nserver = \"http://{}\"\nbranch = \"b{}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n{extra}",
                 proxy.addr,
                 target + 1,
                 device.join("state").display(),

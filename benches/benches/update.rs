@@ -46,7 +46,7 @@ fn main() {
         std::fs::write(
             &config,
             format!(
-                "server = \"http://{addr}\"\nbranch = \"{branch}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+                "insecure_http = true\nserver = \"http://{addr}\"\nbranch = \"{branch}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n",
                 device.join("state").display(),
                 device.join("current").display(),
                 work.path().join("ci.key.pub").display()

@@ -1,7 +1,11 @@
 //! `ferryd`'s configuration file (TOML).
 //!
 //! ```toml
-//! server = "https://updates.example.com"   # required: the ferry server's base URL
+//! server = "https://updates.example.com"   # required: the ferry server's base URL (https://)
+//! ca_file = "/etc/ferry/fleet-ca.pem"       # the CA the server's certificate must chain to (PEM);
+//!                                           #   default: the system's CA bundle
+//! # insecure_http = false                   # allow an http:// server (behind a VPN or a TLS-terminating
+//!                                           #   proxy on the device's side only); default false
 //! channel = "stable"                        # the signed channel this device follows, or
 //! # branch = "main"                         # a branch head (development; no channel checks)
 //! state_dir = "/var/lib/ferry"              # default: /var/lib/ferry
@@ -58,8 +62,11 @@
 //! grubenv = "/boot/grub/grubenv"            # grub: the environment block
 //! ```
 //!
-//! This build speaks plain HTTP only; TLS arrives with the fleet server. Until then, put the
-//! server behind a VPN or a TLS-terminating proxy on the device's side.
+//! The server is reached over HTTPS (rustls, ring): its certificate must chain to `ca_file`
+//! (the fleet's own CA, the usual case for devices) or, without it, to the system's roots,
+//! judged at the device's clock floor when its clock is behind (`crate::tls`). A plain
+//! `http://` server is refused unless `insecure_http = true`: tokens, the device's
+//! configuration and its identity would cross the network readable by anyone on the path.
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default). Every trusted
 //! key file is loaded and checked (weak keys refused) when the configuration is read.
@@ -186,6 +193,13 @@ fn default_bootlimit() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: String,
+    /// The CA (PEM) the server's certificate must chain to; default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Allows an `http://` server: everything the device sends and receives readable and
+    /// changeable on the path (signed commits and documents still protect what is installed).
+    #[serde(default)]
+    pub insecure_http: bool,
     #[serde(default)]
     pub branch: Option<String>,
     #[serde(default)]
@@ -388,6 +402,7 @@ impl Config {
         c.current_link = under(&self.current_link);
         c.trusted_keys = self.trusted_keys.iter().map(|p| under(p)).collect();
         c.root_keys = self.root_keys.iter().map(|p| under(p)).collect();
+        c.ca_file = self.ca_file.as_deref().map(under);
         c
     }
 
@@ -399,11 +414,18 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config> {
         let c: Config = toml::from_str(text)?;
-        if c.server.starts_with("https://") {
-            bail!("server {:?}: this build of ferryd speaks plain http:// only (TLS is not built in yet)", c.server);
-        }
-        if !c.server.starts_with("http://") {
-            bail!("server {:?} must be an http:// URL", c.server);
+        if c.server.starts_with("http://") {
+            if !c.insecure_http {
+                bail!(
+                    "server {:?} is plain HTTP: the device's tokens, configuration and identity would cross the network readable by anyone on the path. Use an https:// URL (with ca_file naming the fleet's CA), or set insecure_http = true if a VPN or a proxy on this device encrypts the link",
+                    c.server
+                );
+            }
+            if c.ca_file.is_some() {
+                bail!("ca_file is set but server {:?} is http://: use an https:// URL", c.server);
+            }
+        } else if !c.server.starts_with("https://") {
+            bail!("server {:?} must be an https:// URL (or http:// with insecure_http = true)", c.server);
         }
         match (&c.branch, &c.channel) {
             (Some(b), None) => {

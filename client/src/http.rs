@@ -141,6 +141,15 @@ fn timed_out(e: reqwest::Error, what: &str) -> anyhow::Error {
     }
 }
 
+/// Sends a request; a failure says what was asked (`what`) and, when TLS refused the server,
+/// why in words ([`crate::tls::explain_error`]) instead of the HTTP stack's layers.
+async fn send(req: reqwest::RequestBuilder, what: impl FnOnce() -> String) -> Result<reqwest::Response> {
+    req.send().await.map_err(|e| match crate::tls::explain_error(&e) {
+        Some(why) => anyhow!("{}: {why}", what()),
+        None => anyhow::Error::new(e).context(what()),
+    })
+}
+
 /// Largest JSON answer (branch head, signature list) the agent reads.
 const MAX_JSON: usize = 1 << 20;
 /// The most key-document bytes a device reads: rotations are rare and each document is small.
@@ -149,8 +158,19 @@ const MAX_KEY_CHAIN: usize = 4 << 20;
 const MAX_TREES_ANSWER: u64 = 256 << 20;
 
 impl Server {
-    pub fn new(base: &str, read_timeout: Duration) -> Result<Server> {
+    /// The server `config` names, over TLS as [`crate::tls`] sets it up (the pinned CA or the
+    /// system's roots, certificates judged at the device's clock floor).
+    pub fn for_device(config: &crate::config::Config) -> Result<Server> {
+        let roots = crate::tls::Roots::load(config.ca_file.as_deref())?;
+        let trust = crate::state::read_trust(config)?;
+        let floor = trust.floor.max(crate::trust::AGENT_FLOOR);
+        let tls = crate::tls::client_config(&roots, floor, None)?;
+        Server::new(&config.server, Duration::from_secs(config.read_timeout), tls)
+    }
+
+    pub fn new(base: &str, read_timeout: Duration, tls: rustls::ClientConfig) -> Result<Server> {
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(read_timeout)
             .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))
@@ -222,14 +242,14 @@ impl Server {
         t: &mut Traffic,
     ) -> Result<reqwest::Response> {
         t.requests += 1;
-        let resp = self
-            .authorized(self.client.post(self.url(path)))
-            .timeout(self.deadline(expect + body.len() as u64))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("requesting {what}"))?;
+        let resp = send(
+            self.authorized(self.client.post(self.url(path)))
+                .timeout(self.deadline(expect + body.len() as u64))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body),
+            || format!("requesting {what}"),
+        )
+        .await?;
         self.check(resp, what, t).await
     }
 
@@ -243,7 +263,7 @@ impl Server {
             req = req.header(reqwest::header::IF_NONE_MATCH, format!("\"{}\"", id.to_hex()));
         }
         t.requests += 1;
-        let resp = self.check(req.send().await.with_context(|| format!("asking for {what}"))?, &what, t).await?;
+        let resp = self.check(send(req, || format!("asking for {what}")).await?, &what, t).await?;
         if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(Head::Unchanged);
         }
@@ -256,12 +276,10 @@ impl Server {
     /// A GET whose body is at most `max` bytes; `None` on 404.
     async fn get_capped(&self, path: &str, max: usize, what: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
         t.requests += 1;
-        let resp = self
-            .authorized(self.client.get(self.url(path)))
-            .timeout(self.deadline(max as u64))
-            .send()
-            .await
-            .with_context(|| format!("asking for {what}"))?;
+        let resp = send(self.authorized(self.client.get(self.url(path))).timeout(self.deadline(max as u64)), || {
+            format!("asking for {what}")
+        })
+        .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -291,7 +309,7 @@ impl Server {
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
-        let resp = req.send().await.with_context(|| format!("asking {what}"))?;
+        let resp = send(req, || format!("asking {what}")).await?;
         let status = resp.status();
         let bytes = self.read_capped(resp, MAX_JSON, &what, t).await?;
         if !status.is_success() {
@@ -331,12 +349,11 @@ impl Server {
         let what = format!("commit {id}");
         t.requests += 1;
         let cap = 2 * max + MAX_JSON;
-        let resp = self
-            .authorized(self.client.get(self.url(&format!("commits/{id}"))))
-            .timeout(self.deadline(cap as u64))
-            .send()
-            .await
-            .with_context(|| format!("fetching {what}"))?;
+        let resp = send(
+            self.authorized(self.client.get(self.url(&format!("commits/{id}")))).timeout(self.deadline(cap as u64)),
+            || format!("fetching {what}"),
+        )
+        .await?;
         let resp = self.check(resp, &what, t).await?;
         let body = self.read_capped(resp, cap, &what, t).await?;
         let signed: SignedCommit = answer(&body, &what)?;

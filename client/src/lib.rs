@@ -24,6 +24,7 @@ pub mod process;
 pub mod provision;
 pub mod state;
 pub mod status;
+pub mod tls;
 pub mod trial;
 pub mod trust;
 pub mod update;

@@ -76,7 +76,7 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
         s.already_provisioned = true;
         return Ok(s);
     }
-    let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
+    let server = Server::for_device(config)?;
     let mut t = Traffic::default();
     if !steps.enrolled {
         crate::fleet::ensure_enrolled(config, &server, &mut t).await.context("enrolling")?;

@@ -201,7 +201,7 @@ mod tests {
         ferry_store::SecretKey::from_seed(&[1; 32]).save(&dir.path().join("k")).unwrap();
         let key = dir.path().join("k.pub");
         let config = Config::parse(&format!(
-            "server = \"http://127.0.0.1:1\"\nbranch = \"main\"\ntrusted_keys = [{key:?}]\nstate_dir = {:?}\ncurrent_link = {:?}\n",
+            "insecure_http = true\nserver = \"http://127.0.0.1:1\"\nbranch = \"main\"\ntrusted_keys = [{key:?}]\nstate_dir = {:?}\ncurrent_link = {:?}\n",
             dir.path().join("state"),
             dir.path().join("current")
         ))

@@ -24,8 +24,13 @@
 //!   sending a request's head) close at once, requests being answered finish; whatever is
 //!   still open after [`SHUTDOWN_GRACE`] is dropped.
 //!
-//! HTTP/2 is not served: `ferryd` and browsers speak HTTP/1.1 to a plain-HTTP server (there
-//! is no h2 negotiation without TLS), and h2's streams would need all these bounds again.
+//! - **TLS** (`crate::tls`): the handshake must finish within the header timeout; the write
+//!   stall watches the socket under it.
+//! - **HTTP/2** is served only over TLS, when ALPN chose it (browsers and ferryd over https
+//!   do): at most [`H2_STREAMS`] streams at once, a bounded header list, a connection closed
+//!   after [`H2_RESETS`] reset streams (rapid reset), pings every header timeout to drop a
+//!   dead peer, and closed when idle (nothing answered or started) for a header timeout.
+//!   Plain HTTP is HTTP/1.1 only (there is no h2 negotiation without TLS).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -82,6 +87,18 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// on a good link finishes, and `ferry serve` stops well within systemd's 90 s.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// HTTP/2 streams one connection may have open at once: ferryd keeps 2 chunk requests in
+/// flight, a browser a few; each stream is a request the server's slots bound anyway.
+const H2_STREAMS: u32 = 16;
+
+/// The largest HTTP/2 header list a client may send (HTTP/1.1's head is bounded by
+/// `HTTP_BUFFER`).
+const H2_HEADER_LIST: u32 = 16 * 1024;
+
+/// HTTP/2 streams a client may reset (or cause the server to reset) before the connection
+/// is closed: the rapid-reset attack opens and cancels streams faster than they are served.
+const H2_RESETS: usize = 32;
+
 /// hyper's read and write buffers per connection (its default is 408 KiB): a request head
 /// fits many times over, and the kernel's socket buffer, not this one, keeps a fast link busy;
 /// a stalled connection holds this much plus what its answer holds.
@@ -127,6 +144,9 @@ pub struct Connection {
     pub peer: std::net::SocketAddr,
     /// The request arrived over TLS.
     pub tls: bool,
+    /// The SHA-256 of the client certificate the peer presented (verified against
+    /// `--client-ca`), if any.
+    pub client_certificate: Option<[u8; 32]>,
 }
 
 /// Serves `app` on the connections `listener` accepts until `shutdown` resolves, then lets
@@ -135,6 +155,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &Limits,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let cap = connection_cap(limits.max_connections);
@@ -169,8 +190,9 @@ pub async fn serve(
             continue;
         };
         while connections.try_join_next().is_some() {}
-        let info = Connection { peer, tls: false };
-        connections.spawn(connection(tcp, info, app.clone(), limits.clone(), stopped.clone(), (slot, mine)));
+        let info = Connection { peer, tls: false, client_certificate: None };
+        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        connections.spawn(connection(tcp, info, acceptor, app.clone(), limits.clone(), stopped.clone(), (slot, mine)));
     }
     drop(listener);
     drop(stop);
@@ -200,33 +222,109 @@ async fn accept_error(e: io::Error) {
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 
-/// One connection, HTTP/1.1 with keep-alive, until it ends, fails a timeout, or shutdown.
+/// One connection until it ends, fails a timeout, or shutdown: over TLS when `tls` is set
+/// (the handshake bounded by the header timeout; HTTP/2 when ALPN chose it), HTTP/1.1 with
+/// keep-alive otherwise.
 async fn connection(
     tcp: TcpStream,
-    info: Connection,
+    mut info: Connection,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     limits: Limits,
-    mut stop: watch::Receiver<()>,
+    stop: watch::Receiver<()>,
     _slot: (OwnedSemaphorePermit, AddressSlot),
 ) {
-    let io = TokioIo::new(WriteStall::new(tcp, limits.write_stall));
-    // Requests being answered on this connection (HTTP/1.1: 0 or 1), until their answer's
-    // body is done: shutdown closes a connection with none at once.
+    let io = WriteStall::new(tcp, limits.write_stall);
+    let Some(acceptor) = tls else {
+        return http(TokioIo::new(io), false, info, app, &limits, stop).await;
+    };
+    let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %info.peer, "TLS handshake not finished within the header timeout");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    info.tls = true;
+    info.client_certificate = session.peer_certificates().and_then(|c| c.first()).map(|leaf| fingerprint(leaf));
+    http(TokioIo::new(stream), h2, info, app, &limits, stop).await
+}
+
+/// The SHA-256 of a certificate's DER: what a client certificate is known by.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// HTTP on one connection: HTTP/2 (`h2`, only ever negotiated over TLS) or HTTP/1.1.
+async fn http<I>(io: TokioIo<I>, h2: bool, info: Connection, app: Router, limits: &Limits, stop: watch::Receiver<()>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Requests being answered on this connection, until their answer's body is done
+    // (HTTP/1.1: 0 or 1): shutdown closes a connection with none at once, and an HTTP/2
+    // connection with none for a header timeout is idle.
     let answering = Arc::new(AtomicUsize::new(0));
+    // Requests started on this connection, ever: an HTTP/2 connection is idle only if none
+    // started since the last look.
+    let started = Arc::new(AtomicUsize::new(0));
     let service = {
-        let (app, answering) = (TowerToHyperService::new(app), answering.clone());
+        let (app, answering, started) = (TowerToHyperService::new(app), answering.clone(), started.clone());
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(info.clone());
+            started.fetch_add(1, Ordering::SeqCst);
             let guard = Answering::new(&answering);
             let answer = hyper::service::Service::call(&app, req);
             async move { Ok::<_, Infallible>(answer.await?.map(|body| Body::new(Guarded { body, _guard: guard }))) }
         })
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HTTP_BUFFER);
-    let conn = builder.serve_connection(io, service);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_STREAMS)
+            .max_header_list_size(H2_HEADER_LIST)
+            .max_send_buf_size(HTTP_BUFFER)
+            .max_pending_accept_reset_streams(Some(H2_RESETS))
+            .max_local_error_reset_streams(Some(H2_RESETS))
+            .keep_alive_interval(Some(limits.header_timeout))
+            .keep_alive_timeout(limits.header_timeout);
+        let conn = builder.serve_connection(io, service);
+        drive(conn, answering, Some((started, limits.header_timeout)), stop).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HTTP_BUFFER);
+        let conn = builder.serve_connection(io, service);
+        drive(conn, answering, None, stop).await
+    }
+}
+
+/// Runs a connection until it ends; on shutdown, closes it at once if nothing is being
+/// answered, else lets the answers finish. With `idle`, also closes it (gracefully) once
+/// no request was answered or started for a whole window (HTTP/2 has no header timeout
+/// that would).
+async fn drive<C>(
+    conn: C,
+    answering: Arc<AtomicUsize>,
+    idle: Option<(Arc<AtomicUsize>, Duration)>,
+    mut stop: watch::Receiver<()>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
+    let window = idle.as_ref().map_or(Duration::from_secs(3600), |(_, w)| *w);
+    let mut look = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+    let mut last_started = 0;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -241,6 +339,14 @@ async fn connection(
                 }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = look.tick(), if idle.is_some() && !stopping => {
+                let now_started = idle.as_ref().map_or(0, |(s, _)| s.load(Ordering::SeqCst));
+                if answering.load(Ordering::SeqCst) == 0 && now_started == last_started {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                last_started = now_started;
             }
         }
     }

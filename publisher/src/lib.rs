@@ -18,3 +18,4 @@ pub mod import;
 pub mod patches;
 pub mod serve;
 pub mod show;
+pub mod tls;

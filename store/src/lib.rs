@@ -22,6 +22,7 @@ pub mod read;
 #[cfg(feature = "rocksdb")]
 pub mod repo;
 pub mod sign;
+pub mod time;
 pub mod wire;
 
 pub use config::{ChunkParams, RepoConfig};

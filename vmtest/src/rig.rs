@@ -227,7 +227,7 @@ fn disk(
     std::fs::write(
         &device_config,
         format!(
-            "server = \"http://10.0.2.2:{port}\"\nchannel = \"stable\"\nroot_keys = [\"/etc/ferry/root.pub\"]\nstate_dir = \"{state}\"\ncurrent_link = \"{state}/current\"\nhardware = \"rev-a\"\nretries = 2\nread_timeout = 20\nbatch_bytes = 4194304\n{trial}",
+            "insecure_http = true\nserver = \"http://10.0.2.2:{port}\"\nchannel = \"stable\"\nroot_keys = [\"/etc/ferry/root.pub\"]\nstate_dir = \"{state}\"\ncurrent_link = \"{state}/current\"\nhardware = \"rev-a\"\nretries = 2\nread_timeout = 20\nbatch_bytes = 4194304\n{trial}",
             port = addr.port()
         ),
     )?;

@@ -130,7 +130,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let keys = if config.channel.is_some() { Vec::new() } else { config.keys()? };
     let hardware = config.hardware_revision()?;
     let local = Local::open(&config.state_dir)?;
-    let server = Server::new(&config.server, Duration::from_secs(config.read_timeout))?;
+    let server = Server::for_device(config)?;
     // A trial interrupted by a crash or a reboot is finished before anything else.
     if let Some(outcome) = crate::trial::run(config).await? {
         tracing::info!(?outcome, "finished a pending trial");

@@ -25,7 +25,7 @@ fn offline_device(env: &Env, name: &str, channel: &str, hardware: &str) -> PathB
         format!("channel = \"{channel}\"\nroot_keys = [\"{}\"]\n", env.path().join("root.key.pub").display())
     };
     let text = format!(
-        "server = \"http://127.0.0.1:9\"\n{follow}state_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"{hardware}\"\nretries = 1\n",
+        "insecure_http = true\nserver = \"http://127.0.0.1:9\"\n{follow}state_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"{hardware}\"\nretries = 1\n",
         dev.join("state").display(),
         dev.join("current").display(),
     );

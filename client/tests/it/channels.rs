@@ -54,7 +54,7 @@ fn device_rooted(env: &Env, name: &str, channel: &str, hardware: &str, root: &st
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
     let text = format!(
-        "server = \"http://{}\"\nchannel = \"{channel}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"{hardware}\"\n",
+        "insecure_http = true\nserver = \"http://{}\"\nchannel = \"{channel}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"{hardware}\"\n",
         env.addr,
         dev.join("state").display(),
         dev.join("current").display(),

@@ -13,7 +13,7 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
         ferry_store::SecretKey::from_seed(&[4; 32]).save(&key).unwrap();
     }
     let text = format!(
-        "server = \"http://127.0.0.1:8080\"\nbranch = \"stable\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}.pub\"]\n{extra}",
+        "insecure_http = true\nserver = \"http://127.0.0.1:8080\"\nbranch = \"stable\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}.pub\"]\n{extra}",
         dir.join("current").display(),
         key.display()
     );
@@ -92,7 +92,7 @@ fn channel_config(dir: &Path, hardware: &str) -> std::path::PathBuf {
         ferry_store::SecretKey::from_seed(&[5; 32]).save(&key).unwrap();
     }
     let text = format!(
-        "server = \"http://127.0.0.1:8080\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}.pub\"]\n{hardware}",
+        "insecure_http = true\nserver = \"http://127.0.0.1:8080\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}.pub\"]\n{hardware}",
         dir.join("state").display(),
         dir.join("current").display(),
         key.display()

@@ -67,7 +67,7 @@ fn a_pinned_device_ignores_a_promotion() {
     std::fs::write(
         &config,
         format!(
-            "server = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n",
+            "insecure_http = true\nserver = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n",
             env.addr,
             dev.join("state").display(),
             dev.join("current").display(),

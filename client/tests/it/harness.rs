@@ -17,6 +17,8 @@ pub struct Env {
     fleet: Option<ferry_publisher::serve::FleetConfig>,
     /// With a fleet: an admin token and an enrollment token (in `enrollment-token`).
     pub admin_token: String,
+    /// The certificate and key the server serves HTTPS with, if it does.
+    tls: Option<ferry_publisher::tls::TlsFiles>,
 }
 
 impl Drop for Env {
@@ -32,10 +34,11 @@ fn start_server(
     scratch: PathBuf,
     addr: SocketAddr,
     fleet: Option<ferry_publisher::serve::FleetConfig>,
+    tls: Option<ferry_publisher::tls::TlsFiles>,
 ) -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (atx, arx) = std::sync::mpsc::channel();
-    let config = ferry_publisher::serve::ServeConfig { fleet, ..Default::default() };
+    let config = ferry_publisher::serve::ServeConfig { fleet, tls, ..Default::default() };
     rt.spawn(async move {
         ferry_publisher::serve::serve_with(
             repo,
@@ -66,6 +69,15 @@ impl Env {
         Env::start(Some(require_approval))
     }
 
+    /// A server that serves HTTPS with `leaf` (written to `server.crt` and `server.key`).
+    pub fn with_tls(leaf: &ferry_fixtures::certs::Leaf) -> Env {
+        let mut env = Env::start(None);
+        let (cert, key) = leaf.write(env.path(), "server");
+        env.tls = Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None });
+        env.restart_server();
+        env
+    }
+
     fn start(fleet: Option<bool>) -> Env {
         let t = tempfile::tempdir().unwrap();
         let repo_path = t.path().join("repo");
@@ -83,9 +95,14 @@ impl Env {
             std::fs::write(t.path().join("enrollment-token"), format!("{enroll}\n")).unwrap();
             ferry_publisher::serve::FleetConfig { path, settings, channel_key: None }
         });
-        let (rt, addr) =
-            start_server(repo_path, t.path().join("serve-scratch"), "127.0.0.1:0".parse().unwrap(), fleet.clone());
-        Env { t, repo, addr, server: Some(rt), fleet, admin_token }
+        let (rt, addr) = start_server(
+            repo_path,
+            t.path().join("serve-scratch"),
+            "127.0.0.1:0".parse().unwrap(),
+            fleet.clone(),
+            None,
+        );
+        Env { t, repo, addr, server: Some(rt), fleet, admin_token, tls: None }
     }
 
     /// Kills the server at once: every connection is dropped mid-flight.
@@ -104,7 +121,8 @@ impl Env {
     pub fn restart_server(&mut self) {
         self.kill_server();
         let scratch = self.path().join(format!("serve-scratch-{}", crate::harness::now_nanos()));
-        let (rt, _) = start_server(self.repo.path().to_path_buf(), scratch, self.addr, self.fleet.clone());
+        let (rt, _) =
+            start_server(self.repo.path().to_path_buf(), scratch, self.addr, self.fleet.clone(), self.tls.clone());
         self.server = Some(rt);
     }
 
@@ -152,7 +170,7 @@ impl Env {
         std::fs::create_dir_all(&dev).unwrap();
         let config = dev.join("ferryd.toml");
         let text = format!(
-            "server = \"http://{addr}\"\nbranch = \"main\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\nhardware = \"rev-a\"\n{extra}",
+            "insecure_http = true\nserver = \"http://{addr}\"\nbranch = \"main\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\nhardware = \"rev-a\"\n{extra}",
             dev.join("state").display(),
             dev.join("current").display(),
             self.path().join("ci.key.pub").display(),

@@ -31,7 +31,7 @@ fn device_with(env: &Env, local_ui: &str) -> PathBuf {
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
     let text = format!(
-        "server = \"http://127.0.0.1:9\"\nchannel = \"stable\"\nroot_keys = [\"{}\"]\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"rev-a\"\n[local_ui]\npassword = \"{PASSWORD}\"\n{local_ui}\n",
+        "insecure_http = true\nserver = \"http://127.0.0.1:9\"\nchannel = \"stable\"\nroot_keys = [\"{}\"]\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nhardware = \"rev-a\"\n[local_ui]\npassword = \"{PASSWORD}\"\n{local_ui}\n",
         env.path().join("root.key.pub").display(),
         dev.join("state").display(),
         dev.join("current").display(),

@@ -15,5 +15,6 @@ mod patches;
 mod powercut;
 mod provision;
 mod rollout;
+mod tls;
 mod trial;
 mod update;

@@ -28,7 +28,8 @@ fn factory_files(env: &Env, flashed: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            r#"server = "http://{addr}"
+            r#"insecure_http = true
+server = "http://{addr}"
 channel = "stable"
 state_dir = "{f}/var/lib/ferry"
 current_link = "{f}/var/lib/ferry/current"

@@ -31,7 +31,7 @@ fn device(env: &Env, serial: &str) -> PathBuf {
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
     let text = format!(
-        "server = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n\
+        "insecure_http = true\nserver = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n\
          [health]\ncommands = [\"! grep -qx 2 etc/version\"]\ndeadline = 2\ninterval = 1\n\
          [fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
         env.addr,

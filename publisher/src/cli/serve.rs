@@ -11,6 +11,7 @@ use clap::Args;
 use super::RepoArg;
 use crate::fleet::{Settings, ENROLLMENTS_PER_MINUTE};
 use crate::serve::{FleetConfig, PatchConfig, ServeConfig};
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -51,9 +52,19 @@ pub struct ServeArgs {
     /// and roll back. Without it, channels are changed only with `ferry promote`.
     #[arg(long, value_name = "FILE", requires = "fleet")]
     channel_key: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first; HTTP/2 and HTTP/1.1).
+    /// Reloaded when it changes on disk or on SIGHUP, without dropping connections, so
+    /// certbot-style renewal needs no restart. Without it the server speaks plain HTTP,
+    /// which is right only behind a TLS-terminating load balancer.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
-/// Serves until SIGTERM or SIGINT, printing `listening on http://ADDR` on stdout once bound.
+/// Serves until SIGTERM or SIGINT, printing `listening on http://ADDR` (or https://) on
+/// stdout once bound.
 pub fn serve(a: ServeArgs) -> Result<()> {
     let ServeArgs {
         repo,
@@ -67,7 +78,14 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         require_approval,
         enrollments_per_minute,
         channel_key,
+        tls_cert,
+        tls_key,
     } = a;
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: None }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (scratch, temporary) = match scratch {
         Some(dir) => (dir, false),
         None => (std::env::temp_dir().join(format!("ferry-serve-{}", std::process::id())), true),
@@ -88,6 +106,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             settings: Settings { require_approval, enrollments_per_minute },
             channel_key,
         }),
+        tls,
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new()?;
@@ -97,7 +116,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         listen,
         &config,
         |addr| {
-            println!("listening on http://{addr}");
+            println!("listening on {scheme}://{addr}");
             let _ = std::io::stdout().flush();
         },
         shutdown_signal(),

@@ -367,6 +367,8 @@ pub struct ServeConfig {
     /// Content reads (chunks, objects, trees) on the blocking pool at once, over all requests
     /// (default: [`READ_SLOTS_PER_CORE`] per core).
     pub read_slots: usize,
+    /// HTTPS with these files; without them, plain HTTP (behind a TLS-terminating proxy).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for ServeConfig {
@@ -376,6 +378,7 @@ impl Default for ServeConfig {
             fleet: None,
             connections: crate::connections::Limits::default(),
             read_slots: READ_SLOTS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            tls: None,
         }
     }
 }
@@ -389,6 +392,8 @@ pub async fn serve_with(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Certificates first: a wrong path fails before anything is opened or bound.
+    let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let repository = Repository::open_follower(&repo, &scratch)?;
     let patches = &config.patches;
@@ -417,14 +422,32 @@ pub async fn serve_with(
     let listener = socket.listen(LISTEN_BACKLOG).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     on_bound(addr);
-    tracing::info!(%addr, repo = %repo.display(), "serving");
+    match &tls {
+        Some(_) => tracing::info!(%addr, repo = %repo.display(), "serving HTTPS (HTTP/2 and HTTP/1.1)"),
+        None => tracing::warn!(
+            %addr,
+            repo = %repo.display(),
+            "serving plain HTTP: tokens and configuration cross the network readable; right only behind a TLS-terminating load balancer (else give --tls-cert and --tls-key)"
+        ),
+    }
     if config.fleet.is_none() {
         tracing::warn!(
             "no --fleet: the repository routes are open to anyone who can connect (every release can be downloaded); serve a fleet with --fleet DIR to require device and admin tokens"
         );
     }
     let app = router(repository, patcher, fleet, config.read_slots);
-    crate::connections::serve(listener, app, &config.connections, shutdown).await;
+    // The certificate's reload watch stops with the server.
+    let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(tls) = tls.clone() {
+        tokio::spawn(async move {
+            tls.watch(async {
+                let _ = watch_stopped.await;
+            })
+            .await
+        });
+    }
+    crate::connections::serve(listener, app, &config.connections, tls, shutdown).await;
+    let _ = stop_watch.send(());
     tracing::info!("shut down");
     Ok(())
 }

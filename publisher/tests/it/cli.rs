@@ -256,7 +256,7 @@ fn image_refuses_bad_arguments_before_writing_anything() {
     let (repo, tree, key) = (p("repo"), p("tree"), p("ci.key"));
     let out = ok(&commit_args(&repo, "main", &tree, "1", &key, &["--hardware", "rev-a"]));
     let c = out.lines().last().unwrap().to_string();
-    std::fs::write(t.path().join("device.toml"), "server = \"http://127.0.0.1:9\"\n").unwrap();
+    std::fs::write(t.path().join("device.toml"), "insecure_http = true\nserver = \"http://127.0.0.1:9\"\n").unwrap();
     let image = |extra: &[&str]| {
         let (repo, out, dc) = (p("repo"), p("image"), p("device.toml"));
         let mut args = vec![

