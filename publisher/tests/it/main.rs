@@ -12,6 +12,7 @@ mod fleet_cli;
 mod fleet_rules;
 mod roundtrip;
 mod serve;
+mod tls;
 mod web_ui;
 
 use std::collections::BTreeMap;
