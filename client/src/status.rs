@@ -51,6 +51,12 @@ pub struct Status {
 /// `doctor` print each.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if config.insecure_http && config.server.starts_with("http://") {
+        out.push(format!(
+            "insecure_http is set: {} is plain HTTP, so this device's tokens and configuration cross the network readable and changeable by anyone on the path; use https:// with ca_file",
+            config.server
+        ));
+    }
     if let Some(b) = &config.branch {
         out.push(format!(
             "following branch {b}: development mode, without channel, expiry or rollout checks; field devices follow a channel"

@@ -45,6 +45,8 @@ pub struct Roots {
     store: Arc<RootCertStore>,
     /// `ca_file ...` or `the system's roots (...)`.
     pub source: String,
+    /// How many certificates are trusted.
+    pub count: usize,
 }
 
 impl Roots {
@@ -77,7 +79,7 @@ impl Roots {
         if added == 0 {
             bail!("{}: no usable CA certificate in it", path.display());
         }
-        Ok(Roots { store: Arc::new(store), source })
+        Ok(Roots { store: Arc::new(store), source, count: added })
     }
 }
 

@@ -323,6 +323,12 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
             lines.push(format!("FAIL  {what}: {e:#}"));
         }
     };
+    if config.server.starts_with("https://") {
+        check(
+            "server certificate roots",
+            crate::tls::Roots::load(config.ca_file.as_deref()).map(|r| format!("{} ({} certificates)", r.source, r.count)),
+        );
+    }
     if config.channel.is_some() {
         check("root keys", config.roots().map(|k| format!("{} loaded", k.len())));
         check("hardware revision", config.hardware_revision().map(|h| h.unwrap_or_default()));

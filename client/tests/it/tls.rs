@@ -52,6 +52,13 @@ fn a_device_updates_over_https_and_refuses_every_wrong_certificate() {
     let out = update(&config);
     assert_eq!(out["to"], v1.to_hex(), "{out}");
     let before = running(&config).expect("v1 installed");
+    let (ok, out, _) = ferryd(&config, &["doctor"]);
+    assert!(out.contains("ok    server certificate roots: ca_file") && !out.contains("insecure_http"), "{out}");
+    assert!(ok, "{out}");
+    // A ca_file that is not a certificate fails the doctor, naming it.
+    let broken = https_device(&env, "broken", "localhost", port, &env.path().join("ci.key.pub"), "");
+    let (ok, out, _) = ferryd(&broken, &["doctor"]);
+    assert!(!ok && out.contains("FAIL  server certificate roots") && out.contains("ci.key.pub"), "{out}");
     let v2 = env.commit(2, "2.0.0");
 
     let other_ca = Ca::new("someone else's CA");
@@ -141,11 +148,16 @@ fn a_man_in_the_middle_is_refused() {
     assert!(mitm.handshakes() > 0);
 }
 
-/// `http://` needs `insecure_http = true`, and the error says how to fix it.
+/// `http://` needs `insecure_http = true`, and the error says how to fix it; while it is
+/// set, `status` and `doctor` warn.
 #[test]
 fn plain_http_is_refused_unless_configured() {
     let env = Env::new();
     let config = env.device("");
+    for cmd in ["status", "doctor"] {
+        let (_, out, err) = ferryd(&config, &[cmd]);
+        assert!(out.contains("insecure_http is set"), "{cmd}: {out}{err}");
+    }
     let text = std::fs::read_to_string(&config).unwrap().replace("insecure_http = true\n", "");
     std::fs::write(&config, text).unwrap();
     let (ok, _, err) = ferryd(&config, &["update"]);
