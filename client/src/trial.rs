@@ -326,7 +326,8 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
     if config.server.starts_with("https://") {
         check(
             "server certificate roots",
-            crate::tls::Roots::load(config.ca_file.as_deref()).map(|r| format!("{} ({} certificates)", r.source, r.count)),
+            crate::tls::Roots::load(config.ca_file.as_deref())
+                .map(|r| format!("{} ({} certificates)", r.source, r.count)),
         );
     }
     if config.channel.is_some() {

@@ -32,7 +32,9 @@ fn call<A: DeserializeOwned>(
     let url = format!("{}/v1/admin/{path}", server.server.trim_end_matches('/'));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let client = ferry_publisher::tls::https_client(server.ca_file.as_deref())?
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
         let mut req = match method {
             "POST" => client.post(&url),
             _ => client.get(&url),
@@ -74,7 +76,7 @@ fn text(v: &Option<String>) -> &str {
 pub fn admin(cmd: AdminCommand) -> Result<()> {
     let AdminCommand::Token(cmd) = cmd;
     match cmd {
-        TokenCommand::Create { name, enrollment, fleet, server, token } => {
+        TokenCommand::Create { name, enrollment, fleet, server, token, ca_file } => {
             let kind = if enrollment { TokenKind::Enrollment } else { TokenKind::Admin };
             let created = match (fleet, server, token) {
                 (Some(dir), _, _) => {
@@ -89,13 +91,11 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
                 }
                 (None, Some(server), Some(token)) => {
                     let body = TokenRequest { kind, name: name.clone() };
-                    let v: TokenCreated =
-                        call(&ServerArgs { server, token }, "POST", "tokens", Some(&body)).map_err(|e| {
-                            match e.downcast_ref::<serde_json::Error>() {
-                                Some(_) => anyhow!("the server answered without a token"),
-                                None => e,
-                            }
-                        })?;
+                    let v: TokenCreated = call(&ServerArgs { server, token, ca_file }, "POST", "tokens", Some(&body))
+                        .map_err(|e| match e.downcast_ref::<serde_json::Error>() {
+                        Some(_) => anyhow!("the server answered without a token"),
+                        None => e,
+                    })?;
                     v.token
                 }
                 _ => bail!("give --fleet DIR (server stopped) or --server URL and --token TOKEN"),

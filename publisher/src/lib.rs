@@ -6,6 +6,7 @@
 //! device file systems, deployments or bootloaders (that is the device agent's job).
 
 pub mod bundle;
+pub mod ca;
 pub mod channels;
 pub mod checkout;
 pub mod cli;

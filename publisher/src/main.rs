@@ -47,6 +47,10 @@ enum Command {
     Audit(cli_fleet::AuditArgs),
     #[command(flatten)]
     Channels(ChannelsCommand),
+    /// The fleet's own certificate authority: the CA devices pin, and the server
+    /// certificates it issues for `ferry serve --tls-cert`.
+    #[command(subcommand)]
+    Ca(cli::ca::CaCommand),
 }
 
 fn run(command: Command) -> Result<ExitCode> {
@@ -59,6 +63,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Audit(args) => cli_fleet::audit(args)?,
         Command::Config(cmd) => cli_fleet::config(cmd)?,
         Command::Rollout(cmd) => cli_fleet::rollout(cmd)?,
+        Command::Ca(cmd) => cli::ca::run(cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -209,3 +209,30 @@ fn read_small(path: &Path) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// Where the system's CA bundle is looked for (after `SSL_CERT_FILE`): Debian and Ubuntu,
+/// Fedora and RHEL, Alpine and others.
+const SYSTEM_BUNDLES: &[&str] =
+    &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// An HTTP client builder for the operator's commands: `https://` servers verified against
+/// `ca_file` (the fleet's CA) or the system's roots. Without either, only `http://` works.
+pub fn https_client(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder> {
+    let bundle = match ca_file {
+        Some(p) => Some(p.to_path_buf()),
+        None => std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
+            .find(|p| p.is_file()),
+    };
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = bundle {
+        for cert in read_certificates(&path)? {
+            let cert = reqwest::Certificate::from_der(&cert)
+                .with_context(|| format!("{}: a certificate in it cannot be used", path.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use ferry_store::Repository;
 
 pub mod bundle;
+pub mod ca;
 pub mod channels;
 pub mod image;
 mod output;

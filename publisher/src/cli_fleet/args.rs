@@ -8,12 +8,16 @@ use clap::{Args, Subcommand};
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// The fleet server's base URL, e.g. http://updates.example.com:8080.
+    /// The fleet server's base URL, e.g. https://updates.example.com:8443.
     #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
     pub(super) server: String,
     /// An admin token (`ferry admin token create`).
     #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub(super) token: String,
+    /// The CA (PEM) the server's certificate must chain to, e.g. the fleet's own
+    /// (`ferry ca init`); default: the system's roots.
+    #[arg(long, env = "FERRY_CA_FILE", value_name = "FILE")]
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +45,8 @@ pub enum TokenCommand {
         server: Option<String>,
         #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[arg(long, env = "FERRY_CA_FILE", value_name = "FILE", conflicts_with = "fleet")]
+        ca_file: Option<PathBuf>,
     },
     /// Lists token names and kinds.
     List {

@@ -217,3 +217,40 @@ fn a_silent_handshake_is_cut_off() {
     assert_eq!(n, 0, "the server closes the connection");
     assert!(start.elapsed() < Duration::from_secs(5), "closed after {:?}", start.elapsed());
 }
+
+/// `ferry ca` makes the fleet's CA and a server certificate; `ferry serve` serves with it and
+/// the operator's commands reach it over HTTPS with `--ca-file` (and not without: the
+/// system's roots do not hold the fleet's CA). Nothing is overwritten unless asked.
+#[test]
+fn ferry_ca_issues_what_serve_and_the_admin_commands_use() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::cmd::{fails_with, ok};
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).display().to_string();
+    let (repo, fleet, ca_dir) = (p("repo"), p("fleet"), p("ca"));
+    ok(&["init", "--repo", &repo]);
+    let out = ok(&["ca", "init", "--dir", &ca_dir, "--name", "Test fleet CA"]);
+    assert!(out.contains("ca.crt"), "{out}");
+    let key_mode = std::fs::metadata(t.path().join("ca/ca.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let ca_before = std::fs::read(t.path().join("ca/ca.crt")).unwrap();
+    fails_with(&["ca", "init", "--dir", &ca_dir], "already holds a CA");
+    assert_eq!(std::fs::read(t.path().join("ca/ca.crt")).unwrap(), ca_before, "the CA is untouched");
+    fails_with(&["ca", "issue", "--dir", &ca_dir, "--host", "bad host!", "--out", &p("server")], "neither a host name");
+    fails_with(&["ca", "issue", "--dir", &p("nowhere"), "--host", "localhost", "--out", &p("server")], "ferry ca init");
+    ok(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--host", "127.0.0.1", "--out", &p("server")]);
+    fails_with(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server")], "--force");
+    ok(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server"), "--force"]);
+
+    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let server =
+        crate::cmd::serve(&repo, &["--fleet", &fleet, "--tls-cert", &p("server.crt"), "--tls-key", &p("server.key")]);
+    let port = server.1.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://localhost:{port}");
+    let ca_file = p("ca/ca.crt");
+    let devices = ok(&["devices", "--json", "--server", &url, "--token", &admin, "--ca-file", &ca_file]);
+    assert_eq!(devices.trim(), "[]");
+    let out = crate::cmd::ferry(&["devices", "--server", &url, "--token", &admin]);
+    assert!(!out.status.success(), "the system's roots do not trust the fleet's CA");
+}
