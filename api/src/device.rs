@@ -35,6 +35,10 @@ impl DeviceState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
+    /// A certificate signing request (PEM) for the device's own key: a server with a
+    /// client CA answers with a certificate for the device's serial. Sent only over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
     pub enrollment_token: String,
     pub hardware: String,
     pub serial: String,
@@ -43,6 +47,10 @@ pub struct EnrollRequest {
 /// The answer to an enrollment: the device's token (`fd_…`) and its state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolled {
+    /// The device's client certificate (PEM), when it sent a request and the server issues
+    /// them: from then on it presents it on every connection (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     pub device_token: String,
     /// Always sent; `None` only where a device read a state its version does not know (from
     /// a newer server), which it must not fail on.

@@ -19,6 +19,9 @@ use crate::http::{DeviceReply, Server, Traffic};
 pub struct Answer {
     /// The channel's newest signed document (an envelope), if the device follows one.
     pub channel_document: Option<Vec<u8>>,
+    /// The server with the client certificate this check-in's enrollment brought, for the
+    /// requests that follow; `None` when nothing changed.
+    pub server: Option<Server>,
     /// The device token the check-in used: a fleet server serves the repository only with
     /// it (`Server::with_token`). `None` without a fleet.
     pub token: Option<String>,
@@ -208,7 +211,14 @@ pub fn token_fingerprint(config: &Config) -> Option<String> {
 async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic) -> Result<String> {
     let serial = fleet.serial()?;
     let hardware = config.hardware_revision()?.ok_or_else(|| anyhow!("no hardware revision configured"))?;
-    let body = EnrollRequest { enrollment_token: fleet.enrollment_token()?, hardware, serial: serial.clone() };
+    // Over HTTPS the device asks for a client certificate for its own key (a server without
+    // a client CA ignores the request); over plain HTTP a certificate would protect nothing.
+    let csr = if config.server.starts_with("https://") {
+        Some(crate::tls::certificate_request(config, &serial)?)
+    } else {
+        None
+    };
+    let body = EnrollRequest { csr, enrollment_token: fleet.enrollment_token()?, hardware, serial: serial.clone() };
     let enrolled: Enrolled = match server.device_call("enroll", None, &body, t).await {
         Ok(DeviceReply::Answer(a)) => a,
         Ok(DeviceReply::Refused { status, reason }) => bail!(
@@ -225,6 +235,10 @@ async fn enroll(config: &Config, fleet: &Fleet, server: &Server, t: &mut Traffic
         bail!("enrolling {serial}: the answer's device token is malformed");
     }
     std::fs::create_dir_all(&config.state_dir)?;
+    // The certificate before the token: a device holding a token holds the certificate the
+    // same enrollment issued (a power cut between them enrolls again).
+    crate::tls::save_certificate(config, enrolled.certificate.as_deref())
+        .with_context(|| format!("enrolling {serial}: the client certificate in the answer"))?;
     ferry_durable::replace_secret(&token_path(config), token.as_bytes())
         .with_context(|| format!("saving {}", token_path(config).display()))?;
     tracing::info!(serial, state = enrolled.state.map_or("unknown", |s| s.as_str()), "enrolled with the fleet server");
@@ -290,14 +304,24 @@ fn report(config: &Config) -> Result<Report> {
 pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Result<Answer> {
     let Some(fleet) = &config.fleet else { return Ok(Answer::default()) };
     let report = report(config)?;
+    let mut token_was_there = true;
     let mut token = match std::fs::read_to_string(token_path(config)) {
         Ok(t) => t.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => enroll(config, fleet, server, t).await?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            token_was_there = false;
+            enroll(config, fleet, server, t).await?
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", token_path(config).display())),
     };
     let mut enrolled_now = false;
+    // After an enrollment the connection must present the certificate it brought.
+    let mut fresh: Option<Server> = None;
+    if !token_was_there {
+        fresh = Some(Server::for_device(config)?);
+    }
     loop {
-        let (status, reason) = match server.device_call::<CheckinAnswer>("checkin", Some(&token), &report, t).await? {
+        let current = fresh.as_ref().unwrap_or(server);
+        let (status, reason) = match current.device_call::<CheckinAnswer>("checkin", Some(&token), &report, t).await? {
             DeviceReply::Answer(v) => {
                 let channel_document = match &v.channel_document {
                     Some(h) => Some(hex::decode(h).map_err(|_| anyhow!("check-in: the channel document is not hex"))?),
@@ -306,7 +330,7 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
                 if let Some(c) = v.config {
                     apply_config(config, fleet, c.version, c.values)?;
                 }
-                return Ok(Answer { channel_document, token: Some(token) });
+                return Ok(Answer { channel_document, token: Some(token), server: fresh });
             }
             DeviceReply::Refused { status, reason } => {
                 (status, reason.unwrap_or_else(|| "no reason given".to_string()))
@@ -316,6 +340,7 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
             401 if !enrolled_now => {
                 tracing::warn!(reason, "the fleet server does not know this device's token; enrolling again");
                 token = enroll(config, fleet, server, t).await?;
+                fresh = Some(Server::for_device(config)?);
                 enrolled_now = true;
             }
             _ => bail!("the fleet server refused this device's check-in ({status}): {reason}"),

@@ -164,7 +164,7 @@ impl Server {
         let roots = crate::tls::Roots::load(config.ca_file.as_deref())?;
         let trust = crate::state::read_trust(config)?;
         let floor = trust.floor.max(crate::trust::AGENT_FLOOR);
-        let tls = crate::tls::client_config(&roots, floor, None)?;
+        let tls = crate::tls::client_config(&roots, floor, crate::tls::identity(config)?)?;
         Server::new(&config.server, Duration::from_secs(config.read_timeout), tls)
     }
 

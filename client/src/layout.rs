@@ -10,6 +10,9 @@
 //! <state_dir>/trust.json        key document in force, channel serials, clock floor (`state`)
 //! <state_dir>/trial.json        the trial in progress (`ferry_boot::Trial`)
 //! <state_dir>/device-token      the fleet server's token for this device, 0600 (`fleet`)
+//! <state_dir>/client.key        the device's own key for mutual TLS, 0600, made here and
+//!                               never sent; `client.crt`, the certificate the fleet issued
+//!                               for it at enrollment (`fleet`)
 //! <state_dir>/config.json       the fleet's configuration applied here, and `config.env`,
 //!                               `config-error` beside it (`fleet`)
 //! <state_dir>/provision.json    first-boot steps done (`provision`)
@@ -85,6 +88,14 @@ impl Layout {
 
     pub fn device_token(&self) -> PathBuf {
         self.root.join("device-token")
+    }
+
+    pub fn client_key(&self) -> PathBuf {
+        self.root.join("client.key")
+    }
+
+    pub fn client_cert(&self) -> PathBuf {
+        self.root.join("client.crt")
     }
 
     pub fn config_json(&self) -> PathBuf {

@@ -76,10 +76,12 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
         s.already_provisioned = true;
         return Ok(s);
     }
-    let server = Server::for_device(config)?;
+    let mut server = Server::for_device(config)?;
     let mut t = Traffic::default();
     if !steps.enrolled {
         crate::fleet::ensure_enrolled(config, &server, &mut t).await.context("enrolling")?;
+        // The connections that follow present the certificate the enrollment brought.
+        server = Server::for_device(config)?;
         steps.enrolled = true;
         save(config, &steps, crate::crash::Step::ProvisionEnrolled)?;
         s.ran.push("enrolled");

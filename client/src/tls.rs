@@ -121,6 +121,65 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// The device's own key for mutual TLS, made on first use (ECDSA P-256, 0600; it never
+/// leaves the device), and a certificate request for it naming `serial`: what enrollment
+/// sends for the fleet's CA to sign.
+pub fn certificate_request(config: &crate::config::Config, serial: &str) -> Result<String> {
+    let path = config.layout().client_key();
+    let key = match std::fs::read_to_string(&path) {
+        Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| {
+            anyhow!(
+                "{}: not a private key ({e}); remove it and the device makes a new one when it enrolls",
+                path.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = rcgen::KeyPair::generate().context("making the device's key")?;
+            std::fs::create_dir_all(&config.state_dir)?;
+            ferry_durable::replace_secret(&path, key.serialize_pem().as_bytes())
+                .with_context(|| format!("saving {}", path.display()))?;
+            key
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).context("a certificate request")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, serial);
+    let csr = params.serialize_request(&key).context("signing the certificate request")?;
+    csr.pem().context("encoding the certificate request")
+}
+
+/// Keeps the certificate an enrollment brought (checked to be a certificate for the
+/// device's key), or removes an old one when the server issued none.
+pub fn save_certificate(config: &crate::config::Config, pem: Option<&str>) -> Result<()> {
+    let path = config.layout().client_cert();
+    let Some(pem) = pem else {
+        return ferry_durable::remove(&path).with_context(|| format!("removing {}", path.display()));
+    };
+    if pem.len() > 64 * 1024 {
+        bail!("larger than 64 KiB");
+    }
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("not a PEM certificate: {e}"))?;
+    if chain.is_empty() {
+        bail!("no certificate in it");
+    }
+    let key = read_private_key(&config.layout().client_key())?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| anyhow!("it is not a certificate for this device's key: {e}"))?;
+    ferry_durable::replace(&path, pem.as_bytes()).with_context(|| format!("saving {}", path.display()))
+}
+
+/// The device's client certificate and key, if an enrollment brought one.
+pub fn identity(config: &crate::config::Config) -> Result<Option<Identity>> {
+    let (cert, key) = (config.layout().client_cert(), config.layout().client_key());
+    if !cert.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Identity { chain: read_certificates(&cert)?, key: read_private_key(&key)? }))
+}
+
 /// The TLS configuration of the agent's requests: `roots`, certificates judged no earlier
 /// than `floor` (Unix seconds), and `identity` presented when the server asks.
 pub fn client_config(roots: &Roots, floor: i64, identity: Option<Identity>) -> Result<rustls::ClientConfig> {

@@ -96,17 +96,47 @@ pub fn create(dir: &Path, name: &str, days: u32) -> Result<PathBuf> {
     Ok(cert_path)
 }
 
+/// The most bytes of a device's certificate request.
+pub const MAX_CSR: usize = 8 * 1024;
+
+/// How long a device certificate is valid: devices are replaced less often than servers
+/// renew, and revocation is by the device record, not by expiry.
+pub const DEVICE_CERT_DAYS: u32 = 5 * 366;
+
 impl FleetCa {
     /// The CA in `dir`; an error names the file that is missing or wrong.
     pub fn open(dir: &Path) -> Result<FleetCa> {
-        let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
-        let cert_pem = std::fs::read_to_string(&cert_path)
+        FleetCa::from_files(&dir.join(CA_CERT), &dir.join(CA_KEY))
+    }
+
+    /// The CA of a certificate and a key file.
+    pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<FleetCa> {
+        let cert_pem = std::fs::read_to_string(cert_path)
             .with_context(|| format!("reading {} (create a CA with `ferry ca init`)", cert_path.display()))?;
-        let key_pem = std::fs::read_to_string(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+        let key_pem = std::fs::read_to_string(key_path).with_context(|| format!("reading {}", key_path.display()))?;
         let key = KeyPair::from_pem(&key_pem).with_context(|| format!("{}: not a private key", key_path.display()))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .with_context(|| format!("{}: not a CA certificate this key can issue with", cert_path.display()))?;
         Ok(FleetCa { issuer, cert_pem })
+    }
+
+    /// A client certificate for device `serial`, for the key of its certificate request
+    /// (PEM, checked to be signed by that key); everything else the request asks for is
+    /// ignored. Returns the certificate (PEM) and its SHA-256.
+    pub fn issue_device(&self, csr_pem: &str, serial: &str) -> Result<(String, [u8; 32])> {
+        if csr_pem.len() > MAX_CSR {
+            bail!("the certificate request is larger than {MAX_CSR} bytes");
+        }
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| anyhow::anyhow!("the certificate request is not a valid, self-signed PEM request: {e}"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).context("certificate parameters")?;
+        params.distinguished_name.push(DnType::CommonName, serial);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, DEVICE_CERT_DAYS)?;
+        csr.params = params;
+        let cert = csr.signed_by(&self.issuer).context("signing the device certificate")?;
+        Ok((cert.pem(), crate::connections::fingerprint(cert.der())))
     }
 
     /// A server certificate for `hosts` (DNS names or IP addresses), valid `days`.

@@ -44,6 +44,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The CA whose client certificates are accepted (PEM); none asks for no certificate.
     pub client_ca: Option<PathBuf>,
+    /// The client CA's key (PEM): the server issues device certificates at enrollment.
+    pub client_ca_key: Option<PathBuf>,
 }
 
 /// The server's TLS: its configuration and the certificate it reloads.

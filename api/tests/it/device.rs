@@ -6,15 +6,15 @@ use crate::check;
 #[test]
 fn enrollment() {
     check(
-        &EnrollRequest { enrollment_token: "fe_1".into(), hardware: "rev-a".into(), serial: "SN-1".into() },
+        &EnrollRequest { csr: None, enrollment_token: "fe_1".into(), hardware: "rev-a".into(), serial: "SN-1".into() },
         r#"{"enrollment_token":"fe_1","hardware":"rev-a","serial":"SN-1"}"#,
     );
     check(
-        &Enrolled { device_token: "fd_1".into(), state: Some(DeviceState::Accepted) },
+        &Enrolled { certificate: None, device_token: "fd_1".into(), state: Some(DeviceState::Accepted) },
         r#"{"device_token":"fd_1","state":"accepted"}"#,
     );
     check(
-        &Enrolled { device_token: "fd_2".into(), state: Some(DeviceState::Pending) },
+        &Enrolled { certificate: None, device_token: "fd_2".into(), state: Some(DeviceState::Pending) },
         r#"{"device_token":"fd_2","state":"pending"}"#,
     );
     // The server names what it does not take.

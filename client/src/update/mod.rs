@@ -146,9 +146,10 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
         // With a fleet server: report first; the answer carries the channel's document.
         let checked_in = crate::fleet::check_in(config, &server, &mut t).await?;
         // A fleet server serves the repository to its devices only.
+        let server = checked_in.server.clone().unwrap_or_else(|| server.clone());
         let server = match &checked_in.token {
-            Some(token) => server.clone().with_token(token),
-            None => server.clone(),
+            Some(token) => server.with_token(token),
+            None => server,
         };
         if matches!(goal, Goal::Follow) && state.pinned {
             s.pinned = true;

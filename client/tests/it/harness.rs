@@ -73,7 +73,22 @@ impl Env {
     pub fn with_tls(leaf: &ferry_fixtures::certs::Leaf) -> Env {
         let mut env = Env::start(None);
         let (cert, key) = leaf.write(env.path(), "server");
-        env.tls = Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None });
+        env.tls = Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None, client_ca_key: None });
+        env.restart_server();
+        env
+    }
+
+    /// A fleet server over HTTPS with `leaf`; with `client_ca` (a `ferry ca init`
+    /// directory), mutual TLS: devices get certificates at enrollment and must present them.
+    pub fn with_fleet_tls(leaf: &ferry_fixtures::certs::Leaf, client_ca: Option<&Path>) -> Env {
+        let mut env = Env::start(Some(false));
+        let (cert, key) = leaf.write(env.path(), "server");
+        env.tls = Some(ferry_publisher::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: client_ca.map(|d| d.join(ferry_publisher::ca::CA_CERT)),
+            client_ca_key: client_ca.map(|d| d.join(ferry_publisher::ca::CA_KEY)),
+        });
         env.restart_server();
         env
     }

@@ -164,3 +164,85 @@ fn plain_http_is_refused_unless_configured() {
     assert!(!ok);
     assert!(err.contains("is plain HTTP") && err.contains("insecure_http = true"), "{err}");
 }
+
+/// Mutual TLS: each device enrolls with its token and a certificate request, gets a
+/// certificate for its serial from the fleet's CA, and from then on must present it: a
+/// device without it, with another device's, or revoked is refused, and nothing changes.
+#[test]
+fn mutual_tls_binds_a_certificate_to_each_device() {
+    let server_ca = Ca::new("fleet CA");
+    let t = tempfile::tempdir().unwrap();
+    let client_ca = t.path().join("client-ca");
+    ferry_publisher::ca::create(&client_ca, "device CA", 3650).unwrap();
+    let env = Env::with_fleet_tls(&server_ca.issue(&["localhost"], VALID), Some(&client_ca));
+    let ca = server_ca.write(env.path(), "fleet-ca");
+    let port = env.addr.port();
+    let fleet = |serial: &str| {
+        format!(
+            "[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
+            env.path().join("enrollment-token").display()
+        )
+    };
+    let a = https_device(&env, "a", "localhost", port, &ca, &fleet("SN-A"));
+    let b = https_device(&env, "b", "localhost", port, &ca, &fleet("SN-B"));
+    let v1 = env.commit(1, "1.0.0");
+    for dev in [&a, &b] {
+        let out = update(dev);
+        assert_eq!(out["to"], v1.to_hex(), "{out}");
+    }
+    let state = |dev: &Path, name: &str| dev.parent().unwrap().join("state").join(name);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state(&a, "client.key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let a_cert = std::fs::read(state(&a, "client.crt")).unwrap();
+    assert_ne!(a_cert, std::fs::read(state(&b, "client.crt")).unwrap());
+    let before = running(&a);
+    env.commit(2, "2.0.0");
+
+    // No certificate: the token alone is refused.
+    std::fs::rename(state(&a, "client.crt"), state(&a, "client.crt.away")).unwrap();
+    let (ok, _, err) = ferryd(&a, &["update"]);
+    assert!(!ok && err.contains("the connection presented none"), "{err}");
+    assert_eq!(running(&a), before);
+
+    // Another device's certificate (and key): refused.
+    std::fs::copy(state(&b, "client.crt"), state(&a, "client.crt")).unwrap();
+    let a_key = std::fs::read(state(&a, "client.key")).unwrap();
+    std::fs::copy(state(&b, "client.key"), state(&a, "client.key")).unwrap();
+    let (ok, _, err) = ferryd(&a, &["update"]);
+    assert!(!ok && err.contains("not the one issued to this device"), "{err}");
+    assert_eq!(running(&a), before);
+
+    // Its own again: served.
+    std::fs::write(state(&a, "client.key"), &a_key).unwrap();
+    std::fs::rename(state(&a, "client.crt.away"), state(&a, "client.crt")).unwrap();
+    assert_eq!(update(&a)["to"], running_commit(&env, 2));
+
+    // Revoked: its certificate opens nothing either.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(server_ca.pem().as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        client
+            .post(format!("https://localhost:{port}/v1/admin/devices/SN-A/revoke"))
+            .bearer_auth(&env.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let (ok, _, err) = ferryd(&a, &["update"]);
+    assert!(!ok && err.contains("revoked"), "{err}");
+    // The other device is untouched.
+    assert_eq!(update(&b)["to"], running_commit(&env, 2));
+}
+
+/// The id of the commit on main (the newest one committed).
+fn running_commit(env: &Env, _v: u32) -> serde_json::Value {
+    serde_json::Value::String(env.repo.branch("main").unwrap().unwrap().to_hex())
+}

@@ -61,6 +61,22 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS: the CA (PEM) whose client certificates devices present. Every device
+    /// request after enrollment must then come with the certificate issued to that device
+    /// (enrollment itself needs only the enrollment token).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "fleet"])]
+    client_ca: Option<PathBuf>,
+    /// The key of --client-ca: the server issues each enrolling device a certificate for
+    /// its serial (the device's key never leaves it; it sends a certificate request).
+    #[arg(long, value_name = "FILE", requires = "client_ca")]
+    client_ca_key: Option<PathBuf>,
+    /// Behind a TLS-terminating load balancer: the header it fills with the client
+    /// certificate's SHA-256 (hex). Believed only from --trusted-proxy addresses.
+    #[arg(long, value_name = "NAME", requires_all = ["fleet", "trusted_proxy"])]
+    client_cert_header: Option<String>,
+    /// A load balancer's address whose --client-cert-header is believed; repeat for several.
+    #[arg(long, value_name = "IP", requires = "client_cert_header")]
+    trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 /// Serves until SIGTERM or SIGINT, printing `listening on http://ADDR` (or https://) on
@@ -80,9 +96,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         channel_key,
         tls_cert,
         tls_key,
+        client_ca,
+        client_ca_key,
+        client_cert_header,
+        trusted_proxy,
     } = a;
     let tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: None }),
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca, client_ca_key }),
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -107,6 +127,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             channel_key,
         }),
         tls,
+        client_cert_header: client_cert_header.map(|h| (h, trusted_proxy)),
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -47,6 +47,11 @@ pub struct Device {
     /// A later enrollment of this serial, waiting for an operator.
     #[serde(default)]
     pub reenrollment: Option<Reenrollment>,
+    /// The SHA-256 (hex) of the client certificate issued to this device at enrollment: with
+    /// mutual TLS, its requests must come over a connection that presented it. Revocation
+    /// clears it.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
 }
 
 /// An enrollment of a serial the fleet already knows: the device keeps its state and token
@@ -59,6 +64,9 @@ pub struct Reenrollment {
     pub at: i64,
     /// The name of the enrollment token it used.
     pub enrollment_token: String,
+    /// The SHA-256 (hex) of the certificate issued with it, bound to the device on approval.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
 }
 
 impl Reenrollment {
@@ -320,6 +328,8 @@ impl Fleet {
         match state {
             DeviceState::Accepted => d.accepted_by = Some(who.who()),
             DeviceState::Revoked => {
+                // Its certificate goes with its token: neither opens anything again.
+                d.client_certificate = None;
                 // A revoked device's pending re-enrollment goes with it.
                 if let Some(r) = d.reenrollment.take() {
                     let mut old = [0u8; 32];
@@ -335,6 +345,26 @@ impl Fleet {
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
         self.kv.write(ops)?;
         Ok(d)
+    }
+
+    /// With mutual TLS: whether `presented` (the SHA-256 of the client certificate the
+    /// connection presented) is the one bound to `device`.
+    pub fn check_certificate(&self, device: &Device, presented: Option<&[u8; 32]>) -> Result<()> {
+        let serial = &device.serial;
+        let Some(bound) = &device.client_certificate else {
+            return Err(FleetError::Forbidden(format!(
+                "device {serial} has no client certificate, which this server requires: remove its device token file and let it enroll again to receive one"
+            )));
+        };
+        match presented {
+            None => Err(FleetError::Forbidden(format!(
+                "device {serial}: this server requires the device's client certificate, and the connection presented none"
+            ))),
+            Some(p) if hex::encode(p) != *bound => Err(FleetError::Forbidden(format!(
+                "device {serial}: the client certificate presented is not the one issued to this device"
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     pub fn accept(&self, who: &Caller, serial: &str) -> Result<Device> {
@@ -393,11 +423,12 @@ mod tests {
             accepted_by: None,
             enrolled_seq: Some(2),
             reenrollment: None,
+            client_certificate: None,
         };
         let text = String::from_utf8(json(&d)).unwrap();
         assert_eq!(
             text,
-            r#"{"serial":"SN-1","hardware":"rev-a","state":"accepted","enrolled":1,"token":"ab","groups":["lab"],"groups_version":0,"last_seen":null,"report":{"current":null,"current_version":null,"previous":null,"channel":"stable","trial":null,"last_result":null,"last_error":null,"progress":null,"free_bytes":null,"agent_version":null,"uptime":5,"pinned":null,"dev":null,"config_version":null,"config_error":null},"served":{},"failed":{},"accepted_by":null,"enrolled_seq":2,"reenrollment":null}"#
+            r#"{"serial":"SN-1","hardware":"rev-a","state":"accepted","enrolled":1,"token":"ab","groups":["lab"],"groups_version":0,"last_seen":null,"report":{"current":null,"current_version":null,"previous":null,"channel":"stable","trial":null,"last_result":null,"last_error":null,"progress":null,"free_bytes":null,"agent_version":null,"uptime":5,"pinned":null,"dev":null,"config_version":null,"config_error":null},"served":{},"failed":{},"accepted_by":null,"enrolled_seq":2,"reenrollment":null,"client_certificate":null}"#
         );
         let back: Device = parse(text.as_bytes(), || "device".into()).unwrap();
         assert_eq!(back.report, d.report);

@@ -76,7 +76,17 @@ impl Fleet {
     /// nowhere, the answer says `pending`) until an operator approves it
     /// ([`Fleet::approve_reenrollment`]); a newer request replaces an older one. A revoked
     /// device is refused. Enrollments are rate-limited per enrollment token and overall.
-    pub fn enroll(&self, serial: &str, hardware: &str, enrollment_token: &str) -> Result<Enrolled> {
+    ///
+    /// `certificate` is the SHA-256 of a client certificate issued for this enrollment
+    /// (mutual TLS), bound to the device with its token (to a re-enrollment, on approval).
+    pub fn enroll(
+        &self,
+        serial: &str,
+        hardware: &str,
+        enrollment_token: &str,
+        certificate: Option<[u8; 32]>,
+    ) -> Result<Enrolled> {
+        let certificate = certificate.map(hex::encode);
         check_name("serial", serial)?;
         check_name("hardware", hardware)?;
         let who = match self.token(enrollment_token)? {
@@ -125,6 +135,7 @@ impl Fleet {
                     hardware: hardware.into(),
                     at: now(),
                     enrollment_token: who.clone(),
+                    client_certificate: certificate.clone(),
                 });
                 (d, whats, DeviceState::Pending)
             }
@@ -145,6 +156,7 @@ impl Fleet {
                     accepted_by: None,
                     enrolled_seq: Some(seq),
                     reenrollment: None,
+                    client_certificate: certificate.clone(),
                 };
                 (d, vec![format!("enrolled ({hardware}) with enrollment token {who}")], state)
             }
@@ -155,7 +167,7 @@ impl Fleet {
         ops.extend(self.event_ops(serial, whats)?);
         ops.push(audit);
         self.kv.write(ops)?;
-        Ok(Enrolled { device_token: token, state: Some(state) })
+        Ok(Enrolled { certificate: None, device_token: token, state: Some(state) })
     }
 
     /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]
@@ -190,6 +202,7 @@ impl Fleet {
         let (drop_hash, action) = if approve {
             d.hardware = r.hardware.clone();
             d.accepted_by = Some(who.who());
+            d.client_certificate = r.client_certificate.clone();
             (std::mem::replace(&mut d.token, r.token), "approve re-enrollment")
         } else {
             (r.token, "reject re-enrollment")

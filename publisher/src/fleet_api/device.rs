@@ -7,24 +7,52 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::{Json, Router};
 use ferry_api::device::{CheckinAnswer, DeviceConfig, EnrollRequest, Report};
 
 use super::{bearer, blocking, parse_json, ApiError, Shared};
+use crate::connections::Connection;
 use crate::fleet::{FleetError, Pick};
 
+/// Enrollment; with a certificate request and a server that issues device certificates,
+/// the answer carries one for the serial, bound to the device with its token.
 async fn enroll(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: EnrollRequest = parse_json(&body, "enrollment request")?;
-    let out = blocking(move || s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token)).await?;
+    let out = blocking(move || {
+        let issued = match (&s.certificates.issuer, &req.csr) {
+            (Some(ca), Some(csr)) => {
+                // The serial is checked before anything is signed for it.
+                crate::fleet::check_name("serial", &req.serial)?;
+                Some(
+                    ca.issue_device(csr, &req.serial)
+                        .map_err(|e| FleetError::BadRequest(format!("enrollment request: {e:#}")))?,
+                )
+            }
+            _ => None,
+        };
+        let mut enrolled =
+            s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token, issued.as_ref().map(|i| i.1))?;
+        enrolled.certificate = issued.map(|i| i.0);
+        Ok(enrolled)
+    })
+    .await?;
     Ok(Json(out).into_response())
 }
 
-async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+async fn check_in(
+    State(s): State<Shared>,
+    conn: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let presented = s.certificates.presented(conn.as_deref(), &headers);
     let token = bearer(&headers)?;
     let report: Report = parse_json(&body, "check-in report")?;
     let st = s.clone();
     let (device, config) = blocking(move || {
         let d = st.fleet.device_for(&token)?;
+        st.certificates.check(&st.fleet, &d, presented)?;
         let d = st.fleet.check_in(&d, report)?;
         let config = st.fleet.merged_config(&d)?;
         Ok((d, config))

@@ -46,6 +46,53 @@ pub trait Documents: Send + Sync {
 pub struct FleetState {
     pub fleet: Fleet,
     pub documents: Box<dyn Documents>,
+    /// Mutual TLS: device certificates issued at enrollment and required after it.
+    pub certificates: DeviceCertificates,
+}
+
+/// Devices' client certificates (`ferry serve --client-ca`): which CA issues them at
+/// enrollment, whether device requests must present the one bound to the device, and a
+/// load balancer's header that may carry it.
+#[derive(Debug, Default)]
+pub struct DeviceCertificates {
+    /// Issues a certificate to a device that enrolls with a certificate request.
+    pub issuer: Option<crate::ca::FleetCa>,
+    /// Every device request after enrollment must come with the device's certificate.
+    pub required: bool,
+    /// A header a TLS-terminating load balancer fills with the client certificate's
+    /// SHA-256 (hex, colons allowed), believed only from these peer addresses.
+    pub forwarded: Option<(axum::http::HeaderName, Vec<std::net::IpAddr>)>,
+}
+
+impl DeviceCertificates {
+    /// The SHA-256 of the client certificate a request came with: the connection's own,
+    /// or the forwarded header's when the peer is a trusted load balancer.
+    pub fn presented(&self, conn: Option<&crate::connections::Connection>, headers: &HeaderMap) -> Option<[u8; 32]> {
+        if let Some(c) = conn.and_then(|c| c.client_certificate) {
+            return Some(c);
+        }
+        let (name, trusted) = self.forwarded.as_ref()?;
+        if !conn.is_some_and(|c| trusted.contains(&c.peer.ip())) {
+            return None;
+        }
+        let text: String = headers.get(name)?.to_str().ok()?.chars().filter(|c| *c != ':').collect();
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut out).ok()?;
+        Some(out)
+    }
+
+    /// Refuses a device request without the certificate bound to `device` when required.
+    fn check(
+        &self,
+        fleet: &Fleet,
+        device: &crate::fleet::Device,
+        presented: Option<[u8; 32]>,
+    ) -> Result<(), FleetError> {
+        if self.required {
+            fleet.check_certificate(device, presented.as_ref())?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for FleetState {
@@ -135,7 +182,16 @@ pub async fn require_reader(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    match blocking(move || s.fleet.reader(&token)).await {
+    let presented = s.certificates.presented(req.extensions().get(), req.headers());
+    match blocking(move || {
+        let caller = s.fleet.reader(&token)?;
+        if let crate::fleet::Caller::Device(serial) = &caller {
+            s.certificates.check(&s.fleet, &s.fleet.device(serial)?, presented)?;
+        }
+        Ok(caller)
+    })
+    .await
+    {
         Ok(caller) => {
             req.extensions_mut().insert(Reader(caller.who()));
             next.run(req).await
@@ -169,4 +225,41 @@ pub fn routes(state: Shared) -> Router {
         .merge(admin::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::*;
+
+    fn conn(ip: [u8; 4], cert: Option<[u8; 32]>) -> crate::connections::Connection {
+        crate::connections::Connection {
+            peer: std::net::SocketAddr::from((ip, 4000)),
+            tls: cert.is_some(),
+            client_certificate: cert,
+        }
+    }
+
+    /// The load balancer's header is believed from a trusted address only, and the
+    /// connection's own certificate wins over it.
+    #[test]
+    fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() {
+        let certs = DeviceCertificates {
+            issuer: None,
+            required: true,
+            forwarded: Some((
+                axum::http::HeaderName::from_static("x-client-cert-sha256"),
+                vec!["10.0.0.5".parse().unwrap()],
+            )),
+        };
+        let fp = [0xab; 32];
+        let mut headers = HeaderMap::new();
+        let colons = fp.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        headers.insert("x-client-cert-sha256", colons.parse().unwrap());
+        assert_eq!(certs.presented(Some(&conn([10, 0, 0, 5], None)), &headers), Some(fp));
+        assert_eq!(certs.presented(Some(&conn([10, 0, 0, 6], None)), &headers), None, "not a trusted proxy");
+        assert_eq!(certs.presented(None, &headers), None);
+        assert_eq!(certs.presented(Some(&conn([10, 0, 0, 6], Some([1; 32]))), &headers), Some([1; 32]));
+        headers.insert("x-client-cert-sha256", "not hex".parse().unwrap());
+        assert_eq!(certs.presented(Some(&conn([10, 0, 0, 5], None)), &headers), None);
+    }
 }

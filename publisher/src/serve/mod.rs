@@ -275,7 +275,7 @@ async fn not_found() -> ApiError {
 pub fn router(
     repo: Repository,
     patcher: Patcher,
-    fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>)>,
+    fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>, crate::fleet_api::DeviceCertificates)>,
     read_slots: usize,
 ) -> Router {
     let state = Arc::new(AppState {
@@ -288,10 +288,11 @@ pub fn router(
         patcher,
     });
     let (fleet_routes, fleet_state) = match fleet {
-        Some((fleet, key)) => {
+        Some((fleet, key, certificates)) => {
             let fs = Arc::new(crate::fleet_api::FleetState {
                 fleet,
                 documents: Box::new(RepoDocuments(state.clone(), key)),
+                certificates,
             });
             (crate::fleet_api::routes(fs.clone()), Some(fs))
         }
@@ -369,6 +370,9 @@ pub struct ServeConfig {
     pub read_slots: usize,
     /// HTTPS with these files; without them, plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// A header a TLS-terminating load balancer fills with the device's client certificate
+    /// (its SHA-256), believed only from these addresses: mutual TLS behind the balancer.
+    pub client_cert_header: Option<(String, Vec<std::net::IpAddr>)>,
 }
 
 impl Default for ServeConfig {
@@ -379,8 +383,32 @@ impl Default for ServeConfig {
             connections: crate::connections::Limits::default(),
             read_slots: READ_SLOTS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()),
             tls: None,
+            client_cert_header: None,
         }
     }
+}
+
+/// Mutual TLS for the fleet's devices, from `--client-ca`, `--client-ca-key` and
+/// `--client-cert-header`.
+fn device_certificates(config: &ServeConfig) -> Result<crate::fleet_api::DeviceCertificates> {
+    let client_ca = config.tls.as_ref().and_then(|t| t.client_ca.as_ref());
+    let issuer = match (client_ca, config.tls.as_ref().and_then(|t| t.client_ca_key.as_ref())) {
+        (Some(cert), Some(key)) => Some(crate::ca::FleetCa::from_files(cert, key)?),
+        (None, Some(key)) => anyhow::bail!("{}: a client CA key needs its certificate (--client-ca)", key.display()),
+        _ => None,
+    };
+    let forwarded = match &config.client_cert_header {
+        Some((name, trusted)) => {
+            if trusted.is_empty() {
+                anyhow::bail!("--client-cert-header {name} needs the load balancers' addresses (--trusted-proxy)");
+            }
+            let name = axum::http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| anyhow::anyhow!("--client-cert-header {name:?} is not a header name"))?;
+            Some((name, trusted.clone()))
+        }
+        None => None,
+    };
+    Ok(crate::fleet_api::DeviceCertificates { issuer, required: client_ca.is_some() || forwarded.is_some(), forwarded })
 }
 
 /// [`serve`] with patches and the fleet configured.
@@ -405,7 +433,7 @@ pub async fn serve_with(
             };
             let fleet = crate::fleet::Fleet::open(&f.path, f.settings.clone())
                 .with_context(|| format!("opening the fleet store {}", f.path.display()))?;
-            Some((fleet, key))
+            Some((fleet, key, device_certificates(config)?))
         }
         None => None,
     };

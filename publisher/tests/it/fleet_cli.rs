@@ -238,7 +238,7 @@ fn a_rollout_at_10_percent_reaches_10_percent_of_1000_devices_the_same_ones_afte
         let f = Fleet::open(&path, Settings { enrollments_per_minute: 1_000_000, ..Settings::default() }).unwrap();
         let token = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
         for i in 0..1000 {
-            f.enroll(&format!("SN-{i:04}"), "rev-a", &token).unwrap();
+            f.enroll(&format!("SN-{i:04}"), "rev-a", &token, None).unwrap();
         }
         f.start_rollout(&Caller::Local, "stable", &head(1), 10, None, 10).unwrap();
         picks(&f)

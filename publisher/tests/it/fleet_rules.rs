@@ -27,8 +27,8 @@ fn refused<T: std::fmt::Debug>(r: Result<T, FleetError>, kind: fn(&FleetError) -
 fn tokens_that_are_not_for_the_route_are_unauthorized() {
     let (_t, f, enrollment) = fleet(Settings::default());
     let admin = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
-    refused(f.enroll("SN-1", "rev-a", &admin), |e| matches!(e, FleetError::Unauthorized(_)));
-    let device = f.enroll("SN-1", "rev-a", &enrollment).unwrap().device_token;
+    refused(f.enroll("SN-1", "rev-a", &admin, None), |e| matches!(e, FleetError::Unauthorized(_)));
+    let device = f.enroll("SN-1", "rev-a", &enrollment, None).unwrap().device_token;
     refused(f.admin(&device), |e| matches!(e, FleetError::Unauthorized(_)));
     refused(f.admin(&enrollment), |e| matches!(e, FleetError::Unauthorized(_)));
     refused(f.device_for(&admin), |e| matches!(e, FleetError::Unauthorized(_)));
@@ -43,7 +43,7 @@ fn tokens_that_are_not_for_the_route_are_unauthorized() {
 #[test]
 fn pending_and_revoked_devices_are_forbidden() {
     let (_t, f, enrollment) = fleet(Settings { require_approval: true, ..Settings::default() });
-    let enrolled = f.enroll("SN-1", "rev-a", &enrollment).unwrap();
+    let enrolled = f.enroll("SN-1", "rev-a", &enrollment, None).unwrap();
     assert_eq!(enrolled.state, Some(DeviceState::Pending));
     refused(f.device_for(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     refused(f.reader(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
@@ -52,7 +52,7 @@ fn pending_and_revoked_devices_are_forbidden() {
     f.revoke(&Caller::Local, "SN-1").unwrap();
     refused(f.device_for(&enrolled.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     refused(f.check_in(&device, Report::default()), |e| matches!(e, FleetError::Forbidden(_)));
-    refused(f.enroll("SN-1", "rev-a", &enrollment), |e| matches!(e, FleetError::Forbidden(_)));
+    refused(f.enroll("SN-1", "rev-a", &enrollment, None), |e| matches!(e, FleetError::Forbidden(_)));
     // A revoked device stays revoked, and one that does not exist is not found.
     refused(f.accept(&Caller::Local, "SN-1"), |e| matches!(e, FleetError::BadRequest(_)));
     refused(f.accept(&Caller::Local, "SN-9"), |e| matches!(e, FleetError::NotFound(_)));
@@ -62,15 +62,15 @@ fn pending_and_revoked_devices_are_forbidden() {
 #[test]
 fn a_re_enrollment_waits_for_the_operator_and_a_newer_one_is_a_conflict() {
     let (_t, f, enrollment) = fleet(Settings::default());
-    let first = f.enroll("SN-1", "rev-a", &enrollment).unwrap();
+    let first = f.enroll("SN-1", "rev-a", &enrollment, None).unwrap();
     refused(f.reject_reenrollment(&Caller::Local, "SN-1"), |e| matches!(e, FleetError::NotFound(_)));
-    let again = f.enroll("SN-1", "rev-b", &enrollment).unwrap();
+    let again = f.enroll("SN-1", "rev-b", &enrollment, None).unwrap();
     assert_eq!(again.state, Some(DeviceState::Pending));
     // The new token works nowhere yet; the device's own still does.
     refused(f.device_for(&again.device_token), |e| matches!(e, FleetError::Forbidden(_)));
     f.device_for(&first.device_token).unwrap();
     let looked_at = f.device("SN-1").unwrap().reenrollment.unwrap().fingerprint().to_string();
-    let newer = f.enroll("SN-1", "rev-c", &enrollment).unwrap();
+    let newer = f.enroll("SN-1", "rev-c", &enrollment, None).unwrap();
     refused(f.approve_reenrollment(&Caller::Local, "SN-1", &looked_at), |e| matches!(e, FleetError::Conflict(_)));
     let current = f.device("SN-1").unwrap().reenrollment.unwrap().fingerprint().to_string();
     f.approve_reenrollment(&Caller::Local, "SN-1", &current).unwrap();
@@ -81,15 +81,17 @@ fn a_re_enrollment_waits_for_the_operator_and_a_newer_one_is_a_conflict() {
 #[test]
 fn an_enrollment_burst_past_the_limit_is_too_many() {
     let (_t, f, enrollment) = fleet(Settings { enrollments_per_minute: 2, ..Settings::default() });
-    f.enroll("SN-1", "rev-a", &enrollment).unwrap();
-    f.enroll("SN-2", "rev-a", &enrollment).unwrap();
-    refused(f.enroll("SN-3", "rev-a", &enrollment), |e| matches!(e, FleetError::TooMany { retry_after: 1.., .. }));
+    f.enroll("SN-1", "rev-a", &enrollment, None).unwrap();
+    f.enroll("SN-2", "rev-a", &enrollment, None).unwrap();
+    refused(f.enroll("SN-3", "rev-a", &enrollment, None), |e| {
+        matches!(e, FleetError::TooMany { retry_after: 1.., .. })
+    });
 }
 
 #[test]
 fn bad_reports_configuration_and_names_are_bad_requests() {
     let (_t, f, enrollment) = fleet(Settings::default());
-    let token = f.enroll("SN-1", "rev-a", &enrollment).unwrap().device_token;
+    let token = f.enroll("SN-1", "rev-a", &enrollment, None).unwrap().device_token;
     let device = f.device_for(&token).unwrap();
     let escape = Report { last_error: Some("\u{1b}[2J".into()), ..Report::default() };
     refused(f.check_in(&device, escape), |e| matches!(e, FleetError::BadRequest(_)));
@@ -98,7 +100,7 @@ fn bad_reports_configuration_and_names_are_bad_requests() {
     refused(f.check_in(&device, Report { progress: Some(101), ..Report::default() }), |e| {
         matches!(e, FleetError::BadRequest(_))
     });
-    refused(f.enroll("bad serial!", "rev-a", &enrollment), |e| matches!(e, FleetError::BadRequest(_)));
+    refused(f.enroll("bad serial!", "rev-a", &enrollment, None), |e| matches!(e, FleetError::BadRequest(_)));
     let set = |k: &str| vec![(k.to_string(), "v".to_string())];
     refused(f.set_config(&Caller::Local, &Scope::Fleet, &set("1X"), &[]), |e| matches!(e, FleetError::BadRequest(_)));
     refused(f.set_config(&Caller::Local, &Scope::Device("SN-9".into()), &set("X"), &[]), |e| {

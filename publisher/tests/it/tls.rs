@@ -187,7 +187,7 @@ fn a_silent_handshake_is_cut_off() {
     let leaf: Leaf = ca.issue(&["localhost"], VALID);
     let (cert, key) = leaf.write(t.path(), "server");
     let config = ferry_publisher::serve::ServeConfig {
-        tls: Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None }),
+        tls: Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None, client_ca_key: None }),
         connections: ferry_publisher::connections::Limits {
             header_timeout: Duration::from_secs(1),
             ..Default::default()
