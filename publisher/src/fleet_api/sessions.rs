@@ -243,7 +243,7 @@ pub(super) async fn require_admin(State(s): State<Shared>, mut req: Request, nex
     } else {
         let offered = cookies(req.headers());
         if offered.is_empty() {
-            return unauthorized("missing `Authorization: Bearer <token>` or a signed-in session").into_response();
+            return unauthorized("not signed in: send `Authorization: Bearer <token>` or sign in on the web page").into_response();
         }
         let authority = req.uri().authority().map(|a| a.as_str().to_string());
         match by_session(&s, req.method(), req.headers(), authority.as_deref(), &offered, Instant::now()) {
