@@ -434,3 +434,57 @@ fn session_rules(url: &str, admin: &str) {
     let (status, _, _) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", "ferry_admin=00"));
     assert_eq!(status, 401);
 }
+
+/// `ferry serve`'s router in this process, each request marked as arriving over TLS or not
+/// (what `connections` tells routes): until the server speaks TLS itself, this is where the
+/// answers' TLS-only headers are checked.
+#[test]
+fn over_tls_the_cookie_is_secure_and_every_answer_carries_hsts() {
+    use ferry_publisher::connections::Connection;
+    use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
+
+    let t = tempfile::tempdir().unwrap();
+    crate::init(t.path(), crate::SMALL);
+    let fleet = Fleet::open(&t.path().join("fleet"), Settings { require_approval: false, enrollments_per_minute: 10 })
+        .unwrap();
+    let admin = fleet.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
+    let repo = ferry_store::Repository::open_follower(&t.path().join("repo"), &t.path().join("scratch")).unwrap();
+    let patcher = ferry_publisher::patches::Patcher::open(&t.path().join("patches"), 1 << 20, 3, 1).unwrap();
+    let app = ferry_publisher::serve::router(repo, patcher, Some((fleet, None)), 2);
+    let app = hyper_util::service::TowerToHyperService::new(app);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let send = |tls: bool, method: &str, path: &str, body: &str| {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "fleet.example")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        req.extensions_mut().insert(Connection { peer, tls });
+        let resp = rt.block_on(hyper::service::Service::call(&app, req)).unwrap();
+        (resp.status().as_u16(), resp.headers().clone())
+    };
+    let sign_in = format!(r#"{{"token":"{admin}"}}"#);
+    for tls in [true, false] {
+        for (method, path, body, status) in [
+            ("GET", "/", "", 200),
+            ("GET", "/v1/admin/devices", "", 401),
+            ("GET", "/v1/branches/main", "", 401),
+            ("GET", "/v1/nowhere", "", 404),
+            ("POST", "/v1/admin/session", "{}", 400),
+            ("POST", "/v1/admin/session", sign_in.as_str(), 200),
+        ] {
+            let (got, headers) = send(tls, method, path, body);
+            assert_eq!(got, status, "{method} {path}");
+            let hsts = headers.get("strict-transport-security").map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(hsts, tls.then(|| "max-age=31536000".to_string()), "{method} {path} tls={tls}");
+            if let Some(cookie) = headers.get("set-cookie") {
+                let cookie = cookie.to_str().unwrap();
+                assert_eq!(cookie.ends_with("; Secure"), tls, "{cookie}");
+                assert!(cookie.contains("; HttpOnly; SameSite=Strict"), "{cookie}");
+            }
+        }
+    }
+}
