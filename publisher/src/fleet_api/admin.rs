@@ -46,7 +46,11 @@ async fn devices(
     Ok(Json(list).into_response())
 }
 
-async fn device(State(s): State<Shared>, _: Extension<Caller>, Path(serial): Path<String>) -> Result<Response, ApiError> {
+async fn device(
+    State(s): State<Shared>,
+    _: Extension<Caller>,
+    Path(serial): Path<String>,
+) -> Result<Response, ApiError> {
     let (d, events) = blocking(move || Ok((s.fleet.device(&serial)?, s.fleet.events(&serial)?))).await?;
     Ok(Json(d.view(Some(events))).into_response())
 }

@@ -68,7 +68,12 @@ impl Session {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Lookup {
     /// A live session (its idle time starts again).
-    Live { admin: AdminKey, name: String, csrf: String, ends_in: Duration },
+    Live {
+        admin: AdminKey,
+        name: String,
+        csrf: String,
+        ends_in: Duration,
+    },
     Expired,
     Unknown,
 }
@@ -101,8 +106,7 @@ impl Sessions {
             Some(s) if s.expired(now) => Lookup::Expired,
             Some(s) => {
                 s.last_used = now;
-                let ends_in = (SESSION_MAX.saturating_sub(now.saturating_duration_since(s.created)))
-                    .min(SESSION_IDLE);
+                let ends_in = (SESSION_MAX.saturating_sub(now.saturating_duration_since(s.created))).min(SESSION_IDLE);
                 Lookup::Live { admin: s.admin, name: s.name.clone(), csrf: s.csrf.clone(), ends_in }
             }
         }
@@ -243,7 +247,8 @@ pub(super) async fn require_admin(State(s): State<Shared>, mut req: Request, nex
     } else {
         let offered = cookies(req.headers());
         if offered.is_empty() {
-            return unauthorized("not signed in: send `Authorization: Bearer <token>` or sign in on the web page").into_response();
+            return unauthorized("not signed in: send `Authorization: Bearer <token>` or sign in on the web page")
+                .into_response();
         }
         let authority = req.uri().authority().map(|a| a.as_str().to_string());
         match by_session(&s, req.method(), req.headers(), authority.as_deref(), &offered, Instant::now()) {
@@ -288,8 +293,9 @@ fn tls(req: &Request) -> bool {
 
 fn random_hex() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("no random bytes for a session: {e}"), None))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("no random bytes for a session: {e}"), None)
+    })?;
     Ok(hex::encode(bytes))
 }
 

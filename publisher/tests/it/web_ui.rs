@@ -164,7 +164,10 @@ fn operator_flows(url: &str, admin: &str, c1: &str) {
     assert_eq!(seen, json!(["", "{}", "{}"]));
     let cookies = b.cookies();
     let session = cookies.iter().find(|c| c["name"] == "ferry_admin").unwrap_or_else(|| panic!("{cookies:?}"));
-    assert_eq!((&session["httpOnly"], &session["sameSite"], &session["path"]), (&json!(true), &json!("Strict"), &json!("/")));
+    assert_eq!(
+        (&session["httpOnly"], &session["sameSite"], &session["path"]),
+        (&json!(true), &json!("Strict"), &json!("/"))
+    );
     assert_eq!(session["secure"], json!(url.starts_with("https://")));
     assert!(!session["value"].as_str().unwrap().contains(admin));
 
@@ -221,7 +224,10 @@ fn operator_flows(url: &str, admin: &str, c1: &str) {
     b.click("#tab-audit");
     let audit = b.wait_for("#audit-list", "rollout resume");
     assert!(
-        audit.contains("admin:ops") && audit.contains("promote") && audit.contains("config") && audit.contains("sign in"),
+        audit.contains("admin:ops")
+            && audit.contains("promote")
+            && audit.contains("config")
+            && audit.contains("sign in"),
         "{audit}"
     );
     b.screenshot(&shots, "audit.png");
@@ -324,9 +330,8 @@ fn session_cookie(headers: &reqwest::header::HeaderMap) -> (String, String) {
 fn session_rules(url: &str, admin: &str) {
     let http = Http::new();
     let tls = url.starts_with("https://");
-    let sign_in = |token: &str| {
-        http.send(http.c.post(format!("{url}/v1/admin/session")).json_body(&json!({ "token": token })))
-    };
+    let sign_in =
+        |token: &str| http.send(http.c.post(format!("{url}/v1/admin/session")).json_body(&json!({ "token": token })));
     let config = |cookie: &str, extra: &[(&str, &str)]| {
         let mut req = http
             .c
@@ -343,9 +348,11 @@ fn session_rules(url: &str, admin: &str) {
     // Sign-in: a JSON body only, a valid admin token only.
     let (status, _, v) = sign_in("fa_0000");
     assert_eq!(status, 401, "{v}");
-    let form = http.c.post(format!("{url}/v1/admin/session")).header("content-type", "text/plain").body(
-        serde_json::to_vec(&json!({ "token": admin })).unwrap(),
-    );
+    let form = http
+        .c
+        .post(format!("{url}/v1/admin/session"))
+        .header("content-type", "text/plain")
+        .body(serde_json::to_vec(&json!({ "token": admin })).unwrap());
     let (status, headers, v) = http.send(form);
     assert_eq!(status, 415, "{v}");
     assert!(headers.get("set-cookie").is_none());
@@ -402,11 +409,13 @@ fn session_rules(url: &str, admin: &str) {
     // Sign-out (itself a change: it needs the token) ends the session and clears the cookie.
     let (status, _, _) = http.send(http.c.delete(format!("{url}/v1/admin/session")).header("cookie", &cookie));
     assert_eq!(status, 403);
-    let (status, headers, v) = http.send(
-        http.c.delete(format!("{url}/v1/admin/session")).header("cookie", &cookie).header("x-csrf-token", &csrf),
-    );
+    let (status, headers, v) = http
+        .send(http.c.delete(format!("{url}/v1/admin/session")).header("cookie", &cookie).header("x-csrf-token", &csrf));
     assert_eq!((status, &v), (200, &json!({ "signed_out": true })));
-    assert_eq!(session_cookie(&headers), ("ferry_admin=".into(), format!("Max-Age=0; Path=/; HttpOnly; SameSite=Strict{secure}")));
+    assert_eq!(
+        session_cookie(&headers),
+        ("ferry_admin=".into(), format!("Max-Age=0; Path=/; HttpOnly; SameSite=Strict{secure}"))
+    );
     let (status, _, v) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", &cookie));
     assert_eq!(status, 401, "{v}");
     assert!(error(&v).contains("not signed in"), "{v}");
@@ -414,8 +423,12 @@ fn session_rules(url: &str, admin: &str) {
     assert_eq!(status, 401);
 
     // A session whose admin token is revoked stops working at its next request.
-    let (status, _, v) =
-        http.send(http.c.post(format!("{url}/v1/admin/tokens")).bearer_auth(admin).json_body(&json!({"kind": "admin", "name": "temp"})));
+    let (status, _, v) = http.send(
+        http.c
+            .post(format!("{url}/v1/admin/tokens"))
+            .bearer_auth(admin)
+            .json_body(&json!({"kind": "admin", "name": "temp"})),
+    );
     assert_eq!(status, 201, "{v}");
     let temp = v["token"].as_str().unwrap().to_string();
     let (_, headers, v) = sign_in(&temp);
@@ -445,8 +458,8 @@ fn over_tls_the_cookie_is_secure_and_every_answer_carries_hsts() {
 
     let t = tempfile::tempdir().unwrap();
     crate::init(t.path(), crate::SMALL);
-    let fleet = Fleet::open(&t.path().join("fleet"), Settings { require_approval: false, enrollments_per_minute: 10 })
-        .unwrap();
+    let fleet =
+        Fleet::open(&t.path().join("fleet"), Settings { require_approval: false, enrollments_per_minute: 10 }).unwrap();
     let admin = fleet.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
     let repo = ferry_store::Repository::open_follower(&t.path().join("repo"), &t.path().join("scratch")).unwrap();
     let patcher = ferry_publisher::patches::Patcher::open(&t.path().join("patches"), 1 << 20, 3, 1).unwrap();
