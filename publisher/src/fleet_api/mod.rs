@@ -69,6 +69,7 @@ impl std::fmt::Debug for FleetState {
 
 type Shared = Arc<FleetState>;
 
+#[derive(Debug)]
 struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {

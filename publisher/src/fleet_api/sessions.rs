@@ -496,6 +496,50 @@ mod tests {
         );
     }
 
+    /// No channels: these tests need only the fleet.
+    struct NoDocuments;
+
+    impl super::super::Documents for NoDocuments {
+        fn head(&self, _: &str) -> Option<(crate::fleet::HeadDoc, Vec<u8>)> {
+            None
+        }
+        fn by_id(&self, _: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn channels(&self) -> Result<Vec<ferry_api::admin::ChannelListing>, String> {
+            Ok(Vec::new())
+        }
+        fn promote(
+            &self,
+            to: &str,
+            _: &ferry_api::admin::PromoteRequest,
+        ) -> Result<ferry_api::admin::Promoted, (StatusCode, String)> {
+            Err((StatusCode::CONFLICT, format!("no channel {to}")))
+        }
+    }
+
+    #[test]
+    fn an_expired_or_unknown_session_is_told_to_sign_in_again() {
+        let t = tempfile::tempdir().unwrap();
+        let settings = crate::fleet::Settings { require_approval: false, enrollments_per_minute: 10 };
+        let fleet = crate::fleet::Fleet::open(t.path(), settings).unwrap();
+        let s: Shared = std::sync::Arc::new(super::super::FleetState::new(fleet, Box::new(NoDocuments)));
+        let t0 = Instant::now();
+        lock(&s).add(&key(1), admin(), "ops".into(), "c".repeat(64), t0);
+        let h = headers(&[("host", "fleet.example"), ("sec-fetch-site", "same-origin")]);
+        let check = |cookies: &[[u8; 32]], at: Instant| by_session(&s, &Method::GET, &h, None, cookies, at);
+        let (_, signed) = check(&[key(2), key(1)], t0 + MIN).unwrap();
+        assert_eq!((signed.name.as_str(), signed.ends_in), ("ops", SESSION_IDLE));
+        let e = check(&[key(1)], t0 + 2 * MIN + SESSION_IDLE).unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (StatusCode::UNAUTHORIZED, "session expired; sign in again"));
+        let e = check(&[key(2)], t0).unwrap_err();
+        assert!(e.0 == StatusCode::UNAUTHORIZED && e.1.starts_with("not signed in"), "{}", e.1);
+        // A change with a live session and no CSRF token is refused before anything else.
+        lock(&s).add(&key(3), admin(), "ops".into(), "c".repeat(64), t0);
+        let e = by_session(&s, &Method::POST, &h, None, &[key(3)], t0).unwrap_err();
+        assert_eq!(e.0, StatusCode::FORBIDDEN);
+    }
+
     #[test]
     fn cookies_are_read_among_others() {
         let h = headers(&[("cookie", "a=1; ferry_admin=xyz; b=2"), ("cookie", "ferry_admin=")]);
