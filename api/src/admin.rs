@@ -39,6 +39,36 @@ pub struct TokenRecord {
     pub created: i64,
 }
 
+/// `POST /v1/admin/session`: the web UI's sign-in, the admin token in the body (never in a
+/// URL); the answer is a [`SessionInfo`] and the session's cookie.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub token: String,
+}
+
+impl std::fmt::Debug for SessionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRequest").field("token", &"…").finish()
+    }
+}
+
+/// A signed-in web session (`POST` and `GET /v1/admin/session`): the admin it signed in as,
+/// the CSRF token every change it makes must carry in `X-CSRF-Token`, and the seconds until
+/// it ends at the latest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub csrf_token: String,
+    pub expires_in: u64,
+    pub name: String,
+}
+
+/// The answer to `DELETE /v1/admin/session` (sign-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedOut {
+    pub signed_out: bool,
+}
+
 /// `POST /v1/admin/tokens`: a new admin or enrollment token named `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

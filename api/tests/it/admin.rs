@@ -22,6 +22,18 @@ fn tokens() {
     }
 }
 
+#[test]
+fn sessions() {
+    check(&SessionRequest { token: "fa_1".into() }, r#"{"token":"fa_1"}"#);
+    assert!(!format!("{:?}", SessionRequest { token: "fa_secret".into() }).contains("secret"));
+    assert!(serde_json::from_str::<SessionRequest>(r#"{"token":"fa_1","name":"x"}"#).is_err());
+    check(
+        &SessionInfo { csrf_token: "ab".into(), expires_in: 28800, name: "ops".into() },
+        r#"{"csrf_token":"ab","expires_in":28800,"name":"ops"}"#,
+    );
+    check(&SignedOut { signed_out: true }, r#"{"signed_out":true}"#);
+}
+
 fn view() -> DeviceView {
     DeviceView {
         accepted_by: None,

@@ -44,6 +44,7 @@ use enrollment::EnrollLimits;
 pub use enrollment::{ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};
 pub use ferry_api::admin::RolloutAction;
 pub use rollouts::{bucket, counts_for, no_rollout_action, HeadDoc, Pick};
+pub use tokens::AdminKey;
 
 const DEVICES: &str = "devices";
 const TOKENS: &str = "tokens";

@@ -19,6 +19,25 @@ fn prefix(kind: TokenKind) -> &'static str {
     }
 }
 
+/// An admin token as the store keeps it (its BLAKE3 hash): what a web session holds
+/// instead of the token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AdminKey([u8; 32]);
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(…)")
+    }
+}
+
+#[cfg(test)]
+impl AdminKey {
+    /// A key standing for no stored token, for tests of what holds one.
+    pub(crate) fn for_tests(bytes: [u8; 32]) -> AdminKey {
+        AdminKey(bytes)
+    }
+}
+
 pub(super) fn new_token(kind: TokenKind) -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| FleetError::BadRequest(format!("no random bytes: {e}")))?;
@@ -73,7 +92,11 @@ impl Fleet {
     }
 
     pub(super) fn token(&self, token: &str) -> Result<Option<TokenRecord>> {
-        match self.kv.get(TOKENS, &hash(token))? {
+        self.token_hashed(&hash(token))
+    }
+
+    fn token_hashed(&self, hashed: &[u8; 32]) -> Result<Option<TokenRecord>> {
+        match self.kv.get(TOKENS, hashed)? {
             Some(v) => Ok(Some(parse(&v, || "token".into())?)),
             None => Ok(None),
         }
@@ -84,6 +107,22 @@ impl Fleet {
         match self.token(token)? {
             Some(r) if r.kind == TokenKind::Admin => Ok(Caller::Admin(r.name)),
             _ => Err(FleetError::Unauthorized("not a valid admin token".into())),
+        }
+    }
+
+    /// The admin a token belongs to and the token's [`AdminKey`], for a web session that
+    /// checks it again at every request without keeping the token.
+    pub fn admin_key(&self, token: &str) -> Result<(Caller, AdminKey)> {
+        Ok((self.admin(token)?, AdminKey(hash(token))))
+    }
+
+    /// The admin whose token `key` stands for: refused (401) once that token is revoked.
+    pub fn admin_by_key(&self, key: &AdminKey) -> Result<Caller> {
+        match self.token_hashed(&key.0)? {
+            Some(r) if r.kind == TokenKind::Admin => Ok(Caller::Admin(r.name)),
+            _ => Err(FleetError::Unauthorized(
+                "the admin token this session signed in with was revoked; sign in again".into(),
+            )),
         }
     }
 

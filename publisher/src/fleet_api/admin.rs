@@ -1,27 +1,23 @@
 //! The admin API (`/v1/admin/...`, an admin token): devices, tokens, the audit log,
 //! configuration, rollouts, and the channels' documents and promotions (through
 //! [`super::Documents`]). Every change goes through `crate::fleet`, which writes it to the
-//! audit log with the token's name. What it is not for: the rules themselves.
+//! audit log with the token's name. What it is not for: the rules themselves, or who may
+//! call these routes: `sessions::require_admin` stands in front of every one (a bearer admin
+//! token or the web UI's session) and hands each the [`Caller`].
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use ferry_api::admin::{
     Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, PromoteRequest,
     Promoted, RolloutAction, RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
 };
 use serde::Deserialize;
 
-use super::{bearer, blocking, parse_json, ApiError, Shared};
+use super::{blocking, parse_json, ApiError, Shared};
 use crate::fleet::{Caller, FleetError, Scope};
-
-async fn admin(s: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let token = bearer(headers)?;
-    let st = s.clone();
-    blocking(move || st.fleet.admin(&token)).await
-}
 
 #[derive(Deserialize)]
 struct DeviceFilter {
@@ -32,10 +28,9 @@ struct DeviceFilter {
 
 async fn devices(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    _: Extension<Caller>,
     Query(f): Query<DeviceFilter>,
 ) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
     let list = blocking(move || s.fleet.devices()).await?;
     let list: Vec<_> = list
         .into_iter()
@@ -51,19 +46,21 @@ async fn devices(
     Ok(Json(list).into_response())
 }
 
-async fn device(State(s): State<Shared>, headers: HeaderMap, Path(serial): Path<String>) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
+async fn device(
+    State(s): State<Shared>,
+    _: Extension<Caller>,
+    Path(serial): Path<String>,
+) -> Result<Response, ApiError> {
     let (d, events) = blocking(move || Ok((s.fleet.device(&serial)?, s.fleet.events(&serial)?))).await?;
     Ok(Json(d.view(Some(events))).into_response())
 }
 
 async fn device_action(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     Path((serial, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let action = DeviceAction::parse(&action).ok_or_else(|| {
         ApiError::from(FleetError::NotFound(format!(
             "no device action {action:?} (accept, revoke, remove, approve-reenrollment, reject-reenrollment)"
@@ -108,26 +105,23 @@ async fn device_action(
 
 async fn create_token(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let req: TokenRequest = parse_json(&body, "token request")?;
     let token = blocking(move || s.fleet.create_token(&who, req.kind, &req.name)).await?;
     Ok((StatusCode::CREATED, Json(TokenCreated { token })).into_response())
 }
 
-async fn tokens(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
+async fn tokens(State(s): State<Shared>, _: Extension<Caller>) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || s.fleet.tokens()).await?).into_response())
 }
 
 async fn revoke_token(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let n = blocking(move || s.fleet.revoke_token(&who, &name)).await?;
     Ok(Json(TokensRevoked { revoked: n }).into_response())
 }
@@ -137,8 +131,7 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn audit(State(s): State<Shared>, headers: HeaderMap, Query(l): Query<Limit>) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
+async fn audit(State(s): State<Shared>, _: Extension<Caller>, Query(l): Query<Limit>) -> Result<Response, ApiError> {
     let limit = l.limit.unwrap_or(100).min(10_000);
     Ok(Json(blocking(move || s.fleet.audit(limit)).await?).into_response())
 }
@@ -161,21 +154,19 @@ fn scope(path: &str) -> Result<Scope, ApiError> {
 
 async fn get_config(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    _: Extension<Caller>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
     let scope = scope(&path)?;
     Ok(Json(blocking(move || s.fleet.level(&scope)).await?).into_response())
 }
 
 async fn change_config(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     Path(path): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let scope = scope(&path)?;
     let change: ConfigChange = parse_json(&body, "configuration change")?;
     let set: Vec<(String, String)> = change.set.into_iter().collect();
@@ -185,20 +176,18 @@ async fn change_config(
 
 async fn device_config(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    _: Extension<Caller>,
     Path(serial): Path<String>,
 ) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
     Ok(Json(blocking(move || s.fleet.merged_config(&s.fleet.device(&serial)?)).await?).into_response())
 }
 
 async fn set_groups(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     Path(serial): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let g: Groups = parse_json(&body, "groups")?;
     let d = blocking(move || s.fleet.set_groups(&who, &serial, &g.groups)).await?;
     Ok(Json(DeviceGroups { groups: d.groups, serial: d.serial }).into_response())
@@ -206,11 +195,10 @@ async fn set_groups(
 
 async fn rollout_action(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     Path((channel, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let req: RolloutRequest =
         if body.is_empty() { RolloutRequest::default() } else { parse_json(&body, "rollout request")? };
     let status = blocking(move || {
@@ -231,8 +219,7 @@ async fn rollout_action(
     Ok(Json(status).into_response())
 }
 
-async fn rollouts(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
+async fn rollouts(State(s): State<Shared>, _: Extension<Caller>) -> Result<Response, ApiError> {
     let list = blocking(move || {
         let mut out = Vec::new();
         for r in s.fleet.rollouts()? {
@@ -244,8 +231,7 @@ async fn rollouts(State(s): State<Shared>, headers: HeaderMap) -> Result<Respons
     Ok(Json(list).into_response())
 }
 
-async fn channels(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&s, &headers).await?;
+async fn channels(State(s): State<Shared>, _: Extension<Caller>) -> Result<Response, ApiError> {
     let list = tokio::task::spawn_blocking(move || s.documents.channels())
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
@@ -255,11 +241,10 @@ async fn channels(State(s): State<Shared>, headers: HeaderMap) -> Result<Respons
 
 async fn promote(
     State(s): State<Shared>,
-    headers: HeaderMap,
+    Extension(who): Extension<Caller>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = admin(&s, &headers).await?;
     let req: PromoteRequest = parse_json(&body, "promotion")?;
     let out = tokio::task::spawn_blocking(move || -> Result<Promoted, ApiError> {
         let v = s.documents.promote(&name, &req).map_err(|(st, m)| ApiError(st, m, None))?;
@@ -278,7 +263,7 @@ async fn promote(
     Ok(Json(out).into_response())
 }
 
-/// The admin API's routes.
+/// The admin API's routes (without their guard, which [`super::routes`] puts in front).
 pub(super) fn routes() -> Router<Shared> {
     Router::new()
         .route("/v1/admin/devices", get(devices))

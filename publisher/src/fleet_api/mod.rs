@@ -1,5 +1,6 @@
 //! The device API (`/v1/device/...`, authenticated by a device token) and the admin API
-//! (`/v1/admin/...`, authenticated by an admin token) over [`crate::fleet::Fleet`].
+//! (`/v1/admin/...`, authenticated by an admin token, or the web UI's session signed in with
+//! one) over [`crate::fleet::Fleet`].
 //!
 //! What it is for: turning HTTP requests into fleet operations and fleet errors into status
 //! codes with a JSON `{"error": ...}` body. What it is not for: the rules (in `fleet`). The
@@ -8,12 +9,16 @@
 //! never from a serial in the request. [`require_reader`] guards the repository's routes
 //! under `--fleet`: they need an admin token or an accepted device's token.
 //!
-//! `device` holds the device API's routes and `admin` the admin API's; this module holds
-//! what they share (the token check, errors as answers, the blocking pool), the web UI's
-//! page, and [`routes`], which joins them. Every body is one of `ferry_api`'s messages.
+//! `device` holds the device API's routes and `admin` the admin API's; `sessions` the web
+//! UI's sign-in and the guard in front of every admin route (bearer token or session cookie,
+//! the CSRF and cross-site rules); this module holds what they share (the token check,
+//! errors as answers, the blocking pool), the web UI's page, and [`routes`], which joins
+//! them. Every body is one of `ferry_api`'s messages. The admin token never travels in a URL:
+//! no route reads one from a query string, and the page posts it once, in a JSON body.
 
 mod admin;
 mod device;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -48,6 +53,14 @@ pub struct FleetState {
     pub documents: Box<dyn Documents>,
     /// Mutual TLS: device certificates issued at enrollment and required after it.
     pub certificates: DeviceCertificates,
+    /// The web UI's signed-in sessions (in memory only: a restart signs everyone out).
+    sessions: std::sync::Mutex<sessions::Sessions>,
+}
+
+impl FleetState {
+    pub fn new(fleet: Fleet, documents: Box<dyn Documents>, certificates: DeviceCertificates) -> FleetState {
+        FleetState { fleet, documents, certificates, sessions: std::sync::Mutex::default() }
+    }
 }
 
 /// Devices' client certificates (`ferry serve --client-ca`): which CA issues them at
@@ -103,6 +116,7 @@ impl std::fmt::Debug for FleetState {
 
 type Shared = Arc<FleetState>;
 
+#[derive(Debug)]
 struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
@@ -208,21 +222,29 @@ async fn ui() -> Response {
             (header::X_FRAME_OPTIONS, "DENY"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         include_str!("../ui.html"),
     )
         .into_response()
 }
 
-/// The device and admin routes over `state`.
+/// The device and admin routes over `state`; every admin route but sign-in behind
+/// `sessions::require_admin`.
 pub fn routes(state: Shared) -> Router {
+    let (sign_in, session) = sessions::routes();
+    let admin = admin::routes()
+        .merge(session)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), sessions::require_admin));
     Router::new()
         .route("/", get(ui))
         .route("/ui", get(ui))
         .merge(device::routes())
-        .merge(admin::routes())
+        .merge(admin)
+        .merge(sign_in)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

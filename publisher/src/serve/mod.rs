@@ -17,7 +17,8 @@
 //! produced a step at a time on the blocking pool, only as fast as the client reads, and the
 //! content routes hold at most `read_slots` + patch-worker blocking threads however many
 //! clients ask, so branch requests, check-ins and the admin API keep the rest of the pool.
-//! Connections, their cap and their timeouts are `crate::connections`'.
+//! Connections, their cap and their timeouts are `crate::connections`'; every answer to a
+//! request that came over TLS carries `Strict-Transport-Security` (`hsts`).
 //!
 //! Its parts: this module holds the state, the blocking-pool slots ([`in_slot`], the one
 //! place content work meets the pool), the error answer, the router and
@@ -47,6 +48,7 @@ use tokio::task::JoinError;
 use crate::patches::Patcher;
 
 mod documents;
+mod hsts;
 mod routes;
 mod stream;
 
@@ -289,11 +291,8 @@ pub fn router(
     });
     let (fleet_routes, fleet_state) = match fleet {
         Some((fleet, key, certificates)) => {
-            let fs = Arc::new(crate::fleet_api::FleetState {
-                fleet,
-                documents: Box::new(RepoDocuments(state.clone(), key)),
-                certificates,
-            });
+            let documents = Box::new(RepoDocuments(state.clone(), key));
+            let fs = Arc::new(crate::fleet_api::FleetState::new(fleet, documents, certificates));
             (crate::fleet_api::routes(fs.clone()), Some(fs))
         }
         None => {
@@ -323,6 +322,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(pack::MAX_IDS_PER_REQUEST * 32))
         .with_state(state)
         .merge(fleet_routes)
+        .layer(axum::middleware::from_fn(hsts::strict_transport))
 }
 
 /// Opens `repo` as a follower (its scratch files under `scratch`) and serves it on `listen`

@@ -1,7 +1,16 @@
 //! The fleet's web UI in a real headless browser (Debian's chromium, driven over WebDriver by
-//! chromedriver): sign in, see the fleet and a device's history, edit configuration, promote,
-//! start and pause a rollout. Screenshots land in `$CARGO_TARGET_TMPDIR/web-ui/`.
+//! chromedriver): sign in (the token posted once; the session an HttpOnly cookie), see the
+//! fleet and a device's history, edit configuration, promote, start and pause a rollout, sign
+//! out; a form on another origin posting to an admin route is refused; and the session's
+//! rules seen by a plain HTTP client (the CSRF token, the cross-site headers, sign-out, a
+//! revoked token, the cookie's attributes, HSTS). Screenshots land in
+//! `$CARGO_TARGET_TMPDIR/web-ui/`.
+//!
+//! Each feature is a function of the server's base URL ([`operator_flows`],
+//! [`cross_site_form_posts`], [`session_rules`]), so the same steps run against an HTTPS
+//! server: there the cookie must be `Secure` and every answer carry HSTS.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use ferry_fixtures::webdriver::Browser;
@@ -11,8 +20,22 @@ fn ferry(args: &[&str]) -> String {
     crate::cmd::ok(args).trim().to_string()
 }
 
-#[test]
-fn an_operator_runs_the_fleet_from_the_web_ui() {
+/// A fleet server with a promotable commit, an admin token `ops`, and two devices that
+/// enrolled and checked in.
+struct Fleet {
+    server: crate::cmd::Serve,
+    _dir: tempfile::TempDir,
+    admin: String,
+    c1: String,
+}
+
+impl Fleet {
+    fn url(&self) -> &str {
+        &self.server.1
+    }
+}
+
+fn fleet() -> Fleet {
     let t = tempfile::tempdir().unwrap();
     let p = |n: &str| t.path().join(n).display().to_string();
     ferry(&["init", "--repo", &p("repo")]);
@@ -54,44 +77,100 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     let admin = ferry(&["admin", "token", "create", "--name", "ops", "--fleet", &p("fleet")]);
     let enrollment = ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &p("fleet")]);
     let server = crate::cmd::serve(&p("repo"), &["--fleet", &p("fleet"), "--channel-key", &p("chan.key")]);
-    let url = server.1.clone();
-
-    // Two devices enroll and check in.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let http = reqwest::Client::new();
-    let post = |path: &str, token: &str, body: Value| -> Value {
-        rt.block_on(async {
-            let r = http
-                .post(format!("{url}/v1/{path}"))
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&body).unwrap())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{path}: {}", r.status());
-            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-        })
-    };
+    let http = Http::new();
     for serial in ["SN-UI-1", "SN-UI-2"] {
-        let v =
-            post("device/enroll", "", json!({ "serial": serial, "hardware": "rev-a", "enrollment_token": enrollment }));
+        let body = json!({ "serial": serial, "hardware": "rev-a", "enrollment_token": enrollment });
+        let (status, _, v) = http.send(http.c.post(format!("{}/v1/device/enroll", server.1)).json_body(&body));
+        assert_eq!(status, 200, "{v}");
         let token = v["device_token"].as_str().unwrap().to_string();
-        post(
-            "device/checkin",
-            &token,
-            json!({ "channel": "stable", "current_version": "0", "last_result": "up-to-date" }),
-        );
+        let report = json!({ "channel": "stable", "current_version": "0", "last_result": "up-to-date" });
+        let (status, _, v) =
+            http.send(http.c.post(format!("{}/v1/device/checkin", server.1)).bearer_auth(&token).json_body(&report));
+        assert_eq!(status, 200, "{v}");
+    }
+    Fleet { _dir: t, server, admin, c1 }
+}
+
+/// A JSON request body.
+trait JsonBody {
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("content-type", "application/json").body(serde_json::to_vec(v).unwrap())
+    }
+}
+
+/// A plain HTTP client (no cookie jar: each test sends the cookie it means to).
+struct Http {
+    rt: tokio::runtime::Runtime,
+    c: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Http {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // No kept-alive connections: the browser's steps can outlast the server's idle timeout.
+        let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        Http { rt, c }
     }
 
+    /// Sends `req`: its status, headers and JSON body (null when the body is not JSON).
+    fn send(&self, req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.rt.block_on(async {
+            let r = req.send().await.unwrap();
+            let (status, headers) = (r.status().as_u16(), r.headers().clone());
+            (status, headers, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null))
+        })
+    }
+
+    /// A device's state as the admin API (with a bearer token) shows it.
+    fn device_state(&self, url: &str, admin: &str, serial: &str) -> String {
+        let (status, _, v) = self.send(self.c.get(format!("{url}/v1/admin/devices/{serial}")).bearer_auth(admin));
+        assert_eq!(status, 200, "{v}");
+        v["state"].as_str().unwrap().to_string()
+    }
+}
+
+fn sign_in(b: &Browser, url: &str, admin: &str) {
+    b.go(url);
+    b.wait_for("#login-view", "Admin token");
+    b.type_into("#token", admin);
+    b.click("#login");
+    b.wait_for("#who", "signed in as ops");
+}
+
+#[test]
+fn an_operator_runs_the_fleet_from_the_web_ui() {
+    let f = fleet();
+    operator_flows(f.url(), &f.admin, &f.c1);
+}
+
+/// Signs in, runs the fleet, configuration, channel, rollout and audit views, signs out.
+fn operator_flows(url: &str, admin: &str, c1: &str) {
+    let http = Http::new();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
     std::fs::create_dir_all(&shots).unwrap();
     let b = Browser::start();
-    b.go(&url);
-    b.type_into("#token", &admin);
-    b.click("#login");
+    sign_in(&b, url, admin);
     let table = b.wait_for("#devices tbody", "SN-UI-2");
     assert!(table.contains("SN-UI-1") && table.contains("stable"), "{table}");
+    // The token went in a POST body: it is in no address, no storage, and the page cannot
+    // read the session cookie, which the browser holds HttpOnly and SameSite=Strict.
+    assert!(!b.url().contains(admin), "{}", b.url());
+    assert_eq!(b.text("#token"), "");
+    let seen = b.execute("return [document.cookie, JSON.stringify(sessionStorage), JSON.stringify(localStorage)];");
+    assert_eq!(seen, json!(["", "{}", "{}"]));
+    let cookies = b.cookies();
+    let session = cookies.iter().find(|c| c["name"] == "ferry_admin").unwrap_or_else(|| panic!("{cookies:?}"));
+    assert_eq!(
+        (&session["httpOnly"], &session["sameSite"], &session["path"]),
+        (&json!(true), &json!("Strict"), &json!("/"))
+    );
+    assert_eq!(session["secure"], json!(url.starts_with("https://")));
+    assert!(!session["value"].as_str().unwrap().contains(admin));
+
     b.click("#devices tr[data-serial='SN-UI-1']");
     b.wait_for("#detail-serial", "SN-UI-1");
     b.wait_for("#events", "enrolled (rev-a)");
@@ -103,10 +182,7 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     b.type_into("#cfg-value", "debug");
     b.click("#cfg-set");
     b.wait_for("#cfg-values", "LOG");
-    let level: Value = rt.block_on(async {
-        let r = http.get(format!("{url}/v1/admin/config/fleet")).bearer_auth(&admin).send().await.unwrap();
-        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-    });
+    let (_, _, level) = http.send(http.c.get(format!("{url}/v1/admin/config/fleet")).bearer_auth(admin));
     assert_eq!(level["values"]["LOG"], "debug");
 
     // Channels: start a rollout first, then promote commit 1 to stable with the server's key.
@@ -122,12 +198,8 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     b.wait_for("#msg", "stable is now at serial 1");
     b.wait_for("#channel-list", "rev-a: 1");
     // The repository's routes need a token under --fleet: an admin token reads them.
-    let served = |token: &str| {
-        rt.block_on(async {
-            http.get(format!("{url}/v1/channels/stable")).bearer_auth(token).send().await.unwrap().status().as_u16()
-        })
-    };
-    assert_eq!((served(&admin), served("")), (200, 401));
+    let served = |token: &str| http.send(http.c.get(format!("{url}/v1/channels/stable")).bearer_auth(token)).0;
+    assert_eq!((served(admin), served("")), (200, 401));
     b.screenshot(&shots, "channels.png");
 
     // Rollouts: start, then pause from the table.
@@ -140,10 +212,292 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     b.wait_for("#rollout-list", "paused");
     b.screenshot(&shots, "rollouts.png");
 
+    // A reload keeps the session (and its CSRF token): a change still works.
+    b.go(url);
+    b.wait_for("#who", "signed in as ops");
+    b.click("#tab-rollouts");
+    b.wait_for("#rollout-list", "paused");
+    b.click("#rollout-list button[data-action='resume']");
+    b.wait_for("#rollout-list", "running");
+
     // Everything done in the UI is in the audit log, by the token's name.
     b.click("#tab-audit");
-    let audit = b.wait_for("#audit-list", "rollout pause");
-    assert!(audit.contains("admin:ops") && audit.contains("promote") && audit.contains("config"), "{audit}");
+    let audit = b.wait_for("#audit-list", "rollout resume");
+    assert!(
+        audit.contains("admin:ops")
+            && audit.contains("promote")
+            && audit.contains("config")
+            && audit.contains("sign in"),
+        "{audit}"
+    );
     b.screenshot(&shots, "audit.png");
+
+    // Signing out ends the session: the page asks for the token again, reloaded or not.
+    b.click("#sign-out");
+    b.wait_for("#msg", "signed out");
+    b.wait_for("#login-view", "Admin token");
+    b.go(url);
+    b.wait_for("#login-view", "Admin token");
+    assert!(b.cookies().iter().all(|c| c["name"] != "ferry_admin"), "{:?}", b.cookies());
     eprintln!("screenshots in {}", shots.display());
+}
+
+#[test]
+fn a_cross_site_form_post_is_refused() {
+    let f = fleet();
+    cross_site_form_posts(f.url(), &f.admin);
+}
+
+/// A page served from `http://HOST:PORT/` (another origin), which posts a form at once.
+struct Attacker(u16);
+
+impl Attacker {
+    fn serve(page: String) -> Attacker {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+            page.len()
+        );
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                // A thread each: the browser opens connections it may never send on.
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(answer.as_bytes());
+                });
+            }
+        });
+        Attacker(port)
+    }
+}
+
+/// With the operator signed in, pages on other origins post forms to the admin API (the
+/// browser sends the session cookie where SameSite allows it, never the CSRF header): each
+/// is refused, and nothing changes.
+fn cross_site_form_posts(url: &str, admin: &str) {
+    let http = Http::new();
+    let b = Browser::start();
+    sign_in(&b, url, admin);
+    b.wait_for("#devices tbody", "SN-UI-2");
+    let page = format!(
+        r#"<!doctype html><title>prize</title><form id="f" method="post" enctype="text/plain" action="{url}/v1/admin/devices/SN-UI-2/revoke"><input name="x" value="y"></form><script>document.getElementById("f").submit()</script>"#
+    );
+    let attacker = Attacker::serve(page);
+    // 127.0.0.1 on another port is the same site as the server (ports do not count), so over
+    // plain HTTP the browser sends the cookie: the server's own checks must refuse it.
+    // `localhost` is another site: the browser keeps the cookie to itself.
+    for host in ["127.0.0.1", "localhost"] {
+        b.go(&format!("http://{host}:{}/", attacker.0));
+        let refused = b.wait_for("body", "\"error\"");
+        let cookie_sent = url.starts_with("http://") && host == "127.0.0.1";
+        let why = if cookie_sent { "cross-site request refused (Sec-Fetch-Site: same-site)" } else { "not signed in" };
+        assert!(refused.contains(why), "{host}: {refused}");
+        assert_eq!(http.device_state(url, admin, "SN-UI-2"), "accepted", "a form from {host} revoked the device");
+    }
+    // The operator's own page and session still work.
+    b.go(url);
+    b.wait_for("#who", "signed in as ops");
+    b.wait_for("#devices tbody", "SN-UI-2");
+    let (_, _, audit) = http.send(http.c.get(format!("{url}/v1/admin/audit")).bearer_auth(admin));
+    assert!(!audit.to_string().contains("revoke"), "{audit}");
+}
+
+#[test]
+fn the_session_rules_hold() {
+    let f = fleet();
+    session_rules(f.url(), &f.admin);
+}
+
+/// The session cookie of a sign-in's answer (`NAME=VALUE`), and its attributes.
+fn session_cookie(headers: &reqwest::header::HeaderMap) -> (String, String) {
+    let set = headers.get("set-cookie").expect("a session cookie").to_str().unwrap().to_string();
+    let (pair, attributes) = set.split_once("; ").unwrap();
+    (pair.to_string(), attributes.to_string())
+}
+
+/// What a plain HTTP client sees of sessions: the cookie's attributes, the CSRF token on
+/// every change, the cross-site headers, sign-out and a revoked token ending a session,
+/// bearer tokens unchanged, HSTS over TLS only.
+fn session_rules(url: &str, admin: &str) {
+    let http = Http::new();
+    let tls = url.starts_with("https://");
+    let sign_in =
+        |token: &str| http.send(http.c.post(format!("{url}/v1/admin/session")).json_body(&json!({ "token": token })));
+    let config = |cookie: &str, extra: &[(&str, &str)]| {
+        let mut req = http
+            .c
+            .post(format!("{url}/v1/admin/config/fleet"))
+            .header("cookie", cookie)
+            .json_body(&json!({ "set": { "FROM_SESSION": "1" } }));
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        http.send(req)
+    };
+    let error = |v: &Value| v["error"].as_str().unwrap_or_default().to_string();
+
+    // Sign-in: a JSON body only, a valid admin token only.
+    let (status, _, v) = sign_in("fa_0000");
+    assert_eq!(status, 401, "{v}");
+    let form = http
+        .c
+        .post(format!("{url}/v1/admin/session"))
+        .header("content-type", "text/plain")
+        .body(serde_json::to_vec(&json!({ "token": admin })).unwrap());
+    let (status, headers, v) = http.send(form);
+    assert_eq!(status, 415, "{v}");
+    assert!(headers.get("set-cookie").is_none());
+    let (status, _, v) = http.send(
+        http.c
+            .post(format!("{url}/v1/admin/session"))
+            .header("origin", "http://attacker.example")
+            .json_body(&json!({ "token": admin })),
+    );
+    assert_eq!(status, 403, "{v}");
+    let (status, headers, v) = sign_in(admin);
+    assert_eq!(status, 200, "{v}");
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+    assert_eq!((v["name"].as_str(), csrf.len()), (Some("ops"), 64), "{v}");
+    assert_eq!(headers.get("strict-transport-security").is_some(), tls, "{headers:?}");
+    let (cookie, attributes) = session_cookie(&headers);
+    let secure = if tls { "; Secure" } else { "" };
+    assert_eq!(attributes, format!("Max-Age=28800; Path=/; HttpOnly; SameSite=Strict{secure}"));
+    assert!(cookie.starts_with("ferry_admin=") && !cookie.contains(admin), "{cookie}");
+
+    // Reads need only the cookie; the session's view gives the CSRF token again.
+    let (status, headers, v) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", &cookie));
+    assert_eq!((status, v.as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    assert_eq!(headers.get("strict-transport-security").is_some(), tls, "{headers:?}");
+    let (status, _, v) = http.send(http.c.get(format!("{url}/v1/admin/session")).header("cookie", &cookie));
+    assert_eq!((status, v["csrf_token"].as_str()), (200, Some(csrf.as_str())), "{v}");
+
+    // A change with the cookie needs the CSRF token, from the same origin.
+    let (status, _, v) = config(&cookie, &[]);
+    assert_eq!(status, 403, "{v}");
+    assert!(error(&v).contains("missing the X-CSRF-Token header"), "{v}");
+    let (status, _, v) = config(&cookie, &[("x-csrf-token", &"0".repeat(64))]);
+    assert!(status == 403 && error(&v).contains("does not match"), "{status} {v}");
+    let (status, _, v) = config(&cookie, &[("x-csrf-token", &csrf), ("sec-fetch-site", "cross-site")]);
+    assert!(status == 403 && error(&v).contains("Sec-Fetch-Site: cross-site"), "{status} {v}");
+    let (status, _, v) = config(&cookie, &[("x-csrf-token", &csrf), ("origin", "http://attacker.example")]);
+    assert!(status == 403 && error(&v).contains("another origin"), "{status} {v}");
+    let (_, _, level) = http.send(http.c.get(format!("{url}/v1/admin/config/fleet")).bearer_auth(admin));
+    assert!(level["values"].get("FROM_SESSION").is_none(), "a refused change was made: {level}");
+    let origin = url.trim_end_matches('/').to_string();
+    let (status, _, v) =
+        config(&cookie, &[("x-csrf-token", &csrf), ("origin", &origin), ("sec-fetch-site", "same-origin")]);
+    assert_eq!(status, 200, "{v}");
+    let (_, _, audit) = http.send(http.c.get(format!("{url}/v1/admin/audit")).bearer_auth(admin));
+    let last = audit.as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+    assert_eq!((last["who"].as_str(), last["action"].as_str()), (Some("admin:ops"), Some("config")), "{audit}");
+
+    // Bearer tokens work as before, and a token in a query string opens nothing.
+    let (status, _, _) = http.send(http.c.get(format!("{url}/v1/admin/tokens")).bearer_auth(admin));
+    assert_eq!(status, 200);
+    let (status, _, _) = http.send(http.c.get(format!("{url}/v1/admin/tokens?token={admin}")));
+    assert_eq!(status, 401);
+
+    // Sign-out (itself a change: it needs the token) ends the session and clears the cookie.
+    let (status, _, _) = http.send(http.c.delete(format!("{url}/v1/admin/session")).header("cookie", &cookie));
+    assert_eq!(status, 403);
+    let (status, headers, v) = http
+        .send(http.c.delete(format!("{url}/v1/admin/session")).header("cookie", &cookie).header("x-csrf-token", &csrf));
+    assert_eq!((status, &v), (200, &json!({ "signed_out": true })));
+    assert_eq!(
+        session_cookie(&headers),
+        ("ferry_admin=".into(), format!("Max-Age=0; Path=/; HttpOnly; SameSite=Strict{secure}"))
+    );
+    let (status, _, v) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", &cookie));
+    assert_eq!(status, 401, "{v}");
+    assert!(error(&v).contains("not signed in"), "{v}");
+    let (status, _, _) = config(&cookie, &[("x-csrf-token", &csrf)]);
+    assert_eq!(status, 401);
+
+    // A session whose admin token is revoked stops working at its next request.
+    let (status, _, v) = http.send(
+        http.c
+            .post(format!("{url}/v1/admin/tokens"))
+            .bearer_auth(admin)
+            .json_body(&json!({"kind": "admin", "name": "temp"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let temp = v["token"].as_str().unwrap().to_string();
+    let (_, headers, v) = sign_in(&temp);
+    let (temp_cookie, _) = session_cookie(&headers);
+    let temp_csrf = v["csrf_token"].as_str().unwrap().to_string();
+    let (status, _, _) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", &temp_cookie));
+    assert_eq!(status, 200);
+    let (status, _, _) = http.send(http.c.post(format!("{url}/v1/admin/tokens/temp/revoke")).bearer_auth(admin));
+    assert_eq!(status, 200);
+    let (status, _, v) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", &temp_cookie));
+    assert_eq!(status, 401, "{v}");
+    assert!(error(&v).contains("revoked"), "{v}");
+    let (status, _, _) = config(&temp_cookie, &[("x-csrf-token", &temp_csrf)]);
+    assert_eq!(status, 401);
+    // Nor does a cookie the server never gave.
+    let (status, _, _) = http.send(http.c.get(format!("{url}/v1/admin/devices")).header("cookie", "ferry_admin=00"));
+    assert_eq!(status, 401);
+}
+
+/// `ferry serve`'s router in this process, each request marked as arriving over TLS or not
+/// (what `connections` tells routes): until the server speaks TLS itself, this is where the
+/// answers' TLS-only headers are checked.
+#[test]
+fn over_tls_the_cookie_is_secure_and_every_answer_carries_hsts() {
+    use ferry_publisher::connections::Connection;
+    use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
+
+    let t = tempfile::tempdir().unwrap();
+    crate::init(t.path(), crate::SMALL);
+    let fleet =
+        Fleet::open(&t.path().join("fleet"), Settings { require_approval: false, enrollments_per_minute: 10 }).unwrap();
+    let admin = fleet.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
+    let repo = ferry_store::Repository::open_follower(&t.path().join("repo"), &t.path().join("scratch")).unwrap();
+    let patcher = ferry_publisher::patches::Patcher::open(&t.path().join("patches"), 1 << 20, 3, 1).unwrap();
+    let app = ferry_publisher::serve::router(repo, patcher, Some((fleet, None, Default::default())), 2);
+    let app = hyper_util::service::TowerToHyperService::new(app);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let send = |tls: bool, method: &str, path: &str, body: &str| {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "fleet.example")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        req.extensions_mut().insert(Connection { peer, tls, client_certificate: None });
+        let resp = rt.block_on(hyper::service::Service::call(&app, req)).unwrap();
+        (resp.status().as_u16(), resp.headers().clone())
+    };
+    let sign_in = format!(r#"{{"token":"{admin}"}}"#);
+    for tls in [true, false] {
+        for (method, path, body, status) in [
+            ("GET", "/", "", 200),
+            ("GET", "/v1/admin/devices", "", 401),
+            ("GET", "/v1/branches/main", "", 401),
+            ("GET", "/v1/nowhere", "", 404),
+            ("POST", "/v1/admin/session", "{}", 400),
+            ("POST", "/v1/admin/session", sign_in.as_str(), 200),
+        ] {
+            let (got, headers) = send(tls, method, path, body);
+            assert_eq!(got, status, "{method} {path}");
+            let hsts = headers.get("strict-transport-security").map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(hsts, tls.then(|| "max-age=31536000".to_string()), "{method} {path} tls={tls}");
+            if let Some(cookie) = headers.get("set-cookie") {
+                let cookie = cookie.to_str().unwrap();
+                assert_eq!(cookie.ends_with("; Secure"), tls, "{cookie}");
+                assert!(cookie.contains("; HttpOnly; SameSite=Strict"), "{cookie}");
+            }
+        }
+    }
 }
