@@ -50,6 +50,9 @@
 //! hosts = ["setup.local"]                   # names the page answers to besides IP addresses and
 //!                                           #   localhost (any other Host is refused: DNS rebinding);
 //!                                           #   default none
+//! tls = true                                # serve HTTPS with the device's own self-signed certificate,
+//!                                           #   made at `ferryd provision` or the first `ferryd local-ui`
+//!                                           #   (its fingerprint: `ferryd status`); default false
 //!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
@@ -279,6 +282,11 @@ pub struct LocalUi {
     /// site whose name an attacker points at the device's address cannot use the page.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Serve HTTPS with the device's own certificate (`local_ui::certificate`), made on the
+    /// device at provisioning or at the page's first start; `ferryd status` prints its
+    /// fingerprint for the technician to compare with the browser's.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn hidden<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
