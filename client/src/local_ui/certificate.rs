@@ -32,6 +32,10 @@ use crate::config::Config;
 /// read): a later format changes it.
 const HEADER: &str = "# ferryd local page certificate, format 1: the private key, then the certificate\n";
 
+/// When a certificate's own signature and names are checked: 2001-01-01, within the
+/// validity of every certificate this module makes.
+const CHECKED_AT: u64 = 978_307_200;
+
 /// What to run to replace a damaged or unwanted certificate.
 pub const RENEW_COMMAND: &str = "ferryd local-ui-cert --new";
 
@@ -121,6 +125,20 @@ fn parse(bytes: &[u8]) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static
     rustls::sign::CertifiedKey::new(vec![cert.clone()], signer)
         .keys_match()
         .map_err(|e| format!("its certificate is not its key's ({e})"))?;
+    // Its own signature, as a client trusting it would check it: at a fixed time within its
+    // validity (the device's clock may be anywhere; browsers judge dates by their own).
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).map_err(|e| format!("its certificate is not readable ({e})"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| format!("its certificate cannot be checked ({e})"))?;
+    let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(CHECKED_AT));
+    let localhost = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    use rustls::client::danger::ServerCertVerifier;
+    verifier
+        .verify_server_cert(&cert, &[], &localhost, &[], at)
+        .map_err(|e| format!("its certificate does not verify as this page's ({e})"))?;
     Ok((cert, key))
 }
 
