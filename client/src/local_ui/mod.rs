@@ -460,8 +460,8 @@ async fn login(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
             SESSION_MAX.as_secs(),
             secure(shared)
         )
-            .parse()
-            .expect("a valid cookie"),
+        .parse()
+        .expect("a valid cookie"),
     );
     r
 }

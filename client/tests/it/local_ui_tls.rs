@@ -86,7 +86,13 @@ struct Answer {
 /// the address `from` if given, verifying the page's certificate for `name` against `root`
 /// and nothing else (no system roots), as a client with the certificate pinned does. The
 /// error is the TLS refusal.
-fn https(root: &CertificateDer<'static>, from: Option<IpAddr>, addr: SocketAddr, name: &str, request: &str) -> Result<Answer, String> {
+fn https(
+    root: &CertificateDer<'static>,
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    name: &str,
+    request: &str,
+) -> Result<Answer, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -381,7 +387,10 @@ fn a_damaged_certificate_file_is_refused_naming_the_fix_and_changes_nothing() {
         assert!(!ok && err.contains("is damaged"), "{what}: {err}");
         let (ok, text, err) = ferryd(&dev, &["status"]);
         assert!(ok, "{what}: {err}");
-        assert!(text.contains("warning:  the local page's certificate") && text.contains("is damaged"), "{what}: {text}");
+        assert!(
+            text.contains("warning:  the local page's certificate") && text.contains("is damaged"),
+            "{what}: {text}"
+        );
         assert_eq!(status_fingerprint(&dev), Value::Null, "{what}");
         assert_eq!(files(&dev.parent().unwrap().join("state")), before, "{what}: the state directory changed");
     }
