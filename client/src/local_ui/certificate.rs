@@ -8,10 +8,12 @@
 //!   file is an error naming it and the command that replaces it (`ferryd local-ui-cert
 //!   --new`), never silently a new certificate, since the technician compares its fingerprint.
 //! - **What it names** (subject alternative names): `localhost`, 127.0.0.1 and ::1, the
-//!   device's host name and serial number (when they are valid DNS names), every name in
-//!   `[local_ui] hosts`, and the listen address when `ferryd local-ui` made it. Browsers
-//!   warn about any self-signed certificate anyway; the technician checks the fingerprint
-//!   the browser shows against the one `ferryd status` prints.
+//!   device's host name and serial number (when they are valid DNS names), every name and
+//!   address in `[local_ui] hosts` (list the access point's address there, e.g.
+//!   192.168.4.1, for a certificate made at provisioning), and the listen address when
+//!   `ferryd local-ui` made it. Browsers warn about any self-signed certificate anyway; the
+//!   technician checks the fingerprint the browser shows against the one `ferryd status`
+//!   prints. A page started on an address its certificate does not name says so in its log.
 //! - **Fingerprint**: SHA-256 of the certificate (DER), as browsers show it: upper-case hex
 //!   pairs joined by colons.
 //!
@@ -70,6 +72,12 @@ impl DeviceCert {
         out
     }
 
+    /// Whether the certificate names `ip`, as a browser that trusts it would check.
+    pub fn names(&self, ip: IpAddr) -> bool {
+        let server = rustls::pki_types::ServerName::IpAddress(ip.to_canonical().into());
+        verify(&self.cert, &server).is_ok()
+    }
+
     /// A TLS server configuration (TLS 1.2 and 1.3, ring, HTTP/1.1 by ALPN) serving it.
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -125,21 +133,24 @@ fn parse(bytes: &[u8]) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static
     rustls::sign::CertifiedKey::new(vec![cert.clone()], signer)
         .keys_match()
         .map_err(|e| format!("its certificate is not its key's ({e})"))?;
-    // Its own signature, as a client trusting it would check it: at a fixed time within its
-    // validity (the device's clock may be anywhere; browsers judge dates by their own).
+    let localhost = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    verify(&cert, &localhost).map_err(|e| format!("its certificate does not verify as this page's ({e})"))?;
+    Ok((cert, key))
+}
+
+/// Checks a certificate as a client that trusts it (and nothing else) would for `name`: its
+/// own signature, its names, its use. At a fixed time within its validity: the device's
+/// clock may be anywhere, and browsers judge dates by their own.
+fn verify(cert: &CertificateDer<'static>, name: &rustls::pki_types::ServerName<'_>) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).map_err(|e| format!("its certificate is not readable ({e})"))?;
+    roots.add(cert.clone()).map_err(|e| format!("not readable: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .map_err(|e| format!("its certificate cannot be checked ({e})"))?;
+        .map_err(|e| e.to_string())?;
     let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(CHECKED_AT));
-    let localhost = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    use rustls::client::danger::ServerCertVerifier;
-    verifier
-        .verify_server_cert(&cert, &[], &localhost, &[], at)
-        .map_err(|e| format!("its certificate does not verify as this page's ({e})"))?;
-    Ok((cert, key))
+    verifier.verify_server_cert(cert, &[], name, &[], at).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The certificate, made and written now if there is none. The `bool` is whether it was
@@ -184,12 +195,16 @@ fn names(config: &Config, listen: Option<IpAddr>) -> Vec<String> {
     let serial = config.fleet.as_ref().and_then(|f| f.serial().ok());
     let hosts = config.local_ui.iter().flat_map(|l| l.hosts.iter().cloned());
     for name in [Some(hostname.trim().to_string()), serial].into_iter().flatten().chain(hosts) {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            out.push(ip.to_canonical().to_string());
+            continue;
+        }
         let name = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
         if is_dns_name(&name) {
             out.push(name);
         }
     }
-    if let Some(ip) = listen.filter(|ip| !ip.is_unspecified() && !ip.is_loopback()) {
+    if let Some(ip) = listen.filter(|ip| !ip.is_unspecified()) {
         out.push(ip.to_canonical().to_string());
     }
     let mut seen = std::collections::HashSet::new();

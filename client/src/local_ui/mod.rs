@@ -164,6 +164,16 @@ pub async fn serve(
     let hosts = local_ui.hosts.iter().map(|h| normal_name(h)).collect();
     let tls = if local_ui.tls {
         let (cert, _) = certificate::ensure(&config, Some(listen.ip()))?;
+        if !listen.ip().is_unspecified() && !cert.names(listen.ip()) {
+            tracing::warn!(
+                "local page: the certificate does not name {}, the address it listens on: a browser that trusts \
+                 the certificate still warns about the name; add the address to [local_ui] hosts and run \
+                 `{} --address {}`",
+                listen.ip(),
+                certificate::RENEW_COMMAND,
+                listen.ip()
+            );
+        }
         tracing::info!(fingerprint = %cert.fingerprint(), "local page: serving HTTPS with the certificate in {}", cert.path.display());
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config()?)))
     } else {

@@ -15,14 +15,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_fixtures::webdriver::Browser;
+use ferry_fixtures::webdriver::{Browser, Proc};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 use crate::channels::{promote, set_up_keys};
 use crate::harness::{ferryd, Env};
-use crate::local_ui::{bundle, device_with, running, start, PASSWORD};
+use crate::local_ui::{bundle, device_with, logged, running, start, PASSWORD};
 
 /// SHA-256 as browsers show a certificate's fingerprint: `AB:CD:...`.
 fn colon_sha256(der: &[u8]) -> String {
@@ -203,7 +203,7 @@ fn a_technician_installs_a_bundle_over_https_trusting_the_device_certificate() {
 fn the_pinned_device_certificate_is_served_and_its_fingerprint_is_what_status_prints() {
     let env = Env::new();
     set_up_keys(&env);
-    let dev = device_with(&env, "tls = true\nhosts = [\"setup.local\"]");
+    let dev = device_with(&env, "tls = true\nhosts = [\"setup.local\", \"192.168.4.1\"]");
     // Made before the page starts (as `ferryd provision` does), then only read.
     let (ok, out, err) = ferryd(&dev, &["local-ui-cert", "--json"]);
     assert!(ok, "{err}");
@@ -237,7 +237,7 @@ fn the_pinned_device_certificate_is_served_and_its_fingerprint_is_what_status_pr
 
     // The certificate names localhost and [local_ui] hosts too (the client checks names),
     // and no other name.
-    for name in ["setup.local", "localhost", "::1"] {
+    for name in ["setup.local", "localhost", "::1", "192.168.4.1"] {
         let a = https(&device, None, addr, name, &get_request(&host, "/")).map(|a| a.status);
         assert_eq!(a, Ok(200), "{name}");
     }
@@ -252,6 +252,31 @@ fn the_pinned_device_certificate_is_served_and_its_fingerprint_is_what_status_pr
     let mut plain = TcpStream::connect(addr).unwrap();
     let (_, got) = closed_after(&mut plain, get_request(&host, "/").as_bytes());
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
+    assert_eq!(logged(&dev, "does not name").len(), 0, "127.0.0.1 is named");
+
+    // A page started on an address the certificate does not name says how to fix it.
+    let log = dev.with_file_name("other-address.log");
+    let mut other = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+            .arg("--config")
+            .arg(&dev)
+            .args(["local-ui", "--listen", "127.0.0.2:0"])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(other.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening on https://127.0.0.2:"), "{line}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the certificate does not name 127.0.0.2, the address it listens on")
+            && text.contains("`ferryd local-ui-cert --new --address 127.0.0.2`"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(tls_file(&dev)).unwrap(), file, "the page replaced its certificate");
 }
 
 /// How long until the page closes `s` (which has sent `sent`), and whether it sent anything.
@@ -395,13 +420,13 @@ fn a_damaged_certificate_file_is_refused_naming_the_fix_and_changes_nothing() {
         assert_eq!(files(&dev.parent().unwrap().join("state")), before, "{what}: the state directory changed");
     }
     // The named command makes a new one, which the page then serves.
-    let (ok, out, err) = ferryd(&dev, &["local-ui-cert", "--new", "--json"]);
+    let (ok, out, err) = ferryd(&dev, &["local-ui-cert", "--new", "--address", "192.168.4.7", "--json"]);
     assert!(ok, "{err}");
     let renewed = serde_json::from_str::<Value>(&out).unwrap()["fingerprint"].clone();
     assert_ne!(renewed, first);
     let (_ui, url) = start(&dev);
     let addr: SocketAddr = url.strip_prefix("https://").unwrap().parse().unwrap();
-    let a = https(&exported_cert(&dev), None, addr, "127.0.0.1", &get_request(&addr.to_string(), "/")).unwrap();
+    let a = https(&exported_cert(&dev), None, addr, "192.168.4.7", &get_request(&addr.to_string(), "/")).unwrap();
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(json!(colon_sha256(&a.served)), renewed);
     assert_eq!(status_fingerprint(&dev), renewed);
