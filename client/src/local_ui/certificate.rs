@@ -159,7 +159,20 @@ pub fn ensure(config: &Config, listen: Option<IpAddr>) -> Result<(DeviceCert, bo
     if let Some(c) = load(config)? {
         return Ok((c, false));
     }
-    let c = make(config, listen, false)?;
+    let path = path(config);
+    let text = generate(config, listen)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    match ferry_durable::write_new(&path, text.as_bytes(), 0o600) {
+        Ok(()) => {}
+        // Another process (provisioning, the page) made one meanwhile: that one is the device's.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let c = load(config)?.ok_or_else(|| anyhow!("{} appeared and went away", path.display()))?;
+            return Ok((c, false));
+        }
+        Err(e) => return Err(e).with_context(|| format!("writing the local page's certificate {}", path.display())),
+    }
+    let c = read_back(path, &text)?;
     tracing::info!(path = %c.path.display(), fingerprint = %c.fingerprint(), "made the local page's certificate");
     Ok((c, true))
 }
@@ -167,23 +180,19 @@ pub fn ensure(config: &Config, listen: Option<IpAddr>) -> Result<(DeviceCert, bo
 /// Makes a new certificate and key and writes them, replacing what is there (damaged or
 /// not). The page must be restarted to serve it.
 pub fn renew(config: &Config, listen: Option<IpAddr>) -> Result<DeviceCert> {
-    let c = make(config, listen, true)?;
-    tracing::info!(path = %c.path.display(), fingerprint = %c.fingerprint(), "made a new local page certificate");
-    Ok(c)
-}
-
-fn make(config: &Config, listen: Option<IpAddr>, replace: bool) -> Result<DeviceCert> {
     let path = path(config);
     let text = generate(config, listen)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
-    let written = if replace {
-        ferry_durable::replace_secret(&path, text.as_bytes())
-    } else {
-        // Never over one that another process made meanwhile.
-        ferry_durable::write_new(&path, text.as_bytes(), 0o600)
-    };
-    written.with_context(|| format!("writing the local page's certificate {}", path.display()))?;
+    ferry_durable::replace_secret(&path, text.as_bytes())
+        .with_context(|| format!("writing the local page's certificate {}", path.display()))?;
+    let c = read_back(path, &text)?;
+    tracing::info!(path = %c.path.display(), fingerprint = %c.fingerprint(), "made a new local page certificate");
+    Ok(c)
+}
+
+/// The certificate just written to `path` as `text`.
+fn read_back(path: PathBuf, text: &str) -> Result<DeviceCert> {
     let (cert, key) = parse(text.as_bytes()).map_err(|e| anyhow!("the certificate just made is not readable: {e}"))?;
     Ok(DeviceCert { path, cert, key })
 }

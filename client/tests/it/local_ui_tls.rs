@@ -431,3 +431,29 @@ fn a_damaged_certificate_file_is_refused_naming_the_fix_and_changes_nothing() {
     assert_eq!(json!(colon_sha256(&a.served)), renewed);
     assert_eq!(status_fingerprint(&dev), renewed);
 }
+
+#[test]
+fn processes_racing_to_make_the_certificate_agree_on_one() {
+    let env = Env::new();
+    set_up_keys(&env);
+    let dev = device_with(&env, "tls = true");
+    // As provisioning and the page's first start might, at once.
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let dev = dev.clone();
+            std::thread::spawn(move || ferryd(&dev, &["local-ui-cert", "--json"]))
+        })
+        .collect();
+    let mut made = 0;
+    let mut fingerprints = std::collections::BTreeSet::new();
+    for run in runs {
+        let (ok, out, err) = run.join().unwrap();
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        made += usize::from(v["made"] == true);
+        fingerprints.insert(v["fingerprint"].as_str().unwrap().to_string());
+    }
+    assert_eq!(made, 1, "one process made it, the others read it");
+    assert_eq!(fingerprints.len(), 1, "{fingerprints:?}");
+    assert_eq!(status_fingerprint(&dev), json!(fingerprints.first().unwrap()));
+}
