@@ -53,7 +53,11 @@
 //! # password = "..."                        #   or the password itself
 //! hosts = ["setup.local"]                   # names the page answers to besides IP addresses and
 //!                                           #   localhost (any other Host is refused: DNS rebinding);
-//!                                           #   default none
+//!                                           #   with tls, also names (and addresses, e.g. 192.168.4.1)
+//!                                           #   its certificate carries; default none
+//! tls = true                                # serve HTTPS with the device's own self-signed certificate,
+//!                                           #   made at `ferryd provision` or the first `ferryd local-ui`
+//!                                           #   (its fingerprint: `ferryd status`); default false
 //!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
@@ -290,9 +294,16 @@ pub struct LocalUi {
     pub password_file: Option<PathBuf>,
     /// Host names the page answers to besides IP addresses and `localhost`, e.g. a name the
     /// access point's DNS gives the device. A request naming any other host is refused, so a
-    /// site whose name an attacker points at the device's address cannot use the page.
+    /// site whose name an attacker points at the device's address cannot use the page. With
+    /// `tls`, the certificate names each of them too; an IP address here (the access point's,
+    /// e.g. 192.168.4.1) is named in it as an address.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Serve HTTPS with the device's own certificate (`local_ui::certificate`), made on the
+    /// device at provisioning or at the page's first start; `ferryd status` prints its
+    /// fingerprint for the technician to compare with the browser's.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn hidden<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

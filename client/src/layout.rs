@@ -16,6 +16,8 @@
 //! <state_dir>/config.json       the fleet's configuration applied here, and `config.env`,
 //!                               `config-error` beside it (`fleet`)
 //! <state_dir>/provision.json    first-boot steps done (`provision`)
+//! <state_dir>/local-ui-tls.pem  the local page's key and self-signed certificate, 0600
+//!                               (`local_ui::certificate`)
 //! ```
 //!
 //! No other module joins a name onto the state directory: a new file is added here, with
@@ -112,6 +114,10 @@ impl Layout {
 
     pub fn provision(&self) -> PathBuf {
         self.root.join("provision.json")
+    }
+
+    pub fn local_ui_tls(&self) -> PathBuf {
+        self.root.join("local-ui-tls.pem")
     }
 
     /// The file `ferryd doctor` writes to prove the directory is writable.

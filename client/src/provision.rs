@@ -13,6 +13,12 @@
 //!    already deployed, so only what changed since the image was built is downloaded.
 //!
 //! Once all four are done, `ferryd provision` does nothing (the unit can run at every boot).
+//!
+//! Before the steps, with `[local_ui] tls = true`, the local page's certificate is made if
+//! there is none (`local_ui::certificate`): on the device, so its key never leaves it. It is
+//! not a step: making it is its own record, and it is checked at every run. A damaged one
+//! is logged and provisioning goes on (updates do not need the page); `ferryd local-ui`
+//! then refuses to start, naming the command that replaces it.
 
 use std::time::Duration;
 
@@ -41,6 +47,8 @@ pub struct ProvisionSummary {
     /// Everything was done at an earlier boot.
     pub already_provisioned: bool,
     pub update: Option<UpdateSummary>,
+    /// With `[local_ui] tls = true`: the local page's certificate fingerprint (SHA-256).
+    pub local_ui_certificate: Option<String>,
 }
 
 fn path(config: &Config) -> std::path::PathBuf {
@@ -72,6 +80,12 @@ pub async fn provision(config: &Config) -> Result<ProvisionSummary> {
     })?;
     let serial = config.fleet.as_ref().map(|f| f.serial()).transpose()?;
     let mut s = ProvisionSummary { serial: serial.clone(), hardware: hardware.clone(), ..Default::default() };
+    if config.local_ui.as_ref().is_some_and(|l| l.tls) {
+        match crate::local_ui::certificate::ensure(config, None) {
+            Ok((c, _)) => s.local_ui_certificate = Some(c.fingerprint()),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "the local page's certificate"),
+        }
+    }
     if steps.enrolled && steps.configured && steps.initialized && steps.updated {
         s.already_provisioned = true;
         return Ok(s);

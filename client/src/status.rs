@@ -45,6 +45,10 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// With a fleet server: the fingerprint of the device token (`fleet::token_fingerprint`).
     pub device_token: Option<String>,
+    /// With `[local_ui] tls = true`: the SHA-256 fingerprint of the local page's certificate
+    /// (`AB:CD:...`, as browsers show it), or `None` before it is made. A damaged one is a
+    /// warning.
+    pub local_ui_certificate: Option<String>,
 }
 
 /// What in `config` makes a device less safe than one in the field should be; `status` and
@@ -66,6 +70,18 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// The local page's certificate fingerprint (see [`Status::local_ui_certificate`]), and the
+/// warning to print when its file is damaged.
+fn local_ui_certificate(config: &Config) -> (Option<String>, Option<String>) {
+    if !config.local_ui.as_ref().is_some_and(|l| l.tls) {
+        return (None, None);
+    }
+    match crate::local_ui::certificate::load(config) {
+        Ok(c) => (c.map(|c| c.fingerprint()), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    }
 }
 
 pub fn status(config: &Config) -> Result<Status> {
@@ -90,6 +106,9 @@ pub fn status(config: &Config) -> Result<Status> {
         .filter(|t| t.parent() == Some(config.layout().deploy().as_path()))
         .and_then(|t| t.file_name())
         .map(|n| describe(&n.to_string_lossy()));
+    let (local_ui_certificate, damaged) = local_ui_certificate(config);
+    let mut warnings = warnings(config);
+    warnings.extend(damaged);
     Ok(Status {
         current_link: config.current_link.clone(),
         target,
@@ -109,7 +128,8 @@ pub fn status(config: &Config) -> Result<Status> {
         bad_commits: state.bad_commits.clone(),
         pinned: state.pinned,
         dev: state.dev.clone(),
-        warnings: warnings(config),
+        warnings,
+        local_ui_certificate,
         device_token: config.fleet.as_ref().and_then(|_| crate::fleet::token_fingerprint(config)),
         staged_chunks: std::fs::read_dir(config.layout().staging())
             .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count() as u64)

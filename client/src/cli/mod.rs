@@ -64,6 +64,25 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: std::net::SocketAddr,
     },
+    /// The local page's certificate (`[local_ui] tls = true`): prints its SHA-256
+    /// fingerprint, the one browsers show, making it first if there is none (on the device:
+    /// its key never leaves it). A damaged one is an error until --new replaces it.
+    LocalUiCert {
+        /// Make a new key and certificate, replacing the present ones (damaged or not);
+        /// restart `ferryd local-ui` to serve it. Browsers then show a new fingerprint.
+        #[arg(long)]
+        new: bool,
+        /// With --new: an address the page is opened at (e.g. 192.168.4.1), named in the
+        /// certificate besides localhost, the host name, the serial and [local_ui] hosts.
+        #[arg(long, value_name = "IP", requires = "new")]
+        address: Option<std::net::IpAddr>,
+        /// Print the certificate (PEM, without the key), e.g. to import into a browser.
+        #[arg(long, conflicts_with = "json")]
+        pem: bool,
+        /// Print {"path", "fingerprint", "made"} as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// First boot of a device flashed from an image: enrolls (serial and hardware from their
     /// configured sources), fetches its configuration, runs [provision] init_command, then
     /// updates. Each step is recorded once done: after a power cut it resumes, never
@@ -215,11 +234,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::LocalUi { listen } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(crate::local_ui::serve(cli.config.clone(), config, listen, |a| {
-                println!("listening on http://{a}");
+            rt.block_on(crate::local_ui::serve(cli.config.clone(), config, listen, |url| {
+                println!("listening on {url}");
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
             }))?;
+        }
+        Command::LocalUiCert { new, address, pem, json } => {
+            let (c, made) = if new {
+                (crate::local_ui::certificate::renew(&config, address)?, true)
+            } else {
+                crate::local_ui::certificate::ensure(&config, None)?
+            };
+            if pem {
+                print!("{}", c.certificate_pem());
+            } else if json {
+                let v = serde_json::json!({ "path": c.path, "fingerprint": c.fingerprint(), "made": made });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("SHA-256 fingerprint: {}", c.fingerprint());
+                eprintln!(
+                    "{} {}{}",
+                    if made { "made" } else { "in" },
+                    c.path.display(),
+                    if new { "; restart `ferryd local-ui` to serve it" } else { "" }
+                );
+            }
         }
         Command::Provision { json } => {
             let s = crate::runtime()?.block_on(crate::provision::provision(&config))?;
@@ -239,6 +279,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.hardware,
                     s.ran.join(", ")
                 );
+            }
+            if let (false, Some(f)) = (json, &s.local_ui_certificate) {
+                println!("local page certificate SHA-256: {f}");
             }
         }
         Command::SeedImage { root, hardware, file, json } => {
@@ -365,6 +408,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(t) = &s.device_token {
                     println!("token:    {t} (what the fleet shows for this device's enrollment)");
+                }
+                match &s.local_ui_certificate {
+                    Some(f) => println!("local page certificate SHA-256: {f}"),
+                    None if config.local_ui.as_ref().is_some_and(|l| l.tls) => println!(
+                        "local page certificate: none yet (made by `ferryd provision`, `ferryd local-ui` or `ferryd local-ui-cert`)"
+                    ),
+                    None => {}
                 }
                 for w in &s.warnings {
                     println!("warning:  {w}");

@@ -3,12 +3,13 @@
 //! administration interface: anyone who can join the access point reaches it, and only the
 //! password tells the technician from them.
 //!
-//! Routes (HTTP/1.1, hyper; every page but the sign-in needs a session):
+//! Routes (HTTP/1.1, hyper; HTTPS with `[local_ui] tls = true`; every page but the sign-in
+//! needs a session):
 //!
 //! ```text
 //! GET  /              the page (sign-in form until signed in)
 //! POST /login         {"password": "..."} (application/json) -> a session cookie
-//!                     (HttpOnly, SameSite=Strict)
+//!                     (HttpOnly, SameSite=Strict; Secure over HTTPS)
 //! POST /logout
 //! GET  /status.json   what `ferryd status --json` prints
 //! POST /apply         the bundle as the raw body (header X-Ferry-Upload: 1); the answer is
@@ -40,8 +41,9 @@
 //! - **Connections.** At most 64 at once and 8 per client address, so one client cannot take
 //!   them all; a connection that sends no request head for 10 s, new or kept alive between
 //!   requests, is closed (hyper's header read timeout, which hyper 1.12 starts whenever it
-//!   waits for a request head). A client with many addresses can still fill the 64; so can
-//!   anyone jamming the radio.
+//!   waits for a request head); over HTTPS, the TLS handshake must also be done within 10 s
+//!   of the connection, or it is closed (the timeout above only starts after it). A client
+//!   with many addresses can still fill the 64; so can anyone jamming the radio.
 //! - **Sessions** are random 256-bit cookies (Max-Age 8 h), kept only as hashes, at most 32
 //!   at once (the oldest goes first). A session ends 30 minutes after its last request or 8
 //!   hours after it signed in, whichever is first; its cookie then gets 401 "session expired;
@@ -50,6 +52,15 @@
 //!   at the device, so the browser treats the device as that page's own site): a request is
 //!   served only if its Host is an IP address (with or without a port), `localhost`, or a
 //!   name listed in `[local_ui] hosts`; otherwise 421, and nothing else is done.
+//!
+//! **HTTPS** (`[local_ui] tls = true`): TLS 1.2 and 1.3 (rustls with ring) with the device's
+//! own self-signed certificate ([`certificate`]), made on the device and never replaced
+//! without `ferryd local-ui-cert --new`. The browser warns that it does not know the
+//! certificate; the technician compares the SHA-256 fingerprint it shows with the one
+//! `ferryd status` (or `ferryd local-ui-cert`) prints on the device, over a serial console or
+//! the device's screen, before typing the password. Without TLS, anyone on the access point
+//! can read the password and the session cookie off the air (unless the access point's own
+//! encryption is trusted).
 //!
 //! The upload is applied by `ferryd apply -` in a child process, with the body streamed into
 //! its stdin: the page never holds a bundle, applies one at a time, and a refusal is the same
@@ -73,6 +84,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
 
+pub mod certificate;
 mod guard;
 mod sessions;
 
@@ -92,6 +104,9 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_PER_PEER: usize = 8;
 /// A connection that sends no request head for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Over HTTPS, a connection whose TLS handshake is not done this long after it was accepted
+/// is closed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Password comparisons are at least this far apart, over all connections.
 const ATTEMPT_SPACING: Duration = Duration::from_secs(1);
 /// An attempt whose slot is further away than this is refused at once.
@@ -109,6 +124,8 @@ struct Shared {
     password: blake3::Hash,
     /// Names the page answers to besides IP addresses and `localhost` (`[local_ui] hosts`).
     hosts: Vec<String>,
+    /// Served over HTTPS: the session cookie is `Secure`.
+    tls: bool,
     sessions: Mutex<Sessions>,
     attempts: Mutex<Attempts>,
     /// Held while a bundle is applied (until `ferryd apply` exits): one at a time.
@@ -130,12 +147,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Serves the page on `listen` until the process is stopped; `on_bound` gets the address.
+/// Serves the page on `listen` until the process is stopped; `on_bound` gets its URL
+/// (`http://ADDR` or `https://ADDR`). With `[local_ui] tls = true`, the device certificate
+/// is made first if there is none, and a damaged one is an error before anything listens.
 pub async fn serve(
     config_path: PathBuf,
     config: Config,
     listen: SocketAddr,
-    on_bound: impl FnOnce(SocketAddr),
+    on_bound: impl FnOnce(&str),
 ) -> Result<()> {
     let local_ui = config
         .local_ui
@@ -143,13 +162,32 @@ pub async fn serve(
         .ok_or_else(|| anyhow!("the configuration has no [local_ui] section with a password or password_file"))?;
     let password = local_ui.password()?;
     let hosts = local_ui.hosts.iter().map(|h| normal_name(h)).collect();
+    let tls = if local_ui.tls {
+        let (cert, _) = certificate::ensure(&config, Some(listen.ip()))?;
+        if !listen.ip().is_unspecified() && !cert.names(listen.ip()) {
+            tracing::warn!(
+                "local page: the certificate does not name {}, the address it listens on: a browser that trusts \
+                 the certificate still warns about the name; add the address to [local_ui] hosts and run \
+                 `{} --address {}`",
+                listen.ip(),
+                certificate::RENEW_COMMAND,
+                listen.ip()
+            );
+        }
+        tracing::info!(fingerprint = %cert.fingerprint(), "local page: serving HTTPS with the certificate in {}", cert.path.display());
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config()?)))
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-    on_bound(listener.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    on_bound(&format!("{scheme}://{}", listener.local_addr()?));
     let shared = Arc::new(Shared {
         config,
         config_path,
         password: blake3::hash(password.as_bytes()),
         hosts,
+        tls: tls.is_some(),
         sessions: Mutex::new(Sessions::default()),
         attempts: Mutex::new(Attempts::new(Instant::now())),
         applying: Arc::new(tokio::sync::Mutex::new(())),
@@ -174,20 +212,41 @@ pub async fn serve(
             continue;
         };
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permits = (permit, per_peer);
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(IDLE_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended");
+            let Some(tls) = tls else {
+                return connection(shared, stream, peer).await;
+            };
+            // The permits are held meanwhile: a silent client must not keep a slot for longer.
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => connection(shared, stream, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "local page: TLS handshake failed"),
+                Err(_) => tracing::debug!(
+                    %peer,
+                    "local page: TLS handshake not done within {} s; closing",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 requests on one connection (plain or TLS) until it ends.
+async fn connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "connection ended");
     }
 }
 
@@ -248,6 +307,15 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
     name == "localhost" || names.contains(&name)
 }
 
+/// The cookie attribute that keeps a cookie set over HTTPS off plain HTTP.
+fn secure(shared: &Shared) -> &'static str {
+    if shared.tls {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -296,7 +364,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) 
             let mut r = json(StatusCode::OK, &serde_json::json!({ "ok": true }));
             r.headers_mut().insert(
                 "set-cookie",
-                format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict").parse().expect("a valid cookie"),
+                format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict{}", secure(shared))
+                    .parse()
+                    .expect("a valid cookie"),
             );
             r
         }
@@ -395,9 +465,13 @@ async fn login(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
     let mut r = json(StatusCode::OK, &serde_json::json!({ "ok": true }));
     r.headers_mut().insert(
         "set-cookie",
-        format!("{COOKIE}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Strict", SESSION_MAX.as_secs())
-            .parse()
-            .expect("a valid cookie"),
+        format!(
+            "{COOKIE}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Strict{}",
+            SESSION_MAX.as_secs(),
+            secure(shared)
+        )
+        .parse()
+        .expect("a valid cookie"),
     );
     r
 }

@@ -18,7 +18,7 @@ use ferry_publisher::import::NoProgress;
 use crate::channels::{promote, set_up_keys};
 use crate::harness::{ferryd, Env};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A device following channel stable whose server is unreachable, with a local page.
 fn device(env: &Env) -> PathBuf {
@@ -26,7 +26,7 @@ fn device(env: &Env) -> PathBuf {
 }
 
 /// The same, with more `[local_ui]` lines.
-fn device_with(env: &Env, local_ui: &str) -> PathBuf {
+pub(crate) fn device_with(env: &Env, local_ui: &str) -> PathBuf {
     let dev = env.path().join("dev");
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
@@ -40,7 +40,7 @@ fn device_with(env: &Env, local_ui: &str) -> PathBuf {
     config
 }
 
-fn bundle(env: &Env, from: &[ferry_store::Id], name: &str) -> PathBuf {
+pub(crate) fn bundle(env: &Env, from: &[ferry_store::Id], name: &str) -> PathBuf {
     let path = env.path().join(name);
     let to = BundleTo::Channel { name: "stable".into(), hardware: Vec::new() };
     write_bundle(&env.repo, &to, from, std::fs::File::create(&path).unwrap(), &NoProgress).unwrap();
@@ -49,7 +49,7 @@ fn bundle(env: &Env, from: &[ferry_store::Id], name: &str) -> PathBuf {
 
 /// Starts `ferryd local-ui` on a free loopback port; returns the process and its URL. Its log
 /// goes to `log(config)`.
-fn start(config: &Path) -> (Proc, String) {
+pub(crate) fn start(config: &Path) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
         .arg("--config")
         .arg(config)
@@ -70,12 +70,12 @@ fn log_path(config: &Path) -> PathBuf {
 }
 
 /// The page's log lines that contain `what`.
-fn logged(config: &Path, what: &str) -> Vec<String> {
+pub(crate) fn logged(config: &Path, what: &str) -> Vec<String> {
     let log = std::fs::read_to_string(log_path(config)).unwrap();
     log.lines().filter(|l| l.contains(what)).map(str::to_string).collect()
 }
 
-fn running(config: &Path) -> String {
+pub(crate) fn running(config: &Path) -> String {
     std::fs::read_link(config.parent().unwrap().join("current"))
         .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
         .unwrap_or_default()

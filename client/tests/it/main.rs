@@ -11,6 +11,7 @@ mod fleet;
 mod harness;
 mod hostile;
 mod local_ui;
+mod local_ui_tls;
 mod patches;
 mod powercut;
 mod provision;

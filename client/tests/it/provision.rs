@@ -43,6 +43,10 @@ serial_env = "TEST_SERIAL"
 
 [provision]
 init_command = "echo \"$FERRY_SERIAL $FERRY_HARDWARE $(cat $FERRY_CONFIG_ENV)\" >> {f}/init.log"
+
+[local_ui]
+password = "correct horse battery"
+tls = true
 "#,
             addr = env.addr
         ),
@@ -135,6 +139,9 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     // The staged chunks went into the objects: the image does not carry them twice.
     let staging = image.join(state_in_image.trim_start_matches('/')).join("staging");
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "{}", staging.display());
+    // The local page's certificate is not in the image: each device makes its own key.
+    let state_tree = image.join(state_in_image.trim_start_matches('/'));
+    assert!(!state_tree.join("local-ui-tls.pem").exists());
     // Building into a directory that is not empty is refused.
     let again = build(&env.repo, &ImageRequest { raw: None, ..req.clone() });
     assert!(format!("{:#}", again.unwrap_err()).contains("not empty"));
@@ -146,6 +153,8 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     let (ok, _, err) = provision(&flashed, "SN-1", Some("provision-enrolled:1"));
     assert!(!ok && err.contains("crash point"), "{err}");
     assert!(flashed.join("var/lib/ferry/device-token").exists());
+    // Made at the first boot, before enrolling, and never again.
+    let cert = std::fs::read(flashed.join("var/lib/ferry/local-ui-tls.pem")).unwrap();
     let (ok, _, err) = provision(&flashed, "SN-1", Some("provision-initialized:1"));
     assert!(!ok && err.contains("crash point"), "{err}");
     let (ok, s, err) = provision(&flashed, "SN-1", None);
@@ -155,8 +164,12 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     assert_eq!(s["update"]["chunks_downloaded"], 0, "{s}");
     let init = std::fs::read_to_string(flashed.join("init.log")).unwrap();
     assert_eq!(init, "SN-1 rev-a REGION=\"eu\"\n", "the init command ran once, after the configuration arrived");
+    let sn1_cert = s["local_ui_certificate"].clone();
+    assert_eq!(sn1_cert.as_str().map(str::len), Some(95), "{s}");
     let (ok, s, _) = provision(&flashed, "SN-1", None);
     assert!(ok && s["already_provisioned"] == true, "{s}");
+    assert_eq!(s["local_ui_certificate"], sn1_cert);
+    assert_eq!(std::fs::read(flashed.join("var/lib/ferry/local-ui-tls.pem")).unwrap(), cert);
     let enrolled = events(&env, "SN-1").iter().filter(|e| e.starts_with("enrolled")).count();
     assert_eq!(enrolled, 1, "enrolled once: {:?}", events(&env, "SN-1"));
     let (ok, out, err) = crate::harness::ferryd(&flashed.join("etc/ferry/ferryd.toml"), &["fsck"]);
@@ -173,6 +186,7 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     assert!(ok, "{err}");
     assert_eq!(s["ran"], serde_json::json!(["updated"]), "{s}");
     assert_eq!(s["update"]["to"], v2.to_hex());
+    assert!(s["local_ui_certificate"].is_string() && s["local_ui_certificate"] != sn1_cert, "{s}");
     assert!(s["update"]["chunks_reused"].as_u64().unwrap() > 0, "{s}");
     let full = crate::harness::patch_cost(&env, v1, v2);
     assert!(
