@@ -1,11 +1,13 @@
 //! End-to-end update figures on a generated release series: for each hop, the bytes
 //! `ferryd` downloaded, its HTTP requests, its peak RSS, and its time next to a plain
-//! `ferry checkout` of the same commit. Prints a Markdown table; figures are measured in this
-//! run, never asserted.
+//! `ferry checkout` of the same commit; the same hops over plain HTTP and over HTTPS (a CA
+//! the bench makes, pinned as `ca_file`), and their ratio. Prints Markdown tables; figures
+//! are measured in this run, never asserted.
 //!
 //! Run: `cargo build --bins && cargo bench -p ferry-benches --profile dev --bench update`.
 //! `FERRY_BENCH_UPDATE_SIZE` (MiB, default 1024) sets the tree size; the series is cached in
-//! `$FERRY_BENCH_CACHE` (default ~/.cache/ferry-bench).
+//! `$FERRY_BENCH_CACHE` (default ~/.cache/ferry-bench). `FERRY_BENCH_TLS=plain` or `tls`
+//! runs one transport only.
 
 use std::process::Command;
 use std::time::Instant;
@@ -37,25 +39,104 @@ fn main() {
     }
     drop(repo);
 
-    // The server, in this process.
-    let (rt, addr) = ferry_benches::serve_in_background(&repo_path, &work.path().join("scratch"));
+    // The servers, in this process: plain HTTP and HTTPS over the same repository.
+    let (plain_rt, addr) = ferry_benches::serve_in_background(&repo_path, &work.path().join("scratch"));
+    let (tls_rt, tls_addr, ca_file) =
+        ferry_benches::serve_tls_in_background(&repo_path, &work.path().join("scratch-tls"), work.path());
+    let transports = std::env::var("FERRY_BENCH_TLS").unwrap_or_default();
+    let mut tables = Vec::new();
+    let mut fresh = 0.0;
+    for (name, server) in [
+        ("plain HTTP", format!("insecure_http = true\nserver = \"http://{addr}\"")),
+        ("HTTPS", format!("server = \"https://localhost:{}\"\nca_file = \"{}\"", tls_addr.port(), ca_file.display())),
+    ] {
+        let wanted = match transports.as_str() {
+            "plain" => name == "plain HTTP",
+            "tls" => name == "HTTPS",
+            _ => true,
+        };
+        if wanted {
+            let (rows, first) = hops(work.path(), &server, &format!("device-{}", tables.len()));
+            if tables.is_empty() {
+                fresh = first;
+            }
+            tables.push((name, rows));
+        }
+    }
 
-    let device = work.path().join("device");
-    let config = work.path().join("ferryd.toml");
+    let started = Instant::now();
+    let out = Command::new(ferry_benches::bin("ferry"))
+        .args(["checkout", "--repo"])
+        .arg(&repo_path)
+        .arg(ids[0].to_hex())
+        .arg(work.path().join("checkout"))
+        .output()
+        .expect("checkout");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkout = started.elapsed().as_secs_f64();
+
+    for (name, rows) in &tables {
+        println!("\n### ferryd update over {name}, {mib} MiB generated tree (seed 1), ferry serve on 127.0.0.1\n");
+        println!("| hop | MiB downloaded | requests | chunks downloaded | files reused | seconds | peak RSS (MiB) |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in rows {
+            println!("{}", r.line);
+        }
+    }
+    if let [(_, plain), (_, tls)] = tables.as_slice() {
+        println!("\n### HTTPS against plain HTTP, the same hops in this run\n");
+        println!("| hop | wire bytes (HTTPS ÷ plain) | requests (HTTPS − plain) | time (HTTPS ÷ plain) | peak RSS MiB (plain → HTTPS) |");
+        println!("|---|---|---|---|---|");
+        for (p, t) in plain.iter().zip(tls) {
+            println!(
+                "| {} | {:.3} | {} | {:.2} | {:.1} → {:.1} |",
+                p.hop,
+                t.bytes as f64 / p.bytes.max(1) as f64,
+                t.requests as i64 - p.requests as i64,
+                t.seconds / p.seconds.max(1e-9),
+                p.rss_mib,
+                t.rss_mib
+            );
+        }
+    }
+    println!(
+        "\nfresh install {fresh:.2} s vs `ferry checkout` of the same commit {checkout:.2} s (ratio {:.2})",
+        fresh / checkout
+    );
+    plain_rt.shutdown_background();
+    tls_rt.shutdown_background();
+}
+
+/// One hop's figures.
+struct Hop {
+    hop: &'static str,
+    bytes: u64,
+    requests: u64,
+    seconds: f64,
+    rss_mib: f64,
+    /// The row of the hop's table.
+    line: String,
+}
+
+/// Runs the series' hops on a fresh device (`dir/NAME`) against the server `server` names
+/// (its TOML lines); returns each hop's figures and the fresh install's seconds.
+fn hops(dir: &std::path::Path, server: &str, name: &str) -> (Vec<Hop>, f64) {
+    let device = dir.join(name);
+    let config = dir.join(format!("{name}.toml"));
     let write_config = |branch: &str| {
         std::fs::write(
             &config,
             format!(
-                "insecure_http = true\nserver = \"http://{addr}\"\nbranch = \"{branch}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+                "{server}\nbranch = \"{branch}\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\ntrusted_keys = [\"{}\"]\n",
                 device.join("state").display(),
                 device.join("current").display(),
-                work.path().join("ci.key.pub").display()
+                dir.join("ci.key.pub").display()
             ),
         )
         .expect("config");
     };
     let ferryd = ferry_benches::bin("ferryd");
-    let run = |label: &str, branch: &str, rows: &mut Vec<String>| {
+    let run = |hop: &'static str, branch: &str, rows: &mut Vec<Hop>| {
         write_config(branch);
         let out = Command::new("/usr/bin/time")
             .arg("-v")
@@ -73,22 +154,23 @@ fn main() {
             .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        rows.push(format!(
-            "| {label} | {:.1} | {} | {} | {} / {} | {:.2} | {:.1} |",
-            s["bytes_downloaded"].as_u64().unwrap_or(0) as f64 / 1048576.0,
-            s["requests"],
+        let seconds = s["seconds"].as_f64().unwrap_or(0.0);
+        let bytes = s["bytes_downloaded"].as_u64().unwrap_or(0);
+        let requests = s["requests"].as_u64().unwrap_or(0);
+        let rss_mib = rss_kb as f64 / 1024.0;
+        let line = format!(
+            "| {hop} | {:.1} | {requests} | {} | {} / {} | {seconds:.2} | {rss_mib:.1} |",
+            bytes as f64 / 1048576.0,
             s["chunks_downloaded"],
             s["files_reused"],
             s["files"],
-            s["seconds"].as_f64().unwrap_or(0.0),
-            rss_kb as f64 / 1024.0
-        ));
-        s["seconds"].as_f64().unwrap_or(0.0)
+        );
+        rows.push(Hop { hop, bytes, requests, seconds, rss_mib, line });
+        seconds
     };
-
     let mut rows = Vec::new();
     let fresh = run("nothing → v1", "b1", &mut rows);
-    let snapshot = work.path().join("device-v1");
+    let snapshot = dir.join(format!("{name}-v1"));
     assert!(Command::new("cp").arg("-a").arg(&device).arg(&snapshot).status().expect("cp").success());
     run("v1 → v2", "b2", &mut rows);
     run("v2 → v3", "b3", &mut rows);
@@ -96,27 +178,5 @@ fn main() {
     std::fs::remove_dir_all(&device).expect("reset");
     assert!(Command::new("cp").arg("-a").arg(&snapshot).arg(&device).status().expect("cp").success());
     run("v1 → v4 (skip)", "b4", &mut rows);
-
-    let started = Instant::now();
-    let out = Command::new(ferry_benches::bin("ferry"))
-        .args(["checkout", "--repo"])
-        .arg(&repo_path)
-        .arg(ids[0].to_hex())
-        .arg(work.path().join("checkout"))
-        .output()
-        .expect("checkout");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let checkout = started.elapsed().as_secs_f64();
-
-    println!("\n### ferryd update, {mib} MiB generated tree (seed 1), ferry serve on 127.0.0.1\n");
-    println!("| hop | MiB downloaded | requests | chunks downloaded | files reused | seconds | peak RSS (MiB) |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in &rows {
-        println!("{r}");
-    }
-    println!(
-        "\nfresh install {fresh:.2} s vs `ferry checkout` of the same commit {checkout:.2} s (ratio {:.2})",
-        fresh / checkout
-    );
-    rt.shutdown_background();
+    (rows, fresh)
 }

@@ -41,6 +41,41 @@ pub fn serve_in_background(repo: &Path, scratch: &Path) -> (tokio::runtime::Runt
     (rt, addr)
 }
 
+/// The same over HTTPS: a CA and a certificate for `localhost` made in `dir` (the CA's
+/// certificate at `dir/ca.pem`, what a device pins as `ca_file`); returns the runtime, the
+/// address and the CA file.
+pub fn serve_tls_in_background(
+    repo: &Path,
+    scratch: &Path,
+    dir: &Path,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr, PathBuf) {
+    use ferry_fixtures::certs::{Ca, VALID};
+    let ca = Ca::new("bench CA");
+    let ca_file = ca.write(dir, "ca");
+    let (cert, key) = ca.issue(&["localhost"], VALID).write(dir, "server");
+    let config = ferry_publisher::serve::ServeConfig {
+        tls: Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None, client_ca_key: None }),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (repo, scratch) = (repo.to_path_buf(), scratch.to_path_buf());
+    rt.spawn(async move {
+        ferry_publisher::serve::serve_with(
+            repo,
+            scratch,
+            "127.0.0.1:0".parse().expect("addr"),
+            &config,
+            move |a| tx.send(a).expect("addr"),
+            std::future::pending(),
+        )
+        .await
+        .expect("serve");
+    });
+    let addr = rx.recv().expect("the server reports its address");
+    (rt, addr, ca_file)
+}
+
 /// A directory served by Python's http.server on 127.0.0.1, behind a byte-counting proxy;
 /// requests are counted from the server's log. Stops when dropped.
 #[derive(Debug)]

@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn a_file_is_parsed_only_whole_and_with_its_own_key() {
         let config = Config::parse(
-            "server = \"http://127.0.0.1:9\"\nbranch = \"main\"\ntrusted_keys = [\"/k\"]\ncurrent_link = \"/c\"\n",
+            "insecure_http = true\nserver = \"http://127.0.0.1:9\"\nbranch = \"main\"\ntrusted_keys = [\"/k\"]\ncurrent_link = \"/c\"\n",
         )
         .unwrap();
         let text = generate(&config, None).unwrap();
