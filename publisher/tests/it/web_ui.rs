@@ -23,19 +23,64 @@ fn ferry(args: &[&str]) -> String {
 /// A fleet server with a promotable commit, an admin token `ops`, and two devices that
 /// enrolled and checked in.
 struct Fleet {
-    server: crate::cmd::Serve,
+    /// The server process, killed when the fleet is dropped.
+    _server: crate::cmd::Serve,
     _dir: tempfile::TempDir,
     admin: String,
     c1: String,
+    /// How clients reach it: over HTTPS, trusting the fleet's CA.
+    tls: Tls,
+    url: String,
+}
+
+/// What a client needs to trust an HTTPS server: the CA's certificate (reqwest) and the
+/// server key's SPKI hash (chromium's `--ignore-certificate-errors-spki-list`).
+#[derive(Default)]
+struct Tls {
+    ca_pem: Option<String>,
+    spki: Option<String>,
+}
+
+impl Tls {
+    fn http(&self) -> Http {
+        Http::new(self.ca_pem.as_deref())
+    }
+
+    fn browser(&self) -> Browser {
+        match &self.spki {
+            Some(pin) => Browser::start_with(&[format!("--ignore-certificate-errors-spki-list={pin}").as_str()]),
+            None => Browser::start(),
+        }
+    }
+}
+
+/// Standard base64 (chromium's form of an SPKI hash).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl Fleet {
     fn url(&self) -> &str {
-        &self.server.1
+        &self.url
     }
 }
 
-fn fleet() -> Fleet {
+/// The fleet over plain HTTP, or over HTTPS with a certificate from a CA of its own
+/// (`ferry ca`) for `localhost`.
+fn fleet_over(https: bool) -> Fleet {
     let t = tempfile::tempdir().unwrap();
     let p = |n: &str| t.path().join(n).display().to_string();
     ferry(&["init", "--repo", &p("repo")]);
@@ -76,19 +121,37 @@ fn fleet() -> Fleet {
     ]);
     let admin = ferry(&["admin", "token", "create", "--name", "ops", "--fleet", &p("fleet")]);
     let enrollment = ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &p("fleet")]);
-    let server = crate::cmd::serve(&p("repo"), &["--fleet", &p("fleet"), "--channel-key", &p("chan.key")]);
-    let http = Http::new();
+    let mut args = vec!["--fleet".to_string(), p("fleet"), "--channel-key".into(), p("chan.key")];
+    let mut tls = Tls::default();
+    if https {
+        ferry(&["ca", "init", "--dir", &p("ca")]);
+        ferry(&["ca", "issue", "--dir", &p("ca"), "--host", "localhost", "--out", &p("server")]);
+        args.extend(["--tls-cert".into(), p("server.crt"), "--tls-key".into(), p("server.key")]);
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(p("server.key")).unwrap()).unwrap();
+        tls.spki = Some(base64(ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info()).as_ref()));
+        tls.ca_pem = Some(std::fs::read_to_string(p("ca/ca.crt")).unwrap());
+    }
+    let server = crate::cmd::serve(&p("repo"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The certificate names localhost.
+    let url =
+        if https { format!("https://localhost:{}", server.1.rsplit(':').next().unwrap()) } else { server.1.clone() };
+    let http = tls.http();
     for serial in ["SN-UI-1", "SN-UI-2"] {
         let body = json!({ "serial": serial, "hardware": "rev-a", "enrollment_token": enrollment });
-        let (status, _, v) = http.send(http.c.post(format!("{}/v1/device/enroll", server.1)).json_body(&body));
+        let (status, _, v) = http.send(http.c.post(format!("{url}/v1/device/enroll")).json_body(&body));
         assert_eq!(status, 200, "{v}");
         let token = v["device_token"].as_str().unwrap().to_string();
         let report = json!({ "channel": "stable", "current_version": "0", "last_result": "up-to-date" });
         let (status, _, v) =
-            http.send(http.c.post(format!("{}/v1/device/checkin", server.1)).bearer_auth(&token).json_body(&report));
+            http.send(http.c.post(format!("{url}/v1/device/checkin")).bearer_auth(&token).json_body(&report));
         assert_eq!(status, 200, "{v}");
     }
-    Fleet { _dir: t, server, admin, c1 }
+    Fleet { _dir: t, _server: server, admin, c1, tls, url }
+}
+
+fn fleet() -> Fleet {
+    fleet_over(false)
 }
 
 /// A JSON request body.
@@ -109,10 +172,14 @@ struct Http {
 }
 
 impl Http {
-    fn new() -> Http {
+    fn new(ca_pem: Option<&str>) -> Http {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         // No kept-alive connections: the browser's steps can outlast the server's idle timeout.
-        let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let mut c = reqwest::Client::builder().pool_max_idle_per_host(0);
+        if let Some(pem) = ca_pem {
+            c = c.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        }
+        let c = c.build().unwrap();
         Http { rt, c }
     }
 
@@ -144,15 +211,26 @@ fn sign_in(b: &Browser, url: &str, admin: &str) {
 #[test]
 fn an_operator_runs_the_fleet_from_the_web_ui() {
     let f = fleet();
-    operator_flows(f.url(), &f.admin, &f.c1);
+    operator_flows(f.url(), &f.tls, &f.admin, &f.c1);
+}
+
+/// The same flows, the cross-site posts and the session rules over HTTPS: the cookie is
+/// `Secure`, every answer carries HSTS, and no other origin's form gets the cookie.
+#[test]
+fn the_web_ui_works_over_https() {
+    let f = fleet_over(true);
+    assert!(f.url().starts_with("https://localhost:"));
+    operator_flows(f.url(), &f.tls, &f.admin, &f.c1);
+    cross_site_form_posts(f.url(), &f.tls, &f.admin);
+    session_rules(f.url(), &f.tls, &f.admin);
 }
 
 /// Signs in, runs the fleet, configuration, channel, rollout and audit views, signs out.
-fn operator_flows(url: &str, admin: &str, c1: &str) {
-    let http = Http::new();
+fn operator_flows(url: &str, tls: &Tls, admin: &str, c1: &str) {
+    let http = tls.http();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
     std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::start();
+    let b = tls.browser();
     sign_in(&b, url, admin);
     let table = b.wait_for("#devices tbody", "SN-UI-2");
     assert!(table.contains("SN-UI-1") && table.contains("stable"), "{table}");
@@ -245,7 +323,7 @@ fn operator_flows(url: &str, admin: &str, c1: &str) {
 #[test]
 fn a_cross_site_form_post_is_refused() {
     let f = fleet();
-    cross_site_form_posts(f.url(), &f.admin);
+    cross_site_form_posts(f.url(), &f.tls, &f.admin);
 }
 
 /// A page served from `http://HOST:PORT/` (another origin), which posts a form at once.
@@ -283,9 +361,9 @@ impl Attacker {
 /// With the operator signed in, pages on other origins post forms to the admin API (the
 /// browser sends the session cookie where SameSite allows it, never the CSRF header): each
 /// is refused, and nothing changes.
-fn cross_site_form_posts(url: &str, admin: &str) {
-    let http = Http::new();
-    let b = Browser::start();
+fn cross_site_form_posts(url: &str, tls: &Tls, admin: &str) {
+    let http = tls.http();
+    let b = tls.browser();
     sign_in(&b, url, admin);
     b.wait_for("#devices tbody", "SN-UI-2");
     let page = format!(
@@ -314,7 +392,7 @@ fn cross_site_form_posts(url: &str, admin: &str) {
 #[test]
 fn the_session_rules_hold() {
     let f = fleet();
-    session_rules(f.url(), &f.admin);
+    session_rules(f.url(), &f.tls, &f.admin);
 }
 
 /// The session cookie of a sign-in's answer (`NAME=VALUE`), and its attributes.
@@ -327,8 +405,8 @@ fn session_cookie(headers: &reqwest::header::HeaderMap) -> (String, String) {
 /// What a plain HTTP client sees of sessions: the cookie's attributes, the CSRF token on
 /// every change, the cross-site headers, sign-out and a revoked token ending a session,
 /// bearer tokens unchanged, HSTS over TLS only.
-fn session_rules(url: &str, admin: &str) {
-    let http = Http::new();
+fn session_rules(url: &str, tls_trust: &Tls, admin: &str) {
+    let http = tls_trust.http();
     let tls = url.starts_with("https://");
     let sign_in =
         |token: &str| http.send(http.c.post(format!("{url}/v1/admin/session")).json_body(&json!({ "token": token })));
