@@ -246,3 +246,34 @@ fn mutual_tls_binds_a_certificate_to_each_device() {
 fn running_commit(env: &Env, _v: u32) -> serde_json::Value {
     serde_json::Value::String(env.repo.branch("main").unwrap().unwrap().to_hex())
 }
+
+/// Without `ca_file` the server is checked against the system's roots (`SSL_CERT_FILE`
+/// here, standing in for the distribution's bundle), and the refusal names them.
+#[test]
+fn without_ca_file_the_system_roots_decide() {
+    let fleet_ca = Ca::new("fleet CA");
+    let env = Env::with_tls(&fleet_ca.issue(&["localhost"], VALID));
+    let ca = fleet_ca.write(env.path(), "fleet-ca");
+    let other = Ca::new("another CA").write(env.path(), "other-ca");
+    let config = https_device(&env, "device", "localhost", env.addr.port(), &ca, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text: String = text.lines().filter(|l| !l.starts_with("ca_file")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&config, text).unwrap();
+    let v1 = env.commit(1, "1.0.0");
+    let run = |bundle: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+            .arg("--config")
+            .arg(&config)
+            .args(["update", "--json"])
+            .env("SSL_CERT_FILE", bundle)
+            .output()
+            .unwrap()
+    };
+    let out = run(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the system's roots"), "{err}");
+    let out = run(&ca);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["to"], v1.to_hex());
+}
