@@ -171,6 +171,9 @@ impl Server {
     pub fn new(base: &str, read_timeout: Duration, tls: rustls::ClientConfig) -> Result<Server> {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            // The server never redirects: one that does (or someone answering for it) must
+            // not lead the device, its token or its reports to another host or to plain HTTP.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(read_timeout)
             .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))

@@ -277,3 +277,30 @@ fn without_ca_file_the_system_roots_decide() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["to"], v1.to_hex());
 }
+
+/// A server (or someone answering for it) that redirects does not lead the device
+/// elsewhere: the redirect is an error, and the other host is never contacted.
+#[test]
+fn a_redirect_is_not_followed() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = elsewhere.local_addr().unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = redirector.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in redirector.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{target}/v1/branches/main\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    let config = env.device_via(addr, "retries = 1\n");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok && err.contains("302"), "{err}");
+    assert!(elsewhere.accept().is_err(), "the device followed the redirect");
+}
