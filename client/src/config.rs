@@ -482,6 +482,11 @@ impl Config {
         self.trusted_keys.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect()
     }
 
+    /// The trusted keys as the quorum commits need (branch mode): any one of them.
+    pub fn commit_quorum(&self) -> Result<ferry_store::channel::Quorum> {
+        Ok(ferry_store::channel::Quorum::any(ferry_store::Signed::Commit, &self.keys()?))
+    }
+
     /// Loads the image's root keys (channel mode).
     /// The paths under `state_dir`.
     pub fn layout(&self) -> crate::layout::Layout {

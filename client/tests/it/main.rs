@@ -10,6 +10,7 @@ mod faults;
 mod fleet;
 mod harness;
 mod hostile;
+mod keys;
 mod local_ui;
 mod patches;
 mod powercut;

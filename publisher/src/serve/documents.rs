@@ -83,7 +83,7 @@ impl crate::fleet_api::Documents for RepoDocuments {
             commit,
             from: req.from.clone(),
             hardware: req.hardware.clone(),
-            key,
+            keys: std::slice::from_ref(key),
             expires_in,
             rollback: req.rollback,
             force: req.force,
