@@ -42,6 +42,8 @@
 //! serial_file = "/etc/serial-number"        # this device's serial number (first line), or
 //! # serial = "SN1234" / serial_env = "SERIAL"
 //! reload_command = "systemctl reload example.service"  # after the device's configuration changed
+//! unsigned_config = false                   # take configuration nobody signed when the key
+//!                                           #   document names no configuration keys; default false
 //! progress_interval = 30                    # seconds between progress reports during an update
 //!
 //! [local_ui]                                # optional: `ferryd local-ui`, the technician's page
@@ -327,6 +329,13 @@ pub struct Fleet {
     /// are put back and the failure is reported.
     #[serde(default)]
     pub reload_command: Option<String>,
+    /// Take configuration nobody signed, when the key document in force names no
+    /// configuration keys (a fleet that does not sign configuration yet, or a device
+    /// following a branch). Off by default: then such a device applies no configuration and
+    /// reports why. Once the key document names configuration keys, only a document they
+    /// signed is applied, whatever this says.
+    #[serde(default)]
+    pub unsigned_config: bool,
     /// Seconds between progress reports while an update runs; default 30.
     #[serde(default = "default_progress_interval")]
     pub progress_interval: u64,

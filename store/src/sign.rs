@@ -29,7 +29,7 @@ pub enum Signed {
     Channel,
     /// A key document (`crate::channel::KeyDoc`).
     Keys,
-    /// A device's configuration document.
+    /// A device's configuration document (`crate::device_config::ConfigDoc`).
     Config,
 }
 

@@ -16,5 +16,6 @@ mod patches;
 mod powercut;
 mod provision;
 mod rollout;
+mod signed_config;
 mod trial;
 mod update;

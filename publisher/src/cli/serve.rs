@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// and roll back. Without it, channels are changed only with `ferry promote`.
     #[arg(long, value_name = "FILE", requires = "fleet")]
     channel_key: Option<PathBuf>,
+    /// An online configuration key (secret key file, a configuration key of the key
+    /// document): every check-in answer carries the device's configuration signed with it.
+    /// Without it, devices whose key document names configuration keys apply none.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
+    config_key: Option<PathBuf>,
 }
 
 /// Serves until SIGTERM or SIGINT, printing `listening on http://ADDR` on stdout once bound.
@@ -67,6 +72,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         require_approval,
         enrollments_per_minute,
         channel_key,
+        config_key,
     } = a;
     let (scratch, temporary) = match scratch {
         Some(dir) => (dir, false),
@@ -87,6 +93,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             path,
             settings: Settings { require_approval, enrollments_per_minute },
             channel_key,
+            config_key,
         }),
         ..Default::default()
     };

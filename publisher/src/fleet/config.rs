@@ -1,6 +1,8 @@
 //! Configuration: key-value levels for the fleet, each group and each device, merged for a
-//! device in that order (a later group wins), with one version counter every change bumps.
-//! What it is not for: applying it (the device does, from its check-in answer).
+//! device in that order (a later group wins), with one version counter every change bumps;
+//! and, with the server's online configuration key, the merged configuration signed for one
+//! device ([`sign_config`]). What it is not for: applying or verifying it (the device does,
+//! from its check-in answer, by `ferry_store::device_config::accept_config`).
 
 use ferry_store::kv::Op;
 
@@ -33,6 +35,34 @@ impl Scope {
             Scope::Device(d) => format!("device {d}"),
         }
     }
+}
+
+/// How long a configuration document signed at a check-in is accepted by a device: it is
+/// signed afresh at every check-in, so this only bounds how long a copy can be shown to a
+/// device that applied nothing newer.
+pub const CONFIG_LIFETIME: i64 = 30 * 86400;
+
+/// The merged configuration `m` of device `serial` as a configuration document signed by
+/// `key` (an encoded envelope), valid for [`CONFIG_LIFETIME`] from `now`; `None` while the
+/// fleet has no configuration (version 0).
+pub fn sign_config(
+    key: &ferry_store::SecretKey,
+    serial: &str,
+    m: &Merged,
+    now: i64,
+) -> std::result::Result<Option<Vec<u8>>, ferry_store::DecodeError> {
+    if m.version == 0 {
+        return Ok(None);
+    }
+    let doc = ferry_store::device_config::ConfigDoc {
+        serial: serial.to_string(),
+        version: m.version,
+        timestamp: now,
+        expires: now.saturating_add(CONFIG_LIFETIME),
+        values: m.values.clone(),
+    };
+    let envelope = ferry_store::channel::Envelope::sign(ferry_store::Signed::Config, doc.encode()?, &[key]);
+    Ok(Some(envelope.encode()))
 }
 
 /// Checks a configuration key: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, at

@@ -46,6 +46,9 @@ pub trait Documents: Send + Sync {
 pub struct FleetState {
     pub fleet: Fleet,
     pub documents: Box<dyn Documents>,
+    /// The online configuration key (`ferry serve --config-key`): every check-in answer
+    /// carries the device's configuration signed with it.
+    pub config_key: Option<ferry_store::SecretKey>,
 }
 
 impl std::fmt::Debug for FleetState {

@@ -275,7 +275,7 @@ async fn not_found() -> ApiError {
 pub fn router(
     repo: Repository,
     patcher: Patcher,
-    fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>)>,
+    fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>, Option<ferry_store::SecretKey>)>,
     read_slots: usize,
 ) -> Router {
     let state = Arc::new(AppState {
@@ -288,10 +288,11 @@ pub fn router(
         patcher,
     });
     let (fleet_routes, fleet_state) = match fleet {
-        Some((fleet, key)) => {
+        Some((fleet, key, config_key)) => {
             let fs = Arc::new(crate::fleet_api::FleetState {
                 fleet,
                 documents: Box::new(RepoDocuments(state.clone(), key)),
+                config_key,
             });
             (crate::fleet_api::routes(fs.clone()), Some(fs))
         }
@@ -354,6 +355,9 @@ pub struct FleetConfig {
     pub settings: crate::fleet::Settings,
     /// An online channel key: lets the admin API (and the web UI) promote and roll back.
     pub channel_key: Option<PathBuf>,
+    /// An online configuration key: check-in answers carry each device's configuration
+    /// signed with it (it must be a configuration key of the newest key document).
+    pub config_key: Option<PathBuf>,
 }
 
 /// Everything [`serve_with`] can be told beyond the repository and the address.
@@ -380,6 +384,29 @@ impl Default for ServeConfig {
     }
 }
 
+/// Says at start when the server's configuration key is not one devices accept: they would
+/// refuse every configuration it signs.
+fn warn_unless_config_key(repo: &Repository, key: &ferry_store::SecretKey) {
+    let public = key.public();
+    match crate::channels::current_trust(repo) {
+        Ok(Some(t)) if t.config_keys.contains(&public.to_bytes()) => {
+            if t.thresholds.config > 1 {
+                tracing::warn!(
+                    threshold = t.thresholds.config,
+                    "the key document asks several configuration signatures; devices refuse configuration this server signs alone"
+                );
+            }
+        }
+        Ok(Some(t)) => tracing::warn!(
+            key = %public.to_hex(),
+            keys_serial = t.serial,
+            "--config-key is not a configuration key of the newest key document: devices refuse the configuration it signs (add it with `ferry keys set --config-key`)"
+        ),
+        Ok(None) => tracing::warn!("the repository has no key document: devices following a channel refuse the configuration this server signs"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "the key documents cannot be read to check --config-key"),
+    }
+}
+
 /// [`serve`] with patches and the fleet configured.
 pub async fn serve_with(
     repo: PathBuf,
@@ -398,9 +425,17 @@ pub async fn serve_with(
                 Some(p) => Some(ferry_store::SecretKey::load(p)?),
                 None => None,
             };
+            let config_key = match &f.config_key {
+                Some(p) => {
+                    let k = ferry_store::SecretKey::load(p)?;
+                    warn_unless_config_key(&repository, &k);
+                    Some(k)
+                }
+                None => None,
+            };
             let fleet = crate::fleet::Fleet::open(&f.path, f.settings.clone())
                 .with_context(|| format!("opening the fleet store {}", f.path.display()))?;
-            Some((fleet, key))
+            Some((fleet, key, config_key))
         }
         None => None,
     };
