@@ -188,3 +188,79 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The operator keeps the configuration keys offline (the server holds none): two of them
+/// must sign (threshold 2). `ferry config sign` hands the server what they signed for each
+/// device (here its admin API call); the server refuses a document devices would refuse or
+/// one of a configuration since changed, and the device applies what was signed.
+#[test]
+fn configuration_signed_offline_by_the_operator_is_applied() {
+    let env = Env::with_fleet(false);
+    test_key(ROOT).save(&env.path().join("root.key")).unwrap();
+    let change = KeyChange {
+        roots: Some(vec![test_key(ROOT).public()]),
+        commit_keys: Some(vec![test_key(1).public()]),
+        channel_keys: Some(vec![test_key(CHANNEL_KEY).public()]),
+        config_keys: Some(vec![test_key(CONFIG_KEY).public(), test_key(18).public()]),
+        thresholds: channels::ThresholdChange { config: Some(2), ..Default::default() },
+        ..KeyChange::default()
+    };
+    channels::set_keys(&env.repo, &[test_key(ROOT)], change, crate::channels::now()).unwrap();
+    let c1 = env.commit(1, "1");
+    promote(&env, Some(c1), None, "stable", false).unwrap();
+    let a = device(&env, "a", "SN-A");
+    updated(&a);
+    let v1 = set_config(&env, "device/SN-A", serde_json::json!({ "set": { "SITE_PASSWORD": "hunter2" } }));
+    // Nothing signed yet: the server sends it unsigned, the device applies nothing.
+    refused(&env, &a, "SN-A", "came unsigned");
+
+    let merged = |serial: &str| -> ferry_api::admin::MergedConfig {
+        let (_, v) = call(&env, "GET", &format!("admin/devices/{serial}/config"), &env.admin_token, None);
+        serde_json::from_value(v).unwrap()
+    };
+    // Signs `m` for `signed_for` with the keys `signers` and hands it over for device `to`.
+    let upload_to = |to: &str, signed_for: &str, signers: &[u8], m: &ferry_api::admin::MergedConfig| {
+        let keys: Vec<ferry_store::SecretKey> = signers.iter().map(|s| test_key(*s)).collect();
+        let refs: Vec<&ferry_store::SecretKey> = keys.iter().collect();
+        let now = crate::channels::now();
+        let envelope = ferry_publisher::fleet::sign_config(&refs, signed_for, m, now, 30 * 86400).unwrap().unwrap();
+        let body = serde_json::json!({ "document": hex::encode(envelope) });
+        call(&env, "POST", &format!("admin/devices/{to}/config-document"), &env.admin_token, Some(body))
+    };
+    let upload =
+        |serial: &str, signers: &[u8], m: &ferry_api::admin::MergedConfig| upload_to(serial, serial, signers, m);
+    // One of the two keys: devices would refuse it, so the server does.
+    let m = merged("SN-A");
+    let (status, v) = upload("SN-A", &[CONFIG_KEY], &m);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("signed by 1 of the configuration keys of key document 1, 2 needed"),
+        "{v}"
+    );
+    // Signed for another serial than the device it is handed for, or for no known device.
+    let (status, v) = upload_to("SN-A", "SN-B", &[CONFIG_KEY, 18], &m);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("is for device \"SN-B\", not SN-A"), "{v}");
+    let (status, v) = upload("SN-OTHER", &[CONFIG_KEY, 18], &m);
+    assert_eq!(status, 404, "{v}");
+    // Both keys: kept, sent at the next check-in, applied.
+    let (status, v) = upload("SN-A", &[CONFIG_KEY, 18], &m);
+    assert_eq!((status, v["version"].as_u64()), (200, Some(v1)), "{v}");
+    updated(&a);
+    let (version, values, _) = applied(&a).unwrap();
+    assert_eq!((version, values["SITE_PASSWORD"].as_str()), (v1, Some("hunter2")));
+
+    // The configuration changes: what was signed is stale, and the server refuses it; the
+    // device keeps version 1 until the operator signs again.
+    let v2 = set_config(&env, "device/SN-A", serde_json::json!({ "set": { "SITE_PASSWORD": "correct horse" } }));
+    let (status, v) = upload("SN-A", &[CONFIG_KEY, 18], &m);
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&format!("is version {v2} now")), "{v}");
+    updated(&a);
+    assert_eq!(applied(&a).unwrap().0, v1);
+    let (status, _) = upload("SN-A", &[CONFIG_KEY, 18], &merged("SN-A"));
+    assert_eq!(status, 200);
+    updated(&a);
+    let (version, values, _) = applied(&a).unwrap();
+    assert_eq!((version, values["SITE_PASSWORD"].as_str()), (v2, Some("correct horse")));
+}

@@ -1,7 +1,7 @@
 //! The device API (`/v1/device/...`): enrollment with the fleet's enrollment token, and
 //! check-in with a device token, whose answer carries the channel document the device gets
-//! (the rollout decides which) and its merged configuration (signed for it, when the
-//! server holds a configuration key). What it is not for: the rules
+//! (the rollout decides which) and its merged configuration (signed for it with the
+//! server's configuration key, or else the document the operator signed offline, if any). What it is not for: the rules
 //! (`crate::fleet`) or the repository's routes.
 
 use axum::extract::State;
@@ -53,15 +53,20 @@ async fn check_in(State(s): State<Shared>, headers: HeaderMap, body: axum::body:
         Some(key) => {
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-            crate::fleet::sign_config(key, &device.serial, &config, now).map_err(|e| {
-                ApiError(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("signing the configuration of device {}: {e}", device.serial),
-                    None,
-                )
-            })?
+            crate::fleet::sign_config(&[key], &device.serial, &config, now, crate::fleet::CONFIG_LIFETIME).map_err(
+                |e| {
+                    ApiError(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("signing the configuration of device {}: {e}", device.serial),
+                        None,
+                    )
+                },
+            )?
         }
-        None => None,
+        None => {
+            let (st, serial) = (s.clone(), device.serial.clone());
+            blocking(move || st.fleet.signed_config(&serial)).await?
+        }
     };
     Ok(Json(CheckinAnswer {
         channel,

@@ -41,6 +41,9 @@ pub trait Documents: Send + Sync {
     fn channels(&self) -> Result<Vec<ChannelListing>, String>;
     /// Promotes to channel `to` with the server's online channel key: the new document.
     fn promote(&self, to: &str, req: &PromoteRequest) -> Result<Promoted, (StatusCode, String)>;
+    /// The trust the repository's key chain gives (what devices reach), `None` without a key
+    /// document: what offline-signed configuration is checked against.
+    fn trust(&self) -> Result<Option<ferry_store::channel::Trust>, String>;
 }
 
 pub struct FleetState {
