@@ -153,6 +153,19 @@ fn signed_configuration_is_applied_only_by_its_device_and_only_forward() {
     assert_eq!((version, values["API_KEY"].as_str()), (v4, Some("rotated")));
     updated(&a);
     assert_eq!(reported_error(&env, "SN-A"), None);
+
+    // Rotating the configuration key: the root replaces 16 with 19. The device catches up
+    // with the key chain before it checks, so what the server still signs with 16 is
+    // refused from then on...
+    test_key(19).save(&env.path().join("config19.key")).unwrap();
+    let change = KeyChange { config_keys: Some(vec![test_key(19).public()]), ..KeyChange::default() };
+    channels::set_keys(&env.repo, &[test_key(ROOT)], change, crate::channels::now()).unwrap();
+    let v5 = set_config(&env, "fleet", serde_json::json!({ "set": { "LOG": "debug" } }));
+    refused(&env, &a, "SN-A", "is signed by 0 of the configuration keys (key document 2), 1 needed");
+    // ...and the server holding 19 gets the device its configuration again.
+    env.restart_with_config_key(Some(env.path().join("config19.key")));
+    updated(&a);
+    assert_eq!(applied(&a).unwrap().0, v5);
 }
 
 /// Secure by default: a fleet whose key document names no configuration keys sends
