@@ -236,6 +236,16 @@ pub struct ConfigChange {
     pub unset: Vec<String>,
 }
 
+/// `POST /v1/admin/devices/{serial}/config-document`: the device's current configuration as
+/// a configuration document signed offline by the operator's configuration keys (an encoded
+/// envelope, in hex; `ferry config sign`). The server sends it at the device's check-ins
+/// while it holds no configuration key of its own. The answer is a [`ConfigVersion`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDocumentUpload {
+    pub document: String,
+}
+
 /// The answer to a [`ConfigChange`]: the new configuration version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigVersion {

@@ -105,6 +105,13 @@ pub struct CheckinAnswer {
     /// reads one it cannot use as absent, as older agents did).
     #[serde(default, deserialize_with = "known_or_none")]
     pub config: Option<DeviceConfig>,
+    /// The same configuration as a document signed for this device by the fleet's
+    /// configuration keys (an envelope of `ferry_store::device_config::ConfigDoc`, in hex):
+    /// what a device whose key document names configuration keys applies, and nothing
+    /// else. Absent when the server holds no configuration key (and from older servers;
+    /// older agents ignore it and read `config`).
+    #[serde(default, deserialize_with = "known_or_none")]
+    pub config_document: Option<String>,
     #[serde(default)]
     pub serial: String,
     /// Always sent; `None` only where a device read a state its version does not know.

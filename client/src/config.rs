@@ -46,6 +46,8 @@
 //! serial_file = "/etc/serial-number"        # this device's serial number (first line), or
 //! # serial = "SN1234" / serial_env = "SERIAL"
 //! reload_command = "systemctl reload example.service"  # after the device's configuration changed
+//! unsigned_config = false                   # take configuration nobody signed when the key
+//!                                           #   document names no configuration keys; default false
 //! progress_interval = 30                    # seconds between progress reports during an update
 //!
 //! [local_ui]                                # optional: `ferryd local-ui`, the technician's page
@@ -352,6 +354,13 @@ pub struct Fleet {
     /// are put back and the failure is reported.
     #[serde(default)]
     pub reload_command: Option<String>,
+    /// Take configuration nobody signed, when the key document in force names no
+    /// configuration keys (a fleet that does not sign configuration yet, or a device
+    /// following a branch). Off by default: then such a device applies no configuration and
+    /// reports why. Once the key document names configuration keys, only a document they
+    /// signed is applied, whatever this says.
+    #[serde(default)]
+    pub unsigned_config: bool,
     /// Seconds between progress reports while an update runs; default 30.
     #[serde(default = "default_progress_interval")]
     pub progress_interval: u64,
@@ -513,6 +522,11 @@ impl Config {
     /// Loads every trusted key (branch mode).
     pub fn keys(&self) -> Result<Vec<PublicKey>> {
         self.trusted_keys.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect()
+    }
+
+    /// The trusted keys as the quorum commits need (branch mode): any one of them.
+    pub fn commit_quorum(&self) -> Result<ferry_store::channel::Quorum> {
+        Ok(ferry_store::channel::Quorum::any(ferry_store::Signed::Commit, &self.keys()?))
     }
 
     /// Loads the image's root keys (channel mode).

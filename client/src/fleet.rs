@@ -5,11 +5,20 @@
 //! next enrollment a re-enrollment of a known serial, which waits for an operator's
 //! `ferry device approve-reenrollment`), and reporting what
 //! `ferryd status` knows at every check. The answer carries the newest document of the
-//! device's channel, which the update then verifies exactly as one fetched on its own. What
-//! it is not for: deciding anything; the server records, the device verifies.
+//! device's channel, which the update then verifies exactly as one fetched on its own, and
+//! the device's configuration, which is verified here before anything is written
+//! ([`decide_config`]): once the key document in force names configuration keys, only a
+//! configuration document they signed for this device's serial, of a version not below the
+//! applied one and not expired, is applied; while it names none, configuration nobody
+//! signed is applied only if `[fleet] unsigned_config = true`. A refusal writes nothing but
+//! `config-error`, which the next check-in reports. What it is not for: deciding anything
+//! else; the server records, the device verifies.
+
+use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_api::device::{CheckinAnswer, EnrollRequest, Enrolled, Report, MAX_REPORT_TEXT};
+use ferry_store::channel::Envelope;
 
 use crate::config::{Config, Fleet};
 use crate::http::{DeviceReply, Server, Traffic};
@@ -143,6 +152,125 @@ fn apply_config(
             write_atomic(&error_path, message.as_bytes())?;
             tracing::warn!(version, error = %format!("{e:#}"), "reloading the new configuration failed; kept the previous one");
             Ok(())
+        }
+    }
+}
+
+/// What to do with the configuration of a check-in answer.
+#[derive(Debug, PartialEq, Eq)]
+enum ConfigDecision {
+    /// Nothing came, or nothing to apply.
+    Nothing,
+    /// Verified (or unsigned and allowed): write it.
+    Apply { version: u64, values: BTreeMap<String, String> },
+    /// Refused, with the reason `config-error` records; nothing is written.
+    Refuse(String),
+}
+
+/// Decides what the answer's configuration is worth on this device (see the module doc).
+/// With a channel and a signed document, the key chain is brought up to date first (as an
+/// update would), so configuration keys added since the last update are known.
+async fn decide_config(
+    config: &Config,
+    fleet: &Fleet,
+    server: &Server,
+    answer: &CheckinAnswer,
+    t: &mut Traffic,
+) -> Result<ConfigDecision> {
+    let applied_version = applied(config)?.map_or(0, |a| a.version);
+    let trusted = match &config.channel {
+        Some(_) => {
+            let mut state = crate::state::read_trust(config)?;
+            let mut trust = state.trust()?;
+            if answer.config_document.is_some() {
+                let chain = server.keys(t).await?;
+                let chain = match Envelope::decode_all(&chain) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Ok(ConfigDecision::Refuse(format!(
+                            "the server's key documents do not decode: {e}; configuration not applied"
+                        )))
+                    }
+                };
+                match trust.advance_all(&chain) {
+                    Ok(newer) if newer != trust => {
+                        tracing::info!(serial = newer.serial, "accepted a new key document");
+                        state.set_trust(&newer);
+                        crate::state::save_trust(config, &state)?;
+                        trust = newer;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ok(ConfigDecision::Refuse(format!("{e}; configuration not applied"))),
+                }
+            }
+            Some((state, trust))
+        }
+        None => None,
+    };
+    let nothing_unsigned = answer.config.as_ref().is_none_or(|c| c.version == 0 && c.values.is_empty());
+    match trusted {
+        Some((state, trust)) if !trust.config_keys.is_empty() => {
+            let Some(text) = &answer.config_document else {
+                return Ok(match &answer.config {
+                    _ if nothing_unsigned => ConfigDecision::Nothing,
+                    Some(c) => ConfigDecision::Refuse(format!(
+                        "configuration version {} came unsigned, and key document {} names configuration keys: not applied (the fleet server signs configuration with `ferry serve --config-key`)",
+                        c.version, trust.serial
+                    )),
+                    None => ConfigDecision::Nothing,
+                });
+            };
+            let Ok(bytes) = hex::decode(text) else {
+                return Ok(ConfigDecision::Refuse("the configuration document is not hex; not applied".into()));
+            };
+            let envelope = match Envelope::decode(&bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    return Ok(ConfigDecision::Refuse(format!(
+                        "the configuration document does not decode: {e}; not applied"
+                    )))
+                }
+            };
+            let clock = crate::trust::clock()?;
+            let floor = state.floor.max(crate::trust::AGENT_FLOOR);
+            let serial = fleet.serial()?;
+            match ferry_store::device_config::accept_config(&envelope, &trust, &serial, applied_version, clock, floor) {
+                Ok(doc) => Ok(ConfigDecision::Apply { version: doc.version, values: doc.values }),
+                Err(e) => Ok(ConfigDecision::Refuse(format!("{e}; not applied"))),
+            }
+        }
+        _ => match &answer.config {
+            Some(c) if fleet.unsigned_config => {
+                Ok(ConfigDecision::Apply { version: c.version, values: c.values.clone() })
+            }
+            _ if nothing_unsigned => Ok(ConfigDecision::Nothing),
+            Some(c) => Ok(ConfigDecision::Refuse(format!(
+                "configuration version {} is not signed (the key document in force names no configuration keys), and this device takes unsigned configuration only with `unsigned_config = true` in [fleet]; not applied",
+                c.version
+            ))),
+            None => Ok(ConfigDecision::Nothing),
+        },
+    }
+}
+
+/// Applies the answer's configuration, or records why not in `config-error` (the next
+/// check-in reports it) and writes nothing else.
+async fn take_config(
+    config: &Config,
+    fleet: &Fleet,
+    server: &Server,
+    answer: &CheckinAnswer,
+    t: &mut Traffic,
+) -> Result<()> {
+    match decide_config(config, fleet, server, answer, t).await? {
+        ConfigDecision::Nothing => Ok(()),
+        ConfigDecision::Apply { version, values } => apply_config(config, fleet, version, values),
+        ConfigDecision::Refuse(why) => {
+            tracing::warn!(reason = %why, "refused the fleet's configuration");
+            let [_, _, error_path] = config_paths(config);
+            std::fs::create_dir_all(&config.state_dir)?;
+            ferry_durable::replace_secret(&error_path, why.as_bytes())
+                .with_context(|| format!("writing {}", error_path.display()))
         }
     }
 }
@@ -327,9 +455,7 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
                     Some(h) => Some(hex::decode(h).map_err(|_| anyhow!("check-in: the channel document is not hex"))?),
                     None => None,
                 };
-                if let Some(c) = v.config {
-                    apply_config(config, fleet, c.version, c.values)?;
-                }
+                take_config(config, fleet, &current.clone().with_token(&token), &v, t).await?;
                 return Ok(Answer { channel_document, token: Some(token), server: fresh });
             }
             DeviceReply::Refused { status, reason } => {

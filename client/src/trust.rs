@@ -10,10 +10,15 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
-use ferry_store::channel::{accept_channel, ChannelDoc, Envelope, Running, Seen, Target, Trust, TrustError};
+use ferry_store::channel::{
+    accept_channel, ChannelDoc, Envelope, Running, Seen, Target, Thresholds, Trust, TrustError,
+};
 use ferry_store::Commit;
 use serde::{Deserialize, Serialize};
 
+/// The key document in force. The fields after `timestamp` came with key documents version
+/// 2; a `trust.json` written from a version 1 chain lacks them and reads as what version 1
+/// means (no configuration keys, thresholds of 1, no expiry).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KeysState {
     /// 0 while the image's roots are all the device trusts.
@@ -22,6 +27,12 @@ pub struct KeysState {
     pub commit_keys: Vec<String>,
     pub channel_keys: Vec<String>,
     pub timestamp: i64,
+    #[serde(default)]
+    pub config_keys: Vec<String>,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    #[serde(default)]
+    pub expires: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -100,6 +111,9 @@ impl TrustState {
             roots: from_hex(&self.keys.roots)?,
             commit_keys: from_hex(&self.keys.commit_keys)?,
             channel_keys: from_hex(&self.keys.channel_keys)?,
+            config_keys: from_hex(&self.keys.config_keys)?,
+            thresholds: self.keys.thresholds,
+            expires: self.keys.expires,
             timestamp: self.keys.timestamp,
         })
     }
@@ -148,6 +162,9 @@ impl TrustState {
             commit_keys: to_hex(&t.commit_keys),
             channel_keys: to_hex(&t.channel_keys),
             timestamp: t.timestamp,
+            config_keys: to_hex(&t.config_keys),
+            thresholds: t.thresholds,
+            expires: t.expires,
         };
         if t.serial > 0 {
             self.floor = self.floor.max(t.timestamp);
@@ -202,7 +219,16 @@ mod tests {
     use super::*;
 
     fn trust(serial: u64, channel_keys: &[[u8; 32]]) -> Trust {
-        Trust { serial, roots: vec![[1; 32]], commit_keys: vec![], channel_keys: channel_keys.to_vec(), timestamp: 100 }
+        Trust {
+            serial,
+            roots: vec![[1; 32]],
+            commit_keys: vec![],
+            channel_keys: channel_keys.to_vec(),
+            config_keys: vec![],
+            thresholds: Thresholds::default(),
+            expires: None,
+            timestamp: 100,
+        }
     }
 
     /// Removing a channel key forgets only the channels it vouched for: a channel whose last

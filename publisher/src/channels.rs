@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_api::admin::{ChannelDocument, ChannelTarget};
-use ferry_store::channel::{ChannelDoc, Envelope, KeyDoc, Target, Trust};
+use ferry_store::channel::{ChannelDoc, Envelope, KeyDoc, Target, Thresholds, Trust};
 use ferry_store::{Id, PublicKey, Repository, SecretKey, Signed};
 
 /// The trust a device whose image holds the first key document's roots reaches by walking
@@ -22,13 +22,33 @@ pub fn current_trust(repo: &Repository) -> Result<Option<Trust>> {
     Ok(Some(trust))
 }
 
-/// Changes to the key document; `None` keeps the current list.
+/// Changes to the key document; `None` keeps the current list or value.
 #[derive(Debug, Default)]
 pub struct KeyChange {
     pub roots: Option<Vec<PublicKey>>,
     pub commit_keys: Option<Vec<PublicKey>>,
     pub channel_keys: Option<Vec<PublicKey>>,
+    /// `Some(empty)` removes every configuration key (devices then take no signed
+    /// configuration).
+    pub config_keys: Option<Vec<PublicKey>>,
+    pub thresholds: ThresholdChange,
+    /// Seconds from now until devices refuse the document; `None` keeps the current
+    /// document's lifetime, or [`DEFAULT_KEYS_LIFETIME`] after a version 1 document.
+    pub expires_in: Option<i64>,
 }
+
+/// New thresholds per role; `None` keeps the current one (1 for a new document).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ThresholdChange {
+    pub root: Option<u16>,
+    pub commit: Option<u16>,
+    pub channel: Option<u16>,
+    pub config: Option<u16>,
+}
+
+/// How long a key document lives when nothing says otherwise: a year. Re-sign it well
+/// before (`ferry keys refresh`).
+pub const DEFAULT_KEYS_LIFETIME: i64 = 365 * 86400;
 
 fn sorted(keys: &[PublicKey]) -> Vec<[u8; 32]> {
     let mut v: Vec<[u8; 32]> = keys.iter().map(PublicKey::to_bytes).collect();
@@ -37,9 +57,10 @@ fn sorted(keys: &[PublicKey]) -> Vec<[u8; 32]> {
     v
 }
 
-/// Writes the next key document, signed by `signers`. The first one needs every list and a
-/// signature by one of its roots; each later one needs a signature by a current root and,
-/// when the roots change, one by a new root, exactly as devices check.
+/// Writes the next key document (always format version 2), signed by `signers`. The first
+/// one needs the roots, commit and channel keys, and signatures by its roots meeting its root
+/// threshold; each later one needs signatures by current roots meeting the current root
+/// threshold and by its own roots meeting its own, exactly as devices check.
 pub fn set_keys(repo: &Repository, signers: &[SecretKey], change: KeyChange, now: i64) -> Result<(Id, KeyDoc)> {
     let head = repo.keys_head()?;
     let current = match head {
@@ -53,15 +74,38 @@ pub fn set_keys(repo: &Repository, signers: &[SecretKey], change: KeyChange, now
             (None, None) => bail!("the first key document needs {what}"),
         }
     };
+    let timestamp = current.as_ref().map_or(now, |c| now.max(c.timestamp));
+    let lifetime = match (change.expires_in, current.as_ref().and_then(|c| c.expires.map(|e| e - c.timestamp))) {
+        (Some(n), _) if n <= 0 => bail!("--expires-in must be in the future"),
+        (Some(n), _) => n,
+        (None, Some(kept)) => kept,
+        (None, None) => DEFAULT_KEYS_LIFETIME,
+    };
+    let old = current.as_ref().map(|c| c.thresholds).unwrap_or_default();
+    let t = change.thresholds;
     let doc = KeyDoc {
         serial: current.as_ref().map_or(1, |c| c.serial + 1),
-        timestamp: current.as_ref().map_or(now, |c| now.max(c.timestamp)),
+        timestamp,
+        expires: Some(timestamp.saturating_add(lifetime)),
         previous: head,
         roots: pick(&change.roots, current.as_ref().map(|c| &c.roots), "--root")?,
         commit_keys: pick(&change.commit_keys, current.as_ref().map(|c| &c.commit_keys), "--commit-key")?,
         channel_keys: pick(&change.channel_keys, current.as_ref().map(|c| &c.channel_keys), "--channel-key")?,
+        config_keys: match (&change.config_keys, &current) {
+            (Some(n), _) => sorted(n),
+            (None, Some(c)) => c.config_keys.clone(),
+            (None, None) => Vec::new(),
+        },
+        thresholds: Thresholds {
+            root: t.root.unwrap_or(old.root),
+            commit: t.commit.unwrap_or(old.commit),
+            channel: t.channel.unwrap_or(old.channel),
+            config: t.config.unwrap_or(old.config),
+        },
     };
-    let bytes = doc.encode().map_err(|e| anyhow!("the new key document is invalid: {e}"))?;
+    let bytes = doc.encode().map_err(|e| {
+        anyhow!("the new key document is invalid: {e}; a role's threshold must stay within its number of keys (--root-threshold, --commit-threshold, --channel-threshold, --config-threshold)")
+    })?;
     let signers: Vec<&SecretKey> = signers.iter().collect();
     let envelope = Envelope::sign(Signed::Keys, bytes, &signers);
     let trust = match current_trust(repo)? {
@@ -70,10 +114,25 @@ pub fn set_keys(repo: &Repository, signers: &[SecretKey], change: KeyChange, now
         None => Trust::from_roots(&doc.roots.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?),
     };
     trust.advance(&envelope).map_err(|e| {
-        anyhow!("{e}; sign with --sign-key naming a current root key (and a new one when the roots change)")
+        anyhow!("{e}; sign with --sign-key naming enough current root keys (and new ones when the roots change)")
     })?;
     let id = repo.publish_keys(&envelope, head)?;
     Ok((id, doc))
+}
+
+/// Re-signs the current key document with a new expiry (`expires_in` seconds from `now`, or
+/// its current lifetime) and the next serial; every key list and threshold stays. Run it
+/// well inside the expiry, as channel documents are refreshed.
+pub fn refresh_keys(
+    repo: &Repository,
+    signers: &[SecretKey],
+    expires_in: Option<i64>,
+    now: i64,
+) -> Result<(Id, KeyDoc)> {
+    if repo.keys_head()?.is_none() {
+        bail!("the repository has no key document yet; create one with `ferry keys set`");
+    }
+    set_keys(repo, signers, KeyChange { expires_in, ..KeyChange::default() }, now)
 }
 
 /// What to promote.
@@ -86,7 +145,8 @@ pub struct Promotion<'a> {
     pub from: Option<String>,
     /// Hardware revisions to change; empty means all the commit (or source channel) has.
     pub hardware: Vec<String>,
-    pub key: &'a SecretKey,
+    /// Channel keys to sign with: as many as the channel threshold asks.
+    pub keys: &'a [SecretKey],
     /// Seconds from now until devices refuse the document.
     pub expires_in: i64,
     pub rollback: bool,
@@ -126,25 +186,38 @@ fn channel_had(repo: &Repository, channel: &str, commit: &Id, hardware: &str) ->
 }
 
 fn check_signed(repo: &Repository, trust: &Trust, commit: &Id) -> Result<()> {
-    let signed = repo.signatures(commit)?.iter().any(|s| {
-        trust.commit_keys.contains(&s.key)
-            && PublicKey::from_bytes(&s.key).is_ok_and(|k| k.verify_commit(commit, &s.signature))
-    });
-    if !signed {
+    let signatures: Vec<([u8; 32], [u8; 64])> = repo.signatures(commit)?.iter().map(|s| (s.key, s.signature)).collect();
+    let quorum = trust.quorum(Signed::Commit);
+    let signed = quorum.signed(commit, &signatures);
+    if signed < usize::from(quorum.threshold) {
         bail!(
-            "commit {commit} is not signed by a commit key of key document {} (devices would refuse it)",
-            trust.serial
+            "commit {commit} is signed by {signed} of the commit keys of key document {}, {} needed (devices would refuse it)",
+            trust.serial,
+            quorum.threshold
         );
     }
     Ok(())
 }
 
-fn require_channel_key(trust: &Trust, key: &SecretKey) -> Result<()> {
-    if !trust.channel_keys.contains(&key.public().to_bytes()) {
+fn require_channel_keys(trust: &Trust, keys: &[SecretKey]) -> Result<()> {
+    for key in keys {
+        if !trust.channel_keys.contains(&key.public().to_bytes()) {
+            bail!(
+                "key {} may not sign channel documents (key document {}); add it with `ferry keys set --channel-key`",
+                key.public().to_hex(),
+                trust.serial
+            );
+        }
+    }
+    let mut distinct: Vec<[u8; 32]> = keys.iter().map(|k| k.public().to_bytes()).collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() < usize::from(trust.thresholds.channel) {
         bail!(
-            "key {} may not sign channel documents (key document {}); add it with `ferry keys set --channel-key`",
-            key.public().to_hex(),
-            trust.serial
+            "key document {} asks {} signatures by channel keys for a channel document, and {} were given; pass one --sign-key per channel key",
+            trust.serial,
+            trust.thresholds.channel,
+            distinct.len()
         );
     }
     Ok(())
@@ -184,7 +257,7 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
         bail!("--expires must be in the future");
     }
     let trust = trust(repo)?;
-    require_channel_key(&trust, p.key)?;
+    require_channel_keys(&trust, p.keys)?;
     let mut wanted: Vec<Target> = Vec::new();
     match (&p.commit, &p.from) {
         (Some(commit), from) => {
@@ -281,19 +354,20 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
         previous: head,
         targets,
     };
-    let id = sign_and_publish(repo, &doc, p.key, head, p.from.as_deref())?;
+    let id = sign_and_publish(repo, &doc, p.keys, head, p.from.as_deref())?;
     Ok(Promoted { id, doc, changed: true })
 }
 
 fn sign_and_publish(
     repo: &Repository,
     doc: &ChannelDoc,
-    key: &SecretKey,
+    keys: &[SecretKey],
     head: Option<Id>,
     upstream: Option<&str>,
 ) -> Result<Id> {
     let bytes = doc.encode().map_err(|e| anyhow!("the new channel document is invalid: {e}"))?;
-    let envelope = Envelope::sign(Signed::Channel, bytes, &[key]);
+    let keys: Vec<&SecretKey> = keys.iter().collect();
+    let envelope = Envelope::sign(Signed::Channel, bytes, &keys);
     Ok(repo.publish_channel(&envelope, head, upstream)?)
 }
 
@@ -302,7 +376,7 @@ fn sign_and_publish(
 pub fn refresh(
     repo: &Repository,
     names: &[String],
-    key: &SecretKey,
+    keys: &[SecretKey],
     expires_in: i64,
     now: i64,
 ) -> Result<Vec<(Id, ChannelDoc)>> {
@@ -310,7 +384,7 @@ pub fn refresh(
         bail!("--expires must be in the future");
     }
     let trust = trust(repo)?;
-    require_channel_key(&trust, key)?;
+    require_channel_keys(&trust, keys)?;
     let names: Vec<String> =
         if names.is_empty() { repo.channels()?.into_iter().map(|(n, _)| n).collect() } else { names.to_vec() };
     let mut out = Vec::new();
@@ -325,7 +399,7 @@ pub fn refresh(
         let (serial, timestamp) = successor(repo, &trust, &head, &c, now)?;
         let doc =
             ChannelDoc { serial, timestamp, expires: timestamp.saturating_add(expires_in), previous: Some(head), ..c };
-        let id = sign_and_publish(repo, &doc, key, Some(head), None)?;
+        let id = sign_and_publish(repo, &doc, keys, Some(head), None)?;
         out.push((id, doc));
     }
     Ok(out)

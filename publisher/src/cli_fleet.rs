@@ -236,6 +236,36 @@ pub fn config(cmd: ConfigCommand) -> Result<()> {
             let v: ConfigVersion = call(&server, "POST", &format!("config/{}", scope.path()), Some(&change))?;
             eprintln!("configuration version {}", v.version);
         }
+        ConfigCommand::Sign { server, devices, sign_keys, expires } => {
+            let keys = sign_keys.iter().map(|p| ferry_store::SecretKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+            let keys: Vec<&ferry_store::SecretKey> = keys.iter().collect();
+            let lifetime =
+                ferry_publisher::channels::parse_duration(&expires).map_err(|e| anyhow!("--expires: {e}"))?;
+            let serials = if devices.is_empty() {
+                get::<Vec<DeviceView>>(&server, "GET", "devices")?.into_iter().map(|d| d.serial).collect()
+            } else {
+                devices
+            };
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            for serial in serials {
+                let m: MergedConfig = get(&server, "GET", &format!("devices/{serial}/config"))?;
+                let Some(envelope) = ferry_publisher::fleet::sign_config(&keys, &serial, &m, now, lifetime)
+                    .map_err(|e| anyhow!("device {serial}'s configuration cannot be signed: {e}"))?
+                else {
+                    eprintln!("{serial}: no configuration yet; nothing signed");
+                    continue;
+                };
+                let upload = ferry_api::admin::ConfigDocumentUpload { document: hex::encode(envelope) };
+                let v: ConfigVersion =
+                    call(&server, "POST", &format!("devices/{serial}/config-document"), Some(&upload))?;
+                println!(
+                    "{serial}: configuration version {} signed, expires {}",
+                    v.version,
+                    ferry_publisher::show::format_time(now.saturating_add(lifetime))
+                );
+            }
+        }
         ConfigCommand::Get { server, scope, key } => match show(&server, &scope)?.values().get(&key) {
             Some(value) => println!("{value}"),
             None => bail!("{key} is not set at {}", scope.path()),

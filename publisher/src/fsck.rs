@@ -159,13 +159,13 @@ pub fn fsck(repo: &Repository, trusted: &[PublicKey], progress: &dyn crate::impo
         Ok(trust) => {
             for (name, id) in repo.channels()? {
                 let signed = match (&trust, repo.read_envelope(&id)) {
-                    (Some(t), Ok(e)) => !e.signed_by(ferry_store::Signed::Channel, &t.channel_keys).is_empty(),
+                    (Some(t), Ok(e)) => t.quorum(ferry_store::Signed::Channel).met(&e.id(), &e.signatures),
                     _ => false,
                 };
                 if !signed {
                     report.problem(
                         format!("channel {name}"),
-                        format!("document {id} is not signed by a channel key of the newest key document"),
+                        format!("document {id} is not signed by enough channel keys of the newest key document (its channel threshold)"),
                     );
                 }
             }

@@ -7,11 +7,20 @@
 //! trust state, which persists [`Seen`]).
 //!
 //! - A **key document** (`FRYK`) names the root keys (which sign the next key document), the
-//!   keys that may sign commits and the keys that may sign channel documents. Its serial
-//!   starts at 1 and grows by one with each rotation. Document `n + 1` is valid only if signed
-//!   by a root key of document `n` *and* by a root key it names itself: rotating an online key
-//!   needs the (offline) root; rotating the root needs the old and the new root. A device's
-//!   image holds the roots it starts from (document 0).
+//!   keys that may sign commits, the keys that may sign channel documents and (format
+//!   version 2) the keys that may sign device configuration, each role with a threshold: how
+//!   many distinct keys of the role must sign (k of n). Its serial starts at 1 and grows by
+//!   one with each rotation. Document `n + 1` is valid only if signed by root keys of
+//!   document `n` meeting `n`'s root threshold *and* by root keys it names itself meeting its
+//!   own: rotating an online key needs the (offline) roots; rotating the roots needs the old
+//!   and the new ones. A device's image holds the roots it starts from (document 0, threshold
+//!   1). A version 2 document expires: a device refuses to act on a newest key document past
+//!   its expiry ([`Trust::check_expiry`], judged with the clock floor channel documents use),
+//!   so a device cut off from the fleet's keys cannot be held on an old set for ever; the
+//!   operator re-signs it before (`ferry keys refresh`). Superseded documents in the chain
+//!   may have expired: a device offline for months walks through them to the newest.
+//!   Version 1 documents (no expiry, thresholds 1, no configuration keys) still decode, and
+//!   a chain moves from version 1 to 2 with an ordinary root-signed document.
 //! - A **channel document** (`FRYH`) says, for a channel, which commit (and version) each
 //!   hardware revision runs. Its serial grows with every change; it expires, and is re-signed
 //!   with a new expiry (`ferry channel refresh`) so a device can tell "nothing new" from "an
@@ -26,9 +35,14 @@
 //! Encodings (little-endian; `bytes16`/`bytes32` are length-prefixed):
 //!
 //! ```text
-//! key document:  "FRYK" u16 version  u64 serial  i64 timestamp  u8 has_previous [id]
-//!                3 × (u16 count, count × 32-byte public key; sorted, unique): roots,
+//! key document:  "FRYK" u16 1  u64 serial  i64 timestamp  u8 has_previous [id]
+//!   version 1    3 × (u16 count, count × 32-byte public key; sorted, unique): roots,
 //!                commit keys, channel keys (roots and channel keys non-empty)
+//! key document:  "FRYK" u16 2  u64 serial  i64 timestamp  i64 expires (> timestamp)
+//!   version 2    u8 has_previous [id]
+//!                4 × (u16 threshold, u16 count, count × 32-byte public key; sorted,
+//!                unique): roots, commit keys, channel keys, config keys (roots and
+//!                channel keys non-empty; threshold in 1..=max(count, 1))
 //! channel doc:   "FRYH" u16 version  bytes16 name  u64 serial  i64 timestamp  i64 expires
 //!                u8 rollback  u8 has_previous [id]
 //!                u16 count, count × (bytes16 hardware, id commit, bytes16 version);
@@ -46,6 +60,8 @@ use crate::sign::{PublicKey, SecretKey, Signed};
 use crate::wire::{Reader, Writer};
 
 pub const KEYS_MAGIC: &[u8; 4] = b"FRYK";
+/// The key document format version this build writes; it also reads version 1.
+pub const KEYS_VERSION: u16 = 2;
 pub const CHANNEL_MAGIC: &[u8; 4] = b"FRYH";
 pub const ENVELOPE_MAGIC: &[u8; 4] = b"FRYS";
 /// The most keys a key document lists per role, and signatures an envelope carries.
@@ -56,11 +72,17 @@ pub const MAX_DOCUMENT: usize = 1 << 20;
 pub const MAX_ENVELOPE: usize = MAX_DOCUMENT + 8 + MAX_KEYS * 96 + 16;
 
 /// Which keys may sign what, from one key document.
+///
+/// Format version 1 is a document with no expiry (`expires: None`), thresholds of 1 and no
+/// configuration keys; anything else is version 2, which always expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyDoc {
     pub serial: u64,
     /// Unix seconds when it was signed.
     pub timestamp: i64,
+    /// Unix seconds after which devices refuse it as their newest key document; `None` only
+    /// for version 1 documents.
+    pub expires: Option<i64>,
     pub previous: Option<Id>,
     /// Keys that sign the next key document; sorted, unique, at least one.
     pub roots: Vec<[u8; 32]>,
@@ -68,6 +90,56 @@ pub struct KeyDoc {
     pub commit_keys: Vec<[u8; 32]>,
     /// Keys whose channel documents devices accept; sorted, unique, at least one.
     pub channel_keys: Vec<[u8; 32]>,
+    /// Keys whose configuration documents devices accept; sorted, unique. Empty: the fleet
+    /// does not sign configuration (devices then take configuration only if their own
+    /// configuration says they may take it unsigned).
+    pub config_keys: Vec<[u8; 32]>,
+    /// How many distinct keys of each role must sign.
+    pub thresholds: Thresholds,
+}
+
+/// How many distinct keys of each role must sign (k of n); each is in `1..=max(n, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Thresholds {
+    /// Signatures by roots a key document needs (from the old roots and from its own).
+    pub root: u16,
+    /// Signatures by commit keys a commit needs.
+    pub commit: u16,
+    /// Signatures by channel keys a channel document needs.
+    pub channel: u16,
+    /// Signatures by configuration keys a configuration document needs.
+    pub config: u16,
+}
+
+impl Default for Thresholds {
+    /// One of each: what version 1 documents and a device's image roots mean.
+    fn default() -> Thresholds {
+        Thresholds { root: 1, commit: 1, channel: 1, config: 1 }
+    }
+}
+
+fn check_threshold(threshold: u16, keys: &[[u8; 32]], role: &'static str) -> Result<(), DecodeError> {
+    if threshold == 0 || usize::from(threshold) > keys.len().max(1) {
+        return Err(DecodeError::BadThreshold { role, threshold, keys: keys.len() });
+    }
+    Ok(())
+}
+
+/// The keys among `allowed` with a valid signature of `id` as a `what` in `signatures`.
+fn valid_signers(what: Signed, id: &Id, signatures: &[([u8; 32], [u8; 64])], allowed: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    signatures
+        .iter()
+        .filter(|(key, sig)| allowed.contains(key) && PublicKey::from_bytes(key).is_ok_and(|k| k.verify(what, id, sig)))
+        .map(|(key, _)| *key)
+        .collect()
+}
+
+/// How many distinct keys in `signers` are among `allowed`.
+fn distinct(signers: &[[u8; 32]], allowed: &[[u8; 32]]) -> usize {
+    let mut v: Vec<&[u8; 32]> = signers.iter().filter(|k| allowed.contains(k)).collect();
+    v.sort();
+    v.dedup();
+    v.len()
 }
 
 /// What one hardware revision runs.
@@ -165,34 +237,122 @@ impl KeyDoc {
         }
         check_keys(&self.roots, "root keys", true)?;
         check_keys(&self.commit_keys, "commit keys", false)?;
-        check_keys(&self.channel_keys, "channel keys", true)
+        check_keys(&self.channel_keys, "channel keys", true)?;
+        check_keys(&self.config_keys, "config keys", false)?;
+        let t = &self.thresholds;
+        check_threshold(t.root, &self.roots, "root")?;
+        check_threshold(t.commit, &self.commit_keys, "commit")?;
+        check_threshold(t.channel, &self.channel_keys, "channel")?;
+        check_threshold(t.config, &self.config_keys, "config")?;
+        match self.expires {
+            Some(expires) if expires <= self.timestamp => {
+                Err(DecodeError::Empty { field: "key document lifetime (it must expire after it is signed)" })
+            }
+            Some(_) => Ok(()),
+            None if *t != Thresholds::default() || !self.config_keys.is_empty() => Err(DecodeError::Empty {
+                field: "key document expiry (thresholds and config keys need format version 2, which expires)",
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Its format version: 2 when it expires, else 1.
+    pub fn version(&self) -> u16 {
+        if self.expires.is_some() {
+            KEYS_VERSION
+        } else {
+            1
+        }
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
         self.validate()?;
         let mut w = Writer::default();
         w.raw(KEYS_MAGIC);
-        w.u16(FORMAT_VERSION);
+        w.u16(self.version());
         w.u64(self.serial);
         w.i64(self.timestamp);
-        write_previous(&mut w, &self.previous);
-        write_keys(&mut w, &self.roots);
-        write_keys(&mut w, &self.commit_keys);
-        write_keys(&mut w, &self.channel_keys);
+        match self.expires {
+            Some(expires) => {
+                w.i64(expires);
+                write_previous(&mut w, &self.previous);
+                let t = &self.thresholds;
+                for (threshold, keys) in [
+                    (t.root, &self.roots),
+                    (t.commit, &self.commit_keys),
+                    (t.channel, &self.channel_keys),
+                    (t.config, &self.config_keys),
+                ] {
+                    w.u16(threshold);
+                    write_keys(&mut w, keys);
+                }
+            }
+            None => {
+                write_previous(&mut w, &self.previous);
+                write_keys(&mut w, &self.roots);
+                write_keys(&mut w, &self.commit_keys);
+                write_keys(&mut w, &self.channel_keys);
+            }
+        }
         Ok(w.buf)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<KeyDoc, DecodeError> {
         let mut r = Reader::new(bytes);
-        read_header(&mut r, KEYS_MAGIC, "FRYK")?;
+        let found = r.take(4, "magic")?;
+        if found != KEYS_MAGIC {
+            return Err(DecodeError::BadMagic { expected: "FRYK", found: found.to_vec() });
+        }
+        let version = r.u16("format version")?;
+        if version != 1 && version != KEYS_VERSION {
+            return Err(DecodeError::UnsupportedDocumentVersion {
+                what: "key document",
+                found: version,
+                supported: "1 and 2",
+            });
+        }
         let serial = r.u64("serial")?;
         let timestamp = r.i64("timestamp")?;
-        let previous = read_previous(&mut r)?;
-        let roots = read_keys(&mut r, "root keys", true)?;
-        let commit_keys = read_keys(&mut r, "commit keys", false)?;
-        let channel_keys = read_keys(&mut r, "channel keys", true)?;
+        let doc = if version == 1 {
+            let previous = read_previous(&mut r)?;
+            let roots = read_keys(&mut r, "root keys", true)?;
+            let commit_keys = read_keys(&mut r, "commit keys", false)?;
+            let channel_keys = read_keys(&mut r, "channel keys", true)?;
+            KeyDoc {
+                serial,
+                timestamp,
+                expires: None,
+                previous,
+                roots,
+                commit_keys,
+                channel_keys,
+                config_keys: Vec::new(),
+                thresholds: Thresholds::default(),
+            }
+        } else {
+            let expires = r.i64("expires")?;
+            let previous = read_previous(&mut r)?;
+            let root = r.u16("root threshold")?;
+            let roots = read_keys(&mut r, "root keys", true)?;
+            let commit = r.u16("commit threshold")?;
+            let commit_keys = read_keys(&mut r, "commit keys", false)?;
+            let channel = r.u16("channel threshold")?;
+            let channel_keys = read_keys(&mut r, "channel keys", true)?;
+            let config = r.u16("config threshold")?;
+            let config_keys = read_keys(&mut r, "config keys", false)?;
+            KeyDoc {
+                serial,
+                timestamp,
+                expires: Some(expires),
+                previous,
+                roots,
+                commit_keys,
+                channel_keys,
+                config_keys,
+                thresholds: Thresholds { root, commit, channel, config },
+            }
+        };
         r.finish()?;
-        let doc = KeyDoc { serial, timestamp, previous, roots, commit_keys, channel_keys };
         doc.validate()?;
         Ok(doc)
     }
@@ -296,14 +456,7 @@ impl Envelope {
 
     /// The keys among `allowed` with a valid signature in this envelope.
     pub fn signed_by(&self, what: Signed, allowed: &[[u8; 32]]) -> Vec<[u8; 32]> {
-        let id = self.id();
-        self.signatures
-            .iter()
-            .filter(|(key, sig)| {
-                allowed.contains(key) && PublicKey::from_bytes(key).is_ok_and(|k| k.verify(what, &id, sig))
-            })
-            .map(|(key, _)| *key)
-            .collect()
+        valid_signers(what, &self.id(), &self.signatures, allowed)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -369,16 +522,18 @@ impl Envelope {
 /// Why a device refuses a key or channel document. Every refusal changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {
-    #[error("key document {id} is not signed by a root key this device trusts (roots of key document {serial})")]
-    KeysNotSignedByOldRoot { id: Id, serial: u64 },
-    #[error("key document {id} is not signed by any of the root keys it names (a root rotation needs the old and the new root)")]
-    KeysNotSignedByNewRoot { id: Id },
+    #[error("key document {id} is signed by {signed} of the root keys this device trusts (roots of key document {serial}), {threshold} needed")]
+    KeysNotSignedByOldRoot { id: Id, serial: u64, signed: usize, threshold: u16 },
+    #[error("key document {id} is signed by {signed} of the root keys it names, {threshold} needed (a root rotation needs the old and the new roots)")]
+    KeysNotSignedByNewRoot { id: Id, signed: usize, threshold: u16 },
+    #[error("key document {serial}, the newest this device trusts, expired at {expires}; the device's time is {now} (clock {clock}, floor {floor}){hint}")]
+    KeysExpired { serial: u64, expires: i64, now: i64, clock: i64, floor: i64, hint: &'static str },
     #[error("key document {id} has serial {found}, expected {expected}: the chain has a gap")]
     KeysOutOfOrder { id: Id, found: u64, expected: u64 },
     #[error("document {id} does not decode: {source}")]
     Decode { id: Id, source: DecodeError },
-    #[error("channel document {id} is not signed by a key allowed to sign channels (key document {keys_serial}); signed by: {signers}")]
-    ChannelNotSigned { id: Id, keys_serial: u64, signers: String },
+    #[error("channel document {id} is signed by {signed} of the keys allowed to sign channels (key document {keys_serial}), {threshold} needed; signed by: {signers}")]
+    ChannelNotSigned { id: Id, keys_serial: u64, signed: usize, threshold: u16, signers: String },
     #[error("channel document {id} is for channel {found:?}, not {expected:?}")]
     WrongChannel { id: Id, expected: String, found: String },
     #[error(
@@ -399,6 +554,32 @@ pub enum TrustError {
     VersionMismatch { commit: Id, expected: String, found: String },
 }
 
+/// The keys of one role and how many distinct ones of them must sign a `what`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    pub what: Signed,
+    pub keys: Vec<[u8; 32]>,
+    /// At least 1.
+    pub threshold: u16,
+}
+
+impl Quorum {
+    /// Any one of `keys` (a device following a branch: its `trusted_keys`).
+    pub fn any(what: Signed, keys: &[PublicKey]) -> Quorum {
+        Quorum { what, keys: keys.iter().map(PublicKey::to_bytes).collect(), threshold: 1 }
+    }
+
+    /// How many distinct keys of this quorum validly signed `id` among `signatures`.
+    pub fn signed(&self, id: &Id, signatures: &[([u8; 32], [u8; 64])]) -> usize {
+        distinct(&valid_signers(self.what, id, signatures, &self.keys), &self.keys)
+    }
+
+    /// Whether `signatures` of `id` meet the threshold.
+    pub fn met(&self, id: &Id, signatures: &[([u8; 32], [u8; 64])]) -> bool {
+        self.signed(id, signatures) >= usize::from(self.threshold.max(1))
+    }
+}
+
 /// The keys a device currently trusts: its image's roots, advanced through key documents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
@@ -407,41 +588,106 @@ pub struct Trust {
     pub roots: Vec<[u8; 32]>,
     pub commit_keys: Vec<[u8; 32]>,
     pub channel_keys: Vec<[u8; 32]>,
+    /// Keys whose configuration documents the device accepts (empty: none are signed).
+    pub config_keys: Vec<[u8; 32]>,
+    pub thresholds: Thresholds,
+    /// When the newest accepted key document expires (`None`: a version 1 document, or the
+    /// image's roots alone).
+    pub expires: Option<i64>,
     /// The newest signed time among accepted key documents.
     pub timestamp: i64,
 }
 
 impl Trust {
-    /// The starting point: the root keys in the device's image; nothing else is trusted yet.
+    /// The starting point: the root keys in the device's image (any one of them signs);
+    /// nothing else is trusted yet.
     pub fn from_roots(roots: &[PublicKey]) -> Trust {
         let mut roots: Vec<[u8; 32]> = roots.iter().map(PublicKey::to_bytes).collect();
         roots.sort();
         roots.dedup();
-        Trust { serial: 0, roots, commit_keys: Vec::new(), channel_keys: Vec::new(), timestamp: i64::MIN }
+        Trust {
+            serial: 0,
+            roots,
+            commit_keys: Vec::new(),
+            channel_keys: Vec::new(),
+            config_keys: Vec::new(),
+            thresholds: Thresholds::default(),
+            expires: None,
+            timestamp: i64::MIN,
+        }
     }
 
-    /// The trust after accepting the next key document, which must have the next serial and
-    /// be signed by one of the current roots and one of its own.
-    pub fn advance(&self, envelope: &Envelope) -> Result<Trust, TrustError> {
-        let id = envelope.id();
-        if envelope.signed_by(Signed::Keys, &self.roots).is_empty() {
-            return Err(TrustError::KeysNotSignedByOldRoot { id, serial: self.serial });
-        }
-        // Signed by a trusted root: only now are its bytes decoded.
-        let doc = KeyDoc::decode(&envelope.document).map_err(|source| TrustError::Decode { id, source })?;
-        if doc.serial != self.serial + 1 {
-            return Err(TrustError::KeysOutOfOrder { id, found: doc.serial, expected: self.serial + 1 });
-        }
-        if envelope.signed_by(Signed::Keys, &doc.roots).is_empty() {
-            return Err(TrustError::KeysNotSignedByNewRoot { id });
-        }
-        Ok(Trust {
+    fn taking(&self, doc: KeyDoc) -> Trust {
+        Trust {
             serial: doc.serial,
             roots: doc.roots,
             commit_keys: doc.commit_keys,
             channel_keys: doc.channel_keys,
+            config_keys: doc.config_keys,
+            thresholds: doc.thresholds,
+            expires: doc.expires,
             timestamp: self.timestamp.max(doc.timestamp),
-        })
+        }
+    }
+
+    /// The trust after accepting the next key document, which must have the next serial and
+    /// be signed by current roots meeting the current root threshold and by roots it names
+    /// meeting its own. Whether it expired is not asked here: a device catching up walks
+    /// through expired documents to the newest, which [`Trust::check_expiry`] judges.
+    pub fn advance(&self, envelope: &Envelope) -> Result<Trust, TrustError> {
+        let id = envelope.id();
+        let signers = envelope.signed_by(Signed::Keys, &self.roots);
+        let signed = distinct(&signers, &self.roots);
+        if signed < usize::from(self.thresholds.root.max(1)) {
+            return Err(TrustError::KeysNotSignedByOldRoot {
+                id,
+                serial: self.serial,
+                signed,
+                threshold: self.thresholds.root.max(1),
+            });
+        }
+        // Signed by trusted roots: only now are its bytes decoded.
+        let doc = KeyDoc::decode(&envelope.document).map_err(|source| TrustError::Decode { id, source })?;
+        if doc.serial != self.serial + 1 {
+            return Err(TrustError::KeysOutOfOrder { id, found: doc.serial, expected: self.serial + 1 });
+        }
+        let own = distinct(&envelope.signed_by(Signed::Keys, &doc.roots), &doc.roots);
+        if own < usize::from(doc.thresholds.root) {
+            return Err(TrustError::KeysNotSignedByNewRoot { id, signed: own, threshold: doc.thresholds.root });
+        }
+        Ok(self.taking(doc))
+    }
+
+    /// Refuses a trust whose newest key document expired, judged like a channel document's
+    /// expiry: `clock` is the device's clock, trusted only above `floor` (and the key
+    /// documents' own signed time).
+    pub fn check_expiry(&self, clock: i64, floor: i64) -> Result<(), TrustError> {
+        let Some(expires) = self.expires else { return Ok(()) };
+        let floor = floor.max(self.timestamp);
+        let now = clock.max(floor);
+        if expires > now {
+            return Ok(());
+        }
+        let hint = if clock > floor && clock > self.timestamp.saturating_add(400 * 86400) {
+            "; if this device's clock runs far ahead, set it right"
+        } else if clock > floor {
+            "; judged by this device's clock: if it is wrong, set it right, otherwise the fleet's operator must re-sign the key document (`ferry keys refresh`)"
+        } else {
+            "; the newest signed time this device has seen is past it: the fleet's operator must re-sign the key document (`ferry keys refresh`)"
+        };
+        Err(TrustError::KeysExpired { serial: self.serial, expires, now, clock, floor, hint })
+    }
+
+    /// The keys of the role that signs a `what` (commits, channel documents, configuration
+    /// documents, key documents: the roots) and its threshold.
+    pub fn quorum(&self, what: Signed) -> Quorum {
+        let (keys, threshold) = match what {
+            Signed::Commit => (&self.commit_keys, self.thresholds.commit),
+            Signed::Channel => (&self.channel_keys, self.thresholds.channel),
+            Signed::Config => (&self.config_keys, self.thresholds.config),
+            Signed::Keys => (&self.roots, self.thresholds.root),
+        };
+        Quorum { what, keys: keys.clone(), threshold: threshold.max(1) }
     }
 
     /// Advances through a key chain as the server serves it: serials 1, 2, ... in order.
@@ -464,14 +710,12 @@ impl Trust {
                 // Signed by an image root: only now is it decoded.
                 let id = e.id();
                 let doc = KeyDoc::decode(&e.document).map_err(|source| TrustError::Decode { id, source })?;
-                if doc.serial == i as u64 + 1 && signers.iter().any(|s| doc.roots.contains(s)) {
-                    t = Trust {
-                        serial: doc.serial,
-                        roots: doc.roots,
-                        commit_keys: doc.commit_keys,
-                        channel_keys: doc.channel_keys,
-                        timestamp: t.timestamp.max(doc.timestamp),
-                    };
+                let own = distinct(&e.signed_by(Signed::Keys, &doc.roots), &doc.roots);
+                if doc.serial == i as u64 + 1
+                    && signers.iter().any(|s| doc.roots.contains(s))
+                    && own >= usize::from(doc.thresholds.root)
+                {
+                    t = t.taking(doc);
                     start = i + 1;
                     break;
                 }
@@ -537,11 +781,17 @@ pub fn accept_channel(
     running: &Running<'_>,
 ) -> Result<(ChannelDoc, Target), TrustError> {
     let id = envelope.id();
-    if envelope.signed_by(Signed::Channel, &trust.channel_keys).is_empty() {
+    trust.check_expiry(clock, seen.floor)?;
+    let quorum = trust.quorum(Signed::Channel);
+    let signed = quorum.signed(&id, &envelope.signatures);
+    let threshold = quorum.threshold;
+    if signed < usize::from(threshold) {
         let signers: Vec<String> = envelope.signatures.iter().map(|(k, _)| hex::encode(k)).collect();
         return Err(TrustError::ChannelNotSigned {
             id,
             keys_serial: trust.serial,
+            signed,
+            threshold,
             signers: if signers.is_empty() { "nobody".into() } else { signers.join(", ") },
         });
     }

@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod chunk;
 pub mod config;
+pub mod device_config;
 pub mod error;
 pub mod id;
 #[cfg(feature = "rocksdb")]

@@ -87,6 +87,10 @@ pub enum DecodeError {
     BadFlag { field: &'static str, value: u8 },
     #[error("{field} is empty or zero")]
     Empty { field: &'static str },
+    #[error("unsupported {what} format version {found} (this build reads versions {supported})")]
+    UnsupportedDocumentVersion { what: &'static str, found: u16, supported: &'static str },
+    #[error("{role} threshold {threshold} is outside 1..={keys} (the number of {role} keys, at least 1)")]
+    BadThreshold { role: &'static str, threshold: u16, keys: usize },
 }
 
 impl From<WireError> for DecodeError {

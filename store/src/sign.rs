@@ -1,7 +1,8 @@
 //! ed25519 signatures over commit ids, and the key file formats.
 //!
 //! A signature covers `context || id`, where the context names what is signed: a commit
-//! (`SIGNATURE_CONTEXT`), a channel document or a key document ([`Signed`]). The
+//! (`SIGNATURE_CONTEXT`), a channel document, a key document or a device's configuration
+//! document ([`Signed`]). The
 //! domain-separation prefix keeps a commit signature from ever being valid as a channel
 //! document's, and the other way round. Verification always goes through
 //! `verify_strict`, never the lenient `Verifier` trait, and weak (small-order) public keys are
@@ -28,6 +29,8 @@ pub enum Signed {
     Channel,
     /// A key document (`crate::channel::KeyDoc`).
     Keys,
+    /// A device's configuration document (`crate::device_config::ConfigDoc`).
+    Config,
 }
 
 impl Signed {
@@ -36,6 +39,7 @@ impl Signed {
             Signed::Commit => SIGNATURE_CONTEXT,
             Signed::Channel => b"ferry channel signature v1\0",
             Signed::Keys => b"ferry keys signature v1\0",
+            Signed::Config => b"ferry config signature v1\0",
         }
     }
 }

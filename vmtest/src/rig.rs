@@ -61,6 +61,7 @@ impl Rig {
             roots: Some(vec![root.public()]),
             commit_keys: Some(vec![ci.public()]),
             channel_keys: Some(vec![channel_key.public()]),
+            ..KeyChange::default()
         };
         channels::set_keys(&repo, &[root], change, now())?;
         let commits = releases(&repo, &ci, loader, tree_mib, vmlinuz, &initrd, work)?;
@@ -97,7 +98,7 @@ fn promote(repo: &Repository, key: &SecretKey, commit: Id) -> Result<()> {
         commit: Some(commit),
         from: None,
         hardware: Vec::new(),
-        key,
+        keys: std::slice::from_ref(key),
         expires_in: 30 * 86400,
         rollback: false,
         force: false,

@@ -61,22 +61,30 @@ fn a_check_in_answer() {
         channel: Some("stable".into()),
         channel_document: Some("46525953".into()),
         config: Some(DeviceConfig { values: [("A".to_string(), "1".to_string())].into(), version: 3 }),
+        config_document: Some("46525953".into()),
         serial: "SN-1".into(),
         state: Some(DeviceState::Accepted),
     };
     check(
         &answer,
-        r#"{"channel":"stable","channel_document":"46525953","config":{"values":{"A":"1"},"version":3},"serial":"SN-1","state":"accepted"}"#,
+        r#"{"channel":"stable","channel_document":"46525953","config":{"values":{"A":"1"},"version":3},"config_document":"46525953","serial":"SN-1","state":"accepted"}"#,
     );
-    let none = CheckinAnswer { channel: None, channel_document: None, config: Some(DeviceConfig::default()), ..answer };
+    let none = CheckinAnswer {
+        channel: None,
+        channel_document: None,
+        config: Some(DeviceConfig::default()),
+        config_document: None,
+        ..answer
+    };
     check(
         &none,
-        r#"{"channel":null,"channel_document":null,"config":{"values":{},"version":0},"serial":"SN-1","state":"accepted"}"#,
+        r#"{"channel":null,"channel_document":null,"config":{"values":{},"version":0},"config_document":null,"serial":"SN-1","state":"accepted"}"#,
     );
-    // A server older than configuration sends none.
+    // A server older than configuration sends none; one older than signed configuration
+    // sends no document.
     let old: CheckinAnswer =
         serde_json::from_str(r#"{"channel":null,"channel_document":null,"serial":"SN-1","state":"accepted"}"#).unwrap();
-    assert_eq!(old.config, None);
+    assert_eq!((old.config, old.config_document), (None, None));
 }
 
 #[test]
@@ -88,6 +96,9 @@ fn a_device_reads_a_newer_servers_answers() {
     )
     .unwrap();
     assert_eq!(newer.channel_document.as_deref(), Some("46525953"));
+    let odd: CheckinAnswer =
+        serde_json::from_str(r#"{"channel":null,"channel_document":null,"config_document":{"signed":[]}}"#).unwrap();
+    assert_eq!(odd.config_document, None);
     assert_eq!((newer.config, newer.state, newer.serial.as_str()), (None, None, ""));
     let enrolled: Enrolled = serde_json::from_str(r#"{"device_token":"fd_3","state":"retired"}"#).unwrap();
     assert_eq!((enrolled.device_token.as_str(), enrolled.state), ("fd_3", None));

@@ -6,7 +6,7 @@
 use anyhow::{anyhow, Result};
 use ferry_delta::bundle::{BundleReader, BundledCommit, Section};
 use ferry_store::channel::Envelope;
-use ferry_store::{Commit, Id, PublicKey};
+use ferry_store::{Commit, Id, Signed};
 
 use crate::config::Config;
 use crate::local::Local;
@@ -89,7 +89,7 @@ pub(super) fn decide(
                 .map_err(|e| refused(format!("its key documents do not decode: {e}")))?;
             let trust = state.trust()?.advance_all(&chain).map_err(refused)?;
             state.set_trust(&trust);
-            let keys = trust.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
+            let keys = trust.quorum(Signed::Commit);
             match &header.channel {
                 Some(bytes) => {
                     let envelope = Envelope::decode(bytes)
@@ -132,7 +132,7 @@ pub(super) fn decide(
                     config.follows()
                 )));
             }
-            (config.keys()?, None, None)
+            (config.commit_quorum()?, None, None)
         }
     };
     let bundled = match &target {
@@ -154,12 +154,12 @@ pub(super) fn decide(
     if Id::of(&bundled.bytes) != id {
         return Err(refused(format!("commit {id} is damaged (its bytes hash to {})", Id::of(&bundled.bytes))));
     }
-    let trusted = bundled
-        .signatures
-        .iter()
-        .any(|(key, sig)| keys.iter().any(|k| k.to_bytes() == *key && k.verify_commit(&id, sig)));
-    if !trusted {
-        return Err(refused(format!("commit {id} is not signed by a key this device trusts")));
+    let signed = keys.signed(&id, &bundled.signatures);
+    if signed < usize::from(keys.threshold) {
+        return Err(refused(format!(
+            "commit {id} is signed by {signed} of the keys this device trusts, {} needed",
+            keys.threshold
+        )));
     }
     let commit = Commit::decode(&bundled.bytes).map_err(|e| refused(format!("commit {id} does not decode: {e}")))?;
     match (&target, hardware) {

@@ -3,7 +3,8 @@
 //! downgrade rule. Every refusal is a [`Refused`] error and changes nothing.
 
 use anyhow::{anyhow, Context, Result};
-use ferry_store::{Commit, Id, PublicKey};
+use ferry_store::channel::Quorum;
+use ferry_store::{Commit, Id, Signed};
 
 use crate::config::Config;
 use crate::crash;
@@ -44,16 +45,20 @@ pub(crate) async fn fetch_commit(
     server: &Server,
     local: &Local,
     id: &Id,
-    keys: &[PublicKey],
+    keys: &Quorum,
     t: &mut Traffic,
 ) -> Result<Commit> {
     if let Some(c) = local.commit(id)? {
         return Ok(c);
     }
     let (bytes, sigs) = server.commit(id, MAX_COMMIT, t).await?;
-    let trusted = sigs.iter().any(|(key, sig)| keys.iter().any(|k| k.to_bytes() == *key && k.verify_commit(id, sig)));
-    if !trusted {
-        return Err(Refused(format!("commit {id} is not signed by a trusted key; refusing it")).into());
+    let signed = keys.signed(id, &sigs);
+    if signed < usize::from(keys.threshold) {
+        return Err(Refused(format!(
+            "commit {id} is signed by {signed} of the trusted keys, {} needed; refusing it",
+            keys.threshold
+        ))
+        .into());
     }
     // Only now, with the signature checked, are the bytes decoded.
     let commit = Commit::decode(&bytes).map_err(|e| Refused(format!("commit {id} does not decode: {e}")))?;
@@ -75,7 +80,7 @@ pub(crate) async fn follow_channel(
     current: Option<Id>,
     given: Option<&[u8]>,
     t: &mut Traffic,
-) -> Result<(ferry_store::channel::Target, Vec<PublicKey>, Accepted)> {
+) -> Result<(ferry_store::channel::Target, Quorum, Accepted)> {
     use ferry_store::channel::Envelope;
     let channel = config.channel.as_deref().ok_or_else(|| anyhow!("the configuration names no channel"))?;
     let mut state = state::read_trust(config)?;
@@ -102,7 +107,7 @@ pub(crate) async fn follow_channel(
     };
     let envelope = Envelope::decode(&bytes)
         .map_err(|e| Refused(format!("channel {channel}: the document does not decode: {e}")))?;
-    let keys = trust_now.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?;
+    let keys = trust_now.quorum(Signed::Commit);
     // The running release's version and build time bound what is accepted: never skip them.
     let running =
         match current {

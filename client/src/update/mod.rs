@@ -29,7 +29,8 @@ mod trees;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use ferry_store::{Commit, Id, PublicKey};
+use ferry_store::channel::Quorum;
+use ferry_store::{Commit, Id, Signed};
 
 use crate::config::Config;
 use crate::http::{Head, Server, Traffic};
@@ -127,7 +128,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
             config.branch.as_deref().unwrap_or("?")
         );
     }
-    let keys = if config.channel.is_some() { Vec::new() } else { config.keys()? };
+    let keys = if config.channel.is_some() { Quorum::any(Signed::Commit, &[]) } else { config.commit_quorum()? };
     let hardware = config.hardware_revision()?;
     let local = Local::open(&config.state_dir)?;
     let server = Server::for_device(config)?;
@@ -172,7 +173,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                                 )
                                 .into());
                             }
-                            trust.commit_keys.iter().map(PublicKey::from_bytes).collect::<Result<Vec<_>, _>>()?
+                            trust.quorum(Signed::Commit)
                         } else {
                             keys.clone()
                         };

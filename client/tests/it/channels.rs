@@ -16,11 +16,11 @@ use ferry_store::{Id, SecretKey, Signed};
 
 use crate::harness::{ferryd, Env};
 
-const ROOT: u8 = 10;
-const CHANNEL_KEY: u8 = 11;
-const DAY: i64 = 86400;
+pub(crate) const ROOT: u8 = 10;
+pub(crate) const CHANNEL_KEY: u8 = 11;
+pub(crate) const DAY: i64 = 86400;
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
@@ -39,17 +39,18 @@ pub(crate) fn set_up_keys(env: &Env) {
         roots: Some(vec![test_key(ROOT).public()]),
         commit_keys: Some(vec![test_key(1).public()]),
         channel_keys: Some(vec![test_key(CHANNEL_KEY).public()]),
+        ..KeyChange::default()
     };
     channels::set_keys(&env.repo, &[test_key(ROOT)], change, now()).unwrap();
 }
 
 /// A device following `channel` as hardware revision `hardware`.
-fn device(env: &Env, name: &str, channel: &str, hardware: &str) -> PathBuf {
+pub(crate) fn device(env: &Env, name: &str, channel: &str, hardware: &str) -> PathBuf {
     device_rooted(env, name, channel, hardware, "root.key.pub")
 }
 
 /// The same, with the image's root key `root` (a file in the test directory).
-fn device_rooted(env: &Env, name: &str, channel: &str, hardware: &str, root: &str) -> PathBuf {
+pub(crate) fn device_rooted(env: &Env, name: &str, channel: &str, hardware: &str, root: &str) -> PathBuf {
     let dev = env.path().join(name);
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
@@ -77,7 +78,7 @@ pub(crate) fn promote(
         commit,
         from: from.map(str::to_string),
         hardware: Vec::new(),
-        key: &key,
+        keys: std::slice::from_ref(&key),
         expires_in: 7 * DAY,
         rollback,
         force: false,
@@ -88,29 +89,29 @@ pub(crate) fn promote(
 
 /// Publishes `doc` signed by `signer` as the channel's newest document, as a compromised
 /// server would.
-fn serve_document(env: &Env, doc: &ChannelDoc, signer: &SecretKey) {
+pub(crate) fn serve_document(env: &Env, doc: &ChannelDoc, signer: &SecretKey) {
     let envelope = Envelope::sign(Signed::Channel, doc.encode().unwrap(), &[signer]);
     let head = env.repo.channel(&doc.name).unwrap();
     env.repo.publish_channel(&envelope, head, None).unwrap();
 }
 
 /// The channel's newest document, to derive an attack from.
-fn newest(env: &Env, channel: &str) -> ChannelDoc {
+pub(crate) fn newest(env: &Env, channel: &str) -> ChannelDoc {
     let id = env.repo.channel(channel).unwrap().unwrap();
     ChannelDoc::decode(&env.repo.read_envelope(&id).unwrap().document).unwrap()
 }
 
 /// Where the device's current link points: the commit it runs.
-fn running(config: &Path) -> Option<String> {
+pub(crate) fn running(config: &Path) -> Option<String> {
     let link = config.parent().unwrap().join("current");
     std::fs::read_link(link).ok().map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
 }
 
-fn updated(config: &Path) -> serde_json::Value {
+pub(crate) fn updated(config: &Path) -> serde_json::Value {
     updated_env(config, &[])
 }
 
-fn updated_env(config: &Path, envs: &[(&str, String)]) -> serde_json::Value {
+pub(crate) fn updated_env(config: &Path, envs: &[(&str, String)]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
         .arg("--config")
         .arg(config)
@@ -123,7 +124,7 @@ fn updated_env(config: &Path, envs: &[(&str, String)]) -> serde_json::Value {
 }
 
 /// The channel serials a device has accepted (none before its first check).
-fn serials(config: &Path) -> serde_json::Value {
+pub(crate) fn serials(config: &Path) -> serde_json::Value {
     std::fs::read(config.parent().unwrap().join("state/trust.json"))
         .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["channels"].clone())
         .unwrap_or_else(|_| serde_json::json!({}))
@@ -132,7 +133,7 @@ fn serials(config: &Path) -> serde_json::Value {
 /// Runs an update that must be refused: checks that the error names `expect`, that
 /// `ferryd status` reports it, and that neither the deployment nor the accepted channel
 /// serials changed (a newer key document met on the way is kept: it was valid).
-fn refused(config: &Path, envs: &[(&str, String)], expect: &str) {
+pub(crate) fn refused(config: &Path, envs: &[(&str, String)], expect: &str) {
     let before = (running(config), serials(config));
     let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
         .arg("--config")
@@ -225,20 +226,23 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
     doc.previous = env.repo.channel("stable").unwrap();
     doc.targets = vec![Target { hardware: "rev-a".into(), commit: c2, version: "2".parse().unwrap() }];
     serve_document(&env, &doc, &test_key(2));
-    refused(&dev, &[], "is not signed by a key allowed to sign channels");
+    refused(&dev, &[], "is signed by 0 of the keys allowed to sign channels");
 
     // The root rotates the channel key from 11 to 12; 11 is revoked.
     let change = KeyChange { channel_keys: Some(vec![test_key(12).public()]), ..Default::default() };
     let err =
         channels::set_keys(&env.repo, &[test_key(CHANNEL_KEY)], KeyChange { ..Default::default() }, now()).unwrap_err();
-    assert!(format!("{err:#}").contains("not signed by a root key"), "{err:#}");
+    assert!(format!("{err:#}").contains("signed by 0 of the root keys"), "{err:#}");
     channels::set_keys(&env.repo, &[test_key(ROOT)], change, now()).unwrap();
     serve_document(&env, &doc, &test_key(CHANNEL_KEY));
     // The key document is taken (it is valid), and with key 11 gone the channel serials it
     // vouched for are forgotten; the document 11 signed is refused.
     let before = running(&dev);
     let (ok, _, err) = ferryd(&dev, &["update"]);
-    assert!(!ok && err.contains("is not signed by a key allowed to sign channels (key document 2)"), "{err}");
+    assert!(
+        !ok && err.contains("is signed by 0 of the keys allowed to sign channels (key document 2), 1 needed"),
+        "{err}"
+    );
     assert_eq!((running(&dev), serials(&dev)), (before, serde_json::json!({})));
 
     // Documents by the new key are accepted: the device keeps updating.
@@ -251,7 +255,7 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
         commit: Some(c3),
         from: None,
         hardware: Vec::new(),
-        key: &test_key(12),
+        keys: &[test_key(12)],
         expires_in: DAY,
         rollback: false,
         force: false,
@@ -263,7 +267,7 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
     // Rotating the root needs the old and the new root together.
     let new_root = KeyChange { roots: Some(vec![test_key(13).public()]), ..Default::default() };
     let err = channels::set_keys(&env.repo, &[test_key(ROOT)], new_root, now()).unwrap_err();
-    assert!(format!("{err:#}").contains("not signed by any of the root keys it names"), "{err:#}");
+    assert!(format!("{err:#}").contains("is signed by 0 of the root keys it names, 1 needed"), "{err:#}");
     let new_root = KeyChange { roots: Some(vec![test_key(13).public()]), ..Default::default() };
     channels::set_keys(&env.repo, &[test_key(ROOT), test_key(13)], new_root, now()).unwrap();
     let status = updated(&dev);
@@ -281,7 +285,7 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
     // An image holding a key that is no root at all trusts nothing.
     test_key(2).save(&env.path().join("stranger.key")).unwrap();
     let stranger = device_rooted(&env, "stranger", "stable", "rev-a", "stranger.key.pub");
-    refused(&stranger, &[], "is not signed by a root key this device trusts");
+    refused(&stranger, &[], "is signed by 0 of the root keys this device trusts");
 }
 
 #[test]
@@ -303,7 +307,7 @@ fn a_commit_built_for_other_hardware_is_refused() {
         commit: Some(only_b),
         from: None,
         hardware: vec!["rev-a".into()],
-        key: &test_key(CHANNEL_KEY),
+        keys: &[test_key(CHANNEL_KEY)],
         expires_in: DAY,
         rollback: false,
         force: false,
@@ -429,7 +433,7 @@ fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
         commit: Some(c3),
         from: None,
         hardware: Vec::new(),
-        key: &key,
+        keys: std::slice::from_ref(&key),
         expires_in: 7 * DAY,
         rollback: false,
         force: false,

@@ -8,12 +8,16 @@ use serde_json::Value;
 use crate::harness::{ferryd, update, Env};
 
 /// A device of the fleet: branch mode, with `[fleet]` enrolling as `serial` using the
-/// enrollment token in `token_file`.
+/// enrollment token in `token_file`. A branch has no key document, so nothing can sign its
+/// configuration: it takes it unsigned (`unsigned_config`).
 fn fleet_device(env: &Env, name: &str, serial: &str, token_file: &Path) -> PathBuf {
     env.device_named(
         name,
         env.addr,
-        &format!("\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n", token_file.display()),
+        &format!(
+            "\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\nunsigned_config = true\n",
+            token_file.display()
+        ),
     )
 }
 
@@ -266,7 +270,7 @@ fn configuration_merges_fleet_groups_and_device_and_reaches_the_device() {
         "device",
         env.addr,
         &format!(
-            "\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-C\"\nreload_command = \"test ! -e {} && cat {} >> {}\"\n",
+            "\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-C\"\nunsigned_config = true\nreload_command = \"test ! -e {} && cat {} >> {}\"\n",
             env.path().join("enrollment-token").display(),
             marker.display(),
             env.path().join("device/state/config.env").display(),

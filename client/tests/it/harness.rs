@@ -108,7 +108,7 @@ impl Env {
             admin_token = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
             let enroll = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
             std::fs::write(t.path().join("enrollment-token"), format!("{enroll}\n")).unwrap();
-            ferry_publisher::serve::FleetConfig { path, settings, channel_key: None }
+            ferry_publisher::serve::FleetConfig { path, settings, channel_key: None, config_key: None }
         });
         let (rt, addr) = start_server(
             repo_path,
@@ -130,6 +130,20 @@ impl Env {
                 rt.shutdown_background();
             }
         }
+    }
+
+    /// Starts the server again on the same address, holding `config_key` as its online
+    /// configuration key (`ferry serve --config-key`), or none.
+    pub fn restart_with_config_key(&mut self, config_key: Option<PathBuf>) {
+        if let Some(f) = &mut self.fleet {
+            f.config_key = config_key;
+        }
+        self.restart_server();
+    }
+
+    /// The fleet store's directory (with a fleet).
+    pub fn fleet_dir(&self) -> PathBuf {
+        self.path().join("fleet")
     }
 
     /// Starts the server again on the same address.

@@ -176,7 +176,7 @@ fn untrusted_commits_and_other_hardware_are_refused_and_change_nothing() {
     let text = std::fs::read_to_string(&config).unwrap().replace("ci.key.pub", "other.key.pub");
     std::fs::write(&config, text).unwrap();
     let (ok, _, err) = ferryd(&config, &["update"]);
-    assert!(!ok && err.contains("not signed by a trusted key"), "{err}");
+    assert!(!ok && err.contains("signed by 0 of the trusted keys"), "{err}");
     assert_eq!(deployed(&env), before);
 
     // A device of another hardware revision refuses it too.
@@ -330,7 +330,10 @@ fn the_library_tells_a_refusal_from_a_network_failure() {
     std::fs::write(&path, &text).unwrap();
     let config = ferry_client::Config::load(&path).unwrap();
     let e = rt.block_on(ferry_client::update::update(&config)).unwrap_err();
-    assert!(matches!(Failure::of(&e), Some(Failure::Refused(m)) if m.contains("not signed by a trusted key")), "{e:#}");
+    assert!(
+        matches!(Failure::of(&e), Some(Failure::Refused(m)) if m.contains("signed by 0 of the trusted keys")),
+        "{e:#}"
+    );
     assert!(!retryable(&e));
 
     // The server gone: neither a refusal nor a failed trial, so the next check tries again.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::channels::{self, KeyChange, Promotion};
+use crate::channels::{self, KeyChange, Promotion, ThresholdChange};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use ferry_store::channel::{ChannelDoc, KeyDoc};
@@ -16,14 +16,16 @@ const DEFAULT_EXPIRES: &str = "7d";
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Writes the next key document: which keys are roots, and which may sign commits and
-    /// channel documents.
+    /// Writes the next key document: which keys are roots, which may sign commits, channel
+    /// documents and device configuration, how many of each role must sign, and when it
+    /// expires.
     ///
-    /// The first document needs --root, --commit-key and --channel-key, and a --sign-key
-    /// that is one of its roots; put those root public keys in every device's image
-    /// (`root_keys`). Each later document keeps the lists not given, and must be signed by a
-    /// current root; a new root set must also be signed by one of the new roots, so rotating
-    /// the root needs the old and the new root key together.
+    /// The first document needs --root, --commit-key and --channel-key, and --sign-key
+    /// naming enough of its roots (its root threshold); put those root public keys in every
+    /// device's image (`root_keys`). Each later document keeps the lists, thresholds and
+    /// lifetime not given, and must be signed by enough current roots; a new root set must
+    /// also be signed by enough of the new roots, so rotating the roots needs the old and the
+    /// new root keys together.
     Set {
         #[command(flatten)]
         repo: RepoArg,
@@ -39,6 +41,43 @@ pub enum KeysCommand {
         /// Public key file of a key that may sign channel documents (replaces the list).
         #[arg(long = "channel-key", value_name = "PUBFILE")]
         channel_keys: Vec<PathBuf>,
+        /// Public key file of a key that may sign device configuration (replaces the list).
+        #[arg(long = "config-key", value_name = "PUBFILE", conflicts_with = "no_config_keys")]
+        config_keys: Vec<PathBuf>,
+        /// Removes every configuration key: devices then take no signed configuration.
+        #[arg(long)]
+        no_config_keys: bool,
+        /// Root signatures the next key document needs (default: unchanged, 1 at first).
+        #[arg(long, value_name = "N")]
+        root_threshold: Option<u16>,
+        /// Commit key signatures a commit needs.
+        #[arg(long, value_name = "N")]
+        commit_threshold: Option<u16>,
+        /// Channel key signatures a channel document needs.
+        #[arg(long, value_name = "N")]
+        channel_threshold: Option<u16>,
+        /// Configuration key signatures a configuration document needs.
+        #[arg(long, value_name = "N")]
+        config_threshold: Option<u16>,
+        /// How long devices accept it as their newest key document: e.g. 365d (default:
+        /// the current document's lifetime, or a year).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-signs the current key document with a new expiry and the next serial, changing
+    /// nothing else; run it well inside the expiry (like `ferry channel refresh`).
+    Refresh {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Secret key file(s) to sign with (enough current root keys).
+        #[arg(long = "sign-key", value_name = "FILE", required = true)]
+        sign_keys: Vec<PathBuf>,
+        /// How long from now: e.g. 365d (default: the current document's lifetime).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
         /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
@@ -70,9 +109,10 @@ pub struct PromoteArgs {
     /// channel, has).
     #[arg(long = "hardware", value_name = "REV")]
     hardware: Vec<String>,
-    /// Secret key file allowed to sign channel documents.
-    #[arg(long, value_name = "FILE")]
-    sign_key: PathBuf,
+    /// Secret key file allowed to sign channel documents (repeat it as many times as the
+    /// channel threshold asks).
+    #[arg(long, value_name = "FILE", required = true)]
+    sign_key: Vec<PathBuf>,
     /// How long devices accept the document: e.g. 7d, 12h, 3600 (seconds).
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_EXPIRES)]
     expires: String,
@@ -121,8 +161,10 @@ pub enum ChannelCommand {
         #[command(flatten)]
         repo: RepoArg,
         channels: Vec<String>,
-        #[arg(long, value_name = "FILE")]
-        sign_key: PathBuf,
+        /// Secret key file(s) allowed to sign channel documents (as many as the channel
+        /// threshold asks).
+        #[arg(long, value_name = "FILE", required = true)]
+        sign_key: Vec<PathBuf>,
         #[arg(long, value_name = "DURATION", default_value = DEFAULT_EXPIRES)]
         expires: String,
         /// Print the result as JSON on stdout, for scripts.
@@ -142,44 +184,128 @@ fn load_publics(paths: &[PathBuf]) -> Result<Option<Vec<PublicKey>>> {
     Ok(Some(paths.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?))
 }
 
-fn key_json(id: &ferry_store::Id, d: &KeyDoc) -> serde_json::Value {
+/// A key document as `ferry keys show --json` and `ferry keys set --json` print it.
+#[derive(serde::Serialize)]
+struct KeyDocView {
+    id: String,
+    serial: u64,
+    /// The format version (1 or 2).
+    version: u16,
+    timestamp: i64,
+    /// `null` for a version 1 document, which never expires.
+    expires: Option<i64>,
+    roots: Vec<String>,
+    commit_keys: Vec<String>,
+    channel_keys: Vec<String>,
+    config_keys: Vec<String>,
+    thresholds: ferry_store::channel::Thresholds,
+}
+
+fn key_json(id: &ferry_store::Id, d: &KeyDoc) -> KeyDocView {
     let hexes = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>();
-    serde_json::json!({
-        "id": id.to_hex(), "serial": d.serial, "timestamp": d.timestamp,
-        "roots": hexes(&d.roots), "commit_keys": hexes(&d.commit_keys), "channel_keys": hexes(&d.channel_keys),
-    })
+    KeyDocView {
+        id: id.to_hex(),
+        serial: d.serial,
+        version: d.version(),
+        timestamp: d.timestamp,
+        expires: d.expires,
+        roots: hexes(&d.roots),
+        commit_keys: hexes(&d.commit_keys),
+        channel_keys: hexes(&d.channel_keys),
+        config_keys: hexes(&d.config_keys),
+        thresholds: d.thresholds,
+    }
 }
 
 fn key_text(id: &ferry_store::Id, d: &KeyDoc) -> String {
-    let list = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>().join("\n               ");
+    let role = |name: &str, keys: &[[u8; 32]], threshold: u16| {
+        let mut out = format!("  {name:<14}");
+        if keys.is_empty() {
+            out += "(none)\n";
+        } else {
+            out += &format!("{threshold} of {}\n", keys.len());
+            for k in keys {
+                out += &format!("    {}\n", hex::encode(k));
+            }
+        }
+        out
+    };
+    let expires = match d.expires {
+        Some(e) => format!("expires {}", crate::show::format_time(e)),
+        None => "never expires (format version 1)".to_string(),
+    };
     format!(
-        "key document {} ({}), signed {}\n  roots:       {}\n  commit keys: {}\n  channel keys:{}{}\n",
+        "key document {} ({}), version {}, signed {}, {}\n{}{}{}{}",
         d.serial,
         id.short(),
+        d.version(),
         crate::show::format_time(d.timestamp),
-        list(&d.roots),
-        list(&d.commit_keys),
-        if d.channel_keys.is_empty() { "" } else { " " },
-        list(&d.channel_keys)
+        expires,
+        role("roots:", &d.roots, d.thresholds.root),
+        role("commit keys:", &d.commit_keys, d.thresholds.commit),
+        role("channel keys:", &d.channel_keys, d.thresholds.channel),
+        role("config keys:", &d.config_keys, d.thresholds.config),
     )
+}
+
+fn load_secrets(paths: &[PathBuf]) -> Result<Vec<SecretKey>> {
+    Ok(paths.iter().map(|p| SecretKey::load(p)).collect::<Result<Vec<_>, _>>()?)
+}
+
+fn print_keys(id: &ferry_store::Id, doc: &KeyDoc, json: bool) -> Result<()> {
+    if json {
+        print_json(&key_json(id, doc))?;
+    } else {
+        print!("{}", key_text(id, doc));
+    }
+    Ok(())
 }
 
 pub fn keys(cmd: KeysCommand) -> Result<()> {
     match cmd {
-        KeysCommand::Set { repo, sign_keys, roots, commit_keys, channel_keys, json } => {
-            let signers = sign_keys.iter().map(|p| SecretKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+        KeysCommand::Set {
+            repo,
+            sign_keys,
+            roots,
+            commit_keys,
+            channel_keys,
+            config_keys,
+            no_config_keys,
+            root_threshold,
+            commit_threshold,
+            channel_threshold,
+            config_threshold,
+            expires_in,
+            json,
+        } => {
+            let signers = load_secrets(&sign_keys)?;
             let change = KeyChange {
                 roots: load_publics(&roots)?,
                 commit_keys: load_publics(&commit_keys)?,
                 channel_keys: load_publics(&channel_keys)?,
+                config_keys: if no_config_keys { Some(Vec::new()) } else { load_publics(&config_keys)? },
+                thresholds: ThresholdChange {
+                    root: root_threshold,
+                    commit: commit_threshold,
+                    channel: channel_threshold,
+                    config: config_threshold,
+                },
+                expires_in: expires_in
+                    .map(|e| channels::parse_duration(&e).map_err(|e| anyhow!("--expires-in: {e}")))
+                    .transpose()?,
             };
             let r = Repository::open(&repo.repo)?;
             let (id, doc) = channels::set_keys(&r, &signers, change, now())?;
-            if json {
-                print_json(&key_json(&id, &doc))?;
-            } else {
-                print!("{}", key_text(&id, &doc));
-            }
+            print_keys(&id, &doc, json)?;
+        }
+        KeysCommand::Refresh { repo, sign_keys, expires_in, json } => {
+            let signers = load_secrets(&sign_keys)?;
+            let expires_in = expires_in
+                .map(|e| channels::parse_duration(&e).map_err(|e| anyhow!("--expires-in: {e}")))
+                .transpose()?;
+            let r = Repository::open(&repo.repo)?;
+            let (id, doc) = channels::refresh_keys(&r, &signers, expires_in, now())?;
+            print_keys(&id, &doc, json)?;
         }
         KeysCommand::Show { repo, json } => {
             let r = Repository::open_read_only(&repo.repo)?;
@@ -202,7 +328,7 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
 }
 
 pub fn promote(a: PromoteArgs) -> Result<()> {
-    let key = SecretKey::load(&a.sign_key)?;
+    let keys = load_secrets(&a.sign_key)?;
     let expires_in = channels::parse_duration(&a.expires).map_err(|e| anyhow!("--expires: {e}"))?;
     let r = Repository::open(&a.repo.repo)?;
     let commit = a.commit.as_deref().map(|c| r.resolve(c)).transpose()?;
@@ -211,7 +337,7 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
         commit,
         from: a.from,
         hardware: a.hardware,
-        key: &key,
+        keys: &keys,
         expires_in,
         rollback: a.rollback,
         force: a.force,
@@ -302,10 +428,10 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
             }
         }
         ChannelCommand::Refresh { repo, channels: names, sign_key, expires, json } => {
-            let key = SecretKey::load(&sign_key)?;
+            let keys = load_secrets(&sign_key)?;
             let expires_in = channels::parse_duration(&expires).map_err(|e| anyhow!("--expires: {e}"))?;
             let r = Repository::open(&repo.repo)?;
-            let out = channels::refresh(&r, &names, &key, expires_in, now())?;
+            let out = channels::refresh(&r, &names, &keys, expires_in, now())?;
             if json {
                 print_json(&out.iter().map(|(id, d)| channels::document(id, d)).collect::<Vec<_>>())?;
             } else {

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// and roll back. Without it, channels are changed only with `ferry promote`.
     #[arg(long, value_name = "FILE", requires = "fleet")]
     channel_key: Option<PathBuf>,
+    /// An online configuration key (secret key file, a configuration key of the key
+    /// document): every check-in answer carries the device's configuration signed with it.
+    /// Without it, devices whose key document names configuration keys apply none.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
+    config_key: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM, leaf first; HTTP/2 and HTTP/1.1).
     /// Reloaded when it changes on disk or on SIGHUP, without dropping connections, so
     /// certbot-style renewal needs no restart. Without it the server speaks plain HTTP,
@@ -94,6 +99,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         require_approval,
         enrollments_per_minute,
         channel_key,
+        config_key,
         tls_cert,
         tls_key,
         client_ca,
@@ -125,6 +131,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             path,
             settings: Settings { require_approval, enrollments_per_minute },
             channel_key,
+            config_key,
         }),
         tls,
         client_cert_header: client_cert_header.map(|h| (h, trusted_proxy)),

@@ -190,6 +190,23 @@ pub enum ConfigCommand {
         scope: ScopeArgs,
         key: String,
     },
+    /// Signs devices' current configuration offline with configuration keys (the operator's,
+    /// never on the server) and hands it to the server, which sends it at their check-ins
+    /// while it holds no configuration key of its own. Sign again after every change: a
+    /// device keeps what it applied until a newer version signed for it comes.
+    Sign {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// A device to sign for (repeatable; default: every device).
+        #[arg(long = "device", value_name = "SERIAL")]
+        devices: Vec<String>,
+        /// Secret key file of a configuration key (as many as the configuration threshold).
+        #[arg(long = "sign-key", value_name = "FILE", required = true)]
+        sign_keys: Vec<std::path::PathBuf>,
+        /// How long devices accept the document: e.g. 30d.
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        expires: String,
+    },
     /// Shows one level's values (with --device: the merged configuration and each key's level).
     Show {
         #[command(flatten)]

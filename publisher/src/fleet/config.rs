@@ -1,6 +1,8 @@
 //! Configuration: key-value levels for the fleet, each group and each device, merged for a
-//! device in that order (a later group wins), with one version counter every change bumps.
-//! What it is not for: applying it (the device does, from its check-in answer).
+//! device in that order (a later group wins), with one version counter every change bumps;
+//! and, with the server's online configuration key, the merged configuration signed for one
+//! device ([`sign_config`]). What it is not for: applying or verifying it (the device does,
+//! from its check-in answer, by `ferry_store::device_config::accept_config`).
 
 use ferry_store::kv::Op;
 
@@ -33,6 +35,41 @@ impl Scope {
             Scope::Device(d) => format!("device {d}"),
         }
     }
+}
+
+/// How long a configuration document signed at a check-in is accepted by a device: it is
+/// signed afresh at every check-in, so this only bounds how long a copy can be shown to a
+/// device that applied nothing newer.
+pub const CONFIG_LIFETIME: i64 = 30 * 86400;
+
+/// The merged configuration `m` of device `serial` as a configuration document signed by
+/// `keys` (an encoded envelope), valid for `lifetime` seconds from `now`; `None` while the
+/// fleet has no configuration (version 0). The server signs with its online key at each
+/// check-in ([`CONFIG_LIFETIME`]); `ferry config sign` with the operator's keys.
+pub fn sign_config(
+    keys: &[&ferry_store::SecretKey],
+    serial: &str,
+    m: &Merged,
+    now: i64,
+    lifetime: i64,
+) -> std::result::Result<Option<Vec<u8>>, ferry_store::DecodeError> {
+    if m.version == 0 {
+        return Ok(None);
+    }
+    let doc = ferry_store::device_config::ConfigDoc {
+        serial: serial.to_string(),
+        version: m.version,
+        timestamp: now,
+        expires: now.saturating_add(lifetime),
+        values: m.values.clone(),
+    };
+    let envelope = ferry_store::channel::Envelope::sign(ferry_store::Signed::Config, doc.encode()?, keys);
+    Ok(Some(envelope.encode()))
+}
+
+/// Where a device's offline-signed configuration document is kept.
+pub(super) fn signed_key(serial: &str) -> Vec<u8> {
+    format!("signed/{serial}").into_bytes()
 }
 
 /// Checks a configuration key: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, at
@@ -116,6 +153,48 @@ impl Fleet {
         ];
         self.kv.write(ops)?;
         Ok(version)
+    }
+
+    /// Stores device `serial`'s configuration signed offline (`envelope`, whose document is
+    /// `doc`, its signatures already checked against the key document by the caller): what
+    /// its check-ins carry while the server holds no configuration key. It must sign the
+    /// device's current configuration, version and values, or it is refused (409): sign
+    /// again.
+    pub fn set_signed_config(
+        &self,
+        who: &Caller,
+        serial: &str,
+        doc: &ferry_store::device_config::ConfigDoc,
+        envelope: &[u8],
+    ) -> Result<()> {
+        check_name("serial", serial)?;
+        if doc.serial != serial {
+            return Err(FleetError::BadRequest(format!(
+                "the configuration document is for device {:?}, not {serial}",
+                doc.serial
+            )));
+        }
+        let _g = self.lock();
+        let m = self.merged_config(&self.device(serial)?)?;
+        if doc.version != m.version || doc.values != m.values {
+            return Err(FleetError::Conflict(format!(
+                "device {serial}'s configuration is version {} now, and the document signs version {}{}: sign it again",
+                m.version,
+                doc.version,
+                if doc.version == m.version { " with other values" } else { "" }
+            )));
+        }
+        let ops = vec![
+            Op::Put { table: CONFIG, key: signed_key(serial), value: envelope.to_vec() },
+            self.audit_op(who, "config-sign", format!("device {serial}: version {}", doc.version))?,
+        ];
+        self.kv.write(ops)?;
+        Ok(())
+    }
+
+    /// Device `serial`'s configuration document signed offline, if one was stored.
+    pub fn signed_config(&self, serial: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(CONFIG, &signed_key(serial))?)
     }
 
     /// Sets a device's groups, in precedence order (a later group wins).

@@ -394,6 +394,7 @@ impl Fleet {
             ops.push(Op::Delete { table: EVENTS, key: k });
         }
         ops.push(Op::Delete { table: CONFIG, key: Scope::Device(serial.into()).key() });
+        ops.push(Op::Delete { table: CONFIG, key: super::config::signed_key(serial) });
         ops.push(self.audit_op(who, "remove", format!("device {serial}"))?);
         self.kv.write(ops)?;
         Ok(())

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use ferry_store::kv::Kv;
 use serde::{Deserialize, Serialize};
 
-pub use config::{check_config_key, Scope};
+pub use config::{check_config_key, sign_config, Scope, CONFIG_LIFETIME};
 pub use devices::{check_report, Device, Reenrollment};
 use enrollment::EnrollLimits;
 pub use enrollment::{ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};

@@ -182,6 +182,40 @@ async fn device_config(
     Ok(Json(blocking(move || s.fleet.merged_config(&s.fleet.device(&serial)?)).await?).into_response())
 }
 
+/// A configuration document the operator signed offline for one device: checked (it
+/// decodes, its signatures meet the configuration threshold of the repository's key
+/// document, it is this device's current configuration) and kept for its check-ins.
+async fn upload_config_document(
+    State(s): State<Shared>,
+    Extension(who): Extension<Caller>,
+    Path(serial): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let up: ferry_api::admin::ConfigDocumentUpload = parse_json(&body, "configuration document upload")?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m, None);
+    let bytes = hex::decode(&up.document).map_err(|_| bad("the configuration document is not hex".into()))?;
+    let envelope = ferry_store::channel::Envelope::decode(&bytes)
+        .map_err(|e| bad(format!("the configuration document does not decode: {e}")))?;
+    let doc = ferry_store::device_config::ConfigDoc::decode(&envelope.document)
+        .map_err(|e| bad(format!("the configuration document does not decode: {e}")))?;
+    let st = s.clone();
+    let trust = blocking(move || st.documents.trust().map_err(FleetError::Unavailable)).await?;
+    let trust = trust
+        .filter(|t| !t.config_keys.is_empty())
+        .ok_or_else(|| bad("the key document names no configuration keys: devices would refuse any configuration document; add them with `ferry keys set --config-key`".into()))?;
+    let quorum = trust.quorum(ferry_store::Signed::Config);
+    let signed = quorum.signed(&envelope.id(), &envelope.signatures);
+    if signed < usize::from(quorum.threshold) {
+        return Err(bad(format!(
+            "the configuration document is signed by {signed} of the configuration keys of key document {}, {} needed: devices would refuse it",
+            trust.serial, quorum.threshold
+        )));
+    }
+    let version = doc.version;
+    blocking(move || s.fleet.set_signed_config(&who, &serial, &doc, &bytes)).await?;
+    Ok(Json(ConfigVersion { version }).into_response())
+}
+
 async fn set_groups(
     State(s): State<Shared>,
     Extension(who): Extension<Caller>,
@@ -271,6 +305,7 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/v1/admin/devices/{serial}/{action}", post(device_action))
         .route("/v1/admin/devices/{serial}/config", get(device_config))
         .route("/v1/admin/devices/{serial}/groups", post(set_groups))
+        .route("/v1/admin/devices/{serial}/config-document", post(upload_config_document))
         .route("/v1/admin/config/{*scope}", get(get_config).post(change_config))
         .route("/v1/admin/tokens", get(tokens).post(create_token))
         .route("/v1/admin/tokens/{name}/revoke", post(revoke_token))

@@ -1,6 +1,7 @@
 //! The device API (`/v1/device/...`): enrollment with the fleet's enrollment token, and
 //! check-in with a device token, whose answer carries the channel document the device gets
-//! (the rollout decides which) and its merged configuration. What it is not for: the rules
+//! (the rollout decides which) and its merged configuration (signed for it with the
+//! server's configuration key, or else the document the operator signed offline, if any). What it is not for: the rules
 //! (`crate::fleet`) or the repository's routes.
 
 use axum::extract::State;
@@ -76,10 +77,30 @@ async fn check_in(
         }
         None => None,
     };
+    let config_document = match &s.config_key {
+        Some(key) => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            crate::fleet::sign_config(&[key], &device.serial, &config, now, crate::fleet::CONFIG_LIFETIME).map_err(
+                |e| {
+                    ApiError(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("signing the configuration of device {}: {e}", device.serial),
+                        None,
+                    )
+                },
+            )?
+        }
+        None => {
+            let (st, serial) = (s.clone(), device.serial.clone());
+            blocking(move || st.fleet.signed_config(&serial)).await?
+        }
+    };
     Ok(Json(CheckinAnswer {
         channel,
         channel_document: document.map(hex::encode),
         config: Some(DeviceConfig { values: config.values, version: config.version }),
+        config_document: config_document.map(hex::encode),
         serial: device.serial,
         state: Some(device.state),
     })

@@ -46,11 +46,17 @@ pub trait Documents: Send + Sync {
     fn channels(&self) -> Result<Vec<ChannelListing>, String>;
     /// Promotes to channel `to` with the server's online channel key: the new document.
     fn promote(&self, to: &str, req: &PromoteRequest) -> Result<Promoted, (StatusCode, String)>;
+    /// The trust the repository's key chain gives (what devices reach), `None` without a key
+    /// document: what offline-signed configuration is checked against.
+    fn trust(&self) -> Result<Option<ferry_store::channel::Trust>, String>;
 }
 
 pub struct FleetState {
     pub fleet: Fleet,
     pub documents: Box<dyn Documents>,
+    /// The online configuration key (`ferry serve --config-key`): every check-in answer
+    /// carries the device's configuration signed with it.
+    pub config_key: Option<ferry_store::SecretKey>,
     /// Mutual TLS: device certificates issued at enrollment and required after it.
     pub certificates: DeviceCertificates,
     /// The web UI's signed-in sessions (in memory only: a restart signs everyone out).
@@ -58,8 +64,16 @@ pub struct FleetState {
 }
 
 impl FleetState {
-    pub fn new(fleet: Fleet, documents: Box<dyn Documents>, certificates: DeviceCertificates) -> FleetState {
-        FleetState { fleet, documents, certificates, sessions: std::sync::Mutex::default() }
+    /// The state over `fleet` and `documents`, with no configuration key and no device
+    /// certificates (set the fields to add them).
+    pub fn new(fleet: Fleet, documents: Box<dyn Documents>) -> FleetState {
+        FleetState {
+            fleet,
+            documents,
+            config_key: None,
+            certificates: DeviceCertificates::default(),
+            sessions: std::sync::Mutex::default(),
+        }
     }
 }
 

@@ -516,6 +516,9 @@ mod tests {
         ) -> Result<ferry_api::admin::Promoted, (StatusCode, String)> {
             Err((StatusCode::CONFLICT, format!("no channel {to}")))
         }
+        fn trust(&self) -> Result<Option<ferry_store::channel::Trust>, String> {
+            Ok(None)
+        }
     }
 
     #[test]
@@ -523,8 +526,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let settings = crate::fleet::Settings { require_approval: false, enrollments_per_minute: 10 };
         let fleet = crate::fleet::Fleet::open(t.path(), settings).unwrap();
-        let s: Shared =
-            std::sync::Arc::new(super::super::FleetState::new(fleet, Box::new(NoDocuments), Default::default()));
+        let s: Shared = std::sync::Arc::new(super::super::FleetState::new(fleet, Box::new(NoDocuments)));
         let t0 = Instant::now();
         lock(&s).add(&key(1), admin(), "ops".into(), "c".repeat(64), t0);
         let h = headers(&[("host", "fleet.example"), ("sec-fetch-site", "same-origin")]);

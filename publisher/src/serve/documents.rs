@@ -60,6 +60,11 @@ impl crate::fleet_api::Documents for RepoDocuments {
         Ok(out)
     }
 
+    fn trust(&self) -> Result<Option<ferry_store::channel::Trust>, String> {
+        catch_up(&self.0, Instant::now()).map_err(|e| e.1)?;
+        crate::channels::current_trust(&self.0.repo).map_err(|e| format!("{e:#}"))
+    }
+
     fn promote(&self, to: &str, req: &PromoteRequest) -> Result<Promoted, (StatusCode, String)> {
         let key = self.1.as_ref().ok_or_else(|| {
             (
@@ -83,7 +88,7 @@ impl crate::fleet_api::Documents for RepoDocuments {
             commit,
             from: req.from.clone(),
             hardware: req.hardware.clone(),
-            key,
+            keys: std::slice::from_ref(key),
             expires_in,
             rollback: req.rollback,
             force: req.force,

@@ -273,13 +273,26 @@ async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint (the API is under /v1; see docs/api.md)".into(), None)
 }
 
+/// What the device and admin APIs are served with: the fleet's store, the online channel
+/// key (promotion from the admin API), the online configuration key (signed configuration
+/// in check-in answers) and the devices' certificates (mutual TLS).
+#[derive(Debug)]
+pub struct FleetParts {
+    pub fleet: crate::fleet::Fleet,
+    pub channel_key: Option<ferry_store::SecretKey>,
+    pub config_key: Option<ferry_store::SecretKey>,
+    pub certificates: crate::fleet_api::DeviceCertificates,
+}
+
+impl FleetParts {
+    /// The fleet with no online key and no device certificates.
+    pub fn new(fleet: crate::fleet::Fleet) -> FleetParts {
+        FleetParts { fleet, channel_key: None, config_key: None, certificates: Default::default() }
+    }
+}
+
 /// The API's routes over an open repository.
-pub fn router(
-    repo: Repository,
-    patcher: Patcher,
-    fleet: Option<(crate::fleet::Fleet, Option<ferry_store::SecretKey>, crate::fleet_api::DeviceCertificates)>,
-    read_slots: usize,
-) -> Router {
+pub fn router(repo: Repository, patcher: Patcher, fleet: Option<FleetParts>, read_slots: usize) -> Router {
     let state = Arc::new(AppState {
         repo,
         last_refresh: Mutex::new(Instant::now()),
@@ -290,9 +303,11 @@ pub fn router(
         patcher,
     });
     let (fleet_routes, fleet_state) = match fleet {
-        Some((fleet, key, certificates)) => {
-            let documents = Box::new(RepoDocuments(state.clone(), key));
-            let fs = Arc::new(crate::fleet_api::FleetState::new(fleet, documents, certificates));
+        Some(FleetParts { fleet, channel_key, config_key, certificates }) => {
+            let mut fs = crate::fleet_api::FleetState::new(fleet, Box::new(RepoDocuments(state.clone(), channel_key)));
+            fs.config_key = config_key;
+            fs.certificates = certificates;
+            let fs = Arc::new(fs);
             (crate::fleet_api::routes(fs.clone()), Some(fs))
         }
         None => {
@@ -355,6 +370,9 @@ pub struct FleetConfig {
     pub settings: crate::fleet::Settings,
     /// An online channel key: lets the admin API (and the web UI) promote and roll back.
     pub channel_key: Option<PathBuf>,
+    /// An online configuration key: check-in answers carry each device's configuration
+    /// signed with it (it must be a configuration key of the newest key document).
+    pub config_key: Option<PathBuf>,
 }
 
 /// Everything [`serve_with`] can be told beyond the repository and the address.
@@ -411,6 +429,29 @@ fn device_certificates(config: &ServeConfig) -> Result<crate::fleet_api::DeviceC
     Ok(crate::fleet_api::DeviceCertificates { issuer, required: client_ca.is_some() || forwarded.is_some(), forwarded })
 }
 
+/// Says at start when the server's configuration key is not one devices accept: they would
+/// refuse every configuration it signs.
+fn warn_unless_config_key(repo: &Repository, key: &ferry_store::SecretKey) {
+    let public = key.public();
+    match crate::channels::current_trust(repo) {
+        Ok(Some(t)) if t.config_keys.contains(&public.to_bytes()) => {
+            if t.thresholds.config > 1 {
+                tracing::warn!(
+                    threshold = t.thresholds.config,
+                    "the key document asks several configuration signatures; devices refuse configuration this server signs alone"
+                );
+            }
+        }
+        Ok(Some(t)) => tracing::warn!(
+            key = %public.to_hex(),
+            keys_serial = t.serial,
+            "--config-key is not a configuration key of the newest key document: devices refuse the configuration it signs (add it with `ferry keys set --config-key`)"
+        ),
+        Ok(None) => tracing::warn!("the repository has no key document: devices following a channel refuse the configuration this server signs"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "the key documents cannot be read to check --config-key"),
+    }
+}
+
 /// [`serve`] with patches and the fleet configured.
 pub async fn serve_with(
     repo: PathBuf,
@@ -431,9 +472,17 @@ pub async fn serve_with(
                 Some(p) => Some(ferry_store::SecretKey::load(p)?),
                 None => None,
             };
+            let config_key = match &f.config_key {
+                Some(p) => {
+                    let k = ferry_store::SecretKey::load(p)?;
+                    warn_unless_config_key(&repository, &k);
+                    Some(k)
+                }
+                None => None,
+            };
             let fleet = crate::fleet::Fleet::open(&f.path, f.settings.clone())
                 .with_context(|| format!("opening the fleet store {}", f.path.display()))?;
-            Some((fleet, key, device_certificates(config)?))
+            Some(FleetParts { fleet, channel_key: key, config_key, certificates: device_certificates(config)? })
         }
         None => None,
     };

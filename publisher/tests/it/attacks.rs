@@ -76,7 +76,10 @@ fn start_with(dir: &Path, blocking_threads: usize, config: ServeConfig) -> Serve
         .enable_all()
         .build()
         .unwrap();
-    let config = ServeConfig { fleet: Some(FleetConfig { path: fleet, settings, channel_key: None }), ..config };
+    let config = ServeConfig {
+        fleet: Some(FleetConfig { path: fleet, settings, channel_key: None, config_key: None }),
+        ..config
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let (repo, scratch) = (dir.join("repo"), dir.join("scratch"));
     rt.spawn(async move {

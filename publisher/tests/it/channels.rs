@@ -86,7 +86,7 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
             "--channel-key",
             &key("chan.key.pub"),
         ],
-        "not signed by a root key",
+        "signed by 0 of the root keys",
     );
     let k = first_keys(t.path(), &repo);
     assert_eq!(k["serial"], 1);
@@ -193,7 +193,7 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     ok(&["keys", "set", "--repo", &repo, "--sign-key", &key("root.key"), "--commit-key", &key("ci2.key.pub")]);
     fails(
         &["promote", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")],
-        "not signed by a commit key",
+        "signed by 0 of the commit keys",
     );
     ok(&["sign", "--repo", &repo, &c2, "--sign-key", &key("ci2.key")]);
     assert_eq!(promote(&[&c2, "--to", "stable"])["serial"], 1);
@@ -417,4 +417,100 @@ fn channel_documents_keep_their_text() {
     sorted_text(&l[1]["history"].to_string(), false, &DOC);
     let audit = ok(&["audit", "--json", "--server", &server.1, "--token", &admin]);
     assert!(audit.contains(&format!("dev serial 3 (commit {c2})")), "{audit}");
+}
+
+/// Key documents version 2 from the command line: expiry, thresholds and configuration keys
+/// set, shown and kept; a threshold beyond its role refused; `ferry keys refresh` re-signs
+/// with a new expiry and nothing else changed; a channel threshold of 2 needs two
+/// `--sign-key`s on `ferry promote`.
+#[test]
+fn operators_set_expiry_thresholds_and_config_keys() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, _) = setup(t.path());
+    let key = |k: &str| s(&t.path().join(k));
+    for k in ["root2", "chan2", "conf"] {
+        ok(&["keygen", "--out", &key(&format!("{k}.key"))]);
+    }
+    let k = first_keys(t.path(), &repo);
+    // Without --expires-in, a year.
+    assert_eq!((k["version"].as_u64(), k["thresholds"]["root"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(k["expires"].as_i64().unwrap() - k["timestamp"].as_i64().unwrap(), 365 * 86400);
+    assert_eq!(k["config_keys"], serde_json::json!([]));
+
+    // `ferry keys set --repo REPO --json` followed by `extra`.
+    let set = |extra: &[&str]| -> Vec<String> {
+        ["keys", "set", "--repo", repo.as_str(), "--json"].iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    let (root, root2, chan2) = (key("root.key"), key("root2.key"), key("chan2.key"));
+    let (root_pub, root2_pub) = (key("root.key.pub"), key("root2.key.pub"));
+    let (chan_pub, chan2_pub, conf_pub) = (key("chan.key.pub"), key("chan2.key.pub"), key("conf.key.pub"));
+    // A threshold beyond its role's keys is refused, naming it; nothing is written.
+    fails(&strs(&set(&["--sign-key", &root, "--commit-threshold", "2"])), "commit threshold 2 is outside 1..=1");
+    fails(&strs(&set(&["--sign-key", &root, "--expires-in", "soon"])), "--expires-in");
+    assert_eq!(json(&["keys", "show", "--repo", &repo, "--json"]).as_array().unwrap().len(), 1);
+
+    let k = json(&strs(&set(&[
+        "--sign-key",
+        &root,
+        "--sign-key",
+        &root2,
+        "--root",
+        &root_pub,
+        "--root",
+        &root2_pub,
+        "--root-threshold",
+        "2",
+        "--channel-key",
+        &chan_pub,
+        "--channel-key",
+        &chan2_pub,
+        "--channel-threshold",
+        "2",
+        "--config-key",
+        &conf_pub,
+        "--expires-in",
+        "30d",
+    ])));
+    assert_eq!(k["serial"], 2);
+    assert_eq!(k["expires"].as_i64().unwrap() - k["timestamp"].as_i64().unwrap(), 30 * 86400);
+    assert_eq!((k["thresholds"]["root"].as_u64(), k["thresholds"]["channel"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(k["config_keys"].as_array().unwrap().len(), 1);
+    // From now on one root is not enough.
+    fails(&["keys", "refresh", "--repo", &repo, "--sign-key", &root], "signed by 1 of the root keys");
+    let r = json(&["keys", "refresh", "--repo", &repo, "--sign-key", &root, "--sign-key", &root2, "--json"]);
+    assert_eq!(r["serial"], 3);
+    assert_eq!(r["expires"].as_i64().unwrap() - r["timestamp"].as_i64().unwrap(), 30 * 86400, "the lifetime stays");
+    for field in ["roots", "commit_keys", "channel_keys", "config_keys", "thresholds"] {
+        assert_eq!(r[field], k[field], "{field} changed on refresh");
+    }
+    let r = json(&[
+        "keys",
+        "refresh",
+        "--repo",
+        &repo,
+        "--sign-key",
+        &root,
+        "--sign-key",
+        &root2,
+        "--expires-in",
+        "400d",
+        "--json",
+    ]);
+    assert_eq!(r["expires"].as_i64().unwrap() - r["timestamp"].as_i64().unwrap(), 400 * 86400);
+    let text = ok(&["keys", "show", "--repo", &repo]);
+    assert!(text.contains(&format!("{:<14}1 of 1", "config keys:")), "{text}");
+    assert!(text.contains(&format!("{:<14}2 of 2", "roots:")), "{text}");
+
+    // Channel documents need both channel keys now.
+    fails(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key")], "asks 2 signatures");
+    ok(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--sign-key", &chan2]);
+    assert!(ferry(&["fsck", "--repo", &repo]).status.success());
+
+    // Removing the configuration keys (its threshold stays 1, valid for none).
+    let k = json(&strs(&set(&["--sign-key", &root, "--sign-key", &root2, "--no-config-keys"])));
+    assert_eq!(k["config_keys"], serde_json::json!([]));
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }

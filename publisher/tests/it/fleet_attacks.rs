@@ -48,7 +48,7 @@ impl Served {
         };
         let config = ferry_publisher::serve::ServeConfig {
             patches: ferry_publisher::serve::PatchConfig { limits, ..Default::default() },
-            fleet: Some(ferry_publisher::serve::FleetConfig { path, settings, channel_key: None }),
+            fleet: Some(ferry_publisher::serve::FleetConfig { path, settings, channel_key: None, config_key: None }),
             ..Default::default()
         };
         let rt = tokio::runtime::Runtime::new().unwrap();

@@ -262,3 +262,70 @@ fn a_rollout_at_10_percent_reaches_10_percent_of_1000_devices_the_same_ones_afte
     assert!((240..=360).contains(&more.len()), "{} devices chosen at 30%", more.len());
     eprintln!("10%: {} of 1000 devices; 30%: {}", first.len(), more.len());
 }
+
+/// `ferry config sign`: the operator's configuration keys, kept off the server, sign each
+/// device's configuration (two of them, the key document's threshold); the server keeps what
+/// they signed and hands it to the device at check-in, where it passes the device's rule.
+#[test]
+fn an_operator_signs_configuration_offline() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).display().to_string();
+    let (repo, fleet) = (p("repo"), p("fleet"));
+    ok(&["init", "--repo", &repo]);
+    for k in ["root", "ci", "chan", "conf1", "conf2"] {
+        ok(&["keygen", "--out", &p(&format!("{k}.key"))]);
+    }
+    let keys = |extra: &[&str]| {
+        let mut args = vec!["keys", "set", "--repo", repo.as_str()];
+        args.extend_from_slice(extra);
+        ok(&args);
+    };
+    let (root, root_pub, ci_pub, chan_pub) = (p("root.key"), p("root.key.pub"), p("ci.key.pub"), p("chan.key.pub"));
+    let (conf1, conf2, conf1_pub, conf2_pub) = (p("conf1.key"), p("conf2.key"), p("conf1.key.pub"), p("conf2.key.pub"));
+    keys(&["--sign-key", &root, "--root", &root_pub, "--commit-key", &ci_pub, "--channel-key", &chan_pub]);
+    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let server = serve(&repo, &fleet);
+    let url = server.1.clone();
+    let s = ["--server", url.as_str(), "--token", admin.as_str()];
+    let with = |args: &[&str]| -> Vec<String> { args.iter().chain(s.iter()).map(|a| a.to_string()).collect() };
+    let run = |args: &[&str]| ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let fail = |args: &[&str], expect: &str| fails(&with(args).iter().map(String::as_str).collect::<Vec<_>>(), expect);
+    let enrollment = run(&["admin", "token", "create", "--name", "factory", "--enrollment"]).trim().to_string();
+    let (status, enrolled) = enroll(&url, "SN-1", &enrollment);
+    assert_eq!(status, 200, "{enrolled}");
+    run(&["config", "set", "API_KEY=s3cret", "--device", "SN-1"]);
+
+    // No configuration keys in the key document yet: nothing a device would take.
+    fail(&["config", "sign", "--sign-key", &conf1], "names no configuration keys");
+    keys(&["--sign-key", &root, "--config-key", &conf1_pub, "--config-key", &conf2_pub, "--config-threshold", "2"]);
+    fail(
+        &["config", "sign", "--sign-key", &conf1],
+        "signed by 1 of the configuration keys of key document 2, 2 needed",
+    );
+    fail(&["config", "sign", "--sign-key", &conf1, "--device", "SN-9"], "no device SN-9");
+    let out = run(&["config", "sign", "--sign-key", &conf1, "--sign-key", &conf2]);
+    assert!(out.contains("SN-1: configuration version 1 signed"), "{out}");
+
+    // The device's check-in carries it, and it passes the device's own rule.
+    let token = enrolled["device_token"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer: serde_json::Value = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/device/checkin"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    });
+    let bytes = hex::decode(answer["config_document"].as_str().unwrap()).unwrap();
+    let envelope = ferry_store::channel::Envelope::decode(&bytes).unwrap();
+    let r = ferry_store::Repository::open_read_only(std::path::Path::new(&repo)).unwrap();
+    let trust = ferry_publisher::channels::current_trust(&r).unwrap().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let doc = ferry_store::device_config::accept_config(&envelope, &trust, "SN-1", 0, now, 0).unwrap();
+    assert_eq!((doc.version, doc.values.get("API_KEY").map(String::as_str)), (1, Some("s3cret")));
+}

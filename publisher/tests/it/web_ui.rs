@@ -541,7 +541,7 @@ fn over_tls_the_cookie_is_secure_and_every_answer_carries_hsts() {
     let admin = fleet.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
     let repo = ferry_store::Repository::open_follower(&t.path().join("repo"), &t.path().join("scratch")).unwrap();
     let patcher = ferry_publisher::patches::Patcher::open(&t.path().join("patches"), 1 << 20, 3, 1).unwrap();
-    let app = ferry_publisher::serve::router(repo, patcher, Some((fleet, None, Default::default())), 2);
+    let app = ferry_publisher::serve::router(repo, patcher, Some(ferry_publisher::serve::FleetParts::new(fleet)), 2);
     let app = hyper_util::service::TowerToHyperService::new(app);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let peer = "127.0.0.1:9".parse().unwrap();

@@ -1,6 +1,7 @@
 //! ferry-store's integration tests, one module per feature.
 
 mod channel;
+mod device_config;
 mod encoding;
 mod repo;
 mod signatures;
