@@ -54,7 +54,7 @@ pub fn serve_tls_in_background(
     let ca_file = ca.write(dir, "ca");
     let (cert, key) = ca.issue(&["localhost"], VALID).write(dir, "server");
     let config = ferry_publisher::serve::ServeConfig {
-        tls: Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None, client_ca_key: None }),
+        tls: Some(ferry_publisher::tls::TlsFiles { cert, key }),
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -29,14 +29,17 @@
 //! - **HTTP/2** is served only over TLS, when ALPN chose it (browsers and ferryd over https
 //!   do): at most [`H2_STREAMS`] streams at once, a bounded header list, a connection closed
 //!   after [`H2_RESETS`] reset streams (rapid reset), pings every header timeout to drop a
-//!   dead peer, and closed when idle (nothing answered or started) for a header timeout.
+//!   dead peer, closed when idle (nothing answered or started) for a header timeout, and
+//!   dropped when an answer's frame waits on the client's flow-control window for a write
+//!   stall window (a client that answers pings but never opens its window would otherwise
+//!   hold its slot for ever) or when a graceful close takes longer than that.
 //!   Plain HTTP is HTTP/1.1 only (there is no h2 negotiation without TLS).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -276,14 +279,22 @@ where
     // Requests started on this connection, ever: an HTTP/2 connection is idle only if none
     // started since the last look.
     let started = Arc::new(AtomicUsize::new(0));
+    let handed = Arc::new(Handed::default());
+    let since = tokio::time::Instant::now();
     let service = {
-        let (app, answering, started) = (TowerToHyperService::new(app), answering.clone(), started.clone());
+        let (app, answering, started, handed) =
+            (TowerToHyperService::new(app), answering.clone(), started.clone(), handed.clone());
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(info.clone());
             started.fetch_add(1, Ordering::SeqCst);
             let guard = Answering::new(&answering);
+            let slot = handed.slot();
             let answer = hyper::service::Service::call(&app, req);
-            async move { Ok::<_, Infallible>(answer.await?.map(|body| Body::new(Guarded { body, _guard: guard }))) }
+            async move {
+                Ok::<_, Infallible>(
+                    answer.await?.map(|body| Body::new(Guarded { body, _guard: guard, handed: slot, since })),
+                )
+            }
         })
     };
     if h2 {
@@ -298,7 +309,8 @@ where
             .keep_alive_interval(Some(limits.header_timeout))
             .keep_alive_timeout(limits.header_timeout);
         let conn = builder.serve_connection(io, service);
-        drive(conn, answering, Some((started, limits.header_timeout)), stop).await
+        let h2 = H2Watch { started, idle: limits.header_timeout, handed, since, stall: limits.write_stall };
+        drive(conn, answering, Some(h2), stop).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HTTP_BUFFER);
@@ -307,24 +319,37 @@ where
     }
 }
 
+/// What [`drive`] watches on an HTTP/2 connection, which has no header timeout and whose
+/// client can stall an answer with flow control while the socket stays busy.
+struct H2Watch {
+    /// Requests started on the connection, ever.
+    started: Arc<AtomicUsize>,
+    /// Closed (gracefully) after this long with nothing answered or started.
+    idle: Duration,
+    /// Answer frames waiting for the client's window.
+    handed: Arc<Handed>,
+    since: tokio::time::Instant,
+    /// Dropped when a frame waited this long.
+    stall: Duration,
+}
+
 /// Runs a connection until it ends; on shutdown, closes it at once if nothing is being
-/// answered, else lets the answers finish. With `idle`, also closes it (gracefully) once
-/// no request was answered or started for a whole window (HTTP/2 has no header timeout
-/// that would).
-async fn drive<C>(
-    conn: C,
-    answering: Arc<AtomicUsize>,
-    idle: Option<(Arc<AtomicUsize>, Duration)>,
-    mut stop: watch::Receiver<()>,
-) where
+/// answered, else lets the answers finish. On HTTP/2 (`h2`), also closes it gracefully once
+/// idle for a window, drops it when an answer waits on the client's flow-control window for
+/// a write-stall window, and drops it when a graceful close has not finished within the
+/// write-stall window either.
+async fn drive<C>(conn: C, answering: Arc<AtomicUsize>, h2: Option<H2Watch>, mut stop: watch::Receiver<()>)
+where
     C: hyper_util::server::graceful::GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
-    let mut stopping = false;
-    let window = idle.as_ref().map_or(Duration::from_secs(3600), |(_, w)| *w);
-    let mut look = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+    let mut stopping: Option<tokio::time::Instant> = None;
+    let period =
+        h2.as_ref().map_or(Duration::from_secs(3600), |w| (w.idle.min(w.stall) / 4).max(Duration::from_millis(100)));
+    let mut look = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_started = 0;
+    let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -333,18 +358,36 @@ async fn drive<C>(
                 }
                 break;
             }
-            _ = stop.changed(), if !stopping => {
+            _ = stop.changed(), if stopping.is_none() => {
                 if answering.load(Ordering::SeqCst) == 0 {
                     break;
                 }
-                stopping = true;
+                stopping = Some(tokio::time::Instant::now());
                 conn.as_mut().graceful_shutdown();
             }
-            _ = look.tick(), if idle.is_some() && !stopping => {
-                let now_started = idle.as_ref().map_or(0, |(s, _)| s.load(Ordering::SeqCst));
+            _ = look.tick(), if h2.is_some() => {
+                let Some(w) = &h2 else { continue };
+                let now = tokio::time::Instant::now();
+                if w.handed.stalled(now - w.since, w.stall) {
+                    tracing::debug!("dropping an HTTP/2 connection: an answer waited on the client's flow-control window for the write-stall window");
+                    break;
+                }
+                if let Some(at) = stopping {
+                    if now - at > w.stall {
+                        tracing::debug!("dropping an HTTP/2 connection that did not finish closing");
+                        break;
+                    }
+                    continue;
+                }
+                let now_started = w.started.load(Ordering::SeqCst);
                 if answering.load(Ordering::SeqCst) == 0 && now_started == last_started {
-                    stopping = true;
-                    conn.as_mut().graceful_shutdown();
+                    let since = *idle_since.get_or_insert(now);
+                    if now - since >= w.idle {
+                        stopping = Some(now);
+                        conn.as_mut().graceful_shutdown();
+                    }
+                } else {
+                    idle_since = None;
                 }
                 last_started = now_started;
             }
@@ -439,6 +482,36 @@ impl Pace {
     }
 }
 
+/// The answers of one HTTP/2 connection that handed hyper a frame the client has not taken
+/// yet: hyper asks a body for its next frame only once the client's flow-control window
+/// has room, so a body not asked again for a write-stall window belongs to a client that
+/// withholds its window (the socket itself may take every byte: pings, settings). HTTP/1.1
+/// needs none of this: its client either reads the socket or trips `WriteStall`.
+#[derive(Default)]
+struct Handed(std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>);
+
+impl Handed {
+    fn slot(&self) -> Arc<AtomicU64> {
+        let slot = Arc::new(AtomicU64::new(0));
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&slot));
+        slot
+    }
+
+    /// Whether a frame has waited for the client longer than `limit` (`now` as
+    /// milliseconds since the connection began).
+    fn stalled(&self, now: Duration, limit: Duration) -> bool {
+        let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter_map(|w| w.upgrade()).any(|s| {
+            let at = s.load(Ordering::SeqCst);
+            at != 0 && now.saturating_sub(at - 1) > limit
+        })
+    }
+}
+
 /// Counts a request as being answered while it lives.
 struct Answering(Arc<AtomicUsize>);
 
@@ -455,10 +528,13 @@ impl Drop for Answering {
     }
 }
 
-/// An answer's body, holding its request's [`Answering`] until hyper drops it.
+/// An answer's body, holding its request's [`Answering`] until hyper drops it, and saying
+/// in its [`Handed`] slot since when a frame it gave hyper waits for the client to take it.
 struct Guarded {
     body: Body,
     _guard: Answering,
+    handed: Arc<AtomicU64>,
+    since: tokio::time::Instant,
 }
 
 impl HttpBody for Guarded {
@@ -466,7 +542,16 @@ impl HttpBody for Guarded {
     type Error = axum::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        // Asked for the next frame: the last one was taken.
+        this.handed.store(0, Ordering::SeqCst);
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_data()) {
+            // Milliseconds since the connection began, plus one (0 means none waiting).
+            let ms = u64::try_from(this.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            this.handed.store(ms + 1, Ordering::SeqCst);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

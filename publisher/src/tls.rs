@@ -42,10 +42,6 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
     pub key: PathBuf,
-    /// The CA whose client certificates are accepted (PEM); none asks for no certificate.
-    pub client_ca: Option<PathBuf>,
-    /// The client CA's key (PEM): the server issues device certificates at enrollment.
-    pub client_ca_key: Option<PathBuf>,
 }
 
 /// The server's TLS: its configuration and the certificate it reloads.
@@ -56,14 +52,15 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Reads the files; an error names the file and what is wrong with it.
-    pub fn load(files: &TlsFiles) -> Result<Tls> {
+    /// Reads the files; an error names the file and what is wrong with it. With
+    /// `client_ca`, clients may present a certificate it issued (none is still served).
+    pub fn load(files: &TlsFiles, client_ca: Option<&Path>) -> Result<Tls> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificate = Arc::new(Reloading::load(files.cert.clone(), files.key.clone(), &provider)?);
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .context("choosing TLS versions")?;
-        let builder = match &files.client_ca {
+        let builder = match client_ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 let (added, _) = roots.add_parsable_certificates(read_certificates(ca)?);
@@ -228,7 +225,9 @@ pub fn https_client(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder> {
             .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
             .find(|p| p.is_file()),
     };
-    let mut builder = reqwest::Client::builder();
+    // The server never redirects: an answer that does must not take the admin token's
+    // request elsewhere.
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
     if let Some(path) = bundle {
         for cert in read_certificates(&path)? {
             let cert = reqwest::Certificate::from_der(&cert)

@@ -19,6 +19,8 @@ pub struct Env {
     pub admin_token: String,
     /// The certificate and key the server serves HTTPS with, if it does.
     tls: Option<ferry_publisher::tls::TlsFiles>,
+    /// The CA of the devices' client certificates (mutual TLS), if the server wants them.
+    device_ca: Option<ferry_publisher::serve::DeviceCa>,
 }
 
 impl Drop for Env {
@@ -35,10 +37,11 @@ fn start_server(
     addr: SocketAddr,
     fleet: Option<ferry_publisher::serve::FleetConfig>,
     tls: Option<ferry_publisher::tls::TlsFiles>,
+    device_ca: Option<ferry_publisher::serve::DeviceCa>,
 ) -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (atx, arx) = std::sync::mpsc::channel();
-    let config = ferry_publisher::serve::ServeConfig { fleet, tls, ..Default::default() };
+    let config = ferry_publisher::serve::ServeConfig { fleet, tls, device_ca, ..Default::default() };
     rt.spawn(async move {
         ferry_publisher::serve::serve_with(
             repo,
@@ -73,7 +76,7 @@ impl Env {
     pub fn with_tls(leaf: &ferry_fixtures::certs::Leaf) -> Env {
         let mut env = Env::start(None);
         let (cert, key) = leaf.write(env.path(), "server");
-        env.tls = Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None, client_ca_key: None });
+        env.tls = Some(ferry_publisher::tls::TlsFiles { cert, key });
         env.restart_server();
         env
     }
@@ -83,11 +86,10 @@ impl Env {
     pub fn with_fleet_tls(leaf: &ferry_fixtures::certs::Leaf, client_ca: Option<&Path>) -> Env {
         let mut env = Env::start(Some(false));
         let (cert, key) = leaf.write(env.path(), "server");
-        env.tls = Some(ferry_publisher::tls::TlsFiles {
-            cert,
-            key,
-            client_ca: client_ca.map(|d| d.join(ferry_publisher::ca::CA_CERT)),
-            client_ca_key: client_ca.map(|d| d.join(ferry_publisher::ca::CA_KEY)),
+        env.tls = Some(ferry_publisher::tls::TlsFiles { cert, key });
+        env.device_ca = client_ca.map(|d| ferry_publisher::serve::DeviceCa {
+            cert: d.join(ferry_publisher::ca::CA_CERT),
+            key: Some(d.join(ferry_publisher::ca::CA_KEY)),
         });
         env.restart_server();
         env
@@ -116,8 +118,9 @@ impl Env {
             "127.0.0.1:0".parse().unwrap(),
             fleet.clone(),
             None,
+            None,
         );
-        Env { t, repo, addr, server: Some(rt), fleet, admin_token, tls: None }
+        Env { t, repo, addr, server: Some(rt), fleet, admin_token, tls: None, device_ca: None }
     }
 
     /// Kills the server at once: every connection is dropped mid-flight.
@@ -150,8 +153,14 @@ impl Env {
     pub fn restart_server(&mut self) {
         self.kill_server();
         let scratch = self.path().join(format!("serve-scratch-{}", crate::harness::now_nanos()));
-        let (rt, _) =
-            start_server(self.repo.path().to_path_buf(), scratch, self.addr, self.fleet.clone(), self.tls.clone());
+        let (rt, _) = start_server(
+            self.repo.path().to_path_buf(),
+            scratch,
+            self.addr,
+            self.fleet.clone(),
+            self.tls.clone(),
+            self.device_ca.clone(),
+        );
         self.server = Some(rt);
     }
 

@@ -42,7 +42,7 @@ fn device(env: &Env, name: &str, serial: &str) -> PathBuf {
     std::fs::create_dir_all(&dev).unwrap();
     let config = dev.join("ferryd.toml");
     let text = format!(
-        "server = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
+        "insecure_http = true\nserver = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
         env.addr,
         dev.join("state").display(),
         dev.join("current").display(),

@@ -304,3 +304,74 @@ fn a_redirect_is_not_followed() {
     assert!(!ok && err.contains("302"), "{err}");
     assert!(elsewhere.accept().is_err(), "the device followed the redirect");
 }
+
+/// Found in review: `insecure_http = false` promises the device never talks plain HTTP, but
+/// the agent's HTTP client follows redirects, and a 307 from the https server (or the
+/// TLS-terminating proxy in front of it) to an `http://` URL is followed with the request
+/// body re-sent in clear: the enrollment request, fleet enrollment token and all, crosses
+/// the network readable by anyone on the path, and the answer is taken from plain HTTP.
+#[test]
+fn a_redirect_to_plain_http_is_not_followed() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let fleet_ca = Ca::new("fleet CA");
+    let env = Env::new();
+    let ca = fleet_ca.write(env.path(), "fleet-ca");
+    // What reaches the plain-HTTP address.
+    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_port = plain.local_addr().unwrap().port();
+    {
+        let captured = captured.clone();
+        std::thread::spawn(move || {
+            for s in plain.incoming() {
+                let Ok(mut s) = s else { return };
+                s.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    captured.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ =
+                    s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+    }
+    // The server behind TLS answers every request with a redirect to plain HTTP.
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = redirector.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in redirector.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{plain_port}/v1/device/enroll\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    let front = ferry_fixtures::mitm::Mitm::start(upstream, &fleet_ca.issue(&["localhost"], VALID));
+    let token_file = env.path().join("review-enrollment-token");
+    std::fs::write(&token_file, "fe_REVIEW_SECRET_ENROLLMENT_TOKEN\n").unwrap();
+    let config = https_device(
+        &env,
+        "device",
+        "localhost",
+        front.addr.port(),
+        &ca,
+        &format!("[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-R\"\n", token_file.display()),
+    );
+    let (ok, out, err) = ferryd(&config, &["update"]);
+    assert!(!ok, "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let seen = String::from_utf8_lossy(&captured.lock().unwrap()).to_string();
+    assert!(
+        !seen.contains("REVIEW_SECRET"),
+        "the device followed the redirect to http:// and sent its enrollment token in clear:\n{seen}\n(ferryd said: {err})"
+    );
+    assert!(seen.is_empty(), "the device made a plain-HTTP request:\n{seen}");
+}

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::RepoArg;
 use crate::fleet::{Settings, ENROLLMENTS_PER_MINUTE};
-use crate::serve::{FleetConfig, PatchConfig, ServeConfig};
+use crate::serve::{DeviceCa, FleetConfig, PatchConfig, ServeConfig};
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Args)]
@@ -69,7 +69,9 @@ pub struct ServeArgs {
     /// Mutual TLS: the CA (PEM) whose client certificates devices present. Every device
     /// request after enrollment must then come with the certificate issued to that device
     /// (enrollment itself needs only the enrollment token).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "fleet"])]
+    /// Behind a TLS-terminating balancer (--client-cert-header) the balancer checks them,
+    /// and this CA still issues them.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
     client_ca: Option<PathBuf>,
     /// The key of --client-ca: the server issues each enrolling device a certificate for
     /// its serial (the device's key never leaves it; it sends a certificate request).
@@ -108,9 +110,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         trusted_proxy,
     } = a;
     let tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca, client_ca_key }),
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
     };
+    let device_ca = client_ca.map(|cert| DeviceCa { cert, key: client_ca_key });
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (scratch, temporary) = match scratch {
         Some(dir) => (dir, false),
@@ -134,6 +137,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             config_key,
         }),
         tls,
+        device_ca,
         client_cert_header: client_cert_header.map(|h| (h, trusted_proxy)),
         ..Default::default()
     };

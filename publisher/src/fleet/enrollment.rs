@@ -86,7 +86,20 @@ impl Fleet {
         enrollment_token: &str,
         certificate: Option<[u8; 32]>,
     ) -> Result<Enrolled> {
-        let certificate = certificate.map(hex::encode);
+        self.enroll_issuing(serial, hardware, enrollment_token, || Ok(certificate.map(|c| (String::new(), c))))
+            .map(|(enrolled, _)| enrolled)
+    }
+
+    /// [`Fleet::enroll`], with `issue` run only once the enrollment token is valid and the
+    /// rate limit allowed the enrollment (signing a certificate is work a stranger must not
+    /// be able to ask for): it returns the certificate (PEM) and its SHA-256, or none.
+    pub fn enroll_issuing(
+        &self,
+        serial: &str,
+        hardware: &str,
+        enrollment_token: &str,
+        issue: impl FnOnce() -> Result<Option<(String, [u8; 32])>>,
+    ) -> Result<(Enrolled, Option<String>)> {
         check_name("serial", serial)?;
         check_name("hardware", hardware)?;
         let who = match self.token(enrollment_token)? {
@@ -94,6 +107,8 @@ impl Fleet {
             _ => return Err(FleetError::Unauthorized("not a valid enrollment token".into())),
         };
         self.limit_enrollment(&who)?;
+        let issued = issue()?;
+        let certificate = issued.as_ref().map(|(_, fp)| hex::encode(fp));
         let _g = self.lock();
         let _d = self.device_lock(serial);
         let existing = match self.device(serial) {
@@ -167,7 +182,7 @@ impl Fleet {
         ops.extend(self.event_ops(serial, whats)?);
         ops.push(audit);
         self.kv.write(ops)?;
-        Ok(Enrolled { certificate: None, device_token: token, state: Some(state) })
+        Ok((Enrolled { certificate: None, device_token: token, state: Some(state) }, issued.map(|(pem, _)| pem)))
     }
 
     /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]

@@ -21,20 +21,18 @@ use crate::fleet::{FleetError, Pick};
 async fn enroll(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: EnrollRequest = parse_json(&body, "enrollment request")?;
     let out = blocking(move || {
-        let issued = match (&s.certificates.issuer, &req.csr) {
-            (Some(ca), Some(csr)) => {
-                // The serial is checked before anything is signed for it.
-                crate::fleet::check_name("serial", &req.serial)?;
-                Some(
-                    ca.issue_device(csr, &req.serial)
-                        .map_err(|e| FleetError::BadRequest(format!("enrollment request: {e:#}")))?,
-                )
-            }
-            _ => None,
+        // The certificate request is read and signed only after the token and the rate
+        // limit let the enrollment through.
+        let issue = || match (&s.certificates.issuer, &req.csr) {
+            (Some(ca), Some(csr)) => ca
+                .issue_device(csr, &req.serial)
+                .map(Some)
+                .map_err(|e| FleetError::BadRequest(format!("enrollment request: {e:#}"))),
+            _ => Ok(None),
         };
-        let mut enrolled =
-            s.fleet.enroll(&req.serial, &req.hardware, &req.enrollment_token, issued.as_ref().map(|i| i.1))?;
-        enrolled.certificate = issued.map(|i| i.0);
+        let (mut enrolled, certificate) =
+            s.fleet.enroll_issuing(&req.serial, &req.hardware, &req.enrollment_token, issue)?;
+        enrolled.certificate = certificate;
         Ok(enrolled)
     })
     .await?;

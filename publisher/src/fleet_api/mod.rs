@@ -99,7 +99,8 @@ impl DeviceCertificates {
             return Some(c);
         }
         let (name, trusted) = self.forwarded.as_ref()?;
-        if !conn.is_some_and(|c| trusted.contains(&c.peer.ip())) {
+        // A server listening on `[::]` sees an IPv4 balancer as `::ffff:a.b.c.d`.
+        if !conn.is_some_and(|c| trusted.iter().any(|t| t.to_canonical() == c.peer.ip().to_canonical())) {
             return None;
         }
         let text: String = headers.get(name)?.to_str().ok()?.chars().filter(|c| *c != ':').collect();
@@ -294,6 +295,7 @@ mod certificate_tests {
         assert_eq!(certs.presented(Some(&conn([10, 0, 0, 5], None)), &headers), Some(fp));
         assert_eq!(certs.presented(Some(&conn([10, 0, 0, 6], None)), &headers), None, "not a trusted proxy");
         assert_eq!(certs.presented(None, &headers), None);
+
         assert_eq!(certs.presented(Some(&conn([10, 0, 0, 6], Some([1; 32]))), &headers), Some([1; 32]));
         headers.insert("x-client-cert-sha256", "not hex".parse().unwrap());
         assert_eq!(certs.presented(Some(&conn([10, 0, 0, 5], None)), &headers), None);

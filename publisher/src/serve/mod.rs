@@ -375,6 +375,14 @@ pub struct FleetConfig {
     pub config_key: Option<PathBuf>,
 }
 
+/// The CA of devices' client certificates (`--client-ca`, `--client-ca-key`).
+#[derive(Debug, Clone)]
+pub struct DeviceCa {
+    pub cert: PathBuf,
+    /// With it, enrolling devices get a certificate for their serial.
+    pub key: Option<PathBuf>,
+}
+
 /// Everything [`serve_with`] can be told beyond the repository and the address.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -388,6 +396,9 @@ pub struct ServeConfig {
     pub read_slots: usize,
     /// HTTPS with these files; without them, plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Mutual TLS for devices: the CA their client certificates come from, and its key when
+    /// the server issues them at enrollment.
+    pub device_ca: Option<DeviceCa>,
     /// A header a TLS-terminating load balancer fills with the device's client certificate
     /// (its SHA-256), believed only from these addresses: mutual TLS behind the balancer.
     pub client_cert_header: Option<(String, Vec<std::net::IpAddr>)>,
@@ -401,6 +412,7 @@ impl Default for ServeConfig {
             connections: crate::connections::Limits::default(),
             read_slots: READ_SLOTS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()),
             tls: None,
+            device_ca: None,
             client_cert_header: None,
         }
     }
@@ -409,10 +421,8 @@ impl Default for ServeConfig {
 /// Mutual TLS for the fleet's devices, from `--client-ca`, `--client-ca-key` and
 /// `--client-cert-header`.
 fn device_certificates(config: &ServeConfig) -> Result<crate::fleet_api::DeviceCertificates> {
-    let client_ca = config.tls.as_ref().and_then(|t| t.client_ca.as_ref());
-    let issuer = match (client_ca, config.tls.as_ref().and_then(|t| t.client_ca_key.as_ref())) {
-        (Some(cert), Some(key)) => Some(crate::ca::FleetCa::from_files(cert, key)?),
-        (None, Some(key)) => anyhow::bail!("{}: a client CA key needs its certificate (--client-ca)", key.display()),
+    let issuer = match &config.device_ca {
+        Some(DeviceCa { cert, key: Some(key) }) => Some(crate::ca::FleetCa::from_files(cert, key)?),
         _ => None,
     };
     let forwarded = match &config.client_cert_header {
@@ -426,7 +436,22 @@ fn device_certificates(config: &ServeConfig) -> Result<crate::fleet_api::DeviceC
         }
         None => None,
     };
-    Ok(crate::fleet_api::DeviceCertificates { issuer, required: client_ca.is_some() || forwarded.is_some(), forwarded })
+    let required = match (&config.device_ca, config.tls.is_some(), forwarded.is_some()) {
+        (None, _, false) => false,
+        (None, _, true) => anyhow::bail!(
+            "--client-cert-header needs --client-ca (and --client-ca-key for the server to issue device certificates): without them no device could ever be bound to a certificate"
+        ),
+        (Some(_), false, false) => anyhow::bail!(
+            "--client-ca needs --tls-cert (the server checks client certificates itself) or --client-cert-header (a TLS-terminating balancer checks them)"
+        ),
+        (Some(_), _, _) => true,
+    };
+    if required && issuer.is_none() {
+        tracing::warn!(
+            "--client-ca without --client-ca-key: devices are required to present certificates, but this server issues none (only devices holding one already get through)"
+        );
+    }
+    Ok(crate::fleet_api::DeviceCertificates { issuer, required, forwarded })
 }
 
 /// Says at start when the server's configuration key is not one devices accept: they would
@@ -462,7 +487,8 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     // Certificates first: a wrong path fails before anything is opened or bound.
-    let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
+    let client_ca = config.device_ca.as_ref().map(|c| c.cert.as_path());
+    let tls = config.tls.as_ref().map(|files| crate::tls::Tls::load(files, client_ca)).transpose()?;
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let repository = Repository::open_follower(&repo, &scratch)?;
     let patches = &config.patches;

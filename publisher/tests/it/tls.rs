@@ -187,7 +187,7 @@ fn a_silent_handshake_is_cut_off() {
     let leaf: Leaf = ca.issue(&["localhost"], VALID);
     let (cert, key) = leaf.write(t.path(), "server");
     let config = ferry_publisher::serve::ServeConfig {
-        tls: Some(ferry_publisher::tls::TlsFiles { cert, key, client_ca: None, client_ca_key: None }),
+        tls: Some(ferry_publisher::tls::TlsFiles { cert, key }),
         connections: ferry_publisher::connections::Limits {
             header_timeout: Duration::from_secs(1),
             ..Default::default()
@@ -253,4 +253,292 @@ fn ferry_ca_issues_what_serve_and_the_admin_commands_use() {
     assert_eq!(devices.trim(), "[]");
     let out = crate::cmd::ferry(&["devices", "--server", &url, "--token", &admin]);
     assert!(!out.status.success(), "the system's roots do not trust the fleet's CA");
+}
+
+/// Found in review: an HTTP/2 client that stops granting flow-control window (it reads the
+/// socket, answers pings, but sends no WINDOW_UPDATE) holds its connection, and its slot,
+/// for ever: the socket never refuses a write, so the write stall never fires, and a stream
+/// is being answered, so the idle close never fires. Over HTTP/1.1 the same client is cut
+/// within the write stall. With the cap at one connection, a second client is never served.
+#[test]
+fn an_http2_client_withholding_its_window_loses_its_slot() {
+    stalled_download_then_another_client(true);
+}
+
+/// The same with a window of zero and the smallest answer (a branch head, a few bytes): any
+/// client, with no large download and no token, holds a connection slot for ever.
+#[test]
+fn an_http2_client_withholding_its_window_on_a_tiny_answer_loses_its_slot() {
+    stalled_download_then_another_client_with(true, 0, "branches/main");
+}
+
+/// The control: the same stalled download over HTTP/1.1 frees the slot within the timeouts.
+#[test]
+fn an_http1_stalled_download_frees_its_slot() {
+    stalled_download_then_another_client(false);
+}
+
+fn stalled_download_then_another_client(h2: bool) {
+    stalled_download_then_another_client_with(h2, 65_535, "chunks");
+}
+
+fn stalled_download_then_another_client_with(h2: bool, window: u32, path: &str) {
+    let t = tempfile::tempdir().unwrap();
+    let (_, _, chunks) = repository(t.path());
+    let ca = Ca::new("fleet CA");
+    let leaf: Leaf = ca.issue(&["localhost"], VALID);
+    let (cert, key) = leaf.write(t.path(), "server");
+    let config = ferry_publisher::serve::ServeConfig {
+        tls: Some(ferry_publisher::tls::TlsFiles { cert, key }),
+        connections: ferry_publisher::connections::Limits {
+            max_connections: 1,
+            header_timeout: Duration::from_secs(1),
+            body_stall: Duration::from_secs(2),
+            write_stall: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (repo, scratch) = (t.path().join("repo"), t.path().join("scratch"));
+    rt.spawn(async move {
+        ferry_publisher::serve::serve_with(
+            repo,
+            scratch,
+            "127.0.0.1:0".parse().unwrap(),
+            &config,
+            move |a| tx.send(a).unwrap(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap()
+    });
+    let addr = rx.recv().unwrap();
+    let base = format!("https://localhost:{}/v1", addr.port());
+    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+    rt.block_on(async {
+        // The slow client: HTTP/2 with a small window, a download it never reads.
+        let slow = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .http2_initial_stream_window_size(window)
+            .http2_initial_connection_window_size(window.max(65_535));
+        let slow = if h2 { slow } else { slow.http1_only() }.build().unwrap();
+        let body = ferry_delta::pack::encode_request(&chunks);
+        let held = if path == "chunks" {
+            slow.post(format!("{base}/chunks")).body(body).send().await.unwrap()
+        } else {
+            slow.get(format!("{base}/{path}")).send().await.unwrap()
+        };
+        let want = if h2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 };
+        assert_eq!((held.status().as_u16(), held.version()), (200, want));
+        // Another client, HTTP/1.1: it must get the slot within the timeouts (a few seconds).
+        let other = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .http1_only()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let r = other.get(format!("{base}/branches/main")).send().await;
+        let waited = start.elapsed();
+        drop(held);
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status() == 200),
+            "a stalled HTTP/2 download kept the only connection slot for {waited:?}: {r:?}"
+        );
+    });
+}
+
+/// A certificate request for a fresh key asking for much more than a device should get:
+/// CA:true, server authentication, and a server's name.
+fn greedy_csr(serial: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, serial);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// Checked in review: what a device's request asks for is ignored: the certificate issued is
+/// a leaf for client authentication only, so a device (or anyone with the enrollment token)
+/// cannot use it as the server's certificate towards devices that pin the same CA.
+#[test]
+fn a_greedy_certificate_request_gets_a_client_only_leaf() {
+    let t = tempfile::tempdir().unwrap();
+    ferry_publisher::ca::create(&t.path().join("ca"), "fleet CA", 365).unwrap();
+    let ca = ferry_publisher::ca::FleetCa::open(&t.path().join("ca")).unwrap();
+    let (pem, _) = ca.issue_device(&greedy_csr("SN-1"), "SN-1").unwrap();
+    let d = der(&pem);
+    let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(b"localhost"), "the requested name is in the certificate");
+    assert!(!has(&[0x06, 0x03, 0x55, 0x1d, 0x13]), "a basicConstraints extension (CA:true asked for)");
+    assert!(!has(&[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01]), "serverAuth EKU");
+    assert!(has(&[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02]), "clientAuth EKU");
+    // webpki refuses it as a server certificate for localhost under the same CA.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der(&ca.cert_pem))).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    use rustls::client::danger::ServerCertVerifier;
+    let r = verifier.verify_server_cert(
+        &CertificateDer::from(der(&pem)),
+        &[],
+        &ServerName::try_from("localhost").unwrap(),
+        &[],
+        rustls::pki_types::UnixTime::now(),
+    );
+    assert!(r.is_err(), "a device certificate passes as the server's");
+    // Oversized and malformed requests are refused.
+    assert!(ca.issue_device(&"A".repeat(9000), "SN-1").is_err());
+    assert!(ca
+        .issue_device("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "SN-1")
+        .is_err());
+}
+
+/// Found in review: behind a TLS-terminating load balancer (`--client-cert-header`,
+/// `--trusted-proxy`, plain HTTP on the server) the server must still issue certificates
+/// (`--client-ca`, `--client-ca-key` without `--tls-cert`), or no device could ever be bound:
+/// an enrolled device whose balancer forwards its certificate's SHA-256 checks in, one
+/// forwarding another is refused, and a header without a CA is refused at start.
+#[test]
+fn behind_a_load_balancer_an_enrolled_device_checks_in_with_its_forwarded_certificate() {
+    use crate::cmd::ok;
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).display().to_string();
+    let (repo, fleet, ca_dir) = (p("repo"), p("fleet"), p("ca"));
+    ok(&["init", "--repo", &repo]);
+    ok(&["ca", "init", "--dir", &ca_dir]);
+    ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]);
+    let enrollment =
+        ok(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet]).trim().to_string();
+    let header = ["--client-cert-header", "x-client-cert-sha256", "--trusted-proxy", "127.0.0.1"];
+    let out = crate::cmd::ferry(&[&["serve", "--repo", &repo, "--fleet", &fleet][..], &header[..]].concat());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-cert-header needs --client-ca"));
+    let ca_args = ["--client-ca", &p("ca/ca.crt"), "--client-ca-key", &p("ca/ca.key")];
+    let server = crate::cmd::serve(&repo, &[&["--fleet", &fleet][..], &header[..], &ca_args[..]].concat());
+    let url = server.1.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "SN-LB");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let body =
+            serde_json::json!({"csr": csr, "enrollment_token": enrollment, "hardware": "rev-a", "serial": "SN-LB"});
+        let r = c
+            .post(format!("{url}/v1/device/enroll"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let enrolled: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let token = enrolled["device_token"].as_str().unwrap().to_string();
+        let pem = enrolled["certificate"].as_str().expect("a certificate issued behind the balancer");
+        let fingerprint = hex::encode(ferry_publisher::connections::fingerprint(&der(pem)));
+        let check_in = |forwarded: String| {
+            let c = c.clone();
+            let token = token.clone();
+            let url = url.clone();
+            async move {
+                let r = c
+                    .post(format!("{url}/v1/device/checkin"))
+                    .bearer_auth(&token)
+                    .header("x-client-cert-sha256", forwarded)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let (status, text) = check_in(fingerprint).await;
+        assert_eq!(status, 200, "{text}");
+        let (status, text) = check_in("ab".repeat(32)).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("not the one issued to this device"), "{text}");
+    });
+}
+
+/// Found in review: `/v1/device/enroll` parses, verifies and signs the certificate
+/// request before it looks at the enrollment token (and before the enrollment rate limit),
+/// so anyone can make the server do that work: a request with a wrong token and a bad CSR
+/// is answered 400 (the CSR was processed), not 401.
+#[test]
+fn enrollment_checks_the_token_before_the_certificate_request() {
+    use crate::cmd::ok;
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).display().to_string();
+    let (repo, fleet, ca_dir) = (p("repo"), p("fleet"), p("ca"));
+    ok(&["init", "--repo", &repo]);
+    ok(&["ca", "init", "--dir", &ca_dir, "--name", "Test fleet CA"]);
+    ok(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server")]);
+    ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]);
+    let server = crate::cmd::serve(
+        &repo,
+        &[
+            "--fleet",
+            &fleet,
+            "--tls-cert",
+            &p("server.crt"),
+            "--tls-key",
+            &p("server.key"),
+            "--client-ca",
+            &p("ca/ca.crt"),
+            "--client-ca-key",
+            &p("ca/ca.key"),
+        ],
+    );
+    let port = server.1.rsplit(':').next().unwrap().to_string();
+    let ca_pem = std::fs::read(t.path().join("ca/ca.crt")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
+            .build()
+            .unwrap();
+        let body = serde_json::json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "enrollment_token": "fe_wrong", "hardware": "rev-a", "serial": "SN-X"});
+        let r = c.post(format!("https://localhost:{port}/v1/device/enroll")).header("content-type", "application/json").body(serde_json::to_vec(&body).unwrap()).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 401, "the enrollment token must be checked first: {text}");
+    });
+}
+
+/// Found in review: a server listening on `[::]` sees an IPv4 load balancer as
+/// `::ffff:10.0.0.5`, and `--trusted-proxy 10.0.0.5` does not match it, so the balancer's
+/// header is never believed (every device refused); the operator must guess the mapped form.
+#[test]
+fn a_trusted_proxy_matches_its_ipv4_mapped_address() {
+    use ferry_publisher::connections::Connection;
+    use ferry_publisher::fleet_api::DeviceCertificates;
+    let certs = DeviceCertificates {
+        issuer: None,
+        required: true,
+        forwarded: Some((
+            axum::http::HeaderName::from_static("x-client-cert-sha256"),
+            vec!["10.0.0.5".parse().unwrap()],
+        )),
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-client-cert-sha256", "ab".repeat(32).parse().unwrap());
+    let v4 = Connection { peer: "10.0.0.5:4000".parse().unwrap(), tls: false, client_certificate: None };
+    assert_eq!(certs.presented(Some(&v4), &headers), Some([0xab; 32]));
+    let mapped = Connection { peer: "[::ffff:10.0.0.5]:4000".parse().unwrap(), tls: false, client_certificate: None };
+    assert_eq!(
+        certs.presented(Some(&mapped), &headers),
+        Some([0xab; 32]),
+        "the same balancer over a dual-stack socket"
+    );
 }
