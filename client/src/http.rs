@@ -161,16 +161,26 @@ impl Server {
     /// The server `config` names, over TLS as [`crate::tls`] sets it up (the pinned CA or the
     /// system's roots, certificates judged at the device's clock floor).
     pub fn for_device(config: &crate::config::Config) -> Result<Server> {
-        let roots = crate::tls::Roots::load(config.ca_file.as_deref())?;
-        let trust = crate::state::read_trust(config)?;
-        let floor = trust.floor.max(crate::trust::AGENT_FLOOR);
-        let tls = crate::tls::client_config(&roots, floor, crate::tls::identity(config)?)?;
+        // A plain-HTTP server (`insecure_http`) needs no roots: a device without a CA
+        // bundle still reaches it.
+        let tls = if config.server.starts_with("https://") {
+            let roots = crate::tls::Roots::load(config.ca_file.as_deref())?;
+            let trust = crate::state::read_trust(config)?;
+            let floor = trust.floor.max(crate::trust::AGENT_FLOOR);
+            Some(crate::tls::client_config(&roots, floor, crate::tls::identity(config)?)?)
+        } else {
+            None
+        };
         Server::new(&config.server, Duration::from_secs(config.read_timeout), tls)
     }
 
-    pub fn new(base: &str, read_timeout: Duration, tls: rustls::ClientConfig) -> Result<Server> {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+    /// A client of `base`; `tls` for an `https://` server.
+    pub fn new(base: &str, read_timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<Server> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let client = builder
             // The server never redirects: one that does (or someone answering for it) must
             // not lead the device, its token or its reports to another host or to plain HTTP.
             .redirect(reqwest::redirect::Policy::none())
