@@ -113,13 +113,20 @@ fn measure(n: usize, rounds: usize, tls: bool) -> (Vec<Row>, u64, u64) {
     let rss_idle = peak_rss_kib(pid);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("CA"))
-        .build()
-        .expect("client");
-    let post = |path: String, token: Option<String>, body: serde_json::Value| {
-        let (client, url) = (client.clone(), url.clone());
+    // Devices come from 8 loopback addresses, as a fleet comes from many: one address may
+    // hold only `MAX_CONNECTIONS_PER_ADDRESS` connections (256) at once.
+    let clients: Vec<reqwest::Client> = (2..10u8)
+        .map(|last| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("CA"))
+                .build()
+                .expect("client")
+        })
+        .collect();
+    let post = |i: usize, path: String, token: Option<String>, body: serde_json::Value| {
+        let (client, url) = (clients[i % clients.len()].clone(), url.clone());
         async move {
             let mut req = client.post(format!("{url}/v1/device/{path}")).header("content-type", "application/json");
             if let Some(t) = token {
@@ -139,7 +146,7 @@ fn measure(n: usize, rounds: usize, tls: bool) -> (Vec<Row>, u64, u64) {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let body = serde_json::json!({ "serial": format!("SN-{i:05}"), "hardware": "rev-a", "enrollment_token": enrollment });
-                tokio::spawn(post("enroll".into(), None, body))
+                tokio::spawn(post(i, "enroll".into(), None, body))
             })
             .collect();
         let (mut lat, mut tokens) = (Vec::new(), Vec::new());
@@ -157,9 +164,10 @@ fn measure(n: usize, rounds: usize, tls: bool) -> (Vec<Row>, u64, u64) {
         let mut lat = rt.block_on(async {
             let tasks: Vec<_> = tokens
                 .iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(i, t)| {
                     let report = serde_json::json!({ "channel": "stable", "last_result": "up-to-date", "uptime": round, "current_version": "1" });
-                    tokio::spawn(post("checkin".into(), Some(t.clone()), report))
+                    tokio::spawn(post(i, "checkin".into(), Some(t.clone()), report))
                 })
                 .collect();
             let mut lat = Vec::new();
