@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_fixtures::certs::{Ca, Leaf, VALID};
+use ferry_fixtures::certs::{Ca, VALID};
 use ferry_store::Id;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -177,26 +177,23 @@ fn bad_certificate_files_are_refused_at_start_with_the_file_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
 }
 
-/// A client that connects and never finishes its TLS handshake is dropped within the
-/// header timeout, so silent connections cannot hold the server's slots.
-#[test]
-fn a_silent_handshake_is_cut_off() {
-    let t = tempfile::tempdir().unwrap();
-    drop(init(t.path(), ferry_store::ChunkParams::default()));
-    let ca = Ca::new("fleet CA");
-    let leaf: Leaf = ca.issue(&["localhost"], VALID);
-    let (cert, key) = leaf.write(t.path(), "server");
+/// `ferry serve`'s server in this process over HTTPS with a certificate from `ca` for
+/// localhost and the connection `limits`, serving the repository in `dir/repo`; returns
+/// its runtime (drop it to stop the server) and its address.
+fn serve_tls_here(
+    dir: &Path,
+    ca: &Ca,
+    limits: ferry_publisher::connections::Limits,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let (cert, key) = ca.issue(&["localhost"], VALID).write(dir, "server");
     let config = ferry_publisher::serve::ServeConfig {
         tls: Some(ferry_publisher::tls::TlsFiles { cert, key }),
-        connections: ferry_publisher::connections::Limits {
-            header_timeout: Duration::from_secs(1),
-            ..Default::default()
-        },
+        connections: limits,
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (repo, scratch) = (t.path().join("repo"), t.path().join("scratch"));
+    let (repo, scratch) = (dir.join("repo"), dir.join("scratch"));
     rt.spawn(async move {
         ferry_publisher::serve::serve_with(
             repo,
@@ -210,6 +207,17 @@ fn a_silent_handshake_is_cut_off() {
         .unwrap()
     });
     let addr = rx.recv().unwrap();
+    (rt, addr)
+}
+
+/// A client that connects and never finishes its TLS handshake is dropped within the
+/// header timeout, so silent connections cannot hold the server's slots.
+#[test]
+fn a_silent_handshake_is_cut_off() {
+    let t = tempfile::tempdir().unwrap();
+    drop(init(t.path(), ferry_store::ChunkParams::default()));
+    let limits = ferry_publisher::connections::Limits { header_timeout: Duration::from_secs(1), ..Default::default() };
+    let (_rt, addr) = serve_tls_here(t.path(), &Ca::new("fleet CA"), limits);
     let mut silent = TcpStream::connect(addr).unwrap();
     silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let start = Instant::now();
@@ -238,6 +246,14 @@ fn ferry_ca_issues_what_serve_and_the_admin_commands_use() {
     fails_with(&["ca", "init", "--dir", &ca_dir], "already holds a CA");
     assert_eq!(std::fs::read(t.path().join("ca/ca.crt")).unwrap(), ca_before, "the CA is untouched");
     fails_with(&["ca", "issue", "--dir", &ca_dir, "--host", "bad host!", "--out", &p("server")], "neither a host name");
+    fails_with(
+        &["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--days", "0", "--out", &p("server")],
+        "give 1 to",
+    );
+    assert!(
+        !t.path().join("server.crt").exists() && !t.path().join("server.key").exists(),
+        "a refused issue writes nothing"
+    );
     fails_with(&["ca", "issue", "--dir", &p("nowhere"), "--host", "localhost", "--out", &p("server")], "ferry ca init");
     ok(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--host", "127.0.0.1", "--out", &p("server")]);
     fails_with(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server")], "--force");
@@ -286,35 +302,14 @@ fn stalled_download_then_another_client_with(h2: bool, window: u32, path: &str) 
     let t = tempfile::tempdir().unwrap();
     let (_, _, chunks) = repository(t.path());
     let ca = Ca::new("fleet CA");
-    let leaf: Leaf = ca.issue(&["localhost"], VALID);
-    let (cert, key) = leaf.write(t.path(), "server");
-    let config = ferry_publisher::serve::ServeConfig {
-        tls: Some(ferry_publisher::tls::TlsFiles { cert, key }),
-        connections: ferry_publisher::connections::Limits {
-            max_connections: 1,
-            header_timeout: Duration::from_secs(1),
-            body_stall: Duration::from_secs(2),
-            write_stall: Duration::from_secs(2),
-            ..Default::default()
-        },
+    let limits = ferry_publisher::connections::Limits {
+        max_connections: 1,
+        header_timeout: Duration::from_secs(1),
+        body_stall: Duration::from_secs(2),
+        write_stall: Duration::from_secs(2),
         ..Default::default()
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (repo, scratch) = (t.path().join("repo"), t.path().join("scratch"));
-    rt.spawn(async move {
-        ferry_publisher::serve::serve_with(
-            repo,
-            scratch,
-            "127.0.0.1:0".parse().unwrap(),
-            &config,
-            move |a| tx.send(a).unwrap(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap()
-    });
-    let addr = rx.recv().unwrap();
+    let (rt, addr) = serve_tls_here(t.path(), &ca, limits);
     let base = format!("https://localhost:{}/v1", addr.port());
     let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
     rt.block_on(async {
