@@ -449,13 +449,13 @@ impl Config {
         }
         match (&c.branch, &c.channel) {
             (Some(b), None) => {
-                ferry_store::repo::check_branch_name(b)?;
+                ferry_store::object::check_branch_name(b)?;
                 if c.trusted_keys.is_empty() {
                     bail!("trusted_keys is empty: a device following a branch must trust at least one signing key");
                 }
             }
             (None, Some(ch)) => {
-                ferry_store::repo::check_branch_name(ch)?;
+                ferry_store::object::check_branch_name(ch)?;
                 if c.root_keys.is_empty() {
                     bail!("root_keys is empty: a device following a channel needs the root keys of its image");
                 }

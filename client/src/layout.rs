@@ -1,7 +1,8 @@
 //! Every path under the device's state directory, named once.
 //!
 //! ```text
-//! <state_dir>/db/               RocksDB: chunk index, trees and commits (`local`)
+//! <state_dir>/index.redb        redb: the chunk index (`local`)
+//! <state_dir>/metadata/<id>     trees and commits, verified when read (`local`)
 //! <state_dir>/objects/<id>      file objects; deployments hardlink to them (`local`)
 //! <state_dir>/staging/<id>      downloaded chunks, verified, not yet built into objects
 //! <state_dir>/deploy/<id>/      complete deployments; `<id>.tmp-*` are incomplete
@@ -43,7 +44,12 @@ impl Layout {
     }
 
     pub fn db(&self) -> PathBuf {
-        self.root.join("db")
+        self.root.join("index.redb")
+    }
+
+    /// Trees and commits, one file each, named by id.
+    pub fn metadata(&self) -> PathBuf {
+        self.root.join("metadata")
     }
 
     pub fn objects(&self) -> PathBuf {

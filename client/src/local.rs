@@ -1,9 +1,20 @@
-//! The device's own store: the chunk index, trees and commits in RocksDB, the file objects
-//! and staged chunks beside it, and the deployments built from them (paths: [`Layout`]).
+//! The device's own store: the chunk index in one redb file, trees and commits as files,
+//! the file objects and staged chunks beside them, and the deployments built from them
+//! (paths: [`Layout`]).
 //!
-//! RocksDB stays behind this type: nothing outside this module sees it. The index is a cache
+//! redb stays behind this type: nothing outside this module sees it. The index is a cache
 //! of what the object files hold: a chunk read through it is verified against its id, and a
-//! chunk whose object is gone or changed is simply fetched again.
+//! chunk whose object is gone or changed is simply fetched again. Trees and commits are
+//! verified against their ids whenever they are read, and one that is damaged is removed
+//! and fetched again.
+//!
+//! Why redb and not RocksDB (which the repository and the fleet use): the device's index is
+//! one small table (a 1 GiB tree's is about 5 MiB), and RocksDB's C++ was half of a stripped
+//! `ferryd` (about 6 MB of 14 on x86-64, with libstdc++), the whole of its cross-compilation
+//! time for each ARM target, and a C++ toolchain in every board's build. redb is pure Rust
+//! and crash-safe (copy-on-write pages with checksums; a commit is atomic). It admits one
+//! process, so trees and commits are plain files that `ferryd status` reads while the
+//! daemon runs.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,16 +25,13 @@ use crate::layout::Layout;
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_store::object::{object_kind, ObjectKind};
 use ferry_store::{Commit, Id, Meta, ReadTrees, Tree};
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, DB,
-};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-const CF_INDEX: &str = "chunk_index";
-const CF_OBJECTS: &str = "objects";
-/// The local RocksDB's block cache, shared by its column families.
-const BLOCK_CACHE_BYTES: usize = 2 << 20;
-/// Each column family's memtable; a 1 GiB tree's chunk index (about 5 MiB) is flushed in a few files.
-const WRITE_BUFFER_BYTES: usize = 2 << 20;
+type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+/// Chunk id → file object id ‖ u64 offset ‖ u32 length (little-endian).
+const INDEX: Table = TableDefinition::new("chunk_index");
+/// redb's page cache. A device is small; the OS page cache keeps the file warm anyway.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// Where a chunk's bytes are on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +43,8 @@ pub struct Location {
 
 pub struct Local {
     pub layout: Layout,
-    db: DB,
+    /// The chunk index; `None` when opened to read only (`status`), which needs no chunks.
+    db: Option<Database>,
 }
 
 impl std::fmt::Debug for Local {
@@ -71,55 +80,32 @@ impl Local {
     /// left half-done: incomplete deployments and temporary files. Staging is kept.
     pub fn open(root: &Path) -> Result<Local> {
         let layout = Layout::new(root);
-        for dir in [layout.objects(), layout.staging(), layout.deploy()] {
+        for dir in [layout.objects(), layout.metadata(), layout.staging(), layout.deploy()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        // A device is small: keep RocksDB's memory modest. One block cache of
-        // BLOCK_CACHE_BYTES for both column families (RocksDB's default is 32 MiB per
-        // table factory); the OS page cache keeps the index's files warm anyway.
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let small = |o: &mut Options| {
-            o.set_compression_type(DBCompressionType::None);
-            o.set_write_buffer_size(WRITE_BUFFER_BYTES);
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            o.set_block_based_table_factory(&table);
-        };
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_max_open_files(64);
-        small(&mut opts);
-        let cfs = [CF_INDEX, CF_OBJECTS].map(|name| {
-            let mut o = Options::default();
-            small(&mut o);
-            ColumnFamilyDescriptor::new(name, o)
-        });
         let db_path = layout.db();
-        let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| {
-            if e.to_string().contains("LOCK") {
-                anyhow::anyhow!("{} is in use by another ferryd", db_path.display())
-            } else {
-                anyhow::anyhow!("opening {}: {e}", db_path.display())
-            }
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&db_path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => anyhow!("{} is in use by another ferryd", db_path.display()),
+            e => anyhow!("opening {}: {e}", db_path.display()),
         })?;
+        let txn = db.begin_write()?;
+        txn.open_table(INDEX)?;
+        txn.commit().with_context(|| format!("creating the index in {}", db_path.display()))?;
+        let db = Some(db);
         let local = Local { layout, db };
         local.recover()?;
         Ok(local)
     }
 
-    /// Opens the state directory for reading only (no lock, no recovery), e.g. for `status`
-    /// while the daemon runs. `None` if no update has run yet.
+    /// Opens the state directory for reading trees and commits only (no lock, no recovery,
+    /// no chunk index), e.g. for `status` while the daemon runs. `None` if no update has run
+    /// yet.
     pub fn open_read_only(root: &Path) -> Result<Option<Local>> {
         let layout = Layout::new(root);
-        let db_path = layout.db();
-        // CURRENT is written last when RocksDB creates a database.
-        if !db_path.join("CURRENT").exists() {
+        if !layout.metadata().exists() {
             return Ok(None);
         }
-        let db = DB::open_cf_for_read_only(&Options::default(), &db_path, [CF_INDEX, CF_OBJECTS], false)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", db_path.display()))?;
-        Ok(Some(Local { layout, db }))
+        Ok(Some(Local { layout, db: None }))
     }
 
     fn recover(&self) -> Result<()> {
@@ -140,6 +126,7 @@ impl Local {
         for (dir, is_tmp) in [
             (self.layout.deploy(), &(|n: &str| n.contains(".tmp-")) as &dyn Fn(&str) -> bool),
             (self.layout.objects(), &|n: &str| n.ends_with(".tmp")),
+            (self.layout.metadata(), &|n: &str| n.ends_with(".tmp")),
             (self.layout.staging(), &|n: &str| n.ends_with(".tmp")),
         ] {
             for e in fs::read_dir(&dir)? {
@@ -159,9 +146,14 @@ impl Local {
         Ok(())
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        #[allow(clippy::expect_used)]
-        self.db.cf_handle(name).expect("column family opened with the database")
+    /// One atomic change to the index. Not durable by itself: [`Local::sync`] makes every
+    /// change so far durable (a power cut before it loses them, never half of one).
+    fn write(&self, what: &str, change: impl FnOnce(&WriteTransaction) -> Result<()>) -> Result<()> {
+        let Some(db) = &self.db else { bail!("{what}: the device store is open to read only") };
+        let mut txn = db.begin_write().with_context(|| what.to_string())?;
+        txn.set_durability(Durability::None).with_context(|| what.to_string())?;
+        change(&txn).with_context(|| what.to_string())?;
+        txn.commit().with_context(|| what.to_string())
     }
 
     pub fn object_path(&self, id: &Id) -> PathBuf {
@@ -178,21 +170,42 @@ impl Local {
 
     // ---- trees and commits ----------------------------------------------------------
 
-    /// Stores a tree or commit whose bytes the caller has verified against `id`.
+    fn metadata_path(&self, id: &Id) -> PathBuf {
+        self.layout.metadata().join(id.to_string())
+    }
+
+    /// Stores a tree or commit whose bytes the caller has verified against `id`: written to
+    /// a temporary and renamed, not synced ([`Local::sync`] does, for all of them at once).
     pub fn put_object(&self, id: &Id, bytes: &[u8]) -> Result<()> {
         if Id::of(bytes) != *id {
             bail!("object {id}: bytes do not match the id");
         }
-        self.db.put_cf(self.cf(CF_OBJECTS), id.as_bytes(), bytes).context("storing an object")
+        if self.db.is_none() {
+            bail!("storing object {id}: the device store is open to read only");
+        }
+        let path = self.metadata_path(id);
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, bytes).with_context(|| format!("storing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("storing {}", path.display()))
     }
 
     fn object_bytes(&self, id: &Id) -> Result<Option<Vec<u8>>> {
-        let Some(bytes) = self.db.get_cf(self.cf(CF_OBJECTS), id.as_bytes()).context("reading an object")? else {
-            return Ok(None);
+        let path = self.metadata_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         if Id::of(&bytes) != *id {
-            // Damaged on the device: forget it so it is fetched again.
-            self.db.delete_cf(self.cf(CF_OBJECTS), id.as_bytes())?;
+            // Damaged on the device (a power cut before it was synced): forget it so it is
+            // fetched again. A reader (`status`) leaves it to the agent.
+            if self.db.is_some() {
+                tracing::warn!(object = %id, "discarding a damaged tree or commit");
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
             return Ok(None);
         }
         Ok(Some(bytes))
@@ -204,7 +217,7 @@ impl Local {
     }
 
     pub fn has_object(&self, id: &Id) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(CF_OBJECTS), id.as_bytes())?.is_some())
+        Ok(self.metadata_path(id).exists())
     }
 
     pub fn tree(&self, id: &Id) -> Result<Option<Tree>> {
@@ -227,21 +240,24 @@ impl Local {
 
     /// Drops stored trees and commits not in `keep`.
     pub fn retain_objects(&self, keep: &std::collections::HashSet<Id>) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::Start) {
-            let (k, _) = item?;
-            if Id::from_slice(&k).is_none_or(|id| !keep.contains(&id)) {
-                batch.delete_cf(self.cf(CF_OBJECTS), k);
+        let dir = self.layout.metadata();
+        for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let name = e.file_name();
+            let kept = name.to_str().and_then(|n| n.parse::<Id>().ok()).is_some_and(|id| keep.contains(&id));
+            if !kept {
+                fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
             }
         }
-        self.db.write(batch)?;
         Ok(())
     }
 
     // ---- chunks -----------------------------------------------------------------------
 
     pub fn location(&self, chunk: &Id) -> Result<Option<Location>> {
-        let Some(v) = self.db.get_pinned_cf(self.cf(CF_INDEX), chunk.as_bytes())? else {
+        let Some(db) = &self.db else { return Ok(None) };
+        let txn = db.begin_read().context("reading the chunk index")?;
+        let Some(v) = txn.open_table(INDEX)?.get(chunk.as_bytes().as_slice())?.map(|v| v.value().to_vec()) else {
             return Ok(None);
         };
         let parse = || -> Option<Location> {
@@ -256,21 +272,29 @@ impl Local {
 
     /// Records where the chunks of a newly written file object are.
     pub fn index_object(&self, object: &Id, chunks: &[ferry_store::ChunkRef]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        let mut offset = 0u64;
-        for c in chunks {
-            let mut v = Vec::with_capacity(44);
-            v.extend_from_slice(object.as_bytes());
-            v.extend_from_slice(&offset.to_le_bytes());
-            v.extend_from_slice(&c.len.to_le_bytes());
-            batch.put_cf(self.cf(CF_INDEX), c.id.as_bytes(), v);
-            offset += u64::from(c.len);
-        }
-        self.db.write(batch).context("updating the chunk index")
+        self.write("updating the chunk index", |txn| {
+            let mut table = txn.open_table(INDEX)?;
+            let mut offset = 0u64;
+            let mut v = [0u8; 44];
+            v[..32].copy_from_slice(object.as_bytes());
+            for c in chunks {
+                v[32..40].copy_from_slice(&offset.to_le_bytes());
+                v[40..44].copy_from_slice(&c.len.to_le_bytes());
+                table.insert(c.id.as_bytes().as_slice(), v.as_slice())?;
+                offset += u64::from(c.len);
+            }
+            Ok(())
+        })
     }
 
     pub fn forget_chunk(&self, chunk: &Id) -> Result<()> {
-        self.db.delete_cf(self.cf(CF_INDEX), chunk.as_bytes()).context("updating the chunk index")
+        if self.db.is_none() {
+            return Ok(());
+        }
+        self.write("updating the chunk index", |txn| {
+            txn.open_table(INDEX)?.remove(chunk.as_bytes().as_slice())?;
+            Ok(())
+        })
     }
 
     /// True if the device holds `chunk`'s bytes (in an object or in staging). Cheap: it does
@@ -338,21 +362,23 @@ impl Local {
 
     /// Removes index entries whose object file is gone.
     pub fn prune_index(&self) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(self.cf(CF_INDEX), IteratorMode::Start) {
-            let (k, v) = item?;
-            let gone = v.get(..32).and_then(Id::from_slice).is_none_or(|o| !self.object_path(&o).exists());
-            if gone {
-                batch.delete_cf(self.cf(CF_INDEX), k);
-            }
-        }
-        self.db.write(batch)?;
-        Ok(())
+        self.write("pruning the chunk index", |txn| {
+            txn.open_table(INDEX)?
+                .retain(|_, v| v.get(..32).and_then(Id::from_slice).is_some_and(|o| self.object_path(&o).exists()))?;
+            Ok(())
+        })
     }
 
-    /// Makes every write so far durable (RocksDB's WAL).
+    /// Makes every write so far durable: the trees and commits written (one `syncfs` of the
+    /// state directory's file system), then the index (an empty commit that redb writes
+    /// through).
     pub fn sync(&self) -> Result<()> {
-        self.db.flush_wal(true).context("syncing the device database")
+        let Some(db) = &self.db else { return Ok(()) };
+        let dir = fs::File::open(self.layout.metadata())?;
+        nix::unistd::syncfs(&dir).context("syncing the device's trees and commits")?;
+        let mut txn = db.begin_write().context("syncing the chunk index")?;
+        txn.set_durability(Durability::Immediate).context("syncing the chunk index")?;
+        txn.commit().context("syncing the chunk index")
     }
 }
 
@@ -398,5 +424,56 @@ mod tests {
         assert!(!left.exists(), "a dead process's temporary is removed");
         assert!(live.exists(), "a running process's temporary is kept");
         assert!(other.exists(), "a name that is not ferry_durable's is kept");
+    }
+
+    #[test]
+    fn a_second_agent_is_refused_and_a_reader_sees_what_the_agent_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Local::open(dir.path()).unwrap();
+        let bytes = b"not a tree, but verified against its id all the same";
+        let id = Id::of(bytes);
+        agent.put_object(&id, bytes).unwrap();
+        let e = Local::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another ferryd"), "{e}");
+        let reader = Local::open_read_only(dir.path()).unwrap().unwrap();
+        assert!(reader.has_object(&id).unwrap());
+        assert!(reader.put_object(&Id::of(b"y"), b"y").unwrap_err().to_string().contains("open to read only"));
+        assert!(reader.index_object(&id, &[]).unwrap_err().to_string().contains("open to read only"));
+    }
+
+    #[test]
+    fn a_damaged_tree_or_commit_is_discarded_so_it_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        let bytes = b"some object";
+        let id = Id::of(bytes);
+        local.put_object(&id, bytes).unwrap();
+        assert_eq!(local.object_bytes(&id).unwrap().as_deref(), Some(&bytes[..]));
+        // A power cut before the sync left zeros where the bytes were.
+        let path = local.layout.metadata().join(id.to_string());
+        fs::write(&path, [0u8; 11]).unwrap();
+        assert_eq!(local.object_bytes(&id).unwrap(), None);
+        assert!(!path.exists(), "the damaged file is removed");
+        assert!(local.put_object(&Id::of(b"other"), bytes).is_err(), "bytes that do not match the id are refused");
+    }
+
+    #[test]
+    fn the_index_survives_a_reopen_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let object = Id::of(b"object");
+        let chunks =
+            [ferry_store::ChunkRef { id: Id::of(b"a"), len: 10 }, ferry_store::ChunkRef { id: Id::of(b"b"), len: 7 }];
+        {
+            let local = Local::open(dir.path()).unwrap();
+            local.index_object(&object, &chunks).unwrap();
+            local.sync().unwrap();
+        }
+        let local = Local::open(dir.path()).unwrap();
+        assert_eq!(local.location(&chunks[1].id).unwrap(), Some(Location { object, offset: 10, len: 7 }));
+        local.forget_chunk(&chunks[1].id).unwrap();
+        assert_eq!(local.location(&chunks[1].id).unwrap(), None);
+        // Its object file is gone: pruning forgets the other chunk too.
+        local.prune_index().unwrap();
+        assert_eq!(local.location(&chunks[0].id).unwrap(), None);
     }
 }

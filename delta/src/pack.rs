@@ -66,7 +66,7 @@ pub enum PackError {
 
 /// Decodes a request body into ids.
 pub fn decode_request(body: &[u8]) -> Result<Vec<Id>, PackError> {
-    if body.len() % 32 != 0 {
+    if !body.len().is_multiple_of(32) {
         return Err(PackError::BadRequestLength(body.len()));
     }
     let count = body.len() / 32;

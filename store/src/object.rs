@@ -236,6 +236,12 @@ impl Commit {
 
 /// Checks a branch or channel name: 1..=255 bytes of `[A-Za-z0-9._/-]`, no empty, `.` or
 /// `..` component. The error says why.
+/// Checks a branch (or channel) name: see [`check_ref_name`]. (Here, not in `repo`, so that
+/// the device, which has no repository, checks names by the same rule.)
+pub fn check_branch_name(name: &str) -> crate::Result<()> {
+    check_ref_name(name).map_err(|why| crate::StoreError::BadBranchName { name: name.to_string(), why })
+}
+
 pub fn check_ref_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 255 {
         return Err("must be 1 to 255 bytes long");

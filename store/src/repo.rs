@@ -113,10 +113,7 @@ fn is_empty_dir(path: &Path) -> std::io::Result<bool> {
     Ok(fs::read_dir(path)?.next().is_none())
 }
 
-/// Checks a branch (or channel) name: see [`crate::object::check_ref_name`].
-pub fn check_branch_name(name: &str) -> Result<()> {
-    crate::object::check_ref_name(name).map_err(|why| StoreError::BadBranchName { name: name.to_string(), why })
-}
+pub use crate::object::check_branch_name;
 
 const KEYS_REF: &[u8] = b"keys";
 

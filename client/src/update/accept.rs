@@ -23,7 +23,7 @@ pub(crate) async fn resolve(server: &Server, rev: &str, t: &mut Traffic) -> Resu
     if let Ok(id) = rev.parse::<Id>() {
         return Ok(id);
     }
-    if ferry_store::repo::check_branch_name(rev).is_ok() {
+    if ferry_store::object::check_branch_name(rev).is_ok() {
         if let Ok(Head::At(id)) = server.branch(rev, None, t).await {
             return Ok(id);
         }

@@ -259,7 +259,7 @@ impl<R: Read> BundleReader<R> {
         self.advance(stage);
         let malformed = |reason: String| BundleError::Malformed { what: name, at, reason };
         let ids = |b: &[u8], size: usize| -> Result<(), BundleError> {
-            if b.len() % size != 0 {
+            if !b.len().is_multiple_of(size) {
                 return Err(malformed(format!("{} bytes is not a multiple of {size}", b.len())));
             }
             Ok(())
