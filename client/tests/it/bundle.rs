@@ -121,7 +121,7 @@ fn channel_bundles_round_trip_full_and_from_an_older_release() {
     assert!(dsize * 2 < fsize, "a bundle from 1.0.0 ({dsize} bytes) should be far smaller than a full one ({fsize})");
 
     // Through a pipe, as an upload or `ssh device ferryd apply -` would send it.
-    let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let out = Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(&dev)
         .args(["apply", "-", "--json"])
@@ -294,7 +294,7 @@ fn without_first_chunk(path: &Path) -> PathBuf {
 /// Runs the shipped USB script on `dir` (a stand-in for the stick's mounted partition).
 fn usb(config: &Path, dir: &Path) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/usb/ferry-usb-apply");
-    let bin = Path::new(env!("CARGO_BIN_EXE_ferryd")).parent().unwrap().to_path_buf();
+    let bin = crate::harness::ferryd_bin().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("sh").arg(&script).arg(dir).env("PATH", path).env("FERRYD_CONFIG", config).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))

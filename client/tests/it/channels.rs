@@ -112,7 +112,7 @@ pub(crate) fn updated(config: &Path) -> serde_json::Value {
 }
 
 pub(crate) fn updated_env(config: &Path, envs: &[(&str, String)]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let out = Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(config)
         .args(["update", "--json"])
@@ -135,7 +135,7 @@ pub(crate) fn serials(config: &Path) -> serde_json::Value {
 /// serials changed (a newer key document met on the way is kept: it was valid).
 pub(crate) fn refused(config: &Path, envs: &[(&str, String)], expect: &str) {
     let before = (running(config), serials(config));
-    let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let out = Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(config)
         .arg("update")

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn ferryd(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferryd")).arg("--config").arg(config).args(args).output().unwrap()
+    Command::new(crate::harness::ferryd_bin()).arg("--config").arg(config).args(args).output().unwrap()
 }
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -114,7 +114,7 @@ fn a_channel_device_learns_its_hardware_revision_from_its_image() {
     assert_eq!(v["keys_serial"], 0);
 
     let from_env = channel_config(t.path(), "hardware_env = \"BOARD_REV\"\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let out = Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(&from_env)
         .args(["status", "--json"])

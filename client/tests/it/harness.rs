@@ -222,9 +222,18 @@ impl Env {
     }
 }
 
+/// The `ferryd` the tests run: this build's, or the one `FERRY_TEST_FERRYD` names — an ARM
+/// build that the kernel runs through qemu-user (binfmt_misc), set by `scripts/arm-test`.
+pub fn ferryd_bin() -> PathBuf {
+    match std::env::var_os("FERRY_TEST_FERRYD") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_ferryd")),
+    }
+}
+
 /// Runs `ferryd --config C ARGS`; returns (success, stdout, stderr).
 pub fn ferryd(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferryd")).arg("--config").arg(config).args(args).output().unwrap();
+    let out = Command::new(ferryd_bin()).arg("--config").arg(config).args(args).output().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
@@ -241,7 +250,7 @@ pub fn now_nanos() -> u128 {
 
 /// `ferryd update` made to abort at the n-th time it reaches a durable step (`step:n`).
 pub fn crashed_update(config: &Path, at: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    Command::new(ferryd_bin())
         .arg("--config")
         .arg(config)
         .arg("update")
@@ -252,7 +261,7 @@ pub fn crashed_update(config: &Path, at: &str) -> std::process::Output {
 
 /// `ferryd update --json` started in the background, its output piped.
 pub fn spawn_update(config: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    Command::new(ferryd_bin())
         .arg("--config")
         .arg(config)
         .args(["update", "--json"])
@@ -281,7 +290,7 @@ impl Drop for Daemon {
 /// Starts `ferryd run --json`; its lines (one per check) arrive on the receiver as they are
 /// printed. A line that is not JSON ends the stream.
 pub fn spawn_daemon(config: &Path) -> (Daemon, std::sync::mpsc::Receiver<serde_json::Value>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let mut child = Command::new(ferryd_bin())
         .arg("--config")
         .arg(config)
         .args(["run", "--json"])
@@ -314,7 +323,7 @@ pub fn ferryd_peak(config: &Path, args: &[&str]) -> (bool, String, String, u64) 
     const MARK: &str = "FERRY-PEAK-KB ";
     let out = Command::new("/usr/bin/time")
         .args(["-f", &format!("{MARK}%M")])
-        .arg(env!("CARGO_BIN_EXE_ferryd"))
+        .arg(ferryd_bin())
         .arg("--config")
         .arg(config)
         .args(args)

@@ -50,7 +50,7 @@ pub(crate) fn bundle(env: &Env, from: &[ferry_store::Id], name: &str) -> PathBuf
 /// Starts `ferryd local-ui` on a free loopback port; returns the process and its URL. Its log
 /// goes to `log(config)`.
 pub(crate) fn start(config: &Path) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let mut child = Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(config)
         .args(["local-ui", "--listen", "127.0.0.1:0"])

@@ -258,7 +258,7 @@ fn the_pinned_device_certificate_is_served_and_its_fingerprint_is_what_status_pr
     // A page started on an address the certificate does not name says how to fix it.
     let log = dev.with_file_name("other-address.log");
     let mut other = Proc(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        std::process::Command::new(crate::harness::ferryd_bin())
             .arg("--config")
             .arg(&dev)
             .args(["local-ui", "--listen", "127.0.0.2:0"])
@@ -331,7 +331,7 @@ fn a_client_silent_in_the_tls_handshake_is_cut_off_and_cannot_take_the_page() {
 
 /// Runs `ferryd local-ui` expecting it to exit (not serve); returns its stderr.
 fn refused_start(config: &Path) -> String {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let mut child = std::process::Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(config)
         .args(["local-ui", "--listen", "127.0.0.1:0"])

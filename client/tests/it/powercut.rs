@@ -133,7 +133,7 @@ fn sigkill_at_random_instants_is_recovered() {
     for run in 0..runs {
         b.reset();
         let delay = Duration::from_micros(rng.below(span + span / 5));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        let mut child = Command::new(crate::harness::ferryd_bin())
             .arg("--config")
             .arg(&b.config)
             .arg("update")

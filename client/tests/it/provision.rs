@@ -60,7 +60,7 @@ tls = true
 /// `ferryd provision --json` as the device's boot runs it (its config inside the flashed
 /// tree), made to abort at `crash` if given.
 fn provision(flashed: &Path, serial: &str, crash: Option<&str>) -> (bool, Value, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferryd"));
+    let mut cmd = Command::new(crate::harness::ferryd_bin());
     cmd.arg("--config").arg(flashed.join("etc/ferry/ferryd.toml")).args(["provision", "--json"]);
     cmd.env("TEST_SERIAL", serial);
     if let Some(c) = crash {
@@ -111,7 +111,7 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
         config_path: flashed.join("etc/ferry/ferryd.toml"),
         overlays: vec![env.path().join("overlay")],
         raw: Some((raw.clone(), 64 << 20)),
-        ferryd: PathBuf::from(env!("CARGO_BIN_EXE_ferryd")),
+        ferryd: crate::harness::ferryd_bin(),
     };
     let s = build(&env.repo, &req).unwrap();
     assert_eq!((s.version.as_str(), s.files > 0), ("1.0.0", true), "{s:?}");
@@ -278,7 +278,7 @@ fn a_provisioned_device_whose_first_update_fails_goes_back_to_its_image_and_take
         config_path: flashed.join("etc/ferry/ferryd.toml"),
         overlays: vec![env.path().join("overlay")],
         raw: None,
-        ferryd: PathBuf::from(env!("CARGO_BIN_EXE_ferryd")),
+        ferryd: crate::harness::ferryd_bin(),
     };
     build(&env.repo, &req).unwrap();
     let v2 = env.commit(2, "1.1.0");

@@ -99,7 +99,7 @@ fn a_device_whose_clock_is_behind_judges_certificates_at_its_floor() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let in_1970 = (-now + 1000).to_string();
     env.commit(1, "1.0.0");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let out = std::process::Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(&config)
         .args(["update", "--json"])
@@ -110,7 +110,7 @@ fn a_device_whose_clock_is_behind_judges_certificates_at_its_floor() {
 
     serve_with(&mut env, &fleet_ca.issue(&["localhost"], EXPIRED));
     env.commit(2, "2.0.0");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+    let out = std::process::Command::new(crate::harness::ferryd_bin())
         .arg("--config")
         .arg(&config)
         .arg("update")
@@ -261,7 +261,7 @@ fn without_ca_file_the_system_roots_decide() {
     std::fs::write(&config, text).unwrap();
     let v1 = env.commit(1, "1.0.0");
     let run = |bundle: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))
+        std::process::Command::new(crate::harness::ferryd_bin())
             .arg("--config")
             .arg(&config)
             .args(["update", "--json"])
