@@ -390,9 +390,7 @@ fn report(config: &Config) -> Result<Report> {
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|u| u.split('.').next().and_then(|n| n.parse::<u64>().ok()));
-    let free = nix::sys::statvfs::statvfs(&config.state_dir)
-        .ok()
-        .map(|st| st.blocks_available().saturating_mul(st.fragment_size()));
+    let free = crate::layout::free_bytes(&config.state_dir).ok();
     let trial =
         s.trial
             .as_ref()

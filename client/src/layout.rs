@@ -131,3 +131,12 @@ impl Layout {
         self.root.join(".doctor")
     }
 }
+
+/// Bytes free to an unprivileged writer on the file system holding `path`. Widened before
+/// multiplying: on 32-bit ARM both counts are 32-bit, and their product would saturate at
+/// 4 GiB.
+#[allow(clippy::useless_conversion)] // u64 → u64 on 64-bit targets, u32 → u64 on armv7
+pub fn free_bytes(path: &Path) -> nix::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}

@@ -349,8 +349,7 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
     check(
         "free space",
         (|| {
-            let st = nix::sys::statvfs::statvfs(&config.state_dir)?;
-            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            let free = crate::layout::free_bytes(&config.state_dir)?;
             if free < config.min_free_bytes {
                 bail!("{} MiB free, less than min_free_bytes ({} MiB)", free >> 20, config.min_free_bytes >> 20);
             }

@@ -152,8 +152,7 @@ pub(crate) fn check_space(config: &Config, local: &Local, p: &Plan, missing: &[(
     let staging: u64 = missing.iter().map(|(_, len)| u64::from(*len)).sum();
     let need = objects + staging + config.min_free_bytes;
     let root = local.layout.root();
-    let st = nix::sys::statvfs::statvfs(root).with_context(|| format!("checking free space on {}", root.display()))?;
-    let free = st.blocks_available().saturating_mul(st.fragment_size());
+    let free = crate::layout::free_bytes(root).with_context(|| format!("checking free space on {}", root.display()))?;
     if need > free {
         return Err(Refused(format!(
             "not enough space on {}: the update needs {} MiB ({} MiB of new files, {} MiB to download, {} MiB kept free) and {} MiB are available; nothing was changed",

@@ -250,13 +250,7 @@ pub fn now_nanos() -> u128 {
 
 /// `ferryd update` made to abort at the n-th time it reaches a durable step (`step:n`).
 pub fn crashed_update(config: &Path, at: &str) -> std::process::Output {
-    Command::new(ferryd_bin())
-        .arg("--config")
-        .arg(config)
-        .arg("update")
-        .env("FERRYD_CRASH_AT", at)
-        .output()
-        .unwrap()
+    Command::new(ferryd_bin()).arg("--config").arg(config).arg("update").env("FERRYD_CRASH_AT", at).output().unwrap()
 }
 
 /// `ferryd update --json` started in the background, its output piped.
