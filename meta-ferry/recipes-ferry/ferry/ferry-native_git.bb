@@ -7,7 +7,7 @@ SECTION = "devel"
 require ferry-source.inc
 require ferry-crates.inc
 
-SKIP_RECIPE[ferry-native] = "${FERRY_SRCREV_UNSET}"
+SKIP_RECIPE[ferry-native] = "${FERRY_SRCREV_UNSET}${@ferry_rust_too_old(d)}"
 
 inherit cargo
 inherit_defer native

@@ -9,7 +9,7 @@ SECTION = "admin"
 require ferry-source.inc
 require ferry-crates.inc
 
-SKIP_RECIPE[ferryd] = "${FERRY_SRCREV_UNSET}"
+SKIP_RECIPE[ferryd] = "${FERRY_SRCREV_UNSET}${@ferry_rust_too_old(d)}"
 
 inherit cargo systemd
 
@@ -121,7 +121,7 @@ ferryd_write_config() {
 
 do_ferryd_config () {
     if [ -n "${FERRYD_CONFIG_FILE}" ]; then
-        cp "${FERRY_UNPACKDIR}/${FERRYD_CONFIG_FILE}" "${B}/ferryd.toml"
+        cp "${FERRY_UNPACKDIR}/${FERRYD_CONFIG_FILE}" "${WORKDIR}/ferryd.toml"
         return
     fi
     FERRYD_SERVER="${FERRYD_SERVER}"
@@ -138,18 +138,17 @@ do_ferryd_config () {
     FERRYD_KEYS="${FERRYD_KEYS}"
     FERRYD_CA_FILE="${FERRYD_CA_FILE}"
     FERRYD_KEYDIR="${sysconfdir}/ferry"
-    ferryd_write_config "${B}/ferryd.toml"
+    ferryd_write_config "${WORKDIR}/ferryd.toml"
 }
 addtask ferryd_config after do_unpack before do_configure
 do_ferryd_config[doc] = "Writes ferryd.toml from the FERRYD_* variables (or takes FERRYD_CONFIG_FILE)"
-do_ferryd_config[dirs] = "${B}"
 
 do_install () {
     install -d ${D}${bindir}
     install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/ferryd ${D}${bindir}/ferryd
 
     install -d ${D}${sysconfdir}/ferry
-    install -m 0644 ${B}/ferryd.toml ${D}${sysconfdir}/ferry/ferryd.toml
+    install -m 0644 ${WORKDIR}/ferryd.toml ${D}${sysconfdir}/ferry/ferryd.toml
     for f in ${FERRYD_KEYS} ${FERRYD_CA_FILE}; do
         install -m 0644 ${FERRY_UNPACKDIR}/$f ${D}${sysconfdir}/ferry/$f
     done
