@@ -92,6 +92,14 @@ impl Local {
         txn.open_table(INDEX)?;
         txn.commit().with_context(|| format!("creating the index in {}", db_path.display()))?;
         let db = Some(db);
+        // A state directory from before redb: its RocksDB index and trees are no longer read.
+        let old = layout.root().join("db");
+        if old.join("CURRENT").exists() {
+            tracing::warn!(
+                path = %old.display(),
+                "a chunk index from an earlier ferryd (RocksDB) is no longer read: the next update downloads what the new index lacks; remove the directory to free its space"
+            );
+        }
         let local = Local { layout, db };
         local.recover()?;
         Ok(local)
