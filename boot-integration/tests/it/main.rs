@@ -233,10 +233,9 @@ fn the_boot_scripts_and_prepare_root_agree_on_the_state_directory() {
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
     let prepare = read("prepare-root/ferry-prepare-root");
     assert!(prepare.contains("state=/var/lib/ferry"), "ferry-prepare-root's default state directory moved");
-    for (script, default) in [
-        ("uboot/boot.cmd", "setenv ferry_state /var/lib/ferry"),
-        ("grub/ferry.cfg", "set ferry_state=/var/lib/ferry"),
-    ] {
+    for (script, default) in
+        [("uboot/boot.cmd", "setenv ferry_state /var/lib/ferry"), ("grub/ferry.cfg", "set ferry_state=/var/lib/ferry")]
+    {
         let text = read(script);
         assert!(text.contains(default), "{script} does not default ferry_state to /var/lib/ferry");
         assert!(text.contains("ferry.deploy=${ferry_deploy}"), "{script} does not pass ferry.deploy=");
