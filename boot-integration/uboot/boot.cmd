@@ -1,6 +1,6 @@
 # Ferry's U-Boot boot script. It follows the board's own lines (see boards/), in one script:
 #   cat boards/BOARD.cmd boot.cmd > ferry-boot.cmd
-#   mkimage -A arm64 -T script -d ferry-boot.cmd boot.scr
+#   mkimage -A arm64 -T script -d ferry-boot.cmd boot.scr     (-A arm for armv7)
 # U-Boot's distro boot finds boot.scr and sets devtype, devnum and distro_bootpart.
 # It boots the deployment the environment names, and counts boots while a release is on
 # trial, as grub/ferry.cfg does for GRUB: each boot with upgrade_available=1 increments
@@ -15,10 +15,20 @@
 #   ferry_deploy       deployment to boot        ferry_prev   deployment to fall back to
 #   upgrade_available  1 while on trial          bootcount / bootlimit   as above
 # Set by the board's lines, all optional (none of them is saved):
+#   ferry_state     Ferry's state directory on the partition distro boot found this script
+#                   on (ferryd.toml's state_dir; default /var/lib/ferry, which is also
+#                   ferryd's and ferry-prepare-root's): the deployment's files are read from
+#                   ${ferry_state}/deploy/${ferry_deploy}/boot/ (set as ferry_boot), and the
+#                   kernel gets ferry.deploy= and ferry.state= for the initramfs's
+#                   ferry-prepare-root (boot-integration/prepare-root), which mounts that
+#                   deployment as /
 #   ferry_save      saves the environment (default: saveenv)
 #   ferry_load_os   loads the deployment's kernel and starts it, after bootargs is set
-#                   (default: arm64's booti with the deployment's boot/Image and
-#                   boot/board.dtb; bootargs must then carry the board's root= and console)
+#                   (default: the deployment's boot/board.dtb, boot/initrd.img if it has
+#                   one, and its kernel: armv7's boot/zImage with bootz if it has one, else
+#                   arm64's boot/Image with booti; bootargs must then carry the board's root=
+#                   and console)
+#   ferry_kernel_cmd  bootz or booti: only that kernel (default: whichever the deployment has)
 #   ferry_bootcount "uboot" on a U-Boot built with CONFIG_BOOTCOUNT_LIMIT and
 #                   CONFIG_BOOTCOUNT_ENV, which increments bootcount itself: this script then
 #                   does not count again. Such a U-Boot runs altbootcmd instead of bootcmd
@@ -58,13 +68,22 @@ if test "${upgrade_available}" = 1; then
   fi
 fi
 
+if test -z "${ferry_state}"; then setenv ferry_state /var/lib/ferry; fi
+setenv ferry_boot ${ferry_state}/deploy/${ferry_deploy}/boot
 echo "Ferry: booting ${ferry_deploy}"
-setenv bootargs "${bootargs} ferry.deploy=${ferry_deploy}"
+setenv bootargs "${bootargs} ferry.deploy=${ferry_deploy} ferry.state=${ferry_state}"
 if test -n "${ferry_load_os}"; then
   run ferry_load_os
-elif load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} /ferry/deploy/${ferry_deploy}/boot/Image; then
-  if load ${devtype} ${devnum}:${distro_bootpart} ${fdt_addr_r} /ferry/deploy/${ferry_deploy}/boot/board.dtb; then
-    booti ${kernel_addr_r} - ${fdt_addr_r}
+elif load ${devtype} ${devnum}:${distro_bootpart} ${fdt_addr_r} ${ferry_boot}/board.dtb; then
+  # The initramfs first: the kernel's load sets filesize again.
+  setenv ferry_initrd -
+  if load ${devtype} ${devnum}:${distro_bootpart} ${ramdisk_addr_r} ${ferry_boot}/initrd.img; then
+    setenv ferry_initrd ${ramdisk_addr_r}:${filesize}
+  fi
+  if test "${ferry_kernel_cmd}" != booti && load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} ${ferry_boot}/zImage; then
+    bootz ${kernel_addr_r} ${ferry_initrd} ${fdt_addr_r}
+  elif test "${ferry_kernel_cmd}" != bootz && load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} ${ferry_boot}/Image; then
+    booti ${kernel_addr_r} ${ferry_initrd} ${fdt_addr_r}
   fi
 fi
 # Still here: the deployment could not be started. On trial, reset: the next boot counts

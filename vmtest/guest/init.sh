@@ -1,8 +1,10 @@
 #!/bin/sh
 # The device's boot: Ferry's boot check, then an update from the server, with markers.
-# This is the VM's /sbin/init; vmtest/src/guest.rs copies it to the disk as it is. The
+# This is the VM's /sbin/init, in every release: vmtest/src/guest.rs copies it into each
+# release's tree as it is, and the initramfs starts it in the deployment ferry-prepare-root
+# mounted as /. The
 # markers are `FERRY-VM <key> <value>` lines on the serial console, read by the harness
-# (vmtest/src/qemu.rs): up, cmdline, boot-check, status-before, fsck-before, update-start,
+# (vmtest/src/qemu.rs): up, cmdline, root, etc, boot-check, status-before, fsck-before, update-start,
 # update or update-failed, fsck-after, status-after, app-after, done. With
 # /etc/ferry-vm-mode (the GRUB and U-Boot runs) it updates only a settled device and powers
 # off, leaving rollbacks to the bootloader.
@@ -17,6 +19,19 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "FERRY-VM up"
 echo "FERRY-VM cmdline $(cat /proc/cmdline)"
+# The mount at $1 (its last line in /proc/self/mountinfo): the path of its file system it
+# shows, its options, and after the separator its type, source and super options. The
+# harness checks that / is a deployment, read-only, and /etc an overlay.
+mount_of() {
+  found=""
+  # shellcheck disable=SC2034 # the first fields are the mount's ids and device
+  while read -r id parent dev path at opts rest; do
+    [ "$at" = "$1" ] && found="$path $opts ${rest#*- }"
+  done </proc/self/mountinfo
+  echo "$found"
+}
+echo "FERRY-VM root $(mount_of /)"
+echo "FERRY-VM etc $(mount_of /etc)"
 export FERRYD_TRACE_STEPS=1 FERRY_LOG=warn NO_COLOR=1
 echo "FERRY-VM boot-check $(ferryd boot-check 2>&1 | tr '\n' ' ')"
 # The application, from the current deployment (ferryd restarts it after a switch).

@@ -1,5 +1,5 @@
 //! The GRUB and U-Boot runs (`--grub`, `--uboot`): what each bootloader needs on the
-//! device's root file system and in its disk's first MiB, and the scenarios in which it must
+//! device's partition, in its releases and in its disk's first MiB, and the scenarios in which it must
 //! roll back a bad release by itself. The power-cut runs boot the kernel directly and use
 //! none of this.
 
@@ -9,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::arch::GUEST;
 use crate::host::{run, which};
 use crate::qemu::{boot, Boot, Start};
 use crate::rig::Rig;
@@ -19,11 +20,6 @@ pub enum Loader {
     Grub,
     Uboot,
 }
-
-/// Debian's U-Boot for QEMU's PC (the 32-bit build: the 64-bit one does not start Linux).
-pub const UBOOT_ROM: &str = "/usr/lib/u-boot/qemu-x86/u-boot.rom";
-/// Where boards/qemu-x86.cmd keeps the U-Boot environment on the disk, and its size.
-const UBOOT_ENV: (u64, u64) = (0x80000, 0x4000);
 
 impl Loader {
     pub fn name(self) -> &'static str {
@@ -38,34 +34,48 @@ impl Loader {
     pub fn start(self) -> Start<'static> {
         Start::Firmware(match self {
             Loader::Grub => None,
-            Loader::Uboot => Some(Path::new(UBOOT_ROM)),
+            Loader::Uboot => Some(Path::new(GUEST.uboot_rom)),
         })
     }
 
     /// The `[bootloader]` table of ferryd's configuration.
     pub fn ferryd_config(self) -> &'static str {
         match self {
-            Loader::Grub => "kind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"",
+            // The block is on the partition (GRUB reads it there), which the running system
+            // has at /sysroot: its /boot is the deployment's.
+            Loader::Grub => "kind = \"grub\"\ngrubenv = \"/sysroot/boot/grub/grubenv\"",
             Loader::Uboot => "kind = \"uboot\"\nfw_config = \"/etc/fw_env.config\"",
         }
     }
 
-    /// Puts what the bootloader reads on the device's root file system `dir` (its
-    /// configuration, Ferry's script, release `first` to boot) and marks the tree as a
-    /// bootloader run's (`/etc/ferry-vm-mode`, read by the guest's init). Returns the host
-    /// tools ferryd needs on the device for it, with where they go.
-    pub fn install(self, dir: &Path, first: &str) -> Result<Vec<(PathBuf, &'static str)>> {
-        let mut binaries = Vec::new();
+    /// The host tools ferryd needs on the device to write this bootloader's environment,
+    /// with where they go in a release's root file system.
+    pub fn tools(self) -> Result<Vec<(PathBuf, &'static str)>> {
+        Ok(match self {
+            Loader::Grub => vec![(which("grub-editenv")?, "usr/bin/grub-editenv")],
+            Loader::Uboot => {
+                vec![(which("fw_setenv")?, "usr/bin/fw_setenv"), (which("fw_printenv")?, "usr/bin/fw_printenv")]
+            }
+        })
+    }
+
+    /// Puts what the bootloader reads on the device's partition `dir` (its configuration,
+    /// Ferry's script, release `first` to boot) and marks the device as a bootloader run's
+    /// (`etc/ferry-vm-mode`, which the guest's init finds in /etc through the overlay).
+    pub fn install(self, dir: &Path, first: &str) -> Result<()> {
+        std::fs::create_dir_all(dir.join("etc"))?;
         match self {
             Loader::Grub => {
                 // GRUB reads its configuration, Ferry's fragment and the environment block
                 // from the partition; ferryd writes the block with grub-editenv, as on a
-                // device.
-                binaries.push((which("grub-editenv")?, "usr/bin/grub-editenv"));
+                // device. ferry.cfg's default state directory is the image's.
                 std::fs::create_dir_all(dir.join("boot/grub"))?;
                 std::fs::write(
                     dir.join("boot/grub/grub.cfg"),
-                    "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=0\nset ferry_cmdline=\"console=ttyS0 quiet panic=-1\"\nsource ${prefix}/ferry.cfg\n",
+                    format!(
+                        "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=0\nset ferry_cmdline=\"console={} quiet panic=-1\"\nsource ${{prefix}}/ferry.cfg\n",
+                        GUEST.console
+                    ),
                 )?;
                 let fragment = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/grub/ferry.cfg");
                 std::fs::copy(&fragment, dir.join("boot/grub/ferry.cfg"))
@@ -85,27 +95,25 @@ impl Loader {
                 // U-Boot's distro boot finds /boot/boot.scr on the partition: the board's
                 // lines, then Ferry's script. ferryd writes the environment (on the raw disk)
                 // with fw_setenv.
-                binaries.push((which("fw_setenv")?, "usr/bin/fw_setenv"));
-                binaries.push((which("fw_printenv")?, "usr/bin/fw_printenv"));
                 std::fs::create_dir_all(dir.join("boot"))?;
                 std::fs::write(
                     dir.join("etc/fw_env.config"),
-                    format!("/dev/vda {:#x} {:#x}\n", UBOOT_ENV.0, UBOOT_ENV.1),
+                    format!("/dev/vda {:#x} {:#x}\n", GUEST.uboot_env.0, GUEST.uboot_env.1),
                 )?;
                 let uboot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/uboot");
-                let mut script = std::fs::read_to_string(uboot.join("boards/qemu-x86.cmd"))
-                    .with_context(|| format!("{}/boards/qemu-x86.cmd", uboot.display()))?;
+                let board = uboot.join("boards").join(GUEST.uboot_board);
+                let mut script = std::fs::read_to_string(&board).with_context(|| format!("{}", board.display()))?;
                 script.push_str(&std::fs::read_to_string(uboot.join("boot.cmd"))?);
                 let cmd = dir.join("boot/ferry-boot.cmd");
                 std::fs::write(&cmd, script)?;
                 run(Command::new("mkimage")
-                    .args(["-A", "x86", "-T", "script", "-d"])
+                    .args(["-A", GUEST.uboot_arch, "-T", "script", "-d"])
                     .arg(&cmd)
                     .arg(dir.join("boot/boot.scr")))?;
                 std::fs::write(dir.join("etc/ferry-vm-mode"), "uboot\n")?;
             }
         }
-        Ok(binaries)
+        Ok(())
     }
 }
 
@@ -152,7 +160,7 @@ pub fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result
         // The factory's environment, written with the same tool ferryd uses on the device.
         let config = out.with_extension("fw_env.config");
         let defenv = out.with_extension("defenv");
-        std::fs::write(&config, format!("{} {:#x} {:#x}\n", out.display(), UBOOT_ENV.0, UBOOT_ENV.1))?;
+        std::fs::write(&config, format!("{} {:#x} {:#x}\n", out.display(), GUEST.uboot_env.0, GUEST.uboot_env.1))?;
         std::fs::write(&defenv, format!("ferry_deploy={first}\nupgrade_available=0\nbootcount=0\n"))?;
         run(Command::new("fw_setenv").arg("-c").arg(&config).arg("-f").arg(&defenv).args(["bootlimit", "2"]))?;
         let env = run(Command::new("fw_printenv").arg("-c").arg(&config))?;
@@ -198,6 +206,22 @@ pub fn scenarios(loader: Loader, rig: &Rig) -> Result<bool> {
             // (GRUB's terminal wraps long lines: search the console without its white space.)
             let flat: String = b.log.chars().filter(|c| !c.is_whitespace() && !c.is_control()).collect();
             let failed = flat.contains("FERRY-VMbroken-init") || flat.contains(&format!("couldnotstart{new}"));
+            // A boot that reached the release's init ran the deployment the bootloader chose
+            // as its root file system.
+            if let Some(d) = deploy.as_deref().filter(|_| b.markers.contains_key("up")) {
+                match b.root_deployment() {
+                    Ok(root) if root == d => {}
+                    Ok(root) => {
+                        outcome =
+                            Err(anyhow!("boot {n}: the bootloader chose {d}, but the root file system is {root}"));
+                        break;
+                    }
+                    Err(e) => {
+                        outcome = Err(e.context(format!("boot {n}")));
+                        break;
+                    }
+                }
+            }
             if failed || deploy.as_deref() == Some(new.as_str()) {
                 on_new += 1;
                 continue;

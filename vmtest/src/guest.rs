@@ -1,32 +1,31 @@
-//! The guest's software: the initramfs (busybox, the virtio modules, `guest/initramfs-init.sh`),
-//! the broken one a bad release carries, and the device's root file system less Ferry's
-//! state (busybox, ferryd and its libraries, `guest/init.sh`, `guest/app-restart.sh`, the
-//! root key). The scripts in `guest/` are the guest's side of the harness: what they print
-//! on the console is what `qemu.rs` reads.
+//! The guest's software: the initramfs (busybox, the virtio and overlay modules, the shipped
+//! `boot-integration/prepare-root/ferry-prepare-root`, `guest/initramfs-init.sh`), the broken
+//! one a bad release carries, the root file system every release carries (busybox, ferryd
+//! and its libraries, `guest/init.sh` as /sbin/init, `guest/app-restart.sh`, the mount
+//! points), and the device's own files on its partition (the root key, the bootloader's
+//! files). The scripts in `guest/` are the guest's side of the harness: what they print on
+//! the console is what `qemu.rs` reads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::arch::GUEST;
 use crate::bootloader::Loader;
 use crate::cpio;
 use crate::host::{run, which};
 
-/// The kernel modules the initramfs loads, in order, to reach the disk and the network.
-const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+/// The state directory on the device (ferryd.toml's `state_dir`, the default of
+/// `ferry-prepare-root` and of the shipped boot scripts): on the partition, and at the same
+/// path in the running system (under /var, which is the partition's).
+pub const STATE_DIR: &str = "/var/lib/ferry";
 
-/// The initramfs: busybox, the virtio modules, and an init that mounts the disk and
+/// The shipped early-boot step, run by the initramfs.
+const PREPARE_ROOT: &str = include_str!("../../boot-integration/prepare-root/ferry-prepare-root");
+
+/// The initramfs: busybox, the modules, `ferry-prepare-root`, and an init that mounts the
+/// disk's partition, makes the deployment to boot its root with `ferry-prepare-root`, and
 /// switches to it.
 pub fn initramfs(modules: &Path, out: &Path) -> Result<()> {
     let mut a = cpio::Archive::default();
@@ -40,11 +39,12 @@ pub fn initramfs(modules: &Path, out: &Path) -> Result<()> {
         bail!("{} is not statically linked: install busybox-static", busybox.display());
     }
     a.file("bin/busybox", &std::fs::read(busybox)?, 0o755);
-    for m in MODULES {
+    for m in GUEST.modules {
         let path = find_file(modules, &format!("{m}.ko")).ok_or_else(|| anyhow!("no module {m}.ko"))?;
         a.file(&format!("lib/modules/{m}.ko"), &std::fs::read(path)?, 0o644);
     }
-    let init = include_str!("../guest/initramfs-init.sh").replace("@MODULES@", &MODULES.join(" "));
+    a.file("bin/ferry-prepare-root", PREPARE_ROOT.as_bytes(), 0o755);
+    let init = include_str!("../guest/initramfs-init.sh").replace("@MODULES@", &GUEST.modules.join(" "));
     a.file("init", init.as_bytes(), 0o755);
     std::fs::write(out, a.finish())?;
     Ok(())
@@ -75,18 +75,12 @@ pub fn broken_initramfs(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The device's root file system, less Ferry's state (which `ferry image` adds): busybox,
-/// ferryd and the libraries it loads, the boot script (`guest/init.sh`), the application's
-/// restart script for `current` (the deployment link), the root key, and with a loader what
-/// it needs to boot the release named (`Loader::install`).
-pub fn rootfs_overlay(
-    dir: &Path,
-    ferryd: &Path,
-    root_pub: &Path,
-    current: &str,
-    loader: Option<(Loader, &str)>,
-) -> Result<()> {
-    for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry"] {
+/// The root file system every release carries, added to its tree `dir`: busybox, ferryd and
+/// the libraries it loads, the bootloader's tools for ferryd (`Loader::tools`), the boot
+/// script (`guest/init.sh` as /sbin/init), the application's restart script for the
+/// current link, and the empty mount points `ferry-prepare-root` and the init need.
+pub fn release_root(dir: &Path, ferryd: &Path, loader: Option<Loader>) -> Result<()> {
+    for d in ["bin", "sbin", "usr/bin", "etc", "proc", "sys", "dev", "tmp", "run", "var", "sysroot"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
@@ -97,8 +91,8 @@ pub fn rootfs_overlay(
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
     let mut binaries = vec![(ferryd.to_path_buf(), "usr/bin/ferryd")];
-    if let Some((l, first)) = loader {
-        binaries.extend(l.install(dir, first)?);
+    if let Some(l) = loader {
+        binaries.extend(l.tools()?);
     }
     for (binary, at) in &binaries {
         std::fs::copy(binary, dir.join(at))?;
@@ -113,13 +107,24 @@ pub fn rootfs_overlay(
             }
         }
     }
-    std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(dir.join("sbin/init"), include_str!("../guest/init.sh"))?;
     std::fs::set_permissions(dir.join("sbin/init"), std::fs::Permissions::from_mode(0o755))?;
     // ferryd's restart_command, starting the application from the current deployment.
-    let restart = include_str!("../guest/app-restart.sh").replace("@CURRENT@", current);
+    let restart = include_str!("../guest/app-restart.sh").replace("@CURRENT@", &format!("{STATE_DIR}/current"));
     std::fs::write(dir.join("sbin/app-restart"), restart)?;
     std::fs::set_permissions(dir.join("sbin/app-restart"), std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// The device's own files on its partition, which `ferry image` adds to Ferry's state: the
+/// root key under etc/ (the running system's /etc overrides), and with a loader what it reads
+/// from the partition to boot release `first` (`Loader::install`).
+pub fn device_overlay(dir: &Path, root_pub: &Path, loader: Option<(Loader, &str)>) -> Result<()> {
+    std::fs::create_dir_all(dir.join("etc/ferry"))?;
+    std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
+    if let Some((l, first)) = loader {
+        l.install(dir, first)?;
+    }
     Ok(())
 }

@@ -9,9 +9,16 @@
 //! but did not flush is kept or lost at random at the cut, as a real disk's cache can.
 //!
 //! Guest: Debian's cloud kernel (extracted from its package into the cache, never
-//! installed), an initramfs that loads the virtio modules and switches to the disk, and on
-//! the disk busybox, `ferryd` with its libraries, its configuration and the state `ferry
-//! image` seeded. Each boot runs `ferryd boot-check`, starts the application (a script in
+//! installed), an initramfs that loads the virtio and overlay modules, mounts the disk's
+//! partition and runs the shipped `boot-integration/prepare-root/ferry-prepare-root`, which
+//! mounts the deployment to boot as `/` (read-only, with /var, /etc's overrides and the
+//! partition at /sysroot); then it switches to the deployment's init. Every release is a
+//! whole root file system: busybox, `ferryd` with its libraries, the init script, the
+//! application and the generated payload. The partition, made by `ferry image`, holds
+//! Ferry's state under /var/lib/ferry (the release deployed), ferryd's configuration and the
+//! root key in etc/, and the bootloader's files. Each boot prints which deployment is its
+//! root, and the harness requires it to be the one booted (the current link's, or the one the
+//! bootloader chose), read-only. Each boot runs `ferryd boot-check`, starts the application (a script in
 //! the release; ferryd restarts it after a switch, and the trial checks the running one is
 //! the release on trial), then `fsck`, `status`, the daemon (`ferryd run --json`) until its
 //! first check has ended, `fsck`, printing `FERRY-VM` lines on the serial console, and
@@ -20,8 +27,9 @@
 //!
 //! With `--grub` it boots through the real GRUB instead: an MBR with GRUB's boot.img, a
 //! core.img from grub-mkimage, and the shipped `boot-integration/grub/ferry.cfg` choosing the
-//! deployment (whose kernel and initramfs it loads) from the environment block ferryd
-//! writes with grub-editenv. A release that never marks itself good, one whose init fails
+//! deployment (whose kernel and initramfs it loads from /var/lib/ferry/deploy on the
+//! partition) from the environment block ferryd writes with grub-editenv (at
+//! /sysroot/boot/grub/grubenv in the running system). A release that never marks itself good, one whose init fails
 //! (the kernel panics), and one whose kernel cannot start (the bootloader cannot load it)
 //! must each be rolled back by GRUB after `bootlimit` boots.
 //! `--uboot` does the same through the real U-Boot: Debian's `qemu-x86` build as the
@@ -31,7 +39,9 @@
 //!
 //! Where things are: `harness` runs one mode over a `rig` (the repository, the server, the
 //! disk) built from the `host`'s kernel and tools and the `guest`'s software (its scripts are
-//! in `vmtest/guest/`); `qemu` boots the device; `powercut` cuts and checks, with `nbd` under
+//! in `vmtest/guest/`), for the guest architecture `arch` describes (QEMU's machine, console,
+//! kernel package, modules, U-Boot build: the one place an aarch64 guest changes); `qemu`
+//! boots the device; `powercut` cuts and checks, with `nbd` under
 //! the disk, and `report` prints the outcome; `bootloader` holds the GRUB and U-Boot runs.
 //! This file only reads the arguments.
 //!
@@ -46,6 +56,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+mod arch;
 mod bootloader;
 mod cpio;
 mod guest;

@@ -44,6 +44,11 @@ pub fn run(rig: &Rig, plan: &Plan) -> Result<bool> {
     {
         bail!("the uncut update did not reach release 2 cleanly; console:\n{}", calm.log);
     }
+    // The device ran release 1's deployment as its root file system (ferry-prepare-root).
+    let root = calm.root_deployment().context("the uncut boot")?;
+    if root != v1 {
+        bail!("the uncut boot ran deployment {root} as its root, not release 1's {v1}");
+    }
     let window = calm.update_seconds.ok_or_else(|| anyhow!("no update time"))?;
     let calm_steps = calm.steps.len();
     let needed = full["chunks_downloaded"].as_u64().unwrap_or(0);
@@ -117,6 +122,12 @@ fn check_after_cut(start: Start<'_>, disk: &Path, v1: &str, v2: &str, needed: u6
     let current = before["current"]["commit"].as_str().unwrap_or("none");
     if current != v1 && current != v2 {
         bail!("after the cut the device runs {current}, neither release 1 nor 2");
+    }
+    // Its root file system is the deployment the current link named at boot: release 1's,
+    // or release 2's when the cut came after the switch.
+    let root = b.root_deployment()?;
+    if root != current {
+        bail!("after the cut the device's root file system is deployment {root}, but it runs {current}");
     }
     let staged = before["staged_chunks"].as_u64().unwrap_or(0);
     let update = match b.json("update") {

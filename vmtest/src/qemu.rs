@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use crate::arch::GUEST;
+
 /// What one boot printed.
 #[derive(Default, Debug)]
 pub struct Boot {
@@ -51,6 +53,30 @@ impl Boot {
         }
     }
 
+    /// The deployment this boot ran as its root file system: the guest's `root` marker must
+    /// name a deployment in the state directory (`<state>/deploy/<id>`, as the partition's
+    /// file system shows it), mounted read-only, and its `etc` marker an overlay (the
+    /// partition's overrides over the release's /etc): what `ferry-prepare-root` sets up.
+    pub fn root_deployment(&self) -> Result<String> {
+        let root =
+            self.markers.get("root").ok_or_else(|| anyhow!("the boot printed no root; its console:\n{}", self.log))?;
+        let mut words = root.split_whitespace();
+        let (path, opts) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let name = path
+            .strip_prefix(crate::guest::STATE_DIR)
+            .and_then(|p| p.strip_prefix("/deploy/"))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| anyhow!("the root file system is not a deployment: {root}"))?;
+        if !opts.split(',').any(|o| o == "ro") {
+            bail!("the root file system, deployment {name}, is not read-only: {root}");
+        }
+        let etc = self.markers.get("etc").map(String::as_str).unwrap_or("");
+        if etc.split_whitespace().nth(2) != Some("overlay") {
+            bail!("/etc is not the overlay of the partition's overrides: {etc:?}");
+        }
+        Ok(name.to_string())
+    }
+
     /// The JSON a marker carries.
     pub fn json(&self, key: &str) -> Result<Value> {
         let v =
@@ -87,8 +113,8 @@ pub fn boot(start: Start<'_>, disk: &Path, cut: Option<CutAt>) -> Result<Boot> {
 
 /// Boots from the drive QEMU's `-drive` option names.
 pub fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<Boot> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
+    let mut cmd = Command::new(GUEST.qemu);
+    cmd.args(GUEST.machine).args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
         "-m",
         "768",
         "-smp",
@@ -98,7 +124,12 @@ pub fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<B
     ]);
     match start {
         Start::Direct { kernel, initrd } => {
-            cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", "console=ttyS0 quiet panic=-1"]);
+            cmd.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(format!("console={} quiet panic=-1", GUEST.console));
         }
         Start::Firmware(Some(rom)) => {
             cmd.arg("-bios").arg(rom);
@@ -113,7 +144,7 @@ pub fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<B
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {}", GUEST.qemu))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no qemu output"))?;
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {

@@ -1,8 +1,11 @@
 //! Everything a run boots against, built once per run in its work directory: the
 //! repository (keys, the releases, channel `stable` at release 1), `ferry serve` in a tokio
 //! runtime of its own (reached from the guest as 10.0.2.2), the initramfs, and the device's
-//! disk: `ferry image` of release 1 with the guest's root file system and ferryd's
-//! configuration, behind an MBR for a bootloader run.
+//! disk: `ferry image` of release 1 with the device's own files and ferryd's configuration,
+//! behind an MBR for a bootloader run. Each release is a whole root file system (the guest's
+//! software, the application, the payload that makes the update big), which the initramfs
+//! mounts as `/` with the shipped `ferry-prepare-root`; the partition holds only Ferry's
+//! state (under /var), /etc's overrides and the bootloader's files.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +18,10 @@ use ferry_publisher::channels::{self, KeyChange, Promotion};
 use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
 use ferry_store::{ChunkParams, Id, RepoConfig, Repository, SecretKey};
 
+use crate::arch::GUEST;
 use crate::bootloader::{boot_disk, Loader};
-use crate::guest;
-use crate::host::now;
+use crate::guest::{self, STATE_DIR};
+use crate::host::{now, run};
 
 /// A run's repository, server and disks.
 pub struct Rig {
@@ -64,7 +68,11 @@ impl Rig {
             ..KeyChange::default()
         };
         channels::set_keys(&repo, &[root], change, now())?;
-        let commits = releases(&repo, &ci, loader, tree_mib, vmlinuz, &initrd, work)?;
+        // The agent the releases carry: the build's, without its debug information (a third
+        // of the size: the releases and the image stay small).
+        let guest_ferryd = work.join("ferryd");
+        run(std::process::Command::new("strip").arg("--strip-debug").arg("-o").arg(&guest_ferryd).arg(ferryd))?;
+        let commits = releases(&repo, &ci, loader, tree_mib, (vmlinuz, &initrd, &guest_ferryd), work)?;
         promote(&repo, &channel_key, commits[0])?;
 
         let (server, addr) = serve(&repo_path, work)?;
@@ -108,17 +116,17 @@ fn promote(repo: &Repository, key: &SecretKey, commit: Id) -> Result<()> {
     Ok(())
 }
 
-/// Commits the releases, each a generated tree with the application in `app/`. With a
-/// bootloader each release carries its kernel and initramfs (the bootloader loads them from
-/// the deployment); release 3's init fails, and release 4's kernel is damaged. Releases
-/// after the first reboot to be tried.
+/// Commits the releases, each a root file system: a generated tree (the payload), the
+/// guest's software with `ferryd` (`guest::release_root`) and the application in `app/`.
+/// With a bootloader each release carries its kernel and initramfs (the bootloader loads
+/// them from the deployment); release 3's init fails, and release 4's kernel is damaged.
+/// Releases after the first reboot to be tried.
 fn releases(
     repo: &Repository,
     ci: &SecretKey,
     loader: Option<Loader>,
     tree_mib: u64,
-    vmlinuz: &Path,
-    initrd: &Path,
+    (vmlinuz, initrd, ferryd): (&Path, &Path, &Path),
     work: &Path,
 ) -> Result<Vec<Id>> {
     let mut commits = Vec::new();
@@ -129,6 +137,7 @@ fn releases(
     for v in 1..=(if loader.is_some() { 4 } else { 2 }) {
         let tree = work.join(format!("tree-{v}"));
         ferry_fixtures::generate(&ferry_fixtures::TreeSpec { seed: 7, size: tree_mib << 20, version: v }, &tree)?;
+        guest::release_root(&tree, ferryd, loader)?;
         std::fs::create_dir_all(tree.join("app"))?;
         // The application: it says once a second that it runs, and which release it is; the
         // trial's health check asks whether the running one is the release on trial.
@@ -146,9 +155,9 @@ fn releases(
                 // A damaged download would be caught by its hash: this is a release built
                 // with a kernel that cannot start (its boot header overwritten).
                 kernel[..4096].fill(0x5a);
-                std::fs::write(tree.join("boot/vmlinuz"), kernel)?;
+                std::fs::write(tree.join("boot").join(GUEST.release_kernel), kernel)?;
             } else {
-                std::fs::copy(vmlinuz, tree.join("boot/vmlinuz"))?;
+                std::fs::copy(vmlinuz, tree.join("boot").join(GUEST.release_kernel))?;
             }
             std::fs::copy(if v == 3 { &broken } else { initrd }, tree.join("boot/initrd.img"))?;
             if v > 1 {
@@ -191,8 +200,9 @@ fn serve(repo_path: &Path, work: &Path) -> Result<(tokio::runtime::Runtime, Sock
     Ok((rt, addr))
 }
 
-/// The disk: the root file system and Ferry's state with release `first`, built by ferry
-/// image, for a device that reaches the server at `addr`; the path of the disk.
+/// The disk: the partition with Ferry's state and release `first` deployed, built by ferry
+/// image, and the device's own files (`guest::device_overlay`), for a device that reaches
+/// the server at `addr`; the path of the disk.
 fn disk(
     repo: &Repository,
     first: Id,
@@ -205,17 +215,10 @@ fn disk(
     std::fs::create_dir_all(&overlay)?;
     let root_pub = work.join("root.key.pub");
     let first_hex = first.to_hex();
-    let state = if loader.is_some() { "/ferry" } else { "/var/lib/ferry" };
-    guest::rootfs_overlay(
-        &overlay,
-        ferryd,
-        &root_pub,
-        &format!("{state}/current"),
-        loader.map(|l| (l, first_hex.as_str())),
-    )?;
+    let state = STATE_DIR;
+    guest::device_overlay(&overlay, &root_pub, loader.map(|l| (l, first_hex.as_str())))?;
     let device_config = work.join("ferryd.toml");
-    // With a bootloader: the state where its script looks (/ferry/deploy on the partition),
-    // a trial that only `mark-good` ends (nothing marks it: the bootloader must roll back),
+    // With a bootloader: a trial that only `mark-good` ends (nothing marks it: the bootloader must roll back),
     // and a reboot that is a power-off (the harness boots again).
     let trial = match loader {
         Some(l) => format!(

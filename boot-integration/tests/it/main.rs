@@ -223,3 +223,40 @@ fn the_model_follows_the_unrolled_count_for_odd_values() {
     let mut env = trial(Some("0"), Some("x"));
     assert_eq!(model_boot(&mut env).as_deref(), Some("old"));
 }
+
+/// The state directory's default is the same in the early-boot step and both boot scripts
+/// (ferryd's own default is `/var/lib/ferry` too: `client/src/config.rs`), and each boot
+/// script passes it, and the deployment, to the kernel for ferry-prepare-root.
+#[test]
+fn the_boot_scripts_and_prepare_root_agree_on_the_state_directory() {
+    let root = &std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo or nextest"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let prepare = read("prepare-root/ferry-prepare-root");
+    assert!(prepare.contains("state=/var/lib/ferry"), "ferry-prepare-root's default state directory moved");
+    for (script, default) in
+        [("uboot/boot.cmd", "setenv ferry_state /var/lib/ferry"), ("grub/ferry.cfg", "set ferry_state=/var/lib/ferry")]
+    {
+        let text = read(script);
+        assert!(text.contains(default), "{script} does not default ferry_state to /var/lib/ferry");
+        assert!(text.contains("ferry.deploy=${ferry_deploy}"), "{script} does not pass ferry.deploy=");
+        assert!(text.contains("ferry.state=${ferry_state}"), "{script} does not pass ferry.state=");
+        assert!(text.contains("${ferry_state}/deploy/${ferry_deploy}/boot"), "{script} loads the kernel elsewhere");
+    }
+}
+
+/// ferry-prepare-root itself, run by `prepare-root/test.sh` in a mount namespace under
+/// busybox sh and dash: the deployment as a read-only `/`, `/var` and `/etc` from the
+/// partition, the fallbacks and the failures. It needs root (mount namespaces), busybox and
+/// dash; without root it says so and checks nothing.
+#[test]
+fn prepare_root_mounts_the_deployment_as_root() {
+    let root = &std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo or nextest"));
+    let uid = std::process::Command::new("id").arg("-u").output().expect("id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("not root: prepare-root/test.sh needs mount namespaces; skipped");
+        return;
+    }
+    let out = std::process::Command::new(root.join("prepare-root/test.sh")).output().expect("running test.sh");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("all checks passed"), "{said}");
+}
