@@ -9,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::arch::GUEST;
 use crate::host::{run, which};
 use crate::qemu::{boot, Boot, Start};
 use crate::rig::Rig;
@@ -19,11 +20,6 @@ pub enum Loader {
     Grub,
     Uboot,
 }
-
-/// Debian's U-Boot for QEMU's PC (the 32-bit build: the 64-bit one does not start Linux).
-pub const UBOOT_ROM: &str = "/usr/lib/u-boot/qemu-x86/u-boot.rom";
-/// Where boards/qemu-x86.cmd keeps the U-Boot environment on the disk, and its size.
-const UBOOT_ENV: (u64, u64) = (0x80000, 0x4000);
 
 impl Loader {
     pub fn name(self) -> &'static str {
@@ -38,7 +34,7 @@ impl Loader {
     pub fn start(self) -> Start<'static> {
         Start::Firmware(match self {
             Loader::Grub => None,
-            Loader::Uboot => Some(Path::new(UBOOT_ROM)),
+            Loader::Uboot => Some(Path::new(GUEST.uboot_rom)),
         })
     }
 
@@ -85,21 +81,23 @@ impl Loader {
                 // U-Boot's distro boot finds /boot/boot.scr on the partition: the board's
                 // lines, then Ferry's script. ferryd writes the environment (on the raw disk)
                 // with fw_setenv.
-                binaries.push((which("fw_setenv")?, "usr/bin/fw_setenv"));
-                binaries.push((which("fw_printenv")?, "usr/bin/fw_printenv"));
+                // The guest's own (arm64's from its package on an aarch64 guest: arch.rs).
+                let (fw_setenv, fw_printenv) = GUEST.fw_tools()?;
+                binaries.push((fw_setenv, "usr/bin/fw_setenv"));
+                binaries.push((fw_printenv, "usr/bin/fw_printenv"));
                 std::fs::create_dir_all(dir.join("boot"))?;
                 std::fs::write(
                     dir.join("etc/fw_env.config"),
-                    format!("/dev/vda {:#x} {:#x}\n", UBOOT_ENV.0, UBOOT_ENV.1),
+                    format!("/dev/vda {:#x} {:#x}\n", GUEST.uboot_env.0, GUEST.uboot_env.1),
                 )?;
                 let uboot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot-integration/uboot");
-                let mut script = std::fs::read_to_string(uboot.join("boards/qemu-x86.cmd"))
-                    .with_context(|| format!("{}/boards/qemu-x86.cmd", uboot.display()))?;
+                let board = uboot.join("boards").join(GUEST.uboot_board);
+                let mut script = std::fs::read_to_string(&board).with_context(|| format!("{}", board.display()))?;
                 script.push_str(&std::fs::read_to_string(uboot.join("boot.cmd"))?);
                 let cmd = dir.join("boot/ferry-boot.cmd");
                 std::fs::write(&cmd, script)?;
                 run(Command::new("mkimage")
-                    .args(["-A", "x86", "-T", "script", "-d"])
+                    .args(["-A", GUEST.uboot_arch, "-T", "script", "-d"])
                     .arg(&cmd)
                     .arg(dir.join("boot/boot.scr")))?;
                 std::fs::write(dir.join("etc/ferry-vm-mode"), "uboot\n")?;
@@ -152,7 +150,7 @@ pub fn boot_disk(loader: Loader, part: &Path, out: &Path, first: &str) -> Result
         // The factory's environment, written with the same tool ferryd uses on the device.
         let config = out.with_extension("fw_env.config");
         let defenv = out.with_extension("defenv");
-        std::fs::write(&config, format!("{} {:#x} {:#x}\n", out.display(), UBOOT_ENV.0, UBOOT_ENV.1))?;
+        std::fs::write(&config, format!("{} {:#x} {:#x}\n", out.display(), GUEST.uboot_env.0, GUEST.uboot_env.1))?;
         std::fs::write(&defenv, format!("ferry_deploy={first}\nupgrade_available=0\nbootcount=0\n"))?;
         run(Command::new("fw_setenv").arg("-c").arg(&config).arg("-f").arg(&defenv).args(["bootlimit", "2"]))?;
         let env = run(Command::new("fw_printenv").arg("-c").arg(&config))?;

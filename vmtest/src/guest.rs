@@ -9,22 +9,10 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::arch::GUEST;
 use crate::bootloader::Loader;
 use crate::cpio;
-use crate::host::{run, which};
-
-/// The kernel modules the initramfs loads, in order, to reach the disk and the network.
-const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+use crate::host::run;
 
 /// The initramfs: busybox, the virtio modules, and an init that mounts the disk and
 /// switches to it.
@@ -33,18 +21,18 @@ pub fn initramfs(modules: &Path, out: &Path) -> Result<()> {
     for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
         a.dir(d);
     }
-    let busybox = which("busybox")?;
+    let busybox = GUEST.busybox()?;
     let ldd = Command::new("ldd").arg(&busybox).output()?;
     let said = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
     if !(said.contains("not a dynamic executable") || said.contains("statically linked")) {
         bail!("{} is not statically linked: install busybox-static", busybox.display());
     }
     a.file("bin/busybox", &std::fs::read(busybox)?, 0o755);
-    for m in MODULES {
+    for m in GUEST.modules {
         let path = find_file(modules, &format!("{m}.ko")).ok_or_else(|| anyhow!("no module {m}.ko"))?;
         a.file(&format!("lib/modules/{m}.ko"), &std::fs::read(path)?, 0o644);
     }
-    let init = include_str!("../guest/initramfs-init.sh").replace("@MODULES@", &MODULES.join(" "));
+    let init = include_str!("../guest/initramfs-init.sh").replace("@MODULES@", &GUEST.modules.join(" "));
     a.file("init", init.as_bytes(), 0o755);
     std::fs::write(out, a.finish())?;
     Ok(())
@@ -69,7 +57,7 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 pub fn broken_initramfs(out: &Path) -> Result<()> {
     let mut a = cpio::Archive::default();
     a.dir("bin");
-    a.file("bin/busybox", &std::fs::read(which("busybox")?)?, 0o755);
+    a.file("bin/busybox", &std::fs::read(GUEST.busybox()?)?, 0o755);
     a.file("init", b"#!/bin/busybox sh\necho FERRY-VM broken-init\nexit 1\n", 0o755);
     std::fs::write(out, a.finish())?;
     Ok(())
@@ -89,19 +77,23 @@ pub fn rootfs_overlay(
     for d in ["bin", "sbin", "usr/bin", "etc/ferry", "proc", "sys", "dev", "tmp", "run", "var/lib/ferry"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
+    std::fs::copy(GUEST.busybox()?, dir.join("bin/busybox"))?;
     for tool in [
         "sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq", "tee",
         "grep", "kill", "rm", "mv", "setsid", "dirname",
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
-    let mut binaries = vec![(ferryd.to_path_buf(), "usr/bin/ferryd")];
+    // The guest's own agent (the aarch64 build on an aarch64 guest: arch.rs).
+    let mut binaries = vec![(GUEST.guest_ferryd(ferryd)?, "usr/bin/ferryd")];
     if let Some((l, first)) = loader {
         binaries.extend(l.install(dir, first)?);
     }
     for (binary, at) in &binaries {
         std::fs::copy(binary, dir.join(at))?;
+        if !GUEST.host_software {
+            continue; // its libraries: GUEST.install_libraries, below
+        }
         // The shared libraries it loads, at the paths the loader looks for them.
         let ldd = run(Command::new("ldd").arg(binary))?;
         for line in ldd.lines() {
@@ -113,6 +105,7 @@ pub fn rootfs_overlay(
             }
         }
     }
+    GUEST.install_libraries(dir)?;
     std::fs::copy(root_pub, dir.join("etc/ferry/root.pub"))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(dir.join("sbin/init"), include_str!("../guest/init.sh"))?;

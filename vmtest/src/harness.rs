@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::bootloader::{self, Loader, UBOOT_ROM};
+use crate::arch::GUEST;
+use crate::bootloader::{self, Loader};
 use crate::host::{cache_dir, kernel, which};
 use crate::powercut::{self, Plan};
 use crate::rig::Rig;
@@ -22,9 +23,9 @@ pub enum Mode {
 
 /// Runs the harness with release trees of `tree_mib` MiB; whether every check passed.
 pub fn run(mode: &Mode, tree_mib: u64) -> Result<bool> {
-    which("qemu-system-x86_64")?;
-    if matches!(mode, Mode::Bootloader(Loader::Uboot)) && !Path::new(UBOOT_ROM).is_file() {
-        bail!("{UBOOT_ROM} is missing: install u-boot-qemu (scripts/vmtest installs what the harness needs)");
+    which(GUEST.qemu)?;
+    if matches!(mode, Mode::Bootloader(Loader::Uboot)) && !Path::new(GUEST.uboot_rom).is_file() {
+        bail!("{} is missing: install u-boot-qemu (scripts/vmtest installs what the harness needs)", GUEST.uboot_rom);
     }
     let (vmlinuz, modules) = kernel()?;
     let ferryd = ferry_publisher::image::find_ferryd()?;

@@ -7,11 +7,14 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::arch::GUEST;
+
 /// Where the kernel and the runs' work directories live: `FERRY_VM_CACHE`, or
 /// `~/.cache/ferry-vm`.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("FERRY_VM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/ferry-vm")
+    // An aarch64 guest's: ~/.cache/ferry-vm-arm64, or $FERRY_VM_CACHE/arm64 (arch.rs).
+    std::env::var_os("FERRY_VM_CACHE").map(|c| PathBuf::from(c).join(GUEST.cache_subdir)).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache").join(GUEST.cache_name)
     })
 }
 
@@ -43,19 +46,23 @@ pub fn kernel() -> Result<(PathBuf, PathBuf)> {
         let vmlinuz = boot
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))?;
-        let version = vmlinuz.file_name()?.to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(GUEST.kernel_prefix)))?;
+        let version = vmlinuz.file_name()?.to_string_lossy().trim_start_matches(GUEST.kernel_prefix).to_string();
         Some((vmlinuz, dir.join("lib/modules").join(version)))
     };
     if let Some(k) = find() {
         return Ok(k);
     }
     eprintln!("fetching Debian's cloud kernel package (once)");
-    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
+    // An aarch64 guest's comes from deb.debian.org (arch.rs): this machine's apt has no arm64.
+    if crate::arch::fetch_foreign_kernel(&cache_dir(), &dir)? {
+        return find().ok_or_else(|| anyhow!("{} holds no {}*", dir.display(), GUEST.kernel_prefix));
+    }
+    let deps = run(Command::new("apt-cache").args(["depends", GUEST.kernel_package]))?;
     let package = deps
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .ok_or_else(|| anyhow!("apt-cache names no kernel package for linux-image-cloud-amd64"))?
+        .ok_or_else(|| anyhow!("apt-cache names no kernel package for {}", GUEST.kernel_package))?
         .to_string();
     let debs = cache_dir().join("debs");
     std::fs::create_dir_all(&debs)?;
@@ -69,7 +76,7 @@ pub fn kernel() -> Result<(PathBuf, PathBuf)> {
     let _ = std::fs::remove_dir_all(&tmp);
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
     std::fs::rename(&tmp, &dir)?;
-    find().ok_or_else(|| anyhow!("{} holds no vmlinuz", deb.display()))
+    find().ok_or_else(|| anyhow!("{} holds no {}*", deb.display(), GUEST.kernel_prefix))
 }
 
 /// Seconds since the Unix epoch.

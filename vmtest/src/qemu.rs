@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use crate::arch::GUEST;
+
 /// What one boot printed.
 #[derive(Default, Debug)]
 pub struct Boot {
@@ -87,8 +89,8 @@ pub fn boot(start: Start<'_>, disk: &Path, cut: Option<CutAt>) -> Result<Boot> {
 
 /// Boots from the drive QEMU's `-drive` option names.
 pub fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<Boot> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
+    let mut cmd = Command::new(GUEST.qemu);
+    cmd.args(GUEST.machine).args(["-accel", &std::env::var("FERRY_VM_ACCEL").unwrap_or_else(|_| "tcg".into())]).args([
         "-m",
         "768",
         "-smp",
@@ -98,7 +100,12 @@ pub fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<B
     ]);
     match start {
         Start::Direct { kernel, initrd } => {
-            cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", "console=ttyS0 quiet panic=-1"]);
+            cmd.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(format!("console={} quiet panic=-1", GUEST.console));
         }
         Start::Firmware(Some(rom)) => {
             cmd.arg("-bios").arg(rom);
@@ -113,7 +120,7 @@ pub fn boot_drive(start: Start<'_>, drive: &str, cut: Option<CutAt>) -> Result<B
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {}", GUEST.qemu))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no qemu output"))?;
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {

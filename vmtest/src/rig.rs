@@ -15,6 +15,7 @@ use ferry_publisher::channels::{self, KeyChange, Promotion};
 use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
 use ferry_store::{ChunkParams, Id, RepoConfig, Repository, SecretKey};
 
+use crate::arch::GUEST;
 use crate::bootloader::{boot_disk, Loader};
 use crate::guest;
 use crate::host::now;
@@ -146,9 +147,9 @@ fn releases(
                 // A damaged download would be caught by its hash: this is a release built
                 // with a kernel that cannot start (its boot header overwritten).
                 kernel[..4096].fill(0x5a);
-                std::fs::write(tree.join("boot/vmlinuz"), kernel)?;
+                std::fs::write(tree.join("boot").join(GUEST.release_kernel), kernel)?;
             } else {
-                std::fs::copy(vmlinuz, tree.join("boot/vmlinuz"))?;
+                std::fs::copy(vmlinuz, tree.join("boot").join(GUEST.release_kernel))?;
             }
             std::fs::copy(if v == 3 { &broken } else { initrd }, tree.join("boot/initrd.img"))?;
             if v > 1 {
