@@ -150,9 +150,8 @@ impl std::ops::Deref for Guest {
     }
 }
 
-/// Debian's arm64 cloud kernel: the package version the harness fetches (one constant;
-/// when the mirror has moved on, the newest cloud-arm64 package in the same pool directory
-/// is taken instead).
+/// Debian's arm64 cloud kernel: the package the harness fetches, one constant (what
+/// linux-image-cloud-arm64 named in bookworm-security on 2026-12-07).
 const ARM64_KERNEL_DEB: &str = "linux-image-6.1.0-57-cloud-arm64_6.1.192-3_arm64.deb";
 const ARM64_KERNEL_POOL: &str = "http://deb.debian.org/debian-security/pool/updates/main/l/linux-signed-arm64/";
 /// busybox-static, and fw_printenv/fw_setenv with their libraries, for arm64.
@@ -253,27 +252,18 @@ fn download(debs: &Path, url: &str) -> Result<PathBuf> {
     Ok(f)
 }
 
-/// The arm64 kernel package: ARM64_KERNEL_DEB, or when the mirror no longer has it the
-/// newest cloud-arm64 image its pool directory lists.
+/// The arm64 kernel package, ARM64_KERNEL_DEB, downloaded into `debs` unless it is there.
+/// (deb.debian.org serves no listing of its pool directories, and the harness reads no
+/// package index: when Debian's security archive drops this version, the error says which
+/// constant to change.)
 fn arm64_kernel_deb(debs: &Path) -> Result<PathBuf> {
-    let first = download(debs, &format!("{ARM64_KERNEL_POOL}{ARM64_KERNEL_DEB}"));
-    let Err(e) = first else { return first };
-    eprintln!("{e:#}; looking for the newest cloud-arm64 kernel in {ARM64_KERNEL_POOL}");
-    let listing = run(Command::new("curl").args(["-sSfL", ARM64_KERNEL_POOL]))
-        .with_context(|| format!("neither {ARM64_KERNEL_DEB} nor the listing of {ARM64_KERNEL_POOL} could be downloaded: update ARM64_KERNEL_DEB in vmtest/src/arch.rs"))?;
-    let mut names: Vec<&str> = listing
-        .split('"')
-        .filter(|w| w.starts_with("linux-image-") && w.contains("-cloud-arm64_") && w.ends_with("_arm64.deb"))
-        .filter(|w| !w.contains("-dbg"))
-        .collect();
-    // Versions sort well enough by the ABI number and the upload (6.1.0-57 before 6.1.0-58).
-    names.sort_by_key(|n| {
-        n.split(|c: char| !c.is_ascii_digit()).filter_map(|d| d.parse::<u64>().ok()).collect::<Vec<_>>()
-    });
-    let newest = names.last().ok_or_else(|| {
-        anyhow!("{ARM64_KERNEL_POOL} lists no cloud-arm64 kernel: update ARM64_KERNEL_DEB in vmtest/src/arch.rs")
-    })?;
-    download(debs, &format!("{ARM64_KERNEL_POOL}{newest}"))
+    download(debs, &format!("{ARM64_KERNEL_POOL}{ARM64_KERNEL_DEB}")).with_context(|| {
+        format!(
+            "Debian's arm64 cloud kernel {ARM64_KERNEL_DEB} could not be downloaded from {ARM64_KERNEL_POOL}: \
+             if the mirror no longer has it, set ARM64_KERNEL_DEB in vmtest/src/arch.rs to the \
+             linux-image-*-cloud-arm64 package linux-image-cloud-arm64 depends on now"
+        )
+    })
 }
 
 /// The packages `urls` unpacked together into the cache's `name/` (downloaded first).
