@@ -1,9 +1,29 @@
 //! What the guest's architecture decides, in one place: QEMU's emulator and machine, the
 //! serial console, Debian's kernel package, the modules the initramfs loads, the name of the
-//! kernel in a release's `boot/`, and the U-Boot build with its board's lines. The harness
-//! boots `GUEST`; an aarch64 guest is another `Arch` (qemu-system-aarch64 `-M virt`,
-//! `ttyAMA0`, linux-image-cloud-arm64, `boot/Image`, the `qemu_arm64` U-Boot and a board file
-//! of its own), and nothing else in the harness names x86. GRUB runs are x86 (BIOS) only.
+//! kernel in a release's `boot/`, and the U-Boot build with its board's lines; for a guest
+//! that is not the host's (aarch64), where its busybox, kernel, agent, libraries and
+//! fw_setenv come from. The harness boots `GUEST` (x86_64 unless `--arch` chose another).
+//! GRUB runs are x86 (BIOS) only.
+//!
+//! x86_64 takes the host's own busybox, fw_setenv, ferryd and libraries (`ldd`), and the
+//! kernel with `apt-get download`. aarch64 runs `qemu-system-aarch64 -M virt -cpu
+//! cortex-a57` (the `max` CPU is three times slower under TCG); its guest software comes
+//! from Debian's arm64 packages, downloaded from deb.debian.org into the cache
+//! (`~/.cache/ferry-vm-arm64/debs`) and unpacked there, never installed (dpkg has no arm64
+//! architecture here, so `apt-get download` cannot name them): the cloud kernel, whose
+//! vmlinuz is an uncompressed arm64 Image that booti and QEMU's `-kernel` start directly,
+//! busybox-static, and libubootenv-tool with its libraries. The agent is the aarch64 build
+//! of `scripts/cross` (`--guest-ferryd`; the host's ferryd still seeds the image), and its
+//! libraries are listed here from the cross toolchain's (`ldd` cannot read an aarch64
+//! binary). The power-cut runs boot the kernel directly (QEMU's `-kernel`) on both.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::host::{run, which};
 
 /// A guest architecture.
 #[derive(Debug)]
@@ -30,6 +50,13 @@ pub struct Arch {
     /// Where the board's lines keep the U-Boot environment on the disk, and its size (what
     /// the guest's fw_env.config says too).
     pub uboot_env: (u64, u64),
+    /// The cache directory's name under ~/.cache (the kernel, the packages, the runs), or
+    /// under `FERRY_VM_CACHE` ("" for that directory itself).
+    pub cache_name: &'static str,
+    pub cache_subdir: &'static str,
+    /// Whether the guest's software is the host's (busybox, fw_setenv, ferryd, the libraries
+    /// `ldd` names), or Debian's packages for the guest and `--guest-ferryd`.
+    pub host_software: bool,
 }
 
 /// QEMU's PC with Debian's cloud kernel.
@@ -57,7 +84,210 @@ pub const X86_64: Arch = Arch {
     uboot_arch: "x86",
     uboot_board: "qemu-x86.cmd",
     uboot_env: (0x80000, 0x4000),
+    cache_name: "ferry-vm",
+    cache_subdir: "",
+    host_software: true,
 };
 
-/// The architecture the harness boots.
-pub const GUEST: &Arch = &X86_64;
+/// QEMU's arm64 `virt` machine with Debian's arm64 cloud kernel (its vmlinuz is an Image).
+pub const AARCH64: Arch = Arch {
+    qemu: "qemu-system-aarch64",
+    machine: &["-M", "virt", "-cpu", "cortex-a57"],
+    console: "ttyAMA0",
+    kernel_package: "linux-image-cloud-arm64",
+    kernel_prefix: "vmlinuz-",
+    release_kernel: "Image",
+    modules: &[
+        "virtio_ring",
+        "virtio",
+        "virtio_mmio",
+        "virtio_pci_modern_dev",
+        "virtio_pci_legacy_dev",
+        "virtio_pci",
+        "virtio_blk",
+        "failover",
+        "net_failover",
+        "virtio_net",
+        "overlay",
+    ],
+    uboot_rom: "/usr/lib/u-boot/qemu_arm64/u-boot.bin",
+    uboot_arch: "arm64",
+    uboot_board: "qemu-arm64.cmd",
+    uboot_env: (0x80000, 0x4000),
+    cache_name: "ferry-vm-arm64",
+    cache_subdir: "arm64",
+    host_software: false,
+};
+
+/// The architecture `--arch` names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Name {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64")]
+    Aarch64,
+}
+
+static CHOSEN: OnceLock<(&'static Arch, Option<PathBuf>)> = OnceLock::new();
+
+/// Chooses the run's architecture and, for aarch64, the agent the guest runs; once, before
+/// anything reads `GUEST`.
+pub fn choose(name: Name, guest_ferryd: Option<PathBuf>) {
+    let arch = match name {
+        Name::X86_64 => &X86_64,
+        Name::Aarch64 => &AARCH64,
+    };
+    let _ = CHOSEN.set((arch, guest_ferryd));
+}
+
+/// The architecture the harness boots: `GUEST.qemu` and so on.
+pub static GUEST: Guest = Guest;
+
+/// The chosen `Arch` (x86_64 unless `choose` said otherwise).
+pub struct Guest;
+
+impl std::ops::Deref for Guest {
+    type Target = Arch;
+    fn deref(&self) -> &Arch {
+        CHOSEN.get().map_or(&X86_64, |c| c.0)
+    }
+}
+
+/// Debian's arm64 cloud kernel: the package the harness fetches, one constant (what
+/// linux-image-cloud-arm64 named in bookworm-security on 2026-12-07).
+const ARM64_KERNEL_DEB: &str = "linux-image-6.1.0-57-cloud-arm64_6.1.192-3_arm64.deb";
+const ARM64_KERNEL_POOL: &str = "http://deb.debian.org/debian-security/pool/updates/main/l/linux-signed-arm64/";
+/// busybox-static, and fw_printenv/fw_setenv with their libraries, for arm64.
+const ARM64_BUSYBOX_DEB: &str =
+    "http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_arm64.deb";
+const ARM64_UBOOTENV_DEBS: &[&str] = &[
+    "http://deb.debian.org/debian/pool/main/libu/libubootenv/libubootenv-tool_0.3.2-1_arm64.deb",
+    "http://deb.debian.org/debian/pool/main/libu/libubootenv/libubootenv0.1_0.3.2-1_arm64.deb",
+    "http://deb.debian.org/debian-security/pool/updates/main/z/zlib/zlib1g_1.2.13.dfsg-1+deb12u1_arm64.deb",
+];
+/// The cross toolchain's libraries, which the aarch64 ferryd loads.
+const AARCH64_LIBDIR: &str = "/usr/aarch64-linux-gnu/lib";
+const AARCH64_LIBS: &[&str] = &["ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1"];
+
+impl Arch {
+    /// A statically linked busybox for the guest: the host's (busybox-static), or arm64's
+    /// from its package.
+    pub fn busybox(&self) -> Result<PathBuf> {
+        if self.host_software {
+            return which("busybox");
+        }
+        Ok(unpacked("busybox", &[ARM64_BUSYBOX_DEB.to_string()])?.join("bin/busybox"))
+    }
+
+    /// The agent the guest runs: the host's (`host_ferryd`, which also seeds the image), or
+    /// the aarch64 build given with `--guest-ferryd`.
+    pub fn guest_ferryd(&self, host_ferryd: &Path) -> Result<PathBuf> {
+        if self.host_software {
+            return Ok(host_ferryd.to_path_buf());
+        }
+        let p = CHOSEN.get().and_then(|c| c.1.clone()).ok_or_else(|| {
+            anyhow!("--arch aarch64 needs --guest-ferryd (scripts/cross aarch64-unknown-linux-gnu --ferryd-only --dev builds it)")
+        })?;
+        if !p.is_file() {
+            bail!("the guest's ferryd {} is missing", p.display());
+        }
+        Ok(p)
+    }
+
+    /// fw_setenv and fw_printenv for the guest (ferryd's U-Boot backend runs them).
+    pub fn fw_tools(&self) -> Result<(PathBuf, PathBuf)> {
+        if self.host_software {
+            return Ok((which("fw_setenv")?, which("fw_printenv")?));
+        }
+        let dir = ubootenv()?;
+        Ok((dir.join("usr/bin/fw_setenv"), dir.join("usr/bin/fw_printenv")))
+    }
+
+    /// For a guest whose software is not the host's, puts the libraries its binaries load on
+    /// the root file system `dir`: the cross toolchain's in /lib, and libubootenv's and
+    /// zlib's at their packages' multiarch paths. (The host's: `ldd` names them, guest.rs.)
+    pub fn install_libraries(&self, dir: &Path) -> Result<()> {
+        if self.host_software {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir.join("lib"))?;
+        for l in AARCH64_LIBS {
+            let from = Path::new(AARCH64_LIBDIR).join(l);
+            let real = from.canonicalize().with_context(|| format!("{}: install libc6-arm64-cross", from.display()))?;
+            std::fs::copy(real, dir.join("lib").join(l))?;
+        }
+        let env = ubootenv()?;
+        for sub in ["lib", "usr/lib"] {
+            if env.join(sub).is_dir() {
+                run(Command::new("cp").arg("-a").arg(env.join(sub)).arg(dir.join(sub).parent().unwrap_or(dir)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// For a guest whose software is not the host's: fetches Debian's kernel package from
+/// deb.debian.org (this machine's apt has no arm64) and unpacks it to `dir`; false for the
+/// host's architecture (host.rs then uses `apt-get download`).
+pub fn fetch_foreign_kernel(cache: &Path, dir: &Path) -> Result<bool> {
+    if GUEST.host_software {
+        return Ok(false);
+    }
+    let deb = arm64_kernel_deb(&cache.join("debs"))?;
+    let tmp = cache.join("kernel.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    std::fs::rename(&tmp, dir)?;
+    Ok(true)
+}
+
+/// Downloads `url` into `debs` unless it is there; the file.
+fn download(debs: &Path, url: &str) -> Result<PathBuf> {
+    let name = url.rsplit('/').next().unwrap_or(url);
+    let f = debs.join(name);
+    if !f.is_file() {
+        std::fs::create_dir_all(debs)?;
+        let tmp = debs.join(format!("{name}.tmp"));
+        run(Command::new("curl").args(["-sSfL", "--retry", "2", "-o"]).arg(&tmp).arg(url))
+            .with_context(|| format!("downloading {url}"))?;
+        std::fs::rename(&tmp, &f)?;
+    }
+    Ok(f)
+}
+
+/// The arm64 kernel package, ARM64_KERNEL_DEB, downloaded into `debs` unless it is there.
+/// (deb.debian.org serves no listing of its pool directories, and the harness reads no
+/// package index: when Debian's security archive drops this version, the error says which
+/// constant to change.)
+fn arm64_kernel_deb(debs: &Path) -> Result<PathBuf> {
+    download(debs, &format!("{ARM64_KERNEL_POOL}{ARM64_KERNEL_DEB}")).with_context(|| {
+        format!(
+            "Debian's arm64 cloud kernel {ARM64_KERNEL_DEB} could not be downloaded from {ARM64_KERNEL_POOL}: \
+             if the mirror no longer has it, set ARM64_KERNEL_DEB in vmtest/src/arch.rs to the \
+             linux-image-*-cloud-arm64 package linux-image-cloud-arm64 depends on now"
+        )
+    })
+}
+
+/// The packages `urls` unpacked together into the cache's `name/` (downloaded first).
+fn unpacked(name: &str, urls: &[String]) -> Result<PathBuf> {
+    let cache = crate::host::cache_dir();
+    let dir = cache.join(name);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = cache.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for u in urls {
+        let deb = download(&cache.join("debs"), u)?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    }
+    let _ = std::fs::remove_dir_all(tmp.join("usr/share"));
+    std::fs::rename(&tmp, &dir)?;
+    Ok(dir)
+}
+
+/// libubootenv-tool, libubootenv and zlib for arm64, unpacked.
+fn ubootenv() -> Result<PathBuf> {
+    unpacked("ubootenv", &ARM64_UBOOTENV_DEBS.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+}

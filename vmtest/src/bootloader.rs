@@ -54,7 +54,9 @@ impl Loader {
         Ok(match self {
             Loader::Grub => vec![(which("grub-editenv")?, "usr/bin/grub-editenv")],
             Loader::Uboot => {
-                vec![(which("fw_setenv")?, "usr/bin/fw_setenv"), (which("fw_printenv")?, "usr/bin/fw_printenv")]
+                // The guest's own (arm64's from its package on an aarch64 guest: arch.rs).
+                let (fw_setenv, fw_printenv) = GUEST.fw_tools()?;
+                vec![(fw_setenv, "usr/bin/fw_setenv"), (fw_printenv, "usr/bin/fw_printenv")]
             }
         })
     }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::arch::GUEST;
 use crate::bootloader::Loader;
 use crate::cpio;
-use crate::host::{run, which};
+use crate::host::run;
 
 /// The state directory on the device (ferryd.toml's `state_dir`, the default of
 /// `ferry-prepare-root` and of the shipped boot scripts): on the partition, and at the same
@@ -32,7 +32,7 @@ pub fn initramfs(modules: &Path, out: &Path) -> Result<()> {
     for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
         a.dir(d);
     }
-    let busybox = which("busybox")?;
+    let busybox = GUEST.busybox()?;
     let ldd = Command::new("ldd").arg(&busybox).output()?;
     let said = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
     if !(said.contains("not a dynamic executable") || said.contains("statically linked")) {
@@ -69,7 +69,7 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 pub fn broken_initramfs(out: &Path) -> Result<()> {
     let mut a = cpio::Archive::default();
     a.dir("bin");
-    a.file("bin/busybox", &std::fs::read(which("busybox")?)?, 0o755);
+    a.file("bin/busybox", &std::fs::read(GUEST.busybox()?)?, 0o755);
     a.file("init", b"#!/bin/busybox sh\necho FERRY-VM broken-init\nexit 1\n", 0o755);
     std::fs::write(out, a.finish())?;
     Ok(())
@@ -83,19 +83,23 @@ pub fn release_root(dir: &Path, ferryd: &Path, loader: Option<Loader>) -> Result
     for d in ["bin", "sbin", "usr/bin", "etc", "proc", "sys", "dev", "tmp", "run", "var", "sysroot"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    std::fs::copy(which("busybox")?, dir.join("bin/busybox"))?;
+    std::fs::copy(GUEST.busybox()?, dir.join("bin/busybox"))?;
     for tool in [
         "sh", "mount", "umount", "ip", "sleep", "cat", "tr", "sync", "poweroff", "echo", "test", "ls", "seq", "tee",
         "grep", "kill", "rm", "mv", "setsid", "dirname",
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
     }
-    let mut binaries = vec![(ferryd.to_path_buf(), "usr/bin/ferryd")];
+    // The guest's own agent (the aarch64 build on an aarch64 guest: arch.rs).
+    let mut binaries = vec![(GUEST.guest_ferryd(ferryd)?, "usr/bin/ferryd")];
     if let Some(l) = loader {
         binaries.extend(l.tools()?);
     }
     for (binary, at) in &binaries {
         std::fs::copy(binary, dir.join(at))?;
+        if !GUEST.host_software {
+            continue; // its libraries: GUEST.install_libraries, below
+        }
         // The shared libraries it loads, at the paths the loader looks for them.
         let ldd = run(Command::new("ldd").arg(binary))?;
         for line in ldd.lines() {
@@ -107,6 +111,7 @@ pub fn release_root(dir: &Path, ferryd: &Path, loader: Option<Loader>) -> Result
             }
         }
     }
+    GUEST.install_libraries(dir)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(dir.join("sbin/init"), include_str!("../guest/init.sh"))?;
     std::fs::set_permissions(dir.join("sbin/init"), std::fs::Permissions::from_mode(0o755))?;

@@ -12,8 +12,9 @@ use crate::arch::GUEST;
 /// Where the kernel and the runs' work directories live: `FERRY_VM_CACHE`, or
 /// `~/.cache/ferry-vm`.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("FERRY_VM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/ferry-vm")
+    // An aarch64 guest's: ~/.cache/ferry-vm-arm64, or $FERRY_VM_CACHE/arm64 (arch.rs).
+    std::env::var_os("FERRY_VM_CACHE").map(|c| PathBuf::from(c).join(GUEST.cache_subdir)).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache").join(GUEST.cache_name)
     })
 }
 
@@ -53,6 +54,10 @@ pub fn kernel() -> Result<(PathBuf, PathBuf)> {
         return Ok(k);
     }
     eprintln!("fetching Debian's cloud kernel package (once)");
+    // An aarch64 guest's comes from deb.debian.org (arch.rs): this machine's apt has no arm64.
+    if crate::arch::fetch_foreign_kernel(&cache_dir(), &dir)? {
+        return find().ok_or_else(|| anyhow!("{} holds no {}*", dir.display(), GUEST.kernel_prefix));
+    }
     let deps = run(Command::new("apt-cache").args(["depends", GUEST.kernel_package]))?;
     let package = deps
         .lines()

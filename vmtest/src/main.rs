@@ -37,6 +37,13 @@
 //! lines (`boards/qemu-x86.cmd`), with the environment in a raw area of the disk that ferryd
 //! writes with fw_setenv.
 //!
+//! `--arch aarch64` runs the power cuts and the U-Boot run on an aarch64 guest:
+//! `qemu-system-aarch64 -M virt -cpu cortex-a57`, Debian's arm64 cloud kernel, busybox and
+//! fw_setenv (downloaded from deb.debian.org into `~/.cache/ferry-vm-arm64`, never
+//! installed), the aarch64 ferryd from `scripts/cross` (`--guest-ferryd`), and for
+//! `--uboot` Debian's `qemu_arm64` U-Boot with `boards/qemu-arm64.cmd`; `arch.rs` holds all
+//! that differs (`scripts/vmtest-arm64` runs both).
+//!
 //! Where things are: `harness` runs one mode over a `rig` (the repository, the server, the
 //! disk) built from the `host`'s kernel and tools and the `guest`'s software (its scripts are
 //! in `vmtest/guest/`), for the guest architecture `arch` describes (QEMU's machine, console,
@@ -46,7 +53,8 @@
 //! This file only reads the arguments.
 //!
 //! Usage: `ferry-vmtest [--cuts N] [--seed S] [--report FILE]`, `ferry-vmtest --grub` or
-//! `ferry-vmtest --uboot`; `FERRY_VM_SOAK=1` makes the default 300 cuts instead of 10. Needs
+//! `ferry-vmtest --uboot` (the first and the last also with `--arch aarch64 --guest-ferryd
+//! FILE`); `FERRY_VM_SOAK=1` makes the default 300 cuts instead of 10. Needs
 //! qemu-system-x86_64, busybox-static, grub-pc-bin, u-boot-qemu, u-boot-tools and
 //! libubootenv-tool (`scripts/vmtest` installs them); the kernel package is
 //! fetched with `apt-get download`. KVM is not used by default (`FERRY_VM_ACCEL=kvm` to try
@@ -93,6 +101,16 @@ struct Args {
     /// shipped boot.cmd after boards/qemu-x86.cmd).
     #[arg(long, conflicts_with = "grub")]
     uboot: bool,
+    /// The guest's architecture: x86_64 (the host's), or aarch64 (`qemu-system-aarch64 -M
+    /// virt`, Debian's arm64 packages, U-Boot's qemu_arm64 build and boards/qemu-arm64.cmd;
+    /// no GRUB run).
+    #[arg(long, value_enum, default_value = "x86_64")]
+    arch: arch::Name,
+    /// The agent the guest runs, for aarch64 (`scripts/cross aarch64-unknown-linux-gnu
+    /// --ferryd-only --dev` builds it; default: $FERRY_VM_GUEST_FERRYD). The host's ferryd
+    /// still seeds the disk image.
+    #[arg(long, value_name = "FILE", env = "FERRY_VM_GUEST_FERRYD")]
+    guest_ferryd: Option<PathBuf>,
     /// Size of the release trees, in MiB.
     #[arg(long, default_value_t = 24)]
     tree_mib: u64,
@@ -100,6 +118,11 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.grub && args.arch != arch::Name::X86_64 {
+        eprintln!("error: --grub runs on x86_64 only (GRUB's i386-pc boot)");
+        return std::process::ExitCode::from(2);
+    }
+    arch::choose(args.arch, args.guest_ferryd.clone());
     let mode = if args.grub {
         Mode::Bootloader(Loader::Grub)
     } else if args.uboot {
