@@ -84,10 +84,21 @@ impl Local {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let db_path = layout.db();
-        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&db_path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => anyhow!("{} is in use by another ferryd", db_path.display()),
-            e => anyhow!("opening {}: {e}", db_path.display()),
-        })?;
+        // Every page's checksum is verified at open (a few MiB read), so a damaged file (an
+        // SD card's bit rot, a stray write) is an error here rather than a panic later. The
+        // index is a cache of what the object files hold: a damaged one is started afresh,
+        // and the next update downloads what the new one lacks.
+        let open =
+            || redb::Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(false).create(&db_path);
+        let db = match open() {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => bail!("{} is in use by another ferryd", db_path.display()),
+            Err(e) => {
+                tracing::warn!(path = %db_path.display(), error = %e, "the chunk index is damaged: starting a new one");
+                fs::remove_file(&db_path).with_context(|| format!("removing the damaged {}", db_path.display()))?;
+                open().map_err(|e| anyhow!("opening {}: {e}", db_path.display()))?
+            }
+        };
         let txn = db.begin_write()?;
         txn.open_table(INDEX)?;
         txn.commit().with_context(|| format!("creating the index in {}", db_path.display()))?;
@@ -483,5 +494,32 @@ mod tests {
         // Its object file is gone: pruning forgets the other chunk too.
         local.prune_index().unwrap();
         assert_eq!(local.location(&chunks[0].id).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_index_is_started_afresh_and_its_chunks_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let object = Id::of(b"object");
+        let chunk = ferry_store::ChunkRef { id: Id::of(b"a"), len: 10 };
+        {
+            let local = Local::open(dir.path()).unwrap();
+            local.index_object(&object, &[chunk]).unwrap();
+            local.sync().unwrap();
+        }
+        // Garbage over the file's pages, as bit rot or a stray write would leave.
+        let path = Layout::new(dir.path()).db();
+        let mut bytes = fs::read(&path).unwrap();
+        for b in bytes.iter_mut().skip(512) {
+            *b ^= 0x5a;
+        }
+        fs::write(&path, &bytes).unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        assert_eq!(local.location(&chunk.id).unwrap(), None, "a new, empty index");
+        local.index_object(&object, &[chunk]).unwrap();
+        assert!(local.location(&chunk.id).unwrap().is_some(), "and it works");
+        // A file that is not a database at all is treated the same way.
+        drop(local);
+        fs::write(&path, b"not a database").unwrap();
+        assert_eq!(Local::open(dir.path()).unwrap().location(&chunk.id).unwrap(), None);
     }
 }

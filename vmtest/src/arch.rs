@@ -248,8 +248,11 @@ fn download(debs: &Path, url: &str) -> Result<PathBuf> {
     if !f.is_file() {
         std::fs::create_dir_all(debs)?;
         let tmp = debs.join(format!("{name}.tmp"));
-        run(Command::new("curl").args(["-sSfL", "--retry", "2", "-o"]).arg(&tmp).arg(url))
-            .with_context(|| format!("downloading {url}"))?;
+        run(Command::new("curl")
+            .args(["-sSfL", "--retry", "2", "--connect-timeout", "20", "--max-time", "900", "-o"])
+            .arg(&tmp)
+            .arg(url))
+        .with_context(|| format!("downloading {url}"))?;
         std::fs::rename(&tmp, &f)?;
     }
     Ok(f)
