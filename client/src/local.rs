@@ -89,7 +89,7 @@ impl Local {
         // index is a cache of what the object files hold: a damaged one is started afresh,
         // and the next update downloads what the new one lacks.
         let open =
-            || redb::Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(false).create(&db_path);
+            || redb::Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(true).create(&db_path);
         let db = match open() {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => bail!("{} is in use by another ferryd", db_path.display()),
