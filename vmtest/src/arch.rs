@@ -154,17 +154,43 @@ impl std::ops::Deref for Guest {
 }
 
 /// Debian's arm64 cloud kernel: the package the harness fetches, one constant (what
-/// linux-image-cloud-arm64 named in bookworm-security on 2026-12-07).
-const ARM64_KERNEL_DEB: &str = "linux-image-6.1.0-57-cloud-arm64_6.1.192-3_arm64.deb";
-const ARM64_KERNEL_POOL: &str = "http://deb.debian.org/debian-security/pool/updates/main/l/linux-signed-arm64/";
+/// linux-image-cloud-arm64 named in bookworm-security on 2026-12-07), with its SHA-256.
+const ARM64_KERNEL_DEB: Deb = Deb {
+    url: "http://deb.debian.org/debian-security/pool/updates/main/l/linux-signed-arm64/linux-image-6.1.0-57-cloud-arm64_6.1.192-3_arm64.deb",
+    sha256: "51952bf54e96b0bc6263fb51a47b79e206dca0213cd5421162bc55cddbd6e51e",
+};
 /// busybox-static, and fw_printenv/fw_setenv with their libraries, for arm64.
-const ARM64_BUSYBOX_DEB: &str =
-    "http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_arm64.deb";
-const ARM64_UBOOTENV_DEBS: &[&str] = &[
-    "http://deb.debian.org/debian/pool/main/libu/libubootenv/libubootenv-tool_0.3.2-1_arm64.deb",
-    "http://deb.debian.org/debian/pool/main/libu/libubootenv/libubootenv0.1_0.3.2-1_arm64.deb",
-    "http://deb.debian.org/debian-security/pool/updates/main/z/zlib/zlib1g_1.2.13.dfsg-1+deb12u1_arm64.deb",
+const ARM64_BUSYBOX_DEB: Deb = Deb {
+    url: "http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_arm64.deb",
+    sha256: "732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5",
+};
+const ARM64_UBOOTENV_DEBS: &[Deb] = &[
+    Deb {
+        url: "http://deb.debian.org/debian/pool/main/libu/libubootenv/libubootenv-tool_0.3.2-1_arm64.deb",
+        sha256: "7b5f8ddf9c053ac51004d933e2adf036930dbdc6776ae272e57169fd2f8a3a40",
+    },
+    Deb {
+        url: "http://deb.debian.org/debian/pool/main/libu/libubootenv/libubootenv0.1_0.3.2-1_arm64.deb",
+        sha256: "f182963ee98d09b311dab2bd5813fdaf5b499cd2cc2d9b62cc9aee57156a3dc8",
+    },
+    Deb {
+        url: "http://deb.debian.org/debian-security/pool/updates/main/z/zlib/zlib1g_1.2.13.dfsg-1+deb12u1_arm64.deb",
+        sha256: "61477d8059daf1765683a73099cc17941e1970acb520fd238646dedf99eb16f6",
+    },
 ];
+/// A package from Debian's pool, fetched over plain HTTP (as apt does) and trusted only when
+/// its SHA-256 is the one written here.
+#[derive(Debug, Clone, Copy)]
+struct Deb {
+    url: &'static str,
+    sha256: &'static str,
+}
+
+impl Deb {
+    fn name(&self) -> &'static str {
+        self.url.rsplit('/').next().unwrap_or(self.url)
+    }
+}
 /// The cross toolchain's libraries, which the aarch64 ferryd loads.
 const AARCH64_LIBDIR: &str = "/usr/aarch64-linux-gnu/lib";
 const AARCH64_LIBS: &[&str] = &["ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1"];
@@ -176,7 +202,7 @@ impl Arch {
         if self.host_software {
             return which("busybox");
         }
-        Ok(unpacked("busybox", &[ARM64_BUSYBOX_DEB.to_string()])?.join("bin/busybox"))
+        Ok(unpacked("busybox", &[ARM64_BUSYBOX_DEB])?.join("bin/busybox"))
     }
 
     /// The agent the guest runs: the host's (`host_ferryd`, which also seeds the image), or
@@ -241,21 +267,31 @@ pub fn fetch_foreign_kernel(cache: &Path, dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Downloads `url` into `debs` unless it is there; the file.
-fn download(debs: &Path, url: &str) -> Result<PathBuf> {
-    let name = url.rsplit('/').next().unwrap_or(url);
-    let f = debs.join(name);
+/// Downloads `deb` into `debs` unless it is there; the file. The download is checked against
+/// the pinned SHA-256 before it takes the package's name, so the cache holds only packages
+/// that were checked (a mirror or a network that serves other bytes is refused, by name).
+fn download(debs: &Path, deb: Deb) -> Result<PathBuf> {
+    let f = debs.join(deb.name());
     if !f.is_file() {
         std::fs::create_dir_all(debs)?;
-        let tmp = debs.join(format!("{name}.tmp"));
+        let tmp = debs.join(format!("{}.tmp", deb.name()));
         run(Command::new("curl")
             .args(["-sSfL", "--retry", "2", "--connect-timeout", "20", "--max-time", "900", "-o"])
             .arg(&tmp)
-            .arg(url))
-        .with_context(|| format!("downloading {url}"))?;
+            .arg(deb.url))
+        .with_context(|| format!("downloading {}", deb.url))?;
+        let got = sha256_hex(&std::fs::read(&tmp)?);
+        if got != deb.sha256 {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("{} has SHA-256 {got}, not the {} vmtest/src/arch.rs pins: refused", deb.url, deb.sha256);
+        }
         std::fs::rename(&tmp, &f)?;
     }
     Ok(f)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 /// The arm64 kernel package, ARM64_KERNEL_DEB, downloaded into `debs` unless it is there.
@@ -263,17 +299,18 @@ fn download(debs: &Path, url: &str) -> Result<PathBuf> {
 /// package index: when Debian's security archive drops this version, the error says which
 /// constant to change.)
 fn arm64_kernel_deb(debs: &Path) -> Result<PathBuf> {
-    download(debs, &format!("{ARM64_KERNEL_POOL}{ARM64_KERNEL_DEB}")).with_context(|| {
+    download(debs, ARM64_KERNEL_DEB).with_context(|| {
         format!(
-            "Debian's arm64 cloud kernel {ARM64_KERNEL_DEB} could not be downloaded from {ARM64_KERNEL_POOL}: \
-             if the mirror no longer has it, set ARM64_KERNEL_DEB in vmtest/src/arch.rs to the \
-             linux-image-*-cloud-arm64 package linux-image-cloud-arm64 depends on now"
+            "Debian's arm64 cloud kernel {} could not be fetched: if the mirror no longer has it, \
+             set ARM64_KERNEL_DEB in vmtest/src/arch.rs to the linux-image-*-cloud-arm64 package \
+             linux-image-cloud-arm64 depends on now, with its SHA-256",
+            ARM64_KERNEL_DEB.url
         )
     })
 }
 
-/// The packages `urls` unpacked together into the cache's `name/` (downloaded first).
-fn unpacked(name: &str, urls: &[String]) -> Result<PathBuf> {
+/// The packages `debs` unpacked together into the cache's `name/` (downloaded first).
+fn unpacked(name: &str, debs: &[Deb]) -> Result<PathBuf> {
     let cache = crate::host::cache_dir();
     let dir = cache.join(name);
     if dir.is_dir() {
@@ -281,8 +318,8 @@ fn unpacked(name: &str, urls: &[String]) -> Result<PathBuf> {
     }
     let tmp = cache.join(format!("{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    for u in urls {
-        let deb = download(&cache.join("debs"), u)?;
+    for d in debs {
+        let deb = download(&cache.join("debs"), *d)?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
     }
     let _ = std::fs::remove_dir_all(tmp.join("usr/share"));
@@ -292,5 +329,56 @@ fn unpacked(name: &str, urls: &[String]) -> Result<PathBuf> {
 
 /// libubootenv-tool, libubootenv and zlib for arm64, unpacked.
 fn ubootenv() -> Result<PathBuf> {
-    unpacked("ubootenv", &ARM64_UBOOTENV_DEBS.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+    unpacked("ubootenv", ARM64_UBOOTENV_DEBS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory of this test's own, removed first.
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-vmtest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("a scratch directory");
+        d
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    #[test]
+    fn a_download_whose_digest_differs_is_refused_and_not_cached() {
+        let dir = scratch("digest");
+        let served = dir.join("served");
+        std::fs::create_dir_all(&served).unwrap();
+        std::fs::write(served.join("pkg_1_arm64.deb"), b"what the mirror served").unwrap();
+        let url = leak(format!("file://{}/pkg_1_arm64.deb", served.display()));
+        let debs = dir.join("debs");
+
+        let wrong = Deb { url, sha256: leak(sha256_hex(b"what the pin says")) };
+        let err = format!("{:#}", download(&debs, wrong).unwrap_err());
+        assert!(err.contains("refused") && err.contains("pkg_1_arm64.deb"), "{err}");
+        assert!(!debs.join("pkg_1_arm64.deb").exists(), "a refused package stays out of the cache");
+        assert!(!debs.join("pkg_1_arm64.deb.tmp").exists());
+
+        let right = Deb { url, sha256: leak(sha256_hex(b"what the mirror served")) };
+        let got = download(&debs, right).unwrap();
+        assert_eq!(std::fs::read(got).unwrap(), b"what the mirror served");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_pinned_package_names_a_deb_and_a_sha256() {
+        let all = [ARM64_KERNEL_DEB, ARM64_BUSYBOX_DEB].into_iter().chain(ARM64_UBOOTENV_DEBS.iter().copied());
+        for d in all {
+            assert!(d.url.starts_with("http://deb.debian.org/") && d.name().ends_with("_arm64.deb"), "{}", d.url);
+            assert!(
+                d.sha256.len() == 64 && d.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{}",
+                d.sha256
+            );
+        }
+    }
 }
