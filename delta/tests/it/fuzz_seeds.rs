@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use ferry_delta::content;
 use ferry_delta::pack::{self, TreesEncoding, TreesRequest};
 use ferry_delta::patch::{self, Patch, PatchPayload};
 use ferry_store::{ChunkRef, Entry, EntryKind, Id, Meta, Tree};
@@ -134,6 +135,22 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     out.push(("trees_response", "frames", response(0, &[], &frames)));
     let compressed = patch::compress_patch(&prefix, &frames, 19).unwrap();
     out.push(("trees_response", "compressed", response(1, &prefix, &compressed)));
+
+    // content_index: commit id ‖ u32 index length ‖ index ‖ the pack (one pack of five chunks).
+    let mut writer = content::PackWriter::new(1 << 20);
+    for (i, c) in [&b"app v2"[..], b"shared", b"zlib 1.3", b"app v1", b"zlib 1.2"].iter().enumerate() {
+        writer.add(&Id::of(c), &[i as u8; 9]);
+    }
+    let content::Packed { packs, placed } = writer.finish();
+    let commit = Id::of(b"a commit");
+    let index = content::ContentIndex::new(commit, packs.iter().map(|p| p.0).collect(), placed.into_iter().collect())
+        .unwrap()
+        .encode();
+    let mut input = commit.as_bytes().to_vec();
+    input.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    input.extend_from_slice(&index);
+    input.extend_from_slice(&packs[0].1);
+    out.push(("content_index", "one_pack", input));
     out
 }
 
