@@ -5,25 +5,29 @@
 //! ```text
 //! pack:   frame × n                 (pack::write_frame: id[32] ‖ u32 LE length ‖ stored zstd frame)
 //! index:  "FRYX" ‖ u8 version (1) ‖ commit id[32]
-//!         ‖ u32 LE pack count ‖ pack id[32] × count
+//!         ‖ u32 LE pack count ‖ pack id[32] × count, ascending, each used by an entry
 //!         ‖ u32 LE entry count ‖ entry × count, in ascending chunk id order
 //! entry:  chunk id[32] ‖ u32 LE pack number ‖ u64 LE offset ‖ u32 LE frame length (header included)
 //! ```
 //!
 //! The index is not signed, so it is only a map: it can send a device to the wrong bytes but
-//! never make it accept them. Every frame read through it is checked against the index
-//! ([`RangeReader`]: the id and length in the frame's own header must be the ones the index
-//! gave), and the caller then checks each chunk against its signed tree as for any other
-//! source. Decoding is strict and bounded by the caller: no more entries than the signed trees
-//! name chunks, ids in order without duplicates, frames of one pack that never overlap.
+//! never make it accept them or hold more than it allows. [`plan_ranges`] takes each wanted
+//! chunk's signed length and refuses a frame longer than that chunk's zstd bound before any
+//! request; [`RangeReader`] checks each frame's own header against the index as soon as it
+//! arrives; the caller then checks each chunk against its signed tree as for any other
+//! source. Decoding is strict and bounded by the caller (no more entries than the signed trees
+//! name chunks), and canonical: one layout has one encoding.
+//!
+//! A [`RangeReader`] expects the bytes from its range's start: an HTTP caller accepts a 206
+//! answer whose `Content-Range` is the range asked for (or a 200 only for a range from 0).
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use ferry_store::wire::Reader;
 use ferry_store::Id;
 
-use crate::pack::{write_frame, FRAME_HEADER};
+use crate::pack::{max_stored_len, write_frame, FRAME_HEADER};
 
 /// The first bytes of an index.
 pub const INDEX_MAGIC: &[u8; 4] = b"FRYX";
@@ -31,61 +35,83 @@ pub const INDEX_MAGIC: &[u8; 4] = b"FRYX";
 pub const INDEX_VERSION: u8 = 1;
 /// Bytes of one index entry.
 pub const INDEX_ENTRY: usize = 32 + 4 + 8 + 4;
+/// The largest pack an index may point into (1 TiB): keeps every offset sum far from
+/// overflow and every `Range` header one a server understands.
+pub const MAX_PACK_LEN: u64 = 1 << 40;
 
-/// Where one chunk's frame lies: in which of the index's packs, at which byte, how long
-/// (the frame's header included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    pub pack: u32,
+/// Where one chunk's frame lies in a pack: at which byte, how long (the frame's header
+/// included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Placement {
+    pub pack: Id,
     pub offset: u64,
     pub len: u32,
 }
 
-impl Location {
-    /// One past the frame's last byte.
-    pub fn end(&self) -> u64 {
-        self.offset + u64::from(self.len)
-    }
-}
-
-/// Why an index, or a range read through it, is refused.
+/// Why an index, a plan or a range read through it is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentError {
     #[error("the content index {0}")]
     Malformed(String),
     #[error("the content index is for commit {found}, not {expected}")]
     OtherCommit { expected: Id, found: Id },
-    #[error("the content index lists {count} chunks; commit's trees name {max}")]
+    #[error("the content index lists {count} chunks; the commit's trees name {max}")]
     TooManyEntries { count: usize, max: usize },
     #[error("the content index has no place for chunk {0}")]
     NotIndexed(Id),
+    #[error("the content index gives chunk {id} a frame of {len} bytes; its signed length allows {max}")]
+    FrameTooLong { id: Id, len: u32, max: u32 },
     #[error("the content at byte {offset} of pack {pack} is not the frame of {id} that the index promised")]
     WrongFrame { pack: Id, offset: u64, id: Id },
     #[error("the range of pack {pack} ended {missing} bytes early")]
     Truncated { pack: Id, missing: u64 },
     #[error("the range of pack {pack} sent more bytes than were asked for")]
     TooLong { pack: Id },
+    #[error("a chunk's stored frame of {0} bytes does not fit a pack frame")]
+    FrameTooLarge(usize),
 }
 
 fn malformed(e: impl std::fmt::Display) -> ContentError {
     ContentError::Malformed(e.to_string())
 }
 
+/// One entry as the index stores it: the pack by its number in the index's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    pack: u32,
+    offset: u64,
+    len: u32,
+}
+
 /// A commit's content index: the packs its chunks lie in, and each chunk's place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentIndex {
     commit: Id,
+    /// Ascending, each used by an entry.
     packs: Vec<Id>,
     /// In ascending chunk id order.
-    entries: Vec<(Id, Location)>,
+    entries: Vec<(Id, Entry)>,
 }
 
 impl ContentIndex {
-    /// An index of `entries` (in any order) for `commit`; refused if a chunk is listed twice,
-    /// a pack number is out of range, a frame is shorter than its header or two frames of
-    /// one pack overlap.
-    pub fn new(commit: Id, packs: Vec<Id>, mut entries: Vec<(Id, Location)>) -> Result<ContentIndex, ContentError> {
-        entries.sort_by_key(|e| e.0);
+    /// The index of `placements` (one per chunk, in any order) for `commit`; refused if a
+    /// chunk is placed twice, a frame is no longer than its header or ends past
+    /// [`MAX_PACK_LEN`], or two frames of one pack overlap.
+    pub fn new(
+        commit: Id,
+        placements: impl IntoIterator<Item = (Id, Placement)>,
+    ) -> Result<ContentIndex, ContentError> {
+        let mut placements: Vec<(Id, Placement)> = placements.into_iter().collect();
+        let packs: Vec<Id> = placements.iter().map(|p| p.1.pack).collect::<BTreeSet<_>>().into_iter().collect();
+        if packs.len() > u32::MAX as usize || placements.len() > u32::MAX as usize {
+            return Err(malformed(format_args!("would list {} chunks in {} packs", placements.len(), packs.len())));
+        }
+        placements.sort_by_key(|p| p.0);
+        let mut entries = Vec::with_capacity(placements.len());
+        for (id, p) in placements {
+            let pack = packs.binary_search(&p.pack).map_err(|_| malformed("lost a pack"))? as u32;
+            entries.push((id, Entry { pack, offset: p.offset, len: p.len }));
+        }
         let index = ContentIndex { commit, packs, entries };
         index.check()?;
         Ok(index)
@@ -95,23 +121,33 @@ impl ContentIndex {
         &self.commit
     }
 
+    /// The packs, ascending.
     pub fn packs(&self) -> &[Id] {
         &self.packs
     }
 
+    /// How many chunks the index places.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Every chunk and its place, in ascending chunk id order.
-    pub fn entries(&self) -> &[(Id, Location)] {
-        &self.entries
+    pub fn placements(&self) -> impl Iterator<Item = (Id, Placement)> + '_ {
+        self.entries.iter().filter_map(|(id, e)| self.placement(e).map(|p| (*id, p)))
     }
 
     /// The place of chunk `id`, if the index has it.
-    pub fn locate(&self, id: &Id) -> Option<Location> {
-        self.entries.binary_search_by_key(id, |e| e.0).ok().and_then(|i| self.entries.get(i)).map(|e| e.1)
+    pub fn locate(&self, id: &Id) -> Option<Placement> {
+        let i = self.entries.binary_search_by_key(id, |e| e.0).ok()?;
+        self.entries.get(i).and_then(|(_, e)| self.placement(e))
     }
 
-    /// The pack a location names.
-    pub fn pack(&self, location: &Location) -> Option<&Id> {
-        self.packs.get(location.pack as usize)
+    fn placement(&self, e: &Entry) -> Option<Placement> {
+        Some(Placement { pack: *self.packs.get(e.pack as usize)?, offset: e.offset, len: e.len })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -119,22 +155,23 @@ impl ContentIndex {
         out.extend_from_slice(INDEX_MAGIC);
         out.push(INDEX_VERSION);
         out.extend_from_slice(self.commit.as_bytes());
+        // Both counts fit: `new` and `decode` refuse more than u32::MAX.
         out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
         for p in &self.packs {
             out.extend_from_slice(p.as_bytes());
         }
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for (id, l) in &self.entries {
+        for (id, e) in &self.entries {
             out.extend_from_slice(id.as_bytes());
-            out.extend_from_slice(&l.pack.to_le_bytes());
-            out.extend_from_slice(&l.offset.to_le_bytes());
-            out.extend_from_slice(&l.len.to_le_bytes());
+            out.extend_from_slice(&e.pack.to_le_bytes());
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.len.to_le_bytes());
         }
         out
     }
 
     /// Reads the index of `commit`, strictly, with at most `max_entries` chunks (the number
-    /// of distinct chunks the commit's signed trees name) and as many packs.
+    /// of distinct chunks the commit's signed trees name).
     pub fn decode(bytes: &[u8], commit: &Id, max_entries: usize) -> Result<ContentIndex, ContentError> {
         let mut r = Reader::new(bytes);
         if r.array::<4>("magic").map_err(malformed)? != *INDEX_MAGIC {
@@ -149,9 +186,6 @@ impl ContentIndex {
             return Err(ContentError::OtherCommit { expected: *commit, found });
         }
         let pack_count = r.u32("pack count").map_err(malformed)? as usize;
-        if pack_count > max_entries {
-            return Err(malformed(format_args!("names {pack_count} packs for at most {max_entries} chunks")));
-        }
         // Bounded by the bytes present before anything is allocated for them.
         if pack_count.saturating_mul(32) > r.remaining() {
             return Err(malformed("is truncated in its pack list"));
@@ -173,12 +207,7 @@ impl ContentIndex {
             let pack = r.u32("pack number").map_err(malformed)?;
             let offset = r.u64("offset").map_err(malformed)?;
             let len = r.u32("frame length").map_err(malformed)?;
-            if let Some((last, _)) = entries.last() {
-                if *last >= id {
-                    return Err(malformed(format_args!("lists {id} out of order or twice")));
-                }
-            }
-            entries.push((id, Location { pack, offset, len }));
+            entries.push((id, Entry { pack, offset, len }));
         }
         r.finish().map_err(malformed)?;
         let index = ContentIndex { commit: found, packs, entries };
@@ -186,26 +215,34 @@ impl ContentIndex {
         Ok(index)
     }
 
-    /// The rules [`ContentIndex::new`] and [`ContentIndex::decode`] share.
+    /// The rules [`ContentIndex::new`] and [`ContentIndex::decode`] share, which make the
+    /// encoding canonical: packs ascending and each used, chunks ascending and each once,
+    /// frames longer than their header, inside [`MAX_PACK_LEN`], never overlapping.
     fn check(&self) -> Result<(), ContentError> {
+        if self.packs.windows(2).any(|w| matches!(w, [a, b] if a >= b)) {
+            return Err(malformed("lists its packs out of order or twice"));
+        }
+        if self.entries.windows(2).any(|w| matches!(w, [a, b] if a.0 >= b.0)) {
+            return Err(malformed("lists its chunks out of order or twice"));
+        }
+        let mut used = vec![false; self.packs.len()];
         let mut by_place: Vec<(u32, u64, u64, Id)> = Vec::with_capacity(self.entries.len());
-        let mut previous: Option<&Id> = None;
-        for (id, l) in &self.entries {
-            if previous == Some(id) {
-                return Err(malformed(format_args!("lists {id} twice")));
+        for (id, e) in &self.entries {
+            let Some(u) = used.get_mut(e.pack as usize) else {
+                return Err(malformed(format_args!("puts {id} in pack {} of {}", e.pack, self.packs.len())));
+            };
+            *u = true;
+            if (e.len as usize) <= FRAME_HEADER {
+                return Err(malformed(format_args!("gives {id} a frame of {} bytes", e.len)));
             }
-            previous = Some(id);
-            if l.pack as usize >= self.packs.len() {
-                return Err(malformed(format_args!("puts {id} in pack {} of {}", l.pack, self.packs.len())));
-            }
-            if (l.len as usize) <= FRAME_HEADER {
-                return Err(malformed(format_args!("gives {id} a frame of {} bytes", l.len)));
-            }
-            let end = l
-                .offset
-                .checked_add(u64::from(l.len))
-                .ok_or_else(|| malformed(format_args!("puts {id} past the largest offset")))?;
-            by_place.push((l.pack, l.offset, end, *id));
+            let end = e.offset.checked_add(u64::from(e.len)).filter(|end| *end <= MAX_PACK_LEN);
+            let Some(end) = end else {
+                return Err(malformed(format_args!("puts {id} past the largest pack ({MAX_PACK_LEN} bytes)")));
+            };
+            by_place.push((e.pack, e.offset, end, *id));
+        }
+        if used.iter().any(|u| !u) {
+            return Err(malformed("lists a pack no chunk is in"));
         }
         by_place.sort_unstable();
         for pair in by_place.windows(2) {
@@ -219,19 +256,45 @@ impl ContentIndex {
     }
 }
 
-/// One GET: bytes `start..end` of a pack, holding the frames of `frames` (by offset) and
-/// whatever lies between them.
+/// One wanted frame in a [`Range`]: the chunk, where its frame starts in the pack, how long
+/// it is (header included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeFrameAt {
+    pub id: Id,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// One GET: bytes `start..end` of a pack, holding the wanted frames and whatever lies
+/// between them. Made only by [`plan_ranges`], so its frames are in order, inside it and
+/// checked against the signed lengths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
-    pub pack: Id,
-    pub start: u64,
-    pub end: u64,
-    /// The chunks asked for, in offset order: id, offset in the pack, frame length.
-    pub frames: Vec<(Id, u64, u32)>,
+    pack: Id,
+    start: u64,
+    end: u64,
+    frames: Vec<RangeFrameAt>,
 }
 
 impl Range {
-    /// The bytes the GET moves.
+    pub fn pack(&self) -> &Id {
+        &self.pack
+    }
+
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The wanted frames, in offset order.
+    pub fn frames(&self) -> &[RangeFrameAt] {
+        &self.frames
+    }
+
+    /// The bytes the GET moves (never 0: a range holds at least one frame).
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
@@ -255,30 +318,36 @@ pub struct Coalesce {
     pub max_range: u64,
 }
 
-/// The GETs that fetch `wanted` (chunk ids, each once) through `index`, in pack and offset
-/// order; an id the index lacks is an error naming it.
-pub fn plan_ranges(index: &ContentIndex, wanted: &[Id], how: Coalesce) -> Result<Vec<Range>, ContentError> {
+/// The GETs that fetch `wanted` (chunk ids with their signed lengths) through `index`, in
+/// pack and offset order. Refused before any request: a chunk the index lacks, or one whose
+/// frame is longer than its signed length's zstd bound allows.
+pub fn plan_ranges(index: &ContentIndex, wanted: &[(Id, u32)], how: Coalesce) -> Result<Vec<Range>, ContentError> {
     let mut places = Vec::with_capacity(wanted.len());
-    for id in wanted {
-        let l = index.locate(id).ok_or(ContentError::NotIndexed(*id))?;
-        places.push((l.pack, l.offset, l.len, *id));
+    for (id, raw_len) in wanted {
+        let p = index.locate(id).ok_or(ContentError::NotIndexed(*id))?;
+        let max = max_stored_len(*raw_len).saturating_add(FRAME_HEADER as u32);
+        if p.len > max {
+            return Err(ContentError::FrameTooLong { id: *id, len: p.len, max });
+        }
+        places.push((p.pack, p.offset, p.len, *id));
     }
     places.sort_unstable();
     places.dedup_by_key(|p| p.3);
-    let mut ranges: Vec<(u32, Range)> = Vec::new();
+    let mut ranges: Vec<Range> = Vec::new();
     for (pack, offset, len, id) in places {
+        // Inside MAX_PACK_LEN (the index's check): no sum here overflows.
         let end = offset + u64::from(len);
-        if let Some((p, r)) = ranges.last_mut() {
-            if *p == pack && offset.saturating_sub(r.end) <= how.max_gap && end - r.start <= how.max_range {
+        let at = RangeFrameAt { id, offset, len };
+        if let Some(r) = ranges.last_mut() {
+            if r.pack == pack && offset.saturating_sub(r.end) <= how.max_gap && end - r.start <= how.max_range {
                 r.end = r.end.max(end);
-                r.frames.push((id, offset, len));
+                r.frames.push(at);
                 continue;
             }
         }
-        let pack_id = *index.packs.get(pack as usize).ok_or_else(|| malformed(format_args!("has no pack {pack}")))?;
-        ranges.push((pack, Range { pack: pack_id, start: offset, end, frames: vec![(id, offset, len)] }));
+        ranges.push(Range { pack, start: offset, end, frames: vec![at] });
     }
-    Ok(ranges.into_iter().map(|(_, r)| r).collect())
+    Ok(ranges)
 }
 
 /// A frame read out of a range: the chunk and its stored zstd frame, unverified.
@@ -289,137 +358,157 @@ pub struct RangeFrame {
 }
 
 /// Reads one [`Range`]'s bytes as they arrive: skips what lies between the wanted frames,
-/// checks each wanted frame's header against the index, and buffers at most one frame.
+/// checks each wanted frame's header against the index as soon as it is in, and holds at
+/// most one frame. After an error it refuses everything.
 #[derive(Debug)]
 pub struct RangeReader {
     range: Range,
     /// The pack offset of the next byte to arrive.
     at: u64,
-    /// The next wanted frame (index into `range.frames`) and its bytes so far.
+    /// The next wanted frame (an index into `range.frames`).
     next: usize,
-    buf: Vec<u8>,
+    header: Vec<u8>,
+    stored: Vec<u8>,
+    failed: Option<ContentError>,
 }
 
 impl RangeReader {
     pub fn new(range: Range) -> RangeReader {
         let at = range.start;
-        RangeReader { range, at, next: 0, buf: Vec::new() }
+        RangeReader { range, at, next: 0, header: Vec::with_capacity(FRAME_HEADER), stored: Vec::new(), failed: None }
     }
 
-    /// The frames `data` completed.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<Vec<RangeFrame>, ContentError> {
+    /// The frames `data` completed. On an error, the frames this call completed are not
+    /// returned (the caller fetches what it has not staged elsewhere).
+    pub fn feed(&mut self, data: &[u8]) -> Result<Vec<RangeFrame>, ContentError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.feed_inner(data);
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn feed_inner(&mut self, mut data: &[u8]) -> Result<Vec<RangeFrame>, ContentError> {
         let mut done = Vec::new();
         while !data.is_empty() {
-            let Some(&(id, offset, len)) = self.range.frames.get(self.next) else {
-                // Past the last wanted frame: only bytes up to the range's end may follow.
-                if self.at + data.len() as u64 > self.range.end {
-                    return Err(ContentError::TooLong { pack: self.range.pack });
-                }
-                self.at += data.len() as u64;
-                return Ok(done);
+            let Some(&frame) = self.range.frames.get(self.next) else {
+                // Past the last wanted frame: the range ends there, so nothing may follow.
+                return Err(ContentError::TooLong { pack: self.range.pack });
             };
-            if self.at < offset {
-                let skip = (offset - self.at).min(data.len() as u64) as usize;
+            if self.at < frame.offset {
+                let skip = (frame.offset - self.at).min(data.len() as u64) as usize;
                 data = data.get(skip..).unwrap_or_default();
                 self.at += skip as u64;
                 continue;
             }
-            if self.at > offset {
-                // Two wanted frames overlap: the plan came from a checked index, so this is
-                // a frame that lies about where it ends.
-                return Err(ContentError::WrongFrame { pack: self.range.pack, offset, id });
+            if self.header.len() < FRAME_HEADER {
+                let take = (FRAME_HEADER - self.header.len()).min(data.len());
+                let (h, rest) = data.split_at(take);
+                self.header.extend_from_slice(h);
+                data = rest;
+                if self.header.len() == FRAME_HEADER {
+                    self.check_header(&frame)?;
+                    self.stored = Vec::with_capacity(frame.len as usize - FRAME_HEADER);
+                }
+                continue;
             }
-            let frame_end = offset + u64::from(len);
-            let want = (len as usize).saturating_sub(self.buf.len()).min(data.len());
+            let want = (frame.len as usize - FRAME_HEADER - self.stored.len()).min(data.len());
             let (take, rest) = data.split_at(want);
-            if self.buf.is_empty() {
-                self.buf.reserve_exact((len as usize).min(FRAME_HEADER + take.len()));
-            }
-            self.buf.extend_from_slice(take);
+            self.stored.extend_from_slice(take);
             data = rest;
-            if self.buf.len() == len as usize {
-                let frame = std::mem::take(&mut self.buf);
-                done.push(self.finish_frame(frame, id, offset)?);
-                self.at = frame_end;
+            if self.stored.len() == frame.len as usize - FRAME_HEADER {
+                done.push(RangeFrame { id: frame.id, stored: std::mem::take(&mut self.stored) });
+                self.header.clear();
+                self.at = frame.offset + u64::from(frame.len);
                 self.next += 1;
             }
         }
         Ok(done)
     }
 
-    fn finish_frame(&self, frame: Vec<u8>, id: Id, offset: u64) -> Result<RangeFrame, ContentError> {
-        let wrong = || ContentError::WrongFrame { pack: self.range.pack, offset, id };
-        let mut r = Reader::new(&frame);
-        let found = r.id("frame id").map_err(|_| wrong())?;
+    /// The frame's own header must name the chunk and the length the index gave.
+    fn check_header(&self, frame: &RangeFrameAt) -> Result<(), ContentError> {
+        let wrong = || ContentError::WrongFrame { pack: self.range.pack, offset: frame.offset, id: frame.id };
+        let mut r = Reader::new(&self.header);
+        let id = r.id("frame id").map_err(|_| wrong())?;
         let stored_len = r.u32("frame length").map_err(|_| wrong())?;
-        if found != id || stored_len as usize != r.remaining() {
+        if id != frame.id || stored_len as usize + FRAME_HEADER != frame.len as usize {
             return Err(wrong());
         }
-        let mut stored = frame;
-        stored.drain(..FRAME_HEADER);
-        Ok(RangeFrame { id, stored })
+        Ok(())
     }
 
     /// After the last byte: every wanted frame must have arrived whole.
     pub fn finish(&self) -> Result<(), ContentError> {
-        // `at` moves past a wanted frame only once it is whole; its part is in `buf`.
-        let received = self.at + self.buf.len() as u64;
-        if received < self.range.end {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.next < self.range.frames.len() {
+            let received = self.at + (self.header.len() + self.stored.len()) as u64;
             return Err(ContentError::Truncated { pack: self.range.pack, missing: self.range.end - received });
         }
         Ok(())
     }
 }
 
-/// Packs written in order, each up to a size, with every frame's place recorded: what
-/// `ferry export` uses to lay out new chunks.
+/// A closed pack: its name (the BLAKE3 of its bytes) and its bytes.
+pub type Pack = (Id, Vec<u8>);
+
+/// Packs written in order, each closed once it reaches a size, with every frame's place
+/// recorded: what `ferry export` lays new chunks out with. Closed packs are handed out as
+/// they close, so only one is held.
 #[derive(Debug)]
 pub struct PackWriter {
     target: usize,
     current: Vec<u8>,
-    packs: Vec<(Id, Vec<u8>)>,
-    /// Each chunk's place; the pack number of the one being written is `packs.len()`.
-    placed: HashMap<Id, Location>,
-}
-
-/// What a [`PackWriter`] wrote: the packs, named by the BLAKE3 of their bytes, and each
-/// chunk's place (its `pack` a number in `packs`).
-#[derive(Debug, Default)]
-pub struct Packed {
-    pub packs: Vec<(Id, Vec<u8>)>,
-    pub placed: HashMap<Id, Location>,
+    /// The chunks of the pack being written: id, offset, frame length.
+    pending: Vec<(Id, u64, u32)>,
+    placed: HashMap<Id, Placement>,
 }
 
 impl PackWriter {
     /// Packs of about `target` bytes (a pack closes after the frame that reaches it).
     pub fn new(target: usize) -> PackWriter {
-        PackWriter { target, current: Vec::new(), packs: Vec::new(), placed: HashMap::new() }
+        PackWriter { target, current: Vec::new(), pending: Vec::new(), placed: HashMap::new() }
     }
 
-    /// Adds a chunk's stored frame, once (a chunk already added is skipped).
-    pub fn add(&mut self, id: &Id, stored: &[u8]) {
-        if self.placed.contains_key(id) {
-            return;
+    /// Whether the chunk was added already (to this writer's packs, closed or not).
+    pub fn has(&self, id: &Id) -> bool {
+        self.placed.contains_key(id) || self.pending.iter().any(|p| p.0 == *id)
+    }
+
+    /// Adds a chunk's stored frame, once (a chunk already added is skipped); a pack that
+    /// this closed, named by the BLAKE3 of its bytes.
+    pub fn add(&mut self, id: &Id, stored: &[u8]) -> Result<Option<Pack>, ContentError> {
+        if self.has(id) {
+            return Ok(None);
         }
+        let len = u32::try_from(FRAME_HEADER + stored.len()).map_err(|_| ContentError::FrameTooLarge(stored.len()))?;
         let offset = self.current.len() as u64;
         write_frame(&mut self.current, id, stored);
-        let len = (FRAME_HEADER + stored.len()) as u32;
-        self.placed.insert(*id, Location { pack: self.packs.len() as u32, offset, len });
-        if self.current.len() >= self.target {
-            self.close();
-        }
+        self.pending.push((*id, offset, len));
+        Ok(if self.current.len() >= self.target { self.close() } else { None })
     }
 
-    fn close(&mut self) {
-        if !self.current.is_empty() {
-            let bytes = std::mem::take(&mut self.current);
-            self.packs.push((Id::of(&bytes), bytes));
+    fn close(&mut self) -> Option<Pack> {
+        if self.current.is_empty() {
+            return None;
         }
+        let bytes = std::mem::take(&mut self.current);
+        let pack = Id::of(&bytes);
+        for (id, offset, len) in self.pending.drain(..) {
+            self.placed.insert(id, Placement { pack, offset, len });
+        }
+        Some((pack, bytes))
     }
 
-    pub fn finish(mut self) -> Packed {
-        self.close();
-        Packed { packs: self.packs, placed: self.placed }
+    /// Closes the last pack (if any chunk is in it); returns it and every chunk's place.
+    pub fn finish(mut self) -> (Option<Pack>, HashMap<Id, Placement>) {
+        let last = self.close();
+        (last, self.placed)
     }
 }
 
@@ -432,21 +521,35 @@ mod tests {
         Id::of(&i.to_le_bytes())
     }
 
-    /// Three packs of chunks 0..30, 10 to a pack, chunk i stored as i+1 bytes of i.
-    fn packed() -> (Vec<(Id, Vec<u8>)>, ContentIndex) {
-        let mut w = PackWriter::new(10 * (FRAME_HEADER + 5));
-        for i in 0..30u32 {
-            w.add(&id(i), &vec![i as u8; (i % 9 + 1) as usize]);
-        }
-        // A chunk added twice is written once (the tests read chunk 4's first bytes back).
-        w.add(&id(4), b"again");
-        let Packed { packs, placed } = w.finish();
-        let names: Vec<Id> = packs.iter().map(|p| p.0).collect();
-        (packs, ContentIndex::new(id(999), names, placed.into_iter().collect()).unwrap())
+    /// What chunk i is stored as: i % 9 + 1 bytes of i.
+    fn stored(i: u32) -> Vec<u8> {
+        vec![i as u8; (i % 9 + 1) as usize]
     }
 
-    fn read(packs: &[(Id, Vec<u8>)], r: &Range, piece: usize) -> Result<Vec<RangeFrame>, ContentError> {
-        let bytes = &packs.iter().find(|p| p.0 == r.pack).unwrap().1[r.start as usize..r.end as usize];
+    /// Chunks 0..30 in packs of about 10 frames, and the index of all of them.
+    fn packed() -> (HashMap<Id, Vec<u8>>, ContentIndex) {
+        let mut w = PackWriter::new(10 * (FRAME_HEADER + 5));
+        let mut packs = HashMap::new();
+        for i in 0..30u32 {
+            if let Some((name, bytes)) = w.add(&id(i), &stored(i)).unwrap() {
+                packs.insert(name, bytes);
+            }
+        }
+        // A chunk added twice is written once (the tests read chunk 4's first bytes back).
+        assert!(w.add(&id(4), b"again").unwrap().is_none());
+        let (last, placed) = w.finish();
+        let (name, bytes) = last.unwrap();
+        packs.insert(name, bytes);
+        (packs, ContentIndex::new(id(999), placed).unwrap())
+    }
+
+    /// Every chunk with its signed (raw) length: generous, 1 KiB.
+    fn with_len(ids: impl IntoIterator<Item = Id>) -> Vec<(Id, u32)> {
+        ids.into_iter().map(|i| (i, 1024)).collect()
+    }
+
+    fn read(packs: &HashMap<Id, Vec<u8>>, r: &Range, piece: usize) -> Result<Vec<RangeFrame>, ContentError> {
+        let bytes = &packs[r.pack()][r.start() as usize..r.end() as usize];
         let mut reader = RangeReader::new(r.clone());
         let mut out = Vec::new();
         for c in bytes.chunks(piece) {
@@ -456,6 +559,13 @@ mod tests {
         Ok(out)
     }
 
+    fn plan(index: &ContentIndex, ids: &[u32], how: Coalesce) -> Result<Vec<Range>, ContentError> {
+        plan_ranges(index, &with_len(ids.iter().map(|i| id(*i))), how)
+    }
+
+    const NEAR: Coalesce = Coalesce { max_gap: 64, max_range: 1 << 20 };
+    const APART: Coalesce = Coalesce { max_gap: 0, max_range: 1 << 20 };
+
     #[test]
     fn an_index_round_trips_and_locates_every_chunk() {
         let (packs, index) = packed();
@@ -464,36 +574,36 @@ mod tests {
         assert_eq!(bytes.len(), 4 + 1 + 32 + 4 + 32 * packs.len() + 4 + INDEX_ENTRY * 30);
         let back = ContentIndex::decode(&bytes, &id(999), 30).unwrap();
         assert_eq!(back, index);
+        assert_eq!(back.len(), 30);
         for i in 0..30 {
-            let l = back.locate(&id(i)).unwrap();
-            let pack = &packs[l.pack as usize].1;
-            assert_eq!(&pack[l.offset as usize..l.offset as usize + 32], id(i).as_bytes());
+            let p = back.locate(&id(i)).unwrap();
+            let pack = &packs[&p.pack];
+            assert_eq!(&pack[p.offset as usize..p.offset as usize + 32], id(i).as_bytes());
         }
         assert_eq!(back.locate(&id(31)), None);
+        assert_eq!(back.placements().count(), 30);
     }
 
     #[test]
     fn wanted_chunks_come_in_few_ranges_and_each_frame_is_read_back() {
         let (packs, index) = packed();
-        let wanted: Vec<Id> = (0..30).filter(|i| i % 3 != 0).map(id).collect();
-        let near = Coalesce { max_gap: 64, max_range: 1 << 20 };
-        let ranges = plan_ranges(&index, &wanted, near).unwrap();
+        let wanted: Vec<u32> = (0..30).filter(|i| i % 3 != 0).collect();
+        let ranges = plan(&index, &wanted, NEAR).unwrap();
         assert_eq!(ranges.len(), packs.len(), "one range a pack when gaps are small");
-        let apart = Coalesce { max_gap: 0, max_range: 1 << 20 };
-        assert!(plan_ranges(&index, &wanted, apart).unwrap().len() > ranges.len());
-        for piece in [1, 7, 1000] {
+        assert!(plan(&index, &wanted, APART).unwrap().len() > ranges.len());
+        for piece in [1, 7, 35, 36, 37, 1000] {
             let mut got = Vec::new();
             for r in &ranges {
                 got.extend(read(&packs, r, piece).unwrap());
             }
             let mut ids: Vec<Id> = got.iter().map(|f| f.id).collect();
             ids.sort();
-            let mut expected = wanted.clone();
+            let mut expected: Vec<Id> = wanted.iter().map(|i| id(*i)).collect();
             expected.sort();
             assert_eq!(ids, expected, "piece {piece}");
             for f in &got {
                 let i = (0..30).find(|i| id(*i) == f.id).unwrap();
-                assert_eq!(f.stored, vec![i as u8; (i % 9 + 1) as usize]);
+                assert_eq!(f.stored, stored(i));
             }
         }
     }
@@ -501,54 +611,86 @@ mod tests {
     #[test]
     fn a_range_is_never_longer_than_asked_unless_one_frame_is() {
         let (_, index) = packed();
-        let wanted: Vec<Id> = (0..30).map(id).collect();
-        let ranges = plan_ranges(&index, &wanted, Coalesce { max_gap: 1 << 20, max_range: 100 }).unwrap();
+        let all: Vec<u32> = (0..30).collect();
+        let ranges = plan(&index, &all, Coalesce { max_gap: 1 << 20, max_range: 100 }).unwrap();
         for r in &ranges {
-            assert!(r.len() <= 100 || r.frames.len() == 1, "{r:?}");
+            assert!(r.len() <= 100 || r.frames().len() == 1, "{r:?}");
         }
-        assert_eq!(ranges.iter().map(|r| r.frames.len()).sum::<usize>(), 30);
-        assert_eq!(ranges[0].header(), format!("bytes={}-{}", ranges[0].start, ranges[0].end - 1));
+        assert_eq!(ranges.iter().map(|r| r.frames().len()).sum::<usize>(), 30);
+        assert_eq!(ranges[0].header(), format!("bytes={}-{}", ranges[0].start(), ranges[0].end() - 1));
+        // A chunk wanted twice is fetched once.
+        let twice = plan(&index, &[3, 3, 5], APART).unwrap();
+        assert_eq!(twice.iter().map(|r| r.frames().len()).sum::<usize>(), 2);
     }
 
     #[test]
-    fn a_chunk_the_index_lacks_is_named() {
+    fn a_chunk_the_index_lacks_or_makes_too_long_is_refused_before_any_request() {
         let (_, index) = packed();
-        let err = plan_ranges(&index, &[id(1), id(77)], Coalesce { max_gap: 0, max_range: 1 << 20 }).unwrap_err();
-        assert_eq!(err, ContentError::NotIndexed(id(77)));
+        assert_eq!(plan(&index, &[1, 77], APART).unwrap_err(), ContentError::NotIndexed(id(77)));
+        // Chunk 8's 45-byte frame is within any signed length's bound.
+        assert!(plan_ranges(&index, &[(id(8), 1)], APART).is_ok());
+        let huge = ContentIndex::new(id(999), [(id(8), Placement { pack: id(1), offset: 0, len: 64 << 20 })]).unwrap();
+        assert_eq!(
+            plan_ranges(&huge, &[(id(8), 1024)], APART).unwrap_err(),
+            ContentError::FrameTooLong { id: id(8), len: 64 << 20, max: max_stored_len(1024) + FRAME_HEADER as u32 }
+        );
     }
 
     #[test]
-    fn bytes_that_are_not_the_promised_frames_are_refused() {
-        let (mut packs, index) = packed();
-        let wanted = [id(4)];
-        let r = plan_ranges(&index, &wanted, Coalesce { max_gap: 0, max_range: 1 << 20 }).unwrap().remove(0);
+    fn bytes_that_are_not_the_promised_frames_are_refused_at_their_header() {
+        let (packs, index) = packed();
+        let r = plan(&index, &[4], APART).unwrap().remove(0);
+        let at = r.start() as usize;
         // Another chunk's frame at that place (a stale or tampered copy).
-        let pack = packs.iter_mut().find(|p| p.0 == r.pack).unwrap();
-        let at = r.start as usize;
-        pack.1[at..at + 32].copy_from_slice(id(5).as_bytes());
-        assert_eq!(
-            read(&packs, &r, 3).unwrap_err(),
-            ContentError::WrongFrame { pack: r.pack, offset: r.start, id: id(4) }
-        );
+        let mut other = packs.clone();
+        other.get_mut(r.pack()).unwrap()[at..at + 32].copy_from_slice(id(5).as_bytes());
+        let expected = ContentError::WrongFrame { pack: *r.pack(), offset: r.start(), id: id(4) };
+        assert_eq!(read(&other, &r, 3).unwrap_err(), expected);
         // A frame whose header declares another length.
-        let (mut packs, _) = packed();
-        let pack = packs.iter_mut().find(|p| p.0 == r.pack).unwrap();
-        pack.1[at + 32] ^= 1;
-        assert!(matches!(read(&packs, &r, 3), Err(ContentError::WrongFrame { .. })));
+        let mut other = packs.clone();
+        other.get_mut(r.pack()).unwrap()[at + 32] ^= 1;
+        assert_eq!(read(&other, &r, 3).unwrap_err(), expected);
+        // Refused as soon as the header is in, and for good.
+        let bytes = &other[r.pack()][at..r.end() as usize];
+        let mut reader = RangeReader::new(r.clone());
+        assert_eq!(reader.feed(&bytes[..FRAME_HEADER]).unwrap_err(), expected);
+        assert_eq!(reader.feed(&bytes[FRAME_HEADER..]).unwrap_err(), expected);
+        assert_eq!(reader.finish().unwrap_err(), expected);
     }
 
     #[test]
     fn a_short_or_long_answer_is_refused() {
         let (packs, index) = packed();
-        let r = plan_ranges(&index, &[id(2), id(3)], Coalesce { max_gap: 0, max_range: 1 << 20 }).unwrap().remove(0);
-        let bytes = &packs.iter().find(|p| p.0 == r.pack).unwrap().1[r.start as usize..r.end as usize];
+        let r = plan(&index, &[2, 3], APART).unwrap().remove(0);
+        let bytes = &packs[r.pack()][r.start() as usize..r.end() as usize];
         let mut short = RangeReader::new(r.clone());
         short.feed(&bytes[..bytes.len() - 1]).unwrap();
-        assert_eq!(short.finish().unwrap_err(), ContentError::Truncated { pack: r.pack, missing: 1 });
+        assert_eq!(short.finish().unwrap_err(), ContentError::Truncated { pack: *r.pack(), missing: 1 });
+        let none = RangeReader::new(r.clone());
+        assert_eq!(none.finish().unwrap_err(), ContentError::Truncated { pack: *r.pack(), missing: r.len() });
         let mut long = RangeReader::new(r.clone());
         let mut more = bytes.to_vec();
         more.push(0);
-        assert_eq!(long.feed(&more).unwrap_err(), ContentError::TooLong { pack: r.pack });
+        assert_eq!(long.feed(&more).unwrap_err(), ContentError::TooLong { pack: *r.pack() });
+    }
+
+    #[test]
+    fn a_frame_at_the_end_of_the_largest_pack_reads_without_overflow() {
+        let offset = MAX_PACK_LEN - 100;
+        let index = ContentIndex::new(id(999), [(id(1), Placement { pack: id(7), offset, len: 100 })]).unwrap();
+        let r = plan_ranges(&index, &[(id(1), 64)], APART).unwrap().remove(0);
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &id(1), &[0u8; 64]);
+        let mut reader = RangeReader::new(r.clone());
+        assert_eq!(reader.feed(&frame).unwrap().len(), 1);
+        reader.finish().unwrap();
+        assert_eq!(
+            RangeReader::new(r).feed(&[frame.as_slice(), &[0]].concat()).unwrap_err(),
+            ContentError::TooLong { pack: id(7) }
+        );
+        let past =
+            ContentIndex::new(id(999), [(id(1), Placement { pack: id(7), offset: MAX_PACK_LEN - 99, len: 100 })]);
+        assert!(past.unwrap_err().to_string().contains("largest pack"));
     }
 
     #[test]
@@ -575,7 +717,11 @@ mod tests {
         let entries = good.len() - 30 * INDEX_ENTRY;
         let mut swapped = good.clone();
         swapped[entries..entries + 2 * INDEX_ENTRY].rotate_left(INDEX_ENTRY);
-        assert!(decode(&swapped).unwrap_err().to_string().contains("out of order"));
+        assert!(decode(&swapped).unwrap_err().to_string().contains("chunks out of order"));
+        // The packs swapped: out of order.
+        let mut swapped = good.clone();
+        swapped[41..41 + 64].rotate_left(32);
+        assert!(decode(&swapped).unwrap_err().to_string().contains("packs out of order"));
         // A pack number past the list.
         let mut bad = good.clone();
         bad[entries + 32..entries + 36].copy_from_slice(&99u32.to_le_bytes());
@@ -585,11 +731,21 @@ mod tests {
         bad[entries + 44..entries + 48].copy_from_slice(&36u32.to_le_bytes());
         assert!(decode(&bad).unwrap_err().to_string().contains("36 bytes"));
         // Two frames on the same bytes.
-        let e = index.entries();
-        let overlapping = ContentIndex::new(id(999), index.packs().to_vec(), vec![(e[0].0, e[0].1), (e[1].0, e[0].1)]);
+        let p = index.locate(&id(0)).unwrap();
+        let overlapping = ContentIndex::new(id(999), [(id(0), p), (id(1), p)]);
         assert!(overlapping.unwrap_err().to_string().contains("same bytes"));
-        // An entry count that the bytes cannot hold is refused before anything is allocated.
-        let mut huge = good[..4 + 1 + 32].to_vec();
+        // A pack that no chunk is in.
+        let mut unused = good[..41].to_vec();
+        unused[37..41].copy_from_slice(&1u32.to_le_bytes());
+        unused.extend_from_slice(id(5).as_bytes());
+        unused.extend_from_slice(&0u32.to_le_bytes());
+        assert!(decode(&unused).unwrap_err().to_string().contains("no chunk is in"));
+        // Counts the bytes cannot hold are refused before anything is allocated.
+        let mut huge = good[..37].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ContentIndex::decode(&huge, &id(999), usize::MAX).is_err());
+        let mut huge = good[..41].to_vec();
+        huge[37..41].copy_from_slice(&0u32.to_le_bytes());
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(ContentIndex::decode(&huge, &id(999), usize::MAX).is_err());
     }

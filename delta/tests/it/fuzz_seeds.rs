@@ -136,20 +136,20 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let compressed = patch::compress_patch(&prefix, &frames, 19).unwrap();
     out.push(("trees_response", "compressed", response(1, &prefix, &compressed)));
 
-    // content_index: commit id ‖ u32 index length ‖ index ‖ the pack (one pack of five chunks).
+    // content_index: u16 max gap ‖ u16 max range ‖ u16 piece ‖ commit id ‖ u32 index length ‖
+    // index ‖ the answer (here the one pack whole, which the one range starting at 0 reads).
     let mut writer = content::PackWriter::new(1 << 20);
     for (i, c) in [&b"app v2"[..], b"shared", b"zlib 1.3", b"app v1", b"zlib 1.2"].iter().enumerate() {
-        writer.add(&Id::of(c), &[i as u8; 9]);
+        assert!(writer.add(&Id::of(c), &[i as u8; 9]).unwrap().is_none());
     }
-    let content::Packed { packs, placed } = writer.finish();
+    let (pack, placed) = writer.finish();
     let commit = Id::of(b"a commit");
-    let index = content::ContentIndex::new(commit, packs.iter().map(|p| p.0).collect(), placed.into_iter().collect())
-        .unwrap()
-        .encode();
-    let mut input = commit.as_bytes().to_vec();
+    let index = content::ContentIndex::new(commit, placed).unwrap().encode();
+    let mut input = [4096u16, 65535, 100].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    input.extend_from_slice(commit.as_bytes());
     input.extend_from_slice(&(index.len() as u32).to_le_bytes());
     input.extend_from_slice(&index);
-    input.extend_from_slice(&packs[0].1);
+    input.extend_from_slice(&pack.unwrap().1);
     out.push(("content_index", "one_pack", input));
     out
 }
