@@ -275,23 +275,49 @@ fn download(debs: &Path, deb: Deb) -> Result<PathBuf> {
     if !f.is_file() {
         std::fs::create_dir_all(debs)?;
         let tmp = debs.join(format!("{}.tmp", deb.name()));
-        run(Command::new("curl")
-            .args(["-sSfL", "--retry", "2", "--connect-timeout", "20", "--max-time", "900", "-o"])
+        let fetched = run(Command::new("curl")
+            .args(["-sSfL", "--retry", "2", "--connect-timeout", "20", "--max-time", "900"])
+            .args(["--max-filesize", &MAX_DEB_LEN.to_string(), "-o"])
             .arg(&tmp)
             .arg(deb.url))
-        .with_context(|| format!("downloading {}", deb.url))?;
-        let got = sha256_hex(&std::fs::read(&tmp)?);
-        if got != deb.sha256 {
+        .with_context(|| format!("downloading {}", deb.url))
+        .and_then(|_| check_download(&tmp, deb, MAX_DEB_LEN));
+        if let Err(e) = fetched {
             let _ = std::fs::remove_file(&tmp);
-            bail!("{} has SHA-256 {got}, not the {} vmtest/src/arch.rs pins: refused", deb.url, deb.sha256);
+            return Err(e);
         }
         std::fs::rename(&tmp, &f)?;
     }
     Ok(f)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+/// The largest package the harness downloads (the kernel's is 21 MB): curl stops a larger
+/// one when the server says its size, and [`check_download`] refuses it when it does not.
+const MAX_DEB_LEN: u64 = 64 << 20;
+
+/// Refuses a downloaded `file` longer than `max_len` or whose SHA-256 is not `deb`'s pin,
+/// reading it a piece at a time.
+fn check_download(file: &Path, deb: Deb, max_len: u64) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(file)?;
+    let len = f.metadata()?.len();
+    if len > max_len {
+        bail!("{} is {len} bytes, more than the {max_len} a package may be: refused", deb.url);
+    }
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        digest.update(buf.get(..n).unwrap_or_default());
+    }
+    let got = hex::encode(digest.finish());
+    if got != deb.sha256 {
+        bail!("{} has SHA-256 {got}, not the {} vmtest/src/arch.rs pins: refused", deb.url, deb.sha256);
+    }
+    Ok(())
 }
 
 /// The arm64 kernel package, ARM64_KERNEL_DEB, downloaded into `debs` unless it is there.
@@ -344,6 +370,10 @@ mod tests {
         d
     }
 
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+    }
+
     fn leak(s: String) -> &'static str {
         Box::leak(s.into_boxed_str())
     }
@@ -366,6 +396,12 @@ mod tests {
         let right = Deb { url, sha256: leak(sha256_hex(b"what the mirror served")) };
         let got = download(&debs, right).unwrap();
         assert_eq!(std::fs::read(got).unwrap(), b"what the mirror served");
+
+        // A package longer than the limit is refused before it is hashed, by its size.
+        let long = served.join("pkg_1_arm64.deb");
+        let err = format!("{:#}", check_download(&long, right, 10).unwrap_err());
+        assert!(err.contains("22 bytes, more than the 10"), "{err}");
+        check_download(&long, right, 22).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
