@@ -75,6 +75,10 @@ pub fn file_object_id(meta: &Meta, chunks: &[ferry_store::ChunkRef]) -> Id {
     Id(*h.finalize().as_bytes())
 }
 
+/// The largest tree or commit the agent accepts (`update::trees`) and so stores; a stored file
+/// longer than this is damaged.
+pub(crate) const MAX_OBJECT_LEN: u32 = 64 << 20;
+
 impl Local {
     /// Opens (creating if needed) the state directory, and removes what an interrupted run
     /// left half-done: incomplete deployments and temporary files. Staging is kept.
@@ -213,12 +217,20 @@ impl Local {
 
     fn object_bytes(&self, id: &Id) -> Result<Option<Vec<u8>>> {
         let path = self.metadata_path(id);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        // Read at most one byte more than any object the agent stores: a longer file (or
+        // something that is not a file) is damaged, and is not read into memory whole.
+        let read = || -> std::io::Result<Option<Vec<u8>>> {
+            let f = fs::File::open(&path)?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, u64::from(MAX_OBJECT_LEN) + 1), &mut bytes)?;
+            Ok(Some(bytes).filter(|b| b.len() <= MAX_OBJECT_LEN as usize))
+        };
+        let bytes = match read() {
+            Ok(b) => b.filter(|b| Id::of(b) == *id),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        if Id::of(&bytes) != *id {
+        let Some(bytes) = bytes else {
             // Damaged on the device (a power cut before it was synced): forget it so it is
             // fetched again. A reader (`status`) leaves it to the agent.
             if self.db.is_some() {
@@ -226,7 +238,7 @@ impl Local {
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
             return Ok(None);
-        }
+        };
         Ok(Some(bytes))
     }
 
@@ -473,6 +485,11 @@ mod tests {
         fs::write(&path, [0u8; 11]).unwrap();
         assert_eq!(local.object_bytes(&id).unwrap(), None);
         assert!(!path.exists(), "the damaged file is removed");
+        // Something without end in its place (a damaged file system): read only up to the
+        // limit (without it this test never ends), and removed.
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert_eq!(local.object_bytes(&id).unwrap(), None);
+        assert!(fs::symlink_metadata(&path).is_err(), "the endless file is removed");
         assert!(local.put_object(&Id::of(b"other"), bytes).is_err(), "bytes that do not match the id are refused");
     }
 

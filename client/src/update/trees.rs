@@ -13,7 +13,8 @@ use crate::crash;
 use crate::http::{Answered, Server, Traffic};
 use crate::local::Local;
 
-pub(crate) const MAX_TREE: u32 = 64 << 20;
+/// The largest tree accepted: what the device's store holds at most.
+pub(crate) const MAX_TREE: u32 = crate::local::MAX_OBJECT_LEN;
 
 /// True if the device holds every tree under `root` (read locally, no request).
 pub(crate) fn trees_complete(local: &Local, root: &Id) -> Result<bool> {
