@@ -22,7 +22,7 @@
 //! answer whose `Content-Range` is the range asked for (or a 200 only for a range from 0).
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use ferry_store::wire::Reader;
 use ferry_store::Id;
@@ -466,18 +466,25 @@ pub struct PackWriter {
     current: Vec<u8>,
     /// The chunks of the pack being written: id, offset, frame length.
     pending: Vec<(Id, u64, u32)>,
+    pending_ids: HashSet<Id>,
     placed: HashMap<Id, Placement>,
 }
 
 impl PackWriter {
     /// Packs of about `target` bytes (a pack closes after the frame that reaches it).
     pub fn new(target: usize) -> PackWriter {
-        PackWriter { target, current: Vec::new(), pending: Vec::new(), placed: HashMap::new() }
+        PackWriter {
+            target,
+            current: Vec::new(),
+            pending: Vec::new(),
+            pending_ids: HashSet::new(),
+            placed: HashMap::new(),
+        }
     }
 
     /// Whether the chunk was added already (to this writer's packs, closed or not).
     pub fn has(&self, id: &Id) -> bool {
-        self.placed.contains_key(id) || self.pending.iter().any(|p| p.0 == *id)
+        self.placed.contains_key(id) || self.pending_ids.contains(id)
     }
 
     /// Adds a chunk's stored frame, once (a chunk already added is skipped); a pack that
@@ -490,6 +497,7 @@ impl PackWriter {
         let offset = self.current.len() as u64;
         write_frame(&mut self.current, id, stored);
         self.pending.push((*id, offset, len));
+        self.pending_ids.insert(*id);
         Ok(if self.current.len() >= self.target { self.close() } else { None })
     }
 
@@ -499,6 +507,7 @@ impl PackWriter {
         }
         let bytes = std::mem::take(&mut self.current);
         let pack = Id::of(&bytes);
+        self.pending_ids.clear();
         for (id, offset, len) in self.pending.drain(..) {
             self.placed.insert(id, Placement { pack, offset, len });
         }
