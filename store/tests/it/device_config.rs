@@ -190,7 +190,8 @@ proptest! {
 /// is what the encoder writes today; `FERRY_WRITE_SEEDS=1` rewrites it.
 #[test]
 fn the_fuzz_seed_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/signed_documents/config-document");
+    let path = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo or nextest"))
+        .join("../fuzz/seeds/signed_documents/config-document");
     let bytes = signed(&sample(), &[8]).encode();
     if std::env::var_os("FERRY_WRITE_SEEDS").is_some() {
         std::fs::write(&path, &bytes).unwrap();
