@@ -501,6 +501,19 @@ impl PackWriter {
         Ok(if self.current.len() >= self.target { self.close() } else { None })
     }
 
+    /// Where a chunk lies, once the pack holding it is closed (`None` before, and for a
+    /// chunk never added).
+    pub fn placement(&self, id: &Id) -> Option<Placement> {
+        self.placed.get(id).copied()
+    }
+
+    /// Closes the pack being written (if any chunk is in it) and returns it: every chunk
+    /// added so far then has its [`PackWriter::placement`]. What an exporter calls before it
+    /// writes an index.
+    pub fn flush(&mut self) -> Option<Pack> {
+        self.close()
+    }
+
     fn close(&mut self) -> Option<Pack> {
         if self.current.is_empty() {
             return None;
@@ -574,6 +587,25 @@ mod tests {
 
     const NEAR: Coalesce = Coalesce { max_gap: 64, max_range: 1 << 20 };
     const APART: Coalesce = Coalesce { max_gap: 0, max_range: 1 << 20 };
+
+    #[test]
+    fn flush_closes_the_open_pack_and_places_its_chunks() {
+        let mut w = PackWriter::new(1 << 20);
+        assert!(w.add(&id(1), &stored(1)).unwrap().is_none());
+        assert!(w.has(&id(1)) && w.placement(&id(1)).is_none(), "placed only once its pack closes");
+        let (name, bytes) = w.flush().unwrap();
+        assert_eq!(name, Id::of(&bytes));
+        assert_eq!(w.placement(&id(1)), Some(Placement { pack: name, offset: 0, len: (FRAME_HEADER + 2) as u32 }));
+        assert!(w.flush().is_none(), "nothing open: no empty pack");
+        // The next chunk starts a new pack at offset 0.
+        w.add(&id(2), &stored(2)).unwrap();
+        let (second, _) = w.flush().unwrap();
+        assert_ne!(second, name);
+        assert_eq!(w.placement(&id(2)).unwrap().offset, 0);
+        let (last, placed) = w.finish();
+        assert!(last.is_none());
+        assert_eq!(placed.len(), 2);
+    }
 
     #[test]
     fn an_index_round_trips_and_locates_every_chunk() {

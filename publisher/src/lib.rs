@@ -11,6 +11,7 @@ pub mod channels;
 pub mod checkout;
 pub mod cli;
 pub mod connections;
+pub mod export;
 pub mod fleet;
 pub mod fleet_api;
 pub mod fsck;

@@ -14,6 +14,7 @@ use ferry_store::Repository;
 pub mod bundle;
 pub mod ca;
 pub mod channels;
+pub mod export;
 pub mod image;
 mod output;
 pub mod repo;
@@ -74,6 +75,15 @@ pub enum RepoCommand {
     /// every signature with the image's own keys). --raw also makes an ext4 image file of
     /// it (mkfs.ext4 -d). Boot it with `ferryd provision` as a unit that runs at boot.
     Image(image::ImageArgs),
+    /// Writes the repository as static files to a directory or an S3 bucket, for a web
+    /// server, CDN or object store to serve devices their bytes (`content_url` in
+    /// ferryd.toml).
+    ///
+    /// Incremental: commits already exported are skipped, and a re-run writes nothing new.
+    /// Content-addressed files (objects, packs of chunks, each commit's index of where its
+    /// chunks lie) are written before the branch heads, channel and key documents that name
+    /// them, so readers never see a head whose content is missing. Nothing is deleted.
+    Export(export::ExportArgs),
     /// Serves the repository over HTTP (API v1, see docs/api.md) until SIGTERM or Ctrl-C.
     ///
     /// Prints `listening on http://ADDR` once bound. `ferry commit` may keep writing to the
@@ -116,6 +126,7 @@ pub fn run(command: RepoCommand) -> Result<ExitCode> {
         RepoCommand::Checkout(a) => repo::checkout(a)?,
         RepoCommand::Bundle(a) => bundle::bundle(a)?,
         RepoCommand::Image(a) => image::image(a)?,
+        RepoCommand::Export(a) => export::export(a)?,
         RepoCommand::Serve(a) => serve::serve(a)?,
         RepoCommand::Fsck(a) => return repo::fsck(a),
         RepoCommand::Sign(a) => repo::sign(a)?,
