@@ -6,6 +6,10 @@
 //!                                           #   default: the system's CA bundle
 //! # insecure_http = false                   # allow an http:// server (behind a VPN or a TLS-terminating
 //!                                           #   proxy on the device's side only); default false
+//! # content_url = "https://cdn.example.com/ferry"  # a static copy (`ferry export`) to fetch chunks
+//!                                           #   from; metadata and check-ins stay with the server
+//! # content_ca_file = "/etc/ferry/cdn-ca.pem" # the CA its certificate must chain to; default:
+//!                                           #   the system's CA bundle
 //! channel = "stable"                        # the signed channel this device follows, or
 //! # branch = "main"                         # a branch head (development; no channel checks)
 //! state_dir = "/var/lib/ferry"              # default: /var/lib/ferry
@@ -206,6 +210,16 @@ pub struct Config {
     /// changeable on the path (signed commits and documents still protect what is installed).
     #[serde(default)]
     pub insecure_http: bool,
+    /// A static copy of the repository (`ferry export`, behind a web server, a CDN or an
+    /// S3-compatible store) the chunks are read from; the server still answers everything
+    /// else. `http://` is allowed: every chunk is checked against the signed trees, and the
+    /// device sends the copy no token and no identity.
+    #[serde(default)]
+    pub content_url: Option<String>,
+    /// The CA (PEM) an `https://` content_url's certificate must chain to; default: the
+    /// system's roots (a CDN's certificate is a public one).
+    #[serde(default)]
+    pub content_ca_file: Option<PathBuf>,
     #[serde(default)]
     pub branch: Option<String>,
     #[serde(default)]
@@ -423,6 +437,7 @@ impl Config {
         c.trusted_keys = self.trusted_keys.iter().map(|p| under(p)).collect();
         c.root_keys = self.root_keys.iter().map(|p| under(p)).collect();
         c.ca_file = self.ca_file.as_deref().map(under);
+        c.content_ca_file = self.content_ca_file.as_deref().map(under);
         c
     }
 
@@ -446,6 +461,16 @@ impl Config {
             }
         } else if !c.server.starts_with("https://") {
             bail!("server {:?} must be an https:// URL (or http:// with insecure_http = true)", c.server);
+        }
+        match c.content_url.as_deref() {
+            Some(url) if url.starts_with("http://") && c.content_ca_file.is_some() => {
+                bail!("content_ca_file is set but content_url {url:?} is http://: use an https:// URL")
+            }
+            Some(url) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                bail!("content_url {url:?} must be an https:// or http:// URL")
+            }
+            None if c.content_ca_file.is_some() => bail!("content_ca_file is set without a content_url"),
+            _ => {}
         }
         match (&c.branch, &c.channel) {
             (Some(b), None) => {

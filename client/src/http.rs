@@ -174,6 +174,28 @@ impl Server {
         Server::new(&config.server, Duration::from_secs(config.read_timeout), tls)
     }
 
+    /// The static copy `content_url` names, if any: over TLS like the server (its own
+    /// `content_ca_file` or the system's roots), never with the device's token or identity.
+    pub fn for_content(config: &crate::config::Config) -> Result<Option<Server>> {
+        let Some(url) = &config.content_url else {
+            return Ok(None);
+        };
+        let tls = if url.starts_with("https://") {
+            let roots = crate::tls::Roots::load(config.content_ca_file.as_deref())?;
+            let trust = crate::state::read_trust(config)?;
+            let floor = trust.floor.max(crate::trust::AGENT_FLOOR);
+            Some(crate::tls::client_config(&roots, floor, None)?)
+        } else {
+            None
+        };
+        Ok(Some(Server::new(url, Duration::from_secs(config.read_timeout), tls)?))
+    }
+
+    /// The base URL, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// A client of `base`; `tls` for an `https://` server.
     pub fn new(base: &str, read_timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<Server> {
         let mut builder = reqwest::Client::builder();
@@ -298,6 +320,60 @@ impl Server {
         }
         let resp = self.check(resp, what, t).await?;
         Ok(Some(self.read_capped(resp, max, what, t).await?))
+    }
+
+    /// A commit's content index in a static copy (`v1/index/<commit>`, at most `max` bytes);
+    /// `None` when the copy does not have it.
+    pub async fn content_index(&self, commit: &Id, max: usize, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
+        self.get_capped(&format!("index/{commit}"), max, &format!("the content index of {commit}"), t).await
+    }
+
+    /// Bytes `start..end` of `path`, handed to `on_piece` as they arrive: the answer must be
+    /// a 206 whose `Content-Range` is exactly that range, or a 200 for a range from 0 (read
+    /// up to `end`; the rest is not). A shorter answer is an error after its bytes were
+    /// handed over.
+    pub async fn get_range(
+        &self,
+        path: &str,
+        start: u64,
+        end: u64,
+        t: &mut Traffic,
+        mut on_piece: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let last = end.checked_sub(1).filter(|l| *l >= start).ok_or_else(|| anyhow!("an empty range of {path}"))?;
+        let what = format!("bytes {start}-{last} of {path}");
+        t.requests += 1;
+        let req = self
+            .authorized(self.client.get(self.url(path)))
+            .header(reqwest::header::RANGE, format!("bytes={start}-{last}"))
+            .timeout(self.deadline(end - start));
+        let resp = self.check(send(req, || format!("asking for {what}")).await?, &what, t).await?;
+        match resp.status() {
+            reqwest::StatusCode::PARTIAL_CONTENT => {
+                let given = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                let expected = format!("bytes {start}-{last}/");
+                if !given.is_some_and(|g| g.starts_with(&expected)) {
+                    bail!("{what}: the answer's Content-Range is {given:?}, not the range asked for");
+                }
+            }
+            reqwest::StatusCode::OK if start == 0 => {}
+            status => {
+                bail!("{what}: answered {status} instead of the range (the static server must honour Range headers)")
+            }
+        }
+        let mut resp = resp;
+        let mut left = end - start;
+        let mut pace = Pace::new(self.read_timeout);
+        while left > 0 {
+            let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? else {
+                bail!("{what}: the answer ended {left} bytes early");
+            };
+            let take = piece.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            on_piece(piece.get(..take).unwrap_or_default())?;
+            left -= take as u64;
+        }
+        // Anything past the range is not read: the connection is dropped.
+        Ok(())
     }
 
     /// POSTs a device API message, with the device token when given, and reads the answer

@@ -350,6 +350,37 @@ pub fn plan_ranges(index: &ContentIndex, wanted: &[(Id, u32)], how: Coalesce) ->
     Ok(ranges)
 }
 
+/// The gaps [`coalesced_ranges`] tries, smallest first.
+const GAPS: [u64; 8] = [0, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
+
+/// The GETs for `wanted` with as few requests as reading at most `max_overread` percent more
+/// than the wanted frames allows: the smallest gap (of a fixed ladder, up to 16 MiB) whose
+/// ranges number at most `max_requests`, or, when none does within the bytes allowed, the
+/// largest gap that stays within them. No range is longer than `max_range`. Refused as
+/// [`plan_ranges`] refuses.
+pub fn coalesced_ranges(
+    index: &ContentIndex,
+    wanted: &[(Id, u32)],
+    max_requests: usize,
+    max_overread: u64,
+    max_range: u64,
+) -> Result<Vec<Range>, ContentError> {
+    let mut best = plan_ranges(index, wanted, Coalesce { max_gap: 0, max_range })?;
+    let exact: u64 = best.iter().map(|r| r.frames.iter().map(|f| u64::from(f.len)).sum::<u64>()).sum();
+    let allowed = exact + exact * max_overread / 100;
+    for max_gap in GAPS.into_iter().skip(1) {
+        if best.len() <= max_requests {
+            break;
+        }
+        let ranges = plan_ranges(index, wanted, Coalesce { max_gap, max_range })?;
+        if ranges.iter().map(Range::len).sum::<u64>() > allowed {
+            break;
+        }
+        best = ranges;
+    }
+    Ok(best)
+}
+
 /// A frame read out of a range: the chunk and its stored zstd frame, unverified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeFrame {
@@ -587,6 +618,26 @@ mod tests {
 
     const NEAR: Coalesce = Coalesce { max_gap: 64, max_range: 1 << 20 };
     const APART: Coalesce = Coalesce { max_gap: 0, max_range: 1 << 20 };
+
+    #[test]
+    fn coalesced_ranges_trade_few_extra_bytes_for_fewer_requests() {
+        let (_, index) = packed();
+        // Every other chunk: one range per chunk without gaps read through.
+        let wanted = with_len((0..30).step_by(2).map(id));
+        let exact = plan_ranges(&index, &wanted, Coalesce { max_gap: 0, max_range: u64::MAX }).unwrap();
+        assert_eq!(exact.len(), 15);
+        let wanted_bytes: u64 = exact.iter().map(Range::len).sum();
+        // Reading the gaps (about as large as the frames) is more than 10% extra: kept exact.
+        assert_eq!(coalesced_ranges(&index, &wanted, 4, 10, u64::MAX).unwrap(), exact);
+        // Allowed to read twice the bytes: one range per pack.
+        let merged = coalesced_ranges(&index, &wanted, 4, 100, u64::MAX).unwrap();
+        assert!(merged.len() <= 4 && merged.len() < exact.len(), "{}", merged.len());
+        assert!(merged.iter().map(Range::len).sum::<u64>() <= 2 * wanted_bytes);
+        let frames: Vec<Id> = merged.iter().flat_map(|r| r.frames().iter().map(|f| f.id)).collect();
+        assert_eq!(frames.len(), 15, "every wanted frame, once");
+        // Few enough already: no gap is read.
+        assert_eq!(coalesced_ranges(&index, &wanted, 15, 100, u64::MAX).unwrap(), exact);
+    }
 
     #[test]
     fn flush_closes_the_open_pack_and_places_its_chunks() {

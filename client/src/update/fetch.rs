@@ -114,7 +114,7 @@ fn batches<T, const N: usize>(
 
 /// Runs `fetch` on each batch, `concurrency` at a time, adding up their traffic and their
 /// outcomes; every batch runs even when one fails, and the first error comes last.
-async fn run_batches<B, O, F, Fut>(
+pub(super) async fn run_batches<B, O, F, Fut>(
     batches: Vec<B>,
     concurrency: usize,
     t: &mut Traffic,

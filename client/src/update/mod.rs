@@ -20,6 +20,7 @@
 
 mod accept;
 mod assemble;
+mod content;
 mod fetch;
 mod install;
 mod plan;
@@ -69,6 +70,11 @@ pub struct UpdateSummary {
     /// Chunks whose patch could not be used (reference damaged on the device, patch
     /// refused by the server or not decoding) and that were fetched plain instead.
     pub patch_fallbacks: u64,
+    /// Of the chunks downloaded, those read from the static copy (`content_url`).
+    pub chunks_from_copy: u64,
+    /// Why the static copy was left for the server (it was unreachable, lacked the commit's
+    /// index, or sent something refused); the server then sent what was still missing.
+    pub copy_fallback: Option<String>,
     /// Distinct chunks of the new commit the device already held.
     pub chunks_reused: u64,
     pub requests: u64,
@@ -132,6 +138,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let hardware = config.hardware_revision()?;
     let local = Local::open(&config.state_dir)?;
     let server = Server::for_device(config)?;
+    let copy = Server::for_content(config)?;
     // A trial interrupted by a crash or a reboot is finished before anything else.
     if let Some(outcome) = crate::trial::run(config).await? {
         tracing::info!(?outcome, "finished a pending trial");
@@ -225,7 +232,15 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     }
                     _ => {}
                 }
-                let mut network = Network { config, server: &server, current, traffic: &mut t, summary: &mut s };
+                let mut network = Network {
+                    config,
+                    server: &server,
+                    copy: copy.as_ref(),
+                    head,
+                    current,
+                    traffic: &mut t,
+                    summary: &mut s,
+                };
                 let p = stage(config, &local, &mut network, &head, &commit, false).await?;
                 s.chunks_reused = plan::distinct_chunks(&p).saturating_sub(s.chunks_downloaded);
                 if matches!(goal, Goal::Prefetch) && state.pinned {

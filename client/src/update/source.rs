@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::http::{Server, Traffic};
 use crate::local::Local;
 
+use super::content::fetch_from_copy;
 use super::fetch::{fetch_chunks, fetch_patches};
 use super::plan::{check_space, missing_chunks, plan_fetch, plan_with, Plan};
 use super::trees::fetch_trees;
@@ -71,6 +72,10 @@ pub(crate) async fn stage<S: Source>(
 pub(crate) struct Network<'a> {
     pub(crate) config: &'a Config,
     pub(crate) server: &'a Server,
+    /// The static copy (`content_url`) chunks are read from first, if any.
+    pub(crate) copy: Option<&'a Server>,
+    /// The commit being installed (its content index names it).
+    pub(crate) head: Id,
     pub(crate) current: Option<Id>,
     pub(crate) traffic: &'a mut Traffic,
     pub(crate) summary: &'a mut UpdateSummary,
@@ -105,6 +110,26 @@ impl Source for Network<'_> {
         let (config, server, s) = (self.config, self.server, &mut *self.summary);
         let staged_before = fs::read_dir(local.layout.staging()).map_or(0, |d| d.count() as u64);
         crate::fleet::set_progress_total(missing.len() as u64, staged_before);
+        let mut rest = missing.to_vec();
+        if let Some(copy) = self.copy {
+            let (got, r) = fetch_from_copy(copy, local, config, &self.head, plan, missing, self.traffic).await;
+            s.chunks_downloaded += got.chunks;
+            s.chunks_from_copy += got.chunks;
+            s.chunk_bytes_downloaded += got.bytes;
+            match r {
+                Ok(()) => {
+                    tracing::info!(chunks = got.chunks, copy = copy.base(), "chunks fetched from the static copy");
+                    return Ok(());
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::warn!(error = %why, copy = copy.base(), staged = got.chunks, "the static copy failed; fetching the rest from the server");
+                    s.copy_fallback = Some(why);
+                    rest.retain(|(id, _)| !local.staging_path(id).exists());
+                }
+            }
+        }
+        let missing = &rest[..];
         let fetch = plan_fetch(config, local, self.current, plan, missing)?;
         crate::release_free_memory();
         let (patched, r) = fetch_patches(server, local, &fetch.patches, config, self.traffic).await;

@@ -45,6 +45,9 @@ fn bad_configs_are_refused_naming_the_problem() {
             "[health]\ncommands = [\"true\"]\nbootlimit = 6\n[bootloader]\nkind = \"grub\"\ngrubenv = \"/boot/grub/grubenv\"\n",
             "bootlimit 6 is more than the shipped boot scripts count",
         ),
+        ("content_url = \"ftp://cdn.example.com\"\n", "content_url \"ftp://cdn.example.com\" must be"),
+        ("content_url = \"http://cdn\"\ncontent_ca_file = \"/x.pem\"\n", "content_ca_file is set but content_url"),
+        ("content_ca_file = \"/x.pem\"\n", "content_ca_file is set without a content_url"),
     ] {
         let config = write_config(t.path(), extra);
         let out = ferryd(&config, &["check-config"]);
