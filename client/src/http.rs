@@ -322,10 +322,9 @@ impl Server {
         Ok(Some(self.read_capped(resp, max, what, t).await?))
     }
 
-    /// A commit's content index in a static copy (`v1/index/<commit>`, at most `max` bytes);
-    /// `None` when the copy does not have it.
-    pub async fn content_index(&self, commit: &Id, max: usize, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
-        self.get_capped(&format!("index/{commit}"), max, &format!("the content index of {commit}"), t).await
+    /// A file of at most `max` bytes (e.g. a static copy's index); `None` on 404.
+    pub async fn get_optional(&self, path: &str, max: usize, what: &str, t: &mut Traffic) -> Result<Option<Vec<u8>>> {
+        self.get_capped(path, max, what, t).await
     }
 
     /// Bytes `start..end` of `path`, handed to `on_piece` as they arrive: the answer must be

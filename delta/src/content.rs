@@ -39,6 +39,18 @@ pub const INDEX_ENTRY: usize = 32 + 4 + 8 + 4;
 /// overflow and every `Range` header one a server understands.
 pub const MAX_PACK_LEN: u64 = 1 << 40;
 
+/// What a static copy's prepared patches from commit `from` to commit `to` are indexed
+/// under: `v1/deltas/<from>/<to>` is a [`ContentIndex`] whose commit field is this id and
+/// whose entries are patch keys (`ferry_delta::patch::Patch::key`), each placed at a frame
+/// holding the patch's answer (as `POST /v1/patches` would send it) in a pack.
+pub fn delta_id(from: &Id, to: &Id) -> Id {
+    let mut bytes = Vec::with_capacity(15 + 64);
+    bytes.extend_from_slice(b"ferry delta v1\0");
+    bytes.extend_from_slice(from.as_bytes());
+    bytes.extend_from_slice(to.as_bytes());
+    Id::of(&bytes)
+}
+
 /// Where one chunk's frame lies in a pack: at which byte, how long (the frame's header
 /// included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -322,10 +334,21 @@ pub struct Coalesce {
 /// pack and offset order. Refused before any request: a chunk the index lacks, or one whose
 /// frame is longer than its signed length's zstd bound allows.
 pub fn plan_ranges(index: &ContentIndex, wanted: &[(Id, u32)], how: Coalesce) -> Result<Vec<Range>, ContentError> {
+    let bounded: Vec<(Id, u32)> = wanted.iter().map(|(id, len)| (*id, chunk_frame_bound(*len))).collect();
+    plan_bounded(index, &bounded, how)
+}
+
+/// The longest frame (header included) a chunk of `raw_len` signed bytes may have.
+pub fn chunk_frame_bound(raw_len: u32) -> u32 {
+    max_stored_len(raw_len).saturating_add(FRAME_HEADER as u32)
+}
+
+/// [`plan_ranges`] for frames given their longest acceptable length (header included)
+/// instead of a chunk's signed length: what prepared patches are planned with.
+pub fn plan_bounded(index: &ContentIndex, wanted: &[(Id, u32)], how: Coalesce) -> Result<Vec<Range>, ContentError> {
     let mut places = Vec::with_capacity(wanted.len());
-    for (id, raw_len) in wanted {
+    for &(ref id, max) in wanted {
         let p = index.locate(id).ok_or(ContentError::NotIndexed(*id))?;
-        let max = max_stored_len(*raw_len).saturating_add(FRAME_HEADER as u32);
         if p.len > max {
             return Err(ContentError::FrameTooLong { id: *id, len: p.len, max });
         }
@@ -353,11 +376,12 @@ pub fn plan_ranges(index: &ContentIndex, wanted: &[(Id, u32)], how: Coalesce) ->
 /// The gaps [`coalesced_ranges`] tries, smallest first.
 const GAPS: [u64; 8] = [0, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
 
-/// The GETs for `wanted` with as few requests as reading at most `max_overread` percent more
+/// The GETs for `wanted` (frames with their longest acceptable length, header included, as
+/// for [`plan_bounded`]) with as few requests as reading at most `max_overread` percent more
 /// than the wanted frames allows: the smallest gap (of a fixed ladder, up to 16 MiB) whose
 /// ranges number at most `max_requests`, or, when none does within the bytes allowed, the
 /// largest gap that stays within them. No range is longer than `max_range`. Refused as
-/// [`plan_ranges`] refuses.
+/// [`plan_bounded`] refuses.
 pub fn coalesced_ranges(
     index: &ContentIndex,
     wanted: &[(Id, u32)],
@@ -365,14 +389,14 @@ pub fn coalesced_ranges(
     max_overread: u64,
     max_range: u64,
 ) -> Result<Vec<Range>, ContentError> {
-    let mut best = plan_ranges(index, wanted, Coalesce { max_gap: 0, max_range })?;
+    let mut best = plan_bounded(index, wanted, Coalesce { max_gap: 0, max_range })?;
     let exact: u64 = best.iter().map(|r| r.frames.iter().map(|f| u64::from(f.len)).sum::<u64>()).sum();
     let allowed = exact + exact * max_overread / 100;
     for max_gap in GAPS.into_iter().skip(1) {
         if best.len() <= max_requests {
             break;
         }
-        let ranges = plan_ranges(index, wanted, Coalesce { max_gap, max_range })?;
+        let ranges = plan_bounded(index, wanted, Coalesce { max_gap, max_range })?;
         if ranges.iter().map(Range::len).sum::<u64>() > allowed {
             break;
         }
@@ -625,6 +649,7 @@ mod tests {
         // Every other chunk: one range per chunk without gaps read through.
         let wanted = with_len((0..30).step_by(2).map(id));
         let exact = plan_ranges(&index, &wanted, Coalesce { max_gap: 0, max_range: u64::MAX }).unwrap();
+        let wanted: Vec<(Id, u32)> = wanted.into_iter().map(|(i, len)| (i, chunk_frame_bound(len))).collect();
         assert_eq!(exact.len(), 15);
         let wanted_bytes: u64 = exact.iter().map(Range::len).sum();
         // Reading the gaps (about as large as the frames) is more than 10% extra: kept exact.

@@ -221,6 +221,22 @@ pub struct PatchCost {
     pub seconds: f64,
 }
 
+/// The patches and plain chunks a device on `from` plans for `to`, holding `from`'s chunks
+/// and nothing else: what `ferry diff`, `ferry export`'s prepared patches and the server's
+/// preparation at promotion compute, by the rule every device plans with.
+#[cfg(feature = "repository")]
+pub fn planned_patches(
+    repo: &Repository,
+    from: &Commit,
+    to: &Commit,
+) -> std::result::Result<crate::patch::PatchPlan, StoreError> {
+    use crate::patch::{plan_patches, walk_files};
+    let old = walk_files(repo, &from.root)?;
+    let new = walk_files(repo, &to.root)?;
+    let have: HashSet<Id> = old.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
+    Ok(plan_patches(&old, &new, |id| !have.contains(id)))
+}
+
 /// Computes the patches a device on `from` asks for to reach `to`, at zstd `level`.
 #[cfg(feature = "repository")]
 pub fn patch_cost(
@@ -229,19 +245,11 @@ pub fn patch_cost(
     to: &Commit,
     level: i32,
 ) -> std::result::Result<PatchCost, crate::patch::AnswerError> {
-    use crate::patch::{answer, plan_patches, walk_files, PatchRequest};
     let started = std::time::Instant::now();
-    let old = walk_files(repo, &from.root)?;
-    let new = walk_files(repo, &to.root)?;
-    let have: HashSet<Id> = old.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
-    let plan = plan_patches(&old, &new, |id| !have.contains(id));
+    let plan = planned_patches(repo, from, to)?;
     let mut cost = PatchCost::default();
     for p in &plan.patches {
-        let item = PatchRequest {
-            reference: p.reference.iter().map(|c| c.id).collect(),
-            target: p.target.iter().map(|c| c.id).collect(),
-        };
-        let bytes = answer(repo, &item, level)?;
+        let bytes = crate::patch::answer(repo, &p.request(), level)?;
         cost.patches += 1;
         cost.patched += u64::from(bytes.first() == Some(&0));
         cost.patch_bytes += bytes.len() as u64;

@@ -8,6 +8,7 @@
 //! v1/objects/<id>          commit and tree objects, canonical bytes       immutable
 //! v1/packs/<id>            chunk frames, named by the BLAKE3 of the pack  immutable
 //! v1/index/<commit>        where each chunk of the commit lies (FRYX)     immutable
+//! v1/deltas/<from>/<to>    where each prepared patch lies (FRYX)          immutable
 //! v1/commits/<id>          the commit with its signatures (JSON)          short-lived
 //! v1/versions/<version>    the commits of a version (JSON)                short-lived
 //! v1/branches/<name>       the branch head (JSON)                         short-lived
@@ -23,6 +24,13 @@
 //! order give the same pack and name), so a pack written before the interruption is found
 //! and not written again. Nothing is ever deleted.
 //!
+//! Prepared patches: for each release (a branch head or a channel target) and each commit a
+//! device may run before it (its previous commits on its branch, and the commits a fleet's
+//! devices report), the patches a device on that commit plans (`ferry_delta::patch`, the
+//! plan every device and the server share) are computed at the server's level, all cores,
+//! and stored as frames in packs, named by their patch key, with an index under
+//! `v1/deltas/<from>/<to>`: a device reads the ones it planned in a few ranges.
+//!
 //! Chunks are laid out in the order the commit's files name them, each stored once: a
 //! commit's new chunks follow each other in its new packs, so a device updating from the
 //! previous release reads them in few ranges. The chunks a commit shares with its parent
@@ -34,12 +42,14 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_api::repo::{BranchHead, Signature, SignedCommit, VersionCommits};
-use ferry_delta::content::{ContentIndex, PackWriter, Placement};
+use ferry_delta::content::{delta_id, ContentIndex, PackWriter, Placement};
+use ferry_delta::patch;
 use ferry_store::read::{walk, Walked};
 use ferry_store::{Commit, EntryKind, Id, Repository};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use rayon::prelude::*;
 
 use crate::import::Progress;
 
@@ -154,6 +164,16 @@ fn is_json(name: &str) -> bool {
     ["v1/commits/", "v1/versions/", "v1/branches/"].iter().any(|p| name.starts_with(p))
 }
 
+/// What an export prepares besides the commits.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Prepared patches to each release from this many of its previous commits (0: none).
+    pub patches_from: usize,
+    /// Commits devices run (e.g. from the fleet's reports): prepared patches to each release
+    /// from each of them too.
+    pub running: Vec<Id>,
+}
+
 /// What an export wrote.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ExportSummary {
@@ -168,6 +188,11 @@ pub struct ExportSummary {
     /// Chunks placed in this run's packs.
     pub chunks_packed: u64,
     pub indexes_written: u64,
+    /// Pairs of commits whose prepared patches this run wrote.
+    pub deltas_written: u64,
+    pub patches_prepared: u64,
+    /// CPU time spent computing them, summed over the cores.
+    pub patch_cpu_seconds: f64,
     /// Heads, channel and key documents, versions and commit documents written because
     /// they were missing or changed.
     pub documents_written: u64,
@@ -186,7 +211,12 @@ struct Pending {
 
 /// Exports every commit reachable from the repository's branches (and the channels'
 /// targets), then the branch heads, channel and key documents.
-pub async fn export(repo: &Repository, to: &Destination, progress: &dyn Progress) -> Result<ExportSummary> {
+pub async fn export(
+    repo: &Repository,
+    to: &Destination,
+    options: &ExportOptions,
+    progress: &dyn Progress,
+) -> Result<ExportSummary> {
     let mut s = ExportSummary { to: to.name.clone(), ..Default::default() };
     let order = commits_oldest_first(repo)?;
     s.commits = order.len();
@@ -254,8 +284,103 @@ pub async fn export(repo: &Repository, to: &Destination, progress: &dyn Progress
         s.indexes_written += 1;
         s.commits_exported += 1;
     }
+    write_deltas(repo, to, options, &mut writer, &packs, &mut s).await?;
     write_documents(repo, to, &order, &mut s).await?;
     Ok(s)
+}
+
+/// The releases: branch heads and channel targets.
+fn releases(repo: &Repository) -> Result<Vec<Id>> {
+    let mut out: Vec<Id> = repo.branches()?.into_iter().map(|(_, id)| id).collect();
+    for (name, head) in repo.channels()? {
+        let envelope = repo.read_envelope(&head)?;
+        let doc = ferry_store::channel::ChannelDoc::decode(&envelope.document)
+            .with_context(|| format!("channel {name}'s newest document does not decode"))?;
+        out.extend(doc.targets.iter().map(|t| t.commit));
+    }
+    let mut seen = HashSet::new();
+    out.retain(|id| seen.insert(*id));
+    Ok(out)
+}
+
+/// The commits a device may run before `release`: its `n` previous commits, and `running`.
+fn sources(repo: &Repository, release: &Id, n: usize, running: &[Id]) -> Result<Vec<Id>> {
+    let mut out = Vec::new();
+    let mut next = repo.read_commit(release)?.parent;
+    while let Some(id) = next.take().filter(|_| out.len() < n) {
+        out.push(id);
+        next = repo.read_commit(&id)?.parent;
+    }
+    out.extend(running.iter().filter(|r| *r != release && repo.has_object(r).unwrap_or(false)));
+    let mut seen = HashSet::new();
+    out.retain(|id| seen.insert(*id));
+    Ok(out)
+}
+
+/// Prepared patches for every release from its sources, each pair once (a pair whose index
+/// is at the destination was written whole before).
+async fn write_deltas(
+    repo: &Repository,
+    to: &Destination,
+    options: &ExportOptions,
+    writer: &mut PackWriter,
+    packs: &HashSet<Id>,
+    s: &mut ExportSummary,
+) -> Result<()> {
+    if options.patches_from == 0 && options.running.is_empty() {
+        return Ok(());
+    }
+    let there: HashSet<String> = to.list("deltas").await?.into_keys().collect();
+    for release in releases(repo)? {
+        for from in sources(repo, &release, options.patches_from, &options.running)? {
+            if there.contains(&format!("{from}/{release}")) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let answers = prepare_patches(repo, &from, &release)?;
+            s.patch_cpu_seconds += answers.iter().map(|a| a.2).sum::<f64>();
+            tracing::info!(
+                from = %from, to = %release, patches = answers.len(), seconds = started.elapsed().as_secs_f64(),
+                "prepared patches"
+            );
+            for (key, answer, _) in &answers {
+                if let Some(pack) = writer.add(key, answer)? {
+                    write_pack(to, pack, packs, s).await?;
+                }
+            }
+            if let Some(pack) = writer.flush() {
+                write_pack(to, pack, packs, s).await?;
+            }
+            let placements = answers
+                .iter()
+                .map(|(key, _, _)| {
+                    writer.placement(key).map(|p| (*key, p)).ok_or_else(|| anyhow!("patch {key} was not placed"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let index = ContentIndex::new(delta_id(&from, &release), placements)?.encode();
+            s.bytes_written += index.len() as u64;
+            to.put(&format!("v1/deltas/{from}/{release}"), index, IMMUTABLE).await?;
+            s.deltas_written += 1;
+            s.patches_prepared += answers.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The patches a device on `from` plans for `to` (holding `from`'s chunks), each with its
+/// answer at the server's level and the CPU seconds it took, in plan order.
+fn prepare_patches(repo: &Repository, from: &Id, to: &Id) -> Result<Vec<(Id, Vec<u8>, f64)>> {
+    let (old, new) = (repo.read_commit(from)?, repo.read_commit(to)?);
+    let planned = ferry_delta::plan::planned_patches(repo, &old, &new)?;
+    planned
+        .patches
+        .par_iter()
+        .map(|p| {
+            let started = std::time::Instant::now();
+            let answer = patch::answer(repo, &p.request(), patch::DEFAULT_LEVEL)?;
+            Ok((p.key(), answer, started.elapsed().as_secs_f64()))
+        })
+        .collect()
 }
 
 fn names(it: impl Iterator<Item = String>) -> HashSet<Id> {

@@ -1,25 +1,32 @@
-//! Chunks from a static copy of the repository (`content_url`, written by `ferry export`):
-//! the commit's content index says where each chunk lies in which pack, and the chunks the
-//! device lacks arrive in a few single-range GETs, each frame checked against the index as
-//! it arrives and each chunk against its signed length and id before it is staged, as from
-//! the server. The index is not signed: a wrong one can only waste a request (the frame it
-//! points at is refused) or make the device ask the server instead.
+//! Chunks from a static copy of the repository (`content_url`, written by `ferry export`).
+//!
+//! The same split as from the server: the chunks the device lacks are planned as patches
+//! against the running release's files (`plan_fetch`) and plain chunks. Patches come from the
+//! copy's prepared patches for this pair of commits (`v1/deltas/<from>/<to>`), plain chunks
+//! (and the targets of patches the copy did not prepare) from the commit's content index
+//! (`v1/index/<commit>`), both as a few coalesced single-range GETs of packs. Each frame is
+//! checked against its index entry as it arrives, each patch's output and each chunk against
+//! the signed trees before it is staged, as from the server. The indexes are not signed: a
+//! wrong one can only waste a request (the frame it points at is refused) or send the device
+//! to the server for what is left.
 
 use std::collections::HashMap;
 
 use anyhow::{anyhow, Context, Result};
-use ferry_delta::content::{self, ContentIndex, RangeReader};
+use ferry_delta::content::{self, chunk_frame_bound, delta_id, ContentIndex, RangeFrame, RangeReader};
 use ferry_delta::pack::FRAME_HEADER;
+use ferry_delta::patch::Patch;
 use ferry_store::Id;
 
 use crate::config::Config;
 use crate::http::{Server, Traffic};
 use crate::local::Local;
 
-use super::fetch::{run_batches, stage_chunk, StagingSync};
-use super::plan::{distinct_chunks, Plan};
+use super::fetch::{apply_patch, run_batches, stage_chunk, StagingSync};
+use super::plan::{distinct_chunks, plan_fetch, Plan};
 
-/// Requests an update aims at: past this, gaps between wanted frames are read through...
+/// Requests an update aims at for each kind (patches, plain chunks): past this, gaps between
+/// wanted frames are read through...
 const TARGET_REQUESTS: usize = 8;
 /// ...as long as that reads at most this many percent more than the wanted frames.
 const MAX_OVERREAD_PERCENT: u64 = 5;
@@ -27,18 +34,134 @@ const MAX_OVERREAD_PERCENT: u64 = 5;
 /// What fetching from the copy did.
 #[derive(Debug, Default)]
 pub(crate) struct CopyOutcome {
+    /// Chunks staged, patched or plain.
     pub(crate) chunks: u64,
-    /// Chunk frame bytes staged (header included), not the gaps read through.
+    /// Of those, the ones rebuilt from prepared patches.
+    pub(crate) patched: u64,
+    /// Prepared patches used.
+    pub(crate) patches: u64,
+    /// Frame bytes received (headers included), not the gaps read through.
     pub(crate) bytes: u64,
 }
 
-/// Stages `missing` from the copy at `copy`: the outcome counts what was staged, also when
-/// the result is an error (the caller then fetches what is still missing from the server).
+impl CopyOutcome {
+    fn add(&mut self, o: CopyOutcome) {
+        self.chunks += o.chunks;
+        self.patched += o.patched;
+        self.patches += o.patches;
+        self.bytes += o.bytes;
+    }
+}
+
+/// What the copy is asked for, for the commit `head` installed over `current`.
+pub(crate) struct CopyRequest<'a> {
+    pub(crate) copy: &'a Server,
+    pub(crate) config: &'a Config,
+    pub(crate) current: Option<Id>,
+    pub(crate) head: Id,
+}
+
+/// Stages `missing` from the copy: the outcome counts what was staged, also when the result
+/// is an error (the caller then fetches what is still missing from the server).
 pub(crate) async fn fetch_from_copy(
-    copy: &Server,
+    req: &CopyRequest<'_>,
     local: &Local,
-    config: &Config,
-    head: &Id,
+    plan: &Plan,
+    missing: &[(Id, u32)],
+    t: &mut Traffic,
+) -> (CopyOutcome, Result<()>) {
+    let mut total = CopyOutcome::default();
+    if missing.is_empty() {
+        return (total, Ok(()));
+    }
+    let r = async {
+        let fetch = plan_fetch(req.config, local, req.current, plan, missing)?;
+        let mut plain = fetch.plain;
+        if let Some(current) = req.current.filter(|_| !fetch.patches.is_empty()) {
+            let (o, unserved) = fetch_patches(req, local, plan, current, &fetch.patches, t).await?;
+            total.add(o);
+            plain.extend(unserved);
+        }
+        plain.retain(|(id, _)| !local.staging_path(id).exists());
+        let (o, r) = fetch_plain(req, local, plan, &plain, t).await;
+        total.add(o);
+        r
+    }
+    .await;
+    (total, r)
+}
+
+/// Max entries of an index of this plan's commit, and its largest encoding: the signed
+/// trees bound both (one entry per distinct chunk, and a patch has at least one target
+/// chunk; at most one pack per entry).
+fn index_bounds(plan: &Plan) -> (usize, usize) {
+    let entries = usize::try_from(distinct_chunks(plan)).unwrap_or(usize::MAX);
+    (entries, 4 + 1 + 32 + 4 + 4 + entries.saturating_mul(32 + content::INDEX_ENTRY))
+}
+
+/// Reads an index from the copy: `None` when the copy does not have it.
+async fn read_index(
+    req: &CopyRequest<'_>,
+    path: &str,
+    name: &Id,
+    plan: &Plan,
+    t: &mut Traffic,
+) -> Result<Option<ContentIndex>> {
+    let (entries, bytes) = index_bounds(plan);
+    let what = format!("{path} from {}", req.copy.base());
+    let Some(body) = req.copy.get_optional(path, bytes, &what, t).await? else {
+        return Ok(None);
+    };
+    Ok(Some(ContentIndex::decode(&body, name, entries).with_context(|| what)?))
+}
+
+/// The prepared patches this device planned, from `v1/deltas/<current>/<head>`; returns
+/// what they staged and the chunks of the patches the copy does not have (to fetch plain).
+/// No delta at all is no error: every patch's chunks are then fetched plain.
+async fn fetch_patches(
+    req: &CopyRequest<'_>,
+    local: &Local,
+    plan: &Plan,
+    current: Id,
+    patches: &[Patch],
+    t: &mut Traffic,
+) -> Result<(CopyOutcome, Vec<(Id, u32)>)> {
+    let targets = |p: &Patch| p.target.iter().map(|c| (c.id, c.len)).collect::<Vec<_>>();
+    let path = format!("deltas/{current}/{}", req.head);
+    let Some(index) = read_index(req, &path, &delta_id(&current, &req.head), plan, t).await? else {
+        tracing::info!(path, "the copy has no prepared patches for this update; fetching plain chunks");
+        return Ok((CopyOutcome::default(), patches.iter().flat_map(targets).collect()));
+    };
+    let by_key: HashMap<Id, &Patch> = patches.iter().map(|p| (p.key(), p)).collect();
+    let (prepared, unprepared): (Vec<&Patch>, Vec<&Patch>) =
+        patches.iter().partition(|p| index.locate(&p.key()).is_some());
+    let wanted: Vec<(Id, u32)> =
+        prepared.iter().map(|p| (p.key(), p.max_response_len().saturating_add(FRAME_HEADER as u32))).collect();
+    let ranges =
+        content::coalesced_ranges(&index, &wanted, TARGET_REQUESTS, MAX_OVERREAD_PERCENT, req.config.batch_bytes)
+            .with_context(|| format!("{path} from {}", req.copy.base()))?;
+    let by_key = &by_key;
+    let (o, r) = fetch_ranges(req, local, ranges, t, |frame| {
+        let p = by_key.get(&frame.id).ok_or_else(|| anyhow!("an unasked patch {}", frame.id))?;
+        let mut staged = 0;
+        apply_patch(local, p, &frame.stored, &mut staged)
+            .with_context(|| format!("prepared patch {} from {}", frame.id, req.copy.base()))?;
+        Ok(CopyOutcome {
+            chunks: staged,
+            patched: staged,
+            patches: 1,
+            bytes: (frame.stored.len() + FRAME_HEADER) as u64,
+        })
+    })
+    .await;
+    r?;
+    Ok((o, unprepared.into_iter().flat_map(targets).collect()))
+}
+
+/// Plain chunks through the commit's content index.
+async fn fetch_plain(
+    req: &CopyRequest<'_>,
+    local: &Local,
     plan: &Plan,
     missing: &[(Id, u32)],
     t: &mut Traffic,
@@ -46,12 +169,41 @@ pub(crate) async fn fetch_from_copy(
     if missing.is_empty() {
         return (CopyOutcome::default(), Ok(()));
     }
-    let ranges = match plan_ranges(copy, config, head, plan, missing, t).await {
+    let path = format!("index/{}", req.head);
+    let ranges = async {
+        let index = read_index(req, &path, &req.head, plan, t).await?.ok_or_else(|| {
+            anyhow!("{} has no content index for commit {} (not exported yet?)", req.copy.base(), req.head)
+        })?;
+        let wanted: Vec<(Id, u32)> = missing.iter().map(|(id, len)| (*id, chunk_frame_bound(*len))).collect();
+        content::coalesced_ranges(&index, &wanted, TARGET_REQUESTS, MAX_OVERREAD_PERCENT, req.config.batch_bytes)
+            .with_context(|| format!("{path} from {}", req.copy.base()))
+    }
+    .await;
+    let ranges = match ranges {
         Ok(r) => r,
         Err(e) => return (CopyOutcome::default(), Err(e)),
     };
     let lens: HashMap<Id, u32> = missing.iter().copied().collect();
     let lens = &lens;
+    fetch_ranges(req, local, ranges, t, |frame| {
+        let len = lens.get(&frame.id).copied().ok_or_else(|| anyhow!("an unasked chunk {}", frame.id))?;
+        stage_chunk(local, &frame.id, &frame.stored, len)
+            .with_context(|| format!("chunk {} from {}", frame.id, req.copy.base()))?;
+        Ok(CopyOutcome { chunks: 1, bytes: (frame.stored.len() + FRAME_HEADER) as u64, ..Default::default() })
+    })
+    .await
+}
+
+/// GETs `ranges`, `concurrency` at a time, each frame handed to `on_frame` as it is
+/// complete (checked against its index entry); staging is made durable as from the server.
+async fn fetch_ranges(
+    req: &CopyRequest<'_>,
+    local: &Local,
+    ranges: Vec<content::Range>,
+    t: &mut Traffic,
+    on_frame: impl Fn(RangeFrame) -> Result<CopyOutcome>,
+) -> (CopyOutcome, Result<()>) {
+    let on_frame = &on_frame;
     let fetch = |range: content::Range| async move {
         let mut t = Traffic::default();
         let mut out = CopyOutcome::default();
@@ -59,15 +211,12 @@ pub(crate) async fn fetch_from_copy(
         let (start, end) = (range.start(), range.end());
         let mut reader = RangeReader::new(range);
         let mut sync = StagingSync::new(local);
-        let r = copy
+        let r = req
+            .copy
             .get_range(&path, start, end, &mut t, |piece| {
                 for frame in reader.feed(piece)? {
-                    let len = lens.get(&frame.id).copied().ok_or_else(|| anyhow!("an unasked chunk {}", frame.id))?;
-                    stage_chunk(local, &frame.id, &frame.stored, len)
-                        .with_context(|| format!("chunk {} from {}", frame.id, copy.base()))?;
+                    out.add(on_frame(frame)?);
                     sync.tick();
-                    out.chunks += 1;
-                    out.bytes += (frame.stored.len() + FRAME_HEADER) as u64;
                 }
                 Ok(())
             })
@@ -76,32 +225,5 @@ pub(crate) async fn fetch_from_copy(
         drop(sync);
         (t, out, r)
     };
-    run_batches(ranges, config.concurrency, t, fetch, |total: &mut CopyOutcome, o| {
-        total.chunks += o.chunks;
-        total.bytes += o.bytes;
-    })
-    .await
-}
-
-/// Reads the commit's index from the copy and plans the GETs for `missing`.
-async fn plan_ranges(
-    copy: &Server,
-    config: &Config,
-    head: &Id,
-    plan: &Plan,
-    missing: &[(Id, u32)],
-    t: &mut Traffic,
-) -> Result<Vec<content::Range>> {
-    // The signed trees bound the index: one entry per distinct chunk, one pack per entry.
-    let max_entries = usize::try_from(distinct_chunks(plan)).unwrap_or(usize::MAX);
-    let max_bytes = 4 + 1 + 32 + 4 + 4 + max_entries.saturating_mul(32 + content::INDEX_ENTRY);
-    let bytes = copy
-        .content_index(head, max_bytes, t)
-        .await?
-        .ok_or_else(|| anyhow!("{} has no content index for commit {head} (not exported yet?)", copy.base()))?;
-    let index = ContentIndex::decode(&bytes, head, max_entries)
-        .with_context(|| format!("the content index of {head} from {}", copy.base()))?;
-    let ranges = content::coalesced_ranges(&index, missing, TARGET_REQUESTS, MAX_OVERREAD_PERCENT, config.batch_bytes)
-        .with_context(|| format!("the content index of {head} from {}", copy.base()))?;
-    Ok(ranges)
+    run_batches(ranges, req.config.concurrency, t, fetch, CopyOutcome::add).await
 }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::http::{Server, Traffic};
 use crate::local::Local;
 
-use super::content::fetch_from_copy;
+use super::content::{fetch_from_copy, CopyRequest};
 use super::fetch::{fetch_chunks, fetch_patches};
 use super::plan::{check_space, missing_chunks, plan_fetch, plan_with, Plan};
 use super::trees::fetch_trees;
@@ -112,9 +112,12 @@ impl Source for Network<'_> {
         crate::fleet::set_progress_total(missing.len() as u64, staged_before);
         let mut rest = missing.to_vec();
         if let Some(copy) = self.copy {
-            let (got, r) = fetch_from_copy(copy, local, config, &self.head, plan, missing, self.traffic).await;
+            let req = CopyRequest { copy, config, current: self.current, head: self.head };
+            let (got, r) = fetch_from_copy(&req, local, plan, missing, self.traffic).await;
             s.chunks_downloaded += got.chunks;
             s.chunks_from_copy += got.chunks;
+            s.chunks_patched += got.patched;
+            s.patches += got.patches;
             s.chunk_bytes_downloaded += got.bytes;
             match r {
                 Ok(()) => {

@@ -21,6 +21,19 @@ pub struct Env {
     tls: Option<ferry_publisher::tls::TlsFiles>,
     /// The CA of the devices' client certificates (mutual TLS), if the server wants them.
     device_ca: Option<ferry_publisher::serve::DeviceCa>,
+    /// How the server computes patches ([`exact_patches`] unless a test says otherwise).
+    patches: ferry_publisher::serve::PatchConfig,
+}
+
+/// Patches computed at the server's level while the device waits, and none prepared in the
+/// background: the tests compare a device's bytes with `ferry diff`'s exactly. The fast
+/// first answer and preparation are tested on their own (tests/it/patches.rs).
+pub fn exact_patches() -> ferry_publisher::serve::PatchConfig {
+    ferry_publisher::serve::PatchConfig {
+        first: ferry_publisher::patches::FirstAnswer::Best,
+        prepare: false,
+        ..Default::default()
+    }
 }
 
 impl Drop for Env {
@@ -38,10 +51,11 @@ fn start_server(
     fleet: Option<ferry_publisher::serve::FleetConfig>,
     tls: Option<ferry_publisher::tls::TlsFiles>,
     device_ca: Option<ferry_publisher::serve::DeviceCa>,
+    patches: ferry_publisher::serve::PatchConfig,
 ) -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (atx, arx) = std::sync::mpsc::channel();
-    let config = ferry_publisher::serve::ServeConfig { fleet, tls, device_ca, ..Default::default() };
+    let config = ferry_publisher::serve::ServeConfig { fleet, tls, device_ca, patches, ..Default::default() };
     rt.spawn(async move {
         ferry_publisher::serve::serve_with(
             repo,
@@ -119,8 +133,28 @@ impl Env {
             fleet.clone(),
             None,
             None,
+            exact_patches(),
         );
-        Env { t, repo, addr, server: Some(rt), fleet, admin_token, tls: None, device_ca: None }
+        Env {
+            t,
+            repo,
+            addr,
+            server: Some(rt),
+            fleet,
+            admin_token,
+            tls: None,
+            device_ca: None,
+            patches: exact_patches(),
+        }
+    }
+
+    /// A server computing patches as `patches` says (`ferry serve`'s defaults: fast first
+    /// answers, new releases prepared in the background).
+    pub fn with_patches(patches: ferry_publisher::serve::PatchConfig) -> Env {
+        let mut env = Env::start(None);
+        env.patches = patches;
+        env.restart_server();
+        env
     }
 
     /// Kills the server at once: every connection is dropped mid-flight.
@@ -160,6 +194,7 @@ impl Env {
             self.fleet.clone(),
             self.tls.clone(),
             self.device_ca.clone(),
+            self.patches.clone(),
         );
         self.server = Some(rt);
     }

@@ -169,3 +169,79 @@ fn the_second_device_on_a_version_is_answered_from_the_cache() {
     assert_eq!(cache_entries(&env), cold);
     assert!(std::fs::read_link(env.path().join("device-2/current")).unwrap().ends_with(v2.to_hex()));
 }
+
+/// The patch cache of the server `env` runs now (the newest scratch directory).
+fn patch_cache_dir(env: &Env) -> PathBuf {
+    let mut scratches: Vec<PathBuf> = std::fs::read_dir(env.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("serve-scratch"))
+        .collect();
+    scratches.sort();
+    scratches.pop().unwrap().join("patch-cache")
+}
+
+/// Waits (at most two minutes) until every patch a device on `from` plans for `to` is
+/// cached at the server's level.
+fn wait_for_best(env: &Env, from: Id, to: Id) {
+    let (f, t) = (env.repo.read_commit(&from).unwrap(), env.repo.read_commit(&to).unwrap());
+    let plan = ferry_delta::plan::planned_patches(&env.repo, &f, &t).unwrap();
+    assert!(!plan.patches.is_empty());
+    let dir = patch_cache_dir(env);
+    let level = ferry_delta::patch::DEFAULT_LEVEL;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let missing =
+            plan.patches.iter().filter(|p| !dir.join(format!("{}-{level}", p.key().to_hex())).exists()).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{missing} of {} patches still not prepared", plan.patches.len());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_first_device_gets_a_fast_patch_at_once_and_the_next_one_the_best() {
+    let env = Env::with_patches(ferry_publisher::serve::PatchConfig { prepare: false, ..Default::default() });
+    let v1 = env.commit(1, "1");
+    let first = env.device("");
+    let second = env.device_named("device-2", env.addr, "");
+    update(&first);
+    update(&second);
+    let v2 = env.commit(2, "2");
+    let (f, t) = (env.repo.read_commit(&v1).unwrap(), env.repo.read_commit(&v2).unwrap());
+    let fast = ferry_delta::patch_cost(&env.repo, &f, &t, ferry_publisher::patches::FAST_LEVEL).unwrap();
+    let best = patch_cost(&env, v1, v2);
+    // The first device is answered at the fast level: exactly its bytes.
+    let a = update(&first);
+    assert_eq!(a["chunk_bytes_downloaded"].as_u64().unwrap(), fast.transfer_bytes, "{a}");
+    assert_deployed(&env, v2);
+    // Meanwhile the server computes the best answers; the next device gets them.
+    wait_for_best(&env, v1, v2);
+    let b = update(&second);
+    assert_eq!(b["chunk_bytes_downloaded"].as_u64().unwrap(), best.transfer_bytes, "{b}");
+    assert!(best.transfer_bytes <= fast.transfer_bytes);
+    eprintln!(
+        "v1 -> v2 patches: fast first answer {} bytes, best {} bytes (+{:.1}%); best cost {:.2} s of CPU",
+        fast.transfer_bytes,
+        best.transfer_bytes,
+        (fast.transfer_bytes as f64 / best.transfer_bytes as f64 - 1.0) * 100.0,
+        best.seconds
+    );
+}
+
+#[test]
+fn a_new_release_is_prepared_before_any_device_asks() {
+    let env = Env::with_patches(ferry_publisher::serve::PatchConfig::default());
+    let v1 = env.commit(1, "1");
+    let device = env.device("");
+    update(&device);
+    let v2 = env.commit(2, "2");
+    // No device has asked for v2: the server finds the new head and prepares its patches
+    // from v1 (its parent) on its own.
+    wait_for_best(&env, v1, v2);
+    let s = update(&device);
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), patch_cost(&env, v1, v2).transfer_bytes, "{s}");
+    assert_deployed(&env, v2);
+}

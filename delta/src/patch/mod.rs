@@ -90,6 +90,14 @@ impl Patch {
         key_of(self.reference.iter().map(|c| &c.id), self.target.iter().map(|c| &c.id))
     }
 
+    /// The request for this patch as the server reads it (ids only).
+    pub fn request(&self) -> PatchRequest {
+        PatchRequest {
+            reference: self.reference.iter().map(|c| c.id).collect(),
+            target: self.target.iter().map(|c| c.id).collect(),
+        }
+    }
+
     pub fn reference_len(&self) -> u64 {
         self.reference.iter().map(|c| u64::from(c.len)).sum()
     }

@@ -7,6 +7,9 @@ use clap::Args;
 use super::{human, open_ro, print_json, Bar, RepoArg};
 use crate::export::{self, Destination};
 
+/// The most commits a fleet's reports add as patch sources (the most run ones).
+const MAX_RUNNING: usize = 16;
+
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
@@ -17,14 +20,38 @@ pub struct ExportArgs {
     /// endpoint).
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     to: String,
+    /// Prepare patches to each release (branch head or channel target) from this many of
+    /// its previous commits, so devices on them download patches from the copy (0: none).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    patches_from: usize,
+    /// The fleet's state directory (`ferry serve --fleet DIR`; read only, also while the
+    /// server runs): prepare patches from every commit its devices report running too.
+    #[arg(long, value_name = "DIR")]
+    fleet: Option<std::path::PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let ExportArgs { repo, to, json } = a;
+    let ExportArgs { repo, to, patches_from, fleet, json } = a;
     let r = open_ro(&repo)?;
+    let mut running = Vec::new();
+    if let Some(dir) = &fleet {
+        let f = crate::fleet::Fleet::open_read_only(dir)
+            .map_err(|e| anyhow::anyhow!("reading the fleet's devices in {}: {e}", dir.display()))?;
+        let mut counts: std::collections::HashMap<ferry_store::Id, usize> = Default::default();
+        for d in f.devices()? {
+            if let Some(id) = d.report.current.as_deref().and_then(|c| c.parse().ok()) {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        // The most run first, at most MAX_RUNNING of them.
+        let mut by_count: Vec<_> = counts.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        running = by_count.into_iter().take(MAX_RUNNING).map(|(id, _)| id).collect();
+    }
+    let options = export::ExportOptions { patches_from, running };
     let dest = Destination::open(&to)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -32,16 +59,16 @@ pub fn export(a: ExportArgs) -> Result<()> {
         .build()
         .context("starting the export's runtime")?;
     let bar = Bar::new("exporting");
-    let summary = runtime.block_on(export::export(&r, &dest, &bar))?;
+    let summary = runtime.block_on(export::export(&r, &dest, &options, &bar))?;
     drop(bar);
     if json {
         return print_json(&summary);
     }
-    if summary.commits_exported == 0 && summary.documents_written == 0 {
+    if summary.commits_exported == 0 && summary.documents_written == 0 && summary.deltas_written == 0 {
         eprintln!("{} is up to date: {} commits, nothing written", summary.to, summary.commits);
     } else {
         eprintln!(
-            "exported {} of {} commits to {}: {} objects, {} packs ({}, {} chunks), {} indexes, {} documents; {} written",
+            "exported {} of {} commits to {}: {} objects, {} packs ({}, {} chunks), {} indexes, {} prepared patches for {} updates ({:.1} CPU s), {} documents; {} written",
             summary.commits_exported,
             summary.commits,
             summary.to,
@@ -50,6 +77,9 @@ pub fn export(a: ExportArgs) -> Result<()> {
             human(summary.pack_bytes_written),
             summary.chunks_packed,
             summary.indexes_written,
+            summary.patches_prepared,
+            summary.deltas_written,
+            summary.patch_cpu_seconds,
             summary.documents_written,
             human(summary.bytes_written)
         );

@@ -13,6 +13,13 @@ use crate::fleet::{Settings, ENROLLMENTS_PER_MINUTE};
 use crate::serve::{DeviceCa, FleetConfig, PatchConfig, ServeConfig};
 use crate::tls::TlsFiles;
 
+/// `--patch-first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PatchFirst {
+    Fast,
+    Best,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -34,6 +41,15 @@ pub struct ServeArgs {
     /// Bound of the patch cache in MiB; the least recently used patches go first.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     patch_cache_mib: u64,
+    /// A patch not computed yet at --patch-level: `fast` answers at once at a fast level
+    /// and computes the best one in the background for the next device; `best` computes it
+    /// while the device waits.
+    #[arg(long, value_enum, default_value_t = PatchFirst::Fast, value_name = "fast|best")]
+    patch_first: PatchFirst,
+    /// Do not prepare each new release's patches (channel documents, branch heads) in the
+    /// background ahead of its devices.
+    #[arg(long)]
+    no_prepare: bool,
     /// Patches computed at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     patch_workers: Option<u16>,
@@ -97,6 +113,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         patch_cache,
         patch_cache_mib,
         patch_workers,
+        patch_first,
+        no_prepare,
         fleet,
         require_approval,
         enrollments_per_minute,
@@ -123,6 +141,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         level: patch_level,
         cache_dir: patch_cache,
         cache_bytes: patch_cache_mib.saturating_mul(1 << 20),
+        first: match patch_first {
+            PatchFirst::Fast => crate::patches::FirstAnswer::Fast,
+            PatchFirst::Best => crate::patches::FirstAnswer::Best,
+        },
+        prepare: !no_prepare,
         ..Default::default()
     };
     if let Some(n) = patch_workers {

@@ -44,6 +44,11 @@ impl DiskCache {
         &self.dir
     }
 
+    /// Whether the entry `name` is there (unchecked: [`DiskCache::read`] checks it).
+    pub(super) fn contains(&self, name: &str) -> bool {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+    }
+
     /// The entry `name`, if it is there and whole (a damaged one is removed).
     pub(super) fn read(&self, name: &str) -> Option<Vec<u8>> {
         let path = self.dir.join(name);

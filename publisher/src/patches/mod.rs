@@ -21,13 +21,23 @@
 //!   leaves whole entries or none, and a damaged entry is detected, removed and recomputed.
 //!   It is bounded in bytes: past the bound the least recently used entries are removed.
 //!
+//! - No device waits for a slow patch ([`FirstAnswer::Fast`], the default): a patch not
+//!   cached at the server's level is answered at once at [`FAST_LEVEL`] (cached too), and
+//!   queued for a background worker that computes it at the server's level, one at a time
+//!   (one core at most), for the next device. The same worker prepares ahead: when a channel
+//!   document or a branch head appears, it queues the patches devices on the commits they
+//!   run (the fleet's reports, the channel's previous targets, the release's previous
+//!   commits) will plan (`ferry_delta::plan::planned_patches`), so even the first device of
+//!   a release finds them computed.
+//!
 //! Its parts: this module computes answers (once per key, in a bounded number of worker
 //! slots) and keeps the counters; `cache` is the directory on disk; `allowance` holds the
 //! bounds on fresh work ([`Limits`], [`Allowance`], [`Busy`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use ferry_delta::patch::{answer, answer_plain, AnswerError, PatchRequest};
 use ferry_store::{Id, Repository};
@@ -78,6 +88,40 @@ pub struct PatchStats {
     pub compute_seconds: f64,
     /// Items answered plain because their request's or client's allowance was spent.
     pub capped: u64,
+    /// Items answered at [`FAST_LEVEL`] because the server's level was not cached yet.
+    pub fast_answers: u64,
+    /// Patches the background worker computed at the server's level (queued by a fast
+    /// answer or prepared ahead), and those still queued.
+    pub background_computed: u64,
+    pub background_queued: u64,
+    /// Patches queued ahead of any device, for a new release.
+    pub prepared: u64,
+}
+
+/// The zstd level of a first answer when the server's level is not cached: fast enough that
+/// no device waits on it (about 10-30x faster than level 19, some percent larger).
+pub const FAST_LEVEL: i32 = 3;
+
+/// The most patches waiting for the background worker; past it, new ones are not queued
+/// (a later device asking for them queues them again).
+pub const MAX_QUEUED: usize = 65536;
+
+/// What a device gets for a patch that is not cached at the server's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstAnswer {
+    /// A fast answer at once; the server's level is computed in the background.
+    #[default]
+    Fast,
+    /// The server's level, computed while the device waits (the best bytes for every
+    /// device, the first one's wait included).
+    Best,
+}
+
+/// The background worker's queue: requests by key, each once.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<PatchRequest>,
+    keys: HashSet<Id>,
 }
 
 pub struct Patcher {
@@ -88,6 +132,10 @@ pub struct Patcher {
     in_flight: Mutex<HashMap<Id, Arc<Mutex<()>>>>,
     stats: Mutex<PatchStats>,
     admission: Admission,
+    first: FirstAnswer,
+    prepare: bool,
+    queue: Mutex<Queue>,
+    queued: Condvar,
 }
 
 impl std::fmt::Debug for Patcher {
@@ -109,7 +157,84 @@ impl Patcher {
             in_flight: Mutex::new(HashMap::new()),
             stats: Mutex::new(PatchStats::default()),
             admission: Admission::new(Limits::default()),
+            first: FirstAnswer::Best,
+            prepare: false,
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
         })
+    }
+
+    /// The same patcher answering first requests as `first` says (default when opened:
+    /// [`FirstAnswer::Best`], the server sets its configuration's).
+    pub fn with_first_answer(self, first: FirstAnswer) -> Patcher {
+        Patcher { first, ..self }
+    }
+
+    /// The same patcher preparing patches for new releases ahead of any device (default
+    /// when opened: no; the server sets its configuration's).
+    pub fn with_preparation(self, prepare: bool) -> Patcher {
+        Patcher { prepare, ..self }
+    }
+
+    /// Whether new releases' patches are prepared ahead.
+    pub fn prepares(&self) -> bool {
+        self.prepare
+    }
+
+    /// Whether a background worker has anything to do for this patcher.
+    pub fn needs_worker(&self) -> bool {
+        self.prepare || (self.first == FirstAnswer::Fast && self.level > FAST_LEVEL)
+    }
+
+    /// Queues `item` for the background worker (once, unless its answer at the server's
+    /// level is cached); false when it was not queued.
+    pub fn queue(&self, item: PatchRequest) -> bool {
+        let key = item.key();
+        if self.cache.contains(&self.entry_name(&key)) {
+            return false;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.items.len() >= MAX_QUEUED || !q.keys.insert(key) {
+            return false;
+        }
+        q.items.push_back(item);
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).background_queued = q.items.len() as u64;
+        drop(q);
+        self.queued.notify_one();
+        true
+    }
+
+    /// Counts patches queued ahead of any device.
+    pub fn count_prepared(&self, n: u64) {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).prepared += n;
+    }
+
+    /// The background worker's step: waits up to `wait` for a queued patch and computes it
+    /// at the server's level (cached for the next device). False when nothing was queued.
+    pub fn work_once(&self, repo: &Repository, wait: Duration) -> bool {
+        let item = {
+            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut q, _) =
+                self.queued.wait_timeout_while(q, wait, |q| q.items.is_empty()).unwrap_or_else(|e| e.into_inner());
+            let Some(item) = q.items.pop_front() else { return false };
+            self.stats.lock().unwrap_or_else(|e| e.into_inner()).background_queued = q.items.len() as u64;
+            item
+        };
+        let key = item.key();
+        let name = self.entry_name(&key);
+        let r = self.cached(
+            &name,
+            &key,
+            &Allowance::unlimited(),
+            || answer(repo, &item, self.level),
+            || answer_plain(repo, &item),
+        );
+        match r {
+            Ok(_) => self.stats.lock().unwrap_or_else(|e| e.into_inner()).background_computed += 1,
+            Err(e) => tracing::warn!(target: LOG_TARGET, %key, error = %e, "preparing a patch"),
+        }
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).keys.remove(&key);
+        true
     }
 
     /// The same patcher with other bounds on fresh work.
@@ -138,7 +263,7 @@ impl Patcher {
     }
 
     fn entry_name(&self, key: &Id) -> String {
-        format!("{}-{}", key.to_hex(), self.level)
+        entry_name(key, self.level)
     }
 
     /// The answer for one item: from the cache, or computed (once, however many ask).
@@ -155,7 +280,17 @@ impl Patcher {
         allowance: &Allowance,
     ) -> Result<Vec<u8>, AnswerError> {
         let key = item.key();
-        self.cached(&key, allowance, || answer(repo, item, self.level), || answer_plain(repo, item))
+        let best = self.entry_name(&key);
+        if self.first == FirstAnswer::Best || self.level <= FAST_LEVEL || self.cache.contains(&best) {
+            return self.cached(&best, &key, allowance, || answer(repo, item, self.level), || answer_plain(repo, item));
+        }
+        // Not cached at the server's level: a fast answer now, the best one for the next
+        // device computed in the background.
+        let fast = entry_name(&key, FAST_LEVEL);
+        let r = self.cached(&fast, &key, allowance, || answer(repo, item, FAST_LEVEL), || answer_plain(repo, item));
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).fast_answers += 1;
+        self.queue(item.clone());
+        r
     }
 
     /// A compressed tree answer (`POST /v1/trees` with encoding 1) for the trees under
@@ -174,7 +309,7 @@ impl Patcher {
         h.update(new_root.as_bytes());
         h.update(old_root.as_bytes());
         let key = Id(*h.finalize().as_bytes());
-        self.cached(&key, allowance, || compress(self.level).map(Some), || Ok(None))
+        self.cached(&self.entry_name(&key), &key, allowance, || compress(self.level).map(Some), || Ok(None))
     }
 
     /// The cache's rule for any answer named by `key`: a hit is read; otherwise, within
@@ -182,20 +317,20 @@ impl Patcher {
     /// and its answer is cached; past the allowance, `fallback` answers and nothing is kept.
     fn cached<T: CacheValue, E>(
         &self,
+        name: &str,
         key: &Id,
         allowance: &Allowance,
         compute: impl FnOnce() -> Result<T, E>,
         fallback: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
-        let name = self.entry_name(key);
-        if let Some(hit) = self.cache.read(&name) {
+        if let Some(hit) = self.cache.read(name) {
             self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
             return Ok(T::from_cache(hit));
         }
         let lock = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(*key).or_default().clone();
         let result = {
             let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(hit) = self.cache.read(&name) {
+            if let Some(hit) = self.cache.read(name) {
                 self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
                 Ok(T::from_cache(hit))
             } else if !allowance.may_compute() {
@@ -210,7 +345,7 @@ impl Patcher {
                 allowance.charge(secs);
                 if let Ok(value) = &r {
                     if let Some(body) = value.to_cache() {
-                        self.cache.write(&name, body);
+                        self.cache.write(name, body);
                         let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                         st.computed += 1;
                         st.compute_seconds += secs;
@@ -299,6 +434,11 @@ impl Patcher {
             }
         });
     }
+}
+
+/// A cache entry's name: the key and the level it was computed at.
+fn entry_name(key: &Id, level: i32) -> String {
+    format!("{}-{}", key.to_hex(), level)
 }
 
 /// What [`Patcher::cached`] keeps: a patch answer is cached as it is; a tree answer is

@@ -49,6 +49,7 @@ use crate::patches::Patcher;
 
 mod documents;
 mod hsts;
+mod prepare;
 mod routes;
 mod stream;
 
@@ -106,6 +107,11 @@ pub struct PatchConfig {
     pub workers: usize,
     /// Fresh work allowed per request and per client.
     pub limits: crate::patches::Limits,
+    /// What a device gets for a patch not computed yet at `level`.
+    pub first: crate::patches::FirstAnswer,
+    /// Prepare the patches of each new release (channel document or branch head) in the
+    /// background, ahead of the devices.
+    pub prepare: bool,
 }
 
 impl Default for PatchConfig {
@@ -116,6 +122,8 @@ impl Default for PatchConfig {
             cache_bytes: 1 << 30,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             limits: crate::patches::Limits::default(),
+            first: crate::patches::FirstAnswer::Fast,
+            prepare: true,
         }
     }
 }
@@ -308,9 +316,11 @@ pub fn router(repo: Repository, patcher: Patcher, fleet: Option<FleetParts>, rea
             fs.config_key = config_key;
             fs.certificates = certificates;
             let fs = Arc::new(fs);
+            prepare::start(&state, Some(prepare::fleet_running(&fs)));
             (crate::fleet_api::routes(fs.clone()), Some(fs))
         }
         None => {
+            prepare::start(&state, None);
             (Router::new().route("/v1/device/{*rest}", any(no_fleet)).route("/v1/admin/{*rest}", any(no_fleet)), None)
         }
     };
@@ -515,7 +525,9 @@ pub async fn serve_with(
     let cache_dir = patches.cache_dir.clone().unwrap_or_else(|| scratch.join("patch-cache"));
     let patcher = Patcher::open(&cache_dir, patches.cache_bytes, patches.level, patches.workers)
         .with_context(|| format!("opening the patch cache {}", cache_dir.display()))?
-        .with_limits(patches.limits);
+        .with_limits(patches.limits)
+        .with_first_answer(patches.first)
+        .with_preparation(patches.prepare);
     // A long accept queue: a fleet checking in at once must not overflow it (the default
     // of 1024 did with 1000 devices, costing each overflowed device a 1 s SYN retry).
     let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
