@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod corruption;
 mod determinism;
+mod export;
 mod fleet_attacks;
 mod fleet_cli;
 mod fleet_rules;
