@@ -4,12 +4,13 @@
 //! is completed by the next into what a fresh export writes. Servers on 127.0.0.1 only; every
 //! `ferry` run is bounded in time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use ferry_delta::content::{delta_id, ContentIndex};
 use ferry_fixtures::nginx::Nginx;
 use ferry_fixtures::seaweed::Seaweed;
 use futures_util::TryStreamExt;
@@ -149,6 +150,18 @@ fn under<'a, T>(listing: &'a BTreeMap<String, T>, dir: &str) -> Vec<&'a str> {
     listing.keys().filter_map(|k| k.strip_prefix(dir)).collect()
 }
 
+/// The packs an index names: a commit's (`v1/index/<commit>`) or a pair's prepared patches
+/// (`v1/deltas/<from>/<to>`), from its bytes in a listing of files.
+fn packs_of(listing: &BTreeMap<String, Vec<u8>>, name: &str) -> BTreeSet<String> {
+    let bytes = listing.get(name).unwrap_or_else(|| panic!("no {name}"));
+    let id = match name.strip_prefix("v1/deltas/").and_then(|p| p.split_once('/')) {
+        Some((from, to)) => delta_id(&from.parse().unwrap(), &to.parse().unwrap()),
+        None => name.strip_prefix("v1/index/").unwrap().parse().unwrap(),
+    };
+    let index = ContentIndex::decode(bytes, &id, 1 << 20).unwrap_or_else(|e| panic!("{name}: {e}"));
+    index.placements().map(|(_, p)| p.pack.to_hex()).collect()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -156,17 +169,20 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn a_directory_export_is_served_by_nginx_as_shipped() {
     let t = tempfile::tempdir().unwrap();
-    let repo = repo_with(t.path(), &[1]);
+    let repo = repo_with(t.path(), &[1, 2]);
     // A name with an extension is a branch's all the same.
-    let id = add_commit_on(t.path(), 1, "preview.html");
+    let first = add_commit_on(t.path(), 1, "preview.html");
+    let id = ferry_store::Repository::open_read_only(&repo).unwrap().branch("main").unwrap().unwrap().to_hex();
     let dir = t.path().join("export");
     let summary = export(&repo, dir.to_str().unwrap(), &[]);
-    check(&summary, &[("commits", 1), ("commits_exported", 1), ("indexes_written", 1)]);
+    check(&summary, &[("commits", 2), ("commits_exported", 2), ("indexes_written", 2), ("deltas_written", 1)]);
     let exported = files(&dir);
+    let delta = format!("v1/deltas/{first}/{id}");
     for name in [
         format!("v1/index/{id}"),
         format!("v1/objects/{id}"),
         format!("v1/commits/{id}"),
+        delta.clone(),
         "v1/branches/main".into(),
         "v1/branches/preview.html".into(),
         "v1/versions/1".into(),
@@ -205,6 +221,7 @@ fn a_directory_export_is_served_by_nginx_as_shipped() {
             (pack.as_str(), IMMUTABLE, "application/octet-stream"),
             (&format!("v1/index/{id}"), IMMUTABLE, "application/octet-stream"),
             (&format!("v1/objects/{id}"), IMMUTABLE, "application/octet-stream"),
+            (&delta, IMMUTABLE, "application/octet-stream"),
             ("v1/branches/main", NO_CACHE, "application/json"),
             ("v1/branches/preview.html", NO_CACHE, "application/json"),
             (&format!("v1/commits/{id}"), NO_CACHE, "application/json"),
@@ -216,10 +233,13 @@ fn a_directory_export_is_served_by_nginx_as_shipped() {
             assert_eq!(r.headers()["cache-control"], cache, "{name}");
             assert_eq!(r.headers()["content-type"], kind, "{name}");
         }
-        // An index not exported yet is missing, and its 404 is not to be kept.
-        let r = c.get(format!("{base}/v1/index/{}", "0".repeat(64))).send().await.unwrap();
-        assert_eq!(r.status(), 404);
-        assert_eq!(r.headers()["cache-control"], NO_CACHE);
+        // An index not exported yet, or patches not prepared yet, are missing, and their
+        // 404s are not to be kept.
+        for missing in [format!("v1/index/{}", "0".repeat(64)), format!("v1/deltas/{id}/{first}")] {
+            let r = c.get(format!("{base}/{missing}")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{missing}");
+            assert_eq!(r.headers()["cache-control"], NO_CACHE, "{missing}");
+        }
         // No directory is listed.
         for d in ["v1/", "v1/packs/", "v1/objects/"] {
             let r = c.get(format!("{base}/{d}")).send().await.unwrap();
@@ -253,9 +273,10 @@ fn a_rerun_writes_nothing_and_a_new_commit_is_exported_alone() {
     );
     assert!(stamps(&dir) == before, "a re-run changed files");
 
+    let first = ferry_store::Repository::open_read_only(&repo).unwrap().branch("main").unwrap().unwrap().to_hex();
     let second = add_commit(t.path(), 2);
     let third = export(&repo, to, &[]);
-    check(&third, &[("commits", 2), ("commits_exported", 1), ("indexes_written", 1)]);
+    check(&third, &[("commits", 2), ("commits_exported", 1), ("indexes_written", 1), ("deltas_written", 1)]);
     assert!(third["packs_written"].as_u64().unwrap() >= 1, "{third}");
     let after = stamps(&dir);
     let changed: Vec<&String> = before.iter().filter(|(k, v)| after.get(*k) != Some(v)).map(|(k, _)| k).collect();
@@ -266,39 +287,50 @@ fn a_rerun_writes_nothing_and_a_new_commit_is_exported_alone() {
         format!("v1/index/{second}"),
         format!("v1/objects/{second}"),
         format!("v1/commits/{second}"),
+        format!("v1/deltas/{first}/{second}"),
         "v1/versions/2".into(),
     ] {
         assert!(after.contains_key(&name) && !before.contains_key(&name), "{name} is not new");
     }
     // What the new commit shares with the first keeps its place: its index names the
     // first commit's pack as well as its own.
-    let first_packs = under(&before, "v1/packs/");
-    let index = &after[&format!("v1/index/{second}")].0;
-    let max = 1 << 20;
-    let index = ferry_delta::content::ContentIndex::decode(index, &second.parse().unwrap(), max).unwrap();
-    let named: std::collections::BTreeSet<String> = index.placements().map(|(_, p)| p.pack.to_hex()).collect();
-    assert!(first_packs.iter().any(|p| named.contains(*p)), "the second index does not reuse the first pack");
+    let after = files(&dir);
+    let first_packs = packs_of(&after, &format!("v1/index/{first}"));
+    let second_packs = packs_of(&after, &format!("v1/index/{second}"));
+    assert!(!first_packs.is_disjoint(&second_packs), "the second index does not reuse the first pack");
+    assert!(!second_packs.is_subset(&first_packs), "the second commit's new chunks are in no new pack");
 }
 
 #[test]
 fn an_interrupted_export_is_completed_by_the_next_run() {
     let t = tempfile::tempdir().unwrap();
     let repo = repo_with(t.path(), &[1]);
+    let first = ferry_store::Repository::open_read_only(&repo).unwrap().branch("main").unwrap().unwrap().to_hex();
     let dir = t.path().join("export");
     let to = dir.to_str().unwrap();
     export(&repo, to, &[]);
+    let run1 = files(&dir);
     let second = add_commit(t.path(), 2);
-    check(&export(&repo, to, &[]), &[("commits_exported", 1)]);
-    // The run that exported the second commit, as if it had died between its packs and its
-    // index: its objects and packs are there, its index and every document it wrote are not.
-    for name in [
-        format!("v1/index/{second}"),
-        format!("v1/commits/{second}"),
-        "v1/versions/2".into(),
-        "v1/branches/main".into(),
-    ] {
-        std::fs::remove_file(dir.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check(&export(&repo, to, &[]), &[("commits_exported", 1), ("deltas_written", 1)]);
+    let run2 = files(&dir);
+
+    // The second run as if it had died between the second commit's packs and its index: what
+    // it wrote before (the commit's objects, the packs of its chunks) is there; its index,
+    // the prepared patches and their packs, and the documents are not, and the head is the
+    // first run's.
+    let chunk_packs = packs_of(&run2, &format!("v1/index/{second}"));
+    let patch_packs = packs_of(&run2, &format!("v1/deltas/{first}/{second}"));
+    assert!(!patch_packs.is_empty() && patch_packs.is_disjoint(&chunk_packs), "{patch_packs:?}");
+    for (name, bytes) in &run2 {
+        let kept =
+            name.starts_with("v1/objects/") || name.strip_prefix("v1/packs/").is_some_and(|p| chunk_packs.contains(p));
+        match run1.get(name) {
+            Some(old) if old != bytes => std::fs::write(dir.join(name), old).unwrap(),
+            None if !kept => std::fs::remove_file(dir.join(name)).unwrap(),
+            _ => {}
+        }
     }
+    assert!(!dir.join(format!("v1/index/{second}")).exists());
     age(&dir);
     let before = stamps(&dir);
 
@@ -309,16 +341,25 @@ fn an_interrupted_export_is_completed_by_the_next_run() {
             ("commits", 2),
             ("commits_exported", 1),
             ("objects_written", 0),
-            ("packs_written", 0),
             ("indexes_written", 1),
+            ("deltas_written", 1),
+            // The second commit's document, version 2's, and the head.
             ("documents_written", 3),
+            // Only the prepared patches' packs: the chunks' packs come out the same, by the
+            // same names, and are found there.
+            ("packs_written", patch_packs.len() as u64),
         ],
     );
+    // Nothing that was there is written again but the head, which moves to the second commit.
     let after = stamps(&dir);
     for (name, stamp) in &before {
-        assert!(after.get(name) == Some(stamp), "{name} was rewritten");
+        if name == "v1/branches/main" {
+            let head: Value = serde_json::from_slice(&after[name].0).unwrap();
+            assert_eq!(head["commit"], second.as_str());
+        } else {
+            assert!(after.get(name) == Some(stamp), "{name} was rewritten");
+        }
     }
-    assert_eq!(under(&after, "v1/packs/"), under(&before, "v1/packs/"), "packs are deterministic");
 
     let fresh = t.path().join("fresh");
     check(&export(&repo, fresh.to_str().unwrap(), &[]), &[("commits_exported", 2)]);
@@ -327,6 +368,7 @@ fn an_interrupted_export_is_completed_by_the_next_run() {
     for (name, bytes) in &completed {
         assert!(fresh[name] == *bytes, "{name} differs from a fresh export's");
     }
+    assert!(completed == run2, "the completed export differs from the uninterrupted one");
 }
 
 /// A client of the fixture's bucket with the right keys.
@@ -358,11 +400,14 @@ async fn objects(store: &AmazonS3) -> BTreeMap<String, Stored> {
 fn an_s3_export_to_seaweedfs() {
     let s3 = Seaweed::start().unwrap();
     let t = tempfile::tempdir().unwrap();
-    let repo = repo_with(t.path(), &[1]);
-    let id = ferry_store::Repository::open_read_only(&repo).unwrap().branch("main").unwrap().unwrap().to_hex();
+    let repo = repo_with(t.path(), &[1, 2]);
+    let r = ferry_store::Repository::open_read_only(&repo).unwrap();
+    let id = r.branch("main").unwrap().unwrap();
+    let parent = r.read_commit(&id).unwrap().parent.unwrap();
+    drop(r);
     let to = format!("s3://{}/some/prefix", s3.bucket());
     let summary = export(&repo, &to, &s3.env());
-    check(&summary, &[("commits", 1), ("commits_exported", 1), ("indexes_written", 1)]);
+    check(&summary, &[("commits", 2), ("commits_exported", 2), ("indexes_written", 2), ("deltas_written", 1)]);
     assert_eq!(summary["to"], to.as_str());
 
     // The same files as an export to a directory, all under the prefix.
@@ -390,6 +435,7 @@ fn an_s3_export_to_seaweedfs() {
             (format!("v1/packs/{pack}"), IMMUTABLE, "application/octet-stream"),
             (format!("v1/index/{id}"), IMMUTABLE, "application/octet-stream"),
             (format!("v1/objects/{id}"), IMMUTABLE, "application/octet-stream"),
+            (format!("v1/deltas/{parent}/{id}"), IMMUTABLE, "application/octet-stream"),
             ("v1/branches/main".into(), NO_CACHE, "application/json"),
             ("v1/keys".into(), NO_CACHE, "application/octet-stream"),
         ] {
