@@ -132,15 +132,16 @@ impl Destination {
             .list(Some(&base))
             .try_collect()
             .await
-            .with_context(|| format!("listing {} in {}", base, self.name))?;
+            .map_err(|e| anyhow!("listing {} in {}: {e}", base, self.name))?;
         Ok(found.into_iter().filter_map(|m| m.location.as_ref().get(skip..).map(|n| (n.to_string(), m.size))).collect())
     }
 
     async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
         match self.store.get(&self.path(name)).await {
-            Ok(r) => Ok(Some(r.bytes().await.with_context(|| format!("reading {name} from {}", self.name))?)),
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| anyhow!("reading {name} from {}: {e}", self.name))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {name} from {}", self.name))),
+            // object_store's message already holds its causes: one line, not a chain.
+            Err(e) => Err(anyhow!("reading {name} from {}: {e}", self.name)),
         }
     }
 
@@ -155,7 +156,7 @@ impl Destination {
         self.store
             .put_opts(&self.path(name), bytes.into(), opts)
             .await
-            .with_context(|| format!("writing {name} to {}", self.name))?;
+            .map_err(|e| anyhow!("writing {name} to {}: {e}", self.name))?;
         Ok(())
     }
 }
@@ -218,6 +219,18 @@ pub async fn export(
     progress: &dyn Progress,
 ) -> Result<ExportSummary> {
     let mut s = ExportSummary { to: to.name.clone(), ..Default::default() };
+    if !to.attributes {
+        let branches: Vec<String> = repo.branches()?.into_iter().map(|(n, _)| n).collect();
+        let channels: Vec<String> = repo.channels()?.into_iter().map(|(n, _)| n).collect();
+        for (what, names) in [("branches", branches), ("channels", channels)] {
+            if let Some((a, b)) = nested(&names) {
+                bail!(
+                    "{what} {a:?} and {b:?} cannot both be files of a directory export ({}): v1/{what}/{a} would be a file and a directory; export to s3:// or rename one",
+                    to.name
+                );
+            }
+        }
+    }
     let order = commits_oldest_first(repo)?;
     s.commits = order.len();
     let exported: HashSet<Id> = names(to.list("index").await?.into_keys());
@@ -381,6 +394,17 @@ fn prepare_patches(repo: &Repository, from: &Id, to: &Id) -> Result<Vec<(Id, Vec
             Ok((p.key(), answer, started.elapsed().as_secs_f64()))
         })
         .collect()
+}
+
+/// Two names of which one is a directory of the other (`a` and `a/b`), if any.
+fn nested(names: &[String]) -> Option<(String, String)> {
+    let set: HashSet<&str> = names.iter().map(String::as_str).collect();
+    names.iter().find_map(|n| {
+        n.match_indices('/')
+            .filter_map(|(i, _)| n.get(..i))
+            .find(|p| set.contains(p))
+            .map(|p| (p.to_string(), n.clone()))
+    })
 }
 
 fn names(it: impl Iterator<Item = String>) -> HashSet<Id> {
@@ -553,10 +577,10 @@ async fn write_documents(repo: &Repository, to: &Destination, order: &[Id], s: &
     }
     // Documents in order, heads last: each waits for the ones before it.
     for (name, bytes) in docs {
-        // A commit's document only grows (signatures are added, each of one length), and
-        // so does a version's (commit ids): for them a size tells. Heads and documents are
+        // A commit's document only grows (signatures are added, each of one length): for
+        // it a size tells. The rest (a version's commits can change without growing) are
         // compared byte for byte.
-        let grows_only = name.starts_with("v1/commits/") || name.starts_with("v1/versions/");
+        let grows_only = name.starts_with("v1/commits/");
         let changed = match sizes.get(&name) {
             None => true,
             Some(&size) if size != bytes.len() as u64 => true,

@@ -31,9 +31,11 @@ pub(crate) fn apply_meta(path: &Path, file: &fs::File, meta: &Meta) -> Result<()
         .with_context(|| format!("setting mode of {}", path.display()))
 }
 
-/// Builds a file object from local chunks. A chunk missing or damaged on the device is
-/// forgotten and reported, so the next attempt downloads it.
-pub(crate) fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
+/// Writes a file object from local chunks to `objects/<id>.tmp`, not synced (the caller
+/// makes every object of the update durable in one `syncfs` before any is renamed into
+/// place). A chunk missing or damaged on the device is forgotten and reported, so the next
+/// attempt downloads it.
+fn write_object(local: &Local, f: &FilePlan) -> Result<()> {
     let path = local.object_path(&f.object);
     let tmp = path.with_extension("tmp");
     let mut out = fs::File::options()
@@ -55,14 +57,29 @@ pub(crate) fn build_object(local: &Local, f: &FilePlan) -> Result<()> {
         };
         out.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
     }
-    apply_meta(&tmp, &out, &f.meta)?;
-    // The object is synced here; its name in objects/ is made durable by the deployment's
-    // syncfs (one for every object of the update, where ferry_durable would fsync the
-    // directory once per object), before anything links to it.
-    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
-    local.index_object(&f.object, &f.chunks)?;
-    crash::point(crash::Step::ObjectWritten);
+    apply_meta(&tmp, &out, &f.meta)
+}
+
+/// Builds the file objects `todo`: each written to a temporary name in parallel, then all
+/// made durable by one `syncfs` (where an fsync per object costs a disk flush per file),
+/// then each renamed into place and indexed. A crash before the `syncfs` leaves temporary
+/// files only (recovery removes them); after it, an object under its final name is whole.
+/// Its name is made durable by the deployment's `syncfs`, before anything links to it.
+fn build_objects(local: &Local, todo: &[&FilePlan]) -> Result<()> {
+    use rayon::prelude::*;
+    todo.par_iter().try_for_each(|f| write_object(local, f))?;
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let objects = fs::File::open(local.layout.objects()).context("opening the objects directory")?;
+    nix::unistd::syncfs(&objects).context("syncing the new objects")?;
+    for f in todo {
+        let path = local.object_path(&f.object);
+        let tmp = path.with_extension("tmp");
+        fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+        local.index_object(&f.object, &f.chunks)?;
+        crash::point(crash::Step::ObjectWritten);
+    }
     Ok(())
 }
 
@@ -92,8 +109,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
             xattr::set(&path, os(&x.name), &x.value)?;
         }
     }
-    // Objects the device lacks, each built once (two files may share one), in parallel:
-    // building is reading, verifying, writing and fsyncing, and the fsyncs overlap.
+    // Objects the device lacks, each built once (two files may share one).
     let mut missing: HashMap<Id, &FilePlan> = HashMap::new();
     for f in &p.files {
         if local.object_path(&f.object).exists() {
@@ -102,11 +118,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
             missing.entry(f.object).or_insert(f);
         }
     }
-    {
-        use rayon::prelude::*;
-        let todo: Vec<&FilePlan> = missing.into_values().collect();
-        todo.par_iter().try_for_each(|f| build_object(local, f))?;
-    }
+    build_objects(local, &missing.into_values().collect::<Vec<_>>())?;
     for f in &p.files {
         let object = local.object_path(&f.object);
         let dest = tmp.join(&f.path);

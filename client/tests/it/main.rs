@@ -5,6 +5,7 @@ mod bootloader;
 mod bundle;
 mod channels;
 mod config;
+mod content;
 mod devboard;
 mod faults;
 mod fleet;

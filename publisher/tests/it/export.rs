@@ -506,3 +506,16 @@ fn bad_destinations_get_clear_errors_and_change_nothing() {
         assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "--to {to} wrote something");
     }
 }
+
+#[test]
+fn a_directory_export_refuses_branches_that_would_be_file_and_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = repo_with(t.path(), &[1]);
+    add_commit_on(t.path(), 2, "main/next");
+    let dir = t.path().join("export");
+    let r = ferry_in(t.path(), &["export", "--repo", repo.to_str().unwrap(), "--to", dir.to_str().unwrap()], &[]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("\"main\" and \"main/next\"") && r.stderr.contains("rename one"), "{}", r.stderr);
+    // Refused before anything was written.
+    assert!(!dir.join("v1").exists());
+}
