@@ -136,7 +136,7 @@ impl Destination {
         Ok(found.into_iter().filter_map(|m| m.location.as_ref().get(skip..).map(|n| (n.to_string(), m.size))).collect())
     }
 
-    async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
+    pub(crate) async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
         match self.store.get(&self.path(name)).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| anyhow!("reading {name} from {}: {e}", self.name))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -145,7 +145,7 @@ impl Destination {
         }
     }
 
-    async fn put(&self, name: &str, bytes: impl Into<PutPayload>, cache: &'static str) -> Result<()> {
+    pub(crate) async fn put(&self, name: &str, bytes: impl Into<PutPayload>, cache: &'static str) -> Result<()> {
         let mut opts = PutOptions::default();
         if self.attributes {
             opts.attributes = Attributes::from_iter([

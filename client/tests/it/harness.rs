@@ -157,6 +157,16 @@ impl Env {
         env
     }
 
+    /// Another server on the same repository (no fleet, no TLS), computing patches as
+    /// `patches` says; stops when the runtime is dropped.
+    pub fn another_server(
+        &self,
+        patches: ferry_publisher::serve::PatchConfig,
+    ) -> (tokio::runtime::Runtime, SocketAddr) {
+        let scratch = self.path().join(format!("other-scratch-{}", crate::harness::now_nanos()));
+        start_server(self.repo.path().to_path_buf(), scratch, "127.0.0.1:0".parse().unwrap(), None, None, None, patches)
+    }
+
     /// Kills the server at once: every connection is dropped mid-flight.
     pub fn kill_server(&mut self) {
         if let Some(rt) = self.server.take() {

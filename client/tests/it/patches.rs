@@ -245,3 +245,58 @@ fn a_new_release_is_prepared_before_any_device_asks() {
     assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), patch_cost(&env, v1, v2).transfer_bytes, "{s}");
     assert_deployed(&env, v2);
 }
+
+#[test]
+fn servers_sharing_a_patch_store_compute_each_patch_once() {
+    use ferry_publisher::patches::FirstAnswer;
+    use ferry_publisher::serve::PatchConfig;
+    let store = tempfile::tempdir().unwrap();
+    let shared = Some(store.path().to_str().unwrap().to_string());
+    // Server A computes the best answers while its device waits, and shares them.
+    let env = Env::with_patches(PatchConfig {
+        first: FirstAnswer::Best,
+        prepare: false,
+        store: shared.clone(),
+        ..Default::default()
+    });
+    let v1 = env.commit(1, "1");
+    let a = env.device("");
+    update(&a);
+    // Server B, with a cache of its own, answers first requests fast and prepares nothing:
+    // only the shared store can give its device the best answers.
+    let (_b_rt, b_addr) = env.another_server(PatchConfig { prepare: false, store: shared, ..Default::default() });
+    let b = env.device_named("device-b", b_addr, "");
+    update(&b);
+    let c = env.device_named("device-c", env.addr, "");
+    update(&c);
+    let v2 = env.commit(2, "2");
+    let (f, t) = (env.repo.read_commit(&v1).unwrap(), env.repo.read_commit(&v2).unwrap());
+    let fast = ferry_delta::patch_cost(&env.repo, &f, &t, ferry_publisher::patches::FAST_LEVEL).unwrap();
+    let best = patch_cost(&env, v1, v2);
+    assert!(best.transfer_bytes < fast.transfer_bytes, "the fixture must tell the levels apart");
+    let s = update(&a);
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), best.transfer_bytes, "{s}");
+    let stored = std::fs::read_dir(store.path().join("patch-cache")).unwrap().count() as u64;
+    assert!(stored >= s["patches"].as_u64().unwrap(), "{stored} answers stored for {s}");
+    let s = update(&b);
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), best.transfer_bytes, "server B computed: {s}");
+    // A damaged answer in the store is not used: a third server, with a cache of its own,
+    // finds every stored entry damaged and computes (fast) instead.
+    for e in std::fs::read_dir(store.path().join("patch-cache")).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let (_c_rt, c_addr) = env.another_server(PatchConfig {
+        prepare: false,
+        store: Some(store.path().to_str().unwrap().to_string()),
+        ..Default::default()
+    });
+    // The same device C, now pointed at server C.
+    let c = env.device_named("device-c", c_addr, "");
+    let s = update(&c);
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), fast.transfer_bytes, "damaged answers used: {s}");
+    assert!(std::fs::read_link(env.path().join("device-c/current")).unwrap().ends_with(v2.to_hex()));
+}

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// while the device waits.
     #[arg(long, value_enum, default_value_t = PatchFirst::Fast, value_name = "fast|best")]
     patch_first: PatchFirst,
+    /// A second level of the patch cache that several servers share: a directory, or
+    /// s3://BUCKET/PREFIX with the AWS_* variables of `ferry export`. Each patch is then
+    /// computed once for all of them.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    patch_store: Option<String>,
     /// Do not prepare each new release's patches (channel documents, branch heads) in the
     /// background ahead of its devices.
     #[arg(long)]
@@ -115,6 +120,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         patch_workers,
         patch_first,
         no_prepare,
+        patch_store,
         fleet,
         require_approval,
         enrollments_per_minute,
@@ -146,6 +152,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             PatchFirst::Best => crate::patches::FirstAnswer::Best,
         },
         prepare: !no_prepare,
+        store: patch_store,
         ..Default::default()
     };
     if let Some(n) = patch_workers {

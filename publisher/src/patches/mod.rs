@@ -30,6 +30,11 @@
 //!   commits) will plan (`ferry_delta::plan::planned_patches`), so even the first device of
 //!   a release finds them computed.
 //!
+//! - A second level shared by servers (`ferry serve --patch-store DIR|s3://…`): an answer
+//!   missing from the disk cache is looked for in the store (checked against its BLAKE3, as
+//!   on disk) before it is computed, and every answer computed is put there too, so each
+//!   patch is computed once for every server of a fleet.
+//!
 //! Its parts: this module computes answers (once per key, in a bounded number of worker
 //! slots) and keeps the counters; `cache` is the directory on disk; `allowance` holds the
 //! bounds on fresh work ([`Limits`], [`Allowance`], [`Busy`]).
@@ -96,6 +101,58 @@ pub struct PatchStats {
     pub background_queued: u64,
     /// Patches queued ahead of any device, for a new release.
     pub prepared: u64,
+    /// Answers found in the shared store (`--patch-store`) and not computed here.
+    pub store_hits: u64,
+}
+
+/// The patch cache's second level: a directory or bucket every server of a fleet shares.
+struct SharedStore {
+    store: crate::export::Destination,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The most bytes an answer read from the store may have (a patch answer is bounded by its
+/// target, at most `TARGET_MAX`, plus framing).
+const MAX_STORED_ANSWER: usize = 2 * ferry_delta::patch::TARGET_MAX as usize + (1 << 20);
+
+impl SharedStore {
+    fn path(name: &str) -> String {
+        format!("patch-cache/{name}")
+    }
+
+    /// The answer `name`, if the store has it whole (its BLAKE3, then the answer).
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        let got = self.runtime.block_on(self.store.get(&Self::path(name)));
+        let bytes = match got {
+            Ok(Some(b)) if b.len() <= MAX_STORED_ANSWER + 32 => b,
+            Ok(Some(_)) => {
+                tracing::warn!(target: LOG_TARGET, name, "a stored patch answer is too large; ignoring it");
+                return None;
+            }
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, name, error = %format!("{e:#}"), "reading the shared patch store");
+                return None;
+            }
+        };
+        let (sum, body) = (bytes.get(..32)?, bytes.get(32..)?);
+        if blake3::hash(body).as_bytes() != sum {
+            tracing::warn!(target: LOG_TARGET, name, "a stored patch answer is damaged; computing it");
+            return None;
+        }
+        Some(body.to_vec())
+    }
+
+    /// Puts the answer `name` (a failure costs another server a computation, no more).
+    fn write(&self, name: &str, body: &[u8]) {
+        let mut bytes = Vec::with_capacity(32 + body.len());
+        bytes.extend_from_slice(blake3::hash(body).as_bytes());
+        bytes.extend_from_slice(body);
+        let r = self.runtime.block_on(self.store.put(&Self::path(name), bytes, "no-cache"));
+        if let Err(e) = r {
+            tracing::warn!(target: LOG_TARGET, name, error = %format!("{e:#}"), "writing the shared patch store");
+        }
+    }
 }
 
 /// The zstd level of a first answer when the server's level is not cached: fast enough that
@@ -134,6 +191,7 @@ pub struct Patcher {
     admission: Admission,
     first: FirstAnswer,
     prepare: bool,
+    store: Option<SharedStore>,
     queue: Mutex<Queue>,
     queued: Condvar,
 }
@@ -159,6 +217,7 @@ impl Patcher {
             admission: Admission::new(Limits::default()),
             first: FirstAnswer::Best,
             prepare: false,
+            store: None,
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
         })
@@ -174,6 +233,12 @@ impl Patcher {
     /// when opened: no; the server sets its configuration's).
     pub fn with_preparation(self, prepare: bool) -> Patcher {
         Patcher { prepare, ..self }
+    }
+
+    /// The same patcher with a second level of its cache in `store` (shared by servers),
+    /// reached through `runtime` (the server's) from the patcher's blocking threads.
+    pub fn with_store(self, store: crate::export::Destination, runtime: tokio::runtime::Handle) -> Patcher {
+        Patcher { store: Some(SharedStore { store, runtime }), ..self }
     }
 
     /// Whether new releases' patches are prepared ahead.
@@ -281,8 +346,11 @@ impl Patcher {
     ) -> Result<Vec<u8>, AnswerError> {
         let key = item.key();
         let best = self.entry_name(&key);
-        if self.first == FirstAnswer::Best || self.level <= FAST_LEVEL || self.cache.contains(&best) {
+        if self.first == FirstAnswer::Best || self.level <= FAST_LEVEL {
             return self.cached(&best, &key, allowance, || answer(repo, item, self.level), || answer_plain(repo, item));
+        }
+        if let Some(hit) = self.lookup(&best) {
+            return Ok(hit);
         }
         // Not cached at the server's level: a fast answer now, the best one for the next
         // device computed in the background.
@@ -291,6 +359,19 @@ impl Patcher {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).fast_answers += 1;
         self.queue(item.clone());
         r
+    }
+
+    /// The answer `name` from the disk cache, or else from the shared store (then kept on
+    /// disk too).
+    fn lookup(&self, name: &str) -> Option<Vec<u8>> {
+        if let Some(hit) = self.cache.read(name) {
+            self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
+            return Some(hit);
+        }
+        let hit = self.store.as_ref()?.read(name)?;
+        self.cache.write(name, &hit);
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).store_hits += 1;
+        Some(hit)
     }
 
     /// A compressed tree answer (`POST /v1/trees` with encoding 1) for the trees under
@@ -323,8 +404,7 @@ impl Patcher {
         compute: impl FnOnce() -> Result<T, E>,
         fallback: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
-        if let Some(hit) = self.cache.read(name) {
-            self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
+        if let Some(hit) = self.lookup(name) {
             return Ok(T::from_cache(hit));
         }
         let lock = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(*key).or_default().clone();
@@ -346,6 +426,9 @@ impl Patcher {
                 if let Ok(value) = &r {
                     if let Some(body) = value.to_cache() {
                         self.cache.write(name, body);
+                        if let Some(store) = &self.store {
+                            store.write(name, body);
+                        }
                         let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                         st.computed += 1;
                         st.compute_seconds += secs;

@@ -112,6 +112,8 @@ pub struct PatchConfig {
     /// Prepare the patches of each new release (channel document or branch head) in the
     /// background, ahead of the devices.
     pub prepare: bool,
+    /// The cache's second level, shared by servers: a directory or `s3://BUCKET/PREFIX`.
+    pub store: Option<String>,
 }
 
 impl Default for PatchConfig {
@@ -124,6 +126,7 @@ impl Default for PatchConfig {
             limits: crate::patches::Limits::default(),
             first: crate::patches::FirstAnswer::Fast,
             prepare: true,
+            store: None,
         }
     }
 }
@@ -528,6 +531,13 @@ pub async fn serve_with(
         .with_limits(patches.limits)
         .with_first_answer(patches.first)
         .with_preparation(patches.prepare);
+    let patcher = match &patches.store {
+        Some(to) => patcher.with_store(
+            crate::export::Destination::open(to).with_context(|| format!("opening the patch store {to}"))?,
+            tokio::runtime::Handle::current(),
+        ),
+        None => patcher,
+    };
     // A long accept queue: a fleet checking in at once must not overflow it (the default
     // of 1024 did with 1000 devices, costing each overflowed device a 1 s SYN retry).
     let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
