@@ -75,12 +75,19 @@ pub struct Server {
     /// The device token, sent with every repository request once the device is enrolled
     /// with a fleet server (which serves the repository only to its devices).
     token: Option<String>,
+    /// The slowest transfer waited on ([`MIN_RATE`], or [`MIN_COPY_RATE`] for a copy).
+    min_rate: u64,
 }
 
 /// The slowest transfer the agent waits on, in bytes a second averaged over each
 /// `read_timeout` window: far below any working link (2G data moves 5-10 KB/s), far above a
 /// server that sends a byte now and then to keep a connection open.
 pub const MIN_RATE: u64 = 1024;
+
+/// The slowest transfer the agent waits on from a static copy (`content_url`): a CDN that
+/// sends less is left for the server, which has the rest (a device on a slower link reads
+/// everything from the server).
+pub const MIN_COPY_RATE: u64 = 16 * 1024;
 
 /// The connection's share of a request's deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,14 +96,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 struct Pace {
     window: Duration,
     min: u64,
+    rate: u64,
     started: Instant,
     bytes: u64,
 }
 
 impl Pace {
-    fn new(window: Duration) -> Pace {
-        let min = MIN_RATE.saturating_mul(window.as_secs().max(1));
-        Pace { window, min, started: Instant::now(), bytes: 0 }
+    fn new(window: Duration, rate: u64) -> Pace {
+        let min = rate.saturating_mul(window.as_secs().max(1));
+        Pace { window, min, rate, started: Instant::now(), bytes: 0 }
     }
 
     fn add(&mut self, n: usize, what: &str) -> Result<()> {
@@ -105,9 +113,10 @@ impl Pace {
         if elapsed >= self.window {
             if self.bytes < self.min {
                 bail!(
-                    "receiving {what}: the server sent {} bytes in {} s, less than {MIN_RATE} bytes a second; cutting the connection",
+                    "receiving {what}: the server sent {} bytes in {} s, less than {} bytes a second; cutting the connection",
                     self.bytes,
-                    elapsed.as_secs()
+                    elapsed.as_secs(),
+                    self.rate
                 );
             }
             self.started = Instant::now();
@@ -188,7 +197,9 @@ impl Server {
         } else {
             None
         };
-        Ok(Some(Server::new(url, Duration::from_secs(config.read_timeout), tls)?))
+        let mut copy = Server::new(url, Duration::from_secs(config.read_timeout), tls)?;
+        copy.min_rate = MIN_COPY_RATE;
+        Ok(Some(copy))
     }
 
     /// The base URL, for messages.
@@ -211,14 +222,20 @@ impl Server {
             .user_agent(concat!("ferryd/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        Ok(Server { base: base.trim_end_matches('/').to_string(), client, read_timeout, token: None })
+        Ok(Server {
+            base: base.trim_end_matches('/').to_string(),
+            client,
+            read_timeout,
+            token: None,
+            min_rate: MIN_RATE,
+        })
     }
 
     /// The whole time a request that may bring `bytes` bytes is given, answer included:
     /// connecting, two read timeouts for the server to start answering, and the bytes at
     /// [`MIN_RATE`].
     pub fn deadline(&self, bytes: u64) -> Duration {
-        CONNECT_TIMEOUT + 2 * self.read_timeout + Duration::from_secs(bytes / MIN_RATE)
+        CONNECT_TIMEOUT + 2 * self.read_timeout + Duration::from_secs(bytes / self.min_rate)
     }
 
     /// The same server, with `token` sent as `Authorization: Bearer` on every repository
@@ -244,7 +261,7 @@ impl Server {
     async fn read_capped(&self, resp: reqwest::Response, max: usize, what: &str, t: &mut Traffic) -> Result<Vec<u8>> {
         let mut resp = resp;
         let mut out = Vec::new();
-        let mut pace = Pace::new(self.read_timeout);
+        let mut pace = Pace::new(self.read_timeout, self.min_rate);
         while let Some(piece) = next_piece(&mut resp, &mut pace, what, t).await? {
             if out.len() + piece.len() > max {
                 bail!("{what} is larger than the {max} bytes allowed; refusing it");
@@ -362,7 +379,7 @@ impl Server {
         }
         let mut resp = resp;
         let mut left = end - start;
-        let mut pace = Pace::new(self.read_timeout);
+        let mut pace = Pace::new(self.read_timeout, self.min_rate);
         while left > 0 {
             let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? else {
                 bail!("{what}: the answer ended {left} bytes early");
@@ -489,7 +506,7 @@ impl Server {
         .encode();
         let mut resp = self.post("trees", body, MAX_TREES_ANSWER, &what, t).await?;
         let mut decoder = FrameDecoder::new([(*new_root, max)]);
-        let mut pace = Pace::new(self.read_timeout);
+        let mut pace = Pace::new(self.read_timeout, self.min_rate);
         while let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? {
             decoder.feed_expanding(&piece, max, &mut on_tree).with_context(|| format!("receiving {what}"))?;
         }
@@ -516,7 +533,7 @@ impl Server {
         }
         .encode();
         let mut resp = self.post("trees", body, max as u64, &what, t).await?;
-        let mut pace = Pace::new(self.read_timeout);
+        let mut pace = Pace::new(self.read_timeout, self.min_rate);
         let mut total = 0usize;
         while let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? {
             total += piece.len();
@@ -543,7 +560,7 @@ impl Server {
             expected.iter().map(|(_, len)| pack::FRAME_HEADER as u64 + pack::max_stored_len(*len) as u64).sum();
         let mut resp = self.post(path, body, answer, &what, t).await?;
         let mut decoder = FrameDecoder::new(expected.iter().copied());
-        let mut pace = Pace::new(self.read_timeout);
+        let mut pace = Pace::new(self.read_timeout, self.min_rate);
         while decoder.remaining() > 0 {
             let Some(piece) = next_piece(&mut resp, &mut pace, &what, t).await? else {
                 break;

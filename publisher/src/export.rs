@@ -85,6 +85,16 @@ impl Destination {
     /// directory, created if missing (files are written through a temporary file, synced and
     /// renamed).
     pub fn open(to: &str) -> Result<Destination> {
+        Destination::open_with(to, None)
+    }
+
+    /// [`Destination::open`] for a server's shared patch store: every S3 request is given
+    /// `wait` and retried once at most (a slow store must not hold a device's answer).
+    pub fn open_quick(to: &str, wait: std::time::Duration) -> Result<Destination> {
+        Destination::open_with(to, Some(wait))
+    }
+
+    fn open_with(to: &str, quick: Option<std::time::Duration>) -> Result<Destination> {
         if let Some(rest) = to.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -93,8 +103,19 @@ impl Destination {
             // object_store's HTTPS client needs a process-wide rustls provider: ring, as
             // everywhere in Ferry. Installing it twice is harmless.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let store = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(wait) = quick {
+                builder = builder
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_timeout(wait).with_connect_timeout(wait),
+                    )
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: 1,
+                        retry_timeout: wait,
+                        ..Default::default()
+                    });
+            }
+            let store = builder
                 .build()
                 .with_context(|| format!("setting up S3 bucket {bucket:?} (from the AWS_* variables)"))?;
             return Ok(Destination {
@@ -134,6 +155,15 @@ impl Destination {
             .await
             .map_err(|e| anyhow!("listing {} in {}: {e}", base, self.name))?;
         Ok(found.into_iter().filter_map(|m| m.location.as_ref().get(skip..).map(|n| (n.to_string(), m.size))).collect())
+    }
+
+    /// The size of `name`, `None` when it is not there.
+    pub(crate) async fn size(&self, name: &str) -> Result<Option<u64>> {
+        match self.store.head(&self.path(name)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(anyhow!("looking up {name} in {}: {e}", self.name)),
+        }
     }
 
     pub(crate) async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
@@ -557,15 +587,16 @@ async fn write_documents(repo: &Repository, to: &Destination, order: &[Id], s: &
         commits.dedup();
         docs.push((format!("v1/versions/{version}"), serde_json::to_vec(&VersionCommits { commits, version })?));
     }
-    // Heads after everything they name.
+    // Heads after everything they name: the key documents before the channel documents
+    // their keys sign, the branch heads last.
+    docs.push(("v1/keys".to_string(), repo.key_chain()?.iter().flat_map(|e| e.encode()).collect()));
+    for (name, head) in repo.channels()? {
+        docs.push((format!("v1/channels/{name}"), repo.read_envelope(&head)?.encode()));
+    }
     for (branch, id) in repo.branches()? {
         let head = BranchHead { branch: branch.clone(), commit: id.to_hex() };
         docs.push((format!("v1/branches/{branch}"), serde_json::to_vec(&head)?));
     }
-    for (name, head) in repo.channels()? {
-        docs.push((format!("v1/channels/{name}"), repo.read_envelope(&head)?.encode()));
-    }
-    docs.push(("v1/keys".to_string(), repo.key_chain()?.iter().flat_map(|e| e.encode()).collect()));
 
     let mut sizes: HashMap<String, u64> = HashMap::new();
     for dir in ["commits", "versions", "branches", "channels"] {

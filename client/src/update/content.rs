@@ -42,6 +42,10 @@ pub(crate) struct CopyOutcome {
     pub(crate) patches: u64,
     /// Frame bytes received (headers included), not the gaps read through.
     pub(crate) bytes: u64,
+    /// Patches whose prepared answer was refused: for the server's patch route.
+    pub(crate) for_server: Vec<Patch>,
+    /// The chunks of patches the copy did not prepare: fetched plain from it.
+    unprepared: Vec<(Id, u32)>,
 }
 
 impl CopyOutcome {
@@ -50,6 +54,8 @@ impl CopyOutcome {
         self.patched += o.patched;
         self.patches += o.patches;
         self.bytes += o.bytes;
+        self.for_server.extend(o.for_server);
+        self.unprepared.extend(o.unprepared);
     }
 }
 
@@ -62,7 +68,8 @@ pub(crate) struct CopyRequest<'a> {
 }
 
 /// Stages `missing` from the copy: the outcome counts what was staged, also when the result
-/// is an error (the caller then fetches what is still missing from the server).
+/// is an error (the caller then fetches what is still missing from the server), and lists
+/// the patches for the server to answer.
 pub(crate) async fn fetch_from_copy(
     req: &CopyRequest<'_>,
     local: &Local,
@@ -78,9 +85,8 @@ pub(crate) async fn fetch_from_copy(
         let fetch = plan_fetch(req.config, local, req.current, plan, missing)?;
         let mut plain = fetch.plain;
         if let Some(current) = req.current.filter(|_| !fetch.patches.is_empty()) {
-            let (o, unserved) = fetch_patches(req, local, plan, current, &fetch.patches, t).await?;
-            total.add(o);
-            plain.extend(unserved);
+            total.add(fetch_patches(req, local, plan, current, fetch.patches, t).await?);
+            plain.append(&mut total.unprepared);
         }
         plain.retain(|(id, _)| !local.staging_path(id).exists());
         let (o, r) = fetch_plain(req, local, plan, &plain, t).await;
@@ -115,47 +121,72 @@ async fn read_index(
     Ok(Some(ContentIndex::decode(&body, name, entries).with_context(|| what)?))
 }
 
-/// The prepared patches this device planned, from `v1/deltas/<current>/<head>`; returns
-/// what they staged and the chunks of the patches the copy does not have (to fetch plain).
-/// No delta at all is no error: every patch's chunks are then fetched plain.
+/// The prepared patches this device planned, from `v1/deltas/<current>/<head>`. The chunks
+/// of patches not prepared come plain from the copy (the outcome's `unprepared`): no delta,
+/// or one that cannot be read (S3 answers 403 for a missing key), is no error. A patch whose
+/// answer does not rebuild its chunks goes to the server (`for_server`).
 async fn fetch_patches(
     req: &CopyRequest<'_>,
     local: &Local,
     plan: &Plan,
     current: Id,
-    patches: &[Patch],
+    patches: Vec<Patch>,
     t: &mut Traffic,
-) -> Result<(CopyOutcome, Vec<(Id, u32)>)> {
-    let targets = |p: &Patch| p.target.iter().map(|c| (c.id, c.len)).collect::<Vec<_>>();
+) -> Result<CopyOutcome> {
     let path = format!("deltas/{current}/{}", req.head);
-    let Some(index) = read_index(req, &path, &delta_id(&current, &req.head), plan, t).await? else {
-        tracing::info!(path, "the copy has no prepared patches for this update; fetching plain chunks");
-        return Ok((CopyOutcome::default(), patches.iter().flat_map(targets).collect()));
+    let index = match read_index(req, &path, &delta_id(&current, &req.head), plan, t).await {
+        Ok(Some(index)) => index,
+        Ok(None) => {
+            tracing::info!(path, "the copy has no prepared patches for this update; fetching their chunks plain");
+            return Ok(CopyOutcome { unprepared: targets_of(&patches), ..Default::default() });
+        }
+        Err(e) => {
+            tracing::warn!(path, error = %format!("{e:#}"), "the copy's prepared patches cannot be read; fetching their chunks plain");
+            return Ok(CopyOutcome { unprepared: targets_of(&patches), ..Default::default() });
+        }
     };
-    let by_key: HashMap<Id, &Patch> = patches.iter().map(|p| (p.key(), p)).collect();
-    let (prepared, unprepared): (Vec<&Patch>, Vec<&Patch>) =
-        patches.iter().partition(|p| index.locate(&p.key()).is_some());
-    let wanted: Vec<(Id, u32)> =
-        prepared.iter().map(|p| (p.key(), p.max_response_len().saturating_add(FRAME_HEADER as u32))).collect();
+    // Prepared, and no longer than the patch allows (a longer entry counts as unprepared).
+    let bound = |p: &Patch| p.max_response_len().saturating_add(FRAME_HEADER as u32);
+    let (prepared, unprepared): (Vec<Patch>, Vec<Patch>) =
+        patches.into_iter().partition(|p| index.locate(&p.key()).is_some_and(|at| at.len <= bound(p)));
+    let wanted: Vec<(Id, u32)> = prepared.iter().map(|p| (p.key(), bound(p))).collect();
     let ranges =
         content::coalesced_ranges(&index, &wanted, TARGET_REQUESTS, MAX_OVERREAD_PERCENT, req.config.batch_bytes)
             .with_context(|| format!("{path} from {}", req.copy.base()))?;
-    let by_key = &by_key;
-    let (o, r) = fetch_ranges(req, local, ranges, t, |frame| {
+    let by_key: HashMap<Id, &Patch> = prepared.iter().map(|p| (p.key(), p)).collect();
+    let refused: std::cell::RefCell<Vec<Id>> = Default::default();
+    let (by_key, refused_ref) = (&by_key, &refused);
+    let (mut o, r) = fetch_ranges(req, local, ranges, t, |frame| {
         let p = by_key.get(&frame.id).ok_or_else(|| anyhow!("an unasked patch {}", frame.id))?;
         let mut staged = 0;
-        apply_patch(local, p, &frame.stored, &mut staged)
-            .with_context(|| format!("prepared patch {} from {}", frame.id, req.copy.base()))?;
-        Ok(CopyOutcome {
-            chunks: staged,
-            patched: staged,
-            patches: 1,
-            bytes: (frame.stored.len() + FRAME_HEADER) as u64,
-        })
+        let bytes = (frame.stored.len() + FRAME_HEADER) as u64;
+        if let Err(e) = apply_patch(local, p, &frame.stored, &mut staged) {
+            tracing::warn!(patch = %frame.id, error = %format!("{e:#}"), "a prepared patch from the copy is refused; asking the server for it");
+            refused_ref.borrow_mut().push(frame.id);
+        }
+        Ok(CopyOutcome { chunks: staged, patched: staged, patches: 1, bytes, ..Default::default() })
     })
     .await;
     r?;
-    Ok((o, unprepared.into_iter().flat_map(targets).collect()))
+    // A prepared patch that staged none of its chunks goes to the server, as a patch; one
+    // that staged some (each verified) leaves the rest to plain ranges.
+    let refused = refused.into_inner();
+    let mut plain = targets_of(&unprepared);
+    for p in prepared {
+        let left: Vec<(Id, u32)> =
+            p.target.iter().filter(|c| !local.staging_path(&c.id).exists()).map(|c| (c.id, c.len)).collect();
+        if left.len() == p.target.len() {
+            o.for_server.push(p);
+        } else if !left.is_empty() || refused.contains(&p.key()) {
+            plain.extend(left);
+        }
+    }
+    o.unprepared = plain;
+    Ok(o)
+}
+
+fn targets_of(patches: &[Patch]) -> Vec<(Id, u32)> {
+    patches.iter().flat_map(|p| p.target.iter().map(|c| (c.id, c.len))).collect()
 }
 
 /// Plain chunks through the commit's content index.

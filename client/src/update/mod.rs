@@ -138,7 +138,15 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let hardware = config.hardware_revision()?;
     let local = Local::open(&config.state_dir)?;
     let server = Server::for_device(config)?;
-    let copy = Server::for_content(config)?;
+    // A copy that cannot be set up (its CA file unreadable, say) is no reason not to update.
+    let (copy, copy_error) = match Server::for_content(config) {
+        Ok(copy) => (copy, None),
+        Err(e) => {
+            let why = format!("cannot use content_url: {e:#}");
+            tracing::warn!(error = %why, "fetching everything from the server");
+            (None, Some(why))
+        }
+    };
     // A trial interrupted by a crash or a reboot is finished before anything else.
     if let Some(outcome) = crate::trial::run(config).await? {
         tracing::info!(?outcome, "finished a pending trial");
@@ -147,7 +155,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let bad = state.bad_commits.clone();
     let mut skipped: Option<Id> = None;
     let current = crate::devboard::current_commit(config, &local)?;
-    let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), ..Default::default() };
+    let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), copy_fallback: copy_error, ..Default::default() };
     let mut t = Traffic::default();
 
     let result = async {

@@ -107,7 +107,7 @@ impl Source for Network<'_> {
     }
 
     async fn chunks(&mut self, local: &Local, plan: &Plan, missing: &[(Id, u32)]) -> Result<()> {
-        let (config, server, s) = (self.config, self.server, &mut *self.summary);
+        let (config, s) = (self.config, &mut *self.summary);
         let staged_before = fs::read_dir(local.layout.staging()).map_or(0, |d| d.count() as u64);
         crate::fleet::set_progress_total(missing.len() as u64, staged_before);
         let mut rest = missing.to_vec();
@@ -120,9 +120,19 @@ impl Source for Network<'_> {
             s.patches += got.patches;
             s.chunk_bytes_downloaded += got.bytes;
             match r {
-                Ok(()) => {
+                Ok(()) if got.for_server.is_empty() => {
                     tracing::info!(chunks = got.chunks, copy = copy.base(), "chunks fetched from the static copy");
                     return Ok(());
+                }
+                Ok(()) => {
+                    // Prepared patches the device refused, from the server.
+                    tracing::info!(
+                        chunks = got.chunks,
+                        copy = copy.base(),
+                        server_patches = got.for_server.len(),
+                        "chunks fetched from the static copy; patches it sent wrong from the server"
+                    );
+                    return self.patches_then_plain(local, got.for_server, Vec::new()).await;
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
@@ -134,6 +144,21 @@ impl Source for Network<'_> {
         }
         let missing = &rest[..];
         let fetch = plan_fetch(config, local, self.current, plan, missing)?;
+        self.patches_then_plain(local, fetch.patches, fetch.plain).await
+    }
+}
+
+impl Network<'_> {
+    /// `patches` from the server's patch route, then `plain` and whatever a patch could not
+    /// give from its chunk route.
+    async fn patches_then_plain(
+        &mut self,
+        local: &Local,
+        patches: Vec<ferry_delta::patch::Patch>,
+        plain: Vec<(Id, u32)>,
+    ) -> Result<()> {
+        let (config, server, s) = (self.config, self.server, &mut *self.summary);
+        let fetch = super::plan::FetchPlan { patches, plain };
         crate::release_free_memory();
         let (patched, r) = fetch_patches(server, local, &fetch.patches, config, self.traffic).await;
         s.patches += fetch.patches.len() as u64;

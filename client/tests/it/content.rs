@@ -224,3 +224,81 @@ fn an_unreachable_copy_leaves_everything_to_the_server() {
     assert!(s["copy_fallback"].is_string(), "{s}");
     assert_deployed(&env, v1);
 }
+
+/// The places the prepared patches of `from` → `to` have in the copy.
+fn delta_places(copy: &Path, from: Id, to: Id) -> Vec<(Id, ferry_delta::content::Placement)> {
+    let bytes = std::fs::read(copy.join(format!("v1/deltas/{from}/{to}"))).unwrap();
+    let index =
+        ferry_delta::content::ContentIndex::decode(&bytes, &ferry_delta::content::delta_id(&from, &to), 1 << 20)
+            .unwrap();
+    index.placements().collect()
+}
+
+#[test]
+fn a_tampered_prepared_patch_is_refused_and_its_chunks_come_another_way() {
+    let env = Env::new();
+    let copy = env.path().join("copy");
+    let v1 = env.commit(1, "1");
+    export_to(&env, &copy);
+    let nginx = Nginx::serve(&copy).unwrap();
+    let config = env.device(&format!("content_url = \"{}\"\n", nginx.url()));
+    update(&config);
+    let v2 = env.commit(2, "2");
+    export_to(&env, &copy);
+    // The middle byte of the largest prepared patch's answer, flipped in its pack.
+    let (_, at) = delta_places(&copy, v1, v2).into_iter().max_by_key(|(_, p)| p.len).unwrap();
+    let pack = copy.join(format!("v1/packs/{}", at.pack));
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let i = (at.offset + u64::from(at.len) / 2 + 18) as usize;
+    bytes[i] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let s = update(&config);
+    assert_eq!(s["to"], v2.to_hex());
+    let (chunks, _) = plain_cost(&env, Some(v1), v2);
+    // The refused patch's chunks came another way (from the server as a patch when it
+    // staged none of them, else plain from the copy), each once.
+    let (f, t) = (env.repo.read_commit(&v1).unwrap(), env.repo.read_commit(&v2).unwrap());
+    let planned = ferry_delta::plan::planned_patches(&env.repo, &f, &t).unwrap();
+    let patch_chunks: u64 = planned.patches.iter().map(|p| p.target.len() as u64).sum();
+    assert!(n(&s, "chunks_patched") < patch_chunks, "{s}");
+    assert_eq!(n(&s, "chunks_downloaded"), chunks, "nothing twice: {s}");
+    assert!(s["copy_fallback"].is_null(), "{s}");
+    assert_deployed(&env, v2);
+}
+
+#[test]
+fn a_copy_refusing_its_prepared_patches_still_sends_the_chunks() {
+    // An S3 bucket without list rights, or CloudFront, answers 403 for a missing key.
+    let env = Env::new();
+    let copy = env.path().join("copy");
+    let v1 = env.commit(1, "1");
+    export_to(&env, &copy);
+    let snippet = env.path().join("deltas-403.conf");
+    let shipped = std::fs::read_to_string(ferry_fixtures::nginx::shipped_snippet().unwrap()).unwrap();
+    let deltas = "location /v1/deltas/ {\n    add_header Cache-Control \"public, max-age=31536000, immutable\";\n}";
+    assert!(shipped.contains(deltas), "the shipped snippet changed: update this test");
+    std::fs::write(&snippet, shipped.replace(deltas, "location /v1/deltas/ {\n    return 403;\n}")).unwrap();
+    let nginx = Nginx::serve_with(&copy, &snippet).unwrap();
+    let config = env.device(&format!("content_url = \"{}\"\n", nginx.url()));
+    update(&config);
+    let v2 = env.commit(2, "2");
+    export_to(&env, &copy);
+    let s = update(&config);
+    let (chunks, frame_bytes) = plain_cost(&env, Some(v1), v2);
+    assert_eq!((n(&s, "chunks_from_copy"), n(&s, "chunk_bytes_downloaded")), (chunks, frame_bytes), "{s}");
+    assert!(s["copy_fallback"].is_null(), "{s}");
+    assert_deployed(&env, v2);
+}
+
+#[test]
+fn a_copy_that_cannot_be_set_up_leaves_everything_to_the_server() {
+    let env = Env::new();
+    let v1 = env.commit(1, "1");
+    let config = env.device("content_url = \"https://127.0.0.1:9\"\ncontent_ca_file = \"/nonexistent/ca.pem\"\n");
+    let s = update(&config);
+    assert_eq!(s["to"], v1.to_hex());
+    assert_eq!(n(&s, "chunks_from_copy"), 0, "{s}");
+    assert!(s["copy_fallback"].as_str().unwrap().contains("content_url"), "{s}");
+    assert_deployed(&env, v1);
+}

@@ -280,13 +280,20 @@ fn servers_sharing_a_patch_store_compute_each_patch_once() {
     assert!(stored >= s["patches"].as_u64().unwrap(), "{stored} answers stored for {s}");
     let s = update(&b);
     assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), best.transfer_bytes, "server B computed: {s}");
-    // A damaged answer in the store is not used: a third server, with a cache of its own,
-    // finds every stored entry damaged and computes (fast) instead.
-    for e in std::fs::read_dir(store.path().join("patch-cache")).unwrap() {
+    // A wrong answer in the store is not used: whoever can write the store forges entries
+    // (every other one with a checksum that fits, the rest damaged); a third server, with a
+    // cache of its own, checks each against the repository and computes (fast) instead.
+    for (i, e) in std::fs::read_dir(store.path().join("patch-cache")).unwrap().enumerate() {
         let p = e.unwrap().path();
         let mut bytes = std::fs::read(&p).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
+        if i % 2 == 0 {
+            let forged = vec![1u8; 100];
+            bytes = blake3::hash(&forged).as_bytes().to_vec();
+            bytes.extend_from_slice(&forged);
+        } else {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        }
         std::fs::write(&p, bytes).unwrap();
     }
     let (_c_rt, c_addr) = env.another_server(PatchConfig {
@@ -297,6 +304,7 @@ fn servers_sharing_a_patch_store_compute_each_patch_once() {
     // The same device C, now pointed at server C.
     let c = env.device_named("device-c", c_addr, "");
     let s = update(&c);
-    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), fast.transfer_bytes, "damaged answers used: {s}");
+    assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), fast.transfer_bytes, "stored answers used: {s}");
+    assert_eq!(s["patch_fallbacks"].as_u64().unwrap(), 0, "a forged answer reached the device: {s}");
     assert!(std::fs::read_link(env.path().join("device-c/current")).unwrap().ends_with(v2.to_hex()));
 }

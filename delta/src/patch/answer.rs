@@ -3,8 +3,8 @@
 
 use ferry_store::{Id, Repository};
 
-use super::format::{encode_patch_response, encode_plain_response};
-use super::{PatchRequest, REFERENCE_MAX, TARGET_MAX};
+use super::format::{decode_patch_response, encode_patch_response, encode_plain_response, PatchPayload};
+use super::{Patch, PatchRequest, REFERENCE_MAX, TARGET_MAX};
 
 /// Why the server cannot answer a patch request item.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,59 @@ pub enum AnswerError {
     Store(#[from] ferry_store::StoreError),
     #[error("compressing patch {key}: {source}")]
     Compress { key: Id, source: std::io::Error },
+    #[error("answer to patch {key} does not rebuild its target: {reason}")]
+    Wrong { key: Id, reason: String },
+}
+
+/// Checks an answer to `item` that came from elsewhere (a patch store other servers write):
+/// it must decode against the reference, as a device would decode it, to exactly the target
+/// chunks. Cheaper than computing it: one decompression, no compression.
+pub fn check_answer(repo: &Repository, item: &PatchRequest, bytes: &[u8]) -> Result<(), AnswerError> {
+    let key = item.key();
+    let refs = |ids: &[Id], max: u64, what: &'static str| -> Result<Vec<ferry_store::ChunkRef>, AnswerError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut total = 0u64;
+        for id in ids {
+            let info = repo.chunk_info(id)?.ok_or(AnswerError::Missing { key, id: *id })?;
+            total += u64::from(info.len);
+            out.push(ferry_store::ChunkRef { id: *id, len: info.len });
+        }
+        if total > max {
+            return Err(AnswerError::TooLarge { key, what, len: total, max });
+        }
+        Ok(out)
+    };
+    let patch = Patch {
+        reference: refs(&item.reference, REFERENCE_MAX, "reference")?,
+        target: refs(&item.target, TARGET_MAX, "target")?,
+    };
+    let mut reference = Vec::with_capacity(patch.reference_len() as usize);
+    for id in &item.reference {
+        reference.extend_from_slice(&repo.read_chunk(id)?);
+    }
+    let wrong = |reason: String| AnswerError::Wrong { key, reason };
+    match decode_patch_response(&patch, Some(&reference), bytes).map_err(|e| wrong(e.to_string()))? {
+        PatchPayload::Patched(out) => {
+            let mut at = 0usize;
+            for c in &patch.target {
+                let end = at + c.len as usize;
+                let slice = out.get(at..end).ok_or_else(|| wrong("too short".into()))?;
+                if Id::of(slice) != c.id {
+                    return Err(wrong(format!("chunk {} differs", c.id)));
+                }
+                at = end;
+            }
+            if at != out.len() {
+                return Err(wrong("too long".into()));
+            }
+        }
+        PatchPayload::Plain(frames) => {
+            for (c, frame) in patch.target.iter().zip(frames) {
+                ferry_store::chunk::decode_chunk(&c.id, frame, c.len).map_err(|e| wrong(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The server's answer to one patch request item, from the repository: every chunk read is

@@ -46,7 +46,7 @@ mod format;
 mod reference;
 
 #[cfg(feature = "repository")]
-pub use answer::{answer, answer_plain, AnswerError};
+pub use answer::{answer, answer_plain, check_answer, AnswerError};
 pub use codec::{compress_patch, decompress_patch, PrefixDecoder};
 pub use format::{
     decode_patch_request, decode_patch_response, encode_patch_request, encode_patch_response, encode_plain_response,

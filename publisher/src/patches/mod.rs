@@ -106,32 +106,67 @@ pub struct PatchStats {
 }
 
 /// The patch cache's second level: a directory or bucket every server of a fleet shares.
+/// Every wait on it is bounded ([`STORE_WAIT`]), a failure sets it aside for
+/// [`STORE_PAUSE`], writes happen in the background, and an entry read from it is checked
+/// before it is used or kept: whoever can write the store cannot make a server serve bytes
+/// it would not have computed.
 struct SharedStore {
-    store: crate::export::Destination,
+    store: Arc<crate::export::Destination>,
     runtime: tokio::runtime::Handle,
+    /// Until when the store is set aside after a failure.
+    paused: Mutex<Option<std::time::Instant>>,
 }
+
+/// The longest a server waits for the shared store on one answer.
+const STORE_WAIT: Duration = Duration::from_secs(2);
+/// How long the store is left alone after it failed or was slow.
+const STORE_PAUSE: Duration = Duration::from_secs(60);
 
 /// The most bytes an answer read from the store may have (a patch answer is bounded by its
 /// target, at most `TARGET_MAX`, plus framing).
-const MAX_STORED_ANSWER: usize = 2 * ferry_delta::patch::TARGET_MAX as usize + (1 << 20);
+const MAX_STORED_ANSWER: u64 = 2 * ferry_delta::patch::TARGET_MAX + (1 << 20);
 
 impl SharedStore {
     fn path(name: &str) -> String {
         format!("patch-cache/{name}")
     }
 
-    /// The answer `name`, if the store has it whole (its BLAKE3, then the answer).
+    fn failed(&self, name: &str, what: &str, error: String) {
+        tracing::warn!(target: LOG_TARGET, name, error, "{what} the shared patch store; leaving it alone for {} s", STORE_PAUSE.as_secs());
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now() + STORE_PAUSE);
+    }
+
+    fn usable(&self) -> bool {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
+    /// The answer `name`, if the store has it whole (its BLAKE3, then the answer) and small
+    /// enough; unchecked (the caller checks it against the repository).
     fn read(&self, name: &str) -> Option<Vec<u8>> {
-        let got = self.runtime.block_on(self.store.get(&Self::path(name)));
+        if !self.usable() {
+            return None;
+        }
+        let path = Self::path(name);
+        let store = self.store.clone();
+        let got = self.runtime.block_on(async move {
+            tokio::time::timeout(STORE_WAIT, async {
+                match store.size(&path).await? {
+                    Some(n) if n <= MAX_STORED_ANSWER + 32 => store.get(&path).await,
+                    Some(n) => Err(anyhow::anyhow!("{path} is {n} bytes, more than an answer can be")),
+                    None => Ok(None),
+                }
+            })
+            .await
+        });
         let bytes = match got {
-            Ok(Some(b)) if b.len() <= MAX_STORED_ANSWER + 32 => b,
-            Ok(Some(_)) => {
-                tracing::warn!(target: LOG_TARGET, name, "a stored patch answer is too large; ignoring it");
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                self.failed(name, "reading", format!("{e:#}"));
                 return None;
             }
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(target: LOG_TARGET, name, error = %format!("{e:#}"), "reading the shared patch store");
+            Err(_) => {
+                self.failed(name, "waiting for", format!("no answer in {} s", STORE_WAIT.as_secs()));
                 return None;
             }
         };
@@ -143,15 +178,25 @@ impl SharedStore {
         Some(body.to_vec())
     }
 
-    /// Puts the answer `name` (a failure costs another server a computation, no more).
+    /// Puts the answer `name` in the background (a failure costs another server a
+    /// computation, no more).
     fn write(&self, name: &str, body: &[u8]) {
+        if !self.usable() {
+            return;
+        }
         let mut bytes = Vec::with_capacity(32 + body.len());
         bytes.extend_from_slice(blake3::hash(body).as_bytes());
         bytes.extend_from_slice(body);
-        let r = self.runtime.block_on(self.store.put(&Self::path(name), bytes, "no-cache"));
-        if let Err(e) = r {
-            tracing::warn!(target: LOG_TARGET, name, error = %format!("{e:#}"), "writing the shared patch store");
-        }
+        let (store, path, name) = (self.store.clone(), Self::path(name), name.to_string());
+        self.runtime.spawn(async move {
+            let put = tokio::time::timeout(4 * STORE_WAIT, store.put(&path, bytes, "no-cache")).await;
+            let error = match put {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => "no answer in time".to_string(),
+            };
+            tracing::warn!(target: LOG_TARGET, name, error, "writing the shared patch store");
+        });
     }
 }
 
@@ -159,9 +204,21 @@ impl SharedStore {
 /// no device waits on it (about 10-30x faster than level 19, some percent larger).
 pub const FAST_LEVEL: i32 = 3;
 
-/// The most patches waiting for the background worker; past it, new ones are not queued
-/// (a later device asking for them queues them again).
+/// The most patches waiting for the background worker, and the most chunk ids they may
+/// name together (32 MiB of ids); past either, new ones are not queued (a later device
+/// asking for them queues them again, and a release's scan tries again).
 pub const MAX_QUEUED: usize = 65536;
+pub const MAX_QUEUED_IDS: usize = 1 << 20;
+
+/// What [`Patcher::queue`] did with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Added,
+    /// Cached or queued already.
+    Already,
+    /// The queue is full.
+    Full,
+}
 
 /// What a device gets for a patch that is not cached at the server's level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,6 +236,8 @@ pub enum FirstAnswer {
 struct Queue {
     items: VecDeque<PatchRequest>,
     keys: HashSet<Id>,
+    /// Chunk ids the queued items name.
+    ids: usize,
 }
 
 pub struct Patcher {
@@ -186,7 +245,9 @@ pub struct Patcher {
     workers: usize,
     slots: Slots,
     cache: DiskCache,
-    in_flight: Mutex<HashMap<Id, Arc<Mutex<()>>>>,
+    /// One computation per cache entry at a time (by entry name: a fast answer never waits
+    /// for the background worker's best one of the same patch).
+    in_flight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     stats: Mutex<PatchStats>,
     admission: Admission,
     first: FirstAnswer,
@@ -238,7 +299,7 @@ impl Patcher {
     /// The same patcher with a second level of its cache in `store` (shared by servers),
     /// reached through `runtime` (the server's) from the patcher's blocking threads.
     pub fn with_store(self, store: crate::export::Destination, runtime: tokio::runtime::Handle) -> Patcher {
-        Patcher { store: Some(SharedStore { store, runtime }), ..self }
+        Patcher { store: Some(SharedStore { store: Arc::new(store), runtime, paused: Mutex::new(None) }), ..self }
     }
 
     /// Whether new releases' patches are prepared ahead.
@@ -252,21 +313,27 @@ impl Patcher {
     }
 
     /// Queues `item` for the background worker (once, unless its answer at the server's
-    /// level is cached); false when it was not queued.
-    pub fn queue(&self, item: PatchRequest) -> bool {
+    /// level is cached).
+    pub fn queue(&self, item: PatchRequest) -> Queued {
         let key = item.key();
         if self.cache.contains(&self.entry_name(&key)) {
-            return false;
+            return Queued::Already;
         }
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.items.len() >= MAX_QUEUED || !q.keys.insert(key) {
-            return false;
+        if q.keys.contains(&key) {
+            return Queued::Already;
         }
+        let ids = item.reference.len() + item.target.len();
+        if q.items.len() >= MAX_QUEUED || q.ids + ids > MAX_QUEUED_IDS {
+            return Queued::Full;
+        }
+        q.keys.insert(key);
+        q.ids += ids;
         q.items.push_back(item);
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).background_queued = q.items.len() as u64;
         drop(q);
         self.queued.notify_one();
-        true
+        Queued::Added
     }
 
     /// Counts patches queued ahead of any device.
@@ -282,15 +349,19 @@ impl Patcher {
             let (mut q, _) =
                 self.queued.wait_timeout_while(q, wait, |q| q.items.is_empty()).unwrap_or_else(|e| e.into_inner());
             let Some(item) = q.items.pop_front() else { return false };
+            q.ids -= item.reference.len() + item.target.len();
             self.stats.lock().unwrap_or_else(|e| e.into_inner()).background_queued = q.items.len() as u64;
             item
         };
         let key = item.key();
         let name = self.entry_name(&key);
+        // The worker is one thread: it takes no slot from the devices' requests.
+        let how = How { slot: false, shared: Some((repo, &item)) };
         let r = self.cached(
             &name,
             &key,
             &Allowance::unlimited(),
+            how,
             || answer(repo, &item, self.level),
             || answer_plain(repo, &item),
         );
@@ -346,29 +417,48 @@ impl Patcher {
     ) -> Result<Vec<u8>, AnswerError> {
         let key = item.key();
         let best = self.entry_name(&key);
+        let shared = How { slot: true, shared: Some((repo, item)) };
         if self.first == FirstAnswer::Best || self.level <= FAST_LEVEL {
-            return self.cached(&best, &key, allowance, || answer(repo, item, self.level), || answer_plain(repo, item));
+            return self.cached(
+                &best,
+                &key,
+                allowance,
+                shared,
+                || answer(repo, item, self.level),
+                || answer_plain(repo, item),
+            );
         }
-        if let Some(hit) = self.lookup(&best) {
+        if let Some(hit) = self.lookup(&best, Some((repo, item))) {
             return Ok(hit);
         }
         // Not cached at the server's level: a fast answer now, the best one for the next
-        // device computed in the background.
+        // device computed in the background (only for what the allowance lets this client
+        // compute: past it, the answer is plain and nothing is queued).
         let fast = entry_name(&key, FAST_LEVEL);
-        let r = self.cached(&fast, &key, allowance, || answer(repo, item, FAST_LEVEL), || answer_plain(repo, item));
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).fast_answers += 1;
-        self.queue(item.clone());
+        let within = allowance.may_compute();
+        let how = How { slot: true, shared: None };
+        let r =
+            self.cached(&fast, &key, allowance, how, || answer(repo, item, FAST_LEVEL), || answer_plain(repo, item));
+        if within {
+            self.stats.lock().unwrap_or_else(|e| e.into_inner()).fast_answers += 1;
+            self.queue(item.clone());
+        }
         r
     }
 
-    /// The answer `name` from the disk cache, or else from the shared store (then kept on
-    /// disk too).
-    fn lookup(&self, name: &str) -> Option<Vec<u8>> {
+    /// The answer `name` from the disk cache, or else, with `repo` to check it against,
+    /// from the shared store (then kept on disk too).
+    fn lookup(&self, name: &str, shared: Option<(&Repository, &PatchRequest)>) -> Option<Vec<u8>> {
         if let Some(hit) = self.cache.read(name) {
             self.stats.lock().unwrap_or_else(|e| e.into_inner()).cache_hits += 1;
             return Some(hit);
         }
-        let hit = self.store.as_ref()?.read(name)?;
+        let (store, (repo, item)) = (self.store.as_ref()?, shared?);
+        let hit = store.read(name)?;
+        if let Err(e) = ferry_delta::patch::check_answer(repo, item, &hit) {
+            tracing::warn!(target: LOG_TARGET, name, error = %e, "the shared patch store holds a wrong answer; computing it");
+            return None;
+        }
         self.cache.write(name, &hit);
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).store_hits += 1;
         Some(hit)
@@ -390,7 +480,9 @@ impl Patcher {
         h.update(new_root.as_bytes());
         h.update(old_root.as_bytes());
         let key = Id(*h.finalize().as_bytes());
-        self.cached(&self.entry_name(&key), &key, allowance, || compress(self.level).map(Some), || Ok(None))
+        // Tree answers stay on this server (the store's entries are checked as patches).
+        let how = How { slot: true, shared: None };
+        self.cached(&self.entry_name(&key), &key, allowance, how, || compress(self.level).map(Some), || Ok(None))
     }
 
     /// The cache's rule for any answer named by `key`: a hit is read; otherwise, within
@@ -401,13 +493,15 @@ impl Patcher {
         name: &str,
         key: &Id,
         allowance: &Allowance,
+        how: How<'_>,
         compute: impl FnOnce() -> Result<T, E>,
         fallback: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
-        if let Some(hit) = self.lookup(name) {
+        if let Some(hit) = self.lookup(name, how.shared) {
             return Ok(T::from_cache(hit));
         }
-        let lock = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(*key).or_default().clone();
+        let lock =
+            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default().clone();
         let result = {
             let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = self.cache.read(name) {
@@ -418,7 +512,7 @@ impl Patcher {
                 tracing::debug!(%key, "allowance spent: answering without computing");
                 fallback()
             } else {
-                let _slot = self.slots.acquire();
+                let _slot = how.slot.then(|| self.slots.acquire());
                 let started = std::time::Instant::now();
                 let r = compute();
                 let secs = started.elapsed().as_secs_f64();
@@ -426,7 +520,7 @@ impl Patcher {
                 if let Ok(value) = &r {
                     if let Some(body) = value.to_cache() {
                         self.cache.write(name, body);
-                        if let Some(store) = &self.store {
+                        if let (Some(store), Some(_)) = (&self.store, how.shared) {
                             store.write(name, body);
                         }
                         let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -440,7 +534,7 @@ impl Patcher {
         };
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&lock) == 2 {
-            in_flight.remove(key);
+            in_flight.remove(name);
         }
         result
     }
@@ -517,6 +611,15 @@ impl Patcher {
             }
         });
     }
+}
+
+/// How [`Patcher::cached`] computes: in one of the request slots (a device's request) or
+/// not (the background worker, one thread of its own); and whether the entry is shared
+/// through the store (patch answers, checked against this repository).
+#[derive(Clone, Copy)]
+struct How<'a> {
+    slot: bool,
+    shared: Option<(&'a Repository, &'a PatchRequest)>,
 }
 
 /// A cache entry's name: the key and the level it was computed at.

@@ -533,7 +533,8 @@ pub async fn serve_with(
         .with_preparation(patches.prepare);
     let patcher = match &patches.store {
         Some(to) => patcher.with_store(
-            crate::export::Destination::open(to).with_context(|| format!("opening the patch store {to}"))?,
+            crate::export::Destination::open_quick(to, Duration::from_secs(2))
+                .with_context(|| format!("opening the patch store {to}"))?,
             tokio::runtime::Handle::current(),
         ),
         None => patcher,

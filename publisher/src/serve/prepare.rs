@@ -18,6 +18,7 @@ use anyhow::Result;
 use ferry_store::Id;
 
 use super::AppState;
+use crate::patches::Queued;
 
 /// How often the worker looks for new releases.
 pub(super) const SCAN_INTERVAL: Duration = Duration::from_secs(2);
@@ -86,61 +87,137 @@ fn work(state: Weak<AppState>, running: Option<Running>) {
     }
 }
 
-/// The heads this worker has seen, and each channel's targets.
+/// What this worker has seen: the heads, each channel's targets by hardware, and the pairs
+/// (from, to) whose patches are all queued (or computed).
 #[derive(Default)]
 struct Seen {
     heads: HashMap<String, Id>,
-    targets: HashMap<String, Vec<Id>>,
+    targets: HashMap<String, Vec<(String, Id)>>,
+    done: HashSet<(Id, Id)>,
 }
 
-/// Queues the patches of every release not seen before.
+/// A new head: its name, its id, its releases, and (for a channel) its targets by
+/// hardware, remembered once all its releases are queued.
+type NewHead = (String, Id, Vec<Release>, Vec<(String, Id)>);
+
+/// One release to prepare: what names it (for the log), the commit, and commits devices ran
+/// before it there (the channel's previous target for the same hardware).
+struct Release {
+    what: String,
+    commit: Id,
+    before: Vec<Id>,
+}
+
+/// Queues the patches of every release not seen before. A channel or release that cannot be
+/// read is logged and skipped (the others go on); a head is marked seen only once all its
+/// pairs are queued, so a full queue or a failure is tried again at the next scan.
 fn scan(s: &Arc<AppState>, seen: &mut Seen, running: Option<&Running>) -> Result<()> {
     super::catch_up(s, Instant::now()).map_err(|e| anyhow::anyhow!("{}", e.1))?;
     let repo = &s.repo;
-    // (what names it, the release, commits devices may run before it)
-    let mut new: Vec<(String, Id, Vec<Id>)> = Vec::new();
+    let mut heads: Vec<NewHead> = Vec::new();
     for (name, head) in repo.channels()? {
         let key = format!("channel {name}");
         if seen.heads.get(&key) == Some(&head) {
             continue;
         }
-        let doc = ferry_store::channel::ChannelDoc::decode(&repo.read_envelope(&head)?.document)?;
-        let targets: Vec<Id> = doc.targets.iter().map(|t| t.commit).collect();
-        let before = seen.targets.insert(key.clone(), targets.clone()).unwrap_or_default();
-        seen.heads.insert(key.clone(), head);
-        new.extend(targets.into_iter().map(|t| (key.clone(), t, before.clone())));
+        let doc = match repo
+            .read_envelope(&head)
+            .map_err(anyhow::Error::from)
+            .and_then(|e| Ok(ferry_store::channel::ChannelDoc::decode(&e.document)?))
+        {
+            Ok(doc) => doc,
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %format!("{e:#}"), "cannot read the channel's document to prepare its patches");
+                seen.heads.insert(key, head);
+                continue;
+            }
+        };
+        let targets: Vec<(String, Id)> = doc.targets.iter().map(|t| (t.hardware.clone(), t.commit)).collect();
+        let before = seen.targets.get(&key).cloned().unwrap_or_default();
+        let releases = targets
+            .iter()
+            .map(|(hw, commit)| Release {
+                what: format!("{key} ({hw})"),
+                commit: *commit,
+                before: before.iter().filter(|(h, _)| h == hw).map(|(_, c)| *c).collect(),
+            })
+            .collect();
+        heads.push((key, head, releases, targets));
     }
     for (name, head) in repo.branches()? {
         let key = format!("branch {name}");
-        if seen.heads.insert(key.clone(), head) != Some(head) {
-            new.push((key, head, Vec::new()));
+        if seen.heads.get(&key) != Some(&head) {
+            heads.push((key.clone(), head, vec![Release { what: key, commit: head, before: Vec::new() }], Vec::new()));
         }
     }
-    if new.is_empty() {
+    if heads.is_empty() {
         return Ok(());
     }
     let fleet: Vec<Id> = running.map(|r| r()).unwrap_or_default();
-    for (what, release, before) in new {
-        let mut sources: Vec<Id> = fleet.iter().chain(&before).copied().collect();
-        let mut next = repo.read_commit(&release)?.parent;
-        for _ in 0..PREVIOUS_COMMITS {
-            let Some(id) = next else { break };
-            sources.push(id);
-            next = repo.read_commit(&id)?.parent;
+    for (key, head, releases, targets) in heads {
+        let mut complete = true;
+        for release in releases {
+            match prepare(s, seen, &fleet, &release) {
+                Ok(true) => {}
+                Ok(false) => complete = false,
+                Err(e) => {
+                    tracing::warn!(release = %release.commit, what = %release.what, error = %format!("{e:#}"), "preparing a release's patches");
+                }
+            }
         }
-        let mut once = HashSet::new();
-        sources.retain(|f| *f != release && once.insert(*f) && repo.has_object(f).unwrap_or(false));
-        let to = repo.read_commit(&release)?;
-        let mut queued = 0u64;
-        for from in &sources {
-            let from = repo.read_commit(from)?;
-            let plan = ferry_delta::plan::planned_patches(repo, &from, &to)?;
-            queued += plan.patches.iter().filter(|p| s.patcher.queue(p.request())).count() as u64;
-        }
-        s.patcher.count_prepared(queued);
-        if queued > 0 {
-            tracing::info!(%release, %what, sources = sources.len(), patches = queued, "preparing patches for a new release");
+        if complete {
+            seen.heads.insert(key.clone(), head);
+            if !targets.is_empty() {
+                seen.targets.insert(key, targets);
+            }
         }
     }
     Ok(())
+}
+
+/// Queues the patches of one release from each of its sources; false when the queue filled
+/// up before all were queued.
+fn prepare(s: &AppState, seen: &mut Seen, fleet: &[Id], release: &Release) -> Result<bool> {
+    let repo = &s.repo;
+    let to = repo.read_commit(&release.commit)?;
+    let mut sources: Vec<Id> = fleet.iter().chain(&release.before).copied().collect();
+    let mut next = to.parent;
+    for _ in 0..PREVIOUS_COMMITS {
+        let Some(id) = next else { break };
+        sources.push(id);
+        next = repo.read_commit(&id)?.parent;
+    }
+    let mut once = HashSet::new();
+    sources.retain(|f| {
+        *f != release.commit
+            && once.insert(*f)
+            && !seen.done.contains(&(*f, release.commit))
+            && repo.has_object(f).unwrap_or(false)
+    });
+    let mut queued = 0u64;
+    for from in &sources {
+        let plan = ferry_delta::plan::planned_patches(repo, &repo.read_commit(from)?, &to)?;
+        let (mut added, mut full) = (0u64, false);
+        for p in &plan.patches {
+            match s.patcher.queue(p.request()) {
+                Queued::Added => added += 1,
+                Queued::Already => {}
+                Queued::Full => {
+                    full = true;
+                    break;
+                }
+            }
+        }
+        s.patcher.count_prepared(added);
+        queued += added;
+        if full {
+            tracing::info!(release = %release.commit, "the patch queue is full; preparing the rest later");
+            return Ok(false);
+        }
+        seen.done.insert((*from, release.commit));
+    }
+    if queued > 0 {
+        tracing::info!(release = %release.commit, what = %release.what, sources = sources.len(), patches = queued, "preparing patches for a new release");
+    }
+    Ok(true)
 }

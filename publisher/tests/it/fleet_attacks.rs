@@ -47,7 +47,9 @@ impl Served {
             (admin, f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap())
         };
         let config = ferry_publisher::serve::ServeConfig {
-            patches: ferry_publisher::serve::PatchConfig { limits, ..Default::default() },
+            // Nothing prepared in the background: what the cache holds is what the requests
+            // computed (the fast first answer stays on, and must respect the allowance too).
+            patches: ferry_publisher::serve::PatchConfig { limits, prepare: false, ..Default::default() },
             fleet: Some(ferry_publisher::serve::FleetConfig { path, settings, channel_key: None, config_key: None }),
             ..Default::default()
         };
