@@ -67,11 +67,14 @@ fn write_object(local: &Local, f: &FilePlan) -> Result<()> {
 /// Its name is made durable by the deployment's `syncfs`, before anything links to it.
 fn build_objects(local: &Local, todo: &[&FilePlan]) -> Result<()> {
     use rayon::prelude::*;
-    todo.par_iter().try_for_each(|f| write_object(local, f))?;
     if todo.is_empty() {
         return Ok(());
     }
+    // Opened before the writes: since Linux 5.8, syncfs on it reports a write-back error of
+    // any of them (older kernels report none; the objects are then checked where chunks are
+    // read from them, and by `ferryd fsck`).
     let objects = fs::File::open(local.layout.objects()).context("opening the objects directory")?;
+    todo.par_iter().try_for_each(|f| write_object(local, f))?;
     nix::unistd::syncfs(&objects).context("syncing the new objects")?;
     for f in todo {
         let path = local.object_path(&f.object);
