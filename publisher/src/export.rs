@@ -8,7 +8,8 @@
 //! v1/objects/<id>          commit and tree objects, canonical bytes       immutable
 //! v1/packs/<id>            chunk frames, named by the BLAKE3 of the pack  immutable
 //! v1/index/<commit>        where each chunk of the commit lies (FRYX)     immutable
-//! v1/deltas/<from>/<to>    where each prepared patch lies (FRYX)          immutable
+//! v1/deltas/<from>/<to>    where each prepared patch, and each chunk no   immutable
+//!                          patch covers, lies (FRYX)
 //! v1/commits/<id>          the commit with its signatures (JSON)          short-lived
 //! v1/versions/<version>    the commits of a version (JSON)                short-lived
 //! v1/branches/<name>       the branch head (JSON)                         short-lived
@@ -380,7 +381,7 @@ async fn write_deltas(
                 continue;
             }
             let started = std::time::Instant::now();
-            let answers = prepare_patches(repo, &from, &release)?;
+            let (answers, plain) = prepare_patches(repo, &from, &release)?;
             s.patch_cpu_seconds += answers.iter().map(|a| a.2).sum::<f64>();
             tracing::info!(
                 from = %from, to = %release, patches = answers.len(), seconds = started.elapsed().as_secs_f64(),
@@ -394,12 +395,23 @@ async fn write_deltas(
             if let Some(pack) = writer.flush() {
                 write_pack(to, pack, packs, s).await?;
             }
-            let placements = answers
+            let mut placements = answers
                 .iter()
                 .map(|(key, _, _)| {
                     writer.placement(key).map(|p| (*key, p)).ok_or_else(|| anyhow!("patch {key} was not placed"))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // The chunks no patch covers, where the release's index puts them: a device on
+            // `from` then needs this index only, not the whole release's.
+            if !plain.is_empty() {
+                let release_index = read_commit_index(to, repo, &release).await?;
+                for id in &plain {
+                    let at = release_index
+                        .locate(id)
+                        .ok_or_else(|| anyhow!("chunk {id} is not in the index of {release}"))?;
+                    placements.push((*id, at));
+                }
+            }
             let index = ContentIndex::new(delta_id(&from, &release), placements)?.encode();
             s.bytes_written += index.len() as u64;
             to.put(&format!("v1/deltas/{from}/{release}"), index, IMMUTABLE).await?;
@@ -412,10 +424,13 @@ async fn write_deltas(
 
 /// The patches a device on `from` plans for `to` (holding `from`'s chunks), each with its
 /// answer at the server's level and the CPU seconds it took, in plan order.
-fn prepare_patches(repo: &Repository, from: &Id, to: &Id) -> Result<Vec<(Id, Vec<u8>, f64)>> {
+/// The answers, with the chunks of the plan no patch covers.
+type Prepared = (Vec<(Id, Vec<u8>, f64)>, Vec<Id>);
+
+fn prepare_patches(repo: &Repository, from: &Id, to: &Id) -> Result<Prepared> {
     let (old, new) = (repo.read_commit(from)?, repo.read_commit(to)?);
     let planned = ferry_delta::plan::planned_patches(repo, &old, &new)?;
-    planned
+    let answers = planned
         .patches
         .par_iter()
         .map(|p| {
@@ -423,7 +438,16 @@ fn prepare_patches(repo: &Repository, from: &Id, to: &Id) -> Result<Vec<(Id, Vec
             let answer = patch::answer(repo, &p.request(), patch::DEFAULT_LEVEL)?;
             Ok((p.key(), answer, started.elapsed().as_secs_f64()))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((answers, planned.plain.iter().map(|c| c.id).collect()))
+}
+
+/// A commit's index as the destination holds it (written by this run or an earlier one).
+async fn read_commit_index(to: &Destination, repo: &Repository, commit: &Id) -> Result<ContentIndex> {
+    let name = format!("v1/index/{commit}");
+    let bytes = to.get(&name).await?.ok_or_else(|| anyhow!("{name} is missing from {}", to.name))?;
+    let max = chunks_in_file_order(repo, &repo.read_commit(commit)?)?.len();
+    ContentIndex::decode(&bytes, commit, max).with_context(|| format!("reading back {name}"))
 }
 
 /// Two names of which one is a directory of the other (`a` and `a/b`), if any.

@@ -84,12 +84,15 @@ pub(crate) async fn fetch_from_copy(
     let r = async {
         let fetch = plan_fetch(req.config, local, req.current, plan, missing)?;
         let mut plain = fetch.plain;
-        if let Some(current) = req.current.filter(|_| !fetch.patches.is_empty()) {
-            total.add(fetch_patches(req, local, plan, current, fetch.patches, t).await?);
+        let mut delta = None;
+        if let Some(current) = req.current.filter(|_| !fetch.patches.is_empty() || !plain.is_empty()) {
+            let (o, index) = fetch_patches(req, local, plan, current, fetch.patches, t).await?;
+            total.add(o);
             plain.append(&mut total.unprepared);
+            delta = index;
         }
         plain.retain(|(id, _)| !local.staging_path(id).exists());
-        let (o, r) = fetch_plain(req, local, plan, &plain, t).await;
+        let (o, r) = fetch_plain(req, local, plan, delta.as_ref(), &plain, t).await;
         total.add(o);
         r
     }
@@ -132,19 +135,22 @@ async fn fetch_patches(
     current: Id,
     patches: Vec<Patch>,
     t: &mut Traffic,
-) -> Result<CopyOutcome> {
+) -> Result<(CopyOutcome, Option<ContentIndex>)> {
     let path = format!("deltas/{current}/{}", req.head);
     let index = match read_index(req, &path, &delta_id(&current, &req.head), plan, t).await {
         Ok(Some(index)) => index,
         Ok(None) => {
             tracing::info!(path, "the copy has no prepared patches for this update; fetching their chunks plain");
-            return Ok(CopyOutcome { unprepared: targets_of(&patches), ..Default::default() });
+            return Ok((CopyOutcome { unprepared: targets_of(&patches), ..Default::default() }, None));
         }
         Err(e) => {
             tracing::warn!(path, error = %format!("{e:#}"), "the copy's prepared patches cannot be read; fetching their chunks plain");
-            return Ok(CopyOutcome { unprepared: targets_of(&patches), ..Default::default() });
+            return Ok((CopyOutcome { unprepared: targets_of(&patches), ..Default::default() }, None));
         }
     };
+    if patches.is_empty() {
+        return Ok((CopyOutcome::default(), Some(index)));
+    }
     // Prepared, and no longer than the patch allows (a longer entry counts as unprepared).
     let bound = |p: &Patch| p.max_response_len().saturating_add(FRAME_HEADER as u32);
     let (prepared, unprepared): (Vec<Patch>, Vec<Patch>) =
@@ -182,18 +188,20 @@ async fn fetch_patches(
         }
     }
     o.unprepared = plain;
-    Ok(o)
+    Ok((o, Some(index)))
 }
 
 fn targets_of(patches: &[Patch]) -> Vec<(Id, u32)> {
     patches.iter().flat_map(|p| p.target.iter().map(|c| (c.id, c.len))).collect()
 }
 
-/// Plain chunks through the commit's content index.
+/// Plain chunks through the prepared patches' index (which places the chunks no patch
+/// covers) when it has them all, else through the commit's content index.
 async fn fetch_plain(
     req: &CopyRequest<'_>,
     local: &Local,
     plan: &Plan,
+    delta: Option<&ContentIndex>,
     missing: &[(Id, u32)],
     t: &mut Traffic,
 ) -> (CopyOutcome, Result<()>) {
@@ -201,12 +209,19 @@ async fn fetch_plain(
         return (CopyOutcome::default(), Ok(()));
     }
     let path = format!("index/{}", req.head);
+    let wanted: Vec<(Id, u32)> = missing.iter().map(|(id, len)| (*id, chunk_frame_bound(*len))).collect();
     let ranges = async {
-        let index = read_index(req, &path, &req.head, plan, t).await?.ok_or_else(|| {
-            anyhow!("{} has no content index for commit {} (not exported yet?)", req.copy.base(), req.head)
-        })?;
-        let wanted: Vec<(Id, u32)> = missing.iter().map(|(id, len)| (*id, chunk_frame_bound(*len))).collect();
-        content::coalesced_ranges(&index, &wanted, TARGET_REQUESTS, MAX_OVERREAD_PERCENT, req.config.batch_bytes)
+        let fetched;
+        let index = match delta.filter(|d| missing.iter().all(|(id, _)| d.locate(id).is_some())) {
+            Some(d) => d,
+            None => {
+                fetched = read_index(req, &path, &req.head, plan, t).await?.ok_or_else(|| {
+                    anyhow!("{} has no content index for commit {} (not exported yet?)", req.copy.base(), req.head)
+                })?;
+                &fetched
+            }
+        };
+        content::coalesced_ranges(index, &wanted, TARGET_REQUESTS, MAX_OVERREAD_PERCENT, req.config.batch_bytes)
             .with_context(|| format!("{path} from {}", req.copy.base()))
     }
     .await;
