@@ -66,9 +66,10 @@ pub(crate) async fn stage<S: Source>(
     if found > 0 {
         tracing::info!(chunks = found, "kept the intact chunks of objects an earlier attempt began");
     }
-    let mut missing = if up_to_date { Vec::new() } else { missing_chunks(local, &plan)? };
+    // In the order the files name them: the chunks of one object arrive together and are
+    // written to it in place one after the other.
+    let missing = if up_to_date { Vec::new() } else { missing_chunks(local, &plan)? };
     source.can_deliver(local, &plan, &missing)?;
-    missing.sort();
     check_space(config, local, &plan, &missing)?;
     if !up_to_date {
         source.keep(local, head)?;
