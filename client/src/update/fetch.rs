@@ -24,6 +24,7 @@ pub(crate) fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Res
     let bytes =
         ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
     if local.write_direct(id, &bytes)? {
+        crate::fleet::chunk_received();
         crash::point(crash::Step::ChunkStaged);
         return Ok(());
     }
@@ -37,6 +38,7 @@ pub(crate) fn stage_raw(local: &Local, id: &Id, bytes: &[u8]) -> Result<()> {
         bail!("the patch rebuilt chunk {id} wrongly (its bytes hash to {})", Id::of(bytes));
     }
     if local.write_direct(id, bytes)? {
+        crate::fleet::chunk_received();
         crash::point(crash::Step::ChunkStaged);
         return Ok(());
     }
@@ -51,6 +53,7 @@ fn stage_frame(local: &Local, id: &Id, frame: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, frame).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crate::fleet::chunk_received();
     crash::point(crash::Step::ChunkStaged);
     Ok(())
 }

@@ -64,8 +64,8 @@ impl Bench {
             .collect()
     }
 
-    /// The chunks the device holds for v2 and has not built into an object yet: staged as
-    /// files, or written in place into an object being built (`objects/<id>.part`), each
+    /// The chunks the device holds for v2: staged as files, in an object the update built
+    /// already, or written in place into an object being built (`objects/<id>.part`), each
     /// region read and checked here.
     fn staged(&self) -> HashSet<Id> {
         let mut out = self.staged_files();
@@ -74,6 +74,11 @@ impl Bench {
         ferry_store::read::walk(repo, &root, |_, w| {
             if let ferry_store::read::Walked::File { meta, chunks, .. } = w {
                 let object = ferry_client::local::file_object_id(&meta, &chunks);
+                // An object the update finished holds every chunk of the file.
+                if self.device.join(format!("state/objects/{object}")).exists() {
+                    out.extend(chunks.iter().map(|c| c.id));
+                    return Ok(());
+                }
                 let part = self.device.join(format!("state/objects/{object}.part"));
                 if let Ok(bytes) = std::fs::read(&part) {
                     let mut at = 0usize;
