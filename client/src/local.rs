@@ -214,7 +214,10 @@ impl Local {
     /// Starts building `objects` (each: id, chunks in order) in place, replacing any earlier
     /// plan. The chunks of an existing `.part` file are read and verified: a chunk counts as
     /// written when every place it has holds it intact. Returns how many chunks that is.
-    pub fn begin_direct<'a>(&self, objects: impl IntoIterator<Item = (Id, &'a [ferry_store::ChunkRef])>) -> Result<u64> {
+    pub fn begin_direct<'a>(
+        &self,
+        objects: impl IntoIterator<Item = (Id, &'a [ferry_store::ChunkRef])>,
+    ) -> Result<u64> {
         use std::os::unix::fs::FileExt;
         let mut d = Direct::default();
         let mut intact: HashSet<(Id, u64)> = HashSet::new();
@@ -271,7 +274,8 @@ impl Local {
                 d.open = Some((object, f));
             }
             if let Some((_, f)) = &d.open {
-                f.write_all_at(bytes, offset).with_context(|| format!("writing {}", self.part_path(&object).display()))?;
+                f.write_all_at(bytes, offset)
+                    .with_context(|| format!("writing {}", self.part_path(&object).display()))?;
             }
         }
         d.written.insert(*id);
@@ -280,7 +284,8 @@ impl Local {
 
     /// Whether `id` was written in place or staged (not read or verified again).
     pub fn is_staged(&self, id: &Id) -> bool {
-        let written = self.direct.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|d| d.written.contains(id));
+        let written =
+            self.direct.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|d| d.written.contains(id));
         written || self.staging_path(id).exists()
     }
 

@@ -173,8 +173,7 @@ async fn fetch_patches(
     let refused = refused.into_inner();
     let mut plain = targets_of(&unprepared);
     for p in prepared {
-        let left: Vec<(Id, u32)> =
-            p.target.iter().filter(|c| !local.is_staged(&c.id)).map(|c| (c.id, c.len)).collect();
+        let left: Vec<(Id, u32)> = p.target.iter().filter(|c| !local.is_staged(&c.id)).map(|c| (c.id, c.len)).collect();
         if left.len() == p.target.len() {
             o.for_server.push(p);
         } else if !left.is_empty() || refused.contains(&p.key()) {

@@ -21,8 +21,7 @@ use crate::local::Local;
 /// Written straight into the objects being built when it has a place in them
 /// (`Local::write_direct`), else staged as a file.
 pub(crate) fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Result<()> {
-    let bytes =
-        ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
+    let bytes = ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
     if local.write_direct(id, &bytes)? {
         crate::fleet::chunk_received();
         crash::point(crash::Step::ChunkStaged);
