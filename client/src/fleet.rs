@@ -285,12 +285,23 @@ pub fn set_progress_total(missing: u64, staged_before: u64) {
     *PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = (missing, staged_before);
 }
 
+/// Chunks this process staged or wrote in place since it started: what progress counts (a
+/// chunk written into the object being built leaves no file in staging to count).
+static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one chunk received, verified and kept (staged or written in place).
+pub(crate) fn chunk_received() {
+    RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn progress(staged_now: u64) -> Option<u8> {
     let (missing, before) = *PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
     if missing == 0 {
         return None;
     }
-    Some((staged_now.saturating_sub(before).saturating_mul(100) / missing).min(99) as u8)
+    // Chunks received by this process, plus those staged as files before it began.
+    let received = RECEIVED.load(std::sync::atomic::Ordering::Relaxed).max(staged_now.saturating_sub(before));
+    Some((received.saturating_mul(100) / missing).min(99) as u8)
 }
 
 /// Checks in every `[fleet] progress_interval` seconds while an update runs, so the fleet

@@ -16,6 +16,7 @@
 //! process, so trees and commits are plain files that `ferryd status` reads while the
 //! daemon runs.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,24 @@ pub struct Local {
     pub layout: Layout,
     /// The chunk index; `None` when opened to read only (`status`), which needs no chunks.
     db: Option<Database>,
+    /// The file objects an update builds as their chunks arrive ([`Local::begin_direct`]).
+    direct: std::sync::Mutex<Option<Direct>>,
+}
+
+/// File objects built in place: each object the update lacks is `objects/<id>.part`, and a
+/// chunk, once verified, is written straight to every place it has in them, instead of being
+/// staged as a file of its own and read back (what cost a fresh install a file per chunk and
+/// a second decompression). A `.part` file outlives an interrupted update; its chunks are
+/// verified again before they count ([`Local::begin_direct`]): a power cut may have lost any
+/// write since the last `syncfs`.
+#[derive(Debug, Default)]
+struct Direct {
+    /// Where each chunk goes: (object, offset).
+    places: HashMap<Id, Vec<(Id, u64)>>,
+    /// Chunks written (this run, verified as they arrived) or found intact in a `.part` file.
+    written: HashSet<Id>,
+    /// The object file written last, kept open (chunks of one file tend to arrive together).
+    open: Option<(Id, fs::File)>,
 }
 
 impl std::fmt::Debug for Local {
@@ -115,7 +134,7 @@ impl Local {
                 "a chunk index from an earlier ferryd (RocksDB) is no longer read: the next update downloads what the new index lacks; remove the directory to free its space"
             );
         }
-        let local = Local { layout, db };
+        let local = Local { layout, db, direct: Default::default() };
         local.recover()?;
         Ok(local)
     }
@@ -128,7 +147,7 @@ impl Local {
         if !layout.metadata().exists() {
             return Ok(None);
         }
-        Ok(Some(Local { layout, db: None }))
+        Ok(Some(Local { layout, db: None, direct: Default::default() }))
     }
 
     fn recover(&self) -> Result<()> {
@@ -185,6 +204,94 @@ impl Local {
 
     pub fn staging_path(&self, id: &Id) -> PathBuf {
         self.layout.staged(id)
+    }
+
+    /// Where the object `id` is built ([`Direct`]).
+    pub fn part_path(&self, id: &Id) -> PathBuf {
+        self.object_path(id).with_extension("part")
+    }
+
+    /// Starts building `objects` (each: id, chunks in order) in place, replacing any earlier
+    /// plan. The chunks of an existing `.part` file are read and verified: a chunk counts as
+    /// written when every place it has holds it intact. Returns how many chunks that is.
+    pub fn begin_direct<'a>(
+        &self,
+        objects: impl IntoIterator<Item = (Id, &'a [ferry_store::ChunkRef])>,
+    ) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut d = Direct::default();
+        let mut intact: HashSet<(Id, u64)> = HashSet::new();
+        let mut buf = Vec::new();
+        for (object, chunks) in objects {
+            // Read a chunk at a time: a large file is never held whole.
+            let part = fs::File::open(self.part_path(&object)).ok();
+            let mut offset = 0u64;
+            for c in chunks {
+                d.places.entry(c.id).or_default().push((object, offset));
+                if let Some(f) = &part {
+                    buf.resize(c.len as usize, 0);
+                    if f.read_exact_at(&mut buf, offset).is_ok() && Id::of(&buf) == c.id {
+                        intact.insert((object, offset));
+                    }
+                }
+                offset += u64::from(c.len);
+            }
+        }
+        if !intact.is_empty() {
+            for (id, places) in &d.places {
+                if places.iter().all(|p| intact.contains(p)) {
+                    d.written.insert(*id);
+                }
+            }
+        }
+        let found = d.written.len() as u64;
+        *self.direct.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+        Ok(found)
+    }
+
+    /// Ends building in place (closing the file kept open).
+    pub fn end_direct(&self) {
+        *self.direct.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Writes a verified chunk to every place it has in the objects being built; false when
+    /// it has none (the caller stages it).
+    pub fn write_direct(&self, id: &Id, bytes: &[u8]) -> Result<bool> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let mut guard = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(d) = guard.as_mut() else { return Ok(false) };
+        let Some(places) = d.places.get(id).cloned() else { return Ok(false) };
+        for (object, offset) in places {
+            if d.open.as_ref().is_none_or(|(o, _)| *o != object) {
+                let path = self.part_path(&object);
+                let f = fs::File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                d.open = Some((object, f));
+            }
+            if let Some((_, f)) = &d.open {
+                f.write_all_at(bytes, offset)
+                    .with_context(|| format!("writing {}", self.part_path(&object).display()))?;
+            }
+        }
+        d.written.insert(*id);
+        Ok(true)
+    }
+
+    /// Whether `id` was written in place or staged (not read or verified again).
+    pub fn is_staged(&self, id: &Id) -> bool {
+        let written =
+            self.direct.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|d| d.written.contains(id));
+        written || self.staging_path(id).exists()
+    }
+
+    /// Whether `id` was written in place (so its regions of `.part` files hold it).
+    pub fn written_in_place(&self, id: &Id) -> bool {
+        self.direct.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|d| d.written.contains(id))
     }
 
     pub fn deploy_dir(&self) -> PathBuf {
@@ -331,7 +438,7 @@ impl Local {
     /// True if the device holds `chunk`'s bytes (in an object or in staging). Cheap: it does
     /// not read or verify them; [`Local::read_chunk`] does.
     pub fn has_chunk(&self, chunk: &Id) -> Result<bool> {
-        if self.staging_path(chunk).exists() {
+        if self.is_staged(chunk) {
             return Ok(true);
         }
         Ok(match self.location(chunk)? {
@@ -345,6 +452,9 @@ impl Local {
     /// files whose data a power cut lost (seen in the VM: a chunk file of zeros), and finding
     /// them while the file is built costs one failed attempt per damaged chunk.
     pub fn has_intact_chunk(&self, chunk: &Id, len: u32) -> Result<bool> {
+        if self.written_in_place(chunk) {
+            return Ok(true);
+        }
         let staged = self.staging_path(chunk);
         if let Ok(frame) = fs::read(&staged) {
             match ferry_store::chunk::decode_chunk(chunk, &frame, len) {

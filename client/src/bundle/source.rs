@@ -196,7 +196,7 @@ impl<R: Read> Source for Bundle<R> {
         loop {
             match self.reader.next_section() {
                 Ok(Some(Section::Chunk { id, frame })) => match needed.get(&id) {
-                    Some(len) if !local.staging_path(&id).exists() => {
+                    Some(len) if !local.is_staged(&id) => {
                         crate::update::stage_chunk(local, &id, &frame, *len)
                             .map_err(|e| refused(format!("its chunk {id} is damaged: {e:#}")))?;
                         self.chunks_used += 1;

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -31,39 +30,44 @@ pub(crate) fn apply_meta(path: &Path, file: &fs::File, meta: &Meta) -> Result<()
         .with_context(|| format!("setting mode of {}", path.display()))
 }
 
-/// Writes a file object from local chunks to `objects/<id>.tmp`, not synced (the caller
-/// makes every object of the update durable in one `syncfs` before any is renamed into
-/// place). A chunk missing or damaged on the device is forgotten and reported, so the next
-/// attempt downloads it.
+/// Completes a file object in `objects/<id>.part`, not synced (the caller makes every
+/// object of the update durable in one `syncfs` before any is renamed into place): the
+/// chunks written there as they arrived (`Local::write_direct`) stay, the others are read
+/// from the device's own chunks, each verified. A chunk missing or damaged on the device is
+/// forgotten and reported, so the next attempt downloads it.
 fn write_object(local: &Local, f: &FilePlan) -> Result<()> {
-    let path = local.object_path(&f.object);
-    let tmp = path.with_extension("tmp");
-    let mut out = fs::File::options()
+    use std::os::unix::fs::FileExt;
+    let part = local.part_path(&f.object);
+    let out = fs::File::options()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+        .open(&part)
+        .with_context(|| format!("creating {}", part.display()))?;
+    let mut offset = 0u64;
     for c in &f.chunks {
-        let Some(bytes) = local.read_chunk(&c.id, c.len)? else {
-            drop(out);
-            let _ = fs::remove_file(&tmp);
-            bail!(
-                "chunk {} of {} is missing or damaged on the device; it will be downloaded again",
-                c.id,
-                f.path.display()
-            );
-        };
-        out.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        if !local.written_in_place(&c.id) {
+            let Some(bytes) = local.read_chunk(&c.id, c.len)? else {
+                bail!(
+                    "chunk {} of {} is missing or damaged on the device; it will be downloaded again",
+                    c.id,
+                    f.path.display()
+                );
+            };
+            out.write_all_at(&bytes, offset).with_context(|| format!("writing {}", part.display()))?;
+        }
+        offset += u64::from(c.len);
     }
-    apply_meta(&tmp, &out, &f.meta)
+    out.set_len(offset).with_context(|| format!("writing {}", part.display()))?;
+    apply_meta(&part, &out, &f.meta)
 }
 
-/// Builds the file objects `todo`: each written to a temporary name in parallel, then all
-/// made durable by one `syncfs` (where an fsync per object costs a disk flush per file),
-/// then each renamed into place and indexed. A crash before the `syncfs` leaves temporary
-/// files only (recovery removes them); after it, an object under its final name is whole.
+/// Builds the file objects `todo`: each completed under `.part` in parallel, then all made
+/// durable by one `syncfs` (where an fsync per object costs a disk flush per file), then
+/// each renamed into place and indexed. A crash before the renames leaves `.part` files,
+/// whose chunks the next attempt verifies before it counts them; after it, an object under
+/// its final name is whole.
 /// Its name is made durable by the deployment's `syncfs`, before anything links to it.
 fn build_objects(local: &Local, todo: &[&FilePlan]) -> Result<()> {
     use rayon::prelude::*;
@@ -78,8 +82,8 @@ fn build_objects(local: &Local, todo: &[&FilePlan]) -> Result<()> {
     nix::unistd::syncfs(&objects).context("syncing the new objects")?;
     for f in todo {
         let path = local.object_path(&f.object);
-        let tmp = path.with_extension("tmp");
-        fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+        let part = local.part_path(&f.object);
+        fs::rename(&part, &path).with_context(|| format!("renaming {}", part.display()))?;
         local.index_object(&f.object, &f.chunks)?;
         crash::point(crash::Step::ObjectWritten);
     }
@@ -122,6 +126,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
         }
     }
     build_objects(local, &missing.into_values().collect::<Vec<_>>())?;
+    local.end_direct();
     for f in &p.files {
         let object = local.object_path(&f.object);
         let dest = tmp.join(&f.path);

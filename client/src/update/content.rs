@@ -91,7 +91,7 @@ pub(crate) async fn fetch_from_copy(
             plain.append(&mut total.unprepared);
             delta = index;
         }
-        plain.retain(|(id, _)| !local.staging_path(id).exists());
+        plain.retain(|(id, _)| !local.is_staged(id));
         let (o, r) = fetch_plain(req, local, plan, delta.as_ref(), &plain, t).await;
         total.add(o);
         r
@@ -179,8 +179,7 @@ async fn fetch_patches(
     let refused = refused.into_inner();
     let mut plain = targets_of(&unprepared);
     for p in prepared {
-        let left: Vec<(Id, u32)> =
-            p.target.iter().filter(|c| !local.staging_path(&c.id).exists()).map(|c| (c.id, c.len)).collect();
+        let left: Vec<(Id, u32)> = p.target.iter().filter(|c| !local.is_staged(&c.id)).map(|c| (c.id, c.len)).collect();
         if left.len() == p.target.len() {
             o.for_server.push(p);
         } else if !left.is_empty() || refused.contains(&p.key()) {

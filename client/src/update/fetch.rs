@@ -18,16 +18,28 @@ use crate::local::Local;
 
 /// Stages a chunk frame received from a server or a bundle, after checking that it
 /// decompresses to exactly `len` bytes that hash to `id`.
+/// Written straight into the objects being built when it has a place in them
+/// (`Local::write_direct`), else staged as a file.
 pub(crate) fn stage_chunk(local: &Local, id: &Id, frame: &[u8], len: u32) -> Result<()> {
-    ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
+    let bytes = ferry_store::chunk::decode_chunk(id, frame, len).map_err(|e| anyhow!("{e} (as sent by the server)"))?;
+    if local.write_direct(id, &bytes)? {
+        crate::fleet::chunk_received();
+        crash::point(crash::Step::ChunkStaged);
+        return Ok(());
+    }
     stage_frame(local, id, frame)
 }
 
-/// Stages a chunk rebuilt from a patch: its bytes are checked against its id, then stored
-/// as a zstd frame like a downloaded chunk.
+/// Stages a chunk rebuilt from a patch: its bytes are checked against its id, then written
+/// in place, or stored as a zstd frame like a downloaded chunk.
 pub(crate) fn stage_raw(local: &Local, id: &Id, bytes: &[u8]) -> Result<()> {
     if Id::of(bytes) != *id {
         bail!("the patch rebuilt chunk {id} wrongly (its bytes hash to {})", Id::of(bytes));
+    }
+    if local.write_direct(id, bytes)? {
+        crate::fleet::chunk_received();
+        crash::point(crash::Step::ChunkStaged);
+        return Ok(());
     }
     let frame = zstd::bulk::compress(bytes, 1).context("compressing a patched chunk")?;
     stage_frame(local, id, &frame)
@@ -40,6 +52,7 @@ fn stage_frame(local: &Local, id: &Id, frame: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, frame).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crate::fleet::chunk_received();
     crash::point(crash::Step::ChunkStaged);
     Ok(())
 }
@@ -262,7 +275,7 @@ pub(crate) async fn fetch_patches<'p>(
                 out.chunks += staged;
                 if let Err(e) = applied {
                     tracing::warn!(patch = %frame.id, error = %format!("{e:#}"), "patch unusable; fetching its chunks plain");
-                    out.fallback.extend(p.target.iter().filter(|c| !local.staging_path(&c.id).exists()).map(|c| (c.id, c.len)));
+                    out.fallback.extend(p.target.iter().filter(|c| !local.is_staged(&c.id)).map(|c| (c.id, c.len)));
                 }
                 sync.tick();
                 Ok(())

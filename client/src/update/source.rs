@@ -55,9 +55,21 @@ pub(crate) async fn stage<S: Source>(
 ) -> Result<Plan> {
     source.trees(local, commit).await?;
     let plan = plan_with(&commit.root, &source.tree_reader(local))?;
-    let mut missing = if up_to_date { Vec::new() } else { missing_chunks(local, &plan)? };
+    // The objects the device lacks are built in place as their chunks arrive.
+    let mut building = std::collections::HashSet::new();
+    let found = local.begin_direct(
+        plan.files
+            .iter()
+            .filter(|f| building.insert(f.object) && !local.object_path(&f.object).exists())
+            .map(|f| (f.object, f.chunks.as_slice())),
+    )?;
+    if found > 0 {
+        tracing::info!(chunks = found, "kept the intact chunks of objects an earlier attempt began");
+    }
+    // In the order the files name them: the chunks of one object arrive together and are
+    // written to it in place one after the other.
+    let missing = if up_to_date { Vec::new() } else { missing_chunks(local, &plan)? };
     source.can_deliver(local, &plan, &missing)?;
-    missing.sort();
     check_space(config, local, &plan, &missing)?;
     if !up_to_date {
         source.keep(local, head)?;
@@ -138,7 +150,7 @@ impl Source for Network<'_> {
                     let why = format!("{e:#}");
                     tracing::warn!(error = %why, copy = copy.base(), staged = got.chunks, "the static copy failed; fetching the rest from the server");
                     s.copy_fallback = Some(why);
-                    rest.retain(|(id, _)| !local.staging_path(id).exists());
+                    rest.retain(|(id, _)| !local.is_staged(id));
                 }
             }
         }

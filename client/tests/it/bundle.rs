@@ -56,10 +56,16 @@ fn running(config: &Path) -> Option<String> {
         .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
 }
 
-/// What the device holds: deployment, objects, staged chunks, accepted serials, pin.
+/// What the device holds: deployment, objects, staged chunks (as files, or in place in
+/// objects being built, `objects/<id>.part`), accepted serials, pin.
 fn holdings(config: &Path) -> (Option<String>, usize, usize, String, String) {
     let state = config.parent().unwrap().join("state");
-    let count = |d: &str| std::fs::read_dir(state.join(d)).map_or(0, |r| r.count());
+    let part = |n: &std::ffi::OsString| n.to_string_lossy().ends_with(".part");
+    let count = |d: &str| {
+        std::fs::read_dir(state.join(d)).map_or(0, |r| r.filter(|e| !part(&e.as_ref().unwrap().file_name())).count())
+    };
+    let parts = std::fs::read_dir(state.join("objects"))
+        .map_or(0, |r| r.filter(|e| part(&e.as_ref().unwrap().file_name())).count());
     let trust = std::fs::read_to_string(state.join("trust.json")).unwrap_or_default();
     let trust: Value = serde_json::from_str(&trust).unwrap_or(Value::Null);
     let st: Value = serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap_or_default())
@@ -67,7 +73,7 @@ fn holdings(config: &Path) -> (Option<String>, usize, usize, String, String) {
     (
         running(config),
         count("objects"),
-        count("staging"),
+        count("staging") + parts,
         trust["channels"].to_string(),
         st["pinned"].as_bool().unwrap_or(false).to_string(),
     )
