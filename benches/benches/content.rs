@@ -25,34 +25,8 @@ use ferry_publisher::import::{commit_tree, CommitRequest, NoProgress};
 use ferry_publisher::serve::{PatchConfig, ServeConfig};
 use ferry_store::{ChunkParams, Id, RepoConfig, Repository};
 
-/// CPU seconds (user + system) this process has used: the servers run in it.
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn serve(repo: &Path, scratch: &Path, patches: PatchConfig) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (repo, scratch) = (repo.to_path_buf(), scratch.to_path_buf());
-    let config = ServeConfig { patches, ..Default::default() };
-    rt.spawn(async move {
-        ferry_publisher::serve::serve_with(
-            repo,
-            scratch,
-            "127.0.0.1:0".parse().expect("addr"),
-            &config,
-            move |a| tx.send(a).expect("addr"),
-            std::future::pending(),
-        )
-        .await
-        .expect("serve");
-    });
-    let addr = rx.recv().expect("the server reports its address");
-    (rt, addr)
+    ferry_benches::serve_with_config(repo, scratch, ServeConfig { patches, ..Default::default() })
 }
 
 /// A device of its own under `dir/name`, following `main` on the server at `addr`.
@@ -169,17 +143,21 @@ fn main() {
 
     let v2 = commit(2);
     let mut rows = Vec::new();
-    let cpu = own_cpu_seconds();
+    let cpu = ferry_benches::own_cpu_seconds();
     let s = devices[0].update();
-    rows.push(row("before: first device (computes at level 19 while it waits)", &s, Some(own_cpu_seconds() - cpu)));
-    let cpu = own_cpu_seconds();
+    rows.push(row(
+        "before: first device (computes at level 19 while it waits)",
+        &s,
+        Some(ferry_benches::own_cpu_seconds() - cpu),
+    ));
+    let cpu = ferry_benches::own_cpu_seconds();
     let s = devices[1].update();
-    rows.push(row("before: next device (cache)", &s, Some(own_cpu_seconds() - cpu)));
+    rows.push(row("before: next device (cache)", &s, Some(ferry_benches::own_cpu_seconds() - cpu)));
     wait_rt.shutdown_background();
 
     // Today's defaults: the server starts, finds v2 new and prepares it in the background;
     // the first device comes at once, before the preparation is done.
-    let cpu = own_cpu_seconds();
+    let cpu = ferry_benches::own_cpu_seconds();
     let (fast_rt, fast) = serve(&repo_path, &dir.join("scratch-fast"), PatchConfig::default());
     for d in &devices[2..] {
         d.to_server(fast);
@@ -198,7 +176,7 @@ fn main() {
             last = (size(), Instant::now());
         }
     }
-    let prepared_cpu = own_cpu_seconds() - cpu;
+    let prepared_cpu = ferry_benches::own_cpu_seconds() - cpu;
     let s = devices[4].update();
     rows.push(row("now: a device after the preparation", &s, Some(prepared_cpu)));
     let post = s.clone();
@@ -206,12 +184,12 @@ fn main() {
     // The static copy: exported with prepared patches, served by nginx.
     let copy = dir.join("copy");
     let started = Instant::now();
-    let cpu = own_cpu_seconds();
+    let cpu = ferry_benches::own_cpu_seconds();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dest = Destination::open(copy.to_str().expect("utf-8")).expect("destination");
     let options = ExportOptions { patches_from: 2, running: Vec::new() };
     let e = rt.block_on(export(&repo, &dest, &options, &NoProgress)).expect("export");
-    let (export_secs, export_cpu) = (started.elapsed().as_secs_f64(), own_cpu_seconds() - cpu);
+    let (export_secs, export_cpu) = (started.elapsed().as_secs_f64(), ferry_benches::own_cpu_seconds() - cpu);
     let nginx = ferry_fixtures::nginx::Nginx::serve(&copy).expect("nginx");
     let copy_device = &devices[5];
     copy_device.to_server(fast);

@@ -126,18 +126,6 @@ impl Row {
     }
 }
 
-/// CPU seconds (user + system) this process has used: the in-process `ferry serve`'s work,
-/// since nothing else runs here during an update. From /proc, in clock ticks of 10 ms.
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -197,10 +185,10 @@ fn main() {
         )
         .expect("config");
         let before = proxy.bytes();
-        let cpu = own_cpu_seconds();
+        let cpu = ferry_benches::own_cpu_seconds();
         let (out, seconds, rss_kib) =
             timed(Command::new(&ferryd).arg("--config").arg(&config).args(["update", "--json"]));
-        let server_cpu = own_cpu_seconds() - cpu;
+        let server_cpu = ferry_benches::own_cpu_seconds() - cpu;
         let s: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(s["patch_fallbacks"].as_u64(), Some(0), "{s}");
         rows.push(Row {

@@ -57,6 +57,16 @@ pub fn serve_tls_in_background(
         tls: Some(ferry_publisher::tls::TlsFiles { cert, key }),
         ..Default::default()
     };
+    let (rt, addr) = serve_with_config(repo, scratch, config);
+    (rt, addr, ca_file)
+}
+
+/// `ferry serve` with `config` on 127.0.0.1 (a free port) in a runtime of its own.
+pub fn serve_with_config(
+    repo: &Path,
+    scratch: &Path,
+    config: ferry_publisher::serve::ServeConfig,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (tx, rx) = std::sync::mpsc::channel();
     let (repo, scratch) = (repo.to_path_buf(), scratch.to_path_buf());
@@ -73,7 +83,19 @@ pub fn serve_tls_in_background(
         .expect("serve");
     });
     let addr = rx.recv().expect("the server reports its address");
-    (rt, addr, ca_file)
+    (rt, addr)
+}
+
+/// CPU seconds (user + system) this process has used: the in-process servers' work, since
+/// nothing else runs here during an update. From /proc, in clock ticks of 10 ms.
+pub fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A directory served by Python's http.server on 127.0.0.1, behind a byte-counting proxy;

@@ -467,16 +467,9 @@ fn names(it: impl Iterator<Item = String>) -> HashSet<Id> {
 
 /// Every commit reachable from a branch head or a channel target, parents before children.
 fn commits_oldest_first(repo: &Repository) -> Result<Vec<Id>> {
-    let mut heads: Vec<Id> = repo.branches()?.into_iter().map(|(_, id)| id).collect();
-    for (name, head) in repo.channels()? {
-        let envelope = repo.read_envelope(&head)?;
-        let doc = ferry_store::channel::ChannelDoc::decode(&envelope.document)
-            .with_context(|| format!("channel {name}'s newest document does not decode"))?;
-        heads.extend(doc.targets.iter().map(|t| t.commit));
-    }
     let mut seen = HashSet::new();
     let mut order = Vec::new();
-    for head in heads {
+    for head in releases(repo)? {
         let mut line = Vec::new();
         let mut next = Some(head);
         while let Some(id) = next.take() {
