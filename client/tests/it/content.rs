@@ -70,6 +70,18 @@ fn addr_of(url: &str) -> SocketAddr {
     url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap()
 }
 
+/// Release v1 committed and exported to `copy`, served by nginx, and installed from it on a
+/// device whose `content_url` is that nginx: (copy, nginx, device config, v1).
+fn on_v1_from_copy(env: &Env) -> (PathBuf, Nginx, PathBuf, Id) {
+    let copy = env.path().join("copy");
+    let v1 = env.commit(1, "1");
+    export_to(env, &copy);
+    let nginx = Nginx::serve(&copy).unwrap();
+    let config = env.device(&format!("content_url = \"{}\"\n", nginx.url()));
+    update(&config);
+    (copy, nginx, config, v1)
+}
+
 #[test]
 fn installs_and_updates_from_a_copy_behind_nginx() {
     let env = Env::new();
@@ -120,12 +132,7 @@ fn installs_and_updates_from_a_copy_behind_nginx() {
 #[test]
 fn without_prepared_patches_the_copy_sends_plain_ranges() {
     let env = Env::new();
-    let copy = env.path().join("copy");
-    let v1 = env.commit(1, "1");
-    export_to(&env, &copy);
-    let nginx = Nginx::serve(&copy).unwrap();
-    let config = env.device(&format!("content_url = \"{}\"\n", nginx.url()));
-    update(&config);
+    let (copy, _nginx, config, v1) = on_v1_from_copy(&env);
     let v2 = env.commit(2, "2");
     // Exported without prepared patches: every missing chunk comes plain, from the packs.
     let dest = Destination::open(copy.to_str().unwrap()).unwrap();
@@ -237,12 +244,7 @@ fn delta_places(copy: &Path, from: Id, to: Id) -> Vec<(Id, ferry_delta::content:
 #[test]
 fn a_tampered_prepared_patch_is_refused_and_its_chunks_come_another_way() {
     let env = Env::new();
-    let copy = env.path().join("copy");
-    let v1 = env.commit(1, "1");
-    export_to(&env, &copy);
-    let nginx = Nginx::serve(&copy).unwrap();
-    let config = env.device(&format!("content_url = \"{}\"\n", nginx.url()));
-    update(&config);
+    let (copy, _nginx, config, v1) = on_v1_from_copy(&env);
     let v2 = env.commit(2, "2");
     export_to(&env, &copy);
     // The middle byte of the largest prepared patch's answer, flipped in its pack.
