@@ -304,3 +304,25 @@ fn a_copy_that_cannot_be_set_up_leaves_everything_to_the_server() {
     assert!(s["copy_fallback"].as_str().unwrap().contains("content_url"), "{s}");
     assert_deployed(&env, v1);
 }
+
+#[test]
+fn a_copy_that_trickles_is_left_for_the_server() {
+    // A CDN (or someone on the path) sending a byte now and then must not hold the update:
+    // below the copy's minimum rate over a read_timeout window, the server gives the rest.
+    let env = Env::new();
+    let copy = env.path().join("copy");
+    let v1 = env.commit(1, "1");
+    export_to(&env, &copy);
+    let nginx = Nginx::serve(&copy).unwrap();
+    let proxy = Proxy::start(addr_of(&nginx.url())).unwrap();
+    let (chunks, frame_bytes) = plain_cost(&env, None, v1);
+    proxy.arm(Fault::Trickle(frame_bytes / 3, std::time::Duration::from_millis(100)));
+    let config = env.device(&format!("content_url = \"http://{}\"\nread_timeout = 2\n", proxy.addr));
+    let started = std::time::Instant::now();
+    let s = update(&config);
+    assert!(proxy.fired());
+    assert!(s["copy_fallback"].as_str().unwrap().contains("bytes a second"), "{s}");
+    assert_eq!(n(&s, "chunks_downloaded"), chunks, "{s}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+    assert_deployed(&env, v1);
+}
