@@ -84,7 +84,14 @@ pub(crate) fn promote(
         force: false,
         now: now(),
     };
-    Ok(channels::promote(&env.repo, &p)?.id)
+    let id = channels::promote(&env.repo, &p)?.id;
+    if env.has_fleet() {
+        // The server reads the repository another writer changes: a check-in sees a
+        // promotion within the fleet server's freshness bound (250 ms), so the next
+        // check-in is made after it, as an operator's would be.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    Ok(id)
 }
 
 /// Publishes `doc` signed by `signer` as the channel's newest document, as a compromised

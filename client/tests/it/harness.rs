@@ -86,6 +86,11 @@ impl Env {
         Env::start(Some(require_approval))
     }
 
+    /// Whether the server keeps a fleet (check-ins, the admin API).
+    pub fn has_fleet(&self) -> bool {
+        self.fleet.is_some()
+    }
+
     /// A server that serves HTTPS with `leaf` (written to `server.crt` and `server.key`).
     pub fn with_tls(leaf: &ferry_fixtures::certs::Leaf) -> Env {
         let mut env = Env::start(None);
