@@ -241,9 +241,41 @@ fn a_new_release_is_prepared_before_any_device_asks() {
     // No device has asked for v2: the server finds the new head and prepares its patches
     // from v1 (its parent) on its own.
     wait_for_best(&env, v1, v2);
+    // The trees answer was prepared too (first, at the same level), and nothing fast was
+    // made: the device gets only prepared answers.
+    let (f, t) = (env.repo.read_commit(&v1).unwrap(), env.repo.read_commit(&v2).unwrap());
+    let plan = ferry_delta::plan::planned_patches(&env.repo, &f, &t).unwrap();
+    let keys: std::collections::HashSet<_> = plan.patches.iter().map(|p| p.key()).collect();
+    let at = |level: i32| {
+        let suffix = format!("-{level}");
+        std::fs::read_dir(patch_cache_dir(&env))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(&suffix))
+            .count()
+    };
+    let best = ferry_delta::patch::DEFAULT_LEVEL;
+    assert_eq!(at(best), keys.len() + 1, "each patch and the trees at level {best}");
     let s = update(&device);
     assert_eq!(s["chunk_bytes_downloaded"].as_u64().unwrap(), patch_cost(&env, v1, v2).transfer_bytes, "{s}");
+    assert_eq!(at(ferry_publisher::patches::FAST_LEVEL), 0, "nothing was computed while the device waited");
     assert_deployed(&env, v2);
+    // The worker runs at the lowest priority: what it prepares never slows a device.
+    assert_eq!(thread_nice("ferry-patches"), Some(19));
+}
+
+/// The nice value of this process's thread named `name` (the in-process server's).
+fn thread_nice(name: &str) -> Option<i64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim_end() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the command (which ends with the last ')'): nice is the 19th field
+            // of the line, the 17th after it.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            return rest.split(' ').nth(16)?.parse().ok();
+        }
+    }
+    None
 }
 
 #[test]

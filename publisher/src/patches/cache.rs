@@ -1,7 +1,7 @@
 //! The patch cache on disk: a directory of entries named by the caller, each the BLAKE3 of
-//! its body followed by the body, written to a temporary name, synced and renamed
-//! (`ferry_durable`), so a crash leaves whole entries or none; a damaged entry is removed
-//! when read. Bounded in bytes: past the bound the least recently used entries go. Not what
+//! its body followed by the body, written to a temporary name and renamed, not synced: an
+//! entry is checked whenever it is read, and one a crash left torn or empty is removed
+//! then (and computed again). Bounded in bytes: past the bound the least recently used entries go. Not what
 //! the entries hold or when they are computed (`super`).
 
 use std::collections::BTreeMap;
@@ -53,8 +53,8 @@ impl DiskCache {
     pub(super) fn read(&self, name: &str) -> Option<Vec<u8>> {
         let path = self.dir.join(name);
         let bytes = fs::read(&path).ok()?;
-        let (sum, body) = (bytes.get(..32)?, bytes.get(32..)?);
-        if blake3::hash(body).as_bytes() != sum {
+        let (sum, body) = bytes.split_at(bytes.len().min(32));
+        if sum.len() < 32 || blake3::hash(body).as_bytes() != sum {
             tracing::warn!(target: LOG_TARGET, path = %path.display(), "removing a damaged patch cache entry");
             let _ = fs::remove_file(&path);
             self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
@@ -74,10 +74,7 @@ impl DiskCache {
     /// entries while the cache is over its bound.
     pub(super) fn write(&self, name: &str, body: &[u8]) {
         let path = self.dir.join(name);
-        let written = ferry_durable::replace_with(&path, ferry_durable::PUBLIC, |f| {
-            f.write_all(blake3::hash(body).as_bytes())?;
-            f.write_all(body)
-        });
+        let written = write_unsynced(&path, body);
         if let Err(e) = written {
             // The cache is an optimisation: a full disk costs recomputation, not an error.
             tracing::warn!(target: LOG_TARGET, path = %path.display(), error = %e, "could not write a patch cache entry");
@@ -100,6 +97,25 @@ impl DiskCache {
             }
         }
     }
+}
+
+/// Writes an entry (its BLAKE3, then `body`) to a temporary name and renames it to `path`,
+/// without syncing: an entry is checked whenever it is read, so one a power cut left torn
+/// or empty is removed then and computed again; syncing each of a release's thousands of
+/// entries would make the first device wait on the disk.
+fn write_unsynced(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = ferry_durable::temp_beside(path)?;
+    let written = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(blake3::hash(body).as_bytes())?;
+        f.write_all(body)?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -127,6 +143,15 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         assert_eq!(p.read("e4"), None);
         assert!(!path.exists());
+        // Entries are not synced: what a power cut may leave (empty, shorter than its
+        // checksum, cut short) is not served either, and is removed.
+        for (name, keep) in [("e5", 0), ("e6", 20), ("e7", 500)] {
+            p.write(name, &[5; 1000]);
+            let whole = fs::read(dir.path().join(name)).unwrap();
+            fs::write(dir.path().join(name), &whole[..keep]).unwrap();
+            assert_eq!(p.read(name), None, "{name}");
+            assert!(!dir.path().join(name).exists(), "{name}");
+        }
         // Reopening forgets half-written entries.
         fs::write(dir.path().join("x.1.tmp"), b"half").unwrap();
         drop(p);

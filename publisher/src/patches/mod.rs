@@ -17,18 +17,20 @@
 //!   tree answers (`POST /v1/trees`, encoding 1) are cached here too and draw on the same
 //!   allowance.
 //! - The cache is a directory of files named `<key>-<level>`, each the answer's BLAKE3
-//!   followed by the answer, written to a temporary name, synced and renamed, so a crash
-//!   leaves whole entries or none, and a damaged entry is detected, removed and recomputed.
+//!   followed by the answer, written to a temporary name and renamed, not synced (a
+//!   release's thousands of entries would make the first device wait on the disk): an
+//!   entry a crash left torn or empty is detected when read, removed and recomputed.
 //!   It is bounded in bytes: past the bound the least recently used entries are removed.
 //!
 //! - No device waits for a slow patch ([`FirstAnswer::Fast`], the default): a patch not
 //!   cached at the server's level is answered at once at [`FAST_LEVEL`] (cached too), and
 //!   queued for a background worker that computes it at the server's level, one at a time
-//!   (one core at most), for the next device. The same worker prepares ahead: when a channel
+//!   (one core at most, at the lowest CPU priority), for the next device; a tree answer
+//!   likewise. The same worker prepares ahead: when a channel
 //!   document or a branch head appears, it queues the patches devices on the commits they
 //!   run (the fleet's reports, the channel's previous targets, the release's previous
-//!   commits) will plan (`ferry_delta::plan::planned_patches`), so even the first device of
-//!   a release finds them computed.
+//!   commits) will plan (`ferry_delta::plan::planned_patches`), after their tree answers,
+//!   so even the first device of a release finds them computed.
 //!
 //! - A second level shared by servers (`ferry serve --patch-store DIR|s3://…`): an answer
 //!   missing from the disk cache is looked for in the store (checked against its BLAKE3, as
@@ -467,7 +469,10 @@ impl Patcher {
     /// A compressed tree answer (`POST /v1/trees` with encoding 1) for the trees under
     /// `new_root` that are not under `old_root`: from the cache, or `compress(level)`
     /// (once, however many ask). `None` when the allowance is spent (the caller refuses,
-    /// and the device asks for the trees uncompressed).
+    /// and the device asks for the trees uncompressed). With a fast first answer, a pair
+    /// not cached at the server's level is compressed at [`FAST_LEVEL`]: the device plans
+    /// nothing until its trees arrive, and the best answer is the worker's to prepare
+    /// ([`Patcher::prepare_trees`]).
     pub fn trees_within<E>(
         &self,
         new_root: &Id,
@@ -475,14 +480,32 @@ impl Patcher {
         allowance: &Allowance,
         compress: impl FnOnce(i32) -> Result<Vec<u8>, E>,
     ) -> Result<Option<Vec<u8>>, E> {
-        let mut h = blake3::Hasher::new();
-        h.update(b"ferry trees v1\0");
-        h.update(new_root.as_bytes());
-        h.update(old_root.as_bytes());
-        let key = Id(*h.finalize().as_bytes());
+        let key = trees_key(new_root, old_root);
         // Tree answers stay on this server (the store's entries are checked as patches).
         let how = How { slot: true, shared: None };
-        self.cached(&self.entry_name(&key), &key, allowance, how, || compress(self.level).map(Some), || Ok(None))
+        let best = self.entry_name(&key);
+        if self.first == FirstAnswer::Fast && self.level > FAST_LEVEL {
+            if let Some(hit) = self.lookup(&best, None) {
+                return Ok(Some(hit));
+            }
+            let fast = entry_name(&key, FAST_LEVEL);
+            return self.cached(&fast, &key, allowance, how, || compress(FAST_LEVEL).map(Some), || Ok(None));
+        }
+        self.cached(&best, &key, allowance, how, || compress(self.level).map(Some), || Ok(None))
+    }
+
+    /// Computes and caches the tree answer for `new_root` from `old_root` at the server's
+    /// level unless it is cached (the background worker's part of preparing a release).
+    pub fn prepare_trees<E>(
+        &self,
+        new_root: &Id,
+        old_root: &Id,
+        compress: impl FnOnce(i32) -> Result<Vec<u8>, E>,
+    ) -> Result<(), E> {
+        let key = trees_key(new_root, old_root);
+        let how = How { slot: false, shared: None };
+        let all = Allowance::unlimited();
+        self.cached(&self.entry_name(&key), &key, &all, how, || compress(self.level).map(Some), || Ok(None)).map(|_| ())
     }
 
     /// The cache's rule for any answer named by `key`: a hit is read; otherwise, within
@@ -622,6 +645,15 @@ struct How<'a> {
     shared: Option<(&'a Repository, &'a PatchRequest)>,
 }
 
+/// The cache key of the tree answer for `new_root` from `old_root`.
+fn trees_key(new_root: &Id, old_root: &Id) -> Id {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry trees v1\0");
+    h.update(new_root.as_bytes());
+    h.update(old_root.as_bytes());
+    Id(*h.finalize().as_bytes())
+}
+
 /// A cache entry's name: the key and the level it was computed at.
 fn entry_name(key: &Id, level: i32) -> String {
     format!("{}-{}", key.to_hex(), level)
@@ -649,5 +681,44 @@ impl CacheValue for Option<Vec<u8>> {
     }
     fn to_cache(&self) -> Option<&[u8]> {
         self.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A tree answer that only says which level it was compressed at.
+    fn at(level: i32, calls: &Cell<Vec<i32>>) -> Result<Vec<u8>, String> {
+        let mut c = calls.take();
+        c.push(level);
+        calls.set(c);
+        Ok(format!("level {level}").into_bytes())
+    }
+
+    #[test]
+    fn a_first_tree_answer_is_fast_and_the_prepared_one_is_the_best() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Patcher::open(dir.path(), 1 << 20, 19, 2).unwrap().with_first_answer(FirstAnswer::Fast);
+        let (new, old) = (Id::of(b"new root"), Id::of(b"old root"));
+        let calls = Cell::new(Vec::new());
+        let all = Allowance::unlimited();
+        let first = p.trees_within(&new, &old, &all, |l| at(l, &calls)).unwrap();
+        assert_eq!(first.as_deref(), Some(&b"level 3"[..]));
+        // The fast answer is cached: the next device before the preparation gets it as is.
+        let again = p.trees_within(&new, &old, &all, |l| at(l, &calls)).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(calls.take(), vec![FAST_LEVEL]);
+        p.prepare_trees(&new, &old, |l| at(l, &calls)).unwrap();
+        p.prepare_trees(&new, &old, |l| at(l, &calls)).unwrap();
+        assert_eq!(calls.take(), vec![19], "prepared once, at the server's level");
+        let best = p.trees_within(&new, &old, &all, |l| at(l, &calls)).unwrap();
+        assert_eq!(best.as_deref(), Some(&b"level 19"[..]));
+        assert_eq!(calls.take(), Vec::<i32>::new());
+        // Another pair is another entry; with the best answer first, no fast one is made.
+        let best_first = Patcher::open(dir.path(), 1 << 20, 19, 2).unwrap();
+        let other = best_first.trees_within(&old, &new, &all, |l| at(l, &calls)).unwrap();
+        assert_eq!(other.as_deref(), Some(&b"level 19"[..]));
     }
 }

@@ -1,6 +1,7 @@
 //! The patch cache's background worker: one thread per server that computes, at the
 //! server's level and one at a time, the patches a fast first answer left for later, and
-//! prepares each new release's patches ahead of its devices (`crate::patches`).
+//! prepares each new release's tree answers and patches ahead of its devices
+//! (`crate::patches`), at the lowest CPU priority.
 //!
 //! Every [`SCAN_INTERVAL`] it catches up with the repository and looks for channel
 //! documents and branch heads it has not seen; for each new release (a channel target or a
@@ -69,6 +70,7 @@ pub(super) fn start(state: &Arc<AppState>, running: Option<Running>) {
 }
 
 fn work(state: Weak<AppState>, running: Option<Running>) {
+    lower_priority();
     let mut seen = Seen::default();
     let mut last_scan: Option<Instant> = None;
     loop {
@@ -86,6 +88,22 @@ fn work(state: Weak<AppState>, running: Option<Running>) {
         s.patcher.work_once(&s.repo, WAIT);
     }
 }
+
+/// The worker's CPU goes to what no request wants: its thread runs at the lowest
+/// priority ([`WORKER_NICE`]), so devices being answered, the first one on a release
+/// included, are not slowed by the patches prepared for the devices after them.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // On Linux, PRIO_PROCESS with 0 names the calling thread, not the whole process.
+    // SAFETY: setpriority only reads its integer arguments.
+    let r = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, WORKER_NICE) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the patch worker's priority");
+    }
+}
+
+/// The patch worker thread's nice value (the lowest priority).
+pub(super) const WORKER_NICE: i32 = 19;
 
 /// What this worker has seen: the heads, each channel's targets by hardware, and the pairs
 /// (from, to) whose patches are all queued (or computed).
@@ -196,7 +214,14 @@ fn prepare(s: &AppState, seen: &mut Seen, fleet: &[Id], release: &Release) -> Re
     });
     let mut queued = 0u64;
     for from in &sources {
-        let plan = ferry_delta::plan::planned_patches(repo, &repo.read_commit(from)?, &to)?;
+        let from_commit = repo.read_commit(from)?;
+        // The trees first: a device plans nothing until they arrive.
+        if let Err(e) = s.patcher.prepare_trees(&to.root, &from_commit.root, |level| {
+            super::stream::compress_trees(s, to.root, from_commit.root, level)
+        }) {
+            tracing::warn!(release = %release.commit, from = %from, error = %e.1, "preparing a release's trees");
+        }
+        let plan = ferry_delta::plan::planned_patches(repo, &from_commit, &to)?;
         let (mut added, mut full) = (0u64, false);
         for p in &plan.patches {
             match s.patcher.queue(p.request()) {

@@ -372,6 +372,20 @@ impl TreeWalk {
 /// under the old one; compressed sends the same frames as one zstd frame compressed with the
 /// old root's trees as prefix (`ferry_delta::patch::tree_prefix`): a device's old trees hold
 /// most of its new ones.
+/// The trees under `new_root` that are not under `old_root`, as frames compressed at `level`
+/// against the old trees (the answer to a compressed `POST /v1/trees`).
+pub(super) fn compress_trees(st: &AppState, new_root: Id, old_root: Id, level: i32) -> Result<Vec<u8>, ApiError> {
+    let failed = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e, None);
+    let mut walk = TreeWalk::new(new_root, Some(old_root));
+    let mut all = Vec::new();
+    while let Some(frames) = TreeWalk::step(st, &mut walk).map_err(failed)? {
+        all.extend_from_slice(&frames);
+    }
+    let prefix = patch::tree_prefix(&old_root, |id| st.repo.read_object_bytes(id))?;
+    patch::compress_patch(&prefix, &all, level)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing trees: {e}"), None))
+}
+
 pub(super) async fn tree_closure(
     State(s): State<Shared>,
     reader: Option<Extension<Reader>>,
@@ -398,17 +412,9 @@ pub(super) async fn tree_closure(
         };
         let old = old_root.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no old root".into(), None))?;
         let body = content(&s, Slots::Compute, move |st| {
-            let answer = st.patcher.trees_within(&new_root, &old, &allowance, |level| {
-                let failed = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e, None);
-                let mut walk = TreeWalk::new(new_root, old_root);
-                let mut all = Vec::new();
-                while let Some(frames) = TreeWalk::step(st, &mut walk).map_err(failed)? {
-                    all.extend_from_slice(&frames);
-                }
-                let prefix = patch::tree_prefix(&old, |id| st.repo.read_object_bytes(id))?;
-                patch::compress_patch(&prefix, &all, level)
-                    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("compressing trees: {e}"), None))
-            })?;
+            let answer = st
+                .patcher
+                .trees_within(&new_root, &old, &allowance, |level| compress_trees(st, new_root, old, level))?;
             answer.ok_or_else(|| {
                 ApiError(
                     StatusCode::TOO_MANY_REQUESTS,
