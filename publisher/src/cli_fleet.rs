@@ -76,9 +76,16 @@ fn text(v: &Option<String>) -> &str {
 pub fn admin(cmd: AdminCommand) -> Result<()> {
     let AdminCommand::Token(cmd) = cmd;
     match cmd {
-        TokenCommand::Create { name, enrollment, fleet, server, token, ca_file } => {
+        TokenCommand::Create { name, enrollment, fleet, fleet_db, server, token, ca_file } => {
             let kind = if enrollment { TokenKind::Enrollment } else { TokenKind::Admin };
             let created = match (fleet, server, token) {
+                (None, _, _) if fleet_db.is_some() => {
+                    let url = fleet_db.unwrap_or_default();
+                    let at = ferry_publisher::fleet::db::Location::Postgres(url);
+                    let f = Fleet::open(&at, Settings::default())
+                        .map_err(|e| anyhow!("opening the fleet database {}: {e}", at.describe()))?;
+                    f.create_token(&Caller::Local, kind, &name)?
+                }
                 (Some(dir), _, _) => {
                     let f = Fleet::open(&dir, Settings::default()).map_err(|e| match e {
                         ferry_publisher::fleet::FleetError::Store(ferry_store::StoreError::Locked { .. }) => anyhow!(

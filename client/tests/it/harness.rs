@@ -15,6 +15,8 @@ pub struct Env {
     server: Option<tokio::runtime::Runtime>,
     /// The fleet store the server keeps, if it serves the device and admin APIs.
     fleet: Option<ferry_publisher::serve::FleetConfig>,
+    /// Where that store is: a directory, or PostgreSQL (`FERRY_TEST_FLEET_DB=postgres`).
+    fleet_store: Option<ferry_fixtures::postgres::TestFleetStore>,
     /// With a fleet: an admin token and an enrollment token (in `enrollment-token`).
     pub admin_token: String,
     /// The certificate and key the server serves HTTPS with, if it does.
@@ -121,15 +123,17 @@ impl Env {
         ferry_fixtures::test_key(1).save(&t.path().join("ci.key")).unwrap();
         ferry_fixtures::test_key(2).save(&t.path().join("other.key")).unwrap();
         let mut admin_token = String::new();
+        let fleet_store =
+            fleet.map(|_| ferry_fixtures::postgres::TestFleetStore::new(&t.path().join("fleet")).unwrap());
         let fleet = fleet.map(|require_approval| {
             use ferry_publisher::fleet::{Caller, Fleet, Settings, TokenKind};
-            let path = t.path().join("fleet");
+            let store = ferry_publisher::fleet::db::Location::parse(&fleet_store.as_ref().unwrap().at);
             let settings = Settings { require_approval, ..Default::default() };
-            let f = Fleet::open(&path, settings.clone()).unwrap();
+            let f = Fleet::open(&store, settings.clone()).unwrap();
             admin_token = f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
             let enroll = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
             std::fs::write(t.path().join("enrollment-token"), format!("{enroll}\n")).unwrap();
-            ferry_publisher::serve::FleetConfig { path, settings, channel_key: None, config_key: None }
+            ferry_publisher::serve::FleetConfig { store, settings, channel_key: None, config_key: None }
         });
         let (rt, addr) = start_server(
             repo_path,
@@ -146,6 +150,7 @@ impl Env {
             addr,
             server: Some(rt),
             fleet,
+            fleet_store,
             admin_token,
             tls: None,
             device_ca: None,
@@ -193,9 +198,38 @@ impl Env {
         self.restart_server();
     }
 
-    /// The fleet store's directory (with a fleet).
-    pub fn fleet_dir(&self) -> PathBuf {
-        self.path().join("fleet")
+    /// Keeps a copy of the fleet's state as it is now under `name` (a backup), with the
+    /// server stopped: the directory copied, or the database's rows.
+    pub fn fleet_snapshot(&self, name: &str) {
+        let store = self.fleet_store.as_ref().expect("a fleet");
+        match &store.postgres {
+            Some(pg) => {
+                let sql =
+                    format!("DROP TABLE IF EXISTS snap_{name}; CREATE TABLE snap_{name} AS SELECT * FROM ferry_kv");
+                pg.psql("fleet", &sql).unwrap();
+            }
+            None => {
+                let to = self.path().join(format!("fleet-{name}"));
+                let _ = std::fs::remove_dir_all(&to);
+                crate::harness::copy_dir(Path::new(&store.at), &to);
+            }
+        }
+    }
+
+    /// Puts the state kept by [`Env::fleet_snapshot`] back, with the server stopped.
+    pub fn fleet_restore(&self, name: &str) {
+        let store = self.fleet_store.as_ref().expect("a fleet");
+        match &store.postgres {
+            Some(pg) => {
+                let sql =
+                    format!("BEGIN; DELETE FROM ferry_kv; INSERT INTO ferry_kv SELECT * FROM snap_{name}; COMMIT");
+                pg.psql("fleet", &sql).unwrap();
+            }
+            None => {
+                std::fs::remove_dir_all(&store.at).unwrap();
+                crate::harness::copy_dir(&self.path().join(format!("fleet-{name}")), Path::new(&store.at));
+            }
+        }
     }
 
     /// Starts the server again on the same address.
@@ -379,4 +413,18 @@ pub fn ferryd_peak(config: &Path, args: &[&str]) -> (bool, String, String, u64) 
         None => panic!("no peak from /usr/bin/time: {err}"),
     };
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), err, peak)
+}
+
+/// Copies the directory `from` to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }

@@ -104,8 +104,7 @@ fn signed_configuration_is_applied_only_by_its_device_and_only_forward() {
 
     // The fleet's state as it was at version 1, kept aside (a backup).
     env.kill_server();
-    let backup = env.path().join("fleet-backup");
-    copy_dir(&env.fleet_dir(), &backup);
+    env.fleet_snapshot("backup");
     env.restart_with_config_key(Some(env.path().join("config.key")));
     let v2 = set_config(&env, "device/SN-A", serde_json::json!({ "set": { "API_KEY": "s3cret" } }));
     updated(&a);
@@ -114,14 +113,12 @@ fn signed_configuration_is_applied_only_by_its_device_and_only_forward() {
     // A replay: the server restored from the backup signs version 1 again, with the right
     // key. The device applied version 2: refused, nothing written, reported.
     env.kill_server();
-    let newer = env.path().join("fleet-newer");
-    std::fs::rename(env.fleet_dir(), &newer).unwrap();
-    copy_dir(&backup, &env.fleet_dir());
+    env.fleet_snapshot("newer");
+    env.fleet_restore("backup");
     env.restart_with_config_key(Some(env.path().join("config.key")));
     refused(&env, &a, "SN-A", &format!("configuration version {v1} is older than version {v2}"));
     env.kill_server();
-    std::fs::remove_dir_all(env.fleet_dir()).unwrap();
-    std::fs::rename(&newer, env.fleet_dir()).unwrap();
+    env.fleet_restore("newer");
     env.restart_with_config_key(Some(env.path().join("config.key")));
 
     // Another device's document: device B holding A's token (a cloned identity) is sent
@@ -187,19 +184,6 @@ fn unsigned_configuration_needs_the_devices_consent() {
     refused(&env, &strict, "SN-S", &format!("configuration version {v} is not signed"));
     updated(&lenient);
     assert_eq!(applied(&lenient).unwrap().0, v);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// The operator keeps the configuration keys offline (the server holds none): two of them

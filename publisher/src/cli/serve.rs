@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::RepoArg;
+use crate::fleet::db::Location;
 use crate::fleet::{Settings, ENROLLMENTS_PER_MINUTE};
 use crate::serve::{DeviceCa, FleetConfig, PatchConfig, ServeConfig};
 use crate::tls::TlsFiles;
@@ -60,23 +61,29 @@ pub struct ServeArgs {
     patch_workers: Option<u16>,
     /// Directory of the fleet's state (devices, tokens, audit log): enables the device
     /// and admin APIs. Create the first admin token with `ferry admin token create --fleet DIR`.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "fleet_store")]
     fleet: Option<PathBuf>,
+    /// The fleet's state in PostgreSQL instead of --fleet's directory, so several
+    /// `ferry serve` replicas behind a load balancer share it:
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the schema is created at the first
+    /// start). Better given in the environment, where `ps` does not show a password.
+    #[arg(long, env = "FERRY_FLEET_DB", value_name = "URL", group = "fleet_store", value_parser = postgres_url, hide_env_values = true)]
+    fleet_db: Option<String>,
     /// Newly enrolled devices wait for `ferry device accept SERIAL`.
-    #[arg(long, requires = "fleet")]
+    #[arg(long, requires = "fleet_store")]
     require_approval: bool,
     /// Enrollments one enrollment token may make at once and then per minute (all tokens
     /// together: 6 times as many); more are answered 429 with Retry-After.
-    #[arg(long, value_name = "N", default_value_t = ENROLLMENTS_PER_MINUTE, requires = "fleet")]
+    #[arg(long, value_name = "N", default_value_t = ENROLLMENTS_PER_MINUTE, requires = "fleet_store")]
     enrollments_per_minute: u32,
     /// An online channel key (secret key file): lets the admin API and the web UI promote
     /// and roll back. Without it, channels are changed only with `ferry promote`.
-    #[arg(long, value_name = "FILE", requires = "fleet")]
+    #[arg(long, value_name = "FILE", requires = "fleet_store")]
     channel_key: Option<PathBuf>,
     /// An online configuration key (secret key file, a configuration key of the key
     /// document): every check-in answer carries the device's configuration signed with it.
     /// Without it, devices whose key document names configuration keys apply none.
-    #[arg(long, value_name = "FILE", requires = "fleet")]
+    #[arg(long, value_name = "FILE", requires = "fleet_store")]
     config_key: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM, leaf first; HTTP/2 and HTTP/1.1).
     /// Reloaded when it changes on disk or on SIGHUP, without dropping connections, so
@@ -92,7 +99,7 @@ pub struct ServeArgs {
     /// (enrollment itself needs only the enrollment token).
     /// Behind a TLS-terminating balancer (--client-cert-header) the balancer checks them,
     /// and this CA still issues them.
-    #[arg(long, value_name = "FILE", requires = "fleet")]
+    #[arg(long, value_name = "FILE", requires = "fleet_store")]
     client_ca: Option<PathBuf>,
     /// The key of --client-ca: the server issues each enrolling device a certificate for
     /// its serial (the device's key never leaves it; it sends a certificate request).
@@ -100,7 +107,7 @@ pub struct ServeArgs {
     client_ca_key: Option<PathBuf>,
     /// Behind a TLS-terminating load balancer: the header it fills with the client
     /// certificate's SHA-256 (hex). Believed only from --trusted-proxy addresses.
-    #[arg(long, value_name = "NAME", requires_all = ["fleet", "trusted_proxy"])]
+    #[arg(long, value_name = "NAME", requires_all = ["fleet_store", "trusted_proxy"])]
     client_cert_header: Option<String>,
     /// A load balancer's address whose --client-cert-header is believed; repeat for several.
     #[arg(long, value_name = "IP", requires = "client_cert_header")]
@@ -122,6 +129,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         no_prepare,
         patch_store,
         fleet,
+        fleet_db,
         require_approval,
         enrollments_per_minute,
         channel_key,
@@ -160,8 +168,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     let config = ServeConfig {
         patches,
-        fleet: fleet.map(|path| FleetConfig {
-            path,
+        fleet: fleet.map(Location::Dir).or(fleet_db.map(Location::Postgres)).map(|store| FleetConfig {
+            store,
             settings: Settings { require_approval, enrollments_per_minute },
             channel_key,
             config_key,
@@ -201,4 +209,14 @@ async fn shutdown_signal() {
     }
     // The target the binary logged this under before the command moved into the library.
     tracing::info!(target: "ferry", "shutting down");
+}
+
+/// `--fleet-db`: a PostgreSQL URL (a directory is --fleet's).
+pub fn postgres_url(s: &str) -> Result<String, String> {
+    match Location::parse(s) {
+        Location::Postgres(url) => Ok(url),
+        Location::Dir(_) => Err(format!(
+            "{s:?} is not a PostgreSQL URL (postgres://USER@HOST/DATABASE); a directory is given with --fleet"
+        )),
+    }
 }

@@ -39,13 +39,17 @@ pub enum TokenCommand {
         enrollment: bool,
         /// Write into the fleet store directly (the server must be stopped): for the first
         /// admin token.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token"])]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token", "fleet_db"])]
         fleet: Option<PathBuf>,
+        /// Write into the fleet's PostgreSQL database directly (servers may be running):
+        /// for the first admin token of a fleet served with --fleet-db.
+        #[arg(long, env = "FERRY_FLEET_DB", value_name = "URL", conflicts_with_all = ["server", "token"], value_parser = ferry_publisher::cli::serve::postgres_url, hide_env_values = true)]
+        fleet_db: Option<String>,
         #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
         server: Option<String>,
         #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
         token: Option<String>,
-        #[arg(long, env = "FERRY_CA_FILE", value_name = "FILE", conflicts_with = "fleet")]
+        #[arg(long, env = "FERRY_CA_FILE", value_name = "FILE", conflicts_with_all = ["fleet", "fleet_db"])]
         ca_file: Option<PathBuf>,
     },
     /// Lists token names and kinds.

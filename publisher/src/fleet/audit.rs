@@ -16,7 +16,7 @@ impl Fleet {
 
     /// The sequence number the next audit entry gets (caller holds the lock).
     pub(super) fn next_audit_seq(&self) -> Result<u64> {
-        Ok(match self.kv.last(AUDIT)? {
+        Ok(match self.db.last(AUDIT)? {
             Some((k, _)) => {
                 u64::from_be_bytes(k.try_into().map_err(|_| FleetError::Damaged {
                     what: "audit log".into(),
@@ -30,12 +30,12 @@ impl Fleet {
     /// Records an action done elsewhere (a promotion through the admin API) in the audit log.
     pub fn record(&self, who: &Caller, action: &str, detail: String) -> Result<()> {
         let _g = self.lock();
-        Ok(self.kv.write(vec![self.audit_op(who, action, detail)?])?)
+        self.db.write(vec![self.audit_op(who, action, detail)?])
     }
 
     /// The newest `limit` audit entries, oldest first.
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        let all = self.kv.scan(AUDIT, b"")?;
+        let all = self.db.scan(AUDIT, b"")?;
         let skip = all.len().saturating_sub(limit);
         all.iter().skip(skip).map(|(_, v)| parse(v, || "audit entry".into())).collect()
     }

@@ -89,7 +89,7 @@ pub fn check_config_key(k: &str) -> Result<()> {
 
 impl Fleet {
     fn config_version(&self) -> Result<u64> {
-        match self.kv.get(CONFIG, CONFIG_VERSION)? {
+        match self.db.get(CONFIG, CONFIG_VERSION)? {
             Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| FleetError::Damaged {
                 what: "configuration version".into(),
                 why: "not 8 bytes".into(),
@@ -100,7 +100,7 @@ impl Fleet {
 
     /// One level's values (empty if never set).
     pub fn level(&self, scope: &Scope) -> Result<Level> {
-        match self.kv.get(CONFIG, &scope.key())? {
+        match self.db.get(CONFIG, &scope.key())? {
             Some(v) => parse(&v, || format!("configuration of {}", scope.describe())),
             None => Ok(Level::default()),
         }
@@ -151,7 +151,7 @@ impl Fleet {
             Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
             self.audit_op(who, "config", format!("{}: {}", scope.describe(), detail.join(", ")))?,
         ];
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(version)
     }
 
@@ -188,13 +188,13 @@ impl Fleet {
             Op::Put { table: CONFIG, key: signed_key(serial), value: envelope.to_vec() },
             self.audit_op(who, "config-sign", format!("device {serial}: version {}", doc.version))?,
         ];
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(())
     }
 
     /// Device `serial`'s configuration document signed offline, if one was stored.
     pub fn signed_config(&self, serial: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.kv.get(CONFIG, &signed_key(serial))?)
+        self.db.get(CONFIG, &signed_key(serial))
     }
 
     /// Sets a device's groups, in precedence order (a later group wins).
@@ -219,7 +219,7 @@ impl Fleet {
             Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
             self.audit_op(who, "groups", format!("device {serial}: {}", groups.join(", ")))?,
         ];
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(d)
     }
 

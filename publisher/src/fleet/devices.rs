@@ -210,14 +210,14 @@ mod stored_report {
 
 impl Fleet {
     pub fn device(&self, serial: &str) -> Result<Device> {
-        match self.kv.get(DEVICES, serial.as_bytes())? {
+        match self.db.get(DEVICES, serial.as_bytes())? {
             Some(v) => parse(&v, || format!("device {serial}")),
             None => Err(FleetError::NotFound(format!("no device {serial}"))),
         }
     }
 
     pub fn devices(&self) -> Result<Vec<Device>> {
-        self.kv
+        self.db
             .scan(DEVICES, b"")?
             .iter()
             .map(|(k, v)| parse(v, || format!("device {}", String::from_utf8_lossy(k))))
@@ -237,7 +237,7 @@ impl Fleet {
         }
         let mut prefix = serial.as_bytes().to_vec();
         prefix.push(0);
-        let existing = self.kv.scan(EVENTS, &prefix)?;
+        let existing = self.db.scan(EVENTS, &prefix)?;
         let next = match existing.last() {
             Some((k, _)) => {
                 k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, |b| u64::from_be_bytes(b) + 1)
@@ -260,7 +260,7 @@ impl Fleet {
     pub fn events(&self, serial: &str) -> Result<Vec<Event>> {
         let mut prefix = serial.as_bytes().to_vec();
         prefix.push(0);
-        let all = self.kv.scan(EVENTS, &prefix)?;
+        let all = self.db.scan(EVENTS, &prefix)?;
         let skip = all.len().saturating_sub(MAX_EVENTS);
         all.iter().skip(skip).map(|(_, v)| parse(v, || format!("event of device {serial}"))).collect()
     }
@@ -310,7 +310,7 @@ impl Fleet {
         d.report = report;
         d.last_seen = Some(now());
         ops.push(Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) });
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(d)
     }
 
@@ -343,7 +343,7 @@ impl Fleet {
         ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
         ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(d)
     }
 
@@ -390,13 +390,13 @@ impl Fleet {
         }
         let mut prefix = serial.as_bytes().to_vec();
         prefix.push(0);
-        for (k, _) in self.kv.scan(EVENTS, &prefix)? {
+        for (k, _) in self.db.scan(EVENTS, &prefix)? {
             ops.push(Op::Delete { table: EVENTS, key: k });
         }
         ops.push(Op::Delete { table: CONFIG, key: Scope::Device(serial.into()).key() });
         ops.push(Op::Delete { table: CONFIG, key: super::config::signed_key(serial) });
         ops.push(self.audit_op(who, "remove", format!("device {serial}"))?);
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(())
     }
 }

@@ -181,7 +181,7 @@ impl Fleet {
         ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&device) });
         ops.extend(self.event_ops(serial, whats)?);
         ops.push(audit);
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok((Enrolled { certificate: None, device_token: token, state: Some(state) }, issued.map(|(pem, _)| pem)))
     }
 
@@ -230,7 +230,7 @@ impl Fleet {
         ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
         ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(d)
     }
 }

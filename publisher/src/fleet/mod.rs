@@ -27,15 +27,14 @@
 
 mod audit;
 mod config;
+pub mod db;
 mod devices;
 mod enrollment;
 mod rollouts;
 mod tokens;
 
-use std::path::Path;
 use std::sync::Mutex;
 
-use ferry_store::kv::Kv;
 use serde::{Deserialize, Serialize};
 
 pub use config::{check_config_key, sign_config, Scope, CONFIG_LIFETIME};
@@ -141,7 +140,7 @@ impl Default for Settings {
 }
 
 pub struct Fleet {
-    kv: Kv,
+    db: db::FleetDb,
     settings: Settings,
     /// Enrollment rate limits (in memory: a restart refills them).
     enroll_limits: Mutex<EnrollLimits>,
@@ -154,7 +153,7 @@ pub struct Fleet {
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fleet").field("path", &self.kv.path()).finish()
+        f.debug_struct("Fleet").field("store", &self.db.describe()).finish()
     }
 }
 
@@ -189,13 +188,15 @@ pub fn check_name(field: &str, v: &str) -> Result<()> {
 }
 
 impl Fleet {
-    pub fn open(path: &Path, settings: Settings) -> Result<Fleet> {
-        Ok(Fleet::over(Kv::open(path, &TABLES)?, settings))
+    /// Opens the fleet's state at `at` (a directory, or a PostgreSQL URL through
+    /// [`db::Location::parse`]), creating it if needed.
+    pub fn open(at: impl Into<db::Location>, settings: Settings) -> Result<Fleet> {
+        Ok(Fleet::over(db::FleetDb::open(&at.into(), &TABLES)?, settings))
     }
 
-    fn over(kv: Kv, settings: Settings) -> Fleet {
+    fn over(db: db::FleetDb, settings: Settings) -> Fleet {
         Fleet {
-            kv,
+            db,
             settings,
             enroll_limits: Mutex::new(EnrollLimits::default()),
             write: Mutex::new(()),
@@ -205,8 +206,13 @@ impl Fleet {
 
     /// The fleet's state as it is now, for reading beside a running `ferry serve` (e.g.
     /// `ferry bundle --fleet` reading rollouts). Every change through it fails.
-    pub fn open_read_only(path: &Path) -> Result<Fleet> {
-        Ok(Fleet::over(Kv::open_read_only(path, &TABLES)?, Settings::default()))
+    pub fn open_read_only(at: impl Into<db::Location>) -> Result<Fleet> {
+        Ok(Fleet::over(db::FleetDb::open_read_only(&at.into(), &TABLES)?, Settings::default()))
+    }
+
+    /// Where the state is kept (a directory, or the database's URL without its password).
+    pub fn describe(&self) -> String {
+        self.db.describe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {

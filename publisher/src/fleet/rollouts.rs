@@ -60,14 +60,14 @@ pub struct HeadDoc {
 
 impl Fleet {
     pub fn rollout(&self, channel: &str) -> Result<Option<Rollout>> {
-        match self.kv.get(ROLLOUTS, channel.as_bytes())? {
+        match self.db.get(ROLLOUTS, channel.as_bytes())? {
             Some(v) => Ok(Some(parse(&v, || format!("rollout of {channel}"))?)),
             None => Ok(None),
         }
     }
 
     pub fn rollouts(&self) -> Result<Vec<Rollout>> {
-        self.kv.scan(ROLLOUTS, b"")?.iter().map(|(_, v)| parse(v, || "rollout".into())).collect()
+        self.db.scan(ROLLOUTS, b"")?.iter().map(|(_, v)| parse(v, || "rollout".into())).collect()
     }
 
     /// Starts a rollout on `channel` whose current document (`base`) stays what everyone
@@ -111,7 +111,7 @@ impl Fleet {
             started_seq: Some(self.next_audit_seq()?),
         };
         let detail = format!("{channel}: {percent}% from serial {}", base.serial);
-        self.kv.write(vec![
+        self.db.write(vec![
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
             self.audit_op(who, "rollout start", detail)?,
         ])?;
@@ -156,7 +156,7 @@ impl Fleet {
         }
         let action = action.as_str();
         let detail = format!("{channel}: {action}{}", percent.map(|p| format!(" {p}%")).unwrap_or_default());
-        self.kv.write(vec![
+        self.db.write(vec![
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
             self.audit_op(who, &format!("rollout {action}"), detail)?,
         ])?;
@@ -195,7 +195,7 @@ impl Fleet {
         let _d = self.device_lock(&device.serial);
         let mut d = self.device(&device.serial)?;
         d.served.insert(channel.into(), serial);
-        Ok(self.kv.write(vec![Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) }])?)
+        self.db.write(vec![Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) }])
     }
 
     /// Counts the devices that took documents newer than the base and how many of them
@@ -237,10 +237,10 @@ impl Fleet {
         reason.truncate(cut);
         r.state = RolloutState::Paused;
         r.halt_reason = Some(reason.clone());
-        Ok(self.kv.write(vec![
+        self.db.write(vec![
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
             self.audit_op(&Caller::Server, "rollout halt", format!("{channel}: {reason}"))?,
-        ])?)
+        ])
     }
 
     pub fn rollout_status(&self, r: Rollout) -> Result<RolloutStatus> {

@@ -55,14 +55,14 @@ impl Fleet {
         let record = TokenRecord { kind, name: name.into(), created: now() };
         let _g = self.lock();
         let audit = self.audit_op(who, "token create", format!("{kind:?} token {name}").to_lowercase())?;
-        self.kv.write(vec![Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) }, audit])?;
+        self.db.write(vec![Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) }, audit])?;
         Ok(token)
     }
 
     /// Every admin and enrollment token's record (never the tokens themselves).
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         let mut out = Vec::new();
-        for (_, v) in self.kv.scan(TOKENS, b"")? {
+        for (_, v) in self.db.scan(TOKENS, b"")? {
             let r: TokenRecord = parse(&v, || "token".into())?;
             if r.kind != TokenKind::Device {
                 out.push(r);
@@ -76,7 +76,7 @@ impl Fleet {
     pub fn revoke_token(&self, who: &Caller, name: &str) -> Result<usize> {
         let _g = self.lock();
         let mut ops = Vec::new();
-        for (k, v) in self.kv.scan(TOKENS, b"")? {
+        for (k, v) in self.db.scan(TOKENS, b"")? {
             let r: TokenRecord = parse(&v, || "token".into())?;
             if r.kind != TokenKind::Device && r.name == name {
                 ops.push(Op::Delete { table: TOKENS, key: k });
@@ -87,7 +87,7 @@ impl Fleet {
         }
         let n = ops.len();
         ops.push(self.audit_op(who, "token revoke", format!("{n} token(s) named {name}"))?);
-        self.kv.write(ops)?;
+        self.db.write(ops)?;
         Ok(n)
     }
 
@@ -96,7 +96,7 @@ impl Fleet {
     }
 
     fn token_hashed(&self, hashed: &[u8; 32]) -> Result<Option<TokenRecord>> {
-        match self.kv.get(TOKENS, hashed)? {
+        match self.db.get(TOKENS, hashed)? {
             Some(v) => Ok(Some(parse(&v, || "token".into())?)),
             None => Ok(None),
         }

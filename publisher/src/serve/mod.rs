@@ -379,7 +379,8 @@ async fn no_fleet() -> ApiError {
 /// Where `ferry serve` keeps the fleet's state, and the fleet's settings.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    pub path: PathBuf,
+    /// Where the fleet's state is: a directory (the embedded store) or PostgreSQL.
+    pub store: crate::fleet::db::Location,
     pub settings: crate::fleet::Settings,
     /// An online channel key: lets the admin API (and the web UI) promote and roll back.
     pub channel_key: Option<PathBuf>,
@@ -519,8 +520,8 @@ pub async fn serve_with(
                 }
                 None => None,
             };
-            let fleet = crate::fleet::Fleet::open(&f.path, f.settings.clone())
-                .with_context(|| format!("opening the fleet store {}", f.path.display()))?;
+            let fleet = crate::fleet::Fleet::open(&f.store, f.settings.clone())
+                .with_context(|| format!("opening the fleet store {}", f.store.describe()))?;
             Some(FleetParts { fleet, channel_key: key, config_key, certificates: device_certificates(config)? })
         }
         None => None,

@@ -77,7 +77,7 @@ fn start_with(dir: &Path, blocking_threads: usize, config: ServeConfig) -> Serve
         .build()
         .unwrap();
     let config = ServeConfig {
-        fleet: Some(FleetConfig { path: fleet, settings, channel_key: None, config_key: None }),
+        fleet: Some(FleetConfig { store: (&fleet).into(), settings, channel_key: None, config_key: None }),
         ..config
     };
     let (tx, rx) = std::sync::mpsc::channel();

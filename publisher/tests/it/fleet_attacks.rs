@@ -16,6 +16,8 @@ use crate::{commit, init};
 struct Served {
     t: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
+    /// The fleet's store (PostgreSQL with `FERRY_TEST_FLEET_DB=postgres`): after `rt`.
+    _store: ferry_fixtures::postgres::TestFleetStore,
     /// `http://ADDR/v1`
     base: String,
     admin: String,
@@ -39,7 +41,8 @@ impl Served {
             ids.push(commit(&repo, &tree, "main", &v.to_string()).unwrap().commit.parse::<Id>().unwrap());
         }
         drop(repo);
-        let path = t.path().join("fleet");
+        let store = ferry_fixtures::postgres::TestFleetStore::new(&t.path().join("fleet")).unwrap();
+        let path = ferry_publisher::fleet::db::Location::parse(&store.at);
         let settings = Settings::default();
         let (admin, enrollment) = {
             let f = Fleet::open(&path, settings.clone()).unwrap();
@@ -50,7 +53,12 @@ impl Served {
             // Nothing prepared in the background: what the cache holds is what the requests
             // computed (the fast first answer stays on, and must respect the allowance too).
             patches: ferry_publisher::serve::PatchConfig { limits, prepare: false, ..Default::default() },
-            fleet: Some(ferry_publisher::serve::FleetConfig { path, settings, channel_key: None, config_key: None }),
+            fleet: Some(ferry_publisher::serve::FleetConfig {
+                store: path,
+                settings,
+                channel_key: None,
+                config_key: None,
+            }),
             ..Default::default()
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -69,7 +77,7 @@ impl Served {
             .unwrap()
         });
         let base = format!("http://{}/v1", rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap());
-        Served { t, rt, base, admin, enrollment, old: ids[0], new: ids[1] }
+        Served { t, rt, _store: store, base, admin, enrollment, old: ids[0], new: ids[1] }
     }
 
     fn repo(&self) -> Repository {

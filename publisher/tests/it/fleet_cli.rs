@@ -3,10 +3,26 @@
 
 use crate::cmd::{fails_with as fails, ferry, ok, Serve};
 
-/// `ferry serve --fleet`, enrolling as fast as these tests' simulated fleets do (the rate
-/// limit has its own test in `fleet_attacks`).
-fn serve(repo: &str, fleet: &str) -> Serve {
-    crate::cmd::serve(repo, &["--fleet", fleet, "--enrollments-per-minute", "1000000"])
+/// Where a test's fleet is kept, as the command line names it: `--fleet DIR`, or
+/// `--fleet-db URL` with `FERRY_TEST_FLEET_DB=postgres`.
+struct FleetArg {
+    flag: &'static str,
+    at: String,
+    store: ferry_fixtures::postgres::TestFleetStore,
+}
+
+impl FleetArg {
+    fn new(dir: &std::path::Path) -> FleetArg {
+        let store = ferry_fixtures::postgres::TestFleetStore::new(dir).unwrap();
+        let flag = if store.is_postgres() { "--fleet-db" } else { "--fleet" };
+        FleetArg { flag, at: store.at.clone(), store }
+    }
+}
+
+/// `ferry serve --fleet` (or `--fleet-db`), enrolling as fast as these tests' simulated
+/// fleets do (the rate limit has its own test in `fleet_attacks`).
+fn serve(repo: &str, fleet: &FleetArg) -> Serve {
+    crate::cmd::serve(repo, &[fleet.flag, &fleet.at, "--enrollments-per-minute", "1000000"])
 }
 
 fn enroll(url: &str, serial: &str, token: &str) -> (u16, serde_json::Value) {
@@ -28,23 +44,28 @@ fn enroll(url: &str, serial: &str, token: &str) -> (u16, serde_json::Value) {
 fn an_operator_manages_the_fleet_from_the_command_line() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("repo").display().to_string();
-    let fleet = t.path().join("fleet").display().to_string();
+    let fleet = FleetArg::new(&t.path().join("fleet"));
     ok(&["init", "--repo", &repo]);
     fails(&["admin", "token", "create", "--name", "ops"], "--fleet DIR");
-    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let admin = ok(&["admin", "token", "create", "--name", "ops", fleet.flag, &fleet.at]).trim().to_string();
     assert!(admin.starts_with("fa_") && admin.len() == 67, "{admin}");
 
     let server = serve(&repo, &fleet);
     let url = server.1.clone();
-    // The store is the server's now: offline creation says so.
-    fails(&["admin", "token", "create", "--name", "x", "--fleet", &fleet], "is in use");
+    if fleet.store.is_postgres() {
+        // A database is shared: a token made beside a running server is one it knows.
+        ok(&["admin", "token", "create", "--name", "x", fleet.flag, &fleet.at]);
+    } else {
+        // The store is the server's now: offline creation says so.
+        fails(&["admin", "token", "create", "--name", "x", fleet.flag, &fleet.at], "is in use");
+    }
     let s = ["--server", url.as_str(), "--token", admin.as_str()];
     let with = |args: &[&str]| -> Vec<String> { args.iter().chain(s.iter()).map(|a| a.to_string()).collect() };
     let run = |args: &[&str]| ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
     let enrollment = run(&["admin", "token", "create", "--name", "factory", "--enrollment"]).trim().to_string();
     assert!(enrollment.starts_with("fe_"));
     let tokens: serde_json::Value = serde_json::from_str(&run(&["admin", "token", "list", "--json"])).unwrap();
-    assert_eq!(tokens.as_array().unwrap().len(), 2);
+    assert_eq!(tokens.as_array().unwrap().len(), if fleet.store.is_postgres() { 3 } else { 2 });
 
     assert_eq!(enroll(&url, "SN-1", &enrollment).0, 200);
     assert_eq!(enroll(&url, "SN-2", &enrollment).0, 200);
@@ -78,7 +99,7 @@ fn an_operator_manages_the_fleet_from_the_command_line() {
         .iter()
         .map(|e| (e["who"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
         .collect();
-    let expected = [
+    let mut expected = vec![
         ("local", "token create"),
         ("admin:ops", "token create"),
         ("device:SN-1", "enroll"),
@@ -86,7 +107,11 @@ fn an_operator_manages_the_fleet_from_the_command_line() {
         ("admin:ops", "revoke"),
         ("admin:ops", "token revoke"),
     ];
-    assert_eq!(lines, expected.map(|(a, b)| (a.to_string(), b.to_string())));
+    if fleet.store.is_postgres() {
+        expected.insert(1, ("local", "token create"));
+    }
+    let expected: Vec<(String, String)> = expected.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(lines, expected);
 
     // A wrong admin token gets nothing.
     let out = ferry(&["devices", "--server", &url, "--token", "fa_nope"]);
@@ -117,11 +142,12 @@ async fn send(
 fn a_server_killed_during_writes_loses_nothing_it_acknowledged() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("repo").display().to_string();
-    let fleet = t.path().join("fleet").display().to_string();
+    let fleet = FleetArg::new(&t.path().join("fleet"));
     ok(&["init", "--repo", &repo]);
-    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
-    let enrollment =
-        ok(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet]).trim().to_string();
+    let admin = ok(&["admin", "token", "create", "--name", "ops", fleet.flag, &fleet.at]).trim().to_string();
+    let enrollment = ok(&["admin", "token", "create", "--name", "factory", "--enrollment", fleet.flag, &fleet.at])
+        .trim()
+        .to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut acked_config: Vec<(String, String)> = Vec::new();
     let mut acked_devices: Vec<String> = Vec::new();
@@ -270,7 +296,7 @@ fn a_rollout_at_10_percent_reaches_10_percent_of_1000_devices_the_same_ones_afte
 fn an_operator_signs_configuration_offline() {
     let t = tempfile::tempdir().unwrap();
     let p = |name: &str| t.path().join(name).display().to_string();
-    let (repo, fleet) = (p("repo"), p("fleet"));
+    let (repo, fleet) = (p("repo"), FleetArg::new(&t.path().join("fleet")));
     ok(&["init", "--repo", &repo]);
     for k in ["root", "ci", "chan", "conf1", "conf2"] {
         ok(&["keygen", "--out", &p(&format!("{k}.key"))]);
@@ -283,7 +309,7 @@ fn an_operator_signs_configuration_offline() {
     let (root, root_pub, ci_pub, chan_pub) = (p("root.key"), p("root.key.pub"), p("ci.key.pub"), p("chan.key.pub"));
     let (conf1, conf2, conf1_pub, conf2_pub) = (p("conf1.key"), p("conf2.key"), p("conf1.key.pub"), p("conf2.key.pub"));
     keys(&["--sign-key", &root, "--root", &root_pub, "--commit-key", &ci_pub, "--channel-key", &chan_pub]);
-    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let admin = ok(&["admin", "token", "create", "--name", "ops", fleet.flag, &fleet.at]).trim().to_string();
     let server = serve(&repo, &fleet);
     let url = server.1.clone();
     let s = ["--server", url.as_str(), "--token", admin.as_str()];

@@ -2,16 +2,25 @@
 //! API maps kinds to status codes, so a kind that changes is an API that changes). The
 //! same rules over HTTP are in `fleet_attacks`, and from the command line in `fleet_cli`.
 
+use ferry_fixtures::postgres::TestFleetStore;
+use ferry_publisher::fleet::db::Location;
 use ferry_publisher::fleet::{
     Caller, DeviceState, Fleet, FleetError, HeadDoc, Report, RolloutAction, Scope, Settings, TokenKind,
 };
 
+/// Where a test's fleet is kept (a directory, or PostgreSQL with `FERRY_TEST_FLEET_DB`).
+struct Store {
+    at: TestFleetStore,
+    _dir: tempfile::TempDir,
+}
+
 /// A fresh fleet with an enrollment token.
-fn fleet(settings: Settings) -> (tempfile::TempDir, Fleet, String) {
+fn fleet(settings: Settings) -> (Store, Fleet, String) {
     let t = tempfile::tempdir().unwrap();
-    let f = Fleet::open(&t.path().join("fleet"), settings).unwrap();
+    let at = TestFleetStore::new(&t.path().join("fleet")).unwrap();
+    let f = Fleet::open(Location::parse(&at.at), settings).unwrap();
     let token = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
-    (t, f, token)
+    (Store { at, _dir: t }, f, token)
 }
 
 /// `r` failed with the kind `kind` names.
@@ -130,9 +139,16 @@ fn rollout_changes_that_cannot_be_made_are_refused_by_kind() {
 }
 
 #[test]
-fn a_second_process_cannot_open_the_store() {
-    let (t, _f, _) = fleet(Settings::default());
-    refused(Fleet::open(&t.path().join("fleet"), Settings::default()), |e| {
-        matches!(e, FleetError::Store(ferry_store::StoreError::Locked { .. }))
-    });
+fn a_second_process_cannot_open_the_embedded_store_and_replicas_share_postgres() {
+    let (t, f, _) = fleet(Settings::default());
+    let again = Fleet::open(Location::parse(&t.at.at), Settings::default());
+    if t.at.is_postgres() {
+        // Another replica: it sees what the first one wrote.
+        let other = again.unwrap();
+        other.create_token(&Caller::Local, TokenKind::Admin, "second").unwrap();
+        let names: Vec<String> = f.tokens().unwrap().into_iter().map(|t| t.name).collect();
+        assert!(names.contains(&"second".to_string()), "{names:?}");
+    } else {
+        refused(again, |e| matches!(e, FleetError::Store(ferry_store::StoreError::Locked { .. })));
+    }
 }

@@ -10,6 +10,7 @@ mod determinism;
 mod export;
 mod fleet_attacks;
 mod fleet_cli;
+mod fleet_db;
 mod fleet_rules;
 mod roundtrip;
 mod serve;

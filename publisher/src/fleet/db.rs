@@ -1,0 +1,433 @@
+//! Where the fleet's state is kept: the embedded store (`ferry_store::kv`, RocksDB in a
+//! directory: the default, one process) or a PostgreSQL database that several `ferry serve`
+//! replicas share (`--fleet-db postgres://…`).
+//!
+//! What it is for: the same four operations on either (a key's value, an atomic batch of
+//! puts and deletes, a prefix scan in key order, a table's last key), so every rule of
+//! `fleet` is written once. What it is not for: meaning (the fleet's modules decide keys and
+//! values), or locking between replicas (the callers' business).
+//!
+//! In PostgreSQL the tables are rows of one table, `ferry_kv (tbl, k, v)`, keyed by
+//! `(tbl, k)`; `bytea` compares byte by byte, as RocksDB's keys do, so scans come in the
+//! same order. The schema is created or upgraded once, under a transaction-scoped advisory
+//! lock, however many replicas start at the same moment; a schema newer than this program
+//! is refused. Connections are pooled ([`MAX_CONNECTIONS`]); every wait is bounded (connect,
+//! statement, a free connection), and a failure is [`FleetError::Unavailable`], which the
+//! API answers with 503 so devices retry; a broken connection is dropped and the next call
+//! connects again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_store::kv::{Kv, Op};
+
+use super::{FleetError, Result};
+
+/// Where the fleet's state is: a directory or a PostgreSQL URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Dir(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL names a database; anything else a directory.
+    pub fn parse(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::Dir(PathBuf::from(s))
+        }
+    }
+
+    /// What to call it in messages: the directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Dir(p) => p.display().to_string(),
+            Location::Postgres(url) => redact(url),
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(p: &Path) -> Location {
+        Location::Dir(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Location {
+        Location::Dir(p.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Location {
+        l.clone()
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => (a, h),
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The open store.
+pub enum FleetDb {
+    Embedded(Kv),
+    Postgres(Box<Pg>),
+}
+
+impl std::fmt::Debug for FleetDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl FleetDb {
+    /// Opens the store at `at` with `tables` (created if needed).
+    pub fn open(at: &Location, tables: &[&'static str]) -> Result<FleetDb> {
+        match at {
+            Location::Dir(p) => Ok(FleetDb::Embedded(Kv::open(p, tables)?)),
+            Location::Postgres(url) => Ok(FleetDb::Postgres(Box::new(Pg::open(url, false)?))),
+        }
+    }
+
+    /// Opens the store for reading only (beside a running server).
+    pub fn open_read_only(at: &Location, tables: &[&'static str]) -> Result<FleetDb> {
+        match at {
+            Location::Dir(p) => Ok(FleetDb::Embedded(Kv::open_read_only(p, tables)?)),
+            Location::Postgres(url) => Ok(FleetDb::Postgres(Box::new(Pg::open(url, true)?))),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            FleetDb::Embedded(kv) => kv.path().display().to_string(),
+            FleetDb::Postgres(pg) => pg.shown.clone(),
+        }
+    }
+
+    pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self {
+            FleetDb::Embedded(kv) => Ok(kv.get(table, key)?),
+            FleetDb::Postgres(pg) => pg.get(table, key),
+        }
+    }
+
+    /// Applies every op or none, durable before it returns.
+    pub fn write(&self, ops: Vec<Op>) -> Result<()> {
+        match self {
+            FleetDb::Embedded(kv) => Ok(kv.write(ops)?),
+            FleetDb::Postgres(pg) => pg.write(ops),
+        }
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order.
+    pub fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            FleetDb::Embedded(kv) => Ok(kv.scan(table, prefix)?),
+            FleetDb::Postgres(pg) => pg.scan(table, prefix),
+        }
+    }
+
+    /// The last `(key, value)` of a table, if any.
+    pub fn last(&self, table: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            FleetDb::Embedded(kv) => Ok(kv.last(table)?),
+            FleetDb::Postgres(pg) => pg.last(table),
+        }
+    }
+}
+
+/// The most connections one server keeps to the database.
+pub const MAX_CONNECTIONS: usize = 16;
+/// The longest a call waits for a free connection.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// The longest connecting takes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one statement runs (`statement_timeout`, in milliseconds).
+const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// The schema this program writes, and the advisory lock its migration takes.
+const SCHEMA_VERSION: i32 = 1;
+const MIGRATION_LOCK: i64 = 0x6665_7272_7930_0001;
+
+/// A pool of connections to one database.
+pub struct Pg {
+    config: postgres::Config,
+    shown: String,
+    idle: Mutex<Pool>,
+    freed: Condvar,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg").field("url", &self.shown).finish()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client's own runtime, which may not happen on
+        // a thread that drives the server's (the fleet goes with the server's last task):
+        // the idle connections are closed on a thread of their own.
+        let pool = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        if !pool.clients.is_empty() {
+            let closing = std::thread::Builder::new().name("ferry-pg-close".into()).spawn(move || drop(pool));
+            if let Err(e) = closing {
+                tracing::debug!(error = %e, "could not close the fleet database's connections on a thread");
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    clients: Vec<postgres::Client>,
+    /// Connections open or being opened (idle or lent).
+    open: usize,
+}
+
+impl Pg {
+    /// Connects to `url` and makes sure the schema is there (creating or upgrading it
+    /// once, whichever replica comes first). With `read_only`, every transaction of these
+    /// connections is read-only.
+    pub fn open(url: &str, read_only: bool) -> Result<Pg> {
+        let shown = redact(url);
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| FleetError::BadRequest(format!("fleet database URL {shown}: {e}")))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        let mut options = format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}");
+        if read_only {
+            options.push_str(" -c default_transaction_read_only=on");
+        }
+        config.options(&options);
+        config.application_name("ferry serve");
+        let pg = Pg { config, shown, idle: Mutex::new(Pool::default()), freed: Condvar::new() };
+        // Connecting runs a runtime of the client's own, which may not start inside the
+        // caller's (`ferry serve` opens the fleet from async code): a thread of its own.
+        std::thread::scope(|s| s.spawn(|| pg.with(|c| if read_only { check_schema(c) } else { migrate(c) })).join())
+            .map_err(|_| FleetError::Unavailable(format!("fleet database {}: the connection thread failed", pg.shown)))??;
+        Ok(pg)
+    }
+
+    fn unavailable(&self, e: postgres::Error) -> FleetError {
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => {
+                let mut s = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(inner) = src {
+                    s.push_str(": ");
+                    s.push_str(&inner.to_string());
+                    src = inner.source();
+                }
+                s
+            }
+        };
+        FleetError::Unavailable(format!("fleet database {}: {detail}", self.shown))
+    }
+
+    /// Runs `f` on a pooled connection (connecting if none is idle and the pool has room),
+    /// waiting at most [`POOL_WAIT`] for one. A connection that broke is not put back.
+    fn with<T>(&self, f: impl FnOnce(&mut postgres::Client) -> Result<T, Fail>) -> Result<T> {
+        let mut client = self.checkout()?;
+        let r = f(&mut client);
+        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if client.is_closed() {
+            pool.open -= 1;
+        } else {
+            pool.clients.push(client);
+        }
+        drop(pool);
+        self.freed.notify_one();
+        r.map_err(|e| match e {
+            Fail::Db(e) => self.unavailable(e),
+            Fail::Refused(why) => FleetError::Unavailable(format!("fleet database {}: {why}", self.shown)),
+        })
+    }
+
+    fn checkout(&self) -> Result<postgres::Client> {
+        let deadline = Instant::now() + POOL_WAIT;
+        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(c) = pool.clients.pop() {
+                if !c.is_closed() {
+                    return Ok(c);
+                }
+                pool.open -= 1;
+                continue;
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                return match self.config.connect(postgres::NoTls) {
+                    Ok(c) => Ok(c),
+                    Err(e) => {
+                        self.idle.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+                        self.freed.notify_one();
+                        Err(self.unavailable(e))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(FleetError::Unavailable(format!(
+                    "fleet database {}: all {MAX_CONNECTIONS} connections busy for {} s",
+                    self.shown,
+                    POOL_WAIT.as_secs()
+                )));
+            }
+            pool = self.freed.wait_timeout(pool, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with(|c| {
+            let row = c.query_opt("SELECT v FROM ferry_kv WHERE tbl = $1 AND k = $2", &[&table, &key])?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<()> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let put = tx.prepare(
+                "INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3) ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
+            )?;
+            let delete = tx.prepare("DELETE FROM ferry_kv WHERE tbl = $1 AND k = $2")?;
+            for op in &ops {
+                match op {
+                    Op::Put { table, key, value } => tx.execute(&put, &[table, key, value])?,
+                    Op::Delete { table, key } => tx.execute(&delete, &[table, key])?,
+                };
+            }
+            Ok(tx.commit()?)
+        })
+    }
+
+    fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.with(|c| {
+            let rows = match successor(prefix) {
+                Some(end) => c.query(
+                    "SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k",
+                    &[&table, &prefix, &end],
+                )?,
+                None => {
+                    c.query("SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k >= $2 ORDER BY k", &[&table, &prefix])?
+                }
+            };
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn last(&self, table: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.with(|c| {
+            let row = c.query_opt("SELECT k, v FROM ferry_kv WHERE tbl = $1 ORDER BY k DESC LIMIT 1", &[&table])?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or None when there is
+/// none (an empty prefix, or one of only 0xff bytes).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Creates or upgrades the schema, once: the advisory lock makes replicas starting
+/// together take turns, and the version row tells the later ones there is nothing to do.
+fn migrate(c: &mut postgres::Client) -> Result<(), Fail> {
+    let mut tx = c.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS ferry_schema (version integer NOT NULL)")?;
+    let version: Option<i32> = tx.query_one("SELECT max(version) FROM ferry_schema", &[])?.get(0);
+    let version = version.unwrap_or(0);
+    if version < 1 {
+        tx.batch_execute(
+            "CREATE TABLE ferry_kv (tbl text NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (tbl, k));
+             INSERT INTO ferry_schema (version) VALUES (1);",
+        )?;
+    }
+    tx.commit()?;
+    if version > SCHEMA_VERSION {
+        return Err(newer_schema(version));
+    }
+    Ok(())
+}
+
+/// A read-only open creates nothing: the schema must be there, and not newer.
+fn check_schema(c: &mut postgres::Client) -> Result<(), Fail> {
+    let version: Option<i32> = match c.query_one("SELECT max(version) FROM ferry_schema", &[]) {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Err(Fail::Refused("it holds no Ferry fleet yet (no ferry_schema table)".into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match version {
+        Some(v) if v > SCHEMA_VERSION => Err(newer_schema(v)),
+        _ => Ok(()),
+    }
+}
+
+/// A schema this program does not know: a newer ferry wrote it.
+fn newer_schema(v: i32) -> Fail {
+    Fail::Refused(format!(
+        "its schema is version {v}, newer than this ferry's ({SCHEMA_VERSION}): upgrade ferry on every replica"
+    ))
+}
+
+/// Why a call on a connection failed: the database's error, or ours.
+enum Fail {
+    Db(postgres::Error),
+    Refused(String),
+}
+
+impl From<postgres::Error> for Fail {
+    fn from(e: postgres::Error) -> Fail {
+        Fail::Db(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_end_where_the_next_prefix_starts() {
+        assert_eq!(successor(b"dev/"), Some(b"dev0".to_vec()));
+        assert_eq!(successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(successor(&[0xff, 0xff]), None);
+        assert_eq!(successor(b""), None);
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("postgres://ferry:s3cret@db.example:5432/fleet"),
+            "postgres://ferry:***@db.example:5432/fleet"
+        );
+        assert_eq!(redact("postgres://ferry@db/fleet"), "postgres://ferry@db/fleet");
+        assert_eq!(Location::parse("postgresql://x@y/z"), Location::Postgres("postgresql://x@y/z".into()));
+        assert_eq!(Location::parse("/var/lib/ferry/fleet"), Location::Dir("/var/lib/ferry/fleet".into()));
+    }
+}
