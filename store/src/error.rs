@@ -63,6 +63,10 @@ pub enum StoreError {
     TooDeep { tree: Id },
     #[error("the repository was opened read-only")]
     ReadOnly,
+    /// A conditional write ([`crate::kv::Op::Insert`], [`crate::kv::Op::Expect`]) found the
+    /// key changed since its caller read it: nothing was written; read again and retry.
+    #[error("{table}/{key} changed under this write (another writer was first)")]
+    KvConflict { table: String, key: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -25,11 +25,40 @@ impl std::fmt::Debug for Kv {
     }
 }
 
-/// One change in a [`Kv::write`] batch.
+/// One change, or one condition, in a [`Kv::write`] batch.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Put { table: &'static str, key: Vec<u8>, value: Vec<u8> },
-    Delete { table: &'static str, key: Vec<u8> },
+    Put {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: &'static str,
+        key: Vec<u8>,
+    },
+    /// A put of a key that must not exist yet (e.g. the next number of a log).
+    Insert {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// A condition: the key holds `value` (or, with None, does not exist) when the batch is
+    /// written, else nothing of the batch is. What a read-modify-write whose read happened
+    /// before the batch checks, so a writer in another process (a replica on the same
+    /// database) that came first is noticed instead of overwritten.
+    Expect {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+}
+
+impl Op {
+    /// The error of a condition that did not hold.
+    pub fn conflict(table: &str, key: &[u8]) -> StoreError {
+        StoreError::KvConflict { table: table.to_string(), key: String::from_utf8_lossy(key).into_owned() }
+    }
 }
 
 impl Kv {
@@ -79,13 +108,27 @@ impl Kv {
         self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))
     }
 
-    /// Applies every op or none, synced to disk before it returns.
+    /// Applies every op or none, synced to disk before it returns; with conditions
+    /// ([`Op::Insert`], [`Op::Expect`]) that do not hold, none and [`StoreError::KvConflict`].
+    /// One process writes a store (RocksDB's lock): the conditions are checked just before
+    /// the batch, and the caller's own locks keep its read-modify-writes from racing.
     pub fn write(&self, ops: Vec<Op>) -> Result<()> {
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
                 Op::Put { table, key, value } => batch.put_cf(self.cf(table)?, key, value),
                 Op::Delete { table, key } => batch.delete_cf(self.cf(table)?, key),
+                Op::Insert { table, key, value } => {
+                    if self.get(table, &key)?.is_some() {
+                        return Err(Op::conflict(table, &key));
+                    }
+                    batch.put_cf(self.cf(table)?, key, value)
+                }
+                Op::Expect { table, key, value } => {
+                    if self.get(table, &key)? != value {
+                        return Err(Op::conflict(table, &key));
+                    }
+                }
             }
         }
         let mut wo = WriteOptions::default();

@@ -11,7 +11,9 @@ impl Fleet {
     pub(super) fn audit_op(&self, who: &Caller, action: &str, detail: String) -> Result<Op> {
         let seq = self.next_audit_seq()?;
         let entry = AuditEntry { seq, at: now(), who: who.who(), action: action.into(), detail };
-        Ok(Op::Put { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
+        // Inserted: a replica that took the same number first makes the batch fail, and
+        // the caller tries again with the next number.
+        Ok(Op::Insert { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
     }
 
     /// The sequence number the next audit entry gets (caller holds the lock).
@@ -29,8 +31,10 @@ impl Fleet {
 
     /// Records an action done elsewhere (a promotion through the admin API) in the audit log.
     pub fn record(&self, who: &Caller, action: &str, detail: String) -> Result<()> {
-        let _g = self.lock();
-        self.db.write(vec![self.audit_op(who, action, detail)?])
+        self.retrying("recording an action", || {
+            let _g = self.lock();
+            self.db.write(vec![self.audit_op(who, action, detail.clone())?])
+        })
     }
 
     /// The newest `limit` audit entries, oldest first.

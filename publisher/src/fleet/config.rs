@@ -7,7 +7,7 @@
 use ferry_store::kv::Op;
 
 use super::{
-    check_name, json, parse, Caller, Device, Fleet, FleetError, Level, Merged, Result, CONFIG, CONFIG_VERSION, DEVICES,
+    check_name, expect, json, parse, Caller, Device, Fleet, FleetError, Level, Merged, Result, CONFIG, CONFIG_VERSION,
     MAX_CONFIG_KEYS, MAX_NAME, MAX_TEXT,
 };
 
@@ -88,13 +88,19 @@ pub fn check_config_key(k: &str) -> Result<()> {
 }
 
 impl Fleet {
-    fn config_version(&self) -> Result<u64> {
+    /// The configuration version (every change of a level or of a device's groups takes
+    /// the next one), and its stored bytes: a change's batch expects them unchanged, so of
+    /// two servers changing configuration at the same moment one reads again.
+    fn config_version(&self) -> Result<(u64, Option<Vec<u8>>)> {
         match self.db.get(CONFIG, CONFIG_VERSION)? {
-            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| FleetError::Damaged {
-                what: "configuration version".into(),
-                why: "not 8 bytes".into(),
-            })?)),
-            None => Ok(0),
+            Some(v) => Ok((
+                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| FleetError::Damaged {
+                    what: "configuration version".into(),
+                    why: "not 8 bytes".into(),
+                })?),
+                Some(v),
+            )),
+            None => Ok((0, None)),
         }
     }
 
@@ -125,7 +131,14 @@ impl Fleet {
             Scope::Device(d) => check_name("serial", d)?,
             Scope::Fleet => {}
         }
+        self.retrying("changing configuration", || self.set_config_once(who, scope, set, unset))
+    }
+
+    fn set_config_once(&self, who: &Caller, scope: &Scope, set: &[(String, String)], unset: &[String]) -> Result<u64> {
         let _g = self.lock();
+        // The version first: it guards the level read after it (every change of a level
+        // takes the next version, so a level changed since makes this batch fail).
+        let (version, was) = self.config_version()?;
         if let Scope::Device(d) = scope {
             self.device(d)?;
         }
@@ -142,11 +155,12 @@ impl Fleet {
                 scope.describe()
             )));
         }
-        let version = self.config_version()? + 1;
+        let version = version + 1;
         level.version = version;
         let mut detail: Vec<String> = set.iter().map(|(k, _)| format!("set {k}")).collect();
         detail.extend(unset.iter().map(|k| format!("unset {k}")));
         let ops = vec![
+            expect(CONFIG, CONFIG_VERSION, was),
             Op::Put { table: CONFIG, key: scope.key(), value: json(&level) },
             Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
             self.audit_op(who, "config", format!("{}: {}", scope.describe(), detail.join(", ")))?,
@@ -174,7 +188,20 @@ impl Fleet {
                 doc.serial
             )));
         }
+        self.retrying("storing signed configuration", || self.set_signed_config_once(who, serial, doc, envelope))
+    }
+
+    fn set_signed_config_once(
+        &self,
+        who: &Caller,
+        serial: &str,
+        doc: &ferry_store::device_config::ConfigDoc,
+        envelope: &[u8],
+    ) -> Result<()> {
         let _g = self.lock();
+        // The version read first: a configuration change through another server after it
+        // makes this batch fail, and the document is checked again against the new one.
+        let (_, was) = self.config_version()?;
         let m = self.merged_config(&self.device(serial)?)?;
         if doc.version != m.version || doc.values != m.values {
             return Err(FleetError::Conflict(format!(
@@ -185,6 +212,7 @@ impl Fleet {
             )));
         }
         let ops = vec![
+            expect(CONFIG, CONFIG_VERSION, was),
             Op::Put { table: CONFIG, key: signed_key(serial), value: envelope.to_vec() },
             self.audit_op(who, "config-sign", format!("device {serial}: version {}", doc.version))?,
         ];
@@ -208,19 +236,23 @@ impl Fleet {
         if unique.len() != groups.len() {
             return Err(FleetError::BadRequest("a group is named twice".into()));
         }
-        let _g = self.lock();
-        let _d = self.device_lock(serial);
-        let mut d = self.device(serial)?;
-        let version = self.config_version()? + 1;
-        d.groups = groups.to_vec();
-        d.groups_version = version;
-        let ops = vec![
-            Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) },
-            Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
-            self.audit_op(who, "groups", format!("device {serial}: {}", groups.join(", ")))?,
-        ];
-        self.db.write(ops)?;
-        Ok(d)
+        self.retrying("setting a device's groups", || {
+            let _g = self.lock();
+            let _d = self.device_lock(serial);
+            let (mut d, was_device) = self.device_read(serial)?;
+            let (version, was) = self.config_version()?;
+            let version = version + 1;
+            d.groups = groups.to_vec();
+            d.groups_version = version;
+            let mut ops = Fleet::device_ops(&d, Some(was_device)).to_vec();
+            ops.extend([
+                expect(CONFIG, CONFIG_VERSION, was),
+                Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
+                self.audit_op(who, "groups", format!("device {serial}: {}", groups.join(", ")))?,
+            ]);
+            self.db.write(ops)?;
+            Ok(d)
+        })
     }
 
     /// A device's configuration: fleet, then its groups in order, then its own values, the

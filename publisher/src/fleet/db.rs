@@ -255,6 +255,7 @@ impl Pg {
         r.map_err(|e| match e {
             Fail::Db(e) => self.unavailable(e),
             Fail::Refused(why) => FleetError::Unavailable(format!("fleet database {}: {why}", self.shown)),
+            Fail::Raced(e) => FleetError::Store(e),
         })
     }
 
@@ -300,18 +301,51 @@ impl Pg {
         })
     }
 
+    /// One transaction. An [`Op::Expect`] first takes a transaction-scoped advisory lock
+    /// named by its table and key (so two writers expecting the same key, even one that does
+    /// not exist yet, take turns: the second reads after the first committed), then reads
+    /// and compares; an [`Op::Insert`] is a plain INSERT, which the primary key refuses when
+    /// another transaction inserted the key first. Either way, and on a deadlock between two
+    /// such batches: `StoreError::KvConflict`, nothing written (the caller reads again).
     fn write(&self, ops: Vec<Op>) -> Result<()> {
         self.with(|c| {
             let mut tx = c.transaction()?;
             let put = tx.prepare(
                 "INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3) ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
             )?;
+            let insert = tx.prepare("INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3)")?;
             let delete = tx.prepare("DELETE FROM ferry_kv WHERE tbl = $1 AND k = $2")?;
+            let turn = tx.prepare("SELECT pg_advisory_xact_lock($1)")?;
+            let read = tx.prepare("SELECT v FROM ferry_kv WHERE tbl = $1 AND k = $2")?;
             for op in &ops {
                 match op {
-                    Op::Put { table, key, value } => tx.execute(&put, &[table, key, value])?,
-                    Op::Delete { table, key } => tx.execute(&delete, &[table, key])?,
-                };
+                    Op::Put { table, key, value } => {
+                        tx.execute(&put, &[table, key, value])?;
+                    }
+                    Op::Delete { table, key } => {
+                        tx.execute(&delete, &[table, key])?;
+                    }
+                    Op::Insert { table, key, value } => match tx.execute(&insert, &[table, key, value]) {
+                        Ok(_) => {}
+                        Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                            return Err(Fail::Raced(Op::conflict(table, key)));
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    Op::Expect { table, key, value } => {
+                        match tx.execute(&turn, &[&key_lock(table, key)]) {
+                            Ok(_) => {}
+                            Err(e) if e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+                                return Err(Fail::Raced(Op::conflict(table, key)));
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                        let now: Option<Vec<u8>> = tx.query_opt(&read, &[table, key])?.map(|r| r.get(0));
+                        if now != *value {
+                            return Err(Fail::Raced(Op::conflict(table, key)));
+                        }
+                    }
+                }
             }
             Ok(tx.commit()?)
         })
@@ -338,6 +372,19 @@ impl Pg {
             Ok(row.map(|r| (r.get(0), r.get(1))))
         })
     }
+}
+
+/// The advisory lock of `table`/`key` (64 bits of their BLAKE3; a collision only makes two
+/// unrelated writers take turns).
+fn key_lock(table: &str, key: &[u8]) -> i64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry kv lock\0");
+    h.update(table.as_bytes());
+    h.update(b"\0");
+    h.update(key);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    i64::from_le_bytes(first)
 }
 
 /// The smallest key greater than every key starting with `prefix`, or None when there is
@@ -396,10 +443,12 @@ fn newer_schema(v: i32) -> Fail {
     ))
 }
 
-/// Why a call on a connection failed: the database's error, or ours.
+/// Why a call on a connection failed: the database's error, ours, or a condition of the
+/// batch that another writer broke first.
 enum Fail {
     Db(postgres::Error),
     Refused(String),
+    Raced(ferry_store::StoreError),
 }
 
 impl From<postgres::Error> for Fail {

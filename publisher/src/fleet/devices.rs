@@ -7,8 +7,8 @@ use ferry_store::kv::Op;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    json, now, parse, Caller, DeviceState, Event, Fleet, FleetError, Report, Result, Scope, CONFIG, DEVICES, EVENTS,
-    MAX_EVENTS, MAX_NAME, MAX_TEXT, TOKENS,
+    expect, json, now, parse, Caller, DeviceState, Event, Fleet, FleetError, Report, Result, Scope, CONFIG, DEVICES,
+    EVENTS, MAX_EVENTS, MAX_NAME, MAX_TEXT, TOKENS,
 };
 
 /// A device's record in the store (the admin API shows it as [`Device::view`]).
@@ -210,10 +210,22 @@ mod stored_report {
 
 impl Fleet {
     pub fn device(&self, serial: &str) -> Result<Device> {
+        self.device_read(serial).map(|(d, _)| d)
+    }
+
+    /// A device's record and its stored bytes, which a change's batch expects unchanged.
+    pub(super) fn device_read(&self, serial: &str) -> Result<(Device, Vec<u8>)> {
         match self.db.get(DEVICES, serial.as_bytes())? {
-            Some(v) => parse(&v, || format!("device {serial}")),
+            Some(v) => Ok((parse(&v, || format!("device {serial}"))?, v)),
             None => Err(FleetError::NotFound(format!("no device {serial}"))),
         }
+    }
+
+    /// The ops writing `d` over the record read as `was` (None: a new device), on condition
+    /// that no other server changed it since.
+    pub(super) fn device_ops(d: &Device, was: Option<Vec<u8>>) -> [Op; 2] {
+        let key = d.serial.as_bytes().to_vec();
+        [expect(DEVICES, &key, was), Op::Put { table: DEVICES, key, value: json(d) }]
     }
 
     pub fn devices(&self) -> Result<Vec<Device>> {
@@ -251,7 +263,7 @@ impl Fleet {
         let puts = whats.into_iter().zip(next..).map(|(what, seq)| {
             let mut key = prefix.clone();
             key.extend_from_slice(&seq.to_be_bytes());
-            Op::Put { table: EVENTS, key, value: json(&Event { at, what }) }
+            Op::Insert { table: EVENTS, key, value: json(&Event { at, what }) }
         });
         Ok(trims.chain(puts).collect())
     }
@@ -269,9 +281,14 @@ impl Fleet {
     /// commit, a new result or error) become events.
     pub fn check_in(&self, device: &Device, report: Report) -> Result<Device> {
         check_report(&report)?;
+        self.retrying("recording a check-in", || self.check_in_once(device, report.clone()))
+    }
+
+    fn check_in_once(&self, device: &Device, report: Report) -> Result<Device> {
         let _d = self.device_lock(&device.serial);
-        // Re-read under the lock: an operator may have revoked it meanwhile.
-        let mut d = self.device(&device.serial)?;
+        // Re-read under the lock: an operator may have revoked it meanwhile (and the batch
+        // expects the record read, so a revocation through another server is not undone).
+        let (mut d, was) = self.device_read(&device.serial)?;
         if d.state != DeviceState::Accepted || d.token != device.token {
             return Err(FleetError::Forbidden(format!("device {} may not check in", d.serial)));
         }
@@ -309,15 +326,19 @@ impl Fleet {
         }
         d.report = report;
         d.last_seen = Some(now());
-        ops.push(Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) });
+        ops.extend(Fleet::device_ops(&d, Some(was)));
         self.db.write(ops)?;
         Ok(d)
     }
 
     fn set_state(&self, who: &Caller, serial: &str, state: DeviceState, action: &str) -> Result<Device> {
+        self.retrying(action, || self.set_state_once(who, serial, state, action))
+    }
+
+    fn set_state_once(&self, who: &Caller, serial: &str, state: DeviceState, action: &str) -> Result<Device> {
         let _g = self.lock();
         let _d = self.device_lock(serial);
-        let mut d = self.device(serial)?;
+        let (mut d, was) = self.device_read(serial)?;
         if d.state == DeviceState::Revoked && state == DeviceState::Accepted {
             return Err(FleetError::BadRequest(format!(
                 "device {serial} is revoked; a revoked device stays revoked (remove it and enroll it again)"
@@ -340,7 +361,7 @@ impl Fleet {
             }
             DeviceState::Pending => {}
         }
-        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
+        ops.extend(Fleet::device_ops(&d, Some(was)));
         ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
         self.db.write(ops)?;
@@ -378,10 +399,17 @@ impl Fleet {
 
     /// Forgets a device (its record, token and history); it may enroll again.
     pub fn remove(&self, who: &Caller, serial: &str) -> Result<()> {
+        self.retrying("removing a device", || self.remove_once(who, serial))
+    }
+
+    fn remove_once(&self, who: &Caller, serial: &str) -> Result<()> {
         let _g = self.lock();
         let _d = self.device_lock(serial);
-        let d = self.device(serial)?;
-        let mut ops = vec![Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() }];
+        let (d, was) = self.device_read(serial)?;
+        let mut ops = vec![
+            expect(DEVICES, serial.as_bytes(), Some(was)),
+            Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() },
+        ];
         for token in std::iter::once(&d.token).chain(d.reenrollment.as_ref().map(|r| &r.token)) {
             let mut old = [0u8; 32];
             if hex::decode_to_slice(token, &mut old).is_ok() {

@@ -9,7 +9,7 @@ use ferry_store::kv::Op;
 use super::tokens::new_token;
 use super::{
     check_name, hash, json, now, Caller, Device, DeviceState, Fleet, FleetError, Reenrollment, Report, Result,
-    TokenKind, TokenRecord, DEVICES, TOKENS,
+    TokenKind, TokenRecord, TOKENS,
 };
 
 /// The default of [`super::Settings::enrollments_per_minute`] (`ferry serve
@@ -109,11 +109,18 @@ impl Fleet {
         self.limit_enrollment(&who)?;
         let issued = issue()?;
         let certificate = issued.as_ref().map(|(_, fp)| hex::encode(fp));
+        let enrolled = self.retrying("enrolling", || self.enroll_once(serial, hardware, &who, certificate.clone()))?;
+        Ok((enrolled, issued.map(|(pem, _)| pem)))
+    }
+
+    fn enroll_once(&self, serial: &str, hardware: &str, who: &str, certificate: Option<String>) -> Result<Enrolled> {
         let _g = self.lock();
         let _d = self.device_lock(serial);
-        let existing = match self.device(serial) {
-            Ok(d) => Some(d),
-            Err(FleetError::NotFound(_)) => None,
+        // The batch expects the record as read (or its absence): a serial enrolled at the
+        // same moment through another server is a known serial when this one reads again.
+        let (existing, was) = match self.device_read(serial) {
+            Ok((d, raw)) => (Some(d), Some(raw)),
+            Err(FleetError::NotFound(_)) => (None, None),
             Err(e) => return Err(e),
         };
         let token = new_token(TokenKind::Device)?;
@@ -149,7 +156,7 @@ impl Fleet {
                     token: hashed,
                     hardware: hardware.into(),
                     at: now(),
-                    enrollment_token: who.clone(),
+                    enrollment_token: who.to_string(),
                     client_certificate: certificate.clone(),
                 });
                 (d, whats, DeviceState::Pending)
@@ -178,11 +185,11 @@ impl Fleet {
         };
         let record = TokenRecord { kind: TokenKind::Device, name: serial.into(), created: now() };
         ops.push(Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) });
-        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&device) });
+        ops.extend(Fleet::device_ops(&device, was));
         ops.extend(self.event_ops(serial, whats)?);
         ops.push(audit);
         self.db.write(ops)?;
-        Ok((Enrolled { certificate: None, device_token: token, state: Some(state) }, issued.map(|(pem, _)| pem)))
+        Ok(Enrolled { certificate: None, device_token: token, state: Some(state) })
     }
 
     /// Approves a device's re-enrollment request, the one whose [`Reenrollment::fingerprint`]
@@ -199,9 +206,13 @@ impl Fleet {
     }
 
     fn settle_reenrollment(&self, who: &Caller, serial: &str, approve: Option<&str>) -> Result<Device> {
+        self.retrying("settling a re-enrollment", || self.settle_reenrollment_once(who, serial, approve))
+    }
+
+    fn settle_reenrollment_once(&self, who: &Caller, serial: &str, approve: Option<&str>) -> Result<Device> {
         let _g = self.lock();
         let _d = self.device_lock(serial);
-        let mut d = self.device(serial)?;
+        let (mut d, was) = self.device_read(serial)?;
         let r = d.reenrollment.take().ok_or_else(|| {
             FleetError::NotFound(format!("device {serial} has no re-enrollment waiting for approval"))
         })?;
@@ -227,7 +238,7 @@ impl Fleet {
         if hex::decode_to_slice(&drop_hash, &mut old).is_ok() {
             ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
         }
-        ops.push(Op::Put { table: DEVICES, key: serial.as_bytes().to_vec(), value: json(&d) });
+        ops.extend(Fleet::device_ops(&d, Some(was)));
         ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
         self.db.write(ops)?;

@@ -35,6 +35,8 @@ mod tokens;
 
 use std::sync::Mutex;
 
+use ferry_store::kv::Op;
+
 use serde::{Deserialize, Serialize};
 
 pub use config::{check_config_key, sign_config, Scope, CONFIG_LIFETIME};
@@ -56,6 +58,9 @@ const CONFIG: &str = "config";
 const ROLLOUTS: &str = "rollouts";
 const TABLES: [&str; 6] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS];
 const CONFIG_VERSION: &[u8] = b"version";
+
+/// Tries of a read-modify-write that other servers keep changing the data of.
+const RACE_TRIES: u64 = 16;
 
 /// The most keys one configuration level holds.
 pub const MAX_CONFIG_KEYS: usize = 256;
@@ -161,6 +166,16 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// The condition that `table`/`key` still holds `was` (what the caller read) when its
+/// batch is written.
+fn expect(table: &'static str, key: &[u8], was: Option<Vec<u8>>) -> Op {
+    Op::Expect { table, key: key.to_vec(), value: was }
+}
+
 fn hash(token: &str) -> [u8; 32] {
     *blake3::hash(token.as_bytes()).as_bytes()
 }
@@ -217,6 +232,29 @@ impl Fleet {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f`, a read-modify-write whose batch carries conditions on what it read
+    /// ([`Op::Expect`], [`Op::Insert`]), again while another writer (a replica on the same
+    /// database) changed that first; after [`RACE_TRIES`] tries, unavailable (503: retry).
+    fn retrying<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut tries = 0u64;
+        loop {
+            tries += 1;
+            match f() {
+                Err(FleetError::Store(ferry_store::StoreError::KvConflict { table, key })) => {
+                    if tries >= RACE_TRIES {
+                        return Err(FleetError::Unavailable(format!(
+                            "{what}: {table}/{key} was changed by another server {tries} times in a row; try again"
+                        )));
+                    }
+                    // Apart, so replicas that collided do not collide again at once.
+                    let jitter = u64::from(blake3::hash(&now_nanos().to_le_bytes()).as_bytes()[0] % 8);
+                    std::thread::sleep(std::time::Duration::from_millis(tries * 2 + jitter));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The lock of one device's record (see `stripes`).

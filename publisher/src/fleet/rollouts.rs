@@ -7,8 +7,8 @@ use ferry_api::admin::RolloutAction;
 use ferry_store::kv::Op;
 
 use super::{
-    check_name, json, now, parse, Caller, Device, Fleet, FleetError, Result, Rollout, RolloutState, RolloutStatus,
-    DEVICES, MAX_TEXT, ROLLOUTS,
+    check_name, expect, json, now, parse, Caller, Device, Fleet, FleetError, Result, Rollout, RolloutState,
+    RolloutStatus, MAX_TEXT, ROLLOUTS,
 };
 
 /// True if a device counts in `r`'s statistics (and so for its automatic halt): an operator
@@ -60,9 +60,15 @@ pub struct HeadDoc {
 
 impl Fleet {
     pub fn rollout(&self, channel: &str) -> Result<Option<Rollout>> {
+        self.rollout_read(channel).map(|(r, _)| r)
+    }
+
+    /// A channel's rollout and its stored bytes, which a change's batch expects unchanged:
+    /// of two servers changing it at the same moment, one wins and the other reads again.
+    fn rollout_read(&self, channel: &str) -> Result<(Option<Rollout>, Option<Vec<u8>>)> {
         match self.db.get(ROLLOUTS, channel.as_bytes())? {
-            Some(v) => Ok(Some(parse(&v, || format!("rollout of {channel}"))?)),
-            None => Ok(None),
+            Some(v) => Ok((Some(parse(&v, || format!("rollout of {channel}"))?), Some(v))),
+            None => Ok((None, None)),
         }
     }
 
@@ -88,8 +94,23 @@ impl Fleet {
         if let Some(g) = &group {
             check_name("group", g)?;
         }
+        self.retrying("starting a rollout", || {
+            self.start_rollout_once(who, channel, base, percent, group.clone(), max_failure_percent)
+        })
+    }
+
+    fn start_rollout_once(
+        &self,
+        who: &Caller,
+        channel: &str,
+        base: &HeadDoc,
+        percent: u8,
+        group: Option<String>,
+        max_failure_percent: u8,
+    ) -> Result<Rollout> {
         let _g = self.lock();
-        if let Some(r) = self.rollout(channel)? {
+        let (old, was) = self.rollout_read(channel)?;
+        if let Some(r) = old {
             if r.state != RolloutState::Aborted && r.percent < 100 {
                 return Err(FleetError::BadRequest(format!(
                     "channel {channel} has a rollout at {}% ({:?}); set it to 100 or abort it first",
@@ -112,6 +133,7 @@ impl Fleet {
         };
         let detail = format!("{channel}: {percent}% from serial {}", base.serial);
         self.db.write(vec![
+            expect(ROLLOUTS, channel.as_bytes(), was),
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
             self.audit_op(who, "rollout start", detail)?,
         ])?;
@@ -127,9 +149,19 @@ impl Fleet {
         action: RolloutAction,
         percent: Option<u8>,
     ) -> Result<Rollout> {
+        self.retrying("changing a rollout", || self.change_rollout_once(who, channel, action, percent))
+    }
+
+    fn change_rollout_once(
+        &self,
+        who: &Caller,
+        channel: &str,
+        action: RolloutAction,
+        percent: Option<u8>,
+    ) -> Result<Rollout> {
         let _g = self.lock();
-        let mut r =
-            self.rollout(channel)?.ok_or_else(|| FleetError::NotFound(format!("channel {channel} has no rollout")))?;
+        let (r, was) = self.rollout_read(channel)?;
+        let mut r = r.ok_or_else(|| FleetError::NotFound(format!("channel {channel} has no rollout")))?;
         if r.state == RolloutState::Aborted {
             return Err(FleetError::BadRequest(format!("the rollout on {channel} was aborted; start a new one")));
         }
@@ -157,6 +189,7 @@ impl Fleet {
         let action = action.as_str();
         let detail = format!("{channel}: {action}{}", percent.map(|p| format!(" {p}%")).unwrap_or_default());
         self.db.write(vec![
+            expect(ROLLOUTS, channel.as_bytes(), was),
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
             self.audit_op(who, &format!("rollout {action}"), detail)?,
         ])?;
@@ -192,17 +225,24 @@ impl Fleet {
         if device.served.get(channel) == Some(&serial) {
             return Ok(());
         }
-        let _d = self.device_lock(&device.serial);
-        let mut d = self.device(&device.serial)?;
-        d.served.insert(channel.into(), serial);
-        self.db.write(vec![Op::Put { table: DEVICES, key: d.serial.as_bytes().to_vec(), value: json(&d) }])
+        self.retrying("recording what a device was served", || {
+            let _d = self.device_lock(&device.serial);
+            let (mut d, was) = self.device_read(&device.serial)?;
+            d.served.insert(channel.into(), serial);
+            self.db.write(Fleet::device_ops(&d, Some(was)).to_vec())
+        })
     }
 
     /// Counts the devices that took documents newer than the base and how many of them
     /// failed; pauses the rollout when the share is above its limit.
     fn maybe_halt(&self, channel: &str, head: &HeadDoc) -> Result<()> {
+        self.retrying("halting a rollout", || self.maybe_halt_once(channel, head))
+    }
+
+    fn maybe_halt_once(&self, channel: &str, head: &HeadDoc) -> Result<()> {
         let _g = self.lock();
-        let Some(mut r) = self.rollout(channel)? else { return Ok(()) };
+        let (r, was) = self.rollout_read(channel)?;
+        let Some(mut r) = r else { return Ok(()) };
         if r.state != RolloutState::Running {
             return Ok(());
         }
@@ -238,6 +278,7 @@ impl Fleet {
         r.state = RolloutState::Paused;
         r.halt_reason = Some(reason.clone());
         self.db.write(vec![
+            expect(ROLLOUTS, channel.as_bytes(), was),
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
             self.audit_op(&Caller::Server, "rollout halt", format!("{channel}: {reason}"))?,
         ])

@@ -53,9 +53,11 @@ impl Fleet {
         }
         let token = new_token(kind)?;
         let record = TokenRecord { kind, name: name.into(), created: now() };
-        let _g = self.lock();
-        let audit = self.audit_op(who, "token create", format!("{kind:?} token {name}").to_lowercase())?;
-        self.db.write(vec![Op::Put { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) }, audit])?;
+        self.retrying("creating a token", || {
+            let _g = self.lock();
+            let audit = self.audit_op(who, "token create", format!("{kind:?} token {name}").to_lowercase())?;
+            self.db.write(vec![Op::Insert { table: TOKENS, key: hash(&token).to_vec(), value: json(&record) }, audit])
+        })?;
         Ok(token)
     }
 
@@ -74,6 +76,10 @@ impl Fleet {
 
     /// Revokes every admin or enrollment token named `name`.
     pub fn revoke_token(&self, who: &Caller, name: &str) -> Result<usize> {
+        self.retrying("revoking a token", || self.revoke_token_once(who, name))
+    }
+
+    fn revoke_token_once(&self, who: &Caller, name: &str) -> Result<usize> {
         let _g = self.lock();
         let mut ops = Vec::new();
         for (k, v) in self.db.scan(TOKENS, b"")? {

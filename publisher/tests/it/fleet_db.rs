@@ -46,6 +46,41 @@ fn exercise(db: &FleetDb) -> Vec<String> {
     .unwrap();
     note("after batch", &db.scan("one", b"dev/").unwrap());
     db.write(vec![Op::Delete { table: "one", key: b"absent".to_vec() }]).unwrap();
+    // Conditions: a batch whose condition fails writes nothing of itself.
+    let refused = |r: Result<(), FleetError>| match r {
+        Err(FleetError::Store(e @ ferry_store::StoreError::KvConflict { .. })) => e.to_string(),
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    note(
+        "insert taken",
+        &refused(db.write(vec![
+            put("one", b"x", b"1"),
+            Op::Insert { table: "one", key: b"dev/a".to_vec(), value: b"9".to_vec() },
+        ])),
+    );
+    note(
+        "expect stale",
+        &refused(db.write(vec![
+            Op::Expect { table: "one", key: b"dev/a".to_vec(), value: Some(b"3".to_vec()) },
+            put("one", b"y", b"1"),
+        ])),
+    );
+    note(
+        "expect absent but there",
+        &refused(db.write(vec![Op::Expect { table: "one", key: b"de".to_vec(), value: None }, put("one", b"z", b"1")])),
+    );
+    note(
+        "nothing of them written",
+        &(db.get("one", b"x").unwrap(), db.get("one", b"y").unwrap(), db.get("one", b"z").unwrap()),
+    );
+    db.write(vec![
+        Op::Expect { table: "one", key: b"dev/a".to_vec(), value: Some(b"4".to_vec()) },
+        Op::Expect { table: "one", key: b"absent".to_vec(), value: None },
+        Op::Insert { table: "one", key: b"new".to_vec(), value: b"n".to_vec() },
+        put("one", b"dev/a", b"5"),
+    ])
+    .unwrap();
+    note("conditions held", &(db.get("one", b"dev/a").unwrap(), db.get("one", b"new").unwrap()));
     note("empty value", &{
         db.write(vec![put("one", b"e", b"")]).unwrap();
         db.get("one", b"e").unwrap()
@@ -144,4 +179,116 @@ fn bad_urls_and_empty_databases_are_named_without_the_password() {
     let e = Fleet::open(Location::parse(&url), Settings::default()).unwrap_err();
     assert!(matches!(e, FleetError::Unavailable(_)), "{e:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Two `ferry serve` replicas on one database, as two handles of the fleet: what both
+/// change at the same moment.
+fn replicas() -> (Postgres, Fleet, Fleet) {
+    let pg = Postgres::start(false).unwrap();
+    let at = Location::parse(&pg.create_database("fleet").unwrap());
+    let a = Fleet::open(&at, Settings::default()).unwrap();
+    let b = Fleet::open(&at, Settings::default()).unwrap();
+    (pg, a, b)
+}
+
+#[test]
+fn replicas_writing_at_once_number_the_audit_log_without_a_hole_or_an_overwrite() {
+    let (_pg, a, b) = replicas();
+    std::thread::scope(|s| {
+        for (name, f) in [("a", &a), ("b", &b), ("a2", &a), ("b2", &b)] {
+            s.spawn(move || {
+                for i in 0..30 {
+                    f.record(&Caller::Local, "test", format!("{name} {i}")).unwrap();
+                }
+            });
+        }
+    });
+    let log = a.audit(1000).unwrap();
+    assert_eq!(log.len(), 120);
+    let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=120).collect::<Vec<u64>>());
+    let mut details: Vec<&str> = log.iter().map(|e| e.detail.as_str()).collect();
+    details.sort();
+    details.dedup();
+    assert_eq!(details.len(), 120, "an entry was overwritten");
+}
+
+#[test]
+fn of_two_replicas_changing_a_rollout_or_configuration_at_once_each_change_lands_once() {
+    use ferry_publisher::fleet::{HeadDoc, RolloutAction, RolloutState, Scope};
+    let (_pg, a, b) = replicas();
+    let base = HeadDoc { id: "doc-1".into(), serial: 1, targets: Default::default() };
+    for round in 0..5 {
+        // Both start a rollout on the same channel: one wins, the other is told why.
+        let started: Vec<Result<_, FleetError>> = std::thread::scope(|s| {
+            let h: Vec<_> = [&a, &b]
+                .into_iter()
+                .map(|f| s.spawn(|| f.start_rollout(&Caller::Local, "stable", &base, 10, None, 10)))
+                .collect();
+            h.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = started.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {started:?}");
+        assert!(
+            started.iter().any(|r| matches!(r, Err(FleetError::BadRequest(m)) if m.contains("has a rollout"))),
+            "{started:?}"
+        );
+        // Both raise it at once, to different shares: both land, in some order, and the
+        // rollout ends at one of them (never a mix of the two).
+        std::thread::scope(|s| {
+            s.spawn(|| a.change_rollout(&Caller::Local, "stable", RolloutAction::SetPercent, Some(40)).unwrap());
+            s.spawn(|| b.change_rollout(&Caller::Local, "stable", RolloutAction::Pause, None).unwrap());
+        });
+        let r = a.rollout("stable").unwrap().unwrap();
+        assert_eq!((r.percent, r.state), (40, RolloutState::Paused), "both changes land");
+        a.change_rollout(&Caller::Local, "stable", RolloutAction::Abort, None).unwrap();
+    }
+    // Configuration changed through both at once: every change gets a version of its own.
+    let versions: Vec<u64> = std::thread::scope(|s| {
+        let h: Vec<_> = (0..40)
+            .map(|i| {
+                let f = if i % 2 == 0 { &a } else { &b };
+                s.spawn(move || {
+                    f.set_config(&Caller::Local, &Scope::Fleet, &[(format!("K{i}"), "v".into())], &[]).unwrap()
+                })
+            })
+            .collect();
+        h.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut unique = versions.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 40, "{versions:?}");
+    assert_eq!(b.level(&Scope::Fleet).unwrap().values.len(), 40, "a key was lost");
+}
+
+#[test]
+fn a_revocation_through_one_replica_is_not_undone_by_a_check_in_through_the_other() {
+    use ferry_publisher::fleet::{DeviceState, Report};
+    let (_pg, a, b) = replicas();
+    let enrollment = a.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
+    for i in 0..10 {
+        let serial = format!("SN-{i}");
+        let token = b.enroll(&serial, "rev-a", &enrollment, None).unwrap().device_token;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        // The device checks in through replica B as fast as it can, with the record it
+        // authenticated with before the revocation.
+        let d = b.device_for(&token).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match b.check_in(&d, Report::default()) {
+                        Ok(_) => {}
+                        Err(FleetError::Forbidden(_)) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            a.revoke(&Caller::Local, &serial).unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert_eq!(a.device(&serial).unwrap().state, DeviceState::Revoked, "{serial}");
+        assert!(b.device_for(&token).is_err(), "{serial}'s token still works");
+    }
 }
