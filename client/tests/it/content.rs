@@ -326,3 +326,70 @@ fn a_copy_that_trickles_is_left_for_the_server() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
     assert_deployed(&env, v1);
 }
+
+/// A static server that lies about ranges: it serves `root`'s files, but answers a range
+/// request with the bytes one further on and a `Content-Range` that says so (off by one),
+/// as a broken cache or an attacker on the path would. One request per connection; stops
+/// when the test ends (its thread is detached, the listener dies with the process).
+fn lying_copy(root: PathBuf) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(1000) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let (mut line, mut path, mut range) = (String::new(), String::new(), None);
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                let l = line.trim_end().to_string();
+                if let Some(p) = l.strip_prefix("GET ") {
+                    path = p.split(' ').next().unwrap_or("").to_string();
+                } else if let Some(r) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = r.split_once('-').unwrap();
+                    range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
+                }
+                line.clear();
+            }
+            let Ok(body) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
+                let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let total = body.len() as u64;
+            let head = match range {
+                Some((a, b)) => {
+                    let (a, b) = ((a + 1).min(total - 1), (b + 1).min(total - 1));
+                    let part = &body[a as usize..=b as usize];
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{total}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        part.len()
+                    );
+                    [head.into_bytes(), part.to_vec()].concat()
+                }
+                None => {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n");
+                    [head.into_bytes(), body].concat()
+                }
+            };
+            let _ = conn.write_all(&head);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_copy_lying_about_its_ranges_is_refused_and_the_server_sends_everything() {
+    let env = Env::new();
+    let copy = env.path().join("copy");
+    let v1 = env.commit(1, "1");
+    export_to(&env, &copy);
+    let liar = lying_copy(copy.clone());
+    let config = env.device(&format!("content_url = \"http://{liar}\"\n"));
+    let s = update(&config);
+    assert_eq!(s["to"], v1.to_hex());
+    // Its index was whole (no range): the device asked it for chunks, refused every answer
+    // by its Content-Range, and took them from the server.
+    assert_eq!(n(&s, "chunks_from_copy"), 0, "{s}");
+    assert!(s["copy_fallback"].as_str().is_some_and(|f| f.contains("Content-Range")), "{s}");
+    assert_deployed(&env, v1);
+}
