@@ -2,7 +2,8 @@
 //! `ferry audit`: the operator's side of the fleet, spoken over the admin API (`--server`,
 //! `--token`) in `ferry_api`'s messages, except the very first admin token, which
 //! `ferry admin token create --fleet DIR` writes into the fleet store directly (with the
-//! server stopped: the store admits one process). The arguments are in `args`.
+//! server stopped: the store admits one process), or `--fleet-db URL` into its PostgreSQL
+//! database (servers may run). The arguments are in `args`.
 
 mod args;
 
@@ -78,6 +79,17 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
     match cmd {
         TokenCommand::Create { name, enrollment, fleet, fleet_db, server, token, ca_file } => {
             let kind = if enrollment { TokenKind::Enrollment } else { TokenKind::Admin };
+            // FERRY_FLEET_DB (what `ferry serve` reads) only when nothing else says where
+            // to write: a --server with its --token goes through the server as always.
+            let fleet_db = match (&fleet_db, &fleet, &server, &token) {
+                (None, None, None, None) => match std::env::var("FERRY_FLEET_DB") {
+                    Ok(v) if !v.is_empty() => Some(
+                        ferry_publisher::cli::serve::postgres_url(&v).map_err(|e| anyhow!("FERRY_FLEET_DB: {e}"))?,
+                    ),
+                    _ => None,
+                },
+                _ => fleet_db,
+            };
             let created = match (fleet, server, token) {
                 (None, _, _) if fleet_db.is_some() => {
                     let url = fleet_db.unwrap_or_default();
@@ -105,7 +117,7 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
                     })?;
                     v.token
                 }
-                _ => bail!("give --fleet DIR (server stopped) or --server URL and --token TOKEN"),
+                _ => bail!("give --fleet DIR (server stopped), --fleet-db URL (or FERRY_FLEET_DB), or --server URL and --token TOKEN"),
             };
             eprintln!(
                 "created {} token {name}; it is shown once, keep it safe",

@@ -17,6 +17,7 @@ use crate::error::{Result, StoreError};
 pub struct Kv {
     path: PathBuf,
     db: DB,
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Kv {
@@ -76,7 +77,7 @@ impl Kv {
                 StoreError::Db { path: path.to_path_buf(), message: e.to_string() }
             }
         })?;
-        Ok(Kv { path: path.to_path_buf(), db })
+        Ok(Kv { path: path.to_path_buf(), db, read_only: false })
     }
 
     /// Opens an existing store for reading only, as it was at this moment, beside the
@@ -85,9 +86,13 @@ impl Kv {
         if !path.join("CURRENT").exists() {
             return Err(StoreError::Db { path: path.to_path_buf(), message: "no such store".into() });
         }
+        // A table a newer version added and no writer has created yet reads as empty.
+        let present = DB::list_cf(&Options::default(), path)
+            .map_err(|e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() })?;
+        let tables: Vec<&str> = tables.iter().copied().filter(|t| present.iter().any(|p| p == t)).collect();
         let db = DB::open_cf_for_read_only(&Options::default(), path, tables, false)
             .map_err(|e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() })?;
-        Ok(Kv { path: path.to_path_buf(), db })
+        Ok(Kv { path: path.to_path_buf(), db, read_only: true })
     }
 
     pub fn path(&self) -> &Path {
@@ -105,7 +110,18 @@ impl Kv {
     }
 
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))
+        let Some(cf) = self.db.cf_handle(table) else { return self.absent(table).map(|()| None) };
+        self.db.get_cf(cf, key).map_err(|e| self.err(e))
+    }
+
+    /// A table not in the store: in a read-only open of a store written by an older
+    /// version, it is empty; anywhere else it is an error.
+    fn absent(&self, table: &str) -> Result<()> {
+        match self.cf(table) {
+            Err(_) if self.read_only => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Applies every op or none, synced to disk before it returns; with conditions
@@ -139,6 +155,9 @@ impl Kv {
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
+        if self.db.cf_handle(table).is_none() {
+            return self.absent(table).map(|()| out);
+        }
         for item in self.db.iterator_cf(self.cf(table)?, IteratorMode::From(prefix, Direction::Forward)) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if !k.starts_with(prefix) {
@@ -151,6 +170,9 @@ impl Kv {
 
     /// The last `(key, value)` of a table, if any (e.g. the newest audit entry).
     pub fn last(&self, table: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if self.db.cf_handle(table).is_none() {
+            return self.absent(table).map(|()| None);
+        }
         match self.db.iterator_cf(self.cf(table)?, IteratorMode::End).next() {
             Some(item) => {
                 let (k, v) = item.map_err(|e| self.err(e))?;

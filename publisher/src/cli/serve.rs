@@ -215,8 +215,10 @@ async fn shutdown_signal() {
 pub fn postgres_url(s: &str) -> Result<String, String> {
     match Location::parse(s) {
         Location::Postgres(url) => Ok(url),
-        Location::Dir(_) => Err(format!(
-            "{s:?} is not a PostgreSQL URL (postgres://USER@HOST/DATABASE); a directory is given with --fleet"
-        )),
+        // Not echoed: it may hold a password in a form this does not recognise.
+        Location::Dir(_) => Err(
+            "not a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE); a directory is given with --fleet"
+                .into(),
+        ),
     }
 }

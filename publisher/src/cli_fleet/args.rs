@@ -42,8 +42,9 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token", "fleet_db"])]
         fleet: Option<PathBuf>,
         /// Write into the fleet's PostgreSQL database directly (servers may be running):
-        /// for the first admin token of a fleet served with --fleet-db.
-        #[arg(long, env = "FERRY_FLEET_DB", value_name = "URL", conflicts_with_all = ["server", "token"], value_parser = ferry_publisher::cli::serve::postgres_url, hide_env_values = true)]
+        /// for the first admin token of a fleet served with --fleet-db. Without --fleet,
+        /// --fleet-db, --server and --token, FERRY_FLEET_DB is used if it is set.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["server", "token"], value_parser = ferry_publisher::cli::serve::postgres_url)]
         fleet_db: Option<String>,
         #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
         server: Option<String>,

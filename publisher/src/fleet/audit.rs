@@ -9,11 +9,17 @@ use super::{json, now, parse, AuditEntry, Caller, Fleet, FleetError, Result, AUD
 impl Fleet {
     /// The audit entry for `action`, with the next sequence number (caller holds the lock).
     pub(super) fn audit_op(&self, who: &Caller, action: &str, detail: String) -> Result<Op> {
+        self.audit_op_numbered(who, action, detail).map(|(_, op)| op)
+    }
+
+    /// [`Fleet::audit_op`] and the number the entry gets (what orders an enrollment or a
+    /// rollout's start against the rest: the same number, not one read apart from it).
+    pub(super) fn audit_op_numbered(&self, who: &Caller, action: &str, detail: String) -> Result<(u64, Op)> {
         let seq = self.next_audit_seq()?;
         let entry = AuditEntry { seq, at: now(), who: who.who(), action: action.into(), detail };
         // Inserted: a replica that took the same number first makes the batch fail, and
         // the caller tries again with the next number.
-        Ok(Op::Insert { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) })
+        Ok((seq, Op::Insert { table: AUDIT, key: seq.to_be_bytes().to_vec(), value: json(&entry) }))
     }
 
     /// The sequence number the next audit entry gets (caller holds the lock).

@@ -8,7 +8,7 @@ use ferry_store::kv::Op;
 
 use super::{
     check_name, expect, json, parse, Caller, Device, Fleet, FleetError, Level, Merged, Result, CONFIG, CONFIG_VERSION,
-    MAX_CONFIG_KEYS, MAX_NAME, MAX_TEXT,
+    DEVICES, MAX_CONFIG_KEYS, MAX_NAME, MAX_TEXT,
 };
 
 /// Where a configuration value is set; the narrower level wins.
@@ -139,9 +139,13 @@ impl Fleet {
         // The version first: it guards the level read after it (every change of a level
         // takes the next version, so a level changed since makes this batch fail).
         let (version, was) = self.config_version()?;
-        if let Scope::Device(d) = scope {
-            self.device(d)?;
-        }
+        // A device's level: the device as read must still be there when it is written (a
+        // removal through another server in between would leave its values to whoever
+        // enrolls the serial next).
+        let device = match scope {
+            Scope::Device(d) => Some(expect(DEVICES, d.as_bytes(), Some(self.device_read(d)?.1))),
+            _ => None,
+        };
         let mut level = self.level(scope)?;
         for (k, v) in set {
             level.values.insert(k.clone(), v.clone());
@@ -159,12 +163,13 @@ impl Fleet {
         level.version = version;
         let mut detail: Vec<String> = set.iter().map(|(k, _)| format!("set {k}")).collect();
         detail.extend(unset.iter().map(|k| format!("unset {k}")));
-        let ops = vec![
+        let mut ops = device.into_iter().collect::<Vec<_>>();
+        ops.extend([
             expect(CONFIG, CONFIG_VERSION, was),
             Op::Put { table: CONFIG, key: scope.key(), value: json(&level) },
             Op::Put { table: CONFIG, key: CONFIG_VERSION.to_vec(), value: version.to_be_bytes().to_vec() },
             self.audit_op(who, "config", format!("{}: {}", scope.describe(), detail.join(", ")))?,
-        ];
+        ]);
         self.db.write(ops)?;
         Ok(version)
     }
@@ -202,7 +207,8 @@ impl Fleet {
         // The version read first: a configuration change through another server after it
         // makes this batch fail, and the document is checked again against the new one.
         let (_, was) = self.config_version()?;
-        let m = self.merged_config(&self.device(serial)?)?;
+        let (device, was_device) = self.device_read(serial)?;
+        let m = self.merged_config(&device)?;
         if doc.version != m.version || doc.values != m.values {
             return Err(FleetError::Conflict(format!(
                 "device {serial}'s configuration is version {} now, and the document signs version {}{}: sign it again",
@@ -213,6 +219,7 @@ impl Fleet {
         }
         let ops = vec![
             expect(CONFIG, CONFIG_VERSION, was),
+            expect(DEVICES, serial.as_bytes(), Some(was_device)),
             Op::Put { table: CONFIG, key: signed_key(serial), value: envelope.to_vec() },
             self.audit_op(who, "config-sign", format!("device {serial}: version {}", doc.version))?,
         ];

@@ -12,9 +12,11 @@
 //! same order. The schema is created or upgraded once, under a transaction-scoped advisory
 //! lock, however many replicas start at the same moment; a schema newer than this program
 //! is refused. Connections are pooled ([`MAX_CONNECTIONS`]); every wait is bounded (connect,
-//! statement, a free connection), and a failure is [`FleetError::Unavailable`], which the
-//! API answers with 503 so devices retry; a broken connection is dropped and the next call
-//! connects again.
+//! statement, a free connection, a silent network: TCP keepalives and a user timeout), and a
+//! failure is [`FleetError::Database`], which the API answers with 503 (and only "try again":
+//! the detail goes to the server's log) so devices retry; a broken connection is dropped, and
+//! one idle for a while is checked before it is lent, so a restarted database costs no
+//! request.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -68,17 +70,35 @@ impl From<&Location> for Location {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`: in its user part (`user:password@`) and in a
+/// `password=` parameter.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((a, h)) => (a, h),
-        None => return url.to_string(),
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// The open store.
@@ -153,6 +173,10 @@ impl FleetDb {
 pub const MAX_CONNECTIONS: usize = 16;
 /// The longest a call waits for a free connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+/// A pooled connection idle this long is checked (a round trip) before it is lent.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// The longest that check takes.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest connecting takes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest one statement runs (`statement_timeout`, in milliseconds).
@@ -192,7 +216,8 @@ impl Drop for Pg {
 
 #[derive(Default)]
 struct Pool {
-    clients: Vec<postgres::Client>,
+    /// Idle connections and since when they are idle.
+    clients: Vec<(postgres::Client, Instant)>,
     /// Connections open or being opened (idle or lent).
     open: usize,
 }
@@ -206,8 +231,13 @@ impl Pg {
         let mut config: postgres::Config =
             url.parse().map_err(|e| FleetError::BadRequest(format!("fleet database URL {shown}: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A database that vanishes without closing the connection (a partition, a host
+        // crash) is noticed within about 20 s, not the kernel's minutes.
         config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(3));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(20));
         let mut options = format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}");
         if read_only {
             options.push_str(" -c default_transaction_read_only=on");
@@ -218,7 +248,7 @@ impl Pg {
         // Connecting runs a runtime of the client's own, which may not start inside the
         // caller's (`ferry serve` opens the fleet from async code): a thread of its own.
         std::thread::scope(|s| s.spawn(|| pg.with(|c| if read_only { check_schema(c) } else { migrate(c) })).join())
-            .map_err(|_| FleetError::Unavailable(format!("fleet database {}: the connection thread failed", pg.shown)))??;
+            .map_err(|_| FleetError::Database(format!("fleet database {}: the connection thread failed", pg.shown)))??;
         Ok(pg)
     }
 
@@ -236,7 +266,7 @@ impl Pg {
                 s
             }
         };
-        FleetError::Unavailable(format!("fleet database {}: {detail}", self.shown))
+        FleetError::Database(format!("fleet database {}: {detail}", self.shown))
     }
 
     /// Runs `f` on a pooled connection (connecting if none is idle and the pool has room),
@@ -248,25 +278,47 @@ impl Pg {
         if client.is_closed() {
             pool.open -= 1;
         } else {
-            pool.clients.push(client);
+            pool.clients.push((client, Instant::now()));
         }
         drop(pool);
         self.freed.notify_one();
         r.map_err(|e| match e {
             Fail::Db(e) => self.unavailable(e),
-            Fail::Refused(why) => FleetError::Unavailable(format!("fleet database {}: {why}", self.shown)),
+            Fail::Refused(why) => FleetError::Database(format!("fleet database {}: {why}", self.shown)),
             Fail::Raced(e) => FleetError::Store(e),
         })
+    }
+
+    /// [`Pg::with`] for a read, which is run once more on a new connection when its
+    /// connection turned out to be closed (a database restarted since it was last used):
+    /// reading twice changes nothing.
+    fn read<T>(&self, mut f: impl FnMut(&mut postgres::Client) -> Result<T, Fail>) -> Result<T> {
+        let closed = std::cell::Cell::new(false);
+        let first = self.with(|c| {
+            let r = f(c);
+            closed.set(r.is_err() && c.is_closed());
+            r
+        });
+        match first {
+            Err(_) if closed.get() => self.with(f),
+            r => r,
+        }
     }
 
     fn checkout(&self) -> Result<postgres::Client> {
         let deadline = Instant::now() + POOL_WAIT;
         let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(c) = pool.clients.pop() {
-                if !c.is_closed() {
+            if let Some((mut c, since)) = pool.clients.pop() {
+                // The client notices a closed connection only when it uses it: one idle for
+                // a while (the database may have restarted) is checked first, outside the lock.
+                let fresh = since.elapsed() < IDLE_CHECK;
+                drop(pool);
+                if !c.is_closed() && (fresh || c.is_valid(CHECK_TIMEOUT).is_ok()) {
                     return Ok(c);
                 }
+                drop(c);
+                pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 pool.open -= 1;
                 continue;
             }
@@ -284,7 +336,7 @@ impl Pg {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(FleetError::Unavailable(format!(
+                return Err(FleetError::Database(format!(
                     "fleet database {}: all {MAX_CONNECTIONS} connections busy for {} s",
                     self.shown,
                     POOL_WAIT.as_secs()
@@ -295,7 +347,7 @@ impl Pg {
     }
 
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with(|c| {
+        self.read(|c| {
             let row = c.query_opt("SELECT v FROM ferry_kv WHERE tbl = $1 AND k = $2", &[&table, &key])?;
             Ok(row.map(|r| r.get(0)))
         })
@@ -308,51 +360,54 @@ impl Pg {
     /// another transaction inserted the key first. Either way, and on a deadlock between two
     /// such batches: `StoreError::KvConflict`, nothing written (the caller reads again).
     fn write(&self, ops: Vec<Op>) -> Result<()> {
+        // The conditions first, in one order (table, key), before any row is written: two
+        // batches then wait for each other's locks in the same order and never deadlock.
+        let (mut expects, changes): (Vec<&Op>, Vec<&Op>) = ops.iter().partition(|op| matches!(op, Op::Expect { .. }));
+        expects.sort_by(|a, b| match (a, b) {
+            (Op::Expect { table: ta, key: ka, .. }, Op::Expect { table: tb, key: kb, .. }) => (ta, ka).cmp(&(tb, kb)),
+            _ => std::cmp::Ordering::Equal,
+        });
         self.with(|c| {
             let mut tx = c.transaction()?;
-            let put = tx.prepare(
-                "INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3) ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
-            )?;
-            let insert = tx.prepare("INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3)")?;
-            let delete = tx.prepare("DELETE FROM ferry_kv WHERE tbl = $1 AND k = $2")?;
             let turn = tx.prepare("SELECT pg_advisory_xact_lock($1)")?;
             let read = tx.prepare("SELECT v FROM ferry_kv WHERE tbl = $1 AND k = $2")?;
-            for op in &ops {
-                match op {
-                    Op::Put { table, key, value } => {
-                        tx.execute(&put, &[table, key, value])?;
-                    }
-                    Op::Delete { table, key } => {
-                        tx.execute(&delete, &[table, key])?;
-                    }
-                    Op::Insert { table, key, value } => match tx.execute(&insert, &[table, key, value]) {
-                        Ok(_) => {}
-                        Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                            return Err(Fail::Raced(Op::conflict(table, key)));
-                        }
-                        Err(e) => return Err(e.into()),
-                    },
-                    Op::Expect { table, key, value } => {
-                        match tx.execute(&turn, &[&key_lock(table, key)]) {
-                            Ok(_) => {}
-                            Err(e) if e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
-                                return Err(Fail::Raced(Op::conflict(table, key)));
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                        let now: Option<Vec<u8>> = tx.query_opt(&read, &[table, key])?.map(|r| r.get(0));
-                        if now != *value {
-                            return Err(Fail::Raced(Op::conflict(table, key)));
-                        }
+            for op in &expects {
+                if let Op::Expect { table, key, value } = op {
+                    tx.execute(&turn, &[&key_lock(table, key)]).map_err(|e| raced(e, table, key))?;
+                    let now: Option<Vec<u8>> =
+                        tx.query_opt(&read, &[table, key]).map_err(|e| raced(e, table, key))?.map(|r| r.get(0));
+                    if now != *value {
+                        return Err(Fail::Raced(Op::conflict(table, key)));
                     }
                 }
             }
-            Ok(tx.commit()?)
+            for op in &changes {
+                match op {
+                    Op::Put { table, key, value } => tx.execute(
+                        "INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3) ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
+                        &[table, key, value],
+                    ),
+                    Op::Delete { table, key } => {
+                        tx.execute("DELETE FROM ferry_kv WHERE tbl = $1 AND k = $2", &[table, key])
+                    }
+                    Op::Insert { table, key, value } => {
+                        tx.execute("INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3)", &[table, key, value])
+                    }
+                    Op::Expect { .. } => continue,
+                }
+                .map_err(|e| match op {
+                    Op::Put { table, key, .. } | Op::Delete { table, key } | Op::Insert { table, key, .. } => {
+                        raced(e, table, key)
+                    }
+                    Op::Expect { table, key, .. } => raced(e, table, key),
+                })?;
+            }
+            tx.commit().map_err(|e| raced(e, "commit", b""))
         })
     }
 
     fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.with(|c| {
+        self.read(|c| {
             let rows = match successor(prefix) {
                 Some(end) => c.query(
                     "SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k",
@@ -367,10 +422,27 @@ impl Pg {
     }
 
     fn last(&self, table: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.with(|c| {
+        self.read(|c| {
             let row = c.query_opt("SELECT k, v FROM ferry_kv WHERE tbl = $1 ORDER BY k DESC LIMIT 1", &[&table])?;
             Ok(row.map(|r| (r.get(0), r.get(1))))
         })
+    }
+}
+
+/// A statement's error: a race with another writer (a key inserted first, a deadlock
+/// between two batches, a serialization failure) is [`Fail::Raced`], which the caller
+/// retries after reading again; anything else is the database's error.
+fn raced(e: postgres::Error, table: &str, key: &[u8]) -> Fail {
+    use postgres::error::SqlState;
+    match e.code() {
+        Some(c)
+            if *c == SqlState::UNIQUE_VIOLATION
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            Fail::Raced(Op::conflict(table, key))
+        }
+        _ => Fail::Db(e),
     }
 }
 
@@ -403,6 +475,16 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// Creates or upgrades the schema, once: the advisory lock makes replicas starting
 /// together take turns, and the version row tells the later ones there is nothing to do.
 fn migrate(c: &mut postgres::Client) -> Result<(), Fail> {
+    // Already there (the usual start): nothing to create, so a role without the right to
+    // create tables can run the server once an administrator's first start made them.
+    if let Ok(row) = c.query_one("SELECT max(version) FROM ferry_schema", &[]) {
+        let version: Option<i32> = row.get(0);
+        match version {
+            Some(v) if v == SCHEMA_VERSION => return Ok(()),
+            Some(v) if v > SCHEMA_VERSION => return Err(newer_schema(v)),
+            _ => {}
+        }
+    }
     let mut tx = c.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS ferry_schema (version integer NOT NULL)")?;
@@ -476,6 +558,11 @@ mod tests {
             "postgres://ferry:***@db.example:5432/fleet"
         );
         assert_eq!(redact("postgres://ferry@db/fleet"), "postgres://ferry@db/fleet");
+        assert_eq!(
+            redact("postgres://ferry@db/fleet?sslmode=disable&password=s3cret&x=1"),
+            "postgres://ferry@db/fleet?sslmode=disable&password=***&x=1"
+        );
+        assert_eq!(redact("postgres://a:b@c/d?PASSWORD=e"), "postgres://a:***@c/d?PASSWORD=***");
         assert_eq!(Location::parse("postgresql://x@y/z"), Location::Postgres("postgresql://x@y/z".into()));
         assert_eq!(Location::parse("/var/lib/ferry/fleet"), Location::Dir("/var/lib/ferry/fleet".into()));
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     expect, json, now, parse, Caller, DeviceState, Event, Fleet, FleetError, Report, Result, Scope, CONFIG, DEVICES,
-    EVENTS, MAX_EVENTS, MAX_NAME, MAX_TEXT, TOKENS,
+    EVENTS, MAX_EVENTS, MAX_NAME, MAX_TEXT, REPORTS, TOKENS,
 };
 
 /// A device's record in the store (the admin API shows it as [`Device::view`]).
@@ -208,15 +208,43 @@ mod stored_report {
     }
 }
 
+/// What the `reports` table holds for a device: its newest report and when it came.
+#[derive(Serialize, Deserialize)]
+struct Seen {
+    report: Report,
+    last_seen: Option<i64>,
+}
+
+impl Seen {
+    fn of(d: &Device) -> Seen {
+        Seen { report: d.report.clone(), last_seen: d.last_seen }
+    }
+
+    /// `d` with the report and time stored apart (`bytes`), which are newer than the record's.
+    fn merge(d: &mut Device, bytes: &[u8]) -> Result<()> {
+        let seen: Seen = parse(bytes, || format!("report of device {}", d.serial))?;
+        d.report = seen.report;
+        d.last_seen = seen.last_seen;
+        Ok(())
+    }
+}
+
 impl Fleet {
     pub fn device(&self, serial: &str) -> Result<Device> {
         self.device_read(serial).map(|(d, _)| d)
     }
 
-    /// A device's record and its stored bytes, which a change's batch expects unchanged.
+    /// A device's record (with its newest report) and the record's stored bytes, which a
+    /// change's batch expects unchanged.
     pub(super) fn device_read(&self, serial: &str) -> Result<(Device, Vec<u8>)> {
         match self.db.get(DEVICES, serial.as_bytes())? {
-            Some(v) => Ok((parse(&v, || format!("device {serial}"))?, v)),
+            Some(v) => {
+                let mut d: Device = parse(&v, || format!("device {serial}"))?;
+                if let Some(r) = self.db.get(REPORTS, serial.as_bytes())? {
+                    Seen::merge(&mut d, &r)?;
+                }
+                Ok((d, v))
+            }
             None => Err(FleetError::NotFound(format!("no device {serial}"))),
         }
     }
@@ -229,10 +257,18 @@ impl Fleet {
     }
 
     pub fn devices(&self) -> Result<Vec<Device>> {
+        let mut reports: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            self.db.scan(REPORTS, b"")?.into_iter().collect();
         self.db
             .scan(DEVICES, b"")?
             .iter()
-            .map(|(k, v)| parse(v, || format!("device {}", String::from_utf8_lossy(k))))
+            .map(|(k, v)| {
+                let mut d: Device = parse(v, || format!("device {}", String::from_utf8_lossy(k)))?;
+                if let Some(r) = reports.remove(k) {
+                    Seen::merge(&mut d, &r)?;
+                }
+                Ok(d)
+            })
             .collect()
     }
 
@@ -250,19 +286,21 @@ impl Fleet {
         let mut prefix = serial.as_bytes().to_vec();
         prefix.push(0);
         let existing = self.db.scan(EVENTS, &prefix)?;
-        let next = match existing.last() {
-            Some((k, _)) => {
-                k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, |b| u64::from_be_bytes(b) + 1)
-            }
-            None => 0,
-        };
         // The history keeps the newest MAX_EVENTS: older entries go in the same batch.
         let excess = (existing.len() + whats.len()).saturating_sub(MAX_EVENTS);
         let trims = existing.into_iter().take(excess).map(|(key, _)| Op::Delete { table: EVENTS, key });
         let at = now();
-        let puts = whats.into_iter().zip(next..).map(|(what, seq)| {
+        // Keyed by the time in nanoseconds, its order in the batch and 4 random bytes: two
+        // servers adding to a history at once never take the same key (so neither waits
+        // for the other), and the keys sort in time order after the numbered keys of
+        // earlier versions (8 bytes of a small number).
+        let stamp = super::now_nanos();
+        let mut salt = [0u8; 4];
+        getrandom::getrandom(&mut salt).map_err(|e| FleetError::BadRequest(format!("no random bytes: {e}")))?;
+        let puts = whats.into_iter().enumerate().map(|(i, what)| {
             let mut key = prefix.clone();
-            key.extend_from_slice(&seq.to_be_bytes());
+            key.extend_from_slice(&(stamp + i as u128).to_be_bytes());
+            key.extend_from_slice(&salt);
             Op::Insert { table: EVENTS, key, value: json(&Event { at, what }) }
         });
         Ok(trims.chain(puts).collect())
@@ -289,6 +327,7 @@ impl Fleet {
         // Re-read under the lock: an operator may have revoked it meanwhile (and the batch
         // expects the record read, so a revocation through another server is not undone).
         let (mut d, was) = self.device_read(&device.serial)?;
+        let failed_before = d.failed.clone();
         if d.state != DeviceState::Accepted || d.token != device.token {
             return Err(FleetError::Forbidden(format!("device {} may not check in", d.serial)));
         }
@@ -324,9 +363,17 @@ impl Fleet {
                 }
             }
         }
+        let failed_changed = d.failed != failed_before;
         d.report = report;
         d.last_seen = Some(now());
-        ops.extend(Fleet::device_ops(&d, Some(was)));
+        if failed_changed {
+            ops.extend(Fleet::device_ops(&d, Some(was)));
+        } else {
+            // The record as read must still be the record (not revoked, not removed
+            // meanwhile); only the report changes.
+            ops.push(expect(DEVICES, d.serial.as_bytes(), Some(was)));
+        }
+        ops.push(Op::Put { table: REPORTS, key: d.serial.as_bytes().to_vec(), value: json(&Seen::of(&d)) });
         self.db.write(ops)?;
         Ok(d)
     }
@@ -409,6 +456,7 @@ impl Fleet {
         let mut ops = vec![
             expect(DEVICES, serial.as_bytes(), Some(was)),
             Op::Delete { table: DEVICES, key: serial.as_bytes().to_vec() },
+            Op::Delete { table: REPORTS, key: serial.as_bytes().to_vec() },
         ];
         for token in std::iter::once(&d.token).chain(d.reenrollment.as_ref().map(|r| &r.token)) {
             let mut old = [0u8; 32];

@@ -128,8 +128,7 @@ impl Fleet {
         let mut ops = Vec::new();
         // The enrollment's audit entry gets this number: it orders the device against
         // rollouts (`counts_for`).
-        let seq = self.next_audit_seq()?;
-        let audit = self.audit_op(
+        let (seq, audit) = self.audit_op_numbered(
             &Caller::Device(serial.into()),
             if existing.is_some() { "enroll again" } else { "enroll" },
             format!("hardware {hardware}, token {who}"),

@@ -56,8 +56,15 @@ const EVENTS: &str = "events";
 const CONFIG: &str = "config";
 /// Staged rollouts, by channel.
 const ROLLOUTS: &str = "rollouts";
-const TABLES: [&str; 6] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS];
+/// Each device's newest check-in report and when it came, apart from its record: a check-in
+/// rewrites only this, so an operator's change of the record (a revocation) is never kept
+/// from landing by a device checking in over and over through another server.
+const REPORTS: &str = "reports";
+const TABLES: [&str; 7] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS, REPORTS];
 const CONFIG_VERSION: &[u8] = b"version";
+
+/// What an API client is told of a [`FleetError::Database`] (not where or what the database is).
+pub const DATABASE_UNAVAILABLE: &str = "the fleet's database is unavailable; try again shortly";
 
 /// Tries of a read-modify-write that other servers keep changing the data of.
 const RACE_TRIES: u64 = 16;
@@ -85,6 +92,11 @@ pub enum FleetError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The fleet's database cannot answer now (PostgreSQL down, unreachable, or all the
+    /// pool's connections busy). The detail is for the server's log: an API client is only
+    /// told to try again ([`DATABASE_UNAVAILABLE`]).
+    #[error("{0}")]
+    Database(String),
     /// The state changed since the caller looked (e.g. a newer re-enrollment request).
     #[error("{0}")]
     Conflict(String),

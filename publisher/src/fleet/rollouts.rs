@@ -128,14 +128,16 @@ impl Fleet {
             max_failure_percent,
             halt_reason: None,
             started: now(),
-            // The start's audit entry gets this number (`counts_for`).
-            started_seq: Some(self.next_audit_seq()?),
+            started_seq: None,
         };
         let detail = format!("{channel}: {percent}% from serial {}", base.serial);
+        let (seq, audit) = self.audit_op_numbered(who, "rollout start", detail)?;
+        // The start's audit entry's number (`counts_for`).
+        let r = Rollout { started_seq: Some(seq), ..r };
         self.db.write(vec![
             expect(ROLLOUTS, channel.as_bytes(), was),
             Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
-            self.audit_op(who, "rollout start", detail)?,
+            audit,
         ])?;
         Ok(r)
     }

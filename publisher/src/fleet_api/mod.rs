@@ -155,6 +155,10 @@ impl From<FleetError> for ApiError {
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
             FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
             FleetError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            FleetError::Database(detail) => {
+                tracing::warn!(error = %detail, "the fleet's database did not answer");
+                return ApiError(StatusCode::SERVICE_UNAVAILABLE, crate::fleet::DATABASE_UNAVAILABLE.into(), Some(5));
+            }
             FleetError::Conflict(_) => StatusCode::CONFLICT,
             FleetError::TooMany { retry_after, .. } => {
                 return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string(), Some(*retry_after));
@@ -262,4 +266,18 @@ pub fn routes(state: Shared) -> Router {
         .merge(sign_in)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_failure_tells_the_client_only_to_retry() {
+        let detail = "fleet database postgres://ferry:***@db.internal:5432/fleet: connection refused";
+        let e = ApiError::from(FleetError::Database(detail.into()));
+        assert_eq!((e.0, e.2), (StatusCode::SERVICE_UNAVAILABLE, Some(5)));
+        assert_eq!(e.1, crate::fleet::DATABASE_UNAVAILABLE);
+        assert!(!e.1.contains("db.internal"));
+    }
 }
