@@ -195,16 +195,23 @@ fn a_tampered_pack_is_refused_and_the_server_sends_the_rest() {
     assert_deployed(&env, v1);
 }
 
+/// Release v1 committed and exported, served by nginx behind a fault-injecting proxy:
+/// (nginx, proxy, v1, v1's chunk count, their frame bytes).
+fn copy_behind_proxy(env: &Env) -> (Nginx, Proxy, Id, u64, u64) {
+    let copy = env.path().join("copy");
+    let v1 = env.commit(1, "1");
+    export_to(env, &copy);
+    let nginx = Nginx::serve(&copy).unwrap();
+    let proxy = Proxy::start(addr_of(&nginx.url())).unwrap();
+    let (chunks, frame_bytes) = plain_cost(env, None, v1);
+    (nginx, proxy, v1, chunks, frame_bytes)
+}
+
 #[test]
 fn a_copy_cut_mid_transfer_keeps_what_arrived_and_the_server_sends_the_rest() {
     let env = Env::new();
-    let copy = env.path().join("copy");
-    let v1 = env.commit(1, "1");
-    export_to(&env, &copy);
-    let nginx = Nginx::serve(&copy).unwrap();
-    let proxy = Proxy::start(addr_of(&nginx.url())).unwrap();
+    let (_nginx, proxy, v1, chunks, frame_bytes) = copy_behind_proxy(&env);
     // Past the index, about a third into the pack.
-    let (chunks, frame_bytes) = plain_cost(&env, None, v1);
     proxy.arm(Fault::Cut(frame_bytes / 3));
     let config = env.device(&format!("content_url = \"http://{}\"\n", proxy.addr));
 
@@ -310,12 +317,7 @@ fn a_copy_that_trickles_is_left_for_the_server() {
     // A CDN (or someone on the path) sending a byte now and then must not hold the update:
     // below the copy's minimum rate over a read_timeout window, the server gives the rest.
     let env = Env::new();
-    let copy = env.path().join("copy");
-    let v1 = env.commit(1, "1");
-    export_to(&env, &copy);
-    let nginx = Nginx::serve(&copy).unwrap();
-    let proxy = Proxy::start(addr_of(&nginx.url())).unwrap();
-    let (chunks, frame_bytes) = plain_cost(&env, None, v1);
+    let (_nginx, proxy, v1, chunks, frame_bytes) = copy_behind_proxy(&env);
     proxy.arm(Fault::Trickle(frame_bytes / 3, std::time::Duration::from_millis(100)));
     let config = env.device(&format!("content_url = \"http://{}\"\nread_timeout = 2\n", proxy.addr));
     let started = std::time::Instant::now();

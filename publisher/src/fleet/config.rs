@@ -193,38 +193,30 @@ impl Fleet {
                 doc.serial
             )));
         }
-        self.retrying("storing signed configuration", || self.set_signed_config_once(who, serial, doc, envelope))
-    }
-
-    fn set_signed_config_once(
-        &self,
-        who: &Caller,
-        serial: &str,
-        doc: &ferry_store::device_config::ConfigDoc,
-        envelope: &[u8],
-    ) -> Result<()> {
-        let _g = self.lock();
-        // The version read first: a configuration change through another server after it
-        // makes this batch fail, and the document is checked again against the new one.
-        let (_, was) = self.config_version()?;
-        let (device, was_device) = self.device_read(serial)?;
-        let m = self.merged_config(&device)?;
-        if doc.version != m.version || doc.values != m.values {
-            return Err(FleetError::Conflict(format!(
+        self.retrying("storing signed configuration", || {
+            let _g = self.lock();
+            // The version read first: a configuration change through another server after it
+            // makes this batch fail, and the document is checked again against the new one.
+            let (_, was) = self.config_version()?;
+            let (device, was_device) = self.device_read(serial)?;
+            let m = self.merged_config(&device)?;
+            if doc.version != m.version || doc.values != m.values {
+                return Err(FleetError::Conflict(format!(
                 "device {serial}'s configuration is version {} now, and the document signs version {}{}: sign it again",
                 m.version,
                 doc.version,
                 if doc.version == m.version { " with other values" } else { "" }
             )));
-        }
-        let ops = vec![
-            expect(CONFIG, CONFIG_VERSION, was),
-            expect(DEVICES, serial.as_bytes(), Some(was_device)),
-            Op::Put { table: CONFIG, key: signed_key(serial), value: envelope.to_vec() },
-            self.audit_op(who, "config-sign", format!("device {serial}: version {}", doc.version))?,
-        ];
-        self.db.write(ops)?;
-        Ok(())
+            }
+            let ops = vec![
+                expect(CONFIG, CONFIG_VERSION, was),
+                expect(DEVICES, serial.as_bytes(), Some(was_device)),
+                Op::Put { table: CONFIG, key: signed_key(serial), value: envelope.to_vec() },
+                self.audit_op(who, "config-sign", format!("device {serial}: version {}", doc.version))?,
+            ];
+            self.db.write(ops)?;
+            Ok(())
+        })
     }
 
     /// Device `serial`'s configuration document signed offline, if one was stored.

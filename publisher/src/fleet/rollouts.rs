@@ -95,51 +95,39 @@ impl Fleet {
             check_name("group", g)?;
         }
         self.retrying("starting a rollout", || {
-            self.start_rollout_once(who, channel, base, percent, group.clone(), max_failure_percent)
-        })
-    }
-
-    fn start_rollout_once(
-        &self,
-        who: &Caller,
-        channel: &str,
-        base: &HeadDoc,
-        percent: u8,
-        group: Option<String>,
-        max_failure_percent: u8,
-    ) -> Result<Rollout> {
-        let _g = self.lock();
-        let (old, was) = self.rollout_read(channel)?;
-        if let Some(r) = old {
-            if r.state != RolloutState::Aborted && r.percent < 100 {
-                return Err(FleetError::BadRequest(format!(
-                    "channel {channel} has a rollout at {}% ({:?}); set it to 100 or abort it first",
-                    r.percent, r.state
-                )));
+            let _g = self.lock();
+            let (old, was) = self.rollout_read(channel)?;
+            if let Some(r) = old {
+                if r.state != RolloutState::Aborted && r.percent < 100 {
+                    return Err(FleetError::BadRequest(format!(
+                        "channel {channel} has a rollout at {}% ({:?}); set it to 100 or abort it first",
+                        r.percent, r.state
+                    )));
+                }
             }
-        }
-        let r = Rollout {
-            channel: channel.into(),
-            base: base.id.clone(),
-            base_serial: base.serial,
-            percent,
-            group,
-            state: RolloutState::Running,
-            max_failure_percent,
-            halt_reason: None,
-            started: now(),
-            started_seq: None,
-        };
-        let detail = format!("{channel}: {percent}% from serial {}", base.serial);
-        let (seq, audit) = self.audit_op_numbered(who, "rollout start", detail)?;
-        // The start's audit entry's number (`counts_for`).
-        let r = Rollout { started_seq: Some(seq), ..r };
-        self.db.write(vec![
-            expect(ROLLOUTS, channel.as_bytes(), was),
-            Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
-            audit,
-        ])?;
-        Ok(r)
+            let r = Rollout {
+                channel: channel.into(),
+                base: base.id.clone(),
+                base_serial: base.serial,
+                percent,
+                group: group.clone(),
+                state: RolloutState::Running,
+                max_failure_percent,
+                halt_reason: None,
+                started: now(),
+                started_seq: None,
+            };
+            let detail = format!("{channel}: {percent}% from serial {}", base.serial);
+            let (seq, audit) = self.audit_op_numbered(who, "rollout start", detail)?;
+            // The start's audit entry's number (`counts_for`).
+            let r = Rollout { started_seq: Some(seq), ..r };
+            self.db.write(vec![
+                expect(ROLLOUTS, channel.as_bytes(), was),
+                Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
+                audit,
+            ])?;
+            Ok(r)
+        })
     }
 
     /// Changes a rollout: raises its percent (`SetPercent`, with `percent`), or pauses,
