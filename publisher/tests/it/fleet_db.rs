@@ -348,3 +348,40 @@ fn a_device_removed_through_one_replica_keeps_no_configuration_set_through_the_o
         assert!(a.level(&scope).unwrap().values.is_empty(), "{serial}'s configuration outlived it");
     }
 }
+
+#[test]
+fn a_database_that_stops_answering_costs_each_call_a_bounded_wait() {
+    let pg = Postgres::start(false).unwrap();
+    let url = pg.create_database("fleet").unwrap();
+    let f = Fleet::open(Location::parse(&url), Settings::default()).unwrap();
+    f.create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
+    // Another session holds the table: every statement of the server waits on it, as on
+    // a database that accepts connections and never answers.
+    let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE ferry_kv IN ACCESS EXCLUSIVE MODE").unwrap();
+    // More callers than the pool has connections (16): each gets an answer, a 503 for the
+    // API, within the statement timeout (10 s) plus the pool's wait (10 s).
+    let started = std::time::Instant::now();
+    let answers: Vec<(Result<usize, FleetError>, std::time::Duration)> = std::thread::scope(|s| {
+        let h: Vec<_> = (0..24)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = f.tokens().map(|t| t.len());
+                    (r, started.elapsed())
+                })
+            })
+            .collect();
+        h.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (r, took) in &answers {
+        assert!(matches!(r, Err(FleetError::Database(_))), "{r:?}");
+        assert!(*took < std::time::Duration::from_secs(30), "{took:?}");
+    }
+    assert!(
+        answers.iter().any(|(r, _)| format!("{r:?}").contains("connections busy")),
+        "the callers past the pool waited for it"
+    );
+    tx.rollback().unwrap();
+    assert_eq!(f.tokens().unwrap().len(), 1, "answers again once the table is free");
+}
