@@ -30,6 +30,17 @@ fn call<A: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<A> {
+    call_paged(server, method, path, body).map(|(a, _)| a)
+}
+
+/// [`call`], and the path (under `/v1/admin/`) of the next page if the answer names one
+/// (`Link: <…>; rel="next"`).
+fn call_paged<A: DeserializeOwned>(
+    server: &ServerArgs,
+    method: &str,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<(A, Option<String>)> {
     let url = format!("{}/v1/admin/{path}", server.server.trim_end_matches('/'));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -46,12 +57,18 @@ fn call<A: DeserializeOwned>(
         }
         let resp = req.send().await.with_context(|| format!("asking {url}"))?;
         let status = resp.status();
+        let next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("</v1/admin/")?.split_once(">; rel=\"next\"").map(|(p, _)| p.to_string()));
         let bytes = resp.bytes().await.with_context(|| format!("reading the answer of {url}"))?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<ErrorBody>(&bytes).map(|e| e.error);
             bail!("{url}: {status}: {}", detail.unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned()));
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("reading the answer of {url}"))
+        let a = serde_json::from_slice(&bytes).with_context(|| format!("reading the answer of {url}"))?;
+        Ok((a, next))
     })
 }
 
@@ -143,15 +160,43 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
     Ok(())
 }
 
+/// The devices of the list at `path` (`devices?…`) and, with `all`, of every page after it;
+/// and the path of the page after the last read, if more follow.
+fn device_pages(server: &ServerArgs, mut path: String, all: bool) -> Result<(Vec<DeviceView>, Option<String>)> {
+    let mut list: Vec<DeviceView> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (page, next): (Vec<DeviceView>, _) = call_paged(server, "GET", &path, None::<&()>)?;
+        list.extend(page);
+        match next {
+            Some(n) if all => {
+                // A server naming a page it already gave would never end the loop.
+                if !seen.insert(n.clone()) {
+                    bail!("the server named the page {n} twice");
+                }
+                path = n;
+            }
+            next => return Ok((list, next)),
+        }
+    }
+}
+
 pub fn devices(a: DevicesArgs) -> Result<()> {
     let mut query = Vec::new();
-    for (k, v) in [("group", &a.group), ("channel", &a.channel), ("state", &a.state)] {
+    for (k, v) in [("group", &a.group), ("channel", &a.channel), ("state", &a.state), ("after", &a.after)] {
         if let Some(v) = v {
             query.push(format!("{k}={v}"));
         }
     }
+    if let Some(n) = a.limit {
+        query.push(format!("limit={n}"));
+    }
     let path = if query.is_empty() { "devices".to_string() } else { format!("devices?{}", query.join("&")) };
-    let list: Vec<DeviceView> = get(&a.server, "GET", &path)?;
+    // Every page, unless --limit asked for one.
+    let (list, next) = device_pages(&a.server, path, a.limit.is_none())?;
+    if let Some(after) = next.as_deref().and_then(|n| n.split('&').find_map(|p| p.split_once("after=")).map(|(_, v)| v)) {
+        eprintln!("more devices follow: add --after {after}");
+    }
     if a.json {
         return print_sorted(&list);
     }
@@ -261,7 +306,7 @@ pub fn config(cmd: ConfigCommand) -> Result<()> {
             let lifetime =
                 ferry_publisher::channels::parse_duration(&expires).map_err(|e| anyhow!("--expires: {e}"))?;
             let serials = if devices.is_empty() {
-                get::<Vec<DeviceView>>(&server, "GET", "devices")?.into_iter().map(|d| d.serial).collect()
+                device_pages(&server, "devices".into(), true)?.0.into_iter().map(|d| d.serial).collect()
             } else {
                 devices
             };

@@ -53,6 +53,39 @@ pub enum Op {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     },
+    /// Adds `delta` to a counter: a value of 8 bytes, a big-endian signed number, or none
+    /// (0). Writers adding to the same counter at once all count, and none waits for another
+    /// (a RocksDB merge: the sum is made when the counter is read, [`Kv::counter`]).
+    Add {
+        table: &'static str,
+        key: Vec<u8>,
+        delta: i64,
+    },
+}
+
+/// A counter's value as [`Op::Add`] writes it; anything but 8 bytes reads as damaged (None).
+pub fn counter_value(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The merge of [`Op::Add`]s: the stored counter (if any) plus each delta. A value that is
+/// not 8 bytes fails the read that merges it (RocksDB reports it) rather than counting wrong.
+fn add_counters(_key: &[u8], existing: Option<&[u8]>, deltas: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    let mut sum = match existing {
+        Some(v) => counter_value(v)?,
+        None => 0,
+    };
+    for d in deltas {
+        sum = sum.wrapping_add(counter_value(d)?);
+    }
+    Some(sum.to_be_bytes().to_vec())
+}
+
+/// Every table's options: the counters' merge (a table without counters never uses it).
+fn table_options() -> Options {
+    let mut o = Options::default();
+    o.set_merge_operator_associative("ferry-add-i64", add_counters);
+    o
 }
 
 impl Op {
@@ -69,7 +102,7 @@ impl Kv {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = tables.iter().map(|t| ColumnFamilyDescriptor::new(*t, Options::default()));
+        let cfs = tables.iter().map(|t| ColumnFamilyDescriptor::new(*t, table_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
             if e.to_string().contains("LOCK") {
                 StoreError::Locked { path: path.to_path_buf() }
@@ -89,8 +122,11 @@ impl Kv {
         // A table a newer version added and no writer has created yet reads as empty.
         let present = DB::list_cf(&Options::default(), path)
             .map_err(|e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() })?;
-        let tables: Vec<&str> = tables.iter().copied().filter(|t| present.iter().any(|p| p == t)).collect();
-        let db = DB::open_cf_for_read_only(&Options::default(), path, tables, false)
+        let cfs = tables
+            .iter()
+            .filter(|t| present.iter().any(|p| p == *t))
+            .map(|t| ColumnFamilyDescriptor::new(*t, table_options()));
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
             .map_err(|e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Kv { path: path.to_path_buf(), db, read_only: true })
     }
@@ -145,6 +181,7 @@ impl Kv {
                         return Err(Op::conflict(table, &key));
                     }
                 }
+                Op::Add { table, key, delta } => batch.merge_cf(self.cf(table)?, key, delta.to_be_bytes()),
             }
         }
         let mut wo = WriteOptions::default();
@@ -162,6 +199,44 @@ impl Kv {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if !k.starts_with(prefix) {
                 break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A counter [`Op::Add`] writes (0 if none).
+    pub fn counter(&self, table: &str, key: &[u8]) -> Result<i64> {
+        match self.get(table, key)? {
+            None => Ok(0),
+            Some(v) => counter_value(&v).ok_or_else(|| StoreError::Db {
+                path: self.path.clone(),
+                message: format!("counter {table}/{} holds {} bytes, not 8", String::from_utf8_lossy(key), v.len()),
+            }),
+        }
+    }
+
+    /// At most `limit` `(key, value)`s whose key starts with `prefix` and sorts after
+    /// `after` (from the first if None), in key order: one page of a long table.
+    pub fn page(&self, table: &str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if self.db.cf_handle(table).is_none() {
+            return self.absent(table).map(|()| out);
+        }
+        let from = match after {
+            Some(a) if a >= prefix => a.to_vec(),
+            _ => prefix.to_vec(),
+        };
+        for item in self.db.iterator_cf(self.cf(table)?, IteratorMode::From(&from, Direction::Forward)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| *k <= *a) {
+                continue;
             }
             out.push((k.to_vec(), v.to_vec()));
         }

@@ -17,6 +17,7 @@ mod local_ui_tls;
 mod patches;
 mod powercut;
 mod provision;
+mod replicas;
 mod rollout;
 mod signed_config;
 mod tls;

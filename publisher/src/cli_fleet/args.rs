@@ -82,6 +82,13 @@ pub struct DevicesArgs {
     /// Only devices in this state: pending, accepted, revoked (or a trial state).
     #[arg(long)]
     pub(super) state: Option<String>,
+    /// One page: at most this many devices of the fleet in serial order (1 to 1000), the
+    /// filters applied to those; without it, every page.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(super) limit: Option<u16>,
+    /// Start after this serial (where the previous page ended).
+    #[arg(long, value_name = "SERIAL")]
+    pub(super) after: Option<String>,
     /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
     pub(super) json: bool,

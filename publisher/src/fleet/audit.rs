@@ -43,10 +43,13 @@ impl Fleet {
         })
     }
 
-    /// The newest `limit` audit entries, oldest first.
+    /// The newest `limit` audit entries, oldest first: one page from `limit` numbers before
+    /// the last (the numbers run without a hole), however long the log.
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        let all = self.db.scan(AUDIT, b"")?;
-        let skip = all.len().saturating_sub(limit);
-        all.iter().skip(skip).map(|(_, v)| parse(v, || "audit entry".into())).collect()
+        let next = self.next_audit_seq()?;
+        let from = next.saturating_sub(limit as u64 + 1);
+        let after = (from > 0).then(|| from.to_be_bytes());
+        let page = self.db.page(AUDIT, b"", after.as_ref().map(|a| &a[..]), limit)?;
+        page.iter().map(|(_, v)| parse(v, || "audit entry".into())).collect()
     }
 }

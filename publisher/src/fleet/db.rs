@@ -167,6 +167,34 @@ impl FleetDb {
             FleetDb::Postgres(pg) => pg.last(table),
         }
     }
+
+    /// At most `limit` `(key, value)`s whose key starts with `prefix` and sorts after
+    /// `after`, in key order: one indexed read, however long the table.
+    pub fn page(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            FleetDb::Embedded(kv) => Ok(kv.page(table, prefix, after, limit)?),
+            FleetDb::Postgres(pg) => pg.page(table, prefix, after, limit),
+        }
+    }
+
+    /// A counter [`Op::Add`] writes (0 if none).
+    pub fn counter(&self, table: &str, key: &[u8]) -> Result<i64> {
+        match self {
+            FleetDb::Embedded(kv) => Ok(kv.counter(table, key)?),
+            FleetDb::Postgres(pg) => match pg.get(table, key)? {
+                None => Ok(0),
+                Some(v) => ferry_store::kv::counter_value(&v).ok_or_else(|| {
+                    FleetError::Damaged { what: format!("counter {table}"), why: format!("{} bytes, not 8", v.len()) }
+                }),
+            },
+        }
+    }
 }
 
 /// The most connections one server keeps to the database.
@@ -182,7 +210,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest one statement runs (`statement_timeout`, in milliseconds).
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 /// The schema this program writes, and the advisory lock its migration takes.
-const SCHEMA_VERSION: i32 = 1;
+/// 2: rollouts keep counters (`rollout_counts`) that every server on the database must keep
+/// up to date; a server of schema 1 would not, so it refuses a database of schema 2.
+const SCHEMA_VERSION: i32 = 2;
 const MIGRATION_LOCK: i64 = 0x6665_7272_7930_0001;
 
 /// A pool of connections to one database.
@@ -393,13 +423,20 @@ impl Pg {
                     Op::Insert { table, key, value } => {
                         tx.execute("INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, $3)", &[table, key, value])
                     }
+                    // In place, so writers adding at once all count (they queue on the row).
+                    Op::Add { table, key, delta } => tx.execute(
+                        "INSERT INTO ferry_kv (tbl, k, v) VALUES ($1, $2, int8send($3)) ON CONFLICT (tbl, k) DO UPDATE \
+                         SET v = int8send(('x' || encode(ferry_kv.v, 'hex'))::bit(64)::bigint + $3)",
+                        &[table, key, delta],
+                    ),
                     Op::Expect { .. } => continue,
                 }
                 .map_err(|e| match op {
-                    Op::Put { table, key, .. } | Op::Delete { table, key } | Op::Insert { table, key, .. } => {
-                        raced(e, table, key)
-                    }
-                    Op::Expect { table, key, .. } => raced(e, table, key),
+                    Op::Put { table, key, .. }
+                    | Op::Delete { table, key }
+                    | Op::Insert { table, key, .. }
+                    | Op::Add { table, key, .. }
+                    | Op::Expect { table, key, .. } => raced(e, table, key),
                 })?;
             }
             tx.commit().map_err(|e| raced(e, "commit", b""))
@@ -416,6 +453,31 @@ impl Pg {
                 None => {
                     c.query("SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k >= $2 ORDER BY k", &[&table, &prefix])?
                 }
+            };
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn page(&self, table: &str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let from = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let strict = after.is_some_and(|a| a >= prefix);
+        let op = if strict { ">" } else { ">=" };
+        self.read(|c| {
+            let rows = match successor(prefix) {
+                Some(end) => c.query(
+                    &format!(
+                        "SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k {op} $2 AND k < $3 ORDER BY k LIMIT $4"
+                    ),
+                    &[&table, &from, &end, &limit],
+                )?,
+                None => c.query(
+                    &format!("SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k {op} $2 ORDER BY k LIMIT $3"),
+                    &[&table, &from, &limit],
+                )?,
             };
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
@@ -495,6 +557,10 @@ fn migrate(c: &mut postgres::Client) -> Result<(), Fail> {
             "CREATE TABLE ferry_kv (tbl text NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (tbl, k));
              INSERT INTO ferry_schema (version) VALUES (1);",
         )?;
+    }
+    if version < 2 {
+        // Nothing to change in the table: the number keeps servers of schema 1 away.
+        tx.batch_execute("INSERT INTO ferry_schema (version) VALUES (2);")?;
     }
     tx.commit()?;
     if version > SCHEMA_VERSION {

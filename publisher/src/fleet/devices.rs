@@ -272,6 +272,42 @@ impl Fleet {
             .collect()
     }
 
+    /// At most `limit` devices whose serials sort after `after` (from the first if None), in
+    /// serial order, and whether more follow: two indexed reads (records and reports of the
+    /// same serials), however many devices the fleet has.
+    pub fn devices_page(&self, after: Option<&str>, limit: usize) -> Result<(Vec<Device>, bool)> {
+        let after = after.map(str::as_bytes);
+        let mut records = self.db.page(DEVICES, b"", after, limit + 1)?;
+        let more = records.len() > limit;
+        records.truncate(limit);
+        // The reports of this page's serials: pages of reports after `after` up to the page's
+        // last serial (usually one; more if devices enrolled in between).
+        let mut reports: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        if let Some((last, _)) = records.last() {
+            let mut from = after.map(<[u8]>::to_vec);
+            loop {
+                let part = self.db.page(REPORTS, b"", from.as_deref(), limit.max(1))?;
+                let end = part.len() < limit.max(1) || part.last().is_some_and(|(k, _)| k >= last);
+                from = part.last().map(|(k, _)| k.clone());
+                reports.extend(part.into_iter().filter(|(k, _)| k <= last));
+                if end {
+                    break;
+                }
+            }
+        }
+        let devices = records
+            .iter()
+            .map(|(k, v)| {
+                let mut d: Device = parse(v, || format!("device {}", String::from_utf8_lossy(k)))?;
+                if let Some(r) = reports.remove(k) {
+                    Seen::merge(&mut d, &r)?;
+                }
+                Ok(d)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((devices, more))
+    }
+
     pub(super) fn event_op(&self, serial: &str, what: String) -> Result<Op> {
         self.event_ops(serial, vec![what])?
             .pop()
@@ -374,6 +410,7 @@ impl Fleet {
             ops.push(expect(DEVICES, d.serial.as_bytes(), Some(was)));
         }
         ops.push(Op::Put { table: REPORTS, key: d.serial.as_bytes().to_vec(), value: json(&Seen::of(&d)) });
+        ops.extend(self.mark_ops(&d.serial, Some(&d))?);
         self.db.write(ops)?;
         Ok(d)
     }
@@ -409,6 +446,7 @@ impl Fleet {
             DeviceState::Pending => {}
         }
         ops.extend(Fleet::device_ops(&d, Some(was)));
+        ops.extend(self.mark_ops(serial, Some(&d))?);
         ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
         self.db.write(ops)?;
@@ -471,6 +509,7 @@ impl Fleet {
         }
         ops.push(Op::Delete { table: CONFIG, key: Scope::Device(serial.into()).key() });
         ops.push(Op::Delete { table: CONFIG, key: super::config::signed_key(serial) });
+        ops.extend(self.mark_ops(serial, None)?);
         ops.push(self.audit_op(who, "remove", format!("device {serial}"))?);
         self.db.write(ops)?;
         Ok(())

@@ -6,10 +6,12 @@
 use ferry_api::device::Enrolled;
 use ferry_store::kv::Op;
 
+use serde::{Deserialize, Serialize};
+
 use super::tokens::new_token;
 use super::{
-    check_name, hash, json, now, Caller, Device, DeviceState, Fleet, FleetError, Reenrollment, Report, Result,
-    TokenKind, TokenRecord, TOKENS,
+    check_name, expect, hash, json, now, parse, Caller, Device, DeviceState, Fleet, FleetError, Reenrollment, Report,
+    Result, TokenKind, TokenRecord, LIMITS, TOKENS,
 };
 
 /// The default of [`super::Settings::enrollments_per_minute`] (`ferry serve
@@ -19,20 +21,28 @@ pub const ENROLLMENTS_PER_MINUTE: u32 = 10;
 /// All enrollment tokens together may make this many times one token's burst and rate.
 pub const ENROLL_ALL_FACTOR: u32 = 6;
 
-/// A token bucket holding at most `per_minute` units, refilled at `per_minute` a minute.
-#[derive(Debug, Clone, Copy)]
+/// A token bucket holding at most `per_minute` units, refilled at `per_minute` a minute,
+/// kept in the fleet's store (`limits`) so every server on it draws on the same one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Bucket {
     level: f64,
-    at: std::time::Instant,
+    /// When `level` was last brought up to date, in milliseconds since the epoch (servers'
+    /// clocks agree to well within a unit's refill time).
+    at_ms: i64,
 }
 
 impl Bucket {
+    fn full(per_minute: u32, now_ms: i64) -> Bucket {
+        Bucket { level: f64::from(per_minute), at_ms: now_ms }
+    }
+
     /// Takes one unit if there is one; else the seconds until there will be.
-    fn take(&mut self, per_minute: u32) -> std::result::Result<(), u64> {
-        let now = std::time::Instant::now();
+    fn take(&mut self, per_minute: u32, now_ms: i64) -> std::result::Result<(), u64> {
         let rate = f64::from(per_minute) / 60.0;
-        self.level = (self.level + now.duration_since(self.at).as_secs_f64() * rate).min(f64::from(per_minute));
-        self.at = now;
+        let elapsed = (now_ms.saturating_sub(self.at_ms)).max(0) as f64 / 1000.0;
+        let level = if self.level.is_finite() { self.level } else { 0.0 };
+        self.level = (level + elapsed * rate).clamp(0.0, f64::from(per_minute));
+        self.at_ms = now_ms.max(self.at_ms);
         if self.level >= 1.0 {
             self.level -= 1.0;
             return Ok(());
@@ -41,34 +51,36 @@ impl Bucket {
     }
 }
 
-/// The enrollment rate limits: one bucket per enrollment token, one for all.
-#[derive(Debug, Default)]
-pub(super) struct EnrollLimits {
-    per_token: std::collections::HashMap<String, Bucket>,
-    all: Option<Bucket>,
-}
-
 impl Fleet {
-    /// Takes one enrollment from `token_name`'s bucket and the fleet's.
+    /// Takes one enrollment from `token_name`'s bucket and the fleet's, read and written
+    /// back on condition that no other server took from them meanwhile.
     fn limit_enrollment(&self, token_name: &str) -> Result<()> {
         let per_minute = self.settings.enrollments_per_minute;
         let all_per_minute = per_minute.saturating_mul(ENROLL_ALL_FACTOR);
-        let mut limits = self.enroll_limits.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = |per_minute: u32| Bucket { level: f64::from(per_minute), at: std::time::Instant::now() };
-        if limits.per_token.len() > 10_000 {
-            limits.per_token.clear();
-        }
-        let mine = *limits.per_token.entry(token_name.to_string()).or_insert_with(|| fresh(per_minute));
-        let all = limits.all.unwrap_or_else(|| fresh(all_per_minute));
-        let (mut mine_after, mut all_after) = (mine, all);
-        let too_many = |what: String, retry_after| FleetError::TooMany { what, retry_after };
-        mine_after
-            .take(per_minute)
-            .map_err(|s| too_many(format!("too many enrollments with enrollment token {token_name}"), s))?;
-        all_after.take(all_per_minute).map_err(|s| too_many("too many enrollments".into(), s))?;
-        limits.per_token.insert(token_name.to_string(), mine_after);
-        limits.all = Some(all_after);
-        Ok(())
+        let mine_key = [b"enroll\0".as_slice(), token_name.as_bytes()].concat();
+        let all_key = b"enroll-all".to_vec();
+        self.retrying("rate-limiting an enrollment", || {
+            let _l = self.enroll_limits.lock().unwrap_or_else(|e| e.into_inner());
+            let now_ms = (super::now_nanos() / 1_000_000) as i64;
+            let read = |key: &[u8], per_minute| -> Result<(Bucket, Option<Vec<u8>>)> {
+                match self.db.get(LIMITS, key)? {
+                    Some(b) => Ok((parse(&b, || "an enrollment rate limit".into())?, Some(b))),
+                    None => Ok((Bucket::full(per_minute, now_ms), None)),
+                }
+            };
+            let (mut mine, mine_was) = read(&mine_key, per_minute)?;
+            let (mut all, all_was) = read(&all_key, all_per_minute)?;
+            let too_many = |what: String, retry_after| FleetError::TooMany { what, retry_after };
+            mine.take(per_minute, now_ms)
+                .map_err(|s| too_many(format!("too many enrollments with enrollment token {token_name}"), s))?;
+            all.take(all_per_minute, now_ms).map_err(|s| too_many("too many enrollments".into(), s))?;
+            self.db.write(vec![
+                expect(LIMITS, &mine_key, mine_was),
+                expect(LIMITS, &all_key, all_was),
+                Op::Put { table: LIMITS, key: mine_key.clone(), value: json(&mine) },
+                Op::Put { table: LIMITS, key: all_key.clone(), value: json(&all) },
+            ])
+        })
     }
 
     /// Enrolls a device with a fleet enrollment token. A serial the fleet knows keeps its
@@ -238,6 +250,7 @@ impl Fleet {
             ops.push(Op::Delete { table: TOKENS, key: old.to_vec() });
         }
         ops.extend(Fleet::device_ops(&d, Some(was)));
+        ops.extend(self.mark_ops(serial, Some(&d))?);
         ops.push(self.event_op(serial, format!("{action} by {}", who.who()))?);
         ops.push(self.audit_op(who, action, format!("device {serial}"))?);
         self.db.write(ops)?;

@@ -13,7 +13,8 @@
 //!
 //! The enrollment token is in every image, so it is treated as known to anyone: it enrolls
 //! new serials (at most [`Settings::enrollments_per_minute`] per enrollment token at once,
-//! refilled at as many a minute, and [`ENROLL_ALL_FACTOR`] times that for all together), but it never changes a known device: enrolling a known serial again only
+//! refilled at as many a minute, and [`ENROLL_ALL_FACTOR`] times that for all together, kept
+//! in the store so replicas share them), but it never changes a known device: enrolling a known serial again only
 //! records a re-enrollment request (with a token that works nowhere) until an operator
 //! approves it ([`Fleet::approve_reenrollment`]). A rollout's statistics count only devices
 //! an operator accepted or that enrolled before the rollout started ([`counts_for`]), so
@@ -41,7 +42,6 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{check_config_key, sign_config, Scope, CONFIG_LIFETIME};
 pub use devices::{check_report, Device, Reenrollment};
-use enrollment::EnrollLimits;
 pub use enrollment::{ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};
 pub use ferry_api::admin::RolloutAction;
 pub use rollouts::{bucket, counts_for, no_rollout_action, HeadDoc, Pick};
@@ -60,7 +60,16 @@ const ROLLOUTS: &str = "rollouts";
 /// rewrites only this, so an operator's change of the record (a revocation) is never kept
 /// from landing by a device checking in over and over through another server.
 const REPORTS: &str = "reports";
-const TABLES: [&str; 7] = [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS, REPORTS];
+/// Each device's part in its channel's rollout (`rollouts::Mark`), by serial.
+const MARKS: &str = "marks";
+/// Per rollout (channel, run): how many counted devices took its release and how many failed.
+const ROLLOUT_COUNTS: &str = "rollout_counts";
+/// Per rollout: the devices that took its release and failed (the halt's examples).
+const ROLLOUT_FAILED: &str = "rollout_failed";
+/// Rate limits every server on the store draws on (enrollment's token buckets).
+const LIMITS: &str = "limits";
+const TABLES: [&str; 11] =
+    [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS, REPORTS, MARKS, ROLLOUT_COUNTS, ROLLOUT_FAILED, LIMITS];
 const CONFIG_VERSION: &[u8] = b"version";
 
 /// What an API client is told of a [`FleetError::Database`] (not where or what the database is).
@@ -159,8 +168,9 @@ impl Default for Settings {
 pub struct Fleet {
     db: db::FleetDb,
     settings: Settings,
-    /// Enrollment rate limits (in memory: a restart refills them).
-    enroll_limits: Mutex<EnrollLimits>,
+    /// Taken while an enrollment's rate limits are read and written back (the store's
+    /// conditions keep other servers apart; this keeps this server's threads apart).
+    enroll_limits: Mutex<()>,
     /// Serialises read-modify-write sequences (enrollment, audit sequence numbers).
     write: Mutex<()>,
     /// One of these guards each device record: check-ins of different devices run (and
@@ -225,7 +235,7 @@ impl Fleet {
         Fleet {
             db,
             settings,
-            enroll_limits: Mutex::new(EnrollLimits::default()),
+            enroll_limits: Mutex::new(()),
             write: Mutex::new(()),
             stripes: (0..64).map(|_| Mutex::new(())).collect(),
         }

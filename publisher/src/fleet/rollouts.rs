@@ -5,11 +5,92 @@
 
 use ferry_api::admin::RolloutAction;
 use ferry_store::kv::Op;
+use serde::{Deserialize, Serialize};
 
 use super::{
     check_name, expect, json, now, parse, Caller, Device, Fleet, FleetError, Result, Rollout, RolloutState,
-    RolloutStatus, MAX_TEXT, ROLLOUTS,
+    RolloutStatus, MARKS, MAX_TEXT, ROLLOUTS, ROLLOUT_COUNTS, ROLLOUT_FAILED,
 };
+
+/// The examples a halt's reason names.
+const HALT_EXAMPLES: usize = 5;
+
+/// Each counter is kept in this many parts (a device adds to the part its serial picks),
+/// so devices taking a release at the same moment do not queue on one row.
+const COUNTER_PARTS: u8 = 16;
+
+/// A device's part in the statistics of its channel's rollout, kept (in `marks`, by serial)
+/// while it took the rollout's release and counts ([`counts_for`]). The rollout's counters
+/// are the sums of these marks, changed in the batch that changes a mark: a check-in or a
+/// halt reads the counters, never the fleet. A device counts in the rollout of the channel
+/// it reports (a device that moved to another channel leaves the figures, as it leaves
+/// `rollout status`'s list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Mark {
+    channel: String,
+    /// The rollout's [`run`].
+    run: u64,
+    failed: bool,
+}
+
+/// One rollout of a channel among those it has had: its start's audit number (its start
+/// time for rollouts recorded before those were kept).
+fn run(r: &Rollout) -> u64 {
+    r.started_seq.unwrap_or(r.started.max(0) as u64)
+}
+
+/// The keys of a run's counters and failed devices start with this.
+fn run_prefix(channel: &str, run: u64) -> Vec<u8> {
+    let mut p = channel.as_bytes().to_vec();
+    p.push(0);
+    p.extend_from_slice(&run.to_be_bytes());
+    p.push(0);
+    p
+}
+
+/// A part of one of a run's counters: `counted` (present from the start of runs that keep
+/// counters), `took`, `failed`.
+fn counter_key(channel: &str, run: u64, name: &str, part: u8) -> Vec<u8> {
+    let mut k = run_prefix(channel, run);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.push(part);
+    k
+}
+
+/// The key of a device that took a run's release and failed (the halt's examples).
+fn failed_key(channel: &str, run: u64, serial: &str) -> Vec<u8> {
+    let mut k = run_prefix(channel, run);
+    k.extend_from_slice(serial.as_bytes());
+    k
+}
+
+/// A rollout's figures: counted devices that took its release, and failed; `counted` if
+/// they come from its counters (else from reading every device).
+struct Counts {
+    took: usize,
+    failed: usize,
+    counted: bool,
+}
+
+impl Mark {
+    /// The ops adding (`sign` 1) or taking away (-1) this mark in its run's counters.
+    fn count_ops(&self, serial: &str, sign: i64) -> Vec<Op> {
+        let part = blake3::hash(serial.as_bytes()).as_bytes()[0] % COUNTER_PARTS;
+        let add = |name| Op::Add { table: ROLLOUT_COUNTS, key: counter_key(&self.channel, self.run, name, part), delta: sign };
+        let mut ops = vec![add("took")];
+        if self.failed {
+            ops.push(add("failed"));
+            let key = failed_key(&self.channel, self.run, serial);
+            ops.push(if sign > 0 {
+                Op::Put { table: ROLLOUT_FAILED, key, value: Vec::new() }
+            } else {
+                Op::Delete { table: ROLLOUT_FAILED, key }
+            });
+        }
+        ops
+    }
+}
 
 /// True if a device counts in `r`'s statistics (and so for its automatic halt): an operator
 /// accepted it, or it enrolled before the rollout started. Devices enrolled (and accepted
@@ -124,6 +205,8 @@ impl Fleet {
             self.db.write(vec![
                 expect(ROLLOUTS, channel.as_bytes(), was),
                 Op::Put { table: ROLLOUTS, key: channel.as_bytes().to_vec(), value: json(&r) },
+                // This run keeps counters from its start (`rollout_counts`).
+                Op::Add { table: ROLLOUT_COUNTS, key: counter_key(channel, seq, "counted", 0), delta: 1 },
                 audit,
             ])?;
             Ok(r)
@@ -219,8 +302,122 @@ impl Fleet {
             let _d = self.device_lock(&device.serial);
             let (mut d, was) = self.device_read(&device.serial)?;
             d.served.insert(channel.into(), serial);
-            self.db.write(Fleet::device_ops(&d, Some(was)).to_vec())
+            let mut ops = Fleet::device_ops(&d, Some(was)).to_vec();
+            ops.extend(self.mark_ops(&d.serial, Some(&d))?);
+            self.db.write(ops)
         })
+    }
+
+    /// The ops that keep `serial`'s mark, and its rollout's counters, true to the device as
+    /// it is about to be written (`None`: removed), on condition that the mark is still the
+    /// one read (always: of two servers writing one device's reports at once, the one that
+    /// leaves the mark as it was must not win over the one that changed it) and, when it
+    /// changes, that the rollout is still the one read (a check-in racing a rollout's start
+    /// reads again and counts in the new run). The caller holds the device's lock.
+    pub(super) fn mark_ops(&self, serial: &str, d: Option<&Device>) -> Result<Vec<Op>> {
+        let was_bytes = self.db.get(MARKS, serial.as_bytes())?;
+        let was: Option<Mark> = match &was_bytes {
+            Some(b) => Some(parse(b, || format!("rollout mark of device {serial}"))?),
+            None => None,
+        };
+        let (now, rollout) = match d {
+            Some(d) => self.mark_of(d)?,
+            None => (None, None),
+        };
+        let mut ops = vec![expect(MARKS, serial.as_bytes(), was_bytes)];
+        if was == now {
+            return Ok(ops);
+        }
+        if let Some((channel, bytes)) = rollout {
+            ops.push(expect(ROLLOUTS, channel.as_bytes(), Some(bytes)));
+        }
+        if let Some(m) = &was {
+            ops.extend(m.count_ops(serial, -1));
+        }
+        match &now {
+            Some(m) => {
+                ops.extend(m.count_ops(serial, 1));
+                ops.push(Op::Put { table: MARKS, key: serial.as_bytes().to_vec(), value: json(m) });
+            }
+            None => ops.push(Op::Delete { table: MARKS, key: serial.as_bytes().to_vec() }),
+        }
+        Ok(ops)
+    }
+
+    /// `d`'s mark in the rollout of the channel it reports, if it counts and took it; and
+    /// that rollout's channel and stored bytes, if there is one.
+    #[allow(clippy::type_complexity)]
+    fn mark_of(&self, d: &Device) -> Result<(Option<Mark>, Option<(String, Vec<u8>)>)> {
+        let Some(channel) = &d.report.channel else { return Ok((None, None)) };
+        let (Some(r), Some(bytes)) = self.rollout_read(channel)? else { return Ok((None, None)) };
+        let mark = (counts_for(d, &r) && took_it(d, channel, r.base_serial))
+            .then(|| Mark { channel: channel.clone(), run: run(&r), failed: failed(d, channel, r.base_serial) });
+        Ok((mark, Some((channel.clone(), bytes))))
+    }
+
+    /// How many counted devices took `r`'s release, and how many of them failed: its
+    /// counters, read together in one indexed read; for a rollout started before counters
+    /// were kept (no `counted`), every device read, as then.
+    fn rollout_counts(&self, r: &Rollout) -> Result<Counts> {
+        let prefix = run_prefix(&r.channel, run(r));
+        // 3 counters of at most COUNTER_PARTS parts each, then the failed devices' keys.
+        let rows = self.db.page(ROLLOUT_COUNTS, &prefix, None, 3 * usize::from(COUNTER_PARTS))?;
+        let (mut counted, mut took, mut failed_n) = (false, 0i64, 0i64);
+        for (k, v) in rows {
+            let name = &k[prefix.len()..k.len().saturating_sub(2)];
+            let n = ferry_store::kv::counter_value(&v).ok_or_else(|| FleetError::Damaged {
+                what: format!("counter of the rollout on {}", r.channel),
+                why: format!("{} bytes, not 8", v.len()),
+            })?;
+            match name {
+                b"counted" => counted = true,
+                b"took" => took += n,
+                b"failed" => failed_n += n,
+                _ => {}
+            }
+        }
+        if !counted {
+            let (took, failed) = self.scan_counts(r)?;
+            return Ok(Counts { took, failed, counted });
+        }
+        Ok(Counts { took: usize::try_from(took).unwrap_or(0), failed: usize::try_from(failed_n).unwrap_or(0), counted })
+    }
+
+    /// [`Fleet::rollout_counts`] by reading every device (rollouts started before counters).
+    fn scan_counts(&self, r: &Rollout) -> Result<(usize, usize)> {
+        let (mut took, mut failed_n) = (0, 0);
+        for d in self.devices()? {
+            if d.report.channel.as_deref() == Some(r.channel.as_str())
+                && counts_for(&d, r)
+                && took_it(&d, &r.channel, r.base_serial)
+            {
+                took += 1;
+                failed_n += usize::from(failed(&d, &r.channel, r.base_serial));
+            }
+        }
+        Ok((took, failed_n))
+    }
+
+    /// The serials of up to `n` counted devices that took `r`'s release and failed: one
+    /// indexed read (for a rollout started before counters, `!counted`, from every device).
+    fn failed_examples(&self, r: &Rollout, n: usize, counted: bool) -> Result<Vec<String>> {
+        if counted {
+            let prefix = run_prefix(&r.channel, run(r));
+            let page = self.db.page(ROLLOUT_FAILED, &prefix, None, n)?;
+            return Ok(page.into_iter().map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect());
+        }
+        Ok(self
+            .devices()?
+            .into_iter()
+            .filter(|d| {
+                d.report.channel.as_deref() == Some(r.channel.as_str())
+                    && counts_for(d, r)
+                    && took_it(d, &r.channel, r.base_serial)
+                    && failed(d, &r.channel, r.base_serial)
+            })
+            .take(n)
+            .map(|d| d.serial)
+            .collect())
     }
 
     /// Counts the devices that took documents newer than the base and how many of them
@@ -236,30 +433,25 @@ impl Fleet {
         if r.state != RolloutState::Running {
             return Ok(());
         }
-        let (mut took, mut bad) = (0usize, Vec::new());
-        for d in self.devices()? {
-            if counts_for(&d, &r) && took_it(&d, channel, r.base_serial) {
-                took += 1;
-                if failed(&d, channel, r.base_serial) {
-                    bad.push(format!(
-                        "{}: {}",
-                        d.serial,
-                        d.report.last_error.as_deref().or(d.report.last_result.as_deref()).unwrap_or("failed")
-                    ));
-                }
-            }
-        }
-        if took == 0 || bad.len() * 100 <= took * usize::from(r.max_failure_percent) {
+        let Counts { took, failed: bad, counted } = self.rollout_counts(&r)?;
+        if took == 0 || bad * 100 <= took * usize::from(r.max_failure_percent) {
             return Ok(());
         }
+        let mut examples = Vec::new();
+        for serial in self.failed_examples(&r, HALT_EXAMPLES, counted)? {
+            let why = match self.device(&serial) {
+                Ok(d) => d.report.last_error.or(d.report.last_result).unwrap_or_else(|| "failed".into()),
+                Err(_) => "failed".into(),
+            };
+            examples.push(format!("{serial}: {why}"));
+        }
         let mut reason = format!(
-            "{} of {took} devices that took serial {} failed ({}% > {}%): ",
-            bad.len(),
+            "{bad} of {took} devices that took serial {} failed ({}% > {}%): ",
             head.serial,
-            bad.len() * 100 / took,
+            bad * 100 / took,
             r.max_failure_percent
         );
-        reason += &bad.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+        reason += &examples.join("; ");
         let mut cut = reason.len().min(MAX_TEXT);
         while !reason.is_char_boundary(cut) {
             cut -= 1;
@@ -274,8 +466,12 @@ impl Fleet {
         ])
     }
 
+    /// A rollout and its figures: took and failed from its counters; the devices on the
+    /// channel, eligible and uncounted from a read of every device (an operator's look, never
+    /// a check-in's).
     pub fn rollout_status(&self, r: Rollout) -> Result<RolloutStatus> {
-        let (mut devices, mut eligible, mut took, mut failed_n, mut uncounted) = (0, 0, 0, 0, 0);
+        let Counts { took, failed: failed_n, .. } = self.rollout_counts(&r)?;
+        let (mut devices, mut eligible, mut uncounted) = (0, 0, 0);
         for d in self.devices()? {
             if d.report.channel.as_deref() != Some(r.channel.as_str()) {
                 continue;
@@ -287,12 +483,6 @@ impl Fleet {
             devices += 1;
             if r.group.as_ref().is_none_or(|g| d.groups.contains(g)) {
                 eligible += 1;
-            }
-            if took_it(&d, &r.channel, r.base_serial) {
-                took += 1;
-                if failed(&d, &r.channel, r.base_serial) {
-                    failed_n += 1;
-                }
             }
         }
         Ok(RolloutStatus { rollout: r, devices, eligible, took, failed: failed_n, uncounted })

@@ -24,14 +24,47 @@ struct DeviceFilter {
     group: Option<String>,
     channel: Option<String>,
     state: Option<String>,
+    /// Devices in one answer (1 to [`MAX_DEVICES_PAGE`], that by default).
+    limit: Option<String>,
+    /// The serial the previous page ended with.
+    after: Option<String>,
 }
 
+/// The most devices one answer of `GET /v1/admin/devices` holds.
+pub const MAX_DEVICES_PAGE: usize = 1000;
+
+/// One page of devices in serial order, the filters applied to its devices (so a filtered
+/// page may hold fewer than `limit`, even none); while more follow, a `Link: <…>; rel="next"`
+/// header names the next page's path.
 async fn devices(
     State(s): State<Shared>,
     _: Extension<Caller>,
     Query(f): Query<DeviceFilter>,
 ) -> Result<Response, ApiError> {
-    let list = blocking(move || s.fleet.devices()).await?;
+    let limit = match &f.limit {
+        None => MAX_DEVICES_PAGE,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_DEVICES_PAGE).contains(&n) => n,
+            _ => return Err(FleetError::BadRequest(format!("limit {l:?} must be a number from 1 to {MAX_DEVICES_PAGE}")).into()),
+        },
+    };
+    if let Some(a) = &f.after {
+        crate::fleet::check_name("after (a serial)", a)?;
+    }
+    let after = f.after.clone();
+    let (list, more) = blocking(move || s.fleet.devices_page(after.as_deref(), limit)).await?;
+    let next = match (more, list.last()) {
+        (true, Some(last)) => {
+            let mut q = vec![format!("after={}", encode(&last.serial)), format!("limit={limit}")];
+            for (k, v) in [("group", &f.group), ("channel", &f.channel), ("state", &f.state)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", encode(v)));
+                }
+            }
+            Some(format!("</v1/admin/devices?{}>; rel=\"next\"", q.join("&")))
+        }
+        _ => None,
+    };
     let list: Vec<_> = list
         .into_iter()
         .filter(|d| f.group.as_ref().is_none_or(|g| d.groups.contains(g)))
@@ -43,7 +76,24 @@ async fn devices(
         })
         .map(|d| d.view(None))
         .collect();
-    Ok(Json(list).into_response())
+    let mut r = Json(list).into_response();
+    if let Some(next) = next.and_then(|n| axum::http::HeaderValue::from_str(&n).ok()) {
+        r.headers_mut().insert(axum::http::header::LINK, next);
+    }
+    Ok(r)
+}
+
+/// `v` percent-encoded for a query string (all but unreserved characters).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn device(

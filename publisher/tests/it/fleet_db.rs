@@ -85,6 +85,30 @@ fn exercise(db: &FleetDb) -> Vec<String> {
         db.write(vec![put("one", b"e", b"")]).unwrap();
         db.get("one", b"e").unwrap()
     });
+    // Pages: at most `limit`, strictly after `after`, within the prefix.
+    note("page first 2", &db.page("one", b"", None, 2).unwrap());
+    note("page after dev/a", &db.page("one", b"dev", Some(b"dev/a"), 10).unwrap());
+    note("page after a key before the prefix", &db.page("one", b"dev", Some(b"a"), 10).unwrap());
+    note("page after the prefix's keys", &db.page("one", b"dev", Some(b"dev1"), 10).unwrap());
+    note("page past the end", &db.page("one", b"", Some(&[0xff, 0xff, 0x00]), 10).unwrap());
+    note("page of ff", &db.page("one", &[0xff], None, 1).unwrap());
+    // Counters: absent is 0, adds in one batch add up, negative works, and a batch whose
+    // condition fails adds nothing.
+    note("counter absent", &db.counter("two", b"n").unwrap());
+    db.write(vec![
+        Op::Add { table: "two", key: b"n".to_vec(), delta: 5 },
+        Op::Add { table: "two", key: b"n".to_vec(), delta: -7 },
+    ])
+    .unwrap();
+    note("counter", &db.counter("two", b"n").unwrap());
+    note(
+        "counter under a failed condition",
+        &refused(db.write(vec![
+            Op::Add { table: "two", key: b"n".to_vec(), delta: 100 },
+            Op::Expect { table: "one", key: b"e".to_vec(), value: None },
+        ])),
+    );
+    note("counter unchanged", &db.counter("two", b"n").unwrap());
     seen
 }
 
@@ -98,6 +122,38 @@ fn both_stores_answer_the_same_operations_the_same_way() {
     let (a, b) = (exercise(&embedded), exercise(&postgres));
     assert_eq!(a, b);
     assert!(a.iter().any(|l| l.starts_with("scan dev/") && l.contains("100, 101, 118, 47, 98")), "{a:?}");
+    assert!(a.contains(&"counter: -2".to_string()), "{a:?}");
+    assert!(a.contains(&"counter unchanged: -2".to_string()), "{a:?}");
+    let page = a.iter().find(|l| l.starts_with("page after dev/a")).unwrap();
+    assert!(page.contains("[100, 101, 118, 48]") && !page.contains("[100, 101, 118, 47, 97]"), "{page}");
+}
+
+/// Counters added to from many threads through two servers on one database (or one
+/// embedded store) lose no addition.
+#[test]
+fn counters_added_to_at_once_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = FleetDb::open(&Location::Dir(dir.path().join("kv")), &TABLES).unwrap();
+    let pg = Postgres::start(false).unwrap();
+    let at = Location::Postgres(pg.create_database("counters").unwrap());
+    let (p1, p2) = (FleetDb::open(&at, &TABLES).unwrap(), FleetDb::open(&at, &TABLES).unwrap());
+    for (what, dbs) in [("embedded", [&embedded, &embedded]), ("postgres", [&p1, &p2])] {
+        std::thread::scope(|s| {
+            for i in 0..6 {
+                let db = dbs[i % 2];
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        db.write(vec![
+                            Op::Add { table: "two", key: b"c".to_vec(), delta: 1 },
+                            Op::Add { table: "two", key: b"d".to_vec(), delta: -2 },
+                        ])
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!((dbs[0].counter("two", b"c").unwrap(), dbs[1].counter("two", b"d").unwrap()), (300, -600), "{what}");
+    }
 }
 
 #[test]
@@ -110,11 +166,19 @@ fn replicas_starting_together_make_the_schema_once() {
         handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
     });
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let rows: i64 = c.query_one("SELECT count(*) FROM ferry_schema", &[]).unwrap().get(0);
-    assert_eq!(rows, 1);
+    let versions = |c: &mut postgres::Client| -> Vec<i32> {
+        c.query("SELECT version FROM ferry_schema ORDER BY version", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+    };
+    assert_eq!(versions(&mut c), vec![1, 2], "each step of the schema made once");
     // Each replica sees what another wrote.
     fleets[0].create_token(&Caller::Local, TokenKind::Admin, "ops").unwrap();
     assert_eq!(fleets[5].tokens().unwrap().len(), 1);
+    // A database of schema 1 (before rollout counters) is raised to 2 by the next start,
+    // keeping what it holds.
+    c.execute("DELETE FROM ferry_schema WHERE version = 2", &[]).unwrap();
+    let f = Fleet::open(&at, Settings::default()).unwrap();
+    assert_eq!(versions(&mut c), vec![1, 2]);
+    assert_eq!(f.tokens().unwrap().len(), 1);
 
     // A schema from a newer ferry is refused, by name, before anything is written.
     c.execute("UPDATE ferry_schema SET version = 99", &[]).unwrap();
@@ -182,8 +246,10 @@ fn bad_urls_and_empty_databases_are_named_without_the_password() {
 fn replicas() -> (Postgres, Fleet, Fleet) {
     let pg = Postgres::start(false).unwrap();
     let at = Location::parse(&pg.create_database("fleet").unwrap());
-    let a = Fleet::open(&at, Settings::default()).unwrap();
-    let b = Fleet::open(&at, Settings::default()).unwrap();
+    // The tests enroll more than the default rate allows (which the replicas share).
+    let settings = Settings { enrollments_per_minute: 10_000, ..Settings::default() };
+    let a = Fleet::open(&at, settings.clone()).unwrap();
+    let b = Fleet::open(&at, settings).unwrap();
     (pg, a, b)
 }
 
@@ -384,4 +450,167 @@ fn a_database_that_stops_answering_costs_each_call_a_bounded_wait() {
     );
     tx.rollback().unwrap();
     assert_eq!(f.tokens().unwrap().len(), 1, "answers again once the table is free");
+}
+
+/// A rollout's figures come from counters its devices' check-ins keep (no check-in reads the
+/// fleet): through two servers at once, with each device checking in through both, every
+/// device that took the release counts once, every failure once, the halt fires when the
+/// share passes the limit, and a device removed leaves the counts.
+#[test]
+fn a_rollout_s_counters_count_each_device_once_through_two_replicas_and_halt_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings { enrollments_per_minute: 10_000, ..Settings::default() };
+    let embedded = Fleet::open(&dir.path().join("fleet"), settings.clone()).unwrap();
+    let pg = Postgres::start(false).unwrap();
+    let at = Location::parse(&pg.create_database("fleet").unwrap());
+    let (a, b) = (Fleet::open(&at, settings.clone()).unwrap(), Fleet::open(&at, settings).unwrap());
+    rollout_counters(&embedded, &embedded);
+    rollout_counters(&a, &b);
+}
+
+fn rollout_counters(a: &Fleet, b: &Fleet) {
+    use ferry_publisher::fleet::{HeadDoc, Pick, Report, RolloutState};
+    const N: usize = 60;
+    let enrollment = a.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
+    let tokens: Vec<String> = (0..N)
+        .map(|i| [a, b][i % 2].enroll(&format!("SN-{i:03}"), "rev-a", &enrollment, None).unwrap().device_token)
+        .collect();
+    let base = HeadDoc { id: "doc-1".into(), serial: 1, targets: Default::default() };
+    let head = HeadDoc { id: "doc-2".into(), serial: 2, targets: Default::default() };
+    a.start_rollout(&Caller::Local, "stable", &base, 100, None, 20).unwrap();
+    let report = |result: Option<&str>| Report {
+        channel: Some("stable".into()),
+        current: Some("c1".into()),
+        last_result: result.map(str::to_string),
+        ..Report::default()
+    };
+    // Every device checks in through both servers at the same moment.
+    let check_in_everywhere = |devices: std::ops::Range<usize>, result: Option<&'static str>| {
+        std::thread::scope(|s| {
+            for f in [a, b] {
+                let (tokens, head, report) = (&tokens, &head, &report);
+                let devices = devices.clone();
+                s.spawn(move || {
+                    for i in devices {
+                        let d = f.device_for(&tokens[i]).unwrap();
+                        let d = f.check_in(&d, report(result)).unwrap();
+                        assert_eq!(f.pick(&d, "stable", head).unwrap(), Pick::Head);
+                    }
+                });
+            }
+        });
+    };
+    let figures = |f: &Fleet| {
+        let st = f.rollout_status(f.rollout("stable").unwrap().unwrap()).unwrap();
+        (st.took, st.failed, st.rollout.state)
+    };
+    check_in_everywhere(0..N, Some("updated"));
+    assert_eq!(figures(a), (N, 0, RolloutState::Running));
+    // 10 of 60 fail (16%, under the 20% limit): counted once each, the rollout runs on.
+    check_in_everywhere(0..10, Some("rolled-back"));
+    assert_eq!(figures(b), (N, 10, RolloutState::Running));
+    // 3 more (21%): halted, and the reason names the figures and examples.
+    check_in_everywhere(10..13, Some("rolled-back"));
+    let (took, failed, state) = figures(a);
+    assert_eq!((took, failed, state), (N, 13, RolloutState::Paused));
+    let reason = a.rollout("stable").unwrap().unwrap().halt_reason.unwrap();
+    assert!(reason.starts_with("13 of 60 devices that took serial 2 failed (21% > 20%): SN-000: "), "{reason}");
+    // A failed device removed, a healthy one pinned (it no longer counts as taking it).
+    b.remove(&Caller::Local, "SN-000").unwrap();
+    let pinned = a.device_for(&tokens[20]).unwrap();
+    a.check_in(&pinned, Report { pinned: Some(true), ..report(Some("updated")) }).unwrap();
+    assert_eq!(figures(b), (N - 2, 12, RolloutState::Paused));
+    // A new rollout starts from nothing.
+    a.change_rollout(&Caller::Local, "stable", ferry_publisher::fleet::RolloutAction::Abort, None).unwrap();
+    a.start_rollout(&Caller::Local, "stable", &head, 100, None, 20).unwrap();
+    assert_eq!(figures(a), (0, 0, RolloutState::Running));
+}
+
+/// A rollout started before its counters were kept (a server upgraded in its middle): its
+/// figures and halt read the devices as before, so a failed device's first check-in after
+/// the upgrade cannot halt it as "1 of 1 failed".
+#[test]
+fn a_rollout_started_before_counters_counts_by_reading_the_devices() {
+    use ferry_publisher::fleet::{HeadDoc, Report, RolloutState};
+    const ALL: [&str; 11] = [
+        "devices", "tokens", "audit", "events", "config", "rollouts", "reports", "marks", "rollout_counts",
+        "rollout_failed", "limits",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("fleet");
+    let settings = Settings { enrollments_per_minute: 10_000, ..Settings::default() };
+    let base = HeadDoc { id: "doc-1".into(), serial: 1, targets: Default::default() };
+    let head = HeadDoc { id: "doc-2".into(), serial: 2, targets: Default::default() };
+    let report = |result: &str| Report {
+        channel: Some("stable".into()),
+        last_result: Some(result.into()),
+        ..Report::default()
+    };
+    let check_in = |f: &Fleet, token: &str, result: &str| {
+        let d = f.check_in(&f.device_for(token).unwrap(), report(result)).unwrap();
+        f.pick(&d, "stable", &head).unwrap();
+    };
+    let tokens: Vec<String> = {
+        let f = Fleet::open(&at, settings.clone()).unwrap();
+        let enrollment = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
+        let tokens: Vec<String> =
+            (0..20).map(|i| f.enroll(&format!("SN-{i:02}"), "rev-a", &enrollment, None).unwrap().device_token).collect();
+        f.start_rollout(&Caller::Local, "stable", &base, 100, None, 10).unwrap();
+        for t in &tokens {
+            check_in(&f, t, "updated");
+        }
+        check_in(&f, &tokens[0], "rolled-back");
+        tokens
+    };
+    // What a store written before counters holds: no marks, no counters.
+    {
+        let db = FleetDb::open(&Location::Dir(at.clone()), &ALL).unwrap();
+        for table in ["marks", "rollout_counts", "rollout_failed"] {
+            let ops = db.scan(table, b"").unwrap().into_iter().map(|(key, _)| Op::Delete { table, key }).collect();
+            db.write(ops).unwrap();
+        }
+    }
+    let f = Fleet::open(&at, settings).unwrap();
+    let figures = || {
+        let st = f.rollout_status(f.rollout("stable").unwrap().unwrap()).unwrap();
+        (st.took, st.failed, st.rollout.state)
+    };
+    assert_eq!(figures(), (20, 1, RolloutState::Running));
+    // 2 of 20 (10%, not above the limit): still running, though this device's mark is the
+    // only one the counters would hold.
+    check_in(&f, &tokens[1], "rolled-back");
+    assert_eq!(figures(), (20, 2, RolloutState::Running));
+    check_in(&f, &tokens[2], "rolled-back");
+    assert_eq!(figures(), (20, 3, RolloutState::Paused));
+    let reason = f.rollout("stable").unwrap().unwrap().halt_reason.unwrap();
+    assert!(reason.starts_with("3 of 20 devices that took serial 2 failed (15% > 10%): SN-00: "), "{reason}");
+}
+
+/// The enrollment token's rate limit is the fleet's, not each server's: enrollments through
+/// two replicas at once draw on one bucket, so a balancer does not multiply the rate.
+#[test]
+fn replicas_share_the_enrollment_rate_limit() {
+    let pg = Postgres::start(false).unwrap();
+    let at = Location::parse(&pg.create_database("fleet").unwrap());
+    let settings = Settings { enrollments_per_minute: 5, ..Settings::default() };
+    let (a, b) = (Fleet::open(&at, settings.clone()).unwrap(), Fleet::open(&at, settings).unwrap());
+    let enrollment = a.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
+    let outcomes: Vec<Result<_, FleetError>> = std::thread::scope(|s| {
+        let h: Vec<_> = (0..12)
+            .map(|i| {
+                let (f, enrollment) = ([&a, &b][i % 2], &enrollment);
+                s.spawn(move || f.enroll(&format!("SN-{i}"), "rev-a", enrollment, None))
+            })
+            .collect();
+        h.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let enrolled = outcomes.iter().filter(|r| r.is_ok()).count();
+    // 5 at once (a unit may refill while they run: one a 12 s).
+    assert!((5..=6).contains(&enrolled), "{enrolled} enrolled: {outcomes:?}");
+    assert!(
+        outcomes.iter().all(|r| r.is_ok()
+            || matches!(r, Err(FleetError::TooMany { what, .. }) if what.contains("enrollment token factory"))),
+        "{outcomes:?}"
+    );
+    assert_eq!(b.devices().unwrap().len(), enrolled);
 }
