@@ -38,10 +38,13 @@ fn main() {
     }
     let n: usize = std::env::var("FERRY_BENCH_DEVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    std::fs::create_dir_all(ferry_benches::cache_dir()).expect("the bench cache");
     let pg = Postgres::start(true).expect("PostgreSQL (scripts/deps installs postgresql-15)");
 
     println!("\n### {n} devices checking in, at most {IN_FLIGHT} at once (127.0.0.1, this machine)\n");
-    println!("| store | servers | enroll (s) | check-ins/s | p50 (ms) | p99 (ms) | max (ms) | database connections (most) |");
+    println!(
+        "| store | servers | enroll (s) | check-ins/s | p50 (ms) | p99 (ms) | max (ms) | database connections (most) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let embedded = checkins(n, rounds, None);
     let url = pg.create_database("checkins").expect("database");
@@ -138,10 +141,7 @@ fn checkins(n: usize, rounds: usize, pg: Option<(&Postgres, &str)>) -> Checkins 
     // Devices come from 8 loopback addresses (a server holds 256 connections per address).
     let clients: Vec<reqwest::Client> = (2..10u8)
         .map(|last| {
-            reqwest::Client::builder()
-                .local_address(std::net::IpAddr::from([127, 0, 0, last]))
-                .build()
-                .expect("client")
+            reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, last])).build().expect("client")
         })
         .collect();
     let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -240,7 +240,12 @@ fn halt(a: &Fleet, b: &Fleet, n: usize) -> (f64, f64, usize) {
                         .step_by(4)
                         .map(|i| {
                             let f = fleets[i % 2];
-                            (i, f.enroll(&format!("SN-{i:05}"), "rev-a", enrollment, None).expect("enroll").device_token)
+                            (
+                                i,
+                                f.enroll(&format!("SN-{i:05}"), "rev-a", enrollment, None)
+                                    .expect("enroll")
+                                    .device_token,
+                            )
                         })
                         .collect::<Vec<_>>()
                 })

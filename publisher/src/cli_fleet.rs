@@ -194,7 +194,8 @@ pub fn devices(a: DevicesArgs) -> Result<()> {
     let path = if query.is_empty() { "devices".to_string() } else { format!("devices?{}", query.join("&")) };
     // Every page, unless --limit asked for one.
     let (list, next) = device_pages(&a.server, path, a.limit.is_none())?;
-    if let Some(after) = next.as_deref().and_then(|n| n.split('&').find_map(|p| p.split_once("after=")).map(|(_, v)| v)) {
+    if let Some(after) = next.as_deref().and_then(|n| n.split('&').find_map(|p| p.split_once("after=")).map(|(_, v)| v))
+    {
         eprintln!("more devices follow: add --after {after}");
     }
     if a.json {

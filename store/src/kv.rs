@@ -218,7 +218,13 @@ impl Kv {
 
     /// At most `limit` `(key, value)`s whose key starts with `prefix` and sorts after
     /// `after` (from the first if None), in key order: one page of a long table.
-    pub fn page(&self, table: &str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn page(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         if self.db.cf_handle(table).is_none() {
             return self.absent(table).map(|()| out);

@@ -152,8 +152,9 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     env.repo = ferry_store::Repository::open_follower(env.repo.path(), &follower).unwrap();
     // The first tokens written to the database by the real CLI, as the README does it.
     let token = ferry(&["admin", "token", "create", "--name", "ops", "--fleet-db", &url]).trim().to_string();
-    let enrollment =
-        ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet-db", &url]).trim().to_string();
+    let enrollment = ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet-db", &url])
+        .trim()
+        .to_string();
     std::fs::write(env.path().join("enrollment-token"), format!("{enrollment}\n")).unwrap();
 
     let mut a = replica(&env, &url, "replica-a");
@@ -175,6 +176,12 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
         assert!(list.values().all(|d| d["report"]["current_version"] == "1"), "{list:?}");
     }
 
+    // The web UI's session: signed in through A, used and ended through B, gone on A.
+    let (cookie, csrf) = sign_in(&via_a, &token);
+    assert_eq!(with_session(&via_b, "GET", "devices", &cookie, None), 200);
+    assert_eq!(with_session(&via_b, "DELETE", "session", &cookie, Some(&csrf)), 200);
+    assert_eq!(with_session(&via_a, "GET", "devices", &cookie, None), 401);
+
     // A rollout of all of them that halts above 40% failures, started through the
     // balancer; release 2 promoted through replica A's admin API.
     let start = json!({ "percent": 100, "max_failure_percent": 40 });
@@ -190,7 +197,10 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
         assert!(ok, "{err}");
         assert_eq!(version(d), "2");
     }
-    assert_eq!((rollout(&via_b, &token)["took"].as_u64(), rollout(&via_a, &token)["failed"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(
+        (rollout(&via_b, &token)["took"].as_u64(), rollout(&via_a, &token)["failed"].as_u64()),
+        (Some(3), Some(0))
+    );
 
     // Replica A is killed while a device whose release 2 fails updates: the balancer sends
     // the rest to B, and the device, told 502 for what A dropped, asks again.
@@ -217,7 +227,11 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     }
     // The halt fired on the third failure (3 of 6 = 50% > 40%), with every device counted once.
     let r = rollout(&via_lb, &token);
-    assert_eq!((r["state"].as_str(), r["took"].as_u64(), r["failed"].as_u64()), (Some("paused"), Some(6), Some(3)), "{r}");
+    assert_eq!(
+        (r["state"].as_str(), r["took"].as_u64(), r["failed"].as_u64()),
+        (Some("paused"), Some(6), Some(3)),
+        "{r}"
+    );
     assert!(r["halt_reason"].as_str().unwrap().starts_with("3 of 6 devices that took serial 2 failed"), "{r}");
     // Nothing half-written: the audit log's numbers run without a hole, the halt in it once.
     let (status, log) = admin(&via_lb, &token, "GET", "audit", None);
@@ -296,6 +310,42 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
         assert!(Instant::now() < deadline, "replica B stopped answering");
     }
     drop(lb);
+}
+
+/// Signs in to the web UI at `base`: the session cookie (`name=value`) and CSRF token.
+fn sign_in(base: &str, token: &str) -> (String, String) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/admin/session"))
+            .header("content-type", "application/json")
+            .body(json!({ "token": token }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        (cookie, v["csrf_token"].as_str().unwrap().to_string())
+    })
+}
+
+/// A request of the web page's with `cookie` (and the CSRF token of a change): its status.
+fn with_session(base: &str, method: &str, path: &str, cookie: &str, csrf: Option<&str>) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let url = format!("{base}/v1/admin/{path}");
+        let mut req = match method {
+            "DELETE" => c.delete(url),
+            _ => c.get(url),
+        };
+        req = req.header("cookie", cookie).header("sec-fetch-site", "same-origin");
+        if let Some(t) = csrf {
+            req = req.header("x-csrf-token", t);
+        }
+        req.send().await.unwrap().status().as_u16()
+    })
 }
 
 fn channel_serial(base: &str, token: &str) -> u64 {

@@ -189,8 +189,9 @@ impl FleetDb {
             FleetDb::Embedded(kv) => Ok(kv.counter(table, key)?),
             FleetDb::Postgres(pg) => match pg.get(table, key)? {
                 None => Ok(0),
-                Some(v) => ferry_store::kv::counter_value(&v).ok_or_else(|| {
-                    FleetError::Damaged { what: format!("counter {table}"), why: format!("{} bytes, not 8", v.len()) }
+                Some(v) => ferry_store::kv::counter_value(&v).ok_or_else(|| FleetError::Damaged {
+                    what: format!("counter {table}"),
+                    why: format!("{} bytes, not 8", v.len()),
                 }),
             },
         }
@@ -469,9 +470,7 @@ impl Pg {
         self.read(|c| {
             let rows = match successor(prefix) {
                 Some(end) => c.query(
-                    &format!(
-                        "SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k {op} $2 AND k < $3 ORDER BY k LIMIT $4"
-                    ),
+                    &format!("SELECT k, v FROM ferry_kv WHERE tbl = $1 AND k {op} $2 AND k < $3 ORDER BY k LIMIT $4"),
                     &[&table, &from, &end, &limit],
                 )?,
                 None => c.query(

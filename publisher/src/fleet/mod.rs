@@ -22,7 +22,8 @@
 //!
 //! One module per concern, each adding its methods to [`Fleet`]: `tokens`, `enrollment`
 //! (and re-enrollment), `devices` (records, check-ins, history, accept/revoke/remove),
-//! `config`, `rollouts` and `audit`. This module holds the store's tables, the errors, and
+//! `config`, `rollouts`, `sessions` (the web UI's, kept here so every replica knows them) and
+//! `audit`. This module holds the store's tables, the errors, and
 //! the locks every change takes. The messages of the API are `ferry_api`'s; the records
 //! stored are the same types where the two agree.
 
@@ -32,6 +33,7 @@ pub mod db;
 mod devices;
 mod enrollment;
 mod rollouts;
+mod sessions;
 mod tokens;
 
 use std::sync::Mutex;
@@ -45,6 +47,7 @@ pub use devices::{check_report, Device, Reenrollment};
 pub use enrollment::{ENROLLMENTS_PER_MINUTE, ENROLL_ALL_FACTOR};
 pub use ferry_api::admin::RolloutAction;
 pub use rollouts::{bucket, counts_for, no_rollout_action, HeadDoc, Pick};
+pub use sessions::Session;
 pub use tokens::AdminKey;
 
 const DEVICES: &str = "devices";
@@ -68,8 +71,22 @@ const ROLLOUT_COUNTS: &str = "rollout_counts";
 const ROLLOUT_FAILED: &str = "rollout_failed";
 /// Rate limits every server on the store draws on (enrollment's token buckets).
 const LIMITS: &str = "limits";
-const TABLES: [&str; 11] =
-    [DEVICES, TOKENS, AUDIT, EVENTS, CONFIG, ROLLOUTS, REPORTS, MARKS, ROLLOUT_COUNTS, ROLLOUT_FAILED, LIMITS];
+/// The web UI's sessions, by the hash of their cookie (`sessions::Session`).
+const SESSIONS: &str = "sessions";
+const TABLES: [&str; 12] = [
+    DEVICES,
+    TOKENS,
+    AUDIT,
+    EVENTS,
+    CONFIG,
+    ROLLOUTS,
+    REPORTS,
+    MARKS,
+    ROLLOUT_COUNTS,
+    ROLLOUT_FAILED,
+    LIMITS,
+    SESSIONS,
+];
 const CONFIG_VERSION: &[u8] = b"version";
 
 /// What an API client is told of a [`FleetError::Database`] (not where or what the database is).

@@ -77,7 +77,11 @@ impl Mark {
     /// The ops adding (`sign` 1) or taking away (-1) this mark in its run's counters.
     fn count_ops(&self, serial: &str, sign: i64) -> Vec<Op> {
         let part = blake3::hash(serial.as_bytes()).as_bytes()[0] % COUNTER_PARTS;
-        let add = |name| Op::Add { table: ROLLOUT_COUNTS, key: counter_key(&self.channel, self.run, name, part), delta: sign };
+        let add = |name| Op::Add {
+            table: ROLLOUT_COUNTS,
+            key: counter_key(&self.channel, self.run, name, part),
+            delta: sign,
+        };
         let mut ops = vec![add("took")];
         if self.failed {
             ops.push(add("failed"));
@@ -350,8 +354,11 @@ impl Fleet {
     fn mark_of(&self, d: &Device) -> Result<(Option<Mark>, Option<(String, Vec<u8>)>)> {
         let Some(channel) = &d.report.channel else { return Ok((None, None)) };
         let (Some(r), Some(bytes)) = self.rollout_read(channel)? else { return Ok((None, None)) };
-        let mark = (counts_for(d, &r) && took_it(d, channel, r.base_serial))
-            .then(|| Mark { channel: channel.clone(), run: run(&r), failed: failed(d, channel, r.base_serial) });
+        let mark = (counts_for(d, &r) && took_it(d, channel, r.base_serial)).then(|| Mark {
+            channel: channel.clone(),
+            run: run(&r),
+            failed: failed(d, channel, r.base_serial),
+        });
         Ok((mark, Some((channel.clone(), bytes))))
     }
 
@@ -404,7 +411,10 @@ impl Fleet {
         if counted {
             let prefix = run_prefix(&r.channel, run(r));
             let page = self.db.page(ROLLOUT_FAILED, &prefix, None, n)?;
-            return Ok(page.into_iter().map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect());
+            return Ok(page
+                .into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+                .collect());
         }
         Ok(self
             .devices()?

@@ -30,6 +30,19 @@ impl std::fmt::Debug for AdminKey {
     }
 }
 
+impl AdminKey {
+    /// The key in hex, as a stored session keeps it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<AdminKey> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(AdminKey(bytes))
+    }
+}
+
 #[cfg(test)]
 impl AdminKey {
     /// A key standing for no stored token, for tests of what holds one.

@@ -45,7 +45,12 @@ async fn devices(
         None => MAX_DEVICES_PAGE,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_DEVICES_PAGE).contains(&n) => n,
-            _ => return Err(FleetError::BadRequest(format!("limit {l:?} must be a number from 1 to {MAX_DEVICES_PAGE}")).into()),
+            _ => {
+                return Err(FleetError::BadRequest(format!(
+                    "limit {l:?} must be a number from 1 to {MAX_DEVICES_PAGE}"
+                ))
+                .into())
+            }
         },
     };
     if let Some(a) = &f.after {

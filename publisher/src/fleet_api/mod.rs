@@ -59,21 +59,13 @@ pub struct FleetState {
     pub config_key: Option<ferry_store::SecretKey>,
     /// Mutual TLS: device certificates issued at enrollment and required after it.
     pub certificates: DeviceCertificates,
-    /// The web UI's signed-in sessions (in memory only: a restart signs everyone out).
-    sessions: std::sync::Mutex<sessions::Sessions>,
 }
 
 impl FleetState {
     /// The state over `fleet` and `documents`, with no configuration key and no device
     /// certificates (set the fields to add them).
     pub fn new(fleet: Fleet, documents: Box<dyn Documents>) -> FleetState {
-        FleetState {
-            fleet,
-            documents,
-            config_key: None,
-            certificates: DeviceCertificates::default(),
-            sessions: std::sync::Mutex::default(),
-        }
+        FleetState { fleet, documents, config_key: None, certificates: DeviceCertificates::default() }
     }
 }
 

@@ -6,12 +6,13 @@
 //! CSRF token again after a reload, `DELETE` signs out). What it is not for: whether a token
 //! is an admin's (`crate::fleet`), or the admin routes themselves (`admin`).
 //!
-//! - **Sessions** live in the server's memory only: a random 256-bit cookie (kept as its
-//!   BLAKE3 hash), the admin token's hash (never the token), the admin's name and a random
-//!   CSRF token. At most [`MAX_SESSIONS`] at once (signing in drops expired ones, then the
-//!   oldest); one ends [`SESSION_IDLE`] after its last request or [`SESSION_MAX`] after it
-//!   signed in, at sign-out, when its admin token is revoked (checked at every request), and
-//!   when the server restarts.
+//! - **Sessions** live in the fleet's store (`crate::fleet::Session`), so every replica on
+//!   it knows them: a random 256-bit cookie (kept as its BLAKE3 hash), the admin token's
+//!   hash (never the token), the admin's name and a random CSRF token. At most
+//!   [`MAX_SESSIONS`] at once (signing in drops expired ones, then the oldest); one ends
+//!   [`SESSION_IDLE`] after its last request (its last use is written back at most once a
+//!   [`TOUCH_EVERY`], so it may end that much sooner) or [`SESSION_MAX`] after it signed in,
+//!   at sign-out, and when its admin token is revoked (checked at every request).
 //! - **The cookie** is `HttpOnly; SameSite=Strict; Path=/`, and `Secure` when the request
 //!   came over TLS (`crate::connections::Connection::tls`).
 //! - **Cross-site requests**: a request with the cookie is refused (403) when its
@@ -22,8 +23,7 @@
 //!   it). A bearer token is sent by a script that holds it, never by a browser on its own,
 //!   so bearer requests need none of this.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -35,7 +35,7 @@ use ferry_api::admin::{SessionInfo, SessionRequest, SignedOut};
 
 use super::{bearer, blocking, parse_json, ApiError, Shared, MAX_BODY};
 use crate::connections::Connection;
-use crate::fleet::{AdminKey, Caller, FleetError};
+use crate::fleet::{AdminKey, Caller, Fleet, FleetError, Session};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "ferry_admin";
@@ -48,20 +48,20 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// ...or this long after it signed in, whichever comes first.
 pub const SESSION_MAX: Duration = Duration::from_secs(8 * 3600);
 
-/// A signed-in browser's session.
-struct Session {
-    admin: AdminKey,
-    name: String,
-    csrf: String,
-    created: Instant,
-    last_used: Instant,
+/// A live session's last use is written back when it is older than this.
+pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
 }
 
-impl Session {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_used) >= SESSION_IDLE
-            || now.saturating_duration_since(self.created) >= SESSION_MAX
-    }
+/// The servers' clock, in milliseconds since the epoch (what stored sessions keep).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn expired(s: &Session, now: i64) -> bool {
+    now.saturating_sub(s.last_used_ms) >= ms(SESSION_IDLE) || now.saturating_sub(s.created_ms) >= ms(SESSION_MAX)
 }
 
 /// What a cookie names.
@@ -78,43 +78,42 @@ pub(super) enum Lookup {
     Unknown,
 }
 
-/// The sessions signed in, by the BLAKE3 hash of their cookie.
-#[derive(Default)]
-pub struct Sessions(HashMap<[u8; 32], Session>);
-
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sessions({} open)", self.0.len())
-    }
+/// Opens a session for `cookie` at `now` (ms), dropping expired ones and, at
+/// [`MAX_SESSIONS`], the oldest.
+pub(super) fn add(
+    fleet: &Fleet,
+    cookie: &[u8; 32],
+    admin: AdminKey,
+    name: String,
+    csrf: String,
+    now: i64,
+) -> Result<(), FleetError> {
+    let session = Session::new(&admin, name, csrf, now);
+    fleet.session_add(cookie, &session, |kept| {
+        let mut drop: Vec<[u8; 32]> = kept.iter().filter(|(_, s)| expired(s, now)).map(|(c, _)| *c).collect();
+        let mut live: Vec<&([u8; 32], Session)> =
+            kept.iter().filter(|(c, s)| !expired(s, now) && c != cookie).collect();
+        live.sort_by_key(|(_, s)| s.created_ms);
+        let excess = (live.len() + 1).saturating_sub(MAX_SESSIONS);
+        drop.extend(live.iter().take(excess).map(|(c, _)| *c));
+        drop
+    })
 }
 
-impl Sessions {
-    /// Opens a session for `cookie`, dropping expired ones and, at [`MAX_SESSIONS`], the oldest.
-    pub(super) fn add(&mut self, cookie: &[u8; 32], admin: AdminKey, name: String, csrf: String, now: Instant) {
-        self.0.retain(|_, s| !s.expired(now));
-        while self.0.len() >= MAX_SESSIONS {
-            let Some(oldest) = self.0.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else { break };
-            self.0.remove(&oldest);
-        }
-        self.0.insert(*cookie, Session { admin, name, csrf, created: now, last_used: now });
+/// What `cookie` names at `now` (ms); a live session's idle time starts again.
+pub(super) fn check(fleet: &Fleet, cookie: &[u8; 32], now: i64) -> Result<Lookup, FleetError> {
+    let Some(mut s) = fleet.session(cookie)? else { return Ok(Lookup::Unknown) };
+    if expired(&s, now) {
+        return Ok(Lookup::Expired);
     }
-
-    /// What `cookie` names at `now`; a live session's idle time starts again.
-    pub(super) fn check(&mut self, cookie: &[u8; 32], now: Instant) -> Lookup {
-        match self.0.get_mut(cookie) {
-            None => Lookup::Unknown,
-            Some(s) if s.expired(now) => Lookup::Expired,
-            Some(s) => {
-                s.last_used = now;
-                let ends_in = (SESSION_MAX.saturating_sub(now.saturating_duration_since(s.created))).min(SESSION_IDLE);
-                Lookup::Live { admin: s.admin, name: s.name.clone(), csrf: s.csrf.clone(), ends_in }
-            }
-        }
+    let Some(admin) = s.admin_key() else { return Ok(Lookup::Unknown) };
+    if now.saturating_sub(s.last_used_ms) >= ms(TOUCH_EVERY) {
+        s.last_used_ms = now;
+        fleet.session_touch(cookie, &s)?;
     }
-
-    pub(super) fn remove(&mut self, cookie: &[u8; 32]) {
-        self.0.remove(cookie);
-    }
+    let age = Duration::from_millis(now.saturating_sub(s.created_ms).max(0) as u64);
+    let ends_in = SESSION_MAX.saturating_sub(age).min(SESSION_IDLE);
+    Ok(Lookup::Live { admin, name: s.name, csrf: s.csrf, ends_in })
 }
 
 /// The session a request signed in with, put in its extensions by [`require_admin`] beside
@@ -125,10 +124,6 @@ struct SignedIn {
     name: String,
     csrf: String,
     ends_in: Duration,
-}
-
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Sessions> {
-    s.sessions.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn forbidden(why: String) -> ApiError {
@@ -203,21 +198,21 @@ pub(super) fn check_csrf(method: &Method, headers: &HeaderMap, csrf: &str) -> Re
     }
 }
 
-/// Who a request with session cookies is, at `now`: its cross-site headers and CSRF token
-/// checked, the session live. The admin token's revocation is checked by the caller.
+/// Who a request with session cookies is, at `now` (ms): its cross-site headers and CSRF
+/// token checked, the session live. The admin token's revocation is checked by the caller.
+/// Reads the store: run it on a blocking thread.
 fn by_session(
-    s: &Shared,
+    fleet: &Fleet,
     method: &Method,
     headers: &HeaderMap,
     authority: Option<&str>,
     offered: &[[u8; 32]],
-    now: Instant,
+    now: i64,
 ) -> Result<(AdminKey, SignedIn), ApiError> {
     same_origin(headers, authority)?;
     let mut expired = false;
-    let mut sessions = lock(s);
     for cookie in offered {
-        match sessions.check(cookie, now) {
+        match check(fleet, cookie, now)? {
             Lookup::Live { admin, name, csrf, ends_in } => {
                 check_csrf(method, headers, &csrf)?;
                 return Ok((admin, SignedIn { cookie: *cookie, name, csrf, ends_in }));
@@ -229,8 +224,24 @@ fn by_session(
     Err(if expired {
         unauthorized("session expired; sign in again")
     } else {
-        unauthorized("not signed in (signed out, or the server restarted since); sign in again")
+        unauthorized("not signed in (signed out, or the session was dropped); sign in again")
     })
+}
+
+/// [`by_session`] on a blocking thread.
+async fn by_session_blocking(
+    s: &Shared,
+    method: Method,
+    headers: HeaderMap,
+    authority: Option<String>,
+    offered: Vec<[u8; 32]>,
+) -> Result<(AdminKey, SignedIn), ApiError> {
+    let st = s.clone();
+    tokio::task::spawn_blocking(move || {
+        by_session(&st.fleet, &method, &headers, authority.as_deref(), &offered, now_ms())
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}"), None))?
 }
 
 /// Middleware in front of every admin route: a bearer admin token, or a live session with
@@ -251,19 +262,21 @@ pub(super) async fn require_admin(State(s): State<Shared>, mut req: Request, nex
                 .into_response();
         }
         let authority = req.uri().authority().map(|a| a.as_str().to_string());
-        match by_session(&s, req.method(), req.headers(), authority.as_deref(), &offered, Instant::now()) {
+        match by_session_blocking(&s, req.method().clone(), req.headers().clone(), authority, offered).await {
             Err(e) => Err(e),
             Ok((admin, signed)) => {
                 let st = s.clone();
-                match blocking(move || st.fleet.admin_by_key(&admin)).await {
-                    Ok(who) => Ok((who, Some(signed))),
-                    Err(e) => {
-                        if e.0 == StatusCode::UNAUTHORIZED {
-                            lock(&s).remove(&signed.cookie);
-                        }
+                let cookie = signed.cookie;
+                // A revoked admin token ends the session (on every server).
+                blocking(move || match st.fleet.admin_by_key(&admin) {
+                    Err(e @ FleetError::Unauthorized(_)) => {
+                        st.fleet.session_remove(&cookie)?;
                         Err(e)
                     }
-                }
+                    r => r,
+                })
+                .await
+                .map(|who| (who, Some(signed)))
             }
         }
     };
@@ -345,7 +358,8 @@ async fn sign_in(State(s): State<Shared>, req: Request) -> Result<Response, ApiE
         return Err(ApiError::from(FleetError::Unauthorized("not a valid admin token".into())));
     };
     let (cookie, csrf) = (random_hex()?, random_hex()?);
-    lock(&s).add(blake3::hash(cookie.as_bytes()).as_bytes(), admin, name.clone(), csrf.clone(), Instant::now());
+    let (st, hashed, n, c) = (s.clone(), *blake3::hash(cookie.as_bytes()).as_bytes(), name.clone(), csrf.clone());
+    blocking(move || add(&st.fleet, &hashed, admin, n, c, now_ms())).await?;
     let info = SessionInfo { csrf_token: csrf, expires_in: SESSION_MAX.as_secs(), name };
     Ok(session_answer(StatusCode::OK, info, Some(set_cookie(&cookie, SESSION_MAX, tls))))
 }
@@ -369,9 +383,12 @@ async fn session(signed: Option<Extension<SignedIn>>) -> Result<Response, ApiErr
 async fn sign_out(State(s): State<Shared>, req: Request) -> Result<Response, ApiError> {
     let tls = tls(&req);
     let signed = req.extensions().get::<SignedIn>().cloned().ok_or_else(no_session)?;
-    lock(&s).remove(&signed.cookie);
     let who = Caller::Admin(signed.name);
-    blocking(move || s.fleet.record(&who, "sign out", "web UI session".into())).await?;
+    blocking(move || {
+        s.fleet.session_remove(&signed.cookie)?;
+        s.fleet.record(&who, "sign out", "web UI session".into())
+    })
+    .await?;
     let mut resp = Json(SignedOut { signed_out: true }).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, set_cookie("", Duration::ZERO, tls));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -404,40 +421,67 @@ mod tests {
         crate::fleet::AdminKey::for_tests([7; 32])
     }
 
+    /// A fleet store of its own, for the sessions it keeps.
+    fn fleet() -> (tempfile::TempDir, Fleet) {
+        let t = tempfile::tempdir().unwrap();
+        let f = Fleet::open(t.path(), crate::fleet::Settings::default()).unwrap();
+        (t, f)
+    }
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn at(d: Duration) -> i64 {
+        T0 + ms(d)
+    }
+
     #[test]
     fn sessions_expire_when_idle_and_at_their_age_limit() {
-        let t0 = Instant::now();
-        let mut s = Sessions::default();
-        s.add(&key(1), admin(), "ops".into(), "c1".into(), t0);
-        assert_eq!(s.check(&key(2), t0), Lookup::Unknown);
-        let mut now = t0;
-        while now + 29 * MIN < t0 + SESSION_MAX {
+        let (_t, f) = fleet();
+        add(&f, &key(1), admin(), "ops".into(), "c1".into(), T0).unwrap();
+        assert_eq!(check(&f, &key(2), T0).unwrap(), Lookup::Unknown);
+        let mut now = Duration::ZERO;
+        while now + 29 * MIN < SESSION_MAX {
             now += 29 * MIN;
-            assert!(matches!(s.check(&key(1), now), Lookup::Live { .. }), "{:?} after sign-in", now - t0);
+            assert!(matches!(check(&f, &key(1), at(now)).unwrap(), Lookup::Live { .. }), "{now:?} after sign-in");
         }
-        assert_eq!(s.check(&key(1), t0 + SESSION_MAX), Lookup::Expired);
-        s.add(&key(2), admin(), "ops".into(), "c2".into(), t0);
-        assert!(matches!(s.check(&key(2), t0 + 29 * MIN), Lookup::Live { .. }));
-        assert_eq!(s.check(&key(2), t0 + 59 * MIN), Lookup::Expired);
+        assert_eq!(check(&f, &key(1), at(SESSION_MAX)).unwrap(), Lookup::Expired);
+        add(&f, &key(2), admin(), "ops".into(), "c2".into(), T0).unwrap();
+        assert!(matches!(check(&f, &key(2), at(29 * MIN)).unwrap(), Lookup::Live { .. }));
+        assert_eq!(check(&f, &key(2), at(59 * MIN)).unwrap(), Lookup::Expired);
         // Signing in drops expired sessions; a dropped one is unknown.
-        s.add(&key(3), admin(), "ops".into(), "c3".into(), t0 + 60 * MIN);
-        assert_eq!(s.check(&key(2), t0 + 60 * MIN), Lookup::Unknown);
-        s.remove(&key(3));
-        assert_eq!(s.check(&key(3), t0 + 60 * MIN), Lookup::Unknown);
+        add(&f, &key(3), admin(), "ops".into(), "c3".into(), at(60 * MIN)).unwrap();
+        assert_eq!(check(&f, &key(2), at(60 * MIN)).unwrap(), Lookup::Unknown);
+        f.session_remove(&key(3)).unwrap();
+        assert_eq!(check(&f, &key(3), at(60 * MIN)).unwrap(), Lookup::Unknown);
+    }
+
+    /// A session's last use is written back at most once a TOUCH_EVERY: requests within it
+    /// write nothing, and the idle time counts from the last write.
+    #[test]
+    fn a_session_s_use_is_written_back_once_a_minute() {
+        let (_t, f) = fleet();
+        add(&f, &key(1), admin(), "ops".into(), "c".into(), T0).unwrap();
+        check(&f, &key(1), at(Duration::from_secs(30))).unwrap();
+        assert_eq!(f.session(&key(1)).unwrap().unwrap().last_used_ms, T0);
+        check(&f, &key(1), at(Duration::from_secs(61))).unwrap();
+        assert_eq!(f.session(&key(1)).unwrap().unwrap().last_used_ms, at(Duration::from_secs(61)));
+        assert!(matches!(
+            check(&f, &key(1), at(Duration::from_secs(61)) + ms(SESSION_IDLE) - 1).unwrap(),
+            Lookup::Live { .. }
+        ));
     }
 
     #[test]
     fn sessions_are_bounded_and_the_oldest_goes_first() {
-        let t0 = Instant::now();
-        let mut s = Sessions::default();
+        let (_t, f) = fleet();
         for n in 0..=MAX_SESSIONS {
-            s.add(&key(n as u8), admin(), "ops".into(), "c".into(), t0 + Duration::from_secs(n as u64));
+            add(&f, &key(n as u8), admin(), "ops".into(), "c".into(), at(Duration::from_secs(n as u64))).unwrap();
         }
-        assert_eq!(s.0.len(), MAX_SESSIONS);
-        let now = t0 + Duration::from_secs(100);
-        assert_eq!(s.check(&key(0), now), Lookup::Unknown);
-        assert!(matches!(s.check(&key(1), now), Lookup::Live { .. }));
-        assert!(matches!(s.check(&key(MAX_SESSIONS as u8), now), Lookup::Live { .. }));
+        assert_eq!(f.sessions().unwrap().len(), MAX_SESSIONS);
+        let now = at(Duration::from_secs(100));
+        assert_eq!(check(&f, &key(0), now).unwrap(), Lookup::Unknown);
+        assert!(matches!(check(&f, &key(1), now).unwrap(), Lookup::Live { .. }));
+        assert!(matches!(check(&f, &key(MAX_SESSIONS as u8), now).unwrap(), Lookup::Live { .. }));
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -496,50 +540,21 @@ mod tests {
         );
     }
 
-    /// No channels: these tests need only the fleet.
-    struct NoDocuments;
-
-    impl super::super::Documents for NoDocuments {
-        fn head(&self, _: &str) -> Option<(crate::fleet::HeadDoc, Vec<u8>)> {
-            None
-        }
-        fn by_id(&self, _: &str) -> Option<Vec<u8>> {
-            None
-        }
-        fn channels(&self) -> Result<Vec<ferry_api::admin::ChannelListing>, String> {
-            Ok(Vec::new())
-        }
-        fn promote(
-            &self,
-            to: &str,
-            _: &ferry_api::admin::PromoteRequest,
-        ) -> Result<ferry_api::admin::Promoted, (StatusCode, String)> {
-            Err((StatusCode::CONFLICT, format!("no channel {to}")))
-        }
-        fn trust(&self) -> Result<Option<ferry_store::channel::Trust>, String> {
-            Ok(None)
-        }
-    }
-
     #[test]
     fn an_expired_or_unknown_session_is_told_to_sign_in_again() {
-        let t = tempfile::tempdir().unwrap();
-        let settings = crate::fleet::Settings { require_approval: false, enrollments_per_minute: 10 };
-        let fleet = crate::fleet::Fleet::open(t.path(), settings).unwrap();
-        let s: Shared = std::sync::Arc::new(super::super::FleetState::new(fleet, Box::new(NoDocuments)));
-        let t0 = Instant::now();
-        lock(&s).add(&key(1), admin(), "ops".into(), "c".repeat(64), t0);
+        let (_t, f) = fleet();
+        add(&f, &key(1), admin(), "ops".into(), "c".repeat(64), T0).unwrap();
         let h = headers(&[("host", "fleet.example"), ("sec-fetch-site", "same-origin")]);
-        let check = |cookies: &[[u8; 32]], at: Instant| by_session(&s, &Method::GET, &h, None, cookies, at);
-        let (_, signed) = check(&[key(2), key(1)], t0 + MIN).unwrap();
+        let check = |cookies: &[[u8; 32]], now: i64| by_session(&f, &Method::GET, &h, None, cookies, now);
+        let (_, signed) = check(&[key(2), key(1)], at(MIN)).unwrap();
         assert_eq!((signed.name.as_str(), signed.ends_in), ("ops", SESSION_IDLE));
-        let e = check(&[key(1)], t0 + 2 * MIN + SESSION_IDLE).unwrap_err();
+        let e = check(&[key(1)], at(2 * MIN + SESSION_IDLE)).unwrap_err();
         assert_eq!((e.0, e.1.as_str()), (StatusCode::UNAUTHORIZED, "session expired; sign in again"));
-        let e = check(&[key(2)], t0).unwrap_err();
+        let e = check(&[key(2)], T0).unwrap_err();
         assert!(e.0 == StatusCode::UNAUTHORIZED && e.1.starts_with("not signed in"), "{}", e.1);
         // A change with a live session and no CSRF token is refused before anything else.
-        lock(&s).add(&key(3), admin(), "ops".into(), "c".repeat(64), t0);
-        let e = by_session(&s, &Method::POST, &h, None, &[key(3)], t0).unwrap_err();
+        add(&f, &key(3), admin(), "ops".into(), "c".repeat(64), T0).unwrap();
+        let e = by_session(&f, &Method::POST, &h, None, &[key(3)], T0).unwrap_err();
         assert_eq!(e.0, StatusCode::FORBIDDEN);
     }
 

@@ -532,20 +532,27 @@ fn rollout_counters(a: &Fleet, b: &Fleet) {
 #[test]
 fn a_rollout_started_before_counters_counts_by_reading_the_devices() {
     use ferry_publisher::fleet::{HeadDoc, Report, RolloutState};
-    const ALL: [&str; 11] = [
-        "devices", "tokens", "audit", "events", "config", "rollouts", "reports", "marks", "rollout_counts",
-        "rollout_failed", "limits",
+    const ALL: [&str; 12] = [
+        "devices",
+        "tokens",
+        "audit",
+        "events",
+        "config",
+        "rollouts",
+        "reports",
+        "marks",
+        "rollout_counts",
+        "rollout_failed",
+        "limits",
+        "sessions",
     ];
     let dir = tempfile::tempdir().unwrap();
     let at = dir.path().join("fleet");
     let settings = Settings { enrollments_per_minute: 10_000, ..Settings::default() };
     let base = HeadDoc { id: "doc-1".into(), serial: 1, targets: Default::default() };
     let head = HeadDoc { id: "doc-2".into(), serial: 2, targets: Default::default() };
-    let report = |result: &str| Report {
-        channel: Some("stable".into()),
-        last_result: Some(result.into()),
-        ..Report::default()
-    };
+    let report =
+        |result: &str| Report { channel: Some("stable".into()), last_result: Some(result.into()), ..Report::default() };
     let check_in = |f: &Fleet, token: &str, result: &str| {
         let d = f.check_in(&f.device_for(token).unwrap(), report(result)).unwrap();
         f.pick(&d, "stable", &head).unwrap();
@@ -553,8 +560,9 @@ fn a_rollout_started_before_counters_counts_by_reading_the_devices() {
     let tokens: Vec<String> = {
         let f = Fleet::open(&at, settings.clone()).unwrap();
         let enrollment = f.create_token(&Caller::Local, TokenKind::Enrollment, "factory").unwrap();
-        let tokens: Vec<String> =
-            (0..20).map(|i| f.enroll(&format!("SN-{i:02}"), "rev-a", &enrollment, None).unwrap().device_token).collect();
+        let tokens: Vec<String> = (0..20)
+            .map(|i| f.enroll(&format!("SN-{i:02}"), "rev-a", &enrollment, None).unwrap().device_token)
+            .collect();
         f.start_rollout(&Caller::Local, "stable", &base, 100, None, 10).unwrap();
         for t in &tokens {
             check_in(&f, t, "updated");
