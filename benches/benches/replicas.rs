@@ -14,7 +14,8 @@
 //! until the rollout halts: the latency of the check-in that halts it, against a check-in
 //! that does not, at both fleet sizes (a halt that read every device would grow tenfold).
 //!
-//! Run: `cargo build --bins && cargo bench -p ferry-benches --profile dev --bench replicas`.
+//! Run: `cargo build --bins && cargo bench -p ferry-benches --profile dev --bench replicas`
+//! (`FERRY_BENCH_PART=halt` for the halts only).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +42,14 @@ fn main() {
     std::fs::create_dir_all(ferry_benches::cache_dir()).expect("the bench cache");
     let pg = Postgres::start(true).expect("PostgreSQL (scripts/deps installs postgresql-15)");
 
+    // FERRY_BENCH_PART=halt: the halts only.
+    if std::env::var("FERRY_BENCH_PART").as_deref() != Ok("halt") {
+        checkin_table(&pg, n, rounds);
+    }
+    halt_table(&pg, n);
+}
+
+fn checkin_table(pg: &Postgres, n: usize, rounds: usize) {
     println!("\n### {n} devices checking in, at most {IN_FLIGHT} at once (127.0.0.1, this machine)\n");
     println!(
         "| store | servers | enroll (s) | check-ins/s | p50 (ms) | p99 (ms) | max (ms) | database connections (most) |"
@@ -48,7 +57,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     let embedded = checkins(n, rounds, None);
     let url = pg.create_database("checkins").expect("database");
-    let postgres = checkins(n, rounds, Some((&pg, &url)));
+    let postgres = checkins(n, rounds, Some((pg, &url)));
     for (store, servers, r) in [("embedded (RocksDB)", 1, &embedded), ("PostgreSQL 15", 2, &postgres)] {
         println!(
             "| {store} | {servers} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
@@ -65,7 +74,9 @@ fn main() {
         (postgres.latencies.len() as f64 / postgres.wall.as_secs_f64())
             / (embedded.latencies.len() as f64 / embedded.wall.as_secs_f64())
     );
+}
 
+fn halt_table(pg: &Postgres, n: usize) {
     println!("\n### A rollout's halt: the check-in that halts it against one that does not (the fleet's library)\n");
     println!("| store | devices | check-in with a failure (ms, median) | the check-in that halts (ms) | failures when halted |");
     println!("|---|---|---|---|---|");
@@ -224,7 +235,7 @@ fn checkins(n: usize, rounds: usize, pg: Option<(&Postgres, &str)>) -> Checkins 
     Checkins { enroll, wall, latencies, connections }
 }
 
-/// Enrolls `n` devices (alternating between `a` and `b`), starts a rollout of all of them
+/// Enrolls `n` devices (through `a`), starts a rollout of all of them
 /// (halting above 5% failures), has each take the release, then reports failures one at a
 /// time until the rollout halts. Returns the median latency of a failing check-in that did
 /// not halt it, the latency of the one that did (ms), and the failures then.
@@ -238,11 +249,12 @@ fn halt(a: &Fleet, b: &Fleet, n: usize) -> (f64, f64, usize) {
                 s.spawn(move || {
                     (part..n)
                         .step_by(4)
+                        // Through one server: enrollments through two at this pace take turns
+                        // on the audit log's numbers (the check-in rounds measure them).
                         .map(|i| {
-                            let f = fleets[i % 2];
                             (
                                 i,
-                                f.enroll(&format!("SN-{i:05}"), "rev-a", enrollment, None)
+                                a.enroll(&format!("SN-{i:05}"), "rev-a", enrollment, None)
                                     .expect("enroll")
                                     .device_token,
                             )

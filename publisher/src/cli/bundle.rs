@@ -30,8 +30,11 @@ pub struct BundleArgs {
     /// The fleet's state directory (`ferry serve --fleet DIR`; read only, also while the
     /// server runs): a channel whose rollout is paused or aborted on its newest document
     /// is refused, since a bundle installs past the rollout.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "fleet_store")]
     fleet: Option<PathBuf>,
+    /// The fleet's state in PostgreSQL (`ferry serve --fleet-db`), read the same way.
+    #[arg(long, value_name = "URL", group = "fleet_store", value_parser = super::serve::postgres_url)]
+    fleet_db: Option<String>,
     /// Bundle a channel's document that a halted rollout holds back anyway.
     #[arg(long)]
     force: bool,
@@ -44,12 +47,12 @@ pub struct BundleArgs {
 }
 
 pub fn bundle(a: BundleArgs) -> Result<()> {
-    let BundleArgs { repo, to, from, hardware, fleet, force, output, json } = a;
+    let BundleArgs { repo, to, from, hardware, fleet, fleet_db, force, output, json } = a;
     let r = open_ro(&repo)?;
     let target = bundle::resolve_to(&r, &to, &hardware)?;
-    if let (BundleTo::Channel { name, .. }, Some(dir)) = (&target, &fleet) {
-        let f = Fleet::open_read_only(dir)
-            .map_err(|e| anyhow!("reading the fleet's rollouts in {}: {e}", dir.display()))?;
+    if let (BundleTo::Channel { name, .. }, Some(at)) = (&target, fleet_location(&fleet, &fleet_db)) {
+        let f = Fleet::open_read_only(&at)
+            .map_err(|e| anyhow!("reading the fleet's rollouts in {}: {e}", at.describe()))?;
         if let Some(warning) = bundle::check_rollout(&r, name, &f, force)? {
             eprintln!("warning: {warning}");
         }
@@ -104,4 +107,13 @@ pub fn bundle(a: BundleArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Where `--fleet DIR` or `--fleet-db URL` (one at most: clap's group) says the fleet is.
+pub(super) fn fleet_location(fleet: &Option<PathBuf>, fleet_db: &Option<String>) -> Option<crate::fleet::db::Location> {
+    match (fleet, fleet_db) {
+        (Some(dir), _) => Some(crate::fleet::db::Location::Dir(dir.clone())),
+        (None, Some(url)) => Some(crate::fleet::db::Location::Postgres(url.clone())),
+        (None, None) => None,
+    }
 }

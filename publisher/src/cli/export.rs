@@ -26,20 +26,23 @@ pub struct ExportArgs {
     patches_from: usize,
     /// The fleet's state directory (`ferry serve --fleet DIR`; read only, also while the
     /// server runs): prepare patches from every commit its devices report running too.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "fleet_store")]
     fleet: Option<std::path::PathBuf>,
+    /// The fleet's state in PostgreSQL (`ferry serve --fleet-db`), read the same way.
+    #[arg(long, value_name = "URL", group = "fleet_store", value_parser = super::serve::postgres_url)]
+    fleet_db: Option<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let ExportArgs { repo, to, patches_from, fleet, json } = a;
+    let ExportArgs { repo, to, patches_from, fleet, fleet_db, json } = a;
     let r = open_ro(&repo)?;
     let mut running = Vec::new();
-    if let Some(dir) = &fleet {
-        let f = crate::fleet::Fleet::open_read_only(dir)
-            .map_err(|e| anyhow::anyhow!("reading the fleet's devices in {}: {e}", dir.display()))?;
+    if let Some(at) = super::bundle::fleet_location(&fleet, &fleet_db) {
+        let f = crate::fleet::Fleet::open_read_only(&at)
+            .map_err(|e| anyhow::anyhow!("reading the fleet's devices in {}: {e}", at.describe()))?;
         let mut counts: std::collections::HashMap<ferry_store::Id, usize> = Default::default();
         for d in f.devices()? {
             if let Some(id) = d.report.current.as_deref().and_then(|c| c.parse().ok()) {

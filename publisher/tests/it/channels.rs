@@ -311,8 +311,12 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     let key = |k: &str| s(&t.path().join(k));
     ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
     let base = json(&["channel", "show", "--repo", &repo, "stable", "--json"]);
+    // The fleet's directory, or its PostgreSQL database (`FERRY_TEST_FLEET_DB=postgres`,
+    // scripts/test-postgres): `--fleet DIR` or `--fleet-db URL`.
     let fleet = t.path().join("fleet");
-    let f = Fleet::open(&fleet, Settings::default()).unwrap();
+    let store = ferry_fixtures::postgres::TestFleetStore::new(&fleet).unwrap();
+    let flag = if store.is_postgres() { "--fleet-db" } else { "--fleet" };
+    let f = Fleet::open(&ferry_publisher::fleet::db::Location::parse(&store.at), Settings::default()).unwrap();
     let head = HeadDoc {
         id: base["id"].as_str().unwrap().to_string(),
         serial: base["serial"].as_u64().unwrap(),
@@ -322,9 +326,8 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     ok(&["promote", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")]);
     let out = key("stable.bundle");
     let bundle = |extra: &[&str]| {
-        let mut args = vec!["bundle", "--repo", repo.as_str(), "--to", "stable", "--fleet"];
-        let dir = s(&fleet);
-        args.push(&dir);
+        let mut args = vec!["bundle", "--repo", repo.as_str(), "--to", "stable", flag];
+        args.push(&store.at);
         args.extend(["-o", out.as_str()]);
         args.extend(extra);
         ferry(&args)
@@ -350,7 +353,7 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     fails(&["bundle", "--repo", &repo, "--to", "stable", "--fleet", &nowhere, "-o", &out], "no-fleet");
     assert!(!Path::new(&out).exists());
     // A commit bundle is not a channel's: no rollout applies.
-    ok(&["bundle", "--repo", &repo, "--to", &c2, "--fleet", &s(&fleet), "-o", &out]);
+    ok(&["bundle", "--repo", &repo, "--to", &c2, flag, &store.at, "-o", &out]);
 }
 
 /// `text` is exactly what serde_json's sorted map writes for the same value (compact as the
