@@ -316,7 +316,7 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     let fleet = t.path().join("fleet");
     let store = ferry_fixtures::postgres::TestFleetStore::new(&fleet).unwrap();
     let flag = if store.is_postgres() { "--fleet-db" } else { "--fleet" };
-    let f = Fleet::open(&ferry_publisher::fleet::db::Location::parse(&store.at), Settings::default()).unwrap();
+    let f = Fleet::open(ferry_publisher::fleet::db::Location::parse(&store.at), Settings::default()).unwrap();
     let head = HeadDoc {
         id: base["id"].as_str().unwrap().to_string(),
         serial: base["serial"].as_u64().unwrap(),
