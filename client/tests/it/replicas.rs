@@ -1,8 +1,8 @@
 //! Two `ferry serve` replicas (real processes) on one PostgreSQL database (a real cluster of
 //! the test's own on 127.0.0.1) behind nginx balancing between them, with real `ferryd`
-//! devices: enrollment, check-ins, a rollout and its halt through both; a replica killed
-//! (SIGKILL) in the middle of the rollout and in the middle of a promotion; the database
-//! restarted while devices update.
+//! devices: enrollment, check-ins, a web session, configuration, a rollout and its halt
+//! through both; a replica killed (SIGKILL) in the middle of the rollout and in the middle
+//! of a promotion; the database restarted while devices update.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ fn device(env: &Env, server: &str, serial: &str, bad: bool) -> PathBuf {
     let text = format!(
         "insecure_http = true\nserver = \"{server}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n\
          [health]\ncommands = [\"{health}\"]\ndeadline = 2\ninterval = 1\n\
-         [fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
+         [fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\nunsigned_config = true\n",
         dev.join("state").display(),
         dev.join("current").display(),
         env.path().join("root.key.pub").display(),
@@ -181,6 +181,26 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     assert_eq!(with_session(&via_b, "GET", "devices", &cookie, None), 200);
     assert_eq!(with_session(&via_b, "DELETE", "session", &cookie, Some(&csrf)), 200);
     assert_eq!(with_session(&via_a, "GET", "devices", &cookie, None), 401);
+
+    // Configuration set through A for the fleet and through B for one device reaches every
+    // device through the balancer.
+    let set = |base: &str, scope: &str, body: Value| {
+        let (status, v) = admin(base, &token, "POST", &format!("config/{scope}"), Some(body));
+        assert_eq!(status, 200, "{v}");
+        v["version"].as_u64().unwrap()
+    };
+    set(&via_a, "fleet", json!({ "set": { "REGION": "eu" } }));
+    let version = set(&via_b, "device/SN-0", json!({ "set": { "NAME": "zero" } }));
+    for d in &devices[..2] {
+        let (ok, _, err) = ferryd(d, &["update"]);
+        assert!(ok, "{err}");
+    }
+    let applied = |serial: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(env.path().join(serial).join("state/config.json")).unwrap()).unwrap()
+    };
+    let zero = applied("SN-0");
+    assert_eq!((zero["version"].as_u64(), &zero["values"]), (Some(version), &json!({ "NAME": "zero", "REGION": "eu" })));
+    assert_eq!(applied("SN-1")["values"], json!({ "REGION": "eu" }));
 
     // A rollout of all of them that halts above 40% failures, started through the
     // balancer; release 2 promoted through replica A's admin API.
