@@ -190,7 +190,7 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
         v["version"].as_u64().unwrap()
     };
     set(&via_a, "fleet", json!({ "set": { "REGION": "eu" } }));
-    let version = set(&via_b, "device/SN-0", json!({ "set": { "NAME": "zero" } }));
+    let config_version = set(&via_b, "device/SN-0", json!({ "set": { "NAME": "zero" } }));
     for d in &devices[..2] {
         let (ok, _, err) = ferryd(d, &["update"]);
         assert!(ok, "{err}");
@@ -199,7 +199,10 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
         serde_json::from_slice(&std::fs::read(env.path().join(serial).join("state/config.json")).unwrap()).unwrap()
     };
     let zero = applied("SN-0");
-    assert_eq!((zero["version"].as_u64(), &zero["values"]), (Some(version), &json!({ "NAME": "zero", "REGION": "eu" })));
+    assert_eq!(
+        (zero["version"].as_u64(), &zero["values"]),
+        (Some(config_version), &json!({ "NAME": "zero", "REGION": "eu" }))
+    );
     assert_eq!(applied("SN-1")["values"], json!({ "REGION": "eu" }));
 
     // A rollout of all of them that halts above 40% failures, started through the
