@@ -128,6 +128,86 @@ pub struct DeviceView {
     pub state: DeviceState,
 }
 
+/// The query of `GET /v1/admin/devices`: filters, and which page. The answer holds the
+/// devices after `after` in serial order, at most `limit` of them read, the filters applied to
+/// those (so a filtered page may hold fewer, even none); while more follow, its
+/// `Link: </v1/admin/devices?…>; rel="next"` header names the next page's query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    pub group: Option<String>,
+    pub channel: Option<String>,
+    /// A device state (`accepted`, `pending`, `revoked`) or a trial outcome.
+    pub state: Option<String>,
+    /// Devices read for one answer: 1 to [`DeviceQuery::MAX_LIMIT`], that by default.
+    pub limit: Option<usize>,
+    /// The serial the previous page ended with.
+    pub after: Option<String>,
+}
+
+impl DeviceQuery {
+    /// The most devices one answer reads.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// The query string (without `?`), its values percent-encoded; empty without any.
+    pub fn to_query(&self) -> String {
+        let limit = self.limit.map(|n| n.to_string());
+        [
+            ("group", &self.group),
+            ("channel", &self.channel),
+            ("state", &self.state),
+            ("limit", &limit),
+            ("after", &self.after),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+
+    /// The path under `/v1/admin/` this query names: `devices` or `devices?…`.
+    pub fn path(&self) -> String {
+        match self.to_query() {
+            q if q.is_empty() => "devices".into(),
+            q => format!("devices?{q}"),
+        }
+    }
+}
+
+/// The value of `key` in a query string (`a=1&b=2`), percent-decoded; None when absent or
+/// not UTF-8 once decoded.
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    let v = query.split('&').find_map(|p| p.split_once('=').filter(|(k, _)| *k == key))?.1;
+    let (mut out, mut bytes) = (Vec::with_capacity(v.len()), v.bytes());
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `v` percent-encoded for a query string: every byte but the unreserved characters.
+fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// What an operator does to a device: `POST /v1/admin/devices/{serial}/{action}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceAction {
@@ -463,4 +543,32 @@ pub struct Promoted {
     pub changed: bool,
     #[serde(flatten)]
     pub document: ChannelDocument,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_query_reads_back_what_it_wrote() {
+        let q = DeviceQuery {
+            group: Some("hall a&b=c".into()),
+            state: Some("accepted".into()),
+            limit: Some(20),
+            after: Some("SN:1%".into()),
+            ..DeviceQuery::default()
+        };
+        let path = q.path();
+        assert_eq!(path, "devices?group=hall%20a%26b%3Dc&state=accepted&limit=20&after=SN%3A1%25");
+        let query = path.strip_prefix("devices?").unwrap();
+        assert_eq!(query_value(query, "group").as_deref(), Some("hall a&b=c"));
+        assert_eq!(query_value(query, "after").as_deref(), Some("SN:1%"));
+        assert_eq!(query_value(query, "limit").as_deref(), Some("20"));
+        assert_eq!(query_value(query, "channel"), None);
+        assert_eq!(DeviceQuery::default().path(), "devices");
+        // Broken escapes are no value, not a panic.
+        for bad in ["after=%", "after=%4", "after=%zz", "after=%+4", "after=%FF"] {
+            assert_eq!(query_value(bad, "after"), None, "{bad}");
+        }
+    }
 }

@@ -127,18 +127,7 @@ fn measure(n: usize, rounds: usize, tls: bool) -> (Vec<Row>, u64, u64) {
         .collect();
     let post = |i: usize, path: String, token: Option<String>, body: serde_json::Value| {
         let (client, url) = (clients[i % clients.len()].clone(), url.clone());
-        async move {
-            let mut req = client.post(format!("{url}/v1/device/{path}")).header("content-type", "application/json");
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let started = Instant::now();
-            let r = req.body(serde_json::to_vec(&body).expect("json")).send().await.expect("request");
-            let status = r.status();
-            let bytes = r.bytes().await.expect("body");
-            assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&bytes));
-            (started.elapsed(), serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"))
-        }
+        async move { ferry_benches::device_post(&client, &url, &path, token, &body).await }
     };
     let mut rows: Vec<Row> = Vec::new();
     let enroll_started = Instant::now();

@@ -160,16 +160,7 @@ fn checkins(n: usize, rounds: usize, pg: Option<(&Postgres, &str)>) -> Checkins 
         let (client, url, gate) = (clients[i % clients.len()].clone(), urls[i % urls.len()].clone(), gate.clone());
         async move {
             let _permit = gate.acquire_owned().await.expect("gate");
-            let mut req = client.post(format!("{url}/v1/device/{path}")).header("content-type", "application/json");
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let started = Instant::now();
-            let r = req.body(serde_json::to_vec(&body).expect("json")).send().await.expect("request");
-            let status = r.status();
-            let bytes = r.bytes().await.expect("body");
-            assert!(status.is_success(), "{path}: {status}: {}", String::from_utf8_lossy(&bytes));
-            (started.elapsed(), serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"))
+            ferry_benches::device_post(&client, &url, path, token, &body).await
         }
     };
     let started = Instant::now();

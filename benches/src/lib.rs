@@ -157,3 +157,24 @@ pub fn synthetic_series(mib: u64) -> PathBuf {
     }
     dir
 }
+
+/// A device's `POST /v1/device/{path}` to the server at `url` (`http(s)://HOST:PORT`), with
+/// its token if any: how long the answer took, and the answer. A failure ends the bench.
+pub async fn device_post(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+    token: Option<String>,
+    body: &serde_json::Value,
+) -> (std::time::Duration, serde_json::Value) {
+    let mut req = client.post(format!("{url}/v1/device/{path}")).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let started = std::time::Instant::now();
+    let r = req.body(serde_json::to_vec(body).expect("json")).send().await.expect("request");
+    let status = r.status();
+    let bytes = r.bytes().await.expect("body");
+    assert!(status.is_success(), "{path}: {status}: {}", String::from_utf8_lossy(&bytes));
+    (started.elapsed(), serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"))
+}

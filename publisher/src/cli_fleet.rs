@@ -14,14 +14,109 @@ pub use args::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_api::admin::{
-    AuditEntry, ConfigChange, ConfigLevel, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceView,
-    Groups, MergedConfig, RolloutAction, RolloutRequest, RolloutStatus, SetPercent, TokenCreated, TokenKind,
-    TokenRecord, TokenRequest, TokensRevoked,
+    AuditEntry, ConfigChange, ConfigLevel, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceQuery,
+    DeviceView, Groups, MergedConfig, RolloutAction, RolloutRequest, RolloutStatus, SetPercent, TokenCreated,
+    TokenKind, TokenRecord, TokenRequest, TokensRevoked,
 };
 use ferry_api::ErrorBody;
 use ferry_publisher::fleet::{Caller, Fleet, Settings};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The most bytes one answer of the admin API may hold: a full page of devices is far below
+/// it; a server sending more is refused rather than held in memory.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The most bytes all answers of one command may hold together (every page of a large
+/// fleet's device list is far below it).
+const MAX_COMMAND_BYTES: usize = 1 << 30;
+
+/// The most pages of devices `ferry devices` (and `ferry config sign`) follows: a million
+/// devices at the server's page size; a server naming more is refused.
+const MAX_DEVICE_PAGES: usize = 1000;
+
+/// A connection to the admin API for one command: one runtime and one client, so a command
+/// that reads many pages reuses its connection.
+struct Admin<'a> {
+    server: &'a ServerArgs,
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    /// Bytes of the answers received so far.
+    received: std::cell::Cell<usize>,
+}
+
+impl<'a> Admin<'a> {
+    fn new(server: &'a ServerArgs) -> Result<Admin<'a>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = ferry_publisher::tls::https_client(server.ca_file.as_deref())?
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Admin { server, rt, client, received: std::cell::Cell::new(0) })
+    }
+
+    /// `method` on `/v1/admin/{path}` with `body` as JSON, the answer read as `A`; and the
+    /// path (under `/v1/admin/`) of the next page if the answer names one
+    /// (`Link: </v1/admin/…>; rel="next"`).
+    fn call_paged<A: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(A, Option<String>)> {
+        let url = format!("{}/v1/admin/{path}", self.server.server.trim_end_matches('/'));
+        self.rt.block_on(async {
+            let mut req = match method {
+                "POST" => self.client.post(&url),
+                _ => self.client.get(&url),
+            };
+            req = req.bearer_auth(&self.server.token);
+            if let Some(b) = body {
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(b)?);
+            }
+            let mut resp = req.send().await.with_context(|| format!("asking {url}"))?;
+            let status = resp.status();
+            let next =
+                resp.headers().get(reqwest::header::LINK).and_then(|v| v.to_str().ok()).and_then(|v| {
+                    v.strip_prefix("</v1/admin/")?.split_once(">; rel=\"next\"").map(|(p, _)| p.to_string())
+                });
+            let mut bytes = Vec::new();
+            while let Some(piece) = resp.chunk().await.with_context(|| format!("reading the answer of {url}"))? {
+                if bytes.len() + piece.len() > MAX_ANSWER_BYTES {
+                    bail!("{url}: the answer is larger than {} MiB; refused", MAX_ANSWER_BYTES >> 20);
+                }
+                self.received.set(self.received.get() + piece.len());
+                if self.received.get() > MAX_COMMAND_BYTES {
+                    bail!(
+                        "{url}: the server's answers to this command passed {} MiB; refused",
+                        MAX_COMMAND_BYTES >> 20
+                    );
+                }
+                bytes.extend_from_slice(&piece);
+            }
+            if !status.is_success() {
+                let detail = serde_json::from_slice::<ErrorBody>(&bytes).map(|e| e.error);
+                let detail = detail.unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                bail!("{url}: {status}: {}", printable(&detail, 2000));
+            }
+            let a = serde_json::from_slice(&bytes).with_context(|| format!("reading the answer of {url}"))?;
+            Ok((a, next))
+        })
+    }
+}
+
+/// A server's words made safe for a terminal: control characters (an escape sequence would
+/// be one) shown escaped, and at most `max` characters.
+fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
 
 /// A blocking call to the admin API: `body` as JSON, the answer read as `A`.
 fn call<A: DeserializeOwned>(
@@ -30,46 +125,7 @@ fn call<A: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<A> {
-    call_paged(server, method, path, body).map(|(a, _)| a)
-}
-
-/// [`call`], and the path (under `/v1/admin/`) of the next page if the answer names one
-/// (`Link: <…>; rel="next"`).
-fn call_paged<A: DeserializeOwned>(
-    server: &ServerArgs,
-    method: &str,
-    path: &str,
-    body: Option<&impl Serialize>,
-) -> Result<(A, Option<String>)> {
-    let url = format!("{}/v1/admin/{path}", server.server.trim_end_matches('/'));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let client = ferry_publisher::tls::https_client(server.ca_file.as_deref())?
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
-        let mut req = match method {
-            "POST" => client.post(&url),
-            _ => client.get(&url),
-        };
-        req = req.bearer_auth(&server.token);
-        if let Some(b) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(b)?);
-        }
-        let resp = req.send().await.with_context(|| format!("asking {url}"))?;
-        let status = resp.status();
-        let next = resp
-            .headers()
-            .get(reqwest::header::LINK)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("</v1/admin/")?.split_once(">; rel=\"next\"").map(|(p, _)| p.to_string()));
-        let bytes = resp.bytes().await.with_context(|| format!("reading the answer of {url}"))?;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<ErrorBody>(&bytes).map(|e| e.error);
-            bail!("{url}: {status}: {}", detail.unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned()));
-        }
-        let a = serde_json::from_slice(&bytes).with_context(|| format!("reading the answer of {url}"))?;
-        Ok((a, next))
-    })
+    Admin::new(server)?.call_paged(method, path, body).map(|(a, _)| a)
 }
 
 /// A call without a body.
@@ -161,18 +217,35 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
 }
 
 /// The devices of the list at `path` (`devices?…`) and, with `all`, of every page after it;
-/// and the path of the page after the last read, if more follow.
-fn device_pages(server: &ServerArgs, mut path: String, all: bool) -> Result<(Vec<DeviceView>, Option<String>)> {
+/// and the path of the page after the last read, if more follow. A next page must be a page
+/// of the device list, named once; a page holds at most [`DeviceQuery::MAX_LIMIT`] devices,
+/// and at most [`MAX_DEVICE_PAGES`] are read (a million devices at the server's page size).
+fn device_pages(admin: &Admin, mut path: String, all: bool) -> Result<(Vec<DeviceView>, Option<String>)> {
     let mut list: Vec<DeviceView> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::from([path.clone()]);
     loop {
-        let (page, next): (Vec<DeviceView>, _) = call_paged(server, "GET", &path, None::<&()>)?;
+        let (page, next): (Vec<DeviceView>, Option<String>) = admin.call_paged("GET", &path, None::<&()>)?;
+        if page.len() > DeviceQuery::MAX_LIMIT {
+            bail!("the server answered {} devices in one page (at most {})", page.len(), DeviceQuery::MAX_LIMIT);
+        }
         list.extend(page);
+        if let Some(n) = &next {
+            if !n.starts_with("devices?") {
+                bail!("the server named {:?} as the next page of the device list", printable(n, 200));
+            }
+        }
         match next {
             Some(n) if all => {
-                // A server naming a page it already gave would never end the loop.
+                // A server naming a page it already gave, or pages without end, would never
+                // end the loop.
                 if !seen.insert(n.clone()) {
-                    bail!("the server named the page {n} twice");
+                    bail!("the server named the page {} twice", printable(&n, 200));
+                }
+                if seen.len() > MAX_DEVICE_PAGES {
+                    bail!(
+                        "the server named more than {MAX_DEVICE_PAGES} pages of devices; \
+                         read them a page at a time with `ferry devices --limit N --after SERIAL`"
+                    );
                 }
                 path = n;
             }
@@ -182,20 +255,19 @@ fn device_pages(server: &ServerArgs, mut path: String, all: bool) -> Result<(Vec
 }
 
 pub fn devices(a: DevicesArgs) -> Result<()> {
-    let mut query = Vec::new();
-    for (k, v) in [("group", &a.group), ("channel", &a.channel), ("state", &a.state), ("after", &a.after)] {
-        if let Some(v) = v {
-            query.push(format!("{k}={v}"));
-        }
-    }
-    if let Some(n) = a.limit {
-        query.push(format!("limit={n}"));
-    }
-    let path = if query.is_empty() { "devices".to_string() } else { format!("devices?{}", query.join("&")) };
+    let query = DeviceQuery {
+        group: a.group.clone(),
+        channel: a.channel.clone(),
+        state: a.state.clone(),
+        limit: a.limit.map(usize::from),
+        after: a.after.clone(),
+    };
+    let path = query.path();
     // Every page, unless --limit asked for one.
-    let (list, next) = device_pages(&a.server, path, a.limit.is_none())?;
-    if let Some(after) = next.as_deref().and_then(|n| n.split('&').find_map(|p| p.split_once("after=")).map(|(_, v)| v))
-    {
+    let (list, next) = device_pages(&Admin::new(&a.server)?, path, a.limit.is_none())?;
+    let after = next.as_deref().and_then(|n| ferry_api::admin::query_value(n.split_once('?')?.1, "after"));
+    // A serial, as the server's rule has it; anything else from a server is not printed.
+    if let Some(after) = after.filter(|a| ferry_publisher::fleet::check_name("after", a).is_ok()) {
         eprintln!("more devices follow: add --after {after}");
     }
     if a.json {
@@ -306,15 +378,19 @@ pub fn config(cmd: ConfigCommand) -> Result<()> {
             let keys: Vec<&ferry_store::SecretKey> = keys.iter().collect();
             let lifetime =
                 ferry_publisher::channels::parse_duration(&expires).map_err(|e| anyhow!("--expires: {e}"))?;
+            let admin = Admin::new(&server)?;
             let serials = if devices.is_empty() {
-                device_pages(&server, "devices".into(), true)?.0.into_iter().map(|d| d.serial).collect()
+                device_pages(&admin, DeviceQuery::default().path(), true)?.0.into_iter().map(|d| d.serial).collect()
             } else {
                 devices
             };
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
             for serial in serials {
-                let m: MergedConfig = get(&server, "GET", &format!("devices/{serial}/config"))?;
+                // A serial goes into a path: the server's own rule for serials first.
+                ferry_publisher::fleet::check_name("serial", &serial)?;
+                let (m, _): (MergedConfig, _) =
+                    admin.call_paged("GET", &format!("devices/{serial}/config"), None::<&()>)?;
                 let Some(envelope) = ferry_publisher::fleet::sign_config(&keys, &serial, &m, now, lifetime)
                     .map_err(|e| anyhow!("device {serial}'s configuration cannot be signed: {e}"))?
                 else {
@@ -322,8 +398,8 @@ pub fn config(cmd: ConfigCommand) -> Result<()> {
                     continue;
                 };
                 let upload = ferry_api::admin::ConfigDocumentUpload { document: hex::encode(envelope) };
-                let v: ConfigVersion =
-                    call(&server, "POST", &format!("devices/{serial}/config-document"), Some(&upload))?;
+                let (v, _): (ConfigVersion, _) =
+                    admin.call_paged("POST", &format!("devices/{serial}/config-document"), Some(&upload))?;
                 println!(
                     "{serial}: configuration version {} signed, expires {}",
                     v.version,

@@ -304,6 +304,33 @@ impl Env {
     pub fn current(&self) -> PathBuf {
         self.path().join("device/current")
     }
+
+    /// A fleet device under `name/` following `stable` at `server` (a URL), trusting the
+    /// root key of `channels::set_up_keys`, enrolling as `serial` with the fleet's enrollment
+    /// token; `sections` (e.g. `[health]`) go before its `[fleet]` table, `fleet_extra` in it.
+    pub fn fleet_device(&self, name: &str, server: &str, serial: &str, sections: &str, fleet_extra: &str) -> PathBuf {
+        let dev = self.path().join(name);
+        std::fs::create_dir_all(&dev).unwrap();
+        let config = dev.join("ferryd.toml");
+        let text = format!(
+            "insecure_http = true\nserver = \"{server}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n\
+             {sections}[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n{fleet_extra}",
+            dev.join("state").display(),
+            dev.join("current").display(),
+            self.path().join("root.key.pub").display(),
+            self.path().join("enrollment-token").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+}
+
+/// The version a device runs, as `ferryd status --json` says (`none` before its first).
+pub fn running_version(config: &Path) -> String {
+    let (ok, out, err) = ferryd(config, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["current"]["version"].as_str().unwrap_or("none").to_string()
 }
 
 /// The `ferryd` the tests run: this build's, or the one `FERRY_TEST_FERRYD` names — an ARM

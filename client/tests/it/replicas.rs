@@ -13,7 +13,7 @@ use ferry_fixtures::postgres::Postgres;
 use serde_json::{json, Value};
 
 use crate::channels::{promote, set_up_keys, CHANNEL_KEY};
-use crate::harness::{ferryd, ferryd_bin, Env};
+use crate::harness::{ferryd, ferryd_bin, running_version, Env};
 
 /// Longer than a replica's check-in freshness bound (250 ms).
 const FRESH: Duration = Duration::from_secs(1);
@@ -101,28 +101,9 @@ fn admin(base: &str, token: &str, method: &str, path: &str, body: Option<Value>)
 /// A device following `stable` through the balancer; with `bad`, release 2 fails its
 /// health check.
 fn device(env: &Env, server: &str, serial: &str, bad: bool) -> PathBuf {
-    let dev = env.path().join(serial);
-    std::fs::create_dir_all(&dev).unwrap();
-    let config = dev.join("ferryd.toml");
     let health = if bad { "! grep -qx 2 etc/version" } else { "true" };
-    let text = format!(
-        "insecure_http = true\nserver = \"{server}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n\
-         [health]\ncommands = [\"{health}\"]\ndeadline = 2\ninterval = 1\n\
-         [fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\nunsigned_config = true\n",
-        dev.join("state").display(),
-        dev.join("current").display(),
-        env.path().join("root.key.pub").display(),
-        env.path().join("enrollment-token").display(),
-    );
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
-fn version(config: &Path) -> String {
-    let (ok, out, err) = ferryd(config, &["status", "--json"]);
-    assert!(ok, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["current"]["version"].as_str().unwrap_or("none").to_string()
+    let health = format!("[health]\ncommands = [\"{health}\"]\ndeadline = 2\ninterval = 1\n");
+    env.fleet_device(serial, server, serial, &health, "unsigned_config = true\n")
 }
 
 /// Every device as the fleet (through `base`) has it, by serial.
@@ -168,7 +149,7 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     for d in &devices {
         let (ok, _, err) = ferryd(d, &["update"]);
         assert!(ok, "{err}");
-        assert_eq!(version(d), "1");
+        assert_eq!(running_version(d), "1");
     }
     for base in [&via_a, &via_b] {
         let list = fleet_devices(base, &token);
@@ -218,7 +199,7 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     for d in &devices[..3] {
         let (ok, _, err) = ferryd(d, &["update"]);
         assert!(ok, "{err}");
-        assert_eq!(version(d), "2");
+        assert_eq!(running_version(d), "2");
     }
     assert_eq!(
         (rollout(&via_b, &token)["took"].as_u64(), rollout(&via_a, &token)["failed"].as_u64()),
@@ -246,7 +227,7 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
             assert!(tries <= 3, "{serial}: the fleet has {known} after {tries} runs");
             let _ = ferryd(d, &["update"]);
         }
-        assert_eq!(version(d), "1", "{serial} rolled back");
+        assert_eq!(running_version(d), "1", "{serial} rolled back");
     }
     // The halt fired on the third failure (3 of 6 = 50% > 40%), with every device counted once.
     let r = rollout(&via_lb, &token);
@@ -267,7 +248,7 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     // Every device's newest check-in is the fleet's: what each device runs.
     let list = fleet_devices(&via_lb, &token);
     for (i, d) in devices.iter().enumerate() {
-        assert_eq!(list[&format!("SN-{i}")]["report"]["current_version"], version(d), "SN-{i}");
+        assert_eq!(list[&format!("SN-{i}")]["report"]["current_version"], running_version(d), "SN-{i}");
     }
 
     // A promotion cut by SIGKILL: the channel has the old document or the new one, never
@@ -294,7 +275,7 @@ fn two_replicas_behind_a_balancer_share_the_fleet_through_a_replica_killed_and_t
     // A healthy device that took release 2 takes 3 (the rollout's halt keeps the rest).
     let (ok, _, err) = ferryd(&devices[0], &["update"]);
     assert!(ok, "{err}");
-    assert_eq!(version(&devices[0]), "3");
+    assert_eq!(running_version(&devices[0]), "3");
 
     // The database restarted while devices check in: B answers 503 with Retry-After while
     // it is down, and everything goes through again once it is back.

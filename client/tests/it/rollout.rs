@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::channels::{promote, set_up_keys};
-use crate::harness::{ferryd, Env};
+use crate::harness::{ferryd, running_version, Env};
 
 fn call(env: &Env, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -27,28 +27,8 @@ fn call(env: &Env, method: &str, path: &str, body: Option<Value>) -> (u16, Value
 
 /// A fleet device following `stable`, whose health check fails on release 2.
 fn device(env: &Env, serial: &str) -> PathBuf {
-    let dev = env.path().join(serial);
-    std::fs::create_dir_all(&dev).unwrap();
-    let config = dev.join("ferryd.toml");
-    let text = format!(
-        "insecure_http = true\nserver = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n\
-         [health]\ncommands = [\"! grep -qx 2 etc/version\"]\ndeadline = 2\ninterval = 1\n\
-         [fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
-        env.addr,
-        dev.join("state").display(),
-        dev.join("current").display(),
-        env.path().join("root.key.pub").display(),
-        env.path().join("enrollment-token").display(),
-    );
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
-fn version(config: &std::path::Path) -> String {
-    let (ok, out, err) = ferryd(config, &["status", "--json"]);
-    assert!(ok, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["current"]["version"].as_str().unwrap_or("none").to_string()
+    let health = "[health]\ncommands = [\"! grep -qx 2 etc/version\"]\ndeadline = 2\ninterval = 1\n";
+    env.fleet_device(serial, &format!("http://{}", env.addr), serial, health, "")
 }
 
 #[test]
@@ -71,7 +51,7 @@ fn a_failing_release_halts_its_rollout_and_the_rest_keep_the_previous_one() {
     for (d, _) in &devices {
         let (ok, _, err) = ferryd(d, &["update"]);
         assert!(ok, "{err}");
-        assert_eq!(version(d), "1");
+        assert_eq!(running_version(d), "1");
     }
 
     let (status, r) = call(
@@ -91,7 +71,7 @@ fn a_failing_release_halts_its_rollout_and_the_rest_keep_the_previous_one() {
     let (first, _) = &devices[0];
     let (ok, _, _) = ferryd(first, &["update"]);
     assert!(!ok, "release 2 must fail its trial");
-    assert_eq!(version(first), "1");
+    assert_eq!(running_version(first), "1");
     let (_, list) = call(&env, "GET", "rollouts", None);
     let r = &list[0];
     assert_eq!(
@@ -110,7 +90,7 @@ fn a_failing_release_halts_its_rollout_and_the_rest_keep_the_previous_one() {
         assert!(ok, "{err}");
         let s: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(s["up_to_date"], true);
-        assert_eq!(version(d), "1");
+        assert_eq!(running_version(d), "1");
     }
     // Resumed: the other device inside the share takes it (and fails too); outside, nothing.
     let (status, _) = call(&env, "POST", "rollouts/stable/resume", None);
@@ -189,7 +169,7 @@ fn fleet_fakes_enrolled_during_a_rollout_cannot_hide_a_real_failure() {
     }
     let (ok, _, _) = ferryd(&real, &["update"]);
     assert!(!ok, "release 2 must fail its trial");
-    assert_eq!(version(&real), "1");
+    assert_eq!(running_version(&real), "1");
     let (_, list) = call(&env, "GET", "rollouts", None);
     let r = &list[0];
     assert_eq!(

@@ -38,19 +38,7 @@ fn fleet() -> Env {
 
 /// A device following `stable`, enrolled in the fleet as `serial`, under `name/`.
 fn device(env: &Env, name: &str, serial: &str) -> PathBuf {
-    let dev = env.path().join(name);
-    std::fs::create_dir_all(&dev).unwrap();
-    let config = dev.join("ferryd.toml");
-    let text = format!(
-        "insecure_http = true\nserver = \"http://{}\"\nchannel = \"stable\"\nstate_dir = \"{}\"\ncurrent_link = \"{}\"\nroot_keys = [\"{}\"]\nhardware = \"rev-a\"\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"{serial}\"\n",
-        env.addr,
-        dev.join("state").display(),
-        dev.join("current").display(),
-        env.path().join("root.key.pub").display(),
-        env.path().join("enrollment-token").display(),
-    );
-    std::fs::write(&config, text).unwrap();
-    config
+    env.fleet_device(name, &format!("http://{}", env.addr), serial, "", "")
 }
 
 fn set_config(env: &Env, scope: &str, values: Value) -> u64 {

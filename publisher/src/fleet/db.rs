@@ -160,6 +160,18 @@ impl FleetDb {
         }
     }
 
+    /// A writer's turn among servers sharing a database, for a read-modify-write section
+    /// whose batch carries conditions: on PostgreSQL, writers of every replica queue for it
+    /// (first come, first served), so one replica's writers cannot keep another's conditions
+    /// failing; it ends when dropped. None on the embedded store (one process, whose callers
+    /// hold their own lock), or when not had within 2 s (the conditions still hold).
+    pub fn turn(&self) -> Option<Turn<'_>> {
+        match self {
+            FleetDb::Embedded(_) => None,
+            FleetDb::Postgres(pg) => pg.turn(),
+        }
+    }
+
     /// The last `(key, value)` of a table, if any.
     pub fn last(&self, table: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         match self {
@@ -215,6 +227,11 @@ const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 /// up to date; a server of schema 1 would not, so it refuses a database of schema 2.
 const SCHEMA_VERSION: i32 = 2;
 const MIGRATION_LOCK: i64 = 0x6665_7272_7930_0001;
+/// The advisory lock a writer's turn holds ([`FleetDb::turn`]).
+const TURN_LOCK: i64 = 0x6665_7272_7930_0002;
+/// The longest a writer waits for its turn; past it, it goes on without (its conditions
+/// still keep the data right: the turn only keeps replicas from starving each other).
+const TURN_WAIT_MS: u32 = 2_000;
 
 /// A pool of connections to one database.
 pub struct Pg {
@@ -305,14 +322,7 @@ impl Pg {
     fn with<T>(&self, f: impl FnOnce(&mut postgres::Client) -> Result<T, Fail>) -> Result<T> {
         let mut client = self.checkout()?;
         let r = f(&mut client);
-        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if client.is_closed() {
-            pool.open -= 1;
-        } else {
-            pool.clients.push((client, Instant::now()));
-        }
-        drop(pool);
-        self.freed.notify_one();
+        self.give_back(client);
         r.map_err(|e| match e {
             Fail::Db(e) => self.unavailable(e),
             Fail::Refused(why) => FleetError::Database(format!("fleet database {}: {why}", self.shown)),
@@ -333,6 +343,36 @@ impl Pg {
         match first {
             Err(_) if closed.get() => self.with(f),
             r => r,
+        }
+    }
+
+    /// Puts a lent connection back in the pool, or counts it gone if it broke.
+    fn give_back(&self, client: postgres::Client) {
+        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if client.is_closed() {
+            pool.open -= 1;
+        } else {
+            pool.clients.push((client, Instant::now()));
+        }
+        drop(pool);
+        self.freed.notify_one();
+    }
+
+    /// A writer's turn: a connection in a transaction holding [`TURN_LOCK`], or None when
+    /// the lock was not had within [`TURN_WAIT_MS`] or the database could not be asked.
+    fn turn(&self) -> Option<Turn<'_>> {
+        let mut client = self.checkout().ok()?;
+        // One round trip.
+        let taken = client.batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = {TURN_WAIT_MS}; SELECT pg_advisory_xact_lock({TURN_LOCK})"
+        ));
+        let turn = Turn { pg: self, client: Some(client) };
+        match taken {
+            Ok(()) => Some(turn),
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet database: going on without a writer's turn");
+                None
+            }
         }
     }
 
@@ -504,6 +544,31 @@ fn raced(e: postgres::Error, table: &str, key: &[u8]) -> Fail {
             Fail::Raced(Op::conflict(table, key))
         }
         _ => Fail::Db(e),
+    }
+}
+
+/// A writer's turn among the servers on one database, held while it lives
+/// ([`FleetDb::turn`]): a transaction that holds [`TURN_LOCK`] and writes nothing, ended
+/// (and the lock released) when dropped, or by the database when this server dies.
+pub struct Turn<'a> {
+    pg: &'a Pg,
+    client: Option<postgres::Client>,
+}
+
+impl std::fmt::Debug for Turn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn").field("database", &self.pg.shown).finish()
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(mut client) = self.client.take() {
+            if let Err(e) = client.batch_execute("ROLLBACK") {
+                tracing::debug!(error = %e, "fleet database: ending a writer's turn");
+            }
+            self.pg.give_back(client);
+        }
     }
 }
 

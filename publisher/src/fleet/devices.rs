@@ -3,6 +3,8 @@
 //! operator's accept, revoke and remove. What it is not for: enrollment (`enrollment`),
 //! configuration (`config`) or rollouts (`rollouts`), which read and update these records.
 
+use std::collections::HashMap;
+
 use ferry_store::kv::Op;
 use serde::{Deserialize, Serialize};
 
@@ -257,19 +259,7 @@ impl Fleet {
     }
 
     pub fn devices(&self) -> Result<Vec<Device>> {
-        let mut reports: std::collections::HashMap<Vec<u8>, Vec<u8>> =
-            self.db.scan(REPORTS, b"")?.into_iter().collect();
-        self.db
-            .scan(DEVICES, b"")?
-            .iter()
-            .map(|(k, v)| {
-                let mut d: Device = parse(v, || format!("device {}", String::from_utf8_lossy(k)))?;
-                if let Some(r) = reports.remove(k) {
-                    Seen::merge(&mut d, &r)?;
-                }
-                Ok(d)
-            })
-            .collect()
+        with_reports(&self.db.scan(DEVICES, b"")?, self.db.scan(REPORTS, b"")?.into_iter().collect())
     }
 
     /// At most `limit` devices whose serials sort after `after` (from the first if None), in
@@ -282,7 +272,7 @@ impl Fleet {
         records.truncate(limit);
         // The reports of this page's serials: pages of reports after `after` up to the page's
         // last serial (usually one; more if devices enrolled in between).
-        let mut reports: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        let mut reports: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         if let Some((last, _)) = records.last() {
             let mut from = after.map(<[u8]>::to_vec);
             loop {
@@ -295,17 +285,7 @@ impl Fleet {
                 }
             }
         }
-        let devices = records
-            .iter()
-            .map(|(k, v)| {
-                let mut d: Device = parse(v, || format!("device {}", String::from_utf8_lossy(k)))?;
-                if let Some(r) = reports.remove(k) {
-                    Seen::merge(&mut d, &r)?;
-                }
-                Ok(d)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((devices, more))
+        Ok((with_reports(&records, reports)?, more))
     }
 
     pub(super) fn event_op(&self, serial: &str, what: String) -> Result<Op> {
@@ -514,6 +494,20 @@ impl Fleet {
         self.db.write(ops)?;
         Ok(())
     }
+}
+
+/// Devices read from their `records`, each with its report from `reports` (by serial) merged.
+fn with_reports(records: &[(Vec<u8>, Vec<u8>)], mut reports: HashMap<Vec<u8>, Vec<u8>>) -> Result<Vec<Device>> {
+    records
+        .iter()
+        .map(|(k, v)| {
+            let mut d: Device = parse(v, || format!("device {}", String::from_utf8_lossy(k)))?;
+            if let Some(r) = reports.remove(k) {
+                Seen::merge(&mut d, &r)?;
+            }
+            Ok(d)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ impl Fleet {
         let all_key = b"enroll-all".to_vec();
         self.retrying("rate-limiting an enrollment", || {
             let _l = self.enroll_limits.lock().unwrap_or_else(|e| e.into_inner());
+            // The buckets are shared by every replica: their writers take turns.
+            let _turn = self.db.turn();
             let now_ms = (super::now_nanos() / 1_000_000) as i64;
             let read = |key: &[u8], per_minute| -> Result<(Bucket, Option<Vec<u8>>)> {
                 match self.db.get(LIMITS, key)? {

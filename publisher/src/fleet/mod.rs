@@ -190,6 +190,8 @@ pub struct Fleet {
     enroll_limits: Mutex<()>,
     /// Serialises read-modify-write sequences (enrollment, audit sequence numbers).
     write: Mutex<()>,
+    /// Read-modify-writes done again because another server changed what they read.
+    races: std::sync::atomic::AtomicU64,
     /// One of these guards each device record: check-ins of different devices run (and
     /// their synced writes group-commit) in parallel. Taken after `write`, never before it.
     stripes: Vec<Mutex<()>>,
@@ -241,6 +243,12 @@ pub fn check_name(field: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
+/// A writer's section ([`Fleet::lock`]); the shared turn is dropped before the local lock.
+struct WriteGuard<'a> {
+    _shared: Option<db::Turn<'a>>,
+    _local: std::sync::MutexGuard<'a, ()>,
+}
+
 impl Fleet {
     /// Opens the fleet's state at `at` (a directory, or a PostgreSQL URL through
     /// [`db::Location::parse`]), creating it if needed.
@@ -254,6 +262,7 @@ impl Fleet {
             settings,
             enroll_limits: Mutex::new(()),
             write: Mutex::new(()),
+            races: std::sync::atomic::AtomicU64::new(0),
             stripes: (0..64).map(|_| Mutex::new(())).collect(),
         }
     }
@@ -269,8 +278,17 @@ impl Fleet {
         self.db.describe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    /// The turn of a read-modify-write section: this server's lock, then (on a shared
+    /// database) the turn among servers, both held while the guard lives.
+    fn lock(&self) -> WriteGuard<'_> {
+        let local = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        WriteGuard { _shared: self.db.turn(), _local: local }
+    }
+
+    /// How many read-modify-writes this handle did again because another server (or, in
+    /// the embedded store, another thread) changed what they read first.
+    pub fn races(&self) -> u64 {
+        self.races.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f`, a read-modify-write whose batch carries conditions on what it read
@@ -282,6 +300,7 @@ impl Fleet {
             tries += 1;
             match f() {
                 Err(FleetError::Store(ferry_store::StoreError::KvConflict { table, key })) => {
+                    self.races.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if tries >= RACE_TRIES {
                         return Err(FleetError::Unavailable(format!(
                             "{what}: {table}/{key} was changed by another server {tries} times in a row; try again"

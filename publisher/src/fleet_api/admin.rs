@@ -11,48 +11,34 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ferry_api::admin::{
-    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, Groups, PromoteRequest,
-    Promoted, RolloutAction, RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
+    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceQuery, Groups,
+    PromoteRequest, Promoted, RolloutAction, RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
 };
 use serde::Deserialize;
 
 use super::{blocking, parse_json, ApiError, Shared};
 use crate::fleet::{Caller, FleetError, Scope};
 
-#[derive(Deserialize)]
-struct DeviceFilter {
-    group: Option<String>,
-    channel: Option<String>,
-    state: Option<String>,
-    /// Devices in one answer (1 to [`MAX_DEVICES_PAGE`], that by default).
-    limit: Option<String>,
-    /// The serial the previous page ended with.
-    after: Option<String>,
+/// The most devices one answer of `GET /v1/admin/devices` holds.
+pub const MAX_DEVICES_PAGE: usize = DeviceQuery::MAX_LIMIT;
+
+/// A request's query as `T`, or a 400 that names what is wrong with it.
+fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| {
+        FleetError::BadRequest(format!("the query {:?}: {}", uri.query().unwrap_or(""), e.body_text())).into()
+    })
 }
 
-/// The most devices one answer of `GET /v1/admin/devices` holds.
-pub const MAX_DEVICES_PAGE: usize = 1000;
-
-/// One page of devices in serial order, the filters applied to its devices (so a filtered
-/// page may hold fewer than `limit`, even none); while more follow, a `Link: <…>; rel="next"`
-/// header names the next page's path.
-async fn devices(
-    State(s): State<Shared>,
-    _: Extension<Caller>,
-    Query(f): Query<DeviceFilter>,
-) -> Result<Response, ApiError> {
-    let limit = match &f.limit {
-        None => MAX_DEVICES_PAGE,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_DEVICES_PAGE).contains(&n) => n,
-            _ => {
-                return Err(FleetError::BadRequest(format!(
-                    "limit {l:?} must be a number from 1 to {MAX_DEVICES_PAGE}"
-                ))
-                .into())
-            }
-        },
-    };
+/// One page of devices in serial order ([`DeviceQuery`]); while more follow, a
+/// `Link: <…>; rel="next"` header names the next page's path.
+async fn devices(State(s): State<Shared>, _: Extension<Caller>, uri: axum::http::Uri) -> Result<Response, ApiError> {
+    let f: DeviceQuery = query(&uri)?;
+    let limit = f.limit.unwrap_or(MAX_DEVICES_PAGE);
+    if !(1..=MAX_DEVICES_PAGE).contains(&limit) {
+        return Err(
+            FleetError::BadRequest(format!("limit {limit} must be a number from 1 to {MAX_DEVICES_PAGE}")).into()
+        );
+    }
     if let Some(a) = &f.after {
         crate::fleet::check_name("after (a serial)", a)?;
     }
@@ -60,13 +46,8 @@ async fn devices(
     let (list, more) = blocking(move || s.fleet.devices_page(after.as_deref(), limit)).await?;
     let next = match (more, list.last()) {
         (true, Some(last)) => {
-            let mut q = vec![format!("after={}", encode(&last.serial)), format!("limit={limit}")];
-            for (k, v) in [("group", &f.group), ("channel", &f.channel), ("state", &f.state)] {
-                if let Some(v) = v {
-                    q.push(format!("{k}={}", encode(v)));
-                }
-            }
-            Some(format!("</v1/admin/devices?{}>; rel=\"next\"", q.join("&")))
+            let next = DeviceQuery { after: Some(last.serial.clone()), limit: Some(limit), ..f.clone() };
+            Some(format!("</v1/admin/{}>; rel=\"next\"", next.path()))
         }
         _ => None,
     };
@@ -86,19 +67,6 @@ async fn devices(
         r.headers_mut().insert(axum::http::header::LINK, next);
     }
     Ok(r)
-}
-
-/// `v` percent-encoded for a query string (all but unreserved characters).
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 async fn device(
@@ -182,11 +150,13 @@ async fn revoke_token(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Limit {
     limit: Option<usize>,
 }
 
-async fn audit(State(s): State<Shared>, _: Extension<Caller>, Query(l): Query<Limit>) -> Result<Response, ApiError> {
+async fn audit(State(s): State<Shared>, _: Extension<Caller>, uri: axum::http::Uri) -> Result<Response, ApiError> {
+    let l: Limit = query(&uri)?;
     let limit = l.limit.unwrap_or(100).min(10_000);
     Ok(Json(blocking(move || s.fleet.audit(limit)).await?).into_response())
 }

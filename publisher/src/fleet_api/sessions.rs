@@ -134,7 +134,11 @@ fn unauthorized(why: &str) -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, why.into(), None)
 }
 
-/// The hashes of the session cookies a request carries.
+/// The most session cookies of one request that are looked up: a browser sends one (two
+/// while an old one lingers under another path); each costs a read of the store.
+const MAX_SESSION_COOKIES: usize = 4;
+
+/// The hashes of the session cookies a request carries, the first [`MAX_SESSION_COOKIES`].
 fn cookies(headers: &HeaderMap) -> Vec<[u8; 32]> {
     headers
         .get_all(header::COOKIE)
@@ -143,6 +147,7 @@ fn cookies(headers: &HeaderMap) -> Vec<[u8; 32]> {
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|v| v.strip_prefix('=')))
         .filter(|v| !v.is_empty() && v.len() <= 128)
+        .take(MAX_SESSION_COOKIES)
         .map(|v| *blake3::hash(v.as_bytes()).as_bytes())
         .collect()
 }
@@ -563,5 +568,18 @@ mod tests {
         let h = headers(&[("cookie", "a=1; ferry_admin=xyz; b=2"), ("cookie", "ferry_admin=")]);
         assert_eq!(cookies(&h), vec![*blake3::hash(b"xyz").as_bytes()]);
         assert!(cookies(&headers(&[("cookie", "ferry_adminx=1")])).is_empty());
+    }
+
+    #[test]
+    fn a_request_s_cookies_past_the_fourth_are_not_looked_up() {
+        // A hundred cookies in one header and fifty more headers: four lookups at most, so a
+        // client cannot make one request cost a hundred reads of the store.
+        let many: Vec<String> = (0..100).map(|i| format!("ferry_admin=v{i}")).collect();
+        let mut pairs = vec![("cookie", many.join("; "))];
+        pairs.extend((0..50).map(|i| ("cookie", format!("ferry_admin=w{i}"))));
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let got = cookies(&headers(&pairs));
+        let first: Vec<[u8; 32]> = (0..4).map(|i| *blake3::hash(format!("v{i}").as_bytes()).as_bytes()).collect();
+        assert_eq!(got, first);
     }
 }

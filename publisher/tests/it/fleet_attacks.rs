@@ -94,6 +94,11 @@ impl Served {
 
     /// `method` on `/v1/{path}` with an optional bearer token, within 60 s.
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> Answer {
+        self.call_with(method, path, token, body, "retry-after")
+    }
+
+    /// [`Served::call`], the answer's `header` (instead of `Retry-After`) second.
+    fn call_with(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>, header: &str) -> Answer {
         self.rt.block_on(async {
             let c = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
             let url = format!("{}/{path}", self.base);
@@ -102,7 +107,7 @@ impl Served {
                 req = req.bearer_auth(t);
             }
             let r = req.send().await.unwrap();
-            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let retry = r.headers().get(header).map(|v| v.to_str().unwrap().to_string());
             (r.status().as_u16(), retry, r.bytes().await.unwrap().to_vec())
         })
     }
@@ -341,4 +346,80 @@ fn fleet_reenrolling_a_known_serial_changes_nothing_until_an_operator_approves()
     assert_eq!(checkin(&reflashed).0, 200);
     assert_eq!((checkin(&real).0, checkin(&intruder).0), (401, 401));
     assert_eq!(approve(&fingerprint), 404);
+}
+
+/// The admin API's device list comes in pages that name the next one, keep their filters,
+/// and end; a bad `limit`, `after` or other query is a 400 that names it.
+#[test]
+fn fleet_the_device_list_comes_in_pages_and_refuses_bad_queries() {
+    let s = Served::start(Limits::default());
+    for i in 1..=7 {
+        s.device_token(&format!("SN-{i}"));
+    }
+    assert_eq!(s.call("POST", "admin/devices/SN-2/revoke", Some(&s.admin), vec![]).0, 200);
+    // Every page: (serials, the next page's path).
+    let pages = |first: &str| -> Vec<(Vec<String>, Option<String>)> {
+        let (mut path, mut pages) = (first.to_string(), Vec::new());
+        loop {
+            let (status, link, body) = s.call_with("GET", &path, Some(&s.admin), vec![], "link");
+            assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+            let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let serials = list.as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap().to_string()).collect();
+            let next = link.map(|l| {
+                let p = l.strip_prefix("</v1/").and_then(|l| l.strip_suffix(">; rel=\"next\"")).unwrap();
+                p.to_string()
+            });
+            pages.push((serials, next.clone()));
+            match next {
+                Some(n) => path = n,
+                None => return pages,
+            }
+        }
+    };
+    let sn = |v: &[u32]| -> Vec<String> { v.iter().map(|i| format!("SN-{i}")).collect() };
+    assert_eq!(
+        pages("admin/devices?limit=3"),
+        vec![
+            (sn(&[1, 2, 3]), Some("admin/devices?limit=3&after=SN-3".into())),
+            (sn(&[4, 5, 6]), Some("admin/devices?limit=3&after=SN-6".into())),
+            (sn(&[7]), None),
+        ]
+    );
+    assert_eq!(pages("admin/devices"), vec![(sn(&[1, 2, 3, 4, 5, 6, 7]), None)]);
+    // A filter is applied to each page's devices and kept in the next page's path: a page may
+    // come back empty while more follow.
+    assert_eq!(
+        pages("admin/devices?state=revoked&limit=4"),
+        vec![(sn(&[2]), Some("admin/devices?state=revoked&limit=4&after=SN-4".into())), (vec![], None),]
+    );
+    assert_eq!(pages("admin/devices?after=SN-7"), vec![(vec![], None)]);
+    assert_eq!(pages("admin/devices?after=ZZZ&limit=1"), vec![(vec![], None)]);
+
+    let long = "a".repeat(10_000);
+    for (query, names) in [
+        ("limit=0", "limit 0 must be a number from 1 to 1000"),
+        ("limit=1001", "limit 1001 must be a number from 1 to 1000"),
+        ("limit=-1", "limit: invalid digit"),
+        ("limit=abc", "limit: invalid digit"),
+        ("limit=99999999999999999999999999", "limit: number too large"),
+        ("limit=1&limit=2", "duplicate field `limit`"),
+        ("after=SN%00", "after (a serial)"),
+        ("after=SN%2F..%2F1", "after (a serial)"),
+        ("after=", "after (a serial) must be 1 to"),
+        (&format!("after={long}"), "after (a serial) must be 1 to"),
+        ("after=%FF", "after (a serial) \"\u{fffd}\" may contain only"),
+        ("colour=red", "unknown field `colour`"),
+    ] {
+        let (status, _, body) = s.call("GET", &format!("admin/devices?{query}"), Some(&s.admin), vec![]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(names)), "{query}: {v}");
+    }
+    // The audit log's limit is read the same way.
+    let (status, _, body) = s.call("GET", "admin/audit?limit=lots", Some(&s.admin), vec![]);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    // Without an admin token: nothing, whatever the query.
+    assert_eq!(s.call("GET", "admin/devices?limit=1", None, vec![]).0, 401);
+    let device = s.device_token("SN-8");
+    assert_eq!(s.call("GET", "admin/devices?limit=1", Some(&device), vec![]).0, 401);
 }

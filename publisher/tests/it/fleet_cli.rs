@@ -355,3 +355,149 @@ fn an_operator_signs_configuration_offline() {
     let doc = ferry_store::device_config::accept_config(&envelope, &trust, "SN-1", 0, now, 0).unwrap();
     assert_eq!((doc.version, doc.values.get("API_KEY").map(String::as_str)), (1, Some("s3cret")));
 }
+
+/// A hostile admin server on 127.0.0.1: every request is answered by `answer(n)` (the
+/// request's number, from 0: status, extra headers and body), over kept-alive connections.
+/// It stops when dropped, or by itself after ten minutes.
+struct HostileAdmin {
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HostileAdmin {
+    fn start(answer: impl Fn(usize) -> (u16, String, Vec<u8>) + Send + Sync + 'static) -> HostileAdmin {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answer = std::sync::Arc::new(answer);
+        let (st, sv) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while !st.load(SeqCst) && std::time::Instant::now() < until {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let (answer, served) = (answer.clone(), sv.clone());
+                std::thread::spawn(move || {
+                    conn.set_nonblocking(false).unwrap();
+                    conn.set_nodelay(true).unwrap();
+                    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        // One request: its head, up to the empty line (no body: GETs).
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let (status, headers, body) = answer(served.fetch_add(1, SeqCst));
+                        let mut answer = format!(
+                            "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        answer.extend_from_slice(&body);
+                        if conn.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HostileAdmin { url, stop, served }
+    }
+
+    /// `ferry ARGS --server URL --token T` against it: (exit code, stderr).
+    fn ferry(&self, args: &[&str]) -> (Option<i32>, String) {
+        let mut all = args.to_vec();
+        all.extend(["--server", self.url.as_str(), "--token", "fa_x"]);
+        let out = ferry(&all);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostileAdmin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A server that names a next page without end, names a page twice, points the next page
+/// elsewhere or answers without end cannot keep `ferry devices` or `ferry config sign`
+/// reading: each stops with an error that says why, after a bounded number of requests.
+#[test]
+fn the_command_line_stops_following_a_hostile_servers_pages() {
+    let link = |q: String| format!("link: </v1/admin/devices?{q}>; rel=\"next\"\r\n");
+    // Pages without end, each with a new name: 1000 pages are read, then no more.
+    let endless = HostileAdmin::start(move |n| (200, link(format!("limit=1&after=P{n:07}")), b"[]".to_vec()));
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("config.key").display().to_string();
+    ok(&["keygen", "--out", &key]);
+    for args in [&["devices"][..], &["config", "sign", "--sign-key", &key]] {
+        let before = endless.served();
+        let (code, err) = endless.ferry(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("named more than 1000 pages of devices"), "{args:?}: {err}");
+        assert_eq!(endless.served() - before, 1000, "{args:?}");
+    }
+    // The same page named again, or the first one.
+    let looping = HostileAdmin::start(move |_| (200, link("limit=1&after=A".into()), b"[]".to_vec()));
+    let (code, err) = looping.ferry(&["devices"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("named the page devices?limit=1&after=A twice"), "{err}");
+    assert_eq!(looping.served(), 2);
+    let first = HostileAdmin::start(move |_| (200, link("limit=5".into()), b"[]".to_vec()));
+    let (code, err) = first.ferry(&["devices", "--limit", "5"]);
+    assert_eq!(code, Some(0), "one page asked for, one read: {err}");
+    let (code, err) = first.ferry(&["devices"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("named the page devices?limit=5 twice"), "{err}");
+    assert_eq!(first.served(), 3);
+    // A page of more devices than a page holds.
+    let crowded = HostileAdmin::start(move |_| {
+        let d = r#"{"accepted_by":null,"enrolled":1,"groups":[],"hardware":"rev-a","last_seen":null,"reenrollment":null,"report":{},"serial":"SN-1","state":"accepted"}"#;
+        (200, String::new(), format!("[{}]", vec![d; 1001].join(",")).into_bytes())
+    });
+    let (code, err) = crowded.ferry(&["devices"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("answered 1001 devices in one page (at most 1000)"), "{err}");
+    // An error whose words hold a terminal's escape sequence, and go on for a megabyte:
+    // escaped, and cut.
+    let escaping = HostileAdmin::start(move |_| {
+        let words = format!("\u{1b}]0;owned\u{7}\u{1b}[2J{}", "x".repeat(1 << 20));
+        (400, String::new(), serde_json::to_vec(&serde_json::json!({ "error": words })).unwrap())
+    });
+    let (code, err) = escaping.ferry(&["devices"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains('\u{1b}') && err.contains("\\u{1b}]0;owned"), "{}", &err[..200.min(err.len())]);
+    assert!(err.len() < 4000, "{} bytes of error", err.len());
+    // A next "page" that is another route of the admin API is not asked for.
+    let elsewhere = HostileAdmin::start(move |_| {
+        (200, "link: </v1/admin/tokens/ops/revoke>; rel=\"next\"\r\n".into(), b"[]".to_vec())
+    });
+    let (code, err) = elsewhere.ferry(&["devices"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("named \"tokens/ops/revoke\" as the next page"), "{err}");
+    assert_eq!(elsewhere.served(), 1);
+    // An answer larger than any page: refused once 64 MiB have come.
+    let huge = HostileAdmin::start(move |_| (200, String::new(), vec![b' '; 65 << 20]));
+    let (code, err) = huge.ferry(&["devices"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the answer is larger than 64 MiB"), "{err}");
+}
