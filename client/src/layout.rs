@@ -19,6 +19,9 @@
 //! <state_dir>/provision.json    first-boot steps done (`provision`)
 //! <state_dir>/local-ui-tls.pem  the local page's key and self-signed certificate, 0600
 //!                               (`local_ui::certificate`)
+//! <state_dir>/app.json          the application's instances started and not yet stopped
+//!                               (`app`)
+//! <state_dir>/app/              their ready files and notify sockets (`app`)
 //! ```
 //!
 //! No other module joins a name onto the state directory: a new file is added here, with
@@ -124,6 +127,16 @@ impl Layout {
 
     pub fn local_ui_tls(&self) -> PathBuf {
         self.root.join("local-ui-tls.pem")
+    }
+
+    /// The application's instances that run (`app`).
+    pub fn app_instances(&self) -> PathBuf {
+        self.root.join("app.json")
+    }
+
+    /// The application's ready files and notify sockets (`app`).
+    pub fn app_dir(&self) -> PathBuf {
+        self.root.join("app")
     }
 
     /// The file `ferryd doctor` writes to prove the directory is writable.
