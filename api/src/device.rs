@@ -64,6 +64,10 @@ pub struct Enrolled {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub agent_version: Option<String>,
+    /// How the last update went for the device's application (`[app]` in ferryd.toml);
+    /// `null` without one, or before its first update.
+    #[serde(default, deserialize_with = "known_or_none")]
+    pub app: Option<AppRun>,
     pub channel: Option<String>,
     /// Why the newest configuration failed to apply.
     pub config_error: Option<String>,
@@ -84,6 +88,76 @@ pub struct Report {
     /// `"none"`, `"good"`, `"on trial (N boots)"`.
     pub trial: Option<String>,
     pub uptime: Option<u64>,
+}
+
+/// How an update takes the device's application from the old deployment to the new one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Download and assemble everything, then stop the old application and start the new:
+    /// the application is down for the restart alone.
+    #[default]
+    DownloadThenKill,
+    /// Stop the application first, so its memory and disk are free for the download (and
+    /// start it again if the update fails before the switch).
+    KillThenDownload,
+    /// Start the new application beside the old; once it says it is ready, switch and ask
+    /// the old one to release the device.
+    HandOver,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 3] = [Strategy::DownloadThenKill, Strategy::KillThenDownload, Strategy::HandOver];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::DownloadThenKill => "download-then-kill",
+            Strategy::KillThenDownload => "kill-then-download",
+            Strategy::HandOver => "hand-over",
+        }
+    }
+
+    /// The strategy named `s` (as [`Strategy::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How an update ended for the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppOutcome {
+    /// The new version was started and the old one stopped.
+    Switched,
+    /// Hand-over: the new version did not say it was ready in time (or exited first); it
+    /// was stopped, the old one kept the device and nothing was switched.
+    NotReady,
+    /// Kill-then-download: the update failed before the switch, and the old version was
+    /// started again.
+    Restored,
+}
+
+/// What the last update did to the application: reported at check-in, kept in the
+/// device's state, shown by `ferryd status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRun {
+    pub strategy: Strategy,
+    pub outcome: AppOutcome,
+    /// Why the strategy is not the device's default: the release asked for it in its
+    /// metadata (`strategy=…`), or could not have it (a hand-over without a ready signal).
+    pub strategy_source: Option<String>,
+    /// Milliseconds from asking the old version to stop to the new one started (and ready,
+    /// where it says so): how long the device had no application. `null` when nothing was
+    /// stopped.
+    pub downtime_ms: Option<u64>,
+    /// The old version did not exit within its stop timeout and was killed.
+    pub killed: bool,
+    /// Seconds the switch waited on the application's "not now".
+    pub vetoed_seconds: u64,
+    /// The veto was still up when its longest wait ran out: the update went ahead.
+    pub veto_overruled: bool,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 /// The configuration a device runs with: the fleet's, its groups' and its own values merged.

@@ -39,6 +39,29 @@
 //! deadline = 300                            # seconds for the trial to become good; default 300
 //! require_mark_good = false                 # also wait for `ferryd mark-good`; default false
 //! bootlimit = 3                             # boots on trial before rolling back; default 3 (1-5 with a bootloader)
+//! restarts_command = "systemctl show -p NRestarts --value example.service"  # must not change during the trial
+//! quiet_for = 60                            # seconds the checks must keep passing; default 0
+//! watchdog_bootstatus = "/sys/class/watchdog/watchdog0/bootstatus"  # a watchdog reset during a trial
+//!                                           #   rolls back at the next boot
+//!
+//! [app]                                     # optional: the application updates stop, start or hand over
+//! command = "./usr/bin/example --port /dev/ttyS1"  # run by ferryd in the deployment's directory, in a
+//!                                           #   process group of its own; or, for a supervisor such as
+//! # start = "systemctl start example@$FERRY_INSTANCE"  #   systemd (a template unit, one instance per
+//! # stop = "systemctl stop example@$FERRY_INSTANCE"    #   deployment): start returns once it is ready
+//! # kill = "systemctl kill -s KILL example@$FERRY_INSTANCE"  # when stop overran stop_timeout
+//! strategy = "download-then-kill"           # or "kill-then-download", "hand-over"; a release's
+//!                                           #   metadata strategy=… overrides it
+//! ready_signal = false                      # command: it says when it is ready (FERRY_READY_FILE or
+//!                                           #   READY=1 on NOTIFY_SOCKET); hand-over needs it
+//! ready_timeout = 60                        # seconds for a new version to be ready (hand-over)
+//! stop_timeout = 30                         # seconds the old version has to exit once asked
+//! release_signal = "TERM"                   # command: how it is asked to release the device
+//! log_file = "/var/log/example.log"         # command: its output (appended); default discarded
+//! busy_file = "/run/example/busy"           # "not now": while it holds a later unix time
+//! busy_command = "/usr/bin/example-busy"    # "not now": while it exits 75 (EX_TEMPFAIL)
+//! max_veto = 3600                           # seconds a veto may hold a switch back; default 3600
+//! veto_poll = 10                            # seconds between looks at the veto; default 10
 //!
 //! [hooks]                                   # optional; run inside the new deployment's directory
 //! pre_switch = "./usr/share/example/migrate pre"   # failure: the update stops, nothing switched
@@ -143,6 +166,136 @@ pub struct Health {
     pub require_mark_good: bool,
     #[serde(default = "default_bootlimit")]
     pub bootlimit: u32,
+    /// A command whose first line counts the application's restarts (e.g. `systemctl show
+    /// -p NRestarts --value example.service`, which its unit's own watchdog raises): a count
+    /// that changes during the trial fails it at once.
+    #[serde(default)]
+    pub restarts_command: Option<String>,
+    /// Seconds the checks must keep passing (and the restarts stay unchanged) after the
+    /// switch before the trial is good; default 0 (the first passing round).
+    #[serde(default)]
+    pub quiet_for: u64,
+    /// The hardware watchdog's boot status (`/sys/class/watchdog/watchdog0/bootstatus`):
+    /// when it says the watchdog reset the board (WDIOF_CARDRESET) during a trial,
+    /// `boot-check` rolls back at once instead of counting the boot.
+    #[serde(default)]
+    pub watchdog_bootstatus: Option<PathBuf>,
+}
+
+/// The device's application, which updates stop, start or hand over (the `[app]` table;
+/// `crate::app` runs it). Either `command` (ferryd starts it itself) or `start` and `stop`
+/// (a supervisor does).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// The application's command line (`sh -c`), run in the deployment's directory in a
+    /// process group of its own, with FERRY_DEPLOYMENT, FERRY_INSTANCE, FERRY_READY_FILE
+    /// and NOTIFY_SOCKET set (and FERRY_HANDOVER=1 when it takes over from a running one).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Starts the instance of `$FERRY_INSTANCE` (the deployment's commit id) through the
+    /// application's supervisor; returns once it runs (and, for a hand-over, is ready).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Stops the instance of `$FERRY_INSTANCE`; it has `stop_timeout` seconds.
+    #[serde(default)]
+    pub stop: Option<String>,
+    /// Run when `stop` did not finish in time: kills the instance.
+    #[serde(default)]
+    pub kill: Option<String>,
+    #[serde(default)]
+    pub strategy: ferry_api::device::Strategy,
+    /// With `command`: the application says when it is ready (it creates the file
+    /// FERRY_READY_FILE names, or sends READY=1 to NOTIFY_SOCKET); a restart then counts
+    /// as done once it is, and a hand-over is possible.
+    #[serde(default)]
+    pub ready_signal: bool,
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout: u64,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u64,
+    /// With `command`: the signal that asks it to release the device and exit (`TERM`,
+    /// `INT`, `HUP`, `USR1`, `USR2`); after `stop_timeout` it is killed.
+    #[serde(default = "default_release_signal")]
+    pub release_signal: String,
+    /// With `command`: where its output is appended; default discarded.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// The application's "not now": while this file exists and its first word is a unix
+    /// time still to come (or is not a time), a switch waits.
+    #[serde(default)]
+    pub busy_file: Option<PathBuf>,
+    /// The same as a command: exit status 75 (EX_TEMPFAIL) is "not now".
+    #[serde(default)]
+    pub busy_command: Option<String>,
+    /// Seconds vetoes may hold one update's switch back in all; then it goes ahead.
+    #[serde(default = "default_max_veto")]
+    pub max_veto: u64,
+    #[serde(default = "default_veto_poll")]
+    pub veto_poll: u64,
+}
+
+fn default_ready_timeout() -> u64 {
+    60
+}
+fn default_stop_timeout() -> u64 {
+    30
+}
+fn default_release_signal() -> String {
+    "TERM".into()
+}
+fn default_max_veto() -> u64 {
+    3600
+}
+fn default_veto_poll() -> u64 {
+    10
+}
+
+impl App {
+    /// The release signal, as `release_signal` names it.
+    pub fn signal(&self) -> Result<nix::sys::signal::Signal> {
+        use nix::sys::signal::Signal;
+        let name = self.release_signal.trim_start_matches("SIG");
+        Ok(match name {
+            "TERM" => Signal::SIGTERM,
+            "INT" => Signal::SIGINT,
+            "HUP" => Signal::SIGHUP,
+            "USR1" => Signal::SIGUSR1,
+            "USR2" => Signal::SIGUSR2,
+            "QUIT" => Signal::SIGQUIT,
+            _ => bail!("[app] release_signal {:?} is not one of TERM, INT, HUP, USR1, USR2, QUIT", self.release_signal),
+        })
+    }
+
+    fn check(&self, c: &Config) -> Result<()> {
+        match (&self.command, &self.start, &self.stop) {
+            (Some(_), None, None) => {
+                if self.kill.is_some() {
+                    bail!("[app] kill is for start and stop; ferryd kills a command it started itself");
+                }
+            }
+            (None, Some(_), Some(_)) => {
+                if self.ready_signal || self.log_file.is_some() || self.release_signal != default_release_signal() {
+                    bail!("[app] ready_signal, log_file and release_signal are for command; with start and stop, the supervisor does these");
+                }
+            }
+            (Some(_), ..) => bail!("[app] give command, or start and stop, not both"),
+            _ => {
+                bail!("[app] needs command (ferryd runs the application) or both start and stop (its supervisor does)")
+            }
+        }
+        self.signal()?;
+        if self.command.is_some() && self.strategy == ferry_api::device::Strategy::HandOver && !self.ready_signal {
+            bail!("[app] strategy hand-over needs ready_signal = true: the old version is asked to release the device only once the new one says it is ready");
+        }
+        if self.ready_timeout == 0 || self.stop_timeout == 0 || self.veto_poll == 0 {
+            bail!("[app] ready_timeout, stop_timeout and veto_poll must be at least 1");
+        }
+        if c.restart_command.is_some() {
+            bail!("restart_command and [app] both restart the application: [app] replaces restart_command");
+        }
+        Ok(())
+    }
 }
 
 /// Commands around a switch (the `[hooks]` table).
@@ -268,6 +421,8 @@ pub struct Config {
     pub health: Option<Health>,
     #[serde(default)]
     pub hooks: Option<Hooks>,
+    #[serde(default)]
+    pub app: Option<App>,
     #[serde(default)]
     pub bootloader: Option<Bootloader>,
     #[serde(default)]
@@ -519,12 +674,18 @@ impl Config {
                     ferry_boot::bootenv::MAX_BOOTLIMIT
                 );
             }
+            if h.quiet_for >= h.deadline {
+                bail!("[health] quiet_for ({} s) must be shorter than deadline ({} s)", h.quiet_for, h.deadline);
+            }
             if h.commands.is_empty() && h.units.is_empty() && h.urls.is_empty() && !h.require_mark_good {
                 bail!("[health] names no check: give commands, units or urls, or require_mark_good = true");
             }
             if let Some(u) = h.urls.iter().find(|u| !u.starts_with("http://")) {
                 bail!("[health] url {u:?} must be an http:// URL");
             }
+        }
+        if let Some(a) = &c.app {
+            a.check(&c)?;
         }
         if let Some(f) = &c.fleet {
             let sources =

@@ -107,28 +107,43 @@ pub const TRIAL_STEPS: &[Step] = &[
 
 static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static COUNT: AtomicU64 = AtomicU64::new(0);
+static HANG: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static HANG_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// `<step>:<n>` from the variable `var`, in debug builds only.
+fn target(var: &str) -> Option<(String, u64)> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let v = std::env::var(var).ok()?;
+    let (name, n) = v.split_once(':')?;
+    Some((name.to_string(), n.parse().ok()?))
+}
 
 static TRACE: OnceLock<bool> = OnceLock::new();
 
 /// Marks a durable step: with `FERRYD_TRACE_STEPS` set, prints `FERRY-STEP <step>` on stderr
 /// (the VM power-cut harness reads where a cut landed from it); with `FERRYD_CRASH_AT`,
-/// aborts at the chosen one.
+/// aborts at the chosen one; with `FERRYD_HANG_AT` (same form), stops there for ever, as an
+/// agent stuck in a system call would (the watchdog tests).
 pub fn point(step: Step) {
+    // Each durable step is progress (the systemd watchdog).
+    crate::notify::alive();
     if *TRACE.get_or_init(|| std::env::var_os("FERRYD_TRACE_STEPS").is_some()) {
         eprintln!("FERRY-STEP {step}");
     }
-    let target = TARGET.get_or_init(|| {
-        if !cfg!(debug_assertions) {
-            return None;
-        }
-        let v = std::env::var("FERRYD_CRASH_AT").ok()?;
-        let (name, n) = v.split_once(':')?;
-        Some((name.to_string(), n.parse().ok()?))
-    });
-    if let Some((name, n)) = target {
+    if let Some((name, n)) = TARGET.get_or_init(|| target("FERRYD_CRASH_AT")) {
         if name == step.name() && COUNT.fetch_add(1, Ordering::Relaxed) + 1 == *n {
             eprintln!("ferryd: crash point {step}:{n} reached, aborting");
             std::process::abort();
+        }
+    }
+    if let Some((name, n)) = HANG.get_or_init(|| target("FERRYD_HANG_AT")) {
+        if name == step.name() && HANG_COUNT.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+            eprintln!("ferryd: hang point {step}:{n} reached, stopping here");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
     }
 }

@@ -45,15 +45,29 @@ pub fn run(config: &Config, json: bool) -> Result<Infallible> {
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "provisioning failed");
                     failed(format!("provisioning: {e:#}"), backoff);
-                    std::thread::sleep(backoff);
+                    crate::notify::status(&format!("provisioning failed; again in {} s: {e:#}", backoff.as_secs()));
+                    crate::notify::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval.max(5)));
                 }
             }
         }
         backoff = Duration::from_secs(5);
     }
+    // The application runs from the current deployment: after a reboot, or a crash in the
+    // middle of a switch, what `[app]` started is started again (and nothing else runs).
+    if let Some(app) = crate::app::Control::of(config) {
+        let ensured = crate::app::current_deployment(config).and_then(|d| match d {
+            Some(d) => app.ensure(&d).map(drop),
+            None => Ok(()),
+        });
+        if let Err(e) = ensured {
+            tracing::warn!(error = %format!("{e:#}"), "starting the application");
+        }
+    }
+    crate::notify::ready("checking for updates");
     // An update's own trial runs inside it; one left by a reboot runs first of all.
     loop {
+        crate::notify::status("checking for updates");
         let wait = match rt.block_on(crate::update::update(config)) {
             Ok(s) => {
                 if !s.up_to_date {
@@ -64,17 +78,20 @@ pub fn run(config: &Config, json: bool) -> Result<Infallible> {
                 let base = config.poll_interval as f64;
                 // ±10% jitter so a fleet does not check in in lockstep.
                 let jitter = (std::process::id() as f64 * 0.618 + crate::state::now() as f64).fract() * 0.2 - 0.1;
-                Duration::from_secs_f64(base * (1.0 + jitter))
+                let wait = Duration::from_secs_f64(base * (1.0 + jitter));
+                crate::notify::status(&format!("runs {}; next check in {} s", s.version, wait.as_secs()));
+                wait
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "update failed");
                 failed(format!("{e:#}"), backoff);
+                crate::notify::status(&format!("update failed; again in {} s: {e:#}", backoff.as_secs()));
                 let w = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(config.poll_interval));
                 w
             }
         };
-        std::thread::sleep(wait);
+        crate::notify::sleep(wait);
     }
 }
 

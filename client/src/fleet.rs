@@ -420,6 +420,7 @@ fn report(config: &Config) -> Result<Report> {
     };
     Ok(Report {
         agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        app: s.last_app.clone(),
         channel: s.channel.clone(),
         config_error: clip(std::fs::read_to_string(config.layout().config_error()).ok(), MAX_REPORT_TEXT),
         config_version: applied(config)?.map(|a| a.version),

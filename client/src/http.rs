@@ -134,6 +134,7 @@ async fn next_piece(
     t: &mut Traffic,
 ) -> Result<Option<bytes::Bytes>> {
     let piece = resp.chunk().await.map_err(|e| timed_out(e, what))?;
+    crate::notify::alive();
     if let Some(p) = &piece {
         t.bytes += p.len() as u64;
         pace.add(p.len(), what)?;

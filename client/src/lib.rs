@@ -7,6 +7,7 @@
 //! ([`fsck`]) and its status ([`status`]). What it is not for: serving HTTP to others (no
 //! axum here) or writing repositories.
 
+pub mod app;
 pub mod bundle;
 pub mod cli;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod layout;
 pub mod local;
 pub mod local_ui;
+pub mod notify;
 pub mod process;
 pub mod provision;
 pub mod state;

@@ -103,7 +103,7 @@ fn done(c: &Arc<Mutex<Captured>>) -> bool {
 }
 
 /// Kills the command's whole process group.
-fn kill_group(pid: u32) {
+pub(crate) fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
@@ -126,6 +126,29 @@ fn run_with(
     env: &[(&str, String)],
     capture_stdout: bool,
 ) -> Result<Output> {
+    let (output, status) = execute(command, timeout, cwd, env, capture_stdout)?;
+    if !status.success() {
+        let err = &output.stderr;
+        bail!("`{command}` failed ({status}){}", if err.is_empty() { String::new() } else { format!(": {err}") });
+    }
+    Ok(output)
+}
+
+/// Runs `sh -c command` like [`run`], and answers its exit code (None if a signal ended
+/// it) whatever it is: for commands whose status is the answer.
+pub fn exit_code(command: &str, timeout: Duration, env: &[(&str, String)]) -> Result<Option<i32>> {
+    execute(command, timeout, None, env, false).map(|(_, status)| status.code())
+}
+
+/// Runs `sh -c command`: what it printed and how it ended, or an error if it could not be
+/// started or overran `timeout` (then its process group is killed).
+fn execute(
+    command: &str,
+    timeout: Duration,
+    cwd: Option<&Path>,
+    env: &[(&str, String)],
+    capture_stdout: bool,
+) -> Result<(Output, ExitStatus)> {
     let mut cmd = Command::new("sh");
     let stdout = if capture_stdout { Stdio::piped() } else { Stdio::null() };
     cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped());
@@ -155,6 +178,8 @@ fn run_with(
                 if err.is_empty() { String::new() } else { format!(" (stderr: {err})") }
             );
         }
+        // A bounded wait is progress (the systemd watchdog).
+        crate::notify::alive();
         std::thread::sleep(Duration::from_millis(20));
     };
     let exited = Instant::now();
@@ -167,11 +192,7 @@ fn run_with(
         stdout: stdout.as_ref().map(|o| text(o, out_keep)).unwrap_or_default(),
         stderr: stderr.as_ref().map(|e| text(e, err_keep)).unwrap_or_default(),
     };
-    if !status.success() {
-        let err = &output.stderr;
-        bail!("`{command}` failed ({status}){}", if err.is_empty() { String::new() } else { format!(": {err}") });
-    }
-    Ok(output)
+    Ok((output, status))
 }
 
 /// The first line `command` prints, trimmed; it must succeed within `timeout`.

@@ -36,6 +36,9 @@ pub struct State {
     /// `current_link` points at a developer's working copy or an unlocked copy.
     #[serde(default)]
     pub dev: Option<Dev>,
+    /// What the last update did to the application (`[app]`).
+    #[serde(default)]
+    pub last_app: Option<crate::app::AppRun>,
 }
 
 /// What `ferryd dev --link` or `ferryd unlock` changed, to undo it.

@@ -36,6 +36,8 @@ pub struct Status {
     /// The deployment on trial, if any.
     pub trial: Option<ferry_boot::Trial>,
     pub last_rollback: Option<crate::state::Rollback>,
+    /// What the last update did to the application (`[app]`): strategy, outcome, downtime.
+    pub last_app: Option<crate::app::AppRun>,
     pub bad_commits: Vec<String>,
     /// Fleet updates are held back (`ferryd deploy`, `ferryd pin`).
     pub pinned: bool,
@@ -125,6 +127,7 @@ pub fn status(config: &Config) -> Result<Status> {
         last_attempt: state.last_attempt,
         trial: ferry_boot::Trial::load(&config.state_dir)?,
         last_rollback: state.last_rollback.clone(),
+        last_app: state.last_app.clone(),
         bad_commits: state.bad_commits.clone(),
         pinned: state.pinned,
         dev: state.dev.clone(),

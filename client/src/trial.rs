@@ -67,13 +67,44 @@ pub fn reboot(config: &Config) -> Result<()> {
         .context("rebooting after the switch")
 }
 
-/// Runs the configured restart command, if any.
+/// Restarts the application on the deployment that is current now: through `[app]`
+/// (stopping what runs, starting the current deployment's), or the restart command, if any.
 pub fn restart(config: &Config) -> Result<()> {
+    if let Some(app) = crate::app::Control::of(config) {
+        return match crate::app::current_deployment(config)? {
+            Some(d) => app.restart(&d).map(drop),
+            None => Ok(()),
+        };
+    }
     match &config.restart_command {
         Some(c) => {
             crate::process::run(c, Duration::from_secs(120), None, &[]).map(drop).context("restarting after the switch")
         }
         None => Ok(()),
+    }
+}
+
+/// Why the trial fails at once, if the application restarted since the trial began to be
+/// watched (`restarts_command`'s count changed); the first count read is kept in `seen`. A
+/// count that cannot be read is no verdict: the health checks still decide.
+fn restarted(h: &Health, seen: &mut Option<String>) -> Option<String> {
+    let command = h.restarts_command.as_ref()?;
+    let now = match crate::process::first_line(command, Duration::from_secs(h.check_timeout)) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reading the application's restarts");
+            return None;
+        }
+    };
+    match seen {
+        None => {
+            *seen = Some(now);
+            None
+        }
+        Some(before) if *before == now => None,
+        Some(before) => {
+            Some(format!("the application restarted during its trial (`{command}` went from {before} to {now})"))
+        }
     }
 }
 
@@ -177,13 +208,24 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
         return Ok(Some(Outcome::Good));
     };
     let deployment = config.layout().deployment(&trial.commit);
+    crate::notify::status(&format!("trial of {}", trial.commit));
+    // The application's restarts when this agent began watching the trial.
+    let mut restarts: Option<String> = None;
     loop {
         // `ferryd mark-good` may have ended or updated the trial meanwhile.
         match Trial::load(&config.state_dir)? {
             None => return Ok(Some(Outcome::Good)),
             Some(t) => trial = t,
         }
+        if let Some(reason) = restarted(&h, &mut restarts) {
+            rollback(config, &reason)?;
+            return Ok(Some(Outcome::RolledBack(reason)));
+        }
+        let quiet = now().saturating_sub(trial.started);
         let last_failure = match check_round(&h, &deployment).await {
+            Ok(()) if quiet < h.quiet_for as i64 => {
+                format!("healthy, but not yet for quiet_for ({quiet} of {} s)", h.quiet_for)
+            }
             Ok(()) if !h.require_mark_good || trial.marked_good => {
                 commit_good(config)?;
                 return Ok(Some(Outcome::Good));
@@ -196,6 +238,7 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
             rollback(config, &reason)?;
             return Ok(Some(Outcome::RolledBack(reason)));
         }
+        crate::notify::alive();
         tokio::time::sleep(Duration::from_secs(h.interval.max(1))).await;
     }
 }
@@ -395,6 +438,26 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
 
 /// `ferryd boot-check`, early at every boot: counts the boot of a deployment on trial and
 /// rolls back once it has booted more than `bootlimit` times without becoming good.
+/// Whether the hardware watchdog's boot status (a number, Linux's `bootstatus`) says the
+/// watchdog reset the board: `WDIOF_CARDRESET` (0x20). An unreadable file says nothing.
+fn watchdog_reset(path: &Path) -> bool {
+    const WDIOF_CARDRESET: u64 = 0x20;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let t = text.trim();
+            let flags = match t.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => t.parse::<u64>().ok(),
+            };
+            flags.is_some_and(|f| f & WDIOF_CARDRESET != 0)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "reading the watchdog's boot status");
+            false
+        }
+    }
+}
+
 pub fn boot_check(config: &Config) -> Result<String> {
     // Opening the store removes what an interrupted update left half-done.
     drop(crate::local::Local::open(&config.state_dir)?);
@@ -411,6 +474,12 @@ pub fn boot_check(config: &Config) -> Result<String> {
         let booting = env.get("ferry_deploy").map(String::as_str);
         if booting != Some(trial.commit.as_str()) && env.get("upgrade_available").map(String::as_str) != Some("1") {
             let reason = format!("the bootloader fell back to {} after bootlimit boots", booting.unwrap_or("?"));
+            return rollback(config, &reason);
+        }
+    }
+    if let Some(path) = config.health.as_ref().and_then(|h| h.watchdog_bootstatus.as_ref()) {
+        if watchdog_reset(path) {
+            let reason = format!("the hardware watchdog reset the device during the trial ({})", path.display());
             return rollback(config, &reason);
         }
     }

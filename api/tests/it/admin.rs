@@ -49,7 +49,7 @@ fn view() -> DeviceView {
     }
 }
 
-const REPORT: &str = r#"{"agent_version":null,"channel":"stable","config_error":null,"config_version":null,"current":null,"current_version":null,"dev":null,"free_bytes":null,"last_error":null,"last_result":null,"pinned":null,"previous":null,"progress":null,"trial":null,"uptime":null}"#;
+const REPORT: &str = r#"{"agent_version":null,"app":null,"channel":"stable","config_error":null,"config_version":null,"current":null,"current_version":null,"dev":null,"free_bytes":null,"last_error":null,"last_result":null,"pinned":null,"previous":null,"progress":null,"trial":null,"uptime":null}"#;
 
 #[test]
 fn devices() {

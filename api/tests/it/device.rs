@@ -1,4 +1,6 @@
-use ferry_api::device::{CheckinAnswer, DeviceConfig, DeviceState, EnrollRequest, Enrolled, Report};
+use ferry_api::device::{
+    AppOutcome, AppRun, CheckinAnswer, DeviceConfig, DeviceState, EnrollRequest, Enrolled, Report, Strategy,
+};
 use ferry_api::ErrorBody;
 
 use crate::check;
@@ -26,6 +28,16 @@ fn enrollment() {
 fn a_report_writes_every_field_and_reads_what_it_knows() {
     let report = Report {
         agent_version: Some("0.1.0".into()),
+        app: Some(AppRun {
+            strategy: Strategy::HandOver,
+            outcome: AppOutcome::Switched,
+            strategy_source: Some("the release's metadata".into()),
+            downtime_ms: Some(12),
+            killed: false,
+            vetoed_seconds: 3,
+            veto_overruled: false,
+            at: 1_800_000_000,
+        }),
         channel: Some("stable".into()),
         config_error: None,
         config_version: Some(3),
@@ -43,16 +55,19 @@ fn a_report_writes_every_field_and_reads_what_it_knows() {
     };
     check(
         &report,
-        r#"{"agent_version":"0.1.0","channel":"stable","config_error":null,"config_version":3,"current":"ab","current_version":"1.2","dev":false,"free_bytes":1000,"last_error":"disk full","last_result":"failed","pinned":false,"previous":null,"progress":40,"trial":"none","uptime":77}"#,
+        r#"{"agent_version":"0.1.0","app":{"strategy":"hand-over","outcome":"switched","strategy_source":"the release's metadata","downtime_ms":12,"killed":false,"vetoed_seconds":3,"veto_overruled":false,"at":1800000000},"channel":"stable","config_error":null,"config_version":3,"current":"ab","current_version":"1.2","dev":false,"free_bytes":1000,"last_error":"disk full","last_result":"failed","pinned":false,"previous":null,"progress":40,"trial":"none","uptime":77}"#,
     );
     check(
         &Report::default(),
-        r#"{"agent_version":null,"channel":null,"config_error":null,"config_version":null,"current":null,"current_version":null,"dev":null,"free_bytes":null,"last_error":null,"last_result":null,"pinned":null,"previous":null,"progress":null,"trial":null,"uptime":null}"#,
+        r#"{"agent_version":null,"app":null,"channel":null,"config_error":null,"config_version":null,"current":null,"current_version":null,"dev":null,"free_bytes":null,"last_error":null,"last_result":null,"pinned":null,"previous":null,"progress":null,"trial":null,"uptime":null}"#,
     );
     // Every field is optional, and a newer agent's fields are ignored.
     assert_eq!(serde_json::from_str::<Report>("{}").unwrap(), Report::default());
     let newer: Report = serde_json::from_str(r#"{"serial":"SN-B","uptime":5}"#).unwrap();
     assert_eq!(newer, Report { uptime: Some(5), ..Report::default() });
+    // An application run of a shape this version does not know is no report error.
+    let odd: Report = serde_json::from_str(r#"{"app":{"strategy":"teleport"},"uptime":5}"#).unwrap();
+    assert_eq!(odd, Report { uptime: Some(5), ..Report::default() });
 }
 
 #[test]

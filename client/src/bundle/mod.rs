@@ -211,7 +211,8 @@ async fn apply_inner(
         let (files, reused) = crate::update::assemble(local, &head, &p)?;
         s.files = files;
         s.files_reused = reused;
-        s.rebooting = crate::update::install(config, local, head, commit, current).await?;
+        s.rebooting =
+            crate::update::install(config, local, head, commit, current, crate::app::Before::default()).await?.0;
     }
     state::change(config, |st| {
         st.record_attempt(if up_to_date { Outcome::UpToDate } else { Outcome::Ok }, None);

@@ -90,6 +90,8 @@ pub struct UpdateSummary {
     pub rebooting: bool,
     /// The device is pinned: nothing was looked for or downloaded.
     pub pinned: bool,
+    /// What the update did to the application (`[app]`): strategy, downtime, veto.
+    pub app: Option<crate::app::AppRun>,
 }
 
 /// What an update goes to.
@@ -126,6 +128,36 @@ pub async fn deploy(config: &Config, rev: &str) -> Result<UpdateSummary> {
     update_to(config, Goal::Deploy(rev)).await
 }
 
+/// After a kill-then-download update failed: the current deployment's application is
+/// started again, and that is recorded.
+fn restore(config: &Config, app: &crate::app::Control, before: crate::app::Before, stopped_at: Instant) {
+    let restored = crate::app::current_deployment(config).and_then(|d| match d {
+        // Not started again if it runs: a rollback after the switch restarted it already.
+        Some(d) => app.ensure(&d),
+        None => Ok(false),
+    });
+    match restored {
+        Ok(true) => {
+            let run = crate::app::AppRun {
+                strategy: crate::app::Strategy::KillThenDownload,
+                outcome: crate::app::AppOutcome::Restored,
+                strategy_source: None,
+                downtime_ms: Some(stopped_at.elapsed().as_millis() as u64),
+                killed: before.stopped.killed,
+                vetoed_seconds: before.vetoed.as_secs(),
+                veto_overruled: before.overruled,
+                at: state::now(),
+            };
+            tracing::info!("the update failed after the application was stopped; started it again");
+            if let Err(e) = state::change(config, |s| s.last_app = Some(run)) {
+                tracing::warn!(error = %format!("{e:#}"), "recording the application's restart");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "starting the application again after a failed update"),
+    }
+}
+
 async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let started = Instant::now();
     if config.channel.is_none() {
@@ -157,6 +189,9 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let current = crate::devboard::current_commit(config, &local)?;
     let mut s = UpdateSummary { from: current.map(|c| c.to_hex()), copy_fallback: copy_error, ..Default::default() };
     let mut t = Traffic::default();
+    let app = crate::app::Control::of(config);
+    // Kill-then-download: what was stopped before the download.
+    let mut before = crate::app::Before::default();
 
     let result = async {
         // With a fleet server: report first; the answer carries the channel's document.
@@ -240,6 +275,17 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     }
                     _ => {}
                 }
+                // Kill-then-download: the application gives up its memory and disk before
+                // the download (once, whatever the retries), after its veto.
+                if let (Some(a), false) = (&app, matches!(goal, Goal::Prefetch)) {
+                    let (strategy, _) = a.strategy_for(&commit.metadata);
+                    if strategy == crate::app::Strategy::KillThenDownload && before.stopped_at.is_none() {
+                        let (vetoed, overruled) = a.wait_veto();
+                        let stopped_at = Instant::now();
+                        let stopped = a.stop_all_but(None)?;
+                        before = crate::app::Before { stopped_at: Some(stopped_at), stopped, vetoed, overruled };
+                    }
+                }
                 let mut network = Network {
                     config,
                     server: &server,
@@ -271,7 +317,7 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                 }
             }
         };
-        s.rebooting = install(config, &local, head, &commit, current).await?;
+        (s.rebooting, s.app) = install(config, &local, head, &commit, current, before).await?;
         Ok(Some((head, commit, files, reused)))
     }
     .await;
@@ -312,6 +358,11 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
             Err(e)
         }
     };
+    // Kill-then-download that failed: the application runs again (on whatever is current:
+    // the old deployment before the switch, the one rolled back to after it).
+    if let (Err(_), Some(a), Some(stopped_at)) = (&out, &app, before.stopped_at) {
+        restore(config, a, before, stopped_at);
+    }
     // Tell the fleet server how it went (not counted in the update's own traffic).
     if config.fleet.is_some() {
         drop(local);

@@ -1,6 +1,7 @@
 //! ferry-client's integration tests: the real `ferryd` binary against a real `ferry serve`
 //! (axum on 127.0.0.1:0) over a real repository.
 
+mod app;
 mod bootloader;
 mod bundle;
 mod channels;
@@ -23,3 +24,4 @@ mod signed_config;
 mod tls;
 mod trial;
 mod update;
+mod watchdog;

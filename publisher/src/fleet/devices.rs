@@ -115,6 +115,7 @@ pub fn check_report(report: &Report) -> Result<()> {
         ("trial", &report.trial),
         ("last_result", &report.last_result),
         ("agent_version", &report.agent_version),
+        ("app.strategy_source", &report.app.as_ref().and_then(|a| a.strategy_source.clone())),
     ];
     for (name, v) in short {
         let max = if name == "channel" { 255 } else { MAX_NAME };
@@ -125,7 +126,8 @@ pub fn check_report(report: &Report) -> Result<()> {
     // Reports are printed on operators' terminals: no escape sequences.
     let texts = [&report.current, &report.current_version, &report.previous, &report.channel, &report.trial]
         .into_iter()
-        .chain([&report.last_result, &report.agent_version, &report.last_error, &report.config_error]);
+        .chain([&report.last_result, &report.agent_version, &report.last_error, &report.config_error])
+        .chain(report.app.as_ref().map(|a| &a.strategy_source));
     if texts.flatten().any(|v| v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')) {
         return Err(FleetError::BadRequest("report fields may not contain control characters".into()));
     }
@@ -164,6 +166,8 @@ mod stored_report {
         dev: Option<bool>,
         config_version: Option<u64>,
         config_error: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<ferry_api::device::AppRun>,
     }
 
     pub fn serialize<S: Serializer>(r: &Report, s: S) -> Result<S::Ok, S::Error> {
@@ -184,6 +188,7 @@ mod stored_report {
             dev: r.dev,
             config_version: r.config_version,
             config_error: r.config_error,
+            app: r.app,
         }
         .serialize(s)
     }
@@ -192,6 +197,7 @@ mod stored_report {
         let r = Stored::deserialize(d)?;
         Ok(Report {
             agent_version: r.agent_version,
+            app: r.app,
             channel: r.channel,
             config_error: r.config_error,
             config_version: r.config_version,

@@ -1,0 +1,386 @@
+//! The application under updates (`[app]`, issue 24): each strategy end to end with the
+//! sample application (`fixtures/sample-app/ferry-sample-app`: it holds an flock, as an
+//! application holds a serial port, answers a health URL while it does, and appends every
+//! change of owner to an events file) against a real `ferry serve`, with the real `ferryd`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_fixtures::proxy::{Fault, Proxy};
+use serde_json::Value;
+
+use crate::harness::{ferryd, running_version, update, Env};
+
+/// The sample application of one device: its resource, its events and its health port.
+struct App {
+    lock: PathBuf,
+    events: PathBuf,
+    port: u16,
+    /// The device's state directory (its `app.json` names the process groups to clean up).
+    state: PathBuf,
+}
+
+impl Drop for App {
+    /// Whatever a test left running is killed.
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.state.join("app.json")) else { return };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { return };
+        for i in v["running"].as_array().into_iter().flatten() {
+            if let Some(pgid) = i["pgid"].as_i64() {
+                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
+            }
+        }
+    }
+}
+
+/// One line of the events file: (ms, what, version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    at: u64,
+    what: String,
+    version: String,
+}
+
+impl App {
+    fn events(&self) -> Vec<Event> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                Event { at: w[0].parse().unwrap(), what: w[1].into(), version: w[2].into() }
+            })
+            .collect()
+    }
+
+    /// The events as `what version`, in order.
+    fn story(&self) -> Vec<String> {
+        self.events().iter().map(|e| format!("{} {}", e.what, e.version)).collect()
+    }
+
+    /// Milliseconds between the old version's release (or its last event, when it was
+    /// killed) and the new one's taking the resource: how long nobody owned it.
+    fn gap(&self, new: &str) -> u64 {
+        let ev = self.events();
+        let acquired = ev.iter().rposition(|e| e.what == "acquired" && e.version == new).unwrap();
+        let before = ev[..acquired].iter().rev().find(|e| e.version != new).unwrap();
+        ev[acquired].at - before.at
+    }
+
+    /// What the health URL answers now, if anything.
+    fn health(&self) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.split("\r\n\r\n").nth(1).map(|b| b.trim().to_string())
+    }
+
+    /// Waits until the health URL says `ok VERSION`.
+    fn serves(&self, version: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.health().as_deref() != Some(&format!("ok {version}")) {
+            assert!(Instant::now() < deadline, "version {version} never answered; events: {:?}", self.story());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn sample_app() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/sample-app/ferry-sample-app")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A device on `server` whose `[app]` is the sample application, with `app` added to that
+/// table (`strategy`, timeouts, a veto) and the health URL as its trial's check.
+fn device(env: &Env, server: std::net::SocketAddr, app: &str, top: &str) -> (PathBuf, App) {
+    let port = free_port();
+    let a = App {
+        lock: env.path().join("serial-port"),
+        events: env.path().join("events"),
+        port,
+        state: env.path().join("device/state"),
+    };
+    let extra = format!(
+        "{top}[app]\ncommand = \"exec python3 {} --lock {} --events {} --port {port}\"\n{app}\n\
+         [health]\nurls = [\"http://127.0.0.1:{port}/\"]\ndeadline = 8\ninterval = 1\n",
+        sample_app().display(),
+        a.lock.display(),
+        a.events.display(),
+    );
+    (env.device_via(server, &extra), a)
+}
+
+/// Release `v` of the fixture series with the sample application's `behaviour` words.
+fn release(env: &Env, v: u32, behaviour: &str, meta: &[(&str, &str)]) {
+    let tree = env.tree(v);
+    std::fs::write(tree.join("etc/app-behaviour"), behaviour).unwrap();
+    env.commit_meta(v, &v.to_string(), meta);
+}
+
+fn status(config: &Path) -> Value {
+    let (ok, out, err) = ferryd(config, &["status", "--json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A device on release 1 with its application running.
+fn on_release_1(app_table: &str, behaviour_1: &str) -> (Env, PathBuf, App) {
+    let env = Env::new();
+    release(&env, 1, behaviour_1, &[]);
+    let (config, app) = device(&env, env.addr, app_table, "");
+    let s = update(&config);
+    assert_eq!(s["version"], "1", "{s}");
+    app.serves("1");
+    (env, config, app)
+}
+
+#[test]
+fn download_then_kill_stops_the_old_version_only_once_the_new_one_is_in_place() {
+    let (env, config, app) = on_release_1("ready_signal = true\n", "");
+    assert_eq!(app.story(), ["acquired 1", "ready 1"]);
+    release(&env, 2, "", &[]);
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    app.serves("2");
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "released 1", "acquired 2", "ready 2"]);
+    let run = &s["app"];
+    assert_eq!((run["strategy"].as_str(), run["outcome"].as_str()), (Some("download-then-kill"), Some("switched")));
+    assert_eq!(run["killed"], false);
+    let downtime = run["downtime_ms"].as_u64().unwrap();
+    let gap = app.gap("2");
+    // ferryd's downtime runs from asking v1 to stop to v2 saying it is ready: it holds the
+    // time the resource had no owner.
+    assert!(downtime >= gap, "downtime {downtime} ms, resource without an owner {gap} ms");
+    eprintln!("download-then-kill: downtime {downtime} ms, the resource had no owner for {gap} ms");
+    assert_eq!(status(&config)["last_app"], *run);
+}
+
+#[test]
+fn a_hand_over_starts_the_new_version_beside_the_old_and_switches_once_it_is_ready() {
+    let (env, config, app) = on_release_1("strategy = \"hand-over\"\nready_signal = true\n", "");
+    release(&env, 2, "", &[]);
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    app.serves("2");
+    // v2 said it was ready while v1 still held the device; v1 let go when asked, v2 took it.
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "released 1", "acquired 2"]);
+    let run = &s["app"];
+    assert_eq!((run["strategy"].as_str(), run["outcome"].as_str()), (Some("hand-over"), Some("switched")));
+    assert_eq!(run["killed"], false);
+    let gap = app.gap("2");
+    eprintln!("hand-over: downtime {} ms, the resource had no owner for {gap} ms", run["downtime_ms"]);
+    // Only v2 is left running.
+    let running = std::fs::read_to_string(env.path().join("device/state/app.json")).unwrap();
+    let running: Value = serde_json::from_str(&running).unwrap();
+    assert_eq!(running["running"].as_array().unwrap().len(), 1, "{running}");
+}
+
+#[test]
+fn a_new_version_that_never_becomes_ready_is_stopped_and_the_old_one_keeps_the_device() {
+    let (env, config, app) = on_release_1("strategy = \"hand-over\"\nready_signal = true\nready_timeout = 2\n", "");
+    let before = std::fs::read_link(env.current()).unwrap();
+    release(&env, 2, "never-ready", &[]);
+    let started = Instant::now();
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok);
+    assert!(
+        err.contains("did not say it was ready within 2 s") && err.contains("the running version keeps the device"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    // Nothing switched; v1 never let go and still answers.
+    assert_eq!(std::fs::read_link(env.current()).unwrap(), before);
+    assert_eq!(app.health().as_deref(), Some("ok 1"));
+    assert!(!app.story().contains(&"released 1".to_string()), "{:?}", app.story());
+    let st = status(&config);
+    assert_eq!((st["last_result"].as_str(), st["last_app"]["outcome"].as_str()), (Some("aborted"), Some("not-ready")));
+    let running: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path().join("device/state/app.json")).unwrap()).unwrap();
+    assert_eq!(running["running"].as_array().unwrap().len(), 1, "{running}");
+    // The release is not tried again.
+    let s = update(&config);
+    assert_eq!(s["skipped_bad_commit"].as_str().map(|c| c.len()), Some(64), "{s}");
+    assert_eq!(running_version(&config), "1");
+}
+
+#[test]
+fn an_old_version_that_will_not_release_is_killed_after_its_timeout() {
+    let (env, config, app) =
+        on_release_1("strategy = \"hand-over\"\nready_signal = true\nstop_timeout = 1\n", "refuse-release");
+    release(&env, 2, "", &[]);
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    app.serves("2");
+    let run = &s["app"];
+    assert_eq!(run["killed"], true, "{s}");
+    // v1 never said it released; v2 took the device once v1 was killed, about a second after.
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "acquired 2"]);
+    let downtime = run["downtime_ms"].as_u64().unwrap();
+    assert!(downtime >= 1000, "{downtime}");
+}
+
+#[test]
+fn kill_then_download_cut_by_the_network_starts_the_old_version_again() {
+    let env = Env::new();
+    release(&env, 1, "", &[]);
+    let proxy = Proxy::start(env.addr).unwrap();
+    let (config, app) =
+        device(&env, proxy.addr, "strategy = \"kill-then-download\"\nready_signal = true\n", "retries = 1\n");
+    update(&config);
+    app.serves("1");
+    release(&env, 2, "", &[]);
+    // Into the chunks, after the commit (the application is stopped once the commit is known).
+    proxy.arm(Fault::Cut(proxy.bytes() + 60_000));
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(proxy.fired());
+    assert!(!ok, "the update should fail: {err}");
+    // v1 was stopped for the download and started again when it failed.
+    app.serves("1");
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "released 1", "acquired 1", "ready 1"]);
+    let st = status(&config);
+    assert_eq!(st["last_app"]["outcome"], "restored", "{st}");
+    assert_eq!(st["last_app"]["strategy"], "kill-then-download");
+    // The next update, with the network back, stops v1 again and goes through.
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    app.serves("2");
+    assert_eq!(s["app"]["strategy"], "kill-then-download");
+    assert!(s["app"]["downtime_ms"].as_u64().is_some(), "{s}");
+}
+
+#[test]
+fn a_veto_delays_the_switch_until_it_expires_and_never_past_its_limit() {
+    let env = Env::new();
+    release(&env, 1, "", &[]);
+    let busy = env.path().join("busy");
+    let marker = env.path().join("busy-command");
+    let table = format!(
+        "ready_signal = true\nbusy_file = \"{}\"\nbusy_command = \"test -e {} && exit 75; exit 0\"\nveto_poll = 1\nmax_veto = 4\n",
+        busy.display(),
+        marker.display()
+    );
+    let (config, app) = device(&env, env.addr, &table, "");
+    update(&config);
+    app.serves("1");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+
+    // Busy for 2 more seconds: the switch waits for it, then goes ahead.
+    release(&env, 2, "", &[]);
+    let until = now() + 2;
+    std::fs::write(&busy, format!("{until}\n")).unwrap();
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    let run = &s["app"];
+    assert!((1..=3).contains(&run["vetoed_seconds"].as_u64().unwrap()), "{s}");
+    assert_eq!(run["veto_overruled"], false, "{s}");
+    // v1 kept the device while it was busy: released once the veto ended.
+    let ev = app.events();
+    let released = ev.iter().find(|e| e.what == "released").unwrap();
+    assert!(released.at / 1000 >= until, "released at {} ms, busy until {until} s", released.at);
+
+    // Busy for an hour, by the command this time: the veto is overruled after max_veto.
+    std::fs::remove_file(&busy).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    release(&env, 3, "", &[]);
+    let s = update(&config);
+    assert_eq!(s["version"], "3", "{s}");
+    let run = &s["app"];
+    assert_eq!(run["veto_overruled"], true, "{s}");
+    assert!(run["vetoed_seconds"].as_u64().unwrap() >= 4, "{s}");
+    app.serves("3");
+
+    // A busy file without a time is busy too (bounded the same way); one whose time has
+    // passed is not.
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(&busy, format!("{}\n", now() - 10)).unwrap();
+    release(&env, 4, "", &[]);
+    let s = update(&config);
+    assert_eq!((s["app"]["vetoed_seconds"].as_u64(), s["app"]["veto_overruled"].as_bool()), (Some(0), Some(false)));
+}
+
+#[test]
+fn a_release_may_ask_for_its_own_strategy_and_says_so() {
+    let (env, config, app) = on_release_1("ready_signal = true\n", "notify-only");
+    // Release 2 asks for a hand-over; its application says ready on NOTIFY_SOCKET only.
+    release(&env, 2, "notify-only", &[("strategy", "hand-over")]);
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    app.serves("2");
+    let run = &s["app"];
+    assert_eq!(run["strategy"], "hand-over", "{s}");
+    assert_eq!(run["strategy_source"], "the release's metadata", "{s}");
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "released 1", "acquired 2"]);
+    // A strategy this agent does not know: the device's own, and why.
+    release(&env, 3, "", &[("strategy", "teleport")]);
+    let s = update(&config);
+    assert_eq!(s["app"]["strategy"], "download-then-kill", "{s}");
+    assert!(s["app"]["strategy_source"].as_str().unwrap().contains("\"teleport\" is unknown"), "{s}");
+}
+
+#[test]
+fn a_failed_trial_gives_the_device_back_to_the_old_version() {
+    let (env, config, app) = on_release_1("ready_signal = true\nready_timeout = 3\n", "");
+    // Release 2 crashes at start: no health URL, so the trial fails and rolls back.
+    release(&env, 2, "crash", &[]);
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(!ok);
+    assert!(err.contains("rolled back"), "{err}");
+    app.serves("1");
+    assert_eq!(running_version(&config), "1");
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "released 1", "acquired 1", "ready 1"]);
+}
+
+#[test]
+fn the_app_table_is_checked_when_the_configuration_is_read() {
+    let env = Env::new();
+    for (table, top, expect) in [
+        ("", "", "[app] needs command"),
+        ("command = \"x\"\nstart = \"y\"\nstop = \"z\"\n", "", "not both"),
+        ("start = \"y\"\n", "", "[app] needs command"),
+        ("command = \"x\"\nstrategy = \"hand-over\"\n", "", "needs ready_signal = true"),
+        ("command = \"x\"\nrelease_signal = \"KILL\"\n", "", "release_signal \"KILL\""),
+        ("command = \"x\"\nstrategy = \"teleport\"\n", "", "unknown variant `teleport`"),
+        ("command = \"x\"\n", "restart_command = \"true\"\n", "[app] replaces restart_command"),
+        ("start = \"y\"\nstop = \"z\"\nready_signal = true\n", "", "are for command"),
+        ("command = \"x\"\nkill = \"k\"\n", "", "kill is for start and stop"),
+        ("command = \"x\"\nstop_timeout = 0\n", "", "must be at least 1"),
+    ] {
+        let config = env.device(&format!("{top}[app]\n{table}"));
+        let (ok, _, err) = ferryd(&config, &["check-config"]);
+        assert!(!ok, "{table}");
+        assert!(err.contains(expect), "{table}: {err}");
+    }
+}
+
+#[test]
+fn the_fleet_sees_how_each_update_went_for_the_application() {
+    let env = Env::with_fleet(false);
+    release(&env, 1, "", &[]);
+    let (config, app) = device(&env, env.addr, "ready_signal = true\nstop_timeout = 1\n", "");
+    let fleet = format!(
+        "\n[fleet]\nenrollment_token_file = \"{}\"\nserial = \"SN-APP\"\nunsigned_config = true\n",
+        env.path().join("enrollment-token").display()
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&fleet);
+    std::fs::write(&config, text).unwrap();
+    update(&config);
+    app.serves("1");
+    release(&env, 2, "refuse-release", &[("strategy", "hand-over")]);
+    update(&config);
+    release(&env, 3, "", &[]);
+    let s = update(&config);
+    app.serves("3");
+    // Release 2 refused to let go when 3 came: killed, and the fleet was told.
+    let (status, list) = crate::fleet::call(&env, "GET", "admin/devices", &env.admin_token, None);
+    assert_eq!(status, 200, "{list}");
+    let reported = &list[0]["report"]["app"];
+    assert_eq!(*reported, s["app"], "{list}");
+    assert_eq!((reported["strategy"].as_str(), reported["killed"].as_bool()), (Some("download-then-kill"), Some(true)));
+}
