@@ -403,6 +403,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         r.reason
                     );
                 }
+                if let Some(a) = &s.last_app {
+                    let mut line = format!("app:      {}, {}", a.strategy.as_str(), app_outcome(a.outcome));
+                    if let Some(ms) = a.downtime_ms {
+                        line.push_str(&format!(", down {ms} ms"));
+                    }
+                    if a.killed {
+                        line.push_str(", the old version was killed after its stop timeout");
+                    }
+                    if a.vetoed_seconds > 0 {
+                        let overruled = if a.veto_overruled { " (then overruled)" } else { "" };
+                        line.push_str(&format!(", held back {} s by its veto{overruled}", a.vetoed_seconds));
+                    }
+                    if let Some(why) = &a.strategy_source {
+                        line.push_str(&format!(" ({why})"));
+                    }
+                    println!("{line}");
+                }
                 if s.staged_chunks > 0 {
                     println!("pending:  {} chunks downloaded for an unfinished update", s.staged_chunks);
                 }
@@ -473,4 +490,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How an update ended for the application, in words.
+fn app_outcome(o: crate::app::AppOutcome) -> &'static str {
+    match o {
+        crate::app::AppOutcome::Switched => "switched to the new version",
+        crate::app::AppOutcome::NotReady => "the new version was not ready; the old one kept the device",
+        crate::app::AppOutcome::Restored => "the update failed; the old version was started again",
+    }
 }

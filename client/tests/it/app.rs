@@ -200,6 +200,8 @@ fn a_new_version_that_never_becomes_ready_is_stopped_and_the_old_one_keeps_the_d
     assert!(!app.story().contains(&"released 1".to_string()), "{:?}", app.story());
     let st = status(&config);
     assert_eq!((st["last_result"].as_str(), st["last_app"]["outcome"].as_str()), (Some("aborted"), Some("not-ready")));
+    let (_, text, _) = ferryd(&config, &["status"]);
+    assert!(text.contains("app:      hand-over, the new version was not ready; the old one kept the device"), "{text}");
     let running: Value =
         serde_json::from_str(&std::fs::read_to_string(env.path().join("device/state/app.json")).unwrap()).unwrap();
     assert_eq!(running["running"].as_array().unwrap().len(), 1, "{running}");
@@ -251,7 +253,10 @@ fn kill_then_download_cut_by_the_network_starts_the_old_version_again() {
     assert_eq!(s["version"], "2", "{s}");
     app.serves("2");
     assert_eq!(s["app"]["strategy"], "kill-then-download");
-    assert!(s["app"]["downtime_ms"].as_u64().is_some(), "{s}");
+    let downtime = s["app"]["downtime_ms"].as_u64().unwrap();
+    let gap = app.gap("2");
+    assert!(downtime >= gap, "downtime {downtime} ms, resource without an owner {gap} ms");
+    eprintln!("kill-then-download: downtime {downtime} ms, the resource had no owner for {gap} ms");
 }
 
 #[test]
