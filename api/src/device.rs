@@ -135,6 +135,9 @@ pub enum AppOutcome {
     /// Kill-then-download: the update failed before the switch, and the old version was
     /// started again.
     Restored,
+    /// The switch happened but the new version could not be started (or did not say it
+    /// was ready); its trial, if any, decides whether the device goes back.
+    StartFailed,
 }
 
 /// What the last update did to the application: reported at check-in, kept in the

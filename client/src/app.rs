@@ -54,6 +54,15 @@ static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Instances {
     running: Vec<Instance>,
+    /// The boot they were started in (`/proc/sys/kernel/random/boot_id`): after a reboot
+    /// none of them runs, and their process group ids may be anyone's.
+    #[serde(default)]
+    boot: Option<String>,
+}
+
+/// This boot's id, if the kernel says.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
 }
 
 /// One instance of the application.
@@ -106,8 +115,9 @@ impl<'a> Control<'a> {
         let Some(asked) = metadata.get("strategy") else { return (self.app.strategy, None) };
         match Strategy::parse(asked) {
             None => {
-                tracing::warn!(strategy = %asked, "the release names a strategy this agent does not know; using the device's own");
-                (self.app.strategy, Some(format!("the release's strategy {asked:?} is unknown here")))
+                tracing::warn!(strategy = %asked.chars().take(64).collect::<String>(), "the release names a strategy this agent does not know; using the device's own");
+                // Its words are not repeated: the report carries only what this agent wrote.
+                (self.app.strategy, Some("the release names a strategy unknown here".into()))
             }
             Some(Strategy::HandOver) if self.app.command.is_some() && !self.app.ready_signal => {
                 tracing::warn!("the release asks for a hand-over, but this device's application gives no ready signal");
@@ -146,7 +156,7 @@ impl<'a> Control<'a> {
     /// Why the application says "not now", if it does.
     fn busy(&self) -> Option<String> {
         if let Some(file) = &self.app.busy_file {
-            match std::fs::read_to_string(file) {
+            match read_busy_file(file) {
                 Ok(text) => {
                     let until = text.split_whitespace().next().and_then(|w| w.parse::<i64>().ok());
                     match until {
@@ -184,6 +194,15 @@ impl<'a> Control<'a> {
             self.change(|all| all.running.retain(|r| *r != i))?;
         }
         Ok(stopped)
+    }
+
+    /// Stops `deployment`'s instance only (a hand-over that cannot go on).
+    pub fn stop_only(&self, deployment: &str) -> Result<()> {
+        for i in self.instances()?.running.into_iter().filter(|i| i.deployment == deployment) {
+            self.stop(&i)?;
+            self.change(|all| all.running.retain(|r| *r != i))?;
+        }
+        Ok(())
     }
 
     /// Starts the instance of `deployment` (a commit id with a deployment directory); with
@@ -236,10 +255,11 @@ impl<'a> Control<'a> {
             }
             (None, Some(start)) => {
                 let limit = if handover { timeout } else { START_TIMEOUT };
-                let started = crate::process::run(start, limit, Some(&dir), &env);
-                // Recorded either way: a start that failed half-way may have left it running.
+                // Recorded first: a start cut by a crash, or that failed half-way, may have
+                // left it running.
                 let instance = Instance { deployment: deployment.to_string(), pgid: None, leader_start: None };
                 self.change(|all| all.running.push(instance.clone()))?;
+                let started = crate::process::run(start, limit, Some(&dir), &env);
                 if let Err(e) = started {
                     if handover {
                         self.stop(&instance)?;
@@ -263,7 +283,12 @@ impl<'a> Control<'a> {
     /// where it says so), and how the stop went.
     pub fn restart(&self, deployment: &str) -> Result<(Duration, Stopped)> {
         let began = Instant::now();
-        let stopped = self.stop_all_but(None)?;
+        // What cannot be stopped stays recorded; the deployment's instance starts anyway
+        // (after a rollback, the device must not be left without its application).
+        let stopped = self.stop_all_but(None).unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "stopping the application");
+            Stopped { any: true, killed: false }
+        });
         self.start(deployment, false)?;
         Ok((began.elapsed(), stopped))
     }
@@ -309,6 +334,10 @@ impl<'a> Control<'a> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(command).current_dir(dir).stdin(Stdio::null()).stdout(output.0).stderr(output.1);
         cmd.process_group(0);
+        // Not the agent's own service-manager variables: the application is not ferryd.
+        for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -361,17 +390,24 @@ impl<'a> Control<'a> {
 
     fn instances(&self) -> Result<Instances> {
         let path = self.config.layout().app_instances();
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Instances::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        let all: Instances = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Instances::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // Instances of an earlier boot run no more.
+        let now = boot_id();
+        if all.boot.is_some() && now.is_some() && all.boot != now {
+            return Ok(Instances::default());
         }
+        Ok(all)
     }
 
     /// Changes `app.json` durably.
     fn change(&self, f: impl FnOnce(&mut Instances)) -> Result<()> {
         let mut all = self.instances()?;
         f(&mut all);
+        all.boot = boot_id();
         let path = self.config.layout().app_instances();
         ferry_durable::replace(&path, &serde_json::to_vec_pretty(&all)?)
             .with_context(|| format!("writing {}", path.display()))
@@ -385,6 +421,20 @@ pub fn current_deployment(config: &Config) -> Result<Option<String>> {
     Ok(target
         .filter(|t| t.parent() == Some(deploy.as_path()))
         .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string)))
+}
+
+/// The start of a busy file: a regular file (not a link, a FIFO or a device), its first
+/// 64 bytes.
+fn read_busy_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut head = Vec::with_capacity(64);
+    f.take(64).read_to_end(&mut head)?;
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Removes a file that may not exist.
@@ -414,7 +464,9 @@ fn wait_ready(file: &Path, socket: Option<&UnixDatagram>, i: &Instance, timeout:
             return Ok(());
         }
         if let Some(s) = socket {
-            while let Ok(n) = s.recv(&mut buf) {
+            // A bounded number a round: a flood of datagrams cannot hold the wait.
+            for _ in 0..64 {
+                let Ok(n) = s.recv(&mut buf) else { break };
                 let said = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
                 if said.lines().any(|l| l.trim() == "READY=1") {
                     return Ok(());

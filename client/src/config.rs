@@ -171,8 +171,8 @@ pub struct Health {
     /// that changes during the trial fails it at once.
     #[serde(default)]
     pub restarts_command: Option<String>,
-    /// Seconds the checks must keep passing (and the restarts stay unchanged) after the
-    /// switch before the trial is good; default 0 (the first passing round).
+    /// Seconds the checks must keep passing without a failing round (and the restarts stay
+    /// unchanged) before the trial is good; default 0 (the first passing round).
     #[serde(default)]
     pub quiet_for: u64,
     /// The hardware watchdog's boot status (`/sys/class/watchdog/watchdog0/bootstatus`):
@@ -275,7 +275,8 @@ impl App {
                 }
             }
             (None, Some(_), Some(_)) => {
-                if self.ready_signal || self.log_file.is_some() || self.release_signal != default_release_signal() {
+                let signal = self.signal().ok();
+                if self.ready_signal || self.log_file.is_some() || signal != Some(nix::sys::signal::Signal::SIGTERM) {
                     bail!("[app] ready_signal, log_file and release_signal are for command; with start and stop, the supervisor does these");
                 }
             }

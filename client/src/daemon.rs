@@ -14,6 +14,9 @@ use crate::Config;
 /// (an update's summary, or `{"error", "retry_in_seconds"}`).
 pub fn run(config: &Config, json: bool) -> Result<Infallible> {
     let rt = crate::runtime()?;
+    // Ready at once (under systemd, Type=notify): provisioning and the first update may take
+    // longer than a start timeout; the watchdog's pings say it makes progress meanwhile.
+    crate::notify::ready(if config.provision.is_some() { "provisioning" } else { "starting" });
     let mut backoff = Duration::from_secs(5);
     // With --json, a line per check. A supervisor that stops reading must not stop
     // the updates: a failed write is logged and the daemon goes on.
@@ -64,7 +67,6 @@ pub fn run(config: &Config, json: bool) -> Result<Infallible> {
             tracing::warn!(error = %format!("{e:#}"), "starting the application");
         }
     }
-    crate::notify::ready("checking for updates");
     // An update's own trial runs inside it; one left by a reboot runs first of all.
     loop {
         crate::notify::status("checking for updates");

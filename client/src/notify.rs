@@ -85,7 +85,7 @@ pub fn status(what: &str) {
     }
 }
 
-/// The agent makes progress: `WATCHDOG=1`, at most twice per watchdog interval.
+/// The agent makes progress: `WATCHDOG=1`, at most four times per watchdog interval.
 pub fn alive() {
     let Some(n) = notifier() else { return };
     let Some(interval) = n.watchdog else { return };
@@ -115,6 +115,19 @@ pub fn sleep(d: Duration) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(500)));
+    }
+}
+
+/// [`sleep`] on the agent's runtime.
+pub async fn sleep_async(d: Duration) {
+    let until = Instant::now() + d;
+    loop {
+        alive();
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
     }
 }
 

@@ -211,6 +211,7 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
     crate::notify::status(&format!("trial of {}", trial.commit));
     // The application's restarts when this agent began watching the trial.
     let mut restarts: Option<String> = None;
+    let mut healthy_since: Option<i64> = None;
     loop {
         // `ferryd mark-good` may have ended or updated the trial meanwhile.
         match Trial::load(&config.state_dir)? {
@@ -221,8 +222,14 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
             rollback(config, &reason)?;
             return Ok(Some(Outcome::RolledBack(reason)));
         }
-        let quiet = now().saturating_sub(trial.started);
-        let last_failure = match check_round(&h, &deployment).await {
+        let round = check_round(&h, &deployment).await;
+        // Healthy without a break since when (a failing round starts the count again).
+        healthy_since = match &round {
+            Ok(()) => Some(healthy_since.unwrap_or_else(now)),
+            Err(_) => None,
+        };
+        let quiet = healthy_since.map_or(0, |t| now().saturating_sub(t));
+        let last_failure = match round {
             Ok(()) if quiet < h.quiet_for as i64 => {
                 format!("healthy, but not yet for quiet_for ({quiet} of {} s)", h.quiet_for)
             }
@@ -238,8 +245,7 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
             rollback(config, &reason)?;
             return Ok(Some(Outcome::RolledBack(reason)));
         }
-        crate::notify::alive();
-        tokio::time::sleep(Duration::from_secs(h.interval.max(1))).await;
+        crate::notify::sleep_async(Duration::from_secs(h.interval.max(1))).await;
     }
 }
 
@@ -436,8 +442,6 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
     (lines, ok)
 }
 
-/// `ferryd boot-check`, early at every boot: counts the boot of a deployment on trial and
-/// rolls back once it has booted more than `bootlimit` times without becoming good.
 /// Whether the hardware watchdog's boot status (a number, Linux's `bootstatus`) says the
 /// watchdog reset the board: `WDIOF_CARDRESET` (0x20). An unreadable file says nothing.
 fn watchdog_reset(path: &Path) -> bool {
@@ -458,6 +462,9 @@ fn watchdog_reset(path: &Path) -> bool {
     }
 }
 
+/// `ferryd boot-check`, early at every boot: counts the boot of a deployment on trial and
+/// rolls back once it has booted more than `bootlimit` times without becoming good, or at
+/// once when the hardware watchdog reset the board during the trial.
 pub fn boot_check(config: &Config) -> Result<String> {
     // Opening the store removes what an interrupted update left half-done.
     drop(crate::local::Local::open(&config.state_dir)?);

@@ -498,5 +498,6 @@ fn app_outcome(o: crate::app::AppOutcome) -> &'static str {
         crate::app::AppOutcome::Switched => "switched to the new version",
         crate::app::AppOutcome::NotReady => "the new version was not ready; the old one kept the device",
         crate::app::AppOutcome::Restored => "the update failed; the old version was started again",
+        crate::app::AppOutcome::StartFailed => "switched, but the new version could not be started",
     }
 }

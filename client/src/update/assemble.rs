@@ -36,6 +36,7 @@ pub(crate) fn apply_meta(path: &Path, file: &fs::File, meta: &Meta) -> Result<()
 /// from the device's own chunks, each verified. A chunk missing or damaged on the device is
 /// forgotten and reported, so the next attempt downloads it.
 fn write_object(local: &Local, f: &FilePlan) -> Result<()> {
+    crate::notify::alive();
     use std::os::unix::fs::FileExt;
     let part = local.part_path(&f.object);
     let out = fs::File::options()
@@ -119,6 +120,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
     // Objects the device lacks, each built once (two files may share one).
     let mut missing: HashMap<Id, &FilePlan> = HashMap::new();
     for f in &p.files {
+        crate::notify::alive();
         if local.object_path(&f.object).exists() {
             reused += 1;
         } else {
@@ -128,6 +130,7 @@ pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
     build_objects(local, &missing.into_values().collect::<Vec<_>>())?;
     local.end_direct();
     for f in &p.files {
+        crate::notify::alive();
         let object = local.object_path(&f.object);
         let dest = tmp.join(&f.path);
         fs::hard_link(&object, &dest).with_context(|| format!("linking {} to {}", dest.display(), object.display()))?;
@@ -151,6 +154,7 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
     for e in fs::read_dir(local.deploy_dir())? {
         let e = e?;
         if !keep_names.contains(&*e.file_name().to_string_lossy()) {
+            crate::notify::alive();
             make_writable(&e.path());
             fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
         }
@@ -158,6 +162,7 @@ pub fn collect_garbage(local: &Local, keep: &[Id]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     for e in fs::read_dir(local.layout.objects())? {
         let e = e?;
+        crate::notify::alive();
         if e.metadata()?.nlink() <= 1 {
             fs::remove_file(e.path())?;
         }

@@ -46,7 +46,8 @@ pub(crate) async fn install(
     // The application's "not now" holds the switch back (kill-then-download waited before
     // it stopped the application).
     let (vetoed, overruled) = match &app {
-        Some(a) if strategy != Strategy::KillThenDownload => a.wait_veto(),
+        // (A bundle stops nothing before: it waits here too.)
+        Some(a) if strategy != Strategy::KillThenDownload || before.stopped_at.is_none() => a.wait_veto(),
         _ => (before.vetoed, before.overruled),
     };
     let run = |outcome, downtime: Option<std::time::Duration>, killed| AppRun {
@@ -61,6 +62,7 @@ pub(crate) async fn install(
     };
     // A hand-over starts the new version beside the old before anything switches; one that
     // is not ready in time is stopped, and the old one keeps the device.
+    let mut beside = None;
     if let (Some(a), Strategy::HandOver, false) = (&app, strategy, reboot) {
         // With nothing running (a first install), it is an ordinary start.
         let takes_over = a.runs()?;
@@ -75,10 +77,18 @@ pub(crate) async fn install(
             collect_garbage(local, &current.into_iter().collect::<Vec<_>>())?;
             return Err(TrialFailed(why).into());
         }
+        beside = Some(a);
     }
     // The trial is durable before the switch, so a crash after it is finished at restart.
-    crate::trial::begin(config, &new_hex, old_hex.clone())?;
-    ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?;
+    let switched = crate::trial::begin(config, &new_hex, old_hex.clone())
+        .and_then(|()| Ok(ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?));
+    if let (Err(_), Some(a)) = (&switched, beside) {
+        // Not switched: the new version started beside the old one goes again.
+        if let Err(e) = a.stop_only(&new_hex) {
+            tracing::warn!(error = %format!("{e:#}"), "stopping the new version after a failed switch");
+        }
+    }
+    switched?;
     crash::point(crash::Step::Switched);
     crate::trial::mark_switched(config)?;
     // An unlocked copy the switch replaced goes (unless it is to be kept).
@@ -108,13 +118,16 @@ pub(crate) async fn install(
         }
         Some(a) => {
             let done = switch_application(a, strategy, &new_hex, before);
-            let (downtime, killed) = done.unwrap_or_else(|e| {
-                // The health checks decide, as above.
-                tracing::warn!(error = %format!("{e:#}"), "the application's switch failed");
-                (None, before.stopped.killed)
-            });
-            tracing::info!(strategy = strategy.as_str(), downtime_ms = ?downtime.map(|d| d.as_millis()), killed, "the application switched");
-            let r = run(AppOutcome::Switched, downtime, killed);
+            let (outcome, downtime, killed) = match done {
+                Ok((downtime, killed)) => (AppOutcome::Switched, downtime, killed),
+                Err(e) => {
+                    // The health checks decide, as above.
+                    tracing::warn!(error = %format!("{e:#}"), "the application's switch failed");
+                    (AppOutcome::StartFailed, None, before.stopped.killed)
+                }
+            };
+            tracing::info!(strategy = strategy.as_str(), ?outcome, downtime_ms = ?downtime.map(|d| d.as_millis()), killed, "the application's switch");
+            let r = run(outcome, downtime, killed);
             state::change(config, |s| s.last_app = Some(r.clone()))?;
             app_run = Some(r);
         }

@@ -281,9 +281,14 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
                     let (strategy, _) = a.strategy_for(&commit.metadata);
                     if strategy == crate::app::Strategy::KillThenDownload && before.stopped_at.is_none() {
                         let (vetoed, overruled) = a.wait_veto();
-                        let stopped_at = Instant::now();
-                        let stopped = a.stop_all_but(None)?;
-                        before = crate::app::Before { stopped_at: Some(stopped_at), stopped, vetoed, overruled };
+                        // Recorded before the stop: one that fails half-way is restored too.
+                        before = crate::app::Before {
+                            stopped_at: Some(Instant::now()),
+                            stopped: crate::app::Stopped { any: true, killed: false },
+                            vetoed,
+                            overruled,
+                        };
+                        before.stopped = a.stop_all_but(None)?;
                     }
                 }
                 let mut network = Network {

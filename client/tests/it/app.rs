@@ -275,14 +275,14 @@ fn a_veto_delays_the_switch_until_it_expires_and_never_past_its_limit() {
     app.serves("1");
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
 
-    // Busy for 2 more seconds: the switch waits for it, then goes ahead.
+    // Busy for 3 more seconds: the switch waits for it, then goes ahead.
     release(&env, 2, "", &[]);
-    let until = now() + 2;
+    let until = now() + 3;
     std::fs::write(&busy, format!("{until}\n")).unwrap();
     let s = update(&config);
     assert_eq!(s["version"], "2", "{s}");
     let run = &s["app"];
-    assert!((1..=3).contains(&run["vetoed_seconds"].as_u64().unwrap()), "{s}");
+    assert!((1..=4).contains(&run["vetoed_seconds"].as_u64().unwrap()), "{s}");
     assert_eq!(run["veto_overruled"], false, "{s}");
     // v1 kept the device while it was busy: released once the veto ended.
     let ev = app.events();
@@ -307,6 +307,12 @@ fn a_veto_delays_the_switch_until_it_expires_and_never_past_its_limit() {
     release(&env, 4, "", &[]);
     let s = update(&config);
     assert_eq!((s["app"]["vetoed_seconds"].as_u64(), s["app"]["veto_overruled"].as_bool()), (Some(0), Some(false)));
+    // A busy "file" that is a link to an endless device is not read (nor followed): not busy.
+    std::fs::remove_file(&busy).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &busy).unwrap();
+    release(&env, 5, "", &[]);
+    let s = update(&config);
+    assert_eq!((s["version"].as_str(), s["app"]["vetoed_seconds"].as_u64()), (Some("5"), Some(0)), "{s}");
 }
 
 #[test]
@@ -325,7 +331,7 @@ fn a_release_may_ask_for_its_own_strategy_and_says_so() {
     release(&env, 3, "", &[("strategy", "teleport")]);
     let s = update(&config);
     assert_eq!(s["app"]["strategy"], "download-then-kill", "{s}");
-    assert!(s["app"]["strategy_source"].as_str().unwrap().contains("\"teleport\" is unknown"), "{s}");
+    assert!(s["app"]["strategy_source"].as_str().unwrap().contains("names a strategy unknown here"), "{s}");
 }
 
 #[test]
@@ -388,4 +394,43 @@ fn the_fleet_sees_how_each_update_went_for_the_application() {
     let reported = &list[0]["report"]["app"];
     assert_eq!(*reported, s["app"], "{list}");
     assert_eq!((reported["strategy"].as_str(), reported["killed"].as_bool()), (Some("download-then-kill"), Some(true)));
+}
+
+#[test]
+fn a_supervisor_starts_and_stops_the_application_through_start_and_stop() {
+    // A stand-in for `systemctl start/stop example@$FERRY_INSTANCE`: start runs the sample in
+    // the background and returns once it says it is ready; stop asks it and waits it out.
+    let env = Env::new();
+    release(&env, 1, "", &[]);
+    let pids = env.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let (lock, events, port) = (env.path().join("serial-port"), env.path().join("events"), free_port());
+    let start = format!(
+        "python3 {app} --lock {lock} --events {events} --port {port} >/dev/null 2>&1 & echo $! > {pids}/$FERRY_INSTANCE; \
+         i=0; while [ ! -e \\\"$FERRY_READY_FILE\\\" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -e \\\"$FERRY_READY_FILE\\\" ]",
+        app = sample_app().display(),
+        lock = lock.display(),
+        events = events.display(),
+        pids = pids.display(),
+    );
+    let stop = format!(
+        "p=$(cat {pids}/$FERRY_INSTANCE); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.05; done",
+        pids = pids.display()
+    );
+    let table = format!("start = \"{start}\"\nstop = \"{stop}\"\nstrategy = \"hand-over\"\n");
+    let config = env.device(&format!(
+        "[app]\n{table}[health]\nurls = [\"http://127.0.0.1:{port}/\"]\ndeadline = 8\ninterval = 1\n"
+    ));
+    let app = App { lock, events, port, state: env.path().join("device/state") };
+    update(&config);
+    app.serves("1");
+    release(&env, 2, "", &[]);
+    let s = update(&config);
+    assert_eq!(s["version"], "2", "{s}");
+    app.serves("2");
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "released 1", "acquired 2"]);
+    assert_eq!((s["app"]["strategy"].as_str(), s["app"]["outcome"].as_str()), (Some("hand-over"), Some("switched")));
+    // What is left running is stopped by the test's own stop command.
+    let p = std::fs::read_to_string(pids.join(s["to"].as_str().unwrap())).unwrap();
+    let _ = std::process::Command::new("kill").arg("-KILL").arg(p.trim()).status();
 }
