@@ -105,29 +105,30 @@ fn mark_ping(n: &Notifier) {
     }
 }
 
+/// The longest slice of a wait between two looks at the watchdog.
+const SLICE: Duration = Duration::from_millis(500);
+
+/// The next slice of a wait that ends at `until`, after saying the agent is alive; None
+/// once it has ended.
+fn next_slice(until: Instant) -> Option<Duration> {
+    alive();
+    let left = until.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then(|| left.min(SLICE))
+}
+
 /// Sleeps `d`, saying it is alive throughout (a wait is progress: it ends by itself).
 pub fn sleep(d: Duration) {
     let until = Instant::now() + d;
-    loop {
-        alive();
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(500)));
+    while let Some(slice) = next_slice(until) {
+        std::thread::sleep(slice);
     }
 }
 
 /// [`sleep`] on the agent's runtime.
 pub async fn sleep_async(d: Duration) {
     let until = Instant::now() + d;
-    loop {
-        alive();
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+    while let Some(slice) = next_slice(until) {
+        tokio::time::sleep(slice).await;
     }
 }
 
