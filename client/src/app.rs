@@ -156,7 +156,7 @@ impl<'a> Control<'a> {
     /// Why the application says "not now", if it does.
     fn busy(&self) -> Option<String> {
         if let Some(file) = &self.app.busy_file {
-            match read_busy_file(file) {
+            match read_head(file) {
                 Ok(text) => {
                     let until = text.split_whitespace().next().and_then(|w| w.parse::<i64>().ok());
                     match until {
@@ -423,9 +423,9 @@ pub fn current_deployment(config: &Config) -> Result<Option<String>> {
         .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string)))
 }
 
-/// The start of a busy file: a regular file (not a link, a FIFO or a device), its first
-/// 64 bytes.
-fn read_busy_file(path: &Path) -> std::io::Result<String> {
+/// The start of a small file the device's own software writes (a busy file, a watchdog's
+/// boot status): a regular file (not a link, a FIFO or a device), its first 64 bytes.
+pub(crate) fn read_head(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;

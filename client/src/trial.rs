@@ -446,7 +446,7 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
 /// watchdog reset the board: `WDIOF_CARDRESET` (0x20). An unreadable file says nothing.
 fn watchdog_reset(path: &Path) -> bool {
     const WDIOF_CARDRESET: u64 = 0x20;
-    match std::fs::read_to_string(path) {
+    match crate::app::read_head(path) {
         Ok(text) => {
             let t = text.trim();
             let flags = match t.strip_prefix("0x") {

@@ -520,6 +520,33 @@ fn with_reports(records: &[(Vec<u8>, Vec<u8>)], mut reports: HashMap<Vec<u8>, Ve
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_report_with_long_or_control_text_is_refused_naming_the_field() {
+        let app = |source: &str| ferry_api::device::AppRun {
+            strategy: ferry_api::device::Strategy::HandOver,
+            outcome: ferry_api::device::AppOutcome::Switched,
+            strategy_source: Some(source.into()),
+            downtime_ms: Some(5),
+            killed: false,
+            vetoed_seconds: 0,
+            veto_overruled: false,
+            at: 1,
+        };
+        let ok = Report { app: Some(app("the release's metadata")), ..Report::default() };
+        assert!(check_report(&ok).is_ok());
+        let cases = [
+            (Report { app: Some(app(&"x".repeat(MAX_NAME + 1))), ..Report::default() }, "app.strategy_source"),
+            (Report { app: Some(app("a\u{1b}[2J")), ..Report::default() }, "control characters"),
+            (Report { channel: Some("c".repeat(256)), ..Report::default() }, "channel"),
+            (Report { last_error: Some("e".repeat(MAX_TEXT + 1)), ..Report::default() }, "last_error"),
+            (Report { progress: Some(101), ..Report::default() }, "progress"),
+        ];
+        for (r, names) in cases {
+            let e = check_report(&r).unwrap_err().to_string();
+            assert!(e.contains(names), "{e}");
+        }
+    }
+
     /// A device record is written exactly as the store always wrote it: the report's fields
     /// in the store's order, not the API's.
     #[test]
