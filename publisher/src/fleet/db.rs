@@ -212,8 +212,10 @@ impl FleetDb {
 
 /// The most connections one server keeps to the database.
 pub const MAX_CONNECTIONS: usize = 16;
-/// The longest a call waits for a free connection.
-const POOL_WAIT: Duration = Duration::from_secs(10);
+/// The longest a call waits for a free connection: half a statement's longest run, so a
+/// caller queued behind connections that all hang is told so before they time out, and a
+/// request's worst wait is this plus one statement (15 s).
+const POOL_WAIT: Duration = Duration::from_secs(5);
 /// A pooled connection idle this long is checked (a round trip) before it is lent.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// The longest that check takes.
