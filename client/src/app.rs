@@ -46,6 +46,8 @@ const BUSY_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const BUSY: i32 = 75;
 /// How long a start command may take when no hand-over bounds it.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a supervised instance's `check` is run while waiting for it.
+const CHECK_POLL: Duration = Duration::from_millis(200);
 
 /// Instances this process started and has not waited for, so an exited one is reaped.
 static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
@@ -118,6 +120,15 @@ impl<'a> Control<'a> {
                 tracing::warn!(strategy = %asked.chars().take(64).collect::<String>(), "the release names a strategy this agent does not know; using the device's own");
                 // Its words are not repeated: the report carries only what this agent wrote.
                 (self.app.strategy, Some("the release names a strategy unknown here".into()))
+            }
+            Some(Strategy::HandOver) if self.app.single_instance() => {
+                tracing::warn!(
+                    "the release asks for a hand-over, but this device's application is a plain unit (one instance)"
+                );
+                (
+                    Strategy::DownloadThenKill,
+                    Some("the release asked for hand-over; the application's unit runs one instance".into()),
+                )
             }
             Some(Strategy::HandOver) if self.app.command.is_some() && !self.app.ready_signal => {
                 tracing::warn!("the release asks for a hand-over, but this device's application gives no ready signal");
@@ -232,18 +243,18 @@ impl<'a> Control<'a> {
             (Some(command), _) => {
                 // Unix socket paths are short (108 bytes): a state directory too deep for
                 // one still has the ready file.
+                // The socket is given only while someone listens on it (sd_notify senders
+                // may take a socket that is gone for an error).
+                let waits = self.app.ready_signal || handover;
                 let socket_path = app_dir.join(format!("notify-{short}.sock"));
                 remove(&socket_path)?;
-                let socket = if socket_path.as_os_str().len() < 100 { Some(bind_notify(&socket_path)?) } else { None };
+                let socket =
+                    if waits && socket_path.as_os_str().len() < 100 { Some(bind_notify(&socket_path)?) } else { None };
                 if socket.is_some() {
                     env.push(("NOTIFY_SOCKET", socket_path.display().to_string()));
                 }
                 let instance = self.spawn(command, deployment, &dir, &env)?;
-                let waited = if self.app.ready_signal || handover {
-                    wait_ready(&ready_file, socket.as_ref(), &instance, timeout)
-                } else {
-                    Ok(())
-                };
+                let waited = if waits { wait_ready(&ready_file, socket.as_ref(), &instance, timeout) } else { Ok(()) };
                 drop(socket);
                 remove(&socket_path)?;
                 if let Err(e) = waited {
@@ -259,17 +270,50 @@ impl<'a> Control<'a> {
                 // left it running.
                 let instance = Instance { deployment: deployment.to_string(), pgid: None, leader_start: None };
                 self.change(|all| all.running.push(instance.clone()))?;
-                let started = crate::process::run(start, limit, Some(&dir), &env);
+                let started = crate::process::run(start, limit, Some(&dir), &env)
+                    .context("starting the application")
+                    .and_then(|_| self.wait_check(deployment, timeout));
                 if let Err(e) = started {
                     if handover {
                         self.stop(&instance)?;
                         self.change(|all| all.running.retain(|r| *r != instance))?;
                     }
-                    return Err(e.context("starting the application"));
+                    return Err(e);
                 }
                 Ok(())
             }
             (None, None) => bail!("[app] names no command and no start"),
+        }
+    }
+
+    /// With a `check`: waits until it passes for `deployment`'s instance, at most `timeout`.
+    fn wait_check(&self, deployment: &str, timeout: Duration) -> Result<()> {
+        if self.app.check.is_none() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.checks(deployment) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the application started but its check did not pass within {} s", timeout.as_secs());
+            }
+            crate::notify::sleep(CHECK_POLL.min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Whether `check` passes for `deployment`'s instance (true without a check).
+    fn checks(&self, deployment: &str) -> bool {
+        let Some(check) = &self.app.check else { return true };
+        let dir = self.config.layout().deployment(deployment);
+        let env = [("FERRY_INSTANCE", deployment.to_string()), ("FERRY_DEPLOYMENT", dir.display().to_string())];
+        match crate::process::exit_code(check, BUSY_COMMAND_TIMEOUT, &env) {
+            Ok(code) => code == Some(0),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the application's check failed to run");
+                false
+            }
         }
     }
 
@@ -313,7 +357,7 @@ impl<'a> Control<'a> {
         reap();
         match i.pgid {
             Some(pgid) => group_alive(pgid, i.leader_start),
-            None => true,
+            None => self.checks(&i.deployment),
         }
     }
 
@@ -334,6 +378,7 @@ impl<'a> Control<'a> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(command).current_dir(dir).stdin(Stdio::null()).stdout(output.0).stderr(output.1);
         cmd.process_group(0);
+        as_the_system_starts_it(&mut cmd);
         // Not the agent's own service-manager variables: the application is not ferryd.
         for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] {
             cmd.env_remove(k);
@@ -411,6 +456,27 @@ impl<'a> Control<'a> {
         let path = self.config.layout().app_instances();
         ferry_durable::replace(&path, &serde_json::to_vec_pretty(&all)?)
             .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// The agent runs niced and shielded from the OOM killer (its unit's Nice= and
+/// OOMScoreAdjust=); the application it starts gets the system's defaults instead (priority
+/// 0, OOM score adjustment 0), as if its own unit had started it.
+#[allow(unsafe_code)]
+fn as_the_system_starts_it(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
+    // (setpriority, open, write, close) on memory it does not allocate.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            Ok(())
+        });
     }
 }
 

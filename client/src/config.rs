@@ -50,6 +50,9 @@
 //! # start = "systemctl start example@$FERRY_INSTANCE"  #   systemd (a template unit, one instance per
 //! # stop = "systemctl stop example@$FERRY_INSTANCE"    #   deployment): start returns once it is ready
 //! # kill = "systemctl kill -s KILL example@$FERRY_INSTANCE"  # when stop overran stop_timeout
+//! # check = "systemctl is-active --quiet example@$FERRY_INSTANCE"  # 0 while it runs and is ready
+//! # unit = "example@.service"               #   or all four at once: a template unit (one instance
+//!                                           #   per deployment) or a plain unit (no hand-over)
 //! strategy = "download-then-kill"           # or "kill-then-download", "hand-over"; a release's
 //!                                           #   metadata strategy=… overrides it
 //! ready_signal = false                      # command: it says when it is ready (FERRY_READY_FILE or
@@ -203,6 +206,17 @@ pub struct App {
     /// Run when `stop` did not finish in time: kills the instance.
     #[serde(default)]
     pub kill: Option<String>,
+    /// With start and stop: exits 0 while the instance of `$FERRY_INSTANCE` runs and is
+    /// ready. After `start`, ferryd waits (`ready_timeout`) for it to pass; an instance
+    /// whose check fails is taken as not running (and started again where it should run).
+    #[serde(default)]
+    pub check: Option<String>,
+    /// A systemd unit instead of start, stop, kill and check: a template
+    /// (`example@.service`: one instance per deployment, `example@<commit>.service`, so a
+    /// hand-over can run two) or a plain unit (`example.service`: one instance, whose
+    /// ExecStart runs the current deployment; no hand-over).
+    #[serde(default)]
+    pub unit: Option<String>,
     #[serde(default)]
     pub strategy: ferry_api::device::Strategy,
     /// With `command`: the application says when it is ready (it creates the file
@@ -267,7 +281,52 @@ impl App {
         })
     }
 
+    /// Whether only one instance can run at a time (a plain systemd unit): no hand-over.
+    pub fn single_instance(&self) -> bool {
+        self.unit.as_deref().is_some_and(|u| !u.contains('@'))
+    }
+
+    /// Checks `unit` and spells it out as start, stop, kill and check through `systemctl`.
+    fn expand_unit(&mut self) -> Result<()> {
+        let Some(unit) = self.unit.clone() else { return Ok(()) };
+        if self.command.is_some()
+            || self.start.is_some()
+            || self.stop.is_some()
+            || self.kill.is_some()
+            || self.check.is_some()
+        {
+            bail!("[app] unit replaces command, start, stop, kill and check: give unit alone");
+        }
+        let Some(stem) = unit.strip_suffix(".service") else {
+            bail!("[app] unit {unit:?} must be a service unit (NAME.service, or NAME@.service for a template)");
+        };
+        let (name, instance) = match stem.split_once('@') {
+            Some((name, instance)) => (name, Some(instance)),
+            None => (stem, None),
+        };
+        let good = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+        if name.is_empty() || !good(name) || unit.len() > 128 {
+            bail!("[app] unit {unit:?} is not a unit name (letters, digits, _ - . : before .service)");
+        }
+        let target = match instance {
+            Some("") => format!("{name}@$FERRY_INSTANCE.service"),
+            Some(_) => bail!("[app] unit {unit:?} names one instance: give the template ({name}@.service), whose instances ferryd names by deployment, or a plain unit"),
+            None => unit.clone(),
+        };
+        self.start = Some(format!("systemctl start {target}"));
+        self.stop = Some(format!("systemctl stop {target}"));
+        self.kill = Some(format!("systemctl kill --signal=KILL {target}"));
+        self.check = Some(format!("systemctl is-active --quiet {target}"));
+        Ok(())
+    }
+
     fn check(&self, c: &Config) -> Result<()> {
+        if self.check.is_some() && self.command.is_some() {
+            bail!("[app] check is for start and stop; ferryd watches a command it started itself");
+        }
+        if self.single_instance() && self.strategy == ferry_api::device::Strategy::HandOver {
+            bail!("[app] strategy hand-over runs two instances at once: a plain unit has one; use a template unit (NAME@.service)");
+        }
         match (&self.command, &self.start, &self.stop) {
             (Some(_), None, None) => {
                 if self.kill.is_some() {
@@ -604,7 +663,10 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let c: Config = toml::from_str(text)?;
+        let mut c: Config = toml::from_str(text)?;
+        if let Some(a) = &mut c.app {
+            a.expand_unit()?;
+        }
         if c.server.starts_with("http://") {
             if !c.insecure_http {
                 bail!(

@@ -361,6 +361,13 @@ fn the_app_table_is_checked_when_the_configuration_is_read() {
         ("start = \"y\"\nstop = \"z\"\nready_signal = true\n", "", "are for command"),
         ("command = \"x\"\nkill = \"k\"\n", "", "kill is for start and stop"),
         ("command = \"x\"\nstop_timeout = 0\n", "", "must be at least 1"),
+        ("command = \"x\"\ncheck = \"c\"\n", "", "check is for start and stop"),
+        ("unit = \"a@.service\"\nstop = \"z\"\n", "", "give unit alone"),
+        ("unit = \"a.socket\"\n", "", "must be a service unit"),
+        ("unit = \"a b.service\"\n", "", "is not a unit name"),
+        ("unit = \"a@one.service\"\n", "", "give the template (a@.service)"),
+        ("unit = \"a.service\"\nstrategy = \"hand-over\"\n", "", "a plain unit has one"),
+        ("unit = \"a@.service\"\nready_signal = true\n", "", "are for command"),
     ] {
         let config = env.device(&format!("{top}[app]\n{table}"));
         let (ok, _, err) = ferryd(&config, &["check-config"]);
@@ -433,4 +440,255 @@ fn a_supervisor_starts_and_stops_the_application_through_start_and_stop() {
     // What is left running is stopped by the test's own stop command.
     let p = std::fs::read_to_string(pids.join(s["to"].as_str().unwrap())).unwrap();
     let _ = std::process::Command::new("kill").arg("-KILL").arg(p.trim()).status();
+}
+
+/// `ferryd` (with `[app] unit`) run with the test's stand-in systemctl first on its PATH.
+fn ferryd_with_units(config: &Path, units: &Path, args: &[&str]) -> (bool, String, String) {
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/fake-systemd");
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new(crate::harness::ferryd_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("PATH", path)
+        .env("FAKE_SYSTEMD_DIR", units)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// The units the stand-in systemctl was asked about, in order, as `verb unit`.
+fn unit_calls(units: &Path) -> Vec<String> {
+    std::fs::read_to_string(units.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .filter(|l| !l.starts_with("is-active"))
+        .collect()
+}
+
+/// Kills what the stand-in systemctl left running.
+struct Units(PathBuf);
+
+impl Drop for Units {
+    fn drop(&mut self) {
+        for f in std::fs::read_dir(self.0.join("run")).into_iter().flatten().flatten() {
+            if let Ok(pid) = std::fs::read_to_string(f.path()) {
+                let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
+            }
+        }
+    }
+}
+
+/// `unit = "sample@.service"`: ferryd starts and stops `sample@<commit>.service` through
+/// systemctl (here a stand-in: these machines run no systemd as PID 1), one instance per
+/// deployment, so a hand-over runs both; with a plain unit it cannot, and a release asking
+/// for one gets a download-then-kill that says why.
+#[test]
+fn a_systemd_unit_names_the_application() {
+    for template in [true, false] {
+        let env = Env::new();
+        let units = env.path().join("units");
+        std::fs::create_dir_all(&units).unwrap();
+        let _cleanup = Units(units.clone());
+        let (lock, events, port) = (env.path().join("serial-port"), env.path().join("events"), free_port());
+        let deploy = env.path().join("device/state/deploy");
+        let dir = if template { format!("{}/%i", deploy.display()) } else { env.current().display().to_string() };
+        let unit = if template { "sample@.service" } else { "sample.service" };
+        std::fs::write(
+            units.join(unit),
+            format!(
+                "ExecStart=cd {dir} && exec python3 {} --lock {} --events {} --port {port}\n",
+                sample_app().display(),
+                lock.display(),
+                events.display()
+            ),
+        )
+        .unwrap();
+        let strategy = if template { "hand-over" } else { "download-then-kill" };
+        let config = env.device(&format!(
+            "[app]\nunit = \"{unit}\"\nstrategy = \"{strategy}\"\nready_timeout = 20\n\
+             [health]\nurls = [\"http://127.0.0.1:{port}/\"]\ndeadline = 8\ninterval = 1\n"
+        ));
+        let app = App { lock, events, port, state: env.path().join("device/state") };
+        release(&env, 1, "", &[]);
+        let (ok, out, err) = ferryd_with_units(&config, &units, &["update", "--json"]);
+        assert!(ok, "{err}");
+        let v1: Value = serde_json::from_str(&out).unwrap();
+        app.serves("1");
+        release(&env, 2, "", &[("strategy", "hand-over")]);
+        let (ok, out, err) = ferryd_with_units(&config, &units, &["update", "--json"]);
+        assert!(ok, "{err}");
+        let s: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(s["version"], "2", "{s}");
+        app.serves("2");
+        let (from, to) = (v1["to"].as_str().unwrap(), s["to"].as_str().unwrap());
+        let run = &s["app"];
+        if template {
+            // v2's instance is started (and ready) beside v1's, then v1's is stopped.
+            assert_eq!(
+                unit_calls(&units),
+                [
+                    format!("start sample@{from}.service"),
+                    format!("start sample@{to}.service"),
+                    format!("stop sample@{from}.service")
+                ]
+            );
+            assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "released 1", "acquired 2"]);
+            assert_eq!((run["strategy"].as_str(), run["outcome"].as_str()), (Some("hand-over"), Some("switched")));
+        } else {
+            assert_eq!(unit_calls(&units), ["start sample.service", "stop sample.service", "start sample.service"]);
+            assert_eq!(app.story(), ["acquired 1", "ready 1", "released 1", "acquired 2", "ready 2"]);
+            assert_eq!(run["strategy"], "download-then-kill", "{run}");
+            assert!(run["strategy_source"].as_str().unwrap_or("").contains("runs one instance"), "{run}");
+        }
+        // Whether the instance runs is what the unit's check says: one that died is started
+        // again, through the unit, by `ferryd run` as it starts.
+        let units_run = units.join("run");
+        let pidfile = std::fs::read_dir(&units_run)
+            .unwrap()
+            .flatten()
+            .map(|f| f.path())
+            .find(|p| p.extension().is_some_and(|e| e == "pid") && std::fs::read_to_string(p).is_ok())
+            .unwrap();
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        std::process::Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(app.health().is_none());
+        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/fake-systemd");
+        let mut agent = std::process::Command::new(crate::harness::ferryd_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("PATH", format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("FAKE_SYSTEMD_DIR", &units)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = std::panic::catch_unwind(|| app.serves("2"));
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        if let Err(e) = served {
+            std::panic::resume_unwind(e);
+        }
+        let calls = unit_calls(&units);
+        let last = if template { format!("start sample@{to}.service") } else { "start sample.service".into() };
+        assert_eq!(calls.last(), Some(&last), "{calls:?}");
+    }
+}
+
+/// `ferryd run` in the background until `until` returns; then it is killed.
+fn while_running(config: &Path, until: impl FnOnce() + std::panic::UnwindSafe) {
+    let mut agent = std::process::Command::new(crate::harness::ferryd_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = std::panic::catch_unwind(until);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    if let Err(e) = done {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// The agent dies in the middle of a hand-over, with both versions running and the link
+/// already on v2: the next `ferryd run` asks v1 to let go, and v2 takes the device.
+#[test]
+fn an_agent_that_dies_mid_hand_over_leaves_one_version_once_it_runs_again() {
+    let (env, config, app) = on_release_1("strategy = \"hand-over\"\nready_signal = true\n", "");
+    release(&env, 2, "", &[]);
+    let out = crate::harness::crashed_update(&config, "switched:1");
+    assert!(!out.status.success());
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2"]);
+    let recorded: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path().join("device/state/app.json")).unwrap()).unwrap();
+    assert_eq!(recorded["running"].as_array().unwrap().len(), 2, "{recorded}");
+    let record = env.path().join("device/state/app.json");
+    let running = || -> usize {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+        v["running"].as_array().unwrap().len()
+    };
+    while_running(&config, || {
+        app.serves("2");
+        // v1 is forgotten once it exited.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while running() != 1 {
+            assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&record).unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "released 1", "acquired 2"]);
+}
+
+/// What `app.json` recorded in another boot runs no more, whatever process now has its
+/// ids: a live process group whose leader even started at the recorded time is not
+/// signalled, and the application is started.
+#[test]
+fn instances_of_an_earlier_boot_are_forgotten_not_signalled() {
+    let (env, config, app) = on_release_1("", "");
+    let state = env.path().join("device/state");
+    // v1 is stopped behind ferryd's back, as a reboot would have.
+    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(state.join("app.json")).unwrap()).unwrap();
+    let pgid = recorded["running"][0]["pgid"].as_i64().unwrap();
+    std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.health().is_some() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A stranger: its own process group, its leader's real start time, in the record.
+    let mut stranger = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep").arg("60").process_group(0).spawn().unwrap()
+    };
+    let pid = stranger.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: u64 = stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
+    let mut forged = recorded.clone();
+    forged["running"][0]["pgid"] = pid.into();
+    forged["running"][0]["leader_start"] = start.into();
+    forged["boot"] = "00000000-0000-0000-0000-000000000000".into();
+    std::fs::write(state.join("app.json"), forged.to_string()).unwrap();
+    while_running(&config, || app.serves("1"));
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger was signalled");
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+    // (Taken for this boot's, the record would have kept the application from starting.)
+    assert_eq!(app.story(), ["acquired 1", "ready 1", "acquired 1", "ready 1"]);
+}
+
+/// The agent runs niced and shielded from the OOM killer (its unit); an application it
+/// starts itself gets neither.
+#[test]
+fn the_application_does_not_inherit_the_agent_s_priority_or_oom_shield() {
+    let env = Env::new();
+    release(&env, 1, "", &[]);
+    let (config, app) = device(&env, env.addr, "", "");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        // (The shipped unit's -500; this machine's sandbox refuses a negative value, and
+        // what is checked is that the application gets the default whatever the agent has.)
+        .arg("echo 300 > /proc/self/oom_score_adj && exec nice -n 10 \"$0\" --config \"$1\" update --json")
+        .arg(crate::harness::ferryd_bin())
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    app.serves("1");
+    let pid = std::fs::read_to_string(&app.events)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let nice: i32 = stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap();
+    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!((nice, oom.trim()), (0, "0"));
 }
