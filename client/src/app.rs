@@ -34,7 +34,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub use ferry_api::device::{AppOutcome, AppRun, Strategy};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{App, Config};
+use crate::config::{App, Config, Supervisor};
 
 /// The longest a killed process group is waited on to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -103,12 +103,13 @@ pub struct Before {
 pub struct Control<'a> {
     config: &'a Config,
     app: &'a App,
+    supervisor: Supervisor,
 }
 
 impl<'a> Control<'a> {
     /// The device's application, if its configuration names one.
     pub fn of(config: &'a Config) -> Option<Control<'a>> {
-        config.app.as_ref().map(|app| Control { config, app })
+        config.app.as_ref().map(|app| Control { config, app, supervisor: app.supervisor() })
     }
 
     /// The strategy for a release with commit `metadata`: its `strategy=…` if it names one
@@ -239,7 +240,7 @@ impl<'a> Control<'a> {
             env.push(("FERRY_HANDOVER", "1".into()));
         }
         let timeout = Duration::from_secs(self.app.ready_timeout);
-        match (&self.app.command, &self.app.start) {
+        match (&self.app.command, &self.supervisor.start) {
             (Some(command), _) => {
                 // Unix socket paths are short (108 bytes): a state directory too deep for
                 // one still has the ready file.
@@ -288,7 +289,7 @@ impl<'a> Control<'a> {
 
     /// With a `check`: waits until it passes for `deployment`'s instance, at most `timeout`.
     fn wait_check(&self, deployment: &str, timeout: Duration) -> Result<()> {
-        if self.app.check.is_none() {
+        if self.supervisor.check.is_none() {
             return Ok(());
         }
         let deadline = Instant::now() + timeout;
@@ -305,7 +306,7 @@ impl<'a> Control<'a> {
 
     /// Whether `check` passes for `deployment`'s instance (true without a check).
     fn checks(&self, deployment: &str) -> bool {
-        let Some(check) = &self.app.check else { return true };
+        let Some(check) = &self.supervisor.check else { return true };
         let dir = self.config.layout().deployment(deployment);
         let env = [("FERRY_INSTANCE", deployment.to_string()), ("FERRY_DEPLOYMENT", dir.display().to_string())];
         match crate::process::exit_code(check, BUSY_COMMAND_TIMEOUT, &env) {
@@ -399,7 +400,7 @@ impl<'a> Control<'a> {
     /// Stops one instance: asked, then killed after `stop_timeout`. True if it was killed.
     fn stop(&self, i: &Instance) -> Result<bool> {
         let timeout = Duration::from_secs(self.app.stop_timeout);
-        match (i.pgid, &self.app.stop) {
+        match (i.pgid, &self.supervisor.stop) {
             (Some(pgid), _) => {
                 if !group_alive(pgid, i.leader_start) {
                     return Ok(false);
@@ -423,7 +424,9 @@ impl<'a> Control<'a> {
                     Ok(_) => Ok(false),
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "stopping the application");
-                        let Some(kill) = &self.app.kill else { return Err(e.context("stopping the application")) };
+                        let Some(kill) = &self.supervisor.kill else {
+                            return Err(e.context("stopping the application"));
+                        };
                         crate::process::run(kill, START_TIMEOUT, None, &env).context("killing the application")?;
                         Ok(true)
                     }

@@ -249,6 +249,15 @@ pub struct App {
     pub veto_poll: u64,
 }
 
+/// How a supervisor runs the application ([`App::supervisor`]).
+#[derive(Debug, Clone, Default)]
+pub struct Supervisor {
+    pub start: Option<String>,
+    pub stop: Option<String>,
+    pub kill: Option<String>,
+    pub check: Option<String>,
+}
+
 fn default_ready_timeout() -> u64 {
     60
 }
@@ -286,9 +295,37 @@ impl App {
         self.unit.as_deref().is_some_and(|u| !u.contains('@'))
     }
 
-    /// Checks `unit` and spells it out as start, stop, kill and check through `systemctl`.
-    fn expand_unit(&mut self) -> Result<()> {
-        let Some(unit) = self.unit.clone() else { return Ok(()) };
+    /// The commands that start, stop, kill and check the instance of `$FERRY_INSTANCE`: the
+    /// ones given, or `unit`'s through `systemctl`.
+    pub fn supervisor(&self) -> Supervisor {
+        match self.unit_target() {
+            Some(target) => Supervisor {
+                start: Some(format!("systemctl start {target}")),
+                stop: Some(format!("systemctl stop {target}")),
+                kill: Some(format!("systemctl kill --signal=KILL {target}")),
+                check: Some(format!("systemctl is-active --quiet {target}")),
+            },
+            None => Supervisor {
+                start: self.start.clone(),
+                stop: self.stop.clone(),
+                kill: self.kill.clone(),
+                check: self.check.clone(),
+            },
+        }
+    }
+
+    /// The unit `systemctl` is given: a template's instance is named by `$FERRY_INSTANCE`.
+    fn unit_target(&self) -> Option<String> {
+        let unit = self.unit.as_deref()?;
+        Some(match unit.strip_suffix("@.service") {
+            Some(name) => format!("{name}@$FERRY_INSTANCE.service"),
+            None => unit.to_string(),
+        })
+    }
+
+    /// Checks `unit`: a service unit's name, a template or a plain unit, alone.
+    fn check_unit(&self) -> Result<()> {
+        let Some(unit) = &self.unit else { return Ok(()) };
         if self.command.is_some()
             || self.start.is_some()
             || self.stop.is_some()
@@ -308,26 +345,22 @@ impl App {
         if name.is_empty() || !good(name) || unit.len() > 128 {
             bail!("[app] unit {unit:?} is not a unit name (letters, digits, _ - . : before .service)");
         }
-        let target = match instance {
-            Some("") => format!("{name}@$FERRY_INSTANCE.service"),
-            Some(_) => bail!("[app] unit {unit:?} names one instance: give the template ({name}@.service), whose instances ferryd names by deployment, or a plain unit"),
-            None => unit.clone(),
-        };
-        self.start = Some(format!("systemctl start {target}"));
-        self.stop = Some(format!("systemctl stop {target}"));
-        self.kill = Some(format!("systemctl kill --signal=KILL {target}"));
-        self.check = Some(format!("systemctl is-active --quiet {target}"));
+        if instance.is_some_and(|i| !i.is_empty()) {
+            bail!("[app] unit {unit:?} names one instance: give the template ({name}@.service), whose instances ferryd names by deployment, or a plain unit");
+        }
         Ok(())
     }
 
-    fn check(&self, c: &Config) -> Result<()> {
+    fn validate(&self, c: &Config) -> Result<()> {
+        self.check_unit()?;
         if self.check.is_some() && self.command.is_some() {
             bail!("[app] check is for start and stop; ferryd watches a command it started itself");
         }
         if self.single_instance() && self.strategy == ferry_api::device::Strategy::HandOver {
             bail!("[app] strategy hand-over runs two instances at once: a plain unit has one; use a template unit (NAME@.service)");
         }
-        match (&self.command, &self.start, &self.stop) {
+        let supervisor = self.supervisor();
+        match (&self.command, &supervisor.start, &supervisor.stop) {
             (Some(_), None, None) => {
                 if self.kill.is_some() {
                     bail!("[app] kill is for start and stop; ferryd kills a command it started itself");
@@ -663,10 +696,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let mut c: Config = toml::from_str(text)?;
-        if let Some(a) = &mut c.app {
-            a.expand_unit()?;
-        }
+        let c: Config = toml::from_str(text)?;
         if c.server.starts_with("http://") {
             if !c.insecure_http {
                 bail!(
@@ -748,7 +778,7 @@ impl Config {
             }
         }
         if let Some(a) = &c.app {
-            a.check(&c)?;
+            a.validate(&c)?;
         }
         if let Some(f) = &c.fleet {
             let sources =

@@ -13,6 +13,66 @@ pub enum Failure {
     /// nothing to go back to, keeps it, marked bad). It is never installed again.
     #[error("{0}")]
     TrialFailed(String),
+    /// The fleet server does not let this device in yet (or any more): it is pending an
+    /// operator's acceptance, a re-enrollment waits for approval, or it was revoked.
+    #[error("{0}")]
+    NotAccepted(String),
+    /// The configuration file is missing: the device is not set up.
+    #[error("{0}")]
+    NoConfiguration(String),
+}
+
+/// `ferryd`'s exit codes, for scripts (README "Exit codes").
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// `fsck` or `doctor` found problems (each printed).
+    pub const PROBLEMS: u8 = 1;
+    /// Any other error: a bad argument or configuration, a local failure.
+    pub const ERROR: u8 = 2;
+    /// The update was refused: untrusted or wrong content, or a rule of this device.
+    pub const REFUSED: u8 = 3;
+    /// The release failed its trial and the device went back (or keeps it, marked bad).
+    pub const ROLLED_BACK: u8 = 4;
+    /// The server could not be reached (connection refused, timed out, name unknown).
+    pub const UNREACHABLE: u8 = 5;
+    /// The fleet server does not accept this device yet: waiting for an operator.
+    pub const NOT_ACCEPTED: u8 = 6;
+    /// No configuration file.
+    pub const NO_CONFIGURATION: u8 = 7;
+}
+
+/// The exit code an error ends `ferryd` with.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match Failure::of(e) {
+        Some(Failure::Refused(_)) => return exit::REFUSED,
+        Some(Failure::TrialFailed(_)) => return exit::ROLLED_BACK,
+        Some(Failure::NotAccepted(_)) => return exit::NOT_ACCEPTED,
+        Some(Failure::NoConfiguration(_)) => return exit::NO_CONFIGURATION,
+        None => {}
+    }
+    let unreachable = e.chain().any(|cause| {
+        if let Some(r) = cause.downcast_ref::<reqwest::Error>() {
+            return r.is_connect() || r.is_timeout();
+        }
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            use std::io::ErrorKind::*;
+            matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | TimedOut
+                    | HostUnreachable
+                    | NetworkUnreachable
+            )
+        })
+    });
+    if unreachable {
+        exit::UNREACHABLE
+    } else {
+        exit::ERROR
+    }
 }
 
 impl Failure {
@@ -25,7 +85,7 @@ impl Failure {
 /// The retry policy: another attempt may succeed unless the update was refused or the
 /// release failed its trial.
 pub fn retryable(e: &anyhow::Error) -> bool {
-    Failure::of(e).is_none()
+    !matches!(Failure::of(e), Some(Failure::Refused(_) | Failure::TrialFailed(_)))
 }
 
 /// Whether `e` is a failed trial (already recorded by the trial; not an update error).
@@ -44,6 +104,14 @@ mod tests {
         let network = anyhow::anyhow!("connection reset");
         assert!(!retryable(&refused) && !retryable(&trial) && retryable(&network));
         assert!(is_failed_trial(&trial) && !is_failed_trial(&refused));
+        // A device waiting for an operator asks again.
+        let pending: anyhow::Error = Failure::NotAccepted("pending".into()).into();
+        assert!(retryable(&pending));
+        assert_eq!(exit_code(&pending.context("checking in")), exit::NOT_ACCEPTED);
+        assert_eq!(exit_code(&refused), exit::REFUSED);
+        assert_eq!(exit_code(&network), exit::ERROR);
+        let refused_connection = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(exit_code(&refused_connection.context("connecting")), exit::UNREACHABLE);
         // Context added on the way up keeps the kind.
         let wrapped = trial.context("while updating");
         assert!(matches!(Failure::of(&wrapped), Some(Failure::TrialFailed(_))));

@@ -479,6 +479,12 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
                 fresh = Some(Server::for_device(config)?);
                 enrolled_now = true;
             }
+            403 => {
+                return Err(crate::error::Failure::NotAccepted(format!(
+                    "the fleet server does not accept this device: {reason} (a pending device waits for `ferry device accept`)"
+                ))
+                .into())
+            }
             _ => bail!("the fleet server refused this device's check-in ({status}): {reason}"),
         }
     }

@@ -34,6 +34,8 @@ pub struct CommitRequest<'a> {
     pub hardware: Vec<String>,
     pub timestamp: Option<i64>,
     pub key: &'a SecretKey,
+    /// Commit a version lower than the branch head's (a deliberate downgrade).
+    pub allow_downgrade: bool,
 }
 
 impl<'a> CommitRequest<'a> {
@@ -49,6 +51,7 @@ impl<'a> CommitRequest<'a> {
             hardware: Vec::new(),
             timestamp: None,
             key,
+            allow_downgrade: false,
         }
     }
 }
@@ -319,6 +322,21 @@ pub fn commit_tree(repo: &Repository, req: &CommitRequest<'_>, progress: &dyn Pr
     let chunker = Chunker::new(repo.chunk_params()).map_err(|e| anyhow!("{}: {e}", repo.path().display()))?;
     // The head the new commit builds on; publishing fails if another writer moves it first.
     let parent = repo.branch(&req.branch)?;
+    if let Some(head) = parent {
+        let was = repo.read_commit(&head)?.version;
+        if was.compare(&req.version) == Some(std::cmp::Ordering::Greater) && !req.allow_downgrade {
+            bail!(
+                "version {} is lower than {}, the version of {}'s head ({}): devices following the branch do not take a lower version. Give a higher version, or pass --allow-downgrade to commit it anyway",
+                req.version,
+                was,
+                req.branch,
+                head.short()
+            );
+        }
+    }
+    // A version names one build: other content under a version already used is refused
+    // (`ferryd deploy 1.4.0` and `ferry promote 1.4.0` must find one thing).
+    let same_version = repo.commits_with_version(&req.version)?;
 
     let root = &req.tree;
     let rm = fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
@@ -351,6 +369,15 @@ pub fn commit_tree(repo: &Repository, req: &CommitRequest<'_>, progress: &dyn Pr
     }
 
     let root_tree = store_tree(repo, node, &mut files)?;
+    for id in &same_version {
+        if repo.read_commit(id)?.root != root_tree {
+            bail!(
+                "version {} is already commit {} with other content: give this build a new version (its chunks are stored; nothing else changed)",
+                req.version,
+                id.short()
+            );
+        }
+    }
     let commit = Commit {
         root: root_tree,
         parent,

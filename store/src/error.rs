@@ -51,9 +51,11 @@ pub enum StoreError {
     CorruptRef { branch: String, len: usize },
     #[error("invalid branch name {name:?}: {why}")]
     BadBranchName { name: String, why: &'static str },
-    #[error("{rev:?} names no branch and no commit")]
-    UnknownRev { rev: String },
-    #[error("{rev:?} is ambiguous: it matches commits {}", candidates.iter().map(|c| c.short()).collect::<Vec<_>>().join(", "))]
+    /// `why` says which rule it failed: revisions are a full commit id, a branch, a version
+    /// or a prefix of at least 8 hex digits.
+    #[error("{rev:?} names no commit: {why}")]
+    UnknownRev { rev: String, why: String },
+    #[error("{rev:?} is ambiguous: it matches commits {}; name one by its id", candidates.iter().map(|c| c.short()).collect::<Vec<_>>().join(", "))]
     AmbiguousRev { rev: String, candidates: Vec<Id> },
     #[error("{path} is open for writing by another process (RocksDB admits one writer); retry when it is done")]
     Locked { path: PathBuf },

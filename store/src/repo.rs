@@ -34,7 +34,7 @@ use crate::chunk::decode_chunk;
 use crate::config::{ChunkParams, RepoConfig, KNOWN_FEATURES, REPO_FORMAT};
 use crate::error::{Result, StoreError};
 use crate::id::{Id, ID_LEN};
-use crate::object::{object_kind, Commit, DecodeError, ObjectKind, Tree};
+use crate::object::{object_kind, Commit, DecodeError, ObjectKind, Tree, Version};
 use crate::sign::PublicKey;
 
 const CONFIG_FILE: &str = "ferry-repo.json";
@@ -45,6 +45,10 @@ const CF_OBJECTS: &str = "objects";
 const CF_SIGNATURES: &str = "signatures";
 const CF_REFS: &str = "refs";
 const ALL_CFS: [&str; 5] = [CF_CHUNKS, CF_CHUNK_INDEX, CF_OBJECTS, CF_SIGNATURES, CF_REFS];
+/// The fewest hex digits a commit id prefix may have to name a commit.
+pub const MIN_PREFIX: usize = 8;
+/// The most commits a version lookup reads across all branches.
+pub const MAX_VERSION_WALK: usize = 100_000;
 
 /// Sizes of a stored chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -717,25 +721,61 @@ impl Repository {
         Ok(out)
     }
 
-    /// Resolves a revision: a full 64-digit id, then a branch name, then a unique prefix of at
-    /// least 8 hex digits of a commit id.
+    /// Resolves a revision, the one syntax every command takes: a full 64-digit commit id, a
+    /// branch name, a version (one commit on the branches' histories has it), or a unique
+    /// prefix of at least [`MIN_PREFIX`] hex digits of a commit id. A name that is both a
+    /// version and a prefix (`12345678`) must name one commit either way. The error says
+    /// which rule failed.
     pub fn resolve(&self, rev: &str) -> Result<Id> {
+        let unknown = |why: String| StoreError::UnknownRev { rev: rev.to_string(), why };
         if let Ok(id) = rev.parse::<Id>() {
-            if self.has_object(&id)? {
+            if self.read_commit(&id).is_ok() {
                 return Ok(id);
             }
-            return Err(StoreError::UnknownRev { rev: rev.to_string() });
+            return Err(unknown("no commit of this repository has that id".into()));
         }
         if check_branch_name(rev).is_ok() {
             if let Some(id) = self.branch(rev)? {
                 return Ok(id);
             }
         }
-        let is_hex = rev.len() >= 8 && rev.len() < 64 && rev.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_hex {
-            return Err(StoreError::UnknownRev { rev: rev.to_string() });
+        let by_version = match rev.parse::<Version>() {
+            Ok(v) => Some(self.commits_with_version(&v)?),
+            Err(_) => None,
+        };
+        let is_hex = rev.len() < 64 && !rev.is_empty() && rev.bytes().all(|b| b.is_ascii_hexdigit());
+        let by_prefix = if is_hex && rev.len() >= MIN_PREFIX { Some(self.commits_with_prefix(rev)?) } else { None };
+        let mut found: BTreeSet<Id> = BTreeSet::new();
+        found.extend(by_version.iter().flatten());
+        found.extend(by_prefix.iter().flatten());
+        match found.len() {
+            1 => return Ok(found.into_iter().next().unwrap_or(Id([0; ID_LEN]))),
+            0 => {}
+            _ => {
+                return Err(StoreError::AmbiguousRev { rev: rev.to_string(), candidates: found.into_iter().collect() })
+            }
         }
-        let lower = rev.to_ascii_lowercase();
+        let mut why = Vec::new();
+        if check_branch_name(rev).is_ok() {
+            why.push("no branch has that name".to_string());
+        }
+        if by_version.is_some() {
+            why.push(format!("no commit on the branches has version {rev}"));
+        }
+        if by_prefix.is_some() {
+            why.push("no commit id starts with it".into());
+        } else if is_hex {
+            why.push(format!("as a commit id prefix it has {} digits; give at least {MIN_PREFIX}", rev.len()));
+        }
+        if why.is_empty() {
+            why.push("it is not a commit id, a branch name, a version or a prefix of 8+ hex digits".into());
+        }
+        Err(unknown(why.join("; ")))
+    }
+
+    /// The commits whose id starts with `prefix` (hex digits, any case).
+    fn commits_with_prefix(&self, prefix: &str) -> Result<BTreeSet<Id>> {
+        let lower = prefix.to_ascii_lowercase();
         let whole = hex::decode(&lower[..lower.len() / 2 * 2]).unwrap_or_default();
         let mut candidates = BTreeSet::new();
         let iter = self.db.iterator_cf(self.cf(CF_OBJECTS), IteratorMode::From(&whole, Direction::Forward));
@@ -749,10 +789,27 @@ impl Repository {
                 candidates.insert(id);
             }
         }
-        match candidates.len() {
-            0 => Err(StoreError::UnknownRev { rev: rev.to_string() }),
-            1 => Ok(candidates.into_iter().next().unwrap_or(Id([0; ID_LEN]))),
-            _ => Err(StoreError::AmbiguousRev { rev: rev.to_string(), candidates: candidates.into_iter().collect() }),
+        Ok(candidates)
+    }
+
+    /// The commits with `version` on any branch's history (each history walked from its
+    /// head, at most [`MAX_VERSION_WALK`] commits in all).
+    pub fn commits_with_version(&self, version: &Version) -> Result<BTreeSet<Id>> {
+        let mut found = BTreeSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, head) in self.branches()? {
+            let mut next = Some(head);
+            while let Some(id) = next.take() {
+                if !seen.insert(id) || seen.len() > MAX_VERSION_WALK {
+                    break;
+                }
+                let c = self.read_commit(&id)?;
+                if c.version == *version {
+                    found.insert(id);
+                }
+                next = c.parent;
+            }
         }
+        Ok(found)
     }
 }

@@ -400,3 +400,53 @@ fn a_running_update_reports_its_progress() {
     let d = devices(&env).into_iter().find(|d| d["serial"] == "SN-P").unwrap();
     assert_eq!((d["report"]["progress"].as_u64(), d["report"]["current"].as_str()), (None, Some(c1.to_hex().as_str())));
 }
+
+/// `ferryd`'s exit code for a failure, with what it printed.
+fn exit_code(config: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(crate::harness::ferryd_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A script tells the failures apart by the exit code alone (README "Exit codes").
+#[test]
+fn exit_codes_tell_a_refusal_a_rollback_an_unreachable_server_a_pending_device_and_no_configuration_apart() {
+    // Pending: 6, until an operator accepts it.
+    let env = Env::with_fleet(true);
+    env.commit(1, "1");
+    let dev = fleet_device(&env, "device", "SN-X", &env.path().join("enrollment-token"));
+    let (code, err) = exit_code(&dev, &["update"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains("waiting for approval") && err.contains("ferry device accept"), "{err}");
+    // No configuration: 7.
+    let (code, err) = exit_code(&env.path().join("nowhere.toml"), &["update"]);
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("no configuration at"), "{err}");
+    // Unreachable: 5 (a port nothing listens on).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let env = Env::new();
+    env.commit(1, "1");
+    let lost = env.device_named("lost", closed, "retries = 1\n");
+    let (code, err) = exit_code(&lost, &["update"]);
+    assert_eq!(code, Some(5), "{err}");
+    // Refused: 3 (signed by a key the device does not trust).
+    let other = env.path().join("other.key.pub");
+    std::fs::write(&other, format!("ferry-public-key-v1 {}\n", ferry_fixtures::test_key(9).public().to_hex())).unwrap();
+    let picky = env.device_named("picky", env.addr, "");
+    let text = std::fs::read_to_string(&picky).unwrap();
+    std::fs::write(
+        &picky,
+        text.replace(&env.path().join("ci.key.pub").display().to_string(), &other.display().to_string()),
+    )
+    .unwrap();
+    let (code, err) = exit_code(&picky, &["update"]);
+    assert_eq!(code, Some(3), "{err}");
+    // Failed trial: 4.
+    let sick = env.device_named("sick", env.addr, "[health]\ncommands = [\"false\"]\ndeadline = 2\ninterval = 1\n");
+    let (code, err) = exit_code(&sick, &["update"]);
+    assert_eq!(code, Some(4), "{err}");
+}

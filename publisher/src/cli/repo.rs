@@ -95,13 +95,30 @@ pub struct CommitArgs {
     /// Commit time, Unix seconds; defaults to $SOURCE_DATE_EPOCH, else none is recorded.
     #[arg(long, allow_negative_numbers = true)]
     timestamp: Option<i64>,
+    /// Commit a version lower than the branch head's (refused without it: devices
+    /// following the branch would not take it).
+    #[arg(long)]
+    allow_downgrade: bool,
     /// Print the summary as JSON on stdout instead of text on stderr.
     #[arg(long)]
     json: bool,
 }
 
 pub fn commit(a: CommitArgs) -> Result<()> {
-    let CommitArgs { repo, branch, tree, version, sign_key, subject, body, meta, mut hardware, timestamp, json } = a;
+    let CommitArgs {
+        repo,
+        branch,
+        tree,
+        version,
+        sign_key,
+        subject,
+        body,
+        meta,
+        mut hardware,
+        timestamp,
+        allow_downgrade,
+        json,
+    } = a;
     let version: Version = version
         .parse()
         .map_err(|_| anyhow!("--version {version:?} is neither a number (42) nor a semantic version (1.4.0)"))?;
@@ -130,7 +147,18 @@ pub fn commit(a: CommitArgs) -> Result<()> {
     }
     let key = SecretKey::load(&sign_key)?;
     let repository = Repository::open(&repo.repo)?;
-    let req = CommitRequest { tree, branch, version, subject, body, metadata, hardware, timestamp, key: &key };
+    let req = CommitRequest {
+        tree,
+        branch,
+        version,
+        subject,
+        body,
+        metadata,
+        hardware,
+        timestamp,
+        key: &key,
+        allow_downgrade,
+    };
     let summary = {
         let bar = Bar::new("committing");
         import::commit_tree(&repository, &req, &bar)?

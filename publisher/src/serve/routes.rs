@@ -65,22 +65,7 @@ pub(super) async fn version(State(s): State<Shared>, Path(version): Path<String>
     let found = content(&s, Slots::Read, move |_| {
         let s = &state;
         catch_up(s, arrived)?;
-        let mut found = std::collections::BTreeSet::new();
-        let mut seen = std::collections::HashSet::new();
-        for (_, head) in s.repo.branches()? {
-            let mut next = Some(head);
-            while let Some(id) = next.take() {
-                if !seen.insert(id) || seen.len() > MAX_VERSION_WALK {
-                    break;
-                }
-                let c = s.repo.read_commit(&id)?;
-                if c.version == wanted {
-                    found.insert(id.to_hex());
-                }
-                next = c.parent;
-            }
-        }
-        Ok(found)
+        Ok(s.repo.commits_with_version(&wanted)?.into_iter().map(|id| id.to_hex()).collect::<Vec<_>>())
     })
     .await?;
     if found.is_empty() {
@@ -175,6 +160,3 @@ pub(super) async fn commit_with_signatures(
     let answer = SignedCommit { bytes: hex::encode(bytes), commit: id.to_hex(), signatures: signature_list(&sigs) };
     Ok(Json(answer).into_response())
 }
-
-/// The most commits `GET /v1/versions/{v}` reads across all branches.
-const MAX_VERSION_WALK: usize = 100_000;

@@ -286,3 +286,41 @@ fn image_refuses_bad_arguments_before_writing_anything() {
     std::fs::remove_dir_all(t.path().join("image")).unwrap();
     assert!(image(&["--hardware", "rev-a"]).contains("ferryd seed-image failed"));
 }
+
+/// A version names one build: other content under a used version is refused, the same
+/// content again is not; a lower version than the head's needs --allow-downgrade; and
+/// every command that takes a commit takes its version, saying which rule a bad name failed.
+#[test]
+fn versions_name_one_build_and_every_command_takes_them() {
+    let s = Setup::new();
+    let one = s.commit(1);
+    let two = s.commit(2);
+    let (t1, t3) = (s.tree(1), s.tree(3));
+    // Other content under version 2, on this branch or another: refused, the branch unmoved.
+    for branch in ["main", "other"] {
+        let err = fails(&commit_args(&s.repo, branch, &t3, "2", &s.key, &[]));
+        assert!(err.contains("version 2 is already commit") && err.contains(&two[..8]), "{err}");
+    }
+    assert!(ok(&["show", "--repo", &s.repo, "main", "--json"]).contains(&two));
+    // The same content as version 1 on another branch is the same build.
+    ok(&commit_args(&s.repo, "other", &t1, "1", &s.key, &[]));
+    // Going down: refused, then allowed when meant.
+    let err = fails(&commit_args(&s.repo, "main", &t3, "0", &s.key, &[]));
+    assert!(err.contains("version 0 is lower than 2") && err.contains("--allow-downgrade"), "{err}");
+    ok(&commit_args(&s.repo, "main", &t3, "0", &s.key, &["--allow-downgrade"]));
+    // Versions resolve wherever a commit is named.
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, "2", "--json"])).unwrap();
+    assert_eq!(shown["id"], two.as_str(), "{shown}");
+    ok(&["diff", "--repo", &s.repo, "2", "0"]);
+    // Version 1 is two commits now (main's and other's, same content): named by id.
+    let err = fails(&["show", "--repo", &s.repo, "1"]);
+    assert!(err.contains("ambiguous") && err.contains(&one[..8]), "{err}");
+    for (rev, says) in [
+        ("820dbe", "as a commit id prefix it has 6 digits; give at least 8"),
+        ("9.9.9", "no commit on the branches has version 9.9.9"),
+        ("stabel", "no branch has that name"),
+    ] {
+        let err = fails(&["show", "--repo", &s.repo, rev]);
+        assert!(err.contains(says), "{rev}: {err}");
+    }
+}

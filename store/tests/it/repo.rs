@@ -191,6 +191,41 @@ fn revisions_resolve_by_id_branch_and_unique_prefix() {
     // A tree's id prefix is not a revision.
     let root = repo.read_commit(&id).unwrap().root;
     assert!(matches!(repo.resolve(&root.to_hex()[..10]), Err(StoreError::UnknownRev { .. })));
+    assert!(matches!(repo.resolve(&root.to_hex()), Err(StoreError::UnknownRev { .. })), "a tree's full id");
+}
+
+#[test]
+fn revisions_resolve_by_version_and_say_which_rule_failed() {
+    use ferry_store::Version;
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let v = |s: &str| s.parse::<Version>().unwrap();
+    let one = publish(&repo, &Commit { version: v("1.1.0"), ..commit_on(&repo, "one", None) }, "main", None).unwrap();
+    let two = publish(&repo, &Commit { version: v("1.2.0"), ..commit_on(&repo, "two", Some(one)) }, "main", Some(one))
+        .unwrap();
+    // Versions on any branch's history, not only heads.
+    assert_eq!(repo.resolve("1.1.0").unwrap(), one);
+    assert_eq!(repo.resolve("1.2.0").unwrap(), two);
+    // The same version for two commits (on another branch): ambiguous, both named.
+    let other =
+        publish(&repo, &Commit { version: v("1.1.0"), ..commit_on(&repo, "again", None) }, "other", None).unwrap();
+    let err = repo.resolve("1.1.0").unwrap_err().to_string();
+    assert!(err.contains(&one.short()) && err.contains(&other.short()) && err.contains("name one by its id"), "{err}");
+    // Each failure names the rule.
+    for (rev, says) in [
+        ("1.9.0", "no commit on the branches has version 1.9.0"),
+        ("820dbe", "as a commit id prefix it has 6 digits; give at least 8"),
+        ("stabel", "no branch has that name"),
+        ("v1.1.0", "no branch has that name"),
+        ("not a rev", "it is not a commit id, a branch name, a version or a prefix of 8+ hex digits"),
+        (&"0".repeat(64), "no commit of this repository has that id"),
+    ] {
+        let err = repo.resolve(rev).unwrap_err().to_string();
+        assert!(err.contains(says), "{rev}: {err}");
+    }
+    // A name both a version and a prefix must name one commit either way.
+    let numeric = publish(&repo, &Commit { version: v("12345678"), ..commit_on(&repo, "n", None) }, "n", None).unwrap();
+    assert_eq!(repo.resolve("12345678").unwrap(), numeric);
 }
 
 #[test]
