@@ -532,6 +532,9 @@ pub struct PromoteRequest {
     pub rollback: bool,
     #[serde(default)]
     pub force: bool,
+    /// The channel may be new (refused without it when it does not exist).
+    #[serde(default)]
+    pub create: bool,
     /// How long devices accept the document (`7d`, `12h`, `3600`); 7 days when absent.
     pub expires: Option<String>,
 }

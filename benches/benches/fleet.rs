@@ -88,7 +88,8 @@ fn measure(n: usize, rounds: usize, tls: bool) -> (Vec<Row>, u64, u64) {
     };
     run(&["init", "--repo", &repo.display().to_string()]);
     let fleet_s = fleet.display().to_string();
-    let enrollment = run(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet_s]);
+    let enrollment =
+        run(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet_s, "--create-fleet"]);
     let ca = ferry_fixtures::certs::Ca::new("bench CA");
     let (cert, key) = ca.issue(&["localhost"], ferry_fixtures::certs::VALID).write(work.path(), "server");
     let mut tls_args: Vec<String> = Vec::new();

@@ -134,7 +134,17 @@ fn checkins(n: usize, rounds: usize, pg: Option<(&Postgres, &str)>) -> Checkins 
     let mut servers = Vec::new();
     let enrollment = match pg {
         None => {
-            let t = run(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet]);
+            let t = run(&[
+                "admin",
+                "token",
+                "create",
+                "--name",
+                "factory",
+                "--enrollment",
+                "--fleet",
+                &fleet,
+                "--create-fleet",
+            ]);
             servers.push(serve(&["serve", "--repo", &repo, "--fleet", &fleet], &[]));
             t
         }

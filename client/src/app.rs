@@ -267,13 +267,26 @@ impl<'a> Control<'a> {
             }
             (None, Some(start)) => {
                 let limit = if handover { timeout } else { START_TIMEOUT };
+                // A supervisor does not pass the caller's environment on (systemd does not):
+                // the instance reads it from `<state>/app/<commit>.env`
+                // (`EnvironmentFile=-/var/lib/ferry/app/%i.env` in a template unit).
+                let vars: String = env
+                    .iter()
+                    .filter(|(k, _)| *k != "FERRY_READY_FILE")
+                    .map(|(k, v)| format!("{k}={v}\n"))
+                    .chain((!handover).then(|| "FERRY_HANDOVER=0\n".to_string()))
+                    .collect();
+                let env_file = app_dir.join(format!("{deployment}.env"));
+                ferry_durable::replace(&env_file, vars.as_bytes())
+                    .with_context(|| format!("writing {}", env_file.display()))?;
                 // Recorded first: a start cut by a crash, or that failed half-way, may have
                 // left it running.
                 let instance = Instance { deployment: deployment.to_string(), pgid: None, leader_start: None };
                 self.change(|all| all.running.push(instance.clone()))?;
+                let began = Instant::now();
                 let started = crate::process::run(start, limit, Some(&dir), &env)
                     .context("starting the application")
-                    .and_then(|_| self.wait_check(deployment, timeout));
+                    .and_then(|_| self.wait_check(deployment, timeout.saturating_sub(began.elapsed())));
                 if let Err(e) = started {
                     if handover {
                         self.stop(&instance)?;
@@ -343,9 +356,23 @@ impl<'a> Control<'a> {
     /// application and then failed. With start and stop, `app.json` is the record of what
     /// runs (a supervisor restarts what crashed). True if it had to be started.
     pub fn ensure(&self, deployment: &str) -> Result<bool> {
-        // The dead are forgotten, the others stopped.
-        self.change(|all| all.running.retain(|i| self.alive(i)))?;
-        self.stop_all_but(Some(deployment))?;
+        // The dead are forgotten (a supervised one whose check fails is stopped first, in
+        // case it still runs half-alive), the others stopped.
+        for i in self.instances()?.running {
+            if !self.alive(&i) {
+                if i.pgid.is_none() {
+                    if let Err(e) = self.stop(&i) {
+                        tracing::warn!(error = %format!("{e:#}"), deployment = %i.deployment, "stopping an instance whose check fails");
+                    }
+                }
+                self.change(|all| all.running.retain(|r| *r != i))?;
+            }
+        }
+        let stopped = self.stop_all_but(Some(deployment))?;
+        // One unit runs every deployment's instance: stopping another's stopped this one too.
+        if stopped.any && self.app.single_instance() {
+            self.change(|all| all.running.clear())?;
+        }
         if self.instances()?.running.iter().any(|i| i.deployment == deployment) {
             return Ok(false);
         }
@@ -420,8 +447,12 @@ impl<'a> Control<'a> {
             (None, Some(stop)) => {
                 let dir = self.config.layout().deployment(&i.deployment);
                 let env = [("FERRY_INSTANCE", i.deployment.clone()), ("FERRY_DEPLOYMENT", dir.display().to_string())];
+                let env_file = self.config.layout().app_dir().join(format!("{}.env", i.deployment));
                 match crate::process::run(stop, timeout, None, &env) {
-                    Ok(_) => Ok(false),
+                    Ok(_) => {
+                        remove(&env_file)?;
+                        Ok(false)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "stopping the application");
                         let Some(kill) = &self.supervisor.kill else {

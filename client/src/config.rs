@@ -342,8 +342,8 @@ impl App {
             None => (stem, None),
         };
         let good = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
-        if name.is_empty() || !good(name) || unit.len() > 128 {
-            bail!("[app] unit {unit:?} is not a unit name (letters, digits, _ - . : before .service)");
+        if name.is_empty() || name.starts_with('-') || !good(name) || unit.len() > 128 {
+            bail!("[app] unit {unit:?} is not a unit name (letters, digits, _ - . : before .service, not starting with -)");
         }
         if instance.is_some_and(|i| !i.is_empty()) {
             bail!("[app] unit {unit:?} names one instance: give the template ({name}@.service), whose instances ferryd names by deployment, or a plain unit");

@@ -51,21 +51,15 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Failure::NoConfiguration(_)) => return exit::NO_CONFIGURATION,
         None => {}
     }
+    // Only a connection that never came about: a reset or a timeout in the middle of an
+    // answer is a server that was reached.
     let unreachable = e.chain().any(|cause| {
         if let Some(r) = cause.downcast_ref::<reqwest::Error>() {
-            return r.is_connect() || r.is_timeout();
+            return r.is_connect();
         }
         cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
             use std::io::ErrorKind::*;
-            matches!(
-                io.kind(),
-                ConnectionRefused
-                    | ConnectionReset
-                    | ConnectionAborted
-                    | TimedOut
-                    | HostUnreachable
-                    | NetworkUnreachable
-            )
+            matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable)
         })
     });
     if unreachable {

@@ -479,7 +479,12 @@ pub async fn check_in(config: &Config, server: &Server, t: &mut Traffic) -> Resu
                 fresh = Some(Server::for_device(config)?);
                 enrolled_now = true;
             }
-            403 => {
+            // The fleet's own words for a device it does not let in (fleet/tokens.rs); other
+            // 403s (a client certificate refused, a proxy) are errors like the rest.
+            403 if reason.contains("waiting for approval")
+                || reason.contains("waiting for an operator")
+                || reason.ends_with("is revoked") =>
+            {
                 return Err(crate::error::Failure::NotAccepted(format!(
                     "the fleet server does not accept this device: {reason} (a pending device waits for `ferry device accept`)"
                 ))

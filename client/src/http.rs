@@ -444,6 +444,17 @@ impl Server {
         self.get_capped(&format!("channels/{name}"), ferry_store::channel::MAX_ENVELOPE, &what, t).await
     }
 
+    /// Whether the server answers at all (`ferryd doctor`): the HTTP status of a small
+    /// request, whatever it is; an error only when no answer came (a refused connection, a
+    /// failed TLS handshake, a timeout).
+    pub async fn reach(&self) -> Result<u16> {
+        let resp = send(self.authorized(self.client.get(self.url("keys"))).timeout(self.deadline(0)), || {
+            format!("reaching {}", self.base)
+        })
+        .await?;
+        Ok(resp.status().as_u16())
+    }
+
     /// The server's key document chain (envelopes, not yet verified).
     pub async fn keys(&self, t: &mut Traffic) -> Result<Vec<u8>> {
         Ok(self.get_capped("keys", MAX_KEY_CHAIN, "the key documents", t).await?.unwrap_or_default())

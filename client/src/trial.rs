@@ -329,7 +329,8 @@ pub fn rollback(config: &Config, reason: &str) -> Result<String> {
     })?;
     crate::crash::point(crate::crash::Step::RollbackRecorded);
     Trial::clear(&config.state_dir)?;
-    tracing::warn!(%bad, to = %previous, reason, "rolled back");
+    // Said once, by the caller: printed (`ferryd rollback`, `boot-check`) or in the error
+    // the update ends with.
     Ok(format!("rolled back from {bad} to {previous}: {reason}"))
 }
 
@@ -356,7 +357,6 @@ fn fail_in_place(config: &Config, bad: &str, reason: &str) -> Result<String> {
     })?;
     crate::crash::point(crate::crash::Step::RollbackRecorded);
     Trial::clear(&config.state_dir)?;
-    tracing::warn!(%bad, reason, "the first release failed its trial; nothing to roll back to, keeping it");
     Ok(format!("{bad} failed its trial and stays (nothing to roll back to): {reason}"))
 }
 
@@ -384,6 +384,35 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
         check("hardware revision", config.hardware_revision().map(|h| h.unwrap_or_default()));
     } else {
         check("trusted keys", config.keys().map(|k| format!("{} loaded", k.len())));
+    }
+    check(
+        "server",
+        (|| {
+            let server = crate::http::Server::for_device(config)?;
+            let status = crate::runtime()?.block_on(server.reach())?;
+            match status {
+                200..=299 | 304 => Ok(format!("{} answers", config.server)),
+                401 => Ok(format!("{} answers (401: its repository is for enrolled devices)", config.server)),
+                403 => Ok(format!("{} answers (403: it does not let this device in)", config.server)),
+                _ => bail!("{} answers {status} to a request for its key documents", config.server),
+            }
+        })(),
+    );
+    if let Some(fleet) = &config.fleet {
+        check("serial number", fleet.serial());
+        check(
+            "enrollment",
+            (|| {
+                if config.layout().device_token().exists() {
+                    return Ok("enrolled (the device token is held)".to_string());
+                }
+                let token = fleet.enrollment_token()?;
+                if token.is_empty() {
+                    bail!("{} is empty", fleet.enrollment_token_file.display());
+                }
+                Ok(format!("not yet; the enrollment token is in {}", fleet.enrollment_token_file.display()))
+            })(),
+        );
     }
     check(
         "state directory",

@@ -151,6 +151,9 @@ pub struct Promotion<'a> {
     pub expires_in: i64,
     pub rollback: bool,
     pub force: bool,
+    /// The channel may be new (without it, a channel that does not exist is refused: a
+    /// typo would start a channel every refresh then keeps signing).
+    pub create: bool,
     pub now: i64,
 }
 
@@ -312,6 +315,18 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
         bail!("--from and --to name the same channel {}", p.to);
     }
     let head = repo.channel(&p.to)?;
+    if head.is_none() && !p.create {
+        let known: Vec<String> = repo.channels()?.into_iter().map(|(name, _)| name).collect();
+        bail!(
+            "channel {} does not exist ({}): to start it, promote again with --create",
+            p.to,
+            if known.is_empty() {
+                "there are no channels yet".to_string()
+            } else {
+                format!("the channels are {}", known.join(", "))
+            }
+        );
+    }
     let current = head.map(|id| channel_doc(repo, &id)).transpose()?;
     let mut targets: Vec<Target> = current.as_ref().map(|c| c.targets.clone()).unwrap_or_default();
     for w in wanted {

@@ -150,7 +150,7 @@ fn text(v: &Option<String>) -> &str {
 pub fn admin(cmd: AdminCommand) -> Result<()> {
     let AdminCommand::Token(cmd) = cmd;
     match cmd {
-        TokenCommand::Create { name, enrollment, fleet, fleet_db, server, token, ca_file } => {
+        TokenCommand::Create { name, enrollment, fleet, create_fleet, fleet_db, server, token, ca_file } => {
             let kind = if enrollment { TokenKind::Enrollment } else { TokenKind::Admin };
             // FERRY_FLEET_DB (what `ferry serve` reads) only when nothing else says where
             // to write: a --server with its --token goes through the server as always.
@@ -172,6 +172,7 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
                     f.create_token(&Caller::Local, kind, &name)?
                 }
                 (Some(dir), _, _) => {
+                    ferry_publisher::fleet::db::check_embedded(&dir, create_fleet)?;
                     let f = Fleet::open(&dir, Settings::default()).map_err(|e| match e {
                         ferry_publisher::fleet::FleetError::Store(ferry_store::StoreError::Locked { .. }) => anyhow!(
                             "{} is in use (is `ferry serve --fleet` running?); create tokens through it with --server and --token",

@@ -334,8 +334,8 @@ pub fn commit_tree(repo: &Repository, req: &CommitRequest<'_>, progress: &dyn Pr
             );
         }
     }
-    // A version names one build: other content under a version already used is refused
-    // (`ferryd deploy 1.4.0` and `ferry promote 1.4.0` must find one thing).
+    // A version names one commit (`ferryd deploy 1.4.0` and `ferry promote 1.4.0` must find
+    // one thing): a new commit under a version another commit has is refused.
     let same_version = repo.commits_with_version(&req.version)?;
 
     let root = &req.tree;
@@ -369,15 +369,6 @@ pub fn commit_tree(repo: &Repository, req: &CommitRequest<'_>, progress: &dyn Pr
     }
 
     let root_tree = store_tree(repo, node, &mut files)?;
-    for id in &same_version {
-        if repo.read_commit(id)?.root != root_tree {
-            bail!(
-                "version {} is already commit {} with other content: give this build a new version (its chunks are stored; nothing else changed)",
-                req.version,
-                id.short()
-            );
-        }
-    }
     let commit = Commit {
         root: root_tree,
         parent,
@@ -418,6 +409,13 @@ pub fn commit_tree(repo: &Repository, req: &CommitRequest<'_>, progress: &dyn Pr
         }
         _ => {
             let id = commit.id()?;
+            if let Some(other) = same_version.iter().find(|other| **other != id) {
+                bail!(
+                    "version {} is already commit {}: give this build a new version (builds of one release for several hardware revisions: 1.4.0+rev-a, 1.4.0+rev-b). Its chunks are stored; nothing else changed",
+                    req.version,
+                    other.short()
+                );
+            }
             let signature = req.key.sign_commit(&id);
             if !req.key.public().verify_commit(&id, &signature) {
                 bail!("signing key produced a signature that does not verify");

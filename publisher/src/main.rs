@@ -68,14 +68,29 @@ fn run(command: Command) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs on stderr (`FERRY_LOG` filters them, default `info`): at a terminal in colour, with
+/// times; otherwise (a file, a pipe, the journal) without escapes; and under systemd, whose
+/// journal stamps every line, without a time of its own.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(colour);
+    if journal {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

@@ -55,6 +55,8 @@ pub enum StoreError {
     /// or a prefix of at least 8 hex digits.
     #[error("{rev:?} names no commit: {why}")]
     UnknownRev { rev: String, why: String },
+    #[error("the branches' histories hold more than {limit} commits, more than a version is looked up in; name the commit by its id")]
+    HistoryTooLong { limit: usize },
     #[error("{rev:?} is ambiguous: it matches commits {}; name one by its id", candidates.iter().map(|c| c.short()).collect::<Vec<_>>().join(", "))]
     AmbiguousRev { rev: String, candidates: Vec<Id> },
     #[error("{path} is open for writing by another process (RocksDB admits one writer); retry when it is done")]

@@ -642,6 +642,42 @@ impl Repository {
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// The channels promoted from `name` (whose upstream it is), sorted.
+    pub fn downstream(&self, name: &str) -> Result<Vec<String>> {
+        let prefix = b"upstream/";
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_REFS), IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let Some(channel) = k.strip_prefix(prefix.as_slice()) else { break };
+            if v.as_ref() == name.as_bytes() {
+                out.push(String::from_utf8_lossy(channel).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Retires a channel whose newest document is still `expected`: its name names nothing
+    /// any more (the server answers 404 for it, `channel refresh` no longer signs it, a new
+    /// promotion needs `--create`); its documents stay in the store.
+    pub fn retire_channel(&self, name: &str, expected: Id) -> Result<()> {
+        check_branch_name(name)?;
+        self.writable()?;
+        let _guard = self.ref_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let what = format!("channel {name}");
+        let found = self.ref_value(&channel_ref(name), &what)?;
+        if found != Some(expected) {
+            let show = |v: Option<Id>| v.map_or_else(|| "nothing".to_string(), |id| id.to_hex());
+            return Err(StoreError::RefConflict { branch: what, expected: expected.to_hex(), found: show(found) });
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_REFS), channel_ref(name));
+        batch.delete_cf(self.cf(CF_REFS), upstream_ref(name));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))
+    }
+
     /// Stores a signed key document and makes it the newest, if the newest is still
     /// `expected`. The caller has checked its signatures against the chain.
     pub fn publish_keys(&self, envelope: &Envelope, expected: Option<Id>) -> Result<Id> {
@@ -729,10 +765,14 @@ impl Repository {
     pub fn resolve(&self, rev: &str) -> Result<Id> {
         let unknown = |why: String| StoreError::UnknownRev { rev: rev.to_string(), why };
         if let Ok(id) = rev.parse::<Id>() {
-            if self.read_commit(&id).is_ok() {
-                return Ok(id);
+            if !self.has_object(&id)? {
+                return Err(unknown("no object of this repository has that id".into()));
             }
-            return Err(unknown("no commit of this repository has that id".into()));
+            return match self.read_commit(&id) {
+                Ok(_) => Ok(id),
+                Err(StoreError::WrongKind { found, .. }) => Err(unknown(format!("that id is a {found}, not a commit"))),
+                Err(e) => Err(e),
+            };
         }
         if check_branch_name(rev).is_ok() {
             if let Some(id) = self.branch(rev)? {
@@ -800,8 +840,11 @@ impl Repository {
         for (_, head) in self.branches()? {
             let mut next = Some(head);
             while let Some(id) = next.take() {
-                if !seen.insert(id) || seen.len() > MAX_VERSION_WALK {
+                if !seen.insert(id) {
                     break;
+                }
+                if seen.len() > MAX_VERSION_WALK {
+                    return Err(StoreError::HistoryTooLong { limit: MAX_VERSION_WALK });
                 }
                 let c = self.read_commit(&id)?;
                 if c.version == *version {

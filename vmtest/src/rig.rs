@@ -110,6 +110,7 @@ fn promote(repo: &Repository, key: &SecretKey, commit: Id) -> Result<()> {
         expires_in: 30 * 86400,
         rollback: false,
         force: false,
+        create: true,
         now: now(),
     };
     channels::promote(repo, &p)?;

@@ -210,7 +210,7 @@ fn channels() {
     );
     check(
         &PromoteRequest { commit: Some("ab".into()), hardware: vec!["rev-a".into()], ..PromoteRequest::default() },
-        r#"{"commit":"ab","from":null,"hardware":["rev-a"],"rollback":false,"force":false,"expires":null}"#,
+        r#"{"commit":"ab","from":null,"hardware":["rev-a"],"rollback":false,"force":false,"create":false,"expires":null}"#,
     );
     // The web UI sends only what it has; the rest takes its default.
     let from: PromoteRequest = serde_json::from_str(r#"{"from":"beta"}"#).unwrap();

@@ -196,7 +196,7 @@ fn open_input(file: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Read>> 
 
 /// Runs one `ferryd` command; the exit code is 0, or 1 when `fsck` or `doctor` found problems.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if !cli.config.exists() {
+    if matches!(cli.config.try_exists(), Ok(false)) {
         return Err(crate::error::Failure::NoConfiguration(format!(
             "no configuration at {}: write one (see `ferryd check-config --help` and the README's device section), or give --config",
             cli.config.display()

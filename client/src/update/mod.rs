@@ -180,8 +180,12 @@ async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
         }
     };
     // A trial interrupted by a crash or a reboot is finished before anything else.
-    if let Some(outcome) = crate::trial::run(config).await? {
-        tracing::info!(?outcome, "finished a pending trial");
+    match crate::trial::run(config).await? {
+        Some(crate::trial::Outcome::RolledBack(reason)) => {
+            tracing::warn!(reason, "a pending trial failed; rolled back")
+        }
+        Some(outcome) => tracing::info!(?outcome, "finished a pending trial"),
+        None => {}
     }
     let state = state::read(config)?;
     let bad = state.bad_commits.clone();

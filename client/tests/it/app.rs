@@ -495,10 +495,14 @@ fn a_systemd_unit_names_the_application() {
         let deploy = env.path().join("device/state/deploy");
         let dir = if template { format!("{}/%i", deploy.display()) } else { env.current().display().to_string() };
         let unit = if template { "sample@.service" } else { "sample.service" };
+        // The instance learns FERRY_HANDOVER from the file ferryd writes (systemd passes no
+        // environment of the caller on).
+        let env_file = env.path().join("device/state/app/%i.env");
         std::fs::write(
             units.join(unit),
             format!(
-                "ExecStart=cd {dir} && exec python3 {} --lock {} --events {} --port {port}\n",
+                "EnvironmentFile=-{}\nExecStart=cd {dir} && exec python3 {} --lock {} --events {} --port {port}\n",
+                env_file.display(),
                 sample_app().display(),
                 lock.display(),
                 events.display()

@@ -82,6 +82,7 @@ pub(crate) fn promote(
         expires_in: 7 * DAY,
         rollback,
         force: false,
+        create: true,
         now: now(),
     };
     let id = channels::promote(&env.repo, &p)?.id;
@@ -266,6 +267,7 @@ fn unknown_and_revoked_keys_are_refused_and_rotation_keeps_devices_updating() {
         expires_in: DAY,
         rollback: false,
         force: false,
+        create: true,
         now: now(),
     };
     channels::promote(&env.repo, &p).unwrap();
@@ -318,6 +320,7 @@ fn a_commit_built_for_other_hardware_is_refused() {
         expires_in: DAY,
         rollback: false,
         force: false,
+        create: true,
         now: now(),
     };
     assert!(format!("{:#}", channels::promote(&env.repo, &p).unwrap_err()).contains("not for rev-a"));
@@ -444,6 +447,7 @@ fn a_leaked_channel_key_stops_a_channel_only_until_the_root_removes_it() {
         expires_in: 7 * DAY,
         rollback: false,
         force: false,
+        create: true,
         now: now(),
     };
     let promoted = channels::promote(&env.repo, &p).unwrap();

@@ -450,3 +450,45 @@ fn exit_codes_tell_a_refusal_a_rollback_an_unreachable_server_a_pending_device_a
     let (code, err) = exit_code(&sick, &["update"]);
     assert_eq!(code, Some(4), "{err}");
 }
+
+/// `ferryd doctor` says what stands between the device and its updates: a server that does
+/// not answer, an enrollment token that is not there, a serial it cannot read.
+#[test]
+fn doctor_checks_the_server_the_enrollment_token_and_the_serial() {
+    let env = Env::with_fleet(true);
+    env.commit(1, "1");
+    let token_file = env.path().join("enrollment-token");
+    let dev = fleet_device(&env, "device", "SN-D", &token_file);
+    let (ok, out, err) = ferryd(&dev, &["doctor"]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains(&format!("ok    server: http://{} answers", env.addr)), "{out}");
+    assert!(out.contains("ok    enrollment: not yet; the enrollment token is in"), "{out}");
+    assert!(out.contains("ok    serial number: SN-D"), "{out}");
+    // Enrolled (and pending): the server answers the doctor's request, which carries no token.
+    let _ = ferryd(&dev, &["update"]);
+    let (ok, out, _) = ferryd(&dev, &["doctor"]);
+    assert!(
+        ok && out.contains("ok    enrollment: enrolled")
+            && out.contains("answers (401: its repository is for enrolled devices)"),
+        "{out}"
+    );
+    // No token file, on a device not enrolled yet; a serial file that is missing.
+    let missing = env.path().join("no-such-token");
+    let lost = env.device_named(
+        "lost",
+        env.addr,
+        &format!("\n[fleet]\nenrollment_token_file = \"{}\"\nserial_file = \"/nonexistent/serial\"\nunsigned_config = true\n", missing.display()),
+    );
+    let (ok, out, _) = ferryd(&lost, &["doctor"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL  enrollment: reading the enrollment token from") && out.contains("no-such-token"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL  serial number: reading the serial number from /nonexistent/serial"), "{out}");
+    // A server that does not answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let away = env.device_named("away", closed, "");
+    let (ok, out, _) = ferryd(&away, &["doctor"]);
+    assert!(!ok && out.contains(&format!("FAIL  server: reaching http://{closed}")), "{out}");
+}

@@ -51,6 +51,7 @@ fn promote_at(env: &Env, commit: Id, signers: &[u8], at: i64) -> anyhow::Result<
         expires_in: 7 * DAY,
         rollback: false,
         force: false,
+        create: true,
         now: at,
     };
     Ok(channels::promote(&env.repo, &p)?.doc)

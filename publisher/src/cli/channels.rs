@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::channels::{self, KeyChange, Promotion, ThresholdChange};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use ferry_store::channel::{ChannelDoc, KeyDoc};
 use ferry_store::{PublicKey, Repository, SecretKey};
@@ -122,6 +122,9 @@ pub struct PromoteArgs {
     /// Promote a commit the channel's upstream never had.
     #[arg(long)]
     force: bool,
+    /// Start the channel if it does not exist (a name that is new is refused without it).
+    #[arg(long)]
+    create: bool,
     /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
     json: bool,
@@ -151,6 +154,18 @@ pub enum ChannelCommand {
     List {
         #[command(flatten)]
         repo: RepoArg,
+        /// Print the result as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retires a channel (a mistyped one, one no device follows any more): the server stops
+    /// serving it, `channel refresh` stops signing it, and promoting to its name again needs
+    /// --create. Its documents stay in the repository. Refused while another channel is
+    /// promoted from it.
+    Retire {
+        #[command(flatten)]
+        repo: RepoArg,
+        channel: String,
         /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
@@ -341,6 +356,7 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
         expires_in,
         rollback: a.rollback,
         force: a.force,
+        create: a.create,
         now: now(),
     };
     let out = channels::promote(&r, &p)?;
@@ -425,6 +441,23 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
                     }
                     print!("{}", channels::doc_text(id, d));
                 }
+            }
+        }
+        ChannelCommand::Retire { repo, channel, json } => {
+            let r = Repository::open(&repo.repo)?;
+            let head = r.channel(&channel)?.ok_or_else(|| anyhow!("channel {channel} does not exist"))?;
+            let downstream = r.downstream(&channel)?;
+            if !downstream.is_empty() {
+                bail!(
+                    "channel {channel} is the upstream of {}: promotions there check against it; retire those first",
+                    downstream.join(", ")
+                );
+            }
+            r.retire_channel(&channel, head)?;
+            if json {
+                print_json(&serde_json::json!({ "retired": channel, "last_document": head.to_hex() }))?;
+            } else {
+                eprintln!("retired channel {channel} (its last document {} stays in the repository)", head.short());
             }
         }
         ChannelCommand::Refresh { repo, channels: names, sign_key, expires, json } => {

@@ -60,9 +60,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     patch_workers: Option<u16>,
     /// Directory of the fleet's state (devices, tokens, audit log): enables the device
-    /// and admin APIs. Create the first admin token with `ferry admin token create --fleet DIR`.
+    /// and admin APIs. It must hold a fleet store already (made by `ferry admin token
+    /// create --fleet DIR --create-fleet`, the first admin token), unless --create-fleet.
     #[arg(long, value_name = "DIR", group = "fleet_store")]
     fleet: Option<PathBuf>,
+    /// Make a new, empty fleet store in --fleet's directory if it holds none (without it,
+    /// a mistyped directory is an error, not a second fleet).
+    #[arg(long, requires = "fleet")]
+    create_fleet: bool,
     /// The fleet's state in PostgreSQL instead of --fleet's directory, so several
     /// `ferry serve` replicas behind a load balancer share it:
     /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the schema is created at the first
@@ -129,6 +134,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         no_prepare,
         patch_store,
         fleet,
+        create_fleet,
         fleet_db,
         require_approval,
         enrollments_per_minute,
@@ -141,6 +147,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         client_cert_header,
         trusted_proxy,
     } = a;
+    if let Some(dir) = &fleet {
+        crate::fleet::db::check_embedded(dir, create_fleet)?;
+    }
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,

@@ -41,6 +41,10 @@ pub enum TokenCommand {
         /// admin token.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "token", "fleet_db"])]
         fleet: Option<PathBuf>,
+        /// Make a new fleet store in --fleet's directory if it holds none (the first admin
+        /// token of a new fleet); without it, a directory with no store is an error.
+        #[arg(long, requires = "fleet")]
+        create_fleet: bool,
         /// Write into the fleet's PostgreSQL database directly (servers may be running):
         /// for the first admin token of a fleet served with --fleet-db. Without --fleet,
         /// --fleet-db, --server and --token, FERRY_FLEET_DB is used if it is set.
@@ -153,9 +157,10 @@ pub enum DeviceCommand {
 
 #[derive(Args)]
 pub struct ScopeArgs {
-    /// The fleet-wide level (the default).
+    /// The fleet-wide level (the default). (`--fleet` names a fleet store's directory
+    /// elsewhere; here the level is --fleet-wide.)
     #[arg(long, conflicts_with_all = ["group", "device"])]
-    pub(super) fleet: bool,
+    pub(super) fleet_wide: bool,
     /// A group's level.
     #[arg(long, value_name = "GROUP", conflicts_with = "device")]
     pub(super) group: Option<String>,

@@ -210,6 +210,25 @@ impl FleetDb {
     }
 }
 
+/// `--fleet DIR`: a directory that holds an embedded fleet store, or, with `create`, one
+/// where a new store may be made. A mistyped directory would otherwise start a second,
+/// empty fleet whose devices enroll anew.
+pub fn check_embedded(dir: &std::path::Path, create: bool) -> anyhow::Result<()> {
+    if create || dir.join("CURRENT").is_file() {
+        return Ok(());
+    }
+    if dir.exists() {
+        anyhow::bail!(
+            "{} holds no fleet store: give the directory `ferry admin token create --fleet DIR --create-fleet` made, or add --create-fleet to make a new fleet there",
+            dir.display()
+        );
+    }
+    anyhow::bail!(
+        "no fleet store at {} (a mistyped directory?): add --create-fleet to make a new fleet there",
+        dir.display()
+    )
+}
+
 /// The most connections one server keeps to the database.
 pub const MAX_CONNECTIONS: usize = 16;
 /// The longest a call waits for a free connection: half a statement's longest run, so a

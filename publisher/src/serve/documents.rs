@@ -92,6 +92,7 @@ impl crate::fleet_api::Documents for RepoDocuments {
             expires_in,
             rollback: req.rollback,
             force: req.force,
+            create: req.create,
             now,
         };
         let out = crate::channels::promote(&repo, &p).map_err(bad)?;

@@ -65,7 +65,10 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     let t = tempfile::tempdir().unwrap();
     let (repo, c1, c2) = setup(t.path());
     let key = |k: &str| s(&t.path().join(k));
-    fails(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key")], "ferry keys set");
+    fails(
+        &["promote", "--create", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key")],
+        "ferry keys set",
+    );
     fails(
         &["keys", "set", "--repo", &repo, "--sign-key", &key("root.key"), "--root", &key("root.key.pub")],
         "--commit-key",
@@ -92,19 +95,43 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     assert_eq!(k["serial"], 1);
 
     fails(
-        &["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("ci.key")],
+        &["promote", "--create", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("ci.key")],
         "may not sign channel documents",
     );
     fails(
-        &["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--expires", "soon"],
+        &[
+            "promote",
+            "--create",
+            "--repo",
+            &repo,
+            &c1,
+            "--to",
+            "dev",
+            "--sign-key",
+            &key("chan.key"),
+            "--expires",
+            "soon",
+        ],
         "--expires",
     );
     fails(
-        &["promote", "--repo", &repo, &c2, "--to", "dev", "--hardware", "rev-b", "--sign-key", &key("chan.key")],
+        &[
+            "promote",
+            "--create",
+            "--repo",
+            &repo,
+            &c2,
+            "--to",
+            "dev",
+            "--hardware",
+            "rev-b",
+            "--sign-key",
+            &key("chan.key"),
+        ],
         "not for rev-b",
     );
     let promote = |extra: &[&str]| {
-        let mut args = vec!["promote", "--repo", repo.as_str(), "--sign-key"];
+        let mut args = vec!["promote", "--create", "--repo", repo.as_str(), "--sign-key"];
         let chan = key("chan.key");
         args.push(&chan);
         args.extend_from_slice(extra);
@@ -120,11 +147,26 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     // Promoting the same targets again writes nothing.
     assert_eq!(promote(&["--from", "dev", "--to", "beta"])["changed"], false);
     // Beta's upstream is dev, which never had commit 2.
-    fails(&["promote", "--repo", &repo, &c2, "--to", "beta", "--sign-key", &key("chan.key")], "never had commit");
+    fails(
+        &["promote", "--create", "--repo", &repo, &c2, "--to", "beta", "--sign-key", &key("chan.key")],
+        "never had commit",
+    );
     let forced = promote(&[&c2, "--to", "beta", "--force"]);
     assert_eq!(forced["serial"], 2);
     fails(
-        &["promote", "--repo", &repo, &c1, "--to", "beta", "--hardware", "rev-a", "--sign-key", &key("chan.key")],
+        &[
+            "promote",
+            "--create",
+            "--repo",
+            &repo,
+            &c1,
+            "--to",
+            "beta",
+            "--hardware",
+            "rev-a",
+            "--sign-key",
+            &key("chan.key"),
+        ],
         "--rollback",
     );
     let back = promote(&[&c1, "--to", "beta", "--hardware", "rev-a", "--rollback"]);
@@ -192,7 +234,7 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     ok(&["keygen", "--out", &key("ci2.key")]);
     ok(&["keys", "set", "--repo", &repo, "--sign-key", &key("root.key"), "--commit-key", &key("ci2.key.pub")]);
     fails(
-        &["promote", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")],
+        &["promote", "--create", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")],
         "signed by 0 of the commit keys",
     );
     ok(&["sign", "--repo", &repo, &c2, "--sign-key", &key("ci2.key")]);
@@ -229,7 +271,7 @@ fn channel_and_key_documents_are_served() {
             args.extend(extra);
             ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
+        ok(&["promote", "--create", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
         let chain = get("keys").await.unwrap().bytes().await.unwrap();
         let chain = Envelope::decode_all(&chain).unwrap();
         let serials: Vec<u64> = chain.iter().map(|e| KeyDoc::decode(&e.document).unwrap().serial).collect();
@@ -252,7 +294,7 @@ fn bundles_are_written_for_channels_and_commits() {
     let (repo, c1, c2) = setup(t.path());
     let key = |k: &str| s(&t.path().join(k));
     first_keys(t.path(), &repo);
-    ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
+    ok(&["promote", "--create", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
     let out = key("stable.bundle");
     let b = json(&["bundle", "--repo", &repo, "--to", "stable", "-o", &out, "--json"]);
     assert_eq!((b["channel"].as_str(), b["serial"].as_u64()), (Some("stable"), Some(1)));
@@ -283,7 +325,7 @@ fn bundles_are_written_for_channels_and_commits() {
     assert!(piped.status.success());
     assert_eq!(&piped.stdout[..4], b"FRYB");
     // A name that is both a channel and a branch must be spelled out.
-    ok(&["promote", "--repo", &repo, &c2, "--to", "main", "--sign-key", &key("chan.key")]);
+    ok(&["promote", "--create", "--repo", &repo, &c2, "--to", "main", "--sign-key", &key("chan.key")]);
     fails(&["bundle", "--repo", &repo, "--to", "main", "-o", &out], "channel:main");
     assert_eq!(json(&["bundle", "--repo", &repo, "--to", "channel:main", "-o", &out, "--json"])["channel"], "main");
     fails(&["bundle", "--repo", &repo, "--to", "nothing-here", "-o", &out], "names no channel");
@@ -309,7 +351,7 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
     let (repo, c1, c2) = setup(t.path());
     first_keys(t.path(), &repo);
     let key = |k: &str| s(&t.path().join(k));
-    ok(&["promote", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
+    ok(&["promote", "--create", "--repo", &repo, &c1, "--to", "stable", "--sign-key", &key("chan.key")]);
     let base = json(&["channel", "show", "--repo", &repo, "stable", "--json"]);
     // The fleet's directory, or its PostgreSQL database (`FERRY_TEST_FLEET_DB=postgres`,
     // scripts/test-postgres): `--fleet DIR` or `--fleet-db URL`.
@@ -323,7 +365,7 @@ fn a_bundle_of_a_document_a_halted_rollout_holds_back_needs_force() {
         targets: Default::default(),
     };
     f.start_rollout(&Caller::Local, "stable", &head, 10, None, 10).unwrap();
-    ok(&["promote", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")]);
+    ok(&["promote", "--create", "--repo", &repo, &c2, "--to", "stable", "--sign-key", &key("chan.key")]);
     let out = key("stable.bundle");
     let bundle = |extra: &[&str]| {
         let mut args = vec!["bundle", "--repo", repo.as_str(), "--to", "stable", flag];
@@ -380,11 +422,11 @@ fn channel_documents_keep_their_text() {
     let key = |k: &str| s(&t.path().join(k));
     first_keys(t.path(), &repo);
     let promoted_keys = [&["changed"][..], &DOC].concat();
-    let d = ok(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--json"]);
+    let d = ok(&["promote", "--create", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--json"]);
     let d = sorted_text(&d, true, &promoted_keys);
     assert_eq!(d["targets"][0].as_object().unwrap().keys().collect::<Vec<_>>(), ["commit", "hardware", "version"]);
     assert_eq!(d["previous"], serde_json::Value::Null);
-    ok(&["promote", "--repo", &repo, "--from", "dev", "--to", "beta", "--sign-key", &key("chan.key")]);
+    ok(&["promote", "--create", "--repo", &repo, "--from", "dev", "--to", "beta", "--sign-key", &key("chan.key")]);
     sorted_text(&ok(&["channel", "show", "--repo", &repo, "dev", "--json"]), true, &DOC);
     let refresh = ["channel", "refresh", "--repo", &repo, "dev", "--sign-key", &key("chan.key"), "--json"];
     sorted_text(&ok(&refresh), true, &DOC);
@@ -395,7 +437,8 @@ fn channel_documents_keep_their_text() {
 
     // The admin API's listing and promotion, from a server holding the channel key.
     let fleet = key("fleet");
-    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let admin =
+        ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet, "--create-fleet"]).trim().to_string();
     let server = crate::cmd::serve(&repo, &["--fleet", &fleet, "--channel-key", &key("chan.key")]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let http = reqwest::Client::new();
@@ -505,8 +548,23 @@ fn operators_set_expiry_thresholds_and_config_keys() {
     assert!(text.contains(&format!("{:<14}2 of 2", "roots:")), "{text}");
 
     // Channel documents need both channel keys now.
-    fails(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key")], "asks 2 signatures");
-    ok(&["promote", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key"), "--sign-key", &chan2]);
+    fails(
+        &["promote", "--create", "--repo", &repo, &c1, "--to", "dev", "--sign-key", &key("chan.key")],
+        "asks 2 signatures",
+    );
+    ok(&[
+        "promote",
+        "--create",
+        "--repo",
+        &repo,
+        &c1,
+        "--to",
+        "dev",
+        "--sign-key",
+        &key("chan.key"),
+        "--sign-key",
+        &chan2,
+    ]);
     assert!(ferry(&["fsck", "--repo", &repo]).status.success());
 
     // Removing the configuration keys (its threshold stays 1, valid for none).
@@ -516,4 +574,45 @@ fn operators_set_expiry_thresholds_and_config_keys() {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// A new channel needs --create (a typo starts nothing); a retired channel is gone from the
+/// list and from refreshes, and its name needs --create again; an upstream is not retired
+/// from under the channel promoted from it.
+#[test]
+fn channels_are_created_on_purpose_and_retired() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, c1, _) = setup(t.path());
+    let key = |k: &str| s(&t.path().join(k));
+    first_keys(t.path(), &repo);
+    let chan = key("chan.key");
+    ok(&["promote", "--repo", &repo, &c1, "--to", "dev", "--create", "--sign-key", &chan]);
+    ok(&["promote", "--repo", &repo, "--from", "dev", "--to", "stable", "--create", "--sign-key", &chan]);
+    // A typo: refused, naming the channels there are; nothing written.
+    let out = ferry(&["promote", "--repo", &repo, &c1, "--to", "stabel", "--sign-key", &chan]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("channel stabel does not exist (the channels are dev, stable)"),
+        "{err}"
+    );
+    assert!(err.contains("--create"), "{err}");
+    let names = |v: serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|d| d["channel"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(json(&["channel", "list", "--repo", &repo, "--json"])), ["dev", "stable"]);
+    // Made by mistake with --create, then retired: gone from the list and from refreshes.
+    ok(&["promote", "--repo", &repo, &c1, "--to", "stabel", "--create", "--sign-key", &chan]);
+    let retired = json(&["channel", "retire", "--repo", &repo, "stabel", "--json"]);
+    assert_eq!(retired["retired"], "stabel");
+    assert_eq!(names(json(&["channel", "list", "--repo", &repo, "--json"])), ["dev", "stable"]);
+    let refreshed = json(&["channel", "refresh", "--repo", &repo, "--sign-key", &chan, "--json"]);
+    assert_eq!(names(refreshed), ["dev", "stable"]);
+    fails(&["channel", "show", "--repo", &repo, "stabel"], "stabel");
+    fails(&["channel", "retire", "--repo", &repo, "stabel"], "channel stabel does not exist");
+    fails(&["promote", "--repo", &repo, &c1, "--to", "stabel", "--sign-key", &chan], "--create");
+    // dev is stable's upstream: refused until stable goes.
+    fails(&["channel", "retire", "--repo", &repo, "dev"], "channel dev is the upstream of stable");
+    ok(&["channel", "retire", "--repo", &repo, "stable"]);
+    ok(&["channel", "retire", "--repo", &repo, "dev"]);
+    assert_eq!(json(&["channel", "list", "--repo", &repo, "--json"]), serde_json::json!([]));
 }

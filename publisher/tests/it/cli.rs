@@ -287,9 +287,10 @@ fn image_refuses_bad_arguments_before_writing_anything() {
     assert!(image(&["--hardware", "rev-a"]).contains("ferryd seed-image failed"));
 }
 
-/// A version names one build: other content under a used version is refused, the same
-/// content again is not; a lower version than the head's needs --allow-downgrade; and
-/// every command that takes a commit takes its version, saying which rule a bad name failed.
+/// A version names one commit: another commit under a used version is refused (re-running
+/// the same job commits nothing new); a lower version than the head's needs
+/// --allow-downgrade; and every command that takes a commit takes its version, saying which
+/// rule a bad name failed.
 #[test]
 fn versions_name_one_build_and_every_command_takes_them() {
     let s = Setup::new();
@@ -302,8 +303,11 @@ fn versions_name_one_build_and_every_command_takes_them() {
         assert!(err.contains("version 2 is already commit") && err.contains(&two[..8]), "{err}");
     }
     assert!(ok(&["show", "--repo", &s.repo, "main", "--json"]).contains(&two));
-    // The same content as version 1 on another branch is the same build.
-    ok(&commit_args(&s.repo, "other", &t1, "1", &s.key, &[]));
+    // Re-running the job is the same commit; the same build on another branch is another
+    // commit, and refused.
+    assert_eq!(s.commit(2), two);
+    let err = fails(&commit_args(&s.repo, "other", &t1, "1", &s.key, &[]));
+    assert!(err.contains("version 1 is already commit") && err.contains(&one[..8]), "{err}");
     // Going down: refused, then allowed when meant.
     let err = fails(&commit_args(&s.repo, "main", &t3, "0", &s.key, &[]));
     assert!(err.contains("version 0 is lower than 2") && err.contains("--allow-downgrade"), "{err}");
@@ -312,9 +316,8 @@ fn versions_name_one_build_and_every_command_takes_them() {
     let shown: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, "2", "--json"])).unwrap();
     assert_eq!(shown["id"], two.as_str(), "{shown}");
     ok(&["diff", "--repo", &s.repo, "2", "0"]);
-    // Version 1 is two commits now (main's and other's, same content): named by id.
-    let err = fails(&["show", "--repo", &s.repo, "1"]);
-    assert!(err.contains("ambiguous") && err.contains(&one[..8]), "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["show", "--repo", &s.repo, "1", "--json"])).unwrap();
+    assert_eq!(shown["id"], one.as_str(), "{shown}");
     for (rev, says) in [
         ("820dbe", "as a commit id prefix it has 6 digits; give at least 8"),
         ("9.9.9", "no commit on the branches has version 9.9.9"),

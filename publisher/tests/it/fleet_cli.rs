@@ -15,6 +15,16 @@ impl FleetArg {
     fn new(dir: &std::path::Path) -> FleetArg {
         let store = ferry_fixtures::postgres::TestFleetStore::new(dir).unwrap();
         let flag = if store.is_postgres() { "--fleet-db" } else { "--fleet" };
+        if !store.is_postgres() {
+            // An empty fleet store, as `admin token create --create-fleet` makes one.
+            drop(
+                ferry_publisher::fleet::Fleet::open(
+                    ferry_publisher::fleet::db::Location::parse(&store.at),
+                    ferry_publisher::fleet::Settings::default(),
+                )
+                .unwrap(),
+            );
+        }
         FleetArg { flag, at: store.at.clone(), store }
     }
 }
@@ -47,6 +57,13 @@ fn an_operator_manages_the_fleet_from_the_command_line() {
     let fleet = FleetArg::new(&t.path().join("fleet"));
     ok(&["init", "--repo", &repo]);
     fails(&["admin", "token", "create", "--name", "ops"], "--fleet DIR");
+    // A mistyped fleet directory is an error, not a second, empty fleet; so is one that
+    // holds something else.
+    let typo = t.path().join("flet").display().to_string();
+    fails(&["admin", "token", "create", "--name", "ops", "--fleet", &typo], "no fleet store at");
+    fails(&["serve", "--repo", &repo, "--fleet", &typo], "add --create-fleet");
+    assert!(!std::path::Path::new(&typo).exists());
+    fails(&["serve", "--repo", &repo, "--fleet", &repo], "holds no fleet store");
     let admin = ok(&["admin", "token", "create", "--name", "ops", fleet.flag, &fleet.at]).trim().to_string();
     assert!(admin.starts_with("fa_") && admin.len() == 67, "{admin}");
 

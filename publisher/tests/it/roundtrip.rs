@@ -81,7 +81,8 @@ proptest! {
         let (t, repo) = shared();
         let src = t.path().join(format!("src{n}"));
         build(&src, &entries);
-        let summary = commit(repo, &src, &format!("b{n}"), "1").unwrap();
+        // One version per commit: a version names one commit.
+        let summary = commit(repo, &src, &format!("b{n}"), &(n + 1).to_string()).unwrap();
         let out = t.path().join(format!("out{n}"));
         checkout(repo, &summary.commit.parse().unwrap(), &out, &NoProgress).unwrap();
         prop_assert_eq!(snapshot(&src), snapshot(&out));

@@ -259,7 +259,8 @@ fn ferry_ca_issues_what_serve_and_the_admin_commands_use() {
     fails_with(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server")], "--force");
     ok(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server"), "--force"]);
 
-    let admin = ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]).trim().to_string();
+    let admin =
+        ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet, "--create-fleet"]).trim().to_string();
     let server =
         crate::cmd::serve(&repo, &["--fleet", &fleet, "--tls-cert", &p("server.crt"), "--tls-key", &p("server.key")]);
     let port = server.1.rsplit(':').next().unwrap().to_string();
@@ -410,7 +411,7 @@ fn behind_a_load_balancer_an_enrolled_device_checks_in_with_its_forwarded_certif
     let (repo, fleet, ca_dir) = (p("repo"), p("fleet"), p("ca"));
     ok(&["init", "--repo", &repo]);
     ok(&["ca", "init", "--dir", &ca_dir]);
-    ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]);
+    ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet, "--create-fleet"]);
     let enrollment =
         ok(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &fleet]).trim().to_string();
     let header = ["--client-cert-header", "x-client-cert-sha256", "--trusted-proxy", "127.0.0.1"];
@@ -479,7 +480,7 @@ fn enrollment_checks_the_token_before_the_certificate_request() {
     ok(&["init", "--repo", &repo]);
     ok(&["ca", "init", "--dir", &ca_dir, "--name", "Test fleet CA"]);
     ok(&["ca", "issue", "--dir", &ca_dir, "--host", "localhost", "--out", &p("server")]);
-    ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet]);
+    ok(&["admin", "token", "create", "--name", "ops", "--fleet", &fleet, "--create-fleet"]);
     let server = crate::cmd::serve(
         &repo,
         &[

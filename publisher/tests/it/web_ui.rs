@@ -119,7 +119,7 @@ fn fleet_over(https: bool) -> Fleet {
         "--channel-key",
         &p("chan.key.pub"),
     ]);
-    let admin = ferry(&["admin", "token", "create", "--name", "ops", "--fleet", &p("fleet")]);
+    let admin = ferry(&["admin", "token", "create", "--name", "ops", "--fleet", &p("fleet"), "--create-fleet"]);
     let enrollment = ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &p("fleet")]);
     let mut args = vec!["--fleet".to_string(), p("fleet"), "--channel-key".into(), p("chan.key")];
     let mut tls = Tls::default();
@@ -272,6 +272,10 @@ fn operator_flows(url: &str, tls: &Tls, admin: &str, c1: &str) {
     b.click("#tab-channels");
     b.type_into("#pr-channel", "stable");
     b.type_into("#pr-commit", &c1[..12]);
+    // A channel that does not exist yet is refused until "new channel" says it is meant.
+    b.click("#pr-submit");
+    b.wait_for("#msg", "channel stable does not exist");
+    b.click("#pr-create");
     b.click("#pr-submit");
     b.wait_for("#msg", "stable is now at serial 1");
     b.wait_for("#channel-list", "rev-a: 1");

@@ -218,7 +218,7 @@ fn revisions_resolve_by_version_and_say_which_rule_failed() {
         ("stabel", "no branch has that name"),
         ("v1.1.0", "no branch has that name"),
         ("not a rev", "it is not a commit id, a branch name, a version or a prefix of 8+ hex digits"),
-        (&"0".repeat(64), "no commit of this repository has that id"),
+        (&"0".repeat(64), "no object of this repository has that id"),
     ] {
         let err = repo.resolve(rev).unwrap_err().to_string();
         assert!(err.contains(says), "{rev}: {err}");
