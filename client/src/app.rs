@@ -270,15 +270,7 @@ impl<'a> Control<'a> {
                 // A supervisor does not pass the caller's environment on (systemd does not):
                 // the instance reads it from `<state>/app/<commit>.env`
                 // (`EnvironmentFile=-/var/lib/ferry/app/%i.env` in a template unit).
-                let vars: String = env
-                    .iter()
-                    .filter(|(k, _)| *k != "FERRY_READY_FILE")
-                    .map(|(k, v)| format!("{k}={v}\n"))
-                    .chain((!handover).then(|| "FERRY_HANDOVER=0\n".to_string()))
-                    .collect();
-                let env_file = app_dir.join(format!("{deployment}.env"));
-                ferry_durable::replace(&env_file, vars.as_bytes())
-                    .with_context(|| format!("writing {}", env_file.display()))?;
+                self.write_env(deployment, handover)?;
                 // Recorded first: a start cut by a crash, or that failed half-way, may have
                 // left it running.
                 let instance = Instance { deployment: deployment.to_string(), pgid: None, leader_start: None };
@@ -298,6 +290,34 @@ impl<'a> Control<'a> {
             }
             (None, None) => bail!("[app] names no command and no start"),
         }
+    }
+
+    /// A supervised instance's environment, `<state>/app/<commit>.env` (systemd passes the
+    /// caller's on to no service): FERRY_DEPLOYMENT, FERRY_INSTANCE and FERRY_HANDOVER.
+    fn write_env(&self, deployment: &str, handover: bool) -> Result<()> {
+        let dir = self.config.layout().app_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let vars = std::collections::BTreeMap::from([
+            ("FERRY_DEPLOYMENT".to_string(), self.config.layout().deployment(deployment).display().to_string()),
+            ("FERRY_INSTANCE".to_string(), deployment.to_string()),
+            ("FERRY_HANDOVER".to_string(), if handover { "1" } else { "0" }.to_string()),
+        ]);
+        let path = dir.join(format!("{deployment}.env"));
+        // It sets a service's environment: written by root for root, readable by all.
+        ferry_durable::replace_with(&path, 0o644, |f| {
+            use std::io::Write;
+            f.write_all(crate::fleet::env_file(&vars).as_bytes())
+        })
+        .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The hand-over to `deployment` is over: a supervisor that restarts its instance later
+    /// (after a crash) starts it as the only one, not as one taking over.
+    pub fn handed_over(&self, deployment: &str) -> Result<()> {
+        if self.app.command.is_some() {
+            return Ok(());
+        }
+        self.write_env(deployment, false)
     }
 
     /// With a `check`: waits until it passes for `deployment`'s instance, at most `timeout`.

@@ -61,7 +61,7 @@ pub fn applied(config: &Config) -> Result<Option<Applied>> {
 /// `KEY="value"` lines that `sh` and systemd's EnvironmentFile read alike: `\`, `"`, `$` and
 /// `` ` `` escaped; values are single lines (control characters are dropped; the server
 /// refuses them anyway).
-fn env_file(values: &std::collections::BTreeMap<String, String>) -> String {
+pub(crate) fn env_file(values: &std::collections::BTreeMap<String, String>) -> String {
     let quote = |v: &str| {
         let mut out = String::with_capacity(v.len() + 2);
         for c in v.chars().filter(|c| !c.is_control()) {
@@ -292,6 +292,11 @@ static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 /// Counts one chunk received, verified and kept (staged or written in place).
 pub(crate) fn chunk_received() {
     RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How far the running update's download is, in percent, from what this process received.
+pub(crate) fn download_percent() -> Option<u8> {
+    progress(0)
 }
 
 fn progress(staged_now: u64) -> Option<u8> {

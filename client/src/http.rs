@@ -137,6 +137,7 @@ async fn next_piece(
     crate::notify::alive();
     if let Some(p) = &piece {
         t.bytes += p.len() as u64;
+        crate::progress::received(p.len() as u64);
         pace.add(p.len(), what)?;
     }
     Ok(piece)

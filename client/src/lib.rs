@@ -23,6 +23,7 @@ pub mod local;
 pub mod local_ui;
 pub mod notify;
 pub mod process;
+pub mod progress;
 pub mod provision;
 pub mod state;
 pub mod status;

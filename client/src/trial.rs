@@ -229,6 +229,11 @@ pub async fn run(config: &Config) -> Result<Option<Outcome>> {
             Err(_) => None,
         };
         let quiet = healthy_since.map_or(0, |t| now().saturating_sub(t));
+        let left = trial.deadline.saturating_sub(now()).max(0);
+        crate::progress::phase(match &round {
+            Ok(()) => format!("trial: healthy for {quiet} s ({left} s left to prove it)"),
+            Err(_) => format!("trial: not healthy yet ({left} s left)"),
+        });
         let last_failure = match round {
             Ok(()) if quiet < h.quiet_for as i64 => {
                 format!("healthy, but not yet for quiet_for ({quiet} of {} s)", h.quiet_for)
@@ -388,12 +393,25 @@ pub fn doctor(config: &Config) -> (Vec<String>, bool) {
     check(
         "server",
         (|| {
-            let server = crate::http::Server::for_device(config)?;
+            // With the device's token once it holds one: the answer then says whether the
+            // fleet lets this device in.
+            let token = std::fs::read_to_string(config.layout().device_token()).ok();
+            let mut server = crate::http::Server::for_device(config)?;
+            if let Some(t) = token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                server = server.with_token(t);
+            }
             let status = crate::runtime()?.block_on(server.reach())?;
-            match status {
-                200..=299 | 304 => Ok(format!("{} answers", config.server)),
-                401 => Ok(format!("{} answers (401: its repository is for enrolled devices)", config.server)),
-                403 => Ok(format!("{} answers (403: it does not let this device in)", config.server)),
+            match (status, token.is_some()) {
+                (200..=299 | 304, _) => Ok(format!("{} answers", config.server)),
+                (401, false) => Ok(format!("{} answers (401: its repository is for enrolled devices)", config.server)),
+                (401, true) => bail!(
+                    "{} does not know this device's token (401): it enrolls again at its next check-in",
+                    config.server
+                ),
+                (403, _) => bail!(
+                    "{} does not let this device in (403): pending an operator's acceptance, or revoked",
+                    config.server
+                ),
                 _ => bail!("{} answers {status} to a request for its key documents", config.server),
             }
         })(),

@@ -315,6 +315,8 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
         bail!("--from and --to name the same channel {}", p.to);
     }
     let head = repo.channel(&p.to)?;
+    // A channel made again after it was retired goes on from its last document.
+    let retired = if head.is_none() { repo.retired(&p.to)? } else { None };
     if head.is_none() && !p.create {
         let known: Vec<String> = repo.channels()?.into_iter().map(|(name, _)| name).collect();
         bail!(
@@ -356,8 +358,9 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
     // A rolled-back target that stays must keep its mark: a device that missed the rollback
     // document still runs the newer release and needs the mark to go back.
     let keeps_rollback = current.as_ref().is_some_and(|c| c.rollback && c.targets.iter().any(|t| targets.contains(t)));
-    let (serial, timestamp) = match (&current, head) {
-        (Some(c), Some(id)) => successor(repo, &trust, &id, c, p.now)?,
+    let (serial, timestamp) = match (&current, head, retired) {
+        (Some(c), Some(id), _) => successor(repo, &trust, &id, c, p.now)?,
+        (None, None, Some(old)) => successor(repo, &trust, &old, &channel_doc(repo, &old)?, p.now)?,
         _ => (1, p.now),
     };
     let doc = ChannelDoc {
@@ -366,7 +369,7 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
         timestamp,
         expires: timestamp.saturating_add(p.expires_in),
         rollback: p.rollback || keeps_rollback,
-        previous: head,
+        previous: head.or(retired),
         targets,
     };
     let id = sign_and_publish(repo, &doc, p.keys, head, p.from.as_deref())?;

@@ -44,6 +44,62 @@ pub struct ImageSummary {
     pub files: u64,
     pub raw: Option<PathBuf>,
     pub raw_bytes: Option<u64>,
+    /// Files the device configuration names that neither the overlays nor the release
+    /// hold, each with its setting: the device would miss them unless its base system has
+    /// them (`/etc/ferry/enrollment-token ([fleet] enrollment_token_file)`).
+    pub missing: Vec<String>,
+}
+
+/// The files a device configuration names that an image is expected to carry: each with
+/// its setting. Paths the kernel or the running system makes (/proc, /sys, /dev, /run) are
+/// not the image's.
+fn named_files(config: &toml::Value) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut take = |setting: String, v: &toml::Value| {
+        if let Some(s) = v.as_str() {
+            out.push((setting, PathBuf::from(s)));
+        }
+    };
+    for key in ["ca_file", "content_ca_file", "hardware_file"] {
+        if let Some(v) = config.get(key) {
+            take(key.to_string(), v);
+        }
+    }
+    for key in ["root_keys", "trusted_keys"] {
+        for v in config.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+            take(key.to_string(), v);
+        }
+    }
+    if let Some(fleet) = config.get("fleet") {
+        for key in ["enrollment_token_file", "serial_file"] {
+            if let Some(v) = fleet.get(key) {
+                take(format!("[fleet] {key}"), v);
+            }
+        }
+    }
+    out.retain(|(_, p)| p.is_absolute() && !["/proc", "/sys", "/dev", "/run"].iter().any(|r| p.starts_with(r)));
+    out
+}
+
+/// Whether the commit's tree has `path` (absolute, as the device sees it when the release
+/// is its root file system).
+fn release_has(repo: &Repository, root: Id, path: &Path) -> Result<bool> {
+    let mut tree = root;
+    let parts: Vec<_> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.as_encoded_bytes().to_vec()),
+            _ => None,
+        })
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Some(e) = repo.read_tree(&tree)?.entries.into_iter().find(|e| e.name == *part) else { return Ok(false) };
+        match e.kind {
+            ferry_store::EntryKind::Dir { tree: sub } => tree = sub,
+            _ => return Ok(i + 1 == parts.len()),
+        }
+    }
+    Ok(true)
 }
 
 /// `ferryd` beside the running `ferry`, else on PATH.
@@ -148,6 +204,19 @@ pub fn build(repo: &Repository, req: &ImageRequest) -> Result<ImageSummary> {
     }
     std::fs::copy(&req.device_config, &config_in_image)
         .with_context(|| format!("copying {}", req.device_config.display()))?;
+    // What the configuration names must be on the device: in an overlay, or in the release.
+    let text = std::fs::read_to_string(&req.device_config)
+        .with_context(|| format!("reading {}", req.device_config.display()))?;
+    let config: toml::Value =
+        toml::from_str(&text).with_context(|| format!("{} is not TOML", req.device_config.display()))?;
+    let mut missing = Vec::new();
+    for (setting, path) in named_files(&config) {
+        let in_image = out.join(path.strip_prefix("/").unwrap_or(&path));
+        if in_image.symlink_metadata().is_ok() || release_has(repo, commit.root, &path)? {
+            continue;
+        }
+        missing.push(format!("{} ({setting})", path.display()));
+    }
 
     let mut child = Command::new(&req.ferryd)
         .arg("--config")
@@ -198,6 +267,7 @@ pub fn build(repo: &Repository, req: &ImageRequest) -> Result<ImageSummary> {
         out: out.clone(),
         files: seeded["files"].as_u64().unwrap_or(0),
         raw: None,
+        missing,
         raw_bytes: None,
     };
     if let Some((raw, size)) = &req.raw {

@@ -74,7 +74,7 @@ fn run(command: Command) -> Result<ExitCode> {
 fn init_logging() {
     use std::io::IsTerminal;
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journal = stderr_is_the_journal();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -87,6 +87,18 @@ fn init_logging() {
     } else {
         logs.init();
     }
+}
+
+/// Whether stderr is the journal's stream: `JOURNAL_STREAM` names its device and inode
+/// (systemd sets it; a child whose stderr went elsewhere inherits it all the same).
+fn stderr_is_the_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else { return false };
+    let Some((dev, ino)) = stream.split_once(':') else { return false };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 fn main() -> ExitCode {

@@ -129,6 +129,10 @@ fn upstream_ref(name: &str) -> Vec<u8> {
     format!("upstream/{name}").into_bytes()
 }
 
+fn retired_ref(name: &str) -> Vec<u8> {
+    format!("retired/{name}").into_bytes()
+}
+
 fn ref_key(branch: &str) -> Vec<u8> {
     format!("heads/{branch}").into_bytes()
 }
@@ -657,6 +661,12 @@ impl Repository {
         Ok(out)
     }
 
+    /// The last document of a channel by that name that was retired, if one was.
+    pub fn retired(&self, name: &str) -> Result<Option<Id>> {
+        check_branch_name(name)?;
+        self.ref_value(&retired_ref(name), name)
+    }
+
     /// Retires a channel whose newest document is still `expected`: its name names nothing
     /// any more (the server answers 404 for it, `channel refresh` no longer signs it, a new
     /// promotion needs `--create`); its documents stay in the store.
@@ -673,6 +683,9 @@ impl Repository {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_REFS), channel_ref(name));
         batch.delete_cf(self.cf(CF_REFS), upstream_ref(name));
+        // Remembered: a channel made again under this name goes on from its serial, or the
+        // devices that followed it would take the new documents for replays.
+        batch.put_cf(self.cf(CF_REFS), retired_ref(name), expected.as_bytes());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))

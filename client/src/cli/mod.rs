@@ -206,7 +206,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Deploy { rev, json } => {
+            let progress = crate::progress::Display::start();
             let s = crate::runtime()?.block_on(crate::update::deploy(&config, &rev))?;
+            drop(progress);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -214,8 +216,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Apply { file, json, pin, force } => {
+            let progress = crate::progress::Display::start();
             let opts = crate::bundle::ApplyOptions { pin, force };
             let s = crate::runtime()?.block_on(crate::bundle::apply(&config, open_input(&file)?, opts))?;
+            drop(progress);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else if s.up_to_date {
@@ -328,11 +332,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Update { json, prefetch } => {
+            let progress = crate::progress::Display::start();
             let s = if prefetch {
                 crate::runtime()?.block_on(crate::update::prefetch(&config))?
             } else {
                 crate::runtime()?.block_on(crate::update::update(&config))?
             };
+            drop(progress);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else if let Some(bad) = &s.skipped_bad_commit {

@@ -93,6 +93,7 @@ fn build_objects(local: &Local, todo: &[&FilePlan]) -> Result<()> {
 
 /// Builds `deploy/<id>` (if not already complete). Returns (files, files reused).
 pub(crate) fn assemble(local: &Local, id: &Id, p: &Plan) -> Result<(u64, u64)> {
+    crate::progress::phase(format!("assembling the deployment ({} files)", p.files.len()));
     let final_dir = local.deploy_dir().join(id.to_hex());
     if final_dir.is_dir() {
         return Ok((p.files.len() as u64, p.files.len() as u64));

@@ -79,6 +79,7 @@ pub(crate) async fn install(
         }
         beside = Some(a);
     }
+    crate::progress::phase(format!("switching to {version}"));
     // The trial is durable before the switch, so a crash after it is finished at restart.
     let switched = crate::trial::begin(config, &new_hex, old_hex.clone())
         .and_then(|()| Ok(ferry_boot::switch_symlink(&config.current_link, &local.deploy_dir().join(head.to_hex()))?));
@@ -171,6 +172,7 @@ fn switch_application(
     Ok(match strategy {
         Strategy::HandOver => {
             let stopped = app.stop_all_but(Some(new))?;
+            app.handed_over(new)?;
             (stopped.any.then(|| began.elapsed()), stopped.killed)
         }
         Strategy::DownloadThenKill => {

@@ -160,6 +160,7 @@ fn restore(config: &Config, app: &crate::app::Control, before: crate::app::Befor
 
 async fn update_to(config: &Config, goal: Goal<'_>) -> Result<UpdateSummary> {
     let started = Instant::now();
+    crate::progress::phase("checking for updates");
     if config.channel.is_none() {
         tracing::warn!(
             "following branch {} (development mode): any commit the trusted keys signed is installed, without a channel document's expiry, rollout and rollback rules; devices in the field follow a channel",

@@ -53,7 +53,9 @@ pub(crate) async fn stage<S: Source>(
     commit: &Commit,
     up_to_date: bool,
 ) -> Result<Plan> {
+    crate::progress::phase("fetching the release's trees");
     source.trees(local, commit).await?;
+    crate::progress::phase("planning");
     let plan = plan_with(&commit.root, &source.tree_reader(local))?;
     // The objects the device lacks are built in place as their chunks arrive.
     let mut building = std::collections::HashSet::new();
@@ -74,6 +76,7 @@ pub(crate) async fn stage<S: Source>(
     if !up_to_date {
         source.keep(local, head)?;
     }
+    crate::progress::counting(format!("receiving {} chunks", missing.len()));
     source.chunks(local, &plan, &missing).await?;
     Ok(plan)
 }

@@ -540,6 +540,12 @@ fn a_systemd_unit_names_the_application() {
             );
             assert_eq!(app.story(), ["acquired 1", "ready 1", "ready 2", "released 1", "acquired 2"]);
             assert_eq!((run["strategy"].as_str(), run["outcome"].as_str()), (Some("hand-over"), Some("switched")));
+            // Handed over: a restart of v2's instance by systemd is no hand-over any more.
+            let written = std::fs::read_to_string(env.path().join(format!("device/state/app/{to}.env"))).unwrap();
+            assert!(
+                written.contains("FERRY_HANDOVER=\"0\"") && written.contains(&format!("FERRY_INSTANCE=\"{to}\"")),
+                "{written}"
+            );
         } else {
             assert_eq!(unit_calls(&units), ["start sample.service", "stop sample.service", "start sample.service"]);
             assert_eq!(app.story(), ["acquired 1", "ready 1", "released 1", "acquired 2", "ready 2"]);

@@ -464,14 +464,19 @@ fn doctor_checks_the_server_the_enrollment_token_and_the_serial() {
     assert!(out.contains(&format!("ok    server: http://{} answers", env.addr)), "{out}");
     assert!(out.contains("ok    enrollment: not yet; the enrollment token is in"), "{out}");
     assert!(out.contains("ok    serial number: SN-D"), "{out}");
-    // Enrolled (and pending): the server answers the doctor's request, which carries no token.
+    // Enrolled and pending: the doctor asks with the device's token, and says it is not let in.
     let _ = ferryd(&dev, &["update"]);
     let (ok, out, _) = ferryd(&dev, &["doctor"]);
     assert!(
-        ok && out.contains("ok    enrollment: enrolled")
-            && out.contains("answers (401: its repository is for enrolled devices)"),
+        !ok && out.contains("ok    enrollment: enrolled")
+            && out.contains("FAIL  server:")
+            && out.contains("does not let this device in (403): pending"),
         "{out}"
     );
+    let (status, _) = call(&env, "POST", "admin/devices/SN-D/accept", &env.admin_token, None);
+    assert_eq!(status, 200);
+    let (ok, out, _) = ferryd(&dev, &["doctor"]);
+    assert!(ok && out.contains(&format!("ok    server: http://{} answers\n", env.addr)), "{out}");
     // No token file, on a device not enrolled yet; a serial file that is missing.
     let missing = env.path().join("no-such-token");
     let lost = env.device_named(

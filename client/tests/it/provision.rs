@@ -115,6 +115,20 @@ fn an_image_boots_provisions_and_updates_resuming_after_power_cuts() {
     };
     let s = build(&env.repo, &req).unwrap();
     assert_eq!((s.version.as_str(), s.files > 0), ("1.0.0", true), "{s:?}");
+    // Every file the configuration names is in the overlay.
+    assert!(s.missing.is_empty(), "{:?}", s.missing);
+    // A configuration naming a file no overlay holds: built, and said.
+    let other = env.path().join("device-other.toml");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("etc/ferry/enrollment-token", "etc/ferry/missing-token");
+    std::fs::write(&other, text).unwrap();
+    let again = ImageRequest { out: env.path().join("image2"), device_config: other, raw: None, ..req.clone() };
+    let s2 = build(&env.repo, &again).unwrap();
+    assert_eq!(
+        s2.missing,
+        [format!("{}/etc/ferry/missing-token ([fleet] enrollment_token_file)", flashed.display())],
+        "{s2:?}"
+    );
     // The ext4 file system is clean and holds the deployment and the link to it.
     let fsck = Command::new("e2fsck").args(["-fn"]).arg(&raw).output().unwrap();
     assert!(fsck.status.success(), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));

@@ -368,3 +368,66 @@ fn the_library_tells_a_refusal_from_a_network_failure() {
     assert!(Failure::of(&e).is_none(), "{e:#}");
     assert!(retryable(&e));
 }
+
+/// Off a terminal, `ferryd update` says each step as it begins, the trial included, so a
+/// log shows where a long update is (a terminal gets one line redrawn instead).
+#[test]
+fn an_update_says_each_step_as_it_begins() {
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("[health]\ncommands = [\"true\"]\ndeadline = 5\ninterval = 1\n");
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(ok, "{err}");
+    let steps: Vec<&str> = err.lines().filter(|l| !l.contains(" WARN ") && !l.contains(" INFO ")).collect();
+    let expect = [
+        "checking for updates",
+        "fetching the release's trees",
+        "planning",
+        "receiving ",
+        "assembling the deployment (",
+        "switching to 1",
+        "trial: healthy for 0 s",
+    ];
+    let mut at = 0;
+    for e in expect {
+        let found = steps[at..].iter().position(|l| l.starts_with(e));
+        assert!(found.is_some(), "no {e:?} after line {at} in {steps:?}");
+        at += found.unwrap() + 1;
+    }
+    // Nothing to do: nothing switched.
+    let (ok, _, err) = ferryd(&config, &["update"]);
+    assert!(ok && err.contains("checking for updates") && !err.contains("switching"), "{err}");
+}
+
+/// Logs off a terminal carry no colour escapes; written to the journal (stderr is the
+/// stream `JOURNAL_STREAM` names) they carry no time of their own, the journal stamps them;
+/// a `JOURNAL_STREAM` inherited by a process whose stderr went elsewhere changes nothing.
+#[test]
+fn logs_are_plain_off_a_terminal_and_without_times_in_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    env.commit(1, "1");
+    let config = env.device("");
+    let run = |journal: Option<String>, name: &str| -> String {
+        let path = env.path().join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut cmd = std::process::Command::new(crate::harness::ferryd_bin());
+        cmd.arg("--config").arg(&config).arg("update").stderr(file).env_remove("JOURNAL_STREAM");
+        match journal {
+            Some(j) if j == "this" => cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+            Some(j) => cmd.env("JOURNAL_STREAM", j),
+            None => &mut cmd,
+        };
+        assert!(cmd.status().unwrap().success());
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let warning = |log: &str| log.lines().find(|l| l.contains("development mode")).unwrap().to_string();
+    let plain = run(None, "plain.log");
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+    assert!(warning(&plain).starts_with("20"), "a time first: {plain}");
+    let journal = run(Some("this".into()), "journal.log");
+    assert!(!journal.contains('\u{1b}') && warning(&journal).trim_start().starts_with("WARN"), "{journal:?}");
+    let inherited = run(Some("1:2".into()), "inherited.log");
+    assert!(warning(&inherited).starts_with("20"), "{inherited}");
+}

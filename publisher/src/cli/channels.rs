@@ -160,8 +160,9 @@ pub enum ChannelCommand {
     },
     /// Retires a channel (a mistyped one, one no device follows any more): the server stops
     /// serving it, `channel refresh` stops signing it, and promoting to its name again needs
-    /// --create. Its documents stay in the repository. Refused while another channel is
-    /// promoted from it.
+    /// --create (and goes on from its last serial). Its documents stay in the repository.
+    /// Refused while another channel is promoted from it. A fleet's rollout on it is not
+    /// touched: finish or abort it first.
     Retire {
         #[command(flatten)]
         repo: RepoArg,

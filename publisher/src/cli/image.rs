@@ -66,6 +66,11 @@ pub fn image(a: ImageArgs) -> Result<()> {
         },
     };
     let s = image::build(&r, &req)?;
+    for m in &s.missing {
+        eprintln!(
+            "warning: the device configuration names {m}, which neither the overlays nor the release hold; add it with --overlay unless the device's base system has it"
+        );
+    }
     if json {
         return print_json(&s);
     }

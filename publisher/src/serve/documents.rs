@@ -15,6 +15,9 @@ const CHECKIN_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(
 
 /// Channel documents for the fleet, read from the repository; with an online channel key,
 /// promotions written to it (the repository is opened for writing just for that).
+/// How fresh a look for a channel the server has not seen must be.
+const MISS_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) struct RepoDocuments(pub(super) Shared, pub(super) Option<ferry_store::SecretKey>);
 
 impl crate::fleet_api::Documents for RepoDocuments {
@@ -26,8 +29,10 @@ impl crate::fleet_api::Documents for RepoDocuments {
         let id = match self.0.repo.channel(channel).ok()? {
             Some(id) => id,
             None => {
-                // A channel not seen yet may be brand new: look again, fully caught up.
-                catch_up(&self.0, Instant::now()).ok()?;
+                // A channel not seen yet may be brand new: look again, caught up within the
+                // last second (not at every check-in: the devices of a retired or mistyped
+                // channel would each make the server catch up with the writer).
+                catch_up(&self.0, Instant::now() - MISS_FRESHNESS).ok()?;
                 self.0.repo.channel(channel).ok()??
             }
         };

@@ -610,6 +610,15 @@ fn channels_are_created_on_purpose_and_retired() {
     fails(&["channel", "show", "--repo", &repo, "stabel"], "stabel");
     fails(&["channel", "retire", "--repo", &repo, "stabel"], "channel stabel does not exist");
     fails(&["promote", "--repo", &repo, &c1, "--to", "stabel", "--sign-key", &chan], "--create");
+    // Made again, it goes on from its last serial: its devices would refuse serial 1 as a
+    // replay. Then retired again.
+    let again = json(&["promote", "--repo", &repo, &c1, "--to", "stabel", "--create", "--sign-key", &chan, "--json"]);
+    assert_eq!(
+        (again["serial"].as_u64(), again["previous"].as_str()),
+        (Some(2), retired["last_document"].as_str()),
+        "{again}"
+    );
+    ok(&["channel", "retire", "--repo", &repo, "stabel"]);
     // dev is stable's upstream: refused until stable goes.
     fails(&["channel", "retire", "--repo", &repo, "dev"], "channel dev is the upstream of stable");
     ok(&["channel", "retire", "--repo", &repo, "stable"]);
