@@ -76,7 +76,8 @@ pub(crate) async fn stage<S: Source>(
     if !up_to_date {
         source.keep(local, head)?;
     }
-    crate::progress::counting(format!("receiving {} chunks", missing.len()));
+    let n = missing.len();
+    crate::progress::counting(format!("receiving {n} chunk{}", if n == 1 { "" } else { "s" }));
     source.chunks(local, &plan, &missing).await?;
     Ok(plan)
 }

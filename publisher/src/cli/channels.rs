@@ -125,7 +125,8 @@ pub struct PromoteArgs {
     /// Start the channel if it does not exist (a name that is new is refused without it).
     #[arg(long)]
     create: bool,
-    /// Print the result as JSON on stdout, for scripts.
+    /// Print the channel's new document (and `changed`: false when nothing was written)
+    /// as JSON on stdout, for scripts.
     #[arg(long)]
     json: bool,
 }

@@ -35,6 +35,8 @@ pub enum TokenCommand {
         /// A name for the token, recorded in the audit log as its user.
         #[arg(long)]
         name: String,
+        /// An enrollment token (for provisioning images: devices enroll with it) instead
+        /// of an admin token.
         #[arg(long)]
         enrollment: bool,
         /// Write into the fleet store directly (the server must be stopped): for the first
@@ -244,6 +246,7 @@ pub enum RolloutCommand {
         #[command(flatten)]
         server: ServerArgs,
         channel: String,
+        /// The share of the devices (0 to 100) that take the next release first.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
         percent: u8,
         /// Only devices in this group take part.
@@ -260,6 +263,7 @@ pub enum RolloutCommand {
         #[command(flatten)]
         server: ServerArgs,
         channel: String,
+        /// The new share (0 to 100), at least the current one.
         #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
         percent: u8,
     },
