@@ -128,34 +128,49 @@ pub struct DeviceView {
     pub state: DeviceState,
 }
 
-/// The query of `GET /v1/admin/devices`: filters, and which page. The answer holds the
-/// devices after `after` in serial order, at most `limit` of them read, the filters applied to
-/// those (so a filtered page may hold fewer, even none); while more follow, its
-/// `Link: </v1/admin/devices?…>; rel="next"` header names the next page's query.
+/// The query of `GET /v1/admin/devices`: filters, and which page. The answer holds, in
+/// serial order, at most `limit` of the devices after `after` that pass every filter, reading
+/// at most [`DeviceQuery::MAX_READ`] devices for it (so a sparse filter's page may hold fewer,
+/// even none); while more follow, its `Link: </v1/admin/devices?…>; rel="next"` header names
+/// the next page's query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceQuery {
+    /// Serials containing this text (any case).
+    pub q: Option<String>,
     pub group: Option<String>,
     pub channel: Option<String>,
+    /// The version the device runs.
+    pub version: Option<String>,
+    pub hardware: Option<String>,
     /// A device state (`accepted`, `pending`, `revoked`) or a trial outcome.
     pub state: Option<String>,
-    /// Devices read for one answer: 1 to [`DeviceQuery::MAX_LIMIT`], that by default.
+    /// One of [`Health`]'s names (`on-trial`, `rolled-back`, `failing`, `silent`, `pinned`,
+    /// `dev`).
+    pub health: Option<String>,
+    /// Devices one answer holds: 1 to [`DeviceQuery::MAX_LIMIT`], that by default.
     pub limit: Option<usize>,
     /// The serial the previous page ended with.
     pub after: Option<String>,
 }
 
 impl DeviceQuery {
-    /// The most devices one answer reads.
+    /// The most devices one answer holds.
     pub const MAX_LIMIT: usize = 1000;
+    /// The most devices the server reads for one answer, however few pass the filters.
+    pub const MAX_READ: usize = 20_000;
 
     /// The query string (without `?`), its values percent-encoded; empty without any.
     pub fn to_query(&self) -> String {
         let limit = self.limit.map(|n| n.to_string());
         [
+            ("q", &self.q),
             ("group", &self.group),
             ("channel", &self.channel),
+            ("version", &self.version),
+            ("hardware", &self.hardware),
             ("state", &self.state),
+            ("health", &self.health),
             ("limit", &limit),
             ("after", &self.after),
         ]
@@ -171,6 +186,130 @@ impl DeviceQuery {
             q if q.is_empty() => "devices".into(),
             q => format!("devices?{q}"),
         }
+    }
+
+    /// Whether `d` passes every filter of the query, at time `now` (for `silent`). An
+    /// unknown health name passes nothing ([`Health::parse`] is the check to make first).
+    pub fn matches(&self, d: &DeviceView, now: i64) -> bool {
+        let r = &d.report;
+        let is = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        self.q.as_deref().is_none_or(|q| d.serial.to_lowercase().contains(&q.to_lowercase()))
+            && self.group.as_ref().is_none_or(|g| d.groups.contains(g))
+            && is(&self.channel, r.channel.as_deref())
+            && is(&self.version, r.current_version.as_deref())
+            && is(&self.hardware, Some(&d.hardware))
+            && self.state.as_deref().is_none_or(|st| d.state.as_str() == st || r.trial.as_deref() == Some(st))
+            && self.health.as_deref().is_none_or(|h| Health::parse(h).is_some_and(|h| h.of(d, now)))
+    }
+}
+
+/// What the fleet page counts and filters by, besides a device's state: each is read from
+/// the device's last report and when it was seen, so a device can be several at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Runs a release that has not been marked good yet.
+    OnTrial,
+    /// Its last update failed its trial and it went back.
+    RolledBack,
+    /// Its last update failed before the switch (an error, a refused release, a failed trial
+    /// with nothing to go back to), or its configuration did not apply.
+    Failing,
+    /// Not seen for [`Health::SILENT_AFTER`] seconds (or never).
+    Silent,
+    /// A developer pinned it: it takes no fleet update.
+    Pinned,
+    /// It runs a developer's working copy instead of a release.
+    Dev,
+}
+
+impl Health {
+    pub const ALL: [Health; 6] =
+        [Health::OnTrial, Health::RolledBack, Health::Failing, Health::Silent, Health::Pinned, Health::Dev];
+    /// A device not seen for a day is `silent`.
+    pub const SILENT_AFTER: i64 = 24 * 3600;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::OnTrial => "on-trial",
+            Health::RolledBack => "rolled-back",
+            Health::Failing => "failing",
+            Health::Silent => "silent",
+            Health::Pinned => "pinned",
+            Health::Dev => "dev",
+        }
+    }
+
+    /// The health named `s` (as [`Health::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Health> {
+        Health::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+
+    /// Every name, for an error that lists them.
+    pub fn names() -> String {
+        Health::ALL.map(Health::as_str).join(", ")
+    }
+
+    /// Whether `d` is this, at time `now`.
+    pub fn of(self, d: &DeviceView, now: i64) -> bool {
+        let r = &d.report;
+        match self {
+            Health::OnTrial => r.trial.as_deref().is_some_and(|t| t.starts_with("on trial")),
+            Health::RolledBack => r.last_result.as_deref() == Some("rolled-back"),
+            Health::Failing => {
+                matches!(r.last_result.as_deref(), Some("error" | "aborted" | "failed")) || r.config_error.is_some()
+            }
+            Health::Silent => d.last_seen.is_none_or(|t| now.saturating_sub(t) >= Health::SILENT_AFTER),
+            Health::Pinned => r.pinned == Some(true),
+            Health::Dev => r.dev == Some(true),
+        }
+    }
+}
+
+/// `GET /v1/admin/summary`: the fleet at a glance, counted over every device. Each list is
+/// sorted by count, then name, and holds at most [`FleetSummary::MAX_NAMES`] names; the
+/// devices of the names left out are `other`'s count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSummary {
+    /// When it was counted (Unix seconds): the server counts at most every few seconds.
+    pub at: i64,
+    pub devices: u64,
+    pub state: Counts,
+    /// Every [`Health`], even at 0.
+    pub health: Counts,
+    pub channel: Counts,
+    pub version: Counts,
+    pub hardware: Counts,
+    pub group: Counts,
+}
+
+impl FleetSummary {
+    /// The most names one list of a summary holds.
+    pub const MAX_NAMES: usize = 50;
+}
+
+/// Devices per name (a channel, a version…), most first; `null` is "none reported".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub counts: Vec<Count>,
+    /// Devices under names left out of `counts`.
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    pub name: Option<String>,
+    pub devices: u64,
+}
+
+impl Counts {
+    /// The counts of `tally`, most first, at most [`FleetSummary::MAX_NAMES`] of them.
+    pub fn of(tally: std::collections::HashMap<Option<String>, u64>) -> Counts {
+        let mut all: Vec<Count> = tally.into_iter().map(|(name, devices)| Count { name, devices }).collect();
+        all.sort_by(|a, b| b.devices.cmp(&a.devices).then_with(|| a.name.cmp(&b.name)));
+        let other = all.iter().skip(FleetSummary::MAX_NAMES).map(|c| c.devices).sum();
+        all.truncate(FleetSummary::MAX_NAMES);
+        Counts { counts: all, other }
     }
 }
 
@@ -508,13 +647,49 @@ pub struct ChannelListing {
     pub targets: Vec<ChannelTarget>,
     pub timestamp: i64,
     pub upstream: Option<String>,
+    /// Said when the document expires within [`EXPIRY_WARNING`] seconds, or has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// A channel whose document expires within this many seconds is warned of (the web UI, the
+/// server's log): two days, time for a missed daily refresh to be noticed and run.
+pub const EXPIRY_WARNING: i64 = 2 * 24 * 3600;
+
+/// What to say of a channel document that expires at `expires`, at time `now`: nothing while
+/// more than [`EXPIRY_WARNING`] seconds are left.
+pub fn expiry_warning(channel: &str, expires: i64, now: i64) -> Option<String> {
+    let left = expires - now;
+    let what = if left <= 0 {
+        format!("channel {channel}'s document has expired: its devices take no update from it")
+    } else if left < EXPIRY_WARNING {
+        format!(
+            "channel {channel}'s document expires in {} h: then its devices take no update from it",
+            (left + 3599) / 3600
+        )
+    } else {
+        return None;
+    };
+    Some(format!("{what}; refresh it with `ferry channel refresh` (the ferry-channel-refresh.timer does it daily)"))
 }
 
 impl ChannelListing {
-    /// The listing of the channel whose newest document is `newest`.
+    /// The listing of the channel whose newest document is `newest`, with no warning.
     pub fn new(newest: ChannelDocument, history: Vec<ChannelDocument>, upstream: Option<String>) -> ChannelListing {
         let ChannelDocument { channel, expires, id, previous, rollback, serial, targets, timestamp } = newest;
-        ChannelListing { channel, expires, history, id, previous, rollback, serial, targets, timestamp, upstream }
+        ChannelListing {
+            channel,
+            expires,
+            history,
+            id,
+            previous,
+            rollback,
+            serial,
+            targets,
+            timestamp,
+            upstream,
+            warning: None,
+        }
     }
 }
 
@@ -569,6 +744,70 @@ mod tests {
         assert_eq!(query_value(query, "limit").as_deref(), Some("20"));
         assert_eq!(query_value(query, "channel"), None);
         assert_eq!(DeviceQuery::default().path(), "devices");
+        let q = DeviceQuery { q: Some("a b".into()), health: Some("on-trial".into()), ..DeviceQuery::default() };
+        assert_eq!(q.path(), "devices?q=a%20b&health=on-trial");
+    }
+
+    #[test]
+    fn a_channel_is_warned_of_within_two_days_of_its_expiry() {
+        assert_eq!(expiry_warning("stable", 1000 + EXPIRY_WARNING, 1000), None);
+        let soon = expiry_warning("stable", 1000 + 3601, 1000).unwrap();
+        assert!(soon.starts_with("channel stable's document expires in 2 h"), "{soon}");
+        let gone = expiry_warning("stable", 1000, 1000).unwrap();
+        assert!(gone.contains("has expired") && gone.contains("ferry channel refresh"), "{gone}");
+    }
+
+    #[test]
+    fn health_is_read_from_the_report_and_the_last_check_in() {
+        let mut d = DeviceView {
+            accepted_by: None,
+            enrolled: 0,
+            events: None,
+            groups: vec!["hall".into()],
+            hardware: "rev-a".into(),
+            last_seen: Some(1000),
+            reenrollment: None,
+            report: Report::default(),
+            serial: "SN-Board-7".into(),
+            state: DeviceState::Accepted,
+        };
+        let of = |d: &DeviceView, now| Health::ALL.into_iter().filter(|h| h.of(d, now)).collect::<Vec<_>>();
+        assert_eq!(of(&d, 1000), []);
+        assert_eq!(of(&d, 1000 + Health::SILENT_AFTER), [Health::Silent]);
+        d.report.trial = Some("on trial (1 boots)".into());
+        d.report.last_result = Some("rolled-back".into());
+        d.report.pinned = Some(true);
+        d.report.dev = Some(false);
+        assert_eq!(of(&d, 1000), [Health::OnTrial, Health::RolledBack, Health::Pinned]);
+        d.report.last_result = Some("up-to-date".into());
+        d.report.config_error = Some("bad key".into());
+        d.report.dev = Some(true);
+        assert_eq!(of(&d, 1000), [Health::OnTrial, Health::Failing, Health::Pinned, Health::Dev]);
+        for name in Health::ALL.map(Health::as_str) {
+            assert_eq!(Health::parse(name).map(Health::as_str), Some(name));
+        }
+        // The query's filters: every one must hold; the serial search ignores case.
+        let q = |f: DeviceQuery| f.matches(&d, 1000);
+        assert!(q(DeviceQuery { q: Some("board-7".into()), ..Default::default() }));
+        assert!(!q(DeviceQuery { q: Some("board-8".into()), ..Default::default() }));
+        assert!(q(DeviceQuery { health: Some("dev".into()), group: Some("hall".into()), ..Default::default() }));
+        assert!(!q(DeviceQuery { health: Some("silent".into()), ..Default::default() }));
+        assert!(!q(DeviceQuery { health: Some("bogus".into()), ..Default::default() }));
+        assert!(!q(DeviceQuery { hardware: Some("rev-b".into()), ..Default::default() }));
+        assert!(q(DeviceQuery { state: Some("accepted".into()), ..Default::default() }));
+        assert!(q(DeviceQuery { state: Some("on trial (1 boots)".into()), ..Default::default() }));
+        assert!(!q(DeviceQuery { version: Some("1.0".into()), ..Default::default() }));
+    }
+
+    #[test]
+    fn counts_keep_the_largest_names_and_add_up_the_rest() {
+        let tally = (0..60u64).map(|i| (Some(format!("v{i:02}")), i + 1)).chain([(None, 1000)]).collect();
+        let c = Counts::of(tally);
+        assert_eq!(c.counts.len(), FleetSummary::MAX_NAMES);
+        assert_eq!(c.counts[0], Count { name: None, devices: 1000 });
+        assert_eq!(c.counts[1], Count { name: Some("v59".into()), devices: 60 });
+        // The 11 smallest (1..=11 devices) are left out: 66 devices.
+        assert_eq!(c.other, (1..=11).sum::<u64>());
         // Broken escapes are no value, not a panic.
         for bad in ["after=%", "after=%4", "after=%zz", "after=%+4", "after=%FF"] {
             assert_eq!(query_value(bad, "after"), None, "{bad}");

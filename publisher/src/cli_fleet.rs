@@ -15,8 +15,8 @@ pub use args::{
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_api::admin::{
     AuditEntry, ConfigChange, ConfigLevel, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceQuery,
-    DeviceView, Groups, MergedConfig, RolloutAction, RolloutRequest, RolloutStatus, SetPercent, TokenCreated,
-    TokenKind, TokenRecord, TokenRequest, TokensRevoked,
+    DeviceView, FleetSummary, Groups, MergedConfig, RolloutAction, RolloutRequest, RolloutStatus, SetPercent,
+    TokenCreated, TokenKind, TokenRecord, TokenRequest, TokensRevoked,
 };
 use ferry_api::ErrorBody;
 use ferry_publisher::fleet::{Caller, Fleet, Settings};
@@ -47,6 +47,13 @@ struct Admin<'a> {
 
 impl<'a> Admin<'a> {
     fn new(server: &'a ServerArgs) -> Result<Admin<'a>> {
+        let url = reqwest::Url::parse(&server.server).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+        if url.is_none_or(|u| u.host().is_none()) {
+            bail!(
+                "--server {:?} is not a server's address: give it as http://HOST:PORT or https://HOST:PORT",
+                printable(&server.server, 200)
+            );
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let client = ferry_publisher::tls::https_client(server.ca_file.as_deref())?
             .timeout(std::time::Duration::from_secs(30))
@@ -73,7 +80,7 @@ impl<'a> Admin<'a> {
             if let Some(b) = body {
                 req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(b)?);
             }
-            let mut resp = req.send().await.with_context(|| format!("asking {url}"))?;
+            let mut resp = req.send().await.map_err(|e| unreachable(&url, &e))?;
             let status = resp.status();
             let next =
                 resp.headers().get(reqwest::header::LINK).and_then(|v| v.to_str().ok()).and_then(|v| {
@@ -101,6 +108,29 @@ impl<'a> Admin<'a> {
             let a = serde_json::from_slice(&bytes).with_context(|| format!("reading the answer of {url}"))?;
             Ok((a, next))
         })
+    }
+}
+
+/// What to do about a request that got no answer, instead of the HTTP library's chain of
+/// causes.
+fn unreachable(url: &str, e: &reqwest::Error) -> anyhow::Error {
+    use std::error::Error;
+    // The innermost cause names what failed (`Connection refused`, a certificate's fault).
+    let mut root: &dyn Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if e.is_builder() {
+        anyhow!("{url} is not a URL a request can go to: give --server as http://HOST:PORT or https://HOST:PORT")
+    } else if e.is_timeout() {
+        anyhow!("{url}: no answer within 30 s: is the server overloaded, or is --server the right address?")
+    } else if e.is_connect() {
+        anyhow!(
+            "cannot reach {url}: {root}. Is `ferry serve` running there, and is --server (or FERRY_SERVER) its address? \
+             (For HTTPS with a private CA, give --ca-file.)"
+        )
+    } else {
+        anyhow!("{url}: the request failed: {root}")
     }
 }
 
@@ -256,16 +286,25 @@ fn device_pages(admin: &Admin, mut path: String, all: bool) -> Result<(Vec<Devic
 }
 
 pub fn devices(a: DevicesArgs) -> Result<()> {
+    let admin = Admin::new(&a.server)?;
+    if a.summary {
+        let (v, _): (FleetSummary, _) = admin.call_paged("GET", "summary", None::<&()>)?;
+        return if a.json { print_sorted(&v) } else { print_summary(&v) };
+    }
     let query = DeviceQuery {
+        q: a.search.clone(),
         group: a.group.clone(),
         channel: a.channel.clone(),
+        version: a.version.clone(),
+        hardware: a.hardware.clone(),
         state: a.state.clone(),
+        health: a.health.clone(),
         limit: a.limit.map(usize::from),
         after: a.after.clone(),
     };
     let path = query.path();
     // Every page, unless --limit asked for one.
-    let (list, next) = device_pages(&Admin::new(&a.server)?, path, a.limit.is_none())?;
+    let (list, next) = device_pages(&admin, path, a.limit.is_none())?;
     let after = next.as_deref().and_then(|n| ferry_api::admin::query_value(n.split_once('?')?.1, "after"));
     // A serial, as the server's rule has it; anything else from a server is not printed.
     if let Some(after) = after.filter(|a| ferry_publisher::fleet::check_name("after", a).is_ok()) {
@@ -274,23 +313,75 @@ pub fn devices(a: DevicesArgs) -> Result<()> {
     if a.json {
         return print_sorted(&list);
     }
-    println!(
-        "{:<20} {:<10} {:<9} {:<10} {:<12} {:<10} {:<24} LAST ERROR",
-        "SERIAL", "HARDWARE", "STATE", "CHANNEL", "VERSION", "TRIAL", "LAST SEEN"
-    );
-    for d in list {
+    let now = ferry_publisher::fleet::now();
+    let mut rows = vec![["SERIAL", "HARDWARE", "STATE", "CHANNEL", "VERSION", "TRIAL", "LAST SEEN", "LAST RESULT"]
+        .map(String::from)
+        .to_vec()];
+    for d in &list {
         let r = &d.report;
-        println!(
-            "{:<20} {:<10} {:<9} {:<10} {:<12} {:<10} {:<24} {}",
-            d.serial,
-            d.hardware,
-            d.state.as_str(),
-            text(&r.channel),
-            text(&r.current_version),
-            text(&r.trial),
-            when(d.last_seen),
-            r.last_error.as_deref().unwrap_or("")
-        );
+        // Pinned and dev-linked devices take no fleet update: the version column says so.
+        let mut version = text(&r.current_version).to_string();
+        for (flag, name) in [(r.pinned, "pinned"), (r.dev, "dev")] {
+            if flag == Some(true) {
+                version.push_str(&format!(" ({name})"));
+            }
+        }
+        let result = match (&r.last_result, &r.last_error) {
+            (Some(res), Some(e)) => format!("{res}: {}", printable(e, 120)),
+            (None, Some(e)) => printable(e, 120),
+            (res, None) => text(res).to_string(),
+        };
+        rows.push(vec![
+            printable(&d.serial, 64),
+            printable(&d.hardware, 32),
+            d.state.as_str().into(),
+            printable(text(&r.channel), 32),
+            printable(&version, 48),
+            printable(text(&r.trial), 24),
+            ago(d.last_seen, now),
+            result,
+        ]);
+    }
+    ferry_publisher::cli::print_table(&rows);
+    if list.is_empty() {
+        eprintln!("no device matches");
+    }
+    Ok(())
+}
+
+/// How long ago `t` was, for a table: `42s ago`, `5m ago`, `3h ago`, `2d ago`, or `never`.
+fn ago(t: Option<i64>, now: i64) -> String {
+    let Some(t) = t else { return "never".into() };
+    let s = now.saturating_sub(t).max(0);
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// `ferry devices --summary`: each count list as `name count` lines under its heading.
+fn print_summary(v: &FleetSummary) -> Result<()> {
+    println!("{} devices (counted {})", v.devices, when(Some(v.at)));
+    for (title, counts) in [
+        ("state", &v.state),
+        ("health", &v.health),
+        ("channel", &v.channel),
+        ("version", &v.version),
+        ("hardware", &v.hardware),
+        ("group", &v.group),
+    ] {
+        println!("\n{}", title.to_uppercase());
+        let mut rows: Vec<Vec<String>> = counts
+            .counts
+            .iter()
+            .map(|c| vec![format!("  {}", printable(c.name.as_deref().unwrap_or("(none)"), 64)), c.devices.to_string()])
+            .collect();
+        if counts.other > 0 {
+            rows.push(vec!["  (others)".into(), counts.other.to_string()]);
+        }
+        ferry_publisher::cli::print_table(&rows);
     }
     Ok(())
 }

@@ -348,6 +348,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &s.to[..12],
                     &bad[..12]
                 );
+            } else if s.up_to_date && s.pinned {
+                // Nothing was looked for: not "up to date", which would say the fleet has
+                // nothing newer.
+                match crate::state::read(&config)?.dev {
+                    Some(d) => println!(
+                        "running the {} {} instead of a release: no update looked for (`ferryd dev --off` goes back to {} ({}))",
+                        if d.unlocked { "unlocked copy" } else { "working copy" },
+                        d.link.display(),
+                        s.version,
+                        &s.to[..12]
+                    ),
+                    None => println!(
+                        "pinned at {} ({}): no update looked for (`ferryd unpin` follows the fleet again)",
+                        s.version,
+                        &s.to[..12]
+                    ),
+                }
             } else if s.up_to_date {
                 println!("up to date at {} ({})", s.version, &s.to[..12]);
             } else {
@@ -404,7 +421,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "trial:    {} ({} boots, deadline {}, marked good: {})",
                         &t.commit[..12.min(t.commit.len())],
                         t.boots,
-                        t.deadline,
+                        ferry_store::time::format_utc(t.deadline),
                         t.marked_good
                     );
                 }

@@ -104,12 +104,24 @@ fn a_working_copy_is_linked_pinned_and_unlinked() {
     env.commit(2, "2");
     assert_eq!(update(&dev)["pinned"], true);
     assert_eq!(std::fs::read_link(env.current()).unwrap(), work);
+    // In words: the board runs the working copy, not "up to date" with the fleet.
+    let (ok, out, err) = ferryd(&dev, &["update"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "running the working copy {} instead of a release: no update looked for",
+            work.display()
+        )) && out.contains("`ferryd dev --off` goes back to 1"),
+        "{out}"
+    );
     let (ok, _, err) = ferryd(&dev, &["dev", "--link", "relative/path"]);
     assert!(!ok && err.contains("absolute path"), "{err}");
     // Deploying the commit the working copy replaced puts it back (and stays pinned).
     assert_eq!(deploy(&dev, &c1.to_hex())["pinned"], true);
     assert!(std::fs::read_link(env.current()).unwrap().ends_with(c1.to_hex()));
     assert_eq!(status(&dev)["dev"], Value::Null);
+    let (ok, out, err) = ferryd(&dev, &["update"]);
+    assert!(ok && out.starts_with("pinned at 1 (") && out.contains("`ferryd unpin`"), "{out}{err}");
     // Off: back to the deployment, unpinned as before `dev --link`, and the next update goes on.
     let (ok, _, _) = ferryd(&dev, &["unpin"]);
     assert!(ok);

@@ -20,7 +20,7 @@ mod output;
 pub mod repo;
 pub mod serve;
 
-pub use output::{human, print_json, Bar};
+pub use output::{human, print_json, print_table, table, Bar};
 
 /// The repository a command works on.
 #[derive(Debug, Args)]

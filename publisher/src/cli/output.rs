@@ -46,6 +46,34 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// `rows` as columns on stdout, each as wide as its widest cell (the first row is the
+/// header), two spaces apart; the last column is not padded.
+pub fn print_table(rows: &[Vec<String>]) {
+    print!("{}", table(rows));
+}
+
+/// The text [`print_table`] prints.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// `bytes` for people: `512 B`, `1.5 KiB`, `3.0 GiB`.
 pub fn human(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -64,7 +92,20 @@ pub fn human(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::human;
+    use super::{human, table};
+
+    #[test]
+    fn a_table_aligns_its_columns_to_the_widest_cell() {
+        let rows = [
+            vec!["SERIAL".to_string(), "STATE".into(), "ERROR".into()],
+            vec!["board-000001".into(), "accepted".into(), "".into()],
+            vec!["b".into(), "pending".into(), "disk full".into()],
+        ];
+        assert_eq!(
+            table(&rows),
+            "SERIAL        STATE     ERROR\nboard-000001  accepted\nb             pending   disk full\n"
+        );
+    }
 
     #[test]
     fn human_bytes() {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use ferry_api::admin::Health;
 
 #[derive(Args)]
 pub struct ServerArgs {
@@ -79,22 +80,41 @@ pub enum TokenCommand {
 pub struct DevicesArgs {
     #[command(flatten)]
     pub(super) server: ServerArgs,
+    /// Only devices whose serial contains this text (any case).
+    #[arg(long, value_name = "TEXT")]
+    pub(super) search: Option<String>,
     /// Only devices in this group.
     #[arg(long)]
     pub(super) group: Option<String>,
     /// Only devices following this channel.
     #[arg(long)]
     pub(super) channel: Option<String>,
+    /// Only devices running this version.
+    #[arg(long)]
+    pub(super) version: Option<String>,
+    /// Only devices of this hardware revision.
+    #[arg(long)]
+    pub(super) hardware: Option<String>,
     /// Only devices in this state: pending, accepted, revoked (or a trial state).
     #[arg(long)]
     pub(super) state: Option<String>,
-    /// One page: at most this many devices of the fleet in serial order (1 to 1000), the
-    /// filters applied to those; without it, every page.
+    /// Only devices that are: on-trial, rolled-back (their last update went back), failing
+    /// (their last update or configuration failed), silent (not seen for a day), pinned, dev
+    /// (running a developer's working copy).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Health::ALL.map(Health::as_str)))]
+    pub(super) health: Option<String>,
+    /// One page: at most this many of the devices that pass the filters, in serial order (1
+    /// to 1000; the server reads at most 20,000 devices for one page, so a rare match may
+    /// leave a page short); without it, every page.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub(super) limit: Option<u16>,
     /// Start after this serial (where the previous page ended).
     #[arg(long, value_name = "SERIAL")]
     pub(super) after: Option<String>,
+    /// Print the fleet's counts instead (by state, health, channel, version, hardware and
+    /// group), as the web UI's fleet page shows them.
+    #[arg(long, conflicts_with_all = ["search", "group", "channel", "version", "hardware", "state", "health", "limit", "after"])]
+    pub(super) summary: bool,
     /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
     pub(super) json: bool,

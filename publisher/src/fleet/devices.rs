@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use ferry_api::admin::{Counts, DeviceQuery, FleetSummary, Health};
 use ferry_store::kv::Op;
 use serde::{Deserialize, Serialize};
 
@@ -292,6 +293,80 @@ impl Fleet {
             }
         }
         Ok((with_reports(&records, reports)?, more))
+    }
+
+    /// Up to `limit` devices after `query.after` that pass its filters, in serial order, and
+    /// the serial the next page starts after (None: no device follows). Reads the store a page
+    /// at a time and at most [`DeviceQuery::MAX_READ`] devices, however few pass.
+    pub fn devices_matching(
+        &self,
+        query: &DeviceQuery,
+        limit: usize,
+        now: i64,
+    ) -> Result<(Vec<Device>, Option<String>)> {
+        const READ: usize = 1000;
+        let (mut out, mut after, mut read) = (Vec::new(), query.after.clone(), 0);
+        loop {
+            let (page, more) = self.devices_page(after.as_deref(), READ)?;
+            read += page.len();
+            for d in page {
+                after = Some(d.serial.clone());
+                if query.matches(&d.view(None), now) {
+                    out.push(d);
+                    if out.len() == limit {
+                        // More may follow even at the page's end: the next page says.
+                        return Ok((out, after));
+                    }
+                }
+            }
+            if !more {
+                return Ok((out, None));
+            }
+            if read >= DeviceQuery::MAX_READ {
+                return Ok((out, after));
+            }
+        }
+    }
+
+    /// The fleet at a glance: every device counted by state, health, channel, version,
+    /// hardware and group, reading the store a page at a time.
+    pub fn summary(&self, now: i64) -> Result<FleetSummary> {
+        type Tally = HashMap<Option<String>, u64>;
+        let (mut state, mut channel, mut version, mut hardware, mut group) =
+            (Tally::new(), Tally::new(), Tally::new(), Tally::new(), Tally::new());
+        let mut health: Tally = Health::ALL.iter().map(|h| (Some(h.as_str().to_string()), 0)).collect();
+        let (mut devices, mut after) = (0, None);
+        loop {
+            let (page, more) = self.devices_page(after.as_deref(), 1000)?;
+            for d in page {
+                let v = d.view(None);
+                devices += 1;
+                *state.entry(Some(v.state.as_str().into())).or_default() += 1;
+                *channel.entry(v.report.channel.clone()).or_default() += 1;
+                *version.entry(v.report.current_version.clone()).or_default() += 1;
+                *hardware.entry(Some(v.hardware.clone())).or_default() += 1;
+                for g in &v.groups {
+                    *group.entry(Some(g.clone())).or_default() += 1;
+                }
+                for h in Health::ALL.into_iter().filter(|h| h.of(&v, now)) {
+                    *health.entry(Some(h.as_str().into())).or_default() += 1;
+                }
+                after = Some(d.serial);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(FleetSummary {
+            at: now,
+            devices,
+            state: Counts::of(state),
+            health: Counts::of(health),
+            channel: Counts::of(channel),
+            version: Counts::of(version),
+            hardware: Counts::of(hardware),
+            group: Counts::of(group),
+        })
     }
 
     pub(super) fn event_op(&self, serial: &str, what: String) -> Result<Op> {

@@ -203,7 +203,8 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-fn now() -> i64 {
+/// The time now, in Unix seconds.
+pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ferry_api::admin::{
-    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceQuery, Groups,
+    Approval, ConfigChange, ConfigVersion, DeviceAction, DeviceActionAnswer, DeviceGroups, DeviceQuery, Groups, Health,
     PromoteRequest, Promoted, RolloutAction, RolloutRequest, Settled, TokenCreated, TokenRequest, TokensRevoked,
 };
 use serde::Deserialize;
@@ -29,8 +29,8 @@ fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, Api
     })
 }
 
-/// One page of devices in serial order ([`DeviceQuery`]); while more follow, a
-/// `Link: <…>; rel="next"` header names the next page's path.
+/// One page of the devices that pass the query's filters, in serial order ([`DeviceQuery`]);
+/// while more follow, a `Link: <…>; rel="next"` header names the next page's path.
 async fn devices(State(s): State<Shared>, _: Extension<Caller>, uri: axum::http::Uri) -> Result<Response, ApiError> {
     let f: DeviceQuery = query(&uri)?;
     let limit = f.limit.unwrap_or(MAX_DEVICES_PAGE);
@@ -42,31 +42,43 @@ async fn devices(State(s): State<Shared>, _: Extension<Caller>, uri: axum::http:
     if let Some(a) = &f.after {
         crate::fleet::check_name("after (a serial)", a)?;
     }
-    let after = f.after.clone();
-    let (list, more) = blocking(move || s.fleet.devices_page(after.as_deref(), limit)).await?;
-    let next = match (more, list.last()) {
-        (true, Some(last)) => {
-            let next = DeviceQuery { after: Some(last.serial.clone()), limit: Some(limit), ..f.clone() };
-            Some(format!("</v1/admin/{}>; rel=\"next\"", next.path()))
+    for (name, v) in [("q", &f.q), ("group", &f.group), ("channel", &f.channel), ("version", &f.version)] {
+        if v.as_ref().is_some_and(|v| v.len() > crate::fleet::MAX_NAME) {
+            return Err(
+                FleetError::BadRequest(format!("{name} is longer than {} bytes", crate::fleet::MAX_NAME)).into()
+            );
         }
-        _ => None,
-    };
-    let list: Vec<_> = list
-        .into_iter()
-        .filter(|d| f.group.as_ref().is_none_or(|g| d.groups.contains(g)))
-        .filter(|d| f.channel.as_ref().is_none_or(|c| d.report.channel.as_ref() == Some(c)))
-        .filter(|d| {
-            f.state.as_ref().is_none_or(|st| {
-                format!("{:?}", d.state).eq_ignore_ascii_case(st) || d.report.trial.as_deref() == Some(st.as_str())
-            })
-        })
-        .map(|d| d.view(None))
-        .collect();
+    }
+    if let Some(h) = f.health.as_deref().filter(|h| Health::parse(h).is_none()) {
+        return Err(FleetError::BadRequest(format!("health {h:?} is none of {}", Health::names())).into());
+    }
+    let query = f.clone();
+    let (list, after) = blocking(move || s.fleet.devices_matching(&query, limit, crate::fleet::now())).await?;
+    let next = after.map(|after| {
+        let next = DeviceQuery { after: Some(after), limit: Some(limit), ..f };
+        format!("</v1/admin/{}>; rel=\"next\"", next.path())
+    });
+    let list: Vec<_> = list.into_iter().map(|d| d.view(None)).collect();
     let mut r = Json(list).into_response();
     if let Some(next) = next.and_then(|n| axum::http::HeaderValue::from_str(&n).ok()) {
         r.headers_mut().insert(axum::http::header::LINK, next);
     }
     Ok(r)
+}
+
+/// The fleet at a glance ([`ferry_api::admin::FleetSummary`]), counted at most every
+/// [`super::SUMMARY_FRESHNESS`] seconds: one request counts, the others wait for it (on the
+/// async lock, not a thread) and share the answer.
+async fn summary(State(s): State<Shared>, _: Extension<Caller>) -> Result<Response, ApiError> {
+    let mut last = s.summary.lock().await;
+    let now = crate::fleet::now();
+    if let Some(v) = last.as_ref().filter(|v| (0..super::SUMMARY_FRESHNESS).contains(&(now - v.at))) {
+        return Ok(Json(v.clone()).into_response());
+    }
+    let fleet = s.clone();
+    let v = blocking(move || fleet.fleet.summary(now)).await?;
+    *last = Some(v.clone());
+    Ok(Json(v).into_response())
 }
 
 async fn device(
@@ -326,6 +338,7 @@ async fn promote(
 pub(super) fn routes() -> Router<Shared> {
     Router::new()
         .route("/v1/admin/devices", get(devices))
+        .route("/v1/admin/summary", get(summary))
         .route("/v1/admin/devices/{serial}", get(device))
         .route("/v1/admin/devices/{serial}/{action}", post(device_action))
         .route("/v1/admin/devices/{serial}/config", get(device_config))

@@ -59,13 +59,25 @@ pub struct FleetState {
     pub config_key: Option<ferry_store::SecretKey>,
     /// Mutual TLS: device certificates issued at enrollment and required after it.
     pub certificates: DeviceCertificates,
+    /// The last fleet summary counted: requests within [`SUMMARY_FRESHNESS`] of it share it,
+    /// and one request counts while the others wait for its answer.
+    summary: tokio::sync::Mutex<Option<ferry_api::admin::FleetSummary>>,
 }
+
+/// How old a fleet summary may be before a request counts the fleet again (seconds).
+pub const SUMMARY_FRESHNESS: i64 = 10;
 
 impl FleetState {
     /// The state over `fleet` and `documents`, with no configuration key and no device
     /// certificates (set the fields to add them).
     pub fn new(fleet: Fleet, documents: Box<dyn Documents>) -> FleetState {
-        FleetState { fleet, documents, config_key: None, certificates: DeviceCertificates::default() }
+        FleetState {
+            fleet,
+            documents,
+            config_key: None,
+            certificates: DeviceCertificates::default(),
+            summary: Default::default(),
+        }
     }
 }
 

@@ -18,6 +18,30 @@ const CHECKIN_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(
 /// How fresh a look for a channel the server has not seen must be.
 const MISS_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Warns in the log of every channel whose document expires within
+/// [`ferry_api::admin::EXPIRY_WARNING`] (or has expired): once at the start, then hourly,
+/// until the server's state is dropped (outside a runtime, never).
+pub(super) fn watch_expiry(state: &Shared) {
+    use crate::fleet_api::Documents;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let weak = std::sync::Arc::downgrade(state);
+    runtime.spawn(async move {
+        loop {
+            let Some(s) = weak.upgrade() else { return };
+            match tokio::task::spawn_blocking(move || RepoDocuments(s, None).channels()).await {
+                Ok(Ok(list)) => {
+                    for warning in list.into_iter().filter_map(|c| c.warning) {
+                        tracing::warn!("{warning}");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "the channels cannot be read to check their expiry"),
+                Err(e) => tracing::warn!(error = %e, "the channels' expiry check failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+}
+
 pub(super) struct RepoDocuments(pub(super) Shared, pub(super) Option<ferry_store::SecretKey>);
 
 impl crate::fleet_api::Documents for RepoDocuments {
@@ -60,7 +84,9 @@ impl crate::fleet_api::Documents for RepoDocuments {
             let Some((id, doc, _)) = history.first() else { continue };
             let upstream = repo.upstream(&name).map_err(|e| e.to_string())?;
             let documents = history.iter().map(|(id, d, _)| crate::channels::document(id, d)).collect();
-            out.push(ChannelListing::new(crate::channels::document(id, doc), documents, upstream));
+            let mut listing = ChannelListing::new(crate::channels::document(id, doc), documents, upstream);
+            listing.warning = ferry_api::admin::expiry_warning(&name, listing.expires, crate::fleet::now());
+            out.push(listing);
         }
         Ok(out)
     }

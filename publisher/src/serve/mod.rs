@@ -320,6 +320,7 @@ pub fn router(repo: Repository, patcher: Patcher, fleet: Option<FleetParts>, rea
             fs.certificates = certificates;
             let fs = Arc::new(fs);
             prepare::start(&state, Some(prepare::fleet_running(&fs)));
+            documents::watch_expiry(&state);
             (crate::fleet_api::routes(fs.clone()), Some(fs))
         }
         None => {

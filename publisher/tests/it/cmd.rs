@@ -44,11 +44,16 @@ impl Drop for Serve {
 
 /// Starts `ferry serve --repo REPO --listen 127.0.0.1:0 EXTRA...` and waits for its address.
 pub fn serve(repo: &str, extra: &[&str]) -> Serve {
+    serve_logging(repo, extra, Stdio::null())
+}
+
+/// [`serve`], its log (stderr) going to `log`.
+pub fn serve_logging(repo: &str, extra: &[&str], log: impl Into<Stdio>) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve", "--repo", repo, "--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut line = String::new();

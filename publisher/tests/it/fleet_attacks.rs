@@ -386,12 +386,29 @@ fn fleet_the_device_list_comes_in_pages_and_refuses_bad_queries() {
         ]
     );
     assert_eq!(pages("admin/devices"), vec![(sn(&[1, 2, 3, 4, 5, 6, 7]), None)]);
-    // A filter is applied to each page's devices and kept in the next page's path: a page may
-    // come back empty while more follow.
+    // A filtered page holds `limit` devices that pass (read past those that do not), and the
+    // filter is kept in the next page's path.
+    assert_eq!(pages("admin/devices?state=revoked&limit=4"), vec![(sn(&[2]), None)]);
     assert_eq!(
-        pages("admin/devices?state=revoked&limit=4"),
-        vec![(sn(&[2]), Some("admin/devices?state=revoked&limit=4&after=SN-4".into())), (vec![], None),]
+        pages("admin/devices?state=accepted&limit=3"),
+        vec![
+            (sn(&[1, 3, 4]), Some("admin/devices?state=accepted&limit=3&after=SN-4".into())),
+            (sn(&[5, 6, 7]), Some("admin/devices?state=accepted&limit=3&after=SN-7".into())),
+            (vec![], None),
+        ]
     );
+    assert_eq!(pages("admin/devices?q=sn-5"), vec![(sn(&[5]), None)]);
+    assert_eq!(pages("admin/devices?health=silent&q=SN-&limit=1000"), vec![(sn(&[1, 2, 3, 4, 5, 6, 7]), None)]);
+    // The summary counts the same devices.
+    let (status, _, body) = s.call("GET", "admin/summary", Some(&s.admin), vec![]);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["devices"], 7);
+    assert_eq!(
+        v["state"]["counts"],
+        serde_json::json!([{"name": "accepted", "devices": 6}, {"name": "revoked", "devices": 1}])
+    );
+    assert_eq!(s.call("GET", "admin/summary", None, vec![]).0, 401);
     assert_eq!(pages("admin/devices?after=SN-7"), vec![(vec![], None)]);
     assert_eq!(pages("admin/devices?after=ZZZ&limit=1"), vec![(vec![], None)]);
 
@@ -409,6 +426,9 @@ fn fleet_the_device_list_comes_in_pages_and_refuses_bad_queries() {
         (&format!("after={long}"), "after (a serial) must be 1 to"),
         ("after=%FF", "after (a serial) \"\u{fffd}\" may contain only"),
         ("colour=red", "unknown field `colour`"),
+        ("health=bogus", "health \"bogus\" is none of on-trial, rolled-back, failing, silent, pinned, dev"),
+        (&format!("q={long}"), "q is longer than 128 bytes"),
+        (&format!("version={long}"), "version is longer than 128 bytes"),
     ] {
         let (status, _, body) = s.call("GET", &format!("admin/devices?{query}"), Some(&s.admin), vec![]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);

@@ -100,6 +100,25 @@ fn an_operator_manages_the_fleet_from_the_command_line() {
     let revoked: serde_json::Value = serde_json::from_str(&run(&["devices", "--state", "revoked", "--json"])).unwrap();
     assert_eq!(revoked.as_array().unwrap().len(), 1);
     assert_eq!(revoked[0]["serial"], "SN-2");
+    // Filters and counts: a search by serial, the fleet's summary.
+    let found: serde_json::Value = serde_json::from_str(&run(&["devices", "--search", "sn-1", "--json"])).unwrap();
+    assert_eq!(found.as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap()).collect::<Vec<_>>(), ["SN-1"]);
+    let summary: serde_json::Value = serde_json::from_str(&run(&["devices", "--summary", "--json"])).unwrap();
+    assert_eq!(summary["devices"], 2, "{summary}");
+    assert_eq!(summary["state"]["counts"].as_array().unwrap().len(), 2, "{summary}");
+    let text = run(&["devices", "--summary"]);
+    assert!(text.starts_with("2 devices") && text.contains("\nSTATE\n  accepted  1\n  revoked   1\n"), "{text}");
+    let table = run(&["devices"]);
+    let header = table.lines().next().unwrap();
+    // The columns line up: each row's state starts where the header's STATE does.
+    let at = header.find("STATE").unwrap();
+    assert!(
+        table.lines().skip(1).all(|l| l[at..].starts_with("accepted") || l[at..].starts_with("revoked")),
+        "{table}"
+    );
+    let out = ferry(&["devices", "--server", "localhost:8080", "--token", &admin]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give it as http://HOST:PORT"), "{err}");
     let shown = run(&["device", "show", "SN-2"]);
     assert!(shown.contains("revoke by admin:ops"), "{shown}");
     let out = ferry(&with(&["device", "show", "SN-9"]).iter().map(String::as_str).collect::<Vec<_>>());

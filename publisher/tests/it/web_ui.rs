@@ -31,6 +31,10 @@ struct Fleet {
     /// How clients reach it: over HTTPS, trusting the fleet's CA.
     tls: Tls,
     url: String,
+    /// The server's log (stderr).
+    log: std::path::PathBuf,
+    /// What the fleet store was filled with before the server started.
+    filled: Filled,
 }
 
 /// What a client needs to trust an HTTPS server: the CA's certificate (reqwest) and the
@@ -81,6 +85,12 @@ impl Fleet {
 /// The fleet over plain HTTP, or over HTTPS with a certificate from a CA of its own
 /// (`ferry ca`) for `localhost`.
 fn fleet_over(https: bool) -> Fleet {
+    fleet_with(https, 0)
+}
+
+/// [`fleet_over`], with `devices` more devices written into the fleet store before the server
+/// starts ([`fill`]) and a channel `beta` whose document expires in a day.
+fn fleet_with(https: bool, devices: usize) -> Fleet {
     let t = tempfile::tempdir().unwrap();
     let p = |n: &str| t.path().join(n).display().to_string();
     ferry(&["init", "--repo", &p("repo")]);
@@ -121,6 +131,11 @@ fn fleet_over(https: bool) -> Fleet {
     ]);
     let admin = ferry(&["admin", "token", "create", "--name", "ops", "--fleet", &p("fleet"), "--create-fleet"]);
     let enrollment = ferry(&["admin", "token", "create", "--name", "factory", "--enrollment", "--fleet", &p("fleet")]);
+    let filled = fill(&t.path().join("fleet"), &enrollment, devices);
+    if devices > 0 {
+        let beta = ["promote", "--repo", &p("repo"), &c1, "--to", "beta", "--create", "--expires", "1d"];
+        ferry(&[&beta[..], &["--sign-key", &p("chan.key")]].concat());
+    }
     let mut args = vec!["--fleet".to_string(), p("fleet"), "--channel-key".into(), p("chan.key")];
     let mut tls = Tls::default();
     if https {
@@ -132,7 +147,12 @@ fn fleet_over(https: bool) -> Fleet {
         tls.spki = Some(base64(ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info()).as_ref()));
         tls.ca_pem = Some(std::fs::read_to_string(p("ca/ca.crt")).unwrap());
     }
-    let server = crate::cmd::serve(&p("repo"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let log = t.path().join("serve.log");
+    let server = crate::cmd::serve_logging(
+        &p("repo"),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        std::fs::File::create(&log).unwrap(),
+    );
     // The certificate names localhost.
     let url =
         if https { format!("https://localhost:{}", server.1.rsplit(':').next().unwrap()) } else { server.1.clone() };
@@ -147,7 +167,95 @@ fn fleet_over(https: bool) -> Fleet {
             http.send(http.c.post(format!("{url}/v1/device/checkin")).bearer_auth(&token).json_body(&report));
         assert_eq!(status, 200, "{v}");
     }
-    Fleet { _dir: t, _server: server, admin, c1, tls, url }
+    Fleet { _dir: t, _server: server, admin, c1, tls, url, log, filled }
+}
+
+/// What [`fill`] wrote, counted by its own rules (not by the server's code).
+#[derive(Default)]
+struct Filled {
+    state: std::collections::BTreeMap<&'static str, usize>,
+    health: std::collections::BTreeMap<&'static str, usize>,
+    channel: std::collections::BTreeMap<&'static str, usize>,
+    version: std::collections::BTreeMap<&'static str, usize>,
+    /// Serials of the devices whose last update rolled back, in order.
+    rolled_back: Vec<String>,
+}
+
+/// Enrolls `n` devices `SN-00000`… straight into the fleet store at `dir` and has most check
+/// in, spread over two channels, three versions and every health: 1 in 100 pending (never
+/// checked in), 1 in 100 revoked, 1 in 50 never checked in (silent), 1 in 20 on trial, 1 in 25
+/// rolled back, 1 in 30 failing, 1 in 100 pinned, 1 in 100 on a working copy.
+fn fill(dir: &Path, enrollment: &str, n: usize) -> Filled {
+    use ferry_publisher::fleet::{Caller, Fleet, Settings};
+    let mut out = Filled::default();
+    if n == 0 {
+        return out;
+    }
+    let started = std::time::Instant::now();
+    let open =
+        |require_approval| Fleet::open(dir, Settings { require_approval, enrollments_per_minute: 10_000_000 }).unwrap();
+    let count = |m: &mut std::collections::BTreeMap<&'static str, usize>, k| *m.entry(k).or_default() += 1;
+    let f = open(false);
+    for i in (0..n).filter(|i| i % 100 != 9) {
+        let serial = format!("SN-{i:05}");
+        f.enroll(&serial, if i % 3 == 0 { "rev-b" } else { "rev-a" }, enrollment, None).unwrap();
+        if i % 50 == 7 {
+            count(&mut out.health, "silent");
+            count(&mut out.state, "accepted");
+            continue;
+        }
+        let channel = if i % 4 == 0 { "beta" } else { "stable" };
+        let version = ["1.2", "1.2", "1.1", "1.1", "1.0"][i % 5];
+        let (result, error) = if i % 25 == 2 {
+            out.rolled_back.push(serial.clone());
+            ("rolled-back", Some("the release failed its trial: health check /healthz"))
+        } else if i % 30 == 3 {
+            ("error", Some("disk full"))
+        } else {
+            ("up-to-date", None)
+        };
+        let report = ferry_api::device::Report {
+            channel: Some(channel.into()),
+            current: Some(format!("{i:064x}")),
+            current_version: Some(version.into()),
+            trial: Some(if i % 20 == 1 { "on trial (1 boots)" } else { "good" }.into()),
+            last_result: Some(result.into()),
+            last_error: error.map(String::from),
+            pinned: Some(i % 100 == 5),
+            dev: Some(i % 100 == 6),
+            ..Default::default()
+        };
+        f.check_in(&f.device(&serial).unwrap(), report).unwrap();
+        for (yes, h) in [
+            (i % 20 == 1, "on-trial"),
+            (result == "rolled-back", "rolled-back"),
+            (result == "error", "failing"),
+            (i % 100 == 5, "pinned"),
+            (i % 100 == 6, "dev"),
+        ] {
+            if yes {
+                count(&mut out.health, h);
+            }
+        }
+        count(&mut out.channel, channel);
+        count(&mut out.version, version);
+        if i % 100 == 8 {
+            f.revoke(&Caller::Local, &serial).unwrap();
+            count(&mut out.state, "revoked");
+        } else {
+            count(&mut out.state, "accepted");
+        }
+    }
+    drop(f);
+    // The pending ones, enrolled while the fleet asks for approval.
+    let f = open(true);
+    for i in (0..n).filter(|i| i % 100 == 9) {
+        f.enroll(&format!("SN-{i:05}"), "rev-a", enrollment, None).unwrap();
+        count(&mut out.state, "pending");
+        count(&mut out.health, "silent");
+    }
+    eprintln!("filled the fleet store with {n} devices in {:.1} s", started.elapsed().as_secs_f64());
+    out
 }
 
 fn fleet() -> Fleet {
@@ -214,6 +322,168 @@ fn an_operator_runs_the_fleet_from_the_web_ui() {
     operator_flows(f.url(), &f.tls, &f.admin, &f.c1);
 }
 
+/// The fleet page over a few thousand devices (`FERRY_UI_DEVICES`, 3000 by default): the
+/// counts, filters by a count and by search, pages, pinned and dev-linked devices marked, a
+/// device's actions (with their confirmations), groups and merged configuration, a rollout
+/// raised and finished, a promotion with hardware and expiry, and the expiry warnings. It
+/// prints the page's load time (navigation to the counts and first page shown).
+#[test]
+fn the_fleet_page_scales_to_thousands_of_devices() {
+    let n: usize = std::env::var("FERRY_UI_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    assert!(n >= 1000, "FERRY_UI_DEVICES must be at least 1000 (the test looks at serials up to SN-00999)");
+    let f = fleet_with(false, n);
+    let (url, admin, http) = (f.url(), &f.admin, f.tls.http());
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
+    std::fs::create_dir_all(&shots).unwrap();
+    // The server said in its log, at its start, that beta's document expires within a day.
+    let log = std::fs::read_to_string(&f.log).unwrap();
+    assert!(log.contains("channel beta's document expires in 24 h"), "{log}");
+    let b = f.tls.browser();
+    sign_in(&b, url, admin);
+    // Load time: the page opened again (signed in by its cookie) until the counts and the
+    // first page are shown, measured by the page's own clock.
+    b.go(url);
+    let total = (n + 2).to_string(); // and the two devices every UI test enrolls
+    b.wait_for("#total", &total);
+    b.wait_for("#device-count", "devices 1–100");
+    let shown = b.execute("return performance.getEntriesByName('fleet-shown')[0].startTime;");
+    eprintln!(
+        "fleet page: {} devices, counts and first page shown {:.0} ms after navigation",
+        n + 2,
+        shown.as_f64().unwrap()
+    );
+    b.screenshot(&shots, "fleet-at-scale.png");
+    // The expiry warning is above every tab.
+    b.wait_for("#warnings", "channel beta's document expires in 24 h");
+
+    // The counts, against what was written (the two UI devices run version 0 on stable).
+    let chip = |kind: &str, value: &str| {
+        let v = b.execute(&format!(
+            "const c = document.querySelector(\"#summary .chip[data-filter='{kind}'][data-value='{value}'] b\"); return c ? c.textContent : null;"
+        ));
+        v.as_str().map(|t| t.parse::<usize>().unwrap()).unwrap_or(0)
+    };
+    let filled = &f.filled;
+    for (kind, counts) in [
+        ("state", &filled.state),
+        ("health", &filled.health),
+        ("channel", &filled.channel),
+        ("version", &filled.version),
+    ] {
+        for (name, want) in counts {
+            let extra = match (kind, *name) {
+                ("state", "accepted") | ("channel", "stable") => 2,
+                _ => 0,
+            };
+            assert_eq!(chip(kind, name), want + extra, "{kind} {name}");
+        }
+    }
+    assert_eq!(chip("version", "0"), 2);
+    assert_eq!(chip("health", "dev"), filled.health["dev"]);
+    let rows = || b.execute("return [...document.querySelectorAll('#devices tbody tr')].map((r) => r.dataset.serial);");
+    let serials =
+        |v: Value| -> Vec<String> { v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect() };
+    // Pages of 100, forwards and back.
+    assert_eq!(serials(rows()).len(), 100);
+    b.click("#devices-next");
+    b.wait_for("#device-count", "devices 101–200");
+    assert_eq!(serials(rows())[0], "SN-00100");
+    b.click("#devices-prev");
+    b.wait_for("#device-count", "devices 1–100");
+    assert_eq!(serials(rows())[0], "SN-00000");
+
+    // A count filters the table: the rolled-back devices, in serial order.
+    b.click("#summary .chip[data-filter='health'][data-value='rolled-back']");
+    b.wait_for("#device-count", "of those that match");
+    let want: Vec<String> = filled.rolled_back.iter().take(100).cloned().collect();
+    assert_eq!(serials(rows()), want);
+    assert!(b.text("#devices tbody").contains("the release failed its trial"));
+    b.screenshot(&shots, "fleet-rolled-back.png");
+    // Search by serial, with another filter cleared first.
+    b.click("#f-clear");
+    b.type_into("#f-q", "sn-0012");
+    b.click("#f-apply");
+    b.wait_for("#device-count", "devices 1–10 of those that match");
+    assert_eq!(serials(rows()), (120..130).map(|i| format!("SN-{i:05}")).collect::<Vec<_>>());
+    // Pinned and dev-linked devices say so in the table.
+    b.click("#f-clear");
+    b.execute("document.querySelector('#f-health').value = 'pinned';");
+    b.click("#f-apply");
+    b.wait_for("#device-count", "of those that match");
+    let pinned = serials(rows());
+    assert_eq!(pinned.first().map(String::as_str), Some("SN-00005"));
+    assert_eq!(
+        b.execute("return document.querySelectorAll('#devices tbody .badge.pinned').length;"),
+        json!(pinned.len())
+    );
+
+    // A device: its merged configuration, its groups, and revoking it (asked first).
+    b.click("#f-clear");
+    b.wait_for("#device-count", "devices 1–100");
+    b.click("#devices tr[data-serial='SN-00010']");
+    b.wait_for("#detail-serial", "SN-00010");
+    b.wait_for("#merged", "none");
+    b.execute("document.querySelector('#groups').value = '';");
+    b.type_into("#groups", "hall-b, line-2");
+    b.click("#groups-set");
+    b.wait_for("#msg", "SN-00010: groups hall-b, line-2");
+    let state = |serial: &str| http.device_state(url, admin, serial);
+    b.click("#device-actions button[data-device-action='revoke']");
+    b.wait_for("#confirm-text", "Revoke SN-00010?");
+    b.click("#confirm-no");
+    assert_eq!(state("SN-00010"), "accepted");
+    b.click("#device-actions button[data-device-action='revoke']");
+    b.click("#confirm-yes");
+    b.wait_for("#msg", "SN-00010: revoke done");
+    assert_eq!(state("SN-00010"), "revoked");
+    b.screenshot(&shots, "device.png");
+    // A pending device is accepted without a question.
+    b.click("#f-clear");
+    b.wait_for("#device-count", "devices 1–100");
+    b.click("#devices tr[data-serial='SN-00009']");
+    b.wait_for("#detail-serial", "SN-00009");
+    b.click("#device-actions button[data-device-action='accept']");
+    b.wait_for("#msg", "SN-00009: accept done");
+    assert_eq!(state("SN-00009"), "accepted");
+
+    // Promote with hardware and expiry (asked first), then a rollout raised and finished.
+    b.click("#tab-channels");
+    b.type_into("#pr-channel", "stable");
+    b.type_into("#pr-commit", "1");
+    b.type_into("#pr-hardware", "rev-a");
+    b.type_into("#pr-expires", "30d");
+    b.click("#pr-create");
+    b.click("#pr-submit");
+    b.wait_for("#confirm-text", "Promote stable to commit 1 (hardware rev-a)?");
+    b.click("#confirm-yes");
+    b.wait_for("#msg", "stable is now at serial 1");
+    let (_, _, channels) = http.send(http.c.get(format!("{url}/v1/admin/channels")).bearer_auth(admin));
+    let stable = channels.as_array().unwrap().iter().find(|c| c["channel"] == "stable").unwrap().clone();
+    assert!(stable["expires"].as_i64().unwrap() - stable["timestamp"].as_i64().unwrap() == 30 * 86400, "{stable}");
+    assert_eq!(stable["warning"], Value::Null);
+    b.click("#tab-rollouts");
+    b.type_into("#ro-channel", "stable");
+    b.type_into("#ro-percent", "10");
+    b.click("#ro-start");
+    b.wait_for("#rollout-list", "10%");
+    b.type_into("#rollout-list input.percent[data-channel='stable']", "30");
+    b.click("#rollout-list button[data-action='set-percent'][data-channel='stable']");
+    b.wait_for("#rollout-list", "30%");
+    b.click("#rollout-list button[data-action='abort'][data-channel='stable']");
+    b.wait_for("#confirm-text", "Abort the rollout of stable?");
+    b.click("#confirm-no");
+    b.click("#rollout-list button[data-action='finish'][data-channel='stable']");
+    b.wait_for("#confirm-text", "every device of it takes the new release");
+    b.click("#confirm-yes");
+    b.wait_for("#rollout-list", "100%");
+    assert!(b.text("#rollout-list").contains("running"), "{}", b.text("#rollout-list"));
+    b.screenshot(&shots, "rollouts-finished.png");
+    b.click("#tab-audit");
+    let audit = b.wait_for("#audit-list", "rollout");
+    assert!(audit.contains("revoke") && audit.contains("groups") && audit.contains("promote"), "{audit}");
+    eprintln!("screenshots in {}", shots.display());
+}
+
 /// The same flows, the cross-site posts and the session rules over HTTPS: the cookie is
 /// `Secure`, every answer carries HSTS, and no other origin's form gets the cookie.
 #[test]
@@ -274,9 +544,13 @@ fn operator_flows(url: &str, tls: &Tls, admin: &str, c1: &str) {
     b.type_into("#pr-commit", &c1[..12]);
     // A channel that does not exist yet is refused until "new channel" says it is meant.
     b.click("#pr-submit");
+    b.wait_for("#confirm-text", "Promote stable to commit");
+    b.click("#confirm-yes");
     b.wait_for("#msg", "channel stable does not exist");
     b.click("#pr-create");
     b.click("#pr-submit");
+    b.wait_for("#confirm-text", "the channel is new");
+    b.click("#confirm-yes");
     b.wait_for("#msg", "stable is now at serial 1");
     b.wait_for("#channel-list", "rev-a: 1");
     // The repository's routes need a token under --fleet: an admin token reads them.
