@@ -262,6 +262,9 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
     let trust = trust(repo)?;
     require_channel_keys(&trust, p.keys)?;
     let mut wanted: Vec<Target> = Vec::new();
+    // The flags this promotion needs and was not given, each with why: named together, so
+    // one more try is enough.
+    let mut needs: Vec<(&str, String)> = Vec::new();
     match (&p.commit, &p.from) {
         (Some(commit), from) => {
             let c = repo.read_commit(commit)?;
@@ -280,12 +283,22 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
                 None => repo.upstream(&p.to)?,
             };
             if let (Some(source), false) = (&source, p.force) {
-                for rev in &revisions {
-                    if !channel_had(repo, source, commit, rev)? {
-                        bail!(
-                            "channel {source} never had commit {commit} for {rev}; promote it there first, or pass --force"
-                        );
-                    }
+                let never: Vec<&str> = revisions
+                    .iter()
+                    .filter_map(|rev| match channel_had(repo, source, commit, rev) {
+                        Ok(true) => None,
+                        Ok(false) => Some(Ok(rev.as_str())),
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<_>>()?;
+                if !never.is_empty() {
+                    needs.push((
+                        "--force",
+                        format!(
+                            "channel {source} never had commit {commit} for {} (or promote it there first)",
+                            never.join(", ")
+                        ),
+                    ));
                 }
             }
             wanted.extend(revisions.into_iter().map(|hardware| Target {
@@ -319,28 +332,31 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
     let retired = if head.is_none() { repo.retired(&p.to)? } else { None };
     if head.is_none() && !p.create {
         let known: Vec<String> = repo.channels()?.into_iter().map(|(name, _)| name).collect();
-        bail!(
-            "channel {} does not exist ({}): to start it, promote again with --create",
-            p.to,
-            if known.is_empty() {
-                "there are no channels yet".to_string()
-            } else {
-                format!("the channels are {}", known.join(", "))
-            }
-        );
+        needs.push((
+            "--create",
+            format!(
+                "channel {} does not exist ({}): --create starts it",
+                p.to,
+                if known.is_empty() {
+                    "there are no channels yet".to_string()
+                } else {
+                    format!("the channels are {}", known.join(", "))
+                }
+            ),
+        ));
     }
     let current = head.map(|id| channel_doc(repo, &id)).transpose()?;
     let mut targets: Vec<Target> = current.as_ref().map(|c| c.targets.clone()).unwrap_or_default();
     for w in wanted {
         if let Some(old) = targets.iter_mut().find(|t| t.hardware == w.hardware) {
             match w.version.compare(&old.version) {
-                Some(std::cmp::Ordering::Less) if !p.rollback => bail!(
-                    "this would move {} on channel {} back from {} to {}; pass --rollback to do that deliberately",
-                    w.hardware,
-                    p.to,
-                    old.version,
-                    w.version
-                ),
+                Some(std::cmp::Ordering::Less) if !p.rollback => needs.push((
+                    "--rollback",
+                    format!(
+                        "this moves {} on channel {} back from {} to {}, which only a deliberate rollback does",
+                        w.hardware, p.to, old.version, w.version
+                    ),
+                )),
                 None => bail!("version {} cannot be ordered against {} on channel {}", w.version, old.version, p.to),
                 _ => {}
             }
@@ -350,6 +366,12 @@ pub fn promote(repo: &Repository, p: &Promotion<'_>) -> Result<Promoted> {
         }
     }
     targets.sort_by(|a, b| a.hardware.cmp(&b.hardware));
+    if !needs.is_empty() {
+        let mut flags: Vec<&str> = needs.iter().map(|(f, _)| *f).collect();
+        flags.dedup();
+        let why: Vec<String> = needs.iter().map(|(f, why)| format!("{f}: {why}")).collect();
+        bail!("this promotion needs {}; nothing was written.\n  {}", flags.join(" and "), why.join("\n  "));
+    }
     if let (Some(c), Some(id)) = (&current, head) {
         if c.targets == targets && !p.rollback {
             return Ok(Promoted { id, doc: c.clone(), changed: false });
@@ -475,8 +497,10 @@ pub fn doc_text(id: &Id, doc: &ChannelDoc) -> String {
         crate::show::format_time(doc.expires),
         if doc.rollback { "  ROLLBACK" } else { "" }
     );
+    let hardware = doc.targets.iter().map(|t| t.hardware.chars().count()).max().unwrap_or(0).max(16);
+    let version = doc.targets.iter().map(|t| t.version.to_string().chars().count()).max().unwrap_or(0);
     for t in &doc.targets {
-        out += &format!("  {:<16} {} {}\n", t.hardware, t.version, t.commit);
+        out += &format!("  {:<hardware$} {:<version$} {}\n", t.hardware, t.version.to_string(), t.commit);
     }
     out
 }

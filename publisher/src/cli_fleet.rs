@@ -180,7 +180,7 @@ fn text(v: &Option<String>) -> &str {
 pub fn admin(cmd: AdminCommand) -> Result<()> {
     let AdminCommand::Token(cmd) = cmd;
     match cmd {
-        TokenCommand::Create { name, enrollment, fleet, create_fleet, fleet_db, server, token, ca_file } => {
+        TokenCommand::Create { name, enrollment, fleet, create_fleet, fleet_db, server, token, ca_file, json } => {
             let kind = if enrollment { TokenKind::Enrollment } else { TokenKind::Admin };
             // FERRY_FLEET_DB (what `ferry serve` reads) only when nothing else says where
             // to write: a --server with its --token goes through the server as always.
@@ -223,20 +223,23 @@ pub fn admin(cmd: AdminCommand) -> Result<()> {
                 }
                 _ => bail!("give --fleet DIR (server stopped), --fleet-db URL (or FERRY_FLEET_DB), or --server URL and --token TOKEN"),
             };
-            eprintln!(
-                "created {} token {name}; it is shown once, keep it safe",
-                if enrollment { "enrollment" } else { "admin" }
-            );
-            println!("{created}");
+            eprintln!("created {} token {name}; it is shown once, keep it safe", kind.as_str());
+            if json {
+                print_sorted(&serde_json::json!({ "kind": kind.as_str(), "name": name, "token": created }))?;
+            } else {
+                println!("{created}");
+            }
         }
         TokenCommand::List { server, json } => {
             let list: Vec<TokenRecord> = get(&server, "GET", "tokens")?;
             if json {
                 print_sorted(&list)?;
             } else {
-                for t in list {
-                    println!("{:<11} {:<24} created {}", t.kind.as_str(), t.name, when(Some(t.created)));
-                }
+                let mut rows = vec![["KIND", "NAME", "CREATED"].map(String::from).to_vec()];
+                rows.extend(
+                    list.iter().map(|t| vec![t.kind.as_str().into(), printable(&t.name, 64), when(Some(t.created))]),
+                );
+                ferry_publisher::cli::print_table(&rows);
             }
         }
         TokenCommand::Revoke { server, name } => {

@@ -344,7 +344,7 @@ fn a_downgrade_needs_the_rollback_mark() {
     let dev = device(&env, "device", "stable", "rev-a");
     assert_eq!(updated(&dev)["to"], c2.to_hex());
     let err = promote(&env, Some(c1), None, "stable", false).unwrap_err();
-    assert!(format!("{err:#}").contains("pass --rollback"), "{err:#}");
+    assert!(format!("{err:#}").contains("needs --rollback"), "{err:#}");
     let mut doc = newest(&env, "stable");
     doc.serial += 1;
     doc.previous = env.repo.channel("stable").unwrap();

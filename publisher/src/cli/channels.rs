@@ -436,13 +436,27 @@ pub fn channel(cmd: ChannelCommand) -> Result<()> {
             if json {
                 let v = all.iter().map(|(id, d, up)| with_field(id, d, "upstream", up)).collect::<Result<Vec<_>>>()?;
                 print_json(&v)?;
+            } else if all.is_empty() {
+                eprintln!("no channels yet; `ferry promote COMMIT --to CHANNEL --create` starts one");
             } else {
+                // One line per channel (`channel show` and `log` give a document whole).
+                let mut rows = vec![["CHANNEL", "SERIAL", "EXPIRES", "FROM", "TARGETS"].map(String::from).to_vec()];
                 for (id, d, up) in &all {
-                    if let Some(up) = up {
-                        println!("(promoted from {up})");
-                    }
-                    print!("{}", channels::doc_text(id, d));
+                    let targets: Vec<String> = d
+                        .targets
+                        .iter()
+                        .map(|t| format!("{} {} ({})", t.hardware, t.version, t.commit.short()))
+                        .collect();
+                    let soon = ferry_api::admin::expiry_warning(&d.name, d.expires, now()).is_some();
+                    rows.push(vec![
+                        d.name.clone(),
+                        format!("{}{}", d.serial, if d.rollback { " rollback" } else { "" }),
+                        format!("{}{}", crate::show::format_time(d.expires), if soon { " (soon!)" } else { "" }),
+                        up.clone().unwrap_or_else(|| "-".into()),
+                        format!("{} [{}]", targets.join(", "), id.short()),
+                    ]);
                 }
+                crate::cli::print_table(&rows);
             }
         }
         ChannelCommand::Retire { repo, channel, json } => {

@@ -59,6 +59,10 @@ pub enum TokenCommand {
         token: Option<String>,
         #[arg(long, env = "FERRY_CA_FILE", value_name = "FILE", conflicts_with_all = ["fleet", "fleet_db"])]
         ca_file: Option<PathBuf>,
+        /// Print {"kind", "name", "token"} as JSON on stdout, for scripts (the token is still
+        /// shown once only).
+        #[arg(long)]
+        json: bool,
     },
     /// Lists token names and kinds.
     List {

@@ -151,6 +151,17 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
         &["promote", "--create", "--repo", &repo, &c2, "--to", "beta", "--sign-key", &key("chan.key")],
         "never had commit",
     );
+    // Every flag a promotion lacks is named at once, each with its reason; nothing written.
+    let out =
+        ferry(&["promote", "--repo", &repo, &c2, "--from", "dev", "--to", "stable", "--sign-key", &key("chan.key")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("this promotion needs --force and --create; nothing was written")
+            && err.contains("--force: channel dev never had commit")
+            && err.contains("--create: channel stable does not exist"),
+        "{err}"
+    );
     let forced = promote(&[&c2, "--to", "beta", "--force"]);
     assert_eq!(forced["serial"], 2);
     fails(
@@ -224,6 +235,13 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
     let list = json(&["channel", "list", "--repo", &repo, "--json"]);
     assert_eq!(list[0]["channel"], "beta");
     assert_eq!(list[0]["upstream"], "dev");
+    // In words, a channel a line, its columns lined up.
+    let text = ok(&["channel", "list", "--repo", &repo]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("CHANNEL  SERIAL      EXPIRES") && lines.len() == 3, "{text}");
+    let at = lines[0].find("FROM").unwrap();
+    assert!(lines[1].starts_with("beta     5 rollback") && lines[1][at..].starts_with("dev "), "{text}");
+    assert!(lines[2].starts_with("dev      1") && lines[2][at..].starts_with("-  "), "{text}");
     fails(&["channel", "show", "--repo", &repo, "nope"], "channel nope does not exist");
     assert!(ok(&["channel", "show", "--repo", &repo, "beta"]).contains("ROLLBACK"));
     let out = ferry(&["fsck", "--repo", &repo]);
