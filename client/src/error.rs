@@ -69,6 +69,33 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// How `e` is told to a person: its chain of contexts, except that a request which got no
+/// answer (no connection, or none in time) ends in what failed at the bottom and what to
+/// check, not in the HTTP library's layers (`client error (Connect): tcp connect error`).
+pub fn describe(e: &anyhow::Error) -> String {
+    let Some(r) = e.chain().find_map(|c| c.downcast_ref::<reqwest::Error>()) else { return format!("{e:#}") };
+    if !(r.is_connect() || r.is_timeout()) {
+        return format!("{e:#}");
+    }
+    let mut root: &dyn std::error::Error = r;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let url = r.url().map_or_else(|| "the server".to_string(), |u| format!("{}://{}", u.scheme(), u.authority()));
+    let what = if r.is_connect() {
+        format!("cannot reach {url}: {root}")
+    } else {
+        format!("no answer from {url} in time")
+    };
+    let above: Vec<String> =
+        e.chain().take_while(|c| c.downcast_ref::<reqwest::Error>().is_none()).map(|c| c.to_string()).collect();
+    let hint = "(is `server` in the configuration right, and the network up? `ferryd doctor` checks both)";
+    match above.is_empty() {
+        true => format!("{what} {hint}"),
+        false => format!("{}: {what} {hint}", above.join(": ")),
+    }
+}
+
 impl Failure {
     /// The failure an error is, if it is one.
     pub fn of(e: &anyhow::Error) -> Option<&Failure> {

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ferry_client::error::describe(&e));
             ExitCode::from(ferry_client::error::exit_code(&e))
         }
     }

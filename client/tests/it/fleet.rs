@@ -433,6 +433,13 @@ fn exit_codes_tell_a_refusal_a_rollback_an_unreachable_server_a_pending_device_a
     let lost = env.device_named("lost", closed, "retries = 1\n");
     let (code, err) = exit_code(&lost, &["update"]);
     assert_eq!(code, Some(5), "{err}");
+    // Said as what to check, not as the HTTP library's layers.
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains(&format!("cannot reach http://{closed}: Connection refused")) && last.contains("ferryd doctor"),
+        "{err}"
+    );
+    assert!(!err.contains("client error (Connect)") && !err.contains("tcp connect error"), "{err}");
     // Refused: 3 (signed by a key the device does not trust).
     let other = env.path().join("other.key.pub");
     std::fs::write(&other, format!("ferry-public-key-v1 {}\n", ferry_fixtures::test_key(9).public().to_hex())).unwrap();
