@@ -82,11 +82,8 @@ pub fn describe(e: &anyhow::Error) -> String {
         root = next;
     }
     let url = r.url().map_or_else(|| "the server".to_string(), |u| format!("{}://{}", u.scheme(), u.authority()));
-    let what = if r.is_connect() {
-        format!("cannot reach {url}: {root}")
-    } else {
-        format!("no answer from {url} in time")
-    };
+    let what =
+        if r.is_connect() { format!("cannot reach {url}: {root}") } else { format!("no answer from {url} in time") };
     let above: Vec<String> =
         e.chain().take_while(|c| c.downcast_ref::<reqwest::Error>().is_none()).map(|c| c.to_string()).collect();
     let hint = "(is `server` in the configuration right, and the network up? `ferryd doctor` checks both)";

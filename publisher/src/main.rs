@@ -112,3 +112,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every command and every argument of `ferry` says what it is for in `--help`.
+    #[test]
+    fn every_command_and_flag_is_explained() {
+        use clap::CommandFactory;
+        let missing = ferry_fixtures::cli_help::unexplained(&super::Cli::command());
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+}

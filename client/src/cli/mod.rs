@@ -136,6 +136,7 @@ pub enum Command {
     /// Links a writable copy of the current deployment as current (files are copied, never
     /// hardlinked to the object store); the next deployment drops it unless --keep.
     Unlock {
+        /// Keep the copy when the next release is deployed (else it is dropped then).
         #[arg(long)]
         keep: bool,
     },
@@ -529,5 +530,16 @@ fn app_outcome(o: crate::app::AppOutcome) -> &'static str {
         crate::app::AppOutcome::NotReady => "the new version was not ready; the old one kept the device",
         crate::app::AppOutcome::Restored => "the update failed; the old version was started again",
         crate::app::AppOutcome::StartFailed => "switched, but the new version could not be started",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every command and every argument of `ferryd` says what it is for in `--help`.
+    #[test]
+    fn every_command_and_flag_is_explained() {
+        use clap::CommandFactory;
+        let missing = ferry_fixtures::cli_help::unexplained(&super::Cli::command());
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

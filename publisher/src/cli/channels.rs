@@ -137,6 +137,7 @@ pub enum ChannelCommand {
     Show {
         #[command(flatten)]
         repo: RepoArg,
+        /// The channel\'s name.
         channel: String,
         /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
@@ -146,6 +147,7 @@ pub enum ChannelCommand {
     Log {
         #[command(flatten)]
         repo: RepoArg,
+        /// The channel\'s name.
         channel: String,
         /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
@@ -167,6 +169,7 @@ pub enum ChannelCommand {
     Retire {
         #[command(flatten)]
         repo: RepoArg,
+        /// The channel\'s name.
         channel: String,
         /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
@@ -177,11 +180,13 @@ pub enum ChannelCommand {
     Refresh {
         #[command(flatten)]
         repo: RepoArg,
+        /// The channels to refresh; every one when none is named.
         channels: Vec<String>,
         /// Secret key file(s) allowed to sign channel documents (as many as the channel
         /// threshold asks).
         #[arg(long, value_name = "FILE", required = true)]
         sign_key: Vec<PathBuf>,
+        /// How long devices accept the new documents: 7d, 12h, or seconds.
         #[arg(long, value_name = "DURATION", default_value = DEFAULT_EXPIRES)]
         expires: String,
         /// Print the result as JSON on stdout, for scripts.

@@ -51,6 +51,7 @@ pub fn init(a: InitArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
+    /// Where to write the secret key (mode 0600); the public key goes beside it as FILE.pub.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
 }
@@ -71,6 +72,7 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
 pub struct CommitArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// The branch the commit goes on (made by its first commit), e.g. main or rev-a/main.
     #[arg(long)]
     branch: String,
     /// Directory to commit.
@@ -82,8 +84,10 @@ pub struct CommitArgs {
     /// Secret key file from `ferry keygen`.
     #[arg(long, value_name = "FILE")]
     sign_key: PathBuf,
+    /// A one-line description of the release, shown by `ferry log` and `ferry show`.
     #[arg(long, default_value = "")]
     subject: String,
+    /// A longer description (release notes), shown by `ferry show`.
     #[arg(long, default_value = "")]
     body: String,
     /// Metadata, e.g. --meta git=3f2a9c1 (repeatable).
@@ -189,6 +193,7 @@ pub fn commit(a: CommitArgs) -> Result<()> {
 pub struct LogArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// The branch whose commits to list, newest first.
     #[arg(long)]
     branch: String,
     /// Print the result as JSON on stdout, for scripts.
@@ -222,6 +227,7 @@ pub fn log(a: LogArgs) -> Result<()> {
 pub struct ShowArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// A commit: its id, a unique prefix of 8+ digits, a branch or a version.
     rev: String,
     /// Print the result as JSON on stdout, for scripts.
     #[arg(long)]
@@ -245,6 +251,7 @@ pub fn show(a: ShowArgs) -> Result<()> {
 pub struct LsArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// A commit: its id, a unique prefix of 8+ digits, a branch or a version.
     rev: String,
     /// Path inside the commit, `/`-separated; the root when omitted.
     path: Option<String>,
@@ -293,7 +300,9 @@ pub fn ls(a: LsArgs) -> Result<()> {
 pub struct DiffArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// The older commit (id, prefix of 8+ digits, branch or version).
     from: String,
+    /// The newer commit, the same ways.
     to: String,
     /// zstd level of the patches whose size is reported (what `ferry serve --patch-level` uses).
     #[arg(long, default_value_t = ferry_delta::patch::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
@@ -364,7 +373,9 @@ pub fn diff(a: DiffArgs) -> Result<()> {
 pub struct CheckoutArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// A commit: its id, a unique prefix of 8+ digits, a branch or a version.
     rev: String,
+    /// The directory to write the commit's files into (absent or empty).
     dir: PathBuf,
 }
 
@@ -428,6 +439,7 @@ pub struct SignArgs {
     repo: RepoArg,
     /// The commit: id, unique prefix or branch.
     rev: String,
+    /// The secret key (`ferry keygen`) that adds its signature to the commit.
     #[arg(long, value_name = "FILE")]
     sign_key: PathBuf,
 }

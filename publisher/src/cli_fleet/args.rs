@@ -53,10 +53,15 @@ pub enum TokenCommand {
         /// --fleet-db, --server and --token, FERRY_FLEET_DB is used if it is set.
         #[arg(long, value_name = "URL", conflicts_with_all = ["server", "token"], value_parser = ferry_publisher::cli::serve::postgres_url)]
         fleet_db: Option<String>,
+        /// Create it through a running server instead, e.g. https://updates.example.com:8443
+        /// (with --token).
         #[arg(long, env = "FERRY_SERVER", value_name = "URL")]
         server: Option<String>,
+        /// An admin token of that server.
         #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The CA (PEM) the server's certificate must chain to, e.g. the fleet's own (`ferry ca
+        /// init`); default: the system's roots.
         #[arg(long, env = "FERRY_CA_FILE", value_name = "FILE", conflicts_with_all = ["fleet", "fleet_db"])]
         ca_file: Option<PathBuf>,
         /// Print {"kind", "name", "token"} as JSON on stdout, for scripts (the token is still
@@ -76,6 +81,7 @@ pub enum TokenCommand {
     Revoke {
         #[command(flatten)]
         server: ServerArgs,
+        /// The tokens' name (`ferry admin token list`).
         name: String,
     },
 }
@@ -130,6 +136,7 @@ pub enum DeviceCommand {
     Show {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
         /// Print the result as JSON on stdout, for scripts.
         #[arg(long)]
@@ -139,18 +146,21 @@ pub enum DeviceCommand {
     Accept {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
     },
     /// Revokes a device: its token stops working at once and it cannot enroll again.
     Revoke {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
     },
     /// Forgets a device and its history; it may enroll again.
     Remove {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
     },
     /// Approves a known device's new enrollment (`ferry device show` lists it): its new
@@ -159,6 +169,7 @@ pub enum DeviceCommand {
     ApproveReenrollment {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
         /// The request's fingerprint, as `ferry device show` lists it; check it against
         /// `ferryd status` on the board. A newer request (anyone can make one) is refused.
@@ -169,6 +180,7 @@ pub enum DeviceCommand {
     RejectReenrollment {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
     },
     /// Sets a device's groups, in precedence order: a later group's value wins. No group
@@ -176,7 +188,9 @@ pub enum DeviceCommand {
     Groups {
         #[command(flatten)]
         server: ServerArgs,
+        /// The device\'s serial.
         serial: String,
+        /// Group names, lowest precedence first.
         groups: Vec<String>,
     },
 }
@@ -213,6 +227,7 @@ pub enum ConfigCommand {
         server: ServerArgs,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// Keys and their values, e.g. LOG=debug REGION=eu.
         #[arg(value_name = "KEY=VALUE", required = true)]
         pairs: Vec<String>,
     },
@@ -222,6 +237,7 @@ pub enum ConfigCommand {
         server: ServerArgs,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// The keys to remove.
         #[arg(value_name = "KEY", required = true)]
         keys: Vec<String>,
     },
@@ -231,6 +247,7 @@ pub enum ConfigCommand {
         server: ServerArgs,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// The key to print.
         key: String,
     },
     /// Signs devices' current configuration offline with configuration keys (the operator's,
@@ -269,6 +286,7 @@ pub enum RolloutCommand {
     Start {
         #[command(flatten)]
         server: ServerArgs,
+        /// The channel whose rollout this is.
         channel: String,
         /// The share of the devices (0 to 100) that take the next release first.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -286,6 +304,7 @@ pub enum RolloutCommand {
     SetPercent {
         #[command(flatten)]
         server: ServerArgs,
+        /// The channel whose rollout this is.
         channel: String,
         /// The new share (0 to 100), at least the current one.
         #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -295,12 +314,14 @@ pub enum RolloutCommand {
     Pause {
         #[command(flatten)]
         server: ServerArgs,
+        /// The channel whose rollout this is.
         channel: String,
     },
     /// Continues a paused or halted rollout.
     Resume {
         #[command(flatten)]
         server: ServerArgs,
+        /// The channel whose rollout this is.
         channel: String,
     },
     /// Stops for good: devices that took the release keep it (promote the previous commit
@@ -308,6 +329,7 @@ pub enum RolloutCommand {
     Abort {
         #[command(flatten)]
         server: ServerArgs,
+        /// The channel whose rollout this is.
         channel: String,
     },
     /// Every rollout: state, share, devices that took it and failed, and why it halted.
