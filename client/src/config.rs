@@ -90,6 +90,10 @@
 //! tls = true                                # serve HTTPS with the device's own self-signed certificate,
 //!                                           #   made at `ferryd provision` or the first `ferryd local-ui`
 //!                                           #   (its fingerprint: `ferryd status`); default false
+//! user = "ferry-ui"                         # run the page as this user, not root (it starts as root to
+//!                                           #   read its password and certificate); needs apply_socket
+//! apply_socket = "/run/ferry/apply.sock"    # where `ferryd apply-server` (root) takes the page's uploads;
+//!                                           #   without it the page installs them itself (as root)
 //!
 //! [bootloader]                              # optional: tell the bootloader too (default: symlink only)
 //! kind = "uboot"                            # "uboot" (fw_setenv/fw_printenv) or "grub" (grub-editenv)
@@ -568,6 +572,32 @@ pub struct LocalUi {
     /// fingerprint for the technician to compare with the browser's.
     #[serde(default)]
     pub tls: bool,
+    /// The page runs as this user once it listens and has read its password and certificate
+    /// (it starts as root for those); uploads then go to `ferryd apply-server` through
+    /// `apply_socket`, which installs them as root. Needs `apply_socket`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The Unix socket of `ferryd apply-server`: the page streams an upload there instead of
+    /// installing it itself. Only root and `user` may connect.
+    #[serde(default)]
+    pub apply_socket: Option<PathBuf>,
+}
+
+/// The rules of `[local_ui] user` and `apply_socket` (in the file or on the command line).
+pub fn check_local_ui(l: &LocalUi) -> Result<()> {
+    if l.user.is_some() && l.apply_socket.is_none() {
+        bail!("[local_ui] user is set without apply_socket: a page that is not root cannot install uploads itself; set apply_socket and run `ferryd apply-server`");
+    }
+    if let Some(u) = &l.user {
+        let name = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+        if u.is_empty() || u == "root" || u.len() > 32 || !u.bytes().all(name) {
+            bail!("[local_ui] user {u:?} must be a system user's name (not root)");
+        }
+    }
+    if l.apply_socket.as_ref().is_some_and(|p| !p.is_absolute()) {
+        bail!("[local_ui] apply_socket must be an absolute path");
+    }
+    Ok(())
 }
 
 fn hidden<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -779,6 +809,9 @@ impl Config {
         }
         if let Some(a) = &c.app {
             a.validate(&c)?;
+        }
+        if let Some(l) = &c.local_ui {
+            check_local_ui(l)?;
         }
         if let Some(f) = &c.fleet {
             let sources =

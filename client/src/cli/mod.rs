@@ -63,6 +63,26 @@ pub enum Command {
         /// Address to listen on, e.g. 192.168.4.1:80 (the access point's side only).
         #[arg(long, value_name = "ADDR")]
         listen: std::net::SocketAddr,
+        /// Serve as this user, not root (overrides `[local_ui] user`); needs --apply-socket.
+        #[arg(long, value_name = "NAME", requires = "apply_socket")]
+        user: Option<String>,
+        /// Hand uploads to `ferryd apply-server` on this socket (overrides `[local_ui]
+        /// apply_socket`).
+        #[arg(long, value_name = "PATH")]
+        apply_socket: Option<PathBuf>,
+    },
+    /// Installs the local page's uploads as root, so the page itself need not be: listens on
+    /// `[local_ui] apply_socket` (0660, the group of `[local_ui] user`), takes a bundle from
+    /// each connection of root or that user, one at a time, and answers how it went. Prints
+    /// `listening on PATH` once ready; runs until stopped (ferryd-apply.service).
+    ApplyServer {
+        /// The socket to listen on (overrides `[local_ui] apply_socket`).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The local page's user: the socket's group, and the one user besides root that may
+        /// connect (overrides `[local_ui] user`).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
     },
     /// The local page's certificate (`[local_ui] tls = true`): prints its SHA-256
     /// fingerprint, the one browsers show, making it first if there is none (on the device:
@@ -244,10 +264,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::LocalUi { listen } => {
+        Command::LocalUi { listen, user, apply_socket } => {
+            let config = with_local_ui(config, user, apply_socket)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(crate::local_ui::serve(cli.config.clone(), config, listen, |url| {
                 println!("listening on {url}");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }))?;
+        }
+        Command::ApplyServer { socket, user } => {
+            let config = with_local_ui(config, user, socket)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(crate::local_ui::apply_server(cli.config.clone(), config, |path| {
+                println!("listening on {}", path.display());
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
             }))?;
@@ -531,6 +561,25 @@ fn app_outcome(o: crate::app::AppOutcome) -> &'static str {
         crate::app::AppOutcome::Restored => "the update failed; the old version was started again",
         crate::app::AppOutcome::StartFailed => "switched, but the new version could not be started",
     }
+}
+
+/// `config` with the local page's user and installer socket given on the command line (the
+/// units name them) in place of the file's, checked by the file's rules.
+fn with_local_ui(mut config: Config, user: Option<String>, socket: Option<PathBuf>) -> anyhow::Result<Config> {
+    if user.is_none() && socket.is_none() {
+        return Ok(config);
+    }
+    let l = config.local_ui.as_mut().ok_or_else(|| {
+        anyhow::anyhow!("the configuration has no [local_ui] section with a password or password_file")
+    })?;
+    if user.is_some() {
+        l.user = user;
+    }
+    if socket.is_some() {
+        l.apply_socket = socket;
+    }
+    crate::config::check_local_ui(l)?;
+    Ok(config)
 }
 
 #[cfg(test)]

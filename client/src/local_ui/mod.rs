@@ -65,7 +65,9 @@
 //! The upload is applied by `ferryd apply -` in a child process, with the body streamed into
 //! its stdin: the page never holds a bundle, applies one at a time, and a refusal is the same
 //! as on the command line. Once the upload is in, the install runs to its end even if the
-//! browser goes away.
+//! browser goes away. With `[local_ui] user` the page drops root once it listens (and has read
+//! its password and certificate) and streams uploads to `ferryd apply-server` on
+//! `[local_ui] apply_socket` instead, which runs that child as root ([`apply`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -80,13 +82,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
 
+mod apply;
 pub mod certificate;
 mod guard;
 mod sessions;
+
+pub use apply::serve as apply_server;
 
 use guard::{check_password, Attempts, Via};
 use sessions::{authorize, cookie_tokens, offered, Sessions};
@@ -161,6 +165,7 @@ pub async fn serve(
         .as_ref()
         .ok_or_else(|| anyhow!("the configuration has no [local_ui] section with a password or password_file"))?;
     let password = local_ui.password()?;
+    let run_as = local_ui.user.clone();
     let hosts = local_ui.hosts.iter().map(|h| normal_name(h)).collect();
     let tls = if local_ui.tls {
         let (cert, _) = certificate::ensure(&config, Some(listen.ip()))?;
@@ -181,7 +186,6 @@ pub async fn serve(
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    on_bound(&format!("{scheme}://{}", listener.local_addr()?));
     let shared = Arc::new(Shared {
         config,
         config_path,
@@ -194,6 +198,13 @@ pub async fn serve(
         connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         peers: Mutex::new(HashMap::new()),
     });
+    // Root was needed for the port, the password and the certificate; from here the page
+    // serves as its own user, and uploads go to the apply server.
+    if let Some(user) = &run_as {
+        apply::become_user(user)?;
+        tracing::info!(user = %user, "local page: serving as {user}, not root");
+    }
+    on_bound(&format!("{scheme}://{}", listener.local_addr()?));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -390,10 +401,6 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) 
     }
 }
 
-/// How long an upload may bring no byte before the page gives up on it (the bundle read so
-/// far is then refused as cut, and the next upload may start).
-const UPLOAD_STALL: Duration = Duration::from_secs(20);
-
 /// Reads a small body (at most `max` bytes).
 async fn small_body(req: Request<Incoming>, max: usize) -> Result<Bytes, String> {
     let read = async {
@@ -413,22 +420,6 @@ async fn small_body(req: Request<Incoming>, max: usize) -> Result<Bytes, String>
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .unwrap_or_else(|_| Err("the request body did not arrive within 10 seconds".into()))
-}
-
-/// Reads a child's output to its end, keeping the first `cap` bytes.
-async fn read_capped(r: Option<impl tokio::io::AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let Some(mut r) = r else { return Vec::new() };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = cap.saturating_sub(out.len());
-        out.extend_from_slice(&buf[..n.min(room)]);
-    }
-    out
 }
 
 async fn login(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -484,93 +475,43 @@ async fn apply(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     let Ok(busy) = shared.applying.clone().try_lock_owned() else {
         return error(StatusCode::CONFLICT, "another bundle is being applied; wait for it to finish");
     };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("finding ferryd itself: {e}")),
+    let body = FromBody(req.into_body());
+    let outcome = match shared.config.local_ui.as_ref().and_then(|l| l.apply_socket.as_ref()) {
+        Some(socket) => {
+            let outcome = apply::via_socket(socket, body).await;
+            drop(busy);
+            outcome
+        }
+        None => apply::install(&shared.config_path, body, busy).await,
     };
-    let child = tokio::process::Command::new(exe)
-        .arg("--config")
-        .arg(&shared.config_path)
-        .args(["apply", "-", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("starting ferryd apply: {e}")),
-    };
-    let mut stdin = child.stdin.take();
-    // Read while the upload streams: a child blocked on a full pipe would never read on.
-    let stdout = tokio::spawn(read_capped(child.stdout.take(), 1 << 20));
-    let stderr = tokio::spawn(read_capped(child.stderr.take(), 1 << 20));
-    let mut body = req.into_body();
-    let mut received = 0u64;
-    let mut upload_error = None;
-    loop {
-        // Wi-Fi that drops mid-upload sends no FIN: without a bound, the one-at-a-time apply
-        // lock would be held until the page restarts.
-        let frame = match tokio::time::timeout(UPLOAD_STALL, body.frame()).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(_) => {
-                upload_error = Some(format!(
-                    "the upload stopped arriving for {} s after {received} bytes",
-                    UPLOAD_STALL.as_secs()
-                ));
-                break;
-            }
-        };
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    received += data.len() as u64;
-                    // A refusal ends the child early; the rest of the upload is read and dropped.
-                    if let Some(pipe) = stdin.as_mut() {
-                        if pipe.write_all(data).await.is_err() {
-                            stdin = None;
-                        }
+    match outcome.result {
+        Ok(summary) => {
+            tracing::info!(bytes = outcome.bytes, to = %summary["to"], "local page: applied a bundle");
+            json(StatusCode::OK, &serde_json::json!({ "ok": true, "summary": summary }))
+        }
+        Err(message) => {
+            tracing::warn!(bytes = outcome.bytes, error = %message, "local page: a bundle was not applied");
+            error(StatusCode::UNPROCESSABLE_ENTITY, &message)
+        }
+    }
+}
+
+/// A request's body as an upload.
+struct FromBody(Incoming);
+
+impl apply::Upload for FromBody {
+    async fn piece(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            match self.0.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some(Ok(data));
                     }
                 }
-            }
-            Err(e) => {
-                upload_error = Some(format!("the upload broke off after {received} bytes: {e}"));
-                break;
+                Err(e) => return Some(Err(e.to_string())),
             }
         }
     }
-    drop(stdin);
-    // From here the install goes on whether or not the browser waits for it (a closed tab
-    // must not kill it in the middle of its switch or trial); the lock goes when it ends.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let status = child.wait().await;
-        let (out, err) = (stdout.await.unwrap_or_default(), stderr.await.unwrap_or_default());
-        drop(busy);
-        let _ = tx.send((status, out, err));
-    });
-    let Ok((status, out, err)) = rx.await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "lost track of ferryd apply");
-    };
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("waiting for ferryd apply: {e}")),
-    };
-    let stderr = String::from_utf8_lossy(&err);
-    if status.success() {
-        let summary: serde_json::Value = serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null);
-        tracing::info!(bytes = received, to = %summary["to"], "local page: applied a bundle");
-        return json(StatusCode::OK, &serde_json::json!({ "ok": true, "summary": summary }));
-    }
-    let message = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("error: "))
-        .map(str::to_string)
-        .or(upload_error)
-        .unwrap_or_else(|| format!("ferryd apply failed ({status})"));
-    tracing::warn!(bytes = received, error = %message, "local page: a bundle was not applied");
-    error(StatusCode::UNPROCESSABLE_ENTITY, &message)
 }
 
 #[cfg(test)]

@@ -395,3 +395,123 @@ fn an_upload_that_stops_midway_releases_the_page_for_the_next_one() {
     assert_eq!(a.status, 422, "{a:?}");
     assert!(a.body["error"].as_str().unwrap_or_default().contains("not a Ferry bundle"), "{a:?}");
 }
+
+/// With `[local_ui] user`, the page serves as that user (it keeps no way back to root), and
+/// `ferryd apply-server`, as root, installs what it uploads through `apply_socket`: the page
+/// without the server says the installer is not reachable; with it, a bundle installs; the
+/// socket is 0660 for the page's group, and a process of that group but another user is
+/// refused by the server; a file where the socket goes is not replaced.
+#[test]
+fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    set_up_keys(&env);
+    let v1 = env.commit(1, "1.0.0");
+    promote(&env, Some(v1), None, "stable", false).unwrap();
+    let b1 = bundle(&env, &[], "v1.bundle");
+    let v2 = env.commit(2, "1.1.0");
+    promote(&env, Some(v2), None, "stable", false).unwrap();
+    let b2 = bundle(&env, &[v1], "v2.bundle");
+    let socket = env.path().join("run/apply.sock");
+    let dev = device_with(&env, &format!("user = \"nobody\"\napply_socket = \"{}\"", socket.display()));
+    let (ok, _, err) = ferryd(&dev, &["apply", b1.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    // The page's user reads its configuration and the device's state, as on a device.
+    for dir in [env.path(), dev.parent().unwrap()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ui, url) = start(&dev);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", ui.0.id())).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert_eq!(uids.split_whitespace().skip(1).collect::<Vec<_>>(), ["65534"; 4], "{uids}");
+    assert!(!logged(&dev, "serving as nobody, not root").is_empty());
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let upload = |bundle: &Path| {
+        let req = reqwest::Client::new()
+            .post(format!("{url}/apply"))
+            .header("authorization", format!("Bearer {PASSWORD}"))
+            .header("x-ferry-upload", "1")
+            .body(std::fs::read(bundle).unwrap());
+        rt.block_on(async {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap())
+        })
+    };
+    let (s, v) = upload(&b2);
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("the installer (`ferryd apply-server`) is not reachable"), "{v}");
+    assert_eq!(running(&dev), v1.to_hex());
+
+    // The installer, as root.
+    let mut child = Command::new(crate::harness::ferryd_bin())
+        .arg("--config")
+        .arg(&dev)
+        .arg("apply-server")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dev.with_file_name("apply-server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _server = Proc(child);
+    assert_eq!(line.trim(), format!("listening on {}", socket.display()));
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o660, 0, 65534));
+    let (s, v) = upload(&b2);
+    assert_eq!((s, v["summary"]["version"].as_str()), (200, Some("1.1.0")), "{v}");
+    assert_eq!(running(&dev), v2.to_hex());
+    let (ok, out, err) = ferryd(&dev, &["fsck"]);
+    assert!(ok, "{out}{err}");
+    // The page, not root, still reads what the device runs.
+    let status = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/status.json"))
+            .header("authorization", format!("Bearer {PASSWORD}"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap())
+    });
+    assert_eq!((status.0, status.1["status"]["current"]["version"].as_str()), (200, Some("1.1.0")), "{:?}", status.1);
+
+    // Another user in the page's group reaches the socket, and is refused by its uid.
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'FRYB')\ns.shutdown(socket.SHUT_WR)\nprint(s.makefile().read())";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, socket.to_str().unwrap()])
+        .uid(1)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("only root and the local page's user may install"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(running(&dev), v2.to_hex());
+
+    // The configuration's rules: a page that drops root needs the installer's socket.
+    for (lines, says) in [
+        ("user = \"nobody\"", "user is set without apply_socket"),
+        ("user = \"root\"\napply_socket = \"/run/x.sock\"", "must be a system user's name (not root)"),
+        ("apply_socket = \"run/x.sock\"", "apply_socket must be an absolute path"),
+    ] {
+        let elsewhere = Env::new();
+        let bad = device_with(&elsewhere, lines);
+        let (ok, _, err) = ferryd(&bad, &["check-config"]);
+        assert!(!ok && err.contains(says), "{lines}: {err}");
+    }
+
+    // A second installer does not take over a path that is not its socket.
+    let other = env.path().join("not-a-socket");
+    std::fs::write(&other, "keep me").unwrap();
+    let text = std::fs::read_to_string(&dev).unwrap().replace(socket.to_str().unwrap(), other.to_str().unwrap());
+    let dev2 = dev.with_file_name("other.toml");
+    std::fs::write(&dev2, text).unwrap();
+    let (ok, _, err) = ferryd(&dev2, &["apply-server"]);
+    assert!(!ok && err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+}

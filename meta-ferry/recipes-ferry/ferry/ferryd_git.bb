@@ -11,7 +11,7 @@ require ferry-crates.inc
 
 SKIP_RECIPE[ferryd] = "${FERRY_SRCREV_UNSET}${@ferry_rust_too_old(d)}"
 
-inherit cargo systemd
+inherit cargo systemd useradd
 
 # Only the agent. It must need neither clang nor RocksDB on the target: its local store is
 # pure Rust. A Ferry commit from before that change still links RocksDB into ferryd; it then
@@ -154,7 +154,7 @@ do_install () {
     done
 
     install -d ${D}${systemd_system_unitdir}
-    for unit in ferryd.service ferryd-boot-check.service ferryd-local-ui.service; do
+    for unit in ferryd.service ferryd-boot-check.service ferryd-local-ui.service ferryd-apply.service; do
         install -m 0644 ${S}/boot-integration/systemd/$unit ${D}${systemd_system_unitdir}/$unit
     done
     sed -i -e 's,/usr/bin/ferryd,${bindir}/ferryd,' \
@@ -170,8 +170,13 @@ SYSTEMD_PACKAGES = "${PN} ${PN}-local-ui"
 SYSTEMD_SERVICE:${PN} = "ferryd.service ferryd-boot-check.service"
 SYSTEMD_SERVICE:${PN}-local-ui = "ferryd-local-ui.service"
 
-FILES:${PN}-local-ui += "${systemd_system_unitdir}/ferryd-local-ui.service"
+FILES:${PN}-local-ui += "${systemd_system_unitdir}/ferryd-local-ui.service ${systemd_system_unitdir}/ferryd-apply.service"
 RDEPENDS:${PN}-local-ui = "${PN}"
+
+# The page serves as ferry-ui once it has bound its port; ferryd-apply.service (root) installs
+# its uploads through a socket of that user's group.
+USERADD_PACKAGES = "${PN}-local-ui"
+USERADD_PARAM:${PN}-local-ui = "--system --no-create-home --home-dir / --shell /sbin/nologin --user-group ferry-ui"
 
 CONFFILES:${PN} = "${sysconfdir}/ferry/ferryd.toml"
 

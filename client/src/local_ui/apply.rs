@@ -1,0 +1,365 @@
+//! Installing an uploaded bundle: by `ferryd apply -` in a child process, the upload streamed
+//! into its stdin, one at a time. The page does it itself when it runs as root; with
+//! `[local_ui] user` it runs as that user and hands the upload to `ferryd apply-server`
+//! ([`serve`]), a root process listening on `[local_ui] apply_socket`, which installs it the
+//! same way.
+//!
+//! The socket's protocol: the client sends the bundle's bytes and shuts its side down; the
+//! server answers one line of JSON, `{"ok": true, "summary": {...}}` or `{"ok": false,
+//! "error": "..."}`, and closes. Only root and the page's user may connect (the socket is
+//! 0660, owned by root and the user's group, and each peer's uid is checked); one upload is
+//! installed at a time (another is answered "busy" at once); an upload that stops arriving
+//! for [`UPLOAD_STALL`] is abandoned; once it is in, the install runs to its end whether or
+//! not the client waits.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+
+/// An upload that stops arriving for this long is abandoned.
+pub(super) const UPLOAD_STALL: Duration = Duration::from_secs(20);
+/// The longest answer read from `ferryd apply` or the apply server.
+const MAX_ANSWER: usize = 1 << 20;
+/// How long the page waits for the apply server to answer once the upload is in: an install
+/// is bounded by its own timeouts (the trial's deadline among them), well within this.
+const ANSWER_WAIT: Duration = Duration::from_secs(6 * 3600);
+/// Connections the apply server serves at once (one installs; the others are told it is busy).
+const MAX_CLIENTS: usize = 4;
+
+/// Where an upload's bytes come from, a piece at a time: `None` at its end.
+pub(super) trait Upload {
+    async fn piece(&mut self) -> Option<Result<Bytes, String>>;
+}
+
+/// How an install ended, and the upload's size.
+pub(super) struct Outcome {
+    pub result: std::result::Result<serde_json::Value, String>,
+    pub bytes: u64,
+}
+
+impl Outcome {
+    fn failed(error: impl Into<String>, bytes: u64) -> Outcome {
+        Outcome { result: Err(error.into()), bytes }
+    }
+
+    /// The socket's answer line.
+    fn line(&self) -> Vec<u8> {
+        let v = match &self.result {
+            Ok(summary) => serde_json::json!({ "ok": true, "summary": summary }),
+            Err(e) => serde_json::json!({ "ok": false, "error": e }),
+        };
+        let mut out = serde_json::to_vec(&v).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Streams `upload` into `ferryd --config CONFIG apply - --json` and waits for it. `busy` (the
+/// one-at-a-time lock) is released when the child ends, even if the caller stops waiting.
+pub(super) async fn install(
+    config_path: &Path,
+    mut upload: impl Upload,
+    busy: tokio::sync::OwnedMutexGuard<()>,
+) -> Outcome {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return Outcome::failed(format!("finding ferryd itself: {e}"), 0),
+    };
+    let child = tokio::process::Command::new(exe)
+        .arg("--config")
+        .arg(config_path)
+        .args(["apply", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Outcome::failed(format!("starting ferryd apply: {e}"), 0),
+    };
+    let mut stdin = child.stdin.take();
+    // Read while the upload streams: a child blocked on a full pipe would never read on.
+    let stdout = tokio::spawn(read_capped(child.stdout.take(), MAX_ANSWER));
+    let stderr = tokio::spawn(read_capped(child.stderr.take(), MAX_ANSWER));
+    let (mut received, mut upload_error) = (0u64, None);
+    loop {
+        // Wi-Fi that drops mid-upload sends no FIN: without a bound, the one-at-a-time lock
+        // would be held until the page restarts.
+        match tokio::time::timeout(UPLOAD_STALL, upload.piece()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(data))) => {
+                received += data.len() as u64;
+                // A refusal ends the child early; the rest of the upload is read and dropped.
+                if let Some(pipe) = stdin.as_mut() {
+                    if pipe.write_all(&data).await.is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            Ok(Some(Err(e))) => {
+                upload_error = Some(format!("the upload broke off after {received} bytes: {e}"));
+                break;
+            }
+            Err(_) => {
+                upload_error = Some(format!(
+                    "the upload stopped arriving for {} s after {received} bytes",
+                    UPLOAD_STALL.as_secs()
+                ));
+                break;
+            }
+        }
+    }
+    drop(stdin);
+    // From here the install goes on whether or not anyone waits for it (a closed tab must not
+    // kill it in the middle of its switch or trial); the lock goes when it ends.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let (out, err) = (stdout.await.unwrap_or_default(), stderr.await.unwrap_or_default());
+        drop(busy);
+        let _ = tx.send((status, out, err));
+    });
+    let Ok((status, out, err)) = rx.await else {
+        return Outcome::failed("lost track of ferryd apply", received);
+    };
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(format!("waiting for ferryd apply: {e}"), received),
+    };
+    if status.success() {
+        let summary = serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null);
+        return Outcome { result: Ok(summary), bytes: received };
+    }
+    let message = String::from_utf8_lossy(&err)
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(str::to_string)
+        .or(upload_error)
+        .unwrap_or_else(|| format!("ferryd apply failed ({status})"));
+    Outcome::failed(message, received)
+}
+
+/// The page's side: streams `upload` to the apply server at `socket` and reads its answer.
+pub(super) async fn via_socket(socket: &Path, mut upload: impl Upload) -> Outcome {
+    let connected = tokio::time::timeout(Duration::from_secs(5), tokio::net::UnixStream::connect(socket)).await;
+    let stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Outcome::failed(
+                format!("the installer (`ferryd apply-server`) is not reachable at {}: {e}", socket.display()),
+                0,
+            )
+        }
+        Err(_) => return Outcome::failed(format!("the installer at {} did not answer", socket.display()), 0),
+    };
+    let (mut from, mut to) = stream.into_split();
+    let (mut received, mut writing, mut upload_error) = (0u64, true, None);
+    loop {
+        match tokio::time::timeout(UPLOAD_STALL, upload.piece()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(data))) => {
+                received += data.len() as u64;
+                // The server refused (busy, or the bundle) and closed: drain the rest.
+                if writing && to.write_all(&data).await.is_err() {
+                    writing = false;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                upload_error = Some(format!("the upload broke off after {received} bytes: {e}"));
+                break;
+            }
+            Err(_) => {
+                upload_error = Some(format!(
+                    "the upload stopped arriving for {} s after {received} bytes",
+                    UPLOAD_STALL.as_secs()
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(e) = upload_error {
+        // Not shut down cleanly: the server sees a reset or a stall, never a complete bundle.
+        drop(to);
+        drop(from);
+        return Outcome::failed(e, received);
+    }
+    let _ = to.shutdown().await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(ANSWER_WAIT, (&mut from).take(MAX_ANSWER as u64).read_to_end(&mut answer)).await;
+    if !matches!(read, Ok(Ok(_))) {
+        return Outcome::failed("the installer did not answer", received);
+    }
+    let v: serde_json::Value = match serde_json::from_slice(&answer) {
+        Ok(v) => v,
+        Err(_) => return Outcome::failed("the installer's answer could not be read", received),
+    };
+    match (v["ok"].as_bool(), v["error"].as_str()) {
+        (Some(true), _) => Outcome { result: Ok(v["summary"].clone()), bytes: received },
+        (_, Some(e)) => Outcome::failed(e, received),
+        _ => Outcome::failed("the installer's answer could not be read", received),
+    }
+}
+
+/// A socket connection's bytes as an [`Upload`], to its end.
+struct FromSocket<R>(R);
+
+impl<R: tokio::io::AsyncRead + Unpin> Upload for FromSocket<R> {
+    async fn piece(&mut self) -> Option<Result<Bytes, String>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        match self.0.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok(buf.into()))
+            }
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+}
+
+/// `ferryd apply-server`: installs what the page (running as `[local_ui] user`) uploads, on
+/// `[local_ui] apply_socket`, until the process is stopped. Runs as root. `on_ready` is called
+/// once the socket listens.
+pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&Path)) -> Result<()> {
+    let local_ui = config.local_ui.as_ref().ok_or_else(|| anyhow!("the configuration has no [local_ui] section"))?;
+    let socket = local_ui
+        .apply_socket
+        .clone()
+        .ok_or_else(|| anyhow!("[local_ui] apply_socket is not set: it names the socket this server listens on"))?;
+    // The page's user: the socket's group, and the one uid besides root that may connect.
+    let user = match &local_ui.user {
+        Some(name) => Some(
+            nix::unistd::User::from_name(name)
+                .with_context(|| format!("looking up the user {name}"))?
+                .ok_or_else(|| anyhow!("[local_ui] user {name} does not exist on this system"))?,
+        ),
+        None => None,
+    };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by an earlier run (a crash leaves it) is replaced; anything else there is
+    // not ours to remove.
+    match std::fs::symlink_metadata(&socket) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => std::fs::remove_file(&socket)?,
+        Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", socket.display()),
+        Err(_) => {}
+    }
+    let listener =
+        tokio::net::UnixListener::bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(if user.is_some() { 0o660 } else { 0o600 }))?;
+    if let Some(u) = &user {
+        nix::unistd::chown(&socket, None, Some(u.gid))
+            .with_context(|| format!("giving {} to {}", socket.display(), u.name))?;
+    }
+    tracing::info!(socket = %socket.display(), user = ?local_ui.user, "apply server: listening for the local page's uploads");
+    on_ready(&socket);
+    let allowed = user.as_ref().map(|u| u.uid.as_raw());
+    let busy = Arc::new(tokio::sync::Mutex::new(()));
+    let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "apply server: accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = clients.clone().try_acquire_owned() else {
+            tracing::debug!("apply server: {MAX_CLIENTS} connections already; closing one");
+            continue;
+        };
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        if !uid.is_some_and(|uid| uid == 0 || Some(uid) == allowed) {
+            tracing::warn!(?uid, "apply server: refused a connection from a user that is neither root nor the page's");
+            let refusal = Outcome::failed("only root and the local page's user may install through this socket", 0);
+            tokio::spawn(refuse(stream, refusal, permit));
+            continue;
+        }
+        let (busy, config_path) = (busy.clone(), config_path.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match busy.try_lock_owned() {
+                Ok(guard) => {
+                    let (from, mut to) = stream.into_split();
+                    let outcome = install(&config_path, FromSocket(from), guard).await;
+                    match &outcome.result {
+                        Ok(s) => tracing::info!(bytes = outcome.bytes, to = %s["to"], "apply server: applied a bundle"),
+                        Err(e) => {
+                            tracing::warn!(bytes = outcome.bytes, error = %e, "apply server: a bundle was not applied")
+                        }
+                    }
+                    let _ = to.write_all(&outcome.line()).await;
+                    return;
+                }
+                Err(_) => Outcome::failed("another bundle is being applied; wait for it to finish", 0),
+            };
+            refuse(stream, outcome, _permit).await;
+        });
+    }
+}
+
+/// Answers a connection that will not be served, then reads what the client still sends
+/// until it is done (each read within [`UPLOAD_STALL`]): a socket closed with unread bytes
+/// resets the connection, and the client would never read the answer.
+async fn refuse(mut stream: tokio::net::UnixStream, answer: Outcome, permit: tokio::sync::OwnedSemaphorePermit) {
+    let _permit = permit;
+    if stream.write_all(&answer.line()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(UPLOAD_STALL, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Reads a child's output to its end, keeping the first `cap` bytes.
+pub(super) async fn read_capped(r: Option<impl tokio::io::AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+    let Some(mut r) = r else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&buf[..n.min(room)]);
+    }
+    out
+}
+
+/// Drops root for `user` (its uid, its group, no other groups), for good; a process already
+/// running as that user keeps running.
+pub(super) fn become_user(name: &str) -> Result<()> {
+    let u = nix::unistd::User::from_name(name)
+        .with_context(|| format!("looking up the user {name}"))?
+        .ok_or_else(|| anyhow!("[local_ui] user {name} does not exist on this system"))?;
+    if nix::unistd::geteuid() == u.uid {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "[local_ui] user {name}: the page must start as root (to read its password and certificate) or as {name}"
+        );
+    }
+    nix::unistd::setgroups(&[u.gid]).context("dropping supplementary groups")?;
+    nix::unistd::setgid(u.gid).with_context(|| format!("becoming group {}", u.gid))?;
+    nix::unistd::setuid(u.uid).with_context(|| format!("becoming user {name}"))?;
+    // Root must not come back: setuid to a non-root uid from root drops the saved uid too.
+    if nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
+        bail!("the page could take root back after dropping it; refusing to serve");
+    }
+    Ok(())
+}
