@@ -198,7 +198,10 @@ impl DeviceQuery {
             && is(&self.channel, r.channel.as_deref())
             && is(&self.version, r.current_version.as_deref())
             && is(&self.hardware, Some(&d.hardware))
-            && self.state.as_deref().is_none_or(|st| d.state.as_str() == st || r.trial.as_deref() == Some(st))
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|st| d.state.as_str().eq_ignore_ascii_case(st) || r.trial.as_deref() == Some(st))
             && self.health.as_deref().is_none_or(|h| Health::parse(h).is_some_and(|h| h.of(d, now)))
     }
 }
@@ -795,6 +798,7 @@ mod tests {
         assert!(!q(DeviceQuery { health: Some("bogus".into()), ..Default::default() }));
         assert!(!q(DeviceQuery { hardware: Some("rev-b".into()), ..Default::default() }));
         assert!(q(DeviceQuery { state: Some("accepted".into()), ..Default::default() }));
+        assert!(q(DeviceQuery { state: Some("ACCEPTED".into()), ..Default::default() }));
         assert!(q(DeviceQuery { state: Some("on trial (1 boots)".into()), ..Default::default() }));
         assert!(!q(DeviceQuery { version: Some("1.0".into()), ..Default::default() }));
     }

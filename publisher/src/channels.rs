@@ -459,9 +459,11 @@ pub fn parse_duration(s: &str) -> Result<i64> {
         "d" => 86400,
         _ => bail!("duration {s:?}: unit must be d, h, m or s"),
     };
+    // Ten years: documents meant to expire must do so within anyone's lifetime of the key.
+    const MAX: i64 = 3650 * 86400;
     n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| anyhow!("duration {s:?} must be positive and not absurdly large"))
+        .filter(|v| (1..=MAX).contains(v))
+        .ok_or_else(|| anyhow!("duration {s:?} must be positive and at most 3650d (ten years)"))
 }
 
 /// A channel document as the admin API and `--json` output show it.

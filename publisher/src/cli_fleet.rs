@@ -111,6 +111,12 @@ impl<'a> Admin<'a> {
     }
 }
 
+/// Whether `c` reorders or hides the text around it on a terminal (the bidirectional
+/// controls, zero-width marks): a server's words must not rearrange the line they are in.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// What to do about a request that got no answer, instead of the HTTP library's chain of
 /// causes.
 fn unreachable(url: &str, e: &reqwest::Error) -> anyhow::Error {
@@ -140,7 +146,7 @@ fn printable(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max)
-        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .flat_map(|c| if c.is_control() || reorders(c) { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
         .collect();
     if text.chars().nth(max).is_some() {
         out.push('…');
@@ -330,15 +336,15 @@ pub fn devices(a: DevicesArgs) -> Result<()> {
             }
         }
         let result = match (&r.last_result, &r.last_error) {
-            (Some(res), Some(e)) => format!("{res}: {}", printable(e, 120)),
+            (Some(res), Some(e)) => format!("{}: {}", printable(res, 32), printable(e, 120)),
             (None, Some(e)) => printable(e, 120),
-            (res, None) => text(res).to_string(),
+            (res, None) => printable(text(res), 32),
         };
         rows.push(vec![
             printable(&d.serial, 64),
             printable(&d.hardware, 32),
             d.state.as_str().into(),
-            printable(text(&r.channel), 32),
+            printable(text(&r.channel), 64),
             printable(&version, 48),
             printable(text(&r.trial), 24),
             ago(d.last_seen, now),
@@ -612,4 +618,17 @@ enum Body {
     Start(RolloutRequest),
     SetPercent(SetPercent),
     None(RolloutAction),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn a_servers_words_cannot_break_or_reorder_a_line() {
+        assert_eq!(printable("ok\nSN-EVIL\taccepted", 100), "ok\\nSN-EVIL\\taccepted");
+        assert_eq!(printable("1.0\u{202E}lave", 100), "1.0\\u{202e}lave");
+        assert_eq!(printable("a\u{2066}b\u{200B}c", 100), "a\\u{2066}b\\u{200b}c");
+        assert_eq!(printable("abcdef", 3), "abc…");
+    }
 }

@@ -296,8 +296,9 @@ impl Fleet {
     }
 
     /// Up to `limit` devices after `query.after` that pass its filters, in serial order, and
-    /// the serial the next page starts after (None: no device follows). Reads the store a page
-    /// at a time and at most [`DeviceQuery::MAX_READ`] devices, however few pass.
+    /// the serial the next page starts after: None when no device after them passes. Reads
+    /// the store a page at a time and at most [`DeviceQuery::MAX_READ`] devices, however few
+    /// pass; when that stops it, the next page starts after the last device read.
     pub fn devices_matching(
         &self,
         query: &DeviceQuery,
@@ -312,11 +313,12 @@ impl Fleet {
             for d in page {
                 after = Some(d.serial.clone());
                 if query.matches(&d.view(None), now) {
-                    out.push(d);
                     if out.len() == limit {
-                        // More may follow even at the page's end: the next page says.
-                        return Ok((out, after));
+                        // One more passes: the next page starts after this one's last.
+                        let next = out.last().map(|d: &Device| d.serial.clone());
+                        return Ok((out, next));
                     }
+                    out.push(d);
                 }
             }
             if !more {

@@ -42,11 +42,18 @@ async fn devices(State(s): State<Shared>, _: Extension<Caller>, uri: axum::http:
     if let Some(a) = &f.after {
         crate::fleet::check_name("after (a serial)", a)?;
     }
-    for (name, v) in [("q", &f.q), ("group", &f.group), ("channel", &f.channel), ("version", &f.version)] {
-        if v.as_ref().is_some_and(|v| v.len() > crate::fleet::MAX_NAME) {
-            return Err(
-                FleetError::BadRequest(format!("{name} is longer than {} bytes", crate::fleet::MAX_NAME)).into()
-            );
+    // As long as anything a device may report in these fields (reports allow 255 bytes).
+    const MAX_FILTER: usize = 255;
+    for (name, v) in [
+        ("q", &f.q),
+        ("group", &f.group),
+        ("channel", &f.channel),
+        ("version", &f.version),
+        ("hardware", &f.hardware),
+        ("state", &f.state),
+    ] {
+        if v.as_ref().is_some_and(|v| v.len() > MAX_FILTER) {
+            return Err(FleetError::BadRequest(format!("{name} is longer than {MAX_FILTER} bytes")).into());
         }
     }
     if let Some(h) = f.health.as_deref().filter(|h| Health::parse(h).is_none()) {
@@ -66,18 +73,27 @@ async fn devices(State(s): State<Shared>, _: Extension<Caller>, uri: axum::http:
     Ok(r)
 }
 
-/// The fleet at a glance ([`ferry_api::admin::FleetSummary`]), counted at most every
-/// [`super::SUMMARY_FRESHNESS`] seconds: one request counts, the others wait for it (on the
-/// async lock, not a thread) and share the answer.
+/// The fleet at a glance ([`ferry_api::admin::FleetSummary`]), counted at most once every
+/// [`super::SUMMARY_FRESHNESS`] seconds (from the end of the last count) unless an operator
+/// changed a device since. The count runs in a task of its own, which caches its answer even
+/// if every request that waited for it has gone; the others wait for it on the async lock (not
+/// a thread) and share the answer.
 async fn summary(State(s): State<Shared>, _: Extension<Caller>) -> Result<Response, ApiError> {
-    let mut last = s.summary.lock().await;
-    let now = crate::fleet::now();
-    if let Some(v) = last.as_ref().filter(|v| (0..super::SUMMARY_FRESHNESS).contains(&(now - v.at))) {
-        return Ok(Json(v.clone()).into_response());
-    }
-    let fleet = s.clone();
-    let v = blocking(move || fleet.fleet.summary(now)).await?;
-    *last = Some(v.clone());
+    let counting = tokio::spawn(async move {
+        let mut last = s.summary.lock().await;
+        let changes = s.device_changes.load(std::sync::atomic::Ordering::SeqCst);
+        let fresh = std::time::Duration::from_secs(super::SUMMARY_FRESHNESS as u64);
+        if let Some((v, _, _)) = last.as_ref().filter(|(_, ended, seen)| ended.elapsed() < fresh && *seen == changes) {
+            return Ok(v.clone());
+        }
+        let fleet = s.clone();
+        let v = blocking(move || fleet.fleet.summary(crate::fleet::now())).await?;
+        *last = Some((v.clone(), std::time::Instant::now(), changes));
+        Ok::<_, ApiError>(v)
+    });
+    let v = counting
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("counting the fleet failed: {e}"), None))??;
     Ok(Json(v).into_response())
 }
 
@@ -117,6 +133,7 @@ async fn device_action(
         serial: d.serial,
         state: Some(d.state),
     };
+    let state = s.clone();
     let out = blocking(move || match action {
         DeviceAction::Accept => s.fleet.accept(&who, &serial).map(|d| answer(d, None)),
         DeviceAction::Revoke => s.fleet.revoke(&who, &serial).map(|d| answer(d, None)),
@@ -135,6 +152,7 @@ async fn device_action(
         }
     })
     .await?;
+    state.device_changed();
     Ok(Json(out).into_response())
 }
 
@@ -260,7 +278,9 @@ async fn set_groups(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let g: Groups = parse_json(&body, "groups")?;
+    let state = s.clone();
     let d = blocking(move || s.fleet.set_groups(&who, &serial, &g.groups)).await?;
+    state.device_changed();
     Ok(Json(DeviceGroups { groups: d.groups, serial: d.serial }).into_response())
 }
 

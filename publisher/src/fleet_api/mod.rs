@@ -59,9 +59,20 @@ pub struct FleetState {
     pub config_key: Option<ferry_store::SecretKey>,
     /// Mutual TLS: device certificates issued at enrollment and required after it.
     pub certificates: DeviceCertificates,
-    /// The last fleet summary counted: requests within [`SUMMARY_FRESHNESS`] of it share it,
-    /// and one request counts while the others wait for its answer.
-    summary: tokio::sync::Mutex<Option<ferry_api::admin::FleetSummary>>,
+    /// The last fleet summary counted, when its count ended, and the operator changes it had
+    /// seen: requests within [`SUMMARY_FRESHNESS`] of its end share it, unless an operator
+    /// changed a device since; one task counts while the others wait for its answer.
+    summary: tokio::sync::Mutex<Option<(ferry_api::admin::FleetSummary, std::time::Instant, u64)>>,
+    /// Operator changes to devices (accept, revoke, remove, groups) so far: a summary counted
+    /// before the latest is not shared.
+    device_changes: std::sync::atomic::AtomicU64,
+}
+
+impl FleetState {
+    /// Says that an operator changed a device: the next summary counts afresh.
+    fn device_changed(&self) {
+        self.device_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How old a fleet summary may be before a request counts the fleet again (seconds).
@@ -77,6 +88,7 @@ impl FleetState {
             config_key: None,
             certificates: DeviceCertificates::default(),
             summary: Default::default(),
+            device_changes: Default::default(),
         }
     }
 }

@@ -389,13 +389,15 @@ fn fleet_the_device_list_comes_in_pages_and_refuses_bad_queries() {
     // A filtered page holds `limit` devices that pass (read past those that do not), and the
     // filter is kept in the next page's path.
     assert_eq!(pages("admin/devices?state=revoked&limit=4"), vec![(sn(&[2]), None)]);
+    // The last page is the one that holds the last match: no empty page after it.
     assert_eq!(
         pages("admin/devices?state=accepted&limit=3"),
-        vec![
-            (sn(&[1, 3, 4]), Some("admin/devices?state=accepted&limit=3&after=SN-4".into())),
-            (sn(&[5, 6, 7]), Some("admin/devices?state=accepted&limit=3&after=SN-7".into())),
-            (vec![], None),
-        ]
+        vec![(sn(&[1, 3, 4]), Some("admin/devices?state=accepted&limit=3&after=SN-4".into())), (sn(&[5, 6, 7]), None),]
+    );
+    assert_eq!(pages("admin/devices?q=SN-7&limit=1"), vec![(sn(&[7]), None)]);
+    assert_eq!(
+        pages("admin/devices?state=ACCEPTED&limit=5"),
+        vec![(sn(&[1, 3, 4, 5, 6]), Some("admin/devices?state=ACCEPTED&limit=5&after=SN-6".into())), (sn(&[7]), None)]
     );
     assert_eq!(pages("admin/devices?q=sn-5"), vec![(sn(&[5]), None)]);
     assert_eq!(pages("admin/devices?health=silent&q=SN-&limit=1000"), vec![(sn(&[1, 2, 3, 4, 5, 6, 7]), None)]);
@@ -409,6 +411,14 @@ fn fleet_the_device_list_comes_in_pages_and_refuses_bad_queries() {
         serde_json::json!([{"name": "accepted", "devices": 6}, {"name": "revoked", "devices": 1}])
     );
     assert_eq!(s.call("GET", "admin/summary", None, vec![]).0, 401);
+    // An operator's change is counted at once, not after the shared count's 10 s.
+    assert_eq!(s.call("POST", "admin/devices/SN-3/revoke", Some(&s.admin), vec![]).0, 200);
+    let (_, _, body) = s.call("GET", "admin/summary", Some(&s.admin), vec![]);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["state"]["counts"],
+        serde_json::json!([{"name": "accepted", "devices": 5}, {"name": "revoked", "devices": 2}])
+    );
     assert_eq!(pages("admin/devices?after=SN-7"), vec![(vec![], None)]);
     assert_eq!(pages("admin/devices?after=ZZZ&limit=1"), vec![(vec![], None)]);
 
@@ -427,8 +437,9 @@ fn fleet_the_device_list_comes_in_pages_and_refuses_bad_queries() {
         ("after=%FF", "after (a serial) \"\u{fffd}\" may contain only"),
         ("colour=red", "unknown field `colour`"),
         ("health=bogus", "health \"bogus\" is none of on-trial, rolled-back, failing, silent, pinned, dev"),
-        (&format!("q={long}"), "q is longer than 128 bytes"),
-        (&format!("version={long}"), "version is longer than 128 bytes"),
+        (&format!("q={long}"), "q is longer than 255 bytes"),
+        (&format!("version={long}"), "version is longer than 255 bytes"),
+        (&format!("hardware={long}"), "hardware is longer than 255 bytes"),
     ] {
         let (status, _, body) = s.call("GET", &format!("admin/devices?{query}"), Some(&s.admin), vec![]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
