@@ -138,6 +138,22 @@ fn operators_promote_refresh_and_roll_back_from_the_command_line() {
         args.push("--json");
         json(&args)
     };
+    fails(
+        &[
+            "promote",
+            "--create",
+            "--repo",
+            &repo,
+            &c1,
+            "--to",
+            "dev",
+            "--expires",
+            "99999999999d",
+            "--sign-key",
+            &key("chan.key"),
+        ],
+        "at most 3650d",
+    );
     let d = promote(&[&c1, "--to", "dev", "--expires", "2h"]);
     assert_eq!((d["serial"].as_u64(), d["changed"].as_bool()), (Some(1), Some(true)));
     assert_eq!(d["targets"].as_array().unwrap().len(), 2, "both revisions of commit 1: {d}");
