@@ -405,23 +405,35 @@ pub fn device(cmd: DeviceCommand) -> Result<()> {
             let r = &d.report;
             println!("device {} ({}), {}", d.serial, d.hardware, d.state.as_str());
             println!("  enrolled  {}\n  last seen {}", when(Some(d.enrolled)), when(d.last_seen));
-            println!("  channel {}, running {} ({})", text(&r.channel), text(&r.current_version), text(&r.current));
+            println!(
+                "  channel {}, running {} ({})",
+                printable(text(&r.channel), 255),
+                printable(text(&r.current_version), 128),
+                printable(text(&r.current), 64)
+            );
+            if r.pinned == Some(true) {
+                println!("  pinned by a developer: takes no fleet update until `ferryd unpin`");
+            }
+            if r.dev == Some(true) {
+                println!("  runs a developer's working copy, not a release (`ferryd dev --off` ends it)");
+            }
+            println!("  trial {}, last result {}", printable(text(&r.trial), 64), printable(text(&r.last_result), 32));
             if let Some(e) = &r.last_error {
-                println!("  last error: {e}");
+                println!("  last error: {}", printable(e, 2000));
             }
             if let Some(re) = &d.reenrollment {
                 println!(
                     "  enrolled again {} ({}, enrollment token {}, request {}): if `ferryd status` on the board shows that fingerprint, `ferry device approve-reenrollment {} --request {}` hands it this device's identity; `reject-reenrollment` refuses it",
                     when(Some(re.at)),
-                    re.hardware,
-                    re.enrollment_token,
+                    printable(&re.hardware, 128),
+                    printable(&re.enrollment_token, 128),
                     re.request,
                     d.serial,
                     re.request
                 );
             }
             for e in d.events.into_iter().flatten() {
-                println!("  {}  {}", when(Some(e.at)), e.what);
+                println!("  {}  {}", when(Some(e.at)), printable(&e.what, 2000));
             }
             return Ok(());
         }
