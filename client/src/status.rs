@@ -87,6 +87,16 @@ fn local_ui_certificate(config: &Config) -> (Option<String>, Option<String>) {
 }
 
 pub fn status(config: &Config) -> Result<Status> {
+    status_with(config, local_ui_certificate(config))
+}
+
+/// [`status`] with the local page's certificate fingerprint already known: the page, no
+/// longer root, cannot read the file that holds the certificate's key.
+pub fn status_with_certificate(config: &Config, fingerprint: Option<String>) -> Result<Status> {
+    status_with(config, (fingerprint, None))
+}
+
+fn status_with(config: &Config, certificate: (Option<String>, Option<String>)) -> Result<Status> {
     let target = ferry_boot::current_target(&config.current_link)?;
     let state = crate::state::read(config)?;
     let trust = crate::state::read_trust(config)?;
@@ -108,7 +118,7 @@ pub fn status(config: &Config) -> Result<Status> {
         .filter(|t| t.parent() == Some(config.layout().deploy().as_path()))
         .and_then(|t| t.file_name())
         .map(|n| describe(&n.to_string_lossy()));
-    let (local_ui_certificate, damaged) = local_ui_certificate(config);
+    let (local_ui_certificate, damaged) = certificate;
     let mut warnings = warnings(config);
     warnings.extend(damaged);
     Ok(Status {

@@ -161,8 +161,7 @@ pub fn ensure(config: &Config, listen: Option<IpAddr>) -> Result<(DeviceCert, bo
     }
     let path = path(config);
     let text = generate(config, listen)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    make_state_dir(config)?;
     match ferry_durable::write_new(&path, text.as_bytes(), 0o600) {
         Ok(()) => {}
         // Another process (provisioning, the page) made one meanwhile: that one is the device's.
@@ -177,13 +176,24 @@ pub fn ensure(config: &Config, listen: Option<IpAddr>) -> Result<(DeviceCert, bo
     Ok((c, true))
 }
 
+/// Makes the state directory if there is none, 0755 whatever the umask (the page's unit runs
+/// with 0077): the page's user and the application read what is in it.
+fn make_state_dir(config: &Config) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if config.state_dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.state_dir)
+        .and_then(|()| std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o755)))
+        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))
+}
+
 /// Makes a new certificate and key and writes them, replacing what is there (damaged or
 /// not). The page must be restarted to serve it.
 pub fn renew(config: &Config, listen: Option<IpAddr>) -> Result<DeviceCert> {
     let path = path(config);
     let text = generate(config, listen)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    make_state_dir(config)?;
     ferry_durable::replace_secret(&path, text.as_bytes())
         .with_context(|| format!("writing the local page's certificate {}", path.display()))?;
     let c = read_back(path, &text)?;

@@ -130,6 +130,9 @@ struct Shared {
     hosts: Vec<String>,
     /// Served over HTTPS: the session cookie is `Secure`.
     tls: bool,
+    /// The certificate's SHA-256 fingerprint, read at the start (its file, which holds the
+    /// key, is root's alone).
+    fingerprint: Option<String>,
     sessions: Mutex<Sessions>,
     attempts: Mutex<Attempts>,
     /// Held while a bundle is applied (until `ferryd apply` exits): one at a time.
@@ -167,8 +170,10 @@ pub async fn serve(
     let password = local_ui.password()?;
     let run_as = local_ui.user.clone();
     let hosts = local_ui.hosts.iter().map(|h| normal_name(h)).collect();
+    let mut fingerprint = None;
     let tls = if local_ui.tls {
         let (cert, _) = certificate::ensure(&config, Some(listen.ip()))?;
+        fingerprint = Some(cert.fingerprint());
         if !listen.ip().is_unspecified() && !cert.names(listen.ip()) {
             tracing::warn!(
                 "local page: the certificate does not name {}, the address it listens on: a browser that trusts \
@@ -192,6 +197,7 @@ pub async fn serve(
         password: blake3::hash(password.as_bytes()),
         hosts,
         tls: tls.is_some(),
+        fingerprint,
         sessions: Mutex::new(Sessions::default()),
         attempts: Mutex::new(Attempts::new(Instant::now())),
         applying: Arc::new(tokio::sync::Mutex::new(())),
@@ -389,7 +395,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) 
             if method == Method::POST {
                 return apply(shared, req).await;
             }
-            match crate::status::status(&shared.config) {
+            match crate::status::status_with_certificate(&shared.config, shared.fingerprint.clone()) {
                 Ok(s) => json(StatusCode::OK, &serde_json::json!({ "ok": true, "status": s })),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
             }

@@ -414,7 +414,7 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
     promote(&env, Some(v2), None, "stable", false).unwrap();
     let b2 = bundle(&env, &[v1], "v2.bundle");
     let socket = env.path().join("run/apply.sock");
-    let dev = device_with(&env, &format!("user = \"nobody\"\napply_socket = \"{}\"", socket.display()));
+    let dev = device_with(&env, &format!("tls = true\nuser = \"nobody\"\napply_socket = \"{}\"", socket.display()));
     let (ok, _, err) = ferryd(&dev, &["apply", b1.to_str().unwrap()]);
     assert!(ok, "{err}");
     // The page's user reads its configuration and the device's state, as on a device.
@@ -428,8 +428,10 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
     assert!(!logged(&dev, "serving as nobody, not root").is_empty());
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The page's own certificate, which no CA signed (a technician compares its fingerprint).
+    let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
     let upload = |bundle: &Path| {
-        let req = reqwest::Client::new()
+        let req = client
             .post(format!("{url}/apply"))
             .header("authorization", format!("Bearer {PASSWORD}"))
             .header("x-ferry-upload", "1")
@@ -467,7 +469,7 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
     assert!(ok, "{out}{err}");
     // The page, not root, still reads what the device runs.
     let status = rt.block_on(async {
-        let r = reqwest::Client::new()
+        let r = client
             .get(format!("{url}/status.json"))
             .header("authorization", format!("Bearer {PASSWORD}"))
             .send()
@@ -476,6 +478,12 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
         (r.status().as_u16(), serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap())
     });
     assert_eq!((status.0, status.1["status"]["current"]["version"].as_str()), (200, Some("1.1.0")), "{:?}", status.1);
+    // The certificate's key is root's alone; the page read its fingerprint before the drop.
+    let key = std::fs::metadata(dev.with_file_name("state").join("local-ui-tls.pem")).unwrap();
+    assert_eq!((key.mode() & 0o777, key.uid()), (0o600, 0));
+    assert!(status.1["status"]["local_ui_certificate"].as_str().is_some_and(|f| f.len() == 95), "{:?}", status.1);
+    let warnings = status.1["status"]["warnings"].to_string();
+    assert!(!warnings.contains("certificate"), "{warnings}");
 
     // Another user in the page's group reaches the socket, and is refused by its uid.
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'FRYB')\ns.shutdown(socket.SHUT_WR)\nprint(s.makefile().read())";
