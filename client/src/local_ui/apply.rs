@@ -4,8 +4,10 @@
 //! ([`serve`]), a root process listening on `[local_ui] apply_socket`, which installs it the
 //! same way.
 //!
-//! The socket's protocol: the client sends the bundle's bytes and shuts its side down; the
-//! server answers one line of JSON, `{"ok": true, "summary": {...}}` or `{"ok": false,
+//! The socket's protocol: the client sends the bundle in frames (a 4-byte big-endian length,
+//! then that many bytes; at most [`MAX_FRAME`]) ending in an empty frame, and shuts its side
+//! down; an upload whose stream ends without that empty frame broke off, and is not installed
+//! however much of it came. The server answers one line of JSON, `{"ok": true, "summary": {...}}` or `{"ok": false,
 //! "error": "..."}`, and closes. Only root and the page's user may connect (the socket is
 //! 0660, owned by root and the user's group, and each peer's uid is checked); one upload is
 //! installed at a time (another is answered "busy" at once); an upload that stops arriving
@@ -30,6 +32,8 @@ const MAX_ANSWER: usize = 1 << 20;
 /// How long the page waits for the apply server to answer once the upload is in: an install
 /// is bounded by its own timeouts (the trial's deadline among them), well within this.
 const ANSWER_WAIT: Duration = Duration::from_secs(6 * 3600);
+/// The largest frame of an upload on the socket.
+const MAX_FRAME: usize = 16 << 20;
 /// Connections the apply server serves at once (one installs; the others are told it is busy).
 const MAX_CLIENTS: usize = 4;
 
@@ -84,37 +88,15 @@ pub(super) async fn install(
         Ok(c) => c,
         Err(e) => return Outcome::failed(format!("starting ferryd apply: {e}"), 0),
     };
-    let mut stdin = child.stdin.take();
+    let stdin = child.stdin.take();
     // Read while the upload streams: a child blocked on a full pipe would never read on.
     let stdout = tokio::spawn(read_capped(child.stdout.take(), MAX_ANSWER));
     let stderr = tokio::spawn(read_capped(child.stderr.take(), MAX_ANSWER));
-    let (mut received, mut upload_error) = (0u64, None);
-    loop {
-        // Wi-Fi that drops mid-upload sends no FIN: without a bound, the one-at-a-time lock
-        // would be held until the page restarts.
-        match tokio::time::timeout(UPLOAD_STALL, upload.piece()).await {
-            Ok(None) => break,
-            Ok(Some(Ok(data))) => {
-                received += data.len() as u64;
-                // A refusal ends the child early; the rest of the upload is read and dropped.
-                if let Some(pipe) = stdin.as_mut() {
-                    if pipe.write_all(&data).await.is_err() {
-                        stdin = None;
-                    }
-                }
-            }
-            Ok(Some(Err(e))) => {
-                upload_error = Some(format!("the upload broke off after {received} bytes: {e}"));
-                break;
-            }
-            Err(_) => {
-                upload_error = Some(format!(
-                    "the upload stopped arriving for {} s after {received} bytes",
-                    UPLOAD_STALL.as_secs()
-                ));
-                break;
-            }
-        }
+    // A refusal ends the child early; the rest of the upload is read and dropped.
+    let (received, upload_error, stdin) = pump(&mut upload, stdin).await;
+    if upload_error.is_some() {
+        // What came may end where a bundle could: the child must not see it as the whole.
+        let _ = child.start_kill();
     }
     drop(stdin);
     // From here the install goes on whether or not anyone waits for it (a closed tab must not
@@ -147,6 +129,37 @@ pub(super) async fn install(
     Outcome::failed(message, received)
 }
 
+/// Reads `upload` to its end, writing each piece to `to` until a write fails (then the rest is
+/// read and dropped): the bytes read, why the upload itself failed (broke off, or stalled for
+/// [`UPLOAD_STALL`]), and `to` if every write went through.
+async fn pump<W: tokio::io::AsyncWrite + Unpin>(
+    upload: &mut impl Upload,
+    mut to: Option<W>,
+) -> (u64, Option<String>, Option<W>) {
+    let mut received = 0u64;
+    loop {
+        match tokio::time::timeout(UPLOAD_STALL, upload.piece()).await {
+            Ok(None) => return (received, None, to),
+            Ok(Some(Ok(data))) => {
+                received += data.len() as u64;
+                if let Some(w) = to.as_mut() {
+                    if w.write_all(&data).await.is_err() {
+                        to = None;
+                    }
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return (received, Some(format!("the upload broke off after {received} bytes: {e}")), to)
+            }
+            Err(_) => {
+                let why =
+                    format!("the upload stopped arriving for {} s after {received} bytes", UPLOAD_STALL.as_secs());
+                return (received, Some(why), to);
+            }
+        }
+    }
+}
+
 /// The page's side: streams `upload` to the apply server at `socket` and reads its answer.
 pub(super) async fn via_socket(socket: &Path, mut upload: impl Upload) -> Outcome {
     let connected = tokio::time::timeout(Duration::from_secs(5), tokio::net::UnixStream::connect(socket)).await;
@@ -160,38 +173,20 @@ pub(super) async fn via_socket(socket: &Path, mut upload: impl Upload) -> Outcom
         }
         Err(_) => return Outcome::failed(format!("the installer at {} did not answer", socket.display()), 0),
     };
-    let (mut from, mut to) = stream.into_split();
-    let (mut received, mut writing, mut upload_error) = (0u64, true, None);
-    loop {
-        match tokio::time::timeout(UPLOAD_STALL, upload.piece()).await {
-            Ok(None) => break,
-            Ok(Some(Ok(data))) => {
-                received += data.len() as u64;
-                // The server refused (busy, or the bundle) and closed: drain the rest.
-                if writing && to.write_all(&data).await.is_err() {
-                    writing = false;
-                }
-            }
-            Ok(Some(Err(e))) => {
-                upload_error = Some(format!("the upload broke off after {received} bytes: {e}"));
-                break;
-            }
-            Err(_) => {
-                upload_error = Some(format!(
-                    "the upload stopped arriving for {} s after {received} bytes",
-                    UPLOAD_STALL.as_secs()
-                ));
-                break;
-            }
-        }
-    }
+    let (mut from, to) = stream.into_split();
+    // The server refused (busy, or the bundle) and closed: the rest is read and dropped.
+    let mut framed = Framed { upload: &mut upload, received: 0, ended: false };
+    let (_, upload_error, to) = pump(&mut framed, Some(to)).await;
+    let received = framed.received;
     if let Some(e) = upload_error {
-        // Not shut down cleanly: the server sees a reset or a stall, never a complete bundle.
+        // No empty frame was sent: the server takes what came as broken off.
         drop(to);
         drop(from);
         return Outcome::failed(e, received);
     }
-    let _ = to.shutdown().await;
+    if let Some(mut to) = to {
+        let _ = to.shutdown().await;
+    }
     let mut answer = Vec::new();
     let read = tokio::time::timeout(ANSWER_WAIT, (&mut from).take(MAX_ANSWER as u64).read_to_end(&mut answer)).await;
     if !matches!(read, Ok(Ok(_))) {
@@ -208,19 +203,63 @@ pub(super) async fn via_socket(socket: &Path, mut upload: impl Upload) -> Outcom
     }
 }
 
-/// A socket connection's bytes as an [`Upload`], to its end.
+/// An upload as the socket's frames: each piece behind its length, then an empty frame.
+struct Framed<'a, U> {
+    upload: &'a mut U,
+    /// The upload's own bytes, without the frames' lengths.
+    received: u64,
+    ended: bool,
+}
+
+impl<U: Upload> Upload for Framed<'_, U> {
+    async fn piece(&mut self) -> Option<Result<Bytes, String>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            return match self.upload.piece().await {
+                None => {
+                    self.ended = true;
+                    Some(Ok(Bytes::from_static(&[0; 4])))
+                }
+                // An empty piece would read as the end.
+                Some(Ok(data)) if data.is_empty() => continue,
+                Some(Ok(data)) => {
+                    self.received += data.len() as u64;
+                    let mut frames = Vec::with_capacity(data.len() + 8);
+                    for part in data.chunks(MAX_FRAME) {
+                        frames.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                        frames.extend_from_slice(part);
+                    }
+                    Some(Ok(frames.into()))
+                }
+                Some(Err(e)) => Some(Err(e)),
+            };
+        }
+    }
+}
+
+/// A socket connection's frames as an [`Upload`]: its end is the empty frame; a stream that
+/// ends before it, or a frame over [`MAX_FRAME`], is an error.
 struct FromSocket<R>(R);
 
 impl<R: tokio::io::AsyncRead + Unpin> Upload for FromSocket<R> {
     async fn piece(&mut self) -> Option<Result<Bytes, String>> {
-        let mut buf = vec![0u8; 64 * 1024];
-        match self.0.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some(Ok(buf.into()))
-            }
-            Err(e) => Some(Err(e.to_string())),
+        let mut len = [0u8; 4];
+        if let Err(e) = self.0.read_exact(&mut len).await {
+            return Some(Err(format!("the upload ended before its last frame: {e}")));
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            return None;
+        }
+        if len > MAX_FRAME {
+            return Some(Err(format!("a frame of {len} bytes, over {MAX_FRAME}")));
+        }
+        let mut buf = vec![0u8; len];
+        match self.0.read_exact(&mut buf).await {
+            Ok(_) => Some(Ok(buf.into())),
+            Err(e) => Some(Err(format!("the upload ended inside a frame: {e}"))),
         }
     }
 }

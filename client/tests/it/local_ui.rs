@@ -513,6 +513,26 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
         assert!(!ok && err.contains(says), "{lines}: {err}");
     }
 
+    // The socket's own framing: a whole bundle in one frame, the stream closed before the
+    // empty frame that ends an upload, is not installed however complete its bytes are.
+    let v3 = env.commit(3, "1.2.0");
+    promote(&env, Some(v3), None, "stable", false).unwrap();
+    let b3 = bundle(&env, &[v2], "v3.bundle");
+    let frames = "import socket,struct,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nd=open(sys.argv[2],'rb').read()\ns.sendall(struct.pack('>I',len(d))+d)\nif sys.argv[3]=='end': s.sendall(struct.pack('>I',0))\ns.shutdown(socket.SHUT_WR)\nprint(s.makefile().read())";
+    let send = |end: &str| {
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", frames, socket.to_str().unwrap(), b3.to_str().unwrap(), end])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let said = send("cut");
+    assert!(said.contains("\"ok\":false") && said.contains("ended before its last frame"), "{said}");
+    assert_eq!(running(&dev), v2.to_hex());
+    let said = send("end");
+    assert!(said.contains("\"ok\":true") && said.contains("1.2.0"), "{said}");
+    assert_eq!(running(&dev), v3.to_hex());
+
     // A second installer does not take over a path that is not its socket.
     let other = env.path().join("not-a-socket");
     std::fs::write(&other, "keep me").unwrap();
