@@ -34,6 +34,9 @@ const MAX_ANSWER: usize = 1 << 20;
 const ANSWER_WAIT: Duration = Duration::from_secs(6 * 3600);
 /// The largest frame of an upload on the socket.
 const MAX_FRAME: usize = 16 << 20;
+/// How long a refused stranger's bytes are read (and a busy answer's, for root or the page).
+const STRANGER_DRAIN: Duration = Duration::from_secs(2);
+const BUSY_DRAIN: Duration = Duration::from_secs(60);
 /// Connections the apply server serves at once (one installs; the others are told it is busy).
 const MAX_CLIENTS: usize = 4;
 
@@ -282,8 +285,21 @@ pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&
         ),
         None => None,
     };
+    if user.as_ref().is_some_and(|u| u.uid.is_root()) {
+        bail!("[local_ui] user has uid 0: the page would keep root");
+    }
+    // Root changes the socket's mode and owner by its path: no one else may be able to swap
+    // what is there, so its directory must be root's and writable by root alone.
     if let Some(dir) = socket.parent() {
+        use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let m = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+            bail!(
+                "{} must be a directory owned by root and writable by root alone, to hold the installer's socket",
+                dir.display()
+            );
+        }
     }
     // A socket left by an earlier run (a crash leaves it) is replaced; anything else there is
     // not ours to remove.
@@ -304,6 +320,7 @@ pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&
     let allowed = user.as_ref().map(|u| u.uid.as_raw());
     let busy = Arc::new(tokio::sync::Mutex::new(()));
     let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let strangers = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -313,17 +330,19 @@ pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&
                 continue;
             }
         };
+        // Strangers first, before they can hold one of the slots the page needs.
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        if !uid.is_some_and(|uid| uid == 0 || Some(uid) == allowed) {
+            tracing::warn!(?uid, "apply server: refused a connection from a user that is neither root nor the page's");
+            let Ok(permit) = strangers.clone().try_acquire_owned() else { continue };
+            let refusal = Outcome::failed("only root and the local page's user may install through this socket", 0);
+            tokio::spawn(refuse(stream, refusal, permit, STRANGER_DRAIN));
+            continue;
+        }
         let Ok(permit) = clients.clone().try_acquire_owned() else {
             tracing::debug!("apply server: {MAX_CLIENTS} connections already; closing one");
             continue;
         };
-        let uid = stream.peer_cred().map(|c| c.uid()).ok();
-        if !uid.is_some_and(|uid| uid == 0 || Some(uid) == allowed) {
-            tracing::warn!(?uid, "apply server: refused a connection from a user that is neither root nor the page's");
-            let refusal = Outcome::failed("only root and the local page's user may install through this socket", 0);
-            tokio::spawn(refuse(stream, refusal, permit));
-            continue;
-        }
         let (busy, config_path) = (busy.clone(), config_path.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -342,26 +361,35 @@ pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&
                 }
                 Err(_) => Outcome::failed("another bundle is being applied; wait for it to finish", 0),
             };
-            refuse(stream, outcome, _permit).await;
+            refuse(stream, outcome, _permit, BUSY_DRAIN).await;
         });
     }
 }
 
 /// Answers a connection that will not be served, then reads what the client still sends
-/// until it is done (each read within [`UPLOAD_STALL`]): a socket closed with unread bytes
-/// resets the connection, and the client would never read the answer.
-async fn refuse(mut stream: tokio::net::UnixStream, answer: Outcome, permit: tokio::sync::OwnedSemaphorePermit) {
+/// until it is done, each read within [`UPLOAD_STALL`] and all within `total`: a socket
+/// closed with unread bytes resets the connection, and the client would never read the
+/// answer.
+async fn refuse(
+    mut stream: tokio::net::UnixStream,
+    answer: Outcome,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    total: Duration,
+) {
     let _permit = permit;
     if stream.write_all(&answer.line()).await.is_err() {
         return;
     }
     let _ = stream.shutdown().await;
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(Ok(n)) = tokio::time::timeout(UPLOAD_STALL, stream.read(&mut buf)).await {
-        if n == 0 {
-            break;
+    let drain = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(UPLOAD_STALL, stream.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(total, drain).await;
 }
 
 /// Reads a child's output to its end, keeping the first `cap` bytes.
@@ -385,7 +413,11 @@ pub(super) fn become_user(name: &str) -> Result<()> {
     let u = nix::unistd::User::from_name(name)
         .with_context(|| format!("looking up the user {name}"))?
         .ok_or_else(|| anyhow!("[local_ui] user {name} does not exist on this system"))?;
-    if nix::unistd::geteuid() == u.uid {
+    if u.uid.is_root() {
+        bail!("[local_ui] user {name} has uid 0: the page would keep root");
+    }
+    let ids = nix::unistd::getresuid().context("reading this process's user ids")?;
+    if [ids.real, ids.effective, ids.saved].iter().all(|id| *id == u.uid) {
         return Ok(());
     }
     if !nix::unistd::geteuid().is_root() {

@@ -176,16 +176,19 @@ pub fn ensure(config: &Config, listen: Option<IpAddr>) -> Result<(DeviceCert, bo
     Ok((c, true))
 }
 
-/// Makes the state directory if there is none, 0755 whatever the umask (the page's unit runs
+/// Makes the state directory (and its parents) if there is none, 0755 whatever the umask (the page's unit runs
 /// with 0077): the page's user and the application read what is in it.
 fn make_state_dir(config: &Config) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if config.state_dir.is_dir() {
-        return Ok(());
+    // Each directory it makes, parents too.
+    let missing: Vec<&std::path::Path> = config.state_dir.ancestors().take_while(|d| !d.is_dir()).collect();
+    for dir in missing.into_iter().rev() {
+        std::fs::create_dir(dir)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .and_then(|()| std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o755)))
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))
+    Ok(())
 }
 
 /// Makes a new certificate and key and writes them, replacing what is there (damaged or

@@ -542,4 +542,12 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
     let (ok, _, err) = ferryd(&dev2, &["apply-server"]);
     assert!(!ok && err.contains("exists and is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+    // Nor does it make its socket in a directory others may write (they could swap the path
+    // between its bind and its chmod).
+    let open_dir = env.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (ok, _, err) = ferryd(&dev, &["apply-server", "--socket", open_dir.join("apply.sock").to_str().unwrap()]);
+    assert!(!ok && err.contains("writable by root alone"), "{err}");
+    assert!(!open_dir.join("apply.sock").exists());
 }
