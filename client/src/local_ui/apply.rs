@@ -348,15 +348,18 @@ pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&
             let _permit = permit;
             let outcome = match busy.try_lock_owned() {
                 Ok(guard) => {
-                    let (from, mut to) = stream.into_split();
-                    let outcome = install(&config_path, FromSocket(from), guard).await;
+                    let (mut from, to) = stream.into_split();
+                    let outcome = install(&config_path, FromSocket(&mut from), guard).await;
                     match &outcome.result {
                         Ok(s) => tracing::info!(bytes = outcome.bytes, to = %s["to"], "apply server: applied a bundle"),
                         Err(e) => {
                             tracing::warn!(bytes = outcome.bytes, error = %e, "apply server: a bundle was not applied")
                         }
                     }
-                    let _ = to.write_all(&outcome.line()).await;
+                    // A refused upload may leave bytes unread: answer, then read them.
+                    if let Ok(stream) = from.reunite(to) {
+                        answer_and_drain(stream, &outcome, BUSY_DRAIN).await;
+                    }
                     return;
                 }
                 Err(_) => Outcome::failed("another bundle is being applied; wait for it to finish", 0),
@@ -371,12 +374,18 @@ pub async fn serve(config_path: PathBuf, config: Config, on_ready: impl FnOnce(&
 /// closed with unread bytes resets the connection, and the client would never read the
 /// answer.
 async fn refuse(
-    mut stream: tokio::net::UnixStream,
+    stream: tokio::net::UnixStream,
     answer: Outcome,
     permit: tokio::sync::OwnedSemaphorePermit,
     total: Duration,
 ) {
     let _permit = permit;
+    answer_and_drain(stream, &answer, total).await;
+}
+
+/// Writes `answer`, shuts the writing side, and reads what the client still sends until it
+/// is done, each read within [`UPLOAD_STALL`] and all within `total`.
+async fn answer_and_drain(mut stream: tokio::net::UnixStream, answer: &Outcome, total: Duration) {
     if stream.write_all(&answer.line()).await.is_err() {
         return;
     }

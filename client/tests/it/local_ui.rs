@@ -532,6 +532,16 @@ fn the_page_runs_as_its_own_user_and_the_apply_server_installs_its_uploads() {
     let said = send("end");
     assert!(said.contains("\"ok\":true") && said.contains("1.2.0"), "{said}");
     assert_eq!(running(&dev), v3.to_hex());
+    // A frame claiming 4 GiB is refused on its length, before anything is allocated for it.
+    let huge = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'\\xff\\xff\\xff\\xffFRYB')\ns.shutdown(socket.SHUT_WR)\nprint(s.makefile().read())";
+    let out = Command::new("/usr/bin/python3").args(["-c", huge, socket.to_str().unwrap()]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("a frame of 4294967295 bytes, over 16777216"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(running(&dev), v3.to_hex());
 
     // A second installer does not take over a path that is not its socket.
     let other = env.path().join("not-a-socket");
